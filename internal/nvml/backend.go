@@ -1,0 +1,83 @@
+package nvml
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+
+	gonvml "github.com/NVIDIA/go-nvml/pkg/nvml"
+	"k8s.io/dynamic-resource-allocation/deviceattribute"
+
+	"github.com/tessera-gpu/tessera/internal/nvml/nvmlmock"
+)
+
+// Backend names the NVML implementation: "real" (the default) or
+// "mock:<model>[:<count>]" with model one of dgxa100, dgxh100, dgxh200,
+// dgxb200 and count the number of GPUs (8 when omitted).
+type Backend struct {
+	Mock  string
+	Count int
+	// Seed makes mock UUIDs differ between simulated nodes; the node name
+	// is a good seed.
+	Seed string
+}
+
+// ParseBackend parses the --nvml flag's value.
+func ParseBackend(spec string) (Backend, error) {
+	if spec == "" || spec == "real" {
+		return Backend{}, nil
+	}
+	rest, ok := strings.CutPrefix(spec, "mock:")
+	if !ok {
+		return Backend{}, fmt.Errorf("NVML backend %q: want \"real\" or \"mock:<model>[:<count>]\"", spec)
+	}
+	model, countStr, hasCount := strings.Cut(rest, ":")
+	b := Backend{Mock: model, Count: 8}
+	if _, ok := nvmlmock.Models[model]; !ok {
+		return Backend{}, fmt.Errorf("NVML backend %q: unknown mock model %q (known: dgxa100, dgxh100, dgxh200, dgxb200)", spec, model)
+	}
+	if hasCount {
+		n, err := strconv.Atoi(countStr)
+		if err != nil || n < 1 || n > 64 {
+			return Backend{}, fmt.Errorf("NVML backend %q: GPU count %q is not a number from 1 to 64", spec, countStr)
+		}
+		b.Count = n
+	}
+	return b, nil
+}
+
+// String returns the flag form of the backend.
+func (b Backend) String() string {
+	if b.Mock == "" {
+		return "real"
+	}
+	return fmt.Sprintf("mock:%s:%d", b.Mock, b.Count)
+}
+
+// Open initialises the backend.
+func Open(b Backend) (Library, error) {
+	if b.Mock == "" {
+		return newLibrary(gonvml.New(), realProfileName, pcieRoot)
+	}
+	s, err := nvmlmock.New(b.Mock, b.Count, b.Seed)
+	if err != nil {
+		return nil, err
+	}
+	return newLibrary(s, s.ProfileName, nil)
+}
+
+// OpenMock wraps an existing mock server, for tests that also inspect the
+// server's state.
+func OpenMock(s *nvmlmock.Server) (Library, error) {
+	return newLibrary(s, s.ProfileName, nil)
+}
+
+// pcieRoot resolves the PCIe root complex of a GPU through sysfs; empty when
+// sysfs does not know the device.
+func pcieRoot(busID string) string {
+	attr, err := deviceattribute.GetPCIeRootAttributeByPCIBusID(busID)
+	if err != nil || attr.Value.StringValue == nil {
+		return ""
+	}
+	return *attr.Value.StringValue
+}

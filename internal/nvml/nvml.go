@@ -1,0 +1,73 @@
+// Package nvml is the only code in Tessera that talks to NVML. It turns what
+// NVML reports into a plain inventory.Node and offers the few MIG operations
+// the node-side prepare path needs. The same code drives real NVML (through
+// github.com/NVIDIA/go-nvml) and go-nvml's mock servers, corrected to the
+// hardware's MIG geometry by the mock subpackage.
+package nvml
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	gonvml "github.com/NVIDIA/go-nvml/pkg/nvml"
+
+	"github.com/tessera-gpu/tessera/pkg/inventory"
+)
+
+// Library is the narrow seam through which everything above reaches NVML.
+type Library interface {
+	// Discover reports the node's GPUs.
+	Discover(ctx context.Context) (inventory.Node, error)
+	// SetMIGMode switches MIG mode on one GPU. It fails with ErrResetRequired
+	// where the change would only take effect after a GPU reset.
+	SetMIGMode(ctx context.Context, gpu int, enabled bool) error
+	// CreateMIGDevice creates a GPU instance of the profile at exactly the
+	// placement, and one compute instance spanning it.
+	CreateMIGDevice(ctx context.Context, gpu, profileID int, placement inventory.Placement) (MIGDevice, error)
+	// DestroyMIGDevice destroys the GPU instance and its compute instances.
+	// Destroying an instance that no longer exists is not an error.
+	DestroyMIGDevice(ctx context.Context, gpu, gpuInstanceID int) error
+	// MIGDevices lists the GPU instances that exist on one GPU.
+	MIGDevices(ctx context.Context, gpu int) ([]MIGDevice, error)
+	// Shutdown releases NVML.
+	Shutdown() error
+}
+
+// MIGDevice is one GPU instance (with its compute instance) on a GPU.
+type MIGDevice struct {
+	GPUIndex          int                 `json:"gpuIndex"`
+	ProfileID         int                 `json:"profileID"`
+	Placement         inventory.Placement `json:"placement"`
+	GPUInstanceID     int                 `json:"gpuInstanceID"`
+	ComputeInstanceID int                 `json:"computeInstanceID"`
+	// UUID is the MIG device's UUID; empty when NVML does not report one.
+	UUID string `json:"uuid,omitempty"`
+}
+
+// ErrResetRequired is returned by SetMIGMode when the GPU needs a reset for the
+// new mode to take effect.
+var ErrResetRequired = errors.New("MIG mode change needs a GPU reset")
+
+// Error is an NVML return code with the operation that produced it.
+type Error struct {
+	Op     string
+	Return gonvml.Return
+}
+
+func (e *Error) Error() string {
+	return fmt.Sprintf("%s: %s", e.Op, gonvml.ErrorString(e.Return))
+}
+
+// IsReturn reports whether err carries the given NVML return code.
+func IsReturn(err error, ret gonvml.Return) bool {
+	var e *Error
+	return errors.As(err, &e) && e.Return == ret
+}
+
+func check(ret gonvml.Return, format string, args ...any) error {
+	if ret == gonvml.SUCCESS {
+		return nil
+	}
+	return &Error{Op: fmt.Sprintf(format, args...), Return: ret}
+}
