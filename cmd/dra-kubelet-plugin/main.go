@@ -1,0 +1,189 @@
+// Command dra-kubelet-plugin is Tessera's kubelet plugin: it publishes the
+// node's GPUs as ResourceSlices and prepares allocated devices. Its
+// "slices" subcommand prints, without a cluster, the slices it would publish.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/klog/v2"
+
+	tnvml "github.com/tessera-gpu/tessera/internal/nvml"
+	"github.com/tessera-gpu/tessera/internal/plugin"
+	"github.com/tessera-gpu/tessera/pkg/partition"
+	"github.com/tessera-gpu/tessera/pkg/resourceslice"
+)
+
+// options are the command line; every flag can also be set through the
+// environment variable of its name in upper case with "_" for "-".
+type options struct {
+	nodeName       string
+	kubeconfig     string
+	nvml           string
+	pluginDataDir  string
+	registrarDir   string
+	cdiRoot        string
+	stateDir       string
+	pool           string
+	disableMIG     bool
+	disableSharing bool
+	rediscover     time.Duration
+}
+
+func (o *options) addFlags(fs *pflag.FlagSet) {
+	fs.StringVar(&o.nodeName, "node-name", "", "name of the node this plugin serves")
+	fs.StringVar(&o.nvml, "nvml", "real", `NVML backend: "real", or "mock:<dgxa100|dgxh100|dgxh200|dgxb200>[:<gpus>]"`)
+	fs.StringVar(&o.pool, "pool", "default", "value of the pool attribute of every device, for dedicated per-tenant classes")
+	fs.BoolVar(&o.disableMIG, "disable-mig", false, "do not offer MIG partitions")
+	fs.BoolVar(&o.disableSharing, "disable-sharing", false, "do not offer time-shared GPUs")
+}
+
+func (o *options) addRunFlags(fs *pflag.FlagSet) {
+	fs.StringVar(&o.kubeconfig, "kubeconfig", "", "kubeconfig file; in-cluster configuration when empty")
+	fs.StringVar(&o.pluginDataDir, "plugin-data-dir", "/var/lib/kubelet/plugins/"+resourceslice.DriverName, "directory of the DRA gRPC socket")
+	fs.StringVar(&o.registrarDir, "registrar-dir", "/var/lib/kubelet/plugins_registry", "directory where the kubelet discovers plugins")
+	fs.StringVar(&o.cdiRoot, "cdi-root", "/var/run/cdi", "directory of the CDI spec files")
+	fs.StringVar(&o.stateDir, "state-dir", "/var/lib/tessera", "directory of the plugin's checkpoint")
+	fs.DurationVar(&o.rediscover, "rediscover-interval", 30*time.Second, "how often GPUs are rediscovered to republish changed slices")
+}
+
+func (o *options) sliceOptions() resourceslice.Options {
+	return resourceslice.Options{
+		Pool:      o.pool,
+		Partition: partition.Options{DisableMIG: o.disableMIG, DisableSharing: o.disableSharing},
+	}
+}
+
+func (o *options) openNVML() (tnvml.Library, error) {
+	b, err := tnvml.ParseBackend(o.nvml)
+	if err != nil {
+		return nil, err
+	}
+	b.Seed = o.nodeName
+	return tnvml.Open(b)
+}
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	go func() {
+		// A second signal kills the process at once.
+		<-ctx.Done()
+		stop()
+	}()
+	ctx = klog.NewContext(ctx, klog.Background())
+	if err := newCommand().ExecuteContext(ctx); err != nil {
+		fmt.Fprintln(os.Stderr, "Error:", err)
+		os.Exit(1)
+	}
+}
+
+func newCommand() *cobra.Command {
+	o := &options{}
+	root := &cobra.Command{
+		Use:           "dra-kubelet-plugin",
+		Short:         "Tessera's DRA kubelet plugin for NVIDIA GPUs",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		PreRunE:       func(cmd *cobra.Command, _ []string) error { return fromEnv(cmd.Flags()) },
+		RunE:          func(cmd *cobra.Command, _ []string) error { return run(cmd.Context(), o) },
+	}
+	klogFlags := flag.NewFlagSet("klog", flag.ContinueOnError)
+	klog.InitFlags(klogFlags)
+	root.PersistentFlags().AddGoFlagSet(klogFlags)
+	o.addFlags(root.PersistentFlags())
+	o.addRunFlags(root.Flags())
+
+	root.AddCommand(&cobra.Command{
+		Use:     "slices",
+		Short:   "Print the ResourceSlices this node would publish, as a YAML stream",
+		Example: "  dra-kubelet-plugin slices --nvml=mock:dgxh200 --node-name=n1",
+		Args:    cobra.NoArgs,
+		PreRunE: func(cmd *cobra.Command, _ []string) error { return fromEnv(cmd.Flags()) },
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if o.nodeName == "" {
+				return fmt.Errorf("--node-name is required")
+			}
+			lib, err := o.openNVML()
+			if err != nil {
+				return err
+			}
+			defer func() { _ = lib.Shutdown() }()
+			node, err := lib.Discover(cmd.Context())
+			if err != nil {
+				return fmt.Errorf("discover GPUs: %w", err)
+			}
+			res := resourceslice.Build(o.nodeName, node, o.sliceOptions())
+			return resourceslice.WriteYAML(cmd.OutOrStdout(), resourceslice.Objects(o.nodeName, res))
+		},
+	})
+	return root
+}
+
+// fromEnv fills flags the command line left unset from the environment.
+func fromEnv(fs *pflag.FlagSet) error {
+	var err error
+	fs.VisitAll(func(f *pflag.Flag) {
+		env := strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
+		if v, ok := os.LookupEnv(env); ok && !f.Changed && err == nil {
+			if serr := f.Value.Set(v); serr != nil {
+				err = fmt.Errorf("environment variable %s: %w", env, serr)
+			}
+		}
+	})
+	return err
+}
+
+func run(ctx context.Context, o *options) error {
+	if o.nodeName == "" {
+		return fmt.Errorf("--node-name (or NODE_NAME) is required")
+	}
+	config, err := kubeConfig(o.kubeconfig)
+	if err != nil {
+		return err
+	}
+	client, err := kubernetes.NewForConfig(config)
+	if err != nil {
+		return fmt.Errorf("create Kubernetes client: %w", err)
+	}
+	lib, err := o.openNVML()
+	if err != nil {
+		return err
+	}
+	defer func() { _ = lib.Shutdown() }()
+	return plugin.Run(ctx, plugin.Options{
+		NodeName:           o.nodeName,
+		KubeClient:         client,
+		NVML:               lib,
+		PluginDataDir:      o.pluginDataDir,
+		RegistrarDir:       o.registrarDir,
+		Slices:             o.sliceOptions(),
+		RediscoverInterval: o.rediscover,
+	})
+}
+
+func kubeConfig(path string) (*rest.Config, error) {
+	if path == "" {
+		c, err := rest.InClusterConfig()
+		if err != nil {
+			return nil, fmt.Errorf("in-cluster configuration (pass --kubeconfig outside a cluster): %w", err)
+		}
+		return c, nil
+	}
+	c, err := clientcmd.BuildConfigFromFlags("", path)
+	if err != nil {
+		return nil, fmt.Errorf("load kubeconfig %s: %w", path, err)
+	}
+	return c, nil
+}

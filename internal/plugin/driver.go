@@ -1,0 +1,180 @@
+// Package plugin is Tessera's kubelet plugin: it publishes the node's GPUs as
+// ResourceSlices through k8s.io/dynamic-resource-allocation/kubeletplugin and
+// serves the kubelet's prepare and unprepare calls.
+package plugin
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"reflect"
+	"time"
+
+	resourceapi "k8s.io/api/resource/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/dynamic-resource-allocation/kubeletplugin"
+	"k8s.io/klog/v2"
+
+	tnvml "github.com/tessera-gpu/tessera/internal/nvml"
+	"github.com/tessera-gpu/tessera/pkg/inventory"
+	"github.com/tessera-gpu/tessera/pkg/resourceslice"
+)
+
+// Options configure the plugin.
+type Options struct {
+	NodeName   string
+	KubeClient kubernetes.Interface
+	NVML       tnvml.Library
+	// PluginDataDir holds the DRA gRPC socket.
+	PluginDataDir string
+	// RegistrarDir is where the kubelet looks for registration sockets.
+	RegistrarDir string
+	// Slices are the publication choices (pool attribute, MIG and sharing
+	// switches).
+	Slices resourceslice.Options
+	// RediscoverInterval is how often the inventory is read again to
+	// republish slices when it changed (GPU lost, MIG mode changed).
+	RediscoverInterval time.Duration
+	// Preparer prepares and unprepares claims; nil answers every claim with
+	// an error.
+	Preparer Preparer
+}
+
+// Preparer turns allocated claims into CDI devices and back.
+type Preparer interface {
+	Prepare(ctx context.Context, claim *resourceapi.ResourceClaim) kubeletplugin.PrepareResult
+	Unprepare(ctx context.Context, claim kubeletplugin.NamespacedObject) error
+}
+
+// Driver implements kubeletplugin.DRAPlugin.
+type Driver struct {
+	opts   Options
+	helper *kubeletplugin.Helper
+	// published is the inventory last published, to republish only on change.
+	published *inventory.Node
+	// cancel stops the process when a background error cannot be recovered.
+	cancel context.CancelCauseFunc
+}
+
+var _ kubeletplugin.DRAPlugin = (*Driver)(nil)
+
+// Run starts the plugin and serves until ctx ends.
+func Run(ctx context.Context, opts Options) error {
+	logger := klog.FromContext(ctx)
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	if opts.RediscoverInterval <= 0 {
+		opts.RediscoverInterval = 30 * time.Second
+	}
+	d := &Driver{opts: opts, cancel: cancel}
+
+	node, err := opts.NVML.Discover(ctx)
+	if err != nil {
+		return fmt.Errorf("discover GPUs: %w", err)
+	}
+	logger.Info("Discovered GPUs", "count", len(node.GPUs), "driverVersion", node.DriverVersion)
+
+	helper, err := kubeletplugin.Start(ctx, d,
+		kubeletplugin.DriverName(resourceslice.DriverName),
+		kubeletplugin.NodeName(opts.NodeName),
+		kubeletplugin.KubeClient(opts.KubeClient),
+		kubeletplugin.PluginDataDirectoryPath(opts.PluginDataDir),
+		kubeletplugin.RegistrarDirectoryPath(opts.RegistrarDir),
+	)
+	if err != nil {
+		return fmt.Errorf("start kubelet plugin: %w", err)
+	}
+	d.helper = helper
+	defer helper.Stop()
+
+	if err := d.publish(ctx, node); err != nil {
+		return err
+	}
+	ticker := time.NewTicker(opts.RediscoverInterval)
+	defer ticker.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			if cause := context.Cause(ctx); cause != nil && !errors.Is(cause, context.Canceled) {
+				return cause
+			}
+			return nil
+		case <-ticker.C:
+			node, err := opts.NVML.Discover(ctx)
+			if err != nil {
+				logger.Error(err, "Rediscovering GPUs failed; keeping the published slices")
+				continue
+			}
+			if err := d.publish(ctx, node); err != nil {
+				logger.Error(err, "Republishing slices failed")
+			}
+		}
+	}
+}
+
+// publish hands the node's slices to the publication controller when the
+// inventory differs from what was last published.
+func (d *Driver) publish(ctx context.Context, node inventory.Node) error {
+	if d.published != nil && reflect.DeepEqual(*d.published, node) {
+		return nil
+	}
+	res := resourceslice.Build(d.opts.NodeName, node, d.opts.Slices)
+	if err := d.helper.PublishResources(ctx, res); err != nil {
+		return fmt.Errorf("publish resource slices: %w", err)
+	}
+	d.published = &node
+	devices := 0
+	for _, s := range res.Pools[d.opts.NodeName].Slices {
+		devices += len(s.Devices)
+	}
+	klog.FromContext(ctx).Info("Published resource slices", "gpus", len(node.GPUs), "devices", devices, "slices", len(res.Pools[d.opts.NodeName].Slices))
+	return nil
+}
+
+// PrepareResourceClaims prepares each claim independently: one claim's
+// failure is reported in its own result and never stops the others.
+func (d *Driver) PrepareResourceClaims(ctx context.Context, claims []*resourceapi.ResourceClaim) (map[types.UID]kubeletplugin.PrepareResult, error) {
+	out := make(map[types.UID]kubeletplugin.PrepareResult, len(claims))
+	for _, claim := range claims {
+		if d.opts.Preparer == nil {
+			out[claim.UID] = kubeletplugin.PrepareResult{Err: errNoPreparer}
+			continue
+		}
+		out[claim.UID] = d.opts.Preparer.Prepare(ctx, claim)
+	}
+	return out, nil
+}
+
+// UnprepareResourceClaims unprepares each claim independently.
+func (d *Driver) UnprepareResourceClaims(ctx context.Context, claims []kubeletplugin.NamespacedObject) (map[types.UID]error, error) {
+	out := make(map[types.UID]error, len(claims))
+	for _, claim := range claims {
+		if d.opts.Preparer == nil {
+			out[claim.UID] = nil // nothing was ever prepared
+			continue
+		}
+		out[claim.UID] = d.opts.Preparer.Unprepare(ctx, claim)
+	}
+	return out, nil
+}
+
+var errNoPreparer = errors.New("preparing devices is not implemented by this build of the Tessera kubelet plugin")
+
+// HandleError is called by the helper for errors in background work such as
+// slice publication. Recoverable errors are logged; any other stops the
+// plugin so that it restarts cleanly.
+func (d *Driver) HandleError(ctx context.Context, err error, msg string) {
+	logger := klog.FromContext(ctx)
+	if errors.Is(err, kubeletplugin.ErrRecoverable) {
+		logger.Error(err, msg)
+		return
+	}
+	logger.Error(err, msg, "fatal", true)
+	d.cancel(fmt.Errorf("%s: %w", msg, err))
+}
+
+// WatchHealthStatus is not used: device health is published as device taints.
+func (d *Driver) WatchHealthStatus(ctx context.Context, reports chan<- kubeletplugin.DeviceHealthReport) error {
+	return kubeletplugin.ErrHealthNotSupported
+}

@@ -1,0 +1,138 @@
+// Package partition turns one GPU of the inventory into the devices Tessera
+// publishes for it and the shared counters that keep them consistent: the
+// whole GPU, a time-shared GPU, and every MIG partition the GPU can be cut
+// into. It is pure: the same GPU always gives the same devices in the same
+// order.
+//
+// All devices of GPU N draw on one counter set, gpu-N. Each MIG memory slice
+// is a counter of value 1 that the partitions placed on it consume; the whole
+// GPU and the shared GPU consume every counter. So the scheduler can only
+// allocate a GPU whole, or as non-overlapping partitions, or as shares, never
+// two of these at once. Where NVML reports engines or instance limits that the
+// memory slices alone do not enforce (a GPU's single optical-flow engine, which
+// each "+me" partition and the full partition take), an extra counter carries
+// that limit; counters that can never bind are left out.
+package partition
+
+import (
+	"fmt"
+	"maps"
+	"strings"
+
+	"github.com/tessera-gpu/tessera/pkg/inventory"
+)
+
+// Kind is the form in which a device offers a GPU.
+type Kind string
+
+const (
+	// KindGPU is a whole GPU, allocated exclusively.
+	KindGPU Kind = "gpu"
+	// KindMIG is one MIG partition at one placement, allocated exclusively.
+	KindMIG Kind = "mig"
+	// KindShared is a time-shared GPU handed out in memory and compute shares.
+	KindShared Kind = "shared"
+)
+
+// Options are per-node choices an admin makes.
+type Options struct {
+	// DisableMIG stops MIG partitions from being offered.
+	DisableMIG bool
+	// DisableSharing stops the time-shared GPU from being offered.
+	DisableSharing bool
+}
+
+// Device is one device Tessera publishes for a GPU.
+type Device struct {
+	Name string
+	Kind Kind
+	// Profile and Placement are set for MIG devices.
+	Profile   *inventory.MIGProfile
+	Placement inventory.Placement
+	// Consumes maps counter names of the GPU's counter set to amounts.
+	Consumes map[string]int64
+}
+
+// GPU is everything published for one physical GPU.
+type GPU struct {
+	// CounterSet names the GPU's counter set, "gpu-<index>".
+	CounterSet string
+	// Counters maps counter names to their capacity.
+	Counters map[string]int64
+	// Devices in publication order, which is the allocator's preference.
+	Devices []Device
+}
+
+// MIGOffered reports whether MIG partitions of the GPU are published: the GPU
+// supports MIG, and MIG mode is on or can be switched on without a reset.
+func MIGOffered(gpu inventory.GPU, opts Options) bool {
+	return !opts.DisableMIG && gpu.MIG.Capable && len(gpu.MIG.Profiles) > 0 &&
+		(gpu.MIG.Enabled || gpu.MIG.ToggleWithoutReset)
+}
+
+// Build returns the devices and counters of one GPU.
+func Build(gpu inventory.GPU, opts Options) GPU {
+	out := GPU{CounterSet: CounterSetName(gpu.Index), Counters: map[string]int64{}}
+	slices := max(gpu.MIG.MemorySlices(), 1)
+	for i := range slices {
+		out.Counters[memorySliceCounter(i)] = 1
+	}
+	mig := MIGOffered(gpu, opts)
+	var limits []limit
+	if mig {
+		limits = bindingLimits(gpu.MIG.Profiles, slices)
+		for _, l := range limits {
+			out.Counters[l.name] = l.capacity
+		}
+	}
+
+	out.Devices = append(out.Devices, Device{Name: WholeName(gpu.Index), Kind: KindGPU, Consumes: maps.Clone(out.Counters)})
+	if !opts.DisableSharing {
+		out.Devices = append(out.Devices, Device{Name: SharedName(gpu.Index), Kind: KindShared, Consumes: maps.Clone(out.Counters)})
+	}
+	if !mig {
+		return out
+	}
+	for _, pl := range packingOrder(gpu.MIG.Profiles) {
+		consumes := map[string]int64{}
+		for s := pl.placement.Start; s < pl.placement.End(); s++ {
+			consumes[memorySliceCounter(s)] = 1
+		}
+		for _, l := range limits {
+			if n := l.use(pl.profile); n > 0 {
+				consumes[l.name] = n
+			}
+		}
+		out.Devices = append(out.Devices, Device{
+			Name:      MIGName(gpu.Index, pl.profile.Name, pl.placement.Start),
+			Kind:      KindMIG,
+			Profile:   pl.profile,
+			Placement: pl.placement,
+			Consumes:  consumes,
+		})
+	}
+	return out
+}
+
+// CounterSetName is the name of GPU index's counter set.
+func CounterSetName(index int) string { return fmt.Sprintf("gpu-%d", index) }
+
+// WholeName is the device name of a whole GPU.
+func WholeName(index int) string { return fmt.Sprintf("gpu-%d", index) }
+
+// SharedName is the device name of a time-shared GPU.
+func SharedName(index int) string { return fmt.Sprintf("gpu-%d-shared", index) }
+
+// MIGName is the device name of a MIG partition. Device names must be DNS
+// labels, so the profile loses its dots and "+" becomes "-":
+// "1g.18gb+me" at start 3 on GPU 0 is "gpu-0-mig-1g18gb-me-3".
+func MIGName(index int, profile string, start int) string {
+	return fmt.Sprintf("gpu-%d-mig-%s-%d", index, ProfileLabel(profile), start)
+}
+
+// ProfileLabel turns a profile name into a DNS-label fragment.
+func ProfileLabel(profile string) string {
+	return strings.ToLower(strings.NewReplacer(".", "", "+", "-", "_", "-").Replace(profile))
+}
+
+func memorySliceCounter(i int) string { return fmt.Sprintf("memory-slice-%d", i) }

@@ -1,0 +1,240 @@
+// Package resourceslice turns a node's inventory into the ResourceSlices that
+// Tessera publishes: one pool named after the node, one slice (or more, past
+// eight GPUs) holding the GPUs' counter sets, and device slices of at most 64
+// devices, with the GPUs in index order and each GPU's devices in the packing
+// order of package partition. It is pure and deterministic: the same
+// inventory gives byte-identical slices, so republishing never churns.
+package resourceslice
+
+import (
+	"fmt"
+	"strings"
+
+	resourceapi "k8s.io/api/resource/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/dynamic-resource-allocation/deviceattribute"
+	draslices "k8s.io/dynamic-resource-allocation/resourceslice"
+	"k8s.io/utils/ptr"
+
+	"github.com/tessera-gpu/tessera/pkg/inventory"
+	"github.com/tessera-gpu/tessera/pkg/partition"
+)
+
+// DriverName is Tessera's DRA driver name.
+const DriverName = "gpu.tessera.dev"
+
+// Attribute and capacity names, qualified by the driver name when published.
+const (
+	AttrType                  = "type"
+	AttrUUID                  = "uuid"
+	AttrParentUUID            = "parentUUID"
+	AttrProductName           = "productName"
+	AttrBrand                 = "brand"
+	AttrArchitecture          = "architecture"
+	AttrCUDAComputeCapability = "cudaComputeCapability"
+	AttrDriverVersion         = "driverVersion"
+	AttrCUDADriverVersion     = "cudaDriverVersion"
+	AttrIndex                 = "index"
+	AttrMinor                 = "minor"
+	AttrProfile               = "profile"
+	AttrPlacementStart        = "placementStart"
+	AttrPlacementSize         = "placementSize"
+	AttrPool                  = "pool"
+
+	CapMemory          = "memory"
+	CapCompute         = "compute"
+	CapMultiprocessors = "multiprocessors"
+	CapCopyEngines     = "copyEngines"
+	CapDecoders        = "decoders"
+	CapEncoders        = "encoders"
+	CapJPEGEngines     = "jpegEngines"
+	CapOFAEngines      = "ofaEngines"
+)
+
+// Limits of the resource.k8s.io/v1 API that the layout respects.
+const (
+	maxCounterSetsPerSlice = resourceapi.ResourceSliceMaxCounterSets
+	// Devices that consume counters count as "advanced" devices.
+	maxDevicesPerSlice = resourceapi.ResourceSliceMaxDevicesWithAdvancedFeatures
+)
+
+// Share request policy of the time-shared GPU: memory is handed out in steps
+// of 256 MiB (1 GiB when a claim does not say), compute in whole per cent of
+// the SMs (10 % when a claim does not say).
+var (
+	shareMemoryStep    = resource.MustParse("256Mi")
+	shareMemoryDefault = resource.MustParse("1Gi")
+	shareComputeMin    = resource.MustParse("1")
+	shareComputeMax    = resource.MustParse("100")
+	shareComputeStep   = resource.MustParse("1")
+	shareComputeDflt   = resource.MustParse("10")
+)
+
+// Options choose what a node publishes.
+type Options struct {
+	// Pool is the value of the pool attribute of every device, which lets
+	// the controller build dedicated per-tenant classes.
+	Pool string
+	// Partition holds the admin's per-node choices.
+	Partition partition.Options
+	// Taints are added to the named devices (device health).
+	Taints map[string][]resourceapi.DeviceTaint
+}
+
+// Build returns the resources of one node, in a single pool named after it.
+func Build(nodeName string, node inventory.Node, opts Options) draslices.DriverResources {
+	gpus := make([]partition.GPU, len(node.GPUs))
+	for i, gpu := range node.GPUs {
+		gpus[i] = partition.Build(gpu, opts.Partition)
+	}
+
+	var slices []draslices.Slice
+	for start := 0; start < len(gpus); start += maxCounterSetsPerSlice {
+		var sets []resourceapi.CounterSet
+		for _, g := range gpus[start:min(start+maxCounterSetsPerSlice, len(gpus))] {
+			sets = append(sets, resourceapi.CounterSet{Name: g.CounterSet, Counters: counters(g.Counters)})
+		}
+		slices = append(slices, draslices.Slice{SharedCounters: sets})
+	}
+
+	var devices []resourceapi.Device
+	for i, g := range gpus {
+		gpuDevices := make([]resourceapi.Device, 0, len(g.Devices))
+		for _, d := range g.Devices {
+			gpuDevices = append(gpuDevices, device(node, node.GPUs[i], g, d, opts))
+		}
+		// Keep a GPU's devices in one slice where they fit, so that a
+		// slice never starts with the tail of another GPU.
+		if len(devices) > 0 && len(devices)+len(gpuDevices) > maxDevicesPerSlice {
+			slices = append(slices, draslices.Slice{Devices: devices})
+			devices = nil
+		}
+		for len(gpuDevices) > maxDevicesPerSlice {
+			slices = append(slices, draslices.Slice{Devices: gpuDevices[:maxDevicesPerSlice]})
+			gpuDevices = gpuDevices[maxDevicesPerSlice:]
+		}
+		devices = append(devices, gpuDevices...)
+	}
+	if len(devices) > 0 {
+		slices = append(slices, draslices.Slice{Devices: devices})
+	}
+	return draslices.DriverResources{Pools: map[string]draslices.Pool{nodeName: {Slices: slices}}}
+}
+
+func counters(in map[string]int64) map[string]resourceapi.Counter {
+	out := make(map[string]resourceapi.Counter, len(in))
+	for name, v := range in {
+		out[name] = resourceapi.Counter{Value: *resource.NewQuantity(v, resource.DecimalSI)}
+	}
+	return out
+}
+
+func device(node inventory.Node, gpu inventory.GPU, g partition.GPU, d partition.Device, opts Options) resourceapi.Device {
+	attrs := map[resourceapi.QualifiedName]resourceapi.DeviceAttribute{
+		AttrType:                  {StringValue: ptr.To(string(d.Kind))},
+		AttrProductName:           {StringValue: ptr.To(gpu.ProductName)},
+		AttrBrand:                 {StringValue: ptr.To(gpu.Brand)},
+		AttrArchitecture:          {StringValue: ptr.To(gpu.Architecture)},
+		AttrCUDAComputeCapability: {VersionValue: ptr.To(semver(gpu.CUDAComputeCapability))},
+		AttrDriverVersion:         {VersionValue: ptr.To(semver(node.DriverVersion))},
+		AttrCUDADriverVersion:     {VersionValue: ptr.To(semver(node.CUDADriverVersion))},
+		AttrIndex:                 {IntValue: ptr.To(int64(gpu.Index))},
+		AttrMinor:                 {IntValue: ptr.To(int64(gpu.Minor))},
+		AttrPool:                  {StringValue: ptr.To(opts.Pool)},
+	}
+	if gpu.PCIBusID != "" {
+		attrs[deviceattribute.StandardDeviceAttributePCIBusID] = resourceapi.DeviceAttribute{StringValue: ptr.To(gpu.PCIBusID)}
+	}
+	if gpu.PCIeRoot != "" {
+		attrs[deviceattribute.StandardDeviceAttributePCIeRoot] = resourceapi.DeviceAttribute{StringValue: ptr.To(gpu.PCIeRoot)}
+	}
+	capacity := map[resourceapi.QualifiedName]resourceapi.DeviceCapacity{}
+	out := resourceapi.Device{Name: d.Name}
+
+	switch d.Kind {
+	case partition.KindGPU:
+		attrs[AttrUUID] = resourceapi.DeviceAttribute{StringValue: ptr.To(gpu.UUID)}
+		capacity[CapMemory] = quantity(int64(gpu.MemoryBytes), resource.BinarySI)
+		if gpu.Multiprocessors > 0 {
+			capacity[CapMultiprocessors] = quantity(int64(gpu.Multiprocessors), resource.DecimalSI)
+		}
+	case partition.KindShared:
+		attrs[AttrUUID] = resourceapi.DeviceAttribute{StringValue: ptr.To(gpu.UUID)}
+		memory := resource.NewQuantity(int64(gpu.MemoryBytes), resource.BinarySI)
+		capacity[CapMemory] = resourceapi.DeviceCapacity{
+			Value: *memory,
+			RequestPolicy: &resourceapi.CapacityRequestPolicy{
+				Default:    ptr.To(shareMemoryDefault),
+				ValidRange: &resourceapi.CapacityRequestPolicyRange{Min: ptr.To(shareMemoryStep), Max: memory, Step: ptr.To(shareMemoryStep)},
+			},
+		}
+		capacity[CapCompute] = resourceapi.DeviceCapacity{
+			Value: shareComputeMax,
+			RequestPolicy: &resourceapi.CapacityRequestPolicy{
+				Default:    ptr.To(shareComputeDflt),
+				ValidRange: &resourceapi.CapacityRequestPolicyRange{Min: ptr.To(shareComputeMin), Max: ptr.To(shareComputeMax), Step: ptr.To(shareComputeStep)},
+			},
+		}
+		out.AllowMultipleAllocations = ptr.To(true)
+	case partition.KindMIG:
+		p := d.Profile
+		attrs[AttrParentUUID] = resourceapi.DeviceAttribute{StringValue: ptr.To(gpu.UUID)}
+		attrs[AttrProfile] = resourceapi.DeviceAttribute{StringValue: ptr.To(p.Name)}
+		attrs[AttrPlacementStart] = resourceapi.DeviceAttribute{IntValue: ptr.To(int64(d.Placement.Start))}
+		attrs[AttrPlacementSize] = resourceapi.DeviceAttribute{IntValue: ptr.To(int64(d.Placement.Size))}
+		capacity[CapMemory] = quantity(int64(p.MemoryBytes), resource.BinarySI)
+		capacity[CapMultiprocessors] = quantity(int64(p.Multiprocessors), resource.DecimalSI)
+		capacity[CapCopyEngines] = quantity(int64(p.CopyEngines), resource.DecimalSI)
+		capacity[CapDecoders] = quantity(int64(p.Decoders), resource.DecimalSI)
+		capacity[CapEncoders] = quantity(int64(p.Encoders), resource.DecimalSI)
+		capacity[CapJPEGEngines] = quantity(int64(p.JPEGEngines), resource.DecimalSI)
+		capacity[CapOFAEngines] = quantity(int64(p.OFAEngines), resource.DecimalSI)
+	}
+	out.Attributes = attrs
+	out.Capacity = capacity
+	out.ConsumesCounters = []resourceapi.DeviceCounterConsumption{{CounterSet: g.CounterSet, Counters: counters(d.Consumes)}}
+	if taints := opts.Taints[d.Name]; len(taints) > 0 {
+		out.Taints = taints
+	}
+	return out
+}
+
+func quantity(v int64, format resource.Format) resourceapi.DeviceCapacity {
+	return resourceapi.DeviceCapacity{Value: *resource.NewQuantity(v, format)}
+}
+
+// semver pads "12.4" to "12.4.0" so that version attributes parse as
+// semantic versions, which CEL's semver comparisons need.
+func semver(v string) string {
+	parts := strings.Split(v, ".")
+	for len(parts) < 3 {
+		parts = append(parts, "0")
+	}
+	return strings.Join(parts, ".")
+}
+
+// Objects renders DriverResources as the ResourceSlice objects the
+// publication controller would create, named deterministically
+// "<pool>-<driver>-<index>", for printing and for tests that feed the
+// allocator directly.
+func Objects(nodeName string, res draslices.DriverResources) []*resourceapi.ResourceSlice {
+	var out []*resourceapi.ResourceSlice
+	for poolName, pool := range res.Pools {
+		for i, s := range pool.Slices {
+			slice := &resourceapi.ResourceSlice{
+				TypeMeta:   metav1.TypeMeta{APIVersion: resourceapi.SchemeGroupVersion.String(), Kind: "ResourceSlice"},
+				ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("%s-%s-%d", poolName, strings.ReplaceAll(DriverName, ".", "-"), i)},
+				Spec: resourceapi.ResourceSliceSpec{
+					Driver:         DriverName,
+					Pool:           resourceapi.ResourcePool{Name: poolName, Generation: pool.Generation, ResourceSliceCount: int64(len(pool.Slices))},
+					NodeName:       ptr.To(nodeName),
+					Devices:        s.Devices,
+					SharedCounters: s.SharedCounters,
+				},
+			}
+			out = append(out, slice)
+		}
+	}
+	return out
+}
