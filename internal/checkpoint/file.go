@@ -1,0 +1,156 @@
+package checkpoint
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"io/fs"
+	"os"
+	"path/filepath"
+)
+
+// Version is the format this build writes.
+const Version = "v2"
+
+// FileName is the checkpoint's name inside the state directory.
+const FileName = "checkpoint.json"
+
+// ErrCorrupt is returned for a checkpoint that cannot be read as any known
+// version, or whose checksum does not match.
+var ErrCorrupt = errors.New("checkpoint is corrupt")
+
+// ErrUnknownVersion is returned for a checkpoint of a version this build
+// does not know, e.g. one written by a newer plugin before a downgrade.
+var ErrUnknownVersion = errors.New("checkpoint has an unknown version")
+
+// file is the v2 format: the claims with a checksum over their encoding, so
+// that a torn or hand-edited file is detected rather than half-trusted.
+type file struct {
+	Version  string          `json:"version"`
+	Checksum uint32          `json:"checksum"`
+	Claims   json.RawMessage `json:"claims"`
+}
+
+// Store reads and writes the checkpoint in one directory.
+type Store struct {
+	dir string
+}
+
+// NewStore returns a store in dir, creating dir.
+func NewStore(dir string) (*Store, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("create checkpoint directory %s: %w", dir, err)
+	}
+	return &Store{dir: dir}, nil
+}
+
+// Path is the checkpoint file's path.
+func (s *Store) Path() string { return filepath.Join(s.dir, FileName) }
+
+// Load reads the checkpoint; a missing file is an empty checkpoint. Files
+// of older versions are upgraded in memory (the next Save writes them in
+// the current version).
+func (s *Store) Load() (*Checkpoint, error) {
+	data, err := os.ReadFile(s.Path())
+	if errors.Is(err, fs.ErrNotExist) {
+		return New(), nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read checkpoint %s: %w", s.Path(), err)
+	}
+	cp, err := Decode(data)
+	if err != nil {
+		return nil, fmt.Errorf("checkpoint %s: %w", s.Path(), err)
+	}
+	return cp, nil
+}
+
+// Decode parses a checkpoint of any known version.
+func Decode(data []byte) (*Checkpoint, error) {
+	var head struct {
+		Version string `json:"version"`
+	}
+	if err := json.Unmarshal(data, &head); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrCorrupt, err)
+	}
+	switch head.Version {
+	case "v1":
+		return decodeV1(data)
+	case Version:
+	case "":
+		return nil, fmt.Errorf("%w: no version field", ErrCorrupt)
+	default:
+		return nil, fmt.Errorf("%w %q (this build reads v1 and v2); refusing to guess, so no device is touched", ErrUnknownVersion, head.Version)
+	}
+	var f file
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&f); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrCorrupt, err)
+	}
+	if sum := crc32.ChecksumIEEE(f.Claims); sum != f.Checksum {
+		return nil, fmt.Errorf("%w: checksum %08x, want %08x", ErrCorrupt, sum, f.Checksum)
+	}
+	cp := New()
+	if err := json.Unmarshal(f.Claims, &cp.Claims); err != nil {
+		return nil, fmt.Errorf("%w: claims: %w", ErrCorrupt, err)
+	}
+	if cp.Claims == nil {
+		cp.Claims = map[string]*Claim{}
+	}
+	for uid, c := range cp.Claims {
+		if c == nil || c.UID != uid {
+			return nil, fmt.Errorf("%w: claim entry %q does not carry its own UID", ErrCorrupt, uid)
+		}
+	}
+	return cp, nil
+}
+
+// Encode returns the current version's encoding of the checkpoint.
+func Encode(cp *Checkpoint) ([]byte, error) {
+	claims, err := json.Marshal(cp.Claims)
+	if err != nil {
+		return nil, fmt.Errorf("encode checkpoint: %w", err)
+	}
+	return json.Marshal(file{Version: Version, Checksum: crc32.ChecksumIEEE(claims), Claims: claims})
+}
+
+// Save writes the checkpoint atomically: a crash at any point leaves either
+// the old or the new file, never a mix.
+func (s *Store) Save(cp *Checkpoint) error {
+	data, err := Encode(cp)
+	if err != nil {
+		return err
+	}
+	tmp, err := os.CreateTemp(s.dir, FileName+".*.tmp")
+	if err != nil {
+		return fmt.Errorf("write checkpoint: %w", err)
+	}
+	defer func() { _ = os.Remove(tmp.Name()) }()
+	if _, err := tmp.Write(data); err != nil {
+		_ = tmp.Close()
+		return fmt.Errorf("write checkpoint %s: %w", tmp.Name(), err)
+	}
+	if err := tmp.Sync(); err != nil {
+		_ = tmp.Close()
+		return fmt.Errorf("sync checkpoint %s: %w", tmp.Name(), err)
+	}
+	if err := tmp.Close(); err != nil {
+		return fmt.Errorf("close checkpoint %s: %w", tmp.Name(), err)
+	}
+	if err := os.Rename(tmp.Name(), s.Path()); err != nil {
+		return fmt.Errorf("replace checkpoint %s: %w", s.Path(), err)
+	}
+	// The rename is only durable once the directory entry is.
+	dir, err := os.Open(s.dir)
+	if err != nil {
+		return fmt.Errorf("sync checkpoint directory %s: %w", s.dir, err)
+	}
+	defer func() { _ = dir.Close() }()
+	if err := dir.Sync(); err != nil {
+		return fmt.Errorf("sync checkpoint directory %s: %w", s.dir, err)
+	}
+	return nil
+}
