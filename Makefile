@@ -1,0 +1,56 @@
+# Tessera's build. `make help` lists the targets.
+
+SHELL := /usr/bin/env bash
+.SHELLFLAGS := -eu -o pipefail -c
+
+GO ?= go
+BIN := $(CURDIR)/bin
+# go-nvml's cgo bindings declare functions NVIDIA has deprecated; their
+# warnings drown real output.
+export CGO_CFLAGS ?= -Wno-deprecated-declarations
+
+.DEFAULT_GOAL := help
+
+.PHONY: help
+help: ## Show this help
+	@awk 'BEGIN {FS = ":.*##"} /^[a-zA-Z_-]+:.*##/ {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+.PHONY: build
+build: ## Build the binaries into bin/
+	$(GO) build -o $(BIN)/ ./cmd/...
+
+.PHONY: unit
+unit: ## Run the unit tests with the race detector
+	$(GO) test -race -count=1 $$($(GO) list ./... | grep -v /e2e)
+
+.PHONY: test
+test: verify unit e2e ## Run everything CI runs: verify, unit tests, e2e suite
+
+.PHONY: bench
+bench: ## Run the benchmarks of docs/benchmarks.md
+	$(GO) test -run '^$$' -bench . -benchtime 1x ./test/... 
+
+.PHONY: fmt
+fmt: ## Format the code
+	gofmt -w $$(git ls-files '*.go')
+
+.PHONY: generate
+generate: ## Regenerate generated code and CRDs
+	@true
+
+.PHONY: verify
+verify: generate ## gofmt, go vet, go mod tidy and generated files must leave no diff
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+	$(GO) mod tidy
+	@if [ -n "$$(git status --porcelain -- go.mod go.sum api deployments)" ]; then \
+		echo "go mod tidy or generation changed files:"; git status --porcelain -- go.mod go.sum api deployments; git diff -- go.mod go.sum | head -50; exit 1; fi
+
+.PHONY: clean
+clean: ## Remove build output
+	rm -rf $(BIN)
+
+# The local cluster, the e2e suite and the demo.
+-include e2e/e2e.mk
+# Node-side prepare's extra targets, if any.
+-include internal/prepare/prepare.mk
