@@ -40,7 +40,7 @@ func TestDecode(t *testing.T) {
 			wantErr: []string{"TPUConfig"},
 		},
 		"every problem with its path": {
-			raw: `{"apiVersion":"config.gpu.tessera.dev/v1alpha1","kind":"GPUConfig","sharing":{"strategy":"TimeSlicing","timeSlicing":{"interval":"Forever"},"mps":{"defaultActiveThreadPercentage":0}}}`,
+			raw:     `{"apiVersion":"config.gpu.tessera.dev/v1alpha1","kind":"GPUConfig","sharing":{"strategy":"TimeSlicing","timeSlicing":{"interval":"Forever"},"mps":{"defaultActiveThreadPercentage":0}}}`,
 			wantErr: []string{"sharing.timeSlicing.interval", "sharing.mps: Forbidden", "sharing.mps.defaultActiveThreadPercentage"},
 		},
 		"missing strategy": {
