@@ -1,0 +1,153 @@
+// Package demo runs the local cluster for people: make dev-cluster (a cluster with
+// Tessera installed) and make demo (the same, plus sample workloads and a table of
+// what they got).
+package demo
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/klog/v2"
+
+	"github.com/tessera-gpu/tessera/e2e/cluster"
+	"github.com/tessera-gpu/tessera/e2e/manifests"
+)
+
+// Options configure a demo or dev cluster.
+type Options struct {
+	BinDir       string
+	PluginBinary string
+	// WorkDir keeps the cluster's state; a temporary directory when empty.
+	WorkDir string
+	// Nodes and NVML size the cluster: Nodes nodes, each with the NVML mock given.
+	Nodes int
+	NVML  string
+	Out   io.Writer
+}
+
+// start brings up a cluster with Tessera installed.
+func start(ctx context.Context, opts Options) (*cluster.Local, func(), error) {
+	cleanup := func() {}
+	if opts.WorkDir == "" {
+		dir, err := os.MkdirTemp("", "tessera-local-")
+		if err != nil {
+			return nil, nil, err
+		}
+		opts.WorkDir = dir
+	}
+	cfg := cluster.Config{BinDir: opts.BinDir, PluginBinary: opts.PluginBinary, WorkDir: opts.WorkDir}
+	for i := range opts.Nodes {
+		cfg.Nodes = append(cfg.Nodes, cluster.NodeOptions{Name: fmt.Sprintf("gpu-node-%d", i+1), NVML: opts.NVML})
+	}
+	fmt.Fprintf(opts.Out, "Starting a local cluster: %d nodes (%s), state and logs in %s\n", opts.Nodes, opts.NVML, opts.WorkDir)
+	l, err := cluster.StartLocal(ctx, cfg)
+	if err != nil {
+		return nil, nil, err
+	}
+	cleanup = func() {
+		fmt.Fprintln(opts.Out, "Stopping the local cluster")
+		if err := l.Stop(); err != nil {
+			fmt.Fprintln(opts.Out, "stop:", err)
+		}
+	}
+	if err := l.Apply(ctx, manifests.DeviceClasses, ""); err != nil {
+		cleanup()
+		return nil, nil, fmt.Errorf("install DeviceClasses: %w", err)
+	}
+	return l, cleanup, nil
+}
+
+// DevCluster starts the cluster and prints "ready kubeconfig=<path>" once it is up,
+// then runs until ctx ends.
+func DevCluster(ctx context.Context, opts Options) error {
+	opts.Out = orDiscard(opts.Out)
+	l, stop, err := start(ctx, Options{BinDir: opts.BinDir, PluginBinary: opts.PluginBinary, WorkDir: opts.WorkDir, Nodes: opts.Nodes, NVML: opts.NVML, Out: io.Discard})
+	if err != nil {
+		return err
+	}
+	defer stop()
+	fmt.Fprintf(opts.Out, "ready kubeconfig=%s\n", l.Kubeconfig)
+	<-ctx.Done()
+	return nil
+}
+
+// Demo starts the cluster, runs the sample workloads, prints what they got and
+// then runs until ctx ends.
+func Demo(ctx context.Context, opts Options) error {
+	opts.Out = orDiscard(opts.Out)
+	started := time.Now()
+	l, stop, err := start(ctx, opts)
+	if err != nil {
+		return err
+	}
+	defer stop()
+	fmt.Fprintf(opts.Out, "Cluster up in %s; DeviceClasses installed\n", time.Since(started).Round(time.Second))
+
+	docs, err := manifests.Demo()
+	if err != nil {
+		return err
+	}
+	for _, doc := range docs {
+		if err := l.Apply(ctx, doc, manifests.DemoNamespace); err != nil {
+			return fmt.Errorf("apply demo workloads: %w", err)
+		}
+	}
+	fmt.Fprintln(opts.Out, "Demo workloads applied (e2e/manifests/demo); waiting for them to settle ...")
+	if err := waitSettled(ctx, l, manifests.DemoNamespace, 2*time.Minute); err != nil {
+		fmt.Fprintln(opts.Out, "warning:", err)
+	}
+	rows, err := Rows(ctx, l.Client, manifests.DemoNamespace)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintln(opts.Out)
+	PrintTable(opts.Out, rows)
+	fmt.Fprintf(opts.Out, "\nThe cluster keeps running. Try:\n  export KUBECONFIG=%s\n  kubectl get resourceslices,resourceclaims,pods -A\nLogs: %s\nPress Ctrl-C to stop.\n",
+		l.Kubeconfig, filepath.Join(l.WorkDir, "logs"))
+	<-ctx.Done()
+	return nil
+}
+
+// waitSettled waits until every pod in namespace is Running, or was refused by the
+// scheduler or by prepare (a warning event), so the table shows a final state.
+func waitSettled(ctx context.Context, l *cluster.Local, namespace string, timeout time.Duration) error {
+	logger := klog.FromContext(ctx)
+	err := wait.PollUntilContextTimeout(ctx, 250*time.Millisecond, timeout, true, func(ctx context.Context) (bool, error) {
+		pods, err := l.Client.CoreV1().Pods(namespace).List(ctx, metav1.ListOptions{})
+		if err != nil {
+			return false, nil
+		}
+		for _, pod := range pods.Items {
+			if pod.Status.Phase == corev1.PodRunning {
+				continue
+			}
+			events, err := l.Client.CoreV1().Events(namespace).List(ctx, metav1.ListOptions{
+				FieldSelector: fields.Set{"involvedObject.uid": string(pod.UID), "type": corev1.EventTypeWarning}.String(),
+			})
+			if err != nil || len(events.Items) == 0 {
+				logger.V(2).Info("Waiting for pod", "pod", klog.KObj(&pod), "phase", pod.Status.Phase)
+				return false, nil
+			}
+		}
+		return len(pods.Items) > 0, nil
+	})
+	if err != nil {
+		return fmt.Errorf("demo pods not settled within %s", timeout)
+	}
+	return nil
+}
+
+func orDiscard(w io.Writer) io.Writer {
+	if w == nil {
+		return io.Discard
+	}
+	return w
+}

@@ -1,0 +1,493 @@
+// Package kubelet is a kubelet stand-in for simulated nodes: it registers DRA plugins
+// through the real plugin-registration API, prepares and unprepares the ResourceClaims
+// of pods bound to its node through the real DRA gRPC API, and records what each
+// container would get from the returned CDI devices. It runs no containers.
+package kubelet
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"maps"
+	"slices"
+	"sync"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	resourceapi "k8s.io/api/resource/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/kubernetes/scheme"
+	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
+	corelisters "k8s.io/client-go/listers/core/v1"
+	resourcelisters "k8s.io/client-go/listers/resource/v1"
+	"k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/tools/record"
+	"k8s.io/client-go/util/workqueue"
+	"k8s.io/klog/v2"
+	drapb "k8s.io/kubelet/pkg/apis/dra/v1"
+)
+
+// Event reasons, as kubelet uses them.
+const (
+	ReasonFailedPrepare   = "FailedPrepareDynamicResources"
+	ReasonFailedUnprepare = "FailedUnprepareDynamicResources"
+)
+
+// Options configure a Kubelet.
+type Options struct {
+	NodeName string
+	Client   kubernetes.Interface
+	// RegistrarDir is where plugins create their registration sockets.
+	RegistrarDir string
+	// CDIRoot is where plugins write CDI specs.
+	CDIRoot string
+}
+
+// Kubelet is the stand-in for one node.
+type Kubelet struct {
+	opts     Options
+	registry *registry
+	queue    workqueue.TypedRateLimitingInterface[string]
+	pods     corelisters.PodLister
+	claims   resourcelisters.ResourceClaimLister
+	recorder record.EventRecorder
+
+	mu       sync.Mutex
+	prepared map[types.UID]*PreparedClaim  // by claim UID
+	podRefs  map[string]map[types.UID]bool // pod key -> claim UIDs it holds
+}
+
+// PreparedClaim is a claim prepared on this node and the pods using it.
+type PreparedClaim struct {
+	Namespace, Name string
+	UID             types.UID
+	Driver          string
+	Devices         []*drapb.Device
+	// Pods are the keys (namespace/name) of the pods on the node that use the claim.
+	Pods map[string]bool
+}
+
+// New returns a stand-in for opts.NodeName; Run starts it.
+func New(opts Options) *Kubelet {
+	return &Kubelet{
+		opts:     opts,
+		registry: newRegistry(opts.RegistrarDir),
+		// A failed prepare is retried like kubelet retries a pod sync: soon at first,
+		// then every few seconds.
+		queue: workqueue.NewTypedRateLimitingQueueWithConfig(
+			workqueue.NewTypedItemExponentialFailureRateLimiter[string](200*time.Millisecond, 5*time.Second),
+			workqueue.TypedRateLimitingQueueConfig[string]{Name: "kubelet-" + opts.NodeName},
+		),
+		prepared: map[types.UID]*PreparedClaim{},
+		podRefs:  map[string]map[types.UID]bool{},
+	}
+}
+
+// Run serves until ctx ends. It returns once the informers have synced and the
+// workers run in the background; they stop with ctx.
+func (k *Kubelet) Run(ctx context.Context) error {
+	logger := klog.FromContext(ctx)
+	broadcaster := record.NewBroadcaster(record.WithContext(ctx))
+	broadcaster.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: k.opts.Client.CoreV1().Events("")})
+	k.recorder = broadcaster.NewRecorder(scheme.Scheme, corev1.EventSource{Component: "kubelet", Host: k.opts.NodeName})
+
+	podFactory := informers.NewSharedInformerFactoryWithOptions(k.opts.Client, 0,
+		informers.WithTweakListOptions(func(o *metav1.ListOptions) {
+			o.FieldSelector = fields.OneTermEqualSelector("spec.nodeName", k.opts.NodeName).String()
+		}))
+	factory := informers.NewSharedInformerFactory(k.opts.Client, 0)
+	podInformer := podFactory.Core().V1().Pods()
+	claimInformer := factory.Resource().V1().ResourceClaims()
+	k.pods = podInformer.Lister()
+	k.claims = claimInformer.Lister()
+
+	enqueuePod := func(obj any) {
+		if key, err := cache.DeletionHandlingMetaNamespaceKeyFunc(obj); err == nil {
+			k.queue.Add(key)
+		}
+	}
+	if _, err := podInformer.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    enqueuePod,
+		UpdateFunc: func(_, obj any) { enqueuePod(obj) },
+		DeleteFunc: enqueuePod,
+	}); err != nil {
+		return fmt.Errorf("watch pods: %w", err)
+	}
+	// A pod waits for its claims to be allocated and reserved for it; claim changes
+	// wake the pods they are reserved for.
+	enqueueReserved := func(obj any) {
+		claim, ok := obj.(*resourceapi.ResourceClaim)
+		if !ok {
+			return
+		}
+		for _, ref := range claim.Status.ReservedFor {
+			if ref.Resource == "pods" && ref.APIGroup == "" {
+				k.queue.Add(claim.Namespace + "/" + ref.Name)
+			}
+		}
+	}
+	if _, err := claimInformer.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    enqueueReserved,
+		UpdateFunc: func(_, obj any) { enqueueReserved(obj) },
+	}); err != nil {
+		return fmt.Errorf("watch claims: %w", err)
+	}
+
+	go k.registry.run(ctx)
+	podFactory.Start(ctx.Done())
+	factory.Start(ctx.Done())
+	for typ, ok := range podFactory.WaitForCacheSync(ctx.Done()) {
+		if !ok {
+			return fmt.Errorf("sync %v informer for node %s", typ, k.opts.NodeName)
+		}
+	}
+	for typ, ok := range factory.WaitForCacheSync(ctx.Done()) {
+		if !ok {
+			return fmt.Errorf("sync %v informer for node %s", typ, k.opts.NodeName)
+		}
+	}
+	go func() {
+		<-ctx.Done()
+		k.queue.ShutDown()
+		broadcaster.Shutdown()
+		podFactory.Shutdown()
+		factory.Shutdown()
+	}()
+	for range 4 {
+		go func() {
+			for k.processNext(ctx) {
+			}
+		}()
+	}
+	logger.V(1).Info("Kubelet stand-in running", "node", k.opts.NodeName)
+	return nil
+}
+
+// WaitForPlugin blocks until driver has registered at least generation times (1 for
+// the first registration) and returns its DRA client.
+func (k *Kubelet) WaitForPlugin(ctx context.Context, driver string, generation int) (drapb.DRAPluginClient, error) {
+	p, err := k.registry.waitRegistered(ctx, driver, generation-1)
+	if err != nil {
+		return nil, err
+	}
+	return p.client, nil
+}
+
+// Registrations returns how often driver has registered (0 if never).
+func (k *Kubelet) Registrations(driver string) int {
+	if p := k.registry.get(driver); p != nil {
+		return p.generation
+	}
+	return 0
+}
+
+// Prepared returns a snapshot of the claims prepared on this node, by claim UID.
+func (k *Kubelet) Prepared() map[types.UID]PreparedClaim {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	out := make(map[types.UID]PreparedClaim, len(k.prepared))
+	for uid, c := range k.prepared {
+		cp := *c
+		cp.Pods = maps.Clone(c.Pods)
+		out[uid] = cp
+	}
+	return out
+}
+
+func (k *Kubelet) processNext(ctx context.Context) bool {
+	key, shutdown := k.queue.Get()
+	if shutdown {
+		return false
+	}
+	defer k.queue.Done(key)
+	logger := klog.LoggerWithValues(klog.FromContext(ctx), "pod", key, "node", k.opts.NodeName)
+	ctx = klog.NewContext(ctx, logger)
+	retry, err := k.syncPod(ctx, key)
+	switch {
+	case err != nil:
+		logger.V(2).Info("Pod sync failed, will retry", "err", err)
+		k.queue.AddRateLimited(key)
+	case retry:
+		k.queue.AddRateLimited(key)
+	default:
+		k.queue.Forget(key)
+	}
+	return true
+}
+
+// syncPod moves one pod towards its desired state. retry asks for another sync
+// later without an error (waiting for the scheduler or the claim controller).
+func (k *Kubelet) syncPod(ctx context.Context, key string) (retry bool, _ error) {
+	namespace, name, err := cache.SplitMetaNamespaceKey(key)
+	if err != nil {
+		return false, nil
+	}
+	pod, err := k.pods.Pods(namespace).Get(name)
+	if apierrors.IsNotFound(err) {
+		return false, k.release(ctx, key)
+	}
+	if err != nil {
+		return false, err
+	}
+	if pod.DeletionTimestamp != nil {
+		return false, k.terminate(ctx, key, pod)
+	}
+	if pod.Status.Phase == corev1.PodRunning || pod.Status.Phase == corev1.PodSucceeded || pod.Status.Phase == corev1.PodFailed {
+		return false, nil
+	}
+	return k.start(ctx, key, pod)
+}
+
+// start prepares the pod's claims, records the container edits and marks the pod
+// Running.
+func (k *Kubelet) start(ctx context.Context, key string, pod *corev1.Pod) (retry bool, _ error) {
+	logger := klog.FromContext(ctx)
+	claims, waiting := k.podClaims(pod)
+	if waiting != "" {
+		logger.V(3).Info("Waiting for claims", "reason", waiting)
+		return true, nil
+	}
+	byClaimName := map[string]*PreparedClaim{}
+	for podClaimName, claim := range claims {
+		prepared, err := k.prepare(ctx, key, pod, claim)
+		if err != nil {
+			k.recorder.Eventf(pod, corev1.EventTypeWarning, ReasonFailedPrepare, "Failed to prepare dynamic resources: %v", err)
+			return false, err
+		}
+		byClaimName[podClaimName] = prepared
+	}
+
+	edits := map[string]ContainerEdits{}
+	for _, c := range append(slices.Clone(pod.Spec.InitContainers), pod.Spec.Containers...) {
+		var ids []string
+		for _, ref := range c.Resources.Claims {
+			prepared := byClaimName[ref.Name]
+			if prepared == nil {
+				continue
+			}
+			for _, d := range prepared.Devices {
+				if ref.Request == "" || slices.ContainsFunc(d.RequestNames, func(r string) bool { return baseRequest(r) == ref.Request }) {
+					ids = append(ids, d.CdiDeviceIds...)
+				}
+			}
+		}
+		e, err := resolveEdits(k.opts.CDIRoot, ids)
+		if err != nil {
+			k.recorder.Eventf(pod, corev1.EventTypeWarning, ReasonFailedPrepare, "Failed to resolve CDI devices for container %s: %v", c.Name, err)
+			return false, err
+		}
+		edits[c.Name] = e
+	}
+	data, err := json.Marshal(edits)
+	if err != nil {
+		return false, fmt.Errorf("encode container edits: %w", err)
+	}
+	patch, err := json.Marshal(map[string]any{"metadata": map[string]any{"annotations": map[string]string{EditsAnnotation: string(data)}}})
+	if err != nil {
+		return false, fmt.Errorf("encode annotation patch: %w", err)
+	}
+	updated, err := k.opts.Client.CoreV1().Pods(pod.Namespace).Patch(ctx, pod.Name, types.MergePatchType, patch, metav1.PatchOptions{FieldManager: "tessera-e2e-kubelet"})
+	if err != nil {
+		return false, fmt.Errorf("record container edits: %w", err)
+	}
+	markRunning(updated)
+	if _, err := k.opts.Client.CoreV1().Pods(pod.Namespace).UpdateStatus(ctx, updated, metav1.UpdateOptions{FieldManager: "tessera-e2e-kubelet"}); err != nil {
+		return false, fmt.Errorf("mark pod running: %w", err)
+	}
+	logger.V(1).Info("Pod running", "claims", len(claims))
+	return false, nil
+}
+
+// podClaims resolves the pod's claims by the names the pod uses for them. waiting
+// says why the pod cannot start yet.
+func (k *Kubelet) podClaims(pod *corev1.Pod) (claims map[string]*resourceapi.ResourceClaim, waiting string) {
+	claims = map[string]*resourceapi.ResourceClaim{}
+	for _, pc := range pod.Spec.ResourceClaims {
+		claimName := pc.ResourceClaimName
+		if claimName == nil {
+			for _, s := range pod.Status.ResourceClaimStatuses {
+				if s.Name == pc.Name {
+					claimName = s.ResourceClaimName
+				}
+			}
+			if claimName == nil {
+				return nil, fmt.Sprintf("claim for %s not generated yet", pc.Name)
+			}
+		}
+		claim, err := k.claims.ResourceClaims(pod.Namespace).Get(*claimName)
+		if err != nil {
+			return nil, fmt.Sprintf("claim %s: %v", *claimName, err)
+		}
+		if claim.Status.Allocation == nil {
+			return nil, fmt.Sprintf("claim %s not allocated", claim.Name)
+		}
+		if !slices.ContainsFunc(claim.Status.ReservedFor, func(r resourceapi.ResourceClaimConsumerReference) bool { return r.UID == pod.UID }) {
+			return nil, fmt.Sprintf("claim %s not reserved for the pod", claim.Name)
+		}
+		claims[pc.Name] = claim
+	}
+	return claims, ""
+}
+
+// prepare prepares one claim for pod through the driver that allocated it.
+func (k *Kubelet) prepare(ctx context.Context, podKey string, pod *corev1.Pod, claim *resourceapi.ResourceClaim) (*PreparedClaim, error) {
+	k.mu.Lock()
+	if p := k.prepared[claim.UID]; p != nil {
+		p.Pods[podKey] = true
+		k.addRef(podKey, claim.UID)
+		k.mu.Unlock()
+		return p, nil
+	}
+	k.mu.Unlock()
+
+	drivers := map[string]bool{}
+	for _, r := range claim.Status.Allocation.Devices.Results {
+		drivers[r.Driver] = true
+	}
+	if len(drivers) != 1 {
+		return nil, fmt.Errorf("claim %s uses drivers %v; the stand-in prepares claims of exactly one driver", claim.Name, slices.Sorted(maps.Keys(drivers)))
+	}
+	driver := slices.Collect(maps.Keys(drivers))[0]
+	p := k.registry.get(driver)
+	if p == nil {
+		return nil, fmt.Errorf("DRA driver %s is not registered on node %s", driver, k.opts.NodeName)
+	}
+	callCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	ref := &drapb.Claim{Namespace: claim.Namespace, Name: claim.Name, Uid: string(claim.UID)}
+	resp, err := p.client.NodePrepareResources(callCtx, &drapb.NodePrepareResourcesRequest{Claims: []*drapb.Claim{ref}})
+	if err != nil {
+		return nil, fmt.Errorf("NodePrepareResources for claim %s/%s: %w", claim.Namespace, claim.Name, err)
+	}
+	result := resp.Claims[string(claim.UID)]
+	if result == nil {
+		return nil, fmt.Errorf("NodePrepareResources for claim %s/%s: no result for the claim", claim.Namespace, claim.Name)
+	}
+	if result.Error != "" {
+		return nil, fmt.Errorf("prepare claim %s/%s: %s", claim.Namespace, claim.Name, result.Error)
+	}
+	prepared := &PreparedClaim{Namespace: claim.Namespace, Name: claim.Name, UID: claim.UID, Driver: driver, Devices: result.Devices, Pods: map[string]bool{podKey: true}}
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if existing := k.prepared[claim.UID]; existing != nil {
+		prepared = existing
+		prepared.Pods[podKey] = true
+	}
+	k.prepared[claim.UID] = prepared
+	k.addRef(podKey, claim.UID)
+	klog.FromContext(ctx).V(1).Info("Prepared claim", "claim", klog.KObj(claim), "devices", len(result.Devices))
+	return prepared, nil
+}
+
+func (k *Kubelet) addRef(podKey string, claim types.UID) {
+	if k.podRefs[podKey] == nil {
+		k.podRefs[podKey] = map[types.UID]bool{}
+	}
+	k.podRefs[podKey][claim] = true
+}
+
+// terminate unprepares what only this pod used and then finishes the deletion, as
+// kubelet does once the containers are gone.
+func (k *Kubelet) terminate(ctx context.Context, key string, pod *corev1.Pod) error {
+	if err := k.release(ctx, key); err != nil {
+		k.recorder.Eventf(pod, corev1.EventTypeWarning, ReasonFailedUnprepare, "Failed to unprepare dynamic resources: %v", err)
+		return err
+	}
+	err := k.opts.Client.CoreV1().Pods(pod.Namespace).Delete(ctx, pod.Name, metav1.DeleteOptions{
+		GracePeriodSeconds: new(int64),
+		Preconditions:      &metav1.Preconditions{UID: &pod.UID},
+	})
+	if err != nil && !apierrors.IsNotFound(err) && !apierrors.IsConflict(err) {
+		return fmt.Errorf("finish deletion of pod: %w", err)
+	}
+	klog.FromContext(ctx).V(1).Info("Pod terminated")
+	return nil
+}
+
+// release drops the pod's hold on its claims and unprepares those no other pod on
+// the node holds.
+func (k *Kubelet) release(ctx context.Context, podKey string) error {
+	k.mu.Lock()
+	var toUnprepare []*PreparedClaim
+	for uid := range k.podRefs[podKey] {
+		c := k.prepared[uid]
+		if c == nil {
+			continue
+		}
+		delete(c.Pods, podKey)
+		if len(c.Pods) == 0 {
+			toUnprepare = append(toUnprepare, c)
+		}
+	}
+	k.mu.Unlock()
+
+	for _, c := range toUnprepare {
+		p := k.registry.get(c.Driver)
+		if p == nil {
+			return fmt.Errorf("DRA driver %s is not registered on node %s", c.Driver, k.opts.NodeName)
+		}
+		callCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		resp, err := p.client.NodeUnprepareResources(callCtx, &drapb.NodeUnprepareResourcesRequest{
+			Claims: []*drapb.Claim{{Namespace: c.Namespace, Name: c.Name, Uid: string(c.UID)}},
+		})
+		cancel()
+		if err != nil {
+			return fmt.Errorf("NodeUnprepareResources for claim %s/%s: %w", c.Namespace, c.Name, err)
+		}
+		if r := resp.Claims[string(c.UID)]; r != nil && r.Error != "" {
+			return fmt.Errorf("unprepare claim %s/%s: %s", c.Namespace, c.Name, r.Error)
+		}
+		k.mu.Lock()
+		delete(k.prepared, c.UID)
+		k.mu.Unlock()
+		klog.FromContext(ctx).V(1).Info("Unprepared claim", "claim", klog.KRef(c.Namespace, c.Name))
+	}
+	k.mu.Lock()
+	delete(k.podRefs, podKey)
+	k.mu.Unlock()
+	return nil
+}
+
+// baseRequest strips the subrequest from a prioritized-list result's request name
+// ("gpu/mig" -> "gpu"): containers name the request, not the alternative.
+func baseRequest(name string) string {
+	for i := range len(name) {
+		if name[i] == '/' {
+			return name[:i]
+		}
+	}
+	return name
+}
+
+func markRunning(pod *corev1.Pod) {
+	now := metav1.Now()
+	pod.Status.Phase = corev1.PodRunning
+	pod.Status.StartTime = &now
+	pod.Status.HostIP = "127.0.0.1"
+	pod.Status.HostIPs = []corev1.HostIP{{IP: "127.0.0.1"}}
+	for _, t := range []corev1.PodConditionType{corev1.PodInitialized, corev1.PodReady, corev1.ContainersReady} {
+		setCondition(pod, corev1.PodCondition{Type: t, Status: corev1.ConditionTrue, LastTransitionTime: now})
+	}
+	pod.Status.ContainerStatuses = nil
+	for _, c := range pod.Spec.Containers {
+		pod.Status.ContainerStatuses = append(pod.Status.ContainerStatuses, corev1.ContainerStatus{
+			Name: c.Name, Image: c.Image, ImageID: c.Image, Ready: true, Started: new(bool(true)),
+			State: corev1.ContainerState{Running: &corev1.ContainerStateRunning{StartedAt: now}},
+		})
+	}
+}
+
+func setCondition(pod *corev1.Pod, cond corev1.PodCondition) {
+	for i := range pod.Status.Conditions {
+		if pod.Status.Conditions[i].Type == cond.Type {
+			pod.Status.Conditions[i] = cond
+			return
+		}
+	}
+	pod.Status.Conditions = append(pod.Status.Conditions, cond)
+}

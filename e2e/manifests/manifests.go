@@ -1,0 +1,39 @@
+// Package manifests holds the objects the local cluster installs: Tessera's
+// DeviceClasses (until the Helm chart renders them) and the demo workloads, written
+// as users would write them.
+package manifests
+
+import (
+	"embed"
+	"io/fs"
+	"slices"
+)
+
+// DeviceClasses is the YAML of the DeviceClasses Tessera ships.
+//
+//go:embed deviceclasses.yaml
+var DeviceClasses []byte
+
+//go:embed demo/*.yaml
+var demo embed.FS
+
+// DemoNamespace is where the demo workloads live.
+const DemoNamespace = "tessera-demo"
+
+// Demo returns the demo manifests, in apply order (by file name).
+func Demo() ([][]byte, error) {
+	names, err := fs.Glob(demo, "demo/*.yaml")
+	if err != nil {
+		return nil, err
+	}
+	slices.Sort(names)
+	var out [][]byte
+	for _, n := range names {
+		data, err := demo.ReadFile(n)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, data)
+	}
+	return out, nil
+}
