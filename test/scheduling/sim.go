@@ -1,0 +1,238 @@
+// Package scheduling runs the allocator that lives inside kube-scheduler
+// (k8s.io/dynamic-resource-allocation/structured) over the slices Tessera
+// publishes, to prove that whatever it allocates the hardware can create, and
+// to measure its cost and how well Tessera's device order packs MIG requests.
+package scheduling
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	v1 "k8s.io/api/core/v1"
+	resourceapi "k8s.io/api/resource/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/sets"
+	"k8s.io/dynamic-resource-allocation/cel"
+	"k8s.io/dynamic-resource-allocation/structured"
+
+	"github.com/tessera-gpu/tessera/pkg/resourceslice"
+)
+
+// Features are the DRA features kube-scheduler 1.37 enables by default and
+// that Tessera's slices rely on.
+var Features = structured.Features{
+	AdminAccess:            true,
+	PrioritizedList:        true,
+	PartitionableDevices:   true,
+	DeviceTaints:           true,
+	DeviceBindingAndStatus: true,
+	ConsumableCapacity:     true,
+}
+
+// Class names, as the Helm chart ships them.
+const (
+	ClassGPU    = "gpu.tessera.dev"
+	ClassMIG    = "mig.gpu.tessera.dev"
+	ClassShared = "shared.gpu.tessera.dev"
+)
+
+// Classes are the chart's DeviceClasses.
+var Classes = classLister{
+	ClassGPU:    deviceClass(ClassGPU, "gpu"),
+	ClassMIG:    deviceClass(ClassMIG, "mig"),
+	ClassShared: deviceClass(ClassShared, "shared"),
+}
+
+func deviceClass(name, kind string) *resourceapi.DeviceClass {
+	return &resourceapi.DeviceClass{
+		ObjectMeta: metav1.ObjectMeta{Name: name},
+		Spec: resourceapi.DeviceClassSpec{Selectors: []resourceapi.DeviceSelector{{CEL: &resourceapi.CELDeviceSelector{
+			Expression: fmt.Sprintf(`device.driver == %q && device.attributes[%q].type == %q`, resourceslice.DriverName, resourceslice.DriverName, kind),
+		}}}},
+	}
+}
+
+type classLister map[string]*resourceapi.DeviceClass
+
+func (c classLister) List() ([]*resourceapi.DeviceClass, error) {
+	out := make([]*resourceapi.DeviceClass, 0, len(c))
+	for _, dc := range c {
+		out = append(out, dc)
+	}
+	return out, nil
+}
+
+func (c classLister) Get(name string) (*resourceapi.DeviceClass, error) {
+	if dc, ok := c[name]; ok {
+		return dc, nil
+	}
+	return nil, fmt.Errorf("device class %s not found", name)
+}
+
+// Cluster holds published slices and what is allocated, as the scheduler
+// tracks it between claims.
+type Cluster struct {
+	Slices  []*resourceapi.ResourceSlice
+	Nodes   []*v1.Node
+	state   structured.AllocatedState
+	claims  map[types.UID]*resourceapi.ResourceClaim
+	cel     *cel.Cache
+	timeout time.Duration
+}
+
+// NewCluster returns a cluster of the given nodes and slices.
+func NewCluster(nodes []string, slices []*resourceapi.ResourceSlice) *Cluster {
+	c := &Cluster{
+		Slices: slices,
+		state: structured.AllocatedState{
+			AllocatedDevices:         sets.New[structured.DeviceID](),
+			AllocatedSharedDeviceIDs: sets.New[structured.SharedDeviceID](),
+			AggregatedCapacity:       structured.NewConsumedCapacityCollection(),
+		},
+		claims:  map[types.UID]*resourceapi.ResourceClaim{},
+		cel:     cel.NewCache(100, cel.Features{EnableConsumableCapacity: true}),
+		timeout: 10 * time.Second,
+	}
+	for _, n := range nodes {
+		c.Nodes = append(c.Nodes, &v1.Node{ObjectMeta: metav1.ObjectMeta{Name: n}})
+	}
+	return c
+}
+
+// Allocate tries the claim on each node in turn, as the scheduler's filter
+// would, and records the first allocation found. It returns nil when no node
+// fits. The allocator gets a deadline: it backtracks without end when
+// claims cannot fit.
+func (c *Cluster) Allocate(ctx context.Context, claim *resourceapi.ResourceClaim) (*resourceapi.AllocationResult, error) {
+	ctx, cancel := context.WithTimeout(ctx, c.timeout)
+	defer cancel()
+	alloc, err := structured.NewAllocator(ctx, Features, c.state, Classes, c.Slices, c.cel)
+	if err != nil {
+		return nil, err
+	}
+	for _, node := range c.Nodes {
+		results, err := alloc.Allocate(ctx, node, []*resourceapi.ResourceClaim{claim})
+		if err != nil {
+			return nil, fmt.Errorf("allocate claim %s on %s: %w", claim.Name, node.Name, err)
+		}
+		if len(results) == 1 {
+			c.record(claim, &results[0])
+			return &results[0], nil
+		}
+	}
+	return nil, nil
+}
+
+func (c *Cluster) record(claim *resourceapi.ResourceClaim, result *resourceapi.AllocationResult) {
+	claim = claim.DeepCopy()
+	claim.Status.Allocation = result
+	c.claims[claim.UID] = claim
+	for _, r := range result.Devices.Results {
+		id := structured.MakeDeviceID(r.Driver, r.Pool, r.Device)
+		if r.ShareID != nil {
+			c.state.AllocatedSharedDeviceIDs.Insert(structured.MakeSharedDeviceID(id, r.ShareID))
+			c.state.AggregatedCapacity.Insert(structured.NewDeviceConsumedCapacity(id, r.ConsumedCapacity))
+			continue
+		}
+		c.state.AllocatedDevices.Insert(id)
+	}
+}
+
+// Free deallocates a claim.
+func (c *Cluster) Free(uid types.UID) {
+	claim, ok := c.claims[uid]
+	if !ok {
+		return
+	}
+	delete(c.claims, uid)
+	for _, r := range claim.Status.Allocation.Devices.Results {
+		id := structured.MakeDeviceID(r.Driver, r.Pool, r.Device)
+		if r.ShareID != nil {
+			c.state.AllocatedSharedDeviceIDs.Delete(structured.MakeSharedDeviceID(id, r.ShareID))
+			c.state.AggregatedCapacity.Remove(structured.NewDeviceConsumedCapacity(id, r.ConsumedCapacity))
+			continue
+		}
+		c.state.AllocatedDevices.Delete(id)
+	}
+}
+
+// Claims returns the allocated claims.
+func (c *Cluster) Claims() map[types.UID]*resourceapi.ResourceClaim { return c.claims }
+
+// Claim builders.
+
+var claimSeq int
+
+// newClaim applies the API server's defaults (exact count 1) that the
+// allocator relies on.
+func newClaim(requests ...resourceapi.DeviceRequest) *resourceapi.ResourceClaim {
+	for i := range requests {
+		if r := requests[i].Exactly; r != nil {
+			r.AllocationMode = resourceapi.DeviceAllocationModeExactCount
+			r.Count = max(r.Count, 1)
+		}
+		for j := range requests[i].FirstAvailable {
+			r := &requests[i].FirstAvailable[j]
+			r.AllocationMode = resourceapi.DeviceAllocationModeExactCount
+			r.Count = max(r.Count, 1)
+		}
+	}
+	claimSeq++
+	name := fmt.Sprintf("claim-%d", claimSeq)
+	return &resourceapi.ResourceClaim{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "default", UID: types.UID(name)},
+		Spec:       resourceapi.ResourceClaimSpec{Devices: resourceapi.DeviceClaim{Requests: requests}},
+	}
+}
+
+// WholeGPU asks for one whole GPU.
+func WholeGPU() *resourceapi.ResourceClaim {
+	return newClaim(resourceapi.DeviceRequest{Name: "gpu", Exactly: &resourceapi.ExactDeviceRequest{DeviceClassName: ClassGPU}})
+}
+
+// MIG asks for count partitions of a profile.
+func MIG(profile string, count int64) *resourceapi.ResourceClaim {
+	return newClaim(resourceapi.DeviceRequest{Name: "mig", Exactly: &resourceapi.ExactDeviceRequest{
+		DeviceClassName: ClassMIG, Selectors: profileSelector(profile), Count: count,
+	}})
+}
+
+// MIGAt asks for the partition of a profile at one placement.
+func MIGAt(profile string, start int) *resourceapi.ResourceClaim {
+	sel := profileSelector(profile)
+	sel = append(sel, resourceapi.DeviceSelector{CEL: &resourceapi.CELDeviceSelector{
+		Expression: fmt.Sprintf(`device.attributes[%q].placementStart == %d`, resourceslice.DriverName, start),
+	}})
+	return newClaim(resourceapi.DeviceRequest{Name: "mig", Exactly: &resourceapi.ExactDeviceRequest{DeviceClassName: ClassMIG, Selectors: sel}})
+}
+
+func profileSelector(profile string) []resourceapi.DeviceSelector {
+	return []resourceapi.DeviceSelector{{CEL: &resourceapi.CELDeviceSelector{
+		Expression: fmt.Sprintf(`device.attributes[%q].profile == %q`, resourceslice.DriverName, profile),
+	}}}
+}
+
+// Share asks for a share of a time-shared GPU.
+func Share(memory string, compute int64) *resourceapi.ResourceClaim {
+	return newClaim(resourceapi.DeviceRequest{Name: "share", Exactly: &resourceapi.ExactDeviceRequest{
+		DeviceClassName: ClassShared, Capacity: shareCapacity(memory, compute),
+	}})
+}
+
+func shareCapacity(memory string, compute int64) *resourceapi.CapacityRequirements {
+	return &resourceapi.CapacityRequirements{Requests: map[resourceapi.QualifiedName]resource.Quantity{
+		resourceslice.CapMemory:  resource.MustParse(memory),
+		resourceslice.CapCompute: *resource.NewQuantity(compute, resource.DecimalSI),
+	}}
+}
+
+// MIGOrShare prefers a MIG partition and falls back to a share.
+func MIGOrShare(profile, memory string, compute int64) *resourceapi.ResourceClaim {
+	return newClaim(resourceapi.DeviceRequest{Name: "gpu", FirstAvailable: []resourceapi.DeviceSubRequest{
+		{Name: "mig", DeviceClassName: ClassMIG, Selectors: profileSelector(profile)},
+		{Name: "share", DeviceClassName: ClassShared, Capacity: shareCapacity(memory, compute)},
+	}})
+}
