@@ -1,0 +1,47 @@
+package suite
+
+import (
+	"regexp"
+	"testing"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// TestSharesColocateWhileMIGWaits runs on the node with one GPU, so nothing can go
+// elsewhere: two shares (20Gi, 30Gi) land on the same gpu-0-shared, and a MIG
+// partition of that GPU waits until both shares are gone.
+func TestSharesColocateWhileMIGWaits(t *testing.T) {
+	ns := newNamespace(t)
+	createTemplate(t, ns, "share-20gi", withMemory(request("gpu", classShared), "20Gi"))
+	createTemplate(t, ns, "share-30gi", withMemory(request("gpu", classShared), "30Gi"))
+	createTemplate(t, ns, "mig-1g", request("gpu", classMIG, profileIs("1g.18gb")))
+
+	small := createPod(t, ns, "share-small", "share-20gi", onNode(nodeSmall))
+	large := createPod(t, ns, "share-large", "share-30gi", onNode(nodeSmall))
+	a1, a2 := waitAllocated(t, small), waitAllocated(t, large)
+	r1, r2 := a1.Devices()[0], a2.Devices()[0]
+	if r1.Pool != nodeSmall || r1.Device != "gpu-0-shared" || r2.Pool != r1.Pool || r2.Device != r1.Device {
+		t.Fatalf("shares allocated on %s/%s and %s/%s, want both on %s/gpu-0-shared", r1.Pool, r1.Device, r2.Pool, r2.Device, nodeSmall)
+	}
+	if r1.ShareID == nil || r2.ShareID == nil || *r1.ShareID == *r2.ShareID {
+		t.Errorf("shares need distinct share IDs, got %v and %v", r1.ShareID, r2.ShareID)
+	}
+
+	mig := createPod(t, ns, "mig", "mig-1g", onNode(nodeSmall))
+	ev := waitEvent(t, mig, "FailedScheduling")
+	t.Logf("MIG pod waits: %s", ev.Message)
+	if p, err := local.Client.CoreV1().Pods(ns).Get(t.Context(), mig.Name, metav1.GetOptions{}); err != nil || p.Spec.NodeName != "" {
+		t.Fatalf("MIG pod was bound (node %q, err %v) while shares hold the GPU", p.Spec.NodeName, err)
+	}
+
+	deletePod(t, small)
+	deletePod(t, large)
+	waitGone(t, a1)
+	waitGone(t, a2)
+	am := waitAllocated(t, mig)
+	if d := am.Devices()[0]; d.Pool != nodeSmall || !regexp.MustCompile(`^gpu-0-mig-1g18gb-\d+$`).MatchString(d.Device) {
+		t.Errorf("MIG claim allocated %s/%s, want a 1g.18gb partition of %s's gpu-0", d.Pool, d.Device, nodeSmall)
+	}
+	running := waitRunning(t, mig)
+	checkPrepared(t, am, running)
+}
