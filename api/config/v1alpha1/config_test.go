@@ -47,6 +47,10 @@ func TestDecode(t *testing.T) {
 			raw:     `{"apiVersion":"config.gpu.tessera.dev/v1alpha1","kind":"GPUConfig","sharing":{}}`,
 			wantErr: []string{"sharing.strategy: Required"},
 		},
+		"mig interval": {
+			raw:     `{"apiVersion":"config.gpu.tessera.dev/v1alpha1","kind":"MIGConfig","sharing":{"strategy":"TimeSlicing","timeSlicing":{"interval":"Short"}}}`,
+			wantErr: []string{"sharing.timeSlicing.interval: Forbidden"},
+		},
 		"mps inside mig": {
 			raw:     `{"apiVersion":"config.gpu.tessera.dev/v1alpha1","kind":"MIGConfig","sharing":{"strategy":"MPS"}}`,
 			wantErr: []string{"sharing.strategy: Unsupported value"},

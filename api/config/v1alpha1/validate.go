@@ -19,7 +19,14 @@ func (c *MIGConfig) Validate() error {
 }
 
 func (c *MIGConfig) validate() field.ErrorList {
-	return c.Sharing.validate(field.NewPath("sharing"), false)
+	path := field.NewPath("sharing")
+	errs := c.Sharing.validate(path, false)
+	// The time slice is a property of the physical GPU: setting it for one
+	// partition would change it for every other tenant's partition.
+	if c.Sharing != nil && c.Sharing.TimeSlicing.IntervalOrDefault() != DefaultTimeSlice {
+		errs = append(errs, field.Forbidden(path.Child("timeSlicing", "interval"), "a MIG partition always uses the default time slice"))
+	}
+	return errs
 }
 
 func (s *Sharing) validate(path *field.Path, mpsAllowed bool) field.ErrorList {

@@ -1,0 +1,90 @@
+package prepare
+
+import (
+	"fmt"
+	"slices"
+	"strings"
+
+	resourceapi "k8s.io/api/resource/v1"
+
+	configapi "github.com/tessera-gpu/tessera/api/config/v1alpha1"
+	"github.com/tessera-gpu/tessera/pkg/partition"
+	"github.com/tessera-gpu/tessera/pkg/resourceslice"
+)
+
+// deviceConfig is the configuration that applies to one allocated device:
+// at most one GPUConfig (whole and shared GPUs) or MIGConfig (partitions).
+type deviceConfig struct {
+	gpu *configapi.GPUConfig
+	mig *configapi.MIGConfig
+}
+
+// resolveConfig returns, for each of the claim's results (by index), the
+// configuration that applies to it. DeviceClass configuration applies before
+// the claim's own, and within each, later entries win, so that a claim can
+// override what its class sets. A config entry that names requests must fit
+// their devices; one that names none applies to the devices it fits.
+func resolveConfig(alloc *resourceapi.AllocationResult, results []resourceapi.DeviceRequestAllocationResult, kinds []partition.Kind) ([]deviceConfig, error) {
+	out := make([]deviceConfig, len(results))
+	type entry struct {
+		index int
+		cfg   resourceapi.DeviceAllocationConfiguration
+	}
+	var ordered []entry
+	for _, source := range []resourceapi.AllocationConfigSource{resourceapi.AllocationConfigSourceClass, resourceapi.AllocationConfigSourceClaim} {
+		for i, c := range alloc.Devices.Config {
+			if c.Source == source {
+				ordered = append(ordered, entry{i, c})
+			}
+		}
+	}
+	for _, e := range ordered {
+		opaque := e.cfg.Opaque
+		if opaque == nil || opaque.Driver != resourceslice.DriverName {
+			continue
+		}
+		where := fmt.Sprintf("opaque config %d (from %s", e.index, e.cfg.Source)
+		if len(e.cfg.Requests) > 0 {
+			where += ", requests " + strings.Join(e.cfg.Requests, ",")
+		}
+		where += ")"
+		obj, err := configapi.Decode(opaque.Parameters.Raw)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", where, err)
+		}
+		for i, r := range results {
+			if !appliesTo(e.cfg.Requests, r.Request) {
+				continue
+			}
+			switch cfg := obj.(type) {
+			case *configapi.GPUConfig:
+				if kinds[i] == partition.KindMIG {
+					if len(e.cfg.Requests) > 0 {
+						return nil, fmt.Errorf("%s: a GPUConfig cannot configure MIG device %s of request %s; use a MIGConfig", where, r.Device, r.Request)
+					}
+					continue
+				}
+				out[i].gpu = cfg
+			case *configapi.MIGConfig:
+				if kinds[i] != partition.KindMIG {
+					if len(e.cfg.Requests) > 0 {
+						return nil, fmt.Errorf("%s: a MIGConfig cannot configure device %s of request %s, which is not a MIG partition; use a GPUConfig", where, r.Device, r.Request)
+					}
+					continue
+				}
+				out[i].mig = cfg
+			}
+		}
+	}
+	return out, nil
+}
+
+// appliesTo reports whether a config naming requests applies to a result's
+// request, which may be "<main>/<subrequest>".
+func appliesTo(requests []string, request string) bool {
+	if len(requests) == 0 {
+		return true
+	}
+	main, _, _ := strings.Cut(request, "/")
+	return slices.Contains(requests, request) || slices.Contains(requests, main)
+}

@@ -1,0 +1,207 @@
+package prepare
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"testing"
+
+	"github.com/NVIDIA/go-nvml/pkg/nvml/mock/server"
+	resourceapi "k8s.io/api/resource/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/dynamic-resource-allocation/kubeletplugin"
+
+	tcdi "github.com/tessera-gpu/tessera/internal/cdi"
+	"github.com/tessera-gpu/tessera/internal/checkpoint"
+	tnvml "github.com/tessera-gpu/tessera/internal/nvml"
+	"github.com/tessera-gpu/tessera/internal/nvml/nvmlmock"
+	"github.com/tessera-gpu/tessera/pkg/resourceslice"
+)
+
+const nodeName = "node-1"
+
+// testEnv is one simulated node: a mock NVML server, the plugin's
+// directories and the fakes that outlive a Preparer.
+type testEnv struct {
+	t        testing.TB
+	server   *nvmlmock.Server
+	lib      tnvml.Library
+	cdiRoot  string
+	stateDir string
+	procRoot string
+	mps      *FakeMPS
+	slicer   *FakeTimeSlicer
+}
+
+// maxTestGPUInstanceID bounds the capability files the fake /proc holds:
+// the mock numbers GPU instances without reusing IDs.
+const maxTestGPUInstanceID = 40
+
+func newTestEnv(t testing.TB, model string, gpus int) *testEnv {
+	t.Helper()
+	s, err := nvmlmock.New(model, gpus, "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	lib, err := tnvml.OpenMock(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := &testEnv{
+		t: t, server: s, lib: lib,
+		cdiRoot: t.TempDir(), stateDir: t.TempDir(), procRoot: t.TempDir(),
+		mps: NewFakeMPS(), slicer: &FakeTimeSlicer{},
+	}
+	for gpu := range gpus {
+		for gi := range maxTestGPUInstanceID {
+			dir := filepath.Join(e.procRoot, "driver/nvidia/capabilities", fmt.Sprintf("gpu%d/mig/gi%d", gpu, gi))
+			writeFile(t, filepath.Join(dir, "access"), fmt.Sprintf("DeviceFileMinor: %d\nDeviceFileMode: 292\n", capMinor(gpu, gi, -1)))
+			writeFile(t, filepath.Join(dir, "ci0", "access"), fmt.Sprintf("DeviceFileMinor: %d\nDeviceFileMode: 292\n", capMinor(gpu, gi, 0)))
+		}
+	}
+	return e
+}
+
+// capMinor is the fake driver's capability minor of a GPU or compute instance.
+func capMinor(gpu, gi, ci int) int { return 1000 + gpu*1000 + gi*10 + ci + 1 }
+
+func writeFile(t testing.TB, path, content string) {
+	t.Helper()
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// preparer starts a Preparer on the environment, as a plugin start would.
+func (e *testEnv) preparer(ctx context.Context, opts ...Option) (*Preparer, error) {
+	return New(ctx, append([]Option{
+		WithNVML(e.lib), WithNodeName(nodeName), WithCDIRoot(e.cdiRoot), WithStateDir(e.stateDir),
+		WithDriverRoot("/"), WithProcRoot(e.procRoot), WithMPS(e.mps), WithTimeSlicer(e.slicer),
+	}, opts...)...)
+}
+
+func (e *testEnv) mustPreparer(ctx context.Context, opts ...Option) *Preparer {
+	e.t.Helper()
+	p, err := e.preparer(ctx, opts...)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return p
+}
+
+// nodeState is what can leak: MIG instances, CDI specs, MPS daemons,
+// checkpointed claims and MIG modes.
+type nodeState struct {
+	// MIG lists "gpu/start+size" of every GPU instance, with its compute
+	// instance count.
+	MIG     []string
+	MIGMode map[int]int
+	CDI     []string
+	Daemons []string
+	Claims  map[string]checkpoint.State
+}
+
+func (e *testEnv) state() nodeState {
+	e.t.Helper()
+	st := nodeState{MIGMode: map[int]int{}, Claims: map[string]checkpoint.State{}}
+	for i, d := range e.server.Devices {
+		dev := d.(*server.Device)
+		dev.RLock()
+		st.MIGMode[i] = dev.MigMode
+		for gi := range dev.GpuInstances {
+			gi.RLock()
+			st.MIG = append(st.MIG, fmt.Sprintf("gpu%d/%d+%d/ci=%d", i, gi.Info.Placement.Start, gi.Info.Placement.Size, len(gi.ComputeInstances)))
+			gi.RUnlock()
+		}
+		dev.RUnlock()
+	}
+	sort.Strings(st.MIG)
+	w, err := tcdi.New(tcdi.WithRoot(e.cdiRoot))
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	if st.CDI, err = w.Claims(); err != nil {
+		e.t.Fatal(err)
+	}
+	st.Daemons, _ = e.mps.Running(context.Background())
+	store, _ := checkpoint.NewStore(e.stateDir)
+	cp, err := store.Load()
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	for uid, c := range cp.Claims {
+		st.Claims[uid] = c.State
+	}
+	return st
+}
+
+// cleanState is a node with nothing prepared: MIG off on GPUs that toggle.
+func (e *testEnv) cleanState() nodeState {
+	st := nodeState{MIGMode: map[int]int{}, Claims: map[string]checkpoint.State{}}
+	for i := range e.server.Devices {
+		st.MIGMode[i] = 0
+		if e.server.Model.MIGEnabled {
+			st.MIGMode[i] = 1
+		}
+	}
+	return st
+}
+
+// Claim builders.
+
+type claimBuilder struct{ c *resourceapi.ResourceClaim }
+
+func makeClaim(uid string) *claimBuilder {
+	return &claimBuilder{&resourceapi.ResourceClaim{
+		ObjectMeta: metav1.ObjectMeta{Name: "claim-" + uid, Namespace: "ns", UID: types.UID(uid)},
+		Status:     resourceapi.ResourceClaimStatus{Allocation: &resourceapi.AllocationResult{}},
+	}}
+}
+
+func (b *claimBuilder) device(request, device string) *claimBuilder {
+	b.c.Status.Allocation.Devices.Results = append(b.c.Status.Allocation.Devices.Results, resourceapi.DeviceRequestAllocationResult{
+		Request: request, Driver: resourceslice.DriverName, Pool: nodeName, Device: device,
+	})
+	return b
+}
+
+func (b *claimBuilder) share(request, device, memory, compute, shareID string) *claimBuilder {
+	id := types.UID(shareID)
+	b.c.Status.Allocation.Devices.Results = append(b.c.Status.Allocation.Devices.Results, resourceapi.DeviceRequestAllocationResult{
+		Request: request, Driver: resourceslice.DriverName, Pool: nodeName, Device: device, ShareID: &id,
+		ConsumedCapacity: map[resourceapi.QualifiedName]resource.Quantity{
+			resourceslice.DriverName + "/" + resourceslice.CapMemory:  resource.MustParse(memory),
+			resourceslice.DriverName + "/" + resourceslice.CapCompute: resource.MustParse(compute),
+		},
+	})
+	return b
+}
+
+func (b *claimBuilder) config(source resourceapi.AllocationConfigSource, raw string, requests ...string) *claimBuilder {
+	b.c.Status.Allocation.Devices.Config = append(b.c.Status.Allocation.Devices.Config, resourceapi.DeviceAllocationConfiguration{
+		Source: source, Requests: requests,
+		DeviceConfiguration: resourceapi.DeviceConfiguration{Opaque: &resourceapi.OpaqueDeviceConfiguration{
+			Driver: resourceslice.DriverName, Parameters: runtime.RawExtension{Raw: []byte(raw)},
+		}},
+	})
+	return b
+}
+
+func (b *claimBuilder) obj() *resourceapi.ResourceClaim { return b.c }
+
+func ref(c *resourceapi.ResourceClaim) kubeletplugin.NamespacedObject {
+	return kubeletplugin.NamespacedObject{NamespacedName: types.NamespacedName{Namespace: c.Namespace, Name: c.Name}, UID: c.UID}
+}
+
+const (
+	timeSlicingLong = `{"apiVersion":"config.gpu.tessera.dev/v1alpha1","kind":"GPUConfig","sharing":{"strategy":"TimeSlicing","timeSlicing":{"interval":"Long"}}}`
+	mpsWhole        = `{"apiVersion":"config.gpu.tessera.dev/v1alpha1","kind":"GPUConfig","sharing":{"strategy":"MPS","mps":{"defaultActiveThreadPercentage":50,"defaultPinnedDeviceMemoryLimit":"10Gi"}}}`
+)

@@ -1,0 +1,225 @@
+package prepare
+
+import (
+	"fmt"
+	"strings"
+
+	resourceapi "k8s.io/api/resource/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/dynamic-resource-allocation/kubeletplugin"
+
+	configapi "github.com/tessera-gpu/tessera/api/config/v1alpha1"
+	tcdi "github.com/tessera-gpu/tessera/internal/cdi"
+	"github.com/tessera-gpu/tessera/internal/checkpoint"
+	"github.com/tessera-gpu/tessera/pkg/partition"
+	"github.com/tessera-gpu/tessera/pkg/resourceslice"
+)
+
+// mpsPipeDir is where a container finds its GPU's MPS daemon.
+const mpsPipeDir = "/tmp/nvidia-mps"
+
+// plan turns the claim's allocation into the devices to make, with their
+// resolved configuration. It touches nothing.
+func (p *Preparer) plan(claim *resourceapi.ResourceClaim) ([]checkpoint.Device, error) {
+	alloc := claim.Status.Allocation
+	if alloc == nil {
+		return nil, fmt.Errorf("claim is not allocated")
+	}
+	var (
+		results []resourceapi.DeviceRequestAllocationResult
+		infos   []deviceInfo
+		kinds   []partition.Kind
+	)
+	for _, r := range alloc.Devices.Results {
+		if r.Driver != resourceslice.DriverName {
+			continue
+		}
+		if p.nodeName != "" && r.Pool != p.nodeName {
+			return nil, fmt.Errorf("device %s of request %s is in pool %s, not in this node's pool %s", r.Device, r.Request, r.Pool, p.nodeName)
+		}
+		info, ok := p.devices[r.Device]
+		if !ok {
+			return nil, fmt.Errorf("device %s of request %s is not a device of this node", r.Device, r.Request)
+		}
+		results = append(results, r)
+		infos = append(infos, info)
+		kinds = append(kinds, info.device.Kind)
+	}
+	configs, err := resolveConfig(alloc, results, kinds)
+	if err != nil {
+		return nil, err
+	}
+	devices := make([]checkpoint.Device, len(results))
+	mpsGPUs := map[string]bool{}
+	for i, r := range results {
+		info := infos[i]
+		d := checkpoint.Device{
+			Request: r.Request, Pool: r.Pool, Device: r.Device, Kind: string(info.device.Kind),
+			GPUIndex: info.gpu.Index, GPUUUID: info.gpu.UUID, GPUMinor: info.gpu.Minor,
+		}
+		var sharing *configapi.Sharing
+		if configs[i].gpu != nil {
+			sharing = configs[i].gpu.Sharing
+		}
+		switch info.device.Kind {
+		case partition.KindMIG:
+			d.MIG = &checkpoint.MIG{ProfileID: info.device.Profile.ID, Profile: info.device.Profile.Name, Placement: info.device.Placement}
+			// A MIG partition's containers time-slice at the default
+			// interval; MIGConfig allows nothing else to set up.
+			sharing = nil
+		case partition.KindShared:
+			d.Share = share(r)
+			if sharing == nil {
+				// Shares are enforced unless an admin chose otherwise.
+				sharing = &configapi.Sharing{Strategy: configapi.MPSStrategy}
+			}
+		}
+		if sharing != nil {
+			d.Sharing = &checkpoint.Sharing{Strategy: string(sharing.Strategy)}
+			switch sharing.Strategy {
+			case configapi.TimeSlicingStrategy:
+				d.Sharing.Interval = string(sharing.TimeSlicing.IntervalOrDefault())
+			case configapi.MPSStrategy:
+				mpsGPUs[d.GPUUUID] = true
+				if m := sharing.MPS; m != nil {
+					if m.DefaultActiveThreadPercentage != nil {
+						d.Sharing.ActiveThreadPercentage = int64(*m.DefaultActiveThreadPercentage)
+					}
+					if m.DefaultPinnedDeviceMemoryLimit != nil {
+						d.Sharing.PinnedMemoryLimitBytes = m.DefaultPinnedDeviceMemoryLimit.Value()
+					}
+				}
+				// The share's own capacity is its limit.
+				if d.Share != nil && d.Share.Compute > 0 {
+					d.Sharing.ActiveThreadPercentage = d.Share.Compute
+				}
+				if d.Share != nil && d.Share.MemoryBytes > 0 {
+					d.Sharing.PinnedMemoryLimitBytes = d.Share.MemoryBytes
+				}
+			}
+		}
+		devices[i] = d
+	}
+	// An MPS client talks to one control daemon, and Tessera runs one per GPU.
+	if len(mpsGPUs) > 1 {
+		return nil, fmt.Errorf("MPS-shared devices of one claim must be on one GPU; this claim's are on %d GPUs", len(mpsGPUs))
+	}
+	return devices, nil
+}
+
+// share reads a share's consumed capacity from its allocation result.
+func share(r resourceapi.DeviceRequestAllocationResult) *checkpoint.Share {
+	s := &checkpoint.Share{}
+	if r.ShareID != nil {
+		s.ShareID = string(*r.ShareID)
+	}
+	for name, q := range r.ConsumedCapacity {
+		switch strings.TrimPrefix(string(name), resourceslice.DriverName+"/") {
+		case resourceslice.CapMemory:
+			s.MemoryBytes = q.Value()
+		case resourceslice.CapCompute:
+			s.Compute = q.Value()
+		}
+	}
+	return s
+}
+
+// result is what the kubelet gets for a prepared claim.
+func result(c *checkpoint.Claim) kubeletplugin.PrepareResult {
+	res := kubeletplugin.PrepareResult{Devices: []kubeletplugin.Device{}}
+	for _, d := range c.Devices {
+		dev := kubeletplugin.Device{
+			Requests:     []string{d.Request},
+			PoolName:     d.Pool,
+			DeviceName:   d.Device,
+			CDIDeviceIDs: d.CDIDeviceIDs,
+		}
+		if d.Share != nil && d.Share.ShareID != "" {
+			id := types.UID(d.Share.ShareID)
+			dev.ShareID = &id
+		}
+		res.Devices = append(res.Devices, dev)
+	}
+	return res
+}
+
+// kindOf labels a claim for metrics by the kind of its devices.
+func kindOf(c *checkpoint.Claim) string {
+	kind := "none"
+	for _, d := range c.Devices {
+		switch {
+		case kind == "none":
+			kind = d.Kind
+		case kind != d.Kind:
+			return "mixed"
+		}
+	}
+	return kind
+}
+
+func timeSlice(interval string) configapi.TimeSliceInterval {
+	if interval == "" {
+		return configapi.DefaultTimeSlice
+	}
+	return configapi.TimeSliceInterval(interval)
+}
+
+// cdiClaim builds what the claim's containers get: per device its device
+// nodes (and MPS pipe mount), per claim the visibility and MPS limit
+// environment. Environment is per claim because several devices of one
+// claim would otherwise overwrite each other's NVIDIA_VISIBLE_DEVICES.
+func (p *Preparer) cdiClaim(c *checkpoint.Claim) (tcdi.Claim, error) {
+	out := tcdi.Claim{UID: c.UID}
+	var visible []string
+	seen := map[string]int{} // visible UUID -> CUDA ordinal
+	var mpsMemory = map[int]int64{}
+	var mpsThreads int64
+	mps := false
+	for _, d := range c.Devices {
+		uuid := d.GPUUUID
+		nodes := []string{tcdi.GPUDeviceNode(d.GPUMinor)}
+		if d.MIG != nil {
+			uuid = d.MIG.UUID
+			caps, err := tcdi.MIGCapabilityDeviceNodes(p.procRoot, d.GPUMinor, d.MIG.GPUInstanceID, d.MIG.ComputeInstanceID)
+			if err != nil {
+				return out, fmt.Errorf("MIG device %s: %w", d.Device, err)
+			}
+			nodes = append(nodes, caps...)
+		}
+		nodes = append(nodes, tcdi.ControlDeviceNodes...)
+		ordinal, ok := seen[uuid]
+		if !ok {
+			ordinal = len(visible)
+			seen[uuid] = ordinal
+			visible = append(visible, uuid)
+		}
+		dev := tcdi.Device{Name: d.Device, DeviceNodes: nodes}
+		if d.Sharing != nil && d.Sharing.Strategy == string(configapi.MPSStrategy) {
+			mps = true
+			dev.Mounts = []tcdi.Mount{{HostPath: p.daemon(d.GPUUUID).PipeDir, ContainerPath: mpsPipeDir}}
+			mpsMemory[ordinal] += d.Sharing.PinnedMemoryLimitBytes
+			mpsThreads += d.Sharing.ActiveThreadPercentage
+		}
+		out.Devices = append(out.Devices, dev)
+	}
+	if len(visible) > 0 {
+		list := strings.Join(visible, ",")
+		out.Env = append(out.Env, "NVIDIA_VISIBLE_DEVICES="+list, "CUDA_VISIBLE_DEVICES="+list)
+	}
+	if mps {
+		out.Env = append(out.Env, "CUDA_MPS_PIPE_DIRECTORY="+mpsPipeDir)
+		var limits []string
+		for ordinal := range visible {
+			if b := mpsMemory[ordinal]; b > 0 {
+				limits = append(limits, fmt.Sprintf("%d=%dM", ordinal, b>>20))
+			}
+		}
+		if len(limits) > 0 {
+			out.Env = append(out.Env, "CUDA_MPS_PINNED_DEVICE_MEM_LIMIT="+strings.Join(limits, ","))
+		}
+		if mpsThreads > 0 {
+			out.Env = append(out.Env, fmt.Sprintf("CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=%d", min(mpsThreads, 100)))
+		}
+	}
+	return out, nil
+}

@@ -1,0 +1,536 @@
+// Package prepare turns allocated ResourceClaims into devices a container can
+// use, and back: it creates and destroys MIG instances through NVML, starts
+// and stops MPS control daemons for shared GPUs, applies time slicing, writes
+// one CDI spec per claim, and records every claim in a crash-safe checkpoint
+// before and after its devices are made. On start it reconciles the
+// checkpoint with what NVML, the CDI root and the MPS daemons report.
+package prepare
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"sync"
+	"time"
+
+	resourceapi "k8s.io/api/resource/v1"
+	"k8s.io/dynamic-resource-allocation/kubeletplugin"
+	"k8s.io/klog/v2"
+
+	tcdi "github.com/tessera-gpu/tessera/internal/cdi"
+	"github.com/tessera-gpu/tessera/internal/checkpoint"
+	"github.com/tessera-gpu/tessera/internal/metrics"
+	tnvml "github.com/tessera-gpu/tessera/internal/nvml"
+	"github.com/tessera-gpu/tessera/pkg/inventory"
+	"github.com/tessera-gpu/tessera/pkg/partition"
+)
+
+// Preparer prepares and unprepares claims on one node. It is safe for
+// concurrent use: claims are serialised per UID, MIG and daemon changes per
+// GPU, checkpoint writes globally.
+type Preparer struct {
+	nvml       tnvml.Library
+	cdi        *tcdi.Writer
+	store      *checkpoint.Store
+	mps        MPSControl
+	slicer     TimeSlicer
+	metrics    *metrics.Metrics
+	hook       func(Step) error
+	nodeName   string
+	cdiRoot    string
+	driverRoot string
+	procRoot   string
+	stateDir   string
+
+	// devices maps this node's device names to what they are.
+	devices map[string]deviceInfo
+	gpus    map[int]*gpuState
+
+	claims keyedMutex
+
+	// mu guards cp and serialises its writes.
+	mu sync.Mutex
+	cp *checkpoint.Checkpoint
+}
+
+type deviceInfo struct {
+	gpu    inventory.GPU
+	device partition.Device
+}
+
+// gpuState serialises the changes that concern one physical GPU: its MIG
+// mode and instances, its MPS daemon and its time slice.
+type gpuState struct {
+	sync.Mutex
+	gpu inventory.GPU
+}
+
+// Option configures a Preparer.
+type Option func(*Preparer)
+
+// WithNVML sets the NVML library (required).
+func WithNVML(lib tnvml.Library) Option { return func(p *Preparer) { p.nvml = lib } }
+
+// WithNodeName sets the node name, which is the name of the node's pool.
+func WithNodeName(name string) Option { return func(p *Preparer) { p.nodeName = name } }
+
+// WithCDIRoot sets the CDI spec directory (default /var/run/cdi).
+func WithCDIRoot(dir string) Option { return func(p *Preparer) { p.cdiRoot = dir } }
+
+// WithDriverRoot sets where the NVIDIA driver's files live on the host
+// (default /): device nodes are <root>/dev/..., capability files
+// <root>/proc/driver/nvidia/capabilities/... unless WithProcRoot says
+// otherwise.
+func WithDriverRoot(dir string) Option { return func(p *Preparer) { p.driverRoot = dir } }
+
+// WithProcRoot sets the /proc whose driver/nvidia/capabilities tree names
+// the MIG capability device minors (default <driver root>/proc).
+func WithProcRoot(dir string) Option { return func(p *Preparer) { p.procRoot = dir } }
+
+// WithStateDir sets the directory of the checkpoint and of the MPS daemons'
+// pipe and log directories (default /var/lib/tessera).
+func WithStateDir(dir string) Option { return func(p *Preparer) { p.stateDir = dir } }
+
+// WithMPS sets the MPS daemon control (default: real daemons under the
+// state directory).
+func WithMPS(m MPSControl) Option { return func(p *Preparer) { p.mps = m } }
+
+// WithTimeSlicer sets how time slices are applied (default: nvidia-smi).
+func WithTimeSlicer(t TimeSlicer) Option { return func(p *Preparer) { p.slicer = t } }
+
+// WithMetrics sets the metrics to update.
+func WithMetrics(m *metrics.Metrics) Option { return func(p *Preparer) { p.metrics = m } }
+
+// WithStepHook calls hook after each step; an error from it abandons the
+// operation on the spot, without rollback, as a crash would. For tests.
+func WithStepHook(hook func(Step) error) Option { return func(p *Preparer) { p.hook = hook } }
+
+// New discovers the node's GPUs, loads the checkpoint and reconciles it
+// with the node's state. A checkpoint that cannot be read stops New with an
+// error before anything is destroyed.
+func New(ctx context.Context, opts ...Option) (*Preparer, error) {
+	p := &Preparer{cdiRoot: "/var/run/cdi", driverRoot: "/", stateDir: "/var/lib/tessera"}
+	for _, o := range opts {
+		o(p)
+	}
+	if p.nvml == nil {
+		return nil, errors.New("prepare: no NVML library")
+	}
+	if p.procRoot == "" {
+		p.procRoot = filepath.Join(p.driverRoot, "proc")
+	}
+	if p.mps == nil {
+		p.mps = &MPSDaemons{Root: p.mpsRoot(), Binary: filepath.Join(p.driverRoot, "usr/bin/nvidia-cuda-mps-control")}
+	}
+	if p.slicer == nil {
+		p.slicer = NvidiaSMI{Binary: filepath.Join(p.driverRoot, "usr/bin/nvidia-smi")}
+	}
+	var err error
+	if p.cdi, err = tcdi.New(tcdi.WithRoot(p.cdiRoot), tcdi.WithDriverRoot(p.driverRoot)); err != nil {
+		return nil, err
+	}
+	if p.store, err = checkpoint.NewStore(p.stateDir); err != nil {
+		return nil, err
+	}
+	if p.cp, err = p.store.Load(); err != nil {
+		return nil, fmt.Errorf("load checkpoint (refusing to start so that no prepared device is destroyed): %w", err)
+	}
+	node, err := p.nvml.Discover(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("discover GPUs: %w", err)
+	}
+	p.devices = map[string]deviceInfo{}
+	p.gpus = map[int]*gpuState{}
+	for _, gpu := range node.GPUs {
+		p.gpus[gpu.Index] = &gpuState{gpu: gpu}
+		for _, d := range partition.Build(gpu, partition.Options{}).Devices {
+			p.devices[d.Name] = deviceInfo{gpu: gpu, device: d}
+		}
+	}
+	if err := p.reconcile(ctx); err != nil {
+		return nil, fmt.Errorf("reconcile checkpoint with the node: %w", err)
+	}
+	return p, nil
+}
+
+func (p *Preparer) mpsRoot() string { return filepath.Join(p.stateDir, "mps") }
+
+// Prepare prepares one claim. Errors, including bad opaque config, go into
+// the claim's result; other claims are unaffected.
+func (p *Preparer) Prepare(ctx context.Context, claim *resourceapi.ResourceClaim) kubeletplugin.PrepareResult {
+	logger := klog.FromContext(ctx)
+	start := time.Now()
+	res, kind, err := p.prepare(ctx, claim)
+	p.metrics.ObservePrepare(kind, time.Since(start), err)
+	if err != nil {
+		err = fmt.Errorf("prepare claim %s/%s: %w", claim.Namespace, claim.Name, err)
+		logger.Error(err, "Preparing claim failed", "claim", klog.KObj(claim))
+		return kubeletplugin.PrepareResult{Err: err}
+	}
+	logger.V(2).Info("Prepared claim", "claim", klog.KObj(claim), "devices", len(res.Devices), "duration", time.Since(start))
+	return res
+}
+
+// Unprepare tears down what Prepare made. Unpreparing an unknown claim is
+// not an error.
+func (p *Preparer) Unprepare(ctx context.Context, claim kubeletplugin.NamespacedObject) error {
+	logger := klog.FromContext(ctx)
+	start := time.Now()
+	kind, err := p.unprepare(ctx, string(claim.UID))
+	p.metrics.ObserveUnprepare(kind, time.Since(start), err)
+	if err != nil {
+		err = fmt.Errorf("unprepare claim %s: %w", claim.String(), err)
+		logger.Error(err, "Unpreparing claim failed", "claim", claim.NamespacedName)
+		return err
+	}
+	logger.V(2).Info("Unprepared claim", "claim", claim.NamespacedName, "duration", time.Since(start))
+	return nil
+}
+
+func (p *Preparer) prepare(ctx context.Context, claim *resourceapi.ResourceClaim) (kubeletplugin.PrepareResult, string, error) {
+	uid := string(claim.UID)
+	defer p.claims.lock(uid)()
+	if c := p.claim(uid); c != nil {
+		if c.State == checkpoint.PrepareCompleted {
+			return result(c), kindOf(c), nil
+		}
+		// An earlier attempt stopped half-way: undo it and start over.
+		if err := p.teardown(ctx, c); err != nil {
+			return kubeletplugin.PrepareResult{}, kindOf(c), fmt.Errorf("roll back an earlier attempt: %w", err)
+		}
+	}
+	devices, err := p.plan(claim)
+	if err != nil {
+		return kubeletplugin.PrepareResult{}, "none", err
+	}
+	c := &checkpoint.Claim{UID: uid, Namespace: claim.Namespace, Name: claim.Name, State: checkpoint.PrepareStarted, Devices: devices}
+	kind := kindOf(c)
+	if err := p.update(func(cp *checkpoint.Checkpoint) { cp.Claims[uid] = c.DeepCopy() }); err != nil {
+		return kubeletplugin.PrepareResult{}, kind, err
+	}
+	if err := p.step(StepPrepareRecorded); err != nil {
+		return kubeletplugin.PrepareResult{}, kind, err
+	}
+	if err := p.make(ctx, c); err != nil {
+		if isAbandoned(err) {
+			return kubeletplugin.PrepareResult{}, kind, err
+		}
+		if rerr := p.teardown(ctx, p.claim(uid)); rerr != nil {
+			err = errors.Join(err, fmt.Errorf("roll back: %w", rerr))
+		}
+		return kubeletplugin.PrepareResult{}, kind, err
+	}
+	return result(c), kind, nil
+}
+
+// make creates the claim's devices and its CDI spec, recording progress in
+// the checkpoint. c is the caller's copy and is updated along.
+func (p *Preparer) make(ctx context.Context, c *checkpoint.Claim) error {
+	for i := range c.Devices {
+		d := &c.Devices[i]
+		if d.MIG != nil {
+			m, err := p.createMIG(ctx, d)
+			if err != nil {
+				return err
+			}
+			d.MIG.Created, d.MIG.GPUInstanceID, d.MIG.ComputeInstanceID, d.MIG.UUID = true, m.GPUInstanceID, m.ComputeInstanceID, m.UUID
+			if err := p.update(func(cp *checkpoint.Checkpoint) { cp.Claims[c.UID].Devices[i].MIG = ptrCopy(d.MIG) }); err != nil {
+				return err
+			}
+			if err := p.step(StepMIGRecorded); err != nil {
+				return err
+			}
+		}
+		if err := p.startSharing(ctx, d); err != nil {
+			return err
+		}
+	}
+	spec, err := p.cdiClaim(c)
+	if err != nil {
+		return err
+	}
+	ids, err := p.cdi.Write(spec)
+	if err != nil {
+		return err
+	}
+	if err := p.step(StepCDIWritten); err != nil {
+		return err
+	}
+	for i := range c.Devices {
+		c.Devices[i].CDIDeviceIDs = []string{ids[i]}
+	}
+	c.State = checkpoint.PrepareCompleted
+	if err := p.update(func(cp *checkpoint.Checkpoint) { cp.Claims[c.UID] = c.DeepCopy() }); err != nil {
+		return err
+	}
+	return p.step(StepPrepareCompleted)
+}
+
+func (p *Preparer) createMIG(ctx context.Context, d *checkpoint.Device) (tnvml.MIGDevice, error) {
+	g := p.gpus[d.GPUIndex]
+	g.Lock()
+	defer g.Unlock()
+	if g.gpu.MIG.ToggleWithoutReset {
+		if err := p.nvml.SetMIGMode(ctx, d.GPUIndex, true); err != nil {
+			return tnvml.MIGDevice{}, fmt.Errorf("enable MIG mode on GPU %d: %w", d.GPUIndex, err)
+		}
+	} else if !g.gpu.MIG.Enabled {
+		return tnvml.MIGDevice{}, fmt.Errorf("MIG device %s: MIG mode is off on GPU %d, which cannot switch it without a reset", d.Device, d.GPUIndex)
+	}
+	if err := p.step(StepMIGModeOn); err != nil {
+		return tnvml.MIGDevice{}, err
+	}
+	m, err := p.nvml.CreateMIGDevice(ctx, d.GPUIndex, d.MIG.ProfileID, d.MIG.Placement)
+	if err != nil {
+		return m, fmt.Errorf("create MIG device %s (profile %s at %d+%d) on GPU %d: %w", d.Device, d.MIG.Profile, d.MIG.Placement.Start, d.MIG.Placement.Size, d.GPUIndex, err)
+	}
+	if err := p.step(StepMIGCreated); err != nil {
+		return m, err
+	}
+	return m, nil
+}
+
+func (p *Preparer) startSharing(ctx context.Context, d *checkpoint.Device) error {
+	if d.Sharing == nil {
+		return nil
+	}
+	g := p.gpus[d.GPUIndex]
+	g.Lock()
+	defer g.Unlock()
+	switch d.Sharing.Strategy {
+	case "MPS":
+		if err := p.mps.Start(ctx, p.daemon(d.GPUUUID)); err != nil {
+			return fmt.Errorf("device %s: %w", d.Device, err)
+		}
+		return p.step(StepMPSStarted)
+	case "TimeSlicing":
+		if err := p.slicer.SetTimeSlice(ctx, d.GPUUUID, timeSlice(d.Sharing.Interval)); err != nil {
+			return fmt.Errorf("device %s: %w", d.Device, err)
+		}
+		return p.step(StepTimeSliced)
+	}
+	return nil
+}
+
+func (p *Preparer) daemon(gpuUUID string) MPSDaemon {
+	dir := filepath.Join(p.mpsRoot(), gpuUUID)
+	return MPSDaemon{GPUUUID: gpuUUID, PipeDir: filepath.Join(dir, "pipe"), LogDir: filepath.Join(dir, "log")}
+}
+
+func (p *Preparer) unprepare(ctx context.Context, uid string) (string, error) {
+	defer p.claims.lock(uid)()
+	c := p.claim(uid)
+	if c == nil {
+		return "none", nil
+	}
+	if c.State != checkpoint.UnprepareStarted {
+		c.State = checkpoint.UnprepareStarted
+		if err := p.update(func(cp *checkpoint.Checkpoint) { cp.Claims[uid].State = checkpoint.UnprepareStarted }); err != nil {
+			return kindOf(c), err
+		}
+		if err := p.step(StepUnprepareRecorded); err != nil {
+			return kindOf(c), err
+		}
+	}
+	return kindOf(c), p.teardown(ctx, c)
+}
+
+// teardown undoes whatever exists of a claim (c is a copy of its checkpoint
+// entry) and forgets it. Each part is idempotent, so teardown can be
+// repeated after a crash at any point.
+func (p *Preparer) teardown(ctx context.Context, c *checkpoint.Claim) error {
+	if err := p.cdi.Remove(c.UID); err != nil {
+		return err
+	}
+	if err := p.step(StepCDIRemoved); err != nil {
+		return err
+	}
+	var errs []error
+	for i := range c.Devices {
+		d := &c.Devices[i]
+		if d.MIG != nil && d.MIG.Created {
+			if err := p.destroyMIG(ctx, d); err != nil {
+				if isAbandoned(err) {
+					return err
+				}
+				errs = append(errs, err)
+				continue
+			}
+			d.MIG.Created = false
+			if err := p.update(func(cp *checkpoint.Checkpoint) { cp.Claims[c.UID].Devices[i].MIG.Created = false }); err != nil {
+				return err
+			}
+			if err := p.step(StepMIGForgotten); err != nil {
+				return err
+			}
+		}
+		if err := p.stopSharing(ctx, c.UID, d); err != nil {
+			if isAbandoned(err) {
+				return err
+			}
+			errs = append(errs, err)
+		}
+	}
+	if len(errs) > 0 {
+		// Keep the claim so that the kubelet's retry (or the next start)
+		// finishes the job.
+		return errors.Join(errs...)
+	}
+	if err := p.update(func(cp *checkpoint.Checkpoint) { delete(cp.Claims, c.UID) }); err != nil {
+		return err
+	}
+	return p.step(StepUnprepareCompleted)
+}
+
+// destroyMIG destroys the claim's MIG instance, making sure the instance
+// with the recorded ID is still the one at the recorded placement: NVML
+// reuses instance IDs.
+func (p *Preparer) destroyMIG(ctx context.Context, d *checkpoint.Device) error {
+	g := p.gpus[d.GPUIndex]
+	if g == nil {
+		return fmt.Errorf("MIG device %s: GPU %d is gone", d.Device, d.GPUIndex)
+	}
+	g.Lock()
+	defer g.Unlock()
+	existing, err := p.nvml.MIGDevices(ctx, d.GPUIndex)
+	if err != nil {
+		return fmt.Errorf("list MIG devices of GPU %d: %w", d.GPUIndex, err)
+	}
+	for _, m := range existing {
+		if m.GPUInstanceID == d.MIG.GPUInstanceID && m.Placement == d.MIG.Placement && m.ProfileID == d.MIG.ProfileID {
+			if err := p.nvml.DestroyMIGDevice(ctx, d.GPUIndex, m.GPUInstanceID); err != nil {
+				return fmt.Errorf("destroy MIG device %s on GPU %d: %w", d.Device, d.GPUIndex, err)
+			}
+		}
+	}
+	if err := p.step(StepMIGDestroyed); err != nil {
+		return err
+	}
+	return p.migModeOffIfUnused(ctx, g)
+}
+
+// migModeOffIfUnused switches MIG mode off on a GPU that can switch it
+// without a reset once no partition remains, so that the GPU can again be
+// used whole or shared. Must be called with g locked.
+func (p *Preparer) migModeOffIfUnused(ctx context.Context, g *gpuState) error {
+	if !g.gpu.MIG.ToggleWithoutReset {
+		return nil
+	}
+	left, err := p.nvml.MIGDevices(ctx, g.gpu.Index)
+	if err != nil {
+		return fmt.Errorf("list MIG devices of GPU %d: %w", g.gpu.Index, err)
+	}
+	if len(left) > 0 {
+		return nil
+	}
+	if err := p.nvml.SetMIGMode(ctx, g.gpu.Index, false); err != nil {
+		return fmt.Errorf("disable MIG mode on GPU %d: %w", g.gpu.Index, err)
+	}
+	return p.step(StepMIGModeOff)
+}
+
+// stopSharing stops the GPU's MPS daemon, or resets its time slice, when no
+// other claim uses it.
+func (p *Preparer) stopSharing(ctx context.Context, uid string, d *checkpoint.Device) error {
+	if d.Sharing == nil {
+		return nil
+	}
+	g := p.gpus[d.GPUIndex]
+	if g == nil {
+		return nil
+	}
+	g.Lock()
+	defer g.Unlock()
+	if p.sharedByOthers(uid, d.GPUUUID, d.Sharing.Strategy) {
+		return nil
+	}
+	switch d.Sharing.Strategy {
+	case "MPS":
+		if err := p.mps.Stop(ctx, d.GPUUUID); err != nil {
+			return fmt.Errorf("device %s: %w", d.Device, err)
+		}
+		return p.step(StepMPSStopped)
+	case "TimeSlicing":
+		if err := p.slicer.SetTimeSlice(ctx, d.GPUUUID, timeSlice("")); err != nil {
+			return fmt.Errorf("device %s: reset time slice: %w", d.Device, err)
+		}
+	}
+	return nil
+}
+
+// sharedByOthers reports whether a claim other than uid, in any state, uses
+// the strategy on the GPU. A claim is recorded before its sharing is set up,
+// so a concurrent prepare is always seen.
+func (p *Preparer) sharedByOthers(uid, gpuUUID, strategy string) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for other, c := range p.cp.Claims {
+		if other == uid {
+			continue
+		}
+		for _, d := range c.Devices {
+			if d.GPUUUID == gpuUUID && d.Sharing != nil && d.Sharing.Strategy == strategy {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// claim returns a copy of the claim's checkpoint entry, nil when unknown.
+func (p *Preparer) claim(uid string) *checkpoint.Claim {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if c, ok := p.cp.Claims[uid]; ok {
+		return c.DeepCopy()
+	}
+	return nil
+}
+
+// update changes the checkpoint and writes it. A failed write leaves the
+// in-memory checkpoint as the file is.
+func (p *Preparer) update(change func(*checkpoint.Checkpoint)) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	next := p.cp.DeepCopy()
+	change(next)
+	if err := p.store.Save(next); err != nil {
+		return err
+	}
+	p.cp = next
+	p.recordMetrics()
+	return nil
+}
+
+// recordMetrics must be called with p.mu held.
+func (p *Preparer) recordMetrics() {
+	if p.metrics == nil {
+		return
+	}
+	kinds := map[string]int{}
+	mig := 0
+	daemons := map[string]bool{}
+	for _, c := range p.cp.Claims {
+		for _, d := range c.Devices {
+			if c.State == checkpoint.PrepareCompleted {
+				kinds[d.Kind]++
+			}
+			if d.MIG != nil && d.MIG.Created {
+				mig++
+			}
+			if d.Sharing != nil && d.Sharing.Strategy == "MPS" {
+				daemons[d.GPUUUID] = true
+			}
+		}
+	}
+	p.metrics.SetPrepared(kinds, mig, len(daemons))
+}
+
+func ptrCopy[T any](v *T) *T {
+	if v == nil {
+		return nil
+	}
+	c := *v
+	return &c
+}

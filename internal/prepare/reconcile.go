@@ -1,0 +1,138 @@
+package prepare
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"k8s.io/klog/v2"
+
+	"github.com/tessera-gpu/tessera/internal/checkpoint"
+)
+
+// reconcile brings the node in line with the checkpoint after a start:
+// completed claims are served as before (their CDI spec and MPS daemon are
+// restored if missing), half-made or half-torn-down claims are rolled back,
+// MIG instances no completed claim owns are destroyed, CDI specs of claims
+// the plugin does not hold are removed, MPS daemons nobody needs stopped.
+func (p *Preparer) reconcile(ctx context.Context) error {
+	logger := klog.FromContext(ctx)
+	var errs []error
+	for _, uid := range p.cp.UIDs() {
+		c := p.claim(uid)
+		if c.State == checkpoint.PrepareCompleted {
+			continue
+		}
+		logger.Info("Rolling back a claim interrupted by a restart", "claimUID", uid, "claim", c.Namespace+"/"+c.Name, "state", c.State)
+		if err := p.teardown(ctx, c); err != nil {
+			errs = append(errs, fmt.Errorf("roll back claim %s: %w", uid, err))
+		}
+	}
+
+	completed := p.completedClaims()
+	owned := map[migKey]bool{}
+	wantMPS := map[string]bool{}
+	for _, c := range completed {
+		for _, d := range c.Devices {
+			if d.MIG != nil && d.MIG.Created {
+				owned[migKey{d.GPUIndex, d.MIG.GPUInstanceID, d.MIG.Placement.Start, d.MIG.Placement.Size}] = true
+			}
+			if d.Sharing != nil && d.Sharing.Strategy == "MPS" {
+				wantMPS[d.GPUUUID] = true
+			}
+		}
+	}
+
+	for index, g := range p.gpus {
+		if !g.gpu.MIG.Capable {
+			continue
+		}
+		g.Lock()
+		err := p.destroyUnowned(ctx, g, owned)
+		g.Unlock()
+		if err != nil {
+			errs = append(errs, fmt.Errorf("GPU %d: %w", index, err))
+		}
+	}
+
+	specs, err := p.cdi.Claims()
+	if err != nil {
+		errs = append(errs, err)
+	}
+	for _, uid := range specs {
+		if _, ok := completed[uid]; ok {
+			continue
+		}
+		logger.Info("Removing the CDI spec of a claim the plugin does not hold", "claimUID", uid)
+		if err := p.cdi.Remove(uid); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	for _, uid := range sortedKeys(completed) {
+		c := completed[uid]
+		spec, err := p.cdiClaim(c)
+		if err == nil {
+			_, err = p.cdi.Write(spec)
+		}
+		if err != nil {
+			errs = append(errs, fmt.Errorf("restore CDI spec of claim %s: %w", uid, err))
+		}
+	}
+
+	running, err := p.mps.Running(ctx)
+	if err != nil {
+		errs = append(errs, err)
+	}
+	for _, gpu := range running {
+		if !wantMPS[gpu] {
+			logger.Info("Stopping an MPS daemon no claim uses", "gpu", gpu)
+			if err := p.mps.Stop(ctx, gpu); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	for _, gpu := range sortedKeys(wantMPS) {
+		if err := p.mps.Start(ctx, p.daemon(gpu)); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	p.mu.Lock()
+	p.recordMetrics()
+	p.mu.Unlock()
+	return errors.Join(errs...)
+}
+
+type migKey struct{ gpu, gpuInstanceID, start, size int }
+
+// destroyUnowned destroys the GPU's MIG instances that no completed claim
+// owns and switches MIG mode off when none remains. Must be called with g
+// locked.
+func (p *Preparer) destroyUnowned(ctx context.Context, g *gpuState, owned map[migKey]bool) error {
+	existing, err := p.nvml.MIGDevices(ctx, g.gpu.Index)
+	if err != nil {
+		return fmt.Errorf("list MIG devices: %w", err)
+	}
+	for _, m := range existing {
+		if owned[migKey{g.gpu.Index, m.GPUInstanceID, m.Placement.Start, m.Placement.Size}] {
+			continue
+		}
+		klog.FromContext(ctx).Info("Destroying a MIG instance no claim owns", "gpu", g.gpu.Index, "gpuInstance", m.GPUInstanceID, "placement", m.Placement)
+		if err := p.nvml.DestroyMIGDevice(ctx, g.gpu.Index, m.GPUInstanceID); err != nil {
+			return fmt.Errorf("destroy MIG instance %d: %w", m.GPUInstanceID, err)
+		}
+	}
+	return p.migModeOffIfUnused(ctx, g)
+}
+
+// completedClaims returns copies of the completed claims by UID.
+func (p *Preparer) completedClaims() map[string]*checkpoint.Claim {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	out := map[string]*checkpoint.Claim{}
+	for uid, c := range p.cp.Claims {
+		if c.State == checkpoint.PrepareCompleted {
+			out[uid] = c.DeepCopy()
+		}
+	}
+	return out
+}

@@ -1,0 +1,71 @@
+package prepare
+
+import (
+	"context"
+	"fmt"
+	"os/exec"
+	"strings"
+	"sync"
+
+	configapi "github.com/tessera-gpu/tessera/api/config/v1alpha1"
+)
+
+// TimeSlicer sets a GPU's time slice. The real one runs nvidia-smi; tests
+// use FakeTimeSlicer.
+type TimeSlicer interface {
+	SetTimeSlice(ctx context.Context, gpuUUID string, interval configapi.TimeSliceInterval) error
+}
+
+// NvidiaSMI sets time slices with "nvidia-smi compute-policy".
+type NvidiaSMI struct {
+	// Binary is nvidia-smi, under the driver root.
+	Binary string
+}
+
+// timeSliceValues are nvidia-smi's --set-timeslice values.
+var timeSliceValues = map[configapi.TimeSliceInterval]string{
+	configapi.DefaultTimeSlice: "0",
+	configapi.ShortTimeSlice:   "1",
+	configapi.MediumTimeSlice:  "2",
+	configapi.LongTimeSlice:    "3",
+}
+
+// SetTimeSlice runs nvidia-smi compute-policy -i <uuid> --set-timeslice=<n>.
+func (n NvidiaSMI) SetTimeSlice(ctx context.Context, gpuUUID string, interval configapi.TimeSliceInterval) error {
+	v, ok := timeSliceValues[interval]
+	if !ok {
+		return fmt.Errorf("set time slice of GPU %s: unknown interval %q", gpuUUID, interval)
+	}
+	out, err := exec.CommandContext(ctx, n.Binary, "compute-policy", "-i", gpuUUID, "--set-timeslice="+v).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("set time slice %s on GPU %s: %w: %s", interval, gpuUUID, err, strings.TrimSpace(string(out)))
+	}
+	return nil
+}
+
+// FakeTimeSlicer records each GPU's time slice.
+type FakeTimeSlicer struct {
+	mu        sync.Mutex
+	intervals map[string]configapi.TimeSliceInterval
+}
+
+// SetTimeSlice records the interval.
+func (f *FakeTimeSlicer) SetTimeSlice(_ context.Context, gpuUUID string, interval configapi.TimeSliceInterval) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.intervals == nil {
+		f.intervals = map[string]configapi.TimeSliceInterval{}
+	}
+	f.intervals[gpuUUID] = interval
+	return nil
+}
+
+// Interval returns the GPU's recorded interval, Default when never set.
+func (f *FakeTimeSlicer) Interval(gpuUUID string) configapi.TimeSliceInterval {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if v, ok := f.intervals[gpuUUID]; ok {
+		return v
+	}
+	return configapi.DefaultTimeSlice
+}
