@@ -18,10 +18,10 @@ type ProfileNamer func(dev gonvml.Device, profileID int) (string, error)
 
 // library implements Library on any nvml.Interface.
 type library struct {
-	nvml   gonvml.Interface
-	namer  ProfileNamer
+	nvml     gonvml.Interface
+	namer    ProfileNamer
 	pcieRoot func(busID string) string
-	toggle func(arch gonvml.DeviceArchitecture) bool
+	toggle   func(arch gonvml.DeviceArchitecture) bool
 
 	// mu serialises MIG changes: NVML's MIG calls are not safe to interleave
 	// on one GPU, and prepare runs claims concurrently.

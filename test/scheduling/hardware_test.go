@@ -45,6 +45,13 @@ type gpuUse struct {
 
 func newHardware(t *testing.T, model string, gpus int) (*hardware, *Cluster) {
 	t.Helper()
+	h, c := newHardwareTB(t, model, gpus)
+	h.t = t
+	return h, c
+}
+
+func newHardwareTB(t testing.TB, model string, gpus int) (*hardware, *Cluster) {
+	t.Helper()
 	s, err := nvmlmock.New(model, gpus, "n1")
 	if err != nil {
 		t.Fatal(err)
@@ -58,7 +65,7 @@ func newHardware(t *testing.T, model string, gpus int) (*hardware, *Cluster) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	h := &hardware{t: t, server: s, lib: lib, node: node, devices: map[string]placedDevice{},
+	h := &hardware{server: s, lib: lib, node: node, devices: map[string]placedDevice{},
 		gpus: make([]gpuUse, gpus), owned: map[types.UID][]migInstance{}}
 	for _, gpu := range node.GPUs {
 		for _, d := range partition.Build(gpu, partition.Options{}).Devices {

@@ -107,13 +107,22 @@ func NewCluster(nodes []string, slices []*resourceapi.ResourceSlice) *Cluster {
 // fits. The allocator gets a deadline: it backtracks without end when
 // claims cannot fit.
 func (c *Cluster) Allocate(ctx context.Context, claim *resourceapi.ResourceClaim) (*resourceapi.AllocationResult, error) {
+	return c.allocate(ctx, claim, c.Nodes)
+}
+
+// AllocateOn is Allocate restricted to one node.
+func (c *Cluster) AllocateOn(ctx context.Context, node int, claim *resourceapi.ResourceClaim) (*resourceapi.AllocationResult, error) {
+	return c.allocate(ctx, claim, c.Nodes[node:node+1])
+}
+
+func (c *Cluster) allocate(ctx context.Context, claim *resourceapi.ResourceClaim, nodes []*v1.Node) (*resourceapi.AllocationResult, error) {
 	ctx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
 	alloc, err := structured.NewAllocator(ctx, Features, c.state, Classes, c.Slices, c.cel)
 	if err != nil {
 		return nil, err
 	}
-	for _, node := range c.Nodes {
+	for _, node := range nodes {
 		results, err := alloc.Allocate(ctx, node, []*resourceapi.ResourceClaim{claim})
 		if err != nil {
 			return nil, fmt.Errorf("allocate claim %s on %s: %w", claim.Name, node.Name, err)
@@ -124,6 +133,29 @@ func (c *Cluster) Allocate(ctx context.Context, claim *resourceapi.ResourceClaim
 		}
 	}
 	return nil, nil
+}
+
+// Filter runs the allocator for the claim on every node without recording
+// anything, as kube-scheduler's filter phase does, and returns on how many
+// nodes it fits.
+func (c *Cluster) Filter(ctx context.Context, claim *resourceapi.ResourceClaim) (int, error) {
+	ctx, cancel := context.WithTimeout(ctx, c.timeout)
+	defer cancel()
+	alloc, err := structured.NewAllocator(ctx, Features, c.state, Classes, c.Slices, c.cel)
+	if err != nil {
+		return 0, err
+	}
+	fit := 0
+	for _, node := range c.Nodes {
+		results, err := alloc.Allocate(ctx, node, []*resourceapi.ResourceClaim{claim})
+		if err != nil {
+			return fit, fmt.Errorf("allocate claim %s on %s: %w", claim.Name, node.Name, err)
+		}
+		if len(results) == 1 {
+			fit++
+		}
+	}
+	return fit, nil
 }
 
 func (c *Cluster) record(claim *resourceapi.ResourceClaim, result *resourceapi.AllocationResult) {

@@ -1,0 +1,243 @@
+package scheduling
+
+import (
+	"fmt"
+	"maps"
+	"math/rand/v2"
+	"sort"
+
+	"github.com/tessera-gpu/tessera/pkg/inventory"
+	"github.com/tessera-gpu/tessera/pkg/partition"
+)
+
+// FirstFit replays what the scheduler's allocator does for a claim of one MIG
+// partition: it walks the published devices in order and takes the first of
+// the requested profile whose counters are all available. TestFirstFitMatches
+// Allocator checks it against the real allocator; it is a thousand times
+// faster, which the packing benchmark needs.
+type FirstFit struct {
+	gpus      []partition.GPU
+	remaining []map[string]int64
+}
+
+// NewFirstFit returns an empty node of the GPUs with each GPU's devices in
+// the given order.
+func NewFirstFit(gpus []partition.GPU) *FirstFit {
+	f := &FirstFit{gpus: gpus, remaining: make([]map[string]int64, len(gpus))}
+	for i, g := range gpus {
+		f.remaining[i] = maps.Clone(g.Counters)
+	}
+	return f
+}
+
+// Place allocates one partition of the profile and returns its device name,
+// or "" when none fits.
+func (f *FirstFit) Place(profile string) string {
+	for i, g := range f.gpus {
+		for _, d := range g.Devices {
+			if d.Kind != partition.KindMIG || d.Profile.Name != profile || !fits(f.remaining[i], d.Consumes) {
+				continue
+			}
+			for c, n := range d.Consumes {
+				f.remaining[i][c] -= n
+			}
+			return d.Name
+		}
+	}
+	return ""
+}
+
+func fits(remaining, consumes map[string]int64) bool {
+	for c, n := range consumes {
+		if remaining[c] < n {
+			return false
+		}
+	}
+	return true
+}
+
+// AscendingOrder republishes a GPU's MIG devices in plain ascending order of
+// profile and placement start, the order a naive driver would use.
+func AscendingOrder(g partition.GPU) partition.GPU {
+	g.Devices = append([]partition.Device(nil), g.Devices...)
+	sort.SliceStable(g.Devices, func(i, j int) bool {
+		a, b := g.Devices[i], g.Devices[j]
+		if a.Kind != partition.KindMIG || b.Kind != partition.KindMIG {
+			return a.Kind != partition.KindMIG && b.Kind == partition.KindMIG
+		}
+		if a.Profile.ID != b.Profile.ID {
+			return a.Profile.ID < b.Profile.ID
+		}
+		return a.Placement.Start < b.Placement.Start
+	})
+	return g
+}
+
+// Optimum answers, for a GPU model, whether a multiset of partitions can be
+// placed on n GPUs at once, by exhaustive search over placements.
+type Optimum struct {
+	profiles []string
+	// configs are the maximal per-GPU partitionings, as profile counts.
+	configs [][]int
+	// slices is each profile's memory slices, to prune by total size.
+	slices []int
+	perGPU int
+	memo   map[uint64]bool
+}
+
+// NewOptimum enumerates every way to partition one GPU.
+func NewOptimum(gpu inventory.GPU) *Optimum {
+	g := partition.Build(gpu, partition.Options{})
+	o := &Optimum{memo: map[uint64]bool{}}
+	index := map[string]int{}
+	for _, p := range gpu.MIG.Profiles {
+		index[p.Name] = len(o.profiles)
+		o.profiles = append(o.profiles, p.Name)
+		o.slices = append(o.slices, p.Placements[0].Size)
+	}
+	o.perGPU = gpu.MIG.MemorySlices()
+	var migs []partition.Device
+	for _, d := range g.Devices {
+		if d.Kind == partition.KindMIG {
+			migs = append(migs, d)
+		}
+	}
+	seen := map[string]bool{}
+	var all [][]int
+	counts := make([]int, len(o.profiles))
+	remaining := maps.Clone(g.Counters)
+	var walk func(from int)
+	walk = func(from int) {
+		key := fmt.Sprint(counts)
+		if !seen[key] {
+			seen[key] = true
+			all = append(all, append([]int(nil), counts...))
+		}
+		for i := from; i < len(migs); i++ {
+			d := migs[i]
+			if !fits(remaining, d.Consumes) {
+				continue
+			}
+			for c, n := range d.Consumes {
+				remaining[c] -= n
+			}
+			counts[index[d.Profile.Name]]++
+			walk(i + 1)
+			counts[index[d.Profile.Name]]--
+			for c, n := range d.Consumes {
+				remaining[c] += n
+			}
+		}
+	}
+	walk(0)
+	for _, c := range all {
+		if !dominated(c, all) {
+			o.configs = append(o.configs, c)
+		}
+	}
+	return o
+}
+
+func dominated(c []int, all [][]int) bool {
+	for _, other := range all {
+		ge, gt := true, false
+		for i := range c {
+			ge = ge && other[i] >= c[i]
+			gt = gt || other[i] > c[i]
+		}
+		if ge && gt {
+			return true
+		}
+	}
+	return false
+}
+
+// Feasible reports whether the partitions (profile counts in the order of
+// the GPU's profiles) fit on gpus GPUs together.
+func (o *Optimum) Feasible(need []int, gpus int) bool {
+	size := 0
+	key := uint64(gpus)
+	for i, n := range need {
+		n = max(n, 0)
+		size += n * o.slices[i]
+		key = key<<7 | uint64(min(n, 127))
+	}
+	if size == 0 {
+		return true
+	}
+	if gpus == 0 || size > gpus*o.perGPU {
+		return false
+	}
+	if v, ok := o.memo[key]; ok {
+		return v
+	}
+	ok := false
+	rest := make([]int, len(need))
+	for _, c := range o.configs {
+		for i := range need {
+			rest[i] = max(need[i]-c[i], 0)
+		}
+		if o.Feasible(rest, gpus-1) {
+			ok = true
+			break
+		}
+	}
+	o.memo[key] = ok
+	return ok
+}
+
+// PackingResult is the share of memory slices in use when the first MIG
+// request of a sequence cannot be placed.
+type PackingResult struct {
+	Tessera, Ascending, Best float64
+}
+
+// Packing draws a random sequence of MIG requests on an empty node of the
+// GPUs and returns, for each policy, the share of memory slices in use when
+// the first request cannot be placed.
+func Packing(rng *rand.Rand, gpus []inventory.GPU, opt *Optimum) PackingResult {
+	var tessera, ascending []partition.GPU
+	total := 0
+	for _, gpu := range gpus {
+		g := partition.Build(gpu, partition.Options{})
+		tessera = append(tessera, g)
+		ascending = append(ascending, AscendingOrder(g))
+		total += gpu.MIG.MemorySlices()
+	}
+	profiles := gpus[0].MIG.Profiles
+	size := func(name string) int {
+		p, _ := gpus[0].MIG.ProfileByName(name)
+		return p.Placements[0].Size
+	}
+	var res PackingResult
+	ff := map[*float64]*FirstFit{&res.Tessera: NewFirstFit(tessera), &res.Ascending: NewFirstFit(ascending)}
+	used := map[*float64]int{}
+	open := map[*float64]bool{&res.Tessera: true, &res.Ascending: true, &res.Best: true}
+	need := make([]int, len(profiles))
+	// A node cannot hold more partitions than it has memory slices.
+	for step := 0; step < total && (open[&res.Tessera] || open[&res.Ascending] || open[&res.Best]); step++ {
+		i := rng.IntN(len(profiles))
+		name := profiles[i].Name
+		for metric, f := range ff {
+			if open[metric] {
+				if f.Place(name) == "" {
+					open[metric] = false
+				} else {
+					used[metric] += size(name)
+				}
+			}
+		}
+		if open[&res.Best] {
+			need[i]++
+			if opt.Feasible(need, len(gpus)) {
+				used[&res.Best] += size(name)
+			} else {
+				open[&res.Best] = false
+			}
+		}
+	}
+	res.Tessera = float64(used[&res.Tessera]) / float64(total)
+	res.Ascending = float64(used[&res.Ascending]) / float64(total)
+	res.Best = float64(used[&res.Best]) / float64(total)
+	return res
+}
