@@ -141,6 +141,13 @@ func Start(ctx context.Context, opts Options) (_ *ControlPlane, err error) {
 		"--tls-cert-file=" + certs.servingCert,
 		"--tls-private-key-file=" + certs.servingKey,
 		"--client-ca-file=" + certs.caCert,
+		// Without a request-header CA every component that delegates authentication
+		// logs an error each few seconds about the missing bundle.
+		"--requestheader-client-ca-file=" + certs.caCert,
+		"--requestheader-allowed-names=front-proxy-client",
+		"--requestheader-username-headers=X-Remote-User",
+		"--requestheader-group-headers=X-Remote-Group",
+		"--requestheader-extra-headers-prefix=X-Remote-Extra-",
 		"--authorization-mode=Node,RBAC",
 		"--service-account-issuer=https://kubernetes.default.svc.cluster.local",
 		"--service-account-key-file=" + certs.saPublic,

@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -16,6 +17,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/klog/v2"
 
@@ -311,14 +313,13 @@ func (n *Node) renew(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("renew lease of node %s: %w", n.Name, err)
 	}
-	node, err := n.cp.Client.CoreV1().Nodes().Get(ctx, n.Name, metav1.GetOptions{})
+	// A strategic-merge patch of the conditions (merged by type) never conflicts
+	// with the node controllers writing the same object.
+	patch, err := json.Marshal(map[string]any{"status": map[string]any{"conditions": nodeConditions(metav1.Time{Time: now.Time})}})
 	if err != nil {
-		return fmt.Errorf("get node %s: %w", n.Name, err)
+		return fmt.Errorf("encode heartbeat of node %s: %w", n.Name, err)
 	}
-	for i := range node.Status.Conditions {
-		node.Status.Conditions[i].LastHeartbeatTime = metav1.Time{Time: now.Time}
-	}
-	if _, err := n.cp.Client.CoreV1().Nodes().UpdateStatus(ctx, node, metav1.UpdateOptions{}); err != nil {
+	if _, err := n.cp.Client.CoreV1().Nodes().Patch(ctx, n.Name, types.StrategicMergePatchType, patch, metav1.PatchOptions{}, "status"); err != nil {
 		return fmt.Errorf("update status of node %s: %w", n.Name, err)
 	}
 	return nil

@@ -56,7 +56,7 @@ func TestEachKindOfDevice(t *testing.T) {
 		"first available prefers MIG over a share": {
 			request: resourceapi.DeviceRequest{Name: "gpu", FirstAvailable: []resourceapi.DeviceSubRequest{
 				{Name: "mig", DeviceClassName: classMIG, Selectors: []resourceapi.DeviceSelector{{CEL: &resourceapi.CELDeviceSelector{Expression: profileIs("1g.18gb")}}}},
-				{Name: "share", DeviceClassName: classShared, Capacity: &resourceapi.CapacityRequirements{Requests: map[resourceapi.QualifiedName]resource.Quantity{"gpu.tessera.dev/memory": resource.MustParse("10Gi")}}},
+				{Name: "share", DeviceClassName: classShared, Capacity: &resourceapi.CapacityRequirements{Requests: map[resourceapi.QualifiedName]resource.Quantity{"memory": resource.MustParse("10Gi")}}},
 			}},
 			wantType:    "mig",
 			wantProfile: "1g.18gb",
@@ -93,7 +93,7 @@ func TestEachKindOfDevice(t *testing.T) {
 				if r.ShareID == nil {
 					t.Errorf("share on %s has no shareID", r.Device)
 				}
-				got := r.ConsumedCapacity["gpu.tessera.dev/memory"]
+				got := r.ConsumedCapacity["memory"]
 				if want := resource.MustParse(tc.wantMemory); got.Cmp(want) != 0 {
 					t.Errorf("share on %s consumed memory %s, want %s", r.Device, got.String(), tc.wantMemory)
 				}

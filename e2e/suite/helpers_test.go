@@ -96,7 +96,7 @@ func profileIs(profile string) string {
 // withMemory asks for a share of memory bytes of a shared GPU.
 func withMemory(r resourceapi.DeviceRequest, quantity string) resourceapi.DeviceRequest {
 	r.Exactly.Capacity = &resourceapi.CapacityRequirements{Requests: map[resourceapi.QualifiedName]resource.Quantity{
-		"gpu.tessera.dev/memory": resource.MustParse(quantity),
+		"memory": resource.MustParse(quantity),
 	}}
 	return r
 }
