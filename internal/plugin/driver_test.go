@@ -1,0 +1,119 @@
+package plugin_test
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	v1 "k8s.io/api/core/v1"
+	resourceapi "k8s.io/api/resource/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/client-go/kubernetes/fake"
+	k8stesting "k8s.io/client-go/testing"
+	"k8s.io/klog/v2/ktesting"
+
+	tnvml "github.com/tessera-gpu/tessera/internal/nvml"
+	"github.com/tessera-gpu/tessera/internal/plugin"
+	"github.com/tessera-gpu/tessera/pkg/inventory"
+)
+
+// changingNVML serves a real mock inventory and can lose GPUs, as a node
+// does when a GPU falls off the bus.
+type changingNVML struct {
+	tnvml.Library
+	mu   sync.Mutex
+	keep int
+}
+
+func (c *changingNVML) Discover(ctx context.Context) (inventory.Node, error) {
+	node, err := c.Library.Discover(ctx)
+	if err != nil {
+		return node, err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	node.GPUs = node.GPUs[:c.keep]
+	return node, nil
+}
+
+func (c *changingNVML) lose(n int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.keep -= n
+}
+
+// fakeClient fills in generateName as the API server would.
+func fakeClient() *fake.Clientset {
+	// The publication controller owns slices through the Node object.
+	client := fake.NewClientset(&v1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n1", UID: "n1-uid"}})
+	n := 0
+	client.PrependReactor("create", "resourceslices", func(action k8stesting.Action) (bool, runtime.Object, error) {
+		slice := action.(k8stesting.CreateAction).GetObject().(*resourceapi.ResourceSlice)
+		if slice.Name == "" && slice.GenerateName != "" {
+			n++
+			slice.Name = fmt.Sprintf("%s%d", slice.GenerateName, n)
+		}
+		return false, nil, nil
+	})
+	return client
+}
+
+func publishedDevices(ctx context.Context, client *fake.Clientset) (int, error) {
+	slices, err := client.ResourceV1().ResourceSlices().List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for _, s := range slices.Items {
+		n += len(s.Spec.Devices)
+	}
+	return n, nil
+}
+
+func TestPublishesAndRepublishesOnInventoryChange(t *testing.T) {
+	_, ctx := ktesting.NewTestContext(t)
+	ctx, cancel := context.WithCancel(ctx)
+	lib, err := tnvml.Open(tnvml.Backend{Mock: "dgxh200", Count: 2, Seed: "n1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	nvml := &changingNVML{Library: lib, keep: 2}
+	client := fakeClient()
+	done := make(chan error, 1)
+	go func() {
+		done <- plugin.Run(ctx, plugin.Options{
+			NodeName:           "n1",
+			KubeClient:         client,
+			NVML:               nvml,
+			PluginDataDir:      t.TempDir(),
+			RegistrarDir:       t.TempDir(),
+			RediscoverInterval: 20 * time.Millisecond,
+		})
+	}()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	})
+
+	waitForDevices := func(want int) {
+		t.Helper()
+		var got int
+		err := wait.PollUntilContextTimeout(ctx, 20*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
+			got, err = publishedDevices(ctx, client)
+			return got == want, err
+		})
+		if err != nil {
+			t.Fatalf("published %d devices, want %d: %v", got, want, err)
+		}
+	}
+	// 27 devices per H200: whole, shared and 25 MIG partitions.
+	waitForDevices(54)
+	nvml.lose(1)
+	waitForDevices(27)
+}
