@@ -40,7 +40,7 @@ type testEnv struct {
 
 // maxTestGPUInstanceID bounds the capability files the fake /proc holds:
 // the mock numbers GPU instances without reusing IDs.
-const maxTestGPUInstanceID = 40
+const maxTestGPUInstanceID = 16
 
 func newTestEnv(t testing.TB, model string, gpus int) *testEnv {
 	t.Helper()
