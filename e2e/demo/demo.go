@@ -35,13 +35,14 @@ type Options struct {
 
 // start brings up a cluster with Tessera installed.
 func start(ctx context.Context, opts Options) (*cluster.Local, func(), error) {
-	cleanup := func() {}
+	removeWorkDir := false
 	if opts.WorkDir == "" {
 		dir, err := os.MkdirTemp("", "tessera-local-")
 		if err != nil {
 			return nil, nil, err
 		}
 		opts.WorkDir = dir
+		removeWorkDir = true
 	}
 	cfg := cluster.Config{BinDir: opts.BinDir, PluginBinary: opts.PluginBinary, WorkDir: opts.WorkDir}
 	for i := range opts.Nodes {
@@ -50,12 +51,15 @@ func start(ctx context.Context, opts Options) (*cluster.Local, func(), error) {
 	fmt.Fprintf(opts.Out, "Starting a local cluster: %d nodes (%s), state and logs in %s\n", opts.Nodes, opts.NVML, opts.WorkDir)
 	l, err := cluster.StartLocal(ctx, cfg)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, fmt.Errorf("%w (logs in %s)", err, filepath.Join(opts.WorkDir, "logs"))
 	}
-	cleanup = func() {
+	cleanup := func() {
 		fmt.Fprintln(opts.Out, "Stopping the local cluster")
 		if err := l.Stop(); err != nil {
 			fmt.Fprintln(opts.Out, "stop:", err)
+		}
+		if removeWorkDir {
+			os.RemoveAll(opts.WorkDir)
 		}
 	}
 	if err := l.Apply(ctx, manifests.DeviceClasses, ""); err != nil {

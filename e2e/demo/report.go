@@ -1,12 +1,14 @@
 package demo
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
 	"io"
 	"maps"
 	"slices"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 
@@ -62,7 +64,19 @@ func Rows(ctx context.Context, client kubernetes.Interface, namespace string) ([
 			rows = append(rows, Row{Node: orNone(pod.Spec.NodeName), GPU: "-", Device: "-", Claim: "-", Pod: pod.Name, Got: got})
 		}
 	}
+	slices.SortStableFunc(rows, func(a, b Row) int {
+		return cmp.Or(strings.Compare(a.Node, b.Node), cmp.Compare(gpuIndex(a.GPU), gpuIndex(b.GPU)), strings.Compare(a.Device, b.Device))
+	})
 	return rows, nil
+}
+
+// gpuIndex orders GPU column values ("3 NVIDIA H200") by index.
+func gpuIndex(gpu string) int {
+	n, err := strconv.Atoi(strings.Fields(gpu + " ")[0])
+	if err != nil {
+		return -1
+	}
+	return n
 }
 
 // PrintTable writes rows as an aligned table.

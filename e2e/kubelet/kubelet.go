@@ -271,7 +271,8 @@ func (k *Kubelet) start(ctx context.Context, key string, pod *corev1.Pod) (retry
 				continue
 			}
 			for _, d := range prepared.Devices {
-				if ref.Request == "" || slices.ContainsFunc(d.RequestNames, func(r string) bool { return baseRequest(r) == ref.Request }) {
+				// A device without request names belongs to every request of the claim.
+				if ref.Request == "" || len(d.RequestNames) == 0 || slices.ContainsFunc(d.RequestNames, func(r string) bool { return baseRequest(r) == ref.Request }) {
 					ids = append(ids, d.CdiDeviceIds...)
 				}
 			}

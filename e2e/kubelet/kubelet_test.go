@@ -1,0 +1,191 @@
+package kubelet
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	resourceapi "k8s.io/api/resource/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/client-go/kubernetes/fake"
+	"k8s.io/dynamic-resource-allocation/kubeletplugin"
+	"k8s.io/klog/v2/ktesting"
+)
+
+const (
+	testDriver = "gpu.tessera.dev"
+	testNode   = "node-1"
+)
+
+// fakePlugin is a DRA plugin whose prepare result per claim name is fixed by the test.
+type fakePlugin struct {
+	mu         sync.Mutex
+	devices    map[string][]kubeletplugin.Device // by claim name
+	errs       map[string]error                  // by claim name
+	unprepared []string                          // claim names
+}
+
+func (f *fakePlugin) PrepareResourceClaims(_ context.Context, claims []*resourceapi.ResourceClaim) (map[types.UID]kubeletplugin.PrepareResult, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	out := map[types.UID]kubeletplugin.PrepareResult{}
+	for _, c := range claims {
+		out[c.UID] = kubeletplugin.PrepareResult{Devices: f.devices[c.Name], Err: f.errs[c.Name]}
+	}
+	return out, nil
+}
+
+func (f *fakePlugin) UnprepareResourceClaims(_ context.Context, claims []kubeletplugin.NamespacedObject) (map[types.UID]error, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	out := map[types.UID]error{}
+	for _, c := range claims {
+		f.unprepared = append(f.unprepared, c.Name)
+		out[c.UID] = nil
+	}
+	return out, nil
+}
+
+func (f *fakePlugin) HandleError(context.Context, error, string) {}
+
+func (f *fakePlugin) WatchHealthStatus(context.Context, chan<- kubeletplugin.DeviceHealthReport) error {
+	return kubeletplugin.ErrHealthNotSupported
+}
+
+func (f *fakePlugin) unpreparedClaims() []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return slices.Clone(f.unprepared)
+}
+
+// allocatedClaim and podUsing build a claim allocated on testNode and reserved for
+// the pod of the same name.
+func allocatedClaim(name string) *resourceapi.ResourceClaim {
+	return &resourceapi.ResourceClaim{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "default", UID: types.UID("claim-" + name)},
+		Status: resourceapi.ResourceClaimStatus{
+			Allocation: &resourceapi.AllocationResult{Devices: resourceapi.DeviceAllocationResult{
+				Results: []resourceapi.DeviceRequestAllocationResult{{Request: "gpu", Driver: testDriver, Pool: testNode, Device: "gpu-0"}},
+			}},
+			ReservedFor: []resourceapi.ResourceClaimConsumerReference{{Resource: "pods", Name: name, UID: types.UID("pod-" + name)}},
+		},
+	}
+}
+
+func podUsing(name string) *corev1.Pod {
+	claimName := name
+	return &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "default", UID: types.UID("pod-" + name)},
+		Spec: corev1.PodSpec{
+			NodeName:       testNode,
+			ResourceClaims: []corev1.PodResourceClaim{{Name: "gpu", ResourceClaimName: &claimName}},
+			Containers: []corev1.Container{
+				{Name: "with-gpu", Resources: corev1.ResourceRequirements{Claims: []corev1.ResourceClaim{{Name: "gpu"}}}},
+				{Name: "without"},
+			},
+		},
+		Status: corev1.PodStatus{Phase: corev1.PodPending},
+	}
+}
+
+// TestKubelet runs the stand-in against a real kubeletplugin helper on a fake
+// plugin: registration, prepare, CDI resolution, status, events and unprepare.
+func TestKubelet(t *testing.T) {
+	_, ctx := ktesting.NewTestContext(t)
+	ctx, cancel := context.WithCancel(ctx)
+	t.Cleanup(cancel)
+	dir := t.TempDir()
+	registrar, pluginDir, cdiRoot := filepath.Join(dir, "registry"), filepath.Join(dir, "plugin"), filepath.Join(dir, "cdi")
+	for _, d := range []string{registrar, pluginDir, cdiRoot} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	spec := "cdiVersion: \"0.6.0\"\nkind: gpu.tessera.dev/gpu\ndevices:\n- name: gpu-0\n  containerEdits:\n    env: [\"NVIDIA_VISIBLE_DEVICES=GPU-0\"]\n    deviceNodes: [{path: /dev/nvidia0}]\n"
+	if err := os.WriteFile(filepath.Join(cdiRoot, "gpu.yaml"), []byte(spec), 0o644); err != nil {
+		t.Fatal(err)
+	}
+
+	client := fake.NewClientset(allocatedClaim("good"), podUsing("good"), allocatedClaim("bad"), podUsing("bad"))
+	plugin := &fakePlugin{
+		devices: map[string][]kubeletplugin.Device{"good": {{Requests: []string{"gpu"}, PoolName: testNode, DeviceName: "gpu-0", CDIDeviceIDs: []string{"gpu.tessera.dev/gpu=gpu-0"}}}},
+		errs:    map[string]error{"bad": errors.New("GPU 0 is on fire")},
+	}
+	helper, err := kubeletplugin.Start(ctx, plugin,
+		kubeletplugin.DriverName(testDriver), kubeletplugin.KubeClient(client), kubeletplugin.NodeName(testNode),
+		kubeletplugin.RegistrarDirectoryPath(registrar), kubeletplugin.PluginDataDirectoryPath(pluginDir))
+	if err != nil {
+		t.Fatalf("start plugin: %v", err)
+	}
+	t.Cleanup(helper.Stop)
+
+	k := New(Options{NodeName: testNode, Client: client, RegistrarDir: registrar, CDIRoot: cdiRoot})
+	if err := k.Run(ctx); err != nil {
+		t.Fatal(err)
+	}
+	waitCtx, waitCancel := context.WithTimeout(ctx, 30*time.Second)
+	defer waitCancel()
+	if _, err := k.WaitForPlugin(waitCtx, testDriver, 1); err != nil {
+		t.Fatal(err)
+	}
+	if status := helper.RegistrationStatus(); status == nil || !status.PluginRegistered {
+		t.Errorf("plugin was told registration status %v, want registered", status)
+	}
+
+	poll := func(what string, cond func(context.Context) bool) {
+		t.Helper()
+		if err := wait.PollUntilContextCancel(waitCtx, 20*time.Millisecond, true, func(ctx context.Context) (bool, error) { return cond(ctx), nil }); err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+	}
+	var running *corev1.Pod
+	poll("pod good running", func(ctx context.Context) bool {
+		p, err := client.CoreV1().Pods("default").Get(ctx, "good", metav1.GetOptions{})
+		running = p
+		return err == nil && p.Status.Phase == corev1.PodRunning
+	})
+	raw := running.Annotations[EditsAnnotation]
+	for _, want := range []string{`"with-gpu":{"cdiDevices":["gpu.tessera.dev/gpu=gpu-0"],"env":["NVIDIA_VISIBLE_DEVICES=GPU-0"],"deviceNodes":["/dev/nvidia0"]`, `"without":{"cdiDevices":null,"env":[]`} {
+		if !strings.Contains(raw, want) {
+			t.Errorf("container edits %s lack %s", raw, want)
+		}
+	}
+
+	poll("warning event for pod bad", func(ctx context.Context) bool {
+		evs, err := client.CoreV1().Events("default").List(ctx, metav1.ListOptions{})
+		return err == nil && slices.ContainsFunc(evs.Items, func(e corev1.Event) bool {
+			return e.InvolvedObject.Name == "bad" && e.Type == corev1.EventTypeWarning && e.Reason == ReasonFailedPrepare && strings.Contains(e.Message, "GPU 0 is on fire")
+		})
+	})
+	if p, err := client.CoreV1().Pods("default").Get(ctx, "bad", metav1.GetOptions{}); err != nil || p.Status.Phase != corev1.PodPending {
+		t.Errorf("pod whose prepare failed: phase %v (err %v), want Pending", p.Status.Phase, err)
+	}
+
+	// The API server marks a bound pod for graceful deletion; the kubelet
+	// unprepares and finishes the deletion.
+	now := metav1.Now()
+	running.DeletionTimestamp = &now
+	if _, err := client.CoreV1().Pods("default").Update(ctx, running, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	poll("pod good deleted", func(ctx context.Context) bool {
+		_, err := client.CoreV1().Pods("default").Get(ctx, "good", metav1.GetOptions{})
+		return apierrors.IsNotFound(err)
+	})
+	if got := plugin.unpreparedClaims(); !slices.Equal(got, []string{"good"}) {
+		t.Errorf("unprepared claims %v, want [good]", got)
+	}
+	if _, ok := k.Prepared()["claim-good"]; ok {
+		t.Errorf("claim good still tracked as prepared")
+	}
+}
