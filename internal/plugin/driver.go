@@ -39,6 +39,15 @@ type Options struct {
 	// Preparer prepares and unprepares claims; nil answers every claim with
 	// an error.
 	Preparer Preparer
+	// Health, when set, supplies the taints of unhealthy GPUs' devices; the
+	// slices are republished whenever they change.
+	Health HealthSource
+}
+
+// HealthSource reports device taints of unhealthy GPUs.
+type HealthSource interface {
+	Taints() map[string][]resourceapi.DeviceTaint
+	Changed() <-chan struct{}
 }
 
 // Preparer turns allocated claims into CDI devices and back.
@@ -53,6 +62,8 @@ type Driver struct {
 	helper *kubeletplugin.Helper
 	// published is the inventory last published, to republish only on change.
 	published *inventory.Node
+	// publishedTaints are the health taints last published.
+	publishedTaints map[string][]resourceapi.DeviceTaint
 	// cancel stops the process when a background error cannot be recovered.
 	cancel context.CancelCauseFunc
 }
@@ -93,6 +104,10 @@ func Run(ctx context.Context, opts Options) error {
 	}
 	ticker := time.NewTicker(opts.RediscoverInterval)
 	defer ticker.Stop()
+	var healthChanged <-chan struct{}
+	if opts.Health != nil {
+		healthChanged = opts.Health.Changed()
+	}
 	for {
 		select {
 		case <-ctx.Done():
@@ -109,6 +124,10 @@ func Run(ctx context.Context, opts Options) error {
 			if err := d.publish(ctx, node); err != nil {
 				logger.Error(err, "Republishing slices failed")
 			}
+		case <-healthChanged:
+			if err := d.publish(ctx, *d.published); err != nil {
+				logger.Error(err, "Republishing slices with changed device health failed")
+			}
 		}
 	}
 }
@@ -116,14 +135,19 @@ func Run(ctx context.Context, opts Options) error {
 // publish hands the node's slices to the publication controller when the
 // inventory differs from what was last published.
 func (d *Driver) publish(ctx context.Context, node inventory.Node) error {
-	if d.published != nil && reflect.DeepEqual(*d.published, node) {
+	opts := d.opts.Slices
+	if d.opts.Health != nil {
+		opts.Taints = d.opts.Health.Taints()
+	}
+	if d.published != nil && reflect.DeepEqual(*d.published, node) && reflect.DeepEqual(d.publishedTaints, opts.Taints) {
 		return nil
 	}
-	res := resourceslice.Build(d.opts.NodeName, node, d.opts.Slices)
+	res := resourceslice.Build(d.opts.NodeName, node, opts)
 	if err := d.helper.PublishResources(ctx, res); err != nil {
 		return fmt.Errorf("publish resource slices: %w", err)
 	}
 	d.published = &node
+	d.publishedTaints = opts.Taints
 	devices := 0
 	for _, s := range res.Pools[d.opts.NodeName].Slices {
 		devices += len(s.Devices)

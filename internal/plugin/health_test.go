@@ -1,0 +1,96 @@
+package plugin_test
+
+import (
+	"context"
+	"sync"
+	"testing"
+	"time"
+
+	resourceapi "k8s.io/api/resource/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/klog/v2/ktesting"
+
+	tnvml "github.com/tessera-gpu/tessera/internal/nvml"
+	"github.com/tessera-gpu/tessera/internal/plugin"
+)
+
+// fakeHealth is a HealthSource whose taints a test sets.
+type fakeHealth struct {
+	mu      sync.Mutex
+	taints  map[string][]resourceapi.DeviceTaint
+	changed chan struct{}
+}
+
+func (f *fakeHealth) Taints() map[string][]resourceapi.DeviceTaint {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.taints
+}
+
+func (f *fakeHealth) Changed() <-chan struct{} { return f.changed }
+
+func (f *fakeHealth) set(taints map[string][]resourceapi.DeviceTaint) {
+	f.mu.Lock()
+	f.taints = taints
+	f.mu.Unlock()
+	f.changed <- struct{}{}
+}
+
+func TestRepublishesOnHealthChange(t *testing.T) {
+	_, ctx := ktesting.NewTestContext(t)
+	ctx, cancel := context.WithCancel(ctx)
+	lib, err := tnvml.Open(tnvml.Backend{Mock: "dgxh200", Count: 1, Seed: "n1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	health := &fakeHealth{changed: make(chan struct{}, 1)}
+	client := fakeClient()
+	done := make(chan error, 1)
+	go func() {
+		done <- plugin.Run(ctx, plugin.Options{
+			NodeName: "n1", KubeClient: client, NVML: lib, Health: health,
+			PluginDataDir: t.TempDir(), RegistrarDir: t.TempDir(), RediscoverInterval: time.Hour,
+		})
+	}()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	})
+
+	tainted := func(ctx context.Context) (map[string]string, error) {
+		slices, err := client.ResourceV1().ResourceSlices().List(ctx, metav1.ListOptions{})
+		if err != nil {
+			return nil, err
+		}
+		out := map[string]string{}
+		for _, s := range slices.Items {
+			for _, d := range s.Spec.Devices {
+				for _, tn := range d.Taints {
+					out[d.Name] = tn.Key + "=" + tn.Value + ":" + string(tn.Effect)
+				}
+			}
+		}
+		return out, nil
+	}
+	waitFor := func(want map[string]string) {
+		t.Helper()
+		var got map[string]string
+		err := wait.PollUntilContextTimeout(ctx, 20*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
+			var err error
+			got, err = tainted(ctx)
+			return len(got) == len(want) && (len(want) == 0 || got["gpu-0"] == want["gpu-0"]), err
+		})
+		if err != nil {
+			t.Fatalf("tainted devices %v, want %v: %v", got, want, err)
+		}
+	}
+	waitFor(map[string]string{})
+	taint := resourceapi.DeviceTaint{Key: "gpu.tessera.dev/unhealthy", Value: "xid-79", Effect: resourceapi.DeviceTaintEffectNoSchedule}
+	health.set(map[string][]resourceapi.DeviceTaint{"gpu-0": {taint}, "gpu-0-shared": {taint}})
+	waitFor(map[string]string{"gpu-0": "gpu.tessera.dev/unhealthy=xid-79:NoSchedule", "gpu-0-shared": "x"})
+	health.set(nil)
+	waitFor(map[string]string{})
+}
