@@ -5,11 +5,13 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"os"
 	"os/signal"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -20,8 +22,11 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/klog/v2"
 
+	"github.com/tessera-gpu/tessera/internal/health"
+	"github.com/tessera-gpu/tessera/internal/metrics"
 	tnvml "github.com/tessera-gpu/tessera/internal/nvml"
 	"github.com/tessera-gpu/tessera/internal/plugin"
+	"github.com/tessera-gpu/tessera/internal/prepare"
 	"github.com/tessera-gpu/tessera/pkg/partition"
 	"github.com/tessera-gpu/tessera/pkg/resourceslice"
 )
@@ -36,6 +41,9 @@ type options struct {
 	registrarDir   string
 	cdiRoot        string
 	stateDir       string
+	driverRoot     string
+	metricsAddress string
+	healthPort     int
 	pool           string
 	disableMIG     bool
 	disableSharing bool
@@ -56,6 +64,9 @@ func (o *options) addRunFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.registrarDir, "registrar-dir", "/var/lib/kubelet/plugins_registry", "directory where the kubelet discovers plugins")
 	fs.StringVar(&o.cdiRoot, "cdi-root", "/var/run/cdi", "directory of the CDI spec files")
 	fs.StringVar(&o.stateDir, "state-dir", "/var/lib/tessera", "directory of the plugin's checkpoint")
+	fs.StringVar(&o.driverRoot, "driver-root", "/", "host root of the NVIDIA driver: its /dev, /proc and binaries (e.g. /run/nvidia/driver)")
+	fs.StringVar(&o.metricsAddress, "metrics-address", "", "address of the Prometheus /metrics endpoint, e.g. :8080; empty disables it")
+	fs.IntVar(&o.healthPort, "healthcheck-port", -1, "port of the gRPC health endpoint for probes, e.g. 51515; negative disables it")
 	fs.DurationVar(&o.rediscover, "rediscover-interval", 30*time.Second, "how often GPUs are rediscovered to republish changed slices")
 }
 
@@ -162,7 +173,13 @@ func run(ctx context.Context, o *options) error {
 		return err
 	}
 	defer func() { _ = lib.Shutdown() }()
-	return plugin.Run(ctx, plugin.Options{
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	node, wait, err := startNode(ctx, cancel, o, lib)
+	if err != nil {
+		return err
+	}
+	err = plugin.Run(ctx, plugin.Options{
 		NodeName:           o.nodeName,
 		KubeClient:         client,
 		NVML:               lib,
@@ -170,7 +187,68 @@ func run(ctx context.Context, o *options) error {
 		RegistrarDir:       o.registrarDir,
 		Slices:             o.sliceOptions(),
 		RediscoverInterval: o.rediscover,
+		Preparer:           node.preparer,
+		Health:             node.health,
 	})
+	if cause := context.Cause(ctx); err == nil && cause != nil && !errors.Is(cause, context.Canceled) {
+		err = cause
+	}
+	cancel(nil)
+	return errors.Join(err, wait())
+}
+
+// nodeServices are the node-side prepare path and what serves it.
+type nodeServices struct {
+	preparer plugin.Preparer
+	health   plugin.HealthSource
+}
+
+// startNode reconciles the prepare checkpoint, then starts the health
+// monitor, the metrics endpoint and the gRPC health probe. A background
+// error cancels ctx with its cause; wait returns once all have stopped.
+func startNode(ctx context.Context, cancel context.CancelCauseFunc, o *options, lib tnvml.Library) (nodeServices, func() error, error) {
+	m := metrics.New()
+	opts := []prepare.Option{
+		prepare.WithNVML(lib), prepare.WithNodeName(o.nodeName), prepare.WithCDIRoot(o.cdiRoot),
+		prepare.WithStateDir(o.stateDir), prepare.WithDriverRoot(o.driverRoot), prepare.WithMetrics(m),
+	}
+	if strings.HasPrefix(o.nvml, "mock:") {
+		// A mock GPU has no driver binaries or /proc files behind it.
+		opts = append(opts, prepare.SimulatedDriver())
+	}
+	preparer, err := prepare.New(ctx, opts...)
+	if err != nil {
+		return nodeServices{}, nil, err
+	}
+	out := nodeServices{preparer: preparer}
+	var run []func(context.Context) error
+	if h, ok := lib.(tnvml.Health); ok {
+		inv, err := lib.Discover(ctx)
+		if err != nil {
+			return out, nil, fmt.Errorf("discover GPUs: %w", err)
+		}
+		monitor := health.New(h, inv, health.WithMetrics(m))
+		out.health = monitor
+		run = append(run, monitor.Run)
+	}
+	if o.metricsAddress != "" {
+		run = append(run, func(ctx context.Context) error { return m.Serve(ctx, o.metricsAddress) })
+	}
+	if o.healthPort >= 0 {
+		probe := health.NewProbe()
+		probe.SetServing(true)
+		run = append(run, func(ctx context.Context) error { return probe.Serve(ctx, fmt.Sprintf(":%d", o.healthPort)) })
+	}
+	var wg sync.WaitGroup
+	errs := make([]error, len(run))
+	for i, f := range run {
+		wg.Go(func() {
+			if errs[i] = f(ctx); errs[i] != nil {
+				cancel(errs[i])
+			}
+		})
+	}
+	return out, func() error { wg.Wait(); return errors.Join(errs...) }, nil
 }
 
 func kubeConfig(path string) (*rest.Config, error) {

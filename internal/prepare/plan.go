@@ -180,7 +180,7 @@ func (p *Preparer) cdiClaim(c *checkpoint.Claim) (tcdi.Claim, error) {
 		nodes := []string{tcdi.GPUDeviceNode(d.GPUMinor)}
 		if d.MIG != nil {
 			uuid = d.MIG.UUID
-			caps, err := tcdi.MIGCapabilityDeviceNodes(p.procRoot, d.GPUMinor, d.MIG.GPUInstanceID, d.MIG.ComputeInstanceID)
+			caps, err := p.migCapabilities(d.GPUMinor, d.MIG.GPUInstanceID, d.MIG.ComputeInstanceID)
 			if err != nil {
 				return out, fmt.Errorf("MIG device %s: %w", d.Device, err)
 			}

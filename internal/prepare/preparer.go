@@ -30,18 +30,20 @@ import (
 // concurrent use: claims are serialised per UID, MIG and daemon changes per
 // GPU, checkpoint writes globally.
 type Preparer struct {
-	nvml       tnvml.Library
-	cdi        *tcdi.Writer
-	store      *checkpoint.Store
-	mps        MPSControl
-	slicer     TimeSlicer
-	metrics    *metrics.Metrics
-	hook       func(Step) error
-	nodeName   string
-	cdiRoot    string
-	driverRoot string
-	procRoot   string
-	stateDir   string
+	nvml    tnvml.Library
+	cdi     *tcdi.Writer
+	store   *checkpoint.Store
+	mps     MPSControl
+	slicer  TimeSlicer
+	metrics *metrics.Metrics
+	hook    func(Step) error
+	// capabilities, when set, replaces reading the capability files.
+	capabilities CapabilityLookup
+	nodeName     string
+	cdiRoot      string
+	driverRoot   string
+	procRoot     string
+	stateDir     string
 
 	// devices maps this node's device names to what they are.
 	devices map[string]deviceInfo
