@@ -1,8 +1,8 @@
 // Package resourceslice turns a node's inventory into the ResourceSlices that
 // Tessera publishes: one pool named after the node, one slice (or more, past
 // eight GPUs) holding the GPUs' counter sets, and device slices of at most 64
-// devices, with the GPUs in index order and each GPU's devices in the packing
-// order of package partition. It is pure and deterministic: the same
+// devices: first the whole and shared GPUs in index order, then each GPU's
+// MIG partitions in the packing order of package partition. It is pure and deterministic: the same
 // inventory gives byte-identical slices, so republishing never churns.
 package resourceslice
 
@@ -98,26 +98,25 @@ func Build(nodeName string, node inventory.Node, opts Options) draslices.DriverR
 		slices = append(slices, draslices.Slice{SharedCounters: sets})
 	}
 
-	var devices []resourceapi.Device
+	// Whole and shared GPUs come first, MIG partitions after them, GPU by
+	// GPU in packing order. The allocator evaluates the class's CEL
+	// selector on each device in turn until one fits, so a whole-GPU or
+	// share claim is decided after a few evaluations instead of walking
+	// past every partition of every GPU in use.
+	var first, migs []resourceapi.Device
 	for i, g := range gpus {
-		gpuDevices := make([]resourceapi.Device, 0, len(g.Devices))
 		for _, d := range g.Devices {
-			gpuDevices = append(gpuDevices, device(node, node.GPUs[i], g, d, opts))
+			dev := device(node, node.GPUs[i], g, d, opts)
+			if d.Kind == partition.KindMIG {
+				migs = append(migs, dev)
+			} else {
+				first = append(first, dev)
+			}
 		}
-		// Keep a GPU's devices in one slice where they fit, so that a
-		// slice never starts with the tail of another GPU.
-		if len(devices) > 0 && len(devices)+len(gpuDevices) > maxDevicesPerSlice {
-			slices = append(slices, draslices.Slice{Devices: devices})
-			devices = nil
-		}
-		for len(gpuDevices) > maxDevicesPerSlice {
-			slices = append(slices, draslices.Slice{Devices: gpuDevices[:maxDevicesPerSlice]})
-			gpuDevices = gpuDevices[maxDevicesPerSlice:]
-		}
-		devices = append(devices, gpuDevices...)
 	}
-	if len(devices) > 0 {
-		slices = append(slices, draslices.Slice{Devices: devices})
+	devices := append(first, migs...)
+	for start := 0; start < len(devices); start += maxDevicesPerSlice {
+		slices = append(slices, draslices.Slice{Devices: devices[start:min(start+maxDevicesPerSlice, len(devices))]})
 	}
 	return draslices.DriverResources{Pools: map[string]draslices.Pool{nodeName: {Slices: slices}}}
 }

@@ -54,34 +54,45 @@ func cluster(b *testing.B, layout string, nodes int) *Cluster {
 }
 
 // BenchmarkAllocatorPerClaim measures the scheduler's allocator for one
-// whole-GPU claim, filtered against every node as kube-scheduler does, with
-// Tessera's layout and with the same GPUs published as plain whole devices.
-// Half of every node's GPUs are already allocated.
+// claim, filtered against every node as kube-scheduler does: a whole GPU with
+// Tessera's layout and with the same GPUs published as plain whole devices,
+// and a MIG partition and a share with Tessera's layout. Half of every node's
+// GPUs are already allocated.
 //
 //	go test -run '^$' -bench AllocatorPerClaim ./test/scheduling/
 func BenchmarkAllocatorPerClaim(b *testing.B) {
 	ctx := context.Background()
+	claims := []struct {
+		name    string
+		layouts []string
+		claim   func() *resourceapi.ResourceClaim
+	}{
+		{"whole", []string{"tessera", "plain"}, WholeGPU},
+		{"mig-1g", []string{"tessera"}, func() *resourceapi.ResourceClaim { return MIG("1g.18gb", 1) }},
+		{"share", []string{"tessera"}, func() *resourceapi.ResourceClaim { return Share("20Gi", 30) }},
+	}
 	for _, nodes := range []int{1, 100} {
-		for _, layout := range []string{"tessera", "plain"} {
-			b.Run(fmt.Sprintf("nodes=%d/layout=%s", nodes, layout), func(b *testing.B) {
-				c := cluster(b, layout, nodes)
-				// Fill half of each node: 4 whole GPUs per node.
-				for node := range nodes {
-					for range 4 {
-						if r, err := c.AllocateOn(ctx, node, WholeGPU()); err != nil || r == nil {
-							b.Fatalf("prefill: %v %v", r, err)
+		for _, kind := range claims {
+			for _, layout := range kind.layouts {
+				b.Run(fmt.Sprintf("nodes=%d/claim=%s/layout=%s", nodes, kind.name, layout), func(b *testing.B) {
+					c := cluster(b, layout, nodes)
+					// Fill half of each node: 4 whole GPUs per node.
+					for node := range nodes {
+						for range 4 {
+							if r, err := c.AllocateOn(ctx, node, WholeGPU()); err != nil || r == nil {
+								b.Fatalf("prefill: %v %v", r, err)
+							}
 						}
 					}
-				}
-				claim := WholeGPU()
-				b.ResetTimer()
-				for b.Loop() {
-					fit, err := c.Filter(ctx, claim)
-					if err != nil || fit != nodes {
-						b.Fatalf("claim fits %d of %d nodes: %v", fit, nodes, err)
+					claim := kind.claim()
+					for b.Loop() {
+						fit, err := c.Filter(ctx, claim)
+						if err != nil || fit != nodes {
+							b.Fatalf("claim fits %d of %d nodes: %v", fit, nodes, err)
+						}
 					}
-				}
-			})
+				})
+			}
 		}
 	}
 }
