@@ -10,8 +10,9 @@ TESSERA_CACHE ?= $(HOME)/.cache/tessera/k8s-1.37.2
 export TESSERA_CACHE
 
 E2E_TIMEOUT ?= 20m
-# Extra go test flags for the suite, e.g. E2E_FLAGS='-v -run TestSlices'.
-E2E_FLAGS ?=
+# go test flags for the suite; -v lists which checks ran and which skipped, and why.
+# Narrow with e.g. E2E_FLAGS="-v -run TestPluginRestart".
+E2E_FLAGS ?= -v
 
 .PHONY: cluster-binaries e2e demo dev-cluster e2e-plugin e2e-tessera-local
 

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"sync"
 	"time"
 
@@ -45,6 +46,8 @@ type Node struct {
 	// PluginDataDir, RegistrarDir, CDIRoot and StateDir are the plugin's directories.
 	PluginDataDir, RegistrarDir, CDIRoot, StateDir string
 	Kubelet                                        *kubelet.Kubelet
+	// MetricsAddress is where the running plugin serves /metrics.
+	MetricsAddress string
 
 	opts      NodeOptions
 	cp        *ControlPlane
@@ -106,7 +109,16 @@ func (cp *ControlPlane) AddNode(ctx context.Context, pluginBin, workDir string, 
 // with the kubelet stand-in and published a complete pool.
 func (n *Node) StartPlugin(ctx context.Context) error {
 	before := n.Kubelet.Registrations(DriverName)
+	// Several plugins share this machine's network namespace: each gets its own
+	// loopback ports for metrics and health probes.
+	ports, err := freePorts(2)
+	if err != nil {
+		return err
+	}
+	n.MetricsAddress = "127.0.0.1:" + strconv.Itoa(ports[0])
 	args := append([]string{
+		"--metrics-address=" + n.MetricsAddress,
+		"--healthcheck-port=" + strconv.Itoa(ports[1]),
 		"--node-name=" + n.Name,
 		"--kubeconfig=" + n.cp.Kubeconfig,
 		"--nvml=" + n.opts.NVML,
@@ -151,6 +163,9 @@ func (n *Node) StartPlugin(ctx context.Context) error {
 	}
 	return nil
 }
+
+// Options returns what the node was created with.
+func (n *Node) Options() NodeOptions { return n.opts }
 
 // Plugin returns the running plugin process.
 func (n *Node) Plugin() *Process {

@@ -153,7 +153,7 @@ func (r *registry) register(ctx context.Context, socket string) error {
 	r.plugins[info.Name] = &plugin{name: info.Name, endpoint: info.Endpoint, conn: draConn, client: drapb.NewDRAPluginClient(draConn), generation: generation}
 	close(r.changed)
 	r.changed = make(chan struct{})
-	logger.Info("Registered DRA plugin", "driver", info.Name, "endpoint", info.Endpoint, "generation", generation)
+	logger.V(1).Info("Registered DRA plugin", "driver", info.Name, "endpoint", info.Endpoint, "generation", generation)
 	return nil
 }
 

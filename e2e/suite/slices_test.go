@@ -1,12 +1,21 @@
 package suite
 
 import (
+	"bufio"
+	"bytes"
+	"errors"
 	"fmt"
+	"io"
+	"os/exec"
 	"regexp"
 	"testing"
 
+	"github.com/google/go-cmp/cmp"
 	resourceapi "k8s.io/api/resource/v1"
+	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
+	"sigs.k8s.io/yaml"
 
+	"github.com/tessera-gpu/tessera/e2e/cluster"
 	"github.com/tessera-gpu/tessera/e2e/demo"
 )
 
@@ -52,6 +61,7 @@ func TestSlicesPublished(t *testing.T) {
 					}
 				}
 			}
+			checkMatchesOffline(t, n.Options(), slices)
 			want := map[string]int{"gpu": count, "shared": count, "mig": 25 * count}
 			for typ, n := range want {
 				if byType[typ] != n {
@@ -80,5 +90,65 @@ func checkConsumes(t *testing.T, d resourceapi.Device) {
 		if !re.MatchString(c.CounterSet) {
 			t.Errorf("MIG device %s consumes from counter set %q, want gpu-N", d.Name, c.CounterSet)
 		}
+	}
+}
+
+// checkMatchesOffline compares what the API server holds with what the plugin says,
+// without a cluster, that it publishes for the same node: every device and counter
+// set, field by field, so that nothing was dropped or rewritten on the way in.
+func checkMatchesOffline(t *testing.T, opts cluster.NodeOptions, published []resourceapi.ResourceSlice) {
+	t.Helper()
+	args := []string{"slices", "--nvml=" + opts.NVML, "--node-name=" + opts.Name}
+	out, err := exec.CommandContext(t.Context(), cluster.DefaultPluginBinary(), args...).Output()
+	if err != nil {
+		t.Fatalf("dra-kubelet-plugin %v: %v", args, err)
+	}
+	offline := decodeSlices(t, out)
+	devices := func(list []resourceapi.ResourceSlice) map[string]resourceapi.Device {
+		m := map[string]resourceapi.Device{}
+		for _, s := range list {
+			for _, d := range s.Spec.Devices {
+				m[d.Name] = d
+			}
+		}
+		return m
+	}
+	counters := func(list []resourceapi.ResourceSlice) map[string]resourceapi.CounterSet {
+		m := map[string]resourceapi.CounterSet{}
+		for _, s := range list {
+			for _, c := range s.Spec.SharedCounters {
+				m[c.Name] = c
+			}
+		}
+		return m
+	}
+	if diff := cmp.Diff(devices(offline), devices(published)); diff != "" {
+		t.Errorf("published devices differ from `dra-kubelet-plugin slices` (-offline +published):\n%s", diff)
+	}
+	if diff := cmp.Diff(counters(offline), counters(published)); diff != "" {
+		t.Errorf("published counter sets differ from `dra-kubelet-plugin slices` (-offline +published):\n%s", diff)
+	}
+}
+
+func decodeSlices(t *testing.T, stream []byte) []resourceapi.ResourceSlice {
+	t.Helper()
+	var out []resourceapi.ResourceSlice
+	reader := utilyaml.NewYAMLReader(bufio.NewReader(bytes.NewReader(stream)))
+	for {
+		doc, err := reader.Read()
+		if errors.Is(err, io.EOF) {
+			return out
+		}
+		if err != nil {
+			t.Fatalf("read slices YAML: %v", err)
+		}
+		if len(bytes.TrimSpace(doc)) == 0 || string(bytes.TrimSpace(doc)) == "---" {
+			continue
+		}
+		var s resourceapi.ResourceSlice
+		if err := yaml.UnmarshalStrict(doc, &s); err != nil {
+			t.Fatalf("decode slice: %v\n%s", err, doc)
+		}
+		out = append(out, s)
 	}
 }
