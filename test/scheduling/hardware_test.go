@@ -86,21 +86,28 @@ func newHardwareTB(t testing.TB, model string, gpus int) (*hardware, *Cluster) {
 // partitions on the mock, which refuses anything the GPU would refuse.
 func (h *hardware) apply(claim *resourceapi.ResourceClaim, result *resourceapi.AllocationResult) {
 	h.t.Helper()
+	if err := h.check(claim, result); err != nil {
+		h.t.Fatal(err)
+	}
+}
+
+// check is apply returning the first broken invariant instead of failing.
+func (h *hardware) check(claim *resourceapi.ResourceClaim, result *resourceapi.AllocationResult) error {
 	for _, r := range result.Devices.Results {
 		d, ok := h.devices[r.Device]
 		if !ok {
-			h.t.Fatalf("claim %s got unknown device %s", claim.Name, r.Device)
+			return fmt.Errorf("claim %s got unknown device %s", claim.Name, r.Device)
 		}
 		use := &h.gpus[d.gpu]
 		switch d.device.Kind {
 		case partition.KindGPU:
 			if use.whole || use.mig > 0 || use.shares > 0 {
-				h.t.Fatalf("claim %s got whole GPU %d while it is in use: %+v", claim.Name, d.gpu, *use)
+				return fmt.Errorf("claim %s got whole GPU %d while it is in use: %+v", claim.Name, d.gpu, *use)
 			}
 			use.whole = true
 		case partition.KindShared:
 			if use.whole || use.mig > 0 {
-				h.t.Fatalf("claim %s got a share of GPU %d while it is whole or partitioned: %+v", claim.Name, d.gpu, *use)
+				return fmt.Errorf("claim %s got a share of GPU %d while it is whole or partitioned: %+v", claim.Name, d.gpu, *use)
 			}
 			mem := r.ConsumedCapacity[resourceslice.CapMemory]
 			cpu := r.ConsumedCapacity[resourceslice.CapCompute]
@@ -108,21 +115,22 @@ func (h *hardware) apply(claim *resourceapi.ResourceClaim, result *resourceapi.A
 			use.memory += mem.Value()
 			use.compt += cpu.Value()
 			if use.memory > int64(h.node.GPUs[d.gpu].MemoryBytes) || use.compt > 100 {
-				h.t.Fatalf("shares of GPU %d exceed its capacity: memory %d of %d, compute %d of 100",
+				return fmt.Errorf("shares of GPU %d exceed its capacity: memory %d of %d, compute %d of 100",
 					d.gpu, use.memory, h.node.GPUs[d.gpu].MemoryBytes, use.compt)
 			}
 		case partition.KindMIG:
 			if use.whole || use.shares > 0 {
-				h.t.Fatalf("claim %s got MIG %s while GPU %d is whole or shared: %+v", claim.Name, r.Device, d.gpu, *use)
+				return fmt.Errorf("claim %s got MIG %s while GPU %d is whole or shared: %+v", claim.Name, r.Device, d.gpu, *use)
 			}
 			m, err := h.lib.CreateMIGDevice(context.Background(), d.gpu, d.device.Profile.ID, d.device.Placement)
 			if err != nil {
-				h.t.Fatalf("claim %s: scheduler allocated %s, which the GPU cannot create: %v", claim.Name, r.Device, err)
+				return fmt.Errorf("claim %s: scheduler allocated %s, which the GPU cannot create: %v", claim.Name, r.Device, err)
 			}
 			use.mig++
 			h.owned[claim.UID] = append(h.owned[claim.UID], migInstance{d.gpu, m.GPUInstanceID})
 		}
 	}
+	return nil
 }
 
 // release undoes apply for a claim being freed.

@@ -185,3 +185,31 @@ func TestSharesCoLocateAndBlockMIG(t *testing.T) {
 		t.Fatal("MIG not allocated once the shares were gone")
 	}
 }
+
+// TestCheckerCatchesImpossibleAllocations is the negative control of the
+// tests above: with the counters taken out of the slices, the allocator
+// hands out overlapping partitions, and the hardware check must say so.
+func TestCheckerCatchesImpossibleAllocations(t *testing.T) {
+	ctx := context.Background()
+	h, cluster := newHardware(t, "dgxh200", 1)
+	for _, s := range cluster.Slices {
+		s.Spec.SharedCounters = nil
+		for i := range s.Spec.Devices {
+			s.Spec.Devices[i].ConsumesCounters = nil
+		}
+	}
+	var errs []error
+	for _, claim := range []*resourceapi.ResourceClaim{MIGAt("4g.71gb", 0), MIGAt("3g.71gb", 0)} {
+		result, err := cluster.Allocate(ctx, claim)
+		if err != nil || result == nil {
+			t.Fatalf("without counters the allocator should allocate %s: %v", claim.Name, err)
+		}
+		if err := h.check(claim, result); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if len(errs) != 1 {
+		t.Fatalf("overlapping 4g and 3g at slice 0: checker reported %v, want one refusal", errs)
+	}
+	t.Logf("refused as expected: %v", errs[0])
+}
