@@ -98,14 +98,7 @@ func summarize(ctx context.Context, client kubernetes.Interface, pod *corev1.Pod
 		}
 		var parts []string
 		for _, name := range slices.Sorted(maps.Keys(edits)) {
-			e := edits[name]
-			var env []string
-			for _, kv := range e.Env {
-				if strings.HasPrefix(kv, "NVIDIA_VISIBLE_DEVICES=") || strings.HasPrefix(kv, "CUDA_VISIBLE_DEVICES=") || strings.HasPrefix(kv, "CUDA_MPS") {
-					env = append(env, kv)
-				}
-			}
-			parts = append(parts, fmt.Sprintf("%s: %s devs=%s", name, strings.Join(env, " "), strings.Join(e.DeviceNodes, ",")))
+			parts = append(parts, name+": "+describe(edits[name]))
 		}
 		return strings.Join(parts, "; ")
 	}
@@ -178,4 +171,42 @@ func orNone(s string) string {
 		return "(unscheduled)"
 	}
 	return s
+}
+
+// describe condenses container edits to what tells devices apart: the visible
+// device, any MPS limits and the GPU-specific device nodes.
+func describe(e kubelet.ContainerEdits) string {
+	var visible, memLimit, threads string
+	for _, kv := range e.Env {
+		key, value, _ := strings.Cut(kv, "=")
+		switch key {
+		case "NVIDIA_VISIBLE_DEVICES":
+			visible = value
+			if len(visible) > 12 {
+				visible = visible[:12] + "…"
+			}
+		case "CUDA_MPS_PINNED_DEVICE_MEM_LIMIT":
+			memLimit = value
+		case "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE":
+			threads = value + "%"
+		}
+	}
+	var nodes []string
+	for _, n := range e.DeviceNodes {
+		base := n[strings.LastIndex(n, "/")+1:]
+		if base != "nvidiactl" && !strings.HasPrefix(base, "nvidia-uvm") {
+			nodes = append(nodes, base)
+		}
+	}
+	out := visible
+	if memLimit != "" || threads != "" {
+		out += fmt.Sprintf(" MPS(mem %s, SMs %s)", memLimit, threads)
+	}
+	if len(nodes) > 0 {
+		out += " dev " + strings.Join(nodes, ",")
+	}
+	if out == "" {
+		return "nothing"
+	}
+	return strings.TrimSpace(out)
 }

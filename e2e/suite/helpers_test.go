@@ -190,7 +190,17 @@ func waitAllocated(t *testing.T, pod *corev1.Pod) allocation {
 // implemented", the test is skipped from here on.
 func waitRunning(t *testing.T, pod *corev1.Pod) *corev1.Pod {
 	t.Helper()
-	var running *corev1.Pod
+	running, unimplemented := waitRunningOrUnimplemented(t, pod)
+	if unimplemented != "" {
+		t.Skipf("node-side prepare is not implemented yet; the plugin said: %s", unimplemented)
+	}
+	return running
+}
+
+// waitRunningOrUnimplemented is waitRunning for tests that have checks left which
+// do not need prepare: instead of skipping it returns the plugin's message.
+func waitRunningOrUnimplemented(t *testing.T, pod *corev1.Pod) (running *corev1.Pod, unimplemented string) {
+	t.Helper()
 	var lastWarning string
 	err := wait.PollUntilContextTimeout(t.Context(), pollEvery, waitTimeout, true, func(ctx context.Context) (bool, error) {
 		p, err := local.Client.CoreV1().Pods(pod.Namespace).Get(ctx, pod.Name, metav1.GetOptions{})
@@ -207,12 +217,12 @@ func waitRunning(t *testing.T, pod *corev1.Pod) *corev1.Pod {
 		return strings.Contains(lastWarning, "not implemented"), nil
 	})
 	if strings.Contains(lastWarning, "not implemented") {
-		t.Skipf("node-side prepare is not implemented yet; the plugin said: %s", lastWarning)
+		return nil, lastWarning
 	}
 	if err != nil {
 		t.Fatalf("pod %s/%s not running within %s: %v; last prepare warning: %q", pod.Namespace, pod.Name, waitTimeout, err, lastWarning)
 	}
-	return running
+	return running, ""
 }
 
 // waitEvent waits for an event with reason about pod and returns it.
