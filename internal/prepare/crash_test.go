@@ -220,3 +220,33 @@ func TestConcurrentPrepareUnprepare(t *testing.T) {
 		t.Errorf("after unpreparing everything (-want +got):\n%s", diff)
 	}
 }
+
+// TestLastOfConcurrentUnpreparesStopsDaemon: two MPS claims on one GPU
+// torn down at the same time must not each see the other and leave the
+// daemon running.
+func TestLastOfConcurrentUnpreparesStopsDaemon(t *testing.T) {
+	_, ctx := ktesting.NewTestContext(t)
+	e := newTestEnv(t, "dgxh200", 1)
+	p := e.mustPreparer(ctx)
+	for round := range 20 {
+		x := makeClaim(fmt.Sprintf("x%d", round)).share("s", "gpu-0-shared", "1Gi", "10", "x").obj()
+		y := makeClaim(fmt.Sprintf("y%d", round)).share("s", "gpu-0-shared", "1Gi", "10", "y").obj()
+		for _, c := range []*resourceapi.ResourceClaim{x, y} {
+			if res := p.Prepare(ctx, c); res.Err != nil {
+				t.Fatal(res.Err)
+			}
+		}
+		var wg sync.WaitGroup
+		for _, c := range []*resourceapi.ResourceClaim{x, y} {
+			wg.Go(func() {
+				if err := p.Unprepare(ctx, ref(c)); err != nil {
+					t.Error(err)
+				}
+			})
+		}
+		wg.Wait()
+		if d := e.state().Daemons; len(d) != 0 {
+			t.Fatalf("round %d: MPS daemons %v left after both claims were unprepared", round, d)
+		}
+	}
+}

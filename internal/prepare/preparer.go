@@ -151,7 +151,10 @@ func New(ctx context.Context, opts ...Option) (*Preparer, error) {
 		}
 	}
 	if err := p.reconcile(ctx); err != nil {
-		return nil, fmt.Errorf("reconcile checkpoint with the node: %w", err)
+		// What could not be cleaned up stays in the checkpoint, and the
+		// kubelet's retries or the next start try again; refusing to start
+		// would stop every other claim from being served.
+		klog.FromContext(ctx).Error(err, "Reconciling the checkpoint with the node left work undone")
 	}
 	return p, nil
 }
@@ -367,7 +370,7 @@ func (p *Preparer) teardown(ctx context.Context, c *checkpoint.Claim) error {
 				return err
 			}
 		}
-		if err := p.stopSharing(ctx, c.UID, d); err != nil {
+		if err := p.stopSharing(ctx, c.UID, i, d); err != nil {
 			if isAbandoned(err) {
 				return err
 			}
@@ -391,7 +394,9 @@ func (p *Preparer) teardown(ctx context.Context, c *checkpoint.Claim) error {
 func (p *Preparer) destroyMIG(ctx context.Context, d *checkpoint.Device) error {
 	g := p.gpus[d.GPUIndex]
 	if g == nil {
-		return fmt.Errorf("MIG device %s: GPU %d is gone", d.Device, d.GPUIndex)
+		// The GPU was not found at start: its instances went with it.
+		klog.FromContext(ctx).Info("GPU of a MIG device is gone; nothing to destroy", "device", d.Device, "gpu", d.GPUIndex)
+		return nil
 	}
 	g.Lock()
 	defer g.Unlock()
@@ -433,32 +438,38 @@ func (p *Preparer) migModeOffIfUnused(ctx context.Context, g *gpuState) error {
 }
 
 // stopSharing stops the GPU's MPS daemon, or resets its time slice, when no
-// other claim uses it.
-func (p *Preparer) stopSharing(ctx context.Context, uid string, d *checkpoint.Device) error {
+// other claim uses it, and then records that this device no longer does:
+// two claims torn down at once must not each see the other and both leave
+// the daemon running.
+func (p *Preparer) stopSharing(ctx context.Context, uid string, i int, d *checkpoint.Device) error {
 	if d.Sharing == nil {
 		return nil
 	}
-	g := p.gpus[d.GPUIndex]
-	if g == nil {
-		return nil
+	if g := p.gpus[d.GPUIndex]; g != nil {
+		g.Lock()
+		defer g.Unlock()
 	}
-	g.Lock()
-	defer g.Unlock()
-	if p.sharedByOthers(uid, d.GPUUUID, d.Sharing.Strategy) {
-		return nil
-	}
-	switch d.Sharing.Strategy {
-	case "MPS":
-		if err := p.mps.Stop(ctx, d.GPUUUID); err != nil {
-			return fmt.Errorf("device %s: %w", d.Device, err)
+	if !p.sharedByOthers(uid, d.GPUUUID, d.Sharing.Strategy) {
+		switch d.Sharing.Strategy {
+		case "MPS":
+			if err := p.mps.Stop(ctx, d.GPUUUID); err != nil {
+				return fmt.Errorf("device %s: %w", d.Device, err)
+			}
+			if err := p.step(StepMPSStopped); err != nil {
+				return err
+			}
+		case "TimeSlicing":
+			if err := p.slicer.SetTimeSlice(ctx, d.GPUUUID, timeSlice("")); err != nil {
+				return fmt.Errorf("device %s: reset time slice: %w", d.Device, err)
+			}
 		}
-		return p.step(StepMPSStopped)
-	case "TimeSlicing":
-		if err := p.slicer.SetTimeSlice(ctx, d.GPUUUID, timeSlice("")); err != nil {
-			return fmt.Errorf("device %s: reset time slice: %w", d.Device, err)
-		}
 	}
-	return nil
+	d.Sharing = nil
+	return p.update(func(cp *checkpoint.Checkpoint) {
+		if c, ok := cp.Claims[uid]; ok {
+			c.Devices[i].Sharing = nil
+		}
+	})
 }
 
 // sharedByOthers reports whether a claim other than uid, in any state, uses
