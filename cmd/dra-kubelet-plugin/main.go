@@ -221,7 +221,10 @@ func startNode(ctx context.Context, cancel context.CancelCauseFunc, o *options, 
 		return nodeServices{}, nil, err
 	}
 	out := nodeServices{preparer: preparer}
-	var run []func(context.Context) error
+	run := []func(context.Context) error{
+		// A crashed MPS daemon is restarted so that its clients can reconnect.
+		func(ctx context.Context) error { return preparer.WatchMPS(ctx, 30*time.Second) },
+	}
 	if h, ok := lib.(tnvml.Health); ok {
 		inv, err := lib.Discover(ctx)
 		if err != nil {
