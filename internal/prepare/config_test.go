@@ -1,0 +1,77 @@
+package prepare
+
+import (
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+	resourceapi "k8s.io/api/resource/v1"
+
+	"github.com/tessera-gpu/tessera/pkg/partition"
+)
+
+func TestResolveConfig(t *testing.T) {
+	ts := func(interval string) string {
+		return `{"apiVersion":"config.gpu.tessera.dev/v1alpha1","kind":"GPUConfig","sharing":{"strategy":"TimeSlicing","timeSlicing":{"interval":"` + interval + `"}}}`
+	}
+	const mig = `{"apiVersion":"config.gpu.tessera.dev/v1alpha1","kind":"MIGConfig"}`
+	class, claim := resourceapi.AllocationConfigSourceClass, resourceapi.AllocationConfigSourceClaim
+	for name, tc := range map[string]struct {
+		claim *resourceapi.ResourceClaim
+		kinds []partition.Kind
+		// want is the interval each result ends up with ("" for no
+		// GPUConfig; "mig" for a MIGConfig).
+		want []string
+	}{
+		"later claim entry wins": {
+			claim: makeClaim("u").device("a", "gpu-0").
+				config(claim, ts("Short")).config(claim, ts("Long")).obj(),
+			kinds: []partition.Kind{partition.KindGPU},
+			want:  []string{"Long"},
+		},
+		"claim wins over class whatever the order": {
+			claim: makeClaim("u").device("a", "gpu-0").
+				config(claim, ts("Short")).config(class, ts("Long")).obj(),
+			kinds: []partition.Kind{partition.KindGPU},
+			want:  []string{"Short"},
+		},
+		"request-scoped entry applies to its request only": {
+			claim: makeClaim("u").device("a", "gpu-0").device("b", "gpu-1").
+				config(class, ts("Medium")).config(claim, ts("Long"), "b").obj(),
+			kinds: []partition.Kind{partition.KindGPU, partition.KindGPU},
+			want:  []string{"Medium", "Long"},
+		},
+		"subrequest matches its main request": {
+			claim: makeClaim("u").device("a/share", "gpu-0-shared").config(claim, ts("Short"), "a").obj(),
+			kinds: []partition.Kind{partition.KindShared},
+			want:  []string{"Short"},
+		},
+		"unscoped entries apply only where their kind fits": {
+			claim: makeClaim("u").device("a", "gpu-0").device("b", "gpu-1-mig-1g18gb-0").
+				config(class, ts("Long")).config(class, mig).obj(),
+			kinds: []partition.Kind{partition.KindGPU, partition.KindMIG},
+			want:  []string{"Long", "mig"},
+		},
+	} {
+		t.Run(name, func(t *testing.T) {
+			alloc := tc.claim.Status.Allocation
+			got, err := resolveConfig(alloc, alloc.Devices.Results, tc.kinds)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var intervals []string
+			for _, c := range got {
+				switch {
+				case c.mig != nil:
+					intervals = append(intervals, "mig")
+				case c.gpu != nil:
+					intervals = append(intervals, string(c.gpu.Sharing.TimeSlicing.Interval))
+				default:
+					intervals = append(intervals, "")
+				}
+			}
+			if diff := cmp.Diff(tc.want, intervals); diff != "" {
+				t.Errorf("(-want +got):\n%s", diff)
+			}
+		})
+	}
+}
