@@ -7,7 +7,9 @@ import (
 
 // Kinds of the opaque configuration.
 const (
+	// GPUConfigKind configures whole and shared GPUs.
 	GPUConfigKind = "GPUConfig"
+	// MIGConfigKind configures MIG partitions.
 	MIGConfigKind = "MIGConfig"
 )
 
@@ -28,11 +30,16 @@ const (
 // TimeSliceInterval is the length of a time slice, in the driver's terms.
 type TimeSliceInterval string
 
+// Time slices, as nvidia-smi compute-policy --set-timeslice names them.
 const (
+	// DefaultTimeSlice is the driver's default.
 	DefaultTimeSlice TimeSliceInterval = "Default"
-	ShortTimeSlice   TimeSliceInterval = "Short"
-	MediumTimeSlice  TimeSliceInterval = "Medium"
-	LongTimeSlice    TimeSliceInterval = "Long"
+	// ShortTimeSlice favours latency.
+	ShortTimeSlice TimeSliceInterval = "Short"
+	// MediumTimeSlice is between the two.
+	MediumTimeSlice TimeSliceInterval = "Medium"
+	// LongTimeSlice favours throughput.
+	LongTimeSlice TimeSliceInterval = "Long"
 )
 
 // GPUConfig configures whole GPUs (gpu.tessera.dev) and shares of
