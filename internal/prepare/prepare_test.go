@@ -191,6 +191,21 @@ func TestPrepareDevices(t *testing.T) {
 	}
 }
 
+func TestOtherDriversDevicesAreLeftAlone(t *testing.T) {
+	_, ctx := ktesting.NewTestContext(t)
+	e := newTestEnv(t, "dgxh200", 1)
+	p := e.mustPreparer(ctx)
+	c := makeClaim("nic").obj()
+	c.Status.Allocation.Devices.Results = []resourceapi.DeviceRequestAllocationResult{{Request: "nic", Driver: "dra.net", Pool: nodeName, Device: "eth1"}}
+	res := p.Prepare(ctx, c)
+	if diff := cmp.Diff(kubeletplugin.PrepareResult{Devices: []kubeletplugin.Device{}}, res, cmpopts.EquateErrors()); diff != "" {
+		t.Errorf("Prepare (-want +got):\n%s", diff)
+	}
+	if diff := cmp.Diff(e.cleanState(), e.state(), cmpopts.EquateEmpty()); diff != "" {
+		t.Errorf("node changed (-want +got):\n%s", diff)
+	}
+}
+
 func TestBadConfigFailsOnlyThatClaim(t *testing.T) {
 	for name, tc := range map[string]struct {
 		claim   *resourceapi.ResourceClaim

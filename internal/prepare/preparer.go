@@ -209,6 +209,10 @@ func (p *Preparer) prepare(ctx context.Context, claim *resourceapi.ResourceClaim
 	if err != nil {
 		return kubeletplugin.PrepareResult{}, "none", err
 	}
+	if len(devices) == 0 {
+		// Only other drivers' devices: nothing to make or remember.
+		return kubeletplugin.PrepareResult{Devices: []kubeletplugin.Device{}}, "none", nil
+	}
 	c := &checkpoint.Claim{UID: uid, Namespace: claim.Namespace, Name: claim.Name, State: checkpoint.PrepareStarted, Devices: devices}
 	kind := kindOf(c)
 	if err := p.update(func(cp *checkpoint.Checkpoint) { cp.Claims[uid] = c.DeepCopy() }); err != nil {
