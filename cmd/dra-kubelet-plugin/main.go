@@ -230,7 +230,7 @@ func startNode(ctx context.Context, cancel context.CancelCauseFunc, o *options, 
 		if err != nil {
 			return out, nil, fmt.Errorf("discover GPUs: %w", err)
 		}
-		monitor := health.New(h, inv, health.WithMetrics(m))
+		monitor := health.New(h, inv, health.WithMetrics(m), health.WithMIGDevices(preparer.MIGDeviceName))
 		out.health = monitor
 		run = append(run, monitor.Run)
 	}

@@ -1,7 +1,8 @@
 // Package health turns GPU health into device taints: a critical XID error
 // reported by NVML, or a GPU that no longer answers, taints every device of
 // that GPU with NoSchedule, so that the scheduler stops placing new claims
-// on it while running workloads keep their devices. A policy lifts the
+// on it while running workloads keep their devices; an XID confined to one
+// prepared MIG instance taints only that MIG device. A policy lifts the
 // taint once the GPU is healthy again. The package also serves the gRPC
 // health endpoint that the plugin's probes use.
 package health
@@ -65,9 +66,20 @@ type Monitor struct {
 	// devices maps a GPU index to the names of all its devices.
 	devices map[int][]string
 
+	// migDevice names the MIG device of a GPU instance, when known.
+	migDevice func(gpu, gpuInstanceID int) (string, bool)
+
 	mu        sync.Mutex
 	unhealthy map[int]*gpuHealth
-	changed   chan struct{}
+	// unhealthyMIG holds taints confined to one MIG device, by GPU and
+	// device name.
+	unhealthyMIG map[migTarget]*gpuHealth
+	changed      chan struct{}
+}
+
+type migTarget struct {
+	gpu    int
+	device string
 }
 
 type gpuHealth struct {
@@ -87,6 +99,13 @@ func WithPolicy(p Policy) Option { return func(m *Monitor) { m.policy = p } }
 // WithClock sets the clock, for tests.
 func WithClock(c clock.WithTicker) Option { return func(m *Monitor) { m.clock = c } }
 
+// WithMIGDevices lets an XID confined to one MIG instance taint only that
+// MIG device: lookup names the device of a GPU instance (the prepare
+// path knows which claim's partition it is).
+func WithMIGDevices(lookup func(gpu, gpuInstanceID int) (string, bool)) Option {
+	return func(m *Monitor) { m.migDevice = lookup }
+}
+
 // WithMetrics sets the metrics to update.
 func WithMetrics(mt *metrics.Metrics) Option { return func(m *Monitor) { m.metrics = mt } }
 
@@ -94,7 +113,8 @@ func WithMetrics(mt *metrics.Metrics) Option { return func(m *Monitor) { m.metri
 func New(source tnvml.Health, node inventory.Node, opts ...Option) *Monitor {
 	m := &Monitor{
 		source: source, policy: DefaultPolicy(), clock: clock.RealClock{},
-		devices: map[int][]string{}, unhealthy: map[int]*gpuHealth{}, changed: make(chan struct{}, 1),
+		devices: map[int][]string{}, unhealthy: map[int]*gpuHealth{}, unhealthyMIG: map[migTarget]*gpuHealth{},
+		changed: make(chan struct{}, 1),
 	}
 	for _, o := range opts {
 		o(m)
@@ -131,6 +151,15 @@ func (m *Monitor) Taints() map[string][]resourceapi.DeviceTaint {
 		for _, name := range m.devices[gpu] {
 			out[name] = []resourceapi.DeviceTaint{taint}
 		}
+	}
+	for t, h := range m.unhealthyMIG {
+		if _, whole := m.unhealthy[t.gpu]; whole {
+			continue
+		}
+		out[t.device] = []resourceapi.DeviceTaint{{
+			Key: TaintKey, Value: h.reason, Effect: resourceapi.DeviceTaintEffectNoSchedule,
+			TimeAdded: &metav1.Time{Time: h.since.Truncate(time.Second)},
+		}}
 	}
 	return out
 }
@@ -171,6 +200,25 @@ func (m *Monitor) observeXID(ctx context.Context, ev tnvml.XIDEvent) {
 	}
 	m.metrics.CountXID(ev.GPUIndex, ev.XID)
 	now := m.clock.Now()
+	if ev.GPUInstanceID >= 0 && m.migDevice != nil {
+		if name, known := m.migDevice(ev.GPUIndex, ev.GPUInstanceID); known {
+			t := migTarget{ev.GPUIndex, name}
+			m.mu.Lock()
+			h, ok := m.unhealthyMIG[t]
+			if !ok {
+				h = &gpuHealth{since: now, reason: fmt.Sprintf("xid-%d", ev.XID)}
+				m.unhealthyMIG[t] = h
+			}
+			h.last = now
+			m.mu.Unlock()
+			logger.Info("Critical XID in a MIG instance: tainting its device", "gpu", ev.GPUIndex, "xid", ev.XID,
+				"gpuInstance", ev.GPUInstanceID, "device", name, "taint", TaintKey)
+			if !ok {
+				m.notify()
+			}
+			return
+		}
+	}
 	m.mu.Lock()
 	h, ok := m.unhealthy[ev.GPUIndex]
 	if !ok {
@@ -213,6 +261,13 @@ func (m *Monitor) check(ctx context.Context) {
 			delete(m.unhealthy, gpu)
 			changed = true
 		}
+		for t, h := range m.unhealthyMIG {
+			if t.gpu == gpu && err == nil && m.policy.RecoverAfter > 0 && now.Sub(h.last) >= m.policy.RecoverAfter {
+				logger.Info("MIG device quiet since its last critical XID: lifting its taint", "gpu", gpu, "device", t.device, "reason", h.reason)
+				delete(m.unhealthyMIG, t)
+				changed = true
+			}
+		}
 		m.mu.Unlock()
 	}
 	if changed {
@@ -221,12 +276,7 @@ func (m *Monitor) check(ctx context.Context) {
 }
 
 func (m *Monitor) notify() {
-	m.mu.Lock()
-	n := 0
-	for gpu := range m.unhealthy {
-		n += len(m.devices[gpu])
-	}
-	m.mu.Unlock()
+	n := len(m.Taints())
 	m.metrics.SetDeviceTaints(n)
 	select {
 	case m.changed <- struct{}{}:

@@ -177,3 +177,49 @@ func TestProbe(t *testing.T) {
 		t.Error(err)
 	}
 }
+
+func TestXIDInAMIGInstanceTaintsOnlyItsDevice(t *testing.T) {
+	policy := Policy{RecoverAfter: time.Minute, CheckInterval: time.Second}
+	_, ctx := ktesting.NewTestContext(t)
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	s, err := nvmlmock.New("dgxh200", 2, "health")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.EnableEvents()
+	lib, err := tnvml.OpenMock(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	node, err := lib.Discover(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	clk := testingclock.NewFakeClock(time.Date(2026, 11, 29, 12, 0, 0, 0, time.UTC))
+	lookup := func(gpu, gi int) (string, bool) {
+		if gpu == 1 && gi == 3 {
+			return "gpu-1-mig-1g18gb-2", true
+		}
+		return "", false
+	}
+	m := New(lib.(tnvml.Health), node, WithPolicy(policy), WithClock(clk), WithMIGDevices(lookup))
+	done := make(chan error, 1)
+	go func() { done <- m.Run(ctx) }()
+	defer func() {
+		cancel()
+		<-done
+	}()
+	poll(t, ctx, func() bool { return clk.HasWaiters() })
+
+	s.InjectXID(1, 94, 3, 0)
+	poll(t, ctx, func() bool { return len(m.Taints()) > 0 })
+	if diff := cmp.Diff(map[string]string{"gpu-1-mig-1g18gb-2": "xid-94"}, taintValues(m)); diff != "" {
+		t.Errorf("taints (-want +got):\n%s", diff)
+	}
+	// An XID of an instance nobody holds taints the whole GPU.
+	s.InjectXID(0, 94, 9, 0)
+	poll(t, ctx, func() bool { return len(m.UnhealthyGPUs()) == 1 })
+	clk.Step(policy.RecoverAfter)
+	poll(t, ctx, func() bool { return len(m.Taints()) == 0 })
+}

@@ -88,3 +88,19 @@ func (p *Preparer) WatchMPS(ctx context.Context, interval time.Duration) error {
 		}
 	}
 }
+
+// MIGDeviceName names the MIG device that a prepared claim holds as the
+// given GPU instance, so that an XID confined to that instance taints only
+// that device.
+func (p *Preparer) MIGDeviceName(gpu, gpuInstanceID int) (string, bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, c := range p.cp.Claims {
+		for _, d := range c.Devices {
+			if d.GPUIndex == gpu && d.MIG != nil && d.MIG.Created && d.MIG.GPUInstanceID == gpuInstanceID {
+				return d.Device, true
+			}
+		}
+	}
+	return "", false
+}

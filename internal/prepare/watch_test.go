@@ -36,3 +36,23 @@ func TestSyncMPSRestartsKilledDaemon(t *testing.T) {
 		t.Errorf("SyncMPS without claims restarted %v, %v", restarted, err)
 	}
 }
+
+func TestMIGDeviceName(t *testing.T) {
+	_, ctx := ktesting.NewTestContext(t)
+	e := newTestEnv(t, "dgxh200", 2)
+	p := e.mustPreparer(ctx)
+	c := makeClaim("c").device("m", "gpu-1-mig-2g35gb-4").obj()
+	if res := p.Prepare(ctx, c); res.Err != nil {
+		t.Fatal(res.Err)
+	}
+	migs, err := e.lib.MIGDevices(ctx, 1)
+	if err != nil || len(migs) != 1 {
+		t.Fatalf("MIG devices: %v, %v", migs, err)
+	}
+	if name, ok := p.MIGDeviceName(1, migs[0].GPUInstanceID); !ok || name != "gpu-1-mig-2g35gb-4" {
+		t.Errorf("MIGDeviceName = %q, %v; want gpu-1-mig-2g35gb-4", name, ok)
+	}
+	if _, ok := p.MIGDeviceName(0, migs[0].GPUInstanceID); ok {
+		t.Errorf("MIGDeviceName found a device on the wrong GPU")
+	}
+}
