@@ -1,6 +1,15 @@
-# Node-side prepare: regenerate the opaque config API's deepcopy.
+# Node-side prepare's targets. Included by the top-level Makefile.
+#
+#   make generate-config  regenerate the opaque config API's deepcopy
+#   make bench-prepare    the node-side prepare benchmarks of docs/benchmarks.md
+
 CONTROLLER_GEN ?= go run sigs.k8s.io/controller-tools/cmd/controller-gen@v0.23.0
 
-.PHONY: generate-config
+.PHONY: generate-config bench-prepare
+
 generate-config:
 	$(CONTROLLER_GEN) object paths=./api/config/...
+
+bench-prepare:
+	go test -run '^$$' -bench PrepareUnprepare -benchtime 500x -count 3 ./internal/prepare/
+	go test -run '^$$' -bench Save -count 3 ./internal/checkpoint/
