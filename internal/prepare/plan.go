@@ -180,6 +180,11 @@ func (p *Preparer) cdiClaim(c *checkpoint.Claim) (tcdi.Claim, error) {
 		nodes := []string{tcdi.GPUDeviceNode(d.GPUMinor)}
 		if d.MIG != nil {
 			uuid = d.MIG.UUID
+			if uuid == "" {
+				// Drivers that cannot enumerate MIG devices still accept
+				// the older <GPU UUID>/<GI>/<CI> form.
+				uuid = fmt.Sprintf("MIG-%s/%d/%d", d.GPUUUID, d.MIG.GPUInstanceID, d.MIG.ComputeInstanceID)
+			}
 			caps, err := p.migCapabilities(d.GPUMinor, d.MIG.GPUInstanceID, d.MIG.ComputeInstanceID)
 			if err != nil {
 				return out, fmt.Errorf("MIG device %s: %w", d.Device, err)
