@@ -51,8 +51,9 @@ func start(t *testing.T, policy Policy) (context.Context, fixture) {
 			t.Errorf("Run: %v", err)
 		}
 	})
-	// The ticker exists once Run waits on it.
-	poll(t, ctx, func() bool { return clk.HasWaiters() })
+	// The ticker exists once Run waits on it; events are seen once every
+	// GPU is registered.
+	poll(t, ctx, func() bool { return clk.HasWaiters() && s.XIDListeners(len(s.Devices)-1) > 0 })
 	return ctx, fixture{server: s, clock: clk, monitor: m}
 }
 
@@ -210,7 +211,7 @@ func TestXIDInAMIGInstanceTaintsOnlyItsDevice(t *testing.T) {
 		cancel()
 		<-done
 	}()
-	poll(t, ctx, func() bool { return clk.HasWaiters() })
+	poll(t, ctx, func() bool { return clk.HasWaiters() && s.XIDListeners(1) > 0 })
 
 	s.InjectXID(1, 94, 3, 0)
 	poll(t, ctx, func() bool { return len(m.Taints()) > 0 })

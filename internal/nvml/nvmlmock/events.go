@@ -121,3 +121,19 @@ func (s *Server) SetLost(index int, lost bool) {
 	defer h.mu.Unlock()
 	h.lost[index] = lost
 }
+
+// XIDListeners counts the event sets registered for a GPU's XID events, so
+// that a test can wait for a watcher before injecting.
+func (s *Server) XIDListeners(index int) int {
+	s.EnableEvents()
+	h := s.hub()
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	n := 0
+	for _, set := range h.sets {
+		if set.regs[index]&nvml.EventTypeXidCriticalError != 0 {
+			n++
+		}
+	}
+	return n
+}
