@@ -5,13 +5,11 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"os"
 	"os/signal"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
 
@@ -22,11 +20,8 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/klog/v2"
 
-	"github.com/tessera-gpu/tessera/internal/health"
-	"github.com/tessera-gpu/tessera/internal/metrics"
 	tnvml "github.com/tessera-gpu/tessera/internal/nvml"
 	"github.com/tessera-gpu/tessera/internal/plugin"
-	"github.com/tessera-gpu/tessera/internal/prepare"
 	"github.com/tessera-gpu/tessera/pkg/partition"
 	"github.com/tessera-gpu/tessera/pkg/resourceslice"
 )
@@ -173,13 +168,7 @@ func run(ctx context.Context, o *options) error {
 		return err
 	}
 	defer func() { _ = lib.Shutdown() }()
-	ctx, cancel := context.WithCancelCause(ctx)
-	defer cancel(nil)
-	node, wait, err := startNode(ctx, cancel, o, lib)
-	if err != nil {
-		return err
-	}
-	err = plugin.Run(ctx, plugin.Options{
+	return plugin.RunNode(ctx, plugin.Options{
 		NodeName:           o.nodeName,
 		KubeClient:         client,
 		NVML:               lib,
@@ -187,71 +176,14 @@ func run(ctx context.Context, o *options) error {
 		RegistrarDir:       o.registrarDir,
 		Slices:             o.sliceOptions(),
 		RediscoverInterval: o.rediscover,
-		Preparer:           node.preparer,
-		Health:             node.health,
+	}, plugin.NodeOptions{
+		CDIRoot:         o.cdiRoot,
+		StateDir:        o.stateDir,
+		DriverRoot:      o.driverRoot,
+		MetricsAddress:  o.metricsAddress,
+		HealthPort:      o.healthPort,
+		SimulatedDriver: strings.HasPrefix(o.nvml, "mock:"),
 	})
-	if cause := context.Cause(ctx); err == nil && cause != nil && !errors.Is(cause, context.Canceled) {
-		err = cause
-	}
-	cancel(nil)
-	return errors.Join(err, wait())
-}
-
-// nodeServices are the node-side prepare path and what serves it.
-type nodeServices struct {
-	preparer plugin.Preparer
-	health   plugin.HealthSource
-}
-
-// startNode reconciles the prepare checkpoint, then starts the health
-// monitor, the metrics endpoint and the gRPC health probe. A background
-// error cancels ctx with its cause; wait returns once all have stopped.
-func startNode(ctx context.Context, cancel context.CancelCauseFunc, o *options, lib tnvml.Library) (nodeServices, func() error, error) {
-	m := metrics.New()
-	opts := []prepare.Option{
-		prepare.WithNVML(lib), prepare.WithNodeName(o.nodeName), prepare.WithCDIRoot(o.cdiRoot),
-		prepare.WithStateDir(o.stateDir), prepare.WithDriverRoot(o.driverRoot), prepare.WithMetrics(m),
-	}
-	if strings.HasPrefix(o.nvml, "mock:") {
-		// A mock GPU has no driver binaries or /proc files behind it.
-		opts = append(opts, prepare.SimulatedDriver())
-	}
-	preparer, err := prepare.New(ctx, opts...)
-	if err != nil {
-		return nodeServices{}, nil, err
-	}
-	out := nodeServices{preparer: preparer}
-	run := []func(context.Context) error{
-		// A crashed MPS daemon is restarted so that its clients can reconnect.
-		func(ctx context.Context) error { return preparer.WatchMPS(ctx, 30*time.Second) },
-	}
-	if h, ok := lib.(tnvml.Health); ok {
-		inv, err := lib.Discover(ctx)
-		if err != nil {
-			return out, nil, fmt.Errorf("discover GPUs: %w", err)
-		}
-		monitor := health.New(h, inv, health.WithMetrics(m), health.WithMIGDevices(preparer.MIGDeviceName))
-		out.health = monitor
-		run = append(run, monitor.Run)
-	}
-	if o.metricsAddress != "" {
-		run = append(run, func(ctx context.Context) error { return m.Serve(ctx, o.metricsAddress) })
-	}
-	if o.healthPort >= 0 {
-		probe := health.NewProbe()
-		probe.SetServing(true)
-		run = append(run, func(ctx context.Context) error { return probe.Serve(ctx, fmt.Sprintf(":%d", o.healthPort)) })
-	}
-	var wg sync.WaitGroup
-	errs := make([]error, len(run))
-	for i, f := range run {
-		wg.Go(func() {
-			if errs[i] = f(ctx); errs[i] != nil {
-				cancel(errs[i])
-			}
-		})
-	}
-	return out, func() error { wg.Wait(); return errors.Join(errs...) }, nil
 }
 
 func kubeConfig(path string) (*rest.Config, error) {

@@ -1,0 +1,92 @@
+package plugin
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/tessera-gpu/tessera/internal/health"
+	"github.com/tessera-gpu/tessera/internal/metrics"
+	tnvml "github.com/tessera-gpu/tessera/internal/nvml"
+	"github.com/tessera-gpu/tessera/internal/prepare"
+)
+
+// NodeOptions configure the node-side services around the kubelet plugin.
+type NodeOptions struct {
+	CDIRoot    string
+	StateDir   string
+	DriverRoot string
+	// MetricsAddress serves Prometheus /metrics; empty disables it.
+	MetricsAddress string
+	// HealthPort serves the gRPC health probe; negative disables it.
+	HealthPort int
+	// SimulatedDriver is set for mock NVML backends, which have no driver
+	// binaries or /proc files behind them.
+	SimulatedDriver bool
+	// MPSCheckInterval is how often MPS daemons are checked and restarted.
+	MPSCheckInterval time.Duration
+}
+
+// RunNode reconciles the prepare checkpoint, starts the health monitor, the
+// MPS watcher, the metrics endpoint and the gRPC health probe, and runs the
+// plugin with them until ctx ends. A background error stops everything and
+// is returned.
+func RunNode(ctx context.Context, opts Options, node NodeOptions) error {
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	if node.MPSCheckInterval <= 0 {
+		node.MPSCheckInterval = 30 * time.Second
+	}
+	m := metrics.New()
+	prepOpts := []prepare.Option{
+		prepare.WithNVML(opts.NVML), prepare.WithNodeName(opts.NodeName), prepare.WithCDIRoot(node.CDIRoot),
+		prepare.WithStateDir(node.StateDir), prepare.WithDriverRoot(node.DriverRoot), prepare.WithMetrics(m),
+	}
+	if node.SimulatedDriver {
+		prepOpts = append(prepOpts, prepare.SimulatedDriver())
+	}
+	preparer, err := prepare.New(ctx, prepOpts...)
+	if err != nil {
+		return err
+	}
+	opts.Preparer = preparer
+	services := []func(context.Context) error{
+		// A crashed MPS daemon is restarted so that its clients can reconnect.
+		func(ctx context.Context) error { return preparer.WatchMPS(ctx, node.MPSCheckInterval) },
+	}
+	if h, ok := opts.NVML.(tnvml.Health); ok {
+		inv, err := opts.NVML.Discover(ctx)
+		if err != nil {
+			return fmt.Errorf("discover GPUs: %w", err)
+		}
+		monitor := health.New(h, inv, health.WithMetrics(m), health.WithMIGDevices(preparer.MIGDeviceName))
+		opts.Health = monitor
+		services = append(services, monitor.Run)
+	}
+	if node.MetricsAddress != "" {
+		services = append(services, func(ctx context.Context) error { return m.Serve(ctx, node.MetricsAddress) })
+	}
+	if node.HealthPort >= 0 {
+		probe := health.NewProbe()
+		probe.SetServing(true)
+		services = append(services, func(ctx context.Context) error { return probe.Serve(ctx, fmt.Sprintf(":%d", node.HealthPort)) })
+	}
+	var wg sync.WaitGroup
+	errs := make([]error, len(services))
+	for i, f := range services {
+		wg.Go(func() {
+			if errs[i] = f(ctx); errs[i] != nil {
+				cancel(errs[i])
+			}
+		})
+	}
+	err = Run(ctx, opts)
+	if cause := context.Cause(ctx); err == nil && cause != nil && !errors.Is(cause, context.Canceled) {
+		err = cause
+	}
+	cancel(nil)
+	wg.Wait()
+	return errors.Join(append([]error{err}, errs...)...)
+}
