@@ -200,14 +200,7 @@ func realProfileName(dev gonvml.Device, profileID int) (string, error) {
 	if err := check(ret, "get MIG profile %d info v3", profileID); err != nil {
 		return "", err
 	}
-	name := make([]byte, 0, len(info.Name))
-	for _, c := range info.Name {
-		if c == 0 {
-			break
-		}
-		name = append(name, byte(c))
-	}
-	return string(name), nil
+	return cString(info.Name[:]), nil
 }
 
 func cString(b []int8) string {
