@@ -33,7 +33,17 @@ start_all=${SECONDS}
 build() { # name module-dir package ldflags
   local name=$1 dir=$2 pkg=$3 ldflags=$4 start=${SECONDS}
   echo "cluster-binaries: building ${name} (${pkg}) ..."
-  (cd "${dir}" && CGO_ENABLED=0 go build -trimpath -ldflags="${ldflags}" -o "${bin}/${name}.tmp" "${pkg}")
+  # kube-apiserver alone compiles for minutes; say so, so that nobody (and no CI
+  # log watchdog) takes the silence for a hang.
+  (while sleep 60; do echo "cluster-binaries:   still building ${name} ($((SECONDS - start))s)"; done) &
+  local ticker=$! rc=0
+  (cd "${dir}" && CGO_ENABLED=0 go build -trimpath -ldflags="${ldflags}" -o "${bin}/${name}.tmp" "${pkg}") || rc=$?
+  kill "${ticker}" 2>/dev/null || true
+  wait "${ticker}" 2>/dev/null || true
+  if ((rc != 0)); then
+    echo "cluster-binaries: building ${name} failed" >&2
+    exit "${rc}"
+  fi
   mv "${bin}/${name}.tmp" "${bin}/${name}"
   echo "cluster-binaries: built ${name} in $((SECONDS - start))s (total $((SECONDS - start_all))s)"
 }

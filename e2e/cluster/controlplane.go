@@ -68,6 +68,10 @@ type ControlPlane struct {
 	Kubeconfig string
 	// LogDir holds one log file per component.
 	LogDir string
+	// APIServerURL, SchedulerURL and ControllerManagerURL are the components'
+	// secure endpoints on loopback; the admin kubeconfig's client certificate is
+	// accepted by all three (the latter two delegate to the API server).
+	APIServerURL, SchedulerURL, ControllerManagerURL string
 	// Config and Client talk to the API server as admin.
 	Config *rest.Config
 	Client kubernetes.Interface
@@ -133,6 +137,9 @@ func Start(ctx context.Context, opts Options) (_ *ControlPlane, err error) {
 	logger.V(1).Info("etcd ready", "url", etcdURL)
 
 	apiURL := "https://127.0.0.1:" + strconv.Itoa(apiPort)
+	cp.APIServerURL = apiURL
+	cp.SchedulerURL = "https://127.0.0.1:" + strconv.Itoa(schedPort)
+	cp.ControllerManagerURL = "https://127.0.0.1:" + strconv.Itoa(cmPort)
 	apiserver, err := cp.start("kube-apiserver", bin("kube-apiserver"), []string{
 		"--etcd-servers=" + etcdURL,
 		"--bind-address=127.0.0.1",

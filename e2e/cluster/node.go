@@ -153,7 +153,7 @@ func (n *Node) StartPlugin(ctx context.Context) error {
 	}
 	err = wait.PollUntilContextCancel(waitCtx, 100*time.Millisecond, true, func(ctx context.Context) (bool, error) {
 		complete, err := n.PoolComplete(ctx)
-		return complete, err
+		return err == nil && complete, nil
 	})
 	if err != nil {
 		if exited, _ := p.Exited(); exited {

@@ -97,7 +97,7 @@ func (p *Process) Kill() {
 	<-p.done
 }
 
-// errExited is returned by readiness checks when the process being waited for died.
+// exitedError says that p died while something waited for it to become ready.
 func exitedError(p *Process) error {
 	_, err := p.Exited()
 	if err == nil {

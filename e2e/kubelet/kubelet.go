@@ -254,7 +254,7 @@ func (k *Kubelet) start(ctx context.Context, key string, pod *corev1.Pod) (retry
 	}
 	byClaimName := map[string]*PreparedClaim{}
 	for podClaimName, claim := range claims {
-		prepared, err := k.prepare(ctx, key, pod, claim)
+		prepared, err := k.prepare(ctx, key, claim)
 		if err != nil {
 			k.recorder.Eventf(pod, corev1.EventTypeWarning, ReasonFailedPrepare, "Failed to prepare dynamic resources: %v", err)
 			return false, err
@@ -335,8 +335,9 @@ func (k *Kubelet) podClaims(pod *corev1.Pod) (claims map[string]*resourceapi.Res
 	return claims, ""
 }
 
-// prepare prepares one claim for pod through the driver that allocated it.
-func (k *Kubelet) prepare(ctx context.Context, podKey string, pod *corev1.Pod, claim *resourceapi.ResourceClaim) (*PreparedClaim, error) {
+// prepare prepares one claim for the pod named podKey through the driver that
+// allocated it; a claim already prepared for another pod is shared.
+func (k *Kubelet) prepare(ctx context.Context, podKey string, claim *resourceapi.ResourceClaim) (*PreparedClaim, error) {
 	k.mu.Lock()
 	if p := k.prepared[claim.UID]; p != nil {
 		p.Pods[podKey] = true
