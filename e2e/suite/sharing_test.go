@@ -5,17 +5,26 @@ import (
 	"strings"
 	"testing"
 
+	corev1 "k8s.io/api/core/v1"
+	resourceapi "k8s.io/api/resource/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
 // TestSharesColocateWhileMIGWaits runs on the node with one GPU, so nothing can go
-// elsewhere: two shares (20Gi, 30Gi) land on the same gpu-0-shared, and a MIG
-// partition of that GPU waits until both shares are gone.
+// elsewhere: two shares (20Gi, 30Gi) land on the same gpu-0-shared, a MIG
+// partition of that GPU waits until the shares are gone, and a claim preferring
+// MIG over a share falls back to a share meanwhile.
 func TestSharesColocateWhileMIGWaits(t *testing.T) {
 	ns := newNamespace(t)
 	createTemplate(t, ns, "share-20gi", withMemory(request("gpu", classShared), "20Gi"))
 	createTemplate(t, ns, "share-30gi", withMemory(request("gpu", classShared), "30Gi"))
 	createTemplate(t, ns, "mig-1g", request("gpu", classMIG, profileIs("1g.18gb")))
+	createTemplate(t, ns, "mig-or-share", resourceapi.DeviceRequest{Name: "gpu", FirstAvailable: []resourceapi.DeviceSubRequest{
+		{Name: "mig", DeviceClassName: classMIG, Selectors: []resourceapi.DeviceSelector{{CEL: &resourceapi.CELDeviceSelector{Expression: profileIs("1g.18gb")}}}},
+		{Name: "share", DeviceClassName: classShared, Capacity: &resourceapi.CapacityRequirements{Requests: map[resourceapi.QualifiedName]resource.Quantity{"memory": resource.MustParse("10Gi")}}},
+	}})
 
 	small := createPod(t, ns, "share-small", "share-20gi", onNode(nodeSmall))
 	large := createPod(t, ns, "share-large", "share-30gi", onNode(nodeSmall))
@@ -56,10 +65,19 @@ func TestSharesColocateWhileMIGWaits(t *testing.T) {
 		t.Fatalf("MIG pod was bound (node %q, err %v) while shares hold the GPU", p.Spec.NodeName, err)
 	}
 
-	deletePod(t, small)
-	deletePod(t, large)
-	waitGone(t, a1)
-	waitGone(t, a2)
+	// With the GPU time-shared, a claim that prefers MIG falls back to a share.
+	flexible := createPod(t, ns, "flexible", "mig-or-share", onNode(nodeSmall))
+	af := waitAllocated(t, flexible)
+	if r := af.Devices()[0]; r.Device != "gpu-0-shared" || r.Request != "gpu/share" {
+		t.Errorf("firstAvailable claim got %s for request %s, want gpu-0-shared for gpu/share", r.Device, r.Request)
+	}
+
+	for _, p := range []*corev1.Pod{small, large, flexible} {
+		deletePod(t, p)
+	}
+	for _, a := range []allocation{a1, a2, af} {
+		waitGone(t, a)
+	}
 	am := waitAllocated(t, mig)
 	if d := am.Devices()[0]; d.Pool != nodeSmall || !regexp.MustCompile(`^gpu-0-mig-1g18gb-\d+$`).MatchString(d.Device) {
 		t.Errorf("MIG claim allocated %s/%s, want a 1g.18gb partition of %s's gpu-0", d.Pool, d.Device, nodeSmall)
