@@ -28,7 +28,7 @@ e2e-tessera-local:
 
 e2e: cluster-binaries e2e-plugin
 	TESSERA_E2E=1 TESSERA_PLUGIN_BINARY=$(CURDIR)/bin/dra-kubelet-plugin \
-		go test -count=1 -timeout $(E2E_TIMEOUT) $(E2E_FLAGS) ./e2e/...
+		go test -race -count=1 -timeout $(E2E_TIMEOUT) $(E2E_FLAGS) ./e2e/...
 
 demo: cluster-binaries e2e-plugin e2e-tessera-local
 	bin/tessera-local demo --bin-dir=$(TESSERA_CACHE)/bin --plugin=$(CURDIR)/bin/dra-kubelet-plugin
