@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	authenticationv1 "k8s.io/api/authentication/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -22,6 +23,8 @@ import (
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/restmapper"
 	"k8s.io/klog/v2"
+
+	"github.com/tessera-gpu/tessera/e2e/manifests"
 )
 
 // Config describes a local cluster: a control plane and simulated GPU nodes.
@@ -57,10 +60,17 @@ func StartLocal(ctx context.Context, cfg Config) (_ *Local, err error) {
 			l.Stop()
 		}
 	}()
+	pluginKubeconfig, err := l.pluginKubeconfig(ctx)
+	if err != nil {
+		return nil, err
+	}
 	nodes := make([]*Node, len(cfg.Nodes))
 	errs := make([]error, len(cfg.Nodes))
 	done := make(chan int)
 	for i, opts := range cfg.Nodes {
+		if opts.Kubeconfig == "" {
+			opts.Kubeconfig = pluginKubeconfig
+		}
 		go func() {
 			nodes[i], errs[i] = cp.AddNode(ctx, cfg.PluginBinary, cfg.WorkDir, opts)
 			done <- i
@@ -79,6 +89,51 @@ func StartLocal(ctx context.Context, cfg Config) (_ *Local, err error) {
 	}
 	klog.FromContext(ctx).V(1).Info("Local cluster ready", "nodes", len(l.Nodes), "kubeconfig", cp.Kubeconfig)
 	return l, nil
+}
+
+// pluginKubeconfig installs the plugin's ServiceAccount and RBAC and writes a
+// kubeconfig with a token of that account, so the plugins run with the rights a
+// deployment gives them rather than as cluster admin.
+func (l *Local) pluginKubeconfig(ctx context.Context) (string, error) {
+	if err := l.Apply(ctx, manifests.PluginRBAC, ""); err != nil {
+		return "", fmt.Errorf("install plugin RBAC: %w", err)
+	}
+	ns, name := manifests.PluginServiceAccount[0], manifests.PluginServiceAccount[1]
+	var token *authenticationv1.TokenRequest
+	// The token controller needs the account in its informer first.
+	err := wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
+		var err error
+		token, err = l.Client.CoreV1().ServiceAccounts(ns).CreateToken(ctx, name, &authenticationv1.TokenRequest{
+			Spec: authenticationv1.TokenRequestSpec{ExpirationSeconds: new(int64(7 * 24 * 3600))},
+		}, metav1.CreateOptions{})
+		return err == nil, nil
+	})
+	if err != nil {
+		return "", fmt.Errorf("create token for service account %s/%s: %w", ns, name, err)
+	}
+	path := filepath.Join(l.WorkDir, "kubelet-plugin.kubeconfig")
+	content := fmt.Sprintf(`apiVersion: v1
+kind: Config
+clusters:
+- name: tessera-local
+  cluster:
+    server: %s
+    certificate-authority: %s
+users:
+- name: kubelet-plugin
+  user:
+    token: %s
+contexts:
+- name: tessera-local
+  context:
+    cluster: tessera-local
+    user: kubelet-plugin
+current-context: tessera-local
+`, l.APIServerURL, l.Config.TLSClientConfig.CAFile, token.Status.Token)
+	if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
+		return "", fmt.Errorf("write %s: %w", path, err)
+	}
+	return path, nil
 }
 
 // Node returns the node called name, or nil.

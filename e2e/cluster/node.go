@@ -37,6 +37,8 @@ type NodeOptions struct {
 	Labels map[string]string
 	// PluginArgs are extra arguments for dra-kubelet-plugin.
 	PluginArgs []string
+	// Kubeconfig is the plugin's kubeconfig; the admin's when empty.
+	Kubeconfig string
 }
 
 // Node is a simulated node: a Node object kept Ready by heartbeats, one real
@@ -120,7 +122,7 @@ func (n *Node) StartPlugin(ctx context.Context) error {
 		"--metrics-address=" + n.MetricsAddress,
 		"--healthcheck-port=" + strconv.Itoa(ports[1]),
 		"--node-name=" + n.Name,
-		"--kubeconfig=" + n.cp.Kubeconfig,
+		"--kubeconfig=" + n.kubeconfig(),
 		"--nvml=" + n.opts.NVML,
 		"--plugin-data-dir=" + n.PluginDataDir,
 		"--registrar-dir=" + n.RegistrarDir,
@@ -162,6 +164,13 @@ func (n *Node) StartPlugin(ctx context.Context) error {
 		return fmt.Errorf("wait for ResourceSlices of node %s: %w", n.Name, context.Cause(waitCtx))
 	}
 	return nil
+}
+
+func (n *Node) kubeconfig() string {
+	if n.opts.Kubeconfig != "" {
+		return n.opts.Kubeconfig
+	}
+	return n.cp.Kubeconfig
 }
 
 // Options returns what the node was created with.

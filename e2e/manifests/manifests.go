@@ -14,6 +14,15 @@ import (
 //go:embed deviceclasses.yaml
 var DeviceClasses []byte
 
+// PluginRBAC is the kubelet plugin's ServiceAccount and its RBAC, which the
+// local cluster runs every plugin with.
+//
+//go:embed plugin-rbac.yaml
+var PluginRBAC []byte
+
+// PluginServiceAccount names the ServiceAccount in PluginRBAC as namespace, name.
+var PluginServiceAccount = [2]string{"tessera-system", "tessera-kubelet-plugin"}
+
 //go:embed demo/*.yaml
 var demo embed.FS
 
