@@ -15,6 +15,7 @@ import (
 	resourceapi "k8s.io/api/resource/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes/fake"
@@ -101,38 +102,13 @@ func podUsing(name string) *corev1.Pod {
 // TestKubelet runs the stand-in against a real kubeletplugin helper on a fake
 // plugin: registration, prepare, CDI resolution, status, events and unprepare.
 func TestKubelet(t *testing.T) {
-	_, ctx := ktesting.NewTestContext(t)
-	ctx, cancel := context.WithCancel(ctx)
-	t.Cleanup(cancel)
-	dir := t.TempDir()
-	registrar, pluginDir, cdiRoot := filepath.Join(dir, "registry"), filepath.Join(dir, "plugin"), filepath.Join(dir, "cdi")
-	for _, d := range []string{registrar, pluginDir, cdiRoot} {
-		if err := os.MkdirAll(d, 0o755); err != nil {
-			t.Fatal(err)
-		}
-	}
 	spec := "cdiVersion: \"0.6.0\"\nkind: gpu.tessera.dev/gpu\ndevices:\n- name: gpu-0\n  containerEdits:\n    env: [\"NVIDIA_VISIBLE_DEVICES=GPU-0\"]\n    deviceNodes: [{path: /dev/nvidia0}]\n"
-	if err := os.WriteFile(filepath.Join(cdiRoot, "gpu.yaml"), []byte(spec), 0o644); err != nil {
-		t.Fatal(err)
-	}
-
-	client := fake.NewClientset(allocatedClaim("good"), podUsing("good"), allocatedClaim("bad"), podUsing("bad"))
 	plugin := &fakePlugin{
 		devices: map[string][]kubeletplugin.Device{"good": {{Requests: []string{"gpu"}, PoolName: testNode, DeviceName: "gpu-0", CDIDeviceIDs: []string{"gpu.tessera.dev/gpu=gpu-0"}}}},
 		errs:    map[string]error{"bad": errors.New("GPU 0 is on fire")},
 	}
-	helper, err := kubeletplugin.Start(ctx, plugin,
-		kubeletplugin.DriverName(testDriver), kubeletplugin.KubeClient(client), kubeletplugin.NodeName(testNode),
-		kubeletplugin.RegistrarDirectoryPath(registrar), kubeletplugin.PluginDataDirectoryPath(pluginDir))
-	if err != nil {
-		t.Fatalf("start plugin: %v", err)
-	}
-	t.Cleanup(helper.Stop)
-
-	k := New(Options{NodeName: testNode, Client: client, RegistrarDir: registrar, CDIRoot: cdiRoot})
-	if err := k.Run(ctx); err != nil {
-		t.Fatal(err)
-	}
+	n := startNode(t, plugin, spec, allocatedClaim("good"), podUsing("good"), allocatedClaim("bad"), podUsing("bad"))
+	ctx, client, k, helper := n.ctx, n.client, n.kubelet, n.helper
 	waitCtx, waitCancel := context.WithTimeout(ctx, 30*time.Second)
 	defer waitCancel()
 	if _, err := k.WaitForPlugin(waitCtx, testDriver, 1); err != nil {
@@ -142,12 +118,7 @@ func TestKubelet(t *testing.T) {
 		t.Errorf("plugin was told registration status %v, want registered", status)
 	}
 
-	poll := func(what string, cond func(context.Context) bool) {
-		t.Helper()
-		if err := wait.PollUntilContextCancel(waitCtx, 20*time.Millisecond, true, func(ctx context.Context) (bool, error) { return cond(ctx), nil }); err != nil {
-			t.Fatalf("%s: %v", what, err)
-		}
-	}
+	poll := n.poll(t)
 	var running *corev1.Pod
 	poll("pod good running", func(ctx context.Context) bool {
 		p, err := client.CoreV1().Pods("default").Get(ctx, "good", metav1.GetOptions{})
@@ -187,5 +158,116 @@ func TestKubelet(t *testing.T) {
 	}
 	if _, ok := k.Prepared()["claim-good"]; ok {
 		t.Errorf("claim good still tracked as prepared")
+	}
+}
+
+// TestKubeletSharedClaim checks that a claim two pods use is prepared once and
+// unprepared only when the last of them is gone, as kubelet does.
+func TestKubeletSharedClaim(t *testing.T) {
+	claim := allocatedClaim("shared")
+	claim.Status.ReservedFor = []resourceapi.ResourceClaimConsumerReference{
+		{Resource: "pods", Name: "first", UID: "pod-first"},
+		{Resource: "pods", Name: "second", UID: "pod-second"},
+	}
+	first, second := podUsing("first"), podUsing("second")
+	for _, p := range []*corev1.Pod{first, second} {
+		name := "shared"
+		p.Spec.ResourceClaims[0].ResourceClaimName = &name
+	}
+	plugin := &fakePlugin{devices: map[string][]kubeletplugin.Device{"shared": {{PoolName: testNode, DeviceName: "gpu-0"}}}}
+	n := startNode(t, plugin, "", claim, first, second)
+	ctx, client, k := n.ctx, n.client, n.kubelet
+	poll := n.poll(t)
+	running := map[string]*corev1.Pod{}
+	poll("both pods running", func(ctx context.Context) bool {
+		for _, name := range []string{"first", "second"} {
+			p, err := client.CoreV1().Pods("default").Get(ctx, name, metav1.GetOptions{})
+			if err != nil || p.Status.Phase != corev1.PodRunning {
+				return false
+			}
+			running[name] = p
+		}
+		return true
+	})
+	if got := len(k.Prepared()[claim.UID].Pods); got != 2 {
+		t.Errorf("shared claim held by %d pods, want 2", got)
+	}
+
+	terminate := func(name string) {
+		t.Helper()
+		p := running[name]
+		now := metav1.Now()
+		p.DeletionTimestamp = &now
+		if _, err := client.CoreV1().Pods("default").Update(ctx, p, metav1.UpdateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		poll("pod "+name+" deleted", func(ctx context.Context) bool {
+			_, err := client.CoreV1().Pods("default").Get(ctx, name, metav1.GetOptions{})
+			return apierrors.IsNotFound(err)
+		})
+	}
+	terminate("first")
+	if got := plugin.unpreparedClaims(); len(got) != 0 {
+		t.Errorf("claim unprepared (%v) while the second pod still uses it", got)
+	}
+	terminate("second")
+	if got := plugin.unpreparedClaims(); !slices.Equal(got, []string{"shared"}) {
+		t.Errorf("unprepared claims %v after both pods are gone, want [shared]", got)
+	}
+}
+
+// fakeNode is a kubelet stand-in talking to a real kubeletplugin helper that
+// serves a fake plugin, over a fake clientset.
+type fakeNode struct {
+	ctx     context.Context
+	client  *fake.Clientset
+	kubelet *Kubelet
+	helper  *kubeletplugin.Helper
+}
+
+// startNode starts the plugin and the stand-in with objects in the API and, if
+// cdiSpec is set, that CDI spec in the CDI directory.
+func startNode(t *testing.T, plugin *fakePlugin, cdiSpec string, objects ...runtime.Object) fakeNode {
+	t.Helper()
+	_, ctx := ktesting.NewTestContext(t)
+	ctx, cancel := context.WithCancel(ctx)
+	t.Cleanup(cancel)
+	dir := t.TempDir()
+	registrar, pluginDir, cdiRoot := filepath.Join(dir, "registry"), filepath.Join(dir, "plugin"), filepath.Join(dir, "cdi")
+	for _, d := range []string{registrar, pluginDir, cdiRoot} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if cdiSpec != "" {
+		if err := os.WriteFile(filepath.Join(cdiRoot, "spec.yaml"), []byte(cdiSpec), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	client := fake.NewClientset(objects...)
+	helper, err := kubeletplugin.Start(ctx, plugin,
+		kubeletplugin.DriverName(testDriver), kubeletplugin.KubeClient(client), kubeletplugin.NodeName(testNode),
+		kubeletplugin.RegistrarDirectoryPath(registrar), kubeletplugin.PluginDataDirectoryPath(pluginDir))
+	if err != nil {
+		t.Fatalf("start plugin: %v", err)
+	}
+	t.Cleanup(helper.Stop)
+	k := New(Options{NodeName: testNode, Client: client, RegistrarDir: registrar, CDIRoot: cdiRoot})
+	if err := k.Run(ctx); err != nil {
+		t.Fatal(err)
+	}
+	return fakeNode{ctx: ctx, client: client, kubelet: k, helper: helper}
+}
+
+// poll returns a function that waits up to 30 s for cond, failing the test with
+// what otherwise.
+func (n fakeNode) poll(t *testing.T) func(what string, cond func(context.Context) bool) {
+	return func(what string, cond func(context.Context) bool) {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(n.ctx, 30*time.Second)
+		defer cancel()
+		if err := wait.PollUntilContextCancel(ctx, 20*time.Millisecond, true, func(ctx context.Context) (bool, error) { return cond(ctx), nil }); err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
 	}
 }
