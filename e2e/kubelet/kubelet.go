@@ -296,8 +296,22 @@ func (k *Kubelet) start(ctx context.Context, key string, pod *corev1.Pod) (retry
 	if err != nil {
 		return false, fmt.Errorf("record container edits: %w", err)
 	}
+	switch {
+	case updated.DeletionTimestamp != nil:
+		// Deleted while we prepared: the next sync terminates it.
+		return true, nil
+	case updated.Status.Phase == corev1.PodRunning:
+		// A sync that saw a stale copy of a pod already started.
+		return false, nil
+	}
+	// A patch of the status alone cannot undo what others wrote meanwhile (a
+	// deletion timestamp, say), as writing back a whole stale object could.
 	markRunning(updated)
-	if _, err := k.opts.Client.CoreV1().Pods(pod.Namespace).UpdateStatus(ctx, updated, metav1.UpdateOptions{FieldManager: "tessera-e2e-kubelet"}); err != nil {
+	statusPatch, err := json.Marshal(map[string]any{"status": updated.Status})
+	if err != nil {
+		return false, fmt.Errorf("encode status patch: %w", err)
+	}
+	if _, err := k.opts.Client.CoreV1().Pods(pod.Namespace).Patch(ctx, pod.Name, types.MergePatchType, statusPatch, metav1.PatchOptions{FieldManager: "tessera-e2e-kubelet"}, "status"); err != nil {
 		return false, fmt.Errorf("mark pod running: %w", err)
 	}
 	logger.V(1).Info("Pod running", "claims", len(claims))
