@@ -18,8 +18,10 @@ func TestSlicesCommand(t *testing.T) {
 		wantDevices int
 		wantErr     string
 	}{
-		"8 x H200":      {args: []string{"slices", "--nvml=mock:dgxh200", "--node-name=n1"}, wantSlices: 5, wantDevices: 8 * 27},
-		"2 x A100":      {args: []string{"slices", "--nvml=mock:dgxa100:2", "--node-name=n1"}, wantSlices: 2, wantDevices: 2 * 27},
+		"8 x H200": {args: []string{"slices", "--nvml=mock:dgxh200", "--node-name=n1"}, wantSlices: 5, wantDevices: 8 * 27},
+		// The A100s are in MIG mode and cannot leave it without a reset:
+		// partitions only.
+		"2 x A100":      {args: []string{"slices", "--nvml=mock:dgxa100:2", "--node-name=n1"}, wantSlices: 2, wantDevices: 2 * 25},
 		"MIG off":       {args: []string{"slices", "--nvml=mock:dgxh100:1", "--node-name=n1", "--disable-mig"}, wantSlices: 2, wantDevices: 2},
 		"no node name":  {args: []string{"slices", "--nvml=mock:dgxh200"}, wantErr: "--node-name is required"},
 		"bad backend":   {args: []string{"slices", "--nvml=mock:dgx9", "--node-name=n1"}, wantErr: `unknown mock model "dgx9"`},

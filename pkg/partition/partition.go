@@ -70,6 +70,14 @@ func MIGOffered(gpu inventory.GPU, opts Options) bool {
 		(gpu.MIG.Enabled || gpu.MIG.ToggleWithoutReset)
 }
 
+// WholeOffered reports whether the GPU is published whole and time-shared.
+// A GPU whose MIG mode is on and cannot be switched off without a reset
+// (an A100 an admin put in MIG mode) runs CUDA only inside MIG partitions,
+// so it is offered as partitions alone.
+func WholeOffered(gpu inventory.GPU) bool {
+	return !(gpu.MIG.Enabled && !gpu.MIG.ToggleWithoutReset)
+}
+
 // Build returns the devices and counters of one GPU.
 func Build(gpu inventory.GPU, opts Options) GPU {
 	out := GPU{CounterSet: CounterSetName(gpu.Index), Counters: map[string]int64{}}
@@ -86,9 +94,11 @@ func Build(gpu inventory.GPU, opts Options) GPU {
 		}
 	}
 
-	out.Devices = append(out.Devices, Device{Name: WholeName(gpu.Index), Kind: KindGPU, Consumes: maps.Clone(out.Counters)})
-	if !opts.DisableSharing {
-		out.Devices = append(out.Devices, Device{Name: SharedName(gpu.Index), Kind: KindShared, Consumes: maps.Clone(out.Counters)})
+	if WholeOffered(gpu) {
+		out.Devices = append(out.Devices, Device{Name: WholeName(gpu.Index), Kind: KindGPU, Consumes: maps.Clone(out.Counters)})
+		if !opts.DisableSharing {
+			out.Devices = append(out.Devices, Device{Name: SharedName(gpu.Index), Kind: KindShared, Consumes: maps.Clone(out.Counters)})
+		}
 	}
 	if !mig {
 		return out

@@ -127,14 +127,15 @@ func TestWhatIsOffered(t *testing.T) {
 		gpu                inventory.GPU
 		opts               partition.Options
 		wantMIG, wantShare int
+		wantWhole          int
 	}{
-		"MIG off, toggles":         {gpu: h200(0), wantMIG: 25, wantShare: 1},
-		"MIG off, needs reset":     {gpu: noToggle, wantMIG: 0, wantShare: 1},
-		"MIG on, needs reset":      {gpu: enabledNoToggle, wantMIG: 25, wantShare: 1},
-		"not MIG capable":          {gpu: notCapable, wantMIG: 0, wantShare: 1},
-		"admin turned MIG off":     {gpu: h200(0), opts: partition.Options{DisableMIG: true}, wantShare: 1},
-		"admin turned sharing off": {gpu: h200(0), opts: partition.Options{DisableSharing: true}, wantMIG: 25},
-		"admin turned both off":    {gpu: h200(0), opts: partition.Options{DisableMIG: true, DisableSharing: true}},
+		"MIG off, toggles":         {gpu: h200(0), wantMIG: 25, wantShare: 1, wantWhole: 1},
+		"MIG off, needs reset":     {gpu: noToggle, wantMIG: 0, wantShare: 1, wantWhole: 1},
+		"MIG on, needs reset":      {gpu: enabledNoToggle, wantMIG: 25, wantShare: 0, wantWhole: 0},
+		"not MIG capable":          {gpu: notCapable, wantMIG: 0, wantShare: 1, wantWhole: 1},
+		"admin turned MIG off":     {gpu: h200(0), opts: partition.Options{DisableMIG: true}, wantShare: 1, wantWhole: 1},
+		"admin turned sharing off": {gpu: h200(0), opts: partition.Options{DisableSharing: true}, wantMIG: 25, wantWhole: 1},
+		"admin turned both off":    {gpu: h200(0), opts: partition.Options{DisableMIG: true, DisableSharing: true}, wantWhole: 1},
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
@@ -145,8 +146,8 @@ func TestWhatIsOffered(t *testing.T) {
 			if got := len(names(g, partition.KindShared)); got != tc.wantShare {
 				t.Errorf("%d shared devices, want %d", got, tc.wantShare)
 			}
-			if got := len(names(g, partition.KindGPU)); got != 1 {
-				t.Errorf("%d whole-GPU devices, want 1", got)
+			if got := len(names(g, partition.KindGPU)); got != tc.wantWhole {
+				t.Errorf("%d whole-GPU devices, want %d", got, tc.wantWhole)
 			}
 			if tc.wantMIG == 0 {
 				if _, ok := g.Counters["ofa-engines"]; ok {
