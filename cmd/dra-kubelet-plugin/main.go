@@ -22,6 +22,7 @@ import (
 
 	tnvml "github.com/tessera-gpu/tessera/internal/nvml"
 	"github.com/tessera-gpu/tessera/internal/plugin"
+	"github.com/tessera-gpu/tessera/internal/prepare"
 	"github.com/tessera-gpu/tessera/pkg/partition"
 	"github.com/tessera-gpu/tessera/pkg/resourceslice"
 )
@@ -134,7 +135,28 @@ func newCommand() *cobra.Command {
 			return resourceslice.WriteYAML(cmd.OutOrStdout(), resourceslice.Objects(o.nodeName, res))
 		},
 	})
+	root.AddCommand(newMPSLaunchCommand())
 	return root
+}
+
+// newMPSLaunchCommand is how the plugin starts an MPS control daemon with a
+// private /dev/shm; it replaces itself with the daemon.
+func newMPSLaunchCommand() *cobra.Command {
+	var shm string
+	cmd := &cobra.Command{
+		Use:    "mps-launch --shm DIR -- COMMAND [ARG...]",
+		Short:  "Run COMMAND in a private mount namespace whose /dev/shm is DIR (used to start MPS daemons)",
+		Hidden: true,
+		Args:   cobra.MinimumNArgs(1),
+		RunE: func(_ *cobra.Command, args []string) error {
+			if shm == "" {
+				return fmt.Errorf("--shm is required")
+			}
+			return prepare.ExecWithPrivateShm(shm, args, os.Environ())
+		},
+	}
+	cmd.Flags().StringVar(&shm, "shm", "", "directory to mount on /dev/shm")
+	return cmd
 }
 
 // fromEnv fills flags the command line left unset from the environment.
@@ -168,6 +190,14 @@ func run(ctx context.Context, o *options) error {
 		return err
 	}
 	defer func() { _ = lib.Shutdown() }()
+	var launcher []string
+	if !strings.HasPrefix(o.nvml, "mock:") {
+		exe, err := os.Executable()
+		if err != nil {
+			return fmt.Errorf("find own executable for the MPS launcher: %w", err)
+		}
+		launcher = []string{exe, "mps-launch"}
+	}
 	return plugin.RunNode(ctx, plugin.Options{
 		NodeName:           o.nodeName,
 		KubeClient:         client,
@@ -183,6 +213,7 @@ func run(ctx context.Context, o *options) error {
 		MetricsAddress:  o.metricsAddress,
 		HealthPort:      o.healthPort,
 		SimulatedDriver: strings.HasPrefix(o.nvml, "mock:"),
+		MPSLauncher:     launcher,
 	})
 }
 

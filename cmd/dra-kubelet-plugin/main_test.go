@@ -2,6 +2,10 @@ package main
 
 import (
 	"bytes"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -67,5 +71,47 @@ func TestSlicesCommand(t *testing.T) {
 				t.Errorf("%d devices, want %d", devices, tc.wantDevices)
 			}
 		})
+	}
+}
+
+// TestMain lets a test run this binary's command line in a child process.
+func TestMain(m *testing.M) {
+	if os.Getenv("TESSERA_TEST_RUN_MAIN") == "1" {
+		main()
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
+
+// TestMPSLaunchGivesPrivateShm starts a command the way the plugin starts an
+// MPS daemon and checks that what it writes to /dev/shm lands in the
+// daemon's directory and not in the node's /dev/shm.
+func TestMPSLaunchGivesPrivateShm(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("mps-launch needs root to unshare the mount namespace, as the plugin's DaemonSet has")
+	}
+	shm := t.TempDir()
+	name := fmt.Sprintf("tessera-probe-%d", os.Getpid())
+	cmd := exec.Command(os.Args[0], "mps-launch", "--shm", shm, "--", "/bin/sh", "-c", "echo ok > /dev/shm/"+name)
+	cmd.Env = append(os.Environ(), "TESSERA_TEST_RUN_MAIN=1")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("mps-launch: %v: %s", err, out)
+	}
+	if got, err := os.ReadFile(filepath.Join(shm, name)); err != nil || strings.TrimSpace(string(got)) != "ok" {
+		t.Errorf("file in the private /dev/shm = %q, %v", got, err)
+	}
+	if _, err := os.Stat(filepath.Join("/dev/shm", name)); !os.IsNotExist(err) {
+		_ = os.Remove(filepath.Join("/dev/shm", name))
+		t.Errorf("the command wrote to the node's /dev/shm (stat: %v)", err)
+	}
+}
+
+func TestMPSLaunchNeedsShm(t *testing.T) {
+	cmd := newCommand()
+	cmd.SetArgs([]string{"mps-launch", "--", "/bin/true"})
+	cmd.SetOut(&bytes.Buffer{})
+	cmd.SetErr(&bytes.Buffer{})
+	if err := cmd.Execute(); err == nil || !strings.Contains(err.Error(), "--shm is required") {
+		t.Errorf("err = %v, want --shm is required", err)
 	}
 }

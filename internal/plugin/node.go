@@ -27,6 +27,9 @@ type NodeOptions struct {
 	SimulatedDriver bool
 	// MPSCheckInterval is how often MPS daemons are checked and restarted.
 	MPSCheckInterval time.Duration
+	// MPSLauncher starts MPS daemons with a private /dev/shm, e.g. this
+	// binary's "mps-launch" subcommand; empty starts them directly.
+	MPSLauncher []string
 }
 
 // RunNode reconciles the prepare checkpoint, starts the health monitor, the
@@ -46,6 +49,9 @@ func RunNode(ctx context.Context, opts Options, node NodeOptions) error {
 	}
 	if node.SimulatedDriver {
 		prepOpts = append(prepOpts, prepare.SimulatedDriver())
+	}
+	if len(node.MPSLauncher) > 0 {
+		prepOpts = append(prepOpts, prepare.WithMPSLauncher(node.MPSLauncher...))
 	}
 	preparer, err := prepare.New(ctx, prepOpts...)
 	if err != nil {

@@ -25,6 +25,51 @@ read cmd
 [ "$cmd" = quit ] && rm -f "$CUDA_MPS_PIPE_DIRECTORY/control"
 `
 
+// TestMPSDaemonsLaunchWithPrivateShm: with a launcher, the daemon is
+// started through it with its own /dev/shm directory.
+func TestMPSDaemonsLaunchWithPrivateShm(t *testing.T) {
+	_, ctx := ktesting.NewTestContext(t)
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "nvidia-cuda-mps-control")
+	writeFile(t, bin, fakeMPSControl)
+	launcher := filepath.Join(dir, "launcher")
+	// The stand-in launcher records its arguments and runs the command
+	// after "--", as "dra-kubelet-plugin mps-launch" does.
+	writeFile(t, launcher, `#!/bin/sh
+echo "$@" > "$(dirname "$0")/launched"
+while [ "$1" != "--" ]; do shift; done
+shift
+exec "$@"
+`)
+	for _, f := range []string{bin, launcher} {
+		if err := os.Chmod(f, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	root := t.TempDir()
+	m := &MPSDaemons{Root: root, Binary: bin, Launcher: []string{launcher, "mps-launch"}}
+	d := MPSDaemon{GPUUUID: "GPU-1", PipeDir: filepath.Join(root, "GPU-1", "pipe"), LogDir: filepath.Join(root, "GPU-1", "log"), ShmDir: filepath.Join(root, "GPU-1", "shm")}
+	if err := m.Start(ctx, d); err != nil {
+		t.Fatal(err)
+	}
+	got, err := os.ReadFile(filepath.Join(dir, "launched"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := "mps-launch --shm " + d.ShmDir + " -- " + bin + " -d"; strings.TrimSpace(string(got)) != want {
+		t.Errorf("launcher ran with %q, want %q", got, want)
+	}
+	if fi, err := os.Stat(d.ShmDir); err != nil || !fi.IsDir() {
+		t.Errorf("shm directory not created: %v", err)
+	}
+	if err := m.Stop(ctx, "GPU-1"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(d.ShmDir); !os.IsNotExist(err) {
+		t.Errorf("shm directory left after stop: %v", err)
+	}
+}
+
 func TestMPSDaemons(t *testing.T) {
 	_, ctx := ktesting.NewTestContext(t)
 	bin := filepath.Join(t.TempDir(), "nvidia-cuda-mps-control")

@@ -23,6 +23,9 @@ type MPSDaemon struct {
 	PipeDir string
 	// LogDir is the host directory of the daemon's logs.
 	LogDir string
+	// ShmDir is the host directory the daemon uses as /dev/shm, which the
+	// claims' containers mount at /dev/shm.
+	ShmDir string
 }
 
 // MPSControl starts, lists and stops MPS control daemons. The real one runs
@@ -47,6 +50,11 @@ type MPSDaemons struct {
 	Binary string
 	// StartTimeout bounds how long Start waits for the daemon's pipe.
 	StartTimeout time.Duration
+	// Launcher, when set, is the command that starts the daemon with
+	// ShmDir as its /dev/shm: it is run as
+	// Launcher... --shm <ShmDir> -- <Binary> -d (see ExecWithPrivateShm).
+	// Without it the daemon shares the plugin's /dev/shm.
+	Launcher []string
 }
 
 var _ MPSControl = (*MPSDaemons)(nil)
@@ -66,12 +74,19 @@ func (m *MPSDaemons) Start(ctx context.Context, d MPSDaemon) error {
 	if _, err := os.Stat(control); err == nil {
 		return nil
 	}
-	for _, dir := range []string{d.PipeDir, d.LogDir} {
+	for _, dir := range []string{d.PipeDir, d.LogDir, d.ShmDir} {
+		if dir == "" {
+			continue
+		}
 		if err := os.MkdirAll(dir, 0o755); err != nil {
 			return fmt.Errorf("start MPS daemon for GPU %s: %w", d.GPUUUID, err)
 		}
 	}
 	cmd := exec.CommandContext(ctx, m.Binary, "-d")
+	if len(m.Launcher) > 0 && d.ShmDir != "" {
+		args := append(append([]string{}, m.Launcher[1:]...), "--shm", d.ShmDir, "--", m.Binary, "-d")
+		cmd = exec.CommandContext(ctx, m.Launcher[0], args...)
+	}
 	cmd.Env = m.env(d)
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return fmt.Errorf("start MPS daemon for GPU %s: %w: %s", d.GPUUUID, err, strings.TrimSpace(string(out)))

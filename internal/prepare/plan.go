@@ -201,7 +201,11 @@ func (p *Preparer) cdiClaim(c *checkpoint.Claim) (tcdi.Claim, error) {
 		dev := tcdi.Device{Name: d.Device, DeviceNodes: nodes}
 		if d.Sharing != nil && d.Sharing.Strategy == string(configapi.MPSStrategy) {
 			mps = true
-			dev.Mounts = []tcdi.Mount{{HostPath: p.daemon(d.GPUUUID).PipeDir, ContainerPath: mpsPipeDir}}
+			daemon := p.daemon(d.GPUUUID)
+			dev.Mounts = []tcdi.Mount{
+				{HostPath: daemon.PipeDir, ContainerPath: mpsPipeDir},
+				{HostPath: daemon.ShmDir, ContainerPath: "/dev/shm"},
+			}
 			mpsMemory[ordinal] += d.Sharing.PinnedMemoryLimitBytes
 			mpsThreads += d.Sharing.ActiveThreadPercentage
 		}

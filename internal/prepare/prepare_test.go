@@ -86,7 +86,7 @@ func TestPrepareDevices(t *testing.T) {
 				Env: []string{"NVIDIA_VISIBLE_DEVICES={gpu3}", "CUDA_VISIBLE_DEVICES={gpu3}", "CUDA_MPS_PIPE_DIRECTORY=/tmp/nvidia-mps",
 					"CUDA_MPS_PINNED_DEVICE_MEM_LIMIT=0=20480M", "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=30"},
 				DeviceNodes: []string{"/dev/nvidia3", "/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools"},
-				Mounts:      []string{"{state}/mps/{gpu3}/pipe:/tmp/nvidia-mps"},
+				Mounts:      []string{"{state}/mps/{gpu3}/pipe:/tmp/nvidia-mps", "{state}/mps/{gpu3}/shm:/dev/shm"},
 			},
 		},
 		"share with time slicing from its class": {
@@ -107,7 +107,7 @@ func TestPrepareDevices(t *testing.T) {
 				Env: []string{"NVIDIA_VISIBLE_DEVICES={gpu5}", "CUDA_VISIBLE_DEVICES={gpu5}", "CUDA_MPS_PIPE_DIRECTORY=/tmp/nvidia-mps",
 					"CUDA_MPS_PINNED_DEVICE_MEM_LIMIT=0=10240M", "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=50"},
 				DeviceNodes: []string{"/dev/nvidia5", "/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools"},
-				Mounts:      []string{"{state}/mps/{gpu5}/pipe:/tmp/nvidia-mps"},
+				Mounts:      []string{"{state}/mps/{gpu5}/pipe:/tmp/nvidia-mps", "{state}/mps/{gpu5}/shm:/dev/shm"},
 			},
 		},
 	} {

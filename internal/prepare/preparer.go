@@ -44,6 +44,7 @@ type Preparer struct {
 	driverRoot   string
 	procRoot     string
 	stateDir     string
+	mpsLauncher  []string
 
 	// devices maps this node's device names to what they are.
 	devices map[string]deviceInfo
@@ -98,6 +99,10 @@ func WithStateDir(dir string) Option { return func(p *Preparer) { p.stateDir = d
 // state directory).
 func WithMPS(m MPSControl) Option { return func(p *Preparer) { p.mps = m } }
 
+// WithMPSLauncher sets the command that starts real MPS daemons with a
+// private /dev/shm (see MPSDaemons.Launcher).
+func WithMPSLauncher(cmd ...string) Option { return func(p *Preparer) { p.mpsLauncher = cmd } }
+
 // WithTimeSlicer sets how time slices are applied (default: nvidia-smi).
 func WithTimeSlicer(t TimeSlicer) Option { return func(p *Preparer) { p.slicer = t } }
 
@@ -123,7 +128,7 @@ func New(ctx context.Context, opts ...Option) (*Preparer, error) {
 		p.procRoot = filepath.Join(p.driverRoot, "proc")
 	}
 	if p.mps == nil {
-		p.mps = &MPSDaemons{Root: p.mpsRoot(), Binary: filepath.Join(p.driverRoot, "usr/bin/nvidia-cuda-mps-control")}
+		p.mps = &MPSDaemons{Root: p.mpsRoot(), Binary: filepath.Join(p.driverRoot, "usr/bin/nvidia-cuda-mps-control"), Launcher: p.mpsLauncher}
 	}
 	if p.slicer == nil {
 		p.slicer = NvidiaSMI{Binary: filepath.Join(p.driverRoot, "usr/bin/nvidia-smi")}
@@ -324,7 +329,7 @@ func (p *Preparer) startSharing(ctx context.Context, d *checkpoint.Device) error
 
 func (p *Preparer) daemon(gpuUUID string) MPSDaemon {
 	dir := filepath.Join(p.mpsRoot(), gpuUUID)
-	return MPSDaemon{GPUUUID: gpuUUID, PipeDir: filepath.Join(dir, "pipe"), LogDir: filepath.Join(dir, "log")}
+	return MPSDaemon{GPUUUID: gpuUUID, PipeDir: filepath.Join(dir, "pipe"), LogDir: filepath.Join(dir, "log"), ShmDir: filepath.Join(dir, "shm")}
 }
 
 func (p *Preparer) unprepare(ctx context.Context, uid string) (string, error) {
