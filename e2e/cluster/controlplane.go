@@ -21,6 +21,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
+	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 	"k8s.io/klog/v2"
 )
 
@@ -172,7 +173,8 @@ func Start(ctx context.Context, opts Options) (_ *ControlPlane, err error) {
 	}
 
 	cp.Kubeconfig = filepath.Join(opts.WorkDir, "admin.kubeconfig")
-	if err := writeKubeconfig(cp.Kubeconfig, apiURL, certs); err != nil {
+	if err := writeKubeconfig(cp.Kubeconfig, apiURL, certs.caCert, "admin",
+		&clientcmdapi.AuthInfo{ClientCertificate: certs.adminCert, ClientKey: certs.adminKey}); err != nil {
 		return nil, err
 	}
 	cp.Config, err = clientcmd.BuildConfigFromFlags("", cp.Kubeconfig)
@@ -300,27 +302,14 @@ func freePorts(n int) ([]int, error) {
 	return ports, nil
 }
 
-func writeKubeconfig(path, server string, certs *pki) error {
-	content := fmt.Sprintf(`apiVersion: v1
-kind: Config
-clusters:
-- name: tessera-local
-  cluster:
-    server: %s
-    certificate-authority: %s
-users:
-- name: admin
-  user:
-    client-certificate: %s
-    client-key: %s
-contexts:
-- name: tessera-local
-  context:
-    cluster: tessera-local
-    user: admin
-current-context: tessera-local
-`, server, certs.caCert, certs.adminCert, certs.adminKey)
-	if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
+// writeKubeconfig writes a kubeconfig for one user of the local cluster.
+func writeKubeconfig(path, server, caFile, user string, auth *clientcmdapi.AuthInfo) error {
+	config := clientcmdapi.NewConfig()
+	config.Clusters["tessera-local"] = &clientcmdapi.Cluster{Server: server, CertificateAuthority: caFile}
+	config.AuthInfos[user] = auth
+	config.Contexts["tessera-local"] = &clientcmdapi.Context{Cluster: "tessera-local", AuthInfo: user}
+	config.CurrentContext = "tessera-local"
+	if err := clientcmd.WriteToFile(*config, path); err != nil {
 		return fmt.Errorf("write kubeconfig %s: %w", path, err)
 	}
 	return nil

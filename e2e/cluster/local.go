@@ -22,6 +22,7 @@ import (
 	"k8s.io/client-go/discovery/cached/memory"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/restmapper"
+	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 	"k8s.io/klog/v2"
 
 	"github.com/tessera-gpu/tessera/e2e/manifests"
@@ -112,26 +113,9 @@ func (l *Local) pluginKubeconfig(ctx context.Context) (string, error) {
 		return "", fmt.Errorf("create token for service account %s/%s: %w", ns, name, err)
 	}
 	path := filepath.Join(l.WorkDir, "kubelet-plugin.kubeconfig")
-	content := fmt.Sprintf(`apiVersion: v1
-kind: Config
-clusters:
-- name: tessera-local
-  cluster:
-    server: %s
-    certificate-authority: %s
-users:
-- name: kubelet-plugin
-  user:
-    token: %s
-contexts:
-- name: tessera-local
-  context:
-    cluster: tessera-local
-    user: kubelet-plugin
-current-context: tessera-local
-`, l.APIServerURL, l.Config.TLSClientConfig.CAFile, token.Status.Token)
-	if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
-		return "", fmt.Errorf("write %s: %w", path, err)
+	if err := writeKubeconfig(path, l.APIServerURL, l.Config.TLSClientConfig.CAFile, "kubelet-plugin",
+		&clientcmdapi.AuthInfo{Token: token.Status.Token}); err != nil {
+		return "", err
 	}
 	return path, nil
 }
