@@ -24,11 +24,16 @@ type fixture struct {
 	monitor *Monitor
 }
 
-func start(t *testing.T, policy Policy) (context.Context, fixture) {
+func start(t *testing.T, policy Policy, opts ...Option) (context.Context, fixture) {
+	return startGPUs(t, 4, policy, opts...)
+}
+
+// startGPUs runs a monitor on a mock node of n H200s with events enabled.
+func startGPUs(t *testing.T, n int, policy Policy, opts ...Option) (context.Context, fixture) {
 	t.Helper()
 	_, ctx := ktesting.NewTestContext(t)
 	ctx, cancel := context.WithCancel(ctx)
-	s, err := nvmlmock.New("dgxh200", 4, "health")
+	s, err := nvmlmock.New("dgxh200", n, "health")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -42,7 +47,7 @@ func start(t *testing.T, policy Policy) (context.Context, fixture) {
 		t.Fatal(err)
 	}
 	clk := testingclock.NewFakeClock(time.Date(2026, 11, 29, 12, 0, 0, 0, time.UTC))
-	m := New(lib.(tnvml.Health), node, WithPolicy(policy), WithClock(clk))
+	m := New(lib.(tnvml.Health), node, append([]Option{WithPolicy(policy), WithClock(clk)}, opts...)...)
 	done := make(chan error, 1)
 	go func() { done <- m.Run(ctx) }()
 	t.Cleanup(func() {
@@ -181,37 +186,14 @@ func TestProbe(t *testing.T) {
 
 func TestXIDInAMIGInstanceTaintsOnlyItsDevice(t *testing.T) {
 	policy := Policy{RecoverAfter: time.Minute, CheckInterval: time.Second}
-	_, ctx := ktesting.NewTestContext(t)
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	s, err := nvmlmock.New("dgxh200", 2, "health")
-	if err != nil {
-		t.Fatal(err)
-	}
-	s.EnableEvents()
-	lib, err := tnvml.OpenMock(s)
-	if err != nil {
-		t.Fatal(err)
-	}
-	node, err := lib.Discover(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	clk := testingclock.NewFakeClock(time.Date(2026, 11, 29, 12, 0, 0, 0, time.UTC))
 	lookup := func(gpu, gi int) (string, bool) {
 		if gpu == 1 && gi == 3 {
 			return "gpu-1-mig-1g18gb-2", true
 		}
 		return "", false
 	}
-	m := New(lib.(tnvml.Health), node, WithPolicy(policy), WithClock(clk), WithMIGDevices(lookup))
-	done := make(chan error, 1)
-	go func() { done <- m.Run(ctx) }()
-	defer func() {
-		cancel()
-		<-done
-	}()
-	poll(t, ctx, func() bool { return clk.HasWaiters() && s.XIDListeners(1) > 0 })
+	ctx, f := startGPUs(t, 2, policy, WithMIGDevices(lookup))
+	s, m := f.server, f.monitor
 
 	s.InjectXID(1, 94, 3, 0)
 	poll(t, ctx, func() bool { return len(m.Taints()) > 0 })
@@ -221,6 +203,6 @@ func TestXIDInAMIGInstanceTaintsOnlyItsDevice(t *testing.T) {
 	// An XID of an instance nobody holds taints the whole GPU.
 	s.InjectXID(0, 94, 9, 0)
 	poll(t, ctx, func() bool { return len(m.UnhealthyGPUs()) == 1 })
-	clk.Step(policy.RecoverAfter)
+	f.clock.Step(policy.RecoverAfter)
 	poll(t, ctx, func() bool { return len(m.Taints()) == 0 })
 }
