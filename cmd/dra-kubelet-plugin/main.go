@@ -20,6 +20,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/klog/v2"
 
+	gpuapi "github.com/tessera-gpu/tessera/api/gpu"
 	tnvml "github.com/tessera-gpu/tessera/internal/nvml"
 	"github.com/tessera-gpu/tessera/internal/plugin"
 	"github.com/tessera-gpu/tessera/internal/prepare"
@@ -56,7 +57,7 @@ func (o *options) addFlags(fs *pflag.FlagSet) {
 
 func (o *options) addRunFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.kubeconfig, "kubeconfig", "", "kubeconfig file; in-cluster configuration when empty")
-	fs.StringVar(&o.pluginDataDir, "plugin-data-dir", "/var/lib/kubelet/plugins/"+resourceslice.DriverName, "directory of the DRA gRPC socket")
+	fs.StringVar(&o.pluginDataDir, "plugin-data-dir", "/var/lib/kubelet/plugins/"+gpuapi.DriverName, "directory of the DRA gRPC socket")
 	fs.StringVar(&o.registrarDir, "registrar-dir", "/var/lib/kubelet/plugins_registry", "directory where the kubelet discovers plugins")
 	fs.StringVar(&o.cdiRoot, "cdi-root", "/var/run/cdi", "directory of the CDI spec files")
 	fs.StringVar(&o.stateDir, "state-dir", "/var/lib/tessera", "directory of the plugin's checkpoint")

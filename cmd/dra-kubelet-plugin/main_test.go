@@ -11,6 +11,8 @@ import (
 
 	resourceapi "k8s.io/api/resource/v1"
 	"k8s.io/client-go/kubernetes/scheme"
+
+	gpuapi "github.com/tessera-gpu/tessera/api/gpu"
 )
 
 // TestSlicesCommand runs `slices` as a user would and decodes its output as
@@ -62,7 +64,7 @@ func TestSlicesCommand(t *testing.T) {
 				if !ok || gvk.GroupVersion() != resourceapi.SchemeGroupVersion {
 					t.Fatalf("got %v, want a resource.k8s.io/v1 ResourceSlice", gvk)
 				}
-				if slice.Spec.Driver != "gpu.tessera.dev" || slice.Spec.Pool.Name != "n1" {
+				if slice.Spec.Driver != gpuapi.DriverName || slice.Spec.Pool.Name != "n1" {
 					t.Errorf("slice %s: driver %q pool %q", slice.Name, slice.Spec.Driver, slice.Spec.Pool.Name)
 				}
 				devices += len(slice.Spec.Devices)

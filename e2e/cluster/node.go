@@ -23,10 +23,9 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/tessera-gpu/tessera/e2e/kubelet"
-)
 
-// DriverName is Tessera's DRA driver name.
-const DriverName = "gpu.tessera.dev"
+	gpuapi "github.com/tessera-gpu/tessera/api/gpu"
+)
 
 // NodeOptions describe one simulated GPU node.
 type NodeOptions struct {
@@ -110,7 +109,7 @@ func (cp *ControlPlane) AddNode(ctx context.Context, pluginBin, workDir string, 
 // StartPlugin starts the node's dra-kubelet-plugin and waits until it has registered
 // with the kubelet stand-in and published a complete pool.
 func (n *Node) StartPlugin(ctx context.Context) error {
-	before := n.Kubelet.Registrations(DriverName)
+	before := n.Kubelet.Registrations(gpuapi.DriverName)
 	// Several plugins share this machine's network namespace: each gets its own
 	// loopback ports for metrics and health probes.
 	ports, err := freePorts(2)
@@ -147,7 +146,7 @@ func (n *Node) StartPlugin(ctx context.Context) error {
 		case <-waitCtx.Done():
 		}
 	}()
-	if _, err := n.Kubelet.WaitForPlugin(waitCtx, DriverName, before+1); err != nil {
+	if _, err := n.Kubelet.WaitForPlugin(waitCtx, gpuapi.DriverName, before+1); err != nil {
 		if exited, _ := p.Exited(); exited {
 			return exitedError(p)
 		}
@@ -198,7 +197,7 @@ func (n *Node) RestartPlugin(ctx context.Context, crash bool) error {
 // Slices lists the node's ResourceSlices of Tessera's driver.
 func (n *Node) Slices(ctx context.Context) ([]resourceapi.ResourceSlice, error) {
 	list, err := n.cp.Client.ResourceV1().ResourceSlices().List(ctx, metav1.ListOptions{
-		FieldSelector: fields.Set{"spec.nodeName": n.Name, "spec.driver": DriverName}.String(),
+		FieldSelector: fields.Set{"spec.nodeName": n.Name, "spec.driver": gpuapi.DriverName}.String(),
 	})
 	if err != nil {
 		return nil, fmt.Errorf("list ResourceSlices of node %s: %w", n.Name, err)

@@ -19,6 +19,8 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/tessera-gpu/tessera/e2e/kubelet"
+
+	gpuapi "github.com/tessera-gpu/tessera/api/gpu"
 )
 
 // Row is one allocated device of one pod.
@@ -133,7 +135,7 @@ func Attribute(attrs map[resourceapi.QualifiedName]resourceapi.DeviceAttribute, 
 	if a, ok := attrs[resourceapi.QualifiedName(name)]; ok {
 		return a, true
 	}
-	a, ok := attrs[resourceapi.QualifiedName("gpu.tessera.dev/"+name)]
+	a, ok := attrs[resourceapi.QualifiedName(gpuapi.DriverName+"/"+name)]
 	return a, ok
 }
 

@@ -21,10 +21,12 @@ import (
 	"k8s.io/client-go/kubernetes/fake"
 	"k8s.io/dynamic-resource-allocation/kubeletplugin"
 	"k8s.io/klog/v2/ktesting"
+
+	gpuapi "github.com/tessera-gpu/tessera/api/gpu"
 )
 
 const (
-	testDriver = "gpu.tessera.dev"
+	testDriver = gpuapi.DriverName
 	testNode   = "node-1"
 )
 

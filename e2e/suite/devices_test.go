@@ -15,7 +15,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/wait"
 	"tags.cncf.io/container-device-interface/pkg/cdi"
 
-	"github.com/tessera-gpu/tessera/e2e/cluster"
+	gpuapi "github.com/tessera-gpu/tessera/api/gpu"
 )
 
 // TestEachKindOfDevice runs one pod per kind of device and checks that
@@ -31,32 +31,32 @@ func TestEachKindOfDevice(t *testing.T) {
 		wantMemory  string // consumed capacity of a share
 	}{
 		"whole GPU": {
-			request:    request("gpu", classGPU),
+			request:    request("gpu", gpuapi.ClassGPU),
 			wantType:   "gpu",
 			wantDevice: regexp.MustCompile(`^gpu-\d+$`),
 		},
 		"MIG 1g.18gb": {
-			request:     request("gpu", classMIG, profileIs("1g.18gb")),
+			request:     request("gpu", gpuapi.ClassMIG, profileIs("1g.18gb")),
 			wantType:    "mig",
 			wantProfile: "1g.18gb",
 			wantDevice:  regexp.MustCompile(`^gpu-\d+-mig-1g18gb-\d+$`),
 		},
 		"MIG 3g.71gb": {
-			request:     request("gpu", classMIG, profileIs("3g.71gb")),
+			request:     request("gpu", gpuapi.ClassMIG, profileIs("3g.71gb")),
 			wantType:    "mig",
 			wantProfile: "3g.71gb",
 			wantDevice:  regexp.MustCompile(`^gpu-\d+-mig-3g71gb-\d+$`),
 		},
 		"share of 20Gi": {
-			request:    withMemory(request("gpu", classShared), "20Gi"),
+			request:    withMemory(request("gpu", gpuapi.ClassShared), "20Gi"),
 			wantType:   "shared",
 			wantDevice: regexp.MustCompile(`^gpu-\d+-shared$`),
 			wantMemory: "20Gi",
 		},
 		"first available prefers MIG over a share": {
 			request: resourceapi.DeviceRequest{Name: "gpu", FirstAvailable: []resourceapi.DeviceSubRequest{
-				{Name: "mig", DeviceClassName: classMIG, Selectors: []resourceapi.DeviceSelector{{CEL: &resourceapi.CELDeviceSelector{Expression: profileIs("1g.18gb")}}}},
-				{Name: "share", DeviceClassName: classShared, Capacity: &resourceapi.CapacityRequirements{Requests: map[resourceapi.QualifiedName]resource.Quantity{"memory": resource.MustParse("10Gi")}}},
+				{Name: "mig", DeviceClassName: gpuapi.ClassMIG, Selectors: []resourceapi.DeviceSelector{{CEL: &resourceapi.CELDeviceSelector{Expression: profileIs("1g.18gb")}}}},
+				{Name: "share", DeviceClassName: gpuapi.ClassShared, Capacity: &resourceapi.CapacityRequirements{Requests: map[resourceapi.QualifiedName]resource.Quantity{gpuapi.CapMemory: resource.MustParse("10Gi")}}},
 			}},
 			wantType:    "mig",
 			wantProfile: "1g.18gb",
@@ -76,8 +76,8 @@ func TestEachKindOfDevice(t *testing.T) {
 				t.Fatalf("claim %s got %d devices, want 1", a.Claim.Name, len(results))
 			}
 			r := results[0]
-			if r.Driver != cluster.DriverName || r.Pool != a.Pod.Spec.NodeName {
-				t.Errorf("allocated %s/%s/%s on node %s, want driver %s and the node's pool", r.Driver, r.Pool, r.Device, a.Pod.Spec.NodeName, cluster.DriverName)
+			if r.Driver != gpuapi.DriverName || r.Pool != a.Pod.Spec.NodeName {
+				t.Errorf("allocated %s/%s/%s on node %s, want driver %s and the node's pool", r.Driver, r.Pool, r.Device, a.Pod.Spec.NodeName, gpuapi.DriverName)
 			}
 			if !tc.wantDevice.MatchString(r.Device) {
 				t.Errorf("allocated device %s, want one matching %s", r.Device, tc.wantDevice)
@@ -93,7 +93,7 @@ func TestEachKindOfDevice(t *testing.T) {
 				if r.ShareID == nil {
 					t.Errorf("share on %s has no shareID", r.Device)
 				}
-				got := r.ConsumedCapacity["memory"]
+				got := r.ConsumedCapacity[gpuapi.CapMemory]
 				if want := resource.MustParse(tc.wantMemory); got.Cmp(want) != 0 {
 					t.Errorf("share on %s consumed memory %s, want %s", r.Device, got.String(), tc.wantMemory)
 				}

@@ -17,16 +17,13 @@ import (
 	"k8s.io/apimachinery/pkg/util/rand"
 	"k8s.io/apimachinery/pkg/util/wait"
 
+	gpuapi "github.com/tessera-gpu/tessera/api/gpu"
 	"github.com/tessera-gpu/tessera/e2e/cluster"
 	"github.com/tessera-gpu/tessera/e2e/demo"
 	"github.com/tessera-gpu/tessera/e2e/kubelet"
 )
 
 const (
-	classGPU    = "gpu.tessera.dev"
-	classMIG    = "mig.gpu.tessera.dev"
-	classShared = "shared.gpu.tessera.dev"
-
 	// waitTimeout bounds every wait on the cluster. The scheduler retries an
 	// unschedulable pod within seconds of a relevant change, so a minute is ample.
 	waitTimeout = time.Minute
@@ -90,13 +87,13 @@ func request(name, class string, selectors ...string) resourceapi.DeviceRequest 
 }
 
 func profileIs(profile string) string {
-	return fmt.Sprintf(`device.attributes["gpu.tessera.dev"].profile == %q`, profile)
+	return fmt.Sprintf(`device.attributes[%q].%s == %q`, gpuapi.DriverName, gpuapi.AttrProfile, profile)
 }
 
 // withMemory asks for a share of memory bytes of a shared GPU.
 func withMemory(r resourceapi.DeviceRequest, quantity string) resourceapi.DeviceRequest {
 	r.Exactly.Capacity = &resourceapi.CapacityRequirements{Requests: map[resourceapi.QualifiedName]resource.Quantity{
-		"memory": resource.MustParse(quantity),
+		gpuapi.CapMemory: resource.MustParse(quantity),
 	}}
 	return r
 }
@@ -295,7 +292,7 @@ func waitGone(t *testing.T, a allocation) {
 func deviceAttributes(t *testing.T, pool, device string) map[resourceapi.QualifiedName]resourceapi.DeviceAttribute {
 	t.Helper()
 	list, err := local.Client.ResourceV1().ResourceSlices().List(t.Context(), metav1.ListOptions{
-		FieldSelector: fields.Set{"spec.driver": cluster.DriverName}.String(),
+		FieldSelector: fields.Set{"spec.driver": gpuapi.DriverName}.String(),
 	})
 	if err != nil {
 		t.Fatalf("list ResourceSlices: %v", err)

@@ -11,7 +11,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"tags.cncf.io/container-device-interface/pkg/cdi"
 
-	"github.com/tessera-gpu/tessera/e2e/cluster"
+	gpuapi "github.com/tessera-gpu/tessera/api/gpu"
 	"github.com/tessera-gpu/tessera/e2e/kubelet"
 	drapb "k8s.io/kubelet/pkg/apis/dra/v1"
 )
@@ -20,8 +20,8 @@ import (
 // a ninth pod waits, and that it is scheduled once the first pod is deleted.
 func TestDeletingPodsFreesDevices(t *testing.T) {
 	ns := newNamespace(t)
-	createTemplate(t, ns, "eight", withCount(request("gpu", classGPU), 8))
-	createTemplate(t, ns, "one", request("gpu", classGPU))
+	createTemplate(t, ns, "eight", withCount(request("gpu", gpuapi.ClassGPU), 8))
+	createTemplate(t, ns, "one", request("gpu", gpuapi.ClassGPU))
 
 	all := createPod(t, ns, "all-gpus", "eight", onNode(nodeA))
 	aAll := waitAllocated(t, all)
@@ -52,13 +52,13 @@ func TestDeletingPodsFreesDevices(t *testing.T) {
 func TestPluginRestart(t *testing.T) {
 	ns := newNamespace(t)
 	n := node(t, nodeB)
-	createTemplate(t, ns, "one", request("gpu", classGPU))
-	before := n.Kubelet.Registrations(cluster.DriverName)
+	createTemplate(t, ns, "one", request("gpu", gpuapi.ClassGPU))
+	before := n.Kubelet.Registrations(gpuapi.DriverName)
 
 	if err := n.RestartPlugin(t.Context(), false); err != nil {
 		t.Fatalf("restart plugin: %v", err)
 	}
-	if got := n.Kubelet.Registrations(cluster.DriverName); got != before+1 {
+	if got := n.Kubelet.Registrations(gpuapi.DriverName); got != before+1 {
 		t.Errorf("plugin registered %d times after a restart, want %d", got, before+1)
 	}
 
@@ -72,7 +72,7 @@ func TestPluginRestart(t *testing.T) {
 	if err := n.RestartPlugin(t.Context(), true); err != nil {
 		t.Fatalf("restart plugin after a crash: %v", err)
 	}
-	client, err := n.Kubelet.WaitForPlugin(t.Context(), cluster.DriverName, before+2)
+	client, err := n.Kubelet.WaitForPlugin(t.Context(), gpuapi.DriverName, before+2)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -115,7 +115,7 @@ func TestPluginRestart(t *testing.T) {
 // stays pending and the scheduler says why.
 func TestUnfittableClaimStaysPending(t *testing.T) {
 	ns := newNamespace(t)
-	createTemplate(t, ns, "nine", withCount(request("gpu", classGPU), 9))
+	createTemplate(t, ns, "nine", withCount(request("gpu", gpuapi.ClassGPU), 9))
 	pod := createPod(t, ns, "greedy", "nine")
 	ev := waitEvent(t, pod, "FailedScheduling")
 	if !strings.Contains(ev.Message, "cannot allocate all claims") {
@@ -137,11 +137,11 @@ func TestPrepareFailureIsReported(t *testing.T) {
 	tmpl := &resourceapi.ResourceClaimTemplate{
 		ObjectMeta: metav1.ObjectMeta{Name: "bad-config", Namespace: ns},
 		Spec: resourceapi.ResourceClaimTemplateSpec{Spec: resourceapi.ResourceClaimSpec{Devices: resourceapi.DeviceClaim{
-			Requests: []resourceapi.DeviceRequest{request("gpu", classGPU)},
+			Requests: []resourceapi.DeviceRequest{request("gpu", gpuapi.ClassGPU)},
 			Config: []resourceapi.DeviceClaimConfiguration{{
 				Requests: []string{"gpu"},
 				DeviceConfiguration: resourceapi.DeviceConfiguration{Opaque: &resourceapi.OpaqueDeviceConfiguration{
-					Driver:     cluster.DriverName,
+					Driver:     gpuapi.DriverName,
 					Parameters: runtime.RawExtension{Raw: []byte(`{"apiVersion":"config.gpu.tessera.dev/v1alpha1","kind":"GPUConfig","noSuchField":true}`)},
 				}},
 			}},

@@ -10,6 +10,8 @@ import (
 	"k8s.io/apimachinery/pkg/api/resource"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	gpuapi "github.com/tessera-gpu/tessera/api/gpu"
 )
 
 // TestSharesColocateWhileMIGWaits runs on the node with one GPU, so nothing can go
@@ -18,12 +20,12 @@ import (
 // MIG over a share falls back to a share meanwhile.
 func TestSharesColocateWhileMIGWaits(t *testing.T) {
 	ns := newNamespace(t)
-	createTemplate(t, ns, "share-20gi", withMemory(request("gpu", classShared), "20Gi"))
-	createTemplate(t, ns, "share-30gi", withMemory(request("gpu", classShared), "30Gi"))
-	createTemplate(t, ns, "mig-1g", request("gpu", classMIG, profileIs("1g.18gb")))
+	createTemplate(t, ns, "share-20gi", withMemory(request("gpu", gpuapi.ClassShared), "20Gi"))
+	createTemplate(t, ns, "share-30gi", withMemory(request("gpu", gpuapi.ClassShared), "30Gi"))
+	createTemplate(t, ns, "mig-1g", request("gpu", gpuapi.ClassMIG, profileIs("1g.18gb")))
 	createTemplate(t, ns, "mig-or-share", resourceapi.DeviceRequest{Name: "gpu", FirstAvailable: []resourceapi.DeviceSubRequest{
-		{Name: "mig", DeviceClassName: classMIG, Selectors: []resourceapi.DeviceSelector{{CEL: &resourceapi.CELDeviceSelector{Expression: profileIs("1g.18gb")}}}},
-		{Name: "share", DeviceClassName: classShared, Capacity: &resourceapi.CapacityRequirements{Requests: map[resourceapi.QualifiedName]resource.Quantity{"memory": resource.MustParse("10Gi")}}},
+		{Name: "mig", DeviceClassName: gpuapi.ClassMIG, Selectors: []resourceapi.DeviceSelector{{CEL: &resourceapi.CELDeviceSelector{Expression: profileIs("1g.18gb")}}}},
+		{Name: "share", DeviceClassName: gpuapi.ClassShared, Capacity: &resourceapi.CapacityRequirements{Requests: map[resourceapi.QualifiedName]resource.Quantity{gpuapi.CapMemory: resource.MustParse("10Gi")}}},
 	}})
 
 	small := createPod(t, ns, "share-small", "share-20gi", onNode(nodeSmall))

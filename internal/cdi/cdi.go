@@ -15,13 +15,8 @@ import (
 	"tags.cncf.io/container-device-interface/pkg/cdi"
 	"tags.cncf.io/container-device-interface/pkg/parser"
 	cdispec "tags.cncf.io/container-device-interface/specs-go"
-)
 
-const (
-	// Vendor is the CDI vendor of Tessera's specs, the DRA driver name.
-	Vendor = "gpu.tessera.dev"
-	// Class is the CDI class of per-claim specs.
-	Class = "claim"
+	gpuapi "github.com/tessera-gpu/tessera/api/gpu"
 )
 
 // Device is what a container gets for one allocated device.
@@ -93,13 +88,15 @@ func (w *Writer) Root() string { return w.root }
 
 // DeviceID is the fully qualified CDI device ID of a claim's device.
 func DeviceID(claimUID, device string) string {
-	return parser.QualifiedName(Vendor, Class, deviceName(claimUID, device))
+	return parser.QualifiedName(gpuapi.CDIVendor, gpuapi.CDIClass, deviceName(claimUID, device))
 }
 
 func deviceName(claimUID, device string) string { return claimUID + "-" + device }
 
 // specName is the transient spec's file name without extension.
-func specName(claimUID string) string { return cdi.GenerateTransientSpecName(Vendor, Class, claimUID) }
+func specName(claimUID string) string {
+	return cdi.GenerateTransientSpecName(gpuapi.CDIVendor, gpuapi.CDIClass, claimUID)
+}
 
 // Spec builds the CDI spec of a claim without writing it.
 func (w *Writer) Spec(c Claim) (*cdispec.Spec, error) {
@@ -107,7 +104,7 @@ func (w *Writer) Spec(c Claim) (*cdispec.Spec, error) {
 		return nil, errors.New("CDI spec of a claim without UID")
 	}
 	spec := &cdispec.Spec{
-		Kind:           Vendor + "/" + Class,
+		Kind:           gpuapi.CDIVendor + "/" + gpuapi.CDIClass,
 		ContainerEdits: cdispec.ContainerEdits{Env: c.Env},
 	}
 	for _, d := range c.Devices {

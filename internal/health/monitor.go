@@ -24,11 +24,9 @@ import (
 	tnvml "github.com/tessera-gpu/tessera/internal/nvml"
 	"github.com/tessera-gpu/tessera/pkg/inventory"
 	"github.com/tessera-gpu/tessera/pkg/partition"
-)
 
-// TaintKey is the key of the taint on an unhealthy GPU's devices. Its value
-// says why: "xid-<n>" or "gpu-lost".
-const TaintKey = "gpu.tessera.dev/unhealthy"
+	gpuapi "github.com/tessera-gpu/tessera/api/gpu"
+)
 
 // DefaultIgnoredXIDs are XIDs that report an application's fault, not the
 // GPU's (the same list NVIDIA's device plugin skips): 13 graphics engine
@@ -145,7 +143,7 @@ func (m *Monitor) Taints() map[string][]resourceapi.DeviceTaint {
 	out := map[string][]resourceapi.DeviceTaint{}
 	for gpu, h := range m.unhealthy {
 		taint := resourceapi.DeviceTaint{
-			Key: TaintKey, Value: h.reason, Effect: resourceapi.DeviceTaintEffectNoSchedule,
+			Key: gpuapi.TaintKeyUnhealthy, Value: h.reason, Effect: resourceapi.DeviceTaintEffectNoSchedule,
 			TimeAdded: &metav1.Time{Time: h.since.Truncate(time.Second)},
 		}
 		for _, name := range m.devices[gpu] {
@@ -157,7 +155,7 @@ func (m *Monitor) Taints() map[string][]resourceapi.DeviceTaint {
 			continue
 		}
 		out[t.device] = []resourceapi.DeviceTaint{{
-			Key: TaintKey, Value: h.reason, Effect: resourceapi.DeviceTaintEffectNoSchedule,
+			Key: gpuapi.TaintKeyUnhealthy, Value: h.reason, Effect: resourceapi.DeviceTaintEffectNoSchedule,
 			TimeAdded: &metav1.Time{Time: h.since.Truncate(time.Second)},
 		}}
 	}
@@ -212,7 +210,7 @@ func (m *Monitor) observeXID(ctx context.Context, ev tnvml.XIDEvent) {
 			h.last = now
 			m.mu.Unlock()
 			logger.Info("Critical XID in a MIG instance: tainting its device", "gpu", ev.GPUIndex, "xid", ev.XID,
-				"gpuInstance", ev.GPUInstanceID, "device", name, "taint", TaintKey)
+				"gpuInstance", ev.GPUInstanceID, "device", name, "taint", gpuapi.TaintKeyUnhealthy)
 			if !ok {
 				m.notify()
 			}
@@ -228,7 +226,7 @@ func (m *Monitor) observeXID(ctx context.Context, ev tnvml.XIDEvent) {
 	h.last = now
 	m.mu.Unlock()
 	logger.Info("Critical XID: tainting the GPU's devices", "gpu", ev.GPUIndex, "xid", ev.XID,
-		"gpuInstance", ev.GPUInstanceID, "computeInstance", ev.ComputeInstanceID, "taint", TaintKey)
+		"gpuInstance", ev.GPUInstanceID, "computeInstance", ev.ComputeInstanceID, "taint", gpuapi.TaintKeyUnhealthy)
 	if !ok {
 		m.notify()
 	}
@@ -245,7 +243,7 @@ func (m *Monitor) check(ctx context.Context) {
 		switch {
 		case errors.Is(err, tnvml.ErrGPULost):
 			if h == nil || !h.lost {
-				logger.Info("GPU lost: tainting its devices", "gpu", gpu, "taint", TaintKey)
+				logger.Info("GPU lost: tainting its devices", "gpu", gpu, "taint", gpuapi.TaintKeyUnhealthy)
 				m.unhealthy[gpu] = &gpuHealth{reason: "gpu-lost", since: now, last: now, lost: true}
 				changed = true
 			}

@@ -16,6 +16,8 @@ import (
 
 	tnvml "github.com/tessera-gpu/tessera/internal/nvml"
 	"github.com/tessera-gpu/tessera/internal/nvml/nvmlmock"
+
+	gpuapi "github.com/tessera-gpu/tessera/api/gpu"
 )
 
 type fixture struct {
@@ -75,7 +77,7 @@ func taintValues(m *Monitor) map[string]string {
 	out := map[string]string{}
 	for name, taints := range m.Taints() {
 		for _, tn := range taints {
-			if tn.Key == TaintKey && tn.Effect == "NoSchedule" {
+			if tn.Key == gpuapi.TaintKeyUnhealthy && tn.Effect == "NoSchedule" {
 				out[name] = tn.Value
 			}
 		}

@@ -16,6 +16,7 @@ import (
 	"k8s.io/dynamic-resource-allocation/kubeletplugin"
 	"k8s.io/klog/v2"
 
+	gpuapi "github.com/tessera-gpu/tessera/api/gpu"
 	tnvml "github.com/tessera-gpu/tessera/internal/nvml"
 	"github.com/tessera-gpu/tessera/pkg/inventory"
 	"github.com/tessera-gpu/tessera/pkg/resourceslice"
@@ -87,7 +88,7 @@ func Run(ctx context.Context, opts Options) error {
 	logger.Info("Discovered GPUs", "count", len(node.GPUs), "driverVersion", node.DriverVersion)
 
 	helper, err := kubeletplugin.Start(ctx, d,
-		kubeletplugin.DriverName(resourceslice.DriverName),
+		kubeletplugin.DriverName(gpuapi.DriverName),
 		kubeletplugin.NodeName(opts.NodeName),
 		kubeletplugin.KubeClient(opts.KubeClient),
 		kubeletplugin.PluginDataDirectoryPath(opts.PluginDataDir),

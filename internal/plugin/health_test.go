@@ -13,6 +13,8 @@ import (
 
 	tnvml "github.com/tessera-gpu/tessera/internal/nvml"
 	"github.com/tessera-gpu/tessera/internal/plugin"
+
+	gpuapi "github.com/tessera-gpu/tessera/api/gpu"
 )
 
 // fakeHealth is a HealthSource whose taints a test sets.
@@ -88,9 +90,9 @@ func TestRepublishesOnHealthChange(t *testing.T) {
 		}
 	}
 	waitFor(map[string]string{})
-	taint := resourceapi.DeviceTaint{Key: "gpu.tessera.dev/unhealthy", Value: "xid-79", Effect: resourceapi.DeviceTaintEffectNoSchedule}
+	taint := resourceapi.DeviceTaint{Key: gpuapi.TaintKeyUnhealthy, Value: "xid-79", Effect: resourceapi.DeviceTaintEffectNoSchedule}
 	health.set(map[string][]resourceapi.DeviceTaint{"gpu-0": {taint}, "gpu-0-shared": {taint}})
-	waitFor(map[string]string{"gpu-0": "gpu.tessera.dev/unhealthy=xid-79:NoSchedule", "gpu-0-shared": "x"})
+	waitFor(map[string]string{"gpu-0": gpuapi.TaintKeyUnhealthy + "=xid-79:NoSchedule", "gpu-0-shared": "x"})
 	health.set(nil)
 	waitFor(map[string]string{})
 }

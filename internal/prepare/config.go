@@ -8,8 +8,8 @@ import (
 	resourceapi "k8s.io/api/resource/v1"
 
 	configapi "github.com/tessera-gpu/tessera/api/config/v1alpha1"
+	gpuapi "github.com/tessera-gpu/tessera/api/gpu"
 	"github.com/tessera-gpu/tessera/pkg/partition"
-	"github.com/tessera-gpu/tessera/pkg/resourceslice"
 )
 
 // deviceConfig is the configuration that applies to one allocated device:
@@ -40,7 +40,7 @@ func resolveConfig(alloc *resourceapi.AllocationResult, results []resourceapi.De
 	}
 	for _, e := range ordered {
 		opaque := e.cfg.Opaque
-		if opaque == nil || opaque.Driver != resourceslice.DriverName {
+		if opaque == nil || opaque.Driver != gpuapi.DriverName {
 			continue
 		}
 		where := fmt.Sprintf("opaque config %d (from %s", e.index, e.cfg.Source)

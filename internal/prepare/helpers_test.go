@@ -16,11 +16,11 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/dynamic-resource-allocation/kubeletplugin"
 
+	gpuapi "github.com/tessera-gpu/tessera/api/gpu"
 	tcdi "github.com/tessera-gpu/tessera/internal/cdi"
 	"github.com/tessera-gpu/tessera/internal/checkpoint"
 	tnvml "github.com/tessera-gpu/tessera/internal/nvml"
 	"github.com/tessera-gpu/tessera/internal/nvml/nvmlmock"
-	"github.com/tessera-gpu/tessera/pkg/resourceslice"
 )
 
 const nodeName = "node-1"
@@ -168,7 +168,7 @@ func makeClaim(uid string) *claimBuilder {
 
 func (b *claimBuilder) device(request, device string) *claimBuilder {
 	b.c.Status.Allocation.Devices.Results = append(b.c.Status.Allocation.Devices.Results, resourceapi.DeviceRequestAllocationResult{
-		Request: request, Driver: resourceslice.DriverName, Pool: nodeName, Device: device,
+		Request: request, Driver: gpuapi.DriverName, Pool: nodeName, Device: device,
 	})
 	return b
 }
@@ -176,10 +176,10 @@ func (b *claimBuilder) device(request, device string) *claimBuilder {
 func (b *claimBuilder) share(request, device, memory, compute, shareID string) *claimBuilder {
 	id := types.UID(shareID)
 	b.c.Status.Allocation.Devices.Results = append(b.c.Status.Allocation.Devices.Results, resourceapi.DeviceRequestAllocationResult{
-		Request: request, Driver: resourceslice.DriverName, Pool: nodeName, Device: device, ShareID: &id,
+		Request: request, Driver: gpuapi.DriverName, Pool: nodeName, Device: device, ShareID: &id,
 		ConsumedCapacity: map[resourceapi.QualifiedName]resource.Quantity{
-			resourceslice.DriverName + "/" + resourceslice.CapMemory:  resource.MustParse(memory),
-			resourceslice.DriverName + "/" + resourceslice.CapCompute: resource.MustParse(compute),
+			gpuapi.DriverName + "/" + gpuapi.CapMemory:  resource.MustParse(memory),
+			gpuapi.DriverName + "/" + gpuapi.CapCompute: resource.MustParse(compute),
 		},
 	})
 	return b
@@ -189,7 +189,7 @@ func (b *claimBuilder) config(source resourceapi.AllocationConfigSource, raw str
 	b.c.Status.Allocation.Devices.Config = append(b.c.Status.Allocation.Devices.Config, resourceapi.DeviceAllocationConfiguration{
 		Source: source, Requests: requests,
 		DeviceConfiguration: resourceapi.DeviceConfiguration{Opaque: &resourceapi.OpaqueDeviceConfiguration{
-			Driver: resourceslice.DriverName, Parameters: runtime.RawExtension{Raw: []byte(raw)},
+			Driver: gpuapi.DriverName, Parameters: runtime.RawExtension{Raw: []byte(raw)},
 		}},
 	})
 	return b

@@ -9,10 +9,10 @@ import (
 	"k8s.io/dynamic-resource-allocation/kubeletplugin"
 
 	configapi "github.com/tessera-gpu/tessera/api/config/v1alpha1"
+	gpuapi "github.com/tessera-gpu/tessera/api/gpu"
 	tcdi "github.com/tessera-gpu/tessera/internal/cdi"
 	"github.com/tessera-gpu/tessera/internal/checkpoint"
 	"github.com/tessera-gpu/tessera/pkg/partition"
-	"github.com/tessera-gpu/tessera/pkg/resourceslice"
 )
 
 // mpsPipeDir is where a container finds its GPU's MPS daemon.
@@ -31,7 +31,7 @@ func (p *Preparer) plan(claim *resourceapi.ResourceClaim) ([]checkpoint.Device, 
 		kinds   []partition.Kind
 	)
 	for _, r := range alloc.Devices.Results {
-		if r.Driver != resourceslice.DriverName {
+		if r.Driver != gpuapi.DriverName {
 			continue
 		}
 		if p.nodeName != "" && r.Pool != p.nodeName {
@@ -114,10 +114,10 @@ func share(r resourceapi.DeviceRequestAllocationResult) *checkpoint.Share {
 		s.ShareID = string(*r.ShareID)
 	}
 	for name, q := range r.ConsumedCapacity {
-		switch strings.TrimPrefix(string(name), resourceslice.DriverName+"/") {
-		case resourceslice.CapMemory:
+		switch strings.TrimPrefix(string(name), gpuapi.DriverName+"/") {
+		case gpuapi.CapMemory:
 			s.MemoryBytes = q.Value()
-		case resourceslice.CapCompute:
+		case gpuapi.CapCompute:
 			s.Compute = q.Value()
 		}
 	}

@@ -1,6 +1,7 @@
 package partition
 
 import (
+	gpuapi "github.com/tessera-gpu/tessera/api/gpu"
 	"github.com/tessera-gpu/tessera/pkg/inventory"
 )
 
@@ -21,7 +22,7 @@ func candidateLimits(profiles []inventory.MIGProfile) []limit {
 		name  string
 		count func(*inventory.MIGProfile) int
 	}{
-		{"ofa-engines", func(p *inventory.MIGProfile) int { return p.OFAEngines }},
+		{gpuapi.CounterOFAEngines, func(p *inventory.MIGProfile) int { return p.OFAEngines }},
 		{"jpeg-engines", func(p *inventory.MIGProfile) int { return p.JPEGEngines }},
 		{"decoders", func(p *inventory.MIGProfile) int { return p.Decoders }},
 		{"encoders", func(p *inventory.MIGProfile) int { return p.Encoders }},
@@ -38,7 +39,7 @@ func candidateLimits(profiles []inventory.MIGProfile) []limit {
 	for i := range profiles {
 		id := profiles[i].ID
 		out = append(out, limit{
-			name:     "instances-" + ProfileLabel(profiles[i].Name),
+			name:     "instances-" + gpuapi.ProfileLabel(profiles[i].Name),
 			capacity: int64(profiles[i].InstanceCount),
 			use: func(p *inventory.MIGProfile) int64 {
 				if p.ID == id {

@@ -15,10 +15,9 @@
 package partition
 
 import (
-	"fmt"
 	"maps"
-	"strings"
 
+	gpuapi "github.com/tessera-gpu/tessera/api/gpu"
 	"github.com/tessera-gpu/tessera/pkg/inventory"
 )
 
@@ -27,11 +26,11 @@ type Kind string
 
 const (
 	// KindGPU is a whole GPU, allocated exclusively.
-	KindGPU Kind = "gpu"
+	KindGPU Kind = gpuapi.TypeGPU
 	// KindMIG is one MIG partition at one placement, allocated exclusively.
-	KindMIG Kind = "mig"
+	KindMIG Kind = gpuapi.TypeMIG
 	// KindShared is a time-shared GPU handed out in memory and compute shares.
-	KindShared Kind = "shared"
+	KindShared Kind = gpuapi.TypeShared
 )
 
 // Options are per-node choices an admin makes.
@@ -80,10 +79,10 @@ func WholeOffered(gpu inventory.GPU) bool {
 
 // Build returns the devices and counters of one GPU.
 func Build(gpu inventory.GPU, opts Options) GPU {
-	out := GPU{CounterSet: CounterSetName(gpu.Index), Counters: map[string]int64{}}
+	out := GPU{CounterSet: gpuapi.CounterSetName(gpu.Index), Counters: map[string]int64{}}
 	slices := max(gpu.MIG.MemorySlices(), 1)
 	for i := range slices {
-		out.Counters[memorySliceCounter(i)] = 1
+		out.Counters[gpuapi.MemorySliceCounter(i)] = 1
 	}
 	mig := MIGOffered(gpu, opts)
 	var limits []limit
@@ -95,9 +94,9 @@ func Build(gpu inventory.GPU, opts Options) GPU {
 	}
 
 	if WholeOffered(gpu) {
-		out.Devices = append(out.Devices, Device{Name: WholeName(gpu.Index), Kind: KindGPU, Consumes: maps.Clone(out.Counters)})
+		out.Devices = append(out.Devices, Device{Name: gpuapi.WholeDeviceName(gpu.Index), Kind: KindGPU, Consumes: maps.Clone(out.Counters)})
 		if !opts.DisableSharing {
-			out.Devices = append(out.Devices, Device{Name: SharedName(gpu.Index), Kind: KindShared, Consumes: maps.Clone(out.Counters)})
+			out.Devices = append(out.Devices, Device{Name: gpuapi.SharedDeviceName(gpu.Index), Kind: KindShared, Consumes: maps.Clone(out.Counters)})
 		}
 	}
 	if !mig {
@@ -106,7 +105,7 @@ func Build(gpu inventory.GPU, opts Options) GPU {
 	for _, pl := range packingOrder(gpu.MIG.Profiles) {
 		consumes := map[string]int64{}
 		for s := pl.placement.Start; s < pl.placement.End(); s++ {
-			consumes[memorySliceCounter(s)] = 1
+			consumes[gpuapi.MemorySliceCounter(s)] = 1
 		}
 		for _, l := range limits {
 			if n := l.use(pl.profile); n > 0 {
@@ -114,7 +113,7 @@ func Build(gpu inventory.GPU, opts Options) GPU {
 			}
 		}
 		out.Devices = append(out.Devices, Device{
-			Name:      MIGName(gpu.Index, pl.profile.Name, pl.placement.Start),
+			Name:      gpuapi.MIGDeviceName(gpu.Index, pl.profile.Name, pl.placement.Start),
 			Kind:      KindMIG,
 			Profile:   pl.profile,
 			Placement: pl.placement,
@@ -123,26 +122,3 @@ func Build(gpu inventory.GPU, opts Options) GPU {
 	}
 	return out
 }
-
-// CounterSetName is the name of GPU index's counter set.
-func CounterSetName(index int) string { return fmt.Sprintf("gpu-%d", index) }
-
-// WholeName is the device name of a whole GPU.
-func WholeName(index int) string { return fmt.Sprintf("gpu-%d", index) }
-
-// SharedName is the device name of a time-shared GPU.
-func SharedName(index int) string { return fmt.Sprintf("gpu-%d-shared", index) }
-
-// MIGName is the device name of a MIG partition. Device names must be DNS
-// labels, so the profile loses its dots and "+" becomes "-":
-// "1g.18gb+me" at start 3 on GPU 0 is "gpu-0-mig-1g18gb-me-3".
-func MIGName(index int, profile string, start int) string {
-	return fmt.Sprintf("gpu-%d-mig-%s-%d", index, ProfileLabel(profile), start)
-}
-
-// ProfileLabel turns a profile name into a DNS-label fragment.
-func ProfileLabel(profile string) string {
-	return strings.ToLower(strings.NewReplacer(".", "", "+", "-", "_", "-").Replace(profile))
-}
-
-func memorySliceCounter(i int) string { return fmt.Sprintf("memory-slice-%d", i) }

@@ -7,6 +7,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
+	gpuapi "github.com/tessera-gpu/tessera/api/gpu"
 	"github.com/tessera-gpu/tessera/pkg/inventory"
 	"github.com/tessera-gpu/tessera/pkg/partition"
 )
@@ -78,7 +79,7 @@ func TestBuildH200(t *testing.T) {
 				t.Errorf("%s must consume every counter (-want +got):\n%s", d.Name, diff)
 			}
 		case partition.KindMIG:
-			if got := d.Name; got != partition.MIGName(3, d.Profile.Name, d.Placement.Start) {
+			if got := d.Name; got != gpuapi.MIGDeviceName(3, d.Profile.Name, d.Placement.Start) {
 				t.Errorf("name %q does not match profile %s at %d", got, d.Profile.Name, d.Placement.Start)
 			}
 			slices := 0
@@ -109,7 +110,7 @@ func TestMIGName(t *testing.T) {
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
-			if got := partition.MIGName(0, tc.profile, tc.start); got != tc.want {
+			if got := gpuapi.MIGDeviceName(0, tc.profile, tc.start); got != tc.want {
 				t.Errorf("MIGName = %q, want %q", got, tc.want)
 			}
 		})

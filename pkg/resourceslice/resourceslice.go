@@ -17,39 +17,9 @@ import (
 	draslices "k8s.io/dynamic-resource-allocation/resourceslice"
 	"k8s.io/utils/ptr"
 
+	gpuapi "github.com/tessera-gpu/tessera/api/gpu"
 	"github.com/tessera-gpu/tessera/pkg/inventory"
 	"github.com/tessera-gpu/tessera/pkg/partition"
-)
-
-// DriverName is Tessera's DRA driver name.
-const DriverName = "gpu.tessera.dev"
-
-// Attribute and capacity names, qualified by the driver name when published.
-const (
-	AttrType                  = "type"
-	AttrUUID                  = "uuid"
-	AttrParentUUID            = "parentUUID"
-	AttrProductName           = "productName"
-	AttrBrand                 = "brand"
-	AttrArchitecture          = "architecture"
-	AttrCUDAComputeCapability = "cudaComputeCapability"
-	AttrDriverVersion         = "driverVersion"
-	AttrCUDADriverVersion     = "cudaDriverVersion"
-	AttrIndex                 = "index"
-	AttrMinor                 = "minor"
-	AttrProfile               = "profile"
-	AttrPlacementStart        = "placementStart"
-	AttrPlacementSize         = "placementSize"
-	AttrPool                  = "pool"
-
-	CapMemory          = "memory"
-	CapCompute         = "compute"
-	CapMultiprocessors = "multiprocessors"
-	CapCopyEngines     = "copyEngines"
-	CapDecoders        = "decoders"
-	CapEncoders        = "encoders"
-	CapJPEGEngines     = "jpegEngines"
-	CapOFAEngines      = "ofaEngines"
 )
 
 // Limits of the resource.k8s.io/v1 API that the layout respects.
@@ -131,16 +101,16 @@ func counters(in map[string]int64) map[string]resourceapi.Counter {
 
 func device(node inventory.Node, gpu inventory.GPU, g partition.GPU, d partition.Device, opts Options) resourceapi.Device {
 	attrs := map[resourceapi.QualifiedName]resourceapi.DeviceAttribute{
-		AttrType:                  {StringValue: ptr.To(string(d.Kind))},
-		AttrProductName:           {StringValue: ptr.To(gpu.ProductName)},
-		AttrBrand:                 {StringValue: ptr.To(gpu.Brand)},
-		AttrArchitecture:          {StringValue: ptr.To(gpu.Architecture)},
-		AttrCUDAComputeCapability: {VersionValue: ptr.To(semver(gpu.CUDAComputeCapability))},
-		AttrDriverVersion:         {VersionValue: ptr.To(semver(node.DriverVersion))},
-		AttrCUDADriverVersion:     {VersionValue: ptr.To(semver(node.CUDADriverVersion))},
-		AttrIndex:                 {IntValue: ptr.To(int64(gpu.Index))},
-		AttrMinor:                 {IntValue: ptr.To(int64(gpu.Minor))},
-		AttrPool:                  {StringValue: ptr.To(opts.Pool)},
+		gpuapi.AttrType:                  {StringValue: ptr.To(string(d.Kind))},
+		gpuapi.AttrProductName:           {StringValue: ptr.To(gpu.ProductName)},
+		gpuapi.AttrBrand:                 {StringValue: ptr.To(gpu.Brand)},
+		gpuapi.AttrArchitecture:          {StringValue: ptr.To(gpu.Architecture)},
+		gpuapi.AttrCUDAComputeCapability: {VersionValue: ptr.To(semver(gpu.CUDAComputeCapability))},
+		gpuapi.AttrDriverVersion:         {VersionValue: ptr.To(semver(node.DriverVersion))},
+		gpuapi.AttrCUDADriverVersion:     {VersionValue: ptr.To(semver(node.CUDADriverVersion))},
+		gpuapi.AttrIndex:                 {IntValue: ptr.To(int64(gpu.Index))},
+		gpuapi.AttrMinor:                 {IntValue: ptr.To(int64(gpu.Minor))},
+		gpuapi.AttrPool:                  {StringValue: ptr.To(opts.Pool)},
 	}
 	if gpu.PCIBusID != "" {
 		attrs[deviceattribute.StandardDeviceAttributePCIBusID] = resourceapi.DeviceAttribute{StringValue: ptr.To(gpu.PCIBusID)}
@@ -153,22 +123,22 @@ func device(node inventory.Node, gpu inventory.GPU, g partition.GPU, d partition
 
 	switch d.Kind {
 	case partition.KindGPU:
-		attrs[AttrUUID] = resourceapi.DeviceAttribute{StringValue: ptr.To(gpu.UUID)}
-		capacity[CapMemory] = quantity(int64(gpu.MemoryBytes), resource.BinarySI)
+		attrs[gpuapi.AttrUUID] = resourceapi.DeviceAttribute{StringValue: ptr.To(gpu.UUID)}
+		capacity[gpuapi.CapMemory] = quantity(int64(gpu.MemoryBytes), resource.BinarySI)
 		if gpu.Multiprocessors > 0 {
-			capacity[CapMultiprocessors] = quantity(int64(gpu.Multiprocessors), resource.DecimalSI)
+			capacity[gpuapi.CapMultiprocessors] = quantity(int64(gpu.Multiprocessors), resource.DecimalSI)
 		}
 	case partition.KindShared:
-		attrs[AttrUUID] = resourceapi.DeviceAttribute{StringValue: ptr.To(gpu.UUID)}
+		attrs[gpuapi.AttrUUID] = resourceapi.DeviceAttribute{StringValue: ptr.To(gpu.UUID)}
 		memory := resource.NewQuantity(int64(gpu.MemoryBytes), resource.BinarySI)
-		capacity[CapMemory] = resourceapi.DeviceCapacity{
+		capacity[gpuapi.CapMemory] = resourceapi.DeviceCapacity{
 			Value: *memory,
 			RequestPolicy: &resourceapi.CapacityRequestPolicy{
 				Default:    ptr.To(shareMemoryDefault),
 				ValidRange: &resourceapi.CapacityRequestPolicyRange{Min: ptr.To(shareMemoryStep), Max: memory, Step: ptr.To(shareMemoryStep)},
 			},
 		}
-		capacity[CapCompute] = resourceapi.DeviceCapacity{
+		capacity[gpuapi.CapCompute] = resourceapi.DeviceCapacity{
 			Value: shareComputeMax,
 			RequestPolicy: &resourceapi.CapacityRequestPolicy{
 				Default:    ptr.To(shareComputeDflt),
@@ -178,17 +148,17 @@ func device(node inventory.Node, gpu inventory.GPU, g partition.GPU, d partition
 		out.AllowMultipleAllocations = ptr.To(true)
 	case partition.KindMIG:
 		p := d.Profile
-		attrs[AttrParentUUID] = resourceapi.DeviceAttribute{StringValue: ptr.To(gpu.UUID)}
-		attrs[AttrProfile] = resourceapi.DeviceAttribute{StringValue: ptr.To(p.Name)}
-		attrs[AttrPlacementStart] = resourceapi.DeviceAttribute{IntValue: ptr.To(int64(d.Placement.Start))}
-		attrs[AttrPlacementSize] = resourceapi.DeviceAttribute{IntValue: ptr.To(int64(d.Placement.Size))}
-		capacity[CapMemory] = quantity(int64(p.MemoryBytes), resource.BinarySI)
-		capacity[CapMultiprocessors] = quantity(int64(p.Multiprocessors), resource.DecimalSI)
-		capacity[CapCopyEngines] = quantity(int64(p.CopyEngines), resource.DecimalSI)
-		capacity[CapDecoders] = quantity(int64(p.Decoders), resource.DecimalSI)
-		capacity[CapEncoders] = quantity(int64(p.Encoders), resource.DecimalSI)
-		capacity[CapJPEGEngines] = quantity(int64(p.JPEGEngines), resource.DecimalSI)
-		capacity[CapOFAEngines] = quantity(int64(p.OFAEngines), resource.DecimalSI)
+		attrs[gpuapi.AttrParentUUID] = resourceapi.DeviceAttribute{StringValue: ptr.To(gpu.UUID)}
+		attrs[gpuapi.AttrProfile] = resourceapi.DeviceAttribute{StringValue: ptr.To(p.Name)}
+		attrs[gpuapi.AttrPlacementStart] = resourceapi.DeviceAttribute{IntValue: ptr.To(int64(d.Placement.Start))}
+		attrs[gpuapi.AttrPlacementSize] = resourceapi.DeviceAttribute{IntValue: ptr.To(int64(d.Placement.Size))}
+		capacity[gpuapi.CapMemory] = quantity(int64(p.MemoryBytes), resource.BinarySI)
+		capacity[gpuapi.CapMultiprocessors] = quantity(int64(p.Multiprocessors), resource.DecimalSI)
+		capacity[gpuapi.CapCopyEngines] = quantity(int64(p.CopyEngines), resource.DecimalSI)
+		capacity[gpuapi.CapDecoders] = quantity(int64(p.Decoders), resource.DecimalSI)
+		capacity[gpuapi.CapEncoders] = quantity(int64(p.Encoders), resource.DecimalSI)
+		capacity[gpuapi.CapJPEGEngines] = quantity(int64(p.JPEGEngines), resource.DecimalSI)
+		capacity[gpuapi.CapOFAEngines] = quantity(int64(p.OFAEngines), resource.DecimalSI)
 	}
 	out.Attributes = attrs
 	out.Capacity = capacity
@@ -223,9 +193,9 @@ func Objects(nodeName string, res draslices.DriverResources) []*resourceapi.Reso
 		for i, s := range pool.Slices {
 			slice := &resourceapi.ResourceSlice{
 				TypeMeta:   metav1.TypeMeta{APIVersion: resourceapi.SchemeGroupVersion.String(), Kind: "ResourceSlice"},
-				ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("%s-%s-%d", poolName, strings.ReplaceAll(DriverName, ".", "-"), i)},
+				ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("%s-%s-%d", poolName, strings.ReplaceAll(gpuapi.DriverName, ".", "-"), i)},
 				Spec: resourceapi.ResourceSliceSpec{
-					Driver:         DriverName,
+					Driver:         gpuapi.DriverName,
 					Pool:           resourceapi.ResourcePool{Name: poolName, Generation: pool.Generation, ResourceSliceCount: int64(len(pool.Slices))},
 					NodeName:       ptr.To(nodeName),
 					Devices:        s.Devices,

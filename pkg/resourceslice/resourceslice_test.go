@@ -11,6 +11,8 @@ import (
 
 	"github.com/tessera-gpu/tessera/pkg/inventory"
 	"github.com/tessera-gpu/tessera/pkg/resourceslice"
+
+	gpuapi "github.com/tessera-gpu/tessera/api/gpu"
 )
 
 func node(gpus int) inventory.Node {
@@ -175,7 +177,7 @@ func TestAttributesAndCapacities(t *testing.T) {
 }
 
 func TestTaintsReachDevices(t *testing.T) {
-	taint := resourceapi.DeviceTaint{Key: "gpu.tessera.dev/unhealthy", Value: "xid-79", Effect: resourceapi.DeviceTaintEffectNoSchedule}
+	taint := resourceapi.DeviceTaint{Key: gpuapi.TaintKeyUnhealthy, Value: "xid-79", Effect: resourceapi.DeviceTaintEffectNoSchedule}
 	res := resourceslice.Objects("n1", resourceslice.Build("n1", node(1), resourceslice.Options{
 		Taints: map[string][]resourceapi.DeviceTaint{"gpu-0": {taint}},
 	}))

@@ -9,6 +9,7 @@ import (
 	resourceapi "k8s.io/api/resource/v1"
 	"k8s.io/utils/ptr"
 
+	gpuapi "github.com/tessera-gpu/tessera/api/gpu"
 	"github.com/tessera-gpu/tessera/pkg/inventory"
 	"github.com/tessera-gpu/tessera/pkg/resourceslice"
 )
@@ -19,7 +20,7 @@ func plainSlices(nodeName string, gpus []inventory.GPU) *resourceapi.ResourceSli
 	slice := &resourceapi.ResourceSlice{}
 	slice.Name = nodeName + "-plain"
 	slice.Spec = resourceapi.ResourceSliceSpec{
-		Driver:   resourceslice.DriverName,
+		Driver:   gpuapi.DriverName,
 		Pool:     resourceapi.ResourcePool{Name: nodeName, ResourceSliceCount: 1},
 		NodeName: ptr.To(nodeName),
 	}
@@ -27,8 +28,8 @@ func plainSlices(nodeName string, gpus []inventory.GPU) *resourceapi.ResourceSli
 		slice.Spec.Devices = append(slice.Spec.Devices, resourceapi.Device{
 			Name: fmt.Sprintf("gpu-%d", g.Index),
 			Attributes: map[resourceapi.QualifiedName]resourceapi.DeviceAttribute{
-				resourceslice.AttrType: {StringValue: ptr.To("gpu")},
-				resourceslice.AttrUUID: {StringValue: ptr.To(g.UUID)},
+				gpuapi.AttrType: {StringValue: ptr.To("gpu")},
+				gpuapi.AttrUUID: {StringValue: ptr.To(g.UUID)},
 			},
 		})
 	}

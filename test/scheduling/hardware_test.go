@@ -9,6 +9,7 @@ import (
 	resourceapi "k8s.io/api/resource/v1"
 	"k8s.io/apimachinery/pkg/types"
 
+	gpuapi "github.com/tessera-gpu/tessera/api/gpu"
 	tnvml "github.com/tessera-gpu/tessera/internal/nvml"
 	"github.com/tessera-gpu/tessera/internal/nvml/nvmlmock"
 	"github.com/tessera-gpu/tessera/pkg/inventory"
@@ -109,8 +110,8 @@ func (h *hardware) check(claim *resourceapi.ResourceClaim, result *resourceapi.A
 			if use.whole || use.mig > 0 {
 				return fmt.Errorf("claim %s got a share of GPU %d while it is whole or partitioned: %+v", claim.Name, d.gpu, *use)
 			}
-			mem := r.ConsumedCapacity[resourceslice.CapMemory]
-			cpu := r.ConsumedCapacity[resourceslice.CapCompute]
+			mem := r.ConsumedCapacity[gpuapi.CapMemory]
+			cpu := r.ConsumedCapacity[gpuapi.CapCompute]
 			use.shares++
 			use.memory += mem.Value()
 			use.compt += cpu.Value()
@@ -143,8 +144,8 @@ func (h *hardware) release(claim *resourceapi.ResourceClaim) {
 		case partition.KindGPU:
 			use.whole = false
 		case partition.KindShared:
-			mem := r.ConsumedCapacity[resourceslice.CapMemory]
-			cpu := r.ConsumedCapacity[resourceslice.CapCompute]
+			mem := r.ConsumedCapacity[gpuapi.CapMemory]
+			cpu := r.ConsumedCapacity[gpuapi.CapCompute]
 			use.shares--
 			use.memory -= mem.Value()
 			use.compt -= cpu.Value()

@@ -5,8 +5,12 @@
 package scheduling
 
 import (
+	"bufio"
+	"bytes"
 	"context"
+	"errors"
 	"fmt"
+	"io"
 	"time"
 
 	v1 "k8s.io/api/core/v1"
@@ -15,10 +19,12 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/sets"
+	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"k8s.io/dynamic-resource-allocation/cel"
 	"k8s.io/dynamic-resource-allocation/structured"
 
-	"github.com/tessera-gpu/tessera/pkg/resourceslice"
+	gpuapi "github.com/tessera-gpu/tessera/api/gpu"
+	"github.com/tessera-gpu/tessera/e2e/manifests"
 )
 
 // Features are the DRA features kube-scheduler 1.37 enables by default and
@@ -32,27 +38,36 @@ var Features = structured.Features{
 	ConsumableCapacity:     true,
 }
 
-// Class names, as the Helm chart ships them.
-const (
-	ClassGPU    = "gpu.tessera.dev"
-	ClassMIG    = "mig.gpu.tessera.dev"
-	ClassShared = "shared.gpu.tessera.dev"
-)
+// Classes are the DeviceClasses Tessera ships, decoded from the same manifest
+// the local cluster installs, so that the allocator here selects devices
+// exactly as the installed classes do.
+var Classes = mustLoadClasses(manifests.DeviceClasses)
 
-// Classes are the chart's DeviceClasses.
-var Classes = classLister{
-	ClassGPU:    deviceClass(ClassGPU, "gpu"),
-	ClassMIG:    deviceClass(ClassMIG, "mig"),
-	ClassShared: deviceClass(ClassShared, "shared"),
-}
-
-func deviceClass(name, kind string) *resourceapi.DeviceClass {
-	return &resourceapi.DeviceClass{
-		ObjectMeta: metav1.ObjectMeta{Name: name},
-		Spec: resourceapi.DeviceClassSpec{Selectors: []resourceapi.DeviceSelector{{CEL: &resourceapi.CELDeviceSelector{
-			Expression: fmt.Sprintf(`device.driver == %q && device.attributes[%q].type == %q`, resourceslice.DriverName, resourceslice.DriverName, kind),
-		}}}},
+func mustLoadClasses(data []byte) classLister {
+	out := classLister{}
+	reader := utilyaml.NewYAMLReader(bufio.NewReader(bytes.NewReader(data)))
+	for {
+		doc, err := reader.Read()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			panic(fmt.Sprintf("read shipped DeviceClasses: %v", err))
+		}
+		var dc resourceapi.DeviceClass
+		if err := utilyaml.Unmarshal(doc, &dc); err != nil {
+			panic(fmt.Sprintf("decode shipped DeviceClass: %v", err))
+		}
+		if dc.Name != "" {
+			out[dc.Name] = &dc
+		}
 	}
+	for _, name := range gpuapi.Classes {
+		if out[name] == nil {
+			panic(fmt.Sprintf("shipped DeviceClasses lack %s", name))
+		}
+	}
+	return out
 }
 
 type classLister map[string]*resourceapi.DeviceClass
@@ -222,13 +237,13 @@ func newClaim(requests ...resourceapi.DeviceRequest) *resourceapi.ResourceClaim 
 
 // WholeGPU asks for one whole GPU.
 func WholeGPU() *resourceapi.ResourceClaim {
-	return newClaim(resourceapi.DeviceRequest{Name: "gpu", Exactly: &resourceapi.ExactDeviceRequest{DeviceClassName: ClassGPU}})
+	return newClaim(resourceapi.DeviceRequest{Name: "gpu", Exactly: &resourceapi.ExactDeviceRequest{DeviceClassName: gpuapi.ClassGPU}})
 }
 
 // MIG asks for count partitions of a profile.
 func MIG(profile string, count int64) *resourceapi.ResourceClaim {
 	return newClaim(resourceapi.DeviceRequest{Name: "mig", Exactly: &resourceapi.ExactDeviceRequest{
-		DeviceClassName: ClassMIG, Selectors: profileSelector(profile), Count: count,
+		DeviceClassName: gpuapi.ClassMIG, Selectors: profileSelector(profile), Count: count,
 	}})
 }
 
@@ -236,35 +251,35 @@ func MIG(profile string, count int64) *resourceapi.ResourceClaim {
 func MIGAt(profile string, start int) *resourceapi.ResourceClaim {
 	sel := profileSelector(profile)
 	sel = append(sel, resourceapi.DeviceSelector{CEL: &resourceapi.CELDeviceSelector{
-		Expression: fmt.Sprintf(`device.attributes[%q].placementStart == %d`, resourceslice.DriverName, start),
+		Expression: fmt.Sprintf(`device.attributes[%q].placementStart == %d`, gpuapi.DriverName, start),
 	}})
-	return newClaim(resourceapi.DeviceRequest{Name: "mig", Exactly: &resourceapi.ExactDeviceRequest{DeviceClassName: ClassMIG, Selectors: sel}})
+	return newClaim(resourceapi.DeviceRequest{Name: "mig", Exactly: &resourceapi.ExactDeviceRequest{DeviceClassName: gpuapi.ClassMIG, Selectors: sel}})
 }
 
 func profileSelector(profile string) []resourceapi.DeviceSelector {
 	return []resourceapi.DeviceSelector{{CEL: &resourceapi.CELDeviceSelector{
-		Expression: fmt.Sprintf(`device.attributes[%q].profile == %q`, resourceslice.DriverName, profile),
+		Expression: fmt.Sprintf(`device.attributes[%q].profile == %q`, gpuapi.DriverName, profile),
 	}}}
 }
 
 // Share asks for a share of a time-shared GPU.
 func Share(memory string, compute int64) *resourceapi.ResourceClaim {
 	return newClaim(resourceapi.DeviceRequest{Name: "share", Exactly: &resourceapi.ExactDeviceRequest{
-		DeviceClassName: ClassShared, Capacity: shareCapacity(memory, compute),
+		DeviceClassName: gpuapi.ClassShared, Capacity: shareCapacity(memory, compute),
 	}})
 }
 
 func shareCapacity(memory string, compute int64) *resourceapi.CapacityRequirements {
 	return &resourceapi.CapacityRequirements{Requests: map[resourceapi.QualifiedName]resource.Quantity{
-		resourceslice.CapMemory:  resource.MustParse(memory),
-		resourceslice.CapCompute: *resource.NewQuantity(compute, resource.DecimalSI),
+		gpuapi.CapMemory:  resource.MustParse(memory),
+		gpuapi.CapCompute: *resource.NewQuantity(compute, resource.DecimalSI),
 	}}
 }
 
 // MIGOrShare prefers a MIG partition and falls back to a share.
 func MIGOrShare(profile, memory string, compute int64) *resourceapi.ResourceClaim {
 	return newClaim(resourceapi.DeviceRequest{Name: "gpu", FirstAvailable: []resourceapi.DeviceSubRequest{
-		{Name: "mig", DeviceClassName: ClassMIG, Selectors: profileSelector(profile)},
-		{Name: "share", DeviceClassName: ClassShared, Capacity: shareCapacity(memory, compute)},
+		{Name: "mig", DeviceClassName: gpuapi.ClassMIG, Selectors: profileSelector(profile)},
+		{Name: "share", DeviceClassName: gpuapi.ClassShared, Capacity: shareCapacity(memory, compute)},
 	}})
 }
