@@ -51,7 +51,5 @@ verify: generate ## gofmt, go vet, go mod tidy and generated files must leave no
 clean: ## Remove build output
 	rm -rf $(BIN)
 
-# The local cluster, the e2e suite and the demo.
--include e2e/e2e.mk
-# Node-side prepare's extra targets, if any.
--include internal/prepare/prepare.mk
+# Each area's targets live in a fragment of its own: hack/make/<area>.mk.
+include $(sort $(wildcard hack/make/*.mk))

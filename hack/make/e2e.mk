@@ -1,4 +1,4 @@
-# Local cluster, demo and e2e targets. Included by the top-level Makefile.
+# Local cluster, demo and e2e targets. Included by the top-level Makefile (hack/make/*.mk).
 #
 #   make cluster-binaries  build etcd + kube-apiserver/-scheduler/-controller-manager
 #                          into $(TESSERA_CACHE)/bin (minutes once, then cached)

@@ -1,4 +1,4 @@
-# Node-side prepare's targets. Included by the top-level Makefile.
+# Node-side prepare's targets. Included by the top-level Makefile (hack/make/*.mk).
 #
 #   make generate-config  regenerate the opaque config API's deepcopy
 #   make bench-prepare    the node-side prepare benchmarks of docs/benchmarks.md
