@@ -58,7 +58,7 @@ func StartLocal(ctx context.Context, cfg Config) (_ *Local, err error) {
 	l := &Local{ControlPlane: cp, WorkDir: cfg.WorkDir}
 	defer func() {
 		if err != nil {
-			l.Stop()
+			err = errors.Join(err, l.Stop())
 		}
 	}()
 	pluginKubeconfig, err := l.pluginKubeconfig(ctx)
@@ -113,7 +113,7 @@ func (l *Local) pluginKubeconfig(ctx context.Context) (string, error) {
 		return "", fmt.Errorf("create token for service account %s/%s: %w", ns, name, err)
 	}
 	path := filepath.Join(l.WorkDir, "kubelet-plugin.kubeconfig")
-	if err := writeKubeconfig(path, l.APIServerURL, l.Config.TLSClientConfig.CAFile, "kubelet-plugin",
+	if err := writeKubeconfig(path, l.APIServerURL, l.Config.CAFile, "kubelet-plugin",
 		&clientcmdapi.AuthInfo{Token: token.Status.Token}); err != nil {
 		return "", err
 	}
@@ -249,6 +249,8 @@ func (cp *ControlPlane) TailLogs(w io.Writer, lines int) {
 		if len(all) > lines {
 			all = all[len(all)-lines:]
 		}
-		fmt.Fprintf(w, "==== %s (last %d lines) ====\n%s\n", filepath.Join(cp.LogDir, e.Name()), len(all), strings.Join(all, "\n"))
+		if _, err := fmt.Fprintf(w, "==== %s (last %d lines) ====\n%s\n", filepath.Join(cp.LogDir, e.Name()), len(all), strings.Join(all, "\n")); err != nil {
+			return
+		}
 	}
 }

@@ -8,7 +8,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/NVIDIA/go-nvml/pkg/nvml/mock/server"
 	resourceapi "k8s.io/api/resource/v1"
 
 	tnvml "github.com/tessera-gpu/tessera/internal/nvml"
@@ -89,7 +88,7 @@ func BenchmarkPrepareUnprepare(b *testing.B) {
 				t2 := time.Now()
 				prep, unprep = append(prep, t1.Sub(t0)), append(unprep, t2.Sub(t1))
 				total += t2.Sub(t0)
-				reuseGPUInstanceIDs(e)
+				e.server.ReuseGPUInstanceIDs()
 			}
 			n := float64(len(prep))
 			b.ReportMetric(ms(percentile(prep, 50)), "prepare-p50-ms")
@@ -99,19 +98,6 @@ func BenchmarkPrepareUnprepare(b *testing.B) {
 			b.ReportMetric(ms(time.Duration(lib.spent.Load()))/n, "nvml-ms/claim")
 			b.ReportMetric(ms(total-time.Duration(lib.spent.Load()))/n, "overhead-ms/claim")
 		})
-	}
-}
-
-// reuseGPUInstanceIDs makes the mock reuse GPU instance IDs as NVML does,
-// so that the fake capability files (a fixed range of IDs) keep matching.
-func reuseGPUInstanceIDs(e *testEnv) {
-	for _, d := range e.server.Devices {
-		dev := d.(*server.Device)
-		dev.Lock()
-		if len(dev.GpuInstances) <= 1 {
-			dev.GpuInstanceCounter = uint32(len(dev.GpuInstances))
-		}
-		dev.Unlock()
 	}
 }
 

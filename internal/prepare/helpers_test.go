@@ -8,7 +8,6 @@ import (
 	"sort"
 	"testing"
 
-	"github.com/NVIDIA/go-nvml/pkg/nvml/mock/server"
 	resourceapi "k8s.io/api/resource/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -112,16 +111,12 @@ type nodeState struct {
 func (e *testEnv) state() nodeState {
 	e.t.Helper()
 	st := nodeState{MIGMode: map[int]int{}, Claims: map[string]checkpoint.State{}}
-	for i, d := range e.server.Devices {
-		dev := d.(*server.Device)
-		dev.RLock()
-		st.MIGMode[i] = dev.MigMode
-		for gi := range dev.GpuInstances {
-			gi.RLock()
-			st.MIG = append(st.MIG, fmt.Sprintf("gpu%d/%d+%d/ci=%d", i, gi.Info.Placement.Start, gi.Info.Placement.Size, len(gi.ComputeInstances)))
-			gi.RUnlock()
+	for i := range e.server.Devices {
+		gpu := e.server.GPU(i)
+		st.MIGMode[i] = gpu.MIGMode
+		for _, gi := range gpu.Instances {
+			st.MIG = append(st.MIG, fmt.Sprintf("gpu%d/%d+%d/ci=%d", i, gi.Start, gi.Size, gi.ComputeInstances))
 		}
-		dev.RUnlock()
 	}
 	sort.Strings(st.MIG)
 	w, err := tcdi.New(tcdi.WithRoot(e.cdiRoot))

@@ -200,7 +200,8 @@ func (p *Preparer) Unprepare(ctx context.Context, claim kubeletplugin.Namespaced
 
 func (p *Preparer) prepare(ctx context.Context, claim *resourceapi.ResourceClaim) (kubeletplugin.PrepareResult, string, error) {
 	uid := string(claim.UID)
-	defer p.claims.lock(uid)()
+	unlock := p.claims.lock(uid)
+	defer unlock()
 	if c := p.claim(uid); c != nil {
 		if c.State == checkpoint.PrepareCompleted {
 			return result(c), kindOf(c), nil
@@ -333,7 +334,8 @@ func (p *Preparer) daemon(gpuUUID string) MPSDaemon {
 }
 
 func (p *Preparer) unprepare(ctx context.Context, uid string) (string, error) {
-	defer p.claims.lock(uid)()
+	unlock := p.claims.lock(uid)
+	defer unlock()
 	c := p.claim(uid)
 	if c == nil {
 		return "none", nil

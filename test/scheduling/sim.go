@@ -13,7 +13,7 @@ import (
 	"io"
 	"time"
 
-	v1 "k8s.io/api/core/v1"
+	corev1 "k8s.io/api/core/v1"
 	resourceapi "k8s.io/api/resource/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -91,7 +91,7 @@ func (c classLister) Get(name string) (*resourceapi.DeviceClass, error) {
 // tracks it between claims.
 type Cluster struct {
 	Slices  []*resourceapi.ResourceSlice
-	Nodes   []*v1.Node
+	Nodes   []*corev1.Node
 	state   structured.AllocatedState
 	claims  map[types.UID]*resourceapi.ResourceClaim
 	cel     *cel.Cache
@@ -112,7 +112,7 @@ func NewCluster(nodes []string, slices []*resourceapi.ResourceSlice) *Cluster {
 		timeout: 10 * time.Second,
 	}
 	for _, n := range nodes {
-		c.Nodes = append(c.Nodes, &v1.Node{ObjectMeta: metav1.ObjectMeta{Name: n}})
+		c.Nodes = append(c.Nodes, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: n}})
 	}
 	return c
 }
@@ -130,7 +130,7 @@ func (c *Cluster) AllocateOn(ctx context.Context, node int, claim *resourceapi.R
 	return c.allocate(ctx, claim, c.Nodes[node:node+1])
 }
 
-func (c *Cluster) allocate(ctx context.Context, claim *resourceapi.ResourceClaim, nodes []*v1.Node) (*resourceapi.AllocationResult, error) {
+func (c *Cluster) allocate(ctx context.Context, claim *resourceapi.ResourceClaim, nodes []*corev1.Node) (*resourceapi.AllocationResult, error) {
 	ctx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
 	alloc, err := structured.NewAllocator(ctx, Features, c.state, Classes, c.Slices, c.cel)
