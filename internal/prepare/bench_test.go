@@ -53,12 +53,12 @@ func BenchmarkPrepareUnprepare(b *testing.B) {
 		name  string
 		claim func(uid string) *resourceapi.ResourceClaim
 	}{
-		{"whole", func(uid string) *resourceapi.ResourceClaim { return makeClaim(uid).device("g", "gpu-3").obj() }},
+		{"whole", func(uid string) *resourceapi.ResourceClaim { return makeClaim(uid).Device("g", "gpu-3").Obj() }},
 		{"mig", func(uid string) *resourceapi.ResourceClaim {
-			return makeClaim(uid).device("m", "gpu-1-mig-3g71gb-4").obj()
+			return makeClaim(uid).Device("m", "gpu-1-mig-3g71gb-4").Obj()
 		}},
 		{"share", func(uid string) *resourceapi.ResourceClaim {
-			return makeClaim(uid).share("s", "gpu-5-shared", "16Gi", "25", uid).obj()
+			return makeClaim(uid).Share("s", "gpu-5-shared", "16Gi", "25", uid).Obj()
 		}},
 	} {
 		b.Run(bc.name, func(b *testing.B) {
@@ -69,7 +69,7 @@ func BenchmarkPrepareUnprepare(b *testing.B) {
 			p := e.mustPreparer(ctx)
 			// A claim that stays prepared throughout, so that the
 			// checkpoint is not trivially empty.
-			if res := p.Prepare(ctx, makeClaim("resident").device("m", "gpu-0-mig-1g18gb-0").obj()); res.Err != nil {
+			if res := p.Prepare(ctx, makeClaim("resident").Device("m", "gpu-0-mig-1g18gb-0").Obj()); res.Err != nil {
 				b.Fatal(res.Err)
 			}
 			lib.spent.Store(0)

@@ -19,7 +19,7 @@ func TestReconcileRemovesWhatNobodyOwns(t *testing.T) {
 	_, ctx := ktesting.NewTestContext(t)
 	e := newTestEnv(t, "dgxh200", 3)
 	p := e.mustPreparer(ctx)
-	kept := makeClaim("kept").device("m", "gpu-0-mig-1g18gb-0").share("s", "gpu-1-shared", "1Gi", "10", "k").obj()
+	kept := makeClaim("kept").Device("m", "gpu-0-mig-1g18gb-0").Share("s", "gpu-1-shared", "1Gi", "10", "k").Obj()
 	if res := p.Prepare(ctx, kept); res.Err != nil {
 		t.Fatal(res.Err)
 	}

@@ -7,33 +7,24 @@ import (
 	"testing"
 
 	resourceapi "k8s.io/api/resource/v1"
-	"k8s.io/utils/ptr"
 
 	gpuapi "github.com/tessera-gpu/tessera/api/gpu"
 	"github.com/tessera-gpu/tessera/pkg/inventory"
 	"github.com/tessera-gpu/tessera/pkg/resourceslice"
+	"github.com/tessera-gpu/tessera/test/builder"
 )
 
 // plainSlices publishes the same GPUs as plain whole devices: no MIG, no
 // sharing, no counters, the layout of a driver without partitions.
 func plainSlices(nodeName string, gpus []inventory.GPU) *resourceapi.ResourceSlice {
-	slice := &resourceapi.ResourceSlice{}
-	slice.Name = nodeName + "-plain"
-	slice.Spec = resourceapi.ResourceSliceSpec{
-		Driver:   gpuapi.DriverName,
-		Pool:     resourceapi.ResourcePool{Name: nodeName, ResourceSliceCount: 1},
-		NodeName: ptr.To(nodeName),
-	}
+	slice := builder.MakeSlice(nodeName+"-plain", nodeName)
 	for _, g := range gpus {
-		slice.Spec.Devices = append(slice.Spec.Devices, resourceapi.Device{
-			Name: fmt.Sprintf("gpu-%d", g.Index),
-			Attributes: map[resourceapi.QualifiedName]resourceapi.DeviceAttribute{
-				gpuapi.AttrType: {StringValue: ptr.To("gpu")},
-				gpuapi.AttrUUID: {StringValue: ptr.To(g.UUID)},
-			},
-		})
+		slice.Device(builder.MakeDevice(fmt.Sprintf("gpu-%d", g.Index)).
+			Attr(gpuapi.AttrType, gpuapi.TypeGPU).
+			Attr(gpuapi.AttrUUID, g.UUID).
+			Obj())
 	}
-	return slice
+	return slice.Obj()
 }
 
 func cluster(b *testing.B, layout string, nodes int) *Cluster {

@@ -15,8 +15,6 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	resourceapi "k8s.io/api/resource/v1"
-	"k8s.io/apimachinery/pkg/api/resource"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/sets"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
@@ -25,6 +23,7 @@ import (
 
 	gpuapi "github.com/tessera-gpu/tessera/api/gpu"
 	"github.com/tessera-gpu/tessera/e2e/manifests"
+	"github.com/tessera-gpu/tessera/test/builder"
 )
 
 // Features are the DRA features kube-scheduler 1.37 enables by default and
@@ -112,7 +111,7 @@ func NewCluster(nodes []string, slices []*resourceapi.ResourceSlice) *Cluster {
 		timeout: 10 * time.Second,
 	}
 	for _, n := range nodes {
-		c.Nodes = append(c.Nodes, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: n}})
+		c.Nodes = append(c.Nodes, builder.MakeNode(n).Obj())
 	}
 	return c
 }
@@ -209,77 +208,40 @@ func (c *Cluster) Free(uid types.UID) {
 // Claims returns the allocated claims.
 func (c *Cluster) Claims() map[types.UID]*resourceapi.ResourceClaim { return c.claims }
 
-// Claim builders.
+// Claims the tests and benchmarks draw from, built with test/builder.
 
 var claimSeq int
 
-// newClaim applies the API server's defaults (exact count 1) that the
-// allocator relies on.
+// newClaim names each claim uniquely within the process.
 func newClaim(requests ...resourceapi.DeviceRequest) *resourceapi.ResourceClaim {
-	for i := range requests {
-		if r := requests[i].Exactly; r != nil {
-			r.AllocationMode = resourceapi.DeviceAllocationModeExactCount
-			r.Count = max(r.Count, 1)
-		}
-		for j := range requests[i].FirstAvailable {
-			r := &requests[i].FirstAvailable[j]
-			r.AllocationMode = resourceapi.DeviceAllocationModeExactCount
-			r.Count = max(r.Count, 1)
-		}
-	}
 	claimSeq++
-	name := fmt.Sprintf("claim-%d", claimSeq)
-	return &resourceapi.ResourceClaim{
-		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "default", UID: types.UID(name)},
-		Spec:       resourceapi.ResourceClaimSpec{Devices: resourceapi.DeviceClaim{Requests: requests}},
-	}
+	return builder.MakeClaim(fmt.Sprintf("claim-%d", claimSeq)).Request(requests...).Obj()
 }
 
 // WholeGPU asks for one whole GPU.
 func WholeGPU() *resourceapi.ResourceClaim {
-	return newClaim(resourceapi.DeviceRequest{Name: "gpu", Exactly: &resourceapi.ExactDeviceRequest{DeviceClassName: gpuapi.ClassGPU}})
+	return newClaim(builder.MakeRequest("gpu", gpuapi.ClassGPU).Obj())
 }
 
 // MIG asks for count partitions of a profile.
 func MIG(profile string, count int64) *resourceapi.ResourceClaim {
-	return newClaim(resourceapi.DeviceRequest{Name: "mig", Exactly: &resourceapi.ExactDeviceRequest{
-		DeviceClassName: gpuapi.ClassMIG, Selectors: profileSelector(profile), Count: count,
-	}})
+	return newClaim(builder.MakeRequest("mig", gpuapi.ClassMIG).Profile(profile).Count(count).Obj())
 }
 
 // MIGAt asks for the partition of a profile at one placement.
 func MIGAt(profile string, start int) *resourceapi.ResourceClaim {
-	sel := profileSelector(profile)
-	sel = append(sel, resourceapi.DeviceSelector{CEL: &resourceapi.CELDeviceSelector{
-		Expression: fmt.Sprintf(`device.attributes[%q].placementStart == %d`, gpuapi.DriverName, start),
-	}})
-	return newClaim(resourceapi.DeviceRequest{Name: "mig", Exactly: &resourceapi.ExactDeviceRequest{DeviceClassName: gpuapi.ClassMIG, Selectors: sel}})
-}
-
-func profileSelector(profile string) []resourceapi.DeviceSelector {
-	return []resourceapi.DeviceSelector{{CEL: &resourceapi.CELDeviceSelector{
-		Expression: fmt.Sprintf(`device.attributes[%q].profile == %q`, gpuapi.DriverName, profile),
-	}}}
+	return newClaim(builder.MakeRequest("mig", gpuapi.ClassMIG).Profile(profile).PlacementStart(start).Obj())
 }
 
 // Share asks for a share of a time-shared GPU.
 func Share(memory string, compute int64) *resourceapi.ResourceClaim {
-	return newClaim(resourceapi.DeviceRequest{Name: "share", Exactly: &resourceapi.ExactDeviceRequest{
-		DeviceClassName: gpuapi.ClassShared, Capacity: shareCapacity(memory, compute),
-	}})
-}
-
-func shareCapacity(memory string, compute int64) *resourceapi.CapacityRequirements {
-	return &resourceapi.CapacityRequirements{Requests: map[resourceapi.QualifiedName]resource.Quantity{
-		gpuapi.CapMemory:  resource.MustParse(memory),
-		gpuapi.CapCompute: *resource.NewQuantity(compute, resource.DecimalSI),
-	}}
+	return newClaim(builder.MakeRequest("share", gpuapi.ClassShared).Memory(memory).Compute(compute).Obj())
 }
 
 // MIGOrShare prefers a MIG partition and falls back to a share.
 func MIGOrShare(profile, memory string, compute int64) *resourceapi.ResourceClaim {
-	return newClaim(resourceapi.DeviceRequest{Name: "gpu", FirstAvailable: []resourceapi.DeviceSubRequest{
-		{Name: "mig", DeviceClassName: gpuapi.ClassMIG, Selectors: profileSelector(profile)},
-		{Name: "share", DeviceClassName: gpuapi.ClassShared, Capacity: shareCapacity(memory, compute)},
-	}})
+	return newClaim(builder.FirstAvailable("gpu",
+		builder.MakeRequest("mig", gpuapi.ClassMIG).Profile(profile),
+		builder.MakeRequest("share", gpuapi.ClassShared).Memory(memory).Compute(compute),
+	))
 }
