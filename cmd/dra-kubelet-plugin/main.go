@@ -15,6 +15,7 @@ import (
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
+	"k8s.io/apimachinery/pkg/api/resource"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
@@ -23,7 +24,7 @@ import (
 	gpuapi "github.com/tessera-gpu/tessera/api/gpu"
 	tnvml "github.com/tessera-gpu/tessera/internal/nvml"
 	"github.com/tessera-gpu/tessera/internal/plugin"
-	"github.com/tessera-gpu/tessera/internal/prepare"
+	"github.com/tessera-gpu/tessera/internal/sharing"
 	"github.com/tessera-gpu/tessera/pkg/partition"
 	"github.com/tessera-gpu/tessera/pkg/resourceslice"
 )
@@ -45,6 +46,7 @@ type options struct {
 	disableMIG     bool
 	disableSharing bool
 	rediscover     time.Duration
+	mpsShmSize     resource.QuantityValue
 }
 
 func (o *options) addFlags(fs *pflag.FlagSet) {
@@ -65,6 +67,8 @@ func (o *options) addRunFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.metricsAddress, "metrics-address", "", "address of the Prometheus /metrics endpoint, e.g. :8080; empty disables it")
 	fs.IntVar(&o.healthPort, "healthcheck-port", -1, "port of the gRPC health endpoint for probes, e.g. 51515; negative disables it")
 	fs.DurationVar(&o.rediscover, "rediscover-interval", 30*time.Second, "how often GPUs are rediscovered to republish changed slices")
+	o.mpsShmSize.Quantity = *resource.NewQuantity(sharing.DefaultShmSize, resource.BinarySI)
+	fs.Var(&o.mpsShmSize, "mps-shm-size", "size of each MPS-shared claim's /dev/shm, an in-memory tmpfs of its own")
 }
 
 func (o *options) sliceOptions() resourceslice.Options {
@@ -153,7 +157,7 @@ func newMPSLaunchCommand() *cobra.Command {
 			if shm == "" {
 				return fmt.Errorf("--shm is required")
 			}
-			return prepare.ExecWithPrivateShm(shm, args, os.Environ())
+			return sharing.ExecWithPrivateShm(shm, args, os.Environ())
 		},
 	}
 	cmd.Flags().StringVar(&shm, "shm", "", "directory to mount on /dev/shm")
@@ -215,6 +219,7 @@ func run(ctx context.Context, o *options) error {
 		HealthPort:      o.healthPort,
 		SimulatedDriver: strings.HasPrefix(o.nvml, "mock:"),
 		MPSLauncher:     launcher,
+		MPSShmSize:      o.mpsShmSize.Value(),
 	})
 }
 

@@ -30,6 +30,9 @@ type NodeOptions struct {
 	// MPSLauncher starts MPS daemons with a private /dev/shm, e.g. this
 	// binary's "mps-launch" subcommand; empty starts them directly.
 	MPSLauncher []string
+	// MPSShmSize is the size in bytes of each claim's MPS /dev/shm (a
+	// tmpfs); 0 takes the default.
+	MPSShmSize int64
 }
 
 // RunNode reconciles the prepare checkpoint, starts the health monitor, the
@@ -52,6 +55,9 @@ func RunNode(ctx context.Context, opts Options, node NodeOptions) error {
 	}
 	if len(node.MPSLauncher) > 0 {
 		prepOpts = append(prepOpts, prepare.WithMPSLauncher(node.MPSLauncher...))
+	}
+	if node.MPSShmSize > 0 {
+		prepOpts = append(prepOpts, prepare.WithMPSShmSize(node.MPSShmSize))
 	}
 	preparer, err := prepare.New(ctx, prepOpts...)
 	if err != nil {

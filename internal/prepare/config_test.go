@@ -41,8 +41,8 @@ func TestResolveConfig(t *testing.T) {
 			want:  []string{"Medium", "Long"},
 		},
 		"subrequest matches its main request": {
-			claim: makeClaim("u").device("a/share", "gpu-0-shared").config(claim, ts("Short"), "a").obj(),
-			kinds: []partition.Kind{partition.KindShared},
+			claim: makeClaim("u").device("a/whole", "gpu-0").config(claim, ts("Short"), "a").obj(),
+			kinds: []partition.Kind{partition.KindGPU},
 			want:  []string{"Short"},
 		},
 		"unscoped entries apply only where their kind fits": {

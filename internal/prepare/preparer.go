@@ -18,10 +18,12 @@ import (
 	"k8s.io/dynamic-resource-allocation/kubeletplugin"
 	"k8s.io/klog/v2"
 
+	configapi "github.com/tessera-gpu/tessera/api/config/v1alpha1"
 	tcdi "github.com/tessera-gpu/tessera/internal/cdi"
 	"github.com/tessera-gpu/tessera/internal/checkpoint"
 	"github.com/tessera-gpu/tessera/internal/metrics"
 	tnvml "github.com/tessera-gpu/tessera/internal/nvml"
+	"github.com/tessera-gpu/tessera/internal/sharing"
 	"github.com/tessera-gpu/tessera/pkg/inventory"
 	"github.com/tessera-gpu/tessera/pkg/partition"
 )
@@ -33,8 +35,8 @@ type Preparer struct {
 	nvml    tnvml.Library
 	cdi     *tcdi.Writer
 	store   *checkpoint.Store
-	mps     MPSControl
-	slicer  TimeSlicer
+	mps     sharing.MPSControl
+	slicer  sharing.TimeSlicer
 	metrics *metrics.Metrics
 	hook    func(Step) error
 	// capabilities, when set, replaces reading the capability files.
@@ -45,6 +47,7 @@ type Preparer struct {
 	procRoot     string
 	stateDir     string
 	mpsLauncher  []string
+	mpsShmSize   int64
 
 	// devices maps this node's device names to what they are.
 	devices map[string]deviceInfo
@@ -92,19 +95,24 @@ func WithDriverRoot(dir string) Option { return func(p *Preparer) { p.driverRoot
 func WithProcRoot(dir string) Option { return func(p *Preparer) { p.procRoot = dir } }
 
 // WithStateDir sets the directory of the checkpoint and of the MPS daemons'
-// pipe and log directories (default /var/lib/tessera).
+// pipe, log and /dev/shm directories (default /var/lib/tessera). Each
+// daemon's /dev/shm is a tmpfs of its own, so it never fills this disk.
 func WithStateDir(dir string) Option { return func(p *Preparer) { p.stateDir = dir } }
 
 // WithMPS sets the MPS daemon control (default: real daemons under the
-// state directory).
-func WithMPS(m MPSControl) Option { return func(p *Preparer) { p.mps = m } }
+// state directory, each with a tmpfs /dev/shm).
+func WithMPS(m sharing.MPSControl) Option { return func(p *Preparer) { p.mps = m } }
 
 // WithMPSLauncher sets the command that starts real MPS daemons with a
-// private /dev/shm (see MPSDaemons.Launcher).
+// private /dev/shm (see sharing.MPSDaemons.Launcher).
 func WithMPSLauncher(cmd ...string) Option { return func(p *Preparer) { p.mpsLauncher = cmd } }
 
+// WithMPSShmSize sets the size of each MPS daemon's /dev/shm (default
+// sharing.DefaultShmSize).
+func WithMPSShmSize(bytes int64) Option { return func(p *Preparer) { p.mpsShmSize = bytes } }
+
 // WithTimeSlicer sets how time slices are applied (default: nvidia-smi).
-func WithTimeSlicer(t TimeSlicer) Option { return func(p *Preparer) { p.slicer = t } }
+func WithTimeSlicer(t sharing.TimeSlicer) Option { return func(p *Preparer) { p.slicer = t } }
 
 // WithMetrics sets the metrics to update.
 func WithMetrics(m *metrics.Metrics) Option { return func(p *Preparer) { p.metrics = m } }
@@ -128,10 +136,13 @@ func New(ctx context.Context, opts ...Option) (*Preparer, error) {
 		p.procRoot = filepath.Join(p.driverRoot, "proc")
 	}
 	if p.mps == nil {
-		p.mps = &MPSDaemons{Root: p.mpsRoot(), Binary: filepath.Join(p.driverRoot, "usr/bin/nvidia-cuda-mps-control"), Launcher: p.mpsLauncher}
+		p.mps = &sharing.MPSDaemons{
+			Root: p.mpsRoot(), Binary: filepath.Join(p.driverRoot, "usr/bin/nvidia-cuda-mps-control"),
+			Launcher: p.mpsLauncher, Shm: sharing.Tmpfs{}, ShmSizeBytes: p.mpsShmSize,
+		}
 	}
 	if p.slicer == nil {
-		p.slicer = NvidiaSMI{Binary: filepath.Join(p.driverRoot, "usr/bin/nvidia-smi")}
+		p.slicer = sharing.NvidiaSMI{Binary: filepath.Join(p.driverRoot, "usr/bin/nvidia-smi")}
 	}
 	var err error
 	if p.cdi, err = tcdi.New(tcdi.WithRoot(p.cdiRoot), tcdi.WithDriverRoot(p.driverRoot)); err != nil {
@@ -256,7 +267,15 @@ func (p *Preparer) make(ctx context.Context, c *checkpoint.Claim) error {
 				return err
 			}
 		}
-		if err := p.startSharing(ctx, d); err != nil {
+		if err := p.startTimeSlicing(ctx, d); err != nil {
+			return err
+		}
+	}
+	if d, ok := p.daemon(c); ok {
+		if err := p.mps.Start(ctx, d); err != nil {
+			return err
+		}
+		if err := p.step(StepMPSStarted); err != nil {
 			return err
 		}
 	}
@@ -305,31 +324,37 @@ func (p *Preparer) createMIG(ctx context.Context, d *checkpoint.Device) (tnvml.M
 	return m, nil
 }
 
-func (p *Preparer) startSharing(ctx context.Context, d *checkpoint.Device) error {
-	if d.Sharing == nil {
+// startTimeSlicing sets the GPU's time slice, which all its time-sliced
+// claims share.
+func (p *Preparer) startTimeSlicing(ctx context.Context, d *checkpoint.Device) error {
+	if d.Sharing == nil || d.Sharing.Strategy != string(configapi.TimeSlicingStrategy) {
 		return nil
 	}
 	g := p.gpus[d.GPUIndex]
 	g.Lock()
 	defer g.Unlock()
-	switch d.Sharing.Strategy {
-	case "MPS":
-		if err := p.mps.Start(ctx, p.daemon(d.GPUUUID)); err != nil {
-			return fmt.Errorf("device %s: %w", d.Device, err)
-		}
-		return p.step(StepMPSStarted)
-	case "TimeSlicing":
-		if err := p.slicer.SetTimeSlice(ctx, d.GPUUUID, timeSlice(d.Sharing.Interval)); err != nil {
-			return fmt.Errorf("device %s: %w", d.Device, err)
-		}
-		return p.step(StepTimeSliced)
+	if err := p.slicer.SetTimeSlice(ctx, d.GPUUUID, timeSlice(d.Sharing.Interval)); err != nil {
+		return fmt.Errorf("device %s: %w", d.Device, err)
 	}
-	return nil
+	return p.step(StepTimeSliced)
 }
 
-func (p *Preparer) daemon(gpuUUID string) MPSDaemon {
-	dir := filepath.Join(p.mpsRoot(), gpuUUID)
-	return MPSDaemon{GPUUUID: gpuUUID, PipeDir: filepath.Join(dir, "pipe"), LogDir: filepath.Join(dir, "log"), ShmDir: filepath.Join(dir, "shm")}
+// daemon is the claim's own MPS control daemon, with the sum of its MPS
+// devices' limits (plan keeps them on one GPU), when it has any.
+func (p *Preparer) daemon(c *checkpoint.Claim) (sharing.Daemon, bool) {
+	d := sharing.Daemon{ID: c.UID}
+	found := false
+	for _, dev := range c.Devices {
+		if dev.Sharing == nil || dev.Sharing.Strategy != string(configapi.MPSStrategy) {
+			continue
+		}
+		found = true
+		d.GPUUUID = dev.GPUUUID
+		d.ActiveThreadPercentage += dev.Sharing.ActiveThreadPercentage
+		d.PinnedMemoryLimitBytes += dev.Sharing.PinnedMemoryLimitBytes
+	}
+	d.ActiveThreadPercentage = min(d.ActiveThreadPercentage, 100)
+	return d, found
 }
 
 func (p *Preparer) unprepare(ctx context.Context, uid string) (string, error) {
@@ -361,6 +386,13 @@ func (p *Preparer) teardown(ctx context.Context, c *checkpoint.Claim) error {
 		return err
 	}
 	var errs []error
+	if _, ok := p.daemon(c); ok {
+		if err := p.mps.Stop(ctx, c.UID); err != nil {
+			errs = append(errs, err)
+		} else if err := p.step(StepMPSStopped); err != nil {
+			return err
+		}
+	}
 	for i := range c.Devices {
 		d := &c.Devices[i]
 		if d.MIG != nil && d.MIG.Created {
@@ -379,7 +411,7 @@ func (p *Preparer) teardown(ctx context.Context, c *checkpoint.Claim) error {
 				return err
 			}
 		}
-		if err := p.stopSharing(ctx, c.UID, i, d); err != nil {
+		if err := p.stopTimeSlicing(ctx, c.UID, i, d); err != nil {
 			if isAbandoned(err) {
 				return err
 			}
@@ -446,12 +478,12 @@ func (p *Preparer) migModeOffIfUnused(ctx context.Context, g *gpuState) error {
 	return p.step(StepMIGModeOff)
 }
 
-// stopSharing stops the GPU's MPS daemon, or resets its time slice, when no
-// other claim uses it, and then records that this device no longer does:
-// two claims torn down at once must not each see the other and both leave
-// the daemon running.
-func (p *Preparer) stopSharing(ctx context.Context, uid string, i int, d *checkpoint.Device) error {
-	if d.Sharing == nil {
+// stopTimeSlicing resets the GPU's time slice when no other claim
+// time-slices it, and then records that this device no longer does: two
+// claims torn down at once must not each see the other and both leave the
+// time slice set.
+func (p *Preparer) stopTimeSlicing(ctx context.Context, uid string, i int, d *checkpoint.Device) error {
+	if d.Sharing == nil || d.Sharing.Strategy != string(configapi.TimeSlicingStrategy) {
 		return nil
 	}
 	if g := p.gpus[d.GPUIndex]; g != nil {
@@ -459,18 +491,8 @@ func (p *Preparer) stopSharing(ctx context.Context, uid string, i int, d *checkp
 		defer g.Unlock()
 	}
 	if !p.sharedByOthers(uid, d.GPUUUID, d.Sharing.Strategy) {
-		switch d.Sharing.Strategy {
-		case "MPS":
-			if err := p.mps.Stop(ctx, d.GPUUUID); err != nil {
-				return fmt.Errorf("device %s: %w", d.Device, err)
-			}
-			if err := p.step(StepMPSStopped); err != nil {
-				return err
-			}
-		case "TimeSlicing":
-			if err := p.slicer.SetTimeSlice(ctx, d.GPUUUID, timeSlice("")); err != nil {
-				return fmt.Errorf("device %s: reset time slice: %w", d.Device, err)
-			}
+		if err := p.slicer.SetTimeSlice(ctx, d.GPUUUID, timeSlice("")); err != nil {
+			return fmt.Errorf("device %s: reset time slice: %w", d.Device, err)
 		}
 	}
 	d.Sharing = nil
@@ -533,7 +555,7 @@ func (p *Preparer) recordMetrics() {
 	kinds := map[string]int{}
 	mig := 0
 	daemons := map[string]bool{}
-	for _, c := range p.cp.Claims {
+	for uid, c := range p.cp.Claims {
 		for _, d := range c.Devices {
 			if c.State == checkpoint.PrepareCompleted {
 				kinds[d.Kind]++
@@ -541,8 +563,8 @@ func (p *Preparer) recordMetrics() {
 			if d.MIG != nil && d.MIG.Created {
 				mig++
 			}
-			if d.Sharing != nil && d.Sharing.Strategy == "MPS" {
-				daemons[d.GPUUUID] = true
+			if d.Sharing != nil && d.Sharing.Strategy == string(configapi.MPSStrategy) {
+				daemons[uid] = true
 			}
 		}
 	}

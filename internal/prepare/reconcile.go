@@ -31,14 +31,10 @@ func (p *Preparer) reconcile(ctx context.Context) error {
 
 	completed := p.completedClaims()
 	owned := map[migKey]bool{}
-	wantMPS := map[string]bool{}
 	for _, c := range completed {
 		for _, d := range c.Devices {
 			if d.MIG != nil && d.MIG.Created {
 				owned[migKey{d.GPUIndex, d.MIG.GPUInstanceID, d.MIG.Placement.Start, d.MIG.Placement.Size}] = true
-			}
-			if d.Sharing != nil && d.Sharing.Strategy == "MPS" {
-				wantMPS[d.GPUUUID] = true
 			}
 		}
 	}
@@ -79,22 +75,26 @@ func (p *Preparer) reconcile(ctx context.Context) error {
 		}
 	}
 
-	running, err := p.mps.Running(ctx)
+	daemons, err := p.mps.List(ctx)
 	if err != nil {
 		errs = append(errs, err)
 	}
-	for _, gpu := range running {
-		if !wantMPS[gpu] {
-			logger.Info("Stopping an MPS daemon no claim uses", "gpu", gpu)
-			if err := p.mps.Stop(ctx, gpu); err != nil {
-				errs = append(errs, err)
+	for _, id := range sortedKeys(daemons) {
+		if c, ok := completed[id]; ok {
+			if _, uses := p.daemon(c); uses {
+				continue
 			}
 		}
-	}
-	for _, gpu := range sortedKeys(wantMPS) {
-		if err := p.mps.Start(ctx, p.daemon(gpu)); err != nil {
+		logger.Info("Stopping an MPS daemon no claim uses", "daemon", id, "alive", daemons[id])
+		if err := p.mps.Stop(ctx, id); err != nil {
 			errs = append(errs, err)
 		}
+	}
+	// Daemons die with the plugin's container: the claims' running clients
+	// lose their server, and new CUDA contexts of the claim's containers
+	// connect to the daemon started here, with the same limits.
+	if _, err := p.SyncMPS(ctx); err != nil {
+		errs = append(errs, err)
 	}
 	p.mu.Lock()
 	p.recordMetrics()
