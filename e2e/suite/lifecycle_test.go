@@ -153,9 +153,6 @@ func TestPrepareFailureIsReported(t *testing.T) {
 	pod := createPod(t, ns, "misconfigured", "bad-config")
 	waitAllocated(t, pod)
 	ev := waitEvent(t, pod, kubelet.ReasonFailedPrepare)
-	if strings.Contains(ev.Message, "not implemented") {
-		t.Skipf("node-side prepare is not implemented yet; the plugin said: %s", ev.Message)
-	}
 	if ev.Type != corev1.EventTypeWarning || !strings.Contains(ev.Message, "noSuchField") {
 		t.Errorf("event %s %q, want a Warning naming the bad field noSuchField", ev.Type, ev.Message)
 	}
