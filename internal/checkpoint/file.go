@@ -35,15 +35,44 @@ type file struct {
 
 // Store reads and writes the checkpoint in one directory.
 type Store struct {
-	dir string
+	dir        string
+	beforeSave func(*Checkpoint) error
+}
+
+// StoreOption configures a Store.
+type StoreOption func(*Store)
+
+// WithSaveFault calls fault before each Save; an error from it fails the
+// Save before anything is written, as a full or failing disk would. For
+// tests.
+func WithSaveFault(fault func(*Checkpoint) error) StoreOption {
+	return func(s *Store) { s.beforeSave = fault }
 }
 
 // NewStore returns a store in dir, creating dir.
-func NewStore(dir string) (*Store, error) {
+func NewStore(dir string, opts ...StoreOption) (*Store, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("create checkpoint directory %s: %w", dir, err)
 	}
-	return &Store{dir: dir}, nil
+	s := &Store{dir: dir}
+	for _, o := range opts {
+		o(s)
+	}
+	return s, nil
+}
+
+// Exists reports whether the checkpoint file exists. Start-up needs to
+// know: a missing checkpoint beside existing MIG instances means a changed
+// or unmounted state directory more often than a new node.
+func (s *Store) Exists() (bool, error) {
+	_, err := os.Stat(s.Path())
+	if errors.Is(err, fs.ErrNotExist) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("stat checkpoint %s: %w", s.Path(), err)
+	}
+	return true, nil
 }
 
 // Path is the checkpoint file's path.
@@ -120,6 +149,11 @@ func Encode(cp *Checkpoint) ([]byte, error) {
 // Save writes the checkpoint atomically: a crash at any point leaves either
 // the old or the new file, never a mix.
 func (s *Store) Save(cp *Checkpoint) error {
+	if s.beforeSave != nil {
+		if err := s.beforeSave(cp); err != nil {
+			return fmt.Errorf("write checkpoint %s: %w", s.Path(), err)
+		}
+	}
 	data, err := Encode(cp)
 	if err != nil {
 		return err

@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -48,6 +49,11 @@ type Preparer struct {
 	stateDir     string
 	mpsLauncher  []string
 	mpsShmSize   int64
+	// checkpointOpts configure the checkpoint store.
+	checkpointOpts []checkpoint.StoreOption
+	// missingCheckpointOK lets start-up go on without a checkpoint although
+	// MIG instances exist (they are then destroyed as nobody's).
+	missingCheckpointOK bool
 
 	// devices maps this node's device names to what they are.
 	devices map[string]deviceInfo
@@ -117,6 +123,19 @@ func WithTimeSlicer(t sharing.TimeSlicer) Option { return func(p *Preparer) { p.
 // WithMetrics sets the metrics to update.
 func WithMetrics(m *metrics.Metrics) Option { return func(p *Preparer) { p.metrics = m } }
 
+// WithCheckpointOptions configures the checkpoint store, e.g. with a
+// failing disk in tests.
+func WithCheckpointOptions(opts ...checkpoint.StoreOption) Option {
+	return func(p *Preparer) { p.checkpointOpts = opts }
+}
+
+// WithMissingCheckpointAllowed lets start-up go on when the checkpoint is
+// missing although MIG instances exist on the node; start-up then destroys
+// them as owned by no claim. Without it, New refuses to start, so that a
+// changed or unmounted state directory does not destroy every MIG instance
+// on the node, including ones an admin made.
+func WithMissingCheckpointAllowed() Option { return func(p *Preparer) { p.missingCheckpointOK = true } }
+
 // WithStepHook calls hook after each step; an error from it abandons the
 // operation on the spot, without rollback, as a crash would. For tests.
 func WithStepHook(hook func(Step) error) Option { return func(p *Preparer) { p.hook = hook } }
@@ -148,7 +167,11 @@ func New(ctx context.Context, opts ...Option) (*Preparer, error) {
 	if p.cdi, err = tcdi.New(tcdi.WithRoot(p.cdiRoot), tcdi.WithDriverRoot(p.driverRoot)); err != nil {
 		return nil, err
 	}
-	if p.store, err = checkpoint.NewStore(p.stateDir); err != nil {
+	if p.store, err = checkpoint.NewStore(p.stateDir, p.checkpointOpts...); err != nil {
+		return nil, err
+	}
+	exists, err := p.store.Exists()
+	if err != nil {
 		return nil, err
 	}
 	if p.cp, err = p.store.Load(); err != nil {
@@ -157,6 +180,15 @@ func New(ctx context.Context, opts ...Option) (*Preparer, error) {
 	node, err := p.nvml.Discover(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("discover GPUs: %w", err)
+	}
+	if !exists {
+		if err := p.checkNoCheckpointIsNewNode(ctx, node); err != nil {
+			return nil, err
+		}
+		// From now on a missing checkpoint means a lost state directory.
+		if err := p.store.Save(p.cp); err != nil {
+			return nil, err
+		}
 	}
 	p.devices = map[string]deviceInfo{}
 	p.gpus = map[int]*gpuState{}
@@ -173,6 +205,35 @@ func New(ctx context.Context, opts ...Option) (*Preparer, error) {
 		klog.FromContext(ctx).Error(err, "Reconciling the checkpoint with the node left work undone")
 	}
 	return p, nil
+}
+
+// checkNoCheckpointIsNewNode refuses a start without checkpoint on a node
+// that has MIG instances, unless allowed: reconciling would destroy them
+// all, and a changed or unmounted state directory is a likelier cause than
+// a node whose instances nobody needs.
+func (p *Preparer) checkNoCheckpointIsNewNode(ctx context.Context, node inventory.Node) error {
+	if p.missingCheckpointOK {
+		return nil
+	}
+	var found []string
+	for _, gpu := range node.GPUs {
+		if !gpu.MIG.Capable || !gpu.MIG.Enabled {
+			continue
+		}
+		migs, err := p.nvml.MIGDevices(ctx, gpu.Index)
+		if err != nil {
+			return fmt.Errorf("list MIG devices of GPU %d (checking a start without checkpoint): %w", gpu.Index, err)
+		}
+		if len(migs) > 0 {
+			found = append(found, fmt.Sprintf("GPU %d: %d", gpu.Index, len(migs)))
+		}
+	}
+	if len(found) == 0 {
+		return nil
+	}
+	return fmt.Errorf("checkpoint %s does not exist but the node has MIG instances (%s): refusing to start, because start-up would destroy them all; "+
+		"check that the state directory is the one the plugin used before, or, to destroy every MIG instance no claim owns, start once with --allow-missing-checkpoint",
+		p.store.Path(), strings.Join(found, ", "))
 }
 
 func (p *Preparer) mpsRoot() string { return filepath.Join(p.stateDir, "mps") }
@@ -241,7 +302,9 @@ func (p *Preparer) prepare(ctx context.Context, claim *resourceapi.ResourceClaim
 		if isAbandoned(err) {
 			return kubeletplugin.PrepareResult{}, kind, err
 		}
-		if rerr := p.teardown(ctx, p.claim(uid)); rerr != nil {
+		// c knows what was made even where recording it failed (a MIG
+		// instance whose record could not be written must not leak).
+		if rerr := p.teardown(ctx, c); rerr != nil {
 			err = errors.Join(err, fmt.Errorf("roll back: %w", rerr))
 		}
 		return kubeletplugin.PrepareResult{}, kind, err
@@ -396,7 +459,7 @@ func (p *Preparer) teardown(ctx context.Context, c *checkpoint.Claim) error {
 	for i := range c.Devices {
 		d := &c.Devices[i]
 		if d.MIG != nil && d.MIG.Created {
-			if err := p.destroyMIG(ctx, d); err != nil {
+			if err := p.destroyMIG(ctx, c.UID, d); err != nil {
 				if isAbandoned(err) {
 					return err
 				}
@@ -429,10 +492,11 @@ func (p *Preparer) teardown(ctx context.Context, c *checkpoint.Claim) error {
 	return p.step(StepUnprepareCompleted)
 }
 
-// destroyMIG destroys the claim's MIG instance, making sure the instance
-// with the recorded ID is still the one at the recorded placement: NVML
-// reuses instance IDs.
-func (p *Preparer) destroyMIG(ctx context.Context, d *checkpoint.Device) error {
+// destroyMIG destroys the claim's MIG instance, identified by its UUID
+// where one was recorded (NVML reuses instance IDs, so an entry left by a
+// failed write could otherwise name another claim's new instance), and
+// never one that another claim's entry owns.
+func (p *Preparer) destroyMIG(ctx context.Context, uid string, d *checkpoint.Device) error {
 	g := p.gpus[d.GPUIndex]
 	if g == nil {
 		// The GPU was not found at start: its instances went with it.
@@ -446,10 +510,15 @@ func (p *Preparer) destroyMIG(ctx context.Context, d *checkpoint.Device) error {
 		return fmt.Errorf("list MIG devices of GPU %d: %w", d.GPUIndex, err)
 	}
 	for _, m := range existing {
-		if m.GPUInstanceID == d.MIG.GPUInstanceID && m.Placement == d.MIG.Placement && m.ProfileID == d.MIG.ProfileID {
-			if err := p.nvml.DestroyMIGDevice(ctx, d.GPUIndex, m.GPUInstanceID); err != nil {
-				return fmt.Errorf("destroy MIG device %s on GPU %d: %w", d.Device, d.GPUIndex, err)
-			}
+		if !sameMIG(d.MIG, m) {
+			continue
+		}
+		if other, ok := p.migOwner(uid, d.GPUIndex, m); ok {
+			klog.FromContext(ctx).Info("Not destroying a MIG instance another claim owns", "device", d.Device, "gpu", d.GPUIndex, "gpuInstance", m.GPUInstanceID, "owner", other)
+			continue
+		}
+		if err := p.nvml.DestroyMIGDevice(ctx, d.GPUIndex, m.GPUInstanceID); err != nil {
+			return fmt.Errorf("destroy MIG device %s on GPU %d: %w", d.Device, d.GPUIndex, err)
 		}
 	}
 	if err := p.step(StepMIGDestroyed); err != nil {
@@ -577,4 +646,31 @@ func ptrCopy[T any](v *T) *T {
 	}
 	c := *v
 	return &c
+}
+
+// sameMIG reports whether an existing instance is the recorded one: by
+// UUID where both have one, else by instance ID, placement and profile.
+func sameMIG(rec *checkpoint.MIG, m tnvml.MIGDevice) bool {
+	if rec.UUID != "" && m.UUID != "" {
+		return rec.UUID == m.UUID
+	}
+	return m.GPUInstanceID == rec.GPUInstanceID && m.Placement == rec.Placement && m.ProfileID == rec.ProfileID
+}
+
+// migOwner returns the UID of a claim other than uid whose entry owns the
+// instance.
+func (p *Preparer) migOwner(uid string, gpu int, m tnvml.MIGDevice) (string, bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for other, c := range p.cp.Claims {
+		if other == uid {
+			continue
+		}
+		for _, d := range c.Devices {
+			if d.GPUIndex == gpu && d.MIG != nil && d.MIG.Created && sameMIG(d.MIG, m) {
+				return other, true
+			}
+		}
+	}
+	return "", false
 }

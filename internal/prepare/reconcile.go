@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 
 	"k8s.io/klog/v2"
 
@@ -30,11 +31,11 @@ func (p *Preparer) reconcile(ctx context.Context) error {
 	}
 
 	completed := p.completedClaims()
-	owned := map[migKey]bool{}
+	owned := map[int][]*checkpoint.MIG{}
 	for _, c := range completed {
 		for _, d := range c.Devices {
 			if d.MIG != nil && d.MIG.Created {
-				owned[migKey{d.GPUIndex, d.MIG.GPUInstanceID, d.MIG.Placement.Start, d.MIG.Placement.Size}] = true
+				owned[d.GPUIndex] = append(owned[d.GPUIndex], d.MIG)
 			}
 		}
 	}
@@ -102,18 +103,16 @@ func (p *Preparer) reconcile(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
-type migKey struct{ gpu, gpuInstanceID, start, size int }
-
 // destroyUnowned destroys the GPU's MIG instances that no completed claim
 // owns and switches MIG mode off when none remains. Must be called with g
 // locked.
-func (p *Preparer) destroyUnowned(ctx context.Context, g *gpuState, owned map[migKey]bool) error {
+func (p *Preparer) destroyUnowned(ctx context.Context, g *gpuState, owned map[int][]*checkpoint.MIG) error {
 	existing, err := p.nvml.MIGDevices(ctx, g.gpu.Index)
 	if err != nil {
 		return fmt.Errorf("list MIG devices: %w", err)
 	}
 	for _, m := range existing {
-		if owned[migKey{g.gpu.Index, m.GPUInstanceID, m.Placement.Start, m.Placement.Size}] {
+		if slices.ContainsFunc(owned[g.gpu.Index], func(rec *checkpoint.MIG) bool { return sameMIG(rec, m) }) {
 			continue
 		}
 		klog.FromContext(ctx).Info("Destroying a MIG instance no claim owns", "gpu", g.gpu.Index, "gpuInstance", m.GPUInstanceID, "placement", m.Placement)

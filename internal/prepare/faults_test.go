@@ -1,0 +1,138 @@
+package prepare
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+	"sync/atomic"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
+	"k8s.io/klog/v2/ktesting"
+
+	"github.com/tessera-gpu/tessera/internal/checkpoint"
+)
+
+var errDiskFull = errors.New("no space left on device")
+
+// failingDisk fails every checkpoint write from the n-th on (counting from
+// 1), as a disk that filled up would, and counts the writes it saw.
+type failingDisk struct {
+	from   atomic.Int64
+	writes atomic.Int64
+}
+
+func (f *failingDisk) option() Option {
+	return WithCheckpointOptions(checkpoint.WithSaveFault(func(*checkpoint.Checkpoint) error {
+		if f.writes.Add(1) >= f.from.Load() {
+			return errDiskFull
+		}
+		return nil
+	}))
+}
+
+// TestCheckpointWriteFailsAtEveryWrite fails the checkpoint's disk from
+// each write of a prepare (and then of an unprepare) on. The operation
+// must fail with the disk's error and leak nothing once the disk works
+// again: a MIG instance whose record could not be written is destroyed,
+// and an entry whose instance was destroyed but not forgotten does not
+// destroy anything else later.
+func TestCheckpointWriteFailsAtEveryWrite(t *testing.T) {
+	for _, name := range []string{"MIG on a fresh GPU", "MPS share alone", "mixed"} {
+		mkB := crashClaims[name]
+		for _, op := range []string{"prepare", "unprepare"} {
+			// run sets up a node (with b prepared for an unprepare), runs
+			// the operation on a disk that fails from the n-th write, and
+			// returns the operation's error and how many writes it made.
+			run := func(t *testing.T, e *testEnv, n int64) (*Preparer, *failingDisk, error, int64) {
+				_, ctx := ktesting.NewTestContext(t)
+				e.mustPreparer(ctx) // a node that has run the plugin before
+				if op == "unprepare" {
+					if res := e.mustPreparer(ctx).Prepare(ctx, mkB()); res.Err != nil {
+						t.Fatal(res.Err)
+					}
+				}
+				disk := &failingDisk{}
+				disk.from.Store(1 << 62)
+				p := e.mustPreparer(ctx, disk.option())
+				base := disk.writes.Load()
+				disk.from.Store(base + n)
+				var err error
+				if op == "prepare" {
+					err = p.Prepare(ctx, mkB()).Err
+				} else {
+					err = p.Unprepare(ctx, ref(mkB()))
+				}
+				return p, disk, err, disk.writes.Load() - base
+			}
+			_, _, err, writes := run(t, newTestEnv(t, "dgxh200", 5), 1<<62)
+			if err != nil || writes == 0 {
+				t.Fatalf("%s %s on a working disk: %v after %d writes", op, name, err, writes)
+			}
+			for n := int64(1); n <= writes; n++ {
+				for _, restart := range []bool{false, true} {
+					t.Run(fmt.Sprintf("%s/%s/write %d of %d/restart %v", name, op, n, writes, restart), func(t *testing.T) {
+						_, ctx := ktesting.NewTestContext(t)
+						e := newTestEnv(t, "dgxh200", 5)
+						p, disk, err, _ := run(t, e, n)
+						if !errors.Is(err, errDiskFull) {
+							t.Fatalf("%s with a failing disk returned %v, want the disk's error", op, err)
+						}
+						// The disk works again; the kubelet retries until
+						// it succeeds, in the same plugin or after a restart.
+						disk.from.Store(1 << 62)
+						if restart {
+							p = e.mustPreparer(ctx)
+						}
+						b := mkB()
+						if op == "prepare" {
+							if res := p.Prepare(ctx, b); res.Err != nil {
+								t.Fatalf("retried prepare: %v", res.Err)
+							}
+						}
+						if err := p.Unprepare(ctx, ref(b)); err != nil {
+							t.Fatalf("unprepare: %v", err)
+						}
+						if diff := cmp.Diff(e.cleanState(), e.state(), cmpopts.EquateEmpty()); diff != "" {
+							t.Errorf("node after recovery (-want +got):\n%s", diff)
+						}
+					})
+				}
+			}
+		}
+	}
+}
+
+// TestMissingCheckpointWithMIGInstancesRefusesStart: a node with MIG
+// instances and no checkpoint (a changed or unmounted state directory) is
+// not reconciled, which would destroy the instances, unless the admin says
+// so; a node without MIG instances starts and gets a checkpoint.
+func TestMissingCheckpointWithMIGInstancesRefusesStart(t *testing.T) {
+	_, ctx := ktesting.NewTestContext(t)
+	e := newTestEnv(t, "dgxh200", 2)
+	p := e.mustPreparer(ctx)
+	if ok, err := p.store.Exists(); err != nil || !ok {
+		t.Fatalf("a first start left no checkpoint: %v, %v", ok, err)
+	}
+	c := makeClaim("c").device("m", "gpu-1-mig-1g18gb-0").obj()
+	if res := p.Prepare(ctx, c); res.Err != nil {
+		t.Fatal(res.Err)
+	}
+	before := e.state()
+
+	e.stateDir = t.TempDir() // the state directory changed
+	_, err := e.preparer(ctx)
+	if err == nil || !strings.Contains(err.Error(), "--allow-missing-checkpoint") || !strings.Contains(err.Error(), "GPU 1: 1") {
+		t.Fatalf("start without checkpoint beside a MIG instance: %v; want a refusal naming the override and the instance", err)
+	}
+	got := e.state()
+	if diff := cmp.Diff(before.MIG, got.MIG); diff != "" {
+		t.Errorf("a refused start changed MIG instances (-before +after):\n%s", diff)
+	}
+
+	e.mustPreparer(ctx, WithMissingCheckpointAllowed())
+	if st := e.state(); len(st.MIG) != 0 {
+		t.Errorf("with the override, MIG instances no claim owns are destroyed; left %v", st.MIG)
+	}
+}
