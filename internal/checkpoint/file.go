@@ -9,6 +9,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"syscall"
 )
 
 // Version is the format this build writes.
@@ -37,6 +38,40 @@ type file struct {
 type Store struct {
 	dir        string
 	beforeSave func(*Checkpoint) error
+	// seen identifies the file as this store last read or wrote it.
+	seen fileID
+}
+
+// fileID tells whether another process replaced the file: every Save
+// renames a new file into place.
+type fileID struct {
+	exists bool
+	ino    uint64
+	size   int64
+	mtime  int64
+}
+
+func (s *Store) stat() (fileID, error) {
+	fi, err := os.Stat(s.Path())
+	if errors.Is(err, fs.ErrNotExist) {
+		return fileID{}, nil
+	}
+	if err != nil {
+		return fileID{}, fmt.Errorf("stat checkpoint %s: %w", s.Path(), err)
+	}
+	id := fileID{exists: true, size: fi.Size(), mtime: fi.ModTime().UnixNano()}
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+		id.ino = st.Ino
+	}
+	return id, nil
+}
+
+// Changed reports whether the file is no longer the one this store last
+// read or wrote, e.g. because another plugin instance (during a rolling
+// update) wrote it.
+func (s *Store) Changed() (bool, error) {
+	id, err := s.stat()
+	return id != s.seen, err
 }
 
 // StoreOption configures a Store.
@@ -82,8 +117,13 @@ func (s *Store) Path() string { return filepath.Join(s.dir, FileName) }
 // of older versions are upgraded in memory (the next Save writes them in
 // the current version).
 func (s *Store) Load() (*Checkpoint, error) {
+	id, err := s.stat()
+	if err != nil {
+		return nil, err
+	}
 	data, err := os.ReadFile(s.Path())
 	if errors.Is(err, fs.ErrNotExist) {
+		s.seen = fileID{}
 		return New(), nil
 	}
 	if err != nil {
@@ -93,6 +133,7 @@ func (s *Store) Load() (*Checkpoint, error) {
 	if err != nil {
 		return nil, fmt.Errorf("checkpoint %s: %w", s.Path(), err)
 	}
+	s.seen = id
 	return cp, nil
 }
 
@@ -186,5 +227,33 @@ func (s *Store) Save(cp *Checkpoint) error {
 	if err := dir.Sync(); err != nil {
 		return fmt.Errorf("sync checkpoint directory %s: %w", s.dir, err)
 	}
-	return nil
+	s.seen, err = s.stat()
+	return err
+}
+
+// LockFileName is the lock file in the state directory.
+const LockFileName = "lock"
+
+// Lock takes an exclusive lock on the state directory, waiting for it,
+// and returns the function that releases it. Plugin instances on one node
+// (an old and a new one during a rolling update) hold it around every
+// change to the checkpoint and the devices it records, so that neither
+// writes from a stale copy.
+func (s *Store) Lock() (func(), error) {
+	f, err := os.OpenFile(filepath.Join(s.dir, LockFileName), os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("open state lock: %w", err)
+	}
+	for {
+		err = syscall.Flock(int(f.Fd()), syscall.LOCK_EX)
+		if !errors.Is(err, syscall.EINTR) {
+			break
+		}
+	}
+	if err != nil {
+		_ = f.Close()
+		return nil, fmt.Errorf("lock state directory %s: %w", s.dir, err)
+	}
+	// Closing the file releases the lock.
+	return func() { _ = f.Close() }, nil
 }

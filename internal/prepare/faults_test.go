@@ -136,3 +136,43 @@ func TestMissingCheckpointWithMIGInstancesRefusesStart(t *testing.T) {
 		t.Errorf("with the override, MIG instances no claim owns are destroyed; left %v", st.MIG)
 	}
 }
+
+// TestTwoInstancesShareTheCheckpoint: during a rolling update an old and a
+// new plugin instance serve one node. Each change happens under the state
+// directory's lock on the checkpoint as the other left it, so neither
+// overwrites the other's claims from a stale copy.
+func TestTwoInstancesShareTheCheckpoint(t *testing.T) {
+	_, ctx := ktesting.NewTestContext(t)
+	e := newTestEnv(t, "dgxh200", 2)
+	oldP := e.mustPreparer(ctx)
+	a := makeClaim("a").device("m", "gpu-0-mig-1g18gb-0").obj()
+	if res := oldP.Prepare(ctx, a); res.Err != nil {
+		t.Fatal(res.Err)
+	}
+	newP := e.mustPreparer(ctx)
+	b := makeClaim("b").share("s", "gpu-1-shared", "1Gi", "10", "b").obj()
+	if res := newP.Prepare(ctx, b); res.Err != nil {
+		t.Fatal(res.Err)
+	}
+	c := makeClaim("c").device("m", "gpu-0-mig-1g18gb-1").obj()
+	if res := oldP.Prepare(ctx, c); res.Err != nil {
+		t.Fatal(res.Err)
+	}
+	if diff := cmp.Diff([]string{"a", "b", "c"}, sortedKeys(e.state().Claims)); diff != "" {
+		t.Fatalf("claims after prepares by both instances (-want +got):\n%s", diff)
+	}
+	// The new instance unprepares what the old one prepared, and the old
+	// one what the new one prepared.
+	if err := newP.Unprepare(ctx, ref(a)); err != nil {
+		t.Fatal(err)
+	}
+	if err := oldP.Unprepare(ctx, ref(b)); err != nil {
+		t.Fatal(err)
+	}
+	if err := newP.Unprepare(ctx, ref(c)); err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(e.cleanState(), e.state(), cmpopts.EquateEmpty()); diff != "" {
+		t.Errorf("node after both instances unprepared everything (-want +got):\n%s", diff)
+	}
+}

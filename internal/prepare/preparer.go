@@ -170,6 +170,13 @@ func New(ctx context.Context, opts ...Option) (*Preparer, error) {
 	if p.store, err = checkpoint.NewStore(p.stateDir, p.checkpointOpts...); err != nil {
 		return nil, err
 	}
+	// Held through reconciling: another plugin instance (a rolling
+	// update) may be serving claims meanwhile.
+	unlock, err := p.store.Lock()
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
 	exists, err := p.store.Exists()
 	if err != nil {
 		return nil, err
@@ -273,6 +280,11 @@ func (p *Preparer) Unprepare(ctx context.Context, claim kubeletplugin.Namespaced
 func (p *Preparer) prepare(ctx context.Context, claim *resourceapi.ResourceClaim) (kubeletplugin.PrepareResult, string, error) {
 	uid := string(claim.UID)
 	defer p.claims.lock(uid)()
+	unlock, err := p.lockState()
+	if err != nil {
+		return kubeletplugin.PrepareResult{}, "none", err
+	}
+	defer unlock()
 	if c := p.claim(uid); c != nil {
 		if c.State == checkpoint.PrepareCompleted {
 			return result(c), kindOf(c), nil
@@ -422,6 +434,11 @@ func (p *Preparer) daemon(c *checkpoint.Claim) (sharing.Daemon, bool) {
 
 func (p *Preparer) unprepare(ctx context.Context, uid string) (string, error) {
 	defer p.claims.lock(uid)()
+	unlock, err := p.lockState()
+	if err != nil {
+		return "none", err
+	}
+	defer unlock()
 	c := p.claim(uid)
 	if c == nil {
 		return "none", nil
@@ -589,6 +606,29 @@ func (p *Preparer) sharedByOthers(uid, gpuUUID, strategy string) bool {
 		}
 	}
 	return false
+}
+
+// lockState locks the state directory against other plugin instances and
+// rereads the checkpoint if one of them changed it.
+func (p *Preparer) lockState() (func(), error) {
+	unlock, err := p.store.Lock()
+	if err != nil {
+		return nil, err
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	changed, err := p.store.Changed()
+	if err == nil && changed {
+		var cp *checkpoint.Checkpoint
+		if cp, err = p.store.Load(); err == nil {
+			p.cp = cp
+		}
+	}
+	if err != nil {
+		unlock()
+		return nil, fmt.Errorf("reread checkpoint another plugin instance changed: %w", err)
+	}
+	return unlock, nil
 }
 
 // claim returns a copy of the claim's checkpoint entry, nil when unknown.

@@ -17,6 +17,12 @@ import (
 // daemon gets the claim's limits again. It returns the UIDs of the claims
 // whose daemon was restarted.
 func (p *Preparer) SyncMPS(ctx context.Context) ([]string, error) {
+	return p.syncMPS(ctx, true)
+}
+
+// syncMPS is SyncMPS; lock says whether to take the state lock (start-up
+// holds it already).
+func (p *Preparer) syncMPS(ctx context.Context, lock bool) ([]string, error) {
 	daemons, err := p.mps.List(ctx)
 	if err != nil {
 		return nil, err
@@ -27,7 +33,7 @@ func (p *Preparer) SyncMPS(ctx context.Context) ([]string, error) {
 		if daemons[uid] {
 			continue
 		}
-		started, err := p.restartDaemon(ctx, uid)
+		started, err := p.restartDaemon(ctx, uid, lock)
 		if err != nil {
 			errs = append(errs, err)
 		}
@@ -40,8 +46,15 @@ func (p *Preparer) SyncMPS(ctx context.Context) ([]string, error) {
 
 // restartDaemon starts the claim's daemon under the claim's lock, so that
 // a concurrent unprepare cannot leave a daemon behind.
-func (p *Preparer) restartDaemon(ctx context.Context, uid string) (bool, error) {
+func (p *Preparer) restartDaemon(ctx context.Context, uid string, lock bool) (bool, error) {
 	defer p.claims.lock(uid)()
+	if lock {
+		unlock, err := p.lockState()
+		if err != nil {
+			return false, err
+		}
+		defer unlock()
+	}
 	c := p.claim(uid)
 	if c == nil || c.State != checkpoint.PrepareCompleted {
 		return false, nil
