@@ -16,6 +16,7 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 	"k8s.io/apimachinery/pkg/api/resource"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
@@ -47,6 +48,8 @@ type options struct {
 	disableSharing bool
 	rediscover     time.Duration
 	mpsShmSize     resource.QuantityValue
+	podUID         string
+	allowNoCP      bool
 }
 
 func (o *options) addFlags(fs *pflag.FlagSet) {
@@ -67,6 +70,8 @@ func (o *options) addRunFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.metricsAddress, "metrics-address", "", "address of the Prometheus /metrics endpoint, e.g. :8080; empty disables it")
 	fs.IntVar(&o.healthPort, "healthcheck-port", -1, "port of the gRPC health endpoint for probes, e.g. 51515; negative disables it")
 	fs.DurationVar(&o.rediscover, "rediscover-interval", 30*time.Second, "how often GPUs are rediscovered to republish changed slices")
+	fs.StringVar(&o.podUID, "pod-uid", "", "UID of the plugin's own pod (from the downward API), which lets an old and a new plugin run side by side during a rolling update")
+	fs.BoolVar(&o.allowNoCP, "allow-missing-checkpoint", false, "start although the checkpoint is missing and MIG instances exist; destroys every MIG instance no claim owns")
 	o.mpsShmSize.Quantity = *resource.NewQuantity(sharing.DefaultShmSize, resource.BinarySI)
 	fs.Var(&o.mpsShmSize, "mps-shm-size", "size of each MPS-shared claim's /dev/shm, an in-memory tmpfs of its own")
 }
@@ -211,15 +216,17 @@ func run(ctx context.Context, o *options) error {
 		RegistrarDir:       o.registrarDir,
 		Slices:             o.sliceOptions(),
 		RediscoverInterval: o.rediscover,
+		PodUID:             types.UID(o.podUID),
 	}, plugin.NodeOptions{
-		CDIRoot:         o.cdiRoot,
-		StateDir:        o.stateDir,
-		DriverRoot:      o.driverRoot,
-		MetricsAddress:  o.metricsAddress,
-		HealthPort:      o.healthPort,
-		SimulatedDriver: strings.HasPrefix(o.nvml, "mock:"),
-		MPSLauncher:     launcher,
-		MPSShmSize:      o.mpsShmSize.Value(),
+		CDIRoot:                o.cdiRoot,
+		StateDir:               o.stateDir,
+		DriverRoot:             o.driverRoot,
+		MetricsAddress:         o.metricsAddress,
+		HealthPort:             o.healthPort,
+		SimulatedDriver:        strings.HasPrefix(o.nvml, "mock:"),
+		MPSLauncher:            launcher,
+		MPSShmSize:             o.mpsShmSize.Value(),
+		AllowMissingCheckpoint: o.allowNoCP,
 	})
 }
 

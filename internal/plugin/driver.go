@@ -37,9 +37,13 @@ type Options struct {
 	// RediscoverInterval is how often the inventory is read again to
 	// republish slices when it changed (GPU lost, MIG mode changed).
 	RediscoverInterval time.Duration
-	// Preparer prepares and unprepares claims; nil answers every claim with
-	// an error.
+	// Preparer prepares and unprepares claims (required).
 	Preparer Preparer
+	// PodUID, when set, is the UID of the plugin's own pod: the kubelet
+	// plugin helper then registers under a name of its own, so that an old
+	// and a new instance can run side by side during a rolling update
+	// (their gRPC calls are serialised through a lock file).
+	PodUID types.UID
 	// Health, when set, supplies the taints of unhealthy GPUs' devices; the
 	// slices are republished whenever they change.
 	Health HealthSource
@@ -79,6 +83,9 @@ func Run(ctx context.Context, opts Options) error {
 	if opts.RediscoverInterval <= 0 {
 		opts.RediscoverInterval = 30 * time.Second
 	}
+	if opts.Preparer == nil {
+		return errors.New("kubelet plugin: no preparer")
+	}
 	d := &Driver{opts: opts, cancel: cancel}
 
 	node, err := opts.NVML.Discover(ctx)
@@ -87,13 +94,17 @@ func Run(ctx context.Context, opts Options) error {
 	}
 	logger.Info("Discovered GPUs", "count", len(node.GPUs), "driverVersion", node.DriverVersion)
 
-	helper, err := kubeletplugin.Start(ctx, d,
+	helperOpts := []kubeletplugin.Option{
 		kubeletplugin.DriverName(gpuapi.DriverName),
 		kubeletplugin.NodeName(opts.NodeName),
 		kubeletplugin.KubeClient(opts.KubeClient),
 		kubeletplugin.PluginDataDirectoryPath(opts.PluginDataDir),
 		kubeletplugin.RegistrarDirectoryPath(opts.RegistrarDir),
-	)
+	}
+	if opts.PodUID != "" {
+		helperOpts = append(helperOpts, kubeletplugin.RollingUpdate(opts.PodUID))
+	}
+	helper, err := kubeletplugin.Start(ctx, d, helperOpts...)
 	if err != nil {
 		return fmt.Errorf("start kubelet plugin: %w", err)
 	}
@@ -101,6 +112,10 @@ func Run(ctx context.Context, opts Options) error {
 	defer helper.Stop()
 
 	if err := d.publish(ctx, node); err != nil {
+		if ctx.Err() != nil {
+			// Stopped while starting: not a failure to publish.
+			return stopCause(ctx)
+		}
 		return err
 	}
 	ticker := time.NewTicker(opts.RediscoverInterval)
@@ -112,10 +127,7 @@ func Run(ctx context.Context, opts Options) error {
 	for {
 		select {
 		case <-ctx.Done():
-			if cause := context.Cause(ctx); cause != nil && !errors.Is(cause, context.Canceled) {
-				return cause
-			}
-			return nil
+			return stopCause(ctx)
 		case <-ticker.C:
 			node, err := opts.NVML.Discover(ctx)
 			if err != nil {
@@ -162,10 +174,6 @@ func (d *Driver) publish(ctx context.Context, node inventory.Node) error {
 func (d *Driver) PrepareResourceClaims(ctx context.Context, claims []*resourceapi.ResourceClaim) (map[types.UID]kubeletplugin.PrepareResult, error) {
 	out := make(map[types.UID]kubeletplugin.PrepareResult, len(claims))
 	for _, claim := range claims {
-		if d.opts.Preparer == nil {
-			out[claim.UID] = kubeletplugin.PrepareResult{Err: errNoPreparer}
-			continue
-		}
 		out[claim.UID] = d.opts.Preparer.Prepare(ctx, claim)
 	}
 	return out, nil
@@ -175,16 +183,10 @@ func (d *Driver) PrepareResourceClaims(ctx context.Context, claims []*resourceap
 func (d *Driver) UnprepareResourceClaims(ctx context.Context, claims []kubeletplugin.NamespacedObject) (map[types.UID]error, error) {
 	out := make(map[types.UID]error, len(claims))
 	for _, claim := range claims {
-		if d.opts.Preparer == nil {
-			out[claim.UID] = nil // nothing was ever prepared
-			continue
-		}
 		out[claim.UID] = d.opts.Preparer.Unprepare(ctx, claim)
 	}
 	return out, nil
 }
-
-var errNoPreparer = errors.New("preparing devices is not implemented by this build of the Tessera kubelet plugin")
 
 // HandleError is called by the helper for errors in background work such as
 // slice publication. Recoverable errors are logged; any other stops the
@@ -202,4 +204,13 @@ func (d *Driver) HandleError(ctx context.Context, err error, msg string) {
 // WatchHealthStatus is not used: device health is published as device taints.
 func (d *Driver) WatchHealthStatus(ctx context.Context, reports chan<- kubeletplugin.DeviceHealthReport) error {
 	return kubeletplugin.ErrHealthNotSupported
+}
+
+// stopCause is nil when ctx was cancelled plainly (shutdown), else the
+// background error that stopped the plugin.
+func stopCause(ctx context.Context) error {
+	if cause := context.Cause(ctx); cause != nil && !errors.Is(cause, context.Canceled) {
+		return cause
+	}
+	return nil
 }

@@ -89,6 +89,7 @@ func TestPublishesAndRepublishesOnInventoryChange(t *testing.T) {
 			NodeName:           "n1",
 			KubeClient:         client,
 			NVML:               nvml,
+			Preparer:           &fakePreparer{},
 			PluginDataDir:      t.TempDir(),
 			RegistrarDir:       t.TempDir(),
 			RediscoverInterval: 20 * time.Millisecond,

@@ -51,7 +51,7 @@ func TestRepublishesOnHealthChange(t *testing.T) {
 	done := make(chan error, 1)
 	go func() {
 		done <- plugin.Run(ctx, plugin.Options{
-			NodeName: "n1", KubeClient: client, NVML: lib, Health: health,
+			NodeName: "n1", KubeClient: client, NVML: lib, Health: health, Preparer: &fakePreparer{},
 			PluginDataDir: t.TempDir(), RegistrarDir: t.TempDir(), RediscoverInterval: time.Hour,
 		})
 	}()

@@ -30,6 +30,10 @@ type NodeOptions struct {
 	// MPSLauncher starts MPS daemons with a private /dev/shm, e.g. this
 	// binary's "mps-launch" subcommand; empty starts them directly.
 	MPSLauncher []string
+	// AllowMissingCheckpoint lets start-up go on without a checkpoint
+	// although MIG instances exist, destroying them (see
+	// prepare.WithMissingCheckpointAllowed).
+	AllowMissingCheckpoint bool
 	// MPSShmSize is the size in bytes of each claim's MPS /dev/shm (a
 	// tmpfs); 0 takes the default.
 	MPSShmSize int64
@@ -55,6 +59,9 @@ func RunNode(ctx context.Context, opts Options, node NodeOptions) error {
 	}
 	if len(node.MPSLauncher) > 0 {
 		prepOpts = append(prepOpts, prepare.WithMPSLauncher(node.MPSLauncher...))
+	}
+	if node.AllowMissingCheckpoint {
+		prepOpts = append(prepOpts, prepare.WithMissingCheckpointAllowed())
 	}
 	if node.MPSShmSize > 0 {
 		prepOpts = append(prepOpts, prepare.WithMPSShmSize(node.MPSShmSize))

@@ -13,20 +13,14 @@ import (
 	"github.com/tessera-gpu/tessera/pkg/partition"
 )
 
-// deviceConfig is the configuration that applies to one allocated device:
-// at most one GPUConfig (whole and shared GPUs) or MIGConfig (partitions).
-type deviceConfig struct {
-	gpu *configapi.GPUConfig
-	mig *configapi.MIGConfig
-}
 
 // resolveConfig returns, for each of the claim's results (by index), the
 // configuration that applies to it. DeviceClass configuration applies before
 // the claim's own, and within each, later entries win, so that a claim can
 // override what its class sets. A config entry that names requests must fit
 // their devices; one that names none applies to the devices it fits.
-func resolveConfig(alloc *resourceapi.AllocationResult, results []resourceapi.DeviceRequestAllocationResult, kinds []partition.Kind) ([]deviceConfig, error) {
-	out := make([]deviceConfig, len(results))
+func resolveConfig(alloc *resourceapi.AllocationResult, results []resourceapi.DeviceRequestAllocationResult, kinds []partition.Kind) ([]*configapi.GPUConfig, error) {
+	out := make([]*configapi.GPUConfig, len(results))
 	type entry struct {
 		index int
 		cfg   resourceapi.DeviceAllocationConfiguration
@@ -72,7 +66,7 @@ func resolveConfig(alloc *resourceapi.AllocationResult, results []resourceapi.De
 				if e.cfg.Source == resourceapi.AllocationConfigSourceClass && cfg.AllowClaimSharing {
 					classAllowsSharing[i] = true
 				}
-				out[i].gpu = cfg
+				out[i] = cfg
 			case *configapi.MIGConfig:
 				if kinds[i] != partition.KindMIG {
 					if len(e.cfg.Requests) > 0 {
@@ -80,7 +74,8 @@ func resolveConfig(alloc *resourceapi.AllocationResult, results []resourceapi.De
 					}
 					continue
 				}
-				out[i].mig = cfg
+				// A MIGConfig is decoded and validated; nothing of it
+				// changes how a partition is prepared.
 			}
 		}
 	}

@@ -59,8 +59,8 @@ func (p *Preparer) plan(claim *resourceapi.ResourceClaim) ([]checkpoint.Device, 
 			GPUIndex: info.gpu.Index, GPUUUID: info.gpu.UUID, GPUMinor: info.gpu.Minor,
 		}
 		var sharing *configapi.Sharing
-		if configs[i].gpu != nil {
-			sharing = configs[i].gpu.Sharing
+		if configs[i] != nil {
+			sharing = configs[i].Sharing
 		}
 		switch info.device.Kind {
 		case partition.KindMIG:
