@@ -47,6 +47,9 @@ type Options struct {
 	// Health, when set, supplies the taints of unhealthy GPUs' devices; the
 	// slices are republished whenever they change.
 	Health HealthSource
+	// Ready, when set, is called once the kubelet has registered the
+	// plugin and its slices are published: only then can it serve pods.
+	Ready func()
 }
 
 // HealthSource reports device taints of unhealthy GPUs.
@@ -120,6 +123,11 @@ func Run(ctx context.Context, opts Options) error {
 	}
 	ticker := time.NewTicker(opts.RediscoverInterval)
 	defer ticker.Stop()
+	// Registration happens when the kubelet gets to it; until then the
+	// plugin is not ready, and is checked for it often.
+	readyCheck := time.NewTicker(200 * time.Millisecond)
+	defer readyCheck.Stop()
+	d.checkReady(ctx, readyCheck)
 	var healthChanged <-chan struct{}
 	if opts.Health != nil {
 		healthChanged = opts.Health.Changed()
@@ -137,11 +145,27 @@ func Run(ctx context.Context, opts Options) error {
 			if err := d.publish(ctx, node); err != nil {
 				logger.Error(err, "Republishing slices failed")
 			}
+		case <-readyCheck.C:
+			d.checkReady(ctx, readyCheck)
 		case <-healthChanged:
 			if err := d.publish(ctx, *d.published); err != nil {
 				logger.Error(err, "Republishing slices with changed device health failed")
 			}
 		}
+	}
+}
+
+// checkReady reports readiness once the kubelet has registered the plugin
+// (slices are published before the loop starts) and stops the ticker.
+func (d *Driver) checkReady(ctx context.Context, ticker *time.Ticker) {
+	status := d.helper.RegistrationStatus()
+	if status == nil || !status.PluginRegistered {
+		return
+	}
+	ticker.Stop()
+	klog.FromContext(ctx).Info("Registered with the kubelet and published; ready")
+	if d.opts.Ready != nil {
+		d.opts.Ready()
 	}
 }
 

@@ -88,8 +88,10 @@ func RunNode(ctx context.Context, opts Options, node NodeOptions) error {
 		services = append(services, func(ctx context.Context) error { return m.Serve(ctx, node.MetricsAddress) })
 	}
 	if node.HealthPort >= 0 {
+		// NOT_SERVING until the kubelet registered the plugin and the
+		// slices are published, so that a rolling update waits for it.
 		probe := health.NewProbe()
-		probe.SetServing(true)
+		opts.Ready = func() { probe.SetServing(true) }
 		services = append(services, func(ctx context.Context) error { return probe.Serve(ctx, fmt.Sprintf(":%d", node.HealthPort)) })
 	}
 	var wg sync.WaitGroup
