@@ -208,3 +208,17 @@ func TestXIDInAMIGInstanceTaintsOnlyItsDevice(t *testing.T) {
 	f.clock.Step(policy.RecoverAfter)
 	poll(t, ctx, func() bool { return len(m.Taints()) == 0 })
 }
+
+// TestXIDOfALostGPUDoesNotStopWatching: an XID from a GPU whose UUID can
+// no longer be read (it fell off the bus) does not stop XID watching for
+// the other GPUs; the lost GPU is tainted by the health check.
+func TestXIDOfALostGPUDoesNotStopWatching(t *testing.T) {
+	policy := Policy{IgnoredXIDs: DefaultIgnoredXIDs, CheckInterval: time.Second}
+	ctx, f := start(t, policy)
+	f.server.SetLost(0, true)
+	f.server.InjectXID(0, 79, 0xFFFFFFFF, 0xFFFFFFFF)
+	f.server.InjectXID(2, 79, 0xFFFFFFFF, 0xFFFFFFFF)
+	poll(t, ctx, func() bool { return taintValues(f.monitor)["gpu-2"] == "xid-79" })
+	f.clock.Step(time.Second)
+	poll(t, ctx, func() bool { return taintValues(f.monitor)["gpu-0"] == "gpu-lost" })
+}
