@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"reflect"
+	"sync"
 	"time"
 
 	resourceapi "k8s.io/api/resource/v1"
@@ -70,8 +71,15 @@ type Driver struct {
 	helper *kubeletplugin.Helper
 	// published is the inventory last published, to republish only on change.
 	published *inventory.Node
+
+	// mu guards what the kubelet's health watch reads.
+	mu sync.Mutex
 	// publishedTaints are the health taints last published.
 	publishedTaints map[string][]resourceapi.DeviceTaint
+	// devices are the device names last published.
+	devices []string
+	// healthChanged is closed (and replaced) when publishedTaints change.
+	healthChanged chan struct{}
 	// cancel stops the process when a background error cannot be recovered.
 	cancel context.CancelCauseFunc
 }
@@ -89,7 +97,7 @@ func Run(ctx context.Context, opts Options) error {
 	if opts.Preparer == nil {
 		return errors.New("kubelet plugin: no preparer")
 	}
-	d := &Driver{opts: opts, cancel: cancel}
+	d := &Driver{opts: opts, cancel: cancel, healthChanged: make(chan struct{})}
 
 	node, err := opts.NVML.Discover(ctx)
 	if err != nil {
@@ -176,19 +184,30 @@ func (d *Driver) publish(ctx context.Context, node inventory.Node) error {
 	if d.opts.Health != nil {
 		opts.Taints = d.opts.Health.Taints()
 	}
-	if d.published != nil && reflect.DeepEqual(*d.published, node) && reflect.DeepEqual(d.publishedTaints, opts.Taints) {
+	d.mu.Lock()
+	unchanged := d.published != nil && reflect.DeepEqual(*d.published, node) && reflect.DeepEqual(d.publishedTaints, opts.Taints)
+	d.mu.Unlock()
+	if unchanged {
 		return nil
 	}
 	res := resourceslice.Build(d.opts.NodeName, node, opts)
 	if err := d.helper.PublishResources(ctx, res); err != nil {
 		return fmt.Errorf("publish resource slices: %w", err)
 	}
-	d.published = &node
-	d.publishedTaints = opts.Taints
-	devices := 0
+	var names []string
 	for _, s := range res.Pools[d.opts.NodeName].Slices {
-		devices += len(s.Devices)
+		for _, dev := range s.Devices {
+			names = append(names, dev.Name)
+		}
 	}
+	devices := len(names)
+	d.published = &node
+	d.mu.Lock()
+	d.publishedTaints = opts.Taints
+	d.devices = names
+	close(d.healthChanged)
+	d.healthChanged = make(chan struct{})
+	d.mu.Unlock()
 	klog.FromContext(ctx).Info("Published resource slices", "gpus", len(node.GPUs), "devices", devices, "slices", len(res.Pools[d.opts.NodeName].Slices))
 	return nil
 }
@@ -223,11 +242,6 @@ func (d *Driver) HandleError(ctx context.Context, err error, msg string) {
 	}
 	logger.Error(err, msg, "fatal", true)
 	d.cancel(fmt.Errorf("%s: %w", msg, err))
-}
-
-// WatchHealthStatus is not used: device health is published as device taints.
-func (d *Driver) WatchHealthStatus(ctx context.Context, reports chan<- kubeletplugin.DeviceHealthReport) error {
-	return kubeletplugin.ErrHealthNotSupported
 }
 
 // stopCause is nil when ctx was cancelled plainly (shutdown), else the

@@ -29,12 +29,3 @@ func TestHandleErrorStopsOnlyOnFatalErrors(t *testing.T) {
 		t.Errorf("after a fatal error the plugin stops with %v, want the error and what was being done", err)
 	}
 }
-
-// TestWatchHealthStatusIsNotSupported: health goes into device taints; the
-// kubelet is told so, and does not wait for health reports.
-func TestWatchHealthStatusIsNotSupported(t *testing.T) {
-	_, ctx := ktesting.NewTestContext(t)
-	if err := (&Driver{}).WatchHealthStatus(ctx, make(chan kubeletplugin.DeviceHealthReport)); !errors.Is(err, kubeletplugin.ErrHealthNotSupported) {
-		t.Errorf("WatchHealthStatus = %v, want ErrHealthNotSupported", err)
-	}
-}
