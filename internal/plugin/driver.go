@@ -11,11 +11,13 @@ import (
 	"sync"
 	"time"
 
+	"google.golang.org/grpc"
 	resourceapi "k8s.io/api/resource/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/dynamic-resource-allocation/kubeletplugin"
 	"k8s.io/klog/v2"
+	registerapi "k8s.io/kubelet/pkg/apis/pluginregistration/v1"
 
 	gpuapi "github.com/tessera-gpu/tessera/api/gpu"
 	tnvml "github.com/tessera-gpu/tessera/internal/nvml"
@@ -115,6 +117,10 @@ func Run(ctx context.Context, opts Options) error {
 	if opts.PodUID != "" {
 		helperOpts = append(helperOpts, kubeletplugin.RollingUpdate(opts.PodUID))
 	}
+	// The helper's RegistrationStatus is not safe to poll while the kubelet
+	// registers; watching the kubelet's call is.
+	registered := make(chan struct{})
+	helperOpts = append(helperOpts, kubeletplugin.GRPCInterceptor(registrationWatch(registered)))
 	helper, err := kubeletplugin.Start(ctx, d, helperOpts...)
 	if err != nil {
 		return fmt.Errorf("start kubelet plugin: %w", err)
@@ -131,11 +137,9 @@ func Run(ctx context.Context, opts Options) error {
 	}
 	ticker := time.NewTicker(opts.RediscoverInterval)
 	defer ticker.Stop()
-	// Registration happens when the kubelet gets to it; until then the
-	// plugin is not ready, and is checked for it often.
-	readyCheck := time.NewTicker(200 * time.Millisecond)
-	defer readyCheck.Stop()
-	d.checkReady(ctx, readyCheck)
+	// Registration happens when the kubelet gets to it; the slices are
+	// published by now.
+	notReady := registered
 	var healthChanged <-chan struct{}
 	if opts.Health != nil {
 		healthChanged = opts.Health.Changed()
@@ -153,8 +157,12 @@ func Run(ctx context.Context, opts Options) error {
 			if err := d.publish(ctx, node); err != nil {
 				logger.Error(err, "Republishing slices failed")
 			}
-		case <-readyCheck.C:
-			d.checkReady(ctx, readyCheck)
+		case <-notReady:
+			notReady = nil
+			logger.Info("Registered with the kubelet and published; ready")
+			if opts.Ready != nil {
+				opts.Ready()
+			}
 		case <-healthChanged:
 			if err := d.publish(ctx, *d.published); err != nil {
 				logger.Error(err, "Republishing slices with changed device health failed")
@@ -163,17 +171,16 @@ func Run(ctx context.Context, opts Options) error {
 	}
 }
 
-// checkReady reports readiness once the kubelet has registered the plugin
-// (slices are published before the loop starts) and stops the ticker.
-func (d *Driver) checkReady(ctx context.Context, ticker *time.Ticker) {
-	status := d.helper.RegistrationStatus()
-	if status == nil || !status.PluginRegistered {
-		return
-	}
-	ticker.Stop()
-	klog.FromContext(ctx).Info("Registered with the kubelet and published; ready")
-	if d.opts.Ready != nil {
-		d.opts.Ready()
+// registrationWatch closes registered when the kubelet reports that it
+// registered the plugin.
+func registrationWatch(registered chan struct{}) grpc.UnaryServerInterceptor {
+	var once sync.Once
+	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+		resp, err := handler(ctx, req)
+		if status, ok := req.(*registerapi.RegistrationStatus); ok && err == nil && status.PluginRegistered {
+			once.Do(func() { close(registered) })
+		}
+		return resp, err
 	}
 }
 
