@@ -13,7 +13,6 @@ import (
 	"github.com/tessera-gpu/tessera/pkg/partition"
 )
 
-
 // resolveConfig returns, for each of the claim's results (by index), the
 // configuration that applies to it. DeviceClass configuration applies before
 // the claim's own, and within each, later entries win, so that a claim can
