@@ -102,8 +102,11 @@ func Run(ctx context.Context, opts Options) error {
 	d := &Driver{opts: opts, cancel: cancel, healthChanged: make(chan struct{})}
 
 	node, err := opts.NVML.Discover(ctx)
-	if err != nil {
+	if tnvml.Usable(err) != nil {
 		return fmt.Errorf("discover GPUs: %w", err)
+	}
+	if err != nil {
+		logger.Error(err, "Some GPUs are lost; publishing the others")
 	}
 	logger.Info("Discovered GPUs", "count", len(node.GPUs), "driverVersion", node.DriverVersion)
 
@@ -150,9 +153,15 @@ func Run(ctx context.Context, opts Options) error {
 			return stopCause(ctx)
 		case <-ticker.C:
 			node, err := opts.NVML.Discover(ctx)
-			if err != nil {
+			if tnvml.Usable(err) != nil {
 				logger.Error(err, "Rediscovering GPUs failed; keeping the published slices")
 				continue
+			}
+			if err != nil {
+				// A GPU lost since it was published stays published (its
+				// devices may be allocated, and hiding them would free
+				// their counters); the health monitor taints it.
+				node = keepLost(node, d.published, err)
 			}
 			if err := d.publish(ctx, node); err != nil {
 				logger.Error(err, "Republishing slices failed")
@@ -169,6 +178,21 @@ func Run(ctx context.Context, opts Options) error {
 			}
 		}
 	}
+}
+
+// keepLost adds to node the published GPUs that discovery failed on.
+func keepLost(node inventory.Node, published *inventory.Node, err error) inventory.Node {
+	var partial *tnvml.PartialError
+	if published == nil || !errors.As(err, &partial) {
+		return node
+	}
+	for _, gpu := range published.GPUs {
+		if _, lost := partial.Failed[gpu.Index]; lost {
+			node.GPUs = append(node.GPUs, gpu)
+		}
+	}
+	node.Sort()
+	return node
 }
 
 // registrationWatch closes registered when the kubelet reports that it

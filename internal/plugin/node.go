@@ -77,7 +77,7 @@ func RunNode(ctx context.Context, opts Options, node NodeOptions) error {
 	}
 	if h, ok := opts.NVML.(tnvml.Health); ok {
 		inv, err := opts.NVML.Discover(ctx)
-		if err != nil {
+		if err := tnvml.Usable(err); err != nil {
 			return fmt.Errorf("discover GPUs: %w", err)
 		}
 		monitor := health.New(h, inv, health.WithMetrics(m), health.WithMIGDevices(preparer.MIGDeviceName))

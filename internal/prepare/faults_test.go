@@ -176,3 +176,35 @@ func TestTwoInstancesShareTheCheckpoint(t *testing.T) {
 		t.Errorf("node after both instances unprepared everything (-want +got):\n%s", diff)
 	}
 }
+
+// TestLostGPUDoesNotStopTheNode: a GPU that fell off the bus does not stop
+// the plugin from starting; the other GPUs are prepared as before, and a
+// claim on the lost GPU can be unprepared.
+func TestLostGPUDoesNotStopTheNode(t *testing.T) {
+	_, ctx := ktesting.NewTestContext(t)
+	e := newTestEnv(t, "dgxh200", 2)
+	p := e.mustPreparer(ctx)
+	onLost := makeClaim("lost").device("m", "gpu-1-mig-1g18gb-0").share("s", "gpu-1-shared", "1Gi", "10", "l").obj()
+	if res := p.Prepare(ctx, onLost); res.Err != nil {
+		t.Fatal(res.Err)
+	}
+	e.server.SetLost(1, true)
+
+	restarted, err := e.preparer(ctx)
+	if err != nil {
+		t.Fatalf("start with a lost GPU: %v", err)
+	}
+	other := makeClaim("other").share("s", "gpu-0-shared", "1Gi", "10", "o").obj()
+	if res := restarted.Prepare(ctx, other); res.Err != nil {
+		t.Fatalf("prepare on the healthy GPU: %v", res.Err)
+	}
+	if res := restarted.Prepare(ctx, makeClaim("new").device("g", "gpu-1").obj()); res.Err == nil {
+		t.Error("prepared a device of the lost GPU")
+	}
+	if err := restarted.Unprepare(ctx, ref(onLost)); err != nil {
+		t.Fatalf("unprepare a claim on the lost GPU: %v", err)
+	}
+	if diff := cmp.Diff([]string{"other"}, sortedKeys(e.state().Claims)); diff != "" {
+		t.Errorf("claims (-want +got):\n%s", diff)
+	}
+}

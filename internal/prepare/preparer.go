@@ -185,8 +185,12 @@ func New(ctx context.Context, opts ...Option) (*Preparer, error) {
 		return nil, fmt.Errorf("load checkpoint (refusing to start so that no prepared device is destroyed): %w", err)
 	}
 	node, err := p.nvml.Discover(ctx)
-	if err != nil {
+	if tnvml.Usable(err) != nil {
 		return nil, fmt.Errorf("discover GPUs: %w", err)
+	}
+	if err != nil {
+		// Claims on a lost GPU can still be unprepared; the rest serve.
+		klog.FromContext(ctx).Error(err, "Some GPUs are lost; preparing on the others")
 	}
 	if !exists {
 		if err := p.checkNoCheckpointIsNewNode(ctx, node); err != nil {
@@ -480,8 +484,12 @@ func (p *Preparer) teardown(ctx context.Context, c *checkpoint.Claim) error {
 				if isAbandoned(err) {
 					return err
 				}
-				errs = append(errs, err)
-				continue
+				if !p.gpuLost(ctx, d.GPUIndex) {
+					errs = append(errs, err)
+					continue
+				}
+				// The instance went with its GPU.
+				klog.FromContext(ctx).Error(err, "GPU of a MIG device is lost; forgetting the device", "device", d.Device, "gpu", d.GPUIndex)
 			}
 			d.MIG.Created = false
 			if err := p.update(func(cp *checkpoint.Checkpoint) { cp.Claims[c.UID].Devices[i].MIG.Created = false }); err != nil {
@@ -495,7 +503,9 @@ func (p *Preparer) teardown(ctx context.Context, c *checkpoint.Claim) error {
 			if isAbandoned(err) {
 				return err
 			}
-			errs = append(errs, err)
+			if !p.gpuLost(ctx, d.GPUIndex) {
+				errs = append(errs, err)
+			}
 		}
 	}
 	if len(errs) > 0 {
@@ -686,6 +696,17 @@ func ptrCopy[T any](v *T) *T {
 	}
 	c := *v
 	return &c
+}
+
+// gpuLost reports whether a GPU is gone: not found at start, or answering
+// that it fell off the bus. What a claim had on it went with it, so that
+// unprepare must not fail on it forever.
+func (p *Preparer) gpuLost(ctx context.Context, index int) bool {
+	if _, ok := p.gpus[index]; !ok {
+		return true
+	}
+	h, ok := p.nvml.(tnvml.Health)
+	return ok && errors.Is(h.CheckGPU(ctx, index), tnvml.ErrGPULost)
 }
 
 // sameMIG reports whether an existing instance is the recorded one: by
