@@ -38,32 +38,54 @@ type file struct {
 type Store struct {
 	dir        string
 	beforeSave func(*Checkpoint) error
-	// seen identifies the file as this store last read or wrote it.
+	// seen identifies the files as this store last read or wrote them.
 	seen fileID
+
+	// last is the checkpoint as persisted (file plus journal); nil when
+	// unknown, and then the next Save writes the whole file.
+	last *Checkpoint
+	// journal is open for appending; journalGood is its intact length.
+	journal      *os.File
+	journalGood  int64
+	records      int
+	compactEvery int
 }
 
 // fileID tells whether another process replaced the file: every Save
 // renames a new file into place.
 type fileID struct {
+	file, journal fileStat
+}
+
+type fileStat struct {
 	exists bool
 	ino    uint64
 	size   int64
 	mtime  int64
 }
 
-func (s *Store) stat() (fileID, error) {
-	fi, err := os.Stat(s.Path())
+func statFile(path string) (fileStat, error) {
+	fi, err := os.Stat(path)
 	if errors.Is(err, fs.ErrNotExist) {
-		return fileID{}, nil
+		return fileStat{}, nil
 	}
 	if err != nil {
-		return fileID{}, fmt.Errorf("stat checkpoint %s: %w", s.Path(), err)
+		return fileStat{}, fmt.Errorf("stat %s: %w", path, err)
 	}
-	id := fileID{exists: true, size: fi.Size(), mtime: fi.ModTime().UnixNano()}
-	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
-		id.ino = st.Ino
+	st := fileStat{exists: true, size: fi.Size(), mtime: fi.ModTime().UnixNano()}
+	if sys, ok := fi.Sys().(*syscall.Stat_t); ok {
+		st.ino = sys.Ino
 	}
-	return id, nil
+	return st, nil
+}
+
+func (s *Store) stat() (fileID, error) {
+	file, err := statFile(s.Path())
+	if err != nil {
+		return fileID{}, err
+	}
+	journal, err := statFile(s.journalPath())
+	return fileID{file: file, journal: journal}, err
 }
 
 // Changed reports whether the file is no longer the one this store last
@@ -89,7 +111,7 @@ func NewStore(dir string, opts ...StoreOption) (*Store, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("create checkpoint directory %s: %w", dir, err)
 	}
-	s := &Store{dir: dir}
+	s := &Store{dir: dir, compactEvery: defaultCompactEvery}
 	for _, o := range opts {
 		o(s)
 	}
@@ -100,40 +122,38 @@ func NewStore(dir string, opts ...StoreOption) (*Store, error) {
 // know: a missing checkpoint beside existing MIG instances means a changed
 // or unmounted state directory more often than a new node.
 func (s *Store) Exists() (bool, error) {
-	_, err := os.Stat(s.Path())
-	if errors.Is(err, fs.ErrNotExist) {
-		return false, nil
-	}
-	if err != nil {
-		return false, fmt.Errorf("stat checkpoint %s: %w", s.Path(), err)
-	}
-	return true, nil
+	id, err := s.stat()
+	return id.file.exists || id.journal.exists, err
 }
 
 // Path is the checkpoint file's path.
 func (s *Store) Path() string { return filepath.Join(s.dir, FileName) }
 
-// Load reads the checkpoint; a missing file is an empty checkpoint. Files
-// of older versions are upgraded in memory (the next Save writes them in
-// the current version).
+// Load reads the checkpoint and replays its journal; a missing file is an
+// empty checkpoint. Files of older versions are upgraded in memory (the
+// next compaction writes them in the current version).
 func (s *Store) Load() (*Checkpoint, error) {
+	s.closeJournal()
 	id, err := s.stat()
 	if err != nil {
 		return nil, err
 	}
+	cp := New()
 	data, err := os.ReadFile(s.Path())
-	if errors.Is(err, fs.ErrNotExist) {
-		s.seen = fileID{}
-		return New(), nil
-	}
-	if err != nil {
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+	case err != nil:
 		return nil, fmt.Errorf("read checkpoint %s: %w", s.Path(), err)
+	default:
+		if cp, err = Decode(data); err != nil {
+			return nil, fmt.Errorf("checkpoint %s: %w", s.Path(), err)
+		}
 	}
-	cp, err := Decode(data)
+	good, err := replay(s.journalPath(), cp)
 	if err != nil {
-		return nil, fmt.Errorf("checkpoint %s: %w", s.Path(), err)
+		return nil, err
 	}
-	s.seen = id
+	s.seen, s.last, s.journalGood, s.records = id, cp.DeepCopy(), good, 0
 	return cp, nil
 }
 
@@ -187,14 +207,69 @@ func Encode(cp *Checkpoint) ([]byte, error) {
 	return json.Marshal(file{Version: Version, Checksum: crc32.ChecksumIEEE(claims), Claims: claims})
 }
 
-// Save writes the checkpoint atomically: a crash at any point leaves either
-// the old or the new file, never a mix.
+// Save makes cp the persisted checkpoint: a crash at any point leaves
+// either the old or the new one, never a mix. It appends one synced record
+// of what changed to the journal; every so many records it then writes the
+// whole file atomically and empties the journal. The journal's records are
+// all in that file by then, so replaying them over it (when a crash lost
+// the emptying) changes nothing.
 func (s *Store) Save(cp *Checkpoint) error {
 	if s.beforeSave != nil {
 		if err := s.beforeSave(cp); err != nil {
 			return fmt.Errorf("write checkpoint %s: %w", s.Path(), err)
 		}
 	}
+	if s.last == nil {
+		// After a failed write: what is on disk now.
+		if err := s.reload(); err != nil {
+			return err
+		}
+	}
+	rec := diff(s.last, cp)
+	if rec == nil {
+		// Nothing changed, but an empty checkpoint must exist too: a
+		// missing one means something else at start.
+		id, err := s.stat()
+		if err != nil || id.file.exists || id.journal.exists {
+			return err
+		}
+		if err := s.writeFile(cp); err != nil {
+			return err
+		}
+		s.seen, err = s.stat()
+		return err
+	}
+	if err := s.appendRecord(rec); err != nil {
+		return err
+	}
+	s.last = cp.DeepCopy()
+	if s.records >= s.compactEvery {
+		// The change is durable already; a failed compaction is tried
+		// again on the next Save.
+		if err := s.writeFile(cp); err == nil {
+			_ = s.emptyJournal()
+		}
+	}
+	var err error
+	s.seen, err = s.stat()
+	return err
+}
+
+// reload reads what is on disk as the last persisted state.
+func (s *Store) reload() error {
+	seen := s.seen
+	if _, err := s.Load(); err != nil {
+		return err
+	}
+	// Not a read the caller saw: Changed must still report another
+	// writer's change.
+	s.seen = seen
+	return nil
+}
+
+// writeFile writes the whole checkpoint atomically: temp file, fsync,
+// rename, directory fsync.
+func (s *Store) writeFile(cp *Checkpoint) error {
 	data, err := Encode(cp)
 	if err != nil {
 		return err
@@ -219,16 +294,7 @@ func (s *Store) Save(cp *Checkpoint) error {
 		return fmt.Errorf("replace checkpoint %s: %w", s.Path(), err)
 	}
 	// The rename is only durable once the directory entry is.
-	dir, err := os.Open(s.dir)
-	if err != nil {
-		return fmt.Errorf("sync checkpoint directory %s: %w", s.dir, err)
-	}
-	defer func() { _ = dir.Close() }()
-	if err := dir.Sync(); err != nil {
-		return fmt.Errorf("sync checkpoint directory %s: %w", s.dir, err)
-	}
-	s.seen, err = s.stat()
-	return err
+	return syncDir(s.dir)
 }
 
 // LockFileName is the lock file in the state directory.
