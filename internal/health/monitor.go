@@ -11,6 +11,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"sync"
 	"time"
@@ -124,13 +125,33 @@ func New(source tnvml.Health, node inventory.Node, opts ...Option) *Monitor {
 	if m.policy.CheckInterval <= 0 {
 		m.policy.CheckInterval = 10 * time.Second
 	}
+	m.SetInventory(node)
+	return m
+}
+
+// SetInventory makes the node's current GPUs the ones checked and whose
+// devices get taints. A GPU tainted as lost that is no longer in the
+// inventory keeps its taint on the devices it had, which stay published
+// while they may be allocated.
+func (m *Monitor) SetInventory(node inventory.Node) {
+	devices := map[int][]string{}
+	var gpus []int
 	for _, gpu := range node.GPUs {
-		m.gpus = append(m.gpus, gpu.Index)
+		gpus = append(gpus, gpu.Index)
 		for _, d := range partition.Build(gpu, partition.Options{}).Devices {
-			m.devices[gpu.Index] = append(m.devices[gpu.Index], d.Name)
+			devices[gpu.Index] = append(devices[gpu.Index], d.Name)
 		}
 	}
-	return m
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for gpu, names := range m.devices {
+		if _, still := devices[gpu]; !still && m.unhealthy[gpu] != nil {
+			devices[gpu] = names
+			gpus = append(gpus, gpu)
+		}
+	}
+	slices.Sort(gpus)
+	m.gpus, m.devices = gpus, devices
 }
 
 // Changed is signalled whenever the taints change.
@@ -242,7 +263,10 @@ func (m *Monitor) check(ctx context.Context) {
 	logger := klog.FromContext(ctx)
 	now := m.clock.Now()
 	changed := false
-	for _, gpu := range m.gpus {
+	m.mu.Lock()
+	gpus := slices.Clone(m.gpus)
+	m.mu.Unlock()
+	for _, gpu := range gpus {
 		err := m.source.CheckGPU(ctx, gpu)
 		m.mu.Lock()
 		h := m.unhealthy[gpu]

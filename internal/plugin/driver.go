@@ -50,6 +50,12 @@ type Options struct {
 	// Health, when set, supplies the taints of unhealthy GPUs' devices; the
 	// slices are republished whenever they change.
 	Health HealthSource
+	// Inventory, when set, is the node as the caller discovered it at
+	// start; without it Run discovers the node itself.
+	Inventory *inventory.Node
+	// InventoryChanged, when set, is called with every changed inventory
+	// after it was published, so that everything else follows the node.
+	InventoryChanged func(inventory.Node)
 	// Ready, when set, is called once the kubelet has registered the
 	// plugin and its slices are published: only then can it serve pods.
 	Ready func()
@@ -101,12 +107,18 @@ func Run(ctx context.Context, opts Options) error {
 	}
 	d := &Driver{opts: opts, cancel: cancel, healthChanged: make(chan struct{})}
 
-	node, err := opts.NVML.Discover(ctx)
-	if tnvml.Usable(err) != nil {
-		return fmt.Errorf("discover GPUs: %w", err)
-	}
-	if err != nil {
-		logger.Error(err, "Some GPUs are lost; publishing the others")
+	var node inventory.Node
+	if opts.Inventory != nil {
+		node = *opts.Inventory
+	} else {
+		var err error
+		node, err = opts.NVML.Discover(ctx)
+		if tnvml.Usable(err) != nil {
+			return fmt.Errorf("discover GPUs: %w", err)
+		}
+		if err != nil {
+			logger.Error(err, "Some GPUs are lost; publishing the others")
+		}
 	}
 	logger.Info("Discovered GPUs", "count", len(node.GPUs), "driverVersion", node.DriverVersion)
 
@@ -163,8 +175,13 @@ func Run(ctx context.Context, opts Options) error {
 				// their counters); the health monitor taints it.
 				node = keepLost(node, d.published, err)
 			}
+			changed := d.published == nil || !reflect.DeepEqual(*d.published, node)
 			if err := d.publish(ctx, node); err != nil {
 				logger.Error(err, "Republishing slices failed")
+				continue
+			}
+			if changed && opts.InventoryChanged != nil {
+				opts.InventoryChanged(node)
 			}
 		case <-notReady:
 			notReady = nil

@@ -127,3 +127,40 @@ func TestRunNodeRefusesUnreadableCheckpoint(t *testing.T) {
 }
 
 func ptr[T any](v T) *T { return &v }
+
+// TestRunNodeDiscoversOnce: the preparer, the health monitor and the
+// publication start from one discovery of the node.
+func TestRunNodeDiscoversOnce(t *testing.T) {
+	_, ctx := ktesting.NewTestContext(t)
+	ctx, cancel := context.WithCancel(ctx)
+	lib, err := tnvml.Open(tnvml.Backend{Mock: "dgxh200", Count: 1, Seed: "n1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	counted := &countingNVML{Library: lib}
+	client := fakeClient()
+	dirs := newNodeDirs(t)
+	done := make(chan error, 1)
+	go func() {
+		done <- plugin.RunNode(ctx, plugin.Options{
+			NodeName: "n1", KubeClient: client, NVML: counted,
+			PluginDataDir: dirs.data, RegistrarDir: dirs.registrar, RediscoverInterval: time.Hour,
+		}, plugin.NodeOptions{CDIRoot: dirs.cdi, StateDir: dirs.state, HealthPort: -1, SimulatedDriver: true})
+	}()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("RunNode: %v", err)
+		}
+	})
+	err = wait.PollUntilContextTimeout(ctx, 20*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
+		n, err := publishedDevices(ctx, client)
+		return n == 27, err
+	})
+	if err != nil {
+		t.Fatalf("slices not published: %v", err)
+	}
+	if n := counted.calls.Load(); n != 1 {
+		t.Errorf("the node was discovered %d times at start, want once", n)
+	}
+}

@@ -208,3 +208,33 @@ func TestLostGPUDoesNotStopTheNode(t *testing.T) {
 		t.Errorf("claims (-want +got):\n%s", diff)
 	}
 }
+
+// TestPreparerFollowsInventory: the preparer prepares on the node as it is
+// now, not as it was at start: a GPU that left takes no new claims (and
+// its claims can be unprepared), one that came back takes them again.
+func TestPreparerFollowsInventory(t *testing.T) {
+	_, ctx := ktesting.NewTestContext(t)
+	e := newTestEnv(t, "dgxh200", 2)
+	p := e.mustPreparer(ctx)
+	full, err := e.lib.Discover(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	held := makeClaim("held").device("g", "gpu-1").obj()
+	if res := p.Prepare(ctx, held); res.Err != nil {
+		t.Fatal(res.Err)
+	}
+	without := full
+	without.GPUs = full.GPUs[:1]
+	p.SetInventory(without)
+	if res := p.Prepare(ctx, makeClaim("new").device("g", "gpu-1-shared").obj()); res.Err == nil || !strings.Contains(res.Err.Error(), "not a device of this node") {
+		t.Errorf("prepare on a GPU that left the node: %v, want a refusal", res.Err)
+	}
+	if err := p.Unprepare(ctx, ref(held)); err != nil {
+		t.Errorf("unprepare a claim on a GPU that left: %v", err)
+	}
+	p.SetInventory(full)
+	if res := p.Prepare(ctx, makeClaim("back").share("s", "gpu-1-shared", "1Gi", "10", "b").obj()); res.Err != nil {
+		t.Errorf("prepare on a GPU that came back: %v", res.Err)
+	}
+}

@@ -38,7 +38,7 @@ func (p *Preparer) plan(claim *resourceapi.ResourceClaim) ([]checkpoint.Device, 
 		if p.nodeName != "" && r.Pool != p.nodeName {
 			return nil, fmt.Errorf("device %s of request %s is in pool %s, not in this node's pool %s", r.Device, r.Request, r.Pool, p.nodeName)
 		}
-		info, ok := p.devices[r.Device]
+		info, ok := p.device(r.Device)
 		if !ok {
 			return nil, fmt.Errorf("device %s of request %s is not a device of this node", r.Device, r.Request)
 		}

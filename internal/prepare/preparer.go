@@ -55,9 +55,16 @@ type Preparer struct {
 	// MIG instances exist (they are then destroyed as nobody's).
 	missingCheckpointOK bool
 
+	// inventory, when set, is the node as discovered by the caller.
+	inventory *inventory.Node
+
+	// invMu guards devices and gpus, which follow the inventory.
+	invMu sync.RWMutex
 	// devices maps this node's device names to what they are.
 	devices map[string]deviceInfo
-	gpus    map[int]*gpuState
+	// gpus holds every GPU seen since start: one that vanished keeps its
+	// state, so that claims on it can be unprepared.
+	gpus map[int]*gpuState
 
 	claims keyedMutex
 
@@ -123,6 +130,11 @@ func WithTimeSlicer(t sharing.TimeSlicer) Option { return func(p *Preparer) { p.
 // WithMetrics sets the metrics to update.
 func WithMetrics(m *metrics.Metrics) Option { return func(p *Preparer) { p.metrics = m } }
 
+// WithInventory gives New the node as the caller discovered it, so that
+// the node is discovered once for everything that needs it; without it New
+// discovers the node itself.
+func WithInventory(node inventory.Node) Option { return func(p *Preparer) { p.inventory = &node } }
+
 // WithCheckpointOptions configures the checkpoint store, e.g. with a
 // failing disk in tests.
 func WithCheckpointOptions(opts ...checkpoint.StoreOption) Option {
@@ -184,13 +196,18 @@ func New(ctx context.Context, opts ...Option) (*Preparer, error) {
 	if p.cp, err = p.store.Load(); err != nil {
 		return nil, fmt.Errorf("load checkpoint (refusing to start so that no prepared device is destroyed): %w", err)
 	}
-	node, err := p.nvml.Discover(ctx)
-	if tnvml.Usable(err) != nil {
-		return nil, fmt.Errorf("discover GPUs: %w", err)
-	}
-	if err != nil {
-		// Claims on a lost GPU can still be unprepared; the rest serve.
-		klog.FromContext(ctx).Error(err, "Some GPUs are lost; preparing on the others")
+	var node inventory.Node
+	if p.inventory != nil {
+		node = *p.inventory
+	} else {
+		node, err = p.nvml.Discover(ctx)
+		if tnvml.Usable(err) != nil {
+			return nil, fmt.Errorf("discover GPUs: %w", err)
+		}
+		if err != nil {
+			// Claims on a lost GPU can still be unprepared; the rest serve.
+			klog.FromContext(ctx).Error(err, "Some GPUs are lost; preparing on the others")
+		}
 	}
 	if !exists {
 		if err := p.checkNoCheckpointIsNewNode(ctx, node); err != nil {
@@ -201,14 +218,8 @@ func New(ctx context.Context, opts ...Option) (*Preparer, error) {
 			return nil, err
 		}
 	}
-	p.devices = map[string]deviceInfo{}
 	p.gpus = map[int]*gpuState{}
-	for _, gpu := range node.GPUs {
-		p.gpus[gpu.Index] = &gpuState{gpu: gpu}
-		for _, d := range partition.Build(gpu, partition.Options{}).Devices {
-			p.devices[d.Name] = deviceInfo{gpu: gpu, device: d}
-		}
-	}
+	p.SetInventory(node)
 	if err := p.reconcile(ctx); err != nil {
 		// What could not be cleaned up stays in the checkpoint, and the
 		// kubelet's retries or the next start try again; refusing to start
@@ -245,6 +256,47 @@ func (p *Preparer) checkNoCheckpointIsNewNode(ctx context.Context, node inventor
 	return fmt.Errorf("checkpoint %s does not exist but the node has MIG instances (%s): refusing to start, because start-up would destroy them all; "+
 		"check that the state directory is the one the plugin used before, or, to destroy every MIG instance no claim owns, start once with --allow-missing-checkpoint",
 		p.store.Path(), strings.Join(found, ", "))
+}
+
+// SetInventory makes the node's current GPUs the ones claims can be
+// prepared on: a GPU that appeared becomes usable, one that vanished takes
+// no new claims (claims on it can still be unprepared), and a changed one
+// (e.g. its MIG mode) is prepared as it is now.
+func (p *Preparer) SetInventory(node inventory.Node) {
+	devices := map[string]deviceInfo{}
+	for _, gpu := range node.GPUs {
+		for _, d := range partition.Build(gpu, partition.Options{}).Devices {
+			devices[d.Name] = deviceInfo{gpu: gpu, device: d}
+		}
+	}
+	p.invMu.Lock()
+	defer p.invMu.Unlock()
+	p.devices = devices
+	for _, gpu := range node.GPUs {
+		g, ok := p.gpus[gpu.Index]
+		if !ok {
+			p.gpus[gpu.Index] = &gpuState{gpu: gpu}
+			continue
+		}
+		g.Lock()
+		g.gpu = gpu
+		g.Unlock()
+	}
+}
+
+// gpu returns the state of a GPU seen since start, nil for none.
+func (p *Preparer) gpu(index int) *gpuState {
+	p.invMu.RLock()
+	defer p.invMu.RUnlock()
+	return p.gpus[index]
+}
+
+// device returns what a device of the current inventory is.
+func (p *Preparer) device(name string) (deviceInfo, bool) {
+	p.invMu.RLock()
+	defer p.invMu.RUnlock()
+	info, ok := p.devices[name]
+	return info, ok
 }
 
 func (p *Preparer) mpsRoot() string { return filepath.Join(p.stateDir, "mps") }
@@ -380,7 +432,10 @@ func (p *Preparer) make(ctx context.Context, c *checkpoint.Claim) error {
 }
 
 func (p *Preparer) createMIG(ctx context.Context, d *checkpoint.Device) (tnvml.MIGDevice, error) {
-	g := p.gpus[d.GPUIndex]
+	g := p.gpu(d.GPUIndex)
+	if g == nil {
+		return tnvml.MIGDevice{}, fmt.Errorf("MIG device %s: GPU %d is not on this node", d.Device, d.GPUIndex)
+	}
 	g.Lock()
 	defer g.Unlock()
 	if g.gpu.MIG.ToggleWithoutReset {
@@ -409,7 +464,10 @@ func (p *Preparer) startTimeSlicing(ctx context.Context, d *checkpoint.Device) e
 	if d.Sharing == nil || d.Sharing.Strategy != string(configapi.TimeSlicingStrategy) {
 		return nil
 	}
-	g := p.gpus[d.GPUIndex]
+	g := p.gpu(d.GPUIndex)
+	if g == nil {
+		return fmt.Errorf("device %s: GPU %d is not on this node", d.Device, d.GPUIndex)
+	}
 	g.Lock()
 	defer g.Unlock()
 	if err := p.slicer.SetTimeSlice(ctx, d.GPUUUID, timeSlice(d.Sharing.Interval)); err != nil {
@@ -524,7 +582,7 @@ func (p *Preparer) teardown(ctx context.Context, c *checkpoint.Claim) error {
 // failed write could otherwise name another claim's new instance), and
 // never one that another claim's entry owns.
 func (p *Preparer) destroyMIG(ctx context.Context, uid string, d *checkpoint.Device) error {
-	g := p.gpus[d.GPUIndex]
+	g := p.gpu(d.GPUIndex)
 	if g == nil {
 		// The GPU was not found at start: its instances went with it.
 		klog.FromContext(ctx).Info("GPU of a MIG device is gone; nothing to destroy", "device", d.Device, "gpu", d.GPUIndex)
@@ -582,7 +640,7 @@ func (p *Preparer) stopTimeSlicing(ctx context.Context, uid string, i int, d *ch
 	if d.Sharing == nil || d.Sharing.Strategy != string(configapi.TimeSlicingStrategy) {
 		return nil
 	}
-	if g := p.gpus[d.GPUIndex]; g != nil {
+	if g := p.gpu(d.GPUIndex); g != nil {
 		g.Lock()
 		defer g.Unlock()
 	}
@@ -702,7 +760,7 @@ func ptrCopy[T any](v *T) *T {
 // that it fell off the bus. What a claim had on it went with it, so that
 // unprepare must not fail on it forever.
 func (p *Preparer) gpuLost(ctx context.Context, index int) bool {
-	if _, ok := p.gpus[index]; !ok {
+	if p.gpu(index) == nil {
 		return true
 	}
 	h, ok := p.nvml.(tnvml.Health)

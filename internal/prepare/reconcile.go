@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 
 	"k8s.io/klog/v2"
@@ -40,7 +41,10 @@ func (p *Preparer) reconcile(ctx context.Context) error {
 		}
 	}
 
-	for index, g := range p.gpus {
+	p.invMu.RLock()
+	gpus := maps.Clone(p.gpus)
+	p.invMu.RUnlock()
+	for index, g := range gpus {
 		if !g.gpu.MIG.Capable {
 			continue
 		}
