@@ -33,23 +33,23 @@ import (
 // options are the command line; every flag can also be set through the
 // environment variable of its name in upper case with "_" for "-".
 type options struct {
-	nodeName       string
-	kubeconfig     string
-	nvml           string
-	pluginDataDir  string
-	registrarDir   string
-	cdiRoot        string
-	stateDir       string
-	driverRoot     string
-	metricsAddress string
-	healthPort     int
-	pool           string
-	disableMIG     bool
-	disableSharing bool
-	rediscover     time.Duration
-	mpsShmSize     resource.QuantityValue
-	podUID         string
-	allowNoCP      bool
+	nodeName               string
+	kubeconfig             string
+	nvml                   string
+	pluginDataDir          string
+	registrarDir           string
+	cdiRoot                string
+	stateDir               string
+	driverRoot             string
+	metricsAddress         string
+	healthPort             int
+	pool                   string
+	disableMIG             bool
+	disableSharing         bool
+	rediscover             time.Duration
+	mpsShmSize             resource.QuantityValue
+	podUID                 string
+	allowMissingCheckpoint bool
 }
 
 func (o *options) addFlags(fs *pflag.FlagSet) {
@@ -71,7 +71,7 @@ func (o *options) addRunFlags(fs *pflag.FlagSet) {
 	fs.IntVar(&o.healthPort, "healthcheck-port", -1, "port of the gRPC health endpoint for probes, e.g. 51515; negative disables it")
 	fs.DurationVar(&o.rediscover, "rediscover-interval", 30*time.Second, "how often GPUs are rediscovered to republish changed slices")
 	fs.StringVar(&o.podUID, "pod-uid", "", "UID of the plugin's own pod (from the downward API), which lets an old and a new plugin run side by side during a rolling update")
-	fs.BoolVar(&o.allowNoCP, "allow-missing-checkpoint", false, "start although the checkpoint is missing and MIG instances exist; destroys every MIG instance no claim owns")
+	fs.BoolVar(&o.allowMissingCheckpoint, "allow-missing-checkpoint", false, "start although the checkpoint is missing and MIG instances exist; destroys every MIG instance no claim owns")
 	o.mpsShmSize.Quantity = *resource.NewQuantity(sharing.DefaultShmSize, resource.BinarySI)
 	fs.Var(&o.mpsShmSize, "mps-shm-size", "size of each MPS-shared claim's /dev/shm, an in-memory tmpfs of its own")
 }
@@ -226,7 +226,7 @@ func run(ctx context.Context, o *options) error {
 		SimulatedDriver:        strings.HasPrefix(o.nvml, "mock:"),
 		MPSLauncher:            launcher,
 		MPSShmSize:             o.mpsShmSize.Value(),
-		AllowMissingCheckpoint: o.allowNoCP,
+		AllowMissingCheckpoint: o.allowMissingCheckpoint,
 	})
 }
 

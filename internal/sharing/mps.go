@@ -14,7 +14,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"sort"
 	"strconv"
 	"strings"
 	"time"
@@ -312,17 +311,4 @@ func (m *MPSDaemons) processAlive(pid int) bool {
 		name = name[:15]
 	}
 	return strings.TrimSpace(string(comm)) == name
-}
-
-// SortedIDs returns the daemons' IDs, sorted, that List reported with the
-// given liveness.
-func SortedIDs(daemons map[string]bool, alive bool) []string {
-	var out []string
-	for id, a := range daemons {
-		if a == alive {
-			out = append(out, id)
-		}
-	}
-	sort.Strings(out)
-	return out
 }
