@@ -209,6 +209,9 @@ func (m *MPSDaemons) Start(ctx context.Context, d Daemon) error {
 
 // send runs one control command through the daemon's control pipe.
 func (m *MPSDaemons) send(ctx context.Context, gpuUUID string, dirs Dirs, command string) error {
+	// A wedged daemon must not hang a prepare or an unprepare.
+	ctx, cancel := context.WithTimeout(ctx, m.timeout())
+	defer cancel()
 	cmd := exec.CommandContext(ctx, m.Binary)
 	cmd.Env = m.env(gpuUUID, dirs)
 	cmd.Stdin = strings.NewReader(command + "\n")
