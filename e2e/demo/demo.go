@@ -26,6 +26,8 @@ import (
 type Options struct {
 	BinDir       string
 	PluginBinary string
+	// Helm renders Tessera's chart (see cluster.DefaultHelm).
+	Helm string
 	// WorkDir keeps the cluster's state; a temporary directory when empty.
 	WorkDir string
 	// Nodes and NVML size the cluster: Nodes nodes, each with the NVML mock given.
@@ -46,7 +48,7 @@ func start(ctx context.Context, opts Options) (*cluster.Local, func() error, err
 		opts.WorkDir = dir
 		removeWorkDir = true
 	}
-	cfg := cluster.Config{BinDir: opts.BinDir, PluginBinary: opts.PluginBinary, WorkDir: opts.WorkDir}
+	cfg := cluster.Config{BinDir: opts.BinDir, PluginBinary: opts.PluginBinary, Helm: opts.Helm, WorkDir: opts.WorkDir}
 	for i := range opts.Nodes {
 		cfg.Nodes = append(cfg.Nodes, cluster.NodeOptions{Name: fmt.Sprintf("gpu-node-%d", i+1), NVML: opts.NVML})
 	}
@@ -68,9 +70,6 @@ func start(ctx context.Context, opts Options) (*cluster.Local, func() error, err
 		}
 		return errors.Join(errs...)
 	}
-	if err := l.Apply(ctx, manifests.DeviceClasses, ""); err != nil {
-		return nil, nil, errors.Join(fmt.Errorf("install DeviceClasses: %w", err), stop())
-	}
 	return l, stop, nil
 }
 
@@ -78,7 +77,7 @@ func start(ctx context.Context, opts Options) (*cluster.Local, func() error, err
 // then runs until ctx ends.
 func DevCluster(ctx context.Context, opts Options) (err error) {
 	opts.Out = orDiscard(opts.Out)
-	l, stop, err := start(ctx, Options{BinDir: opts.BinDir, PluginBinary: opts.PluginBinary, WorkDir: opts.WorkDir, Nodes: opts.Nodes, NVML: opts.NVML, Out: io.Discard})
+	l, stop, err := start(ctx, Options{BinDir: opts.BinDir, PluginBinary: opts.PluginBinary, Helm: opts.Helm, WorkDir: opts.WorkDir, Nodes: opts.Nodes, NVML: opts.NVML, Out: io.Discard})
 	if err != nil {
 		return err
 	}
@@ -103,7 +102,7 @@ func Demo(ctx context.Context, opts Options) (err error) {
 	}
 	defer func() { err = errors.Join(err, stop()) }()
 	out := &progress{w: opts.Out}
-	out.printf("Cluster up in %s; DeviceClasses installed\n", time.Since(started).Round(time.Second))
+	out.printf("Cluster up in %s; Tessera installed from its Helm chart\n", time.Since(started).Round(time.Second))
 
 	docs, err := manifests.Demo()
 	if err != nil {
