@@ -1,7 +1,8 @@
 # Placement's targets: the capacity simulator and tessera-scheduler.
 # Included by the top-level Makefile (hack/make/*.mk).
 #
-#   make sim-openb   the openb figures and plot of docs/benchmarks.md (10 seeds, ~3 min on 2 cores)
+#   make sim-openb          the openb figures and plot of docs/benchmarks.md (10 seeds, ~3 min on 2 cores)
+#   make tessera-scheduler  kube-scheduler with the TesseraPlacement plugin into bin/
 
 OPENB_DIR ?= ../shared/data
 SIM_POLICIES ?= whole,stock,tessera,fgd
@@ -15,3 +16,17 @@ sim-openb:
 		--nodes $(OPENB_DIR)/openb_node_list_gpu_node.csv \
 		--policy $(SIM_POLICIES) --seeds $(SIM_SEEDS) --plot docs/placement-openb.png \
 		| tee $(BIN)/sim-openb.json
+
+# tessera-scheduler is kube-scheduler with Tessera's plugin, built from its own module
+# (cmd/tessera-scheduler/go.mod) so that k8s.io/kubernetes stays out of Tessera's module.
+# Always rebuilt (go build is incremental). The e2e suite and dev-cluster run it as a
+# second scheduler (schedulerName tessera-scheduler).
+TESSERA_SCHEDULER_LDFLAGS := -s -w -X k8s.io/component-base/version.gitVersion=v1.37.2 \
+	-X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=37
+
+.PHONY: tessera-scheduler
+tessera-scheduler:
+	cd cmd/tessera-scheduler && CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(TESSERA_SCHEDULER_LDFLAGS)" -o $(BIN)/tessera-scheduler .
+
+e2e dev-cluster: tessera-scheduler
+e2e dev-cluster: export TESSERA_SCHEDULER_BINARY = $(BIN)/tessera-scheduler

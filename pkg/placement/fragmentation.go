@@ -22,25 +22,33 @@ type Workload struct {
 // NewWorkload counts the requests into classes of identical requests,
 // heaviest first.
 func NewWorkload(requests []Request) (Workload, error) {
-	if len(requests) == 0 {
-		return Workload{}, fmt.Errorf("workload has no requests")
-	}
 	count := map[Request]int{}
 	for _, r := range requests {
-		if r.GPUs > 0 && (r.Milli <= 0 || r.Milli > WholeGPU || r.Shared() && r.GPUs != 1) {
-			return Workload{}, fmt.Errorf("request %+v: GPU amount must be in (0, %d]", r, WholeGPU)
-		}
 		if r.GPUs == 0 {
 			r.Milli = 0
 		}
 		count[r]++
 	}
+	return WorkloadOf(count)
+}
+
+// WorkloadOf returns the workload of the given number of each request,
+// heaviest first.
+func WorkloadOf(count map[Request]int) (Workload, error) {
 	var w Workload
 	var total float64
 	for r, n := range count {
-		weight := float64(n)
-		total += weight
-		w.Classes = append(w.Classes, Class{Request: r, Weight: weight})
+		if r.GPUs < 0 || r.GPUs > 0 && (r.Milli <= 0 || r.Milli > WholeGPU || r.Shared() && r.GPUs != 1) {
+			return Workload{}, fmt.Errorf("request %+v: GPU amount must be in (0, %d]", r, WholeGPU)
+		}
+		if n <= 0 {
+			continue
+		}
+		total += float64(n)
+		w.Classes = append(w.Classes, Class{Request: r, Weight: float64(n)})
+	}
+	if total == 0 {
+		return Workload{}, fmt.Errorf("workload has no requests")
 	}
 	for i := range w.Classes {
 		w.Classes[i].Weight /= total
