@@ -221,3 +221,33 @@ func TestWritePlot(t *testing.T) {
 		t.Errorf("colours drawn: %v, want stock and tessera only", found)
 	}
 }
+
+func TestMirror(t *testing.T) {
+	pods := []Pod{pod("half", 1, 500), pod("whole", 1, 1000)}
+	m, err := NewMirror(nodes(2, 1, "T4"), pods)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff([]string{"node-a", "node-b"}, m.Best(pods[0])); diff != "" {
+		t.Errorf("empty nodes tie (-want +got):\n%s", diff)
+	}
+	if gpus, err := m.Record(context.Background(), "node-a", pods[0]); err != nil || !cmp.Equal(gpus, []int{0}) {
+		t.Fatalf("Record: %v %v", gpus, err)
+	}
+	// LeastAllocated now prefers the other node, and only it has a whole GPU.
+	if diff := cmp.Diff([]string{"node-b"}, m.Best(pods[0])); diff != "" {
+		t.Errorf("after one share (-want +got):\n%s", diff)
+	}
+	if _, err := m.Record(context.Background(), "node-b", pods[1]); err != nil {
+		t.Fatal(err)
+	}
+	if best := m.Best(pods[1]); len(best) != 0 {
+		t.Errorf("no idle GPU left, model still offers %v", best)
+	}
+	if spec := m.ClaimSpec(pods[0]); spec.Devices.Requests[0].Exactly.DeviceClassName != "shared.gpu.tessera.dev" {
+		t.Errorf("claim for a share: %+v", spec)
+	}
+	if _, err := m.Record(context.Background(), "node-x", pods[0]); err == nil {
+		t.Error("unknown node accepted")
+	}
+}
