@@ -5,7 +5,7 @@
 #   make tessera-scheduler  kube-scheduler with the TesseraPlacement plugin into bin/
 
 OPENB_DIR ?= ../shared/data
-SIM_POLICIES ?= whole,stock,tessera,fgd
+SIM_POLICIES ?= tessera,fgd,stock,whole
 SIM_SEEDS ?= 10
 
 .PHONY: sim-openb

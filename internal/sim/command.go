@@ -26,7 +26,7 @@ func NewCommand() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(traceCommand(), whatIfCommand())
+	root.AddCommand(traceCommand(), whatIfCommand(), plotCommand())
 	return root
 }
 
@@ -160,6 +160,43 @@ every pod (-1 when the fleet is too small).`,
 		},
 	}
 	in.flags(cmd, "whole,stock,tessera")
+	return cmd
+}
+
+func plotCommand() *cobra.Command {
+	var in, out, title string
+	cmd := &cobra.Command{
+		Use:   "plot",
+		Short: "Draw the PNG plot from the JSON lines a trace run printed",
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			f, err := os.Open(in)
+			if err != nil {
+				return fmt.Errorf("open results: %w", err)
+			}
+			defer f.Close()
+			var results []Result
+			dec := json.NewDecoder(f)
+			for dec.More() {
+				var r Result
+				if err := dec.Decode(&r); err != nil {
+					return fmt.Errorf("%s: decode result %d: %w", in, len(results)+1, err)
+				}
+				if _, err := ParsePolicy(string(r.Policy)); err != nil || len(r.Curve) == 0 {
+					return fmt.Errorf("%s: result %d is not a trace result with a curve", in, len(results)+1)
+				}
+				results = append(results, r)
+			}
+			if len(results) == 0 {
+				return fmt.Errorf("%s: no results", in)
+			}
+			return writePlotFile(out, title, results)
+		},
+	}
+	cmd.Flags().StringVar(&in, "results", "", "JSON lines printed by tessera-sim trace")
+	cmd.Flags().StringVar(&out, "out", "", "PNG file to write")
+	cmd.Flags().StringVar(&title, "title", "", "title of the plot")
+	_ = cmd.MarkFlagRequired("results")
+	_ = cmd.MarkFlagRequired("out")
 	return cmd
 }
 

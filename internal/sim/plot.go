@@ -15,10 +15,12 @@ import (
 )
 
 // Plot geometry: a fixed-size chart of allocated against arrived GPU
-// demand, both in per cent of capacity, from 0 to 100.
+// demand, both in per cent of capacity, from plotFrom to 100 (below half the
+// capacity every policy places everything, and the curves coincide).
 const (
-	plotWidth, plotHeight = 760, 520
-	marginLeft, marginTop = 70, 40
+	plotFrom              = 50.0
+	plotWidth, plotHeight = 760, 540
+	marginLeft, marginTop = 70, 60
 	marginRight           = 170
 	marginBottom          = 60
 )
@@ -42,32 +44,41 @@ func WritePlot(w io.Writer, title string, results []Result) error {
 	for _, r := range results {
 		xmax = math.Max(xmax, r.ArrivalsPercent)
 	}
-	px := func(v float64) int { return x0 + int(math.Round(v/xmax*float64(x1-x0))) }
-	py := func(v float64) int { return y0 - int(math.Round(v/100*float64(y0-y1))) }
+	px := func(v float64) int { return x0 + int(math.Round((v-plotFrom)/(xmax-plotFrom)*float64(x1-x0))) }
+	py := func(v float64) int { return y0 - int(math.Round((v-plotFrom)/(100-plotFrom)*float64(y0-y1))) }
 
 	grey := color.RGBA{0xdd, 0xdd, 0xdd, 0xff}
 	black := color.RGBA{0, 0, 0, 0xff}
-	for v := 0.0; v <= 100; v += 20 {
-		line(img, px(0), py(v), px(xmax), py(v), grey, 1)
+	for v := plotFrom; v <= 100; v += 10 {
+		line(img, px(plotFrom), py(v), px(xmax), py(v), grey, 1)
 		text(img, x0-35, py(v)+4, fmt.Sprintf("%3.0f", v), black)
 	}
-	for v := 0.0; v <= xmax; v += 20 {
-		line(img, px(v), py(0), px(v), py(100), grey, 1)
+	for v := plotFrom; v <= xmax; v += 10 {
+		line(img, px(v), py(plotFrom), px(v), py(100), grey, 1)
 		text(img, px(v)-10, y0+18, fmt.Sprintf("%.0f", v), black)
 	}
-	line(img, px(0), py(0), px(100), py(100), color.RGBA{0x99, 0x99, 0x99, 0xff}, 1)
+	line(img, px(plotFrom), py(plotFrom), px(100), py(100), color.RGBA{0x99, 0x99, 0x99, 0xff}, 1)
 	line(img, x0, y0, x1, y0, black, 1)
 	line(img, x0, y0, x0, y1, black, 1)
-	text(img, x0, 20, title, black)
+	text(img, 10, 18, title, black)
 	text(img, x0+(x1-x0)/2-110, plotHeight-15, "GPU demand arrived (% of capacity)", black)
-	text(img, 5, marginTop-12, "allocated (% of GPU capacity)", black)
+	text(img, 10, marginTop-14, "allocated (% of GPU capacity)", black)
 
-	for i, r := range results {
+	// Drawn last to first, so that the first policy's curve lies on top
+	// where curves coincide.
+	for i := len(results) - 1; i >= 0; i-- {
+		r := results[i]
 		c := policyColors[r.Policy]
 		for j := 1; j < len(r.Curve); j++ {
 			a, b := r.Curve[j-1], r.Curve[j]
-			line(img, px(a.ArrivedPercent), py(a.AllocatedPercent), px(b.ArrivedPercent), py(b.AllocatedPercent), c, 2)
+			if a.ArrivedPercent < plotFrom {
+				continue
+			}
+			line(img, px(a.ArrivedPercent), py(math.Max(a.AllocatedPercent, plotFrom)), px(b.ArrivedPercent), py(math.Max(b.AllocatedPercent, plotFrom)), c, 2)
 		}
+	}
+	for i, r := range results {
+		c := policyColors[r.Policy]
 		ly := marginTop + 20 + 36*i
 		line(img, x1+12, ly, x1+36, ly, c, 3)
 		text(img, x1+42, ly+4, string(r.Policy), black)
