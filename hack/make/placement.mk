@@ -30,3 +30,12 @@ tessera-scheduler:
 
 e2e dev-cluster: tessera-scheduler
 e2e dev-cluster: export TESSERA_SCHEDULER_BINARY = $(BIN)/tessera-scheduler
+
+# The tessera-scheduler module follows Tessera's: after a change to go.mod, its
+# go.mod/go.sum must be tidied too (no compile, a second or two).
+.PHONY: verify-tessera-scheduler
+verify: verify-tessera-scheduler
+verify-tessera-scheduler:
+	cd cmd/tessera-scheduler && $(GO) mod tidy
+	@if [ -n "$$(git status --porcelain -- cmd/tessera-scheduler/go.mod cmd/tessera-scheduler/go.sum)" ]; then \
+		echo "cmd/tessera-scheduler: go mod tidy changed go.mod/go.sum"; git diff -- cmd/tessera-scheduler/go.mod | head -30; exit 1; fi
