@@ -138,8 +138,8 @@ func whatIfCommand() *cobra.Command {
 		Short: "Place every pod of a CSV, in order, on a fleet and report how many GPUs it needs per policy",
 		Long: `Places the pods in file order on the nodes under each policy and prints one JSON
 object per policy: pods placed and failed on the whole fleet, GPUs in use, and
-gpusNeeded, the GPUs of the fewest nodes (taken in file order) that place
-every pod (-1 when the fleet is too small).`,
+gpusNeeded, the GPUs of the fewest nodes (taken in file order) that place as
+many pods as the whole fleet (every pod, when podsFailed is 0).`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			pods, nodes, policies, err := in.load()
 			if err != nil {

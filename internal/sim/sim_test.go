@@ -183,12 +183,13 @@ func TestSize(t *testing.T) {
 			t.Errorf("%s: %+v, want %d GPUs needed", policy, s, want)
 		}
 	}
-	s, err := Size(context.Background(), nodes(1, 1, "T4"), pods, PolicyTessera, DefaultWeight)
+	// Too small a fleet: the GPUs needed are those that place what fits.
+	s, err := Size(context.Background(), nodes(3, 1, "T4"), append(pods, pod("big", 2, 1000)), PolicyWhole, DefaultWeight)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if s.GPUsNeeded != -1 || s.PodsFailed != 2 {
-		t.Errorf("fleet too small: %+v, want 2 failed and -1 GPUs needed", s)
+	if s.PodsFailed != 2 || s.GPUsNeeded != 3 {
+		t.Errorf("fleet too small: %+v, want 2 failed and 3 GPUs needed", s)
 	}
 }
 

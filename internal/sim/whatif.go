@@ -30,9 +30,9 @@ type Sizing struct {
 }
 
 // Size places the pods, in order, on the fleet under the policy, then finds
-// by bisection the shortest prefix of the node list that places them all.
+// by bisection the shortest prefix of the node list that places as many.
 func Size(ctx context.Context, nodes []NodeSpec, pods []Pod, policy Policy, weight int64) (Sizing, error) {
-	out := Sizing{Policy: policy, Pods: len(pods), GPUsNeeded: -1}
+	out := Sizing{Policy: policy, Pods: len(pods)}
 	for _, p := range pods {
 		out.DemandGPUs += float64(p.Request.Demand()) / placement.WholeGPU
 	}
@@ -51,17 +51,14 @@ func Size(ctx context.Context, nodes []NodeSpec, pods []Pod, policy Policy, weig
 			}
 		}
 	}
-	if failed > 0 {
-		return out, nil
-	}
 	var errSearch error
 	n := sort.Search(len(nodes), func(k int) bool {
 		if errSearch != nil || k == 0 {
 			return false
 		}
-		_, failed, err := placeInOrder(ctx, NewFleet(nodes[:k]), pods, policy, weight)
+		_, failedOnPrefix, err := placeInOrder(ctx, NewFleet(nodes[:k]), pods, policy, weight)
 		errSearch = err
-		return err == nil && failed == 0
+		return err == nil && failedOnPrefix <= failed
 	})
 	if errSearch != nil {
 		return out, errSearch
