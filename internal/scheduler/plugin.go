@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"math"
+	"sync"
 
 	v1 "k8s.io/api/core/v1"
 	resourceapi "k8s.io/api/resource/v1"
@@ -55,6 +56,37 @@ type WorkloadClass struct {
 type Plugin struct {
 	dra      DRAState
 	workload placement.Workload
+	index    sliceIndex
+}
+
+// sliceIndex keeps the device index of the last list of slices: slices
+// change rarely, and indexing every device of the cluster again for every
+// pod was most of the plugin's cost.
+type sliceIndex struct {
+	mu     sync.Mutex
+	slices map[*resourceapi.ResourceSlice]bool
+	byNode map[string]*nodeGPUs
+}
+
+// get returns the index of the slices, rebuilt only when the listed slice
+// objects differ from last time (the informer replaces an object when it
+// changes, so identity is enough). The index is read-only once built.
+func (c *sliceIndex) get(slices []*resourceapi.ResourceSlice) map[string]*nodeGPUs {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	same := c.byNode != nil && len(slices) == len(c.slices)
+	for i := 0; same && i < len(slices); i++ {
+		same = c.slices[slices[i]]
+	}
+	if same {
+		return c.byNode
+	}
+	c.slices = make(map[*resourceapi.ResourceSlice]bool, len(slices))
+	for _, s := range slices {
+		c.slices[s] = true
+	}
+	c.byNode = gpusByNode(slices)
+	return c.byNode
 }
 
 var (
@@ -143,7 +175,7 @@ func (p *Plugin) PreScore(ctx context.Context, state fwk.CycleState, pod *v1.Pod
 	if err != nil {
 		return fwk.AsStatus(fmt.Errorf("gather allocated devices: %w", err))
 	}
-	state.Write(stateKey, &cycleState{request: r, workload: p.workload, gpus: gpusByNode(slices), allocated: allocated})
+	state.Write(stateKey, &cycleState{request: r, workload: p.workload, gpus: p.index.get(slices), allocated: allocated})
 	klog.FromContext(ctx).V(5).Info("Scoring GPU fragmentation", "pod", klog.KObj(pod), "request", r)
 	return nil
 }

@@ -195,3 +195,39 @@ func TestArgs(t *testing.T) {
 		t.Error("bad JSON accepted")
 	}
 }
+
+// TestSliceIndexFollowsSlices: the plugin indexes slices once, and again
+// when the listed objects change.
+func TestSliceIndexFollowsSlices(t *testing.T) {
+	dra := &fakeDRA{
+		slices: gpuNode("node-a", 1),
+		claims: map[string]*resourceapi.ResourceClaim{"ns/half": shareClaim("half", 50)},
+		allocated: &structured.AllocatedState{
+			AllocatedDevices: sets.New[structured.DeviceID](), AggregatedCapacity: structured.ConsumedCapacityCollection{},
+		},
+	}
+	p, err := NewWithState(Args{}, dra)
+	if err != nil {
+		t.Fatal(err)
+	}
+	gpus := func() map[string]*nodeGPUs {
+		state := &fakeCycleState{data: map[fwk.StateKey]fwk.StateData{}}
+		if st := p.PreScore(context.Background(), state, podWithClaim("half"), nil); !st.IsSuccess() {
+			t.Fatal(st)
+		}
+		data, _ := state.Read(stateKey)
+		return data.(*cycleState).gpus
+	}
+	first := gpus()
+	if len(first) != 1 || first["node-a"] == nil {
+		t.Fatalf("index %v, want node-a", first)
+	}
+	if again := gpus(); fmt.Sprintf("%p", again) != fmt.Sprintf("%p", first) {
+		t.Error("unchanged slices indexed again")
+	}
+	dra.slices = append(gpuNode("node-a", 2), gpuNode("node-b", 1)...)
+	after := gpus()
+	if after["node-b"] == nil || len(after["node-a"].whole) != 2 {
+		t.Errorf("index after the slices changed: %v", after)
+	}
+}
