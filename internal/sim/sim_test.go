@@ -16,7 +16,7 @@ import (
 
 func TestReadPods(t *testing.T) {
 	in := "name,cpu_milli,memory_mib,num_gpu,gpu_milli,gpu_spec,qos\n" +
-		"a,1000,2048,1,500,,LS\n" +
+		"a,1000,2048,1,495,,LS\n" +
 		"b,2000,4096,2,1000,V100M16|V100M32,BE\n" +
 		"c,500,100,0,0,nan,LS\n"
 	got, err := ReadPods(strings.NewReader(in))

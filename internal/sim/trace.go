@@ -37,7 +37,8 @@ type NodeSpec struct {
 // ReadPods reads pods in the openb CSV format: a header naming at least
 // name, cpu_milli, memory_mib, num_gpu and gpu_milli, optionally gpu_spec;
 // other columns are ignored. gpu_milli is the amount of each GPU: below 1000
-// with num_gpu 1, a share of one time-shared GPU.
+// with num_gpu 1, a share of one time-shared GPU, rounded up to a whole per
+// cent of compute (the shared GPU's request step).
 func ReadPods(r io.Reader) ([]Pod, error) {
 	rows, err := readCSV(r, []string{"name", "cpu_milli", "memory_mib", "num_gpu", "gpu_milli"})
 	if err != nil {
@@ -63,6 +64,10 @@ func ReadPods(r io.Reader) ([]Pod, error) {
 			return nil, fmt.Errorf("read pods: line %d (%s): gpu_milli %d must be in 1..1000", row.line, p.Name, milli)
 		case gpus > 1 && milli != placement.WholeGPU:
 			return nil, fmt.Errorf("read pods: line %d (%s): %d GPUs of %d milli each: only single-GPU pods can take a share", row.line, p.Name, gpus, milli)
+		}
+		if p.Request.Shared() {
+			// The shared GPU hands out compute in whole per cent.
+			p.Request.Milli = (p.Request.Milli + 9) / 10 * 10
 		}
 		if spec := row.get("gpu_spec"); spec != "" && spec != "nan" {
 			p.Models = strings.Split(spec, "|")
