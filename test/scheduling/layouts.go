@@ -256,3 +256,13 @@ func newSlice(driver, node, name string, count int64) *resourceapi.ResourceSlice
 	}
 	return s
 }
+
+// DeviceClasses returns every DeviceClass the layouts' claims use: the ones
+// Tessera ships and NVIDIA's.
+func DeviceClasses() []*resourceapi.DeviceClass {
+	var out []*resourceapi.DeviceClass
+	for _, name := range gpuapi.Classes {
+		out = append(out, Classes[name])
+	}
+	return append(out, nvidiaClasses...)
+}
