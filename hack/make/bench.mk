@@ -11,10 +11,10 @@ BENCH_PHASE_TIMEOUT ?= 3m
 
 .PHONY: bench-scheduler bench-allocator
 
-bench-scheduler: cluster-binaries
+bench-scheduler: cluster-binaries ## The real kube-scheduler at scale: Tessera vs plain vs NVIDIA layouts
 	go build -o bin/bench-scheduler ./e2e/cmd/bench-scheduler
 	bin/bench-scheduler --bin-dir=$(TESSERA_CACHE)/bin --nodes=$(BENCH_NODES) --pods=$(BENCH_PODS) --phase-timeout=$(BENCH_PHASE_TIMEOUT)
 
-bench-allocator:
+bench-allocator: ## Allocator cost per claim and node, three layouts, and the levers
 	go test -run '^$$' -bench 'SchedulerCost' -benchtime 3x -timeout 60m ./test/scheduling/
 	go test -run '^$$' -bench 'SchedulerLevers' -benchtime 3x -timeout 60m ./test/scheduling/
