@@ -51,6 +51,13 @@ type Options struct {
 	Partition partition.Options
 	// Taints are added to the named devices (device health).
 	Taints map[string][]resourceapi.DeviceTaint
+	// Prepared names the devices prepared on the node (a time-shared GPU
+	// with any share prepared included). When WithdrawBlocked is set, the
+	// devices they block are left out until they are unprepared.
+	Prepared map[string]bool
+	// WithdrawBlocked publishes only what can still be allocated next to
+	// the prepared devices (see blocked).
+	WithdrawBlocked bool
 }
 
 // Build returns the resources of one node, in a single pool named after it.
@@ -83,7 +90,14 @@ func Build(nodeName string, node inventory.Node, opts Options) draslices.DriverR
 	var migs [][]resourceapi.Device // by profile, in order of first appearance
 	profileIndex := map[int]int{}
 	for i, g := range gpus {
+		var withdrawn map[string]bool
+		if opts.WithdrawBlocked {
+			withdrawn = blocked(g, opts.Prepared)
+		}
 		for _, d := range g.Devices {
+			if withdrawn[d.Name] {
+				continue
+			}
 			dev := device(node, node.GPUs[i], g, d, opts)
 			if d.Kind != partition.KindMIG {
 				first = append(first, dev)

@@ -11,7 +11,7 @@ import (
 
 	gpuapi "github.com/tessera-gpu/tessera/api/gpu"
 	"github.com/tessera-gpu/tessera/pkg/inventory"
-	"github.com/tessera-gpu/tessera/pkg/partition"
+	"github.com/tessera-gpu/tessera/pkg/resourceslice"
 )
 
 // Levers on Tessera's layout, each a variant measured side by side with the
@@ -91,43 +91,32 @@ func init() {
 	}
 }
 
-// withdrawn publishes only what the fill leaves allocatable, plus what is
-// allocated: a GPU in use whole or shared offers no partitions and not the
+// withdrawn publishes only what the fill leaves allocatable, as
+// resourceslice.Options.WithdrawBlocked does with the fill's devices
+// prepared: a GPU in use whole or shared offers no partitions and not the
 // other form; a partitioned GPU offers neither whole nor shared and none of
-// the placements that overlap its partitions.
+// the placements its partitions block.
 func withdrawn(l Layout, inv inventory.Node, roles []GPURole) Layout {
-	keep := map[string]bool{}
+	prepared := map[string]bool{}
 	for gpu, role := range roles {
-		g := partition.Build(inv.GPUs[gpu], partition.Options{})
-		var taken []inventory.Placement
-		for _, d := range partitionedDevices {
-			p := profileByName(inv.GPUs[gpu], d.profile)
-			taken = append(taken, inventory.Placement{Start: d.start, Size: p.Placements[0].Size})
-		}
-		for _, d := range g.Devices {
-			switch role {
-			case RoleFree:
-				keep[d.Name] = true
-			case RoleWhole:
-				keep[d.Name] = d.Kind == partition.KindGPU
-			case RoleShared:
-				keep[d.Name] = d.Kind == partition.KindShared
-			case RolePartitioned:
-				if d.Kind != partition.KindMIG {
-					continue
-				}
-				keep[d.Name] = !slices.ContainsFunc(taken, d.Placement.Overlaps)
-				for _, p := range partitionedDevices {
-					if d.Profile.Name == p.profile && d.Placement.Start == p.start {
-						keep[d.Name] = true
-					}
-				}
+		switch role {
+		case RoleWhole:
+			prepared[l.Whole(gpu)] = true
+		case RoleShared:
+			prepared[l.Shared(gpu)] = true
+		case RolePartitioned:
+			for _, d := range partitionedDevices {
+				prepared[l.MIG(gpu, profileByName(inv.GPUs[gpu], d.profile), d.start)] = true
 			}
 		}
 	}
-	return rewrite(l, "withdrawn", func(devices []resourceapi.Device) []resourceapi.Device {
-		return slices.DeleteFunc(devices, func(d resourceapi.Device) bool { return !keep[d.Name] })
-	})
+	l.Name += "/withdrawn"
+	l.Slices = func(node string, inv inventory.Node) []*resourceapi.ResourceSlice {
+		return resourceslice.Objects(node, resourceslice.Build(node, inv, resourceslice.Options{
+			Pool: "default", Prepared: prepared, WithdrawBlocked: true,
+		}))
+	}
+	return l
 }
 
 // rewrite applies f to the devices of each node, in publication order, and
