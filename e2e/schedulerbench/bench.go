@@ -164,8 +164,20 @@ func phase(ctx context.Context, cp *cluster.ControlPlane, metrics *metricsReader
 	fmt.Fprintf(opts.Out, "[%s] publishing slices on %d nodes\n", l.Name, len(nodes))
 	var published []string
 	var mu sync.Mutex
+	var rp *republisher
+	slicesOf := func(node string) []*resourceapi.ResourceSlice { return l.Slices(node, inv) }
+	if l.Name == Withdrawn.Name {
+		rp = newRepublisher(client, inv, opts.Out)
+		slicesOf = func(node string) []*resourceapi.ResourceSlice {
+			out := rp.slices(node)
+			rp.mu.Lock()
+			rp.published[node] = len(out)
+			rp.mu.Unlock()
+			return out
+		}
+	}
 	err := parallel(ctx, nodes, func(ctx context.Context, node string) error {
-		for _, s := range l.Slices(node, inv) {
+		for _, s := range slicesOf(node) {
 			if _, err := client.ResourceV1().ResourceSlices().Create(ctx, s, metav1.CreateOptions{}); err != nil {
 				return fmt.Errorf("create ResourceSlice %s: %w", s.Name, err)
 			}
@@ -183,6 +195,11 @@ func phase(ctx context.Context, cp *cluster.ControlPlane, metrics *metricsReader
 		return res, fmt.Errorf("create namespace %s: %w", ns, err)
 	}
 	defer cleanupNamespace(ctx, client, ns, opts.Out)
+	if rp != nil {
+		rpCtx, stopRepublisher := context.WithCancel(ctx)
+		defer stopRepublisher()
+		go rp.run(rpCtx, ns)
+	}
 	// Wait for the namespace's default service account: pods need it.
 	if err := wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
 		_, err := client.CoreV1().ServiceAccounts(ns).Get(ctx, "default", metav1.GetOptions{})
@@ -277,6 +294,11 @@ func phase(ctx context.Context, cp *cluster.ControlPlane, metrics *metricsReader
 	res.AttemptP50, res.AttemptP99 = diff.quantile(0.5), diff.quantile(0.99)
 	fmt.Fprintf(opts.Out, "[%s] %d/%d pods bound, %.1f pods/s, attempt p50 %s p99 %s\n", l.Name, res.Placed, res.Pods,
 		res.PodsPerSecond, res.AttemptP50, res.AttemptP99)
+	if rp != nil {
+		rp.mu.Lock()
+		fmt.Fprintf(opts.Out, "[%s] %d slice writes for %d pods bound\n", l.Name, rp.updates, res.Placed)
+		rp.mu.Unlock()
+	}
 	return res, nil
 }
 

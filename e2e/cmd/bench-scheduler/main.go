@@ -22,7 +22,7 @@ import (
 )
 
 func main() {
-	opts := schedulerbench.Options{Out: os.Stdout, Layouts: []scheduling.Layout{scheduling.Plain, scheduling.NVIDIA, scheduling.Tessera}}
+	opts := schedulerbench.Options{Out: os.Stdout, Layouts: []scheduling.Layout{scheduling.Plain, scheduling.NVIDIA, scheduling.Tessera, schedulerbench.Withdrawn}}
 	fs := flag.NewFlagSet("bench-scheduler", flag.ExitOnError)
 	fs.StringVar(&opts.BinDir, "bin-dir", cluster.DefaultBinDir(), "directory with etcd, kube-apiserver, kube-controller-manager, kube-scheduler (make cluster-binaries)")
 	fs.StringVar(&opts.WorkDir, "work-dir", "", "directory for cluster state and logs (default: a new temporary directory)")
