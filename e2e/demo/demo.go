@@ -34,6 +34,9 @@ type Options struct {
 	Nodes int
 	NVML  string
 	Out   io.Writer
+	// TesseraScheduler, when set, is a tessera-scheduler binary to run as a
+	// second scheduler (schedulerName cluster.TesseraSchedulerName).
+	TesseraScheduler string
 }
 
 // start brings up a cluster with Tessera installed. The returned stop tears it
@@ -70,6 +73,11 @@ func start(ctx context.Context, opts Options) (*cluster.Local, func() error, err
 		}
 		return errors.Join(errs...)
 	}
+	if opts.TesseraScheduler != "" {
+		if err := l.StartTesseraScheduler(ctx, opts.TesseraScheduler); err != nil {
+			return nil, nil, errors.Join(err, stop())
+		}
+	}
 	return l, stop, nil
 }
 
@@ -77,7 +85,7 @@ func start(ctx context.Context, opts Options) (*cluster.Local, func() error, err
 // then runs until ctx ends.
 func DevCluster(ctx context.Context, opts Options) (err error) {
 	opts.Out = orDiscard(opts.Out)
-	l, stop, err := start(ctx, Options{BinDir: opts.BinDir, PluginBinary: opts.PluginBinary, Helm: opts.Helm, WorkDir: opts.WorkDir, Nodes: opts.Nodes, NVML: opts.NVML, Out: io.Discard})
+	l, stop, err := start(ctx, Options{BinDir: opts.BinDir, PluginBinary: opts.PluginBinary, Helm: opts.Helm, WorkDir: opts.WorkDir, Nodes: opts.Nodes, NVML: opts.NVML, Out: io.Discard, TesseraScheduler: opts.TesseraScheduler})
 	if err != nil {
 		return err
 	}

@@ -56,6 +56,19 @@ func mustLoadClasses() classLister {
 
 type classLister map[string]*resourceapi.DeviceClass
 
+// allocatorClasses are the classes the allocator here knows: Tessera's and
+// those of the other layouts the benchmarks compare.
+var allocatorClasses = func() classLister {
+	out := classLister{}
+	for name, dc := range Classes {
+		out[name] = dc
+	}
+	for _, dc := range nvidiaClasses {
+		out[dc.Name] = dc
+	}
+	return out
+}()
+
 func (c classLister) List() ([]*resourceapi.DeviceClass, error) {
 	out := make([]*resourceapi.DeviceClass, 0, len(c))
 	for _, dc := range c {
@@ -117,7 +130,7 @@ func (c *Cluster) AllocateOn(ctx context.Context, node int, claim *resourceapi.R
 func (c *Cluster) allocate(ctx context.Context, claim *resourceapi.ResourceClaim, nodes []*corev1.Node) (*resourceapi.AllocationResult, error) {
 	ctx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
-	alloc, err := structured.NewAllocator(ctx, Features, c.state, Classes, c.Slices, c.cel)
+	alloc, err := structured.NewAllocator(ctx, Features, c.state, allocatorClasses, c.Slices, c.cel)
 	if err != nil {
 		return nil, err
 	}
@@ -140,7 +153,7 @@ func (c *Cluster) allocate(ctx context.Context, claim *resourceapi.ResourceClaim
 func (c *Cluster) Filter(ctx context.Context, claim *resourceapi.ResourceClaim) (int, error) {
 	ctx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
-	alloc, err := structured.NewAllocator(ctx, Features, c.state, Classes, c.Slices, c.cel)
+	alloc, err := structured.NewAllocator(ctx, Features, c.state, allocatorClasses, c.Slices, c.cel)
 	if err != nil {
 		return 0, err
 	}
@@ -197,8 +210,22 @@ func (c *Cluster) Claims() map[types.UID]*resourceapi.ResourceClaim { return c.c
 
 var claimSeq int
 
-// newClaim names each claim uniquely within the process.
+// newClaim names each claim uniquely within the process. Requests built by
+// hand (mix.go's, per layout) get the API server's defaults (exact count 1)
+// that the allocator relies on, as builder.MakeRequest's already have.
 func newClaim(requests ...resourceapi.DeviceRequest) *resourceapi.ResourceClaim {
+	for i := range requests {
+		if r := requests[i].Exactly; r != nil && r.AllocationMode == "" {
+			r.AllocationMode = resourceapi.DeviceAllocationModeExactCount
+			r.Count = max(r.Count, 1)
+		}
+		for j := range requests[i].FirstAvailable {
+			if r := &requests[i].FirstAvailable[j]; r.AllocationMode == "" {
+				r.AllocationMode = resourceapi.DeviceAllocationModeExactCount
+				r.Count = max(r.Count, 1)
+			}
+		}
+	}
 	claimSeq++
 	return builder.MakeClaim(fmt.Sprintf("claim-%d", claimSeq)).Request(requests...).Obj()
 }
@@ -229,4 +256,10 @@ func MIGOrShare(profile, memory string, compute int64) *resourceapi.ResourceClai
 		builder.MakeRequest("mig", gpuapi.ClassMIG).Profile(profile),
 		builder.MakeRequest("share", gpuapi.ClassShared).Memory(memory).Compute(compute),
 	))
+}
+
+// shareCapacity is the capacity request of a share, for requests of classes
+// other than Tessera's shipped ones.
+func shareCapacity(memory string, compute int64) *resourceapi.CapacityRequirements {
+	return builder.MakeRequest("share", "").Memory(memory).Compute(compute).Obj().Exactly.Capacity
 }
