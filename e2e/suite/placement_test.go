@@ -16,6 +16,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/wait"
 
 	gpuapi "github.com/tessera-gpu/tessera/api/gpu"
+	"github.com/tessera-gpu/tessera/test/builder"
 	"github.com/tessera-gpu/tessera/e2e/cluster"
 	"github.com/tessera-gpu/tessera/internal/sim"
 )
@@ -41,13 +42,8 @@ func TestTesseraSchedulerKeepsGPUsWhole(t *testing.T) {
 	} {
 		t.Run(tc.scheduler, func(t *testing.T) {
 			ns := newNamespace(t)
-			half := request("share", gpuapi.ClassShared)
-			half.Exactly.Capacity = &resourceapi.CapacityRequirements{Requests: map[resourceapi.QualifiedName]resource.Quantity{
-				gpuapi.CapCompute: resource.MustParse("50"),
-				gpuapi.CapMemory:  resource.MustParse("10Gi"),
-			}}
-			createTemplate(t, ns, "half", half)
-			createTemplate(t, ns, "eight", withCount(request("gpus", gpuapi.ClassGPU), 8))
+			createTemplate(t, ns, "half", builder.MakeRequest("share", gpuapi.ClassShared).Compute(50).Memory("10Gi").Obj())
+			createTemplate(t, ns, "eight", builder.MakeRequest("gpus", gpuapi.ClassGPU).Count(8).Obj())
 			nodes := map[string]int{}
 			// One at a time, so that each pod sees where the previous went.
 			for i := range 8 {
