@@ -45,7 +45,12 @@ func testContext(t *testing.T) context.Context {
 func newNamespace(t *testing.T) string {
 	t.Helper()
 	needNode(t)
-	name := "node-" + strings.ToLower(strings.ReplaceAll(t.Name(), "/", "-"))
+	name := "node-" + strings.Map(func(r rune) rune {
+		if r >= 'a' && r <= 'z' || r >= '0' && r <= '9' {
+			return r
+		}
+		return '-'
+	}, strings.ToLower(t.Name()))
 	if len(name) > 50 {
 		name = name[:50]
 	}

@@ -26,7 +26,7 @@ import (
 
 // nodeName is the real node; its mock has one H200, so that every test's GPU
 // is GPU 0 and the tests run one after another.
-const nodeName = "real-gpu-node"
+const nodeName = realnode.NodeName
 
 var (
 	local *cluster.Local

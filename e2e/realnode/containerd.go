@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"text/template"
 	"time"
@@ -20,7 +21,9 @@ import (
 // 2.x): everything under the node's work directory, the CRI plugin reading CDI
 // specs from the plugin's CDI root, runc as the only runtime with the cgroupfs
 // driver the kubelet uses, the locally imported pause image as sandbox image,
-// and a bridge CNI network so that ordinary (not host-network) pods start.
+// a bridge CNI network so that ordinary (not host-network) pods start, and
+// oom_score_adj clamped to containerd's own where the host forbids lowering it
+// (Host.NoSysResource).
 var containerdConfig = template.Must(template.New("config.toml").Parse(`version = 3
 root = "{{.Dir}}/root"
 state = "{{.Dir}}/state"
@@ -45,6 +48,7 @@ disabled_plugins = ["io.containerd.nri.v1.nri", "io.containerd.internal.v1.traci
 
 [plugins."io.containerd.cri.v1.runtime"]
   cdi_spec_dirs = ["{{.CDIRoot}}"]
+  restrict_oom_score_adj = {{.RestrictOOMScoreAdj}}
   netns_mounts_under_state_dir = true
   [plugins."io.containerd.cri.v1.runtime".cni]
     bin_dirs = ["{{.CNIBinDir}}"]
@@ -97,7 +101,7 @@ func startContainerd(ctx context.Context, dir, binDir, logDir, cdiRoot string, h
 	}
 	data := map[string]string{
 		"Dir": dir, "Socket": c.socket, "CDIRoot": cdiRoot, "CNIBinDir": host.CNIBinDir,
-		"Runc": host.Runc, "PauseImage": PauseImage,
+		"Runc": host.Runc, "PauseImage": PauseImage, "RestrictOOMScoreAdj": strconv.FormatBool(host.NoSysResource),
 	}
 	if err := writeTemplate(filepath.Join(dir, "config.toml"), containerdConfig, data); err != nil {
 		return nil, err

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 
 	"golang.org/x/sys/unix"
@@ -23,6 +24,11 @@ type Host struct {
 	CNIBinDir string
 	// Busybox is the static busybox the test images are made of.
 	Busybox string
+	// NoSysResource is set where this process lacks CAP_SYS_RESOURCE (some
+	// sandboxes drop it): nothing may then lower an oom_score_adj, which
+	// runc does for every pod sandbox (-998), so containerd must clamp the
+	// scores to its own (restrict_oom_score_adj) or no pod starts.
+	NoSysResource bool
 }
 
 // cniBinDirs are where Debian (containernetworking-plugins) and upstream
@@ -59,6 +65,11 @@ func CheckHost(binDir string) (*Host, error) {
 				add("cgroup v1 hierarchy %s is not mounted at /sys/fs/cgroup/%s", c, c)
 			}
 		}
+	}
+	if caps, err := effectiveCaps(); err != nil {
+		add("read capabilities: %v", err)
+	} else {
+		h.NoSysResource = caps&(1<<unix.CAP_SYS_RESOURCE) == 0
 	}
 	if err := tryMknod(); err != nil {
 		add("cannot create device nodes (the fake driver root needs real character devices): %v", err)
@@ -97,6 +108,20 @@ func CheckHost(binDir string) (*Host, error) {
 		return h, errors.New("this machine cannot run a real node:\n  - " + strings.Join(problems, "\n  - ") + "\n(see docs/node-e2e.md)")
 	}
 	return h, nil
+}
+
+// effectiveCaps reads this process's effective capability set.
+func effectiveCaps() (uint64, error) {
+	data, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return 0, err
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if v, ok := strings.CutPrefix(line, "CapEff:"); ok {
+			return strconv.ParseUint(strings.TrimSpace(v), 16, 64)
+		}
+	}
+	return 0, errors.New("no CapEff in /proc/self/status")
 }
 
 func tryMknod() error {

@@ -98,8 +98,9 @@ func newKubelet(cp *cluster.ControlPlane, dir, binDir, logDir, nodeName, criSock
 		"--kubeconfig=" + kubeconfig,
 		"--root-dir=" + k.RootDir,
 		"--cert-dir=" + filepath.Join(dir, "pki"),
+		// A hostname override that is an IP becomes the node's InternalIP
+		// without the loopback check --node-ip gets.
 		"--hostname-override=" + nodeName,
-		"--node-ip=127.0.0.1",
 		"-v=2",
 	}
 	return k, nil

@@ -34,6 +34,9 @@ import (
 // NodeBinaries are what make node-binaries puts in the node's bin dir.
 var NodeBinaries = []string{"kubelet", "containerd", "containerd-shim-runc-v2", "ctr", "pause"}
 
+// NodeName is the name of a real node on this machine (see Options.Name).
+const NodeName = "127.0.0.1"
+
 // DefaultBinDir is where make node-binaries puts them: $TESSERA_CACHE/node/bin,
 // next to the control plane's bin dir.
 func DefaultBinDir() string {
@@ -42,6 +45,9 @@ func DefaultBinDir() string {
 
 // Options describe a real node.
 type Options struct {
+	// Name is the node's name. Use NodeName: the kubelet refuses a loopback
+	// --node-ip, and only a node named by its IP gets 127.0.0.1 as its address,
+	// through which the API server reaches the kubelet (logs, exec).
 	Name string
 	// NVML is the plugin's --nvml value, e.g. "mock:dgxh200:1".
 	NVML string
@@ -185,12 +191,17 @@ func (n *Node) StartPlugin(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	// The DaemonSet mounts it with type DirectoryOrCreate; the plugin expects it.
+	dataDir := filepath.Join(n.kubelet.PluginsDir(), gpuapi.DriverName)
+	if err := os.MkdirAll(dataDir, 0o750); err != nil {
+		return fmt.Errorf("create plugin data dir: %w", err)
+	}
 	args := []string{
 		"--healthcheck-port=" + strconv.Itoa(ports[0]),
 		"--node-name=" + n.Name,
 		"--kubeconfig=" + n.opts.PluginKubeconfig,
 		"--nvml=" + n.opts.NVML,
-		"--plugin-data-dir=" + filepath.Join(n.kubelet.PluginsDir(), gpuapi.DriverName),
+		"--plugin-data-dir=" + dataDir,
 		"--registrar-dir=" + n.kubelet.PluginRegistryDir(),
 		"--cdi-root=" + n.CDIRoot,
 		"--state-dir=" + n.StateDir,
