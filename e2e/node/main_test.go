@@ -20,7 +20,6 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/tessera-gpu/tessera/e2e/cluster"
-	"github.com/tessera-gpu/tessera/e2e/manifests"
 	"github.com/tessera-gpu/tessera/e2e/realnode"
 )
 
@@ -60,10 +59,13 @@ func run(m *testing.M) (code int) {
 	}
 	keep := os.Getenv("TESSERA_E2E_KEEP") == "1"
 	started := time.Now()
+	layout := realnode.NewLayout(filepath.Join(workDir, "nodes", nodeName))
 	local, err = cluster.StartLocal(ctx, cluster.Config{
 		BinDir:       envOr("TESSERA_BIN_DIR", cluster.DefaultBinDir()),
 		PluginBinary: cluster.DefaultPluginBinary(),
 		WorkDir:      workDir,
+		Helm:         cluster.DefaultHelm(),
+		ChartValues:  layout.ChartValues(),
 	})
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "start local control plane: %v\nlogs in %s\n", err, filepath.Join(workDir, "logs"))
@@ -84,18 +86,23 @@ func run(m *testing.M) (code int) {
 		}
 		os.RemoveAll(workDir)
 	}()
-	if err := local.Apply(ctx, manifests.DeviceClasses, ""); err != nil {
-		fmt.Fprintln(os.Stderr, "install DeviceClasses:", err)
-		return 1
-	}
 	node, err = realnode.Start(ctx, local.ControlPlane, realnode.Options{
-		Name:             nodeName,
-		NVML:             "mock:dgxh200:1",
-		GPUs:             1,
-		BinDir:           binDir,
-		PluginBinary:     cluster.DefaultPluginBinary(),
-		PluginKubeconfig: local.PluginKubeconfig(),
-		WorkDir:          filepath.Join(workDir, "nodes", nodeName),
+		Name:         nodeName,
+		NVML:         "mock:dgxh200:1",
+		GPUs:         1,
+		BinDir:       binDir,
+		PluginBinary: cluster.DefaultPluginBinary(),
+		// The chart's plugin arguments, less what the node sets itself.
+		PluginArgs: cluster.ContainerArgs(local.Install.Plugin.Spec.Template.Spec,
+			"nvml", "plugin-data-dir", "registrar-dir", "cdi-root", "state-dir", "driver-root", "metrics-address", "healthcheck-port", "v"),
+		Credentials: func(ctx context.Context, name string) (string, error) {
+			pod, err := local.PodOn(ctx, local.Install.Plugin.Spec.Selector, name)
+			if err != nil {
+				return "", err
+			}
+			return local.PodKubeconfig(ctx, pod, "kubelet-plugin-"+name)
+		},
+		Layout: layout,
 	})
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "start real node: %v\n", err)

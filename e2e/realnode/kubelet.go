@@ -70,8 +70,8 @@ type kubelet struct {
 }
 
 // newKubelet writes the kubelet's configuration and its node identity.
-func newKubelet(cp *cluster.ControlPlane, dir, binDir, logDir, nodeName, criSocket string, host *Host) (*kubelet, error) {
-	k := &kubelet{RootDir: filepath.Join(dir, "root"), dir: dir, binDir: binDir, logDir: logDir}
+func newKubelet(cp *cluster.ControlPlane, dir, rootDir, binDir, logDir, nodeName, criSocket string, host *Host) (*kubelet, error) {
+	k := &kubelet{RootDir: rootDir, dir: dir, binDir: binDir, logDir: logDir}
 	for _, d := range []string{k.RootDir, filepath.Join(dir, "pod-logs"), filepath.Join(dir, "pki")} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
 			return nil, fmt.Errorf("create %s: %w", d, err)

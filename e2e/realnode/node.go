@@ -58,26 +58,26 @@ type Options struct {
 	BinDir string
 	// PluginBinary is the dra-kubelet-plugin to run.
 	PluginBinary string
-	// PluginKubeconfig is the plugin's kubeconfig.
-	PluginKubeconfig string
-	// WorkDir receives all the node's state; logs go to the control plane's
-	// log dir.
-	WorkDir string
+	// PluginArgs are the plugin's arguments besides the node's own paths,
+	// ports and NVML backend (the chart's, see cluster.ContainerArgs).
+	PluginArgs []string
+	// Credentials returns the plugin's kubeconfig once the kubelet has
+	// registered the node (a token bound to the plugin pod on the node).
+	Credentials func(ctx context.Context, nodeName string) (string, error)
+	// Layout says where the node keeps everything; logs go to the control
+	// plane's log dir.
+	Layout Layout
 }
 
 // Node is a running real node.
 type Node struct {
 	Name string
-	// CDIRoot is where the plugin writes CDI specs and containerd reads them.
-	CDIRoot string
-	// DriverRoot is the fake driver root: its dev/ holds the device nodes.
-	DriverRoot string
-	// StateDir is the plugin's checkpoint directory.
-	StateDir string
+	Layout
 	// Host is what CheckHost found.
 	Host *Host
 
 	opts       Options
+	kubeconfig string
 	cp         *cluster.ControlPlane
 	containerd *containerd
 	kubelet    *kubelet
@@ -95,20 +95,11 @@ func Start(ctx context.Context, cp *cluster.ControlPlane, opts Options) (_ *Node
 	if err != nil {
 		return nil, err
 	}
-	dir, err := filepath.Abs(opts.WorkDir)
-	if err != nil {
-		return nil, err
+	if !filepath.IsAbs(opts.Layout.Dir) {
+		return nil, fmt.Errorf("node work directory %q is not absolute", opts.Layout.Dir)
 	}
-	n := &Node{
-		Name:       opts.Name,
-		CDIRoot:    filepath.Join(dir, "cdi"),
-		DriverRoot: filepath.Join(dir, "driver-root"),
-		StateDir:   filepath.Join(dir, "plugin-state"),
-		Host:       host,
-		opts:       opts,
-		cp:         cp,
-	}
-	n.opts.WorkDir = dir
+	dir := opts.Layout.Dir
+	n := &Node{Name: opts.Name, Layout: opts.Layout, Host: host, opts: opts, cp: cp}
 	defer func() {
 		if err != nil {
 			_ = n.Stop(context.WithoutCancel(ctx))
@@ -140,7 +131,7 @@ func Start(ctx context.Context, cp *cluster.ControlPlane, opts Options) (_ *Node
 		}
 	}
 	logger.V(1).Info("containerd ready", "socket", n.containerd.socket)
-	if n.kubelet, err = newKubelet(cp, filepath.Join(dir, "kubelet"), opts.BinDir, cp.LogDir, opts.Name, n.containerd.socket, host); err != nil {
+	if n.kubelet, err = newKubelet(cp, filepath.Dir(n.KubeletDir), n.KubeletDir, opts.BinDir, cp.LogDir, opts.Name, n.containerd.socket, host); err != nil {
 		return nil, err
 	}
 	if err := n.kubelet.start(); err != nil {
@@ -150,6 +141,9 @@ func Start(ctx context.Context, cp *cluster.ControlPlane, opts Options) (_ *Node
 		return nil, err
 	}
 	logger.V(1).Info("kubelet ready", "node", opts.Name)
+	if n.kubeconfig, err = opts.Credentials(ctx, opts.Name); err != nil {
+		return nil, fmt.Errorf("credentials of the plugin on node %s: %w", opts.Name, err)
+	}
 	if err := n.StartPlugin(ctx); err != nil {
 		return nil, err
 	}
@@ -196,10 +190,10 @@ func (n *Node) StartPlugin(ctx context.Context) error {
 	if err := os.MkdirAll(dataDir, 0o750); err != nil {
 		return fmt.Errorf("create plugin data dir: %w", err)
 	}
-	args := []string{
+	args := append([]string{
 		"--healthcheck-port=" + strconv.Itoa(ports[0]),
 		"--node-name=" + n.Name,
-		"--kubeconfig=" + n.opts.PluginKubeconfig,
+		"--kubeconfig=" + n.kubeconfig,
 		"--nvml=" + n.opts.NVML,
 		"--plugin-data-dir=" + dataDir,
 		"--registrar-dir=" + n.kubelet.PluginRegistryDir(),
@@ -207,7 +201,7 @@ func (n *Node) StartPlugin(ctx context.Context) error {
 		"--state-dir=" + n.StateDir,
 		"--driver-root=" + n.DriverRoot,
 		"-v=4",
-	}
+	}, n.opts.PluginArgs...)
 	p, err := cluster.StartProcess("dra-kubelet-plugin-"+n.Name, n.cp.LogDir, n.opts.PluginBinary, args, nil)
 	if err != nil {
 		return err
@@ -344,7 +338,7 @@ func (n *Node) Stop(ctx context.Context) error {
 		cancel()
 		errs = append(errs, n.containerd.proc.Stop(30*time.Second))
 	}
-	errs = append(errs, unmountUnder(n.opts.WorkDir))
+	errs = append(errs, unmountUnder(n.Dir))
 	return errors.Join(errs...)
 }
 

@@ -23,5 +23,5 @@ node-e2e-host:
 
 node-e2e: cluster-binaries node-binaries e2e-plugin
 	@if [ "$$(id -u)" != 0 ]; then echo "make node-e2e needs root: the real node creates cgroups, mounts and device nodes (docs/node-e2e.md)" >&2; exit 1; fi
-	TESSERA_NODE_E2E=1 TESSERA_PLUGIN_BINARY=$(CURDIR)/bin/dra-kubelet-plugin \
+	helm="$$($(HELM_TOOL))"; TESSERA_NODE_E2E=1 TESSERA_PLUGIN_BINARY=$(CURDIR)/bin/dra-kubelet-plugin TESSERA_HELM="$$helm" \
 		go test -count=1 -timeout $(NODE_E2E_TIMEOUT) $(NODE_E2E_FLAGS) ./e2e/node/
