@@ -1,6 +1,7 @@
 package node
 
 import (
+	"slices"
 	"strings"
 	"testing"
 
@@ -97,8 +98,23 @@ func TestRestartsLoseNothing(t *testing.T) {
 
 	second := createClaim(t, ns, "second", request(gpuapi.ClassMIG, profileIs("1g.18gb")))
 	pod2 := waitRunning(t, createPod(t, ns, "second", second.Name))
-	if got := probe(t, pod2, nil, nil).env["NVIDIA_VISIBLE_DEVICES"]; got == "" || got == before.env["NVIDIA_VISIBLE_DEVICES"] {
-		t.Errorf("second pod's NVIDIA_VISIBLE_DEVICES=%q, want a MIG device other than the first pod's %q", got, before.env["NVIDIA_VISIBLE_DEVICES"])
+	// Another GPU instance has other capability nodes (the mock's MIG UUIDs
+	// may repeat, its instance IDs do not).
+	caps := func(e edits) (out []string) {
+		for p := range e.nodes {
+			if strings.HasPrefix(p, "/dev/nvidia-caps/") {
+				out = append(out, p)
+			}
+		}
+		slices.Sort(out)
+		return out
+	}
+	want2 := specEdits(claimSpec(t, second))
+	if first, other := caps(want), caps(want2); len(other) != 2 || slices.Equal(first, other) {
+		t.Errorf("second MIG claim has capability nodes %v, want two other than the first claim's %v", other, first)
+	}
+	if got := probe(t, pod2, caps(want2), nil); len(got.nodes) != 2 {
+		t.Errorf("second pod sees capability nodes %v, want its claim's %v", got.nodes, caps(want2))
 	}
 
 	deletePod(t, pod)

@@ -101,7 +101,7 @@ func newKubelet(cp *cluster.ControlPlane, dir, rootDir, binDir, logDir, nodeName
 		// A hostname override that is an IP becomes the node's InternalIP
 		// without the loopback check --node-ip gets.
 		"--hostname-override=" + nodeName,
-		"-v=2",
+		"-v=4",
 	}
 	return k, nil
 }
