@@ -70,7 +70,7 @@ func StartLocal(ctx context.Context, cfg Config) (_ *Local, err error) {
 	l := &Local{ControlPlane: cp, WorkDir: cfg.WorkDir}
 	defer func() {
 		if err != nil {
-			l.Stop()
+			err = errors.Join(err, l.Stop())
 		}
 	}()
 	l.Install, err = l.InstallChart(ctx, cfg.Helm, append(slices.Clone(localValues), cfg.ChartValues...))
@@ -248,6 +248,8 @@ func (cp *ControlPlane) TailLogs(w io.Writer, lines int) {
 		if len(all) > lines {
 			all = all[len(all)-lines:]
 		}
-		fmt.Fprintf(w, "==== %s (last %d lines) ====\n%s\n", filepath.Join(cp.LogDir, e.Name()), len(all), strings.Join(all, "\n"))
+		if _, err := fmt.Fprintf(w, "==== %s (last %d lines) ====\n%s\n", filepath.Join(cp.LogDir, e.Name()), len(all), strings.Join(all, "\n")); err != nil {
+			return
+		}
 	}
 }

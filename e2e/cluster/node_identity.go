@@ -22,7 +22,7 @@ import (
 // authorizer then gives that kubelet exactly a node's rights (its pods, their
 // ResourceClaims), as in a real cluster.
 func (cp *ControlPlane) WriteNodeKubeconfig(path, nodeName string) error {
-	caCertPath := cp.Config.TLSClientConfig.CAFile
+	caCertPath := cp.Config.CAFile
 	caKeyPath := filepath.Join(filepath.Dir(caCertPath), "ca.key")
 	ca, caKey, err := readCA(caCertPath, caKeyPath)
 	if err != nil {

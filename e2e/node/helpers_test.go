@@ -33,12 +33,6 @@ const (
 	pollEvery   = 200 * time.Millisecond
 )
 
-func testContext(t *testing.T) context.Context {
-	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Minute)
-	t.Cleanup(cancel)
-	return ctx
-}
-
 // newNamespace creates a namespace for one test. Cleanup deletes its pods and
 // waits until the kubelet has removed them (and so unprepared their claims),
 // so that the next test finds the GPU free.

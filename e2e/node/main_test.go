@@ -17,8 +17,6 @@ import (
 	"testing"
 	"time"
 
-	"k8s.io/klog/v2"
-
 	"github.com/tessera-gpu/tessera/e2e/cluster"
 	"github.com/tessera-gpu/tessera/e2e/realnode"
 )
@@ -42,7 +40,6 @@ func TestMain(m *testing.M) {
 }
 
 func run(m *testing.M) (code int) {
-	klog.SetOutput(os.Stderr)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	binDir := envOr("TESSERA_NODE_BIN_DIR", realnode.DefaultBinDir())
@@ -84,7 +81,9 @@ func run(m *testing.M) (code int) {
 			fmt.Fprintf(os.Stderr, "cluster state and component logs kept in %s\n", workDir)
 			return
 		}
-		os.RemoveAll(workDir)
+		if err := os.RemoveAll(workDir); err != nil {
+			fmt.Fprintln(os.Stderr, "remove the cluster's state:", err)
+		}
 	}()
 	node, err = realnode.Start(ctx, local.ControlPlane, realnode.Options{
 		Name:         nodeName,

@@ -65,9 +65,9 @@ func probe(t *testing.T, pod *corev1.Pod, devicePaths, filePaths []string) seen 
 
 // hexToDec turns stat's "c3:0" into "195:0".
 func hexToDec(mm string) string {
-	maj, min, _ := strings.Cut(mm, ":")
+	maj, mnr, _ := strings.Cut(mm, ":")
 	a, err1 := strconv.ParseUint(maj, 16, 32)
-	b, err2 := strconv.ParseUint(min, 16, 32)
+	b, err2 := strconv.ParseUint(mnr, 16, 32)
 	if err1 != nil || err2 != nil {
 		return mm
 	}

@@ -129,8 +129,7 @@ func tryMknod() error {
 	if err != nil {
 		return err
 	}
-	defer os.RemoveAll(dir)
-	return unix.Mknod(filepath.Join(dir, "null"), unix.S_IFCHR|0o666, int(unix.Mkdev(1, 3)))
+	return errors.Join(unix.Mknod(filepath.Join(dir, "null"), unix.S_IFCHR|0o666, int(unix.Mkdev(1, 3))), os.RemoveAll(dir))
 }
 
 // checkStatic fails unless path is an ELF executable without an interpreter,
@@ -140,7 +139,7 @@ func checkStatic(path string) error {
 	if err != nil {
 		return fmt.Errorf("static busybox %s: %w", path, err)
 	}
-	defer f.Close()
+	defer func() { _ = f.Close() }() // read only: a failed close loses nothing
 	for _, p := range f.Progs {
 		if p.Type == elf.PT_INTERP {
 			return fmt.Errorf("%s is dynamically linked", path)

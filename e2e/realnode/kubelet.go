@@ -134,7 +134,7 @@ func (k *kubelet) metrics(ctx context.Context) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	defer resp.Body.Close()
+	defer func() { _ = resp.Body.Close() }() // a read response: a failed close loses nothing
 	body, err := io.ReadAll(resp.Body)
 	if err != nil {
 		return "", fmt.Errorf("read kubelet /metrics: %w", err)
@@ -151,8 +151,10 @@ func freePorts(n int) ([]int, error) {
 	var ports []int
 	var listeners []net.Listener
 	defer func() {
+		// The ports are free again either way; one that stays taken makes the
+		// kubelet fail to listen, which it reports.
 		for _, l := range listeners {
-			l.Close()
+			_ = l.Close()
 		}
 	}()
 	for range n {

@@ -156,7 +156,7 @@ func (n *Node) waitReady(ctx context.Context, since time.Time) error {
 	var last string
 	err := wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, 2*time.Minute, true, func(ctx context.Context) (bool, error) {
 		if exited, err := n.kubelet.proc.Exited(); exited {
-			return false, fmt.Errorf("kubelet exited (log: %s): %v", n.kubelet.proc.LogPath, err)
+			return false, fmt.Errorf("kubelet exited (log: %s): %w", n.kubelet.proc.LogPath, err)
 		}
 		node, err := n.cp.Client.CoreV1().Nodes().Get(ctx, n.Name, metav1.GetOptions{})
 		if err != nil {
@@ -220,7 +220,7 @@ func (n *Node) waitPlugin(ctx context.Context, p *cluster.Process) error {
 	var last string
 	err := wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
 		if exited, err := p.Exited(); exited {
-			return false, fmt.Errorf("plugin exited (log: %s): %v", p.LogPath, err)
+			return false, fmt.Errorf("plugin exited (log: %s): %w", p.LogPath, err)
 		}
 		metrics, err := n.kubelet.metrics(ctx)
 		if err != nil {
@@ -353,7 +353,7 @@ func unmountUnder(dir string) error {
 	if err != nil {
 		return fmt.Errorf("list mounts: %w", err)
 	}
-	defer f.Close()
+	defer func() { _ = f.Close() }() // read only: a failed close loses nothing
 	var points []string
 	s := bufio.NewScanner(f)
 	for s.Scan() {

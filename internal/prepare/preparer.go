@@ -341,7 +341,8 @@ func (p *Preparer) Unprepare(ctx context.Context, claim kubeletplugin.Namespaced
 
 func (p *Preparer) prepare(ctx context.Context, claim *resourceapi.ResourceClaim) (kubeletplugin.PrepareResult, string, error) {
 	uid := string(claim.UID)
-	defer p.claims.lock(uid)()
+	unlockClaim := p.claims.lock(uid)
+	defer unlockClaim()
 	unlock, err := p.lockState()
 	if err != nil {
 		return kubeletplugin.PrepareResult{}, "none", err
@@ -501,7 +502,8 @@ func (p *Preparer) daemon(c *checkpoint.Claim) (sharing.Daemon, bool) {
 }
 
 func (p *Preparer) unprepare(ctx context.Context, uid string) (string, error) {
-	defer p.claims.lock(uid)()
+	unlockClaim := p.claims.lock(uid)
+	defer unlockClaim()
 	unlock, err := p.lockState()
 	if err != nil {
 		return "none", err
