@@ -37,7 +37,7 @@ fmt: ## Format the code
 	gofmt -w $$(git ls-files '*.go')
 
 .PHONY: generate
-generate: generate-config ## Regenerate generated code (deepcopy of the API types)
+generate: generate-config generate-tenancy ## Regenerate generated code (deepcopy of the API types)
 
 .PHONY: verify
 verify: generate ## gofmt, go vet, go mod tidy and generated files must leave no diff
