@@ -21,6 +21,7 @@ import (
 	"k8s.io/klog/v2"
 
 	gpuapi "github.com/tessera-gpu/tessera/api/gpu"
+	tenancyv1 "github.com/tessera-gpu/tessera/api/tenancy/v1alpha1"
 	tnvml "github.com/tessera-gpu/tessera/internal/nvml"
 	"github.com/tessera-gpu/tessera/internal/plugin"
 	"github.com/tessera-gpu/tessera/internal/prepare"
@@ -44,6 +45,7 @@ type options struct {
 	pool           string
 	disableMIG     bool
 	disableSharing bool
+	tenancy        bool
 	rediscover     time.Duration
 }
 
@@ -53,6 +55,7 @@ func (o *options) addFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.pool, "pool", "default", "value of the pool attribute of every device, for dedicated per-tenant classes")
 	fs.BoolVar(&o.disableMIG, "disable-mig", false, "do not offer MIG partitions")
 	fs.BoolVar(&o.disableSharing, "disable-sharing", false, "do not offer time-shared GPUs")
+	fs.BoolVar(&o.tenancy, "tenancy", false, "publish devices with tenancy's binding conditions: pods bind only once the tenancy controller has admitted their allocation against the tenant's budget")
 }
 
 func (o *options) addRunFlags(fs *pflag.FlagSet) {
@@ -68,10 +71,15 @@ func (o *options) addRunFlags(fs *pflag.FlagSet) {
 }
 
 func (o *options) sliceOptions() resourceslice.Options {
-	return resourceslice.Options{
+	opts := resourceslice.Options{
 		Pool:      o.pool,
 		Partition: partition.Options{DisableMIG: o.disableMIG, DisableSharing: o.disableSharing},
 	}
+	if o.tenancy {
+		opts.BindingConditions = []string{tenancyv1.ConditionAdmitted}
+		opts.BindingFailureConditions = []string{tenancyv1.ConditionRejected}
+	}
+	return opts
 }
 
 func (o *options) openNVML() (tnvml.Library, error) {

@@ -50,6 +50,10 @@ type Options struct {
 	Partition partition.Options
 	// Taints are added to the named devices (device health).
 	Taints map[string][]resourceapi.DeviceTaint
+	// BindingConditions and BindingFailureConditions are set on every
+	// device: with tenancy on, the scheduler allocates, then waits for the
+	// tenancy controller to admit or reject the allocation.
+	BindingConditions, BindingFailureConditions []string
 }
 
 // Build returns the resources of one node, in a single pool named after it.
@@ -119,7 +123,11 @@ func device(node inventory.Node, gpu inventory.GPU, g partition.GPU, d partition
 		attrs[deviceattribute.StandardDeviceAttributePCIeRoot] = resourceapi.DeviceAttribute{StringValue: ptr.To(gpu.PCIeRoot)}
 	}
 	capacity := map[resourceapi.QualifiedName]resourceapi.DeviceCapacity{}
-	out := resourceapi.Device{Name: d.Name}
+	out := resourceapi.Device{
+		Name:                     d.Name,
+		BindingConditions:        opts.BindingConditions,
+		BindingFailureConditions: opts.BindingFailureConditions,
+	}
 
 	switch d.Kind {
 	case partition.KindGPU:
