@@ -52,7 +52,7 @@ type options struct {
 func (o *options) addFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.nodeName, "node-name", "", "name of the node this plugin serves")
 	fs.StringVar(&o.nvml, "nvml", "real", `NVML backend: "real", or "mock:<dgxa100|dgxh100|dgxh200|dgxb200>[:<gpus>]"`)
-	fs.StringVar(&o.pool, "pool", "default", "value of the pool attribute of every device, for dedicated per-tenant classes")
+	fs.StringVar(&o.pool, "pool", gpuapi.PoolDefault, `value of the pool attribute of every device: "`+gpuapi.PoolDefault+`" (the shipped classes) or a tenant's dedicated pool`)
 	fs.BoolVar(&o.disableMIG, "disable-mig", false, "do not offer MIG partitions")
 	fs.BoolVar(&o.disableSharing, "disable-sharing", false, "do not offer time-shared GPUs")
 	fs.BoolVar(&o.tenancy, "tenancy", false, "publish devices with tenancy's binding conditions: pods bind only once the tenancy controller has admitted their allocation against the tenant's budget")

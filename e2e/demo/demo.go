@@ -25,6 +25,8 @@ import (
 type Options struct {
 	BinDir       string
 	PluginBinary string
+	// ControllerBinary is the tenancy controller; nodes run with --tenancy.
+	ControllerBinary string
 	// WorkDir keeps the cluster's state; a temporary directory when empty.
 	WorkDir string
 	// Nodes and NVML size the cluster: Nodes nodes, each with the NVML mock given.
@@ -46,7 +48,7 @@ func start(ctx context.Context, opts Options) (*cluster.Local, func(), error) {
 	}
 	cfg := cluster.Config{BinDir: opts.BinDir, PluginBinary: opts.PluginBinary, WorkDir: opts.WorkDir}
 	for i := range opts.Nodes {
-		cfg.Nodes = append(cfg.Nodes, cluster.NodeOptions{Name: fmt.Sprintf("gpu-node-%d", i+1), NVML: opts.NVML})
+		cfg.Nodes = append(cfg.Nodes, cluster.NodeOptions{Name: fmt.Sprintf("gpu-node-%d", i+1), NVML: opts.NVML, PluginArgs: []string{"--tenancy"}})
 	}
 	fmt.Fprintf(opts.Out, "Starting a local cluster: %d nodes (%s), state and logs in %s\n", opts.Nodes, opts.NVML, opts.WorkDir)
 	l, err := cluster.StartLocal(ctx, cfg)
@@ -66,6 +68,13 @@ func start(ctx context.Context, opts Options) (*cluster.Local, func(), error) {
 		cleanup()
 		return nil, nil, fmt.Errorf("install DeviceClasses: %w", err)
 	}
+	if opts.ControllerBinary == "" {
+		opts.ControllerBinary = cluster.DefaultControllerBinary()
+	}
+	if _, err := l.InstallTenancy(ctx, opts.ControllerBinary); err != nil {
+		cleanup()
+		return nil, nil, fmt.Errorf("install tenancy: %w", err)
+	}
 	return l, cleanup, nil
 }
 
@@ -73,7 +82,7 @@ func start(ctx context.Context, opts Options) (*cluster.Local, func(), error) {
 // then runs until ctx ends.
 func DevCluster(ctx context.Context, opts Options) error {
 	opts.Out = orDiscard(opts.Out)
-	l, stop, err := start(ctx, Options{BinDir: opts.BinDir, PluginBinary: opts.PluginBinary, WorkDir: opts.WorkDir, Nodes: opts.Nodes, NVML: opts.NVML, Out: io.Discard})
+	l, stop, err := start(ctx, Options{BinDir: opts.BinDir, PluginBinary: opts.PluginBinary, ControllerBinary: opts.ControllerBinary, WorkDir: opts.WorkDir, Nodes: opts.Nodes, NVML: opts.NVML, Out: io.Discard})
 	if err != nil {
 		return err
 	}
@@ -114,7 +123,10 @@ func Demo(ctx context.Context, opts Options) error {
 	}
 	fmt.Fprintln(opts.Out)
 	PrintTable(opts.Out, rows)
-	fmt.Fprintf(opts.Out, "\nThe cluster keeps running. Try:\n  export KUBECONFIG=%s\n  kubectl get resourceslices,resourceclaims,pods -A\nLogs: %s\nPress Ctrl-C to stop.\n",
+	if err := tenancyDemo(ctx, l, opts.Out); err != nil {
+		return err
+	}
+	fmt.Fprintf(opts.Out, "\nThe cluster keeps running. Try:\n  export KUBECONFIG=%s\n  kubectl get resourceslices,resourceclaims,pods -A\n  kubectl get gput\nLogs: %s\nPress Ctrl-C to stop.\n",
 		l.Kubeconfig, filepath.Join(l.WorkDir, "logs"))
 	<-ctx.Done()
 	return nil

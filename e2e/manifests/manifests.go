@@ -61,3 +61,12 @@ var ControllerRBAC []byte
 // ControllerServiceAccount names the ServiceAccount in ControllerRBAC as
 // namespace, name.
 var ControllerServiceAccount = [2]string{"tessera-system", "tessera-controller"}
+
+// TenancyDemoTenants are the demo's GPUTenants; TenancyDemoWorkloads their
+// namespaces and pods, applied once the tenants are enforced.
+var (
+	//go:embed tenancy-demo/00-tenants.yaml
+	TenancyDemoTenants []byte
+	//go:embed tenancy-demo/10-workloads.yaml
+	TenancyDemoWorkloads []byte
+)

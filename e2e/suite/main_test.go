@@ -61,6 +61,7 @@ func run(m *testing.M) (code int) {
 			{Name: nodeA, NVML: "mock:dgxh200:8"},
 			{Name: nodeB, NVML: "mock:dgxh200:8"},
 			{Name: nodeSmall, NVML: "mock:dgxh200:1", Labels: map[string]string{smallTaintKey: "true"}},
+			tenancyNode, poolNode,
 		},
 	})
 	if err != nil {
@@ -83,6 +84,10 @@ func run(m *testing.M) (code int) {
 	}
 	if err := local.Apply(ctx, manifests.DeviceClasses, ""); err != nil {
 		fmt.Fprintln(os.Stderr, "install DeviceClasses:", err)
+		return 1
+	}
+	if err := setUpTenancy(ctx); err != nil {
+		fmt.Fprintln(os.Stderr, "set up tenancy:", err)
 		return 1
 	}
 	fmt.Printf("local cluster up in %s (kubeconfig %s)\n", time.Since(started).Round(100*time.Millisecond), local.Kubeconfig)

@@ -14,3 +14,10 @@ generate-tenancy:
 
 bench-tenancy:
 	go test -run '^$$' -bench . -benchtime 3x -count 3 ./pkg/tenancy/
+
+# The local cluster runs the tenancy controller as it is now.
+.PHONY: e2e-controller
+e2e-controller:
+	go build -o bin/dra-controller ./cmd/dra-controller
+
+e2e demo dev-cluster: e2e-controller

@@ -75,6 +75,7 @@ type GPUTenantSpec struct {
 	// +optional
 	// +kubebuilder:validation:MaxLength=63
 	// +kubebuilder:validation:Pattern=`^[a-z0-9]([-a-z0-9]*[a-z0-9])?$`
+	// +kubebuilder:validation:XValidation:rule="self != 'default'",message="the default pool serves every tenant and cannot be dedicated"
 	DedicatedPool string `json:"dedicatedPool,omitempty"`
 }
 
