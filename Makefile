@@ -37,7 +37,7 @@ fmt: ## Format the code
 	gofmt -w $$(git ls-files '*.go')
 
 .PHONY: generate
-generate: generate-config chart-docs ## Regenerate generated code and docs (deepcopy, CRDs, the chart's values reference)
+generate: generate-config generate-tenancy chart-docs ## Regenerate generated code and docs (deepcopy, CRDs, the chart's values reference)
 
 .PHONY: verify
 verify: generate lint ## gofmt, go vet, linters, go mod tidy and generated files must leave no diff

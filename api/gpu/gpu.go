@@ -58,6 +58,11 @@ const (
 	AttrPool                  = "pool"
 )
 
+// PoolDefault is the AttrPool value of devices that serve every tenant; the
+// shipped DeviceClasses select only these. Any other value names a pool
+// dedicated to one tenant (GPUTenant spec.dedicatedPool).
+const PoolDefault = "default"
+
 // Capacity names (unqualified; published under DriverName).
 const (
 	CapMemory          = "memory"

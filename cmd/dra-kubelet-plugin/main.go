@@ -23,6 +23,7 @@ import (
 	"k8s.io/klog/v2"
 
 	gpuapi "github.com/tessera-gpu/tessera/api/gpu"
+	tenancyv1 "github.com/tessera-gpu/tessera/api/tenancy/v1alpha1"
 	tnvml "github.com/tessera-gpu/tessera/internal/nvml"
 	"github.com/tessera-gpu/tessera/internal/plugin"
 	"github.com/tessera-gpu/tessera/internal/sharing"
@@ -46,6 +47,7 @@ type options struct {
 	pool                   string
 	disableMIG             bool
 	disableSharing         bool
+	tenancy                bool
 	rediscover             time.Duration
 	mpsShmSize             resource.QuantityValue
 	podUID                 string
@@ -55,9 +57,10 @@ type options struct {
 func (o *options) addFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.nodeName, "node-name", "", "name of the node this plugin serves")
 	fs.StringVar(&o.nvml, "nvml", "real", `NVML backend: "real", or "mock:<dgxa100|dgxh100|dgxh200|dgxb200>[:<gpus>]"`)
-	fs.StringVar(&o.pool, "pool", "default", "value of the pool attribute of every device, for dedicated per-tenant classes")
+	fs.StringVar(&o.pool, "pool", gpuapi.PoolDefault, `value of the pool attribute of every device: "`+gpuapi.PoolDefault+`" (the shipped classes) or a tenant's dedicated pool`)
 	fs.BoolVar(&o.disableMIG, "disable-mig", false, "do not offer MIG partitions")
 	fs.BoolVar(&o.disableSharing, "disable-sharing", false, "do not offer time-shared GPUs")
+	fs.BoolVar(&o.tenancy, "tenancy", false, "publish devices with tenancy's binding conditions: pods bind only once the tenancy controller has admitted their allocation against the tenant's budget")
 }
 
 func (o *options) addRunFlags(fs *pflag.FlagSet) {
@@ -77,10 +80,15 @@ func (o *options) addRunFlags(fs *pflag.FlagSet) {
 }
 
 func (o *options) sliceOptions() resourceslice.Options {
-	return resourceslice.Options{
+	opts := resourceslice.Options{
 		Pool:      o.pool,
 		Partition: partition.Options{DisableMIG: o.disableMIG, DisableSharing: o.disableSharing},
 	}
+	if o.tenancy {
+		opts.BindingConditions = []string{tenancyv1.ConditionAdmitted}
+		opts.BindingFailureConditions = []string{tenancyv1.ConditionRejected}
+	}
+	return opts
 }
 
 func (o *options) openNVML() (tnvml.Library, error) {

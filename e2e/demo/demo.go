@@ -26,6 +26,8 @@ import (
 type Options struct {
 	BinDir       string
 	PluginBinary string
+	// ControllerBinary is the tenancy controller; nodes run with --tenancy.
+	ControllerBinary string
 	// Helm renders Tessera's chart (see cluster.DefaultHelm).
 	Helm string
 	// WorkDir keeps the cluster's state; a temporary directory when empty.
@@ -53,7 +55,7 @@ func start(ctx context.Context, opts Options) (*cluster.Local, func() error, err
 	}
 	cfg := cluster.Config{BinDir: opts.BinDir, PluginBinary: opts.PluginBinary, Helm: opts.Helm, WorkDir: opts.WorkDir}
 	for i := range opts.Nodes {
-		cfg.Nodes = append(cfg.Nodes, cluster.NodeOptions{Name: fmt.Sprintf("gpu-node-%d", i+1), NVML: opts.NVML})
+		cfg.Nodes = append(cfg.Nodes, cluster.NodeOptions{Name: fmt.Sprintf("gpu-node-%d", i+1), NVML: opts.NVML, PluginArgs: []string{"--tenancy"}})
 	}
 	if _, err := fmt.Fprintf(opts.Out, "Starting a local cluster: %d nodes (%s), state and logs in %s\n", opts.Nodes, opts.NVML, opts.WorkDir); err != nil {
 		return nil, nil, fmt.Errorf("write progress: %w", err)
@@ -73,6 +75,12 @@ func start(ctx context.Context, opts Options) (*cluster.Local, func() error, err
 		}
 		return errors.Join(errs...)
 	}
+	if opts.ControllerBinary == "" {
+		opts.ControllerBinary = cluster.DefaultControllerBinary()
+	}
+	if _, err := l.InstallTenancy(ctx, opts.ControllerBinary); err != nil {
+		return nil, nil, errors.Join(fmt.Errorf("install tenancy: %w", err), stop())
+	}
 	if opts.TesseraScheduler != "" {
 		if err := l.StartTesseraScheduler(ctx, opts.TesseraScheduler); err != nil {
 			return nil, nil, errors.Join(err, stop())
@@ -85,7 +93,7 @@ func start(ctx context.Context, opts Options) (*cluster.Local, func() error, err
 // then runs until ctx ends.
 func DevCluster(ctx context.Context, opts Options) (err error) {
 	opts.Out = orDiscard(opts.Out)
-	l, stop, err := start(ctx, Options{BinDir: opts.BinDir, PluginBinary: opts.PluginBinary, Helm: opts.Helm, WorkDir: opts.WorkDir, Nodes: opts.Nodes, NVML: opts.NVML, Out: io.Discard, TesseraScheduler: opts.TesseraScheduler})
+	l, stop, err := start(ctx, Options{BinDir: opts.BinDir, PluginBinary: opts.PluginBinary, ControllerBinary: opts.ControllerBinary, Helm: opts.Helm, WorkDir: opts.WorkDir, Nodes: opts.Nodes, NVML: opts.NVML, Out: io.Discard, TesseraScheduler: opts.TesseraScheduler})
 	if err != nil {
 		return err
 	}
@@ -133,7 +141,10 @@ func Demo(ctx context.Context, opts Options) (err error) {
 	if out.err == nil {
 		out.err = PrintTable(opts.Out, rows)
 	}
-	out.printf("\nThe cluster keeps running. Try:\n  export KUBECONFIG=%s\n  kubectl get resourceslices,resourceclaims,pods -A\nLogs: %s\nPress Ctrl-C to stop.\n",
+	if err := tenancyDemo(ctx, l, opts.Out); err != nil {
+		return err
+	}
+	out.printf("\nThe cluster keeps running. Try:\n  export KUBECONFIG=%s\n  kubectl get resourceslices,resourceclaims,pods -A\n  kubectl get gput\nLogs: %s\nPress Ctrl-C to stop.\n",
 		l.Kubeconfig, filepath.Join(l.WorkDir, "logs"))
 	if out.err != nil {
 		return fmt.Errorf("write the demo's report: %w", out.err)

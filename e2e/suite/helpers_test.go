@@ -34,7 +34,13 @@ const (
 func newNamespace(t *testing.T) string {
 	t.Helper()
 	needCluster(t)
-	name := "e2e-" + strings.ToLower(strings.ReplaceAll(t.Name(), "/", "-"))
+	// Test and subtest names may hold any character; a namespace name is a DNS label.
+	name := "e2e-" + strings.Map(func(r rune) rune {
+		if r >= 'a' && r <= 'z' || r >= '0' && r <= '9' {
+			return r
+		}
+		return '-'
+	}, strings.ToLower(t.Name()))
 	if len(name) > 50 {
 		name = name[:50]
 	}

@@ -59,6 +59,7 @@ func run(m *testing.M) (code int) {
 			{Name: nodeA, NVML: "mock:dgxh200:8"},
 			{Name: nodeB, NVML: "mock:dgxh200:8"},
 			{Name: nodeSmall, NVML: "mock:dgxh200:1", Labels: map[string]string{smallTaintKey: "true"}},
+			tenancyNode, poolNode,
 		},
 	})
 	if err != nil {
@@ -79,6 +80,10 @@ func run(m *testing.M) (code int) {
 	}()
 	if err := taintNode(ctx, nodeSmall); err != nil {
 		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	if err := setUpTenancy(ctx); err != nil {
+		fmt.Fprintln(os.Stderr, "set up tenancy:", err)
 		return 1
 	}
 	if bin := os.Getenv(cluster.TesseraSchedulerEnv); bin != "" {

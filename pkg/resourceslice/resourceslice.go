@@ -51,6 +51,10 @@ type Options struct {
 	Partition partition.Options
 	// Taints are added to the named devices (device health).
 	Taints map[string][]resourceapi.DeviceTaint
+	// BindingConditions and BindingFailureConditions are set on every
+	// device: with tenancy on, the scheduler allocates, then waits for the
+	// tenancy controller to admit or reject the allocation.
+	BindingConditions, BindingFailureConditions []string
 	// Prepared names the devices prepared on the node (a time-shared GPU
 	// with any share prepared included). When WithdrawBlocked is set, the
 	// devices they block are left out until they are unprepared.
@@ -150,7 +154,11 @@ func device(node inventory.Node, gpu inventory.GPU, g partition.GPU, d partition
 		attrs[deviceattribute.StandardDeviceAttributePCIeRoot] = resourceapi.DeviceAttribute{StringValue: ptr.To(gpu.PCIeRoot)}
 	}
 	capacity := map[resourceapi.QualifiedName]resourceapi.DeviceCapacity{}
-	out := resourceapi.Device{Name: d.Name}
+	out := resourceapi.Device{
+		Name:                     d.Name,
+		BindingConditions:        opts.BindingConditions,
+		BindingFailureConditions: opts.BindingFailureConditions,
+	}
 
 	switch d.Kind {
 	case partition.KindGPU:

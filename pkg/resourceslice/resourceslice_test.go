@@ -192,6 +192,32 @@ func TestTaintsReachDevices(t *testing.T) {
 
 func value(c resourceapi.DeviceCapacity) int64 { return c.Value.Value() }
 
+func TestBindingConditionsReachEveryDevice(t *testing.T) {
+	res := resourceslice.Objects("n1", resourceslice.Build("n1", node(2), resourceslice.Options{
+		BindingConditions:        []string{"tenancy.tessera.dev/admitted"},
+		BindingFailureConditions: []string{"tenancy.tessera.dev/rejected"},
+	}))
+	devices := 0
+	for _, s := range res {
+		for _, d := range s.Spec.Devices {
+			devices++
+			if diff := cmp.Diff([]string{"tenancy.tessera.dev/admitted"}, d.BindingConditions); diff != "" {
+				t.Errorf("%s binding conditions (-want +got):\n%s", d.Name, diff)
+			}
+			if diff := cmp.Diff([]string{"tenancy.tessera.dev/rejected"}, d.BindingFailureConditions); diff != "" {
+				t.Errorf("%s binding failure conditions (-want +got):\n%s", d.Name, diff)
+			}
+		}
+	}
+	if devices == 0 {
+		t.Fatal("no devices published")
+	}
+	plain := resourceslice.Objects("n1", resourceslice.Build("n1", node(1), resourceslice.Options{}))
+	if got := find(t, plain, "gpu-0").BindingConditions; got != nil {
+		t.Errorf("without tenancy, gpu-0 has binding conditions %v", got)
+	}
+}
+
 // TestDeviceOrder: whole and shared GPUs first, then MIG partitions profile
 // by profile, GPU by GPU, each GPU's in the packing order of package partition.
 func TestDeviceOrder(t *testing.T) {

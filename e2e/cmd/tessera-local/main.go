@@ -31,6 +31,7 @@ func main() {
 	opts := demo.Options{Out: os.Stdout}
 	fs.StringVar(&opts.BinDir, "bin-dir", cluster.DefaultBinDir(), "directory with etcd, kube-apiserver, kube-controller-manager, kube-scheduler (make cluster-binaries)")
 	fs.StringVar(&opts.PluginBinary, "plugin", cluster.DefaultPluginBinary(), "dra-kubelet-plugin binary")
+	fs.StringVar(&opts.ControllerBinary, "controller", cluster.DefaultControllerBinary(), "dra-controller binary (tenancy)")
 	fs.StringVar(&opts.Helm, "helm", cluster.DefaultHelm(), "Helm CLI that renders Tessera's chart (make builds it from tools/helm; default $TESSERA_HELM)")
 	fs.StringVar(&opts.WorkDir, "work-dir", "", "directory for cluster state and logs (default: a new temporary directory)")
 	fs.IntVar(&opts.Nodes, "nodes", 2, "number of simulated GPU nodes")

@@ -1,0 +1,104 @@
+package v1alpha1
+
+import gpuapi "github.com/tessera-gpu/tessera/api/gpu"
+
+// Binding conditions. With tenancy on, every device is published with
+// ConditionAdmitted as its binding condition and ConditionRejected as its
+// binding failure condition: the scheduler allocates, then waits until the
+// controller has checked the allocation against the tenant's budget and set
+// one of them in the claim's status.devices.
+const (
+	// ConditionAdmitted is set (True) when the allocation fits the budget.
+	ConditionAdmitted = "tenancy.tessera.dev/admitted"
+	// ConditionRejected is set (True) when it does not; the scheduler then
+	// deallocates the claim and retries later.
+	ConditionRejected = "tenancy.tessera.dev/rejected"
+)
+
+// Reasons of the binding conditions (and of the Events that accompany them).
+const (
+	ReasonAdmitted     = "Admitted"
+	ReasonOverBudget   = "OverBudget"
+	ReasonNotAllowed   = "NotAllowed"
+	ReasonConflict     = "Conflict"
+	ReasonUntenanted   = "Untenanted"
+	ReasonNoTenancy    = "NoTenant"
+	ReasonDeviceAbsent = "DeviceUnknown"
+)
+
+// GPUTenant condition types.
+const (
+	// TenantReady is True when the tenant's enforcement objects are in place.
+	TenantReady = "Ready"
+	// TenantBudgetExhausted is True when the last allocation decided was
+	// refused for lack of budget.
+	TenantBudgetExhausted = "BudgetExhausted"
+	// TenantConflict is True when a namespace of the tenant is also selected
+	// by another tenant; such namespaces are refused GPU claims.
+	TenantConflict = "Conflict"
+)
+
+// TaintPrefix prefixes every device taint that tenancy sets. Tenants may not
+// tolerate these taints.
+const TaintPrefix = "tenancy.tessera.dev/"
+
+// TaintKeyTenant is the key of the taint that keeps other tenants off a
+// time-shared GPU while one tenant holds shares of it (issue 12).
+const TaintKeyTenant = TaintPrefix + "tenant"
+
+// Labels.
+const (
+	// LabelTenant is the label that tenancy protects on namespaces, for
+	// tenants that select their namespaces by it.
+	LabelTenant = "tenancy.tessera.dev/tenant"
+	// LabelCapsuleTenant is Capsule's tenant label; GPUTenants may select
+	// namespaces by it, and it is protected like LabelTenant.
+	LabelCapsuleTenant = "capsule.clastix.io/tenant"
+	// LabelAdminAccess is the namespace label of DRA that grants admin
+	// access to devices; it is protected like the tenant labels.
+	LabelAdminAccess = "resource.kubernetes.io/admin-access"
+	// LabelManagedBy marks objects the controller owns.
+	LabelManagedBy = "app.kubernetes.io/managed-by"
+	// ManagedByValue is LabelManagedBy's value on the controller's objects.
+	ManagedByValue = "tessera-dra-controller"
+	// LabelOwnerTenant names the GPUTenant an object was made for.
+	LabelOwnerTenant = "tenancy.tessera.dev/owner"
+)
+
+// Names of the cluster's static admission objects (installed by the chart) and
+// of the objects the controller creates.
+const (
+	// PolicyClaims is the ValidatingAdmissionPolicy, parameterised by
+	// GPUTenant, that checks ResourceClaims and ResourceClaimTemplates.
+	PolicyClaims = "claims.tenancy.tessera.dev"
+	// PolicyUntenanted refuses Tessera's classes in namespaces of no tenant
+	// (when the controller runs with --untenanted=deny).
+	PolicyUntenanted = "untenanted.tenancy.tessera.dev"
+	// PolicyNamespaceLabels protects the fixed tenancy labels on namespaces.
+	PolicyNamespaceLabels = "namespace-labels.tenancy.tessera.dev"
+	// PolicyTenantLabels protects the label keys each tenant selects by.
+	PolicyTenantLabels = "tenant-labels.tenancy.tessera.dev"
+	// QuotaName is the name of the ResourceQuota in each tenant namespace.
+	QuotaName = "tessera-gpu-tenant"
+)
+
+// BindingName is the name of the ValidatingAdmissionPolicyBinding that binds
+// PolicyClaims to one tenant.
+func BindingName(tenant string) string { return tenant + "." + PolicyClaims }
+
+// DedicatedClassName is the name of a tenant's dedicated DeviceClass for one
+// of the shipped classes: "team-a.dedicated.mig.gpu.tessera.dev". Tenant names
+// are DNS labels, so these never collide with each other or the shipped ones.
+func DedicatedClassName(tenant, shippedClass string) string {
+	return tenant + ".dedicated." + shippedClass
+}
+
+// DedicatedClassNames are a tenant's dedicated DeviceClasses, one per shipped
+// class, in the order of gpuapi.Classes.
+func DedicatedClassNames(tenant string) []string {
+	out := make([]string, len(gpuapi.Classes))
+	for i, c := range gpuapi.Classes {
+		out[i] = DedicatedClassName(tenant, c)
+	}
+	return out
+}

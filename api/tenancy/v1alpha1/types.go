@@ -1,0 +1,152 @@
+package v1alpha1
+
+import (
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// GPUTenant names a tenant's namespaces and says which GPUs they may use and
+// how much of them, across all its namespaces.
+//
+// +genclient
+// +genclient:nonNamespaced
+// +kubebuilder:object:root=true
+// +kubebuilder:resource:scope=Cluster,shortName=gput
+// +kubebuilder:subresource:status
+// +kubebuilder:printcolumn:name="Namespaces",type=string,JSONPath=`.status.namespaces`
+// +kubebuilder:printcolumn:name="Memory",type=string,JSONPath=`.status.usage.gpuMemory`,description="GPU memory allocated"
+// +kubebuilder:printcolumn:name="Budget",type=string,JSONPath=`.spec.budget.gpuMemory`,description="GPU memory budget"
+// +kubebuilder:printcolumn:name="Ready",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].status`
+// +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
+// +kubebuilder:validation:XValidation:rule="self.metadata.name.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$') && size(self.metadata.name) <= 63",message="the name of a GPUTenant must be a DNS label (it prefixes its dedicated DeviceClasses and is a label value)"
+type GPUTenant struct {
+	metav1.TypeMeta   `json:",inline"`
+	metav1.ObjectMeta `json:"metadata,omitempty"`
+
+	// +required
+	Spec GPUTenantSpec `json:"spec"`
+	// +optional
+	Status GPUTenantStatus `json:"status,omitempty"`
+}
+
+// GPUTenantSpec is what a tenant may use.
+type GPUTenantSpec struct {
+	// NamespaceSelector selects the tenant's namespaces by label, e.g.
+	// {matchLabels: {capsule.clastix.io/tenant: team-a}}. An empty selector
+	// is refused: it would make every namespace the tenant's.
+	// +required
+	// +kubebuilder:validation:XValidation:rule="size(self.?matchLabels.orValue({})) + size(self.?matchExpressions.orValue([])) > 0",message="namespaceSelector must select by at least one label"
+	NamespaceSelector metav1.LabelSelector `json:"namespaceSelector"`
+
+	// AllowedDeviceClasses are the DeviceClasses the tenant's claims may name,
+	// in every request and every firstAvailable alternative. The tenant's own
+	// dedicated classes (see DedicatedPool) are always allowed.
+	// +optional
+	// +listType=set
+	// +kubebuilder:validation:MaxItems=64
+	// +kubebuilder:validation:items:MaxLength=253
+	AllowedDeviceClasses []string `json:"allowedDeviceClasses,omitempty"`
+
+	// AllowAdminAccess lets the tenant's claims ask for DRA admin access.
+	// +optional
+	// +kubebuilder:default=false
+	AllowAdminAccess bool `json:"allowAdminAccess,omitempty"`
+
+	// AllowDeviceConfig lets the tenant's claims carry opaque configuration
+	// for gpu.tessera.dev (e.g. MPS or time-slicing settings).
+	// +optional
+	// +kubebuilder:default=false
+	AllowDeviceConfig bool `json:"allowDeviceConfig,omitempty"`
+
+	// Budget limits what the tenant's namespaces hold together, counted on
+	// what is allocated, checked by the controller before a pod binds.
+	// +optional
+	Budget *Budget `json:"budget,omitempty"`
+
+	// NamespaceQuota limits each namespace on its own, through native
+	// ResourceQuota objects the controller keeps in every tenant namespace.
+	// +optional
+	NamespaceQuota *NamespaceQuota `json:"namespaceQuota,omitempty"`
+
+	// DedicatedPool, when set, is the value of the `pool` attribute of the
+	// GPUs that serve this tenant only: the controller creates the tenant's
+	// dedicated DeviceClasses (<tenant>.dedicated.<class>) that select them,
+	// and only this tenant may name those classes.
+	// +optional
+	// +kubebuilder:validation:MaxLength=63
+	// +kubebuilder:validation:Pattern=`^[a-z0-9]([-a-z0-9]*[a-z0-9])?$`
+	// +kubebuilder:validation:XValidation:rule="self != 'default'",message="the default pool serves every tenant and cannot be dedicated"
+	DedicatedPool string `json:"dedicatedPool,omitempty"`
+}
+
+// Budget is a tenant-wide limit, summed over all its namespaces.
+type Budget struct {
+	// GPUMemory bounds the GPU memory allocated to the tenant: a whole GPU
+	// counts its memory, a MIG partition its profile's memory, a share the
+	// memory it consumes.
+	// +optional
+	GPUMemory *resource.Quantity `json:"gpuMemory,omitempty"`
+
+	// Devices bounds the number of devices allocated per DeviceClass.
+	// +optional
+	// +kubebuilder:validation:MaxProperties=64
+	// +kubebuilder:validation:XValidation:rule="self.all(k, self[k] >= 0)",message="device budgets must not be negative"
+	Devices map[string]int64 `json:"devices,omitempty"`
+}
+
+// NamespaceQuota is a per-namespace limit.
+type NamespaceQuota struct {
+	// Devices bounds the number of devices per DeviceClass that each
+	// namespace may request (<class>.deviceclass.resource.k8s.io/devices).
+	// +optional
+	// +kubebuilder:validation:MaxProperties=64
+	// +kubebuilder:validation:XValidation:rule="self.all(k, self[k] >= 0)",message="namespace quotas must not be negative"
+	Devices map[string]int64 `json:"devices,omitempty"`
+}
+
+// GPUTenantStatus is what the controller observed.
+type GPUTenantStatus struct {
+	// ObservedGeneration is the spec generation the status describes.
+	// +optional
+	ObservedGeneration int64 `json:"observedGeneration,omitempty"`
+
+	// Namespaces are the tenant's namespaces, sorted.
+	// +optional
+	// +listType=set
+	Namespaces []string `json:"namespaces,omitempty"`
+
+	// ConflictingNamespaces are the tenant's namespaces that another tenant
+	// selects too. The admission policy refuses GPU claims in them.
+	// +optional
+	// +listType=set
+	ConflictingNamespaces []string `json:"conflictingNamespaces,omitempty"`
+
+	// Usage is what the tenant's admitted allocations hold.
+	// +optional
+	Usage Usage `json:"usage,omitempty"`
+
+	// Conditions: Ready, BudgetExhausted, Conflict.
+	// +optional
+	// +listType=map
+	// +listMapKey=type
+	Conditions []metav1.Condition `json:"conditions,omitempty"`
+}
+
+// Usage is what a tenant's admitted allocations hold.
+type Usage struct {
+	// GPUMemory is the GPU memory held, in canonical form (e.g. 48Gi).
+	// +optional
+	GPUMemory resource.Quantity `json:"gpuMemory,omitempty"`
+	// Devices counts the devices held per DeviceClass.
+	// +optional
+	Devices map[string]int64 `json:"devices,omitempty"`
+}
+
+// GPUTenantList is a list of GPUTenants.
+//
+// +kubebuilder:object:root=true
+type GPUTenantList struct {
+	metav1.TypeMeta `json:",inline"`
+	metav1.ListMeta `json:"metadata,omitempty"`
+	Items           []GPUTenant `json:"items"`
+}

@@ -1,0 +1,68 @@
+package controller
+
+import (
+	"sync"
+
+	"k8s.io/apimachinery/pkg/types"
+
+	"github.com/tessera-gpu/tessera/pkg/tenancy"
+)
+
+// ledger remembers the allocations this controller admitted until its cache
+// shows them admitted. Without it, a decision made right after another could
+// read a cache that does not yet hold the first admission and count the
+// tenant's usage short, letting two racing claims overshoot the budget. It
+// also keeps, per tenant, the latest decision, for the tenant's status.
+type ledger struct {
+	mu       sync.Mutex
+	admitted map[types.NamespacedName]ledgerEntry
+	latest   map[string]tenancy.Decision
+}
+
+type ledgerEntry struct {
+	uid    types.UID
+	tenant string
+	cost   tenancy.Usage
+}
+
+func newLedger() *ledger {
+	return &ledger{admitted: map[types.NamespacedName]ledgerEntry{}, latest: map[string]tenancy.Decision{}}
+}
+
+func (l *ledger) record(claim types.NamespacedName, uid types.UID, tenant string, d tenancy.Decision) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if d.Admit {
+		l.admitted[claim] = ledgerEntry{uid: uid, tenant: tenant, cost: d.Cost}
+	}
+	l.latest[tenant] = d
+}
+
+// forget drops a claim once the cache shows it admitted, deallocated or gone.
+func (l *ledger) forget(claim types.NamespacedName) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	delete(l.admitted, claim)
+}
+
+// unseen is what the tenant's admissions hold that the cache does not show
+// yet: entries of claims other than skip that are not in seen.
+func (l *ledger) unseen(tenant string, seen map[types.NamespacedName]bool, skip types.NamespacedName) tenancy.Usage {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var u tenancy.Usage
+	for key, e := range l.admitted {
+		if e.tenant == tenant && key != skip && !seen[key] {
+			u = u.Add(e.cost)
+		}
+	}
+	return u
+}
+
+// latestDecision is the latest decision for tenant, if any.
+func (l *ledger) latestDecision(tenant string) (tenancy.Decision, bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	d, ok := l.latest[tenant]
+	return d, ok
+}

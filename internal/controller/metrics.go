@@ -1,0 +1,40 @@
+package controller
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+	ctrlmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
+)
+
+// metrics per tenant, served on the controller-runtime metrics endpoint.
+var (
+	tenantMemoryUsed = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Namespace: "tessera", Subsystem: "tenant", Name: "gpu_memory_used_bytes",
+		Help: "GPU memory held by the tenant's admitted allocations.",
+	}, []string{"tenant"})
+	tenantMemoryBudget = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Namespace: "tessera", Subsystem: "tenant", Name: "gpu_memory_budget_bytes",
+		Help: "The tenant's GPU memory budget (absent without one).",
+	}, []string{"tenant"})
+	tenantDevicesUsed = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Namespace: "tessera", Subsystem: "tenant", Name: "devices_used",
+		Help: "Devices held by the tenant's admitted allocations, by DeviceClass.",
+	}, []string{"tenant", "class"})
+	tenantDevicesBudget = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Namespace: "tessera", Subsystem: "tenant", Name: "devices_budget",
+		Help: "The tenant's device budget, by DeviceClass.",
+	}, []string{"tenant", "class"})
+	allocationDecisions = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "tessera", Subsystem: "tenant", Name: "allocation_decisions_total",
+		Help: "Allocations admitted or rejected, by tenant (empty: no tenant), decision and reason.",
+	}, []string{"tenant", "decision", "reason"})
+)
+
+func init() {
+	ctrlmetrics.Registry.MustRegister(tenantMemoryUsed, tenantMemoryBudget, tenantDevicesUsed, tenantDevicesBudget, allocationDecisions)
+}
+
+func forgetTenantMetrics(tenant string) {
+	for _, v := range []*prometheus.GaugeVec{tenantMemoryUsed, tenantMemoryBudget, tenantDevicesUsed, tenantDevicesBudget} {
+		v.DeletePartialMatch(prometheus.Labels{"tenant": tenant})
+	}
+}

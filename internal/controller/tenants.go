@@ -1,0 +1,316 @@
+package controller
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+
+	admissionv1 "k8s.io/api/admissionregistration/v1"
+	corev1 "k8s.io/api/core/v1"
+	resourceapi "k8s.io/api/resource/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/klog/v2"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
+	"sigs.k8s.io/controller-runtime/pkg/event"
+	"sigs.k8s.io/controller-runtime/pkg/handler"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+	"sigs.k8s.io/controller-runtime/pkg/recorder"
+	"sigs.k8s.io/controller-runtime/pkg/source"
+
+	tenancyv1 "github.com/tessera-gpu/tessera/api/tenancy/v1alpha1"
+	"github.com/tessera-gpu/tessera/pkg/tenancy"
+)
+
+// clusterKey is the request that stands for the cluster-wide objects (the
+// untenanted binding) rather than one tenant; GPUTenant names are never empty.
+var clusterKey = reconcile.Request{}
+
+// TenantReconciler keeps each GPUTenant's enforcement objects (its policy
+// binding, per-namespace ResourceQuotas, dedicated DeviceClasses) equal to
+// what pkg/tenancy derives from it, owned by it so they go with it, and
+// writes its status: namespaces, conflicts, usage and conditions.
+type TenantReconciler struct {
+	client     client.Client
+	recorder   recorder.EventRecorder
+	ledger     *ledger
+	untenanted Untenanted
+	decided    <-chan event.GenericEvent
+}
+
+var _ reconcile.Reconciler = &TenantReconciler{}
+
+// +kubebuilder:rbac:groups=tenancy.tessera.dev,resources=gputenants,verbs=get;list;watch
+// +kubebuilder:rbac:groups=tenancy.tessera.dev,resources=gputenants/status,verbs=get;update;patch
+// +kubebuilder:rbac:groups="",resources=namespaces,verbs=get;list;watch
+// +kubebuilder:rbac:groups="",resources=resourcequotas,verbs=get;list;watch;create;update;patch;delete
+// +kubebuilder:rbac:groups=resource.k8s.io,resources=deviceclasses,verbs=get;list;watch;create;update;patch;delete
+// +kubebuilder:rbac:groups=admissionregistration.k8s.io,resources=validatingadmissionpolicybindings,verbs=get;list;watch;create;update;patch;delete
+
+// Reconcile brings one tenant (or, for clusterKey, the untenanted binding) in line.
+func (r *TenantReconciler) Reconcile(ctx context.Context, req reconcile.Request) (reconcile.Result, error) {
+	if err := r.reconcileUntenanted(ctx); err != nil {
+		return reconcile.Result{}, err
+	}
+	if req == clusterKey {
+		return reconcile.Result{}, nil
+	}
+	t := &tenancyv1.GPUTenant{}
+	if err := r.client.Get(ctx, req.NamespacedName, t); err != nil {
+		if apierrors.IsNotFound(err) {
+			forgetTenantMetrics(req.Name)
+			return reconcile.Result{}, nil
+		}
+		return reconcile.Result{}, fmt.Errorf("get GPUTenant %s: %w", req.Name, err)
+	}
+	tenants, err := listTenants(ctx, r.client)
+	if err != nil {
+		return reconcile.Result{}, err
+	}
+	own, conflicting, err := tenantNamespaces(ctx, r.client, t, tenants)
+	if err != nil {
+		return reconcile.Result{}, err
+	}
+	if _, err := tenancy.Selector(t); err != nil {
+		// Nothing is selected: the tenant's namespaces are untenanted until
+		// the selector is fixed. Say so in Ready.
+		return reconcile.Result{}, r.writeStatus(ctx, t, nil, nil, tenancy.Usage{}, err)
+	}
+	applyErr := errors.Join(
+		r.applyBinding(ctx, t),
+		r.applyQuotas(ctx, t, own),
+		r.applyClasses(ctx, t),
+	)
+	usage, usageErr := r.usage(ctx, t, tenants)
+	if err := r.writeStatus(ctx, t, own, conflicting, usage, errors.Join(applyErr, usageErr)); err != nil {
+		return reconcile.Result{}, err
+	}
+	recordTenantMetrics(t, usage)
+	return reconcile.Result{}, errors.Join(applyErr, usageErr)
+}
+
+// reconcileUntenanted keeps the untenanted binding: with Untenanted deny,
+// bound to every namespace no tenant selects; otherwise absent.
+func (r *TenantReconciler) reconcileUntenanted(ctx context.Context) error {
+	if r.untenanted != UntenantedDeny {
+		err := r.client.Delete(ctx, &admissionv1.ValidatingAdmissionPolicyBinding{ObjectMeta: metav1.ObjectMeta{Name: tenancyv1.PolicyUntenanted}})
+		if err != nil && !apierrors.IsNotFound(err) {
+			return fmt.Errorf("delete untenanted binding: %w", err)
+		}
+		return nil
+	}
+	tenants, err := listTenants(ctx, r.client)
+	if err != nil {
+		return err
+	}
+	namespaces, err := listNamespaces(ctx, r.client)
+	if err != nil {
+		return err
+	}
+	owners, _ := tenancy.Owners(tenants, namespaces)
+	var tenanted []string
+	for ns := range owners {
+		tenanted = append(tenanted, ns)
+	}
+	return r.apply(ctx, tenancy.UntenantedBinding(tenanted), nil)
+}
+
+func (r *TenantReconciler) applyBinding(ctx context.Context, t *tenancyv1.GPUTenant) error {
+	return r.apply(ctx, tenancy.Binding(t), t)
+}
+
+func (r *TenantReconciler) applyQuotas(ctx context.Context, t *tenancyv1.GPUTenant, namespaces []string) error {
+	want := map[types.NamespacedName]bool{}
+	var errs []error
+	for _, ns := range namespaces {
+		if q := tenancy.Quota(t, ns); q != nil {
+			want[client.ObjectKeyFromObject(q)] = true
+			errs = append(errs, r.apply(ctx, q, t))
+		}
+	}
+	var have corev1.ResourceQuotaList
+	if err := r.client.List(ctx, &have, client.MatchingLabels{tenancyv1.LabelOwnerTenant: t.Name}); err != nil {
+		return fmt.Errorf("list quotas of GPUTenant %s: %w", t.Name, err)
+	}
+	for i := range have.Items {
+		if q := &have.Items[i]; !want[client.ObjectKeyFromObject(q)] {
+			errs = append(errs, client.IgnoreNotFound(r.client.Delete(ctx, q)))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func (r *TenantReconciler) applyClasses(ctx context.Context, t *tenancyv1.GPUTenant) error {
+	want := map[string]bool{}
+	var errs []error
+	for _, c := range tenancy.DedicatedClasses(t) {
+		want[c.Name] = true
+		errs = append(errs, r.apply(ctx, c, t))
+	}
+	var have resourceapi.DeviceClassList
+	if err := r.client.List(ctx, &have, client.MatchingLabels{tenancyv1.LabelOwnerTenant: t.Name}); err != nil {
+		return fmt.Errorf("list DeviceClasses of GPUTenant %s: %w", t.Name, err)
+	}
+	for i := range have.Items {
+		if c := &have.Items[i]; !want[c.Name] {
+			errs = append(errs, client.IgnoreNotFound(r.client.Delete(ctx, c)))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// apply creates or updates obj to the desired spec and labels, owned by owner
+// (when not nil) so that it is deleted with the tenant.
+func (r *TenantReconciler) apply(ctx context.Context, desired client.Object, owner *tenancyv1.GPUTenant) error {
+	obj := desired.DeepCopyObject().(client.Object)
+	_, err := controllerutil.CreateOrUpdate(ctx, r.client, obj, func() error {
+		obj.SetLabels(desired.GetLabels())
+		copySpec(obj, desired)
+		if owner != nil {
+			return controllerutil.SetControllerReference(owner, obj, r.client.Scheme())
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("apply %T %s: %w", desired, klog.KObj(desired), err)
+	}
+	return nil
+}
+
+// copySpec sets obj's spec to desired's.
+func copySpec(obj, desired client.Object) {
+	switch o := obj.(type) {
+	case *admissionv1.ValidatingAdmissionPolicyBinding:
+		o.Spec = desired.(*admissionv1.ValidatingAdmissionPolicyBinding).Spec
+	case *corev1.ResourceQuota:
+		o.Spec = desired.(*corev1.ResourceQuota).Spec
+	case *resourceapi.DeviceClass:
+		o.Spec = desired.(*resourceapi.DeviceClass).Spec
+	}
+}
+
+func (r *TenantReconciler) usage(ctx context.Context, t *tenancyv1.GPUTenant, tenants []*tenancyv1.GPUTenant) (tenancy.Usage, error) {
+	admitted, err := admittedClaims(ctx, r.client, t, tenants)
+	if err != nil {
+		return tenancy.Usage{}, err
+	}
+	var slices resourceapi.ResourceSliceList
+	if err := r.client.List(ctx, &slices); err != nil {
+		return tenancy.Usage{}, fmt.Errorf("list ResourceSlices: %w", err)
+	}
+	seen := map[types.NamespacedName]bool{}
+	for _, c := range admitted {
+		seen[client.ObjectKeyFromObject(c)] = true
+	}
+	held, err := tenancy.HeldBy(admitted, tenancy.DeviceMemory(ptrs(slices.Items)))
+	if err != nil {
+		return tenancy.Usage{}, fmt.Errorf("usage of GPUTenant %s: %w", t.Name, err)
+	}
+	return held.Add(r.ledger.unseen(t.Name, seen, types.NamespacedName{})), nil
+}
+
+func (r *TenantReconciler) writeStatus(ctx context.Context, t *tenancyv1.GPUTenant, own, conflicting []string, usage tenancy.Usage, problem error) error {
+	updated := t.DeepCopy()
+	st := &updated.Status
+	st.ObservedGeneration = t.Generation
+	st.Namespaces = slices.Sorted(slices.Values(append(slices.Clone(own), conflicting...)))
+	st.ConflictingNamespaces = conflicting
+	st.Usage = usage.Status()
+
+	ready := metav1.Condition{Type: tenancyv1.TenantReady, Status: metav1.ConditionTrue, Reason: "Enforced", Message: "binding, quotas and classes are in place", ObservedGeneration: t.Generation}
+	if problem != nil {
+		ready.Status, ready.Reason, ready.Message = metav1.ConditionFalse, "ApplyFailed", problem.Error()
+	}
+	meta.SetStatusCondition(&st.Conditions, ready)
+
+	conflict := metav1.Condition{Type: tenancyv1.TenantConflict, Status: metav1.ConditionFalse, Reason: "NoConflict", ObservedGeneration: t.Generation}
+	if len(conflicting) > 0 {
+		conflict.Status, conflict.Reason = metav1.ConditionTrue, tenancyv1.ReasonConflict
+		conflict.Message = fmt.Sprintf("namespaces selected by another GPUTenant too, refused GPU claims: %v", conflicting)
+	}
+	meta.SetStatusCondition(&st.Conditions, conflict)
+
+	exhausted := metav1.Condition{Type: tenancyv1.TenantBudgetExhausted, Status: metav1.ConditionFalse, Reason: "WithinBudget", ObservedGeneration: t.Generation}
+	if d, ok := r.ledger.latestDecision(t.Name); ok && !d.Admit && d.Reason == tenancyv1.ReasonOverBudget {
+		exhausted.Status, exhausted.Reason, exhausted.Message = metav1.ConditionTrue, tenancyv1.ReasonOverBudget, d.Message
+	}
+	meta.SetStatusCondition(&st.Conditions, exhausted)
+
+	if equality.Semantic.DeepEqual(t.Status, updated.Status) {
+		return nil
+	}
+	if len(conflicting) > 0 && !slices.Equal(t.Status.ConflictingNamespaces, conflicting) {
+		r.recorder.Eventf(t, nil, corev1.EventTypeWarning, tenancyv1.ReasonConflict, "Reconcile", "%s", conflict.Message)
+	}
+	if err := r.client.Status().Update(ctx, updated, client.FieldOwner(fieldManager)); err != nil {
+		return fmt.Errorf("update status of GPUTenant %s: %w", t.Name, err)
+	}
+	return nil
+}
+
+func recordTenantMetrics(t *tenancyv1.GPUTenant, u tenancy.Usage) {
+	forgetTenantMetrics(t.Name)
+	tenantMemoryUsed.WithLabelValues(t.Name).Set(float64(u.Memory))
+	for class, n := range u.Devices {
+		tenantDevicesUsed.WithLabelValues(t.Name, class).Set(float64(n))
+	}
+	if b := t.Spec.Budget; b != nil {
+		if b.GPUMemory != nil {
+			tenantMemoryBudget.WithLabelValues(t.Name).Set(float64(b.GPUMemory.Value()))
+		}
+		for class, n := range b.Devices {
+			tenantDevicesBudget.WithLabelValues(t.Name, class).Set(float64(n))
+		}
+	}
+}
+
+// SetupWithManager registers the reconciler: tenants, the objects they own,
+// namespaces (which change every tenant's namespaces and the untenanted
+// binding), claims (whose deallocation changes usage) and the admission
+// reconciler's decisions.
+func (r *TenantReconciler) SetupWithManager(mgr ctrl.Manager) error {
+	allTenants := handler.EnqueueRequestsFromMapFunc(func(ctx context.Context, _ client.Object) []reconcile.Request {
+		tenants, err := listTenants(ctx, r.client)
+		if err != nil {
+			klog.FromContext(ctx).Error(err, "Map namespace to tenants")
+			return []reconcile.Request{clusterKey}
+		}
+		reqs := []reconcile.Request{clusterKey}
+		for _, t := range tenants {
+			reqs = append(reqs, reconcile.Request{NamespacedName: types.NamespacedName{Name: t.Name}})
+		}
+		return reqs
+	})
+	claimTenant := handler.EnqueueRequestsFromMapFunc(func(ctx context.Context, o client.Object) []reconcile.Request {
+		ns := &corev1.Namespace{}
+		if err := r.client.Get(ctx, types.NamespacedName{Name: o.GetNamespace()}, ns); err != nil {
+			return nil
+		}
+		tenants, err := listTenants(ctx, r.client)
+		if err != nil {
+			return nil
+		}
+		owners, _ := tenancy.Owners(tenants, []*corev1.Namespace{ns})
+		var reqs []reconcile.Request
+		for _, name := range owners[ns.Name] {
+			reqs = append(reqs, reconcile.Request{NamespacedName: types.NamespacedName{Name: name}})
+		}
+		return reqs
+	})
+	return ctrl.NewControllerManagedBy(mgr).
+		Named("tenants").
+		For(&tenancyv1.GPUTenant{}).
+		Owns(&admissionv1.ValidatingAdmissionPolicyBinding{}).
+		Owns(&corev1.ResourceQuota{}).
+		Owns(&resourceapi.DeviceClass{}).
+		Watches(&corev1.Namespace{}, allTenants).
+		Watches(&resourceapi.ResourceClaim{}, claimTenant).
+		WatchesRawSource(source.Channel(r.decided, &handler.EnqueueRequestForObject{})).
+		Complete(r)
+}

@@ -1,0 +1,187 @@
+package tenancy
+
+import (
+	"fmt"
+	"maps"
+	"slices"
+	"strings"
+
+	resourceapi "k8s.io/api/resource/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
+	"k8s.io/apimachinery/pkg/api/resource"
+
+	gpuapi "github.com/tessera-gpu/tessera/api/gpu"
+	tenancyv1 "github.com/tessera-gpu/tessera/api/tenancy/v1alpha1"
+)
+
+// Usage is what allocations hold: GPU memory in bytes and devices per
+// DeviceClass.
+type Usage struct {
+	Memory  int64
+	Devices map[string]int64
+}
+
+// Add returns u + o.
+func (u Usage) Add(o Usage) Usage {
+	out := Usage{Memory: u.Memory + o.Memory, Devices: maps.Clone(u.Devices)}
+	if out.Devices == nil && len(o.Devices) > 0 {
+		out.Devices = map[string]int64{}
+	}
+	for c, n := range o.Devices {
+		out.Devices[c] += n
+	}
+	return out
+}
+
+// Status is u in the form of the tenant's status: memory in canonical form.
+func (u Usage) Status() tenancyv1.Usage {
+	return tenancyv1.Usage{GPUMemory: *resource.NewQuantity(u.Memory, resource.BinarySI), Devices: maps.Clone(u.Devices)}
+}
+
+// DeviceID names a published device.
+type DeviceID struct{ Driver, Pool, Device string }
+
+// DeviceMemory is the GPU memory of every Tessera device published in slices:
+// a whole GPU's memory, a MIG partition's memory (its profile's), and a
+// time-shared GPU's total (a share counts what it consumes instead).
+func DeviceMemory(slices []*resourceapi.ResourceSlice) map[DeviceID]int64 {
+	out := map[DeviceID]int64{}
+	for _, s := range slices {
+		if s.Spec.Driver != gpuapi.DriverName {
+			continue
+		}
+		for _, d := range s.Spec.Devices {
+			if c, ok := d.Capacity[gpuapi.CapMemory]; ok {
+				out[DeviceID{s.Spec.Driver, s.Spec.Pool.Name, d.Name}] = c.Value.Value()
+			}
+		}
+	}
+	return out
+}
+
+// ClaimUsage is what an allocated claim holds. Every Tessera device counts
+// its memory (a share, what it consumed) and one device of the class its
+// request named; other drivers' devices count only as devices. A Tessera
+// device whose memory is not published is an error: the claim cannot be
+// costed.
+func ClaimUsage(claim *resourceapi.ResourceClaim, memory map[DeviceID]int64) (Usage, error) {
+	u := Usage{Devices: map[string]int64{}}
+	if claim.Status.Allocation == nil {
+		return u, nil
+	}
+	for _, r := range claim.Status.Allocation.Devices.Results {
+		if class := RequestClass(&claim.Spec, r.Request); class != "" {
+			u.Devices[class]++
+		}
+		if r.Driver != gpuapi.DriverName {
+			continue
+		}
+		if q, ok := consumedMemory(r.ConsumedCapacity); ok {
+			u.Memory += q
+			continue
+		}
+		m, ok := memory[DeviceID{r.Driver, r.Pool, r.Device}]
+		if !ok {
+			return Usage{}, fmt.Errorf("claim %s/%s: device %s/%s is not published, its memory is unknown", claim.Namespace, claim.Name, r.Pool, r.Device)
+		}
+		u.Memory += m
+	}
+	return u, nil
+}
+
+func consumedMemory(c map[resourceapi.QualifiedName]resource.Quantity) (int64, bool) {
+	for _, k := range []resourceapi.QualifiedName{gpuapi.CapMemory, gpuapi.DriverName + "/" + gpuapi.CapMemory} {
+		if q, ok := c[k]; ok {
+			return q.Value(), true
+		}
+	}
+	return 0, false
+}
+
+// RequestClass is the DeviceClass that request ("gpu" or "gpu/small" for a
+// firstAvailable alternative) names in spec, or "" if there is none.
+func RequestClass(spec *resourceapi.ResourceClaimSpec, request string) string {
+	name, sub, _ := strings.Cut(request, "/")
+	for _, r := range spec.Devices.Requests {
+		if r.Name != name {
+			continue
+		}
+		if sub == "" && r.Exactly != nil {
+			return r.Exactly.DeviceClassName
+		}
+		for _, s := range r.FirstAvailable {
+			if s.Name == sub {
+				return s.DeviceClassName
+			}
+		}
+	}
+	return ""
+}
+
+// State is where a claim stands in budget admission.
+type State int
+
+const (
+	// Unallocated claims hold nothing.
+	Unallocated State = iota
+	// Ungated claims are allocated on devices without the admitted binding
+	// condition (tenancy off on their nodes, or another driver).
+	Ungated
+	// Pending claims wait for the controller's decision.
+	Pending
+	// Admitted claims hold their devices against the budget.
+	Admitted
+	// Rejected claims were refused; the scheduler deallocates them.
+	Rejected
+)
+
+// ClaimState says where claim stands: every allocated device that carries the
+// admitted binding condition must have it set for the claim to be admitted;
+// one rejected device rejects the claim.
+func ClaimState(claim *resourceapi.ResourceClaim) State {
+	if claim.Status.Allocation == nil {
+		return Unallocated
+	}
+	gated, admitted := 0, 0
+	for _, r := range claim.Status.Allocation.Devices.Results {
+		if !slices.Contains(r.BindingConditions, tenancyv1.ConditionAdmitted) {
+			continue
+		}
+		gated++
+		st := DeviceStatus(claim, r)
+		if st == nil {
+			continue
+		}
+		if meta.IsStatusConditionTrue(st.Conditions, tenancyv1.ConditionRejected) {
+			return Rejected
+		}
+		if meta.IsStatusConditionTrue(st.Conditions, tenancyv1.ConditionAdmitted) {
+			admitted++
+		}
+	}
+	switch {
+	case gated == 0:
+		return Ungated
+	case admitted == gated:
+		return Admitted
+	default:
+		return Pending
+	}
+}
+
+// DeviceStatus is the claim's status entry for an allocated device, or nil.
+func DeviceStatus(claim *resourceapi.ResourceClaim, r resourceapi.DeviceRequestAllocationResult) *resourceapi.AllocatedDeviceStatus {
+	for i, d := range claim.Status.Devices {
+		if d.Driver == r.Driver && d.Pool == r.Pool && d.Device == r.Device && sameShare(d.ShareID, r) {
+			return &claim.Status.Devices[i]
+		}
+	}
+	return nil
+}
+
+func sameShare(id *string, r resourceapi.DeviceRequestAllocationResult) bool {
+	if r.ShareID == nil {
+		return id == nil
+	}
+	return id != nil && *id == string(*r.ShareID)
+}
