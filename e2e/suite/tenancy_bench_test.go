@@ -15,6 +15,7 @@ import (
 
 	gpuapi "github.com/tessera-gpu/tessera/api/gpu"
 	tenancyv1 "github.com/tessera-gpu/tessera/api/tenancy/v1alpha1"
+	"github.com/tessera-gpu/tessera/test/builder"
 )
 
 // bindingLatencyPods is how many pods each side of the benchmark binds, one
@@ -175,7 +176,7 @@ func BenchmarkTenancyPolicyAdmission(b *testing.B) {
 	// Every tenant's binding must be in force before timing.
 	for _, ns := range tenantNS {
 		if err := wait.PollUntilContextTimeout(ctx, pollEvery, 2*time.Minute, true, func(ctx context.Context) (bool, error) {
-			return createClaim(ctx, ns, claimSpec(request("probe", gpuapi.ClassGPU))) != nil, nil
+			return createClaim(ctx, ns, claimSpec(builder.MakeRequest("probe", gpuapi.ClassGPU).Obj())) != nil, nil
 		}); err != nil {
 			b.Fatalf("tenant policy not enforced in %s", ns)
 		}
@@ -190,7 +191,7 @@ func BenchmarkTenancyPolicyAdmission(b *testing.B) {
 // namespaces with policyBenchWorkers clients and returns creates per second.
 // Odd claims name a forbidden class: refused when enforced, else allowed.
 func admissionRate(ctx context.Context, b *testing.B, namespaces []string, enforced bool) float64 {
-	allowed, forbidden := claimSpec(migRequest("gpu")), claimSpec(request("gpu", gpuapi.ClassGPU))
+	allowed, forbidden := claimSpec(migRequest("gpu")), claimSpec(builder.MakeRequest("gpu", gpuapi.ClassGPU).Obj())
 	next := make(chan int)
 	errs := make(chan error, policyBenchWorkers)
 	var wg sync.WaitGroup

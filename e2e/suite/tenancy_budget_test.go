@@ -21,6 +21,7 @@ import (
 	gpuapi "github.com/tessera-gpu/tessera/api/gpu"
 	tenancyv1 "github.com/tessera-gpu/tessera/api/tenancy/v1alpha1"
 	"github.com/tessera-gpu/tessera/pkg/tenancy"
+	"github.com/tessera-gpu/tessera/test/builder"
 )
 
 // migMemory is the memory the tenancy node publishes for a 1g.18gb partition.
@@ -77,7 +78,7 @@ func TestTenancyBudgetHoldsUnderConcurrency(t *testing.T) {
 		Budget:               &tenancyv1.Budget{GPUMemory: budget},
 	})
 	namespaces := []string{tenantNamespace(t, tenant.Name), tenantNamespace(t, tenant.Name)}
-	ctx := testContext(t)
+	ctx := tenancyContext(t)
 
 	var wg sync.WaitGroup
 	for _, ns := range namespaces {
@@ -193,7 +194,7 @@ func TestTenancyControllerDown(t *testing.T) {
 		Budget:               &tenancyv1.Budget{Devices: map[string]int64{gpuapi.ClassMIG: 4}},
 	})
 	ns := tenantNamespace(t, tenant.Name)
-	ctx := testContext(t)
+	ctx := tenancyContext(t)
 	createTemplate(t, ns, "mig", migRequest("gpu"))
 
 	tenancyController.Kill()
@@ -205,7 +206,7 @@ func TestTenancyControllerDown(t *testing.T) {
 			}
 		}
 	})
-	wantRefused(t, createClaim(ctx, ns, claimSpec(request("gpu", gpuapi.ClassGPU))), "GPUTenant "+tenant.Name)
+	wantRefused(t, createClaim(ctx, ns, claimSpec(builder.MakeRequest("gpu", gpuapi.ClassGPU).Obj())), "GPUTenant "+tenant.Name)
 
 	pod := createPod(t, ns, "waits", "mig", onTenancyNodes)
 	// The scheduler re-checks binding conditions every 5 s: across two
@@ -235,7 +236,7 @@ func TestTenancyControllerDown(t *testing.T) {
 func TestTenancyDedicatedPool(t *testing.T) {
 	tenant := newTenant(t, "pooled", tenancyv1.GPUTenantSpec{DedicatedPool: poolA})
 	ns := tenantNamespace(t, tenant.Name)
-	ctx := testContext(t)
+	ctx := tenancyContext(t)
 	class := tenancyv1.DedicatedClassName(tenant.Name, gpuapi.ClassMIG)
 	err := wait.PollUntilContextTimeout(ctx, pollEvery, waitTimeout, true, func(ctx context.Context) (bool, error) {
 		_, err := local.Client.ResourceV1().DeviceClasses().Get(ctx, class, metav1.GetOptions{})
@@ -244,7 +245,7 @@ func TestTenancyDedicatedPool(t *testing.T) {
 	if err != nil {
 		t.Fatalf("dedicated class %s never created", class)
 	}
-	createTemplate(t, ns, "dedicated", request("gpu", class, profileIs("1g.18gb")))
+	createTemplate(t, ns, "dedicated", builder.MakeRequest("gpu", class).Profile("1g.18gb").Obj())
 	a := waitAllocated(t, createPod(t, ns, "dedicated", "dedicated", onTenancyNodes))
 	if pool := a.Devices()[0].Pool; pool != poolNode.Name {
 		t.Errorf("dedicated class allocated from pool %s, want the dedicated node %s", pool, poolNode.Name)
@@ -281,7 +282,7 @@ func TestTenancyNamespaceQuota(t *testing.T) {
 		NamespaceQuota:       &tenancyv1.NamespaceQuota{Devices: map[string]int64{gpuapi.ClassMIG: 1}},
 	})
 	ns := tenantNamespace(t, tenant.Name)
-	ctx := testContext(t)
+	ctx := tenancyContext(t)
 	quotas := local.Client.CoreV1().ResourceQuotas(ns)
 	err := wait.PollUntilContextTimeout(ctx, pollEvery, waitTimeout, true, func(ctx context.Context) (bool, error) {
 		q, err := quotas.Get(ctx, tenancyv1.QuotaName, metav1.GetOptions{})

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	resourceapi "k8s.io/api/resource/v1"
@@ -20,6 +21,7 @@ import (
 	tenancyv1 "github.com/tessera-gpu/tessera/api/tenancy/v1alpha1"
 	"github.com/tessera-gpu/tessera/e2e/cluster"
 	"github.com/tessera-gpu/tessera/internal/controller"
+	"github.com/tessera-gpu/tessera/test/builder"
 )
 
 // Tenancy's nodes run the plugin with --tenancy, so their devices carry the
@@ -122,7 +124,7 @@ func tenantNamespace(t *testing.T, tenant string) string {
 func waitEnforced(t *testing.T, ns string) {
 	t.Helper()
 	err := wait.PollUntilContextTimeout(t.Context(), pollEvery, waitTimeout, true, func(ctx context.Context) (bool, error) {
-		return createClaim(ctx, ns, claimSpec(request("probe", "probe.e2e.tessera.dev"))) != nil, nil
+		return createClaim(ctx, ns, claimSpec(builder.MakeRequest("probe", "probe.e2e.tessera.dev").Obj())) != nil, nil
 	})
 	if err != nil {
 		t.Fatalf("no tenant policy enforced in namespace %s within %s", ns, waitTimeout)
@@ -226,7 +228,7 @@ func wantRefused(t *testing.T, err error, parts ...string) {
 
 // migRequest asks for one 1g.18gb MIG partition.
 func migRequest(name string) resourceapi.DeviceRequest {
-	return request(name, gpuapi.ClassMIG, profileIs("1g.18gb"))
+	return builder.MakeRequest(name, gpuapi.ClassMIG).Profile("1g.18gb").Obj()
 }
 
 // updateTenant changes the tenant's spec, retrying when the controller has
@@ -244,4 +246,11 @@ func updateTenant(t *testing.T, name string, mutate func(*tenancyv1.GPUTenant)) 
 	if err != nil {
 		t.Fatalf("update GPUTenant %s: %v", name, err)
 	}
+}
+
+// tenancyContext bounds a tenancy test.
+func tenancyContext(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
+	t.Cleanup(cancel)
+	return ctx
 }
