@@ -25,7 +25,8 @@ import (
 // tenancyDemo applies the two demo tenants and their workloads, shows a claim
 // the API server refuses, waits until team-b's budget holds its second pod
 // back, and prints the tenants as kubectl get gput would.
-func tenancyDemo(ctx context.Context, l *cluster.Local, out io.Writer) error {
+func tenancyDemo(ctx context.Context, l *cluster.Local, w io.Writer) error {
+	out := &progress{w: w}
 	scheme, err := controller.Scheme()
 	if err != nil {
 		return err
@@ -45,7 +46,7 @@ func tenancyDemo(ctx context.Context, l *cluster.Local, out io.Writer) error {
 	if err := l.Apply(ctx, manifests.TenancyDemoWorkloads, ""); err != nil {
 		return fmt.Errorf("apply demo tenants' workloads: %w", err)
 	}
-	fmt.Fprintln(out, "\nTenants team-a (MIG and shares, 40Gi of GPU memory) and team-b (whole GPUs, one at a time) applied (e2e/manifests/tenancy-demo).")
+	out.printf("\nTenants team-a (MIG and shares, 40Gi of GPU memory) and team-b (whole GPUs, one at a time) applied (e2e/manifests/tenancy-demo).\n")
 
 	// team-a asks for a whole GPU, which it may not use. The API server's
 	// policy plugin picks up a new tenant's binding within about a second.
@@ -63,7 +64,7 @@ func tenancyDemo(ctx context.Context, l *cluster.Local, out io.Writer) error {
 		return fmt.Errorf("team-a's claim for a whole GPU is still accepted")
 	}
 	err = refusal
-	fmt.Fprintf(out, "team-a asks for a whole GPU; the API server says:\n  %v\n", err)
+	out.printf("team-a asks for a whole GPU; the API server says:\n  %v\n", err)
 
 	var held string
 	err = wait.PollUntilContextTimeout(ctx, 250*time.Millisecond, 2*time.Minute, true, func(ctx context.Context) (bool, error) {
@@ -80,13 +81,16 @@ func tenancyDemo(ctx context.Context, l *cluster.Local, out io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("team-b's budget never held a pod back")
 	}
-	fmt.Fprintf(out, "team-b starts two training pods; its budget holds one back:\n  %s\n\n", held)
+	out.printf("team-b starts two training pods; its budget holds one back:\n  %s\n\n", held)
 	// team-a's two partitions are admitted within a scheduler re-check (5 s).
 	_ = wait.PollUntilContextTimeout(ctx, 250*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
 		t := &tenancyv1.GPUTenant{}
 		return c.Get(ctx, crclient.ObjectKey{Name: "team-a"}, t) == nil && t.Status.Usage.Devices[gpuapi.ClassMIG] == 2, nil
 	})
-	return printTenants(ctx, c, out)
+	if err := printTenants(ctx, c, out); err != nil {
+		return err
+	}
+	return out.err
 }
 
 func waitReady(ctx context.Context, c crclient.Client, name string) error {
@@ -104,13 +108,13 @@ func waitReady(ctx context.Context, c crclient.Client, name string) error {
 }
 
 // printTenants prints what kubectl get gput shows, plus device usage.
-func printTenants(ctx context.Context, c crclient.Client, out io.Writer) error {
+func printTenants(ctx context.Context, c crclient.Client, out *progress) error {
 	var list tenancyv1.GPUTenantList
 	if err := c.List(ctx, &list); err != nil {
 		return fmt.Errorf("list GPUTenants: %w", err)
 	}
-	w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(w, "TENANT\tNAMESPACES\tMEMORY\tBUDGET\tDEVICES\tREADY\tBUDGET EXHAUSTED")
+	w := &progress{w: tabwriter.NewWriter(out.w, 0, 4, 2, ' ', 0)}
+	w.printf("%s\n", "TENANT\tNAMESPACES\tMEMORY\tBUDGET\tDEVICES\tREADY\tBUDGET EXHAUSTED")
 	for _, t := range list.Items {
 		budget := "-"
 		if b := t.Spec.Budget; b != nil {
@@ -127,10 +131,13 @@ func printTenants(ctx context.Context, c crclient.Client, out io.Writer) error {
 		for class, n := range t.Status.Usage.Devices {
 			devices = append(devices, fmt.Sprintf("%s=%d", class, n))
 		}
-		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", t.Name, strings.Join(t.Status.Namespaces, ","), t.Status.Usage.GPUMemory.String(),
+		w.printf("%s\t%s\t%s\t%s\t%s\t%s\t%s\n", t.Name, strings.Join(t.Status.Namespaces, ","), t.Status.Usage.GPUMemory.String(),
 			budget, strings.Join(devices, ","), conditionStatus(t, tenancyv1.TenantReady), conditionStatus(t, tenancyv1.TenantBudgetExhausted))
 	}
-	return w.Flush()
+	if w.err != nil {
+		return w.err
+	}
+	return w.w.(*tabwriter.Writer).Flush()
 }
 
 func conditionStatus(t tenancyv1.GPUTenant, typ string) string {

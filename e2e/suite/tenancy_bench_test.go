@@ -62,12 +62,14 @@ func bindLatencies(b *testing.B, tenancy bool) []time.Duration {
 		if err := tenants.Create(ctx, tenant); err != nil {
 			b.Fatal(err)
 		}
-		defer tenants.Delete(context.Background(), tenant)
+		defer func() { _ = tenants.Delete(context.Background(), tenant) }() // best effort; the cluster is thrown away
 	}
 	if _, err := local.Client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns, Labels: labels}}, metav1.CreateOptions{}); err != nil {
 		b.Fatal(err)
 	}
-	defer local.Client.CoreV1().Namespaces().Delete(context.Background(), ns, metav1.DeleteOptions{})
+	defer func() {
+		_ = local.Client.CoreV1().Namespaces().Delete(context.Background(), ns, metav1.DeleteOptions{})
+	}() // best effort
 	if err := wait.PollUntilContextTimeout(ctx, pollEvery, waitTimeout, true, func(ctx context.Context) (bool, error) {
 		_, err := local.Client.CoreV1().ServiceAccounts(ns).Get(ctx, "default", metav1.GetOptions{})
 		return err == nil, nil
@@ -160,7 +162,7 @@ func BenchmarkTenancyPolicyAdmission(b *testing.B) {
 		if err := tenants.Create(ctx, tenant); err != nil {
 			b.Fatal(err)
 		}
-		defer tenants.Delete(context.Background(), tenant)
+		defer func() { _ = tenants.Delete(context.Background(), tenant) }() // best effort; the cluster is thrown away
 		for _, ns := range []struct {
 			name   string
 			labels map[string]string
@@ -169,7 +171,9 @@ func BenchmarkTenancyPolicyAdmission(b *testing.B) {
 			if _, err := local.Client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns.name, Labels: ns.labels}}, metav1.CreateOptions{}); err != nil {
 				b.Fatal(err)
 			}
-			defer local.Client.CoreV1().Namespaces().Delete(context.Background(), ns.name, metav1.DeleteOptions{})
+			defer func() {
+				_ = local.Client.CoreV1().Namespaces().Delete(context.Background(), ns.name, metav1.DeleteOptions{})
+			}() // best effort
 			*ns.into = append(*ns.into, ns.name)
 		}
 	}
@@ -205,7 +209,7 @@ func admissionRate(ctx context.Context, b *testing.B, namespaces []string, enfor
 				}
 				err := createClaim(ctx, namespaces[i%len(namespaces)], spec)
 				if refused := err != nil; refused != (enforced && i%2 == 1) {
-					errs <- fmt.Errorf("claim %d in %s: refused=%t, error %v", i, namespaces[i%len(namespaces)], refused, err)
+					errs <- fmt.Errorf("claim %d in %s: refused=%t, error %w", i, namespaces[i%len(namespaces)], refused, err)
 					return
 				}
 			}
