@@ -62,7 +62,7 @@ func bindLatencies(b *testing.B, tenancy bool) []time.Duration {
 		if err := tenants.Create(ctx, tenant); err != nil {
 			b.Fatal(err)
 		}
-		defer func() { _ = tenants.Delete(context.Background(), tenant) }() // best effort; the cluster is thrown away
+		defer func() { _ = tenants.Delete(context.Background(), tenant) }() // best effort
 	}
 	if _, err := local.Client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns, Labels: labels}}, metav1.CreateOptions{}); err != nil {
 		b.Fatal(err)
@@ -153,6 +153,13 @@ func BenchmarkTenancyPolicyAdmission(b *testing.B) {
 	defer cancel()
 	run := fmt.Sprintf("%d", time.Now().UnixNano()%100000)
 	var tenantNS, freeNS []string
+	// Best effort: the cluster is thrown away after the run.
+	var cleanups []func()
+	defer func() {
+		for _, c := range cleanups {
+			c()
+		}
+	}()
 	for i := range policyBenchTenants {
 		name := fmt.Sprintf("pb%s-%d", run, i)
 		labels := map[string]string{tenancyv1.LabelCapsuleTenant: name}
@@ -162,7 +169,7 @@ func BenchmarkTenancyPolicyAdmission(b *testing.B) {
 		if err := tenants.Create(ctx, tenant); err != nil {
 			b.Fatal(err)
 		}
-		defer func() { _ = tenants.Delete(context.Background(), tenant) }() // best effort; the cluster is thrown away
+		cleanups = append(cleanups, func() { _ = tenants.Delete(context.Background(), tenant) })
 		for _, ns := range []struct {
 			name   string
 			labels map[string]string
@@ -171,9 +178,10 @@ func BenchmarkTenancyPolicyAdmission(b *testing.B) {
 			if _, err := local.Client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns.name, Labels: ns.labels}}, metav1.CreateOptions{}); err != nil {
 				b.Fatal(err)
 			}
-			defer func() {
-				_ = local.Client.CoreV1().Namespaces().Delete(context.Background(), ns.name, metav1.DeleteOptions{})
-			}() // best effort
+			name := ns.name
+			cleanups = append(cleanups, func() {
+				_ = local.Client.CoreV1().Namespaces().Delete(context.Background(), name, metav1.DeleteOptions{})
+			})
 			*ns.into = append(*ns.into, ns.name)
 		}
 	}
