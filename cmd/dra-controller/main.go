@@ -65,7 +65,7 @@ func run(ctx context.Context, args []string) error {
 	if err := fromEnv(fs); err != nil {
 		return err
 	}
-	logger := klog.NewKlogr()
+	logger := klog.Background()
 	ctrl.SetLogger(logger)
 	ctx = klog.NewContext(ctx, logger)
 	cfg, err := kubeConfig(o.kubeconfig)

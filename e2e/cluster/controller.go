@@ -144,7 +144,7 @@ func (l *Local) serviceAccountKubeconfig(ctx context.Context, sa [2]string, user
 		return "", fmt.Errorf("create token for service account %s/%s: %w", sa[0], sa[1], err)
 	}
 	path := filepath.Join(l.WorkDir, user+".kubeconfig")
-	if err := writeKubeconfig(path, l.APIServerURL, l.Config.TLSClientConfig.CAFile, user,
+	if err := writeKubeconfig(path, l.APIServerURL, l.Config.CAFile, user,
 		&clientcmdapi.AuthInfo{Token: token.Status.Token}); err != nil {
 		return "", err
 	}
