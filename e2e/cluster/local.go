@@ -44,8 +44,9 @@ type Config struct {
 // test taints the plugin must tolerate.
 var localValues = []string{
 	"kubeletPlugin.tolerations[0].operator=Exists",
-	// The tenancy controller is not part of the local cluster yet.
-	"controller.enabled=false",
+	// The chart installs the tenancy objects and the controller's Deployment;
+	// the suite and the demo run the controller process (InstallTenancy) and
+	// turn on binding conditions only on the nodes that test tenancy.
 	"kubeletPlugin.tenancy=false",
 }
 

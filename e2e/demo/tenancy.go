@@ -25,8 +25,7 @@ import (
 // tenancyDemo applies the two demo tenants and their workloads, shows a claim
 // the API server refuses, waits until team-b's budget holds its second pod
 // back, and prints the tenants as kubectl get gput would.
-func tenancyDemo(ctx context.Context, l *cluster.Local, w io.Writer) error {
-	out := &progress{w: w}
+func tenancyDemo(ctx context.Context, l *cluster.Local, out io.Writer) error {
 	scheme, err := controller.Scheme()
 	if err != nil {
 		return err
@@ -46,7 +45,8 @@ func tenancyDemo(ctx context.Context, l *cluster.Local, w io.Writer) error {
 	if err := l.Apply(ctx, manifests.TenancyDemoWorkloads, ""); err != nil {
 		return fmt.Errorf("apply demo tenants' workloads: %w", err)
 	}
-	out.printf("\nTenants team-a (MIG and shares, 40Gi of GPU memory) and team-b (whole GPUs, one at a time) applied (e2e/manifests/tenancy-demo).\n")
+	p := &progress{w: out}
+	p.printf("\nTenants team-a (MIG and shares, 40Gi of GPU memory) and team-b (whole GPUs, one at a time) applied (e2e/manifests/tenancy-demo).\n")
 
 	// team-a asks for a whole GPU, which it may not use. The API server's
 	// policy plugin picks up a new tenant's binding within about a second.
@@ -64,7 +64,7 @@ func tenancyDemo(ctx context.Context, l *cluster.Local, w io.Writer) error {
 		return fmt.Errorf("team-a's claim for a whole GPU is still accepted")
 	}
 	err = refusal
-	out.printf("team-a asks for a whole GPU; the API server says:\n  %v\n", err)
+	p.printf("team-a asks for a whole GPU; the API server says:\n  %v\n", err)
 
 	var held string
 	err = wait.PollUntilContextTimeout(ctx, 250*time.Millisecond, 2*time.Minute, true, func(ctx context.Context) (bool, error) {
@@ -81,16 +81,16 @@ func tenancyDemo(ctx context.Context, l *cluster.Local, w io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("team-b's budget never held a pod back")
 	}
-	out.printf("team-b starts two training pods; its budget holds one back:\n  %s\n\n", held)
+	p.printf("team-b starts two training pods; its budget holds one back:\n  %s\n\n", held)
+	if p.err != nil {
+		return fmt.Errorf("write the tenancy demo: %w", p.err)
+	}
 	// team-a's two partitions are admitted within a scheduler re-check (5 s).
 	_ = wait.PollUntilContextTimeout(ctx, 250*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
 		t := &tenancyv1.GPUTenant{}
 		return c.Get(ctx, crclient.ObjectKey{Name: "team-a"}, t) == nil && t.Status.Usage.Devices[gpuapi.ClassMIG] == 2, nil
 	})
-	if err := printTenants(ctx, c, out); err != nil {
-		return err
-	}
-	return out.err
+	return printTenants(ctx, c, out)
 }
 
 func waitReady(ctx context.Context, c crclient.Client, name string) error {
@@ -108,12 +108,12 @@ func waitReady(ctx context.Context, c crclient.Client, name string) error {
 }
 
 // printTenants prints what kubectl get gput shows, plus device usage.
-func printTenants(ctx context.Context, c crclient.Client, out *progress) error {
+func printTenants(ctx context.Context, c crclient.Client, out io.Writer) error {
 	var list tenancyv1.GPUTenantList
 	if err := c.List(ctx, &list); err != nil {
 		return fmt.Errorf("list GPUTenants: %w", err)
 	}
-	w := &progress{w: tabwriter.NewWriter(out.w, 0, 4, 2, ' ', 0)}
+	w := &progress{w: tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)}
 	w.printf("%s\n", "TENANT\tNAMESPACES\tMEMORY\tBUDGET\tDEVICES\tREADY\tBUDGET EXHAUSTED")
 	for _, t := range list.Items {
 		budget := "-"
@@ -135,7 +135,7 @@ func printTenants(ctx context.Context, c crclient.Client, out *progress) error {
 			budget, strings.Join(devices, ","), conditionStatus(t, tenancyv1.TenantReady), conditionStatus(t, tenancyv1.TenantBudgetExhausted))
 	}
 	if w.err != nil {
-		return w.err
+		return fmt.Errorf("print GPUTenants: %w", w.err)
 	}
 	return w.w.(*tabwriter.Writer).Flush()
 }

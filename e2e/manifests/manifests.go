@@ -32,21 +32,6 @@ func Demo() ([][]byte, error) {
 	return out, nil
 }
 
-// TenancyPolicies are tenancy's ValidatingAdmissionPolicies and their static
-// bindings.
-//
-//go:embed tenancy-policies.yaml
-var TenancyPolicies []byte
-
-// ControllerRBAC is the tenancy controller's ServiceAccount and its RBAC.
-//
-//go:embed controller-rbac.yaml
-var ControllerRBAC []byte
-
-// ControllerServiceAccount names the ServiceAccount in ControllerRBAC as
-// namespace, name.
-var ControllerServiceAccount = [2]string{"tessera-system", "tessera-controller"}
-
 // TenancyDemoTenants are the demo's GPUTenants; TenancyDemoWorkloads their
 // namespaces and pods, applied once the tenants are enforced.
 var (

@@ -29,6 +29,13 @@ const (
 	pollEvery   = 100 * time.Millisecond
 )
 
+// testContext bounds one test's calls to the cluster.
+func testContext(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
+	t.Cleanup(cancel)
+	return ctx
+}
+
 // newNamespace creates a namespace for one test. Cleanup deletes its pods and waits
 // until they are gone, so that the next test finds all devices free.
 func newNamespace(t *testing.T) string {

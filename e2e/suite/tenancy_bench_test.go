@@ -62,14 +62,14 @@ func bindLatencies(b *testing.B, tenancy bool) []time.Duration {
 		if err := tenants.Create(ctx, tenant); err != nil {
 			b.Fatal(err)
 		}
-		defer func() { _ = tenants.Delete(context.Background(), tenant) }() // best effort
+		defer func() { _ = tenants.Delete(context.Background(), tenant) }()
 	}
 	if _, err := local.Client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns, Labels: labels}}, metav1.CreateOptions{}); err != nil {
 		b.Fatal(err)
 	}
 	defer func() {
 		_ = local.Client.CoreV1().Namespaces().Delete(context.Background(), ns, metav1.DeleteOptions{})
-	}() // best effort
+	}()
 	if err := wait.PollUntilContextTimeout(ctx, pollEvery, waitTimeout, true, func(ctx context.Context) (bool, error) {
 		_, err := local.Client.CoreV1().ServiceAccounts(ns).Get(ctx, "default", metav1.GetOptions{})
 		return err == nil, nil
@@ -153,13 +153,6 @@ func BenchmarkTenancyPolicyAdmission(b *testing.B) {
 	defer cancel()
 	run := fmt.Sprintf("%d", time.Now().UnixNano()%100000)
 	var tenantNS, freeNS []string
-	// Best effort: the cluster is thrown away after the run.
-	var cleanups []func()
-	defer func() {
-		for _, c := range cleanups {
-			c()
-		}
-	}()
 	for i := range policyBenchTenants {
 		name := fmt.Sprintf("pb%s-%d", run, i)
 		labels := map[string]string{tenancyv1.LabelCapsuleTenant: name}
@@ -169,7 +162,7 @@ func BenchmarkTenancyPolicyAdmission(b *testing.B) {
 		if err := tenants.Create(ctx, tenant); err != nil {
 			b.Fatal(err)
 		}
-		cleanups = append(cleanups, func() { _ = tenants.Delete(context.Background(), tenant) })
+		b.Cleanup(func() { _ = tenants.Delete(context.Background(), tenant) })
 		for _, ns := range []struct {
 			name   string
 			labels map[string]string
@@ -178,9 +171,8 @@ func BenchmarkTenancyPolicyAdmission(b *testing.B) {
 			if _, err := local.Client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns.name, Labels: ns.labels}}, metav1.CreateOptions{}); err != nil {
 				b.Fatal(err)
 			}
-			name := ns.name
-			cleanups = append(cleanups, func() {
-				_ = local.Client.CoreV1().Namespaces().Delete(context.Background(), name, metav1.DeleteOptions{})
+			b.Cleanup(func() {
+				_ = local.Client.CoreV1().Namespaces().Delete(context.Background(), ns.name, metav1.DeleteOptions{})
 			})
 			*ns.into = append(*ns.into, ns.name)
 		}

@@ -78,7 +78,7 @@ func TestTenancyBudgetHoldsUnderConcurrency(t *testing.T) {
 		Budget:               &tenancyv1.Budget{GPUMemory: budget},
 	})
 	namespaces := []string{tenantNamespace(t, tenant.Name), tenantNamespace(t, tenant.Name)}
-	ctx := tenancyContext(t)
+	ctx := testContext(t)
 
 	var wg sync.WaitGroup
 	for _, ns := range namespaces {
@@ -174,8 +174,13 @@ func checkDecisionMetric(t *testing.T, tenant, decision string) {
 	if err != nil {
 		t.Fatalf("scrape controller metrics: %v", err)
 	}
-	defer func() { _ = resp.Body.Close() }() // a read response; nothing to learn from closing it
-	body, _ := io.ReadAll(resp.Body)
+	body, err := io.ReadAll(resp.Body)
+	if cerr := resp.Body.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		t.Fatalf("read controller metrics: %v", err)
+	}
 	for _, line := range strings.Split(string(body), "\n") {
 		if strings.HasPrefix(line, "tessera_tenant_allocation_decisions_total{") &&
 			strings.Contains(line, `decision="`+decision+`"`) && strings.Contains(line, `tenant="`+tenant+`"`) {
@@ -194,7 +199,7 @@ func TestTenancyControllerDown(t *testing.T) {
 		Budget:               &tenancyv1.Budget{Devices: map[string]int64{gpuapi.ClassMIG: 4}},
 	})
 	ns := tenantNamespace(t, tenant.Name)
-	ctx := tenancyContext(t)
+	ctx := testContext(t)
 	createTemplate(t, ns, "mig", migRequest("gpu"))
 
 	tenancyController.Kill()
@@ -236,7 +241,7 @@ func TestTenancyControllerDown(t *testing.T) {
 func TestTenancyDedicatedPool(t *testing.T) {
 	tenant := newTenant(t, "pooled", tenancyv1.GPUTenantSpec{DedicatedPool: poolA})
 	ns := tenantNamespace(t, tenant.Name)
-	ctx := tenancyContext(t)
+	ctx := testContext(t)
 	class := tenancyv1.DedicatedClassName(tenant.Name, gpuapi.ClassMIG)
 	err := wait.PollUntilContextTimeout(ctx, pollEvery, waitTimeout, true, func(ctx context.Context) (bool, error) {
 		_, err := local.Client.ResourceV1().DeviceClasses().Get(ctx, class, metav1.GetOptions{})
@@ -282,7 +287,7 @@ func TestTenancyNamespaceQuota(t *testing.T) {
 		NamespaceQuota:       &tenancyv1.NamespaceQuota{Devices: map[string]int64{gpuapi.ClassMIG: 1}},
 	})
 	ns := tenantNamespace(t, tenant.Name)
-	ctx := tenancyContext(t)
+	ctx := testContext(t)
 	quotas := local.Client.CoreV1().ResourceQuotas(ns)
 	err := wait.PollUntilContextTimeout(ctx, pollEvery, waitTimeout, true, func(ctx context.Context) (bool, error) {
 		q, err := quotas.Get(ctx, tenancyv1.QuotaName, metav1.GetOptions{})

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"strings"
 	"testing"
-	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	resourceapi "k8s.io/api/resource/v1"
@@ -246,11 +245,4 @@ func updateTenant(t *testing.T, name string, mutate func(*tenancyv1.GPUTenant)) 
 	if err != nil {
 		t.Fatalf("update GPUTenant %s: %v", name, err)
 	}
-}
-
-// tenancyContext bounds a tenancy test.
-func tenancyContext(t *testing.T) context.Context {
-	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
-	t.Cleanup(cancel)
-	return ctx
 }

@@ -34,7 +34,7 @@ func TestTenancyAttackMatrix(t *testing.T) {
 	shared := tenantNamespace(t, tenant.Name)
 	victim := tenantNamespace(t, other.Name)
 	free := newNamespace(t)
-	ctx := tenancyContext(t)
+	ctx := testContext(t)
 
 	tolerating := func(key string, op resourceapi.DeviceTolerationOperator) resourceapi.DeviceRequest {
 		r := builder.MakeRequest("gpu", gpuapi.ClassShared).Obj()
@@ -222,7 +222,7 @@ func namespaceEditor(t *testing.T) kubernetes.Interface {
 // TestTenancyCRDValidation checks the GPUTenant CRD's rules in the API server.
 func TestTenancyCRDValidation(t *testing.T) {
 	needCluster(t)
-	ctx := tenancyContext(t)
+	ctx := testContext(t)
 	selector := metav1.LabelSelector{MatchLabels: map[string]string{tenancyv1.LabelCapsuleTenant: "x"}}
 	for name, tc := range map[string]struct {
 		tenant tenancyv1.GPUTenant
@@ -262,7 +262,7 @@ func TestTenancyUntenantedDeny(t *testing.T) {
 	tenant := newTenant(t, "denied", tenancyv1.GPUTenantSpec{AllowedDeviceClasses: []string{gpuapi.ClassMIG}})
 	ns := tenantNamespace(t, tenant.Name)
 	free := newNamespace(t)
-	ctx := tenancyContext(t)
+	ctx := testContext(t)
 	if err := tenancyController.Restart(ctx, "--untenanted=deny"); err != nil {
 		t.Fatal(err)
 	}
