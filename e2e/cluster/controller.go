@@ -37,18 +37,17 @@ func DefaultControllerBinary() string {
 	return filepath.Join(root, "bin", "dra-controller")
 }
 
-// InstallTenancy installs the GPUTenant CRD, tenancy's admission policies and
-// the controller's RBAC, then starts the controller (binary) with a token of
-// its ServiceAccount and waits until it is ready. args are extra flags, e.g.
-// --untenanted=deny.
+// InstallTenancy starts the tenancy controller (binary) as the chart runs it
+// and waits until it is ready; the chart has installed the GPUTenant CRD,
+// tenancy's admission policies and the controller's RBAC. args are extra
+// flags, e.g. --untenanted=deny.
 func (l *Local) InstallTenancy(ctx context.Context, binary string, args ...string) (*Controller, error) {
 	if _, err := os.Stat(binary); err != nil {
 		return nil, fmt.Errorf("controller binary: %w (build it with make build)", err)
 	}
-	// The chart installed the CRD, the admission policies and the controller's
-	// RBAC, and its Deployment has a pod: the controller runs with a token of
-	// the chart's ServiceAccount bound to that pod, and the chart's arguments
-	// less the ports and verbosity the local cluster sets.
+	// The chart's Deployment has a pod: the controller runs with a token of the
+	// chart's ServiceAccount bound to that pod, and the chart's arguments less
+	// the ports and verbosity the local cluster sets.
 	if l.Install.Controller == nil {
 		return nil, errors.New("the chart was rendered without the controller (controller.enabled=false)")
 	}
