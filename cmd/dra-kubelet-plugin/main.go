@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
@@ -90,12 +91,19 @@ func (o *options) sliceOptions() resourceslice.Options {
 	return opts
 }
 
-func (o *options) openNVML() (tnvml.Library, error) {
+// mockNVMLStateFile is the file in --state-dir where a mock NVML backend
+// keeps its GPUs' MIG state.
+const mockNVMLStateFile = "mock-nvml.json"
+
+// openNVML opens the --nvml backend; a mock keeps its MIG state in
+// mockStateFile when that is set.
+func (o *options) openNVML(mockStateFile string) (tnvml.Library, error) {
 	b, err := tnvml.ParseBackend(o.nvml)
 	if err != nil {
 		return nil, err
 	}
 	b.Seed = o.nodeName
+	b.StateFile = mockStateFile
 	return tnvml.Open(b)
 }
 
@@ -139,7 +147,7 @@ func newCommand() *cobra.Command {
 			if o.nodeName == "" {
 				return fmt.Errorf("--node-name is required")
 			}
-			lib, err := o.openNVML()
+			lib, err := o.openNVML("")
 			if err != nil {
 				return err
 			}
@@ -188,7 +196,10 @@ func run(ctx context.Context, o *options) error {
 	if err != nil {
 		return fmt.Errorf("create Kubernetes client: %w", err)
 	}
-	lib, err := o.openNVML()
+	// A mock's MIG instances outlive a plugin restart, as on hardware, so
+	// that restarts on simulated nodes test the checkpoint against what the
+	// GPUs really hold.
+	lib, err := o.openNVML(filepath.Join(o.stateDir, mockNVMLStateFile))
 	if err != nil {
 		return err
 	}

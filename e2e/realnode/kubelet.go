@@ -3,6 +3,7 @@ package realnode
 import (
 	"context"
 	"crypto/tls"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -12,6 +13,8 @@ import (
 	"strconv"
 	"text/template"
 	"time"
+
+	corev1 "k8s.io/api/core/v1"
 
 	"github.com/tessera-gpu/tessera/e2e/cluster"
 )
@@ -125,24 +128,47 @@ func (k *kubelet) PluginsDir() string { return filepath.Join(k.RootDir, "plugins
 
 // metrics fetches the kubelet's /metrics.
 func (k *kubelet) metrics(ctx context.Context) (string, error) {
-	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}} //nolint:gosec // the kubelet's self-signed serving certificate on loopback
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "https://127.0.0.1:"+strconv.Itoa(k.Port)+"/metrics", nil)
+	body, err := k.get(ctx, "/metrics")
+	return string(body), err
+}
+
+// pods returns the pods the kubelet's pod manager holds (its /pods): the ones
+// it serves exec, logs and port-forward for. A freshly started kubelet holds
+// none until it has synced its pods from the API server, some time after it
+// reports the node Ready.
+func (k *kubelet) pods(ctx context.Context) ([]corev1.Pod, error) {
+	body, err := k.get(ctx, "/pods")
 	if err != nil {
-		return "", err
+		return nil, err
+	}
+	var list corev1.PodList
+	if err := json.Unmarshal(body, &list); err != nil {
+		return nil, fmt.Errorf("decode kubelet /pods: %w", err)
+	}
+	return list.Items, nil
+}
+
+// get reads a path of the kubelet's HTTPS server on loopback (anonymous
+// access is allowed there, see kubeletConfig).
+func (k *kubelet) get(ctx context.Context, path string) ([]byte, error) {
+	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}} //nolint:gosec // the kubelet's self-signed serving certificate on loopback
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "https://127.0.0.1:"+strconv.Itoa(k.Port)+path, nil)
+	if err != nil {
+		return nil, err
 	}
 	resp, err := client.Do(req)
 	if err != nil {
-		return "", err
+		return nil, err
 	}
 	defer func() { _ = resp.Body.Close() }() // a read response: a failed close loses nothing
 	body, err := io.ReadAll(resp.Body)
 	if err != nil {
-		return "", fmt.Errorf("read kubelet /metrics: %w", err)
+		return nil, fmt.Errorf("read kubelet %s: %w", path, err)
 	}
 	if resp.StatusCode != http.StatusOK {
-		return "", fmt.Errorf("kubelet /metrics: %d", resp.StatusCode)
+		return nil, fmt.Errorf("kubelet %s: %d", path, resp.StatusCode)
 	}
-	return string(body), nil
+	return body, nil
 }
 
 // freePorts reserves n distinct loopback ports by listening on them together,

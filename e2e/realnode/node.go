@@ -23,6 +23,8 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/sets"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/klog/v2"
 
@@ -287,9 +289,9 @@ func (n *Node) RestartPlugin(ctx context.Context, crash bool) error {
 }
 
 // RestartKubelet stops the kubelet (killed when crash is set) and starts it
-// again, returning once it reports the node Ready again and has registered the
-// plugin anew. Containers keep running meanwhile, as with a real kubelet
-// restart.
+// again, returning once it reports the node Ready again, has registered the
+// plugin anew and holds the node's pods again. Containers keep running
+// meanwhile, as with a real kubelet restart.
 func (n *Node) RestartKubelet(ctx context.Context, crash bool) error {
 	if crash {
 		n.kubelet.proc.Kill()
@@ -306,7 +308,51 @@ func (n *Node) RestartKubelet(ctx context.Context, crash bool) error {
 	n.mu.Lock()
 	p := n.plugin
 	n.mu.Unlock()
-	return n.waitPlugin(ctx, p)
+	if err := n.waitPlugin(ctx, p); err != nil {
+		return err
+	}
+	return n.waitPodsHeld(ctx)
+}
+
+// waitPodsHeld waits until the kubelet holds every unfinished pod the API
+// server has bound to the node. A restarted kubelet reports the node Ready
+// and registers plugins before its API source has delivered its pods (about a
+// second on this machine); until then it answers exec and logs of a running
+// pod with "pod does not exist".
+func (n *Node) waitPodsHeld(ctx context.Context) error {
+	var last string
+	err := wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
+		bound, err := n.cp.Client.CoreV1().Pods(metav1.NamespaceAll).List(ctx, metav1.ListOptions{
+			FieldSelector: fields.OneTermEqualSelector("spec.nodeName", n.Name).String(),
+		})
+		if err != nil {
+			last = err.Error()
+			return false, nil
+		}
+		held, err := n.kubelet.pods(ctx)
+		if err != nil {
+			last = err.Error()
+			return false, nil
+		}
+		uids := sets.New[types.UID]()
+		for _, p := range held {
+			uids.Insert(p.UID)
+		}
+		for _, p := range bound.Items {
+			if p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed {
+				continue
+			}
+			if !uids.Has(p.UID) {
+				last = fmt.Sprintf("kubelet does not hold pod %s/%s yet", p.Namespace, p.Name)
+				return false, nil
+			}
+		}
+		return true, nil
+	})
+	if err != nil {
+		return fmt.Errorf("kubelet of node %s has not taken its pods back (last: %s; log: %s): %w", n.Name, last, n.kubelet.proc.LogPath, err)
+	}
+	return nil
 }
 
 // PluginLog is the path of the plugin's log.

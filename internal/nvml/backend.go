@@ -20,6 +20,10 @@ type Backend struct {
 	// Seed makes mock UUIDs differ between simulated nodes; the node name
 	// is a good seed.
 	Seed string
+	// StateFile, for a mock, is where its GPUs' MIG state is kept so that it
+	// survives a restart of the process, as a GPU's survives a restart of
+	// the plugin; empty keeps it in memory only.
+	StateFile string
 }
 
 // ParseBackend parses the --nvml flag's value.
@@ -62,6 +66,11 @@ func Open(b Backend) (Library, error) {
 	s, err := nvmlmock.New(b.Mock, b.Count, b.Seed)
 	if err != nil {
 		return nil, err
+	}
+	if b.StateFile != "" {
+		if err := s.Persist(b.StateFile); err != nil {
+			return nil, err
+		}
 	}
 	// Events change the mock's device functions; doing it on the first
 	// watch would race with a discovery running at the same time.

@@ -3,6 +3,7 @@ package nvmlmock
 import (
 	"fmt"
 	"sort"
+	"sync"
 
 	"github.com/google/uuid"
 
@@ -16,6 +17,11 @@ import (
 type Server struct {
 	*server.Server
 	Model Model
+
+	strict []*strictDevice
+	// statePath, when set, is where the MIG state is saved (see Persist).
+	statePath string
+	saveMu    sync.Mutex
 }
 
 // New builds a mock server of the model with count GPUs. seed makes UUIDs
@@ -46,7 +52,7 @@ func New(model string, count int, seed string) (*Server, error) {
 		if m.MIGEnabled {
 			dev.MigMode = nvml.DEVICE_MIG_ENABLE
 		}
-		newStrictDevice(dev, m)
+		s.strict = append(s.strict, newStrictDevice(dev, m, s.changed))
 	}
 	return s, nil
 }
@@ -66,10 +72,13 @@ type strictDevice struct {
 	dev     *server.Device
 	model   Model
 	pending int
+	// changed is called, without locks held, after every change of the MIG
+	// state; what it returns is the changing call's result.
+	changed func() nvml.Return
 }
 
-func newStrictDevice(dev *server.Device, m Model) {
-	s := &strictDevice{dev: dev, model: m, pending: dev.MigMode}
+func newStrictDevice(dev *server.Device, m Model, changed func() nvml.Return) *strictDevice {
+	s := &strictDevice{dev: dev, model: m, pending: dev.MigMode, changed: changed}
 	dev.GetPciInfoFunc = s.pciInfo
 	dev.GetMigModeFunc = s.migMode
 	dev.SetMigModeFunc = s.setMigMode
@@ -78,6 +87,7 @@ func newStrictDevice(dev *server.Device, m Model) {
 	dev.GetGpuInstanceByIdFunc = s.byID
 	dev.GetMaxMigDeviceCountFunc = func() (int, nvml.Return) { return 7, nvml.SUCCESS }
 	dev.GetMigDeviceHandleByIndexFunc = s.migDevice
+	return s
 }
 
 func (s *strictDevice) pciInfo() (nvml.PciInfo, nvml.Return) {
@@ -96,6 +106,14 @@ func (s *strictDevice) migMode() (int, int, nvml.Return) {
 }
 
 func (s *strictDevice) setMigMode(mode int) (nvml.Return, nvml.Return) {
+	ret, activation := s.setMigModeLocked(mode)
+	if ret != nvml.SUCCESS {
+		return ret, activation
+	}
+	return s.changed(), activation
+}
+
+func (s *strictDevice) setMigModeLocked(mode int) (nvml.Return, nvml.Return) {
 	s.dev.Lock()
 	defer s.dev.Unlock()
 	if mode == s.dev.MigMode {
@@ -117,21 +135,36 @@ func (s *strictDevice) setMigMode(mode int) (nvml.Return, nvml.Return) {
 // overlaps an existing instance, more instances of a profile than it allows,
 // and more media engines than the GPU has.
 func (s *strictDevice) createWithPlacement(info *nvml.GpuInstanceProfileInfo, placement *nvml.GpuInstancePlacement) (nvml.GpuInstance, nvml.Return) {
+	gi, ret := s.createWithPlacementLocked(info, placement)
+	if ret != nvml.SUCCESS {
+		return nil, ret
+	}
+	return gi, s.changed()
+}
+
+func (s *strictDevice) createWithPlacementLocked(info *nvml.GpuInstanceProfileInfo, placement *nvml.GpuInstancePlacement) (nvml.GpuInstance, nvml.Return) {
 	s.dev.Lock()
 	defer s.dev.Unlock()
 	if ret := s.admit(info, *placement); ret != nvml.SUCCESS {
 		return nil, ret
 	}
-	gi := server.NewGpuInstanceFromInfo(nvml.GpuInstanceInfo{
+	gi := s.addGPUInstance(nvml.GpuInstanceInfo{
 		Device:    s.dev,
 		Id:        s.dev.GpuInstanceCounter,
 		ProfileId: info.Id,
 		Placement: *placement,
-	}, s.dev.Config.MIGProfiles)
+	})
 	s.dev.GpuInstanceCounter++
-	strictGPUInstance(gi)
-	s.dev.GpuInstances[gi] = struct{}{}
 	return gi, nvml.SUCCESS
+}
+
+// addGPUInstance adds a GPU instance to the device. Must be called with the
+// device locked.
+func (s *strictDevice) addGPUInstance(info nvml.GpuInstanceInfo) *server.GpuInstance {
+	gi := server.NewGpuInstanceFromInfo(info, s.dev.Config.MIGProfiles)
+	s.strictGPUInstance(gi)
+	s.dev.GpuInstances[gi] = struct{}{}
+	return gi
 }
 
 func (s *strictDevice) create(info *nvml.GpuInstanceProfileInfo) (nvml.GpuInstance, nvml.Return) {
@@ -222,8 +255,9 @@ func (s *strictDevice) migDevice(index int) (nvml.Device, nvml.Return) {
 }
 
 // strictGPUInstance refuses to destroy a GPU instance that still holds
-// compute instances, as NVML does.
-func strictGPUInstance(gi *server.GpuInstance) {
+// compute instances, as NVML does, and reports every change of its compute
+// instances.
+func (s *strictDevice) strictGPUInstance(gi *server.GpuInstance) {
 	destroy := gi.DestroyFunc
 	gi.DestroyFunc = func() nvml.Return {
 		gi.RLock()
@@ -232,6 +266,28 @@ func strictGPUInstance(gi *server.GpuInstance) {
 		if busy {
 			return nvml.ERROR_IN_USE
 		}
-		return destroy()
+		if ret := destroy(); ret != nvml.SUCCESS {
+			return ret
+		}
+		return s.changed()
+	}
+	create := gi.CreateComputeInstanceFunc
+	gi.CreateComputeInstanceFunc = func(info *nvml.ComputeInstanceProfileInfo) (nvml.ComputeInstance, nvml.Return) {
+		ci, ret := create(info)
+		if ret != nvml.SUCCESS {
+			return nil, ret
+		}
+		s.strictComputeInstance(ci.(*server.ComputeInstance))
+		return ci, s.changed()
+	}
+}
+
+func (s *strictDevice) strictComputeInstance(ci *server.ComputeInstance) {
+	destroy := ci.DestroyFunc
+	ci.DestroyFunc = func() nvml.Return {
+		if ret := destroy(); ret != nvml.SUCCESS {
+			return ret
+		}
+		return s.changed()
 	}
 }
