@@ -2,6 +2,7 @@ package kubelet
 
 import (
 	"fmt"
+	"os"
 	"slices"
 
 	"tags.cncf.io/container-device-interface/pkg/cdi"
@@ -24,10 +25,26 @@ type ContainerEdits struct {
 	Mounts []string `json:"mounts"`
 }
 
+// MountSourceError is a CDI mount whose host path does not exist. A real
+// runtime fails the container's start on it (runc: "error mounting ... to
+// rootfs at ...: stat ...: no such file or directory"), so the stand-in does.
+type MountSourceError struct {
+	HostPath, ContainerPath string
+	Err                     error
+}
+
+func (e *MountSourceError) Error() string {
+	return fmt.Sprintf("error mounting %q to rootfs at %q: %v", e.HostPath, e.ContainerPath, e.Err)
+}
+
+func (e *MountSourceError) Unwrap() error { return e.Err }
+
 // resolveEdits looks devices up in the CDI spec directories and merges their edits
 // (spec-wide edits once per spec, then the device's own) in the order a runtime
-// applies them. It does not apply them to an OCI spec because that stats host
-// device nodes, which a machine without GPUs lacks.
+// applies them. Like a runtime it refuses a mount whose host path does not
+// exist (a *MountSourceError). It does not apply the edits to an OCI spec, and
+// so does not check device nodes, because that stats host device nodes, which
+// a machine without GPUs lacks (docs/node-e2e.md).
 func resolveEdits(cdiRoot string, devices []string) (ContainerEdits, error) {
 	edits := ContainerEdits{CDIDevices: devices, Env: []string{}, DeviceNodes: []string{}, Mounts: []string{}}
 	if len(devices) == 0 {
@@ -46,14 +63,18 @@ func resolveEdits(cdiRoot string, devices []string) (ContainerEdits, error) {
 		}
 		if spec := d.GetSpec(); !seenSpecs[spec] {
 			seenSpecs[spec] = true
-			edits.add(spec.ContainerEdits.Env, spec.ContainerEdits.DeviceNodes, spec.ContainerEdits.Mounts)
+			if err := edits.add(spec.ContainerEdits.Env, spec.ContainerEdits.DeviceNodes, spec.ContainerEdits.Mounts); err != nil {
+				return edits, err
+			}
 		}
-		edits.add(d.ContainerEdits.Env, d.ContainerEdits.DeviceNodes, d.ContainerEdits.Mounts)
+		if err := edits.add(d.ContainerEdits.Env, d.ContainerEdits.DeviceNodes, d.ContainerEdits.Mounts); err != nil {
+			return edits, err
+		}
 	}
 	return edits, nil
 }
 
-func (e *ContainerEdits) add(env []string, nodes []*cdispec.DeviceNode, mounts []*cdispec.Mount) {
+func (e *ContainerEdits) add(env []string, nodes []*cdispec.DeviceNode, mounts []*cdispec.Mount) error {
 	for _, kv := range env {
 		if !slices.Contains(e.Env, kv) {
 			e.Env = append(e.Env, kv)
@@ -68,8 +89,12 @@ func (e *ContainerEdits) add(env []string, nodes []*cdispec.DeviceNode, mounts [
 		if m == nil {
 			continue
 		}
+		if _, err := os.Stat(m.HostPath); err != nil {
+			return &MountSourceError{HostPath: m.HostPath, ContainerPath: m.ContainerPath, Err: err}
+		}
 		if s := m.HostPath + ":" + m.ContainerPath; !slices.Contains(e.Mounts, s) {
 			e.Mounts = append(e.Mounts, s)
 		}
 	}
+	return nil
 }

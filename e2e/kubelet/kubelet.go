@@ -7,6 +7,7 @@ package kubelet
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"maps"
 	"slices"
@@ -36,6 +37,9 @@ import (
 const (
 	ReasonFailedPrepare   = "FailedPrepareDynamicResources"
 	ReasonFailedUnprepare = "FailedUnprepareDynamicResources"
+	// ReasonFailedStart is the kubelet's reason when the runtime cannot
+	// start a container (k8s.io/kubernetes/pkg/kubelet/events.FailedToStartContainer).
+	ReasonFailedStart = "Failed"
 )
 
 // Options configure a Kubelet.
@@ -278,7 +282,14 @@ func (k *Kubelet) start(ctx context.Context, key string, pod *corev1.Pod) (retry
 			}
 		}
 		e, err := resolveEdits(k.opts.CDIRoot, ids)
-		if err != nil {
+		var mountErr *MountSourceError
+		switch {
+		case errors.As(err, &mountErr):
+			// As the kubelet reports a runtime's refusal to start the
+			// container; it retries with back-off, as the stand-in does.
+			k.recorder.Eventf(pod, corev1.EventTypeWarning, ReasonFailedStart, "Error: container %s: %v", c.Name, err)
+			return false, err
+		case err != nil:
 			k.recorder.Eventf(pod, corev1.EventTypeWarning, ReasonFailedPrepare, "Failed to resolve CDI devices for container %s: %v", c.Name, err)
 			return false, err
 		}

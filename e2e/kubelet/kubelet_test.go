@@ -159,6 +159,35 @@ func TestKubelet(t *testing.T) {
 	}
 }
 
+// TestKubeletRefusesMissingMountSource gives a pod a CDI device that mounts a
+// host directory that does not exist: like a real runtime the stand-in does
+// not start the container and says why in a Warning event, as the kubelet
+// reports a failed start; once the directory exists, the retried start runs it.
+func TestKubeletRefusesMissingMountSource(t *testing.T) {
+	pipe := filepath.Join(t.TempDir(), "mps", "pipe")
+	spec := "cdiVersion: \"0.6.0\"\nkind: gpu.tessera.dev/gpu\ndevices:\n- name: gpu-0-shared\n  containerEdits:\n    mounts: [{hostPath: " + pipe + ", containerPath: /tmp/nvidia-mps}]\n"
+	plugin := &fakePlugin{devices: map[string][]kubeletplugin.Device{"share": {{Requests: []string{"gpu"}, PoolName: testNode, DeviceName: "gpu-0-shared", CDIDeviceIDs: []string{"gpu.tessera.dev/gpu=gpu-0-shared"}}}}}
+	n := startNode(t, plugin, spec, allocatedClaim("share"), podUsing("share"))
+	poll := n.poll(t)
+	poll("start failure event naming the mount source", func(ctx context.Context) bool {
+		evs, err := n.client.CoreV1().Events("default").List(ctx, metav1.ListOptions{})
+		return err == nil && slices.ContainsFunc(evs.Items, func(e corev1.Event) bool {
+			return e.InvolvedObject.Name == "share" && e.Type == corev1.EventTypeWarning && e.Reason == ReasonFailedStart &&
+				strings.Contains(e.Message, pipe) && strings.Contains(e.Message, "no such file or directory")
+		})
+	})
+	if p, err := n.client.CoreV1().Pods("default").Get(n.ctx, "share", metav1.GetOptions{}); err != nil || p.Status.Phase != corev1.PodPending {
+		t.Errorf("pod with a missing mount source: phase %v (err %v), want Pending", p.Status.Phase, err)
+	}
+	if err := os.MkdirAll(pipe, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	poll("pod share running once its mount source exists", func(ctx context.Context) bool {
+		p, err := n.client.CoreV1().Pods("default").Get(ctx, "share", metav1.GetOptions{})
+		return err == nil && p.Status.Phase == corev1.PodRunning
+	})
+}
+
 // TestKubeletSharedClaim checks that a claim two pods use is prepared once and
 // unprepared only when the last of them is gone, as kubelet does.
 func TestKubeletSharedClaim(t *testing.T) {
