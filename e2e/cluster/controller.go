@@ -69,7 +69,7 @@ func (l *Local) InstallTenancy(ctx context.Context, binary string, args ...strin
 
 // Start starts the controller process and waits until it is ready.
 func (c *Controller) Start(ctx context.Context) error {
-	ports, err := freePorts(2)
+	ports, err := FreePorts(2)
 	if err != nil {
 		return err
 	}

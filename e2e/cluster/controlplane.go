@@ -110,7 +110,7 @@ func Start(ctx context.Context, opts Options) (_ *ControlPlane, err error) {
 	}()
 	bin := func(name string) string { return filepath.Join(opts.BinDir, name) }
 
-	ports, err := freePorts(5)
+	ports, err := FreePorts(5)
 	if err != nil {
 		return nil, err
 	}
@@ -283,9 +283,9 @@ func httpCheck(client *http.Client, url, want string) func(context.Context) erro
 	}
 }
 
-// freePorts reserves n distinct loopback ports by listening on them together, then
+// FreePorts reserves n distinct loopback ports by listening on them together, then
 // releases them for the components to take.
-func freePorts(n int) ([]int, error) {
+func FreePorts(n int) ([]int, error) {
 	var ports []int
 	var listeners []net.Listener
 	defer func() {

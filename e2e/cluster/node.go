@@ -121,7 +121,7 @@ func (n *Node) StartPlugin(ctx context.Context) error {
 	before := n.Kubelet.Registrations(gpuapi.DriverName)
 	// Several plugins share this machine's network namespace: each gets its own
 	// loopback ports for metrics and health probes.
-	ports, err := freePorts(2)
+	ports, err := FreePorts(2)
 	if err != nil {
 		return err
 	}

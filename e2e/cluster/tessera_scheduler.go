@@ -52,7 +52,7 @@ func (cp *ControlPlane) StartTesseraScheduler(ctx context.Context, binary string
 	if err := os.WriteFile(config, fmt.Appendf(nil, tesseraSchedulerConfig, cp.Kubeconfig, TesseraSchedulerName), 0o644); err != nil {
 		return fmt.Errorf("write tessera-scheduler config: %w", err)
 	}
-	ports, err := freePorts(1)
+	ports, err := FreePorts(1)
 	if err != nil {
 		return err
 	}

@@ -15,14 +15,13 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/fields"
-	"k8s.io/apimachinery/pkg/util/rand"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/tools/remotecommand"
 	"tags.cncf.io/container-device-interface/pkg/cdi"
 
 	gpuapi "github.com/tessera-gpu/tessera/api/gpu"
+	"github.com/tessera-gpu/tessera/e2e/clustertest"
 	"github.com/tessera-gpu/tessera/e2e/realnode"
 )
 
@@ -33,43 +32,13 @@ const (
 	pollEvery   = 200 * time.Millisecond
 )
 
-// newNamespace creates a namespace for one test. Cleanup deletes its pods and
+// newNamespace creates a namespace for one test; cleanup deletes its pods and
 // waits until the kubelet has removed them (and so unprepared their claims),
 // so that the next test finds the GPU free.
 func newNamespace(t *testing.T) string {
 	t.Helper()
 	needNode(t)
-	name := "node-" + strings.Map(func(r rune) rune {
-		if r >= 'a' && r <= 'z' || r >= '0' && r <= '9' {
-			return r
-		}
-		return '-'
-	}, strings.ToLower(t.Name()))
-	if len(name) > 50 {
-		name = name[:50]
-	}
-	name = strings.TrimRight(name, "-") + "-" + rand.String(4)
-	ctx := t.Context()
-	if _, err := local.Client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name}}, metav1.CreateOptions{}); err != nil {
-		t.Fatalf("create namespace: %v", err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
-		defer cancel()
-		pods := local.Client.CoreV1().Pods(name)
-		if err := pods.DeleteCollection(ctx, metav1.DeleteOptions{}, metav1.ListOptions{}); err != nil {
-			t.Errorf("delete pods of %s: %v", name, err)
-		}
-		err := wait.PollUntilContextCancel(ctx, pollEvery, true, func(ctx context.Context) (bool, error) {
-			list, err := pods.List(ctx, metav1.ListOptions{})
-			return err == nil && len(list.Items) == 0, nil
-		})
-		if err != nil {
-			t.Errorf("pods of %s not gone: %v", name, err)
-		}
-		_ = local.Client.CoreV1().Namespaces().Delete(ctx, name, metav1.DeleteOptions{})
-	})
-	return name
+	return clustertest.Namespace(t, local.Client, "node-", waitTimeout)
 }
 
 // request builds an ExactDeviceRequest.
@@ -191,43 +160,12 @@ func statusSummary(p *corev1.Pod) string {
 	return b.String()
 }
 
-// events lists the pod's events with the given reason ("" for all).
-func events(ctx context.Context, pod *corev1.Pod, reason string) []corev1.Event {
-	sel := fields.Set{"involvedObject.name": pod.Name, "involvedObject.namespace": pod.Namespace}
-	if reason != "" {
-		sel["reason"] = reason
-	}
-	list, err := local.Client.CoreV1().Events(pod.Namespace).List(ctx, metav1.ListOptions{FieldSelector: sel.String()})
-	if err != nil {
-		return nil
-	}
-	return list.Items
-}
-
-func eventSummary(pod *corev1.Pod) string {
-	var b strings.Builder
-	for _, e := range events(context.Background(), pod, "") {
-		fmt.Fprintf(&b, "  %s %s %s: %s\n", e.Type, e.Source.Component, e.Reason, e.Message)
-	}
-	return b.String()
-}
+func eventSummary(pod *corev1.Pod) string { return clustertest.EventSummary(local.Client, pod) }
 
 // waitEvent waits for an event of the pod with the given reason.
 func waitEvent(t *testing.T, pod *corev1.Pod, reason string) corev1.Event {
 	t.Helper()
-	var found corev1.Event
-	err := wait.PollUntilContextTimeout(t.Context(), pollEvery, waitTimeout, true, func(ctx context.Context) (bool, error) {
-		evs := events(ctx, pod, reason)
-		if len(evs) == 0 {
-			return false, nil
-		}
-		found = evs[0]
-		return true, nil
-	})
-	if err != nil {
-		t.Fatalf("no %s event for pod %s/%s: %v\nevents:\n%s", reason, pod.Namespace, pod.Name, err, eventSummary(pod))
-	}
-	return found
+	return clustertest.WaitPodEvent(t, local.Client, pod, reason, waitTimeout)
 }
 
 // deletePod deletes the pod and waits until the kubelet has removed it.

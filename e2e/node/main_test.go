@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/tessera-gpu/tessera/e2e/cluster"
+	"github.com/tessera-gpu/tessera/e2e/clustertest"
 	"github.com/tessera-gpu/tessera/e2e/realnode"
 )
 
@@ -42,7 +43,7 @@ func TestMain(m *testing.M) {
 func run(m *testing.M) (code int) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	binDir := envOr("TESSERA_NODE_BIN_DIR", realnode.DefaultBinDir())
+	binDir := clustertest.EnvOr("TESSERA_NODE_BIN_DIR", realnode.DefaultBinDir())
 	// Checked before the control plane starts, so that a host that cannot run a
 	// node says why within a second.
 	if _, err := realnode.CheckHost(binDir); err != nil {
@@ -54,11 +55,10 @@ func run(m *testing.M) (code int) {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
-	keep := os.Getenv("TESSERA_E2E_KEEP") == "1"
 	started := time.Now()
 	layout := realnode.NewLayout(filepath.Join(workDir, "nodes", nodeName))
 	local, err = cluster.StartLocal(ctx, cluster.Config{
-		BinDir:       envOr("TESSERA_BIN_DIR", cluster.DefaultBinDir()),
+		BinDir:       clustertest.EnvOr("TESSERA_BIN_DIR", cluster.DefaultBinDir()),
 		PluginBinary: cluster.DefaultPluginBinary(),
 		WorkDir:      workDir,
 		Helm:         cluster.DefaultHelm(),
@@ -69,21 +69,11 @@ func run(m *testing.M) (code int) {
 		return 1
 	}
 	defer func() {
+		var stops []func() error
 		if node != nil {
-			if err := node.Stop(context.Background()); err != nil {
-				fmt.Fprintln(os.Stderr, "stop real node:", err)
-			}
+			stops = append(stops, func() error { return node.Stop(context.Background()) })
 		}
-		if err := local.Stop(); err != nil {
-			fmt.Fprintln(os.Stderr, "stop local control plane:", err)
-		}
-		if code != 0 || keep {
-			fmt.Fprintf(os.Stderr, "cluster state and component logs kept in %s\n", workDir)
-			return
-		}
-		if err := os.RemoveAll(workDir); err != nil {
-			fmt.Fprintln(os.Stderr, "remove the cluster's state:", err)
-		}
+		clustertest.Finish(os.Stderr, workDir, code, append(stops, local.Stop)...)
 	}()
 	node, err = realnode.Start(ctx, local.ControlPlane, realnode.Options{
 		Name:         nodeName,
@@ -115,13 +105,6 @@ func run(m *testing.M) (code int) {
 		local.TailLogs(os.Stderr, 40)
 	}
 	return code
-}
-
-func envOr(key, def string) string {
-	if v := os.Getenv(key); v != "" {
-		return v
-	}
-	return def
 }
 
 // needNode skips a test when the suite runs without a node.

@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -80,7 +79,7 @@ func newKubelet(cp *cluster.ControlPlane, dir, rootDir, binDir, logDir, nodeName
 			return nil, fmt.Errorf("create %s: %w", d, err)
 		}
 	}
-	ports, err := freePorts(2)
+	ports, err := cluster.FreePorts(2)
 	if err != nil {
 		return nil, err
 	}
@@ -169,27 +168,4 @@ func (k *kubelet) get(ctx context.Context, path string) ([]byte, error) {
 		return nil, fmt.Errorf("kubelet %s: %d", path, resp.StatusCode)
 	}
 	return body, nil
-}
-
-// freePorts reserves n distinct loopback ports by listening on them together,
-// then releases them for the kubelet to take.
-func freePorts(n int) ([]int, error) {
-	var ports []int
-	var listeners []net.Listener
-	defer func() {
-		// The ports are free again either way; one that stays taken makes the
-		// kubelet fail to listen, which it reports.
-		for _, l := range listeners {
-			_ = l.Close()
-		}
-	}()
-	for range n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return nil, fmt.Errorf("reserve a loopback port: %w", err)
-		}
-		listeners = append(listeners, l)
-		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
-	}
-	return ports, nil
 }

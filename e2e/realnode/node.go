@@ -183,7 +183,7 @@ func (n *Node) waitReady(ctx context.Context, since time.Time) error {
 // the kubelet's plugin directories, and waits until the kubelet has registered
 // it and its pool is published.
 func (n *Node) StartPlugin(ctx context.Context) error {
-	ports, err := freePorts(1)
+	ports, err := cluster.FreePorts(1)
 	if err != nil {
 		return err
 	}

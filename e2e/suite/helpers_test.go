@@ -3,7 +3,6 @@ package suite
 import (
 	"context"
 	"encoding/json"
-	"strings"
 	"testing"
 	"time"
 
@@ -12,11 +11,11 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
-	"k8s.io/apimachinery/pkg/util/rand"
 	"k8s.io/apimachinery/pkg/util/wait"
 
 	gpuapi "github.com/tessera-gpu/tessera/api/gpu"
 	"github.com/tessera-gpu/tessera/e2e/cluster"
+	"github.com/tessera-gpu/tessera/e2e/clustertest"
 	"github.com/tessera-gpu/tessera/e2e/demo"
 	"github.com/tessera-gpu/tessera/e2e/kubelet"
 	"github.com/tessera-gpu/tessera/test/builder"
@@ -41,46 +40,7 @@ func testContext(t *testing.T) context.Context {
 func newNamespace(t *testing.T) string {
 	t.Helper()
 	needCluster(t)
-	// Test and subtest names may hold any character; a namespace name is a DNS label.
-	name := "e2e-" + strings.Map(func(r rune) rune {
-		if r >= 'a' && r <= 'z' || r >= '0' && r <= '9' {
-			return r
-		}
-		return '-'
-	}, strings.ToLower(t.Name()))
-	if len(name) > 50 {
-		name = name[:50]
-	}
-	name = strings.TrimRight(name, "-") + "-" + rand.String(4)
-	ctx := t.Context()
-	if _, err := local.Client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name}}, metav1.CreateOptions{}); err != nil {
-		t.Fatalf("create namespace: %v", err)
-	}
-	err := wait.PollUntilContextTimeout(ctx, pollEvery, waitTimeout, true, func(ctx context.Context) (bool, error) {
-		_, err := local.Client.CoreV1().ServiceAccounts(name).Get(ctx, "default", metav1.GetOptions{})
-		return err == nil, nil
-	})
-	if err != nil {
-		t.Fatalf("namespace %s has no default service account: %v", name, err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
-		defer cancel()
-		pods := local.Client.CoreV1().Pods(name)
-		if err := pods.DeleteCollection(ctx, metav1.DeleteOptions{}, metav1.ListOptions{}); err != nil {
-			t.Errorf("delete pods of %s: %v", name, err)
-		}
-		err := wait.PollUntilContextCancel(ctx, pollEvery, true, func(ctx context.Context) (bool, error) {
-			list, err := pods.List(ctx, metav1.ListOptions{})
-			return err == nil && len(list.Items) == 0, nil
-		})
-		if err != nil {
-			t.Errorf("pods of %s not gone: %v", name, err)
-		}
-		// Generated claims go with their pods; the namespace takes the rest.
-		_ = local.Client.CoreV1().Namespaces().Delete(ctx, name, metav1.DeleteOptions{})
-	})
-	return name
+	return clustertest.Namespace(t, local.Client, "e2e-", waitTimeout)
 }
 
 func createTemplate(t *testing.T, ns, name string, requests ...resourceapi.DeviceRequest) {
@@ -188,44 +148,14 @@ func waitRunning(t *testing.T, pod *corev1.Pod) *corev1.Pod {
 // waitEvent waits for an event with reason about pod and returns it.
 func waitEvent(t *testing.T, pod *corev1.Pod, reason string) corev1.Event {
 	t.Helper()
-	var found corev1.Event
-	err := wait.PollUntilContextTimeout(t.Context(), pollEvery, waitTimeout, true, func(ctx context.Context) (bool, error) {
-		evs := events(ctx, pod, reason)
-		if len(evs) == 0 {
-			return false, nil
-		}
-		found = evs[len(evs)-1]
-		return true, nil
-	})
-	if err != nil {
-		t.Fatalf("no %s event for pod %s/%s within %s; events: %s", reason, pod.Namespace, pod.Name, waitTimeout, eventSummary(pod))
-	}
-	return found
+	return clustertest.WaitPodEvent(t, local.Client, pod, reason, waitTimeout)
 }
 
 func events(ctx context.Context, pod *corev1.Pod, reason string) []corev1.Event {
-	list, err := local.Client.CoreV1().Events(pod.Namespace).List(ctx, metav1.ListOptions{
-		FieldSelector: fields.Set{"involvedObject.name": pod.Name, "involvedObject.kind": "Pod", "reason": reason}.String(),
-	})
-	if err != nil {
-		return nil
-	}
-	return list.Items
+	return clustertest.PodEvents(ctx, local.Client, pod, reason)
 }
 
-func eventSummary(pod *corev1.Pod) string {
-	list, err := local.Client.CoreV1().Events(pod.Namespace).List(context.Background(), metav1.ListOptions{
-		FieldSelector: fields.Set{"involvedObject.name": pod.Name}.String(),
-	})
-	if err != nil {
-		return err.Error()
-	}
-	var out []string
-	for _, e := range list.Items {
-		out = append(out, e.Reason+": "+e.Message)
-	}
-	return "[" + strings.Join(out, " | ") + "]"
-}
+func eventSummary(pod *corev1.Pod) string { return clustertest.EventSummary(local.Client, pod) }
 
 func deletePod(t *testing.T, pod *corev1.Pod) {
 	t.Helper()

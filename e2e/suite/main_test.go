@@ -16,6 +16,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/tessera-gpu/tessera/e2e/cluster"
+	"github.com/tessera-gpu/tessera/e2e/clustertest"
 )
 
 // The suite's cluster: two 8-GPU H200 nodes, and a 1-GPU node kept for the tests
@@ -48,10 +49,9 @@ func run(m *testing.M) (code int) {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
-	keep := os.Getenv("TESSERA_E2E_KEEP") == "1"
 	started := time.Now()
 	local, err = cluster.StartLocal(ctx, cluster.Config{
-		BinDir:       envOr("TESSERA_BIN_DIR", cluster.DefaultBinDir()),
+		BinDir:       clustertest.EnvOr("TESSERA_BIN_DIR", cluster.DefaultBinDir()),
 		PluginBinary: cluster.DefaultPluginBinary(),
 		Helm:         cluster.DefaultHelm(),
 		WorkDir:      workDir,
@@ -66,18 +66,7 @@ func run(m *testing.M) (code int) {
 		fmt.Fprintf(os.Stderr, "start local cluster: %v\nlogs in %s\n", err, workDir+"/logs")
 		return 1
 	}
-	defer func() {
-		if err := local.Stop(); err != nil {
-			fmt.Fprintln(os.Stderr, "stop local cluster:", err)
-		}
-		if code != 0 || keep {
-			fmt.Fprintf(os.Stderr, "cluster state and component logs kept in %s\n", workDir)
-			return
-		}
-		if err := os.RemoveAll(workDir); err != nil {
-			fmt.Fprintln(os.Stderr, "remove the cluster's state:", err)
-		}
-	}()
+	defer func() { clustertest.Finish(os.Stderr, workDir, code, local.Stop) }()
 	if err := taintNode(ctx, nodeSmall); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
@@ -99,13 +88,6 @@ func run(m *testing.M) (code int) {
 		local.TailLogs(os.Stderr, 40)
 	}
 	return code
-}
-
-func envOr(key, def string) string {
-	if v := os.Getenv(key); v != "" {
-		return v
-	}
-	return def
 }
 
 // needCluster skips a test when the suite runs without a cluster.

@@ -17,6 +17,7 @@ import (
 
 	gpuapi "github.com/tessera-gpu/tessera/api/gpu"
 	"github.com/tessera-gpu/tessera/e2e/cluster"
+	"github.com/tessera-gpu/tessera/e2e/clustertest"
 	"github.com/tessera-gpu/tessera/internal/sim"
 	"github.com/tessera-gpu/tessera/test/builder"
 )
@@ -87,7 +88,7 @@ func withCPU(cpu string) podOption {
 // chooses on the same node.
 func TestStockModelMatchesKubeScheduler(t *testing.T) {
 	needCluster(t)
-	dir := envOr("TESSERA_OPENB_DIR", filepath.Join("..", "..", "..", "shared", "data"))
+	dir := clustertest.EnvOr("TESSERA_OPENB_DIR", filepath.Join("..", "..", "..", "shared", "data"))
 	f, err := os.Open(filepath.Join(dir, "openb_pod_list_default.csv"))
 	if err != nil {
 		t.Skipf("openb trace not available (set TESSERA_OPENB_DIR): %v", err)
