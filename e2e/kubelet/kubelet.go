@@ -256,14 +256,10 @@ func (k *Kubelet) start(ctx context.Context, key string, pod *corev1.Pod) (retry
 		logger.V(3).Info("Waiting for claims", "reason", waiting)
 		return true, nil
 	}
-	byClaimName := map[string]*PreparedClaim{}
-	for podClaimName, claim := range claims {
-		prepared, err := k.prepare(ctx, key, claim)
-		if err != nil {
-			k.recorder.Eventf(pod, corev1.EventTypeWarning, ReasonFailedPrepare, "Failed to prepare dynamic resources: %v", err)
-			return false, err
-		}
-		byClaimName[podClaimName] = prepared
+	byClaimName, err := k.prepare(ctx, key, claims)
+	if err != nil {
+		k.recorder.Eventf(pod, corev1.EventTypeWarning, ReasonFailedPrepare, "Failed to prepare dynamic resources: %v", err)
+		return false, err
 	}
 
 	edits := map[string]ContainerEdits{}
@@ -360,64 +356,6 @@ func (k *Kubelet) podClaims(pod *corev1.Pod) (claims map[string]*resourceapi.Res
 	return claims, ""
 }
 
-// prepare prepares one claim for the pod named podKey through the driver that
-// allocated it; a claim already prepared for another pod is shared.
-func (k *Kubelet) prepare(ctx context.Context, podKey string, claim *resourceapi.ResourceClaim) (*PreparedClaim, error) {
-	k.mu.Lock()
-	if p := k.prepared[claim.UID]; p != nil {
-		p.Pods[podKey] = true
-		k.addRef(podKey, claim.UID)
-		k.mu.Unlock()
-		return p, nil
-	}
-	k.mu.Unlock()
-
-	drivers := map[string]bool{}
-	for _, r := range claim.Status.Allocation.Devices.Results {
-		drivers[r.Driver] = true
-	}
-	if len(drivers) != 1 {
-		return nil, fmt.Errorf("claim %s uses drivers %v; the stand-in prepares claims of exactly one driver", claim.Name, slices.Sorted(maps.Keys(drivers)))
-	}
-	driver := slices.Collect(maps.Keys(drivers))[0]
-	p := k.registry.get(driver)
-	if p == nil {
-		return nil, fmt.Errorf("DRA driver %s is not registered on node %s", driver, k.opts.NodeName)
-	}
-	callCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	ref := &drapb.Claim{Namespace: claim.Namespace, Name: claim.Name, Uid: string(claim.UID)}
-	resp, err := p.client.NodePrepareResources(callCtx, &drapb.NodePrepareResourcesRequest{Claims: []*drapb.Claim{ref}})
-	if err != nil {
-		return nil, fmt.Errorf("NodePrepareResources for claim %s/%s: %w", claim.Namespace, claim.Name, err)
-	}
-	result := resp.Claims[string(claim.UID)]
-	if result == nil {
-		return nil, fmt.Errorf("NodePrepareResources for claim %s/%s: no result for the claim", claim.Namespace, claim.Name)
-	}
-	if result.Error != "" {
-		return nil, fmt.Errorf("prepare claim %s/%s: %s", claim.Namespace, claim.Name, result.Error)
-	}
-	prepared := &PreparedClaim{Namespace: claim.Namespace, Name: claim.Name, UID: claim.UID, Driver: driver, Devices: result.Devices, Pods: map[string]bool{podKey: true}}
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	if existing := k.prepared[claim.UID]; existing != nil {
-		prepared = existing
-		prepared.Pods[podKey] = true
-	}
-	k.prepared[claim.UID] = prepared
-	k.addRef(podKey, claim.UID)
-	klog.FromContext(ctx).V(1).Info("Prepared claim", "claim", klog.KObj(claim), "devices", len(result.Devices))
-	return prepared, nil
-}
-
-func (k *Kubelet) addRef(podKey string, claim types.UID) {
-	if k.podRefs[podKey] == nil {
-		k.podRefs[podKey] = map[types.UID]bool{}
-	}
-	k.podRefs[podKey][claim] = true
-}
-
 // terminate unprepares what only this pod used and then finishes the deletion, as
 // kubelet does once the containers are gone.
 func (k *Kubelet) terminate(ctx context.Context, key string, pod *corev1.Pod) error {
@@ -433,50 +371,6 @@ func (k *Kubelet) terminate(ctx context.Context, key string, pod *corev1.Pod) er
 		return fmt.Errorf("finish deletion of pod: %w", err)
 	}
 	klog.FromContext(ctx).V(1).Info("Pod terminated")
-	return nil
-}
-
-// release drops the pod's hold on its claims and unprepares those no other pod on
-// the node holds.
-func (k *Kubelet) release(ctx context.Context, podKey string) error {
-	k.mu.Lock()
-	var toUnprepare []*PreparedClaim
-	for uid := range k.podRefs[podKey] {
-		c := k.prepared[uid]
-		if c == nil {
-			continue
-		}
-		delete(c.Pods, podKey)
-		if len(c.Pods) == 0 {
-			toUnprepare = append(toUnprepare, c)
-		}
-	}
-	k.mu.Unlock()
-
-	for _, c := range toUnprepare {
-		p := k.registry.get(c.Driver)
-		if p == nil {
-			return fmt.Errorf("DRA driver %s is not registered on node %s", c.Driver, k.opts.NodeName)
-		}
-		callCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
-		resp, err := p.client.NodeUnprepareResources(callCtx, &drapb.NodeUnprepareResourcesRequest{
-			Claims: []*drapb.Claim{{Namespace: c.Namespace, Name: c.Name, Uid: string(c.UID)}},
-		})
-		cancel()
-		if err != nil {
-			return fmt.Errorf("NodeUnprepareResources for claim %s/%s: %w", c.Namespace, c.Name, err)
-		}
-		if r := resp.Claims[string(c.UID)]; r != nil && r.Error != "" {
-			return fmt.Errorf("unprepare claim %s/%s: %s", c.Namespace, c.Name, r.Error)
-		}
-		k.mu.Lock()
-		delete(k.prepared, c.UID)
-		k.mu.Unlock()
-		klog.FromContext(ctx).V(1).Info("Unprepared claim", "claim", klog.KRef(c.Namespace, c.Name))
-	}
-	k.mu.Lock()
-	delete(k.podRefs, podKey)
-	k.mu.Unlock()
 	return nil
 }
 

@@ -3,6 +3,7 @@ package kubelet
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
@@ -11,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
 	corev1 "k8s.io/api/core/v1"
 	resourceapi "k8s.io/api/resource/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -37,15 +39,21 @@ type fakePlugin struct {
 	devices    map[string][]kubeletplugin.Device // by claim name
 	errs       map[string]error                  // by claim name
 	unprepared []string                          // claim names
+	// prepareCalls and unprepareCalls hold the claim names of each call.
+	prepareCalls, unprepareCalls [][]string
 }
 
 func (f *fakePlugin) PrepareResourceClaims(_ context.Context, claims []*resourceapi.ResourceClaim) (map[types.UID]kubeletplugin.PrepareResult, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	out := map[types.UID]kubeletplugin.PrepareResult{}
+	var names []string
 	for _, c := range claims {
 		out[c.UID] = kubeletplugin.PrepareResult{Devices: f.devices[c.Name], Err: f.errs[c.Name]}
+		names = append(names, c.Name)
 	}
+	slices.Sort(names)
+	f.prepareCalls = append(f.prepareCalls, names)
 	return out, nil
 }
 
@@ -53,10 +61,14 @@ func (f *fakePlugin) UnprepareResourceClaims(_ context.Context, claims []kubelet
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	out := map[types.UID]error{}
+	var names []string
 	for _, c := range claims {
 		f.unprepared = append(f.unprepared, c.Name)
 		out[c.UID] = nil
+		names = append(names, c.Name)
 	}
+	slices.Sort(names)
+	f.unprepareCalls = append(f.unprepareCalls, names)
 	return out, nil
 }
 
@@ -133,7 +145,10 @@ func TestKubelet(t *testing.T) {
 	poll("warning event for pod bad", func(ctx context.Context) bool {
 		evs, err := client.CoreV1().Events("default").List(ctx, metav1.ListOptions{})
 		return err == nil && slices.ContainsFunc(evs.Items, func(e corev1.Event) bool {
-			return e.InvolvedObject.Name == "bad" && e.Type == corev1.EventTypeWarning && e.Reason == ReasonFailedPrepare && strings.Contains(e.Message, "GPU 0 is on fire")
+			// The kubelet's words around the plugin's.
+			return e.InvolvedObject.Name == "bad" && e.Type == corev1.EventTypeWarning && e.Reason == ReasonFailedPrepare &&
+				strings.HasPrefix(e.Message, "Failed to prepare dynamic resources: prepare dynamic resources: NodePrepareResources failed for ResourceClaim bad: ") &&
+				strings.Contains(e.Message, "GPU 0 is on fire")
 		})
 	})
 	if p, err := client.CoreV1().Pods("default").Get(ctx, "bad", metav1.GetOptions{}); err != nil || p.Status.Phase != corev1.PodPending {
@@ -156,6 +171,51 @@ func TestKubelet(t *testing.T) {
 	}
 	if _, ok := k.Prepared()["claim-good"]; ok {
 		t.Errorf("claim good still tracked as prepared")
+	}
+}
+
+// TestKubeletBatchesAPodsClaims gives a pod two claims: as the kubelet does,
+// the stand-in prepares both in one NodePrepareResources call and, once the
+// pod is deleted, unprepares both in one NodeUnprepareResources call.
+func TestKubeletBatchesAPodsClaims(t *testing.T) {
+	pod := podUsing("two")
+	first, second := "first", "second"
+	pod.Spec.ResourceClaims = []corev1.PodResourceClaim{{Name: "gpu", ResourceClaimName: &first}, {Name: "more", ResourceClaimName: &second}}
+	claims := []runtime.Object{pod}
+	for i, name := range []string{first, second} {
+		c := builder.MakeClaim(name).UID("claim-"+name).Driver(testDriver).Pool(testNode).
+			Device("gpu", fmt.Sprintf("gpu-%d", i)).ReservedFor("two", pod.UID).Obj()
+		claims = append(claims, c)
+	}
+	plugin := &fakePlugin{devices: map[string][]kubeletplugin.Device{
+		first:  {{PoolName: testNode, DeviceName: "gpu-0"}},
+		second: {{PoolName: testNode, DeviceName: "gpu-1"}},
+	}}
+	n := startNode(t, plugin, "", claims...)
+	poll := n.poll(t)
+	var running *corev1.Pod
+	poll("pod two running", func(ctx context.Context) bool {
+		p, err := n.client.CoreV1().Pods("default").Get(ctx, "two", metav1.GetOptions{})
+		running = p
+		return err == nil && p.Status.Phase == corev1.PodRunning
+	})
+	now := metav1.Now()
+	running.DeletionTimestamp = &now
+	if _, err := n.client.CoreV1().Pods("default").Update(n.ctx, running, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	poll("pod two deleted", func(ctx context.Context) bool {
+		_, err := n.client.CoreV1().Pods("default").Get(ctx, "two", metav1.GetOptions{})
+		return apierrors.IsNotFound(err)
+	})
+	plugin.mu.Lock()
+	defer plugin.mu.Unlock()
+	want := [][]string{{first, second}}
+	if diff := cmp.Diff(want, plugin.prepareCalls); diff != "" {
+		t.Errorf("NodePrepareResources calls (-want +got):\n%s", diff)
+	}
+	if diff := cmp.Diff(want, plugin.unprepareCalls); diff != "" {
+		t.Errorf("NodeUnprepareResources calls (-want +got):\n%s", diff)
 	}
 }
 
