@@ -25,6 +25,7 @@ import (
 	tenancyv1 "github.com/tessera-gpu/tessera/api/tenancy/v1alpha1"
 	"github.com/tessera-gpu/tessera/internal/cli"
 	tnvml "github.com/tessera-gpu/tessera/internal/nvml"
+	"github.com/tessera-gpu/tessera/internal/nvml/nvmlmock"
 	"github.com/tessera-gpu/tessera/internal/plugin"
 	"github.com/tessera-gpu/tessera/internal/sharing"
 	"github.com/tessera-gpu/tessera/pkg/partition"
@@ -90,10 +91,6 @@ func (o *options) sliceOptions() resourceslice.Options {
 	}
 	return opts
 }
-
-// mockNVMLStateFile is the file in --state-dir where a mock NVML backend
-// keeps its GPUs' MIG state.
-const mockNVMLStateFile = "mock-nvml.json"
 
 // openNVML opens the --nvml backend; a mock keeps its MIG state in
 // mockStateFile when that is set.
@@ -199,7 +196,7 @@ func run(ctx context.Context, o *options) error {
 	// A mock's MIG instances outlive a plugin restart, as on hardware, so
 	// that restarts on simulated nodes test the checkpoint against what the
 	// GPUs really hold.
-	lib, err := o.openNVML(filepath.Join(o.stateDir, mockNVMLStateFile))
+	lib, err := o.openNVML(filepath.Join(o.stateDir, nvmlmock.StateFileName))
 	if err != nil {
 		return err
 	}

@@ -1,16 +1,19 @@
 package node
 
 import (
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
 
+	"github.com/google/go-cmp/cmp"
 	corev1 "k8s.io/api/core/v1"
 	resourceapi "k8s.io/api/resource/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 
 	gpuapi "github.com/tessera-gpu/tessera/api/gpu"
+	"github.com/tessera-gpu/tessera/internal/nvml/nvmlmock"
 )
 
 // reasonFailedPrepare is the event reason the kubelet gives a pod whose claims
@@ -72,6 +75,15 @@ func TestRestartsLoseNothing(t *testing.T) {
 		return out
 	}()
 	before := probe(t, pod, nodes, nil)
+	for path, host := range want.nodes {
+		if w := "character special file " + hostNode(t, host) + " rw"; before.nodes[path] != w {
+			t.Fatalf("%s in the container before the restarts: %q, want %q", path, before.nodes[path], w)
+		}
+	}
+	gpuBefore := mockGPU(t)
+	if len(gpuBefore.Instances) != 1 {
+		t.Fatalf("the GPU holds MIG instances %+v, want the first claim's alone", gpuBefore.Instances)
+	}
 
 	if err := node.RestartPlugin(t.Context(), true); err != nil {
 		t.Fatalf("restart plugin: %v", err)
@@ -94,6 +106,11 @@ func TestRestartsLoseNothing(t *testing.T) {
 		if after.nodes[path] != before.nodes[path] {
 			t.Errorf("%s in the container changed in the restarts: %q, then %q", path, before.nodes[path], after.nodes[path])
 		}
+	}
+	// The restarted plugin found the instance in the GPU and its claim in
+	// the checkpoint: it neither destroyed nor replaced it.
+	if diff := cmp.Diff(gpuBefore, mockGPU(t)); diff != "" {
+		t.Errorf("the GPU's MIG instances changed in the restarts (-before +after):\n%s", diff)
 	}
 
 	second := createClaim(t, ns, "second", request(gpuapi.ClassMIG, profileIs("1g.18gb")))
@@ -123,4 +140,19 @@ func TestRestartsLoseNothing(t *testing.T) {
 	if _, ok := claimSpecPath(second); !ok {
 		t.Errorf("unpreparing the first claim removed the second claim's CDI spec")
 	}
+}
+
+// mockGPU is what the node's simulated GPU 0 holds, read from the state the
+// plugin's mock NVML keeps in its state directory, as a GPU keeps it across
+// plugin restarts.
+func mockGPU(t *testing.T) nvmlmock.GPUState {
+	t.Helper()
+	gpus, err := nvmlmock.ReadState(filepath.Join(node.StateDir, nvmlmock.StateFileName))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(gpus) != 1 {
+		t.Fatalf("the node's mock NVML has %d GPUs, want 1", len(gpus))
+	}
+	return gpus[0]
 }

@@ -11,6 +11,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	tnvml "github.com/tessera-gpu/tessera/internal/nvml"
+	"github.com/tessera-gpu/tessera/internal/nvml/nvmlmock"
 )
 
 // TestMockStateSurvivesRestart opens a mock with a state file, makes MIG
@@ -58,6 +59,19 @@ func TestMockStateSurvivesRestart(t *testing.T) {
 		t.Fatal(err)
 	}
 	before := devices(lib)
+	saved, err := nvmlmock.ReadState(state)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := nvmlmock.GPUState{MIGMode: 1, Instances: []nvmlmock.GPUInstance{
+		{ProfileID: gonvml.GPU_INSTANCE_PROFILE_3_SLICE, Start: 0, Size: 4, ComputeInstances: 1},
+		{ProfileID: gonvml.GPU_INSTANCE_PROFILE_1_SLICE, Start: 5, Size: 1, ComputeInstances: 1},
+	}}
+	if len(saved) != 2 || saved[0].MIGMode != 0 || len(saved[0].Instances) != 0 {
+		t.Errorf("saved state %+v, want two GPUs, GPU 0 untouched", saved)
+	} else if diff := cmp.Diff(want, saved[1]); diff != "" {
+		t.Errorf("saved state of GPU 1 (-want +got):\n%s", diff)
+	}
 
 	restarted := open()
 	if diff := cmp.Diff(before, devices(restarted)); diff != "" {

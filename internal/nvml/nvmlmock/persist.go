@@ -13,6 +13,10 @@ import (
 	"github.com/NVIDIA/go-nvml/pkg/nvml/mock/server"
 )
 
+// StateFileName is the name the plugin gives a mock's state file in its state
+// directory (see Persist).
+const StateFileName = "mock-nvml.json"
+
 // stateVersion is the version of the state file's format.
 const stateVersion = 1
 
@@ -70,6 +74,32 @@ func (s *Server) Persist(path string) error {
 	s.statePath = path
 	s.saveMu.Unlock()
 	return s.save()
+}
+
+// ReadState returns the MIG state of each GPU saved in a state file (see
+// Persist), as GPU returns it for a live mock: what the simulated hardware
+// holds, for tests that look at it from outside the process.
+func ReadState(path string) ([]GPUState, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read mock NVML state: %w", err)
+	}
+	var st savedState
+	if err := json.Unmarshal(data, &st); err != nil {
+		return nil, fmt.Errorf("decode mock NVML state %s: %w", path, err)
+	}
+	var out []GPUState
+	for _, g := range st.GPUs {
+		gs := GPUState{MIGMode: g.MIGMode}
+		for _, in := range g.Instances {
+			gs.Instances = append(gs.Instances, GPUInstance{
+				ProfileID: int(in.ProfileID), Start: int(in.Start), Size: int(in.Size), ComputeInstances: len(in.ComputeInstances),
+			})
+		}
+		sort.Slice(gs.Instances, func(i, j int) bool { return gs.Instances[i].Start < gs.Instances[j].Start })
+		out = append(out, gs)
+	}
+	return out, nil
 }
 
 // changed saves the state where Persist was called.
