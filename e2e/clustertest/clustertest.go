@@ -7,7 +7,6 @@ package clustertest
 import (
 	"context"
 	"fmt"
-	"io"
 	"os"
 	"strings"
 	"testing"
@@ -21,8 +20,8 @@ import (
 	"k8s.io/client-go/kubernetes"
 )
 
-// KeepEnv, set to 1, keeps a run's work directory (state and component logs)
-// even when every test passed.
+// KeepEnv is the environment variable that, set to 1, keeps a run's work
+// directory (state and component logs) even when every test passed.
 const KeepEnv = "TESSERA_E2E_KEEP"
 
 // pollEvery is how often waits look at the cluster: API reads on loopback
@@ -120,22 +119,25 @@ func WaitPodEvent(t testing.TB, client kubernetes.Interface, pod *corev1.Pod, re
 	return found
 }
 
-// Finish ends a suite's run: it calls each stop in order, reporting errors to
-// w, then removes workDir, unless the run failed (code is not 0) or KeepEnv is
-// set, in which case it says where the state and logs are.
-func Finish(w io.Writer, workDir string, code int, stops ...func() error) {
+// Finish ends a suite's run: it calls each stop in order, then removes
+// workDir, unless the run failed (code is not 0) or KeepEnv is set. It returns
+// what the run's output should say: the stops' errors and where the state and
+// logs are kept.
+func Finish(workDir string, code int, stops ...func() error) string {
+	var b strings.Builder
 	for _, stop := range stops {
 		if err := stop(); err != nil {
-			fmt.Fprintln(w, "stop:", err)
+			fmt.Fprintln(&b, "stop:", err)
 		}
 	}
 	if code != 0 || os.Getenv(KeepEnv) == "1" {
-		fmt.Fprintf(w, "cluster state and component logs kept in %s\n", workDir)
-		return
+		fmt.Fprintf(&b, "cluster state and component logs kept in %s\n", workDir)
+		return b.String()
 	}
 	if err := os.RemoveAll(workDir); err != nil {
-		fmt.Fprintln(w, "remove the cluster's state:", err)
+		fmt.Fprintln(&b, "remove the cluster's state:", err)
 	}
+	return b.String()
 }
 
 // EnvOr returns the environment variable key, or def when it is empty.

@@ -1,7 +1,6 @@
 package clustertest
 
 import (
-	"bytes"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -79,19 +78,18 @@ func TestFinish(t *testing.T) {
 				t.Fatal(err)
 			}
 			var order []string
-			var out bytes.Buffer
-			Finish(&out, dir, tc.code,
+			out := Finish(dir, tc.code,
 				func() error { order = append(order, "node"); return os.ErrClosed },
 				func() error { order = append(order, "control plane"); return nil })
 			if strings.Join(order, ",") != "node,control plane" {
 				t.Errorf("stopped %v, want node then control plane", order)
 			}
-			if !strings.Contains(out.String(), os.ErrClosed.Error()) {
-				t.Errorf("output %q does not report the failed stop", out.String())
+			if !strings.Contains(out, os.ErrClosed.Error()) {
+				t.Errorf("output %q does not report the failed stop", out)
 			}
 			_, err := os.Stat(dir)
-			if kept := err == nil; kept != tc.wantKept || kept != strings.Contains(out.String(), dir) {
-				t.Errorf("work dir kept %v (output %q), want %v and said so", kept, out.String(), tc.wantKept)
+			if kept := err == nil; kept != tc.wantKept || kept != strings.Contains(out, dir) {
+				t.Errorf("work dir kept %v (output %q), want %v and said so", kept, out, tc.wantKept)
 			}
 		})
 	}

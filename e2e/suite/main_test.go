@@ -66,7 +66,7 @@ func run(m *testing.M) (code int) {
 		fmt.Fprintf(os.Stderr, "start local cluster: %v\nlogs in %s\n", err, workDir+"/logs")
 		return 1
 	}
-	defer func() { clustertest.Finish(os.Stderr, workDir, code, local.Stop) }()
+	defer func() { fmt.Fprint(os.Stderr, clustertest.Finish(workDir, code, local.Stop)) }()
 	if err := taintNode(ctx, nodeSmall); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
