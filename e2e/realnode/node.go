@@ -153,7 +153,7 @@ func Start(ctx context.Context, cp *cluster.ControlPlane, opts Options) (_ *Node
 }
 
 // waitReady waits until the node's Ready condition is true with a heartbeat
-// after since.
+// at or after since (heartbeats are whole seconds).
 func (n *Node) waitReady(ctx context.Context, since time.Time) error {
 	var last string
 	err := wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, 2*time.Minute, true, func(ctx context.Context) (bool, error) {
@@ -168,7 +168,7 @@ func (n *Node) waitReady(ctx context.Context, since time.Time) error {
 		for _, c := range node.Status.Conditions {
 			if c.Type == corev1.NodeReady {
 				last = fmt.Sprintf("Ready=%s %s: %s", c.Status, c.Reason, c.Message)
-				return c.Status == corev1.ConditionTrue && c.LastHeartbeatTime.After(since), nil
+				return c.Status == corev1.ConditionTrue && !c.LastHeartbeatTime.Time.Before(since), nil
 			}
 		}
 		return false, nil
@@ -298,7 +298,11 @@ func (n *Node) RestartKubelet(ctx context.Context, crash bool) error {
 	} else if err := n.kubelet.proc.Stop(30 * time.Second); err != nil {
 		return err
 	}
-	restarted := time.Now()
+	// The new kubelet's first heartbeat often falls in the second of the
+	// restart; a heartbeat must not be before that second. (One of the old
+	// kubelet in that same second passes too, but then the waits below
+	// still need the new kubelet serving.)
+	restarted := time.Now().Truncate(time.Second)
 	if err := n.kubelet.start(); err != nil {
 		return err
 	}
