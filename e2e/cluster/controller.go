@@ -64,7 +64,8 @@ func (l *Local) InstallTenancy(ctx context.Context, binary string, args ...strin
 	for _, m := range []struct {
 		what string
 		data []byte
-	}{{"GPUTenant CRD", crd}, {"controller RBAC", manifests.ControllerRBAC}, {"tenancy policies", manifests.TenancyPolicies}} {
+	}{{"GPUTenant CRD", crd}, {"controller RBAC", manifests.ControllerRBAC}, {"tenancy policies", manifests.TenancyPolicies},
+		{"sharing RBAC", manifests.SharingRBAC}, {"sharing policies", manifests.SharingPolicies}} {
 		if err := l.Apply(ctx, m.data, ""); err != nil {
 			return nil, fmt.Errorf("install %s: %w", m.what, err)
 		}

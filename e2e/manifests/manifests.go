@@ -70,3 +70,16 @@ var (
 	//go:embed tenancy-demo/10-workloads.yaml
 	TenancyDemoWorkloads []byte
 )
+
+// SharingPolicies are the MutatingAdmissionPolicies of tenant-exclusive
+// time-sharing, which give each tenant's claims the toleration of its own
+// GPUs' taint, and the static binding of the tenants' one.
+//
+//go:embed sharing-policies.yaml
+var SharingPolicies []byte
+
+// SharingRBAC is what the controller needs on top of ControllerRBAC to keep
+// the sharing taints and the untenanted sharing binding.
+//
+//go:embed sharing-rbac.yaml
+var SharingRBAC []byte

@@ -105,8 +105,11 @@ func Run(ctx context.Context, cfg *rest.Config, opts Options) error {
 	if err := (&TenantReconciler{client: mgr.GetClient(), recorder: rec, ledger: l, untenanted: opts.Untenanted, decided: decided}).SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("set up tenant reconciler: %w", err)
 	}
-	if err := (&AdmissionReconciler{client: mgr.GetClient(), recorder: rec, ledger: l, decided: decided}).SetupWithManager(mgr); err != nil {
+	if err := (&AdmissionReconciler{client: mgr.GetClient(), recorder: rec, ledger: l, decided: decided, sharing: newSharingGuard()}).SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("set up admission reconciler: %w", err)
+	}
+	if err := (&SharingReconciler{client: mgr.GetClient()}).SetupWithManager(mgr); err != nil {
+		return fmt.Errorf("set up sharing reconciler: %w", err)
 	}
 	return mgr.Start(ctx)
 }

@@ -1,0 +1,145 @@
+package controller
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+
+	admissionv1 "k8s.io/api/admissionregistration/v1"
+	corev1 "k8s.io/api/core/v1"
+	resourceapi "k8s.io/api/resource/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
+	"k8s.io/klog/v2"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
+	"sigs.k8s.io/controller-runtime/pkg/handler"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+
+	tenancyv1 "github.com/tessera-gpu/tessera/api/tenancy/v1alpha1"
+	"github.com/tessera-gpu/tessera/pkg/tenancy"
+)
+
+// taintRuleSuffix ends the names of the DeviceTaintRules of sharing
+// (tenancy.TaintRuleName).
+const taintRuleSuffix = ".sharing.tenancy.tessera.dev"
+
+// SharingReconciler keeps one DeviceTaintRule per time-shared GPU that a
+// sharing group holds shares of, tainting it with the group so that only the
+// group's claims (which tolerate it) are allocated more of it, and deletes
+// the rule once the GPU's last share goes. It works from the claims'
+// allocations alone, never from memory, so a restart leaves no taint behind
+// and misses none. It also keeps the binding of the untenanted sharing policy
+// on the namespaces no tenant selects.
+//
+// Everything is one reconcile of the whole cluster: any claim's change can
+// change any GPU's holder, and the work is a list and a diff.
+type SharingReconciler struct {
+	client client.Client
+}
+
+var _ reconcile.Reconciler = &SharingReconciler{}
+
+// +kubebuilder:rbac:groups=resource.k8s.io,resources=devicetaintrules,verbs=get;list;watch;create;update;patch;delete
+// +kubebuilder:rbac:groups=admissionregistration.k8s.io,resources=mutatingadmissionpolicybindings,verbs=get;list;watch;create;update;patch;delete
+
+// Reconcile brings every sharing taint and the untenanted binding in line.
+func (r *SharingReconciler) Reconcile(ctx context.Context, _ reconcile.Request) (reconcile.Result, error) {
+	// Pending claims hold too: tainting as soon as a share is allocated
+	// narrows the window in which another tenant can race for the GPU.
+	holders, err := shareHolders(ctx, r.client, tenancy.Admitted, tenancy.Ungated, tenancy.Pending)
+	if err != nil {
+		return reconcile.Result{}, err
+	}
+	return reconcile.Result{}, errors.Join(
+		r.applyTaints(ctx, tenancy.TaintRules(tenancy.Holders(holders))),
+		r.applyUntenantedBinding(ctx),
+	)
+}
+
+func (r *SharingReconciler) applyTaints(ctx context.Context, want []*resourceapi.DeviceTaintRule) error {
+	logger := klog.FromContext(ctx)
+	var have resourceapi.DeviceTaintRuleList
+	if err := r.client.List(ctx, &have, client.MatchingLabels{tenancyv1.LabelManagedBy: tenancyv1.ManagedByValue}); err != nil {
+		return fmt.Errorf("list DeviceTaintRules: %w", err)
+	}
+	existing := map[string]*resourceapi.DeviceTaintRule{}
+	for i := range have.Items {
+		if rule := &have.Items[i]; strings.HasSuffix(rule.Name, taintRuleSuffix) {
+			existing[rule.Name] = rule
+		}
+	}
+	var errs []error
+	for _, rule := range want {
+		old, ok := existing[rule.Name]
+		delete(existing, rule.Name)
+		switch {
+		case !ok:
+			if err := r.client.Create(ctx, rule, client.FieldOwner(fieldManager)); err != nil {
+				errs = append(errs, fmt.Errorf("create DeviceTaintRule %s: %w", rule.Name, err))
+				continue
+			}
+			logger.Info("Tainted shared GPU", "rule", rule.Name, "group", rule.Spec.Taint.Value)
+		case !equality.Semantic.DeepEqual(old.Spec, rule.Spec):
+			updated := old.DeepCopy()
+			updated.Spec = rule.Spec
+			if err := r.client.Update(ctx, updated, client.FieldOwner(fieldManager)); err != nil {
+				errs = append(errs, fmt.Errorf("update DeviceTaintRule %s: %w", rule.Name, err))
+				continue
+			}
+			logger.Info("Retainted shared GPU", "rule", rule.Name, "group", rule.Spec.Taint.Value)
+		}
+	}
+	for name, rule := range existing {
+		if err := client.IgnoreNotFound(r.client.Delete(ctx, rule)); err != nil {
+			errs = append(errs, fmt.Errorf("delete DeviceTaintRule %s: %w", name, err))
+			continue
+		}
+		logger.Info("Untainted shared GPU", "rule", name)
+	}
+	return errors.Join(errs...)
+}
+
+func (r *SharingReconciler) applyUntenantedBinding(ctx context.Context) error {
+	tenants, err := listTenants(ctx, r.client)
+	if err != nil {
+		return err
+	}
+	namespaces, err := listNamespaces(ctx, r.client)
+	if err != nil {
+		return err
+	}
+	owners, _ := tenancy.Owners(tenants, namespaces)
+	var tenanted []string
+	for ns := range owners {
+		tenanted = append(tenanted, ns)
+	}
+	desired := tenancy.UntenantedSharingBinding(tenanted)
+	obj := &admissionv1.MutatingAdmissionPolicyBinding{ObjectMeta: *desired.ObjectMeta.DeepCopy()}
+	if _, err := controllerutil.CreateOrUpdate(ctx, r.client, obj, func() error {
+		obj.Labels = desired.Labels
+		obj.Spec = desired.Spec
+		return nil
+	}); err != nil {
+		return fmt.Errorf("apply MutatingAdmissionPolicyBinding %s: %w", desired.Name, err)
+	}
+	return nil
+}
+
+// SetupWithManager registers the reconciler on every change of claims,
+// tenants (their sharing policy), namespaces (their tenant) and its own taint
+// rules (an edited or deleted rule is put back), all mapped to one key.
+func (r *SharingReconciler) SetupWithManager(mgr ctrl.Manager) error {
+	one := handler.EnqueueRequestsFromMapFunc(func(context.Context, client.Object) []reconcile.Request {
+		return []reconcile.Request{{}}
+	})
+	return ctrl.NewControllerManagedBy(mgr).
+		Named("sharing").
+		Watches(&resourceapi.ResourceClaim{}, one).
+		Watches(&tenancyv1.GPUTenant{}, one).
+		Watches(&corev1.Namespace{}, one).
+		Watches(&resourceapi.DeviceTaintRule{}, one).
+		Watches(&admissionv1.MutatingAdmissionPolicyBinding{}, one).
+		Complete(r)
+}

@@ -1,0 +1,171 @@
+package tenancy
+
+import (
+	"cmp"
+	"fmt"
+	"slices"
+
+	admissionv1 "k8s.io/api/admissionregistration/v1"
+	corev1 "k8s.io/api/core/v1"
+	resourceapi "k8s.io/api/resource/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/utils/ptr"
+
+	gpuapi "github.com/tessera-gpu/tessera/api/gpu"
+	tenancyv1 "github.com/tessera-gpu/tessera/api/tenancy/v1alpha1"
+)
+
+// SharingGroup is the sharing group of a tenant's claims: the tenant's name
+// when its sharing is Exclusive (the default), GroupAny when it is Any, and
+// GroupUntenanted for a nil tenant (a namespace of no tenant).
+func SharingGroup(t *tenancyv1.GPUTenant) string {
+	switch {
+	case t == nil:
+		return tenancyv1.GroupUntenanted
+	case t.Spec.Sharing == tenancyv1.SharingAny:
+		return tenancyv1.GroupAny
+	default:
+		return t.Name
+	}
+}
+
+// SharedDevices are the time-shared GPUs of Tessera that the claim's
+// allocation holds shares of, sorted, each once. A share is an allocation
+// result with a share ID: only devices that allow multiple allocations get
+// one.
+func SharedDevices(claim *resourceapi.ResourceClaim) []DeviceID {
+	if claim.Status.Allocation == nil {
+		return nil
+	}
+	var out []DeviceID
+	for _, r := range claim.Status.Allocation.Devices.Results {
+		if r.Driver == gpuapi.DriverName && r.ShareID != nil {
+			out = append(out, DeviceID{Driver: r.Driver, Pool: r.Pool, Device: r.Device})
+		}
+	}
+	slices.SortFunc(out, compareDeviceID)
+	return slices.Compact(out)
+}
+
+func compareDeviceID(a, b DeviceID) int {
+	return cmp.Or(cmp.Compare(a.Driver, b.Driver), cmp.Compare(a.Pool, b.Pool), cmp.Compare(a.Device, b.Device))
+}
+
+// ShareHolder is a claim that holds shares, with its sharing group.
+type ShareHolder struct {
+	Claim types.NamespacedName
+	Group string
+	// Devices are the shared GPUs it holds shares of (SharedDevices).
+	Devices []DeviceID
+}
+
+// Holders maps every shared GPU to the sorted sharing groups whose claims
+// hold shares of it.
+func Holders(holders []ShareHolder) map[DeviceID][]string {
+	out := map[DeviceID][]string{}
+	for _, h := range holders {
+		for _, d := range h.Devices {
+			if !slices.Contains(out[d], h.Group) {
+				out[d] = append(out[d], h.Group)
+			}
+		}
+	}
+	for _, g := range out {
+		slices.Sort(g)
+	}
+	return out
+}
+
+// SharingConflict checks the shares of a claim of group against what the
+// other claims hold (holders must not include the claim itself). It returns
+// an empty string when every shared GPU of the claim is free or held by group
+// only, and otherwise a message for the claim's owner. The message names the
+// GPU but not the group holding it: tenants do not learn of each other.
+func SharingConflict(group string, claim *resourceapi.ResourceClaim, holders map[DeviceID][]string) string {
+	for _, d := range SharedDevices(claim) {
+		for _, g := range holders[d] {
+			if g != group {
+				return fmt.Sprintf("time-shared GPU %s on %s holds shares of another tenant; tenants do not share GPUs (spec.sharing)", d.Device, d.Pool)
+			}
+		}
+	}
+	return ""
+}
+
+// Toleration is the device toleration that a sharing group's claims carry:
+// it tolerates exactly the group's own TaintKeyTenant taint.
+func Toleration(group string) resourceapi.DeviceToleration {
+	return resourceapi.DeviceToleration{
+		Key:      tenancyv1.TaintKeyTenant,
+		Operator: resourceapi.DeviceTolerationOpEqual,
+		Value:    group,
+		Effect:   resourceapi.DeviceTaintEffectNoSchedule,
+	}
+}
+
+// EntitledToleration reports whether tol is the one tenancy toleration that
+// the claims of tenant t (nil: of no tenant) may carry, its group's
+// Toleration; the sharing admission policy adds it.
+func EntitledToleration(t *tenancyv1.GPUTenant, tol resourceapi.DeviceToleration) bool {
+	want := Toleration(SharingGroup(t))
+	return tol.Key == want.Key && tol.Operator == want.Operator && tol.Value == want.Value && tol.Effect == want.Effect
+}
+
+// TaintRuleName is the name of the DeviceTaintRule for a shared GPU. Device
+// names are DNS labels and pools (node names) DNS subdomains, so the name is
+// a DNS subdomain and differs per GPU.
+func TaintRuleName(d DeviceID) string {
+	return d.Device + "." + d.Pool + ".sharing.tenancy.tessera.dev"
+}
+
+// TaintRules are the DeviceTaintRules that keep every other group off each
+// shared GPU that one group holds: a NoSchedule taint TaintKeyTenant whose
+// value is the holding group (GroupConflict when two groups hold it), sorted
+// by name. A GPU no one holds gets none.
+func TaintRules(holders map[DeviceID][]string) []*resourceapi.DeviceTaintRule {
+	var out []*resourceapi.DeviceTaintRule
+	for d, groups := range holders {
+		if len(groups) == 0 {
+			continue
+		}
+		value := groups[0]
+		if len(groups) > 1 {
+			value = tenancyv1.GroupConflict
+		}
+		out = append(out, &resourceapi.DeviceTaintRule{
+			ObjectMeta: metav1.ObjectMeta{Name: TaintRuleName(d), Labels: labelsFor("")},
+			Spec: resourceapi.DeviceTaintRuleSpec{
+				DeviceSelector: &resourceapi.DeviceTaintSelector{Driver: ptr.To(d.Driver), Pool: ptr.To(d.Pool), Device: ptr.To(d.Device)},
+				Taint: resourceapi.DeviceTaint{
+					Key: tenancyv1.TaintKeyTenant, Value: value, Effect: resourceapi.DeviceTaintEffectNoSchedule,
+				},
+			},
+		})
+	}
+	slices.SortFunc(out, func(a, b *resourceapi.DeviceTaintRule) int { return cmp.Compare(a.Name, b.Name) })
+	return out
+}
+
+// UntenantedSharingBinding binds the untenanted sharing policy (which adds
+// GroupUntenanted's toleration) to every namespace that no tenant selects,
+// like UntenantedBinding. A namespace created while the controller is down
+// gets the toleration until the controller sees it: if a tenant selects it,
+// the tenant's claims policy refuses the claim (the toleration is not the
+// tenant's), so the mistake fails closed.
+func UntenantedSharingBinding(tenantNamespaces []string) *admissionv1.MutatingAdmissionPolicyBinding {
+	b := &admissionv1.MutatingAdmissionPolicyBinding{
+		ObjectMeta: metav1.ObjectMeta{Name: tenancyv1.PolicySharingUntenanted, Labels: labelsFor("")},
+		Spec: admissionv1.MutatingAdmissionPolicyBindingSpec{
+			PolicyName:     tenancyv1.PolicySharingUntenanted,
+			MatchResources: &admissionv1.MatchResources{NamespaceSelector: &metav1.LabelSelector{}},
+		},
+	}
+	if len(tenantNamespaces) > 0 {
+		ns := slices.Sorted(slices.Values(tenantNamespaces))
+		b.Spec.MatchResources.NamespaceSelector.MatchExpressions = []metav1.LabelSelectorRequirement{{
+			Key: corev1.LabelMetadataName, Operator: metav1.LabelSelectorOpNotIn, Values: slices.Compact(ns),
+		}}
+	}
+	return b
+}
