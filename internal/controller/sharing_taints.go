@@ -46,14 +46,18 @@ var _ reconcile.Reconciler = &SharingReconciler{}
 
 // Reconcile brings every sharing taint and the untenanted binding in line.
 func (r *SharingReconciler) Reconcile(ctx context.Context, _ reconcile.Request) (reconcile.Result, error) {
-	// Pending claims hold too: tainting as soon as a share is allocated
-	// narrows the window in which another tenant can race for the GPU.
-	holders, err := shareHolders(ctx, r.client, tenancy.Admitted, tenancy.Ungated, tenancy.Pending)
+	held, err := shareHolders(ctx, r.client, tenancy.Admitted, tenancy.Ungated)
+	if err != nil {
+		return reconcile.Result{}, err
+	}
+	// Pending shares taint a GPU no one holds yet: that narrows the window in
+	// which another tenant can race for it.
+	pending, err := shareHolders(ctx, r.client, tenancy.Pending)
 	if err != nil {
 		return reconcile.Result{}, err
 	}
 	return reconcile.Result{}, errors.Join(
-		r.applyTaints(ctx, tenancy.TaintRules(tenancy.Holders(holders))),
+		r.applyTaints(ctx, tenancy.TaintRules(tenancy.TaintGroups(held, pending))),
 		r.applyUntenantedBinding(ctx),
 	)
 }

@@ -77,6 +77,22 @@ func Holders(holders []ShareHolder) map[DeviceID][]string {
 	return out
 }
 
+// TaintGroups is what each shared GPU is to be tainted with: the groups of
+// the admitted (held) shares of it; for a GPU no one holds yet, the group of
+// its pending shares (allocated, not yet decided) when they are all of one
+// group, so that other tenants are kept off while the decision is made. Pending
+// shares of two groups taint nothing: the guard admits one group and rejects
+// the other, and a taint now would push the winner's next shares elsewhere.
+func TaintGroups(held, pending []ShareHolder) map[DeviceID][]string {
+	out := Holders(held)
+	for d, groups := range Holders(pending) {
+		if _, ok := out[d]; !ok && len(groups) == 1 {
+			out[d] = groups
+		}
+	}
+	return out
+}
+
 // SharingConflict checks the shares of a claim of group against what the
 // other claims hold (holders must not include the claim itself). It returns
 // an empty string when every shared GPU of the claim is free or held by group

@@ -157,3 +157,20 @@ func TestUntenantedSharingBinding(t *testing.T) {
 		t.Errorf("excluded namespaces (-want +got):\n%s", diff)
 	}
 }
+
+func TestTaintGroups(t *testing.T) {
+	held := []tenancy.ShareHolder{{Group: "a", Devices: []tenancy.DeviceID{shared("gpu-0-shared")}}}
+	pending := []tenancy.ShareHolder{
+		{Group: "b", Devices: []tenancy.DeviceID{shared("gpu-0-shared"), shared("gpu-1-shared")}},
+		{Group: "a", Devices: []tenancy.DeviceID{shared("gpu-2-shared")}},
+		{Group: "b", Devices: []tenancy.DeviceID{shared("gpu-2-shared")}},
+	}
+	want := map[tenancy.DeviceID][]string{
+		shared("gpu-0-shared"): {"a"}, // held by a; b's pending share will be rejected
+		shared("gpu-1-shared"): {"b"}, // pending of one group only
+		// gpu-2-shared: pending of two groups, undecided: no taint
+	}
+	if diff := cmp.Diff(want, tenancy.TaintGroups(held, pending)); diff != "" {
+		t.Errorf("TaintGroups (-want +got):\n%s", diff)
+	}
+}
