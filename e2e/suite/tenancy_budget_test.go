@@ -263,14 +263,7 @@ func TestTenancyDedicatedPool(t *testing.T) {
 	}
 
 	// Without the pool, the classes go.
-	tenant, err = getTenant(ctx, tenant.Name)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tenant.Spec.DedicatedPool = ""
-	if err := tenants.Update(ctx, tenant); err != nil {
-		t.Fatal(err)
-	}
+	updateTenant(t, tenant.Name, func(t *tenancyv1.GPUTenant) { t.Spec.DedicatedPool = "" })
 	err = wait.PollUntilContextTimeout(ctx, pollEvery, waitTimeout, true, func(ctx context.Context) (bool, error) {
 		_, err := local.Client.ResourceV1().DeviceClasses().Get(ctx, class, metav1.GetOptions{})
 		return apierrors.IsNotFound(err), nil

@@ -13,6 +13,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/rand"
 	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/client-go/util/retry"
 	crclient "sigs.k8s.io/controller-runtime/pkg/client"
 
 	gpuapi "github.com/tessera-gpu/tessera/api/gpu"
@@ -226,4 +227,21 @@ func wantRefused(t *testing.T, err error, parts ...string) {
 // migRequest asks for one 1g.18gb MIG partition.
 func migRequest(name string) resourceapi.DeviceRequest {
 	return request(name, gpuapi.ClassMIG, profileIs("1g.18gb"))
+}
+
+// updateTenant changes the tenant's spec, retrying when the controller has
+// written its status in between.
+func updateTenant(t *testing.T, name string, mutate func(*tenancyv1.GPUTenant)) {
+	t.Helper()
+	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		tenant, err := getTenant(t.Context(), name)
+		if err != nil {
+			return err
+		}
+		mutate(tenant)
+		return tenants.Update(t.Context(), tenant)
+	})
+	if err != nil {
+		t.Fatalf("update GPUTenant %s: %v", name, err)
+	}
 }

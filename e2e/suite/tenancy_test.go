@@ -2,6 +2,7 @@ package suite
 
 import (
 	"context"
+	"strings"
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
@@ -12,6 +13,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
+	crclient "sigs.k8s.io/controller-runtime/pkg/client"
 
 	gpuapi "github.com/tessera-gpu/tessera/api/gpu"
 	tenancyv1 "github.com/tessera-gpu/tessera/api/tenancy/v1alpha1"
@@ -63,7 +65,6 @@ func TestTenancyAttackMatrix(t *testing.T) {
 			spec: claimSpec(request("gpu", tenancyv1.DedicatedClassName(other.Name, gpuapi.ClassMIG))),
 			want: []string{"GPUTenant " + tenant.Name, "request gpu", "DeviceClass " + tenancyv1.DedicatedClassName(other.Name, gpuapi.ClassMIG)},
 		},
-		"admin access":                        {spec: claimSpec(adminAccess), want: []string{"GPUTenant " + tenant.Name, "request gpu", "admin access"}},
 		"opaque config for Tessera":           {spec: withConfig, want: []string{"GPUTenant " + tenant.Name, "opaque config for gpu.tessera.dev"}},
 		"tolerating the tenancy taint":        {spec: claimSpec(tolerating(tenancyv1.TaintKeyTenant, resourceapi.DeviceTolerationOpExists)), want: []string{"GPUTenant " + tenant.Name, "request gpu", "tenancy taint"}},
 		"tolerating every taint":              {spec: claimSpec(tolerating("", resourceapi.DeviceTolerationOpExists)), want: []string{"GPUTenant " + tenant.Name, "request gpu", "tenancy taint"}},
@@ -98,10 +99,9 @@ func TestTenancyAttackMatrix(t *testing.T) {
 	t.Run("a namespace selected by two tenants", func(t *testing.T) {
 		second := newTenant(t, "second", tenancyv1.GPUTenantSpec{AllowedDeviceClasses: []string{gpuapi.ClassMIG}})
 		labelNamespace(t, shared, map[string]string{"e2e.tessera.dev/second": "yes"})
-		second.Spec.NamespaceSelector = metav1.LabelSelector{MatchLabels: map[string]string{"e2e.tessera.dev/second": "yes"}}
-		if err := tenants.Update(ctx, second); err != nil {
-			t.Fatal(err)
-		}
+		updateTenant(t, second.Name, func(s *tenancyv1.GPUTenant) {
+			s.Spec.NamespaceSelector = metav1.LabelSelector{MatchLabels: map[string]string{"e2e.tessera.dev/second": "yes"}}
+		})
 		for _, name := range []string{tenant.Name, second.Name} {
 			waitTenantCondition(t, name, tenancyv1.TenantConflict, metav1.ConditionTrue)
 		}
@@ -216,4 +216,52 @@ func namespaceEditor(t *testing.T) kubernetes.Interface {
 		t.Fatal("namespace editor role never took effect")
 	}
 	return client
+}
+
+// TestTenancyCRDValidation checks the GPUTenant CRD's rules in the API server.
+func TestTenancyCRDValidation(t *testing.T) {
+	needCluster(t)
+	ctx := testContext(t)
+	selector := metav1.LabelSelector{MatchLabels: map[string]string{tenancyv1.LabelCapsuleTenant: "x"}}
+	for name, tc := range map[string]struct {
+		tenant tenancyv1.GPUTenant
+		want   string
+	}{
+		"a name with a dot": {
+			tenant: tenancyv1.GPUTenant{ObjectMeta: metav1.ObjectMeta{Name: "team.a"}, Spec: tenancyv1.GPUTenantSpec{NamespaceSelector: selector}},
+			want:   "must be a DNS label",
+		},
+		"an empty selector": {
+			tenant: tenancyv1.GPUTenant{ObjectMeta: metav1.ObjectMeta{Name: "empty"}},
+			want:   "namespaceSelector must select by at least one label",
+		},
+		"the default pool": {
+			tenant: tenancyv1.GPUTenant{ObjectMeta: metav1.ObjectMeta{Name: "greedy"}, Spec: tenancyv1.GPUTenantSpec{NamespaceSelector: selector, DedicatedPool: gpuapi.PoolDefault}},
+			want:   "cannot be dedicated",
+		},
+		"an unknown selector operator": {
+			tenant: tenancyv1.GPUTenant{ObjectMeta: metav1.ObjectMeta{Name: "sometimes"}, Spec: tenancyv1.GPUTenantSpec{NamespaceSelector: metav1.LabelSelector{
+				MatchExpressions: []metav1.LabelSelectorRequirement{{Key: "team", Operator: "Sometimes", Values: []string{"a"}}},
+			}}},
+			want: "operators must be In, NotIn, Exists or DoesNotExist",
+		},
+		"In without values": {
+			tenant: tenancyv1.GPUTenant{ObjectMeta: metav1.ObjectMeta{Name: "novalues"}, Spec: tenancyv1.GPUTenantSpec{NamespaceSelector: metav1.LabelSelector{
+				MatchExpressions: []metav1.LabelSelectorRequirement{{Key: "team", Operator: metav1.LabelSelectorOpIn}},
+			}}},
+			want: "In and NotIn need values",
+		},
+		"a negative budget": {
+			tenant: tenancyv1.GPUTenant{ObjectMeta: metav1.ObjectMeta{Name: "negative"}, Spec: tenancyv1.GPUTenantSpec{NamespaceSelector: selector,
+				Budget: &tenancyv1.Budget{Devices: map[string]int64{gpuapi.ClassMIG: -1}}}},
+			want: "must not be negative",
+		},
+	} {
+		t.Run(name, func(t *testing.T) {
+			err := tenants.Create(ctx, &tc.tenant, crclient.DryRunAll)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("error = %v, want it to contain %q", err, tc.want)
+			}
+		})
+	}
 }
