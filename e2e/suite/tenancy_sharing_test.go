@@ -120,6 +120,24 @@ func TestTenantExclusiveSharing(t *testing.T) {
 	ctx, cancel := context.WithTimeout(t.Context(), 8*time.Minute)
 	defer cancel()
 
+	t.Run("APIs served", func(t *testing.T) {
+		// Both are GA and on by default in 1.37: the cluster runs with no
+		// feature gate or runtime-config for them.
+		for gv, resource := range map[string]string{"resource.k8s.io/v1": "devicetaintrules", "admissionregistration.k8s.io/v1": "mutatingadmissionpolicies"} {
+			list, err := local.Client.Discovery().ServerResourcesForGroupVersion(gv)
+			if err != nil {
+				t.Fatalf("discover %s: %v", gv, err)
+			}
+			found := false
+			for _, r := range list.APIResources {
+				found = found || r.Name == resource
+			}
+			if !found {
+				t.Errorf("the API server does not serve %s in %s", resource, gv)
+			}
+		}
+	})
+
 	t.Run("tolerations", func(t *testing.T) {
 		// The sharing policy adds the tenant's own toleration to its claims.
 		claim, err := local.Client.ResourceV1().ResourceClaims(nsA).Create(ctx, &resourceapi.ResourceClaim{
