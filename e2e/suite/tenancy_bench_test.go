@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"sync"
 	"testing"
 	"time"
 
@@ -125,4 +126,106 @@ func percentile(d []time.Duration, p int) time.Duration {
 	slices.Sort(s)
 	i := (len(s)*p + 99) / 100
 	return s[max(0, min(len(s)-1, i-1))]
+}
+
+const (
+	policyBenchTenants = 100
+	policyBenchClaims  = 10000
+	policyBenchWorkers = 8
+)
+
+// BenchmarkTenancyPolicyAdmission measures the real admission policy in the
+// API server: 100 tenants (100 bindings), then 10,000 claims created (dry
+// run) across their namespaces by 8 clients, half of them allowed and half
+// naming a forbidden class; every answer is checked. It reports decisions
+// per second, beside the same claims in namespaces of no tenant (no binding
+// matches) in the same run.
+//
+//	make e2e E2E_FLAGS="-run '^$' -bench TenancyPolicyAdmission -benchtime 1x"
+func BenchmarkTenancyPolicyAdmission(b *testing.B) {
+	if local == nil {
+		b.Skip("no local cluster: set TESSERA_E2E=1 or run make e2e")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	run := fmt.Sprintf("%d", time.Now().UnixNano()%100000)
+	var tenantNS, freeNS []string
+	for i := range policyBenchTenants {
+		name := fmt.Sprintf("pb%s-%d", run, i)
+		labels := map[string]string{tenancyv1.LabelCapsuleTenant: name}
+		tenant := &tenancyv1.GPUTenant{ObjectMeta: metav1.ObjectMeta{Name: name}, Spec: tenancyv1.GPUTenantSpec{
+			NamespaceSelector: metav1.LabelSelector{MatchLabels: labels}, AllowedDeviceClasses: []string{gpuapi.ClassMIG},
+		}}
+		if err := tenants.Create(ctx, tenant); err != nil {
+			b.Fatal(err)
+		}
+		defer tenants.Delete(context.Background(), tenant)
+		for _, ns := range []struct {
+			name   string
+			labels map[string]string
+			into   *[]string
+		}{{name, labels, &tenantNS}, {name + "-free", nil, &freeNS}} {
+			if _, err := local.Client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns.name, Labels: ns.labels}}, metav1.CreateOptions{}); err != nil {
+				b.Fatal(err)
+			}
+			defer local.Client.CoreV1().Namespaces().Delete(context.Background(), ns.name, metav1.DeleteOptions{})
+			*ns.into = append(*ns.into, ns.name)
+		}
+	}
+	// Every tenant's binding must be in force before timing.
+	for _, ns := range tenantNS {
+		if err := wait.PollUntilContextTimeout(ctx, pollEvery, 2*time.Minute, true, func(ctx context.Context) (bool, error) {
+			return createClaim(ctx, ns, claimSpec(request("probe", gpuapi.ClassGPU))) != nil, nil
+		}); err != nil {
+			b.Fatalf("tenant policy not enforced in %s", ns)
+		}
+	}
+	for b.Loop() {
+		b.ReportMetric(admissionRate(ctx, b, tenantNS, true), "tenant-decisions/s")
+		b.ReportMetric(admissionRate(ctx, b, freeNS, false), "untenanted-creates/s")
+	}
+}
+
+// admissionRate creates policyBenchClaims dry-run claims round-robin over
+// namespaces with policyBenchWorkers clients and returns creates per second.
+// Odd claims name a forbidden class: refused when enforced, else allowed.
+func admissionRate(ctx context.Context, b *testing.B, namespaces []string, enforced bool) float64 {
+	allowed, forbidden := claimSpec(migRequest("gpu")), claimSpec(request("gpu", gpuapi.ClassGPU))
+	next := make(chan int)
+	errs := make(chan error, policyBenchWorkers)
+	var wg sync.WaitGroup
+	start := time.Now()
+	for range policyBenchWorkers {
+		wg.Go(func() {
+			for i := range next {
+				spec := allowed
+				if i%2 == 1 {
+					spec = forbidden
+				}
+				err := createClaim(ctx, namespaces[i%len(namespaces)], spec)
+				if refused := err != nil; refused != (enforced && i%2 == 1) {
+					errs <- fmt.Errorf("claim %d in %s: refused=%t, error %v", i, namespaces[i%len(namespaces)], refused, err)
+					return
+				}
+			}
+		})
+	}
+	for i := range policyBenchClaims {
+		select {
+		case next <- i:
+		case err := <-errs:
+			close(next)
+			wg.Wait()
+			b.Fatal(err)
+		}
+	}
+	close(next)
+	wg.Wait()
+	elapsed := time.Since(start)
+	select {
+	case err := <-errs:
+		b.Fatal(err)
+	default:
+	}
+	return float64(policyBenchClaims) / elapsed.Seconds()
 }

@@ -239,18 +239,6 @@ func TestTenancyCRDValidation(t *testing.T) {
 			tenant: tenancyv1.GPUTenant{ObjectMeta: metav1.ObjectMeta{Name: "greedy"}, Spec: tenancyv1.GPUTenantSpec{NamespaceSelector: selector, DedicatedPool: gpuapi.PoolDefault}},
 			want:   "cannot be dedicated",
 		},
-		"an unknown selector operator": {
-			tenant: tenancyv1.GPUTenant{ObjectMeta: metav1.ObjectMeta{Name: "sometimes"}, Spec: tenancyv1.GPUTenantSpec{NamespaceSelector: metav1.LabelSelector{
-				MatchExpressions: []metav1.LabelSelectorRequirement{{Key: "team", Operator: "Sometimes", Values: []string{"a"}}},
-			}}},
-			want: "operators must be In, NotIn, Exists or DoesNotExist",
-		},
-		"In without values": {
-			tenant: tenancyv1.GPUTenant{ObjectMeta: metav1.ObjectMeta{Name: "novalues"}, Spec: tenancyv1.GPUTenantSpec{NamespaceSelector: metav1.LabelSelector{
-				MatchExpressions: []metav1.LabelSelectorRequirement{{Key: "team", Operator: metav1.LabelSelectorOpIn}},
-			}}},
-			want: "In and NotIn need values",
-		},
 		"a negative budget": {
 			tenant: tenancyv1.GPUTenant{ObjectMeta: metav1.ObjectMeta{Name: "negative"}, Spec: tenancyv1.GPUTenantSpec{NamespaceSelector: selector,
 				Budget: &tenancyv1.Budget{Devices: map[string]int64{gpuapi.ClassMIG: -1}}}},

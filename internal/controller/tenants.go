@@ -77,6 +77,11 @@ func (r *TenantReconciler) Reconcile(ctx context.Context, req reconcile.Request)
 	if err != nil {
 		return reconcile.Result{}, err
 	}
+	if _, err := tenancy.Selector(t); err != nil {
+		// Nothing is selected: the tenant's namespaces are untenanted until
+		// the selector is fixed. Say so in Ready.
+		return reconcile.Result{}, r.writeStatus(ctx, t, nil, nil, tenancy.Usage{}, err)
+	}
 	applyErr := errors.Join(
 		r.applyBinding(ctx, t),
 		r.applyQuotas(ctx, t, own),

@@ -36,8 +36,6 @@ type GPUTenantSpec struct {
 	// is refused: it would make every namespace the tenant's.
 	// +required
 	// +kubebuilder:validation:XValidation:rule="size(self.?matchLabels.orValue({})) + size(self.?matchExpressions.orValue([])) > 0",message="namespaceSelector must select by at least one label"
-	// +kubebuilder:validation:XValidation:rule="self.?matchExpressions.orValue([]).all(e, e.operator in ['In', 'NotIn', 'Exists', 'DoesNotExist'])",message="matchExpressions operators must be In, NotIn, Exists or DoesNotExist"
-	// +kubebuilder:validation:XValidation:rule="self.?matchExpressions.orValue([]).all(e, (e.operator in ['In', 'NotIn']) == (size(e.?values.orValue([])) > 0))",message="In and NotIn need values; Exists and DoesNotExist take none"
 	NamespaceSelector metav1.LabelSelector `json:"namespaceSelector"`
 
 	// AllowedDeviceClasses are the DeviceClasses the tenant's claims may name,
