@@ -3,6 +3,7 @@ package controller
 import (
 	"context"
 	"fmt"
+	"slices"
 	"sync"
 
 	corev1 "k8s.io/api/core/v1"
@@ -124,7 +125,7 @@ func shareHolders(ctx context.Context, c client.Reader, states ...tenancy.State)
 	for i := range claims.Items {
 		cl := &claims.Items[i]
 		devices := tenancy.SharedDevices(cl)
-		if len(devices) == 0 || !containsState(states, tenancy.ClaimState(cl)) {
+		if len(devices) == 0 || !slices.Contains(states, tenancy.ClaimState(cl)) {
 			continue
 		}
 		if owners == nil {
@@ -141,13 +142,4 @@ func shareHolders(ctx context.Context, c client.Reader, states ...tenancy.State)
 		out = append(out, tenancy.ShareHolder{Claim: client.ObjectKeyFromObject(cl), Group: tenancy.SharingGroup(t), Devices: devices})
 	}
 	return out, nil
-}
-
-func containsState(states []tenancy.State, s tenancy.State) bool {
-	for _, x := range states {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }
