@@ -47,16 +47,22 @@ func tenancyDemo(ctx context.Context, l *cluster.Local, out io.Writer) error {
 	}
 	fmt.Fprintln(out, "\nTenants team-a (MIG and shares, 40Gi of GPU memory) and team-b (whole GPUs, one at a time) applied (e2e/manifests/tenancy-demo).")
 
-	// team-a asks for a whole GPU, which it may not use.
-	_, err = l.Client.ResourceV1().ResourceClaims("team-a").Create(ctx, &resourceapi.ResourceClaim{
-		ObjectMeta: metav1.ObjectMeta{Name: "wants-a-whole-gpu"},
-		Spec: resourceapi.ResourceClaimSpec{Devices: resourceapi.DeviceClaim{Requests: []resourceapi.DeviceRequest{{
-			Name: "gpu", Exactly: &resourceapi.ExactDeviceRequest{DeviceClassName: gpuapi.ClassGPU},
-		}}}},
-	}, metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}})
-	if err == nil {
-		return fmt.Errorf("team-a's claim for a whole GPU was accepted")
+	// team-a asks for a whole GPU, which it may not use. The API server's
+	// policy plugin picks up a new tenant's binding within about a second.
+	var refusal error
+	err = wait.PollUntilContextTimeout(ctx, 250*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
+		_, refusal = l.Client.ResourceV1().ResourceClaims("team-a").Create(ctx, &resourceapi.ResourceClaim{
+			ObjectMeta: metav1.ObjectMeta{Name: "wants-a-whole-gpu"},
+			Spec: resourceapi.ResourceClaimSpec{Devices: resourceapi.DeviceClaim{Requests: []resourceapi.DeviceRequest{{
+				Name: "gpu", Exactly: &resourceapi.ExactDeviceRequest{DeviceClassName: gpuapi.ClassGPU},
+			}}}},
+		}, metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}})
+		return refusal != nil, nil
+	})
+	if err != nil {
+		return fmt.Errorf("team-a's claim for a whole GPU is still accepted")
 	}
+	err = refusal
 	fmt.Fprintf(out, "team-a asks for a whole GPU; the API server says:\n  %v\n", err)
 
 	var held string
