@@ -85,9 +85,10 @@ func (r *SharingReconciler) applyTaints(ctx context.Context, want []*resourceapi
 				continue
 			}
 			logger.Info("Tainted shared GPU", "rule", rule.Name, "group", rule.Spec.Taint.Value)
-		case !equality.Semantic.DeepEqual(old.Spec, rule.Spec):
+		case !sameTaintRule(old, rule):
 			updated := old.DeepCopy()
-			updated.Spec = rule.Spec
+			updated.Spec.DeviceSelector = rule.Spec.DeviceSelector
+			updated.Spec.Taint.Key, updated.Spec.Taint.Value, updated.Spec.Taint.Effect = rule.Spec.Taint.Key, rule.Spec.Taint.Value, rule.Spec.Taint.Effect
 			if err := r.client.Update(ctx, updated, client.FieldOwner(fieldManager)); err != nil {
 				errs = append(errs, fmt.Errorf("update DeviceTaintRule %s: %w", rule.Name, err))
 				continue
@@ -103,6 +104,16 @@ func (r *SharingReconciler) applyTaints(ctx context.Context, want []*resourceapi
 		logger.Info("Untainted shared GPU", "rule", name)
 	}
 	return errors.Join(errs...)
+}
+
+// sameTaintRule compares what the controller sets: the selector and the
+// taint's key, value and effect. The API server fills in the taint's
+// timeAdded; comparing it, or overwriting it, would update the rule on every
+// reconcile, and every update would trigger the next.
+func sameTaintRule(have, want *resourceapi.DeviceTaintRule) bool {
+	return equality.Semantic.DeepEqual(have.Spec.DeviceSelector, want.Spec.DeviceSelector) &&
+		have.Spec.Taint.Key == want.Spec.Taint.Key && have.Spec.Taint.Value == want.Spec.Taint.Value &&
+		have.Spec.Taint.Effect == want.Spec.Taint.Effect
 }
 
 func (r *SharingReconciler) applyUntenantedBinding(ctx context.Context) error {

@@ -3,6 +3,7 @@ package controller
 import (
 	"context"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 	admissionv1 "k8s.io/api/admissionregistration/v1"
@@ -86,6 +87,24 @@ func TestSharingTaints(t *testing.T) {
 	reconcileOnce()
 	if diff := cmp.Diff(map[string]string{"gpu-0-shared": "a", "gpu-9": ""}, taints(ctx, t, c)); diff != "" {
 		t.Errorf("after a restart with a stale rule (-want +got):\n%s", diff)
+	}
+	// The API server stamps the taint's timeAdded; that is no reason to
+	// update the rule (each update would trigger the next reconcile).
+	rule := &resourceapi.DeviceTaintRule{}
+	if err := c.Get(ctx, types.NamespacedName{Name: "gpu-0-shared.n1.sharing.tenancy.tessera.dev"}, rule); err != nil {
+		t.Fatal(err)
+	}
+	rule.Spec.Taint.TimeAdded = &metav1.Time{Time: time.Date(2026, 12, 1, 3, 0, 0, 0, time.UTC)}
+	if err := c.Update(ctx, rule); err != nil {
+		t.Fatal(err)
+	}
+	stamped := rule.ResourceVersion
+	reconcileOnce()
+	if err := c.Get(ctx, types.NamespacedName{Name: rule.Name}, rule); err != nil {
+		t.Fatal(err)
+	}
+	if rule.ResourceVersion != stamped {
+		t.Errorf("rule updated although only timeAdded differs: %+v", rule.Spec.Taint)
 	}
 	deallocate("a1", "x")
 	reconcileOnce()
