@@ -20,8 +20,8 @@ build: ## Build the binaries into bin/
 	$(GO) build -o $(BIN)/ ./cmd/...
 
 .PHONY: unit
-unit: ## Run the unit tests with the race detector
-	$(GO) test -race -count=1 $$($(GO) list ./... | grep -v /e2e)
+unit: ## Run the unit tests with the race detector (the chart tests use the pinned Helm CLI)
+	helm="$$($(HELM_TOOL))"; TESSERA_HELM="$$helm" $(GO) test -race -count=1 $$($(GO) list ./... | grep -v /e2e)
 
 .PHONY: test
 test: verify unit e2e ## Run everything CI runs: verify, unit tests, e2e suite
@@ -37,15 +37,15 @@ fmt: ## Format the code
 	gofmt -w $$(git ls-files '*.go')
 
 .PHONY: generate
-generate: generate-config generate-tenancy ## Regenerate generated code (deepcopy of the API types)
+generate: generate-config generate-tenancy chart-docs ## Regenerate generated code and docs (deepcopy, CRDs, the chart's values reference)
 
 .PHONY: verify
 verify: generate ## gofmt, go vet, go mod tidy and generated files must leave no diff
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 	$(GO) mod tidy
-	@if [ -n "$$(git status --porcelain -- go.mod go.sum api deployments)" ]; then \
-		echo "go mod tidy or generation changed files:"; git status --porcelain -- go.mod go.sum api deployments; git diff -- go.mod go.sum | head -50; exit 1; fi
+	@if [ -n "$$(git status --porcelain -- go.mod go.sum api deployments docs)" ]; then \
+		echo "go mod tidy or generation changed files:"; git status --porcelain -- go.mod go.sum api deployments docs; git diff -- go.mod go.sum docs | head -50; exit 1; fi
 
 .PHONY: clean
 clean: ## Remove build output

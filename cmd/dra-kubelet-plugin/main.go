@@ -15,6 +15,8 @@ import (
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
+	"k8s.io/apimachinery/pkg/api/resource"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
@@ -24,7 +26,7 @@ import (
 	tenancyv1 "github.com/tessera-gpu/tessera/api/tenancy/v1alpha1"
 	tnvml "github.com/tessera-gpu/tessera/internal/nvml"
 	"github.com/tessera-gpu/tessera/internal/plugin"
-	"github.com/tessera-gpu/tessera/internal/prepare"
+	"github.com/tessera-gpu/tessera/internal/sharing"
 	"github.com/tessera-gpu/tessera/pkg/partition"
 	"github.com/tessera-gpu/tessera/pkg/resourceslice"
 )
@@ -32,21 +34,24 @@ import (
 // options are the command line; every flag can also be set through the
 // environment variable of its name in upper case with "_" for "-".
 type options struct {
-	nodeName       string
-	kubeconfig     string
-	nvml           string
-	pluginDataDir  string
-	registrarDir   string
-	cdiRoot        string
-	stateDir       string
-	driverRoot     string
-	metricsAddress string
-	healthPort     int
-	pool           string
-	disableMIG     bool
-	disableSharing bool
-	tenancy        bool
-	rediscover     time.Duration
+	nodeName               string
+	kubeconfig             string
+	nvml                   string
+	pluginDataDir          string
+	registrarDir           string
+	cdiRoot                string
+	stateDir               string
+	driverRoot             string
+	metricsAddress         string
+	healthPort             int
+	pool                   string
+	disableMIG             bool
+	disableSharing         bool
+	tenancy                bool
+	rediscover             time.Duration
+	mpsShmSize             resource.QuantityValue
+	podUID                 string
+	allowMissingCheckpoint bool
 }
 
 func (o *options) addFlags(fs *pflag.FlagSet) {
@@ -68,6 +73,10 @@ func (o *options) addRunFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.metricsAddress, "metrics-address", "", "address of the Prometheus /metrics endpoint, e.g. :8080; empty disables it")
 	fs.IntVar(&o.healthPort, "healthcheck-port", -1, "port of the gRPC health endpoint for probes, e.g. 51515; negative disables it")
 	fs.DurationVar(&o.rediscover, "rediscover-interval", 30*time.Second, "how often GPUs are rediscovered to republish changed slices")
+	fs.StringVar(&o.podUID, "pod-uid", "", "UID of the plugin's own pod (from the downward API), which lets an old and a new plugin run side by side during a rolling update")
+	fs.BoolVar(&o.allowMissingCheckpoint, "allow-missing-checkpoint", false, "start although the checkpoint is missing and MIG instances exist; destroys every MIG instance no claim owns")
+	o.mpsShmSize.Quantity = *resource.NewQuantity(sharing.DefaultShmSize, resource.BinarySI)
+	fs.Var(&o.mpsShmSize, "mps-shm-size", "size of each MPS-shared claim's /dev/shm, an in-memory tmpfs of its own")
 }
 
 func (o *options) sliceOptions() resourceslice.Options {
@@ -161,7 +170,7 @@ func newMPSLaunchCommand() *cobra.Command {
 			if shm == "" {
 				return fmt.Errorf("--shm is required")
 			}
-			return prepare.ExecWithPrivateShm(shm, args, os.Environ())
+			return sharing.ExecWithPrivateShm(shm, args, os.Environ())
 		},
 	}
 	cmd.Flags().StringVar(&shm, "shm", "", "directory to mount on /dev/shm")
@@ -215,14 +224,17 @@ func run(ctx context.Context, o *options) error {
 		RegistrarDir:       o.registrarDir,
 		Slices:             o.sliceOptions(),
 		RediscoverInterval: o.rediscover,
+		PodUID:             types.UID(o.podUID),
 	}, plugin.NodeOptions{
-		CDIRoot:         o.cdiRoot,
-		StateDir:        o.stateDir,
-		DriverRoot:      o.driverRoot,
-		MetricsAddress:  o.metricsAddress,
-		HealthPort:      o.healthPort,
-		SimulatedDriver: strings.HasPrefix(o.nvml, "mock:"),
-		MPSLauncher:     launcher,
+		CDIRoot:                o.cdiRoot,
+		StateDir:               o.stateDir,
+		DriverRoot:             o.driverRoot,
+		MetricsAddress:         o.metricsAddress,
+		HealthPort:             o.healthPort,
+		SimulatedDriver:        strings.HasPrefix(o.nvml, "mock:"),
+		MPSLauncher:            launcher,
+		MPSShmSize:             o.mpsShmSize.Value(),
+		AllowMissingCheckpoint: o.allowMissingCheckpoint,
 	})
 }
 

@@ -104,6 +104,16 @@ func (c *Controller) Start(ctx context.Context) error {
 	return waitReady(ctx, p, time.Minute, httpCheck(client, "http://"+c.ProbeAddress+"/readyz", "ok"))
 }
 
+// Restart stops the controller and starts it again with args as its extra
+// flags.
+func (c *Controller) Restart(ctx context.Context, args ...string) error {
+	if err := c.Stop(); err != nil {
+		return err
+	}
+	c.args = args
+	return c.Start(ctx)
+}
+
 // Stop stops the controller (SIGTERM, then SIGKILL after a grace period).
 func (c *Controller) Stop() error {
 	if c.process == nil {

@@ -9,10 +9,10 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
-	authenticationv1 "k8s.io/api/authentication/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -22,10 +22,7 @@ import (
 	"k8s.io/client-go/discovery/cached/memory"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/restmapper"
-	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 	"k8s.io/klog/v2"
-
-	"github.com/tessera-gpu/tessera/e2e/manifests"
 )
 
 // Config describes a local cluster: a control plane and simulated GPU nodes.
@@ -37,6 +34,19 @@ type Config struct {
 	// WorkDir receives all state and logs.
 	WorkDir string
 	Nodes   []NodeOptions
+	// Helm is the Helm CLI that renders Tessera's chart (see DefaultHelm).
+	Helm string
+	// ChartValues are --set values on top of the local cluster's own.
+	ChartValues []string
+}
+
+// localValues adapt the chart to the local cluster: its simulated nodes carry
+// test taints the plugin must tolerate.
+var localValues = []string{
+	"kubeletPlugin.tolerations[0].operator=Exists",
+	// The tenancy controller is not part of the local cluster yet.
+	"controller.enabled=false",
+	"kubeletPlugin.tenancy=false",
 }
 
 // Local is a running local cluster.
@@ -44,6 +54,8 @@ type Local struct {
 	*ControlPlane
 	WorkDir string
 	Nodes   []*Node
+	// Install is Tessera as the chart installed it.
+	Install *Install
 }
 
 // StartLocal starts the control plane and then the nodes, in parallel.
@@ -61,16 +73,21 @@ func StartLocal(ctx context.Context, cfg Config) (_ *Local, err error) {
 			l.Stop()
 		}
 	}()
-	pluginKubeconfig, err := l.pluginKubeconfig(ctx)
+	l.Install, err = l.InstallChart(ctx, cfg.Helm, append(slices.Clone(localValues), cfg.ChartValues...))
 	if err != nil {
 		return nil, err
 	}
+	// Each plugin runs with the chart's arguments, less the host paths and
+	// ports that the node replaces with its own.
+	pluginArgs := ContainerArgs(l.Install.Plugin.Spec.Template.Spec,
+		"nvml", "plugin-data-dir", "registrar-dir", "cdi-root", "state-dir", "driver-root", "metrics-address", "healthcheck-port", "v")
 	nodes := make([]*Node, len(cfg.Nodes))
 	errs := make([]error, len(cfg.Nodes))
 	done := make(chan int)
 	for i, opts := range cfg.Nodes {
+		opts.PluginArgs = append(slices.Clone(pluginArgs), opts.PluginArgs...)
 		if opts.Kubeconfig == "" {
-			opts.Kubeconfig = pluginKubeconfig
+			opts.Credentials = l.pluginCredentials
 		}
 		go func() {
 			nodes[i], errs[i] = cp.AddNode(ctx, cfg.PluginBinary, cfg.WorkDir, opts)
@@ -92,32 +109,14 @@ func StartLocal(ctx context.Context, cfg Config) (_ *Local, err error) {
 	return l, nil
 }
 
-// pluginKubeconfig installs the plugin's ServiceAccount and RBAC and writes a
-// kubeconfig with a token of that account, so the plugins run with the rights a
-// deployment gives them rather than as cluster admin.
-func (l *Local) pluginKubeconfig(ctx context.Context) (string, error) {
-	if err := l.Apply(ctx, manifests.PluginRBAC, ""); err != nil {
-		return "", fmt.Errorf("install plugin RBAC: %w", err)
-	}
-	ns, name := manifests.PluginServiceAccount[0], manifests.PluginServiceAccount[1]
-	var token *authenticationv1.TokenRequest
-	// The token controller needs the account in its informer first.
-	err := wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
-		var err error
-		token, err = l.Client.CoreV1().ServiceAccounts(ns).CreateToken(ctx, name, &authenticationv1.TokenRequest{
-			Spec: authenticationv1.TokenRequestSpec{ExpirationSeconds: new(int64(7 * 24 * 3600))},
-		}, metav1.CreateOptions{})
-		return err == nil, nil
-	})
+// pluginCredentials gives the plugin of nodeName a token bound to the chart's
+// plugin pod on that node, as the kubelet gives the real DaemonSet pod.
+func (l *Local) pluginCredentials(ctx context.Context, nodeName string) (string, error) {
+	pod, err := l.PodOn(ctx, l.Install.Plugin.Spec.Selector, nodeName)
 	if err != nil {
-		return "", fmt.Errorf("create token for service account %s/%s: %w", ns, name, err)
-	}
-	path := filepath.Join(l.WorkDir, "kubelet-plugin.kubeconfig")
-	if err := writeKubeconfig(path, l.APIServerURL, l.Config.TLSClientConfig.CAFile, "kubelet-plugin",
-		&clientcmdapi.AuthInfo{Token: token.Status.Token}); err != nil {
 		return "", err
 	}
-	return path, nil
+	return l.PodKubeconfig(ctx, pod, "kubelet-plugin-"+nodeName)
 }
 
 // Node returns the node called name, or nil.

@@ -36,8 +36,12 @@ type NodeOptions struct {
 	Labels map[string]string
 	// PluginArgs are extra arguments for dra-kubelet-plugin.
 	PluginArgs []string
-	// Kubeconfig is the plugin's kubeconfig; the admin's when empty.
+	// Kubeconfig is the plugin's kubeconfig. When empty, Credentials makes one,
+	// or the plugin runs as admin.
 	Kubeconfig string
+	// Credentials returns a kubeconfig for the node's plugin once the node is
+	// registered (a token bound to the plugin pod on the node).
+	Credentials func(ctx context.Context, nodeName string) (string, error)
 }
 
 // Node is a simulated node: a Node object kept Ready by heartbeats, one real
@@ -99,6 +103,11 @@ func (cp *ControlPlane) AddNode(ctx context.Context, pluginBin, workDir string, 
 	n.Kubelet = kubelet.New(kubelet.Options{NodeName: opts.Name, Client: cp.Client, RegistrarDir: n.RegistrarDir, CDIRoot: n.CDIRoot})
 	if err := n.Kubelet.Run(klog.NewContext(runCtx, klog.FromContext(ctx).WithValues("node", opts.Name))); err != nil {
 		return nil, err
+	}
+	if n.opts.Kubeconfig == "" && n.opts.Credentials != nil {
+		if n.opts.Kubeconfig, err = n.opts.Credentials(ctx, n.Name); err != nil {
+			return nil, fmt.Errorf("credentials of the plugin on node %s: %w", n.Name, err)
+		}
 	}
 	if err := n.StartPlugin(ctx); err != nil {
 		return nil, err

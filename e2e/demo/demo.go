@@ -27,6 +27,8 @@ type Options struct {
 	PluginBinary string
 	// ControllerBinary is the tenancy controller; nodes run with --tenancy.
 	ControllerBinary string
+	// Helm renders Tessera's chart (see cluster.DefaultHelm).
+	Helm string
 	// WorkDir keeps the cluster's state; a temporary directory when empty.
 	WorkDir string
 	// Nodes and NVML size the cluster: Nodes nodes, each with the NVML mock given.
@@ -46,7 +48,7 @@ func start(ctx context.Context, opts Options) (*cluster.Local, func(), error) {
 		opts.WorkDir = dir
 		removeWorkDir = true
 	}
-	cfg := cluster.Config{BinDir: opts.BinDir, PluginBinary: opts.PluginBinary, WorkDir: opts.WorkDir}
+	cfg := cluster.Config{BinDir: opts.BinDir, PluginBinary: opts.PluginBinary, Helm: opts.Helm, WorkDir: opts.WorkDir}
 	for i := range opts.Nodes {
 		cfg.Nodes = append(cfg.Nodes, cluster.NodeOptions{Name: fmt.Sprintf("gpu-node-%d", i+1), NVML: opts.NVML, PluginArgs: []string{"--tenancy"}})
 	}
@@ -64,10 +66,6 @@ func start(ctx context.Context, opts Options) (*cluster.Local, func(), error) {
 			os.RemoveAll(opts.WorkDir)
 		}
 	}
-	if err := l.Apply(ctx, manifests.DeviceClasses, ""); err != nil {
-		cleanup()
-		return nil, nil, fmt.Errorf("install DeviceClasses: %w", err)
-	}
 	if opts.ControllerBinary == "" {
 		opts.ControllerBinary = cluster.DefaultControllerBinary()
 	}
@@ -82,7 +80,7 @@ func start(ctx context.Context, opts Options) (*cluster.Local, func(), error) {
 // then runs until ctx ends.
 func DevCluster(ctx context.Context, opts Options) error {
 	opts.Out = orDiscard(opts.Out)
-	l, stop, err := start(ctx, Options{BinDir: opts.BinDir, PluginBinary: opts.PluginBinary, ControllerBinary: opts.ControllerBinary, WorkDir: opts.WorkDir, Nodes: opts.Nodes, NVML: opts.NVML, Out: io.Discard})
+	l, stop, err := start(ctx, Options{BinDir: opts.BinDir, PluginBinary: opts.PluginBinary, ControllerBinary: opts.ControllerBinary, Helm: opts.Helm, WorkDir: opts.WorkDir, Nodes: opts.Nodes, NVML: opts.NVML, Out: io.Discard})
 	if err != nil {
 		return err
 	}
@@ -102,7 +100,7 @@ func Demo(ctx context.Context, opts Options) error {
 		return err
 	}
 	defer stop()
-	fmt.Fprintf(opts.Out, "Cluster up in %s; DeviceClasses installed\n", time.Since(started).Round(time.Second))
+	fmt.Fprintf(opts.Out, "Cluster up in %s; Tessera installed from its Helm chart\n", time.Since(started).Round(time.Second))
 
 	docs, err := manifests.Demo()
 	if err != nil {

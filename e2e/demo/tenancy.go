@@ -81,6 +81,11 @@ func tenancyDemo(ctx context.Context, l *cluster.Local, out io.Writer) error {
 		return fmt.Errorf("team-b's budget never held a pod back")
 	}
 	fmt.Fprintf(out, "team-b starts two training pods; its budget holds one back:\n  %s\n\n", held)
+	// team-a's two partitions are admitted within a scheduler re-check (5 s).
+	_ = wait.PollUntilContextTimeout(ctx, 250*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
+		t := &tenancyv1.GPUTenant{}
+		return c.Get(ctx, crclient.ObjectKey{Name: "team-a"}, t) == nil && t.Status.Usage.Devices[gpuapi.ClassMIG] == 2, nil
+	})
 	return printTenants(ctx, c, out)
 }
 

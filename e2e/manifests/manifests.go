@@ -1,6 +1,5 @@
-// Package manifests holds the objects the local cluster installs: Tessera's
-// DeviceClasses (until the Helm chart renders them) and the demo workloads, written
-// as users would write them.
+// Package manifests holds the demo workloads, written as users would write them.
+// Tessera itself is installed from its Helm chart (deployments/helm/tessera).
 package manifests
 
 import (
@@ -8,20 +7,6 @@ import (
 	"io/fs"
 	"slices"
 )
-
-// DeviceClasses is the YAML of the DeviceClasses Tessera ships.
-//
-//go:embed deviceclasses.yaml
-var DeviceClasses []byte
-
-// PluginRBAC is the kubelet plugin's ServiceAccount and its RBAC, which the
-// local cluster runs every plugin with.
-//
-//go:embed plugin-rbac.yaml
-var PluginRBAC []byte
-
-// PluginServiceAccount names the ServiceAccount in PluginRBAC as namespace, name.
-var PluginServiceAccount = [2]string{"tessera-system", "tessera-kubelet-plugin"}
 
 //go:embed demo/*.yaml
 var demo embed.FS

@@ -41,7 +41,13 @@ func testContext(t *testing.T) context.Context {
 func newNamespace(t *testing.T) string {
 	t.Helper()
 	needCluster(t)
-	name := "e2e-" + strings.ToLower(strings.ReplaceAll(t.Name(), "/", "-"))
+	// Test and subtest names may hold any character; a namespace name is a DNS label.
+	name := "e2e-" + strings.Map(func(r rune) rune {
+		if r >= 'a' && r <= 'z' || r >= '0' && r <= '9' {
+			return r
+		}
+		return '-'
+	}, strings.ToLower(t.Name()))
 	if len(name) > 50 {
 		name = name[:50]
 	}
@@ -183,43 +189,30 @@ func waitAllocated(t *testing.T, pod *corev1.Pod) allocation {
 }
 
 // waitRunning waits until the kubelet stand-in has prepared pod's claims and
-// started it, and returns the pod. While the plugin answers prepare with "not
-// implemented", the test is skipped from here on.
+// started it, and returns the pod. A prepare failure fails the test with the
+// plugin's last message.
 func waitRunning(t *testing.T, pod *corev1.Pod) *corev1.Pod {
 	t.Helper()
-	running, unimplemented := waitRunningOrUnimplemented(t, pod)
-	if unimplemented != "" {
-		t.Skipf("node-side prepare is not implemented yet; the plugin said: %s", unimplemented)
-	}
-	return running
-}
-
-// waitRunningOrUnimplemented is waitRunning for tests that have checks left which
-// do not need prepare: instead of skipping it returns the plugin's message.
-func waitRunningOrUnimplemented(t *testing.T, pod *corev1.Pod) (running *corev1.Pod, unimplemented string) {
-	t.Helper()
+	var running *corev1.Pod
 	var lastWarning string
 	err := wait.PollUntilContextTimeout(t.Context(), pollEvery, waitTimeout, true, func(ctx context.Context) (bool, error) {
 		p, err := local.Client.CoreV1().Pods(pod.Namespace).Get(ctx, pod.Name, metav1.GetOptions{})
 		if err != nil {
 			return false, nil
 		}
+		for _, e := range events(ctx, p, kubelet.ReasonFailedPrepare) {
+			lastWarning = e.Message
+		}
 		if p.Status.Phase == corev1.PodRunning {
 			running = p
 			return true, nil
 		}
-		for _, e := range events(ctx, p, kubelet.ReasonFailedPrepare) {
-			lastWarning = e.Message
-		}
-		return strings.Contains(lastWarning, "not implemented"), nil
+		return false, nil
 	})
-	if strings.Contains(lastWarning, "not implemented") {
-		return nil, lastWarning
-	}
 	if err != nil {
 		t.Fatalf("pod %s/%s not running within %s: %v; last prepare warning: %q", pod.Namespace, pod.Name, waitTimeout, err, lastWarning)
 	}
-	return running, ""
+	return running
 }
 
 // waitEvent waits for an event with reason about pod and returns it.

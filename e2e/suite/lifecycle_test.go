@@ -130,40 +130,58 @@ func TestUnfittableClaimStaysPending(t *testing.T) {
 	}
 }
 
-// TestPrepareFailureIsReported gives a claim opaque config the plugin must refuse:
-// the pod gets a Warning event with the plugin's message and does not start.
+// TestPrepareFailureIsReported gives claims opaque config the plugin must refuse
+// (an unknown field; a claim choosing time slicing for its share, which only its
+// DeviceClass may): the pod gets a Warning event with the plugin's message and
+// does not start.
 func TestPrepareFailureIsReported(t *testing.T) {
-	ns := newNamespace(t)
-	tmpl := &resourceapi.ResourceClaimTemplate{
-		ObjectMeta: metav1.ObjectMeta{Name: "bad-config", Namespace: ns},
-		Spec: resourceapi.ResourceClaimTemplateSpec{Spec: resourceapi.ResourceClaimSpec{Devices: resourceapi.DeviceClaim{
-			Requests: []resourceapi.DeviceRequest{request("gpu", gpuapi.ClassGPU)},
-			Config: []resourceapi.DeviceClaimConfiguration{{
-				Requests: []string{"gpu"},
-				DeviceConfiguration: resourceapi.DeviceConfiguration{Opaque: &resourceapi.OpaqueDeviceConfiguration{
-					Driver:     gpuapi.DriverName,
-					Parameters: runtime.RawExtension{Raw: []byte(`{"apiVersion":"config.gpu.tessera.dev/v1alpha1","kind":"GPUConfig","noSuchField":true}`)},
-				}},
-			}},
-		}}},
-	}
-	if _, err := local.Client.ResourceV1().ResourceClaimTemplates(ns).Create(t.Context(), tmpl, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	pod := createPod(t, ns, "misconfigured", "bad-config")
-	waitAllocated(t, pod)
-	ev := waitEvent(t, pod, kubelet.ReasonFailedPrepare)
-	if strings.Contains(ev.Message, "not implemented") {
-		t.Skipf("node-side prepare is not implemented yet; the plugin said: %s", ev.Message)
-	}
-	if ev.Type != corev1.EventTypeWarning || !strings.Contains(ev.Message, "noSuchField") {
-		t.Errorf("event %s %q, want a Warning naming the bad field noSuchField", ev.Type, ev.Message)
-	}
-	p, err := local.Client.CoreV1().Pods(ns).Get(t.Context(), pod.Name, metav1.GetOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if p.Status.Phase != corev1.PodPending {
-		t.Errorf("pod with refused config is %s, want Pending", p.Status.Phase)
+	for name, tc := range map[string]struct {
+		request resourceapi.DeviceRequest
+		config  string
+		want    string
+	}{
+		"unknown field": {
+			request: request("gpu", gpuapi.ClassGPU),
+			config:  `{"apiVersion":"config.gpu.tessera.dev/v1alpha1","kind":"GPUConfig","noSuchField":true}`,
+			want:    "noSuchField",
+		},
+		"claim sets the sharing of its share": {
+			request: withMemory(request("gpu", gpuapi.ClassShared), "1Gi"),
+			config:  `{"apiVersion":"config.gpu.tessera.dev/v1alpha1","kind":"GPUConfig","sharing":{"strategy":"TimeSlicing"}}`,
+			want:    "the sharing of a time-shared GPU is set by its DeviceClass",
+		},
+	} {
+		t.Run(name, func(t *testing.T) {
+			ns := newNamespace(t)
+			tmpl := &resourceapi.ResourceClaimTemplate{
+				ObjectMeta: metav1.ObjectMeta{Name: "bad-config", Namespace: ns},
+				Spec: resourceapi.ResourceClaimTemplateSpec{Spec: resourceapi.ResourceClaimSpec{Devices: resourceapi.DeviceClaim{
+					Requests: []resourceapi.DeviceRequest{tc.request},
+					Config: []resourceapi.DeviceClaimConfiguration{{
+						Requests: []string{"gpu"},
+						DeviceConfiguration: resourceapi.DeviceConfiguration{Opaque: &resourceapi.OpaqueDeviceConfiguration{
+							Driver:     gpuapi.DriverName,
+							Parameters: runtime.RawExtension{Raw: []byte(tc.config)},
+						}},
+					}},
+				}}},
+			}
+			if _, err := local.Client.ResourceV1().ResourceClaimTemplates(ns).Create(t.Context(), tmpl, metav1.CreateOptions{}); err != nil {
+				t.Fatal(err)
+			}
+			pod := createPod(t, ns, "misconfigured", "bad-config")
+			waitAllocated(t, pod)
+			ev := waitEvent(t, pod, kubelet.ReasonFailedPrepare)
+			if ev.Type != corev1.EventTypeWarning || !strings.Contains(ev.Message, tc.want) {
+				t.Errorf("event %s %q, want a Warning containing %q", ev.Type, ev.Message, tc.want)
+			}
+			p, err := local.Client.CoreV1().Pods(ns).Get(t.Context(), pod.Name, metav1.GetOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if p.Status.Phase != corev1.PodPending {
+				t.Errorf("pod with refused config is %s, want Pending", p.Status.Phase)
+			}
+		})
 	}
 }

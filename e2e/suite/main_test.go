@@ -17,7 +17,6 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/tessera-gpu/tessera/e2e/cluster"
-	"github.com/tessera-gpu/tessera/e2e/manifests"
 )
 
 // The suite's cluster: two 8-GPU H200 nodes, and a 1-GPU node kept for the tests
@@ -56,6 +55,7 @@ func run(m *testing.M) (code int) {
 	local, err = cluster.StartLocal(ctx, cluster.Config{
 		BinDir:       envOr("TESSERA_BIN_DIR", cluster.DefaultBinDir()),
 		PluginBinary: cluster.DefaultPluginBinary(),
+		Helm:         cluster.DefaultHelm(),
 		WorkDir:      workDir,
 		Nodes: []cluster.NodeOptions{
 			{Name: nodeA, NVML: "mock:dgxh200:8"},
@@ -80,10 +80,6 @@ func run(m *testing.M) (code int) {
 	}()
 	if err := taintNode(ctx, nodeSmall); err != nil {
 		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	if err := local.Apply(ctx, manifests.DeviceClasses, ""); err != nil {
-		fmt.Fprintln(os.Stderr, "install DeviceClasses:", err)
 		return 1
 	}
 	if err := setUpTenancy(ctx); err != nil {

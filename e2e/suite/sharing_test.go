@@ -12,6 +12,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	gpuapi "github.com/tessera-gpu/tessera/api/gpu"
+	"github.com/tessera-gpu/tessera/e2e/kubelet"
 )
 
 // TestSharesColocateWhileMIGWaits runs on the node with one GPU, so nothing can go
@@ -39,25 +40,17 @@ func TestSharesColocateWhileMIGWaits(t *testing.T) {
 		t.Errorf("shares need distinct share IDs, got %v and %v", r1.ShareID, r2.ShareID)
 	}
 
-	// Both shares run on the one GPU, each limited to its own share where the
-	// plugin sets limits (MPS).
-	unimplemented := ""
+	// Both shares run on the one GPU, each under an MPS daemon of its own:
+	// each container gets its own claim's pipe directory and /dev/shm, none
+	// of the other's, and its limits in its environment.
+	mounted := map[string]string{} // host path -> claim
 	for _, share := range []struct {
 		a   allocation
 		mib string
 	}{{a1, "20480M"}, {a2, "30720M"}} {
-		running, why := waitRunningOrUnimplemented(t, share.a.Pod)
-		if why != "" {
-			unimplemented = why
-			break
-		}
+		running := waitRunning(t, share.a.Pod)
 		checkPrepared(t, share.a, running)
-		edits := containerEdits(t, running, "ctr")
-		for _, kv := range edits.Env {
-			if limit, ok := strings.CutPrefix(kv, "CUDA_MPS_PINNED_DEVICE_MEM_LIMIT="); ok && !strings.HasSuffix(limit, "="+share.mib) {
-				t.Errorf("share %s got memory limit %s, want %s", share.a.Claim.Name, limit, share.mib)
-			}
-		}
+		checkMPSIsolation(t, share.a, containerEdits(t, running, "ctr"), share.mib, mounted)
 	}
 
 	mig := createPod(t, ns, "mig", "mig-1g", onNode(nodeSmall))
@@ -84,9 +77,45 @@ func TestSharesColocateWhileMIGWaits(t *testing.T) {
 	if d := am.Devices()[0]; d.Pool != nodeSmall || !regexp.MustCompile(`^gpu-0-mig-1g18gb-\d+$`).MatchString(d.Device) {
 		t.Errorf("MIG claim allocated %s/%s, want a 1g.18gb partition of %s's gpu-0", d.Pool, d.Device, nodeSmall)
 	}
-	if unimplemented != "" {
-		t.Skipf("node-side prepare is not implemented yet; the plugin said: %s", unimplemented)
-	}
 	running := waitRunning(t, mig)
 	checkPrepared(t, am, running)
+}
+
+// checkMPSIsolation checks what a share's container gets: a pipe directory
+// and a /dev/shm that are its claim's own (named after the claim's UID, and
+// not mounted into any container of another claim seen so far), and its
+// memory limit in its environment.
+func checkMPSIsolation(t *testing.T, a allocation, edits kubelet.ContainerEdits, mib string, mounted map[string]string) {
+	t.Helper()
+	want := map[string]bool{"/tmp/nvidia-mps": false, "/dev/shm": false}
+	for _, m := range edits.Mounts {
+		host, ctr, _ := strings.Cut(m, ":")
+		if _, ok := want[ctr]; !ok {
+			continue
+		}
+		want[ctr] = true
+		if !strings.Contains(host, "/"+string(a.Claim.UID)+"/") {
+			t.Errorf("claim %s mounts %s at %s; want a directory of its own claim %s", a.Claim.Name, host, ctr, a.Claim.UID)
+		}
+		if other, ok := mounted[host]; ok && other != a.Claim.Name {
+			t.Errorf("claims %s and %s both mount %s", other, a.Claim.Name, host)
+		}
+		mounted[host] = a.Claim.Name
+	}
+	for ctr, ok := range want {
+		if !ok {
+			t.Errorf("claim %s's container has no mount at %s: %v", a.Claim.Name, ctr, edits.Mounts)
+		}
+	}
+	env := map[string]string{}
+	for _, kv := range edits.Env {
+		k, v, _ := strings.Cut(kv, "=")
+		env[k] = v
+	}
+	if env["CUDA_MPS_PIPE_DIRECTORY"] != "/tmp/nvidia-mps" {
+		t.Errorf("claim %s: CUDA_MPS_PIPE_DIRECTORY=%q, want /tmp/nvidia-mps", a.Claim.Name, env["CUDA_MPS_PIPE_DIRECTORY"])
+	}
+	if limit := env["CUDA_MPS_PINNED_DEVICE_MEM_LIMIT"]; limit != "0="+mib {
+		t.Errorf("claim %s: memory limit %q, want 0=%s", a.Claim.Name, limit, mib)
+	}
 }

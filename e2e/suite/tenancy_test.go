@@ -253,3 +253,49 @@ func TestTenancyCRDValidation(t *testing.T) {
 		})
 	}
 }
+
+// TestTenancyUntenantedDeny runs the controller with --untenanted=deny: a
+// namespace of no tenant may not use Tessera's classes, a tenant's namespace
+// may; back to the default, it may again.
+func TestTenancyUntenantedDeny(t *testing.T) {
+	tenant := newTenant(t, "denied", tenancyv1.GPUTenantSpec{AllowedDeviceClasses: []string{gpuapi.ClassMIG}})
+	ns := tenantNamespace(t, tenant.Name)
+	free := newNamespace(t)
+	ctx := testContext(t)
+	if err := tenancyController.Restart(ctx, "--untenanted=deny"); err != nil {
+		t.Fatal(err)
+	}
+	denying := true
+	t.Cleanup(func() {
+		if denying {
+			if err := tenancyController.Restart(context.Background()); err != nil {
+				t.Errorf("restart controller with defaults: %v", err)
+			}
+		}
+	})
+	err := wait.PollUntilContextTimeout(ctx, pollEvery, waitTimeout, true, func(ctx context.Context) (bool, error) {
+		return createClaim(ctx, free, claimSpec(migRequest("gpu"))) != nil, nil
+	})
+	if err != nil {
+		t.Fatal("a namespace of no tenant may still use Tessera's classes")
+	}
+	wantRefused(t, createClaim(ctx, free, claimSpec(migRequest("gpu"))), "namespace "+free+" belongs to no GPUTenant", "request gpu")
+	if err := createClaim(ctx, ns, claimSpec(migRequest("gpu"))); err != nil {
+		t.Errorf("the tenant's own namespace is refused: %v", err)
+	}
+	other := claimSpec(request("gpu", "other.example.com"))
+	if err := createClaim(ctx, free, other); err != nil && strings.Contains(err.Error(), "belongs to no GPUTenant") {
+		t.Errorf("a class of another driver is refused: %v", err)
+	}
+
+	if err := tenancyController.Restart(ctx); err != nil {
+		t.Fatal(err)
+	}
+	denying = false
+	err = wait.PollUntilContextTimeout(ctx, pollEvery, waitTimeout, true, func(ctx context.Context) (bool, error) {
+		return createClaim(ctx, free, claimSpec(migRequest("gpu"))) == nil, nil
+	})
+	if err != nil {
+		t.Error("with --untenanted=allow, a namespace of no tenant is still refused")
+	}
+}

@@ -27,11 +27,11 @@ e2e-tessera-local:
 	go build -o bin/tessera-local ./e2e/cmd/tessera-local
 
 e2e: cluster-binaries e2e-plugin
-	TESSERA_E2E=1 TESSERA_PLUGIN_BINARY=$(CURDIR)/bin/dra-kubelet-plugin \
+	helm="$$($(HELM_TOOL))"; TESSERA_E2E=1 TESSERA_PLUGIN_BINARY=$(CURDIR)/bin/dra-kubelet-plugin TESSERA_HELM="$$helm" \
 		go test -race -count=1 -timeout $(E2E_TIMEOUT) $(E2E_FLAGS) ./e2e/...
 
 demo: cluster-binaries e2e-plugin e2e-tessera-local
-	bin/tessera-local demo --bin-dir=$(TESSERA_CACHE)/bin --plugin=$(CURDIR)/bin/dra-kubelet-plugin
+	helm="$$($(HELM_TOOL))"; bin/tessera-local demo --bin-dir=$(TESSERA_CACHE)/bin --plugin=$(CURDIR)/bin/dra-kubelet-plugin --helm="$$helm"
 
 dev-cluster: cluster-binaries e2e-plugin e2e-tessera-local
-	@bin/tessera-local dev-cluster --bin-dir=$(TESSERA_CACHE)/bin --plugin=$(CURDIR)/bin/dra-kubelet-plugin
+	@helm="$$($(HELM_TOOL))"; bin/tessera-local dev-cluster --bin-dir=$(TESSERA_CACHE)/bin --plugin=$(CURDIR)/bin/dra-kubelet-plugin --helm="$$helm"

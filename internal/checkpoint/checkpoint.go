@@ -5,11 +5,14 @@
 // can tell completed claims (served as before) from half-made ones (rolled
 // back).
 //
-// The file is versioned and written atomically: a temp file in the same
-// directory, fsync, rename, fsync of the directory. Older versions are read
-// and upgraded; a corrupt file or an unknown version is an error that names
-// the file and never reads as "no claims" (which would make start-up destroy
-// devices that are in use).
+// Each change is one record appended to a journal and synced (one fsync);
+// every so many records the whole checkpoint is written atomically (a temp
+// file in the same directory, fsync, rename, fsync of the directory) and
+// the journal emptied. The file is versioned; older versions are read and
+// upgraded. A corrupt file or journal record (other than a torn last
+// record, which was never acknowledged) or an unknown version is an error
+// that names the file and never reads as "no claims" (which would make
+// start-up destroy devices that are in use).
 package checkpoint
 
 import (

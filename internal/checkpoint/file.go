@@ -9,6 +9,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"syscall"
 )
 
 // Version is the format this build writes.
@@ -35,35 +36,124 @@ type file struct {
 
 // Store reads and writes the checkpoint in one directory.
 type Store struct {
-	dir string
+	dir        string
+	beforeSave func(*Checkpoint) error
+	// seen identifies the files as this store last read or wrote them.
+	seen fileID
+
+	// last is the checkpoint as persisted (file plus journal); nil when
+	// unknown, and then the next Save writes the whole file.
+	last *Checkpoint
+	// journal is open for appending; journalGood is its intact length.
+	journal      *os.File
+	journalGood  int64
+	records      int
+	compactEvery int
+}
+
+// fileID tells whether another process replaced the file: every Save
+// renames a new file into place.
+type fileID struct {
+	file, journal fileStat
+}
+
+type fileStat struct {
+	exists bool
+	ino    uint64
+	size   int64
+	mtime  int64
+}
+
+func statFile(path string) (fileStat, error) {
+	fi, err := os.Stat(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return fileStat{}, nil
+	}
+	if err != nil {
+		return fileStat{}, fmt.Errorf("stat %s: %w", path, err)
+	}
+	st := fileStat{exists: true, size: fi.Size(), mtime: fi.ModTime().UnixNano()}
+	if sys, ok := fi.Sys().(*syscall.Stat_t); ok {
+		st.ino = sys.Ino
+	}
+	return st, nil
+}
+
+func (s *Store) stat() (fileID, error) {
+	file, err := statFile(s.Path())
+	if err != nil {
+		return fileID{}, err
+	}
+	journal, err := statFile(s.journalPath())
+	return fileID{file: file, journal: journal}, err
+}
+
+// Changed reports whether the file is no longer the one this store last
+// read or wrote, e.g. because another plugin instance (during a rolling
+// update) wrote it.
+func (s *Store) Changed() (bool, error) {
+	id, err := s.stat()
+	return id != s.seen, err
+}
+
+// StoreOption configures a Store.
+type StoreOption func(*Store)
+
+// WithSaveFault calls fault before each Save; an error from it fails the
+// Save before anything is written, as a full or failing disk would. For
+// tests.
+func WithSaveFault(fault func(*Checkpoint) error) StoreOption {
+	return func(s *Store) { s.beforeSave = fault }
 }
 
 // NewStore returns a store in dir, creating dir.
-func NewStore(dir string) (*Store, error) {
+func NewStore(dir string, opts ...StoreOption) (*Store, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("create checkpoint directory %s: %w", dir, err)
 	}
-	return &Store{dir: dir}, nil
+	s := &Store{dir: dir, compactEvery: defaultCompactEvery}
+	for _, o := range opts {
+		o(s)
+	}
+	return s, nil
+}
+
+// Exists reports whether the checkpoint file exists. Start-up needs to
+// know: a missing checkpoint beside existing MIG instances means a changed
+// or unmounted state directory more often than a new node.
+func (s *Store) Exists() (bool, error) {
+	id, err := s.stat()
+	return id.file.exists || id.journal.exists, err
 }
 
 // Path is the checkpoint file's path.
 func (s *Store) Path() string { return filepath.Join(s.dir, FileName) }
 
-// Load reads the checkpoint; a missing file is an empty checkpoint. Files
-// of older versions are upgraded in memory (the next Save writes them in
-// the current version).
+// Load reads the checkpoint and replays its journal; a missing file is an
+// empty checkpoint. Files of older versions are upgraded in memory (the
+// next compaction writes them in the current version).
 func (s *Store) Load() (*Checkpoint, error) {
+	s.closeJournal()
+	id, err := s.stat()
+	if err != nil {
+		return nil, err
+	}
+	cp := New()
 	data, err := os.ReadFile(s.Path())
-	if errors.Is(err, fs.ErrNotExist) {
-		return New(), nil
-	}
-	if err != nil {
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+	case err != nil:
 		return nil, fmt.Errorf("read checkpoint %s: %w", s.Path(), err)
+	default:
+		if cp, err = Decode(data); err != nil {
+			return nil, fmt.Errorf("checkpoint %s: %w", s.Path(), err)
+		}
 	}
-	cp, err := Decode(data)
+	good, err := replay(s.journalPath(), cp)
 	if err != nil {
-		return nil, fmt.Errorf("checkpoint %s: %w", s.Path(), err)
+		return nil, err
 	}
+	s.seen, s.last, s.journalGood, s.records = id, cp.DeepCopy(), good, 0
 	return cp, nil
 }
 
@@ -117,9 +207,69 @@ func Encode(cp *Checkpoint) ([]byte, error) {
 	return json.Marshal(file{Version: Version, Checksum: crc32.ChecksumIEEE(claims), Claims: claims})
 }
 
-// Save writes the checkpoint atomically: a crash at any point leaves either
-// the old or the new file, never a mix.
+// Save makes cp the persisted checkpoint: a crash at any point leaves
+// either the old or the new one, never a mix. It appends one synced record
+// of what changed to the journal; every so many records it then writes the
+// whole file atomically and empties the journal. The journal's records are
+// all in that file by then, so replaying them over it (when a crash lost
+// the emptying) changes nothing.
 func (s *Store) Save(cp *Checkpoint) error {
+	if s.beforeSave != nil {
+		if err := s.beforeSave(cp); err != nil {
+			return fmt.Errorf("write checkpoint %s: %w", s.Path(), err)
+		}
+	}
+	if s.last == nil {
+		// After a failed write: what is on disk now.
+		if err := s.reload(); err != nil {
+			return err
+		}
+	}
+	rec := diff(s.last, cp)
+	if rec == nil {
+		// Nothing changed, but an empty checkpoint must exist too: a
+		// missing one means something else at start.
+		id, err := s.stat()
+		if err != nil || id.file.exists || id.journal.exists {
+			return err
+		}
+		if err := s.writeFile(cp); err != nil {
+			return err
+		}
+		s.seen, err = s.stat()
+		return err
+	}
+	if err := s.appendRecord(rec); err != nil {
+		return err
+	}
+	s.last = cp.DeepCopy()
+	if s.records >= s.compactEvery {
+		// The change is durable already; a failed compaction is tried
+		// again on the next Save.
+		if err := s.writeFile(cp); err == nil {
+			_ = s.emptyJournal()
+		}
+	}
+	var err error
+	s.seen, err = s.stat()
+	return err
+}
+
+// reload reads what is on disk as the last persisted state.
+func (s *Store) reload() error {
+	seen := s.seen
+	if _, err := s.Load(); err != nil {
+		return err
+	}
+	// Not a read the caller saw: Changed must still report another
+	// writer's change.
+	s.seen = seen
+	return nil
+}
+
+// writeFile writes the whole checkpoint atomically: temp file, fsync,
+// rename, directory fsync.
+func (s *Store) writeFile(cp *Checkpoint) error {
 	data, err := Encode(cp)
 	if err != nil {
 		return err
@@ -144,13 +294,32 @@ func (s *Store) Save(cp *Checkpoint) error {
 		return fmt.Errorf("replace checkpoint %s: %w", s.Path(), err)
 	}
 	// The rename is only durable once the directory entry is.
-	dir, err := os.Open(s.dir)
+	return syncDir(s.dir)
+}
+
+// LockFileName is the lock file in the state directory.
+const LockFileName = "lock"
+
+// Lock takes an exclusive lock on the state directory, waiting for it,
+// and returns the function that releases it. Plugin instances on one node
+// (an old and a new one during a rolling update) hold it around every
+// change to the checkpoint and the devices it records, so that neither
+// writes from a stale copy.
+func (s *Store) Lock() (func(), error) {
+	f, err := os.OpenFile(filepath.Join(s.dir, LockFileName), os.O_CREATE|os.O_RDWR, 0o600)
 	if err != nil {
-		return fmt.Errorf("sync checkpoint directory %s: %w", s.dir, err)
+		return nil, fmt.Errorf("open state lock: %w", err)
 	}
-	defer func() { _ = dir.Close() }()
-	if err := dir.Sync(); err != nil {
-		return fmt.Errorf("sync checkpoint directory %s: %w", s.dir, err)
+	for {
+		err = syscall.Flock(int(f.Fd()), syscall.LOCK_EX)
+		if !errors.Is(err, syscall.EINTR) {
+			break
+		}
 	}
-	return nil
+	if err != nil {
+		_ = f.Close()
+		return nil, fmt.Errorf("lock state directory %s: %w", s.dir, err)
+	}
+	// Closing the file releases the lock.
+	return func() { _ = f.Close() }, nil
 }

@@ -11,6 +11,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"sync"
 	"time"
@@ -124,13 +125,33 @@ func New(source tnvml.Health, node inventory.Node, opts ...Option) *Monitor {
 	if m.policy.CheckInterval <= 0 {
 		m.policy.CheckInterval = 10 * time.Second
 	}
+	m.SetInventory(node)
+	return m
+}
+
+// SetInventory makes the node's current GPUs the ones checked and whose
+// devices get taints. A GPU tainted as lost that is no longer in the
+// inventory keeps its taint on the devices it had, which stay published
+// while they may be allocated.
+func (m *Monitor) SetInventory(node inventory.Node) {
+	devices := map[int][]string{}
+	var gpus []int
 	for _, gpu := range node.GPUs {
-		m.gpus = append(m.gpus, gpu.Index)
+		gpus = append(gpus, gpu.Index)
 		for _, d := range partition.Build(gpu, partition.Options{}).Devices {
-			m.devices[gpu.Index] = append(m.devices[gpu.Index], d.Name)
+			devices[gpu.Index] = append(devices[gpu.Index], d.Name)
 		}
 	}
-	return m
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for gpu, names := range m.devices {
+		if _, still := devices[gpu]; !still && m.unhealthy[gpu] != nil {
+			devices[gpu] = names
+			gpus = append(gpus, gpu)
+		}
+	}
+	slices.Sort(gpus)
+	m.gpus, m.devices = gpus, devices
 }
 
 // Changed is signalled whenever the taints change.
@@ -209,10 +230,14 @@ func (m *Monitor) observeXID(ctx context.Context, ev tnvml.XIDEvent) {
 			}
 			h.last = now
 			m.mu.Unlock()
-			logger.Info("Critical XID in a MIG instance: tainting its device", "gpu", ev.GPUIndex, "xid", ev.XID,
-				"gpuInstance", ev.GPUInstanceID, "device", name, "taint", gpuapi.TaintKeyUnhealthy)
+			// Logged when the taint is new; a device that keeps reporting
+			// XIDs is counted in the metrics, not logged each time.
 			if !ok {
+				logger.Error(nil, "Critical XID in a MIG instance: tainting its device", "gpu", ev.GPUIndex, "xid", ev.XID,
+					"gpuInstance", ev.GPUInstanceID, "device", name, "taint", gpuapi.TaintKeyUnhealthy)
 				m.notify()
+			} else {
+				logger.V(4).Info("Critical XID in a tainted MIG instance", "gpu", ev.GPUIndex, "xid", ev.XID, "device", name)
 			}
 			return
 		}
@@ -225,10 +250,12 @@ func (m *Monitor) observeXID(ctx context.Context, ev tnvml.XIDEvent) {
 	}
 	h.last = now
 	m.mu.Unlock()
-	logger.Info("Critical XID: tainting the GPU's devices", "gpu", ev.GPUIndex, "xid", ev.XID,
-		"gpuInstance", ev.GPUInstanceID, "computeInstance", ev.ComputeInstanceID, "taint", gpuapi.TaintKeyUnhealthy)
 	if !ok {
+		logger.Error(nil, "Critical XID: tainting the GPU's devices", "gpu", ev.GPUIndex, "xid", ev.XID,
+			"gpuInstance", ev.GPUInstanceID, "computeInstance", ev.ComputeInstanceID, "taint", gpuapi.TaintKeyUnhealthy)
 		m.notify()
+	} else {
+		logger.V(4).Info("Critical XID on a tainted GPU", "gpu", ev.GPUIndex, "xid", ev.XID)
 	}
 }
 
@@ -236,24 +263,34 @@ func (m *Monitor) check(ctx context.Context) {
 	logger := klog.FromContext(ctx)
 	now := m.clock.Now()
 	changed := false
-	for _, gpu := range m.gpus {
+	m.mu.Lock()
+	gpus := slices.Clone(m.gpus)
+	m.mu.Unlock()
+	for _, gpu := range gpus {
 		err := m.source.CheckGPU(ctx, gpu)
 		m.mu.Lock()
 		h := m.unhealthy[gpu]
 		switch {
 		case errors.Is(err, tnvml.ErrGPULost):
 			if h == nil || !h.lost {
-				logger.Info("GPU lost: tainting its devices", "gpu", gpu, "taint", gpuapi.TaintKeyUnhealthy)
-				m.unhealthy[gpu] = &gpuHealth{reason: "gpu-lost", since: now, last: now, lost: true}
+				logger.Error(err, "GPU lost: tainting its devices", "gpu", gpu, "taint", gpuapi.TaintKeyUnhealthy)
+				h = &gpuHealth{reason: "gpu-lost", since: now, lost: true}
+				m.unhealthy[gpu] = h
 				changed = true
 			}
+			h.last = now
 		case err != nil:
 			logger.Error(err, "Checking GPU health failed", "gpu", gpu)
 		case h == nil:
-		case h.lost:
-			logger.Info("GPU answers again: lifting its taint", "gpu", gpu)
+		case h.lost && (m.policy.RecoverAfter <= 0 || now.Sub(h.last) >= m.policy.RecoverAfter):
+			// A GPU that flaps between lost and present stays tainted
+			// until it has answered for RecoverAfter, instead of being
+			// republished at every check.
+			logger.Info("GPU answers again: lifting its taint", "gpu", gpu, "answeringFor", now.Sub(h.last))
 			delete(m.unhealthy, gpu)
 			changed = true
+		case h.lost:
+			// Answering, but not for long enough yet.
 		case m.policy.RecoverAfter > 0 && now.Sub(h.last) >= m.policy.RecoverAfter:
 			logger.Info("GPU quiet since its last critical XID: lifting its taint", "gpu", gpu, "reason", h.reason, "quietFor", now.Sub(h.last))
 			delete(m.unhealthy, gpu)

@@ -3,6 +3,7 @@ package health
 import (
 	"context"
 	"net"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -33,6 +34,12 @@ func start(t *testing.T, policy Policy, opts ...Option) (context.Context, fixtur
 // startGPUs runs a monitor on a mock node of n H200s with events enabled.
 func startGPUs(t *testing.T, n int, policy Policy, opts ...Option) (context.Context, fixture) {
 	t.Helper()
+	return startWith(t, n, policy, func(h tnvml.Health) tnvml.Health { return h }, opts...)
+}
+
+// startWith is startGPUs with the monitor's source wrapped.
+func startWith(t *testing.T, n int, policy Policy, wrap func(tnvml.Health) tnvml.Health, opts ...Option) (context.Context, fixture) {
+	t.Helper()
 	_, ctx := ktesting.NewTestContext(t)
 	ctx, cancel := context.WithCancel(ctx)
 	s, err := nvmlmock.New("dgxh200", n, "health")
@@ -49,7 +56,7 @@ func startGPUs(t *testing.T, n int, policy Policy, opts ...Option) (context.Cont
 		t.Fatal(err)
 	}
 	clk := testingclock.NewFakeClock(time.Date(2026, 11, 29, 12, 0, 0, 0, time.UTC))
-	m := New(lib.(tnvml.Health), node, append([]Option{WithPolicy(policy), WithClock(clk)}, opts...)...)
+	m := New(wrap(lib.(tnvml.Health)), node, append([]Option{WithPolicy(policy), WithClock(clk)}, opts...)...)
 	done := make(chan error, 1)
 	go func() { done <- m.Run(ctx) }()
 	t.Cleanup(func() {
@@ -207,4 +214,66 @@ func TestXIDInAMIGInstanceTaintsOnlyItsDevice(t *testing.T) {
 	poll(t, ctx, func() bool { return len(m.UnhealthyGPUs()) == 1 })
 	f.clock.Step(policy.RecoverAfter)
 	poll(t, ctx, func() bool { return len(m.Taints()) == 0 })
+}
+
+// TestXIDOfALostGPUDoesNotStopWatching: an XID from a GPU whose UUID can
+// no longer be read (it fell off the bus) does not stop XID watching for
+// the other GPUs; the lost GPU is tainted by the health check.
+func TestXIDOfALostGPUDoesNotStopWatching(t *testing.T) {
+	policy := Policy{IgnoredXIDs: DefaultIgnoredXIDs, CheckInterval: time.Second}
+	ctx, f := start(t, policy)
+	f.server.SetLost(0, true)
+	f.server.InjectXID(0, 79, 0xFFFFFFFF, 0xFFFFFFFF)
+	f.server.InjectXID(2, 79, 0xFFFFFFFF, 0xFFFFFFFF)
+	poll(t, ctx, func() bool { return taintValues(f.monitor)["gpu-2"] == "xid-79" })
+	f.clock.Step(time.Second)
+	poll(t, ctx, func() bool { return taintValues(f.monitor)["gpu-0"] == "gpu-lost" })
+}
+
+// countingHealth counts GPU checks, so that a test knows a check ran.
+type countingHealth struct {
+	tnvml.Health
+	checks atomic.Int64
+}
+
+func (c *countingHealth) CheckGPU(ctx context.Context, index int) error {
+	defer c.checks.Add(1)
+	return c.Health.CheckGPU(ctx, index)
+}
+
+// TestFlappingGPUStaysTainted: a GPU that flaps between lost and present
+// keeps its taint (one change, not one per check) until it has answered
+// for RecoverAfter.
+func TestFlappingGPUStaysTainted(t *testing.T) {
+	policy := Policy{CheckInterval: time.Second, RecoverAfter: time.Minute}
+	var counted *countingHealth
+	ctx, f := startWith(t, 2, policy, func(h tnvml.Health) tnvml.Health {
+		counted = &countingHealth{Health: h}
+		return counted
+	})
+	changes := 0
+	check := func() {
+		t.Helper()
+		before := counted.checks.Load()
+		f.clock.Step(time.Second)
+		poll(t, ctx, func() bool { return counted.checks.Load() >= before+2 && f.clock.HasWaiters() })
+		select {
+		case <-f.monitor.Changed():
+			changes++
+		default:
+		}
+	}
+	for i := range 10 {
+		f.server.SetLost(0, i%2 == 0)
+		check()
+	}
+	if got := taintValues(f.monitor)["gpu-0"]; got != "gpu-lost" {
+		t.Fatalf("flapping GPU's taint = %q, want gpu-lost", got)
+	}
+	if changes != 1 {
+		t.Errorf("taints changed %d times while the GPU flapped, want once", changes)
+	}
+	f.server.SetLost(0, false)
+	f.clock.Step(time.Minute)
+	poll(t, ctx, func() bool { return len(f.monitor.UnhealthyGPUs()) == 0 })
 }

@@ -63,6 +63,9 @@ func Open(b Backend) (Library, error) {
 	if err != nil {
 		return nil, err
 	}
+	// Events change the mock's device functions; doing it on the first
+	// watch would race with a discovery running at the same time.
+	s.EnableEvents()
 	return newLibrary(s, s.ProfileName, nil)
 }
 

@@ -6,6 +6,7 @@ import (
 	"fmt"
 
 	gonvml "github.com/NVIDIA/go-nvml/pkg/nvml"
+	"k8s.io/klog/v2"
 )
 
 // XIDEvent is a critical XID error NVML reported for a GPU.
@@ -54,15 +55,20 @@ func (l *library) WatchXIDs(ctx context.Context, events chan<- XIDEvent) error {
 	if err := check(ret, "count GPUs"); err != nil {
 		return err
 	}
+	logger := klog.FromContext(ctx)
 	index := map[string]int{}
 	for i := range count {
+		// A GPU that cannot be reached (fallen off the bus) is left out:
+		// the periodic health check taints it, and the others are watched.
 		dev, ret := l.nvml.DeviceGetHandleByIndex(i)
 		if err := check(ret, "get GPU %d", i); err != nil {
-			return err
+			logger.Error(err, "Not watching XID events of a GPU", "gpu", i)
+			continue
 		}
 		uuid, ret := dev.GetUUID()
 		if err := check(ret, "get UUID of GPU %d", i); err != nil {
-			return err
+			logger.Error(err, "Not watching XID events of a GPU", "gpu", i)
+			continue
 		}
 		index[uuid] = i
 		supported, ret := dev.GetSupportedEventTypes()
@@ -91,7 +97,10 @@ func (l *library) WatchXIDs(ctx context.Context, events chan<- XIDEvent) error {
 		uuid, ret := data.Device.GetUUID()
 		i, ok := index[uuid]
 		if ret != gonvml.SUCCESS || !ok {
-			return fmt.Errorf("XID %d on an unknown GPU: %w", data.EventData, check(ret, "get UUID"))
+			// Most likely the GPU fell off the bus, which the health
+			// check sees; the other GPUs' events still matter.
+			logger.Error(check(ret, "get UUID"), "XID on a GPU that cannot be identified", "xid", data.EventData)
+			continue
 		}
 		ev := XIDEvent{GPUIndex: i, XID: data.EventData, GPUInstanceID: -1, ComputeInstanceID: -1}
 		if data.GpuInstanceId != noInstance {

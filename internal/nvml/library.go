@@ -2,7 +2,10 @@ package nvml
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"strings"
 	"sync"
 
@@ -70,22 +73,55 @@ func (l *library) Discover(ctx context.Context) (inventory.Node, error) {
 	if err := check(ret, "count GPUs"); err != nil {
 		return node, err
 	}
+	lost := &PartialError{Failed: map[int]error{}}
 	for i := range count {
 		if err := ctx.Err(); err != nil {
 			return node, err
 		}
 		dev, ret := l.nvml.DeviceGetHandleByIndex(i)
 		if err := check(ret, "get GPU %d", i); err != nil {
-			return node, err
+			lost.Failed[i] = err
+			continue
 		}
 		gpu, err := l.discoverGPU(dev, i)
 		if err != nil {
-			return node, fmt.Errorf("discover GPU %d: %w", i, err)
+			lost.Failed[i] = fmt.Errorf("discover GPU %d: %w", i, err)
+			continue
 		}
 		node.GPUs = append(node.GPUs, gpu)
 	}
 	node.Sort()
+	if len(lost.Failed) > 0 {
+		return node, lost
+	}
 	return node, nil
+}
+
+// PartialError is Discover's error when some GPUs could not be discovered
+// (fallen off the bus): the node it returns holds the others, so that one
+// lost GPU does not stop the whole node.
+type PartialError struct {
+	// Failed holds each GPU index that failed, with why.
+	Failed map[int]error
+}
+
+func (e *PartialError) Error() string {
+	indexes := slices.Sorted(maps.Keys(e.Failed))
+	errs := make([]error, 0, len(indexes))
+	for _, i := range indexes {
+		errs = append(errs, e.Failed[i])
+	}
+	return fmt.Sprintf("%d GPUs not discovered: %v", len(indexes), errors.Join(errs...))
+}
+
+// Usable returns nil when err is nil or a PartialError, whose node can be
+// used, and err otherwise.
+func Usable(err error) error {
+	var partial *PartialError
+	if errors.As(err, &partial) {
+		return nil
+	}
+	return err
 }
 
 func (l *library) discoverGPU(dev gonvml.Device, index int) (inventory.GPU, error) {

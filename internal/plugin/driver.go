@@ -8,13 +8,16 @@ import (
 	"errors"
 	"fmt"
 	"reflect"
+	"sync"
 	"time"
 
+	"google.golang.org/grpc"
 	resourceapi "k8s.io/api/resource/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/dynamic-resource-allocation/kubeletplugin"
 	"k8s.io/klog/v2"
+	registerapi "k8s.io/kubelet/pkg/apis/pluginregistration/v1"
 
 	gpuapi "github.com/tessera-gpu/tessera/api/gpu"
 	tnvml "github.com/tessera-gpu/tessera/internal/nvml"
@@ -37,12 +40,25 @@ type Options struct {
 	// RediscoverInterval is how often the inventory is read again to
 	// republish slices when it changed (GPU lost, MIG mode changed).
 	RediscoverInterval time.Duration
-	// Preparer prepares and unprepares claims; nil answers every claim with
-	// an error.
+	// Preparer prepares and unprepares claims (required).
 	Preparer Preparer
+	// PodUID, when set, is the UID of the plugin's own pod: the kubelet
+	// plugin helper then registers under a name of its own, so that an old
+	// and a new instance can run side by side during a rolling update
+	// (their gRPC calls are serialised through a lock file).
+	PodUID types.UID
 	// Health, when set, supplies the taints of unhealthy GPUs' devices; the
 	// slices are republished whenever they change.
 	Health HealthSource
+	// Inventory, when set, is the node as the caller discovered it at
+	// start; without it Run discovers the node itself.
+	Inventory *inventory.Node
+	// InventoryChanged, when set, is called with every changed inventory
+	// after it was published, so that everything else follows the node.
+	InventoryChanged func(inventory.Node)
+	// Ready, when set, is called once the kubelet has registered the
+	// plugin and its slices are published: only then can it serve pods.
+	Ready func()
 }
 
 // HealthSource reports device taints of unhealthy GPUs.
@@ -63,8 +79,15 @@ type Driver struct {
 	helper *kubeletplugin.Helper
 	// published is the inventory last published, to republish only on change.
 	published *inventory.Node
+
+	// mu guards what the kubelet's health watch reads.
+	mu sync.Mutex
 	// publishedTaints are the health taints last published.
 	publishedTaints map[string][]resourceapi.DeviceTaint
+	// devices are the device names last published.
+	devices []string
+	// healthChanged is closed (and replaced) when publishedTaints change.
+	healthChanged chan struct{}
 	// cancel stops the process when a background error cannot be recovered.
 	cancel context.CancelCauseFunc
 }
@@ -79,21 +102,41 @@ func Run(ctx context.Context, opts Options) error {
 	if opts.RediscoverInterval <= 0 {
 		opts.RediscoverInterval = 30 * time.Second
 	}
-	d := &Driver{opts: opts, cancel: cancel}
+	if opts.Preparer == nil {
+		return errors.New("kubelet plugin: no preparer")
+	}
+	d := &Driver{opts: opts, cancel: cancel, healthChanged: make(chan struct{})}
 
-	node, err := opts.NVML.Discover(ctx)
-	if err != nil {
-		return fmt.Errorf("discover GPUs: %w", err)
+	var node inventory.Node
+	if opts.Inventory != nil {
+		node = *opts.Inventory
+	} else {
+		var err error
+		node, err = opts.NVML.Discover(ctx)
+		if tnvml.Usable(err) != nil {
+			return fmt.Errorf("discover GPUs: %w", err)
+		}
+		if err != nil {
+			logger.Error(err, "Some GPUs are lost; publishing the others")
+		}
 	}
 	logger.Info("Discovered GPUs", "count", len(node.GPUs), "driverVersion", node.DriverVersion)
 
-	helper, err := kubeletplugin.Start(ctx, d,
+	helperOpts := []kubeletplugin.Option{
 		kubeletplugin.DriverName(gpuapi.DriverName),
 		kubeletplugin.NodeName(opts.NodeName),
 		kubeletplugin.KubeClient(opts.KubeClient),
 		kubeletplugin.PluginDataDirectoryPath(opts.PluginDataDir),
 		kubeletplugin.RegistrarDirectoryPath(opts.RegistrarDir),
-	)
+	}
+	if opts.PodUID != "" {
+		helperOpts = append(helperOpts, kubeletplugin.RollingUpdate(opts.PodUID))
+	}
+	// The helper's RegistrationStatus is not safe to poll while the kubelet
+	// registers; watching the kubelet's call is.
+	registered := make(chan struct{})
+	helperOpts = append(helperOpts, kubeletplugin.GRPCInterceptor(registrationWatch(registered)))
+	helper, err := kubeletplugin.Start(ctx, d, helperOpts...)
 	if err != nil {
 		return fmt.Errorf("start kubelet plugin: %w", err)
 	}
@@ -101,10 +144,17 @@ func Run(ctx context.Context, opts Options) error {
 	defer helper.Stop()
 
 	if err := d.publish(ctx, node); err != nil {
+		if ctx.Err() != nil {
+			// Stopped while starting: not a failure to publish.
+			return stopCause(ctx)
+		}
 		return err
 	}
 	ticker := time.NewTicker(opts.RediscoverInterval)
 	defer ticker.Stop()
+	// Registration happens when the kubelet gets to it; the slices are
+	// published by now.
+	notReady := registered
 	var healthChanged <-chan struct{}
 	if opts.Health != nil {
 		healthChanged = opts.Health.Changed()
@@ -112,24 +162,66 @@ func Run(ctx context.Context, opts Options) error {
 	for {
 		select {
 		case <-ctx.Done():
-			if cause := context.Cause(ctx); cause != nil && !errors.Is(cause, context.Canceled) {
-				return cause
-			}
-			return nil
+			return stopCause(ctx)
 		case <-ticker.C:
 			node, err := opts.NVML.Discover(ctx)
-			if err != nil {
+			if tnvml.Usable(err) != nil {
 				logger.Error(err, "Rediscovering GPUs failed; keeping the published slices")
 				continue
 			}
+			if err != nil {
+				// A GPU lost since it was published stays published (its
+				// devices may be allocated, and hiding them would free
+				// their counters); the health monitor taints it.
+				node = keepLost(node, d.published, err)
+			}
+			changed := d.published == nil || !reflect.DeepEqual(*d.published, node)
 			if err := d.publish(ctx, node); err != nil {
 				logger.Error(err, "Republishing slices failed")
+				continue
+			}
+			if changed && opts.InventoryChanged != nil {
+				opts.InventoryChanged(node)
+			}
+		case <-notReady:
+			notReady = nil
+			logger.Info("Registered with the kubelet and published; ready")
+			if opts.Ready != nil {
+				opts.Ready()
 			}
 		case <-healthChanged:
 			if err := d.publish(ctx, *d.published); err != nil {
 				logger.Error(err, "Republishing slices with changed device health failed")
 			}
 		}
+	}
+}
+
+// keepLost adds to node the published GPUs that discovery failed on.
+func keepLost(node inventory.Node, published *inventory.Node, err error) inventory.Node {
+	var partial *tnvml.PartialError
+	if published == nil || !errors.As(err, &partial) {
+		return node
+	}
+	for _, gpu := range published.GPUs {
+		if _, lost := partial.Failed[gpu.Index]; lost {
+			node.GPUs = append(node.GPUs, gpu)
+		}
+	}
+	node.Sort()
+	return node
+}
+
+// registrationWatch closes registered when the kubelet reports that it
+// registered the plugin.
+func registrationWatch(registered chan struct{}) grpc.UnaryServerInterceptor {
+	var once sync.Once
+	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+		resp, err := handler(ctx, req)
+		if status, ok := req.(*registerapi.RegistrationStatus); ok && err == nil && status.PluginRegistered {
+			once.Do(func() { close(registered) })
+		}
+		return resp, err
 	}
 }
 
@@ -140,19 +232,30 @@ func (d *Driver) publish(ctx context.Context, node inventory.Node) error {
 	if d.opts.Health != nil {
 		opts.Taints = d.opts.Health.Taints()
 	}
-	if d.published != nil && reflect.DeepEqual(*d.published, node) && reflect.DeepEqual(d.publishedTaints, opts.Taints) {
+	d.mu.Lock()
+	unchanged := d.published != nil && reflect.DeepEqual(*d.published, node) && reflect.DeepEqual(d.publishedTaints, opts.Taints)
+	d.mu.Unlock()
+	if unchanged {
 		return nil
 	}
 	res := resourceslice.Build(d.opts.NodeName, node, opts)
 	if err := d.helper.PublishResources(ctx, res); err != nil {
 		return fmt.Errorf("publish resource slices: %w", err)
 	}
-	d.published = &node
-	d.publishedTaints = opts.Taints
-	devices := 0
+	var names []string
 	for _, s := range res.Pools[d.opts.NodeName].Slices {
-		devices += len(s.Devices)
+		for _, dev := range s.Devices {
+			names = append(names, dev.Name)
+		}
 	}
+	devices := len(names)
+	d.published = &node
+	d.mu.Lock()
+	d.publishedTaints = opts.Taints
+	d.devices = names
+	close(d.healthChanged)
+	d.healthChanged = make(chan struct{})
+	d.mu.Unlock()
 	klog.FromContext(ctx).Info("Published resource slices", "gpus", len(node.GPUs), "devices", devices, "slices", len(res.Pools[d.opts.NodeName].Slices))
 	return nil
 }
@@ -162,10 +265,6 @@ func (d *Driver) publish(ctx context.Context, node inventory.Node) error {
 func (d *Driver) PrepareResourceClaims(ctx context.Context, claims []*resourceapi.ResourceClaim) (map[types.UID]kubeletplugin.PrepareResult, error) {
 	out := make(map[types.UID]kubeletplugin.PrepareResult, len(claims))
 	for _, claim := range claims {
-		if d.opts.Preparer == nil {
-			out[claim.UID] = kubeletplugin.PrepareResult{Err: errNoPreparer}
-			continue
-		}
 		out[claim.UID] = d.opts.Preparer.Prepare(ctx, claim)
 	}
 	return out, nil
@@ -175,16 +274,10 @@ func (d *Driver) PrepareResourceClaims(ctx context.Context, claims []*resourceap
 func (d *Driver) UnprepareResourceClaims(ctx context.Context, claims []kubeletplugin.NamespacedObject) (map[types.UID]error, error) {
 	out := make(map[types.UID]error, len(claims))
 	for _, claim := range claims {
-		if d.opts.Preparer == nil {
-			out[claim.UID] = nil // nothing was ever prepared
-			continue
-		}
 		out[claim.UID] = d.opts.Preparer.Unprepare(ctx, claim)
 	}
 	return out, nil
 }
-
-var errNoPreparer = errors.New("preparing devices is not implemented by this build of the Tessera kubelet plugin")
 
 // HandleError is called by the helper for errors in background work such as
 // slice publication. Recoverable errors are logged; any other stops the
@@ -199,7 +292,11 @@ func (d *Driver) HandleError(ctx context.Context, err error, msg string) {
 	d.cancel(fmt.Errorf("%s: %w", msg, err))
 }
 
-// WatchHealthStatus is not used: device health is published as device taints.
-func (d *Driver) WatchHealthStatus(ctx context.Context, reports chan<- kubeletplugin.DeviceHealthReport) error {
-	return kubeletplugin.ErrHealthNotSupported
+// stopCause is nil when ctx was cancelled plainly (shutdown), else the
+// background error that stopped the plugin.
+func stopCause(ctx context.Context) error {
+	if cause := context.Cause(ctx); cause != nil && !errors.Is(cause, context.Canceled) {
+		return cause
+	}
+	return nil
 }

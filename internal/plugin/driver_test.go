@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -17,6 +18,7 @@ import (
 	"k8s.io/klog/v2/ktesting"
 
 	tnvml "github.com/tessera-gpu/tessera/internal/nvml"
+	"github.com/tessera-gpu/tessera/internal/nvml/nvmlmock"
 	"github.com/tessera-gpu/tessera/internal/plugin"
 	"github.com/tessera-gpu/tessera/pkg/inventory"
 )
@@ -89,6 +91,7 @@ func TestPublishesAndRepublishesOnInventoryChange(t *testing.T) {
 			NodeName:           "n1",
 			KubeClient:         client,
 			NVML:               nvml,
+			Preparer:           &fakePreparer{},
 			PluginDataDir:      t.TempDir(),
 			RegistrarDir:       t.TempDir(),
 			RediscoverInterval: 20 * time.Millisecond,
@@ -116,4 +119,74 @@ func TestPublishesAndRepublishesOnInventoryChange(t *testing.T) {
 	waitForDevices(54)
 	nvml.lose(1)
 	waitForDevices(27)
+}
+
+// TestLostGPUDoesNotStopPublication: a GPU that fell off the bus before
+// the plugin started does not stop it: the others are published. One
+// lost after publication stays published (its devices may be allocated),
+// for the health monitor to taint.
+func TestLostGPUDoesNotStopPublication(t *testing.T) {
+	_, ctx := ktesting.NewTestContext(t)
+	ctx, cancel := context.WithCancel(ctx)
+	s, err := nvmlmock.New("dgxh200", 3, "n1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	lib, err := tnvml.OpenMock(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.SetLost(2, true)
+	counted := &countingNVML{Library: lib}
+	client := fakeClient()
+	done := make(chan error, 1)
+	go func() {
+		done <- plugin.Run(ctx, plugin.Options{
+			NodeName: "n1", KubeClient: client, NVML: counted, Preparer: &fakePreparer{},
+			PluginDataDir: t.TempDir(), RegistrarDir: t.TempDir(), RediscoverInterval: 20 * time.Millisecond,
+		})
+	}()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	})
+	waitDevices := func(want int) {
+		t.Helper()
+		var got int
+		err := wait.PollUntilContextTimeout(ctx, 20*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
+			got, err = publishedDevices(ctx, client)
+			return got == want, err
+		})
+		if err != nil {
+			t.Fatalf("published %d devices, want %d: %v", got, want, err)
+		}
+	}
+	waitDevices(2 * 27)
+	// GPU 2 comes back, then GPU 0 falls off: GPU 0 stays published.
+	s.SetLost(2, false)
+	waitDevices(3 * 27)
+	s.SetLost(0, true)
+	seen := counted.calls.Load()
+	err = wait.PollUntilContextTimeout(ctx, 20*time.Millisecond, 30*time.Second, true, func(context.Context) (bool, error) {
+		return counted.calls.Load() >= seen+3, nil
+	})
+	if err != nil {
+		t.Fatal("no rediscovery after GPU 0 was lost")
+	}
+	if got, err := publishedDevices(ctx, client); err != nil || got != 3*27 {
+		t.Errorf("after GPU 0 was lost: %d devices published (%v), want all %d", got, err, 3*27)
+	}
+}
+
+// countingNVML counts discoveries.
+type countingNVML struct {
+	tnvml.Library
+	calls atomic.Int64
+}
+
+func (c *countingNVML) Discover(ctx context.Context) (inventory.Node, error) {
+	defer c.calls.Add(1)
+	return c.Library.Discover(ctx)
 }

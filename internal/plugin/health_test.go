@@ -2,14 +2,18 @@ package plugin_test
 
 import (
 	"context"
+	"path/filepath"
 	"sync"
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
 	resourceapi "k8s.io/api/resource/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/klog/v2/ktesting"
+	drahealthv1 "k8s.io/kubelet/pkg/apis/dra-health/v1"
 
 	tnvml "github.com/tessera-gpu/tessera/internal/nvml"
 	"github.com/tessera-gpu/tessera/internal/plugin"
@@ -51,7 +55,7 @@ func TestRepublishesOnHealthChange(t *testing.T) {
 	done := make(chan error, 1)
 	go func() {
 		done <- plugin.Run(ctx, plugin.Options{
-			NodeName: "n1", KubeClient: client, NVML: lib, Health: health,
+			NodeName: "n1", KubeClient: client, NVML: lib, Health: health, Preparer: &fakePreparer{},
 			PluginDataDir: t.TempDir(), RegistrarDir: t.TempDir(), RediscoverInterval: time.Hour,
 		})
 	}()
@@ -95,4 +99,82 @@ func TestRepublishesOnHealthChange(t *testing.T) {
 	waitFor(map[string]string{"gpu-0": gpuapi.TaintKeyUnhealthy + "=xid-79:NoSchedule", "gpu-0-shared": "x"})
 	health.set(nil)
 	waitFor(map[string]string{})
+}
+
+// TestDeviceHealthReachesTheKubelet: through the kubelet's health API,
+// every published device is reported, dynamic MIG partitions included;
+// healthy until its GPU or instance is tainted, then Unhealthy with the
+// taint as the reason.
+func TestDeviceHealthReachesTheKubelet(t *testing.T) {
+	_, ctx := ktesting.NewTestContext(t)
+	ctx, cancel := context.WithCancel(ctx)
+	lib, err := tnvml.Open(tnvml.Backend{Mock: "dgxh200", Count: 1, Seed: "n1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	health := &fakeHealth{changed: make(chan struct{}, 1)}
+	dataDir := t.TempDir()
+	done := make(chan error, 1)
+	go func() {
+		done <- plugin.Run(ctx, plugin.Options{
+			NodeName: "n1", KubeClient: fakeClient(), NVML: lib, Health: health, Preparer: &fakePreparer{},
+			PluginDataDir: dataDir, RegistrarDir: t.TempDir(), RediscoverInterval: time.Hour,
+		})
+	}()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	})
+	conn, err := grpc.NewClient("unix://"+filepath.Join(dataDir, "dra.sock"), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = conn.Close() })
+	var stream grpc.ServerStreamingClient[drahealthv1.NodeWatchResourcesResponse]
+	// The stream lives as long as the test, not as the poll.
+	err = wait.PollUntilContextTimeout(ctx, 20*time.Millisecond, 30*time.Second, true, func(context.Context) (bool, error) {
+		stream, err = drahealthv1.NewDRAResourceHealthClient(conn).NodeWatchResources(ctx, &drahealthv1.NodeWatchResourcesRequest{})
+		if err != nil {
+			return false, nil
+		}
+		// The first report proves the plugin serves the stream.
+		_, err = stream.Header()
+		return err == nil, nil
+	})
+	if err != nil {
+		t.Fatalf("NodeWatchResources: %v", err)
+	}
+	// next returns the next report that covers every published device.
+	next := func() map[string]drahealthv1.HealthStatus {
+		t.Helper()
+		for {
+			resp, err := stream.Recv()
+			if err != nil {
+				t.Fatalf("receive health: %v", err)
+			}
+			if len(resp.Devices) == 27 {
+				out := map[string]drahealthv1.HealthStatus{}
+				for _, d := range resp.Devices {
+					out[d.Device.DeviceName] = d.Health
+				}
+				return out
+			}
+		}
+	}
+	got := next()
+	if got["gpu-0"] != drahealthv1.HealthStatus_HEALTHY || got["gpu-0-mig-1g18gb-3"] != drahealthv1.HealthStatus_HEALTHY {
+		t.Errorf("initial report: %v, want every device healthy", got)
+	}
+	health.set(map[string][]resourceapi.DeviceTaint{
+		"gpu-0-mig-1g18gb-3": {{Key: gpuapi.TaintKeyUnhealthy, Value: "xid-94", Effect: resourceapi.DeviceTaintEffectNoSchedule}},
+	})
+	err = wait.PollUntilContextTimeout(ctx, 0, 30*time.Second, true, func(context.Context) (bool, error) {
+		got = next()
+		return got["gpu-0-mig-1g18gb-3"] == drahealthv1.HealthStatus_UNHEALTHY, nil
+	})
+	if err != nil || got["gpu-0"] != drahealthv1.HealthStatus_HEALTHY {
+		t.Errorf("after an XID in one MIG instance: %v (%v); want only that partition unhealthy", got, err)
+	}
 }

@@ -7,10 +7,13 @@ import (
 	"sync"
 	"time"
 
+	"k8s.io/klog/v2"
+
 	"github.com/tessera-gpu/tessera/internal/health"
 	"github.com/tessera-gpu/tessera/internal/metrics"
 	tnvml "github.com/tessera-gpu/tessera/internal/nvml"
 	"github.com/tessera-gpu/tessera/internal/prepare"
+	"github.com/tessera-gpu/tessera/pkg/inventory"
 )
 
 // NodeOptions configure the node-side services around the kubelet plugin.
@@ -30,6 +33,13 @@ type NodeOptions struct {
 	// MPSLauncher starts MPS daemons with a private /dev/shm, e.g. this
 	// binary's "mps-launch" subcommand; empty starts them directly.
 	MPSLauncher []string
+	// AllowMissingCheckpoint lets start-up go on without a checkpoint
+	// although MIG instances exist, destroying them (see
+	// prepare.WithMissingCheckpointAllowed).
+	AllowMissingCheckpoint bool
+	// MPSShmSize is the size in bytes of each claim's MPS /dev/shm (a
+	// tmpfs); 0 takes the default.
+	MPSShmSize int64
 }
 
 // RunNode reconciles the prepare checkpoint, starts the health monitor, the
@@ -53,30 +63,53 @@ func RunNode(ctx context.Context, opts Options, node NodeOptions) error {
 	if len(node.MPSLauncher) > 0 {
 		prepOpts = append(prepOpts, prepare.WithMPSLauncher(node.MPSLauncher...))
 	}
+	if node.AllowMissingCheckpoint {
+		prepOpts = append(prepOpts, prepare.WithMissingCheckpointAllowed())
+	}
+	if node.MPSShmSize > 0 {
+		prepOpts = append(prepOpts, prepare.WithMPSShmSize(node.MPSShmSize))
+	}
+	// The node is discovered here once; the preparer, the health monitor
+	// and the publication start from it, and follow the publication's
+	// rediscoveries.
+	inv, err := opts.NVML.Discover(ctx)
+	if err := tnvml.Usable(err); err != nil {
+		return fmt.Errorf("discover GPUs: %w", err)
+	}
+	if err != nil {
+		klog.FromContext(ctx).Error(err, "Some GPUs are lost; serving the others")
+	}
+	opts.Inventory = &inv
+	prepOpts = append(prepOpts, prepare.WithInventory(inv))
 	preparer, err := prepare.New(ctx, prepOpts...)
 	if err != nil {
 		return err
 	}
 	opts.Preparer = preparer
+	followers := []func(inventory.Node){preparer.SetInventory}
 	services := []func(context.Context) error{
 		// A crashed MPS daemon is restarted so that its clients can reconnect.
 		func(ctx context.Context) error { return preparer.WatchMPS(ctx, node.MPSCheckInterval) },
 	}
 	if h, ok := opts.NVML.(tnvml.Health); ok {
-		inv, err := opts.NVML.Discover(ctx)
-		if err != nil {
-			return fmt.Errorf("discover GPUs: %w", err)
-		}
 		monitor := health.New(h, inv, health.WithMetrics(m), health.WithMIGDevices(preparer.MIGDeviceName))
 		opts.Health = monitor
+		followers = append(followers, monitor.SetInventory)
 		services = append(services, monitor.Run)
+	}
+	opts.InventoryChanged = func(node inventory.Node) {
+		for _, f := range followers {
+			f(node)
+		}
 	}
 	if node.MetricsAddress != "" {
 		services = append(services, func(ctx context.Context) error { return m.Serve(ctx, node.MetricsAddress) })
 	}
 	if node.HealthPort >= 0 {
+		// NOT_SERVING until the kubelet registered the plugin and the
+		// slices are published, so that a rolling update waits for it.
 		probe := health.NewProbe()
-		probe.SetServing(true)
+		opts.Ready = func() { probe.SetServing(true) }
 		services = append(services, func(ctx context.Context) error { return probe.Serve(ctx, fmt.Sprintf(":%d", node.HealthPort)) })
 	}
 	var wg sync.WaitGroup

@@ -1,6 +1,7 @@
 package prepare
 
 import (
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -12,20 +13,13 @@ import (
 	"github.com/tessera-gpu/tessera/pkg/partition"
 )
 
-// deviceConfig is the configuration that applies to one allocated device:
-// at most one GPUConfig (whole and shared GPUs) or MIGConfig (partitions).
-type deviceConfig struct {
-	gpu *configapi.GPUConfig
-	mig *configapi.MIGConfig
-}
-
 // resolveConfig returns, for each of the claim's results (by index), the
 // configuration that applies to it. DeviceClass configuration applies before
 // the claim's own, and within each, later entries win, so that a claim can
 // override what its class sets. A config entry that names requests must fit
 // their devices; one that names none applies to the devices it fits.
-func resolveConfig(alloc *resourceapi.AllocationResult, results []resourceapi.DeviceRequestAllocationResult, kinds []partition.Kind) ([]deviceConfig, error) {
-	out := make([]deviceConfig, len(results))
+func resolveConfig(alloc *resourceapi.AllocationResult, results []resourceapi.DeviceRequestAllocationResult, kinds []partition.Kind) ([]*configapi.GPUConfig, error) {
+	out := make([]*configapi.GPUConfig, len(results))
 	type entry struct {
 		index int
 		cfg   resourceapi.DeviceAllocationConfiguration
@@ -38,6 +32,7 @@ func resolveConfig(alloc *resourceapi.AllocationResult, results []resourceapi.De
 			}
 		}
 	}
+	classAllowsSharing := make([]bool, len(results))
 	for _, e := range ordered {
 		opaque := e.cfg.Opaque
 		if opaque == nil || opaque.Driver != gpuapi.DriverName {
@@ -64,7 +59,13 @@ func resolveConfig(alloc *resourceapi.AllocationResult, results []resourceapi.De
 					}
 					continue
 				}
-				out[i].gpu = cfg
+				if err := checkSharingSource(e.cfg.Source, cfg, kinds[i], classAllowsSharing[i]); err != nil {
+					return nil, fmt.Errorf("%s, device %s: %w", where, r.Device, err)
+				}
+				if e.cfg.Source == resourceapi.AllocationConfigSourceClass && cfg.AllowClaimSharing {
+					classAllowsSharing[i] = true
+				}
+				out[i] = cfg
 			case *configapi.MIGConfig:
 				if kinds[i] != partition.KindMIG {
 					if len(e.cfg.Requests) > 0 {
@@ -72,7 +73,8 @@ func resolveConfig(alloc *resourceapi.AllocationResult, results []resourceapi.De
 					}
 					continue
 				}
-				out[i].mig = cfg
+				// A MIGConfig is decoded and validated; nothing of it
+				// changes how a partition is prepared.
 			}
 		}
 	}
@@ -87,4 +89,23 @@ func appliesTo(requests []string, request string) bool {
 	}
 	main, _, _ := strings.Cut(request, "/")
 	return slices.Contains(requests, request) || slices.Contains(requests, main)
+}
+
+// checkSharingSource enforces who may choose how a share of a time-shared
+// GPU is shared: its DeviceClass (the admin), not the claim. A claim that
+// chose time slicing would escape its MPS limits and change the time slice
+// of every other claim on the GPU; a claim's MPS settings could not raise
+// its limits (the share's capacity sets them) but are refused alike, so
+// that the rule is simple. The class can let its claims choose.
+func checkSharingSource(source resourceapi.AllocationConfigSource, cfg *configapi.GPUConfig, kind partition.Kind, classAllows bool) error {
+	if source != resourceapi.AllocationConfigSourceClaim {
+		return nil
+	}
+	if cfg.AllowClaimSharing {
+		return errors.New("allowClaimSharing is only honoured in a DeviceClass's config, not in a claim's")
+	}
+	if kind == partition.KindShared && cfg.Sharing != nil && !classAllows {
+		return errors.New("the sharing of a time-shared GPU is set by its DeviceClass; this claim's config may not set sharing (a class can allow it with allowClaimSharing)")
+	}
+	return nil
 }

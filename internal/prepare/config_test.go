@@ -19,7 +19,7 @@ func TestResolveConfig(t *testing.T) {
 		claim *resourceapi.ResourceClaim
 		kinds []partition.Kind
 		// want is the interval each result ends up with ("" for no
-		// GPUConfig; "mig" for a MIGConfig).
+		// GPUConfig).
 		want []string
 	}{
 		"later claim entry wins": {
@@ -41,15 +41,15 @@ func TestResolveConfig(t *testing.T) {
 			want:  []string{"Medium", "Long"},
 		},
 		"subrequest matches its main request": {
-			claim: makeClaim("u").device("a/share", "gpu-0-shared").config(claim, ts("Short"), "a").obj(),
-			kinds: []partition.Kind{partition.KindShared},
+			claim: makeClaim("u").device("a/whole", "gpu-0").config(claim, ts("Short"), "a").obj(),
+			kinds: []partition.Kind{partition.KindGPU},
 			want:  []string{"Short"},
 		},
 		"unscoped entries apply only where their kind fits": {
 			claim: makeClaim("u").device("a", "gpu-0").device("b", "gpu-1-mig-1g18gb-0").
 				config(class, ts("Long")).config(class, mig).obj(),
 			kinds: []partition.Kind{partition.KindGPU, partition.KindMIG},
-			want:  []string{"Long", "mig"},
+			want:  []string{"Long", ""},
 		},
 	} {
 		t.Run(name, func(t *testing.T) {
@@ -60,14 +60,11 @@ func TestResolveConfig(t *testing.T) {
 			}
 			var intervals []string
 			for _, c := range got {
-				switch {
-				case c.mig != nil:
-					intervals = append(intervals, "mig")
-				case c.gpu != nil:
-					intervals = append(intervals, string(c.gpu.Sharing.TimeSlicing.Interval))
-				default:
+				if c == nil {
 					intervals = append(intervals, "")
+					continue
 				}
+				intervals = append(intervals, string(c.Sharing.TimeSlicing.Interval))
 			}
 			if diff := cmp.Diff(tc.want, intervals); diff != "" {
 				t.Errorf("(-want +got):\n%s", diff)

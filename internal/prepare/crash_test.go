@@ -207,8 +207,9 @@ func TestConcurrentPrepareUnprepare(t *testing.T) {
 
 	each(prepare(p))
 	st := e.state()
-	if len(st.MIG) != 28 || len(st.CDI) != 100 || len(st.Daemons) != 3 || len(st.Claims) != 100 {
-		t.Fatalf("with all prepared: %d MIG instances, %d CDI specs, %d daemons, %d claims; want 28, 100, 3, 100",
+	// One MPS daemon per share claim.
+	if len(st.MIG) != 28 || len(st.CDI) != 100 || len(st.Daemons) != 71 || len(st.Claims) != 100 {
+		t.Fatalf("with all prepared: %d MIG instances, %d CDI specs, %d daemons, %d claims; want 28, 100, 71, 100",
 			len(st.MIG), len(st.CDI), len(st.Daemons), len(st.Claims))
 	}
 	restarted := e.mustPreparer(ctx)
@@ -222,8 +223,7 @@ func TestConcurrentPrepareUnprepare(t *testing.T) {
 }
 
 // TestLastOfConcurrentUnpreparesStopsDaemon: two MPS claims on one GPU
-// torn down at the same time must not each see the other and leave the
-// daemon running.
+// torn down at the same time leave no daemon running.
 func TestLastOfConcurrentUnpreparesStopsDaemon(t *testing.T) {
 	_, ctx := ktesting.NewTestContext(t)
 	e := newTestEnv(t, "dgxh200", 1)

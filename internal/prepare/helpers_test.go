@@ -21,6 +21,7 @@ import (
 	"github.com/tessera-gpu/tessera/internal/checkpoint"
 	tnvml "github.com/tessera-gpu/tessera/internal/nvml"
 	"github.com/tessera-gpu/tessera/internal/nvml/nvmlmock"
+	"github.com/tessera-gpu/tessera/internal/sharing"
 )
 
 const nodeName = "node-1"
@@ -34,8 +35,8 @@ type testEnv struct {
 	cdiRoot  string
 	stateDir string
 	procRoot string
-	mps      *FakeMPS
-	slicer   *FakeTimeSlicer
+	mps      *sharing.FakeMPS
+	slicer   *sharing.FakeTimeSlicer
 }
 
 // maxTestGPUInstanceID bounds the capability files the fake /proc holds:
@@ -55,7 +56,7 @@ func newTestEnv(t testing.TB, model string, gpus int) *testEnv {
 	e := &testEnv{
 		t: t, server: s, lib: lib,
 		cdiRoot: t.TempDir(), stateDir: t.TempDir(), procRoot: t.TempDir(),
-		mps: NewFakeMPS(), slicer: &FakeTimeSlicer{},
+		mps: sharing.NewFakeMPS(), slicer: &sharing.FakeTimeSlicer{},
 	}
 	for gpu := range gpus {
 		for gi := range maxTestGPUInstanceID {
@@ -131,7 +132,10 @@ func (e *testEnv) state() nodeState {
 	if st.CDI, err = w.Claims(); err != nil {
 		e.t.Fatal(err)
 	}
-	st.Daemons, _ = e.mps.Running(context.Background())
+	daemons, _ := e.mps.List(context.Background())
+	if len(daemons) > 0 {
+		st.Daemons = sortedKeys(daemons)
+	}
 	store, _ := checkpoint.NewStore(e.stateDir)
 	cp, err := store.Load()
 	if err != nil {

@@ -12,6 +12,7 @@ import (
 	gpuapi "github.com/tessera-gpu/tessera/api/gpu"
 	tcdi "github.com/tessera-gpu/tessera/internal/cdi"
 	"github.com/tessera-gpu/tessera/internal/checkpoint"
+	"github.com/tessera-gpu/tessera/internal/sharing"
 	"github.com/tessera-gpu/tessera/pkg/partition"
 )
 
@@ -37,7 +38,7 @@ func (p *Preparer) plan(claim *resourceapi.ResourceClaim) ([]checkpoint.Device, 
 		if p.nodeName != "" && r.Pool != p.nodeName {
 			return nil, fmt.Errorf("device %s of request %s is in pool %s, not in this node's pool %s", r.Device, r.Request, r.Pool, p.nodeName)
 		}
-		info, ok := p.devices[r.Device]
+		info, ok := p.device(r.Device)
 		if !ok {
 			return nil, fmt.Errorf("device %s of request %s is not a device of this node", r.Device, r.Request)
 		}
@@ -58,8 +59,8 @@ func (p *Preparer) plan(claim *resourceapi.ResourceClaim) ([]checkpoint.Device, 
 			GPUIndex: info.gpu.Index, GPUUUID: info.gpu.UUID, GPUMinor: info.gpu.Minor,
 		}
 		var sharing *configapi.Sharing
-		if configs[i].gpu != nil {
-			sharing = configs[i].gpu.Sharing
+		if configs[i] != nil {
+			sharing = configs[i].Sharing
 		}
 		switch info.device.Kind {
 		case partition.KindMIG:
@@ -100,7 +101,8 @@ func (p *Preparer) plan(claim *resourceapi.ResourceClaim) ([]checkpoint.Device, 
 		}
 		devices[i] = d
 	}
-	// An MPS client talks to one control daemon, and Tessera runs one per GPU.
+	// A claim's containers talk to one control daemon, the claim's own,
+	// and a daemon's defaults limit one GPU.
 	if len(mpsGPUs) > 1 {
 		return nil, fmt.Errorf("MPS-shared devices of one claim must be on one GPU; this claim's are on %d GPUs", len(mpsGPUs))
 	}
@@ -165,7 +167,8 @@ func timeSlice(interval string) configapi.TimeSliceInterval {
 }
 
 // cdiClaim builds what the claim's containers get: per device its device
-// nodes (and MPS pipe mount), per claim the visibility and MPS limit
+// nodes (and, on the first MPS device, the claim's daemon's pipe and
+// /dev/shm mounts), per claim the visibility and MPS limit
 // environment. Environment is per claim because several devices of one
 // claim would otherwise overwrite each other's NVIDIA_VISIBLE_DEVICES.
 func (p *Preparer) cdiClaim(c *checkpoint.Claim) (tcdi.Claim, error) {
@@ -200,12 +203,16 @@ func (p *Preparer) cdiClaim(c *checkpoint.Claim) (tcdi.Claim, error) {
 		}
 		dev := tcdi.Device{Name: d.Device, DeviceNodes: nodes}
 		if d.Sharing != nil && d.Sharing.Strategy == string(configapi.MPSStrategy) {
-			mps = true
-			daemon := p.daemon(d.GPUUUID)
-			dev.Mounts = []tcdi.Mount{
-				{HostPath: daemon.PipeDir, ContainerPath: mpsPipeDir},
-				{HostPath: daemon.ShmDir, ContainerPath: "/dev/shm"},
+			// The claim's own daemon: its pipes and its /dev/shm, which
+			// no other claim's containers get.
+			if !mps {
+				dirs := sharing.DaemonDirs(p.mpsRoot(), c.UID)
+				dev.Mounts = []tcdi.Mount{
+					{HostPath: dirs.Pipe, ContainerPath: mpsPipeDir},
+					{HostPath: dirs.Shm, ContainerPath: "/dev/shm"},
+				}
 			}
+			mps = true
 			mpsMemory[ordinal] += d.Sharing.PinnedMemoryLimitBytes
 			mpsThreads += d.Sharing.ActiveThreadPercentage
 		}

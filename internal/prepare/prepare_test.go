@@ -81,12 +81,12 @@ func TestPrepareDevices(t *testing.T) {
 		},
 		"share defaults to MPS with the share's limits": {
 			claim:       makeClaim("share").share("s", "gpu-3-shared", "20Gi", "30", "share-1").obj(),
-			wantDaemons: []string{"{gpu3}"},
+			wantDaemons: []string{"share"},
 			want: cdiView{
 				Env: []string{"NVIDIA_VISIBLE_DEVICES={gpu3}", "CUDA_VISIBLE_DEVICES={gpu3}", "CUDA_MPS_PIPE_DIRECTORY=/tmp/nvidia-mps",
 					"CUDA_MPS_PINNED_DEVICE_MEM_LIMIT=0=20480M", "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=30"},
 				DeviceNodes: []string{"/dev/nvidia3", "/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools"},
-				Mounts:      []string{"{state}/mps/{gpu3}/pipe:/tmp/nvidia-mps", "{state}/mps/{gpu3}/shm:/dev/shm"},
+				Mounts:      []string{"{state}/mps/share/pipe:/tmp/nvidia-mps", "{state}/mps/share/shm:/dev/shm"},
 			},
 		},
 		"share with time slicing from its class": {
@@ -102,12 +102,12 @@ func TestPrepareDevices(t *testing.T) {
 			claim: makeClaim("override").device("gpu", "gpu-5").
 				config(resourceapi.AllocationConfigSourceClaim, mpsWhole).
 				config(resourceapi.AllocationConfigSourceClass, timeSlicingLong).obj(),
-			wantDaemons: []string{"{gpu5}"},
+			wantDaemons: []string{"override"},
 			want: cdiView{
 				Env: []string{"NVIDIA_VISIBLE_DEVICES={gpu5}", "CUDA_VISIBLE_DEVICES={gpu5}", "CUDA_MPS_PIPE_DIRECTORY=/tmp/nvidia-mps",
 					"CUDA_MPS_PINNED_DEVICE_MEM_LIMIT=0=10240M", "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=50"},
 				DeviceNodes: []string{"/dev/nvidia5", "/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools"},
-				Mounts:      []string{"{state}/mps/{gpu5}/pipe:/tmp/nvidia-mps", "{state}/mps/{gpu5}/shm:/dev/shm"},
+				Mounts:      []string{"{state}/mps/override/pipe:/tmp/nvidia-mps", "{state}/mps/override/shm:/dev/shm"},
 			},
 		},
 	} {

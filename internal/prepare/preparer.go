@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -18,10 +19,12 @@ import (
 	"k8s.io/dynamic-resource-allocation/kubeletplugin"
 	"k8s.io/klog/v2"
 
+	configapi "github.com/tessera-gpu/tessera/api/config/v1alpha1"
 	tcdi "github.com/tessera-gpu/tessera/internal/cdi"
 	"github.com/tessera-gpu/tessera/internal/checkpoint"
 	"github.com/tessera-gpu/tessera/internal/metrics"
 	tnvml "github.com/tessera-gpu/tessera/internal/nvml"
+	"github.com/tessera-gpu/tessera/internal/sharing"
 	"github.com/tessera-gpu/tessera/pkg/inventory"
 	"github.com/tessera-gpu/tessera/pkg/partition"
 )
@@ -33,8 +36,8 @@ type Preparer struct {
 	nvml    tnvml.Library
 	cdi     *tcdi.Writer
 	store   *checkpoint.Store
-	mps     MPSControl
-	slicer  TimeSlicer
+	mps     sharing.MPSControl
+	slicer  sharing.TimeSlicer
 	metrics *metrics.Metrics
 	hook    func(Step) error
 	// capabilities, when set, replaces reading the capability files.
@@ -45,10 +48,23 @@ type Preparer struct {
 	procRoot     string
 	stateDir     string
 	mpsLauncher  []string
+	mpsShmSize   int64
+	// checkpointOpts configure the checkpoint store.
+	checkpointOpts []checkpoint.StoreOption
+	// missingCheckpointOK lets start-up go on without a checkpoint although
+	// MIG instances exist (they are then destroyed as nobody's).
+	missingCheckpointOK bool
 
+	// inventory, when set, is the node as discovered by the caller.
+	inventory *inventory.Node
+
+	// invMu guards devices and gpus, which follow the inventory.
+	invMu sync.RWMutex
 	// devices maps this node's device names to what they are.
 	devices map[string]deviceInfo
-	gpus    map[int]*gpuState
+	// gpus holds every GPU seen since start: one that vanished keeps its
+	// state, so that claims on it can be unprepared.
+	gpus map[int]*gpuState
 
 	claims keyedMutex
 
@@ -92,22 +108,45 @@ func WithDriverRoot(dir string) Option { return func(p *Preparer) { p.driverRoot
 func WithProcRoot(dir string) Option { return func(p *Preparer) { p.procRoot = dir } }
 
 // WithStateDir sets the directory of the checkpoint and of the MPS daemons'
-// pipe and log directories (default /var/lib/tessera).
+// pipe, log and /dev/shm directories (default /var/lib/tessera). Each
+// daemon's /dev/shm is a tmpfs of its own, so it never fills this disk.
 func WithStateDir(dir string) Option { return func(p *Preparer) { p.stateDir = dir } }
 
 // WithMPS sets the MPS daemon control (default: real daemons under the
-// state directory).
-func WithMPS(m MPSControl) Option { return func(p *Preparer) { p.mps = m } }
+// state directory, each with a tmpfs /dev/shm).
+func WithMPS(m sharing.MPSControl) Option { return func(p *Preparer) { p.mps = m } }
 
 // WithMPSLauncher sets the command that starts real MPS daemons with a
-// private /dev/shm (see MPSDaemons.Launcher).
+// private /dev/shm (see sharing.MPSDaemons.Launcher).
 func WithMPSLauncher(cmd ...string) Option { return func(p *Preparer) { p.mpsLauncher = cmd } }
 
+// WithMPSShmSize sets the size of each MPS daemon's /dev/shm (default
+// sharing.DefaultShmSize).
+func WithMPSShmSize(bytes int64) Option { return func(p *Preparer) { p.mpsShmSize = bytes } }
+
 // WithTimeSlicer sets how time slices are applied (default: nvidia-smi).
-func WithTimeSlicer(t TimeSlicer) Option { return func(p *Preparer) { p.slicer = t } }
+func WithTimeSlicer(t sharing.TimeSlicer) Option { return func(p *Preparer) { p.slicer = t } }
 
 // WithMetrics sets the metrics to update.
 func WithMetrics(m *metrics.Metrics) Option { return func(p *Preparer) { p.metrics = m } }
+
+// WithInventory gives New the node as the caller discovered it, so that
+// the node is discovered once for everything that needs it; without it New
+// discovers the node itself.
+func WithInventory(node inventory.Node) Option { return func(p *Preparer) { p.inventory = &node } }
+
+// WithCheckpointOptions configures the checkpoint store, e.g. with a
+// failing disk in tests.
+func WithCheckpointOptions(opts ...checkpoint.StoreOption) Option {
+	return func(p *Preparer) { p.checkpointOpts = opts }
+}
+
+// WithMissingCheckpointAllowed lets start-up go on when the checkpoint is
+// missing although MIG instances exist on the node; start-up then destroys
+// them as owned by no claim. Without it, New refuses to start, so that a
+// changed or unmounted state directory does not destroy every MIG instance
+// on the node, including ones an admin made.
+func WithMissingCheckpointAllowed() Option { return func(p *Preparer) { p.missingCheckpointOK = true } }
 
 // WithStepHook calls hook after each step; an error from it abandons the
 // operation on the spot, without rollback, as a crash would. For tests.
@@ -128,33 +167,59 @@ func New(ctx context.Context, opts ...Option) (*Preparer, error) {
 		p.procRoot = filepath.Join(p.driverRoot, "proc")
 	}
 	if p.mps == nil {
-		p.mps = &MPSDaemons{Root: p.mpsRoot(), Binary: filepath.Join(p.driverRoot, "usr/bin/nvidia-cuda-mps-control"), Launcher: p.mpsLauncher}
+		p.mps = &sharing.MPSDaemons{
+			Root: p.mpsRoot(), Binary: filepath.Join(p.driverRoot, "usr/bin/nvidia-cuda-mps-control"),
+			Launcher: p.mpsLauncher, Shm: sharing.Tmpfs{}, ShmSizeBytes: p.mpsShmSize,
+		}
 	}
 	if p.slicer == nil {
-		p.slicer = NvidiaSMI{Binary: filepath.Join(p.driverRoot, "usr/bin/nvidia-smi")}
+		p.slicer = sharing.NvidiaSMI{Binary: filepath.Join(p.driverRoot, "usr/bin/nvidia-smi")}
 	}
 	var err error
 	if p.cdi, err = tcdi.New(tcdi.WithRoot(p.cdiRoot), tcdi.WithDriverRoot(p.driverRoot)); err != nil {
 		return nil, err
 	}
-	if p.store, err = checkpoint.NewStore(p.stateDir); err != nil {
+	if p.store, err = checkpoint.NewStore(p.stateDir, p.checkpointOpts...); err != nil {
+		return nil, err
+	}
+	// Held through reconciling: another plugin instance (a rolling
+	// update) may be serving claims meanwhile.
+	unlock, err := p.store.Lock()
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	exists, err := p.store.Exists()
+	if err != nil {
 		return nil, err
 	}
 	if p.cp, err = p.store.Load(); err != nil {
 		return nil, fmt.Errorf("load checkpoint (refusing to start so that no prepared device is destroyed): %w", err)
 	}
-	node, err := p.nvml.Discover(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("discover GPUs: %w", err)
-	}
-	p.devices = map[string]deviceInfo{}
-	p.gpus = map[int]*gpuState{}
-	for _, gpu := range node.GPUs {
-		p.gpus[gpu.Index] = &gpuState{gpu: gpu}
-		for _, d := range partition.Build(gpu, partition.Options{}).Devices {
-			p.devices[d.Name] = deviceInfo{gpu: gpu, device: d}
+	var node inventory.Node
+	if p.inventory != nil {
+		node = *p.inventory
+	} else {
+		node, err = p.nvml.Discover(ctx)
+		if tnvml.Usable(err) != nil {
+			return nil, fmt.Errorf("discover GPUs: %w", err)
+		}
+		if err != nil {
+			// Claims on a lost GPU can still be unprepared; the rest serve.
+			klog.FromContext(ctx).Error(err, "Some GPUs are lost; preparing on the others")
 		}
 	}
+	if !exists {
+		if err := p.checkNoCheckpointIsNewNode(ctx, node); err != nil {
+			return nil, err
+		}
+		// From now on a missing checkpoint means a lost state directory.
+		if err := p.store.Save(p.cp); err != nil {
+			return nil, err
+		}
+	}
+	p.gpus = map[int]*gpuState{}
+	p.SetInventory(node)
 	if err := p.reconcile(ctx); err != nil {
 		// What could not be cleaned up stays in the checkpoint, and the
 		// kubelet's retries or the next start try again; refusing to start
@@ -162,6 +227,76 @@ func New(ctx context.Context, opts ...Option) (*Preparer, error) {
 		klog.FromContext(ctx).Error(err, "Reconciling the checkpoint with the node left work undone")
 	}
 	return p, nil
+}
+
+// checkNoCheckpointIsNewNode refuses a start without checkpoint on a node
+// that has MIG instances, unless allowed: reconciling would destroy them
+// all, and a changed or unmounted state directory is a likelier cause than
+// a node whose instances nobody needs.
+func (p *Preparer) checkNoCheckpointIsNewNode(ctx context.Context, node inventory.Node) error {
+	if p.missingCheckpointOK {
+		return nil
+	}
+	var found []string
+	for _, gpu := range node.GPUs {
+		if !gpu.MIG.Capable || !gpu.MIG.Enabled {
+			continue
+		}
+		migs, err := p.nvml.MIGDevices(ctx, gpu.Index)
+		if err != nil {
+			return fmt.Errorf("list MIG devices of GPU %d (checking a start without checkpoint): %w", gpu.Index, err)
+		}
+		if len(migs) > 0 {
+			found = append(found, fmt.Sprintf("GPU %d: %d", gpu.Index, len(migs)))
+		}
+	}
+	if len(found) == 0 {
+		return nil
+	}
+	return fmt.Errorf("checkpoint %s does not exist but the node has MIG instances (%s): refusing to start, because start-up would destroy them all; "+
+		"check that the state directory is the one the plugin used before, or, to destroy every MIG instance no claim owns, start once with --allow-missing-checkpoint",
+		p.store.Path(), strings.Join(found, ", "))
+}
+
+// SetInventory makes the node's current GPUs the ones claims can be
+// prepared on: a GPU that appeared becomes usable, one that vanished takes
+// no new claims (claims on it can still be unprepared), and a changed one
+// (e.g. its MIG mode) is prepared as it is now.
+func (p *Preparer) SetInventory(node inventory.Node) {
+	devices := map[string]deviceInfo{}
+	for _, gpu := range node.GPUs {
+		for _, d := range partition.Build(gpu, partition.Options{}).Devices {
+			devices[d.Name] = deviceInfo{gpu: gpu, device: d}
+		}
+	}
+	p.invMu.Lock()
+	defer p.invMu.Unlock()
+	p.devices = devices
+	for _, gpu := range node.GPUs {
+		g, ok := p.gpus[gpu.Index]
+		if !ok {
+			p.gpus[gpu.Index] = &gpuState{gpu: gpu}
+			continue
+		}
+		g.Lock()
+		g.gpu = gpu
+		g.Unlock()
+	}
+}
+
+// gpu returns the state of a GPU seen since start, nil for none.
+func (p *Preparer) gpu(index int) *gpuState {
+	p.invMu.RLock()
+	defer p.invMu.RUnlock()
+	return p.gpus[index]
+}
+
+// device returns what a device of the current inventory is.
+func (p *Preparer) device(name string) (deviceInfo, bool) {
+	p.invMu.RLock()
+	defer p.invMu.RUnlock()
+	info, ok := p.devices[name]
+	return info, ok
 }
 
 func (p *Preparer) mpsRoot() string { return filepath.Join(p.stateDir, "mps") }
@@ -201,6 +336,11 @@ func (p *Preparer) Unprepare(ctx context.Context, claim kubeletplugin.Namespaced
 func (p *Preparer) prepare(ctx context.Context, claim *resourceapi.ResourceClaim) (kubeletplugin.PrepareResult, string, error) {
 	uid := string(claim.UID)
 	defer p.claims.lock(uid)()
+	unlock, err := p.lockState()
+	if err != nil {
+		return kubeletplugin.PrepareResult{}, "none", err
+	}
+	defer unlock()
 	if c := p.claim(uid); c != nil {
 		if c.State == checkpoint.PrepareCompleted {
 			return result(c), kindOf(c), nil
@@ -230,7 +370,9 @@ func (p *Preparer) prepare(ctx context.Context, claim *resourceapi.ResourceClaim
 		if isAbandoned(err) {
 			return kubeletplugin.PrepareResult{}, kind, err
 		}
-		if rerr := p.teardown(ctx, p.claim(uid)); rerr != nil {
+		// c knows what was made even where recording it failed (a MIG
+		// instance whose record could not be written must not leak).
+		if rerr := p.teardown(ctx, c); rerr != nil {
 			err = errors.Join(err, fmt.Errorf("roll back: %w", rerr))
 		}
 		return kubeletplugin.PrepareResult{}, kind, err
@@ -256,7 +398,15 @@ func (p *Preparer) make(ctx context.Context, c *checkpoint.Claim) error {
 				return err
 			}
 		}
-		if err := p.startSharing(ctx, d); err != nil {
+		if err := p.startTimeSlicing(ctx, d); err != nil {
+			return err
+		}
+	}
+	if d, ok := p.daemon(c); ok {
+		if err := p.mps.Start(ctx, d); err != nil {
+			return err
+		}
+		if err := p.step(StepMPSStarted); err != nil {
 			return err
 		}
 	}
@@ -282,7 +432,10 @@ func (p *Preparer) make(ctx context.Context, c *checkpoint.Claim) error {
 }
 
 func (p *Preparer) createMIG(ctx context.Context, d *checkpoint.Device) (tnvml.MIGDevice, error) {
-	g := p.gpus[d.GPUIndex]
+	g := p.gpu(d.GPUIndex)
+	if g == nil {
+		return tnvml.MIGDevice{}, fmt.Errorf("MIG device %s: GPU %d is not on this node", d.Device, d.GPUIndex)
+	}
 	g.Lock()
 	defer g.Unlock()
 	if g.gpu.MIG.ToggleWithoutReset {
@@ -305,35 +458,49 @@ func (p *Preparer) createMIG(ctx context.Context, d *checkpoint.Device) (tnvml.M
 	return m, nil
 }
 
-func (p *Preparer) startSharing(ctx context.Context, d *checkpoint.Device) error {
-	if d.Sharing == nil {
+// startTimeSlicing sets the GPU's time slice, which all its time-sliced
+// claims share.
+func (p *Preparer) startTimeSlicing(ctx context.Context, d *checkpoint.Device) error {
+	if d.Sharing == nil || d.Sharing.Strategy != string(configapi.TimeSlicingStrategy) {
 		return nil
 	}
-	g := p.gpus[d.GPUIndex]
+	g := p.gpu(d.GPUIndex)
+	if g == nil {
+		return fmt.Errorf("device %s: GPU %d is not on this node", d.Device, d.GPUIndex)
+	}
 	g.Lock()
 	defer g.Unlock()
-	switch d.Sharing.Strategy {
-	case "MPS":
-		if err := p.mps.Start(ctx, p.daemon(d.GPUUUID)); err != nil {
-			return fmt.Errorf("device %s: %w", d.Device, err)
-		}
-		return p.step(StepMPSStarted)
-	case "TimeSlicing":
-		if err := p.slicer.SetTimeSlice(ctx, d.GPUUUID, timeSlice(d.Sharing.Interval)); err != nil {
-			return fmt.Errorf("device %s: %w", d.Device, err)
-		}
-		return p.step(StepTimeSliced)
+	if err := p.slicer.SetTimeSlice(ctx, d.GPUUUID, timeSlice(d.Sharing.Interval)); err != nil {
+		return fmt.Errorf("device %s: %w", d.Device, err)
 	}
-	return nil
+	return p.step(StepTimeSliced)
 }
 
-func (p *Preparer) daemon(gpuUUID string) MPSDaemon {
-	dir := filepath.Join(p.mpsRoot(), gpuUUID)
-	return MPSDaemon{GPUUUID: gpuUUID, PipeDir: filepath.Join(dir, "pipe"), LogDir: filepath.Join(dir, "log"), ShmDir: filepath.Join(dir, "shm")}
+// daemon is the claim's own MPS control daemon, with the sum of its MPS
+// devices' limits (plan keeps them on one GPU), when it has any.
+func (p *Preparer) daemon(c *checkpoint.Claim) (sharing.Daemon, bool) {
+	d := sharing.Daemon{ID: c.UID}
+	found := false
+	for _, dev := range c.Devices {
+		if dev.Sharing == nil || dev.Sharing.Strategy != string(configapi.MPSStrategy) {
+			continue
+		}
+		found = true
+		d.GPUUUID = dev.GPUUUID
+		d.ActiveThreadPercentage += dev.Sharing.ActiveThreadPercentage
+		d.PinnedMemoryLimitBytes += dev.Sharing.PinnedMemoryLimitBytes
+	}
+	d.ActiveThreadPercentage = min(d.ActiveThreadPercentage, 100)
+	return d, found
 }
 
 func (p *Preparer) unprepare(ctx context.Context, uid string) (string, error) {
 	defer p.claims.lock(uid)()
+	unlock, err := p.lockState()
+	if err != nil {
+		return "none", err
+	}
+	defer unlock()
 	c := p.claim(uid)
 	if c == nil {
 		return "none", nil
@@ -361,15 +528,26 @@ func (p *Preparer) teardown(ctx context.Context, c *checkpoint.Claim) error {
 		return err
 	}
 	var errs []error
+	if _, ok := p.daemon(c); ok {
+		if err := p.mps.Stop(ctx, c.UID); err != nil {
+			errs = append(errs, err)
+		} else if err := p.step(StepMPSStopped); err != nil {
+			return err
+		}
+	}
 	for i := range c.Devices {
 		d := &c.Devices[i]
 		if d.MIG != nil && d.MIG.Created {
-			if err := p.destroyMIG(ctx, d); err != nil {
+			if err := p.destroyMIG(ctx, c.UID, d); err != nil {
 				if isAbandoned(err) {
 					return err
 				}
-				errs = append(errs, err)
-				continue
+				if !p.gpuLost(ctx, d.GPUIndex) {
+					errs = append(errs, err)
+					continue
+				}
+				// The instance went with its GPU.
+				klog.FromContext(ctx).Error(err, "GPU of a MIG device is lost; forgetting the device", "device", d.Device, "gpu", d.GPUIndex)
 			}
 			d.MIG.Created = false
 			if err := p.update(func(cp *checkpoint.Checkpoint) { cp.Claims[c.UID].Devices[i].MIG.Created = false }); err != nil {
@@ -379,11 +557,13 @@ func (p *Preparer) teardown(ctx context.Context, c *checkpoint.Claim) error {
 				return err
 			}
 		}
-		if err := p.stopSharing(ctx, c.UID, i, d); err != nil {
+		if err := p.stopTimeSlicing(ctx, c.UID, i, d); err != nil {
 			if isAbandoned(err) {
 				return err
 			}
-			errs = append(errs, err)
+			if !p.gpuLost(ctx, d.GPUIndex) {
+				errs = append(errs, err)
+			}
 		}
 	}
 	if len(errs) > 0 {
@@ -397,11 +577,12 @@ func (p *Preparer) teardown(ctx context.Context, c *checkpoint.Claim) error {
 	return p.step(StepUnprepareCompleted)
 }
 
-// destroyMIG destroys the claim's MIG instance, making sure the instance
-// with the recorded ID is still the one at the recorded placement: NVML
-// reuses instance IDs.
-func (p *Preparer) destroyMIG(ctx context.Context, d *checkpoint.Device) error {
-	g := p.gpus[d.GPUIndex]
+// destroyMIG destroys the claim's MIG instance, identified by its UUID
+// where one was recorded (NVML reuses instance IDs, so an entry left by a
+// failed write could otherwise name another claim's new instance), and
+// never one that another claim's entry owns.
+func (p *Preparer) destroyMIG(ctx context.Context, uid string, d *checkpoint.Device) error {
+	g := p.gpu(d.GPUIndex)
 	if g == nil {
 		// The GPU was not found at start: its instances went with it.
 		klog.FromContext(ctx).Info("GPU of a MIG device is gone; nothing to destroy", "device", d.Device, "gpu", d.GPUIndex)
@@ -414,10 +595,15 @@ func (p *Preparer) destroyMIG(ctx context.Context, d *checkpoint.Device) error {
 		return fmt.Errorf("list MIG devices of GPU %d: %w", d.GPUIndex, err)
 	}
 	for _, m := range existing {
-		if m.GPUInstanceID == d.MIG.GPUInstanceID && m.Placement == d.MIG.Placement && m.ProfileID == d.MIG.ProfileID {
-			if err := p.nvml.DestroyMIGDevice(ctx, d.GPUIndex, m.GPUInstanceID); err != nil {
-				return fmt.Errorf("destroy MIG device %s on GPU %d: %w", d.Device, d.GPUIndex, err)
-			}
+		if !sameMIG(d.MIG, m) {
+			continue
+		}
+		if other, ok := p.migOwner(uid, d.GPUIndex, m); ok {
+			klog.FromContext(ctx).Info("Not destroying a MIG instance another claim owns", "device", d.Device, "gpu", d.GPUIndex, "gpuInstance", m.GPUInstanceID, "owner", other)
+			continue
+		}
+		if err := p.nvml.DestroyMIGDevice(ctx, d.GPUIndex, m.GPUInstanceID); err != nil {
+			return fmt.Errorf("destroy MIG device %s on GPU %d: %w", d.Device, d.GPUIndex, err)
 		}
 	}
 	if err := p.step(StepMIGDestroyed); err != nil {
@@ -446,31 +632,21 @@ func (p *Preparer) migModeOffIfUnused(ctx context.Context, g *gpuState) error {
 	return p.step(StepMIGModeOff)
 }
 
-// stopSharing stops the GPU's MPS daemon, or resets its time slice, when no
-// other claim uses it, and then records that this device no longer does:
-// two claims torn down at once must not each see the other and both leave
-// the daemon running.
-func (p *Preparer) stopSharing(ctx context.Context, uid string, i int, d *checkpoint.Device) error {
-	if d.Sharing == nil {
+// stopTimeSlicing resets the GPU's time slice when no other claim
+// time-slices it, and then records that this device no longer does: two
+// claims torn down at once must not each see the other and both leave the
+// time slice set.
+func (p *Preparer) stopTimeSlicing(ctx context.Context, uid string, i int, d *checkpoint.Device) error {
+	if d.Sharing == nil || d.Sharing.Strategy != string(configapi.TimeSlicingStrategy) {
 		return nil
 	}
-	if g := p.gpus[d.GPUIndex]; g != nil {
+	if g := p.gpu(d.GPUIndex); g != nil {
 		g.Lock()
 		defer g.Unlock()
 	}
 	if !p.sharedByOthers(uid, d.GPUUUID, d.Sharing.Strategy) {
-		switch d.Sharing.Strategy {
-		case "MPS":
-			if err := p.mps.Stop(ctx, d.GPUUUID); err != nil {
-				return fmt.Errorf("device %s: %w", d.Device, err)
-			}
-			if err := p.step(StepMPSStopped); err != nil {
-				return err
-			}
-		case "TimeSlicing":
-			if err := p.slicer.SetTimeSlice(ctx, d.GPUUUID, timeSlice("")); err != nil {
-				return fmt.Errorf("device %s: reset time slice: %w", d.Device, err)
-			}
+		if err := p.slicer.SetTimeSlice(ctx, d.GPUUUID, timeSlice("")); err != nil {
+			return fmt.Errorf("device %s: reset time slice: %w", d.Device, err)
 		}
 	}
 	d.Sharing = nil
@@ -498,6 +674,29 @@ func (p *Preparer) sharedByOthers(uid, gpuUUID, strategy string) bool {
 		}
 	}
 	return false
+}
+
+// lockState locks the state directory against other plugin instances and
+// rereads the checkpoint if one of them changed it.
+func (p *Preparer) lockState() (func(), error) {
+	unlock, err := p.store.Lock()
+	if err != nil {
+		return nil, err
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	changed, err := p.store.Changed()
+	if err == nil && changed {
+		var cp *checkpoint.Checkpoint
+		if cp, err = p.store.Load(); err == nil {
+			p.cp = cp
+		}
+	}
+	if err != nil {
+		unlock()
+		return nil, fmt.Errorf("reread checkpoint another plugin instance changed: %w", err)
+	}
+	return unlock, nil
 }
 
 // claim returns a copy of the claim's checkpoint entry, nil when unknown.
@@ -533,7 +732,7 @@ func (p *Preparer) recordMetrics() {
 	kinds := map[string]int{}
 	mig := 0
 	daemons := map[string]bool{}
-	for _, c := range p.cp.Claims {
+	for uid, c := range p.cp.Claims {
 		for _, d := range c.Devices {
 			if c.State == checkpoint.PrepareCompleted {
 				kinds[d.Kind]++
@@ -541,8 +740,8 @@ func (p *Preparer) recordMetrics() {
 			if d.MIG != nil && d.MIG.Created {
 				mig++
 			}
-			if d.Sharing != nil && d.Sharing.Strategy == "MPS" {
-				daemons[d.GPUUUID] = true
+			if d.Sharing != nil && d.Sharing.Strategy == string(configapi.MPSStrategy) {
+				daemons[uid] = true
 			}
 		}
 	}
@@ -555,4 +754,42 @@ func ptrCopy[T any](v *T) *T {
 	}
 	c := *v
 	return &c
+}
+
+// gpuLost reports whether a GPU is gone: not found at start, or answering
+// that it fell off the bus. What a claim had on it went with it, so that
+// unprepare must not fail on it forever.
+func (p *Preparer) gpuLost(ctx context.Context, index int) bool {
+	if p.gpu(index) == nil {
+		return true
+	}
+	h, ok := p.nvml.(tnvml.Health)
+	return ok && errors.Is(h.CheckGPU(ctx, index), tnvml.ErrGPULost)
+}
+
+// sameMIG reports whether an existing instance is the recorded one: by
+// UUID where both have one, else by instance ID, placement and profile.
+func sameMIG(rec *checkpoint.MIG, m tnvml.MIGDevice) bool {
+	if rec.UUID != "" && m.UUID != "" {
+		return rec.UUID == m.UUID
+	}
+	return m.GPUInstanceID == rec.GPUInstanceID && m.Placement == rec.Placement && m.ProfileID == rec.ProfileID
+}
+
+// migOwner returns the UID of a claim other than uid whose entry owns the
+// instance.
+func (p *Preparer) migOwner(uid string, gpu int, m tnvml.MIGDevice) (string, bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for other, c := range p.cp.Claims {
+		if other == uid {
+			continue
+		}
+		for _, d := range c.Devices {
+			if d.GPUIndex == gpu && d.MIG != nil && d.MIG.Created && sameMIG(d.MIG, m) {
+				return other, true
+			}
+		}
+	}
+	return "", false
 }

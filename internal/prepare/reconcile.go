@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 
 	"k8s.io/klog/v2"
 
@@ -30,20 +32,19 @@ func (p *Preparer) reconcile(ctx context.Context) error {
 	}
 
 	completed := p.completedClaims()
-	owned := map[migKey]bool{}
-	wantMPS := map[string]bool{}
+	owned := map[int][]*checkpoint.MIG{}
 	for _, c := range completed {
 		for _, d := range c.Devices {
 			if d.MIG != nil && d.MIG.Created {
-				owned[migKey{d.GPUIndex, d.MIG.GPUInstanceID, d.MIG.Placement.Start, d.MIG.Placement.Size}] = true
-			}
-			if d.Sharing != nil && d.Sharing.Strategy == "MPS" {
-				wantMPS[d.GPUUUID] = true
+				owned[d.GPUIndex] = append(owned[d.GPUIndex], d.MIG)
 			}
 		}
 	}
 
-	for index, g := range p.gpus {
+	p.invMu.RLock()
+	gpus := maps.Clone(p.gpus)
+	p.invMu.RUnlock()
+	for index, g := range gpus {
 		if !g.gpu.MIG.Capable {
 			continue
 		}
@@ -79,22 +80,26 @@ func (p *Preparer) reconcile(ctx context.Context) error {
 		}
 	}
 
-	running, err := p.mps.Running(ctx)
+	daemons, err := p.mps.List(ctx)
 	if err != nil {
 		errs = append(errs, err)
 	}
-	for _, gpu := range running {
-		if !wantMPS[gpu] {
-			logger.Info("Stopping an MPS daemon no claim uses", "gpu", gpu)
-			if err := p.mps.Stop(ctx, gpu); err != nil {
-				errs = append(errs, err)
+	for _, id := range sortedKeys(daemons) {
+		if c, ok := completed[id]; ok {
+			if _, uses := p.daemon(c); uses {
+				continue
 			}
 		}
-	}
-	for _, gpu := range sortedKeys(wantMPS) {
-		if err := p.mps.Start(ctx, p.daemon(gpu)); err != nil {
+		logger.Info("Stopping an MPS daemon no claim uses", "daemon", id, "alive", daemons[id])
+		if err := p.mps.Stop(ctx, id); err != nil {
 			errs = append(errs, err)
 		}
+	}
+	// Daemons die with the plugin's container: the claims' running clients
+	// lose their server, and new CUDA contexts of the claim's containers
+	// connect to the daemon started here, with the same limits.
+	if _, err := p.syncMPS(ctx, false); err != nil {
+		errs = append(errs, err)
 	}
 	p.mu.Lock()
 	p.recordMetrics()
@@ -102,18 +107,16 @@ func (p *Preparer) reconcile(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
-type migKey struct{ gpu, gpuInstanceID, start, size int }
-
 // destroyUnowned destroys the GPU's MIG instances that no completed claim
 // owns and switches MIG mode off when none remains. Must be called with g
 // locked.
-func (p *Preparer) destroyUnowned(ctx context.Context, g *gpuState, owned map[migKey]bool) error {
+func (p *Preparer) destroyUnowned(ctx context.Context, g *gpuState, owned map[int][]*checkpoint.MIG) error {
 	existing, err := p.nvml.MIGDevices(ctx, g.gpu.Index)
 	if err != nil {
 		return fmt.Errorf("list MIG devices: %w", err)
 	}
 	for _, m := range existing {
-		if owned[migKey{g.gpu.Index, m.GPUInstanceID, m.Placement.Start, m.Placement.Size}] {
+		if slices.ContainsFunc(owned[g.gpu.Index], func(rec *checkpoint.MIG) bool { return sameMIG(rec, m) }) {
 			continue
 		}
 		klog.FromContext(ctx).Info("Destroying a MIG instance no claim owns", "gpu", g.gpu.Index, "gpuInstance", m.GPUInstanceID, "placement", m.Placement)

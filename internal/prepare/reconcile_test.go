@@ -10,6 +10,7 @@ import (
 	"k8s.io/klog/v2/ktesting"
 
 	tcdi "github.com/tessera-gpu/tessera/internal/cdi"
+	"github.com/tessera-gpu/tessera/internal/sharing"
 	"github.com/tessera-gpu/tessera/pkg/inventory"
 )
 
@@ -48,7 +49,7 @@ func TestReconcileRemovesWhatNobodyOwns(t *testing.T) {
 		t.Fatal(err)
 	}
 	uuid2, _ := e.server.Devices[2].GetUUID()
-	if err := e.mps.Start(ctx, MPSDaemon{GPUUUID: uuid2}); err != nil {
+	if err := e.mps.Start(ctx, sharing.Daemon{ID: "stray", GPUUUID: uuid2}); err != nil {
 		t.Fatal(err)
 	}
 	if got := e.state(); len(got.MIG) != 3 || len(got.CDI) != 2 || len(got.Daemons) != 2 {

@@ -4,14 +4,12 @@ import (
 	"fmt"
 
 	tcdi "github.com/tessera-gpu/tessera/internal/cdi"
+	"github.com/tessera-gpu/tessera/internal/sharing"
 )
 
 // CapabilityLookup returns the MIG capability device nodes of a GPU
 // instance and its compute instance on the GPU with the given minor.
 type CapabilityLookup func(gpuMinor, gpuInstanceID, computeInstanceID int) ([]string, error)
-
-// WithMIGCapabilities replaces reading the driver's capability files.
-func WithMIGCapabilities(f CapabilityLookup) Option { return func(p *Preparer) { p.capabilities = f } }
 
 // SimulatedDriver is for mock NVML backends, on machines with no NVIDIA
 // driver (the local cluster, e2e): MPS daemons and time slices are
@@ -19,8 +17,8 @@ func WithMIGCapabilities(f CapabilityLookup) Option { return func(p *Preparer) {
 // instance IDs instead of read from /proc.
 func SimulatedDriver() Option {
 	return func(p *Preparer) {
-		p.mps = NewFakeMPS()
-		p.slicer = &FakeTimeSlicer{}
+		p.mps = sharing.NewFakeMPS()
+		p.slicer = &sharing.FakeTimeSlicer{}
 		p.capabilities = func(gpuMinor, gi, ci int) ([]string, error) {
 			base := 1000 + gpuMinor*1000 + gi*10
 			return []string{fmt.Sprintf("/dev/nvidia-caps/nvidia-cap%d", base), fmt.Sprintf("/dev/nvidia-caps/nvidia-cap%d", base+1+ci)}, nil

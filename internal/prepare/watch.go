@@ -3,6 +3,7 @@ package prepare
 import (
 	"context"
 	"errors"
+	"fmt"
 	"time"
 
 	"k8s.io/klog/v2"
@@ -11,61 +12,61 @@ import (
 )
 
 // SyncMPS restarts the MPS daemons that prepared claims need and that are
-// not running (a daemon that crashed or was killed), so that their
-// clients can reconnect. It returns the GPUs whose daemon was restarted.
+// not alive (a daemon that crashed or was killed, or died with a previous
+// plugin container), so that their clients can reconnect; a restarted
+// daemon gets the claim's limits again. It returns the UIDs of the claims
+// whose daemon was restarted.
 func (p *Preparer) SyncMPS(ctx context.Context) ([]string, error) {
-	want := map[string]int{}
-	for _, c := range p.completedClaims() {
-		for _, d := range c.Devices {
-			if d.Sharing != nil && d.Sharing.Strategy == "MPS" {
-				want[d.GPUUUID] = d.GPUIndex
-			}
-		}
-	}
-	running, err := p.mps.Running(ctx)
+	return p.syncMPS(ctx, true)
+}
+
+// syncMPS is SyncMPS; lock says whether to take the state lock (start-up
+// holds it already).
+func (p *Preparer) syncMPS(ctx context.Context, lock bool) ([]string, error) {
+	daemons, err := p.mps.List(ctx)
 	if err != nil {
 		return nil, err
 	}
-	up := map[string]bool{}
-	for _, gpu := range running {
-		up[gpu] = true
-	}
 	var restarted []string
 	var errs []error
-	for _, uuid := range sortedKeys(want) {
-		if up[uuid] {
+	for _, uid := range sortedKeys(p.completedClaims()) {
+		if daemons[uid] {
 			continue
 		}
-		g := p.gpus[want[uuid]]
-		g.Lock()
-		// Checked again under the GPU's lock: the last claim may have
-		// been unprepared meanwhile.
-		if p.usesMPS(uuid) {
-			if err := p.mps.Start(ctx, p.daemon(uuid)); err != nil {
-				errs = append(errs, err)
-			} else {
-				restarted = append(restarted, uuid)
-			}
+		started, err := p.restartDaemon(ctx, uid, lock)
+		if err != nil {
+			errs = append(errs, err)
 		}
-		g.Unlock()
+		if started {
+			restarted = append(restarted, uid)
+		}
 	}
 	return restarted, errors.Join(errs...)
 }
 
-func (p *Preparer) usesMPS(gpuUUID string) bool {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	for _, c := range p.cp.Claims {
-		if c.State != checkpoint.PrepareCompleted {
-			continue
+// restartDaemon starts the claim's daemon under the claim's lock, so that
+// a concurrent unprepare cannot leave a daemon behind.
+func (p *Preparer) restartDaemon(ctx context.Context, uid string, lock bool) (bool, error) {
+	defer p.claims.lock(uid)()
+	if lock {
+		unlock, err := p.lockState()
+		if err != nil {
+			return false, err
 		}
-		for _, d := range c.Devices {
-			if d.GPUUUID == gpuUUID && d.Sharing != nil && d.Sharing.Strategy == "MPS" {
-				return true
-			}
-		}
+		defer unlock()
 	}
-	return false
+	c := p.claim(uid)
+	if c == nil || c.State != checkpoint.PrepareCompleted {
+		return false, nil
+	}
+	d, ok := p.daemon(c)
+	if !ok {
+		return false, nil
+	}
+	if err := p.mps.Start(ctx, d); err != nil {
+		return false, fmt.Errorf("restart MPS daemon of claim %s/%s: %w", c.Namespace, c.Name, err)
+	}
+	return true, nil
 }
 
 // WatchMPS calls SyncMPS every interval until ctx ends.

@@ -56,3 +56,27 @@ func TestMIGDeviceName(t *testing.T) {
 		t.Errorf("MIGDeviceName found a device on the wrong GPU")
 	}
 }
+
+// TestPluginRestartRestartsDaemonsWithTheirLimits: daemons die with the
+// plugin's container; the next start brings every prepared claim's daemon
+// back with the claim's limits, so that its containers' new CUDA contexts
+// are limited as before.
+func TestPluginRestartRestartsDaemonsWithTheirLimits(t *testing.T) {
+	_, ctx := ktesting.NewTestContext(t)
+	e := newTestEnv(t, "dgxh200", 1)
+	p := e.mustPreparer(ctx)
+	c := makeClaim("c").share("s", "gpu-0-shared", "8Gi", "40", "x").obj()
+	if res := p.Prepare(ctx, c); res.Err != nil {
+		t.Fatal(res.Err)
+	}
+	before, _ := e.mps.Get("c")
+	e.mps.Kill("c") // the plugin's container went, and its daemons with it
+	e.mustPreparer(ctx)
+	after, ok := e.mps.Get("c")
+	if alive, _ := e.mps.List(ctx); !ok || !alive["c"] {
+		t.Fatalf("daemon of claim c not running after the restart: %v", alive)
+	}
+	if diff := cmp.Diff(before, after); diff != "" || after.PinnedMemoryLimitBytes != 8<<30 || after.ActiveThreadPercentage != 40 {
+		t.Errorf("restarted daemon (-before +after):\n%s%+v", diff, after)
+	}
+}

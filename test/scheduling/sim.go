@@ -5,12 +5,8 @@
 package scheduling
 
 import (
-	"bufio"
-	"bytes"
 	"context"
-	"errors"
 	"fmt"
-	"io"
 	"time"
 
 	v1 "k8s.io/api/core/v1"
@@ -19,12 +15,11 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/sets"
-	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"k8s.io/dynamic-resource-allocation/cel"
 	"k8s.io/dynamic-resource-allocation/structured"
 
 	gpuapi "github.com/tessera-gpu/tessera/api/gpu"
-	"github.com/tessera-gpu/tessera/e2e/manifests"
+	chart "github.com/tessera-gpu/tessera/deployments/helm/tessera"
 )
 
 // Features are the DRA features kube-scheduler 1.37 enables by default and
@@ -41,30 +36,20 @@ var Features = structured.Features{
 // Classes are the DeviceClasses Tessera ships, decoded from the same manifest
 // the local cluster installs, so that the allocator here selects devices
 // exactly as the installed classes do.
-var Classes = mustLoadClasses(manifests.DeviceClasses)
+var Classes = mustLoadClasses()
 
-func mustLoadClasses(data []byte) classLister {
+func mustLoadClasses() classLister {
+	classes, err := chart.DeviceClassObjects()
+	if err != nil {
+		panic(err)
+	}
 	out := classLister{}
-	reader := utilyaml.NewYAMLReader(bufio.NewReader(bytes.NewReader(data)))
-	for {
-		doc, err := reader.Read()
-		if errors.Is(err, io.EOF) {
-			break
-		}
-		if err != nil {
-			panic(fmt.Sprintf("read shipped DeviceClasses: %v", err))
-		}
-		var dc resourceapi.DeviceClass
-		if err := utilyaml.Unmarshal(doc, &dc); err != nil {
-			panic(fmt.Sprintf("decode shipped DeviceClass: %v", err))
-		}
-		if dc.Name != "" {
-			out[dc.Name] = &dc
-		}
+	for _, dc := range classes {
+		out[dc.Name] = dc
 	}
 	for _, name := range gpuapi.Classes {
 		if out[name] == nil {
-			panic(fmt.Sprintf("shipped DeviceClasses lack %s", name))
+			panic(fmt.Sprintf("the chart's DeviceClasses lack %s", name))
 		}
 	}
 	return out

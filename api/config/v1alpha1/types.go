@@ -21,9 +21,10 @@ const (
 	// enforces nothing: a share's memory and compute are only what the
 	// scheduler counted.
 	TimeSlicingStrategy SharingStrategy = "TimeSlicing"
-	// MPSStrategy runs the clients under one MPS control daemon per GPU,
-	// which enforces each claim's pinned device memory and active thread
-	// percentage. It is the default for shared GPUs.
+	// MPSStrategy runs each claim's clients under an MPS control daemon of
+	// the claim's own, whose defaults are the claim's pinned device memory
+	// and active thread percentage, so that clients cannot undo them. It is
+	// the default for shared GPUs.
 	MPSStrategy SharingStrategy = "MPS"
 )
 
@@ -55,6 +56,14 @@ type GPUConfig struct {
 	// GPU as the driver has it.
 	// +optional
 	Sharing *Sharing `json:"sharing,omitempty"`
+
+	// AllowClaimSharing, in a DeviceClass's config, lets the claims of the
+	// class set Sharing on shares of time-shared GPUs. Without it, only the
+	// class sets how a share is shared: a claim that chose time slicing
+	// would escape its MPS limits and change the time slice of everyone on
+	// the GPU. A claim's own config may not set it.
+	// +optional
+	AllowClaimSharing bool `json:"allowClaimSharing,omitempty"`
 }
 
 // MIGConfig configures MIG partitions (mig.gpu.tessera.dev).

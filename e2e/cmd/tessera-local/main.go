@@ -32,6 +32,7 @@ func main() {
 	fs.StringVar(&opts.BinDir, "bin-dir", cluster.DefaultBinDir(), "directory with etcd, kube-apiserver, kube-controller-manager, kube-scheduler (make cluster-binaries)")
 	fs.StringVar(&opts.PluginBinary, "plugin", cluster.DefaultPluginBinary(), "dra-kubelet-plugin binary")
 	fs.StringVar(&opts.ControllerBinary, "controller", cluster.DefaultControllerBinary(), "dra-controller binary (tenancy)")
+	fs.StringVar(&opts.Helm, "helm", cluster.DefaultHelm(), "Helm CLI that renders Tessera's chart (make builds it from tools/helm; default $TESSERA_HELM)")
 	fs.StringVar(&opts.WorkDir, "work-dir", "", "directory for cluster state and logs (default: a new temporary directory)")
 	fs.IntVar(&opts.Nodes, "nodes", 2, "number of simulated GPU nodes")
 	fs.StringVar(&opts.NVML, "nvml", "mock:dgxh200:8", "NVML backend of every node's plugin")

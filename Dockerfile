@@ -1,0 +1,33 @@
+# Tessera's image: every binary in one image, so the controller Deployment and the
+# kubelet plugin DaemonSet of the Helm chart run the same build.
+#
+#   make images IMAGE=ghcr.io/tessera-gpu/tessera TAG=0.1.0
+#
+# dra-controller is fully static (CGO_ENABLED=0). dra-kubelet-plugin needs cgo:
+# go-nvml dlopens the host driver's libnvidia-ml.so at start, which a static glibc
+# binary cannot do reliably, so it links glibc dynamically and nothing else.
+ARG GO_VERSION=1.26
+
+FROM golang:${GO_VERSION}-bookworm AS build
+WORKDIR /src
+COPY go.mod go.sum ./
+RUN --mount=type=cache,target=/root/go/pkg/mod go mod download
+COPY api/ api/
+COPY cmd/ cmd/
+COPY internal/ internal/
+COPY pkg/ pkg/
+ARG VERSION=dev
+ENV CGO_CFLAGS=-Wno-deprecated-declarations
+RUN --mount=type=cache,target=/root/go/pkg/mod --mount=type=cache,target=/root/.cache/go-build \
+    CGO_ENABLED=1 go build -trimpath -ldflags="-s -w" -o /out/dra-kubelet-plugin ./cmd/dra-kubelet-plugin && \
+    for cmd in $(ls cmd | grep -v dra-kubelet-plugin); do \
+      CGO_ENABLED=0 go build -trimpath -ldflags="-s -w" -o /out/${cmd} ./cmd/${cmd}; \
+    done
+
+# distroless/base carries glibc for the plugin and nothing else: no shell, no
+# package manager. The default user is nonroot (65532); the chart runs the
+# controller as that user and the privileged plugin as root.
+FROM gcr.io/distroless/base-debian12:nonroot
+COPY --from=build /out/ /
+USER 65532:65532
+ENTRYPOINT ["/dra-controller"]

@@ -1,0 +1,20 @@
+# Tessera's Helm chart (deployments/helm/tessera). Included by the top-level
+# Makefile (hack/make/*.mk).
+#
+#   make helm          build the pinned Helm CLI (tools/helm) into the cache; print its path
+#   make chart-lint    helm lint --strict
+#   make chart-docs    regenerate docs/values.md from the chart's schema (part of make generate)
+
+HELM_TOOL := hack/go-tool.sh helm tools/helm helm.sh/helm/v4/cmd/helm
+CHART_DIR := deployments/helm/tessera
+
+.PHONY: helm chart-lint chart-docs
+
+helm:
+	@$(HELM_TOOL)
+
+chart-lint:
+	"$$($(HELM_TOOL))" lint --strict $(CHART_DIR)
+
+chart-docs:
+	$(GO) run ./hack/valuesdoc $(CHART_DIR) docs/values.md
