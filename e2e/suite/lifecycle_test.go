@@ -140,12 +140,12 @@ func TestPrepareFailureIsReported(t *testing.T) {
 		config  string
 		want    string
 	}{
-		"unknown field": {
+		"unknown-field": {
 			request: request("gpu", gpuapi.ClassGPU),
 			config:  `{"apiVersion":"config.gpu.tessera.dev/v1alpha1","kind":"GPUConfig","noSuchField":true}`,
 			want:    "noSuchField",
 		},
-		"claim sets the sharing of its share": {
+		"claim-sets-the-sharing-of-its-share": {
 			request: withMemory(request("gpu", gpuapi.ClassShared), "1Gi"),
 			config:  `{"apiVersion":"config.gpu.tessera.dev/v1alpha1","kind":"GPUConfig","sharing":{"strategy":"TimeSlicing"}}`,
 			want:    "the sharing of a time-shared GPU is set by its DeviceClass",
