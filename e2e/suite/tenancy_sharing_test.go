@@ -226,7 +226,12 @@ func TestTenantExclusiveSharing(t *testing.T) {
 		})
 		if err != nil {
 			running, all := runningPods(ctx, namespaces...)
-			t.Fatalf("%d of %d pods running, want all %d: %v", running, all, want, err)
+			_, pending := boundPods(ctx, namespaces...)
+			var why []string
+			for _, p := range pending {
+				why = append(why, p.Name+": "+eventSummary(p))
+			}
+			t.Fatalf("%d of %d pods running, want all %d: %v; unbound: %v", running, all, want, err, why)
 		}
 	}
 	waitTaints := func(t *testing.T, what string, ok func(map[string]string) bool) {
