@@ -140,12 +140,20 @@ func TestTenantExclusiveSharing(t *testing.T) {
 
 	t.Run("tolerations", func(t *testing.T) {
 		// The sharing policy adds the tenant's own toleration to its claims.
-		claim, err := local.Client.ResourceV1().ResourceClaims(nsA).Create(ctx, &resourceapi.ResourceClaim{
-			ObjectMeta: metav1.ObjectMeta{GenerateName: "probe-", Namespace: nsA},
-			Spec:       claimSpec(request("gpu", gpuapi.ClassShared)),
-		}, metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}})
+		// Until the controller has taken a namespace that just joined a
+		// tenant out of the untenanted sharing binding (about a second), its
+		// claims also get the untenanted toleration and are refused: poll.
+		var claim *resourceapi.ResourceClaim
+		err := wait.PollUntilContextTimeout(ctx, pollEvery, waitTimeout, true, func(ctx context.Context) (bool, error) {
+			var err error
+			claim, err = local.Client.ResourceV1().ResourceClaims(nsA).Create(ctx, &resourceapi.ResourceClaim{
+				ObjectMeta: metav1.ObjectMeta{GenerateName: "probe-", Namespace: nsA},
+				Spec:       claimSpec(request("gpu", gpuapi.ClassShared)),
+			}, metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}})
+			return err == nil, nil
+		})
 		if err != nil {
-			t.Fatalf("tenant's own claim refused: %v", err)
+			t.Fatalf("tenant's own claim still refused after %s", waitTimeout)
 		}
 		tols := claim.Spec.Devices.Requests[0].Exactly.Tolerations
 		if len(tols) != 1 || !tenancy.EntitledToleration(a, tols[0]) {
