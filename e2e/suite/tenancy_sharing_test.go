@@ -11,6 +11,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	resourceapi "k8s.io/api/resource/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/wait"
@@ -283,8 +284,11 @@ func TestTenantExclusiveSharing(t *testing.T) {
 	waitTaints(t, "one GPU per tenant", onePerTenant)
 	checkWatch(t)
 
-	// Random deletes, each replaced at once: the replacement must pack onto
-	// its tenant's GPU again.
+	// Random deletes, each replaced once the victim's claim is gone: the
+	// replacement must pack onto its tenant's GPU again. (Replacing at once
+	// left the second of two replacements waiting for the same GPU pending
+	// for minutes in kube-scheduler 1.37.2: the generated claim's
+	// deallocation did not requeue it. See the report.)
 	seed := time.Now().UnixNano()
 	t.Logf("random deletes with seed %d", seed)
 	rng := rand.New(rand.NewPCG(uint64(seed), 0))
@@ -297,6 +301,14 @@ func TestTenantExclusiveSharing(t *testing.T) {
 		victim := bound[rng.IntN(len(bound))]
 		if err := local.Client.CoreV1().Pods(victim.Namespace).Delete(ctx, victim.Name, metav1.DeleteOptions{GracePeriodSeconds: new(int64(0))}); err != nil {
 			t.Fatalf("delete pod %s/%s: %v", victim.Namespace, victim.Name, err)
+		}
+		claimName := *victim.Status.ResourceClaimStatuses[0].ResourceClaimName
+		err := wait.PollUntilContextTimeout(ctx, pollEvery, sharingTimeout, true, func(ctx context.Context) (bool, error) {
+			_, err := local.Client.ResourceV1().ResourceClaims(victim.Namespace).Get(ctx, claimName, metav1.GetOptions{})
+			return apierrors.IsNotFound(err), nil
+		})
+		if err != nil {
+			t.Fatalf("claim %s/%s of a deleted pod not gone: %v", victim.Namespace, claimName, err)
 		}
 		start(victim.Namespace)
 		if i%3 == 2 {
