@@ -29,7 +29,7 @@ test: verify unit e2e ## Run everything CI runs: verify, unit tests, e2e suite
 .PHONY: bench
 bench: ## Run the benchmarks of docs/benchmarks.md
 	$(GO) test -run '^$$' -bench Packing -benchtime 1x ./test/scheduling/
-	$(GO) test -run '^$$' -bench AllocatorPerClaim -benchtime 20x ./test/scheduling/
+	$(MAKE) bench-allocator
 	$(MAKE) bench-prepare
 
 .PHONY: fmt

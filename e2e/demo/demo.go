@@ -35,6 +35,9 @@ type Options struct {
 	Nodes int
 	NVML  string
 	Out   io.Writer
+	// TesseraScheduler, when set, is a tessera-scheduler binary to run as a
+	// second scheduler (schedulerName cluster.TesseraSchedulerName).
+	TesseraScheduler string
 }
 
 // start brings up a cluster with Tessera installed.
@@ -73,6 +76,12 @@ func start(ctx context.Context, opts Options) (*cluster.Local, func(), error) {
 		cleanup()
 		return nil, nil, fmt.Errorf("install tenancy: %w", err)
 	}
+	if opts.TesseraScheduler != "" {
+		if err := l.StartTesseraScheduler(ctx, opts.TesseraScheduler); err != nil {
+			cleanup()
+			return nil, nil, err
+		}
+	}
 	return l, cleanup, nil
 }
 
@@ -80,7 +89,7 @@ func start(ctx context.Context, opts Options) (*cluster.Local, func(), error) {
 // then runs until ctx ends.
 func DevCluster(ctx context.Context, opts Options) error {
 	opts.Out = orDiscard(opts.Out)
-	l, stop, err := start(ctx, Options{BinDir: opts.BinDir, PluginBinary: opts.PluginBinary, ControllerBinary: opts.ControllerBinary, Helm: opts.Helm, WorkDir: opts.WorkDir, Nodes: opts.Nodes, NVML: opts.NVML, Out: io.Discard})
+	l, stop, err := start(ctx, Options{BinDir: opts.BinDir, PluginBinary: opts.PluginBinary, ControllerBinary: opts.ControllerBinary, Helm: opts.Helm, WorkDir: opts.WorkDir, Nodes: opts.Nodes, NVML: opts.NVML, Out: io.Discard, TesseraScheduler: opts.TesseraScheduler})
 	if err != nil {
 		return err
 	}

@@ -86,6 +86,12 @@ func run(m *testing.M) (code int) {
 		fmt.Fprintln(os.Stderr, "set up tenancy:", err)
 		return 1
 	}
+	if bin := os.Getenv(cluster.TesseraSchedulerEnv); bin != "" {
+		if err := local.StartTesseraScheduler(ctx, bin); err != nil {
+			fmt.Fprintln(os.Stderr, "start tessera-scheduler:", err)
+			return 1
+		}
+	}
 	fmt.Printf("local cluster up in %s (kubeconfig %s)\n", time.Since(started).Round(100*time.Millisecond), local.Kubeconfig)
 
 	code = m.Run()

@@ -1,8 +1,9 @@
 // Package resourceslice turns a node's inventory into the ResourceSlices that
 // Tessera publishes: one pool named after the node, one slice (or more, past
 // eight GPUs) holding the GPUs' counter sets, and device slices of at most 64
-// devices: first the whole and shared GPUs in index order, then each GPU's
-// MIG partitions in the packing order of package partition. It is pure and deterministic: the same
+// devices: first the whole and shared GPUs in index order, then the MIG
+// partitions profile by profile, each GPU's in the packing order of package
+// partition. It is pure and deterministic: the same
 // inventory gives byte-identical slices, so republishing never churns.
 package resourceslice
 
@@ -54,6 +55,13 @@ type Options struct {
 	// device: with tenancy on, the scheduler allocates, then waits for the
 	// tenancy controller to admit or reject the allocation.
 	BindingConditions, BindingFailureConditions []string
+	// Prepared names the devices prepared on the node (a time-shared GPU
+	// with any share prepared included). When WithdrawBlocked is set, the
+	// devices they block are left out until they are unprepared.
+	Prepared map[string]bool
+	// WithdrawBlocked publishes only what can still be allocated next to
+	// the prepared devices (see blocked).
+	WithdrawBlocked bool
 }
 
 // Build returns the resources of one node, in a single pool named after it.
@@ -72,23 +80,46 @@ func Build(nodeName string, node inventory.Node, opts Options) draslices.DriverR
 		slices = append(slices, draslices.Slice{SharedCounters: sets})
 	}
 
-	// Whole and shared GPUs come first, MIG partitions after them, GPU by
-	// GPU in packing order. The allocator evaluates the class's CEL
-	// selector on each device in turn until one fits, so a whole-GPU or
-	// share claim is decided after a few evaluations instead of walking
-	// past every partition of every GPU in use.
-	var first, migs []resourceapi.Device
+	// Whole and shared GPUs come first, MIG partitions after them. The
+	// allocator evaluates the class's and the request's CEL selectors on
+	// each device in turn until one fits, so a whole-GPU or share claim is
+	// decided after a few evaluations instead of walking past every
+	// partition of every GPU in use. MIG partitions are profile-major: all
+	// GPUs' placements of one profile together, GPU by GPU, each GPU's in
+	// packing order. Among the devices of one profile that is the order
+	// GPU by GPU would give, so the allocator chooses the same partitions,
+	// but a claim for one profile stops walking past the other profiles'
+	// partitions of every GPU in use.
+	var first []resourceapi.Device
+	var migs [][]resourceapi.Device // by profile, in order of first appearance
+	profileIndex := map[int]int{}
 	for i, g := range gpus {
+		var withdrawn map[string]bool
+		if opts.WithdrawBlocked {
+			withdrawn = blocked(g, opts.Prepared)
+		}
 		for _, d := range g.Devices {
-			dev := device(node, node.GPUs[i], g, d, opts)
-			if d.Kind == partition.KindMIG {
-				migs = append(migs, dev)
-			} else {
-				first = append(first, dev)
+			if withdrawn[d.Name] {
+				continue
 			}
+			dev := device(node, node.GPUs[i], g, d, opts)
+			if d.Kind != partition.KindMIG {
+				first = append(first, dev)
+				continue
+			}
+			j, ok := profileIndex[d.Profile.ID]
+			if !ok {
+				j = len(migs)
+				profileIndex[d.Profile.ID] = j
+				migs = append(migs, nil)
+			}
+			migs[j] = append(migs[j], dev)
 		}
 	}
-	devices := append(first, migs...)
+	devices := first
+	for _, m := range migs {
+		devices = append(devices, m...)
+	}
 	for start := 0; start < len(devices); start += maxDevicesPerSlice {
 		slices = append(slices, draslices.Slice{Devices: devices[start:min(start+maxDevicesPerSlice, len(devices))]})
 	}

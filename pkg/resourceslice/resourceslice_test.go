@@ -10,6 +10,7 @@ import (
 	"k8s.io/utils/ptr"
 
 	"github.com/tessera-gpu/tessera/pkg/inventory"
+	"github.com/tessera-gpu/tessera/pkg/partition"
 	"github.com/tessera-gpu/tessera/pkg/resourceslice"
 
 	gpuapi "github.com/tessera-gpu/tessera/api/gpu"
@@ -214,5 +215,33 @@ func TestBindingConditionsReachEveryDevice(t *testing.T) {
 	plain := resourceslice.Objects("n1", resourceslice.Build("n1", node(1), resourceslice.Options{}))
 	if got := find(t, plain, "gpu-0").BindingConditions; got != nil {
 		t.Errorf("without tenancy, gpu-0 has binding conditions %v", got)
+	}
+}
+
+// TestDeviceOrder: whole and shared GPUs first, then MIG partitions profile
+// by profile, GPU by GPU, each GPU's in the packing order of package partition.
+func TestDeviceOrder(t *testing.T) {
+	inv := node(3)
+	var want []string
+	for _, g := range inv.GPUs {
+		want = append(want, gpuapi.WholeDeviceName(g.Index), gpuapi.SharedDeviceName(g.Index))
+	}
+	for _, p := range inv.GPUs[0].MIG.Profiles {
+		for _, g := range inv.GPUs {
+			for _, d := range partition.Build(g, partition.Options{}).Devices {
+				if d.Kind == partition.KindMIG && d.Profile.ID == p.ID {
+					want = append(want, d.Name)
+				}
+			}
+		}
+	}
+	var got []string
+	for _, s := range resourceslice.Build("n1", inv, resourceslice.Options{}).Pools["n1"].Slices {
+		for _, d := range s.Devices {
+			got = append(got, d.Name)
+		}
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("device order (-want +got):\n%s", diff)
 	}
 }

@@ -57,6 +57,19 @@ func mustLoadClasses() classLister {
 
 type classLister map[string]*resourceapi.DeviceClass
 
+// allocatorClasses are the classes the allocator here knows: Tessera's and
+// those of the other layouts the benchmarks compare.
+var allocatorClasses = func() classLister {
+	out := classLister{}
+	for name, dc := range Classes {
+		out[name] = dc
+	}
+	for _, dc := range nvidiaClasses {
+		out[dc.Name] = dc
+	}
+	return out
+}()
+
 func (c classLister) List() ([]*resourceapi.DeviceClass, error) {
 	out := make([]*resourceapi.DeviceClass, 0, len(c))
 	for _, dc := range c {
@@ -118,7 +131,7 @@ func (c *Cluster) AllocateOn(ctx context.Context, node int, claim *resourceapi.R
 func (c *Cluster) allocate(ctx context.Context, claim *resourceapi.ResourceClaim, nodes []*v1.Node) (*resourceapi.AllocationResult, error) {
 	ctx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
-	alloc, err := structured.NewAllocator(ctx, Features, c.state, Classes, c.Slices, c.cel)
+	alloc, err := structured.NewAllocator(ctx, Features, c.state, allocatorClasses, c.Slices, c.cel)
 	if err != nil {
 		return nil, err
 	}
@@ -141,7 +154,7 @@ func (c *Cluster) allocate(ctx context.Context, claim *resourceapi.ResourceClaim
 func (c *Cluster) Filter(ctx context.Context, claim *resourceapi.ResourceClaim) (int, error) {
 	ctx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
-	alloc, err := structured.NewAllocator(ctx, Features, c.state, Classes, c.Slices, c.cel)
+	alloc, err := structured.NewAllocator(ctx, Features, c.state, allocatorClasses, c.Slices, c.cel)
 	if err != nil {
 		return 0, err
 	}

@@ -130,6 +130,11 @@ func TestDefaultInstall(t *testing.T) {
 	if s := ds[0].Spec.UpdateStrategy.RollingUpdate; s == nil || s.MaxSurge == nil || s.MaxSurge.IntValue() != 1 || s.MaxUnavailable.IntValue() != 0 {
 		t.Errorf("plugin update strategy %+v: want a surge rollout so old and new plugins overlap", ds[0].Spec.UpdateStrategy)
 	}
+	for _, m := range c.VolumeMounts {
+		if m.MountPath == "/var/lib/tessera" && (m.MountPropagation == nil || *m.MountPropagation != corev1.MountPropagationBidirectional) {
+			t.Error("the state directory needs Bidirectional mount propagation: MPS claims' /dev/shm tmpfs mounts must reach the host")
+		}
+	}
 	hostPaths := map[string]bool{}
 	for _, v := range plugin.Volumes {
 		if v.HostPath != nil {

@@ -36,6 +36,7 @@ func main() {
 	fs.StringVar(&opts.WorkDir, "work-dir", "", "directory for cluster state and logs (default: a new temporary directory)")
 	fs.IntVar(&opts.Nodes, "nodes", 2, "number of simulated GPU nodes")
 	fs.StringVar(&opts.NVML, "nvml", "mock:dgxh200:8", "NVML backend of every node's plugin")
+	fs.StringVar(&opts.TesseraScheduler, "tessera-scheduler", os.Getenv(cluster.TesseraSchedulerEnv), "tessera-scheduler binary to run as a second scheduler (schedulerName tessera-scheduler); none when empty")
 	klog.InitFlags(fs)
 	_ = fs.Set("logtostderr", "true")
 	_ = fs.Parse(os.Args[2:])

@@ -1,0 +1,26 @@
+// Command tessera-sim replays GPU workloads against a fleet with
+// kube-scheduler's DRA allocator on the slices Tessera publishes, to measure
+// how much GPU capacity each placement policy leaves unallocated.
+//
+//	tessera-sim trace --pods PODS.csv --nodes NODES.csv --policy whole,stock,tessera --seeds 10
+//	tessera-sim whatif --pods PODS.csv --nodes NODES.csv
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/tessera-gpu/tessera/internal/sim"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := sim.NewCommand().ExecuteContext(ctx); err != nil {
+		fmt.Fprintln(os.Stderr, "tessera-sim:", err)
+		os.Exit(1)
+	}
+}

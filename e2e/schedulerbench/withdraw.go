@@ -1,0 +1,174 @@
+package schedulerbench
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"strings"
+	"sync"
+	"time"
+
+	resourceapi "k8s.io/api/resource/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/cache"
+
+	gpuapi "github.com/tessera-gpu/tessera/api/gpu"
+	"github.com/tessera-gpu/tessera/pkg/inventory"
+	"github.com/tessera-gpu/tessera/pkg/resourceslice"
+	"github.com/tessera-gpu/tessera/test/scheduling"
+)
+
+// Withdrawn is Tessera's layout with resourceslice.Options.WithdrawBlocked:
+// during its phase a publisher republishes a node's slices whenever a claim
+// on it is allocated or freed, as if each allocated device were prepared at
+// once (the best case for withdrawal: on a real node, prepare follows the
+// pod's start).
+var Withdrawn = func() scheduling.Layout {
+	l := scheduling.Tessera
+	l.Name = "tessera-withdrawn"
+	return l
+}()
+
+// republisher keeps each node's slices at what the plugin would publish
+// with the node's allocated devices prepared.
+type republisher struct {
+	client kubernetes.Interface
+	inv    inventory.Node
+	out    io.Writer
+
+	mu    sync.Mutex
+	dirty map[string]bool
+	// claims maps allocated claims to their node and devices.
+	claims     map[string]allocation
+	generation map[string]int64
+	published  map[string]int
+	updates    int
+}
+
+type allocation struct {
+	node    string
+	devices []string
+}
+
+func newRepublisher(client kubernetes.Interface, inv inventory.Node, out io.Writer) *republisher {
+	return &republisher{client: client, inv: inv, out: out, dirty: map[string]bool{}, claims: map[string]allocation{},
+		generation: map[string]int64{}, published: map[string]int{}}
+}
+
+// slices returns what the node publishes now, named as the first
+// publication names them.
+func (r *republisher) slices(node string) []*resourceapi.ResourceSlice {
+	r.mu.Lock()
+	prepared := map[string]bool{}
+	for _, a := range r.claims {
+		if a.node == node {
+			for _, d := range a.devices {
+				prepared[d] = true
+			}
+		}
+	}
+	r.mu.Unlock()
+	res := resourceslice.Build(node, r.inv, resourceslice.Options{Pool: "default", Prepared: prepared, WithdrawBlocked: true})
+	pool := res.Pools[node]
+	pool.Generation = r.generation[node]
+	res.Pools[node] = pool
+	return resourceslice.Objects(node, res)
+}
+
+// run watches the namespace's claims and republishes changed nodes until ctx ends.
+func (r *republisher) run(ctx context.Context, ns string) {
+	factory := informers.NewSharedInformerFactoryWithOptions(r.client, 0, informers.WithNamespace(ns))
+	update := func(obj any) {
+		claim, ok := obj.(*resourceapi.ResourceClaim)
+		if !ok {
+			if tomb, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+				claim, _ = tomb.Obj.(*resourceapi.ResourceClaim)
+			}
+		}
+		if claim == nil {
+			return
+		}
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		old, had := r.claims[claim.Name]
+		var now allocation
+		if a := claim.Status.Allocation; a != nil && claim.DeletionTimestamp == nil {
+			for _, res := range a.Devices.Results {
+				if res.Driver == gpuapi.DriverName {
+					now.node = res.Pool
+					now.devices = append(now.devices, res.Device)
+				}
+			}
+		}
+		switch {
+		case now.node != "":
+			r.claims[claim.Name] = now
+			r.dirty[now.node] = true
+		case had:
+			delete(r.claims, claim.Name)
+		}
+		if had {
+			r.dirty[old.node] = true
+		}
+	}
+	_, _ = factory.Resource().V1().ResourceClaims().Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc: update, UpdateFunc: func(_, obj any) { update(obj) }, DeleteFunc: update,
+	})
+	factory.Start(ctx.Done())
+	ticker := time.NewTicker(100 * time.Millisecond)
+	defer ticker.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-ticker.C:
+		}
+		r.mu.Lock()
+		var nodes []string
+		for n := range r.dirty {
+			nodes = append(nodes, n)
+		}
+		r.dirty = map[string]bool{}
+		r.mu.Unlock()
+		if err := parallel(ctx, nodes, r.republish); err != nil && ctx.Err() == nil {
+			fmt.Fprintf(r.out, "[%s] republish: %v\n", Withdrawn.Name, err)
+		}
+	}
+}
+
+// republish writes a node's slices under the next pool generation, as the
+// publication controller does, and deletes the slices no longer needed.
+func (r *republisher) republish(ctx context.Context, node string) error {
+	r.mu.Lock()
+	r.generation[node]++
+	r.mu.Unlock()
+	next := r.slices(node)
+	for _, s := range next {
+		cur, err := r.client.ResourceV1().ResourceSlices().Get(ctx, s.Name, metav1.GetOptions{})
+		switch {
+		case apierrors.IsNotFound(err):
+			_, err = r.client.ResourceV1().ResourceSlices().Create(ctx, s, metav1.CreateOptions{})
+		case err == nil:
+			s.ResourceVersion = cur.ResourceVersion
+			_, err = r.client.ResourceV1().ResourceSlices().Update(ctx, s, metav1.UpdateOptions{})
+		}
+		if err != nil {
+			return fmt.Errorf("republish %s: %w", s.Name, err)
+		}
+	}
+	r.mu.Lock()
+	before := r.published[node]
+	r.published[node] = len(next)
+	r.updates += len(next)
+	r.mu.Unlock()
+	for i := len(next); i < before; i++ {
+		name := fmt.Sprintf("%s-%s-%d", node, strings.ReplaceAll(gpuapi.DriverName, ".", "-"), i)
+		if err := r.client.ResourceV1().ResourceSlices().Delete(ctx, name, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
+			return fmt.Errorf("delete %s: %w", name, err)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,41 @@
+# Placement's targets: the capacity simulator and tessera-scheduler.
+# Included by the top-level Makefile (hack/make/*.mk).
+#
+#   make sim-openb          the openb figures and plot of docs/benchmarks.md (10 seeds, ~3 min on 2 cores)
+#   make tessera-scheduler  kube-scheduler with the TesseraPlacement plugin into bin/
+
+OPENB_DIR ?= ../shared/data
+SIM_POLICIES ?= tessera,fgd,stock,whole
+SIM_SEEDS ?= 10
+
+.PHONY: sim-openb
+
+sim-openb:
+	$(GO) build -o $(BIN)/ ./cmd/tessera-sim
+	$(BIN)/tessera-sim trace --pods $(OPENB_DIR)/openb_pod_list_default.csv \
+		--nodes $(OPENB_DIR)/openb_node_list_gpu_node.csv \
+		--policy $(SIM_POLICIES) --seeds $(SIM_SEEDS) --plot docs/placement-openb.png \
+		| tee $(BIN)/sim-openb.json
+
+# tessera-scheduler is kube-scheduler with Tessera's plugin, built from its own module
+# (cmd/tessera-scheduler/go.mod) so that k8s.io/kubernetes stays out of Tessera's module.
+# Always rebuilt (go build is incremental). The e2e suite and dev-cluster run it as a
+# second scheduler (schedulerName tessera-scheduler).
+TESSERA_SCHEDULER_LDFLAGS := -s -w -X k8s.io/component-base/version.gitVersion=v1.37.2 \
+	-X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=37
+
+.PHONY: tessera-scheduler
+tessera-scheduler:
+	cd cmd/tessera-scheduler && CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(TESSERA_SCHEDULER_LDFLAGS)" -o $(BIN)/tessera-scheduler .
+
+e2e dev-cluster: tessera-scheduler
+e2e dev-cluster: export TESSERA_SCHEDULER_BINARY = $(BIN)/tessera-scheduler
+
+# The tessera-scheduler module follows Tessera's: after a change to go.mod, its
+# go.mod/go.sum must be tidied too (no compile, a second or two).
+.PHONY: verify-tessera-scheduler
+verify: verify-tessera-scheduler
+verify-tessera-scheduler:
+	cd cmd/tessera-scheduler && $(GO) mod tidy
+	@if [ -n "$$(git status --porcelain -- cmd/tessera-scheduler/go.mod cmd/tessera-scheduler/go.sum)" ]; then \
+		echo "cmd/tessera-scheduler: go mod tidy changed go.mod/go.sum"; git diff -- cmd/tessera-scheduler/go.mod | head -30; exit 1; fi

@@ -1,0 +1,240 @@
+package scheduler
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"math"
+	"sync"
+
+	v1 "k8s.io/api/core/v1"
+	resourceapi "k8s.io/api/resource/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/dynamic-resource-allocation/structured"
+	"k8s.io/klog/v2"
+	fwk "k8s.io/kube-scheduler/framework"
+
+	"github.com/tessera-gpu/tessera/pkg/placement"
+)
+
+// Name is the plugin's name in a KubeSchedulerConfiguration profile.
+const Name = "TesseraPlacement"
+
+// Args are the plugin's arguments (pluginConfig[].args).
+type Args struct {
+	// Workload is the request mix fragmentation is measured against; when
+	// empty, DefaultWorkload.
+	Workload []WorkloadClass `json:"workload,omitempty"`
+}
+
+// DefaultWorkload is the GPU-request mix of the GPU pods of Alibaba's openb
+// trace (cluster-trace-gpu-v2023, 7,064 pods; weights are pod counts),
+// without CPU and memory: a production mix of whole, multi-GPU and
+// fractional requests, for clusters that do not describe their own.
+var DefaultWorkload = []WorkloadClass{
+	{GPUs: 1, GPUMilli: 1000, Weight: 3911}, {GPUs: 1, GPUMilli: 810, Weight: 1078}, {GPUs: 1, GPUMilli: 470, Weight: 750},
+	{GPUs: 1, GPUMilli: 320, Weight: 328}, {GPUs: 1, GPUMilli: 650, Weight: 253}, {GPUs: 1, GPUMilli: 230, Weight: 140},
+	{GPUs: 1, GPUMilli: 460, Weight: 128}, {GPUs: 1, GPUMilli: 590, Weight: 75}, {GPUs: 1, GPUMilli: 160, Weight: 74},
+	{GPUs: 1, GPUMilli: 550, Weight: 72}, {GPUs: 1, GPUMilli: 220, Weight: 62}, {GPUs: 1, GPUMilli: 370, Weight: 47},
+	{GPUs: 8, GPUMilli: 1000, Weight: 44}, {GPUs: 1, GPUMilli: 110, Weight: 24}, {GPUs: 1, GPUMilli: 480, Weight: 19},
+	{GPUs: 2, GPUMilli: 1000, Weight: 16}, {GPUs: 4, GPUMilli: 1000, Weight: 15}, {GPUs: 1, GPUMilli: 50, Weight: 7},
+	{GPUs: 1, GPUMilli: 330, Weight: 7}, {GPUs: 1, GPUMilli: 350, Weight: 6}, {GPUs: 1, GPUMilli: 270, Weight: 4},
+	{GPUs: 1, GPUMilli: 440, Weight: 2}, {GPUs: 1, GPUMilli: 290, Weight: 1}, {GPUs: 1, GPUMilli: 140, Weight: 1},
+}
+
+// WorkloadClass is one kind of request and its share of the workload.
+type WorkloadClass struct {
+	CPUMilli  int64   `json:"cpuMilli"`
+	MemoryMiB int64   `json:"memoryMiB"`
+	GPUs      int     `json:"gpus"`
+	GPUMilli  int     `json:"gpuMilli"`
+	Weight    float64 `json:"weight"`
+}
+
+// Plugin scores nodes by the change of GPU fragmentation a pod's claim
+// causes, assuming the allocator's first-fit choice of GPU inside the node.
+type Plugin struct {
+	dra      DRAState
+	workload placement.Workload
+	index    sliceIndex
+}
+
+// sliceIndex keeps the device index of the last list of slices: slices
+// change rarely, and indexing every device of the cluster again for every
+// pod was most of the plugin's cost.
+type sliceIndex struct {
+	mu     sync.Mutex
+	slices map[*resourceapi.ResourceSlice]bool
+	byNode map[string]*nodeGPUs
+}
+
+// get returns the index of the slices, rebuilt only when the listed slice
+// objects differ from last time (the informer replaces an object when it
+// changes, so identity is enough). The index is read-only once built.
+func (c *sliceIndex) get(slices []*resourceapi.ResourceSlice) map[string]*nodeGPUs {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	same := c.byNode != nil && len(slices) == len(c.slices)
+	for i := 0; same && i < len(slices); i++ {
+		same = c.slices[slices[i]]
+	}
+	if same {
+		return c.byNode
+	}
+	c.slices = make(map[*resourceapi.ResourceSlice]bool, len(slices))
+	for _, s := range slices {
+		c.slices[s] = true
+	}
+	c.byNode = gpusByNode(slices)
+	return c.byNode
+}
+
+var (
+	_ fwk.PreScorePlugin  = &Plugin{}
+	_ fwk.ScorePlugin     = &Plugin{}
+	_ fwk.ScoreExtensions = &Plugin{}
+)
+
+// New is the plugin factory for app.WithPlugin.
+func New(ctx context.Context, obj runtime.Object, h fwk.Handle) (fwk.Plugin, error) {
+	args, err := decodeArgs(obj)
+	if err != nil {
+		return nil, err
+	}
+	return NewWithState(args, handleState{h.SharedDRAManager()})
+}
+
+// NewWithState returns the plugin over the given DRA state.
+func NewWithState(args Args, dra DRAState) (*Plugin, error) {
+	p := &Plugin{dra: dra}
+	classes := args.Workload
+	if len(classes) == 0 {
+		classes = DefaultWorkload
+	}
+	total := 0.0
+	for i, c := range classes {
+		if c.Weight <= 0 || c.GPUs < 0 || c.GPUs > 0 && (c.GPUMilli <= 0 || c.GPUMilli > placement.WholeGPU) {
+			return nil, fmt.Errorf("%s args: workload[%d]: need weight > 0 and gpuMilli in 1..1000 for GPU requests", Name, i)
+		}
+		total += c.Weight
+		p.workload.Classes = append(p.workload.Classes, placement.Class{Weight: c.Weight, Request: placement.Request{
+			CPU: c.CPUMilli, Memory: c.MemoryMiB, GPUs: c.GPUs, Milli: c.GPUMilli,
+		}})
+	}
+	for i := range p.workload.Classes {
+		p.workload.Classes[i].Weight /= total
+	}
+	return p, nil
+}
+
+func decodeArgs(obj runtime.Object) (Args, error) {
+	var args Args
+	switch o := obj.(type) {
+	case nil:
+	case *runtime.Unknown:
+		if len(o.Raw) > 0 {
+			if err := json.Unmarshal(o.Raw, &args); err != nil {
+				return args, fmt.Errorf("decode %s args: %w", Name, err)
+			}
+		}
+	default:
+		return args, fmt.Errorf("decode %s args: unexpected type %T", Name, obj)
+	}
+	return args, nil
+}
+
+// Name implements fwk.Plugin.
+func (p *Plugin) Name() string { return Name }
+
+const stateKey fwk.StateKey = Name
+
+type cycleState struct {
+	request   placement.Request
+	workload  placement.Workload
+	gpus      map[string]*nodeGPUs
+	allocated *structured.AllocatedState
+}
+
+func (s *cycleState) Clone() fwk.StateData { return s }
+
+// PreScore gathers, once per pod, the pod's request, the workload and the
+// DRA state the node scores read.
+func (p *Plugin) PreScore(ctx context.Context, state fwk.CycleState, pod *v1.Pod, _ []fwk.NodeInfo) *fwk.Status {
+	r, ok, err := podRequest(pod, p.dra)
+	if err != nil {
+		return fwk.AsStatus(err)
+	}
+	if !ok {
+		return fwk.NewStatus(fwk.Skip)
+	}
+	slices, err := p.dra.Slices()
+	if err != nil {
+		return fwk.AsStatus(fmt.Errorf("list ResourceSlices: %w", err))
+	}
+	allocated, err := p.dra.Allocated()
+	if err != nil {
+		return fwk.AsStatus(fmt.Errorf("gather allocated devices: %w", err))
+	}
+	state.Write(stateKey, &cycleState{request: r, workload: p.workload, gpus: p.index.get(slices), allocated: allocated})
+	klog.FromContext(ctx).V(5).Info("Scoring GPU fragmentation", "pod", klog.KObj(pod), "request", r)
+	return nil
+}
+
+// worstDelta stands for a node where the model sees no room although the
+// filter passed it (a claim the model cannot read exactly).
+const worstDelta = 1e6
+
+// Score implements fwk.ScorePlugin: the raw score is the fragmentation
+// delta in units of placement.Resolution, lower being better;
+// NormalizeScore turns it around.
+func (p *Plugin) Score(_ context.Context, state fwk.CycleState, _ *v1.Pod, nodeInfo fwk.NodeInfo) (int64, *fwk.Status) {
+	data, err := state.Read(stateKey)
+	if err != nil {
+		return 0, fwk.AsStatus(fmt.Errorf("read %s state: %w", Name, err))
+	}
+	s := data.(*cycleState)
+	node := nodeInfo.Node()
+	alloc, req := nodeInfo.GetAllocatable(), nodeInfo.GetRequested()
+	n := placement.Node{
+		CPU:    alloc.GetMilliCPU() - req.GetMilliCPU(),
+		Memory: (alloc.GetMemory() - req.GetMemory()) >> 20,
+	}
+	if g := s.gpus[node.Name]; g != nil {
+		n.Free = g.free(s.allocated)
+	}
+	delta, _, ok := s.workload.Assess(placement.Workload.Fragmentation, n, s.request, placement.ChoiceFirstFit)
+	if !ok {
+		delta = worstDelta
+	}
+	return int64(math.Round(delta / placement.Resolution)), nil
+}
+
+// ScoreExtensions implements fwk.ScorePlugin.
+func (p *Plugin) ScoreExtensions() fwk.ScoreExtensions { return p }
+
+// NormalizeScore implements fwk.ScoreExtensions with placement.Normalize.
+func (p *Plugin) NormalizeScore(_ context.Context, _ fwk.CycleState, _ *v1.Pod, scores fwk.NodeScoreList) *fwk.Status {
+	deltas := make([]float64, len(scores))
+	for i, s := range scores {
+		deltas[i] = float64(s.Score) * placement.Resolution
+	}
+	for i, s := range placement.Normalize(deltas) {
+		scores[i].Score = s
+	}
+	return nil
+}
+
+// handleState reads the DRA state from the scheduler's SharedDRAManager.
+type handleState struct{ m fwk.SharedDRAManager }
+
+func (h handleState) Slices() ([]*resourceapi.ResourceSlice, error) {
+	return h.m.ResourceSlices().ListWithDeviceTaintRules()
+}
+
+func (h handleState) Claim(namespace, name string) (*resourceapi.ResourceClaim, error) {
+	return h.m.ResourceClaims().Get(namespace, name)
+}
+
+func (h handleState) Allocated() (*structured.AllocatedState, error) {
+	return h.m.ResourceClaims().GatherAllocatedState()
+}

@@ -1,0 +1,149 @@
+package placement
+
+import (
+	"math"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+)
+
+func share(milli int) Request { return Request{CPU: 1000, Memory: 1024, GPUs: 1, Milli: milli} }
+
+func whole(n int) Request { return Request{CPU: 1000, Memory: 1024, GPUs: n, Milli: WholeGPU} }
+
+func node(free ...int) Node { return Node{CPU: 64000, Memory: 256 << 10, Free: free} }
+
+func TestFirstFit(t *testing.T) {
+	tests := map[string]struct {
+		node Node
+		req  Request
+		want []int
+	}{
+		"share on the first GPU with room":   {node(300, 1000, 600), share(500), []int{1}},
+		"share exactly filling a GPU":        {node(500, 1000), share(500), []int{0}},
+		"whole GPUs skip shared ones":        {node(900, 1000, 1000, 1000), whole(2), []int{1, 2}},
+		"too few idle GPUs":                  {node(900, 1000), whole(2), nil},
+		"share too big for every GPU":        {node(400, 300), share(500), nil},
+		"no CPU left":                        {Node{CPU: 500, Memory: 1 << 20, Free: []int{1000}}, share(100), nil},
+		"CPU-only request takes no GPU":      {node(1000), Request{CPU: 10}, nil},
+		"no memory left for a whole request": {Node{CPU: 1 << 20, Memory: 10, Free: []int{1000}}, whole(1), nil},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			if diff := cmp.Diff(tc.want, tc.node.FirstFit(tc.req)); diff != "" {
+				t.Errorf("FirstFit (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+func TestWith(t *testing.T) {
+	n := node(1000, 1000, 700)
+	got := n.With(share(300), []int{2}).With(whole(1), []int{0})
+	want := Node{CPU: 62000, Memory: 256<<10 - 2048, Free: []int{0, 1000, 400}}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("With (-want +got):\n%s", diff)
+	}
+	if n.Free[2] != 700 {
+		t.Errorf("With changed the original node: %v", n.Free)
+	}
+}
+
+func mustWorkload(t *testing.T, reqs ...Request) Workload {
+	t.Helper()
+	w, err := NewWorkload(reqs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return w
+}
+
+func TestNewWorkload(t *testing.T) {
+	w := mustWorkload(t, share(500), share(500), whole(1), Request{CPU: 5, Milli: 700})
+	want := []Class{{share(500), 0.5}, {whole(1), 0.25}, {Request{CPU: 5}, 0.25}}
+	if diff := cmp.Diff(want, w.Classes); diff != "" {
+		t.Errorf("classes (-want +got):\n%s", diff)
+	}
+	if _, err := NewWorkload(nil); err == nil {
+		t.Error("empty workload accepted")
+	}
+	if _, err := NewWorkload([]Request{{GPUs: 1, Milli: 1500}}); err == nil {
+		t.Error("1.5 GPUs per GPU accepted")
+	}
+}
+
+func TestMeasures(t *testing.T) {
+	// Half the requests take 0.5 GPU and 1 CPU, half a whole GPU and 1 CPU.
+	w := mustWorkload(t, share(500), whole(1))
+	tests := map[string]struct {
+		node          Node
+		fgd, stranded float64
+	}{
+		"idle node": {node(1000, 1000), 0, 0},
+		// The 0.3 left is too small for either class (FGD: 0.3 each);
+		// packing leaves it too (stranded: 0.3 each).
+		"remainder too small for anything": {node(300, 1000), 300, 300},
+		// 0.9 fits a share, so FGD sees no fragment for shares; packing
+		// shares leaves 0.4 of it, and whole GPUs cannot use any of it.
+		"remainder that fits one share": {node(900), 0.5*0 + 0.5*900, 0.5*400 + 0.5*900},
+		// One CPU left: one request fits, so FGD counts only the partial
+		// GPUs; but after it the other GPUs are stranded.
+		"CPU for one request only": {Node{CPU: 1000, Memory: 1 << 20, Free: []int{1000, 1000, 1000}}, 0, 0.5*2500 + 0.5*2000},
+		"no CPU at all":            {Node{CPU: 0, Memory: 1 << 20, Free: []int{1000, 500}}, 1500, 1500},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			if got := w.FGD(tc.node); math.Abs(got-tc.fgd) > 1e-9 {
+				t.Errorf("FGD = %v, want %v", got, tc.fgd)
+			}
+			if got := w.Stranded(tc.node); math.Abs(got-tc.stranded) > 1e-9 {
+				t.Errorf("Stranded = %v, want %v", got, tc.stranded)
+			}
+			if got := w.Fragmentation(tc.node); math.Abs(got-tc.fgd-tc.stranded) > 1e-9 {
+				t.Errorf("Fragmentation = %v, want %v", got, tc.fgd+tc.stranded)
+			}
+		})
+	}
+}
+
+// TestDeltaPrefersPacking: a share should go where it completes a GPU, not
+// break an idle one, and a whole GPU should not be taken from a node whose
+// other GPUs are in use by shares when an idle node exists.
+func TestDeltaPrefersPacking(t *testing.T) {
+	w := mustWorkload(t, share(500), share(500), whole(1), whole(2))
+	half, idle := node(500, 1000), node(1000, 1000)
+	dHalf, _, _ := w.Assess(Workload.Fragmentation, half, share(500), ChoiceFirstFit)
+	dIdle, _, _ := w.Assess(Workload.Fragmentation, idle, share(500), ChoiceFirstFit)
+	if dHalf >= dIdle {
+		t.Errorf("share: delta on half-used node %v, on idle node %v; want the half-used node better", dHalf, dIdle)
+	}
+	if _, _, ok := w.Assess(Workload.Fragmentation, node(400), share(500), ChoiceFirstFit); ok {
+		t.Error("Assess accepted a request that does not fit")
+	}
+}
+
+func TestChoiceLeastFragmenting(t *testing.T) {
+	w := mustWorkload(t, share(500), share(700))
+	n := node(1000, 700, 500)
+	// First fit takes GPU 0; FGD fills GPU 2 exactly.
+	if diff := cmp.Diff([]int{0}, ChoiceFirstFit(w, Workload.FGD, n, share(500))); diff != "" {
+		t.Errorf("first fit (-want +got):\n%s", diff)
+	}
+	if diff := cmp.Diff([]int{2}, ChoiceLeastFragmenting(w, Workload.FGD, n, share(500))); diff != "" {
+		t.Errorf("least fragmenting (-want +got):\n%s", diff)
+	}
+	if diff := cmp.Diff([]int{1, 2}, ChoiceLeastFragmenting(w, Workload.FGD, node(0, 1000, 1000), whole(2))); diff != "" {
+		t.Errorf("whole GPUs (-want +got):\n%s", diff)
+	}
+}
+
+func TestNormalize(t *testing.T) {
+	got := Normalize([]float64{5, 5 + Resolution/2, 5 + 3.5*Resolution, 5 + 1000, 4 + 1e-12 + 1})
+	want := []int64{MaxScore, MaxScore, MaxScore - 3, 0, MaxScore}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("Normalize (-want +got):\n%s", diff)
+	}
+	if len(Normalize(nil)) != 0 {
+		t.Error("Normalize(nil) not empty")
+	}
+}

@@ -1,0 +1,64 @@
+package resourceslice_test
+
+import (
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/tessera-gpu/tessera/pkg/resourceslice"
+)
+
+func published(opts resourceslice.Options) []string {
+	var out []string
+	for _, s := range resourceslice.Build("n1", node(2), opts).Pools["n1"].Slices {
+		for _, d := range s.Devices {
+			if strings.HasPrefix(d.Name, "gpu-0") {
+				out = append(out, d.Name)
+			}
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+func TestWithdrawBlocked(t *testing.T) {
+	all := published(resourceslice.Options{})
+	tests := map[string]struct {
+		prepared []string
+		withdraw bool
+		want     []string
+	}{
+		"nothing prepared":   {nil, true, all},
+		"withdrawal off":     {[]string{"gpu-0"}, false, all},
+		"whole GPU prepared": {[]string{"gpu-0"}, true, []string{"gpu-0"}},
+		"shares prepared":    {[]string{"gpu-0-shared"}, true, []string{"gpu-0-shared"}},
+		"other GPU prepared": {[]string{"gpu-1"}, true, all},
+		"3g at 4 prepared": {[]string{"gpu-0-mig-3g71gb-4"}, true, []string{
+			"gpu-0-mig-1g18gb-0", "gpu-0-mig-1g18gb-1", "gpu-0-mig-1g18gb-2", "gpu-0-mig-1g18gb-3",
+			"gpu-0-mig-1g18gb-me-0", "gpu-0-mig-1g18gb-me-1", "gpu-0-mig-1g18gb-me-2", "gpu-0-mig-1g18gb-me-3",
+			"gpu-0-mig-3g71gb-0", "gpu-0-mig-3g71gb-4",
+		}},
+		// The +me partition takes the GPU's only optical-flow engine, so
+		// no other +me partition fits, wherever it is placed.
+		"1g+me at 6 prepared": {[]string{"gpu-0-mig-1g18gb-me-6"}, true, []string{
+			"gpu-0-mig-1g18gb-0", "gpu-0-mig-1g18gb-1", "gpu-0-mig-1g18gb-2", "gpu-0-mig-1g18gb-3",
+			"gpu-0-mig-1g18gb-4", "gpu-0-mig-1g18gb-5", "gpu-0-mig-1g18gb-me-6", "gpu-0-mig-3g71gb-0",
+		}},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			prepared := map[string]bool{}
+			for _, d := range tc.prepared {
+				prepared[d] = true
+			}
+			got := published(resourceslice.Options{Prepared: prepared, WithdrawBlocked: tc.withdraw})
+			want := slices.Clone(tc.want)
+			slices.Sort(want)
+			if diff := cmp.Diff(want, got); diff != "" {
+				t.Errorf("GPU 0's published devices (-want +got):\n%s", diff)
+			}
+		})
+	}
+}

@@ -1,0 +1,169 @@
+package scheduling
+
+import (
+	"fmt"
+	"slices"
+	"strings"
+	"testing"
+
+	resourceapi "k8s.io/api/resource/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	gpuapi "github.com/tessera-gpu/tessera/api/gpu"
+	"github.com/tessera-gpu/tessera/pkg/inventory"
+	"github.com/tessera-gpu/tessera/pkg/resourceslice"
+)
+
+// Levers on Tessera's layout, each a variant measured side by side with the
+// layout as published. A variant rewrites the published slices or the
+// classes claims use; none changes what the plugin publishes.
+
+// gpuMajor is the MIG order Tessera published before: each GPU's partitions
+// together, GPU by GPU.
+func gpuMajor(l Layout) Layout {
+	return rewrite(l, "gpu-major", func(devices []resourceapi.Device) []resourceapi.Device {
+		slices.SortStableFunc(devices, func(a, b resourceapi.Device) int {
+			ka, kb := *a.Attributes[gpuapi.AttrType].StringValue, *b.Attributes[gpuapi.AttrType].StringValue
+			if (ka == gpuapi.TypeMIG) != (kb == gpuapi.TypeMIG) {
+				if ka == gpuapi.TypeMIG {
+					return 1
+				}
+				return -1
+			}
+			if ka != gpuapi.TypeMIG {
+				return 0
+			}
+			return int(*a.Attributes[gpuapi.AttrIndex].IntValue - *b.Attributes[gpuapi.AttrIndex].IntValue)
+		})
+		return devices
+	})
+}
+
+// leanAttributes drops from MIG and shared devices every attribute that is
+// the same for all devices of a GPU or node and that users rarely select on
+// a partition or share by: the three versions, brand, architecture, minor,
+// placementSize and the PCI attributes.
+func leanAttributes(l Layout) Layout {
+	drop := []resourceapi.QualifiedName{gpuapi.AttrCUDAComputeCapability, gpuapi.AttrDriverVersion, gpuapi.AttrCUDADriverVersion,
+		gpuapi.AttrBrand, gpuapi.AttrArchitecture, gpuapi.AttrMinor, gpuapi.AttrPlacementSize,
+		"resource.kubernetes.io/pciBusID", "resource.kubernetes.io/pcieRoot"}
+	return rewrite(l, "lean-attributes", func(devices []resourceapi.Device) []resourceapi.Device {
+		for i, d := range devices {
+			if *d.Attributes[gpuapi.AttrType].StringValue == gpuapi.TypeGPU {
+				continue
+			}
+			attrs := map[resourceapi.QualifiedName]resourceapi.DeviceAttribute{}
+			for k, v := range d.Attributes {
+				if !slices.Contains(drop, k) {
+					attrs[k] = v
+				}
+			}
+			devices[i].Attributes = attrs
+		}
+		return devices
+	})
+}
+
+// profileClasses asks for MIG partitions through a DeviceClass per profile,
+// whose one selector names the type and the profile, with no request
+// selector.
+func profileClasses(l Layout) Layout {
+	l.Name += "/profile-classes"
+	l.MIGProfileClass = func(profile string) string { return testProfileClass(profile) }
+	return l
+}
+
+func testProfileClass(profile string) string {
+	return gpuapi.ProfileLabel(profile) + ".bench.mig.gpu.tessera.dev"
+}
+
+var h200Profiles = []string{"1g.18gb", "1g.18gb+me", "1g.35gb", "2g.35gb", "3g.71gb", "4g.71gb", "7g.141gb"}
+
+func init() {
+	for _, p := range h200Profiles {
+		allocatorClasses[testProfileClass(p)] = &resourceapi.DeviceClass{
+			ObjectMeta: metav1.ObjectMeta{Name: testProfileClass(p)},
+			Spec: resourceapi.DeviceClassSpec{Selectors: []resourceapi.DeviceSelector{{CEL: &resourceapi.CELDeviceSelector{
+				Expression: fmt.Sprintf(`device.driver == %q && device.attributes[%q].type == "mig" && device.attributes[%q].profile == %q`,
+					gpuapi.DriverName, gpuapi.DriverName, gpuapi.DriverName, p),
+			}}}},
+		}
+	}
+}
+
+// withdrawn publishes only what the fill leaves allocatable, as
+// resourceslice.Options.WithdrawBlocked does with the fill's devices
+// prepared: a GPU in use whole or shared offers no partitions and not the
+// other form; a partitioned GPU offers neither whole nor shared and none of
+// the placements its partitions block.
+func withdrawn(l Layout, inv inventory.Node, roles []GPURole) Layout {
+	prepared := map[string]bool{}
+	for gpu, role := range roles {
+		switch role {
+		case RoleWhole:
+			prepared[l.Whole(gpu)] = true
+		case RoleShared:
+			prepared[l.Shared(gpu)] = true
+		case RolePartitioned:
+			for _, d := range partitionedDevices {
+				prepared[l.MIG(gpu, profileByName(inv.GPUs[gpu], d.profile), d.start)] = true
+			}
+		}
+	}
+	l.Name += "/withdrawn"
+	l.Slices = func(node string, inv inventory.Node) []*resourceapi.ResourceSlice {
+		return resourceslice.Objects(node, resourceslice.Build(node, inv, resourceslice.Options{
+			Pool: "default", Prepared: prepared, WithdrawBlocked: true,
+		}))
+	}
+	return l
+}
+
+// rewrite applies f to the devices of each node, in publication order, and
+// republishes them in slices of at most 64.
+func rewrite(l Layout, name string, f func([]resourceapi.Device) []resourceapi.Device) Layout {
+	base := l.Slices
+	l.Name += "/" + name
+	l.Slices = func(node string, inv inventory.Node) []*resourceapi.ResourceSlice {
+		var out []*resourceapi.ResourceSlice
+		var devices []resourceapi.Device
+		for _, s := range base(node, inv) {
+			if len(s.Spec.Devices) == 0 {
+				out = append(out, s)
+				continue
+			}
+			for _, d := range s.Spec.Devices {
+				devices = append(devices, *d.DeepCopy())
+			}
+		}
+		devices = f(devices)
+		for start := 0; start < len(devices); start += resourceapi.ResourceSliceMaxDevicesWithAdvancedFeatures {
+			s := newSlice(l.Driver, node, fmt.Sprintf("%s-%s-%d", node, strings.ReplaceAll(name, "/", "-"), len(out)), 0)
+			s.Spec.Devices = devices[start:min(start+resourceapi.ResourceSliceMaxDevicesWithAdvancedFeatures, len(devices))]
+			out = append(out, s)
+		}
+		for _, s := range out {
+			s.Spec.Pool.ResourceSliceCount = int64(len(out))
+		}
+		return out
+	}
+	return l
+}
+
+// BenchmarkSchedulerLevers measures each lever on Tessera's layout at 90 %
+// fill, side by side with the layout as published and the other layouts.
+//
+//	go test -run '^$' -bench SchedulerLevers -benchtime 3x ./test/scheduling/
+func BenchmarkSchedulerLevers(b *testing.B) {
+	inv := benchInventory(b)
+	const fill = 90
+	layouts := []Layout{Tessera, gpuMajor(Tessera), profileClasses(Tessera), leanAttributes(Tessera),
+		withdrawn(Tessera, inv, Fill(fill)), profileClasses(leanAttributes(withdrawn(Tessera, inv, Fill(fill)))), Plain, NVIDIA}
+	for _, nodes := range []int{1, 100} {
+		for _, kind := range ClaimKinds {
+			for _, l := range layouts {
+				benchmarkClaim(b, fmt.Sprintf("fill=%d/nodes=%d/claim=%s/layout=%s", fill, nodes, kind, l.Name), l, inv, fill, nodes, kind)
+			}
+		}
+	}
+}

@@ -1,0 +1,130 @@
+package scheduling
+
+import (
+	"context"
+	"math/rand/v2"
+	"reflect"
+	"testing"
+
+	resourceapi "k8s.io/api/resource/v1"
+	"k8s.io/apimachinery/pkg/types"
+
+	"github.com/tessera-gpu/tessera/pkg/resourceslice"
+)
+
+// TestWithdrawnSlicesAllocateOnlyWhatExists runs random sequences of claims,
+// prepares (in random order, some late, some never) and frees through the
+// allocator while the node republishes its slices with blocked devices
+// withdrawn after every prepare and unprepare. Every allocation must be
+// creatable on the hardware, no allocated device may ever be missing from
+// the slices, and a prepare may change at most the node's device slices.
+func TestWithdrawnSlicesAllocateOnlyWhatExists(t *testing.T) {
+	sequences, steps := 10, 120
+	if testing.Short() {
+		sequences, steps = 3, 60
+	}
+	ctx := context.Background()
+	allocated, refused, maxChurn := 0, 0, 0
+	for seq := range sequences {
+		rng := rand.New(rand.NewPCG(uint64(seq), 13))
+		h, cluster := newHardware(t, "dgxh200", 4)
+		profiles := profileNames(h)
+		prepared := map[types.UID]bool{}
+		publish := func() int {
+			devices := map[string]bool{}
+			for uid := range prepared {
+				for _, r := range cluster.Claims()[uid].Status.Allocation.Devices.Results {
+					devices[r.Device] = true
+				}
+			}
+			next := resourceslice.Objects("n1", resourceslice.Build("n1", h.node, resourceslice.Options{
+				Pool: "default", Prepared: devices, WithdrawBlocked: true,
+			}))
+			churn := sliceChanges(cluster.Slices, next)
+			cluster.Slices = next
+			assertAllocatedPublished(t, cluster)
+			return churn
+		}
+		publish()
+		var live []types.UID
+		for range steps {
+			switch action := rng.IntN(10); {
+			case action < 5:
+				claim := randomClaim(rng, profiles)
+				result, err := cluster.Allocate(ctx, claim)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if result == nil {
+					refused++
+					continue
+				}
+				allocated++
+				h.apply(claim, result)
+				live = append(live, claim.UID)
+			case action < 8 && len(live) > 0:
+				uid := live[rng.IntN(len(live))]
+				if !prepared[uid] {
+					prepared[uid] = true
+					maxChurn = max(maxChurn, publish())
+				}
+			case len(live) > 0:
+				i := rng.IntN(len(live))
+				uid := live[i]
+				claim := cluster.Claims()[uid]
+				if prepared[uid] {
+					delete(prepared, uid)
+					publish()
+				}
+				h.release(claim)
+				cluster.Free(uid)
+				live = append(live[:i], live[i+1:]...)
+			}
+		}
+	}
+	deviceSlices := 2 // 4 GPUs: 8 whole and shared devices and 100 partitions
+	if maxChurn > deviceSlices {
+		t.Errorf("a prepare changed %d slices, want at most the %d device slices", maxChurn, deviceSlices)
+	}
+	t.Logf("%d claims allocated and created, %d refused; a prepare changed at most %d slices", allocated, refused, maxChurn)
+	if allocated == 0 || refused == 0 {
+		t.Errorf("sequences too easy or too hard: %d allocated, %d refused", allocated, refused)
+	}
+}
+
+// assertAllocatedPublished: the allocator counts counters only from devices
+// it finds published, so an allocated device must never be withdrawn.
+func assertAllocatedPublished(t *testing.T, c *Cluster) {
+	t.Helper()
+	published := map[string]bool{}
+	for _, s := range c.Slices {
+		for _, d := range s.Spec.Devices {
+			published[d.Name] = true
+		}
+	}
+	for _, claim := range c.Claims() {
+		for _, r := range claim.Status.Allocation.Devices.Results {
+			if !published[r.Device] {
+				t.Fatalf("allocated device %s of claim %s was withdrawn", r.Device, claim.Name)
+			}
+		}
+	}
+}
+
+// sliceChanges counts the slices a publication controller would update to go
+// from old to next (by name; a slice only in one of them counts once).
+func sliceChanges(old, next []*resourceapi.ResourceSlice) int {
+	byName := map[string]*resourceapi.ResourceSlice{}
+	for _, s := range old {
+		byName[s.Name] = s
+	}
+	changed := 0
+	for _, s := range next {
+		o, ok := byName[s.Name]
+		delete(byName, s.Name)
+		if !ok || !reflect.DeepEqual(o.Spec.Devices, s.Spec.Devices) || !reflect.DeepEqual(o.Spec.SharedCounters, s.Spec.SharedCounters) {
+			changed++
+		}
+	}
+	return changed + len(byName)
+}
