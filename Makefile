@@ -40,7 +40,7 @@ fmt: ## Format the code
 generate: generate-config generate-tenancy chart-docs ## Regenerate generated code and docs (deepcopy, CRDs, the chart's values reference)
 
 .PHONY: verify
-verify: generate ## gofmt, go vet, go mod tidy and generated files must leave no diff
+verify: generate lint ## gofmt, go vet, linters, go mod tidy and generated files must leave no diff
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 	$(GO) mod tidy

@@ -10,15 +10,13 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
-	"strings"
 	"syscall"
 
 	"github.com/spf13/pflag"
-	"k8s.io/client-go/rest"
-	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/klog/v2"
 	ctrl "sigs.k8s.io/controller-runtime"
 
+	"github.com/tessera-gpu/tessera/internal/cli"
 	"github.com/tessera-gpu/tessera/internal/controller"
 )
 
@@ -62,45 +60,16 @@ func run(ctx context.Context, args []string) error {
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	if err := fromEnv(fs); err != nil {
+	if err := cli.FromEnv(fs); err != nil {
 		return err
 	}
-	logger := klog.NewKlogr()
+	logger := klog.Background()
 	ctrl.SetLogger(logger)
 	ctx = klog.NewContext(ctx, logger)
-	cfg, err := kubeConfig(o.kubeconfig)
+	cfg, err := cli.KubeConfig(o.kubeconfig)
 	if err != nil {
 		return err
 	}
 	logger.Info("Starting", "untenanted", o.controller.Untenanted, "leaderElection", o.controller.LeaderElection)
 	return controller.Run(ctx, cfg, o.controller)
-}
-
-// fromEnv fills flags the command line left unset from the environment.
-func fromEnv(fs *pflag.FlagSet) error {
-	var err error
-	fs.VisitAll(func(f *pflag.Flag) {
-		env := strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
-		if v, ok := os.LookupEnv(env); ok && !f.Changed && err == nil {
-			if serr := f.Value.Set(v); serr != nil {
-				err = fmt.Errorf("environment variable %s: %w", env, serr)
-			}
-		}
-	})
-	return err
-}
-
-func kubeConfig(path string) (*rest.Config, error) {
-	if path == "" {
-		c, err := rest.InClusterConfig()
-		if err != nil {
-			return nil, fmt.Errorf("in-cluster configuration (pass --kubeconfig outside a cluster): %w", err)
-		}
-		return c, nil
-	}
-	c, err := clientcmd.BuildConfigFromFlags("", path)
-	if err != nil {
-		return nil, fmt.Errorf("load kubeconfig %s: %w", path, err)
-	}
-	return c, nil
 }

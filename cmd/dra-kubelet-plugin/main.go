@@ -18,12 +18,11 @@ import (
 	"k8s.io/apimachinery/pkg/api/resource"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/rest"
-	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/klog/v2"
 
 	gpuapi "github.com/tessera-gpu/tessera/api/gpu"
 	tenancyv1 "github.com/tessera-gpu/tessera/api/tenancy/v1alpha1"
+	"github.com/tessera-gpu/tessera/internal/cli"
 	tnvml "github.com/tessera-gpu/tessera/internal/nvml"
 	"github.com/tessera-gpu/tessera/internal/plugin"
 	"github.com/tessera-gpu/tessera/internal/sharing"
@@ -121,7 +120,7 @@ func newCommand() *cobra.Command {
 		Short:         "Tessera's DRA kubelet plugin for NVIDIA GPUs",
 		SilenceUsage:  true,
 		SilenceErrors: true,
-		PreRunE:       func(cmd *cobra.Command, _ []string) error { return fromEnv(cmd.Flags()) },
+		PreRunE:       func(cmd *cobra.Command, _ []string) error { return cli.FromEnv(cmd.Flags()) },
 		RunE:          func(cmd *cobra.Command, _ []string) error { return run(cmd.Context(), o) },
 	}
 	klogFlags := flag.NewFlagSet("klog", flag.ContinueOnError)
@@ -135,7 +134,7 @@ func newCommand() *cobra.Command {
 		Short:   "Print the ResourceSlices this node would publish, as a YAML stream",
 		Example: "  dra-kubelet-plugin slices --nvml=mock:dgxh200 --node-name=n1",
 		Args:    cobra.NoArgs,
-		PreRunE: func(cmd *cobra.Command, _ []string) error { return fromEnv(cmd.Flags()) },
+		PreRunE: func(cmd *cobra.Command, _ []string) error { return cli.FromEnv(cmd.Flags()) },
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if o.nodeName == "" {
 				return fmt.Errorf("--node-name is required")
@@ -177,25 +176,11 @@ func newMPSLaunchCommand() *cobra.Command {
 	return cmd
 }
 
-// fromEnv fills flags the command line left unset from the environment.
-func fromEnv(fs *pflag.FlagSet) error {
-	var err error
-	fs.VisitAll(func(f *pflag.Flag) {
-		env := strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
-		if v, ok := os.LookupEnv(env); ok && !f.Changed && err == nil {
-			if serr := f.Value.Set(v); serr != nil {
-				err = fmt.Errorf("environment variable %s: %w", env, serr)
-			}
-		}
-	})
-	return err
-}
-
 func run(ctx context.Context, o *options) error {
 	if o.nodeName == "" {
 		return fmt.Errorf("--node-name (or NODE_NAME) is required")
 	}
-	config, err := kubeConfig(o.kubeconfig)
+	config, err := cli.KubeConfig(o.kubeconfig)
 	if err != nil {
 		return err
 	}
@@ -236,19 +221,4 @@ func run(ctx context.Context, o *options) error {
 		MPSShmSize:             o.mpsShmSize.Value(),
 		AllowMissingCheckpoint: o.allowMissingCheckpoint,
 	})
-}
-
-func kubeConfig(path string) (*rest.Config, error) {
-	if path == "" {
-		c, err := rest.InClusterConfig()
-		if err != nil {
-			return nil, fmt.Errorf("in-cluster configuration (pass --kubeconfig outside a cluster): %w", err)
-		}
-		return c, nil
-	}
-	c, err := clientcmd.BuildConfigFromFlags("", path)
-	if err != nil {
-		return nil, fmt.Errorf("load kubeconfig %s: %w", path, err)
-	}
-	return c, nil
 }

@@ -173,7 +173,7 @@ func (l *Local) PodKubeconfig(ctx context.Context, pod *corev1.Pod, name string)
 		return "", fmt.Errorf("create token for service account %s/%s bound to pod %s: %w", pod.Namespace, pod.Spec.ServiceAccountName, pod.Name, err)
 	}
 	path := filepath.Join(l.WorkDir, name+".kubeconfig")
-	if err := writeKubeconfig(path, l.APIServerURL, l.Config.TLSClientConfig.CAFile, name, &clientcmdapi.AuthInfo{Token: token.Status.Token}); err != nil {
+	if err := writeKubeconfig(path, l.APIServerURL, l.Config.CAFile, name, &clientcmdapi.AuthInfo{Token: token.Status.Token}); err != nil {
 		return "", err
 	}
 	return path, nil

@@ -105,7 +105,7 @@ func Start(ctx context.Context, opts Options) (_ *ControlPlane, err error) {
 	cp := &ControlPlane{LogDir: logDir}
 	defer func() {
 		if err != nil {
-			cp.Stop()
+			err = errors.Join(err, cp.Stop())
 		}
 	}()
 	bin := func(name string) string { return filepath.Join(opts.BinDir, name) }
@@ -272,8 +272,10 @@ func httpCheck(client *http.Client, url, want string) func(context.Context) erro
 		if err != nil {
 			return err
 		}
-		defer resp.Body.Close()
 		body, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+		// A probe's body is read; closing it can only fail on a broken connection,
+		// which the next probe meets anyway.
+		_ = resp.Body.Close()
 		if resp.StatusCode != http.StatusOK || !strings.Contains(string(body), want) {
 			return fmt.Errorf("GET %s: %d %s", url, resp.StatusCode, strings.TrimSpace(string(body)))
 		}
@@ -287,8 +289,10 @@ func freePorts(n int) ([]int, error) {
 	var ports []int
 	var listeners []net.Listener
 	defer func() {
+		// The ports are free again either way; a listener that fails to close
+		// would keep its port, and the component taking it reports that.
 		for _, l := range listeners {
-			l.Close()
+			_ = l.Close()
 		}
 	}()
 	for range n {

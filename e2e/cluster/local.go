@@ -44,8 +44,9 @@ type Config struct {
 // test taints the plugin must tolerate.
 var localValues = []string{
 	"kubeletPlugin.tolerations[0].operator=Exists",
-	// The tenancy controller is not part of the local cluster yet.
-	"controller.enabled=false",
+	// The chart installs the tenancy objects and the controller's Deployment;
+	// the suite and the demo run the controller process (InstallTenancy) and
+	// turn on binding conditions only on the nodes that test tenancy.
 	"kubeletPlugin.tenancy=false",
 }
 
@@ -70,7 +71,7 @@ func StartLocal(ctx context.Context, cfg Config) (_ *Local, err error) {
 	l := &Local{ControlPlane: cp, WorkDir: cfg.WorkDir}
 	defer func() {
 		if err != nil {
-			l.Stop()
+			err = errors.Join(err, l.Stop())
 		}
 	}()
 	l.Install, err = l.InstallChart(ctx, cfg.Helm, append(slices.Clone(localValues), cfg.ChartValues...))
@@ -248,6 +249,8 @@ func (cp *ControlPlane) TailLogs(w io.Writer, lines int) {
 		if len(all) > lines {
 			all = all[len(all)-lines:]
 		}
-		fmt.Fprintf(w, "==== %s (last %d lines) ====\n%s\n", filepath.Join(cp.LogDir, e.Name()), len(all), strings.Join(all, "\n"))
+		if _, err := fmt.Fprintf(w, "==== %s (last %d lines) ====\n%s\n", filepath.Join(cp.LogDir, e.Name()), len(all), strings.Join(all, "\n")); err != nil {
+			return
+		}
 	}
 }

@@ -92,7 +92,7 @@ func (cp *ControlPlane) AddNode(ctx context.Context, pluginBin, workDir string, 
 	n.cancel = cancel
 	defer func() {
 		if err != nil {
-			n.Stop()
+			err = errors.Join(err, n.Stop())
 		}
 	}()
 	n.done.Add(1)
@@ -347,7 +347,7 @@ func (n *Node) renew(ctx context.Context) error {
 	}
 	// A strategic-merge patch of the conditions (merged by type) never conflicts
 	// with the node controllers writing the same object.
-	patch, err := json.Marshal(map[string]any{"status": map[string]any{"conditions": nodeConditions(metav1.Time{Time: now.Time})}})
+	patch, err := json.Marshal(map[string]any{"status": map[string]any{"conditions": nodeConditions(metav1.Time(now))}})
 	if err != nil {
 		return fmt.Errorf("encode heartbeat of node %s: %w", n.Name, err)
 	}

@@ -40,13 +40,14 @@ func StartProcess(name, logDir, binary string, args []string, env []string) (*Pr
 	// must not leave an API server holding ports.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true}
 	if err := cmd.Start(); err != nil {
-		logFile.Close()
-		return nil, fmt.Errorf("start %s (%s): %w", name, binary, err)
+		return nil, errors.Join(fmt.Errorf("start %s (%s): %w", name, binary, err), logFile.Close())
 	}
 	p := &Process{Name: name, LogPath: logPath, cmd: cmd, done: make(chan struct{})}
 	go func() {
 		err := cmd.Wait()
-		logFile.Close()
+		if cerr := logFile.Close(); cerr != nil {
+			err = errors.Join(err, fmt.Errorf("close log of %s: %w", name, cerr))
+		}
 		p.mu.Lock()
 		p.err = err
 		p.mu.Unlock()

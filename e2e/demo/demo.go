@@ -5,6 +5,7 @@ package demo
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -40,8 +41,9 @@ type Options struct {
 	TesseraScheduler string
 }
 
-// start brings up a cluster with Tessera installed.
-func start(ctx context.Context, opts Options) (*cluster.Local, func(), error) {
+// start brings up a cluster with Tessera installed. The returned stop tears it
+// down and reports what failed doing so.
+func start(ctx context.Context, opts Options) (*cluster.Local, func() error, error) {
 	removeWorkDir := false
 	if opts.WorkDir == "" {
 		dir, err := os.MkdirTemp("", "tessera-local-")
@@ -55,61 +57,68 @@ func start(ctx context.Context, opts Options) (*cluster.Local, func(), error) {
 	for i := range opts.Nodes {
 		cfg.Nodes = append(cfg.Nodes, cluster.NodeOptions{Name: fmt.Sprintf("gpu-node-%d", i+1), NVML: opts.NVML, PluginArgs: []string{"--tenancy"}})
 	}
-	fmt.Fprintf(opts.Out, "Starting a local cluster: %d nodes (%s), state and logs in %s\n", opts.Nodes, opts.NVML, opts.WorkDir)
+	if _, err := fmt.Fprintf(opts.Out, "Starting a local cluster: %d nodes (%s), state and logs in %s\n", opts.Nodes, opts.NVML, opts.WorkDir); err != nil {
+		return nil, nil, fmt.Errorf("write progress: %w", err)
+	}
 	l, err := cluster.StartLocal(ctx, cfg)
 	if err != nil {
 		return nil, nil, fmt.Errorf("%w (logs in %s)", err, filepath.Join(opts.WorkDir, "logs"))
 	}
-	cleanup := func() {
-		fmt.Fprintln(opts.Out, "Stopping the local cluster")
+	stop := func() error {
+		_, werr := fmt.Fprintln(opts.Out, "Stopping the local cluster")
+		errs := []error{werr}
 		if err := l.Stop(); err != nil {
-			fmt.Fprintln(opts.Out, "stop:", err)
+			errs = append(errs, fmt.Errorf("stop the local cluster: %w", err))
 		}
 		if removeWorkDir {
-			os.RemoveAll(opts.WorkDir)
+			errs = append(errs, os.RemoveAll(opts.WorkDir))
 		}
+		return errors.Join(errs...)
 	}
 	if opts.ControllerBinary == "" {
 		opts.ControllerBinary = cluster.DefaultControllerBinary()
 	}
 	if _, err := l.InstallTenancy(ctx, opts.ControllerBinary); err != nil {
-		cleanup()
-		return nil, nil, fmt.Errorf("install tenancy: %w", err)
+		return nil, nil, errors.Join(fmt.Errorf("install tenancy: %w", err), stop())
 	}
 	if opts.TesseraScheduler != "" {
 		if err := l.StartTesseraScheduler(ctx, opts.TesseraScheduler); err != nil {
-			cleanup()
-			return nil, nil, err
+			return nil, nil, errors.Join(err, stop())
 		}
 	}
-	return l, cleanup, nil
+	return l, stop, nil
 }
 
 // DevCluster starts the cluster and prints "ready kubeconfig=<path>" once it is up,
 // then runs until ctx ends.
-func DevCluster(ctx context.Context, opts Options) error {
+func DevCluster(ctx context.Context, opts Options) (err error) {
 	opts.Out = orDiscard(opts.Out)
 	l, stop, err := start(ctx, Options{BinDir: opts.BinDir, PluginBinary: opts.PluginBinary, ControllerBinary: opts.ControllerBinary, Helm: opts.Helm, WorkDir: opts.WorkDir, Nodes: opts.Nodes, NVML: opts.NVML, Out: io.Discard, TesseraScheduler: opts.TesseraScheduler})
 	if err != nil {
 		return err
 	}
-	defer stop()
-	fmt.Fprintf(opts.Out, "ready kubeconfig=%s\n", l.Kubeconfig)
+	defer func() { err = errors.Join(err, stop()) }()
+	// Whoever started us waits for this line; if it cannot be written, nobody
+	// will use the cluster.
+	if _, err := fmt.Fprintf(opts.Out, "ready kubeconfig=%s\n", l.Kubeconfig); err != nil {
+		return fmt.Errorf("announce the cluster: %w", err)
+	}
 	<-ctx.Done()
 	return nil
 }
 
 // Demo starts the cluster, runs the sample workloads, prints what they got and
 // then runs until ctx ends.
-func Demo(ctx context.Context, opts Options) error {
+func Demo(ctx context.Context, opts Options) (err error) {
 	opts.Out = orDiscard(opts.Out)
 	started := time.Now()
 	l, stop, err := start(ctx, opts)
 	if err != nil {
 		return err
 	}
-	defer stop()
-	fmt.Fprintf(opts.Out, "Cluster up in %s; Tessera installed from its Helm chart\n", time.Since(started).Round(time.Second))
+	defer func() { err = errors.Join(err, stop()) }()
+	out := &progress{w: opts.Out}
+	out.printf("Cluster up in %s; Tessera installed from its Helm chart\n", time.Since(started).Round(time.Second))
 
 	docs, err := manifests.Demo()
 	if err != nil {
@@ -120,23 +129,41 @@ func Demo(ctx context.Context, opts Options) error {
 			return fmt.Errorf("apply demo workloads: %w", err)
 		}
 	}
-	fmt.Fprintln(opts.Out, "Demo workloads applied (e2e/manifests/demo); waiting for them to settle ...")
+	out.printf("Demo workloads applied (e2e/manifests/demo); waiting for them to settle ...\n")
 	if err := waitSettled(ctx, l, manifests.DemoNamespace, 2*time.Minute); err != nil {
-		fmt.Fprintln(opts.Out, "warning:", err)
+		out.printf("warning: %v\n", err)
 	}
 	rows, err := Rows(ctx, l.Client, manifests.DemoNamespace)
 	if err != nil {
 		return err
 	}
-	fmt.Fprintln(opts.Out)
-	PrintTable(opts.Out, rows)
+	out.printf("\n")
+	if out.err == nil {
+		out.err = PrintTable(opts.Out, rows)
+	}
 	if err := tenancyDemo(ctx, l, opts.Out); err != nil {
 		return err
 	}
-	fmt.Fprintf(opts.Out, "\nThe cluster keeps running. Try:\n  export KUBECONFIG=%s\n  kubectl get resourceslices,resourceclaims,pods -A\n  kubectl get gput\nLogs: %s\nPress Ctrl-C to stop.\n",
+	out.printf("\nThe cluster keeps running. Try:\n  export KUBECONFIG=%s\n  kubectl get resourceslices,resourceclaims,pods -A\n  kubectl get gput\nLogs: %s\nPress Ctrl-C to stop.\n",
 		l.Kubeconfig, filepath.Join(l.WorkDir, "logs"))
+	if out.err != nil {
+		return fmt.Errorf("write the demo's report: %w", out.err)
+	}
 	<-ctx.Done()
 	return nil
+}
+
+// progress writes the demo's messages to the user and keeps the first write
+// error, so that a closed terminal ends the demo instead of going unnoticed.
+type progress struct {
+	w   io.Writer
+	err error
+}
+
+func (p *progress) printf(format string, args ...any) {
+	if p.err == nil {
+		_, p.err = fmt.Fprintf(p.w, format, args...)
+	}
 }
 
 // waitSettled waits until every pod in namespace is Running, or was refused by the

@@ -82,13 +82,22 @@ func gpuIndex(gpu string) int {
 }
 
 // PrintTable writes rows as an aligned table.
-func PrintTable(w io.Writer, rows []Row) {
-	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "NODE\tGPU\tDEVICE\tCLAIM\tPOD\tCONTAINER GOT")
+func PrintTable(w io.Writer, rows []Row) error {
+	// The tabwriter holds every cell until Flush, which is where writes to w
+	// happen and fail.
+	var table strings.Builder
+	table.WriteString("NODE\tGPU\tDEVICE\tCLAIM\tPOD\tCONTAINER GOT\n")
 	for _, r := range rows {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", r.Node, r.GPU, r.Device, r.Claim, r.Pod, r.Got)
+		table.WriteString(strings.Join([]string{r.Node, r.GPU, r.Device, r.Claim, r.Pod, r.Got}, "\t") + "\n")
 	}
-	tw.Flush()
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	if _, err := io.WriteString(tw, table.String()); err != nil {
+		return fmt.Errorf("write table: %w", err)
+	}
+	if err := tw.Flush(); err != nil {
+		return fmt.Errorf("write table: %w", err)
+	}
+	return nil
 }
 
 // summarize says in a line what the pod's containers got, or why they got nothing.

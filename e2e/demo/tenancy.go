@@ -45,7 +45,8 @@ func tenancyDemo(ctx context.Context, l *cluster.Local, out io.Writer) error {
 	if err := l.Apply(ctx, manifests.TenancyDemoWorkloads, ""); err != nil {
 		return fmt.Errorf("apply demo tenants' workloads: %w", err)
 	}
-	fmt.Fprintln(out, "\nTenants team-a (MIG and shares, 40Gi of GPU memory) and team-b (whole GPUs, one at a time) applied (e2e/manifests/tenancy-demo).")
+	p := &progress{w: out}
+	p.printf("\nTenants team-a (MIG and shares, 40Gi of GPU memory) and team-b (whole GPUs, one at a time) applied (e2e/manifests/tenancy-demo).\n")
 
 	// team-a asks for a whole GPU, which it may not use. The API server's
 	// policy plugin picks up a new tenant's binding within about a second.
@@ -63,7 +64,7 @@ func tenancyDemo(ctx context.Context, l *cluster.Local, out io.Writer) error {
 		return fmt.Errorf("team-a's claim for a whole GPU is still accepted")
 	}
 	err = refusal
-	fmt.Fprintf(out, "team-a asks for a whole GPU; the API server says:\n  %v\n", err)
+	p.printf("team-a asks for a whole GPU; the API server says:\n  %v\n", err)
 
 	var held string
 	err = wait.PollUntilContextTimeout(ctx, 250*time.Millisecond, 2*time.Minute, true, func(ctx context.Context) (bool, error) {
@@ -80,7 +81,10 @@ func tenancyDemo(ctx context.Context, l *cluster.Local, out io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("team-b's budget never held a pod back")
 	}
-	fmt.Fprintf(out, "team-b starts two training pods; its budget holds one back:\n  %s\n\n", held)
+	p.printf("team-b starts two training pods; its budget holds one back:\n  %s\n\n", held)
+	if p.err != nil {
+		return fmt.Errorf("write the tenancy demo: %w", p.err)
+	}
 	// team-a's two partitions are admitted within a scheduler re-check (5 s).
 	_ = wait.PollUntilContextTimeout(ctx, 250*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
 		t := &tenancyv1.GPUTenant{}
@@ -109,8 +113,8 @@ func printTenants(ctx context.Context, c crclient.Client, out io.Writer) error {
 	if err := c.List(ctx, &list); err != nil {
 		return fmt.Errorf("list GPUTenants: %w", err)
 	}
-	w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(w, "TENANT\tNAMESPACES\tMEMORY\tBUDGET\tDEVICES\tREADY\tBUDGET EXHAUSTED")
+	w := &progress{w: tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)}
+	w.printf("%s\n", "TENANT\tNAMESPACES\tMEMORY\tBUDGET\tDEVICES\tREADY\tBUDGET EXHAUSTED")
 	for _, t := range list.Items {
 		budget := "-"
 		if b := t.Spec.Budget; b != nil {
@@ -127,10 +131,13 @@ func printTenants(ctx context.Context, c crclient.Client, out io.Writer) error {
 		for class, n := range t.Status.Usage.Devices {
 			devices = append(devices, fmt.Sprintf("%s=%d", class, n))
 		}
-		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", t.Name, strings.Join(t.Status.Namespaces, ","), t.Status.Usage.GPUMemory.String(),
+		w.printf("%s\t%s\t%s\t%s\t%s\t%s\t%s\n", t.Name, strings.Join(t.Status.Namespaces, ","), t.Status.Usage.GPUMemory.String(),
 			budget, strings.Join(devices, ","), conditionStatus(t, tenancyv1.TenantReady), conditionStatus(t, tenancyv1.TenantBudgetExhausted))
 	}
-	return w.Flush()
+	if w.err != nil {
+		return fmt.Errorf("print GPUTenants: %w", w.err)
+	}
+	return w.w.(*tabwriter.Writer).Flush()
 }
 
 func conditionStatus(t tenancyv1.GPUTenant, typ string) string {

@@ -23,6 +23,7 @@ import (
 	"k8s.io/klog/v2/ktesting"
 
 	gpuapi "github.com/tessera-gpu/tessera/api/gpu"
+	"github.com/tessera-gpu/tessera/test/builder"
 )
 
 const (
@@ -74,15 +75,10 @@ func (f *fakePlugin) unpreparedClaims() []string {
 // allocatedClaim and podUsing build a claim allocated on testNode and reserved for
 // the pod of the same name.
 func allocatedClaim(name string) *resourceapi.ResourceClaim {
-	return &resourceapi.ResourceClaim{
-		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "default", UID: types.UID("claim-" + name)},
-		Status: resourceapi.ResourceClaimStatus{
-			Allocation: &resourceapi.AllocationResult{Devices: resourceapi.DeviceAllocationResult{
-				Results: []resourceapi.DeviceRequestAllocationResult{{Request: "gpu", Driver: testDriver, Pool: testNode, Device: "gpu-0"}},
-			}},
-			ReservedFor: []resourceapi.ResourceClaimConsumerReference{{Resource: "pods", Name: name, UID: types.UID("pod-" + name)}},
-		},
-	}
+	return builder.MakeClaim(name).UID("claim-"+name).Driver(testDriver).Pool(testNode).
+		Device("gpu", "gpu-0").
+		ReservedFor(name, types.UID("pod-"+name)).
+		Obj()
 }
 
 func podUsing(name string) *corev1.Pod {

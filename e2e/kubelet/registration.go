@@ -2,6 +2,7 @@ package kubelet
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -57,12 +58,14 @@ func (r *registry) run(ctx context.Context) {
 	ticker := time.NewTicker(100 * time.Millisecond)
 	defer ticker.Stop()
 	for {
-		r.scan(ctx, logger)
+		r.scan(ctx)
 		select {
 		case <-ctx.Done():
 			r.mu.Lock()
 			for _, p := range r.plugins {
-				p.conn.Close()
+				if err := p.conn.Close(); err != nil {
+					logger.V(4).Info("Closing plugin connection failed", "plugin", p.name, "err", err)
+				}
 			}
 			r.mu.Unlock()
 			return
@@ -71,7 +74,8 @@ func (r *registry) run(ctx context.Context) {
 	}
 }
 
-func (r *registry) scan(ctx context.Context, logger klog.Logger) {
+func (r *registry) scan(ctx context.Context) {
+	logger := klog.FromContext(ctx)
 	entries, err := os.ReadDir(r.dir)
 	if err != nil {
 		return
@@ -110,7 +114,9 @@ func (r *registry) register(ctx context.Context, socket string) error {
 	if err != nil {
 		return err
 	}
-	defer conn.Close()
+	// The registration connection is only needed for these two calls; a failed
+	// close leaks nothing the process keeps.
+	defer func() { _ = conn.Close() }()
 	reg := registerapi.NewRegistrationClient(conn)
 	callCtx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
@@ -139,15 +145,16 @@ func (r *registry) register(ctx context.Context, socket string) error {
 		return notify(err)
 	}
 	if err := notify(nil); err != nil {
-		draConn.Close()
-		return err
+		return errors.Join(err, draConn.Close())
 	}
 
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	generation := 1
 	if old := r.plugins[info.Name]; old != nil {
-		old.conn.Close()
+		if err := old.conn.Close(); err != nil {
+			logger.V(4).Info("Closing the replaced plugin connection failed", "plugin", old.name, "err", err)
+		}
 		generation = old.generation + 1
 	}
 	r.plugins[info.Name] = &plugin{name: info.Name, endpoint: info.Endpoint, conn: draConn, client: drapb.NewDRAPluginClient(draConn), generation: generation}

@@ -32,21 +32,6 @@ func Demo() ([][]byte, error) {
 	return out, nil
 }
 
-// TenancyPolicies are tenancy's ValidatingAdmissionPolicies and their static
-// bindings.
-//
-//go:embed tenancy-policies.yaml
-var TenancyPolicies []byte
-
-// ControllerRBAC is the tenancy controller's ServiceAccount and its RBAC.
-//
-//go:embed controller-rbac.yaml
-var ControllerRBAC []byte
-
-// ControllerServiceAccount names the ServiceAccount in ControllerRBAC as
-// namespace, name.
-var ControllerServiceAccount = [2]string{"tessera-system", "tessera-controller"}
-
 // TenancyDemoTenants are the demo's GPUTenants; TenancyDemoWorkloads their
 // namespaces and pods, applied once the tenants are enforced.
 var (
@@ -55,16 +40,3 @@ var (
 	//go:embed tenancy-demo/10-workloads.yaml
 	TenancyDemoWorkloads []byte
 )
-
-// SharingPolicies are the MutatingAdmissionPolicies of tenant-exclusive
-// time-sharing, which give each tenant's claims the toleration of its own
-// GPUs' taint, and the static binding of the tenants' one.
-//
-//go:embed sharing-policies.yaml
-var SharingPolicies []byte
-
-// SharingRBAC is what the controller needs on top of ControllerRBAC to keep
-// the sharing taints and the untenanted sharing binding.
-//
-//go:embed sharing-rbac.yaml
-var SharingRBAC []byte

@@ -74,7 +74,7 @@ var mix = map[scheduling.ClaimKind]int{
 // Run starts a control plane, registers the nodes and measures each layout.
 func Run(ctx context.Context, opts Options) ([]Result, error) {
 	logger := klog.FromContext(ctx)
-	fmt.Fprintf(opts.Out, "starting control plane in %s\n", opts.WorkDir)
+	_, _ = fmt.Fprintf(opts.Out, "starting control plane in %s\n", opts.WorkDir)
 	cp, err := cluster.Start(ctx, cluster.Options{BinDir: opts.BinDir, WorkDir: opts.WorkDir})
 	if err != nil {
 		return nil, err
@@ -88,7 +88,7 @@ func Run(ctx context.Context, opts Options) ([]Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	fmt.Fprintf(opts.Out, "registering %d nodes\n", opts.Nodes)
+	_, _ = fmt.Fprintf(opts.Out, "registering %d nodes\n", opts.Nodes)
 	names := make([]string, opts.Nodes)
 	for i := range names {
 		names[i] = fmt.Sprintf("gpu-node-%03d", i)
@@ -161,7 +161,7 @@ func phase(ctx context.Context, cp *cluster.ControlPlane, metrics *metricsReader
 	client := cp.Client
 	res := Result{Layout: l.Name, Pods: opts.Pods}
 	ns := "bench-" + l.Name
-	fmt.Fprintf(opts.Out, "[%s] publishing slices on %d nodes\n", l.Name, len(nodes))
+	_, _ = fmt.Fprintf(opts.Out, "[%s] publishing slices on %d nodes\n", l.Name, len(nodes))
 	var published []string
 	var mu sync.Mutex
 	var rp *republisher
@@ -228,7 +228,7 @@ func phase(ctx context.Context, cp *cluster.ControlPlane, metrics *metricsReader
 	}
 	watch := newBindingWatch(ctx, client, ns)
 	defer watch.stop()
-	fmt.Fprintf(opts.Out, "[%s] creating %d pods\n", l.Name, opts.Pods)
+	_, _ = fmt.Fprintf(opts.Out, "[%s] creating %d pods\n", l.Name, opts.Pods)
 	start := time.Now()
 	created := make([]time.Time, opts.Pods)
 	idx := make([]int, opts.Pods)
@@ -263,7 +263,7 @@ func phase(ctx context.Context, cp *cluster.ControlPlane, metrics *metricsReader
 			createErr = nil
 		case <-ticker.C:
 			n := watch.count()
-			fmt.Fprintf(opts.Out, "[%s] %d/%d pods bound after %s (%.1f pods/s)\n", l.Name, n, opts.Pods,
+			_, _ = fmt.Fprintf(opts.Out, "[%s] %d/%d pods bound after %s (%.1f pods/s)\n", l.Name, n, opts.Pods,
 				time.Since(start).Round(time.Second), float64(n)/time.Since(start).Seconds())
 		case <-watch.changed:
 		}
@@ -292,11 +292,11 @@ func phase(ctx context.Context, cp *cluster.ControlPlane, metrics *metricsReader
 	res.BoundP50, res.BoundP99 = quantile(latencies, 0.5), quantile(latencies, 0.99)
 	diff := after.minus(before)
 	res.AttemptP50, res.AttemptP99 = diff.quantile(0.5), diff.quantile(0.99)
-	fmt.Fprintf(opts.Out, "[%s] %d/%d pods bound, %.1f pods/s, attempt p50 %s p99 %s\n", l.Name, res.Placed, res.Pods,
+	_, _ = fmt.Fprintf(opts.Out, "[%s] %d/%d pods bound, %.1f pods/s, attempt p50 %s p99 %s\n", l.Name, res.Placed, res.Pods,
 		res.PodsPerSecond, res.AttemptP50, res.AttemptP99)
 	if rp != nil {
 		rp.mu.Lock()
-		fmt.Fprintf(opts.Out, "[%s] %d slice writes for %d pods bound\n", l.Name, rp.updates, res.Placed)
+		_, _ = fmt.Fprintf(opts.Out, "[%s] %d slice writes for %d pods bound\n", l.Name, rp.updates, res.Placed)
 		rp.mu.Unlock()
 	}
 	return res, nil
@@ -342,7 +342,7 @@ func pod(i int, kind scheduling.ClaimKind) *corev1.Pod {
 }
 
 func cleanupNamespace(ctx context.Context, client kubernetes.Interface, ns string, out io.Writer) {
-	fmt.Fprintf(out, "[%s] cleaning up\n", ns)
+	_, _ = fmt.Fprintf(out, "[%s] cleaning up\n", ns)
 	// Bound pods have no kubelet to confirm their end: delete them at once.
 	_ = client.CoreV1().Pods(ns).DeleteCollection(ctx, metav1.DeleteOptions{GracePeriodSeconds: ptr.To[int64](0)}, metav1.ListOptions{})
 	_ = client.CoreV1().Namespaces().Delete(ctx, ns, metav1.DeleteOptions{})
@@ -353,7 +353,7 @@ func cleanupNamespace(ctx context.Context, client kubernetes.Interface, ns strin
 		return apierrors.IsNotFound(err), nil
 	})
 	if err != nil {
-		fmt.Fprintf(out, "[%s] namespace not gone: %v\n", ns, err)
+		_, _ = fmt.Fprintf(out, "[%s] namespace not gone: %v\n", ns, err)
 	}
 }
 
@@ -366,7 +366,7 @@ func cleanupSlices(ctx context.Context, client kubernetes.Interface, names []str
 		return err
 	})
 	if err != nil {
-		fmt.Fprintf(out, "delete slices: %v\n", err)
+		_, _ = fmt.Fprintf(out, "delete slices: %v\n", err)
 	}
 }
 

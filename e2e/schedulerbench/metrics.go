@@ -26,7 +26,7 @@ type metricsReader struct {
 }
 
 func newMetricsReader(cp *cluster.ControlPlane) (*metricsReader, error) {
-	cert, err := tls.LoadX509KeyPair(cp.Config.TLSClientConfig.CertFile, cp.Config.TLSClientConfig.KeyFile)
+	cert, err := tls.LoadX509KeyPair(cp.Config.CertFile, cp.Config.KeyFile)
 	if err != nil {
 		return nil, fmt.Errorf("load admin client certificate: %w", err)
 	}
@@ -50,7 +50,7 @@ func (m *metricsReader) attempts(ctx context.Context) (histogram, error) {
 	if err != nil {
 		return nil, fmt.Errorf("scrape scheduler metrics: %w", err)
 	}
-	defer resp.Body.Close()
+	defer func() { _ = resp.Body.Close() }() // a read response: a failed close loses nothing
 	if resp.StatusCode != http.StatusOK {
 		return nil, fmt.Errorf("scrape scheduler metrics: %s", resp.Status)
 	}

@@ -134,7 +134,7 @@ func (r *republisher) run(ctx context.Context, ns string) {
 		r.dirty = map[string]bool{}
 		r.mu.Unlock()
 		if err := parallel(ctx, nodes, r.republish); err != nil && ctx.Err() == nil {
-			fmt.Fprintf(r.out, "[%s] republish: %v\n", Withdrawn.Name, err)
+			_, _ = fmt.Fprintf(r.out, "[%s] republish: %v\n", Withdrawn.Name, err)
 		}
 	}
 }

@@ -16,6 +16,7 @@ import (
 	"tags.cncf.io/container-device-interface/pkg/cdi"
 
 	gpuapi "github.com/tessera-gpu/tessera/api/gpu"
+	"github.com/tessera-gpu/tessera/test/builder"
 )
 
 // TestEachKindOfDevice runs one pod per kind of device and checks that
@@ -31,33 +32,33 @@ func TestEachKindOfDevice(t *testing.T) {
 		wantMemory  string // consumed capacity of a share
 	}{
 		"whole GPU": {
-			request:    request("gpu", gpuapi.ClassGPU),
+			request:    builder.MakeRequest("gpu", gpuapi.ClassGPU).Obj(),
 			wantType:   "gpu",
 			wantDevice: regexp.MustCompile(`^gpu-\d+$`),
 		},
 		"MIG 1g.18gb": {
-			request:     request("gpu", gpuapi.ClassMIG, profileIs("1g.18gb")),
+			request:     builder.MakeRequest("gpu", gpuapi.ClassMIG).Profile("1g.18gb").Obj(),
 			wantType:    "mig",
 			wantProfile: "1g.18gb",
 			wantDevice:  regexp.MustCompile(`^gpu-\d+-mig-1g18gb-\d+$`),
 		},
 		"MIG 3g.71gb": {
-			request:     request("gpu", gpuapi.ClassMIG, profileIs("3g.71gb")),
+			request:     builder.MakeRequest("gpu", gpuapi.ClassMIG).Profile("3g.71gb").Obj(),
 			wantType:    "mig",
 			wantProfile: "3g.71gb",
 			wantDevice:  regexp.MustCompile(`^gpu-\d+-mig-3g71gb-\d+$`),
 		},
 		"share of 20Gi": {
-			request:    withMemory(request("gpu", gpuapi.ClassShared), "20Gi"),
+			request:    builder.MakeRequest("gpu", gpuapi.ClassShared).Memory("20Gi").Obj(),
 			wantType:   "shared",
 			wantDevice: regexp.MustCompile(`^gpu-\d+-shared$`),
 			wantMemory: "20Gi",
 		},
 		"first available prefers MIG over a share": {
-			request: resourceapi.DeviceRequest{Name: "gpu", FirstAvailable: []resourceapi.DeviceSubRequest{
-				{Name: "mig", DeviceClassName: gpuapi.ClassMIG, Selectors: []resourceapi.DeviceSelector{{CEL: &resourceapi.CELDeviceSelector{Expression: profileIs("1g.18gb")}}}},
-				{Name: "share", DeviceClassName: gpuapi.ClassShared, Capacity: &resourceapi.CapacityRequirements{Requests: map[resourceapi.QualifiedName]resource.Quantity{gpuapi.CapMemory: resource.MustParse("10Gi")}}},
-			}},
+			request: builder.FirstAvailable("gpu",
+				builder.MakeRequest("mig", gpuapi.ClassMIG).Profile("1g.18gb"),
+				builder.MakeRequest("share", gpuapi.ClassShared).Memory("10Gi"),
+			),
 			wantType:    "mig",
 			wantProfile: "1g.18gb",
 			wantDevice:  regexp.MustCompile(`^gpu-\d+-mig-1g18gb-\d+$`),

@@ -3,7 +3,6 @@ package suite
 import (
 	"context"
 	"encoding/json"
-	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -11,7 +10,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	resourceapi "k8s.io/api/resource/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/util/rand"
@@ -21,6 +19,7 @@ import (
 	"github.com/tessera-gpu/tessera/e2e/cluster"
 	"github.com/tessera-gpu/tessera/e2e/demo"
 	"github.com/tessera-gpu/tessera/e2e/kubelet"
+	"github.com/tessera-gpu/tessera/test/builder"
 )
 
 const (
@@ -30,6 +29,7 @@ const (
 	pollEvery   = 100 * time.Millisecond
 )
 
+// testContext bounds one test's calls to the cluster.
 func testContext(t *testing.T) context.Context {
 	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
 	t.Cleanup(cancel)
@@ -83,39 +83,9 @@ func newNamespace(t *testing.T) string {
 	return name
 }
 
-// request builds an ExactDeviceRequest.
-func request(name, class string, selectors ...string) resourceapi.DeviceRequest {
-	r := resourceapi.DeviceRequest{Name: name, Exactly: &resourceapi.ExactDeviceRequest{DeviceClassName: class}}
-	for _, s := range selectors {
-		r.Exactly.Selectors = append(r.Exactly.Selectors, resourceapi.DeviceSelector{CEL: &resourceapi.CELDeviceSelector{Expression: s}})
-	}
-	return r
-}
-
-func profileIs(profile string) string {
-	return fmt.Sprintf(`device.attributes[%q].%s == %q`, gpuapi.DriverName, gpuapi.AttrProfile, profile)
-}
-
-// withMemory asks for a share of memory bytes of a shared GPU.
-func withMemory(r resourceapi.DeviceRequest, quantity string) resourceapi.DeviceRequest {
-	r.Exactly.Capacity = &resourceapi.CapacityRequirements{Requests: map[resourceapi.QualifiedName]resource.Quantity{
-		gpuapi.CapMemory: resource.MustParse(quantity),
-	}}
-	return r
-}
-
-func withCount(r resourceapi.DeviceRequest, n int64) resourceapi.DeviceRequest {
-	r.Exactly.AllocationMode = resourceapi.DeviceAllocationModeExactCount
-	r.Exactly.Count = n
-	return r
-}
-
 func createTemplate(t *testing.T, ns, name string, requests ...resourceapi.DeviceRequest) {
 	t.Helper()
-	tmpl := &resourceapi.ResourceClaimTemplate{
-		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns},
-		Spec:       resourceapi.ResourceClaimTemplateSpec{Spec: resourceapi.ResourceClaimSpec{Devices: resourceapi.DeviceClaim{Requests: requests}}},
-	}
+	tmpl := builder.MakeClaim(name).Namespace(ns).Request(requests...).Template()
 	if _, err := local.Client.ResourceV1().ResourceClaimTemplates(ns).Create(t.Context(), tmpl, metav1.CreateOptions{}); err != nil {
 		t.Fatalf("create ResourceClaimTemplate %s: %v", name, err)
 	}

@@ -8,11 +8,11 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	resourceapi "k8s.io/api/resource/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/runtime"
 	"tags.cncf.io/container-device-interface/pkg/cdi"
 
 	gpuapi "github.com/tessera-gpu/tessera/api/gpu"
 	"github.com/tessera-gpu/tessera/e2e/kubelet"
+	"github.com/tessera-gpu/tessera/test/builder"
 	drapb "k8s.io/kubelet/pkg/apis/dra/v1"
 )
 
@@ -20,8 +20,8 @@ import (
 // a ninth pod waits, and that it is scheduled once the first pod is deleted.
 func TestDeletingPodsFreesDevices(t *testing.T) {
 	ns := newNamespace(t)
-	createTemplate(t, ns, "eight", withCount(request("gpu", gpuapi.ClassGPU), 8))
-	createTemplate(t, ns, "one", request("gpu", gpuapi.ClassGPU))
+	createTemplate(t, ns, "eight", builder.MakeRequest("gpu", gpuapi.ClassGPU).Count(8).Obj())
+	createTemplate(t, ns, "one", builder.MakeRequest("gpu", gpuapi.ClassGPU).Obj())
 
 	all := createPod(t, ns, "all-gpus", "eight", onNode(nodeA))
 	aAll := waitAllocated(t, all)
@@ -52,7 +52,7 @@ func TestDeletingPodsFreesDevices(t *testing.T) {
 func TestPluginRestart(t *testing.T) {
 	ns := newNamespace(t)
 	n := node(t, nodeB)
-	createTemplate(t, ns, "one", request("gpu", gpuapi.ClassGPU))
+	createTemplate(t, ns, "one", builder.MakeRequest("gpu", gpuapi.ClassGPU).Obj())
 	before := n.Kubelet.Registrations(gpuapi.DriverName)
 
 	if err := n.RestartPlugin(t.Context(), false); err != nil {
@@ -115,7 +115,7 @@ func TestPluginRestart(t *testing.T) {
 // stays pending and the scheduler says why.
 func TestUnfittableClaimStaysPending(t *testing.T) {
 	ns := newNamespace(t)
-	createTemplate(t, ns, "nine", withCount(request("gpu", gpuapi.ClassGPU), 9))
+	createTemplate(t, ns, "nine", builder.MakeRequest("gpu", gpuapi.ClassGPU).Count(9).Obj())
 	pod := createPod(t, ns, "greedy", "nine")
 	ev := waitEvent(t, pod, "FailedScheduling")
 	if !strings.Contains(ev.Message, "cannot allocate all claims") {
@@ -141,31 +141,19 @@ func TestPrepareFailureIsReported(t *testing.T) {
 		want    string
 	}{
 		"unknown-field": {
-			request: request("gpu", gpuapi.ClassGPU),
+			request: builder.MakeRequest("gpu", gpuapi.ClassGPU).Obj(),
 			config:  `{"apiVersion":"config.gpu.tessera.dev/v1alpha1","kind":"GPUConfig","noSuchField":true}`,
 			want:    "noSuchField",
 		},
 		"claim-sets-the-sharing-of-its-share": {
-			request: withMemory(request("gpu", gpuapi.ClassShared), "1Gi"),
+			request: builder.MakeRequest("gpu", gpuapi.ClassShared).Memory("1Gi").Obj(),
 			config:  `{"apiVersion":"config.gpu.tessera.dev/v1alpha1","kind":"GPUConfig","sharing":{"strategy":"TimeSlicing"}}`,
 			want:    "the sharing of a time-shared GPU is set by its DeviceClass",
 		},
 	} {
 		t.Run(name, func(t *testing.T) {
 			ns := newNamespace(t)
-			tmpl := &resourceapi.ResourceClaimTemplate{
-				ObjectMeta: metav1.ObjectMeta{Name: "bad-config", Namespace: ns},
-				Spec: resourceapi.ResourceClaimTemplateSpec{Spec: resourceapi.ResourceClaimSpec{Devices: resourceapi.DeviceClaim{
-					Requests: []resourceapi.DeviceRequest{tc.request},
-					Config: []resourceapi.DeviceClaimConfiguration{{
-						Requests: []string{"gpu"},
-						DeviceConfiguration: resourceapi.DeviceConfiguration{Opaque: &resourceapi.OpaqueDeviceConfiguration{
-							Driver:     gpuapi.DriverName,
-							Parameters: runtime.RawExtension{Raw: []byte(tc.config)},
-						}},
-					}},
-				}}},
-			}
+			tmpl := builder.MakeClaim("bad-config").Namespace(ns).Request(tc.request).SpecConfig(tc.config, "gpu").Template()
 			if _, err := local.Client.ResourceV1().ResourceClaimTemplates(ns).Create(t.Context(), tmpl, metav1.CreateOptions{}); err != nil {
 				t.Fatal(err)
 			}

@@ -14,7 +14,6 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/klog/v2"
 
 	"github.com/tessera-gpu/tessera/e2e/cluster"
 )
@@ -41,7 +40,6 @@ func TestMain(m *testing.M) {
 }
 
 func run(m *testing.M) (code int) {
-	klog.SetOutput(os.Stderr)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 
@@ -76,7 +74,9 @@ func run(m *testing.M) (code int) {
 			fmt.Fprintf(os.Stderr, "cluster state and component logs kept in %s\n", workDir)
 			return
 		}
-		os.RemoveAll(workDir)
+		if err := os.RemoveAll(workDir); err != nil {
+			fmt.Fprintln(os.Stderr, "remove the cluster's state:", err)
+		}
 	}()
 	if err := taintNode(ctx, nodeSmall); err != nil {
 		fmt.Fprintln(os.Stderr, err)

@@ -18,6 +18,7 @@ import (
 	gpuapi "github.com/tessera-gpu/tessera/api/gpu"
 	"github.com/tessera-gpu/tessera/e2e/cluster"
 	"github.com/tessera-gpu/tessera/internal/sim"
+	"github.com/tessera-gpu/tessera/test/builder"
 )
 
 // TestTesseraSchedulerKeepsGPUsWhole places eight half-GPU shares and then a
@@ -41,13 +42,8 @@ func TestTesseraSchedulerKeepsGPUsWhole(t *testing.T) {
 	} {
 		t.Run(tc.scheduler, func(t *testing.T) {
 			ns := newNamespace(t)
-			half := request("share", gpuapi.ClassShared)
-			half.Exactly.Capacity = &resourceapi.CapacityRequirements{Requests: map[resourceapi.QualifiedName]resource.Quantity{
-				gpuapi.CapCompute: resource.MustParse("50"),
-				gpuapi.CapMemory:  resource.MustParse("10Gi"),
-			}}
-			createTemplate(t, ns, "half", half)
-			createTemplate(t, ns, "eight", withCount(request("gpus", gpuapi.ClassGPU), 8))
+			createTemplate(t, ns, "half", builder.MakeRequest("share", gpuapi.ClassShared).Compute(50).Memory("10Gi").Obj())
+			createTemplate(t, ns, "eight", builder.MakeRequest("gpus", gpuapi.ClassGPU).Count(8).Obj())
 			nodes := map[string]int{}
 			// One at a time, so that each pod sees where the previous went.
 			for i := range 8 {
@@ -96,7 +92,7 @@ func TestStockModelMatchesKubeScheduler(t *testing.T) {
 	if err != nil {
 		t.Skipf("openb trace not available (set TESSERA_OPENB_DIR): %v", err)
 	}
-	defer f.Close()
+	defer func() { _ = f.Close() }() // read only: a failed close loses nothing
 	trace, err := sim.ReadPods(f)
 	if err != nil {
 		t.Fatal(err)
@@ -132,16 +128,16 @@ func TestStockModelMatchesKubeScheduler(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		var real []int
+		var allocated []int
 		for _, d := range devices {
 			var g int
 			if _, err := fmt.Sscanf(d, "gpu-%d", &g); err != nil {
 				t.Fatalf("device %s: %v", d, err)
 			}
-			real = append(real, g)
+			allocated = append(allocated, g)
 		}
-		if p.Request.GPUs > 0 && !slices.Equal(gpus, real) {
-			t.Errorf("pod %d (%s) on %s: kube-scheduler's allocator took GPUs %v, the simulator's %v", i, p.Name, node, real, gpus)
+		if p.Request.GPUs > 0 && !slices.Equal(gpus, allocated) {
+			t.Errorf("pod %d (%s) on %s: kube-scheduler's allocator took GPUs %v, the simulator's %v", i, p.Name, node, allocated, gpus)
 			continue
 		}
 		agreed++

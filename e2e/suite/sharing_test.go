@@ -6,13 +6,12 @@ import (
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
-	resourceapi "k8s.io/api/resource/v1"
-	"k8s.io/apimachinery/pkg/api/resource"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	gpuapi "github.com/tessera-gpu/tessera/api/gpu"
 	"github.com/tessera-gpu/tessera/e2e/kubelet"
+	"github.com/tessera-gpu/tessera/test/builder"
 )
 
 // TestSharesColocateWhileMIGWaits runs on the node with one GPU, so nothing can go
@@ -21,13 +20,13 @@ import (
 // MIG over a share falls back to a share meanwhile.
 func TestSharesColocateWhileMIGWaits(t *testing.T) {
 	ns := newNamespace(t)
-	createTemplate(t, ns, "share-20gi", withMemory(request("gpu", gpuapi.ClassShared), "20Gi"))
-	createTemplate(t, ns, "share-30gi", withMemory(request("gpu", gpuapi.ClassShared), "30Gi"))
-	createTemplate(t, ns, "mig-1g", request("gpu", gpuapi.ClassMIG, profileIs("1g.18gb")))
-	createTemplate(t, ns, "mig-or-share", resourceapi.DeviceRequest{Name: "gpu", FirstAvailable: []resourceapi.DeviceSubRequest{
-		{Name: "mig", DeviceClassName: gpuapi.ClassMIG, Selectors: []resourceapi.DeviceSelector{{CEL: &resourceapi.CELDeviceSelector{Expression: profileIs("1g.18gb")}}}},
-		{Name: "share", DeviceClassName: gpuapi.ClassShared, Capacity: &resourceapi.CapacityRequirements{Requests: map[resourceapi.QualifiedName]resource.Quantity{gpuapi.CapMemory: resource.MustParse("10Gi")}}},
-	}})
+	createTemplate(t, ns, "share-20gi", builder.MakeRequest("gpu", gpuapi.ClassShared).Memory("20Gi").Obj())
+	createTemplate(t, ns, "share-30gi", builder.MakeRequest("gpu", gpuapi.ClassShared).Memory("30Gi").Obj())
+	createTemplate(t, ns, "mig-1g", builder.MakeRequest("gpu", gpuapi.ClassMIG).Profile("1g.18gb").Obj())
+	createTemplate(t, ns, "mig-or-share", builder.FirstAvailable("gpu",
+		builder.MakeRequest("mig", gpuapi.ClassMIG).Profile("1g.18gb"),
+		builder.MakeRequest("share", gpuapi.ClassShared).Memory("10Gi"),
+	))
 
 	small := createPod(t, ns, "share-small", "share-20gi", onNode(nodeSmall))
 	large := createPod(t, ns, "share-large", "share-30gi", onNode(nodeSmall))

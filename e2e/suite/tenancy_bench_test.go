@@ -15,6 +15,7 @@ import (
 
 	gpuapi "github.com/tessera-gpu/tessera/api/gpu"
 	tenancyv1 "github.com/tessera-gpu/tessera/api/tenancy/v1alpha1"
+	"github.com/tessera-gpu/tessera/test/builder"
 )
 
 // bindingLatencyPods is how many pods each side of the benchmark binds, one
@@ -61,12 +62,14 @@ func bindLatencies(b *testing.B, tenancy bool) []time.Duration {
 		if err := tenants.Create(ctx, tenant); err != nil {
 			b.Fatal(err)
 		}
-		defer tenants.Delete(context.Background(), tenant)
+		defer func() { _ = tenants.Delete(context.Background(), tenant) }()
 	}
 	if _, err := local.Client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns, Labels: labels}}, metav1.CreateOptions{}); err != nil {
 		b.Fatal(err)
 	}
-	defer local.Client.CoreV1().Namespaces().Delete(context.Background(), ns, metav1.DeleteOptions{})
+	defer func() {
+		_ = local.Client.CoreV1().Namespaces().Delete(context.Background(), ns, metav1.DeleteOptions{})
+	}()
 	if err := wait.PollUntilContextTimeout(ctx, pollEvery, waitTimeout, true, func(ctx context.Context) (bool, error) {
 		_, err := local.Client.CoreV1().ServiceAccounts(ns).Get(ctx, "default", metav1.GetOptions{})
 		return err == nil, nil
@@ -159,7 +162,7 @@ func BenchmarkTenancyPolicyAdmission(b *testing.B) {
 		if err := tenants.Create(ctx, tenant); err != nil {
 			b.Fatal(err)
 		}
-		defer tenants.Delete(context.Background(), tenant)
+		b.Cleanup(func() { _ = tenants.Delete(context.Background(), tenant) })
 		for _, ns := range []struct {
 			name   string
 			labels map[string]string
@@ -168,14 +171,16 @@ func BenchmarkTenancyPolicyAdmission(b *testing.B) {
 			if _, err := local.Client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns.name, Labels: ns.labels}}, metav1.CreateOptions{}); err != nil {
 				b.Fatal(err)
 			}
-			defer local.Client.CoreV1().Namespaces().Delete(context.Background(), ns.name, metav1.DeleteOptions{})
+			b.Cleanup(func() {
+				_ = local.Client.CoreV1().Namespaces().Delete(context.Background(), ns.name, metav1.DeleteOptions{})
+			})
 			*ns.into = append(*ns.into, ns.name)
 		}
 	}
 	// Every tenant's binding must be in force before timing.
 	for _, ns := range tenantNS {
 		if err := wait.PollUntilContextTimeout(ctx, pollEvery, 2*time.Minute, true, func(ctx context.Context) (bool, error) {
-			return createClaim(ctx, ns, claimSpec(request("probe", gpuapi.ClassGPU))) != nil, nil
+			return createClaim(ctx, ns, claimSpec(builder.MakeRequest("probe", gpuapi.ClassGPU).Obj())) != nil, nil
 		}); err != nil {
 			b.Fatalf("tenant policy not enforced in %s", ns)
 		}
@@ -190,7 +195,7 @@ func BenchmarkTenancyPolicyAdmission(b *testing.B) {
 // namespaces with policyBenchWorkers clients and returns creates per second.
 // Odd claims name a forbidden class: refused when enforced, else allowed.
 func admissionRate(ctx context.Context, b *testing.B, namespaces []string, enforced bool) float64 {
-	allowed, forbidden := claimSpec(migRequest("gpu")), claimSpec(request("gpu", gpuapi.ClassGPU))
+	allowed, forbidden := claimSpec(migRequest("gpu")), claimSpec(builder.MakeRequest("gpu", gpuapi.ClassGPU).Obj())
 	next := make(chan int)
 	errs := make(chan error, policyBenchWorkers)
 	var wg sync.WaitGroup
@@ -204,7 +209,7 @@ func admissionRate(ctx context.Context, b *testing.B, namespaces []string, enfor
 				}
 				err := createClaim(ctx, namespaces[i%len(namespaces)], spec)
 				if refused := err != nil; refused != (enforced && i%2 == 1) {
-					errs <- fmt.Errorf("claim %d in %s: refused=%t, error %v", i, namespaces[i%len(namespaces)], refused, err)
+					errs <- fmt.Errorf("claim %d in %s: refused=%t, error %w", i, namespaces[i%len(namespaces)], refused, err)
 					return
 				}
 			}

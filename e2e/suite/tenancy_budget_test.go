@@ -21,6 +21,7 @@ import (
 	gpuapi "github.com/tessera-gpu/tessera/api/gpu"
 	tenancyv1 "github.com/tessera-gpu/tessera/api/tenancy/v1alpha1"
 	"github.com/tessera-gpu/tessera/pkg/tenancy"
+	"github.com/tessera-gpu/tessera/test/builder"
 )
 
 // migMemory is the memory the tenancy node publishes for a 1g.18gb partition.
@@ -173,8 +174,13 @@ func checkDecisionMetric(t *testing.T, tenant, decision string) {
 	if err != nil {
 		t.Fatalf("scrape controller metrics: %v", err)
 	}
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(resp.Body)
+	body, err := io.ReadAll(resp.Body)
+	if cerr := resp.Body.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		t.Fatalf("read controller metrics: %v", err)
+	}
 	for _, line := range strings.Split(string(body), "\n") {
 		if strings.HasPrefix(line, "tessera_tenant_allocation_decisions_total{") &&
 			strings.Contains(line, `decision="`+decision+`"`) && strings.Contains(line, `tenant="`+tenant+`"`) {
@@ -205,7 +211,7 @@ func TestTenancyControllerDown(t *testing.T) {
 			}
 		}
 	})
-	wantRefused(t, createClaim(ctx, ns, claimSpec(request("gpu", gpuapi.ClassGPU))), "GPUTenant "+tenant.Name)
+	wantRefused(t, createClaim(ctx, ns, claimSpec(builder.MakeRequest("gpu", gpuapi.ClassGPU).Obj())), "GPUTenant "+tenant.Name)
 
 	pod := createPod(t, ns, "waits", "mig", onTenancyNodes)
 	// The scheduler re-checks binding conditions every 5 s: across two
@@ -244,7 +250,7 @@ func TestTenancyDedicatedPool(t *testing.T) {
 	if err != nil {
 		t.Fatalf("dedicated class %s never created", class)
 	}
-	createTemplate(t, ns, "dedicated", request("gpu", class, profileIs("1g.18gb")))
+	createTemplate(t, ns, "dedicated", builder.MakeRequest("gpu", class).Profile("1g.18gb").Obj())
 	a := waitAllocated(t, createPod(t, ns, "dedicated", "dedicated", onTenancyNodes))
 	if pool := a.Devices()[0].Pool; pool != poolNode.Name {
 		t.Errorf("dedicated class allocated from pool %s, want the dedicated node %s", pool, poolNode.Name)

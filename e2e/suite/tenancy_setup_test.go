@@ -20,6 +20,7 @@ import (
 	tenancyv1 "github.com/tessera-gpu/tessera/api/tenancy/v1alpha1"
 	"github.com/tessera-gpu/tessera/e2e/cluster"
 	"github.com/tessera-gpu/tessera/internal/controller"
+	"github.com/tessera-gpu/tessera/test/builder"
 )
 
 // Tenancy's nodes run the plugin with --tenancy, so their devices carry the
@@ -122,7 +123,7 @@ func tenantNamespace(t *testing.T, tenant string) string {
 func waitEnforced(t *testing.T, ns string) {
 	t.Helper()
 	err := wait.PollUntilContextTimeout(t.Context(), pollEvery, waitTimeout, true, func(ctx context.Context) (bool, error) {
-		return createClaim(ctx, ns, claimSpec(request("probe", "probe.e2e.tessera.dev"))) != nil, nil
+		return createClaim(ctx, ns, claimSpec(builder.MakeRequest("probe", "probe.e2e.tessera.dev").Obj())) != nil, nil
 	})
 	if err != nil {
 		t.Fatalf("no tenant policy enforced in namespace %s within %s", ns, waitTimeout)
@@ -226,7 +227,7 @@ func wantRefused(t *testing.T, err error, parts ...string) {
 
 // migRequest asks for one 1g.18gb MIG partition.
 func migRequest(name string) resourceapi.DeviceRequest {
-	return request(name, gpuapi.ClassMIG, profileIs("1g.18gb"))
+	return builder.MakeRequest(name, gpuapi.ClassMIG).Profile("1g.18gb").Obj()
 }
 
 // updateTenant changes the tenant's spec, retrying when the controller has

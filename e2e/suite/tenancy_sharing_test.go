@@ -19,6 +19,7 @@ import (
 	gpuapi "github.com/tessera-gpu/tessera/api/gpu"
 	tenancyv1 "github.com/tessera-gpu/tessera/api/tenancy/v1alpha1"
 	"github.com/tessera-gpu/tessera/pkg/tenancy"
+	"github.com/tessera-gpu/tessera/test/builder"
 )
 
 // sharingTimeout bounds the waits of the sharing test: a share rejected for
@@ -149,7 +150,7 @@ func TestTenantExclusiveSharing(t *testing.T) {
 			var err error
 			claim, err = local.Client.ResourceV1().ResourceClaims(nsA).Create(ctx, &resourceapi.ResourceClaim{
 				ObjectMeta: metav1.ObjectMeta{GenerateName: "probe-", Namespace: nsA},
-				Spec:       claimSpec(request("gpu", gpuapi.ClassShared)),
+				Spec:       claimSpec(builder.MakeRequest("gpu", gpuapi.ClassShared).Obj()),
 			}, metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}})
 			return err == nil, nil
 		})
@@ -161,7 +162,7 @@ func TestTenantExclusiveSharing(t *testing.T) {
 			t.Errorf("tolerations of a claim of %s: %+v, want exactly %+v", a.Name, tols, tenancy.Toleration(a.Name))
 		}
 		// A claim naming its own toleration passes (and gets no second one).
-		own := claimSpec(request("gpu", gpuapi.ClassShared))
+		own := claimSpec(builder.MakeRequest("gpu", gpuapi.ClassShared).Obj())
 		own.Devices.Requests[0].Exactly.Tolerations = []resourceapi.DeviceToleration{tenancy.Toleration(a.Name)}
 		if err := createClaim(ctx, nsA, own); err != nil {
 			t.Errorf("claim with its own tenant's toleration refused: %v", err)
@@ -172,7 +173,7 @@ func TestTenantExclusiveSharing(t *testing.T) {
 			"untenanted":   tenancy.Toleration(tenancyv1.GroupUntenanted),
 			"any tenant":   {Key: tenancyv1.TaintKeyTenant, Operator: resourceapi.DeviceTolerationOpExists},
 		} {
-			s := claimSpec(request("gpu", gpuapi.ClassShared))
+			s := claimSpec(builder.MakeRequest("gpu", gpuapi.ClassShared).Obj())
 			s.Devices.Requests[0].Exactly.Tolerations = []resourceapi.DeviceToleration{tol}
 			t.Run(name, func(t *testing.T) {
 				wantRefused(t, createClaim(ctx, nsB, s), "GPUTenant "+b.Name, "tolerates a tenancy taint")
@@ -183,7 +184,7 @@ func TestTenantExclusiveSharing(t *testing.T) {
 	size := shareSize(t)
 	namespaces := []string{nsA, nsB}
 	for _, ns := range namespaces {
-		createTemplate(t, ns, "share", withMemory(request("gpu", gpuapi.ClassShared), size))
+		createTemplate(t, ns, "share", builder.MakeRequest("gpu", gpuapi.ClassShared).Memory(size).Obj())
 	}
 
 	// Watch the claims for the whole test: every poll, no GPU may serve two

@@ -17,6 +17,7 @@ import (
 
 	gpuapi "github.com/tessera-gpu/tessera/api/gpu"
 	tenancyv1 "github.com/tessera-gpu/tessera/api/tenancy/v1alpha1"
+	"github.com/tessera-gpu/tessera/test/builder"
 )
 
 // TestTenancyAttackMatrix is docs/tenancy.md's attack matrix: every way a
@@ -36,7 +37,7 @@ func TestTenancyAttackMatrix(t *testing.T) {
 	ctx := testContext(t)
 
 	tolerating := func(key string, op resourceapi.DeviceTolerationOperator) resourceapi.DeviceRequest {
-		r := request("gpu", gpuapi.ClassShared)
+		r := builder.MakeRequest("gpu", gpuapi.ClassShared).Obj()
 		r.Exactly.Tolerations = []resourceapi.DeviceToleration{{Key: key, Operator: op}}
 		return r
 	}
@@ -44,9 +45,9 @@ func TestTenancyAttackMatrix(t *testing.T) {
 		{Name: "share", DeviceClassName: gpuapi.ClassShared},
 		{Name: "whole", DeviceClassName: gpuapi.ClassGPU},
 	}}
-	adminAccess := request("gpu", gpuapi.ClassMIG)
+	adminAccess := builder.MakeRequest("gpu", gpuapi.ClassMIG).Obj()
 	adminAccess.Exactly.AdminAccess = new(true)
-	withConfig := claimSpec(request("gpu", gpuapi.ClassShared))
+	withConfig := claimSpec(builder.MakeRequest("gpu", gpuapi.ClassShared).Obj())
 	withConfig.Devices.Config = []resourceapi.DeviceClaimConfiguration{{DeviceConfiguration: resourceapi.DeviceConfiguration{
 		Opaque: &resourceapi.OpaqueDeviceConfiguration{Driver: gpuapi.DriverName, Parameters: runtime.RawExtension{Raw: []byte(`{"apiVersion":"config.gpu.tessera.dev/v1alpha1","kind":"GPUConfig"}`)}},
 	}}}
@@ -56,13 +57,13 @@ func TestTenancyAttackMatrix(t *testing.T) {
 		want []string // nil: allowed
 	}{
 		"a class the tenant may use":         {spec: claimSpec(migRequest("gpu"))},
-		"a class the tenant may not use":     {spec: claimSpec(request("gpu", gpuapi.ClassGPU)), want: []string{"GPUTenant " + tenant.Name, "request gpu", "DeviceClass gpu.tessera.dev"}},
-		"a forbidden class in a 2nd request": {spec: claimSpec(migRequest("ok"), request("big", gpuapi.ClassGPU)), want: []string{"GPUTenant " + tenant.Name, "request big", "DeviceClass gpu.tessera.dev"}},
+		"a class the tenant may not use":     {spec: claimSpec(builder.MakeRequest("gpu", gpuapi.ClassGPU).Obj()), want: []string{"GPUTenant " + tenant.Name, "request gpu", "DeviceClass gpu.tessera.dev"}},
+		"a forbidden class in a 2nd request": {spec: claimSpec(migRequest("ok"), builder.MakeRequest("big", gpuapi.ClassGPU).Obj()), want: []string{"GPUTenant " + tenant.Name, "request big", "DeviceClass gpu.tessera.dev"}},
 		"a forbidden firstAvailable alternative": {
 			spec: claimSpec(firstAvailable), want: []string{"GPUTenant " + tenant.Name, "request gpu/whole", "DeviceClass gpu.tessera.dev"},
 		},
 		"another tenant's dedicated class": {
-			spec: claimSpec(request("gpu", tenancyv1.DedicatedClassName(other.Name, gpuapi.ClassMIG))),
+			spec: claimSpec(builder.MakeRequest("gpu", tenancyv1.DedicatedClassName(other.Name, gpuapi.ClassMIG)).Obj()),
 			want: []string{"GPUTenant " + tenant.Name, "request gpu", "DeviceClass " + tenancyv1.DedicatedClassName(other.Name, gpuapi.ClassMIG)},
 		},
 		"opaque config for Tessera":           {spec: withConfig, want: []string{"GPUTenant " + tenant.Name, "opaque config for gpu.tessera.dev"}},
@@ -91,7 +92,7 @@ func TestTenancyAttackMatrix(t *testing.T) {
 	t.Run("a template with a forbidden class", func(t *testing.T) {
 		_, err := local.Client.ResourceV1().ResourceClaimTemplates(ns).Create(ctx, &resourceapi.ResourceClaimTemplate{
 			ObjectMeta: metav1.ObjectMeta{Name: "attack", Namespace: ns},
-			Spec:       resourceapi.ResourceClaimTemplateSpec{Spec: claimSpec(request("gpu", gpuapi.ClassGPU))},
+			Spec:       resourceapi.ResourceClaimTemplateSpec{Spec: claimSpec(builder.MakeRequest("gpu", gpuapi.ClassGPU).Obj())},
 		}, metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}})
 		wantRefused(t, err, "GPUTenant "+tenant.Name, "request gpu", "DeviceClass gpu.tessera.dev")
 	})
@@ -283,7 +284,7 @@ func TestTenancyUntenantedDeny(t *testing.T) {
 	if err := createClaim(ctx, ns, claimSpec(migRequest("gpu"))); err != nil {
 		t.Errorf("the tenant's own namespace is refused: %v", err)
 	}
-	other := claimSpec(request("gpu", "other.example.com"))
+	other := claimSpec(builder.MakeRequest("gpu", "other.example.com").Obj())
 	if err := createClaim(ctx, free, other); err != nil && strings.Contains(err.Error(), "belongs to no GPUTenant") {
 		t.Errorf("a class of another driver is refused: %v", err)
 	}

@@ -28,7 +28,7 @@ e2e-tessera-local:
 
 e2e: cluster-binaries e2e-plugin
 	helm="$$($(HELM_TOOL))"; TESSERA_E2E=1 TESSERA_PLUGIN_BINARY=$(CURDIR)/bin/dra-kubelet-plugin TESSERA_HELM="$$helm" \
-		go test -race -count=1 -timeout $(E2E_TIMEOUT) $(E2E_FLAGS) ./e2e/...
+		go test -race -count=1 -timeout $(E2E_TIMEOUT) $(E2E_FLAGS) $$(go list ./e2e/... | grep -v /e2e/node$$)
 
 demo: cluster-binaries e2e-plugin e2e-tessera-local
 	helm="$$($(HELM_TOOL))"; bin/tessera-local demo --bin-dir=$(TESSERA_CACHE)/bin --plugin=$(CURDIR)/bin/dra-kubelet-plugin --helm="$$helm"

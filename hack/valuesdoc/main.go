@@ -6,6 +6,7 @@ package main
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -62,8 +63,8 @@ func run(chartDir, out string) error {
 	if err != nil {
 		return err
 	}
-	defer f.Close()
-	return write(f, &root, defaults)
+	// A failed close can lose what was written: it is this command's result.
+	return errors.Join(write(f, &root, defaults), f.Close())
 }
 
 // checkDocumented refuses a default that the schema does not describe.

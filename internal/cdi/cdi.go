@@ -128,7 +128,7 @@ func (w *Writer) Spec(c Claim) (*cdispec.Spec, error) {
 		}
 		spec.Devices = append(spec.Devices, dev)
 	}
-	version, err := cdi.MinimumRequiredVersion(spec)
+	version, err := cdispec.MinimumRequiredVersion(spec)
 	if err != nil {
 		return nil, fmt.Errorf("CDI version of claim %s's spec: %w", c.UID, err)
 	}

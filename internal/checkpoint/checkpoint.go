@@ -26,11 +26,11 @@ import (
 type State string
 
 const (
-	// PrepareStarted: the claim's devices are being made; some may exist.
+	// PrepareStarted means the claim's devices are being made; some may exist.
 	PrepareStarted State = "PrepareStarted"
-	// PrepareCompleted: every device exists and the CDI spec is written.
+	// PrepareCompleted means every device exists and the CDI spec is written.
 	PrepareCompleted State = "PrepareCompleted"
-	// UnprepareStarted: the claim's devices are being torn down.
+	// UnprepareStarted means the claim's devices are being torn down.
 	UnprepareStarted State = "UnprepareStarted"
 )
 

@@ -17,10 +17,9 @@ func history(n int) []*Checkpoint {
 	var out []*Checkpoint
 	for i := range n {
 		uid := fmt.Sprintf("c%d", i%4)
-		switch {
-		case i%5 == 4:
+		if i%5 == 4 {
 			delete(cp.Claims, uid)
-		default:
+		} else {
 			c := base.DeepCopy()
 			c.UID, c.Name = uid, fmt.Sprintf("step-%d", i)
 			cp.Claims[uid] = c

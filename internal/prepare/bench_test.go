@@ -8,7 +8,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/NVIDIA/go-nvml/pkg/nvml/mock/server"
 	resourceapi "k8s.io/api/resource/v1"
 
 	tnvml "github.com/tessera-gpu/tessera/internal/nvml"
@@ -54,12 +53,12 @@ func BenchmarkPrepareUnprepare(b *testing.B) {
 		name  string
 		claim func(uid string) *resourceapi.ResourceClaim
 	}{
-		{"whole", func(uid string) *resourceapi.ResourceClaim { return makeClaim(uid).device("g", "gpu-3").obj() }},
+		{"whole", func(uid string) *resourceapi.ResourceClaim { return makeClaim(uid).Device("g", "gpu-3").Obj() }},
 		{"mig", func(uid string) *resourceapi.ResourceClaim {
-			return makeClaim(uid).device("m", "gpu-1-mig-3g71gb-4").obj()
+			return makeClaim(uid).Device("m", "gpu-1-mig-3g71gb-4").Obj()
 		}},
 		{"share", func(uid string) *resourceapi.ResourceClaim {
-			return makeClaim(uid).share("s", "gpu-5-shared", "16Gi", "25", uid).obj()
+			return makeClaim(uid).Share("s", "gpu-5-shared", "16Gi", "25", uid).Obj()
 		}},
 	} {
 		b.Run(bc.name, func(b *testing.B) {
@@ -70,7 +69,7 @@ func BenchmarkPrepareUnprepare(b *testing.B) {
 			p := e.mustPreparer(ctx)
 			// A claim that stays prepared throughout, so that the
 			// checkpoint is not trivially empty.
-			if res := p.Prepare(ctx, makeClaim("resident").device("m", "gpu-0-mig-1g18gb-0").obj()); res.Err != nil {
+			if res := p.Prepare(ctx, makeClaim("resident").Device("m", "gpu-0-mig-1g18gb-0").Obj()); res.Err != nil {
 				b.Fatal(res.Err)
 			}
 			lib.spent.Store(0)
@@ -89,7 +88,7 @@ func BenchmarkPrepareUnprepare(b *testing.B) {
 				t2 := time.Now()
 				prep, unprep = append(prep, t1.Sub(t0)), append(unprep, t2.Sub(t1))
 				total += t2.Sub(t0)
-				reuseGPUInstanceIDs(e)
+				e.server.ReuseGPUInstanceIDs()
 			}
 			n := float64(len(prep))
 			b.ReportMetric(ms(percentile(prep, 50)), "prepare-p50-ms")
@@ -99,19 +98,6 @@ func BenchmarkPrepareUnprepare(b *testing.B) {
 			b.ReportMetric(ms(time.Duration(lib.spent.Load()))/n, "nvml-ms/claim")
 			b.ReportMetric(ms(total-time.Duration(lib.spent.Load()))/n, "overhead-ms/claim")
 		})
-	}
-}
-
-// reuseGPUInstanceIDs makes the mock reuse GPU instance IDs as NVML does,
-// so that the fake capability files (a fixed range of IDs) keep matching.
-func reuseGPUInstanceIDs(e *testEnv) {
-	for _, d := range e.server.Devices {
-		dev := d.(*server.Device)
-		dev.Lock()
-		if len(dev.GpuInstances) <= 1 {
-			dev.GpuInstanceCounter = uint32(len(dev.GpuInstances))
-		}
-		dev.Unlock()
 	}
 }
 

@@ -23,31 +23,31 @@ func TestResolveConfig(t *testing.T) {
 		want []string
 	}{
 		"later claim entry wins": {
-			claim: makeClaim("u").device("a", "gpu-0").
-				config(claim, ts("Short")).config(claim, ts("Long")).obj(),
+			claim: makeClaim("u").Device("a", "gpu-0").
+				Config(claim, ts("Short")).Config(claim, ts("Long")).Obj(),
 			kinds: []partition.Kind{partition.KindGPU},
 			want:  []string{"Long"},
 		},
 		"claim wins over class whatever the order": {
-			claim: makeClaim("u").device("a", "gpu-0").
-				config(claim, ts("Short")).config(class, ts("Long")).obj(),
+			claim: makeClaim("u").Device("a", "gpu-0").
+				Config(claim, ts("Short")).Config(class, ts("Long")).Obj(),
 			kinds: []partition.Kind{partition.KindGPU},
 			want:  []string{"Short"},
 		},
 		"request-scoped entry applies to its request only": {
-			claim: makeClaim("u").device("a", "gpu-0").device("b", "gpu-1").
-				config(class, ts("Medium")).config(claim, ts("Long"), "b").obj(),
+			claim: makeClaim("u").Device("a", "gpu-0").Device("b", "gpu-1").
+				Config(class, ts("Medium")).Config(claim, ts("Long"), "b").Obj(),
 			kinds: []partition.Kind{partition.KindGPU, partition.KindGPU},
 			want:  []string{"Medium", "Long"},
 		},
 		"subrequest matches its main request": {
-			claim: makeClaim("u").device("a/whole", "gpu-0").config(claim, ts("Short"), "a").obj(),
+			claim: makeClaim("u").Device("a/whole", "gpu-0").Config(claim, ts("Short"), "a").Obj(),
 			kinds: []partition.Kind{partition.KindGPU},
 			want:  []string{"Short"},
 		},
 		"unscoped entries apply only where their kind fits": {
-			claim: makeClaim("u").device("a", "gpu-0").device("b", "gpu-1-mig-1g18gb-0").
-				config(class, ts("Long")).config(class, mig).obj(),
+			claim: makeClaim("u").Device("a", "gpu-0").Device("b", "gpu-1-mig-1g18gb-0").
+				Config(class, ts("Long")).Config(class, mig).Obj(),
 			kinds: []partition.Kind{partition.KindGPU, partition.KindMIG},
 			want:  []string{"Long", ""},
 		},

@@ -18,27 +18,27 @@ var errCrash = errors.New("simulated crash")
 // crashClaims are the claims whose prepare or unprepare crashes, beside a
 // claim "a" that holds a MIG partition on GPU 0 and an MPS share of GPU 1.
 var crashClaims = map[string]func() *resourceapi.ResourceClaim{
-	"whole":              func() *resourceapi.ResourceClaim { return makeClaim("b").device("gpu", "gpu-2").obj() },
-	"MIG beside a":       func() *resourceapi.ResourceClaim { return makeClaim("b").device("mig", "gpu-0-mig-1g18gb-1").obj() },
-	"MIG on a fresh GPU": func() *resourceapi.ResourceClaim { return makeClaim("b").device("mig", "gpu-3-mig-2g35gb-2").obj() },
+	"whole":              func() *resourceapi.ResourceClaim { return makeClaim("b").Device("gpu", "gpu-2").Obj() },
+	"MIG beside a":       func() *resourceapi.ResourceClaim { return makeClaim("b").Device("mig", "gpu-0-mig-1g18gb-1").Obj() },
+	"MIG on a fresh GPU": func() *resourceapi.ResourceClaim { return makeClaim("b").Device("mig", "gpu-3-mig-2g35gb-2").Obj() },
 	"MPS share beside a": func() *resourceapi.ResourceClaim {
-		return makeClaim("b").share("s", "gpu-1-shared", "4Gi", "25", "share-b").obj()
+		return makeClaim("b").Share("s", "gpu-1-shared", "4Gi", "25", "share-b").Obj()
 	},
 	"MPS share alone": func() *resourceapi.ResourceClaim {
-		return makeClaim("b").share("s", "gpu-4-shared", "8Gi", "50", "share-b").obj()
+		return makeClaim("b").Share("s", "gpu-4-shared", "8Gi", "50", "share-b").Obj()
 	},
 	"time-sliced share": func() *resourceapi.ResourceClaim {
-		return makeClaim("b").share("s", "gpu-4-shared", "4Gi", "25", "share-b").
-			config(resourceapi.AllocationConfigSourceClass, timeSlicingLong).obj()
+		return makeClaim("b").Share("s", "gpu-4-shared", "4Gi", "25", "share-b").
+			Config(resourceapi.AllocationConfigSourceClass, timeSlicingLong).Obj()
 	},
 	"mixed": func() *resourceapi.ResourceClaim {
-		return makeClaim("b").device("mig", "gpu-3-mig-1g18gb-6").share("s", "gpu-1-shared", "1Gi", "10", "share-b").
-			device("gpu", "gpu-2").obj()
+		return makeClaim("b").Device("mig", "gpu-3-mig-1g18gb-6").Share("s", "gpu-1-shared", "1Gi", "10", "share-b").
+			Device("gpu", "gpu-2").Obj()
 	},
 }
 
 func claimA() *resourceapi.ResourceClaim {
-	return makeClaim("a").device("mig", "gpu-0-mig-1g18gb-0").share("s", "gpu-1-shared", "2Gi", "20", "share-a").obj()
+	return makeClaim("a").Device("mig", "gpu-0-mig-1g18gb-0").Share("s", "gpu-1-shared", "2Gi", "20", "share-a").Obj()
 }
 
 // TestCrashAfterEveryStep crashes prepare and unprepare after each of their
@@ -161,14 +161,14 @@ func TestConcurrentPrepareUnprepare(t *testing.T) {
 	var claims []*resourceapi.ResourceClaim
 	for gpu := range 4 {
 		for start := range 7 {
-			claims = append(claims, makeClaim(fmt.Sprintf("mig-%d-%d", gpu, start)).device("m", fmt.Sprintf("gpu-%d-mig-1g18gb-%d", gpu, start)).obj())
+			claims = append(claims, makeClaim(fmt.Sprintf("mig-%d-%d", gpu, start)).Device("m", fmt.Sprintf("gpu-%d-mig-1g18gb-%d", gpu, start)).Obj())
 		}
 	}
 	for i := range 71 {
 		uid := fmt.Sprintf("share-%d", i)
-		claims = append(claims, makeClaim(uid).share("s", fmt.Sprintf("gpu-%d-shared", 4+i%3), "1Gi", "1", uid).obj())
+		claims = append(claims, makeClaim(uid).Share("s", fmt.Sprintf("gpu-%d-shared", 4+i%3), "1Gi", "1", uid).Obj())
 	}
-	claims = append(claims, makeClaim("whole").device("g", "gpu-7").obj())
+	claims = append(claims, makeClaim("whole").Device("g", "gpu-7").Obj())
 	if len(claims) != 100 {
 		t.Fatalf("%d claims, want 100", len(claims))
 	}
@@ -229,8 +229,8 @@ func TestLastOfConcurrentUnpreparesStopsDaemon(t *testing.T) {
 	e := newTestEnv(t, "dgxh200", 1)
 	p := e.mustPreparer(ctx)
 	for round := range 20 {
-		x := makeClaim(fmt.Sprintf("x%d", round)).share("s", "gpu-0-shared", "1Gi", "10", "x").obj()
-		y := makeClaim(fmt.Sprintf("y%d", round)).share("s", "gpu-0-shared", "1Gi", "10", "y").obj()
+		x := makeClaim(fmt.Sprintf("x%d", round)).Share("s", "gpu-0-shared", "1Gi", "10", "x").Obj()
+		y := makeClaim(fmt.Sprintf("y%d", round)).Share("s", "gpu-0-shared", "1Gi", "10", "y").Obj()
 		for _, c := range []*resourceapi.ResourceClaim{x, y} {
 			if res := p.Prepare(ctx, c); res.Err != nil {
 				t.Fatal(res.Err)

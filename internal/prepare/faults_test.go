@@ -45,7 +45,7 @@ func TestCheckpointWriteFailsAtEveryWrite(t *testing.T) {
 			// run sets up a node (with b prepared for an unprepare), runs
 			// the operation on a disk that fails from the n-th write, and
 			// returns the operation's error and how many writes it made.
-			run := func(t *testing.T, e *testEnv, n int64) (*Preparer, *failingDisk, error, int64) {
+			run := func(t *testing.T, e *testEnv, n int64) (*Preparer, *failingDisk, int64, error) {
 				_, ctx := ktesting.NewTestContext(t)
 				e.mustPreparer(ctx) // a node that has run the plugin before
 				if op == "unprepare" {
@@ -64,9 +64,9 @@ func TestCheckpointWriteFailsAtEveryWrite(t *testing.T) {
 				} else {
 					err = p.Unprepare(ctx, ref(mkB()))
 				}
-				return p, disk, err, disk.writes.Load() - base
+				return p, disk, disk.writes.Load() - base, err
 			}
-			_, _, err, writes := run(t, newTestEnv(t, "dgxh200", 5), 1<<62)
+			_, _, writes, err := run(t, newTestEnv(t, "dgxh200", 5), 1<<62)
 			if err != nil || writes == 0 {
 				t.Fatalf("%s %s on a working disk: %v after %d writes", op, name, err, writes)
 			}
@@ -75,7 +75,7 @@ func TestCheckpointWriteFailsAtEveryWrite(t *testing.T) {
 					t.Run(fmt.Sprintf("%s/%s/write %d of %d/restart %v", name, op, n, writes, restart), func(t *testing.T) {
 						_, ctx := ktesting.NewTestContext(t)
 						e := newTestEnv(t, "dgxh200", 5)
-						p, disk, err, _ := run(t, e, n)
+						p, disk, _, err := run(t, e, n)
 						if !errors.Is(err, errDiskFull) {
 							t.Fatalf("%s with a failing disk returned %v, want the disk's error", op, err)
 						}
@@ -115,7 +115,7 @@ func TestMissingCheckpointWithMIGInstancesRefusesStart(t *testing.T) {
 	if ok, err := p.store.Exists(); err != nil || !ok {
 		t.Fatalf("a first start left no checkpoint: %v, %v", ok, err)
 	}
-	c := makeClaim("c").device("m", "gpu-1-mig-1g18gb-0").obj()
+	c := makeClaim("c").Device("m", "gpu-1-mig-1g18gb-0").Obj()
 	if res := p.Prepare(ctx, c); res.Err != nil {
 		t.Fatal(res.Err)
 	}
@@ -145,16 +145,16 @@ func TestTwoInstancesShareTheCheckpoint(t *testing.T) {
 	_, ctx := ktesting.NewTestContext(t)
 	e := newTestEnv(t, "dgxh200", 2)
 	oldP := e.mustPreparer(ctx)
-	a := makeClaim("a").device("m", "gpu-0-mig-1g18gb-0").obj()
+	a := makeClaim("a").Device("m", "gpu-0-mig-1g18gb-0").Obj()
 	if res := oldP.Prepare(ctx, a); res.Err != nil {
 		t.Fatal(res.Err)
 	}
 	newP := e.mustPreparer(ctx)
-	b := makeClaim("b").share("s", "gpu-1-shared", "1Gi", "10", "b").obj()
+	b := makeClaim("b").Share("s", "gpu-1-shared", "1Gi", "10", "b").Obj()
 	if res := newP.Prepare(ctx, b); res.Err != nil {
 		t.Fatal(res.Err)
 	}
-	c := makeClaim("c").device("m", "gpu-0-mig-1g18gb-1").obj()
+	c := makeClaim("c").Device("m", "gpu-0-mig-1g18gb-1").Obj()
 	if res := oldP.Prepare(ctx, c); res.Err != nil {
 		t.Fatal(res.Err)
 	}
@@ -184,7 +184,7 @@ func TestLostGPUDoesNotStopTheNode(t *testing.T) {
 	_, ctx := ktesting.NewTestContext(t)
 	e := newTestEnv(t, "dgxh200", 2)
 	p := e.mustPreparer(ctx)
-	onLost := makeClaim("lost").device("m", "gpu-1-mig-1g18gb-0").share("s", "gpu-1-shared", "1Gi", "10", "l").obj()
+	onLost := makeClaim("lost").Device("m", "gpu-1-mig-1g18gb-0").Share("s", "gpu-1-shared", "1Gi", "10", "l").Obj()
 	if res := p.Prepare(ctx, onLost); res.Err != nil {
 		t.Fatal(res.Err)
 	}
@@ -194,11 +194,11 @@ func TestLostGPUDoesNotStopTheNode(t *testing.T) {
 	if err != nil {
 		t.Fatalf("start with a lost GPU: %v", err)
 	}
-	other := makeClaim("other").share("s", "gpu-0-shared", "1Gi", "10", "o").obj()
+	other := makeClaim("other").Share("s", "gpu-0-shared", "1Gi", "10", "o").Obj()
 	if res := restarted.Prepare(ctx, other); res.Err != nil {
 		t.Fatalf("prepare on the healthy GPU: %v", res.Err)
 	}
-	if res := restarted.Prepare(ctx, makeClaim("new").device("g", "gpu-1").obj()); res.Err == nil {
+	if res := restarted.Prepare(ctx, makeClaim("new").Device("g", "gpu-1").Obj()); res.Err == nil {
 		t.Error("prepared a device of the lost GPU")
 	}
 	if err := restarted.Unprepare(ctx, ref(onLost)); err != nil {
@@ -220,21 +220,21 @@ func TestPreparerFollowsInventory(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	held := makeClaim("held").device("g", "gpu-1").obj()
+	held := makeClaim("held").Device("g", "gpu-1").Obj()
 	if res := p.Prepare(ctx, held); res.Err != nil {
 		t.Fatal(res.Err)
 	}
 	without := full
 	without.GPUs = full.GPUs[:1]
 	p.SetInventory(without)
-	if res := p.Prepare(ctx, makeClaim("new").device("g", "gpu-1-shared").obj()); res.Err == nil || !strings.Contains(res.Err.Error(), "not a device of this node") {
+	if res := p.Prepare(ctx, makeClaim("new").Device("g", "gpu-1-shared").Obj()); res.Err == nil || !strings.Contains(res.Err.Error(), "not a device of this node") {
 		t.Errorf("prepare on a GPU that left the node: %v, want a refusal", res.Err)
 	}
 	if err := p.Unprepare(ctx, ref(held)); err != nil {
 		t.Errorf("unprepare a claim on a GPU that left: %v", err)
 	}
 	p.SetInventory(full)
-	if res := p.Prepare(ctx, makeClaim("back").share("s", "gpu-1-shared", "1Gi", "10", "b").obj()); res.Err != nil {
+	if res := p.Prepare(ctx, makeClaim("back").Share("s", "gpu-1-shared", "1Gi", "10", "b").Obj()); res.Err != nil {
 		t.Errorf("prepare on a GPU that came back: %v", res.Err)
 	}
 }

@@ -8,20 +8,16 @@ import (
 	"sort"
 	"testing"
 
-	"github.com/NVIDIA/go-nvml/pkg/nvml/mock/server"
 	resourceapi "k8s.io/api/resource/v1"
-	"k8s.io/apimachinery/pkg/api/resource"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/dynamic-resource-allocation/kubeletplugin"
 
-	gpuapi "github.com/tessera-gpu/tessera/api/gpu"
 	tcdi "github.com/tessera-gpu/tessera/internal/cdi"
 	"github.com/tessera-gpu/tessera/internal/checkpoint"
 	tnvml "github.com/tessera-gpu/tessera/internal/nvml"
 	"github.com/tessera-gpu/tessera/internal/nvml/nvmlmock"
 	"github.com/tessera-gpu/tessera/internal/sharing"
+	"github.com/tessera-gpu/tessera/test/builder"
 )
 
 const nodeName = "node-1"
@@ -113,16 +109,12 @@ type nodeState struct {
 func (e *testEnv) state() nodeState {
 	e.t.Helper()
 	st := nodeState{MIGMode: map[int]int{}, Claims: map[string]checkpoint.State{}}
-	for i, d := range e.server.Devices {
-		dev := d.(*server.Device)
-		dev.RLock()
-		st.MIGMode[i] = dev.MigMode
-		for gi := range dev.GpuInstances {
-			gi.RLock()
-			st.MIG = append(st.MIG, fmt.Sprintf("gpu%d/%d+%d/ci=%d", i, gi.Info.Placement.Start, gi.Info.Placement.Size, len(gi.ComputeInstances)))
-			gi.RUnlock()
+	for i := range e.server.Devices {
+		gpu := e.server.GPU(i)
+		st.MIGMode[i] = gpu.MIGMode
+		for _, gi := range gpu.Instances {
+			st.MIG = append(st.MIG, fmt.Sprintf("gpu%d/%d+%d/ci=%d", i, gi.Start, gi.Size, gi.ComputeInstances))
 		}
-		dev.RUnlock()
 	}
 	sort.Strings(st.MIG)
 	w, err := tcdi.New(tcdi.WithRoot(e.cdiRoot))
@@ -159,47 +151,10 @@ func (e *testEnv) cleanState() nodeState {
 	return st
 }
 
-// Claim builders.
-
-type claimBuilder struct{ c *resourceapi.ResourceClaim }
-
-func makeClaim(uid string) *claimBuilder {
-	return &claimBuilder{&resourceapi.ResourceClaim{
-		ObjectMeta: metav1.ObjectMeta{Name: "claim-" + uid, Namespace: "ns", UID: types.UID(uid)},
-		Status:     resourceapi.ResourceClaimStatus{Allocation: &resourceapi.AllocationResult{}},
-	}}
+// makeClaim starts a claim allocated on this test's node, named after uid.
+func makeClaim(uid string) *builder.ClaimBuilder {
+	return builder.MakeClaim("claim-" + uid).Namespace("ns").UID(uid).Pool(nodeName).Allocated()
 }
-
-func (b *claimBuilder) device(request, device string) *claimBuilder {
-	b.c.Status.Allocation.Devices.Results = append(b.c.Status.Allocation.Devices.Results, resourceapi.DeviceRequestAllocationResult{
-		Request: request, Driver: gpuapi.DriverName, Pool: nodeName, Device: device,
-	})
-	return b
-}
-
-func (b *claimBuilder) share(request, device, memory, compute, shareID string) *claimBuilder {
-	id := types.UID(shareID)
-	b.c.Status.Allocation.Devices.Results = append(b.c.Status.Allocation.Devices.Results, resourceapi.DeviceRequestAllocationResult{
-		Request: request, Driver: gpuapi.DriverName, Pool: nodeName, Device: device, ShareID: &id,
-		ConsumedCapacity: map[resourceapi.QualifiedName]resource.Quantity{
-			gpuapi.DriverName + "/" + gpuapi.CapMemory:  resource.MustParse(memory),
-			gpuapi.DriverName + "/" + gpuapi.CapCompute: resource.MustParse(compute),
-		},
-	})
-	return b
-}
-
-func (b *claimBuilder) config(source resourceapi.AllocationConfigSource, raw string, requests ...string) *claimBuilder {
-	b.c.Status.Allocation.Devices.Config = append(b.c.Status.Allocation.Devices.Config, resourceapi.DeviceAllocationConfiguration{
-		Source: source, Requests: requests,
-		DeviceConfiguration: resourceapi.DeviceConfiguration{Opaque: &resourceapi.OpaqueDeviceConfiguration{
-			Driver: gpuapi.DriverName, Parameters: runtime.RawExtension{Raw: []byte(raw)},
-		}},
-	})
-	return b
-}
-
-func (b *claimBuilder) obj() *resourceapi.ResourceClaim { return b.c }
 
 func ref(c *resourceapi.ResourceClaim) kubeletplugin.NamespacedObject {
 	return kubeletplugin.NamespacedObject{NamespacedName: types.NamespacedName{Namespace: c.Namespace, Name: c.Name}, UID: c.UID}

@@ -20,8 +20,8 @@ func TestSharesOfOneGPUAreIsolated(t *testing.T) {
 	_, ctx := ktesting.NewTestContext(t)
 	e := newTestEnv(t, "dgxh200", 1)
 	p := e.mustPreparer(ctx)
-	a := makeClaim("a").share("s", "gpu-0-shared", "20Gi", "30", "share-a").obj()
-	b := makeClaim("b").share("s", "gpu-0-shared", "30Gi", "60", "share-b").obj()
+	a := makeClaim("a").Share("s", "gpu-0-shared", "20Gi", "30", "share-a").Obj()
+	b := makeClaim("b").Share("s", "gpu-0-shared", "30Gi", "60", "share-b").Obj()
 	for _, c := range []*resourceapi.ResourceClaim{a, b} {
 		if res := p.Prepare(ctx, c); res.Err != nil {
 			t.Fatal(res.Err)
@@ -98,20 +98,20 @@ func TestClaimCannotChooseSharingOfShare(t *testing.T) {
 		wantErr string
 	}{
 		"claim sets time slicing on a share": {
-			claim:   makeClaim("c").share("s", "gpu-0-shared", "1Gi", "10", "x").config(resourceapi.AllocationConfigSourceClaim, timeSlicingLong).obj(),
+			claim:   makeClaim("c").Share("s", "gpu-0-shared", "1Gi", "10", "x").Config(resourceapi.AllocationConfigSourceClaim, timeSlicingLong).Obj(),
 			wantErr: "the sharing of a time-shared GPU is set by its DeviceClass",
 		},
 		"claim grants itself the right": {
-			claim: makeClaim("c").share("s", "gpu-0-shared", "1Gi", "10", "x").
-				config(resourceapi.AllocationConfigSourceClaim, allow).config(resourceapi.AllocationConfigSourceClaim, timeSlicingLong).obj(),
+			claim: makeClaim("c").Share("s", "gpu-0-shared", "1Gi", "10", "x").
+				Config(resourceapi.AllocationConfigSourceClaim, allow).Config(resourceapi.AllocationConfigSourceClaim, timeSlicingLong).Obj(),
 			wantErr: "allowClaimSharing is only honoured in a DeviceClass's config",
 		},
 		"class allows it": {
-			claim: makeClaim("c").share("s", "gpu-0-shared", "1Gi", "10", "x").
-				config(resourceapi.AllocationConfigSourceClass, allow).config(resourceapi.AllocationConfigSourceClaim, timeSlicingLong).obj(),
+			claim: makeClaim("c").Share("s", "gpu-0-shared", "1Gi", "10", "x").
+				Config(resourceapi.AllocationConfigSourceClass, allow).Config(resourceapi.AllocationConfigSourceClaim, timeSlicingLong).Obj(),
 		},
 		"claim sets sharing of its whole GPU": {
-			claim: makeClaim("c").device("g", "gpu-0").config(resourceapi.AllocationConfigSourceClaim, timeSlicingLong).obj(),
+			claim: makeClaim("c").Device("g", "gpu-0").Config(resourceapi.AllocationConfigSourceClaim, timeSlicingLong).Obj(),
 		},
 	} {
 		t.Run(name, func(t *testing.T) {

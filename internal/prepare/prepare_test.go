@@ -62,14 +62,14 @@ func TestPrepareDevices(t *testing.T) {
 		want cdiView
 	}{
 		"whole GPU": {
-			claim: makeClaim("whole").device("gpu", "gpu-2").obj(),
+			claim: makeClaim("whole").Device("gpu", "gpu-2").Obj(),
 			want: cdiView{
 				Env:         []string{"NVIDIA_VISIBLE_DEVICES={gpu2}", "CUDA_VISIBLE_DEVICES={gpu2}"},
 				DeviceNodes: []string{"/dev/nvidia2", "/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools"},
 			},
 		},
 		"MIG partition": {
-			claim:   makeClaim("mig").device("mig", "gpu-1-mig-1g18gb-3").obj(),
+			claim:   makeClaim("mig").Device("mig", "gpu-1-mig-1g18gb-3").Obj(),
 			wantMIG: []string{"gpu1/3+1/ci=1"},
 			want: cdiView{
 				Env: []string{"NVIDIA_VISIBLE_DEVICES={mig}", "CUDA_VISIBLE_DEVICES={mig}"},
@@ -80,7 +80,7 @@ func TestPrepareDevices(t *testing.T) {
 			},
 		},
 		"share defaults to MPS with the share's limits": {
-			claim:       makeClaim("share").share("s", "gpu-3-shared", "20Gi", "30", "share-1").obj(),
+			claim:       makeClaim("share").Share("s", "gpu-3-shared", "20Gi", "30", "share-1").Obj(),
 			wantDaemons: []string{"share"},
 			want: cdiView{
 				Env: []string{"NVIDIA_VISIBLE_DEVICES={gpu3}", "CUDA_VISIBLE_DEVICES={gpu3}", "CUDA_MPS_PIPE_DIRECTORY=/tmp/nvidia-mps",
@@ -90,8 +90,8 @@ func TestPrepareDevices(t *testing.T) {
 			},
 		},
 		"share with time slicing from its class": {
-			claim: makeClaim("ts").share("s", "gpu-4-shared", "1Gi", "10", "share-2").
-				config(resourceapi.AllocationConfigSourceClass, timeSlicingLong).obj(),
+			claim: makeClaim("ts").Share("s", "gpu-4-shared", "1Gi", "10", "share-2").
+				Config(resourceapi.AllocationConfigSourceClass, timeSlicingLong).Obj(),
 			wantSlice: map[int]configapi.TimeSliceInterval{4: configapi.LongTimeSlice},
 			want: cdiView{
 				Env:         []string{"NVIDIA_VISIBLE_DEVICES={gpu4}", "CUDA_VISIBLE_DEVICES={gpu4}"},
@@ -99,9 +99,9 @@ func TestPrepareDevices(t *testing.T) {
 			},
 		},
 		"claim config wins over class config": {
-			claim: makeClaim("override").device("gpu", "gpu-5").
-				config(resourceapi.AllocationConfigSourceClaim, mpsWhole).
-				config(resourceapi.AllocationConfigSourceClass, timeSlicingLong).obj(),
+			claim: makeClaim("override").Device("gpu", "gpu-5").
+				Config(resourceapi.AllocationConfigSourceClaim, mpsWhole).
+				Config(resourceapi.AllocationConfigSourceClass, timeSlicingLong).Obj(),
 			wantDaemons: []string{"override"},
 			want: cdiView{
 				Env: []string{"NVIDIA_VISIBLE_DEVICES={gpu5}", "CUDA_VISIBLE_DEVICES={gpu5}", "CUDA_MPS_PIPE_DIRECTORY=/tmp/nvidia-mps",
@@ -195,7 +195,7 @@ func TestOtherDriversDevicesAreLeftAlone(t *testing.T) {
 	_, ctx := ktesting.NewTestContext(t)
 	e := newTestEnv(t, "dgxh200", 1)
 	p := e.mustPreparer(ctx)
-	c := makeClaim("nic").obj()
+	c := makeClaim("nic").Obj()
 	c.Status.Allocation.Devices.Results = []resourceapi.DeviceRequestAllocationResult{{Request: "nic", Driver: "dra.net", Pool: nodeName, Device: "eth1"}}
 	res := p.Prepare(ctx, c)
 	if diff := cmp.Diff(kubeletplugin.PrepareResult{Devices: []kubeletplugin.Device{}}, res, cmpopts.EquateErrors()); diff != "" {
@@ -212,22 +212,22 @@ func TestBadConfigFailsOnlyThatClaim(t *testing.T) {
 		wantErr []string
 	}{
 		"unknown field": {
-			claim: makeClaim("bad1").share("s", "gpu-0-shared", "1Gi", "10", "x").
-				config(resourceapi.AllocationConfigSourceClaim, `{"apiVersion":"config.gpu.tessera.dev/v1alpha1","kind":"GPUConfig","sharing":{"strategy":"MPS","mpss":{}}}`).obj(),
+			claim: makeClaim("bad1").Share("s", "gpu-0-shared", "1Gi", "10", "x").
+				Config(resourceapi.AllocationConfigSourceClaim, `{"apiVersion":"config.gpu.tessera.dev/v1alpha1","kind":"GPUConfig","sharing":{"strategy":"MPS","mpss":{}}}`).Obj(),
 			wantErr: []string{"opaque config 0 (from FromClaim)", `unknown field "sharing.mpss"`},
 		},
 		"invalid value": {
-			claim: makeClaim("bad2").device("gpu", "gpu-0").
-				config(resourceapi.AllocationConfigSourceClaim, `{"apiVersion":"config.gpu.tessera.dev/v1alpha1","kind":"GPUConfig","sharing":{"strategy":"MPS","mps":{"defaultActiveThreadPercentage":101}}}`, "gpu").obj(),
+			claim: makeClaim("bad2").Device("gpu", "gpu-0").
+				Config(resourceapi.AllocationConfigSourceClaim, `{"apiVersion":"config.gpu.tessera.dev/v1alpha1","kind":"GPUConfig","sharing":{"strategy":"MPS","mps":{"defaultActiveThreadPercentage":101}}}`, "gpu").Obj(),
 			wantErr: []string{"requests gpu", "sharing.mps.defaultActiveThreadPercentage"},
 		},
 		"wrong kind for the request": {
-			claim: makeClaim("bad3").device("mig", "gpu-0-mig-1g18gb-0").
-				config(resourceapi.AllocationConfigSourceClaim, timeSlicingLong, "mig").obj(),
+			claim: makeClaim("bad3").Device("mig", "gpu-0-mig-1g18gb-0").
+				Config(resourceapi.AllocationConfigSourceClaim, timeSlicingLong, "mig").Obj(),
 			wantErr: []string{"a GPUConfig cannot configure MIG device gpu-0-mig-1g18gb-0"},
 		},
 		"unknown device": {
-			claim:   makeClaim("bad4").device("gpu", "gpu-99").obj(),
+			claim:   makeClaim("bad4").Device("gpu", "gpu-99").Obj(),
 			wantErr: []string{"device gpu-99 of request gpu is not a device of this node"},
 		},
 		"not allocated": {
@@ -239,7 +239,7 @@ func TestBadConfigFailsOnlyThatClaim(t *testing.T) {
 			_, ctx := ktesting.NewTestContext(t)
 			e := newTestEnv(t, "dgxh200", 2)
 			p := e.mustPreparer(ctx)
-			good := makeClaim("good").device("mig", "gpu-1-mig-1g18gb-0").obj()
+			good := makeClaim("good").Device("mig", "gpu-1-mig-1g18gb-0").Obj()
 			// The kubelet batches claims: both go through one call.
 			results, err := driverBatch(ctx, p, tc.claim, good)
 			if err != nil {
@@ -291,8 +291,8 @@ func TestMIGMode(t *testing.T) {
 			_, ctx := ktesting.NewTestContext(t)
 			e := newTestEnv(t, tc.model, 1)
 			p := e.mustPreparer(ctx)
-			a := makeClaim("a").device("mig", tc.device).obj()
-			b := makeClaim("b").device("mig", p.firstMIGDevice(0, 0)).obj()
+			a := makeClaim("a").Device("mig", tc.device).Obj()
+			b := makeClaim("b").Device("mig", p.firstMIGDevice(0, 0)).Obj()
 			for _, c := range []*resourceapi.ResourceClaim{a, b} {
 				if res := p.Prepare(ctx, c); res.Err != nil {
 					t.Fatal(res.Err)
@@ -338,7 +338,7 @@ func TestCorruptCheckpoint(t *testing.T) {
 			_, ctx := ktesting.NewTestContext(t)
 			e := newTestEnv(t, "dgxh200", 1)
 			p := e.mustPreparer(ctx)
-			c := makeClaim("in-use").device("mig", "gpu-0-mig-1g18gb-2").obj()
+			c := makeClaim("in-use").Device("mig", "gpu-0-mig-1g18gb-2").Obj()
 			if res := p.Prepare(ctx, c); res.Err != nil {
 				t.Fatal(res.Err)
 			}
@@ -372,7 +372,7 @@ func TestMetricsFollowPrepare(t *testing.T) {
 	e := newTestEnv(t, "dgxh200", 2)
 	m := metrics.New()
 	p := e.mustPreparer(ctx, WithMetrics(m))
-	c := makeClaim("m").device("mig", "gpu-0-mig-1g18gb-0").share("s", "gpu-1-shared", "1Gi", "5", "x").obj()
+	c := makeClaim("m").Device("mig", "gpu-0-mig-1g18gb-0").Share("s", "gpu-1-shared", "1Gi", "5", "x").Obj()
 	if res := p.Prepare(ctx, c); res.Err != nil {
 		t.Fatal(res.Err)
 	}

@@ -33,13 +33,16 @@ import (
 // concurrent use: claims are serialised per UID, MIG and daemon changes per
 // GPU, checkpoint writes globally.
 type Preparer struct {
-	nvml    tnvml.Library
-	cdi     *tcdi.Writer
-	store   *checkpoint.Store
-	mps     sharing.MPSControl
-	slicer  sharing.TimeSlicer
-	metrics *metrics.Metrics
-	hook    func(Step) error
+	nvml  tnvml.Library
+	cdi   *tcdi.Writer
+	store *checkpoint.Store
+	mps   sharing.MPSControl
+	// simulated is set by SimulatedDriver: the fake MPS then keeps real
+	// directories under the state dir, for the mounts of the claims' CDI specs.
+	simulated bool
+	slicer    sharing.TimeSlicer
+	metrics   *metrics.Metrics
+	hook      func(Step) error
 	// capabilities, when set, replaces reading the capability files.
 	capabilities CapabilityLookup
 	nodeName     string
@@ -165,6 +168,9 @@ func New(ctx context.Context, opts ...Option) (*Preparer, error) {
 	}
 	if p.procRoot == "" {
 		p.procRoot = filepath.Join(p.driverRoot, "proc")
+	}
+	if fake, ok := p.mps.(*sharing.FakeMPS); ok && p.simulated && fake.Root == "" {
+		fake.Root = p.mpsRoot()
 	}
 	if p.mps == nil {
 		p.mps = &sharing.MPSDaemons{
@@ -335,7 +341,8 @@ func (p *Preparer) Unprepare(ctx context.Context, claim kubeletplugin.Namespaced
 
 func (p *Preparer) prepare(ctx context.Context, claim *resourceapi.ResourceClaim) (kubeletplugin.PrepareResult, string, error) {
 	uid := string(claim.UID)
-	defer p.claims.lock(uid)()
+	unlockClaim := p.claims.lock(uid)
+	defer unlockClaim()
 	unlock, err := p.lockState()
 	if err != nil {
 		return kubeletplugin.PrepareResult{}, "none", err
@@ -495,7 +502,8 @@ func (p *Preparer) daemon(c *checkpoint.Claim) (sharing.Daemon, bool) {
 }
 
 func (p *Preparer) unprepare(ctx context.Context, uid string) (string, error) {
-	defer p.claims.lock(uid)()
+	unlockClaim := p.claims.lock(uid)
+	defer unlockClaim()
 	unlock, err := p.lockState()
 	if err != nil {
 		return "none", err

@@ -3,8 +3,6 @@ package prepare
 import (
 	"testing"
 
-	"github.com/NVIDIA/go-nvml/pkg/nvml"
-	"github.com/NVIDIA/go-nvml/pkg/nvml/mock/server"
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/go-cmp/cmp/cmpopts"
 	"k8s.io/klog/v2/ktesting"
@@ -22,7 +20,7 @@ func TestReconcileRemovesWhatNobodyOwns(t *testing.T) {
 	_, ctx := ktesting.NewTestContext(t)
 	e := newTestEnv(t, "dgxh200", 3)
 	p := e.mustPreparer(ctx)
-	kept := makeClaim("kept").device("m", "gpu-0-mig-1g18gb-0").share("s", "gpu-1-shared", "1Gi", "10", "k").obj()
+	kept := makeClaim("kept").Device("m", "gpu-0-mig-1g18gb-0").Share("s", "gpu-1-shared", "1Gi", "10", "k").Obj()
 	if res := p.Prepare(ctx, kept); res.Err != nil {
 		t.Fatal(res.Err)
 	}
@@ -30,16 +28,22 @@ func TestReconcileRemovesWhatNobodyOwns(t *testing.T) {
 
 	// Strays: a full MIG device beside the kept one, and a bare GPU
 	// instance on a GPU whose MIG mode is switched on only for it.
-	if _, err := e.lib.CreateMIGDevice(ctx, 0, nvml.GPU_INSTANCE_PROFILE_1_SLICE, inventory.Placement{Start: 4, Size: 1}); err != nil {
+	profile1g, err := e.server.ProfileID("1g.18gb")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.lib.CreateMIGDevice(ctx, 0, profile1g, inventory.Placement{Start: 4, Size: 1}); err != nil {
 		t.Fatal(err)
 	}
 	if err := e.lib.SetMIGMode(ctx, 2, true); err != nil {
 		t.Fatal(err)
 	}
-	dev := e.server.Devices[2].(*server.Device)
-	info, _ := dev.GetGpuInstanceProfileInfo(nvml.GPU_INSTANCE_PROFILE_2_SLICE)
-	if _, ret := dev.CreateGpuInstanceWithPlacement(&info, &nvml.GpuInstancePlacement{Start: 2, Size: 2}); ret != nvml.SUCCESS {
-		t.Fatalf("create bare GPU instance: %v", ret)
+	profile2g, err := e.server.ProfileID("2g.35gb")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e.server.CreateGPUInstance(2, profile2g, 2, 2); err != nil {
+		t.Fatal(err)
 	}
 	w, err := tcdi.New(tcdi.WithRoot(e.cdiRoot))
 	if err != nil {

@@ -18,6 +18,7 @@ type CapabilityLookup func(gpuMinor, gpuInstanceID, computeInstanceID int) ([]st
 func SimulatedDriver() Option {
 	return func(p *Preparer) {
 		p.mps = sharing.NewFakeMPS()
+		p.simulated = true
 		p.slicer = &sharing.FakeTimeSlicer{}
 		p.capabilities = func(gpuMinor, gi, ci int) ([]string, error) {
 			base := 1000 + gpuMinor*1000 + gi*10

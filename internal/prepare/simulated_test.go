@@ -16,7 +16,7 @@ func TestSimulatedDriver(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := makeClaim("sim").device("m", "gpu-0-mig-1g18gb-5").share("s", "gpu-1-shared", "1Gi", "10", "x").obj()
+	c := makeClaim("sim").Device("m", "gpu-0-mig-1g18gb-5").Share("s", "gpu-1-shared", "1Gi", "10", "x").Obj()
 	res := p.Prepare(ctx, c)
 	if res.Err != nil {
 		t.Fatal(res.Err)

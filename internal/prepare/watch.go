@@ -47,7 +47,8 @@ func (p *Preparer) syncMPS(ctx context.Context, lock bool) ([]string, error) {
 // restartDaemon starts the claim's daemon under the claim's lock, so that
 // a concurrent unprepare cannot leave a daemon behind.
 func (p *Preparer) restartDaemon(ctx context.Context, uid string, lock bool) (bool, error) {
-	defer p.claims.lock(uid)()
+	unlockClaim := p.claims.lock(uid)
+	defer unlockClaim()
 	if lock {
 		unlock, err := p.lockState()
 		if err != nil {

@@ -11,7 +11,7 @@ func TestSyncMPSRestartsKilledDaemon(t *testing.T) {
 	_, ctx := ktesting.NewTestContext(t)
 	e := newTestEnv(t, "dgxh200", 2)
 	p := e.mustPreparer(ctx)
-	c := makeClaim("c").share("s", "gpu-1-shared", "1Gi", "10", "x").obj()
+	c := makeClaim("c").Share("s", "gpu-1-shared", "1Gi", "10", "x").Obj()
 	if res := p.Prepare(ctx, c); res.Err != nil {
 		t.Fatal(res.Err)
 	}
@@ -41,7 +41,7 @@ func TestMIGDeviceName(t *testing.T) {
 	_, ctx := ktesting.NewTestContext(t)
 	e := newTestEnv(t, "dgxh200", 2)
 	p := e.mustPreparer(ctx)
-	c := makeClaim("c").device("m", "gpu-1-mig-2g35gb-4").obj()
+	c := makeClaim("c").Device("m", "gpu-1-mig-2g35gb-4").Obj()
 	if res := p.Prepare(ctx, c); res.Err != nil {
 		t.Fatal(res.Err)
 	}
@@ -65,7 +65,7 @@ func TestPluginRestartRestartsDaemonsWithTheirLimits(t *testing.T) {
 	_, ctx := ktesting.NewTestContext(t)
 	e := newTestEnv(t, "dgxh200", 1)
 	p := e.mustPreparer(ctx)
-	c := makeClaim("c").share("s", "gpu-0-shared", "8Gi", "40", "x").obj()
+	c := makeClaim("c").Share("s", "gpu-0-shared", "8Gi", "40", "x").Obj()
 	if res := p.Prepare(ctx, c); res.Err != nil {
 		t.Fatal(res.Err)
 	}

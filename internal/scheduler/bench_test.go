@@ -5,7 +5,7 @@ import (
 	"fmt"
 	"testing"
 
-	v1 "k8s.io/api/core/v1"
+	corev1 "k8s.io/api/core/v1"
 	resourceapi "k8s.io/api/resource/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -42,7 +42,7 @@ func BenchmarkScoreCycle(b *testing.B) {
 					dra.allocated.AggregatedCapacity[id] = structured.ConsumedCapacity{gpuapi.CapCompute: ptr.To(resource.MustParse("30"))}
 				}
 				infos = append(infos, fakeNodeInfo{
-					node:        &v1.Node{ObjectMeta: metav1.ObjectMeta{Name: name}},
+					node:        &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name}},
 					allocatable: fakeResource{cpu: 64000, memory: 256 << 30},
 					request:     fakeResource{cpu: int64(n % 64000), memory: 1 << 30},
 				})

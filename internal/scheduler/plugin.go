@@ -7,7 +7,7 @@ import (
 	"math"
 	"sync"
 
-	v1 "k8s.io/api/core/v1"
+	corev1 "k8s.io/api/core/v1"
 	resourceapi "k8s.io/api/resource/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/dynamic-resource-allocation/structured"
@@ -159,7 +159,7 @@ func (s *cycleState) Clone() fwk.StateData { return s }
 
 // PreScore gathers, once per pod, the pod's request, the workload and the
 // DRA state the node scores read.
-func (p *Plugin) PreScore(ctx context.Context, state fwk.CycleState, pod *v1.Pod, _ []fwk.NodeInfo) *fwk.Status {
+func (p *Plugin) PreScore(ctx context.Context, state fwk.CycleState, pod *corev1.Pod, _ []fwk.NodeInfo) *fwk.Status {
 	r, ok, err := podRequest(pod, p.dra)
 	if err != nil {
 		return fwk.AsStatus(err)
@@ -187,7 +187,7 @@ const worstDelta = 1e6
 // Score implements fwk.ScorePlugin: the raw score is the fragmentation
 // delta in units of placement.Resolution, lower being better;
 // NormalizeScore turns it around.
-func (p *Plugin) Score(_ context.Context, state fwk.CycleState, _ *v1.Pod, nodeInfo fwk.NodeInfo) (int64, *fwk.Status) {
+func (p *Plugin) Score(_ context.Context, state fwk.CycleState, _ *corev1.Pod, nodeInfo fwk.NodeInfo) (int64, *fwk.Status) {
 	data, err := state.Read(stateKey)
 	if err != nil {
 		return 0, fwk.AsStatus(fmt.Errorf("read %s state: %w", Name, err))
@@ -213,7 +213,7 @@ func (p *Plugin) Score(_ context.Context, state fwk.CycleState, _ *v1.Pod, nodeI
 func (p *Plugin) ScoreExtensions() fwk.ScoreExtensions { return p }
 
 // NormalizeScore implements fwk.ScoreExtensions with placement.Normalize.
-func (p *Plugin) NormalizeScore(_ context.Context, _ fwk.CycleState, _ *v1.Pod, scores fwk.NodeScoreList) *fwk.Status {
+func (p *Plugin) NormalizeScore(_ context.Context, _ fwk.CycleState, _ *corev1.Pod, scores fwk.NodeScoreList) *fwk.Status {
 	deltas := make([]float64, len(scores))
 	for i, s := range scores {
 		deltas[i] = float64(s.Score) * placement.Resolution

@@ -5,7 +5,7 @@ import (
 	"fmt"
 	"testing"
 
-	v1 "k8s.io/api/core/v1"
+	corev1 "k8s.io/api/core/v1"
 	resourceapi "k8s.io/api/resource/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -45,11 +45,11 @@ func (r fakeResource) GetMemory() int64   { return r.memory }
 
 type fakeNodeInfo struct {
 	fwk.NodeInfo
-	node                 *v1.Node
+	node                 *corev1.Node
 	allocatable, request fakeResource
 }
 
-func (n fakeNodeInfo) Node() *v1.Node               { return n.node }
+func (n fakeNodeInfo) Node() *corev1.Node           { return n.node }
 func (n fakeNodeInfo) GetAllocatable() fwk.Resource { return n.allocatable }
 func (n fakeNodeInfo) GetRequested() fwk.Resource   { return n.request }
 
@@ -98,13 +98,13 @@ func classClaim(name, class string, count int64) *resourceapi.ResourceClaim {
 	}
 }
 
-func podWithClaim(claim string) *v1.Pod {
-	pod := &v1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "p-" + claim}}
-	pod.Spec.Containers = []v1.Container{{Name: "c", Resources: v1.ResourceRequirements{Requests: v1.ResourceList{
-		v1.ResourceCPU: resource.MustParse("1"), v1.ResourceMemory: resource.MustParse("1Gi"),
+func podWithClaim(claim string) *corev1.Pod {
+	pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "p-" + claim}}
+	pod.Spec.Containers = []corev1.Container{{Name: "c", Resources: corev1.ResourceRequirements{Requests: corev1.ResourceList{
+		corev1.ResourceCPU: resource.MustParse("1"), corev1.ResourceMemory: resource.MustParse("1Gi"),
 	}}}}
 	if claim != "" {
-		pod.Spec.ResourceClaims = []v1.PodResourceClaim{{Name: "gpu", ResourceClaimName: ptr.To(claim)}}
+		pod.Spec.ResourceClaims = []corev1.PodResourceClaim{{Name: "gpu", ResourceClaimName: ptr.To(claim)}}
 	}
 	return pod
 }
@@ -135,7 +135,7 @@ func TestScorePacksShares(t *testing.T) {
 	nodes := []fwk.NodeInfo{}
 	for _, name := range []string{"node-a", "node-b"} {
 		nodes = append(nodes, fakeNodeInfo{
-			node:        &v1.Node{ObjectMeta: metav1.ObjectMeta{Name: name}},
+			node:        &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name}},
 			allocatable: fakeResource{cpu: 32000, memory: 64 << 30},
 			request:     fakeResource{cpu: 1000, memory: 1 << 30},
 		})

@@ -11,7 +11,7 @@ package scheduler
 import (
 	"fmt"
 
-	v1 "k8s.io/api/core/v1"
+	corev1 "k8s.io/api/core/v1"
 	resourceapi "k8s.io/api/resource/v1"
 	resourcehelper "k8s.io/component-helpers/resource"
 	"k8s.io/dynamic-resource-allocation/resourceclaim"
@@ -115,7 +115,7 @@ const shareComputeDefault = 10
 // false when its claims are not ones the plugin can reason about (MIG
 // partitions, several GPU requests, other drivers' classes mixed in): the
 // plugin then leaves the choice to the other plugins.
-func podRequest(pod *v1.Pod, dra DRAState) (r placement.Request, ok bool, err error) {
+func podRequest(pod *corev1.Pod, dra DRAState) (r placement.Request, ok bool, err error) {
 	reqs := resourcehelper.PodRequests(pod, resourcehelper.PodResourcesOptions{})
 	r.CPU = reqs.Cpu().MilliValue()
 	r.Memory = reqs.Memory().Value() >> 20

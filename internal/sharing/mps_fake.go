@@ -2,6 +2,9 @@ package sharing
 
 import (
 	"context"
+	"fmt"
+	"os"
+	"path/filepath"
 	"sync"
 )
 
@@ -13,6 +16,11 @@ type FakeMPS struct {
 	daemons map[string]fakeDaemon
 	// StartErr, when set, is returned by Start.
 	StartErr error
+	// Root, when set, is where Start creates each daemon's directories (see
+	// DaemonDirs) and Stop removes them, as real daemons have them: a claim's
+	// CDI spec mounts its pipe and /dev/shm directories, and a container
+	// runtime refuses a mount whose source does not exist.
+	Root string
 }
 
 type fakeDaemon struct {
@@ -35,6 +43,14 @@ func (f *FakeMPS) Start(_ context.Context, d Daemon) error {
 	if cur, ok := f.daemons[d.ID]; ok && cur.alive {
 		return nil
 	}
+	if f.Root != "" {
+		dirs := DaemonDirs(f.Root, d.ID)
+		for _, dir := range []string{dirs.Pipe, dirs.Log, dirs.Shm} {
+			if err := os.MkdirAll(dir, 0o755); err != nil {
+				return fmt.Errorf("start MPS daemon %s: %w", d.ID, err)
+			}
+		}
+	}
 	f.daemons[d.ID] = fakeDaemon{Daemon: d, alive: true}
 	return nil
 }
@@ -44,6 +60,11 @@ func (f *FakeMPS) Stop(_ context.Context, id string) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	delete(f.daemons, id)
+	if f.Root != "" {
+		if err := os.RemoveAll(filepath.Join(f.Root, id)); err != nil {
+			return fmt.Errorf("stop MPS daemon %s: %w", id, err)
+		}
+	}
 	return nil
 }
 

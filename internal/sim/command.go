@@ -61,7 +61,7 @@ func (in *inputs) load() ([]Pod, []NodeSpec, []Policy, error) {
 	if err != nil {
 		return nil, nil, nil, fmt.Errorf("open pods: %w", err)
 	}
-	defer pf.Close()
+	defer func() { _ = pf.Close() }() // read only: a failed close loses nothing
 	pods, err := ReadPods(pf)
 	if err != nil {
 		return nil, nil, nil, fmt.Errorf("%s: %w", in.pods, err)
@@ -70,7 +70,7 @@ func (in *inputs) load() ([]Pod, []NodeSpec, []Policy, error) {
 	if err != nil {
 		return nil, nil, nil, fmt.Errorf("open nodes: %w", err)
 	}
-	defer nf.Close()
+	defer func() { _ = nf.Close() }() // read only: a failed close loses nothing
 	nodes, err := ReadNodes(nf)
 	if err != nil {
 		return nil, nil, nil, fmt.Errorf("%s: %w", in.nodes, err)
@@ -103,7 +103,7 @@ to stderr. --plot writes a PNG of allocation against arrivals per policy.`,
 			var results []Result
 			out := json.NewEncoder(cmd.OutOrStdout())
 			for _, p := range policies {
-				fmt.Fprintf(cmd.ErrOrStderr(), "%s: %d seeds, %d pods in the trace, %d nodes, %d GPUs\n",
+				_, _ = fmt.Fprintf(cmd.ErrOrStderr(), "%s: %d seeds, %d pods in the trace, %d nodes, %d GPUs\n",
 					p, seeds, len(pods), len(nodes), fleet.Capacity/1000)
 				r, err := Run(cmd.Context(), fleet, pods, Options{
 					Policy: p, Seeds: seeds, Arrivals: arrivals / 100, Weight: in.weight,
@@ -147,7 +147,7 @@ many pods as the whole fleet (every pod, when podsFailed is 0).`,
 			}
 			out := json.NewEncoder(cmd.OutOrStdout())
 			for _, p := range policies {
-				fmt.Fprintf(cmd.ErrOrStderr(), "%s: sizing %d pods on up to %d nodes\n", p, len(pods), len(nodes))
+				_, _ = fmt.Fprintf(cmd.ErrOrStderr(), "%s: sizing %d pods on up to %d nodes\n", p, len(pods), len(nodes))
 				s, err := Size(cmd.Context(), nodes, pods, p, in.weight)
 				if err != nil {
 					return err
@@ -173,7 +173,7 @@ func plotCommand() *cobra.Command {
 			if err != nil {
 				return fmt.Errorf("open results: %w", err)
 			}
-			defer f.Close()
+			defer func() { _ = f.Close() }() // read only: a failed close loses nothing
 			var results []Result
 			dec := json.NewDecoder(f)
 			for dec.More() {

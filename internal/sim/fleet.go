@@ -7,7 +7,7 @@ import (
 	"strings"
 	"time"
 
-	v1 "k8s.io/api/core/v1"
+	corev1 "k8s.io/api/core/v1"
 	resourceapi "k8s.io/api/resource/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -37,7 +37,7 @@ const shareMemoryStep = 256 << 20
 // by concurrent runs.
 type Fleet struct {
 	Specs  []NodeSpec
-	nodes  []*v1.Node
+	nodes  []*corev1.Node
 	slices [][]*resourceapi.ResourceSlice
 	memory []uint64
 	// device maps each node's device names to GPU index.
@@ -70,7 +70,7 @@ func NewFleet(specs []NodeSpec) *Fleet {
 		if s.GPUs > 0 {
 			slices = resourceslice.Objects(s.Name, resourceslice.Build(s.Name, inv, resourceslice.Options{Pool: "default"}))
 		}
-		f.nodes = append(f.nodes, &v1.Node{ObjectMeta: metav1.ObjectMeta{Name: s.Name}})
+		f.nodes = append(f.nodes, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: s.Name}})
 		f.slices = append(f.slices, slices)
 		f.memory = append(f.memory, mem<<30)
 		f.device = append(f.device, names)

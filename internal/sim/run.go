@@ -98,7 +98,7 @@ func Run(ctx context.Context, fleet *Fleet, pods []Pod, opts Options) (Result, e
 				mu.Lock()
 				done++
 				if opts.Progress != nil {
-					fmt.Fprintf(opts.Progress, "%s: seed %d done (%d/%d), unallocated %.2f%%, %s\n",
+					_, _ = fmt.Fprintf(opts.Progress, "%s: seed %d done (%d/%d), unallocated %.2f%%, %s\n",
 						opts.Policy, seed, done, opts.Seeds, results[seed].unallocated, time.Since(start).Round(time.Second))
 				}
 				mu.Unlock()

@@ -139,12 +139,12 @@ func TestOpenbSample(t *testing.T) {
 	if err != nil {
 		t.Skipf("openb trace not available: %v", err)
 	}
-	defer podsFile.Close()
+	defer func() { _ = podsFile.Close() }() // read only: a failed close loses nothing
 	nodesFile, err := os.Open(filepath.Join(dir, "openb_node_list_gpu_node.csv"))
 	if err != nil {
 		t.Skipf("openb trace not available: %v", err)
 	}
-	defer nodesFile.Close()
+	defer func() { _ = nodesFile.Close() }() // read only: a failed close loses nothing
 	pods, err := ReadPods(podsFile)
 	if err != nil {
 		t.Fatal(err)

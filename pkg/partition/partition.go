@@ -74,7 +74,7 @@ func MIGOffered(gpu inventory.GPU, opts Options) bool {
 // (an A100 an admin put in MIG mode) runs CUDA only inside MIG partitions,
 // so it is offered as partitions alone.
 func WholeOffered(gpu inventory.GPU) bool {
-	return !(gpu.MIG.Enabled && !gpu.MIG.ToggleWithoutReset)
+	return !gpu.MIG.Enabled || gpu.MIG.ToggleWithoutReset
 }
 
 // Build returns the devices and counters of one GPU.

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"testing"
 
-	"github.com/NVIDIA/go-nvml/pkg/nvml/mock/server"
 	resourceapi "k8s.io/api/resource/v1"
 	"k8s.io/apimachinery/pkg/types"
 
@@ -125,7 +124,7 @@ func (h *hardware) check(claim *resourceapi.ResourceClaim, result *resourceapi.A
 			}
 			m, err := h.lib.CreateMIGDevice(context.Background(), d.gpu, d.device.Profile.ID, d.device.Placement)
 			if err != nil {
-				return fmt.Errorf("claim %s: scheduler allocated %s, which the GPU cannot create: %v", claim.Name, r.Device, err)
+				return fmt.Errorf("claim %s: scheduler allocated %s, which the GPU cannot create: %w", claim.Name, r.Device, err)
 			}
 			use.mig++
 			h.owned[claim.UID] = append(h.owned[claim.UID], migInstance{d.gpu, m.GPUInstanceID})
@@ -163,7 +162,7 @@ func (h *hardware) release(claim *resourceapi.ResourceClaim) {
 
 // instances counts the GPU instances on the mock.
 func (h *hardware) instances(gpu int) int {
-	return len(h.server.Devices[gpu].(*server.Device).GpuInstances)
+	return len(h.server.GPU(gpu).Instances)
 }
 
 func (h *hardware) String() string { return fmt.Sprintf("%+v", h.gpus) }

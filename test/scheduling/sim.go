@@ -9,10 +9,8 @@ import (
 	"fmt"
 	"time"
 
-	v1 "k8s.io/api/core/v1"
+	corev1 "k8s.io/api/core/v1"
 	resourceapi "k8s.io/api/resource/v1"
-	"k8s.io/apimachinery/pkg/api/resource"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/sets"
 	"k8s.io/dynamic-resource-allocation/cel"
@@ -20,6 +18,7 @@ import (
 
 	gpuapi "github.com/tessera-gpu/tessera/api/gpu"
 	chart "github.com/tessera-gpu/tessera/deployments/helm/tessera"
+	"github.com/tessera-gpu/tessera/test/builder"
 )
 
 // Features are the DRA features kube-scheduler 1.37 enables by default and
@@ -89,7 +88,7 @@ func (c classLister) Get(name string) (*resourceapi.DeviceClass, error) {
 // tracks it between claims.
 type Cluster struct {
 	Slices  []*resourceapi.ResourceSlice
-	Nodes   []*v1.Node
+	Nodes   []*corev1.Node
 	state   structured.AllocatedState
 	claims  map[types.UID]*resourceapi.ResourceClaim
 	cel     *cel.Cache
@@ -110,7 +109,7 @@ func NewCluster(nodes []string, slices []*resourceapi.ResourceSlice) *Cluster {
 		timeout: 10 * time.Second,
 	}
 	for _, n := range nodes {
-		c.Nodes = append(c.Nodes, &v1.Node{ObjectMeta: metav1.ObjectMeta{Name: n}})
+		c.Nodes = append(c.Nodes, builder.MakeNode(n).Obj())
 	}
 	return c
 }
@@ -128,7 +127,7 @@ func (c *Cluster) AllocateOn(ctx context.Context, node int, claim *resourceapi.R
 	return c.allocate(ctx, claim, c.Nodes[node:node+1])
 }
 
-func (c *Cluster) allocate(ctx context.Context, claim *resourceapi.ResourceClaim, nodes []*v1.Node) (*resourceapi.AllocationResult, error) {
+func (c *Cluster) allocate(ctx context.Context, claim *resourceapi.ResourceClaim, nodes []*corev1.Node) (*resourceapi.AllocationResult, error) {
 	ctx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
 	alloc, err := structured.NewAllocator(ctx, Features, c.state, allocatorClasses, c.Slices, c.cel)
@@ -207,77 +206,60 @@ func (c *Cluster) Free(uid types.UID) {
 // Claims returns the allocated claims.
 func (c *Cluster) Claims() map[types.UID]*resourceapi.ResourceClaim { return c.claims }
 
-// Claim builders.
+// Claims the tests and benchmarks draw from, built with test/builder.
 
 var claimSeq int
 
-// newClaim applies the API server's defaults (exact count 1) that the
-// allocator relies on.
+// newClaim names each claim uniquely within the process. Requests built by
+// hand (mix.go's, per layout) get the API server's defaults (exact count 1)
+// that the allocator relies on, as builder.MakeRequest's already have.
 func newClaim(requests ...resourceapi.DeviceRequest) *resourceapi.ResourceClaim {
 	for i := range requests {
-		if r := requests[i].Exactly; r != nil {
+		if r := requests[i].Exactly; r != nil && r.AllocationMode == "" {
 			r.AllocationMode = resourceapi.DeviceAllocationModeExactCount
 			r.Count = max(r.Count, 1)
 		}
 		for j := range requests[i].FirstAvailable {
-			r := &requests[i].FirstAvailable[j]
-			r.AllocationMode = resourceapi.DeviceAllocationModeExactCount
-			r.Count = max(r.Count, 1)
+			if r := &requests[i].FirstAvailable[j]; r.AllocationMode == "" {
+				r.AllocationMode = resourceapi.DeviceAllocationModeExactCount
+				r.Count = max(r.Count, 1)
+			}
 		}
 	}
 	claimSeq++
-	name := fmt.Sprintf("claim-%d", claimSeq)
-	return &resourceapi.ResourceClaim{
-		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "default", UID: types.UID(name)},
-		Spec:       resourceapi.ResourceClaimSpec{Devices: resourceapi.DeviceClaim{Requests: requests}},
-	}
+	return builder.MakeClaim(fmt.Sprintf("claim-%d", claimSeq)).Request(requests...).Obj()
 }
 
 // WholeGPU asks for one whole GPU.
 func WholeGPU() *resourceapi.ResourceClaim {
-	return newClaim(resourceapi.DeviceRequest{Name: "gpu", Exactly: &resourceapi.ExactDeviceRequest{DeviceClassName: gpuapi.ClassGPU}})
+	return newClaim(builder.MakeRequest("gpu", gpuapi.ClassGPU).Obj())
 }
 
 // MIG asks for count partitions of a profile.
 func MIG(profile string, count int64) *resourceapi.ResourceClaim {
-	return newClaim(resourceapi.DeviceRequest{Name: "mig", Exactly: &resourceapi.ExactDeviceRequest{
-		DeviceClassName: gpuapi.ClassMIG, Selectors: profileSelector(profile), Count: count,
-	}})
+	return newClaim(builder.MakeRequest("mig", gpuapi.ClassMIG).Profile(profile).Count(count).Obj())
 }
 
 // MIGAt asks for the partition of a profile at one placement.
 func MIGAt(profile string, start int) *resourceapi.ResourceClaim {
-	sel := profileSelector(profile)
-	sel = append(sel, resourceapi.DeviceSelector{CEL: &resourceapi.CELDeviceSelector{
-		Expression: fmt.Sprintf(`device.attributes[%q].placementStart == %d`, gpuapi.DriverName, start),
-	}})
-	return newClaim(resourceapi.DeviceRequest{Name: "mig", Exactly: &resourceapi.ExactDeviceRequest{DeviceClassName: gpuapi.ClassMIG, Selectors: sel}})
-}
-
-func profileSelector(profile string) []resourceapi.DeviceSelector {
-	return []resourceapi.DeviceSelector{{CEL: &resourceapi.CELDeviceSelector{
-		Expression: fmt.Sprintf(`device.attributes[%q].profile == %q`, gpuapi.DriverName, profile),
-	}}}
+	return newClaim(builder.MakeRequest("mig", gpuapi.ClassMIG).Profile(profile).PlacementStart(start).Obj())
 }
 
 // Share asks for a share of a time-shared GPU.
 func Share(memory string, compute int64) *resourceapi.ResourceClaim {
-	return newClaim(resourceapi.DeviceRequest{Name: "share", Exactly: &resourceapi.ExactDeviceRequest{
-		DeviceClassName: gpuapi.ClassShared, Capacity: shareCapacity(memory, compute),
-	}})
-}
-
-func shareCapacity(memory string, compute int64) *resourceapi.CapacityRequirements {
-	return &resourceapi.CapacityRequirements{Requests: map[resourceapi.QualifiedName]resource.Quantity{
-		gpuapi.CapMemory:  resource.MustParse(memory),
-		gpuapi.CapCompute: *resource.NewQuantity(compute, resource.DecimalSI),
-	}}
+	return newClaim(builder.MakeRequest("share", gpuapi.ClassShared).Memory(memory).Compute(compute).Obj())
 }
 
 // MIGOrShare prefers a MIG partition and falls back to a share.
 func MIGOrShare(profile, memory string, compute int64) *resourceapi.ResourceClaim {
-	return newClaim(resourceapi.DeviceRequest{Name: "gpu", FirstAvailable: []resourceapi.DeviceSubRequest{
-		{Name: "mig", DeviceClassName: gpuapi.ClassMIG, Selectors: profileSelector(profile)},
-		{Name: "share", DeviceClassName: gpuapi.ClassShared, Capacity: shareCapacity(memory, compute)},
-	}})
+	return newClaim(builder.FirstAvailable("gpu",
+		builder.MakeRequest("mig", gpuapi.ClassMIG).Profile(profile),
+		builder.MakeRequest("share", gpuapi.ClassShared).Memory(memory).Compute(compute),
+	))
+}
+
+// shareCapacity is the capacity request of a share, for requests of classes
+// other than Tessera's shipped ones.
+func shareCapacity(memory string, compute int64) *resourceapi.CapacityRequirements {
+	return builder.MakeRequest("share", "").Memory(memory).Compute(compute).Obj().Exactly.Capacity
 }

@@ -44,9 +44,9 @@ func main() {
 	}
 	results, err := schedulerbench.Run(ctx, opts)
 	w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintf(w, "layout\tpods bound\tpods/s\tattempt p50\tattempt p99\tcreate→bound p50\tcreate→bound p99\t\n")
+	_, _ = fmt.Fprintf(w, "layout\tpods bound\tpods/s\tattempt p50\tattempt p99\tcreate→bound p50\tcreate→bound p99\t\n")
 	for _, r := range results {
-		fmt.Fprintf(w, "%s\t%d/%d\t%.1f\t%s\t%s\t%s\t%s\t\n", r.Layout, r.Placed, r.Pods, r.PodsPerSecond,
+		_, _ = fmt.Fprintf(w, "%s\t%d/%d\t%.1f\t%s\t%s\t%s\t%s\t\n", r.Layout, r.Placed, r.Pods, r.PodsPerSecond,
 			r.AttemptP50.Round(time.Microsecond), r.AttemptP99.Round(time.Microsecond), r.BoundP50.Round(time.Millisecond), r.BoundP99.Round(time.Millisecond))
 	}
 	_ = w.Flush()

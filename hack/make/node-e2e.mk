@@ -1,0 +1,27 @@
+# Real-node e2e targets. Included by the top-level Makefile (hack/make/*.mk).
+#
+#   make node-binaries   build the kubelet, containerd (+ shim, ctr) and pause into
+#                        $(TESSERA_CACHE)/node/bin (minutes once, then cached)
+#   make node-e2e-host   install what the host needs from Debian (runc, CNI plugins,
+#                        static busybox); needs root and apt
+#   make node-e2e        run e2e/node on the local control plane plus a real node
+#                        (kubelet + containerd + runc + the plugin); needs root
+#
+# docs/node-e2e.md says what the host needs and what the suite proves.
+
+NODE_E2E_TIMEOUT ?= 20m
+# go test flags for the real-node suite, e.g. NODE_E2E_FLAGS="-v -run TestRestartsLoseNothing".
+NODE_E2E_FLAGS ?= -v
+
+.PHONY: node-binaries node-e2e-host node-e2e
+
+node-binaries:
+	@hack/node-binaries.sh
+
+node-e2e-host:
+	apt-get install -y --no-install-recommends runc containernetworking-plugins busybox-static
+
+node-e2e: cluster-binaries node-binaries e2e-plugin
+	@if [ "$$(id -u)" != 0 ]; then echo "make node-e2e needs root: the real node creates cgroups, mounts and device nodes (docs/node-e2e.md)" >&2; exit 1; fi
+	helm="$$($(HELM_TOOL))"; TESSERA_NODE_E2E=1 TESSERA_PLUGIN_BINARY=$(CURDIR)/bin/dra-kubelet-plugin TESSERA_HELM="$$helm" \
+		go test -count=1 -timeout $(NODE_E2E_TIMEOUT) $(NODE_E2E_FLAGS) ./e2e/node/

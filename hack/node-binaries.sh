@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Builds what make node-e2e runs on a real node: the kubelet from the pinned
+# k8s.io/kubernetes (tools/kubelet), containerd 2.x with its CRI plugin, its runc
+# shim and ctr (tools/containerd), and the upstream pause binary compiled from
+# k8s.io/kubernetes' build/pause/linux/pause.c, into $TESSERA_CACHE/node/bin.
+# Like hack/cluster-binaries.sh, it is skipped when a stamp keyed by the pinned
+# module files matches.
+set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cache="${TESSERA_CACHE:-${HOME}/.cache/tessera/k8s-1.37.2}"
+bin="${cache}/node/bin"
+stamp="${cache}/node/stamp"
+binaries=(kubelet containerd containerd-shim-runc-v2 ctr pause)
+
+key="$(cat "${root}/tools/kubelet/go.mod" "${root}/tools/kubelet/go.sum" "${root}/tools/containerd/go.mod" "${root}/tools/containerd/go.sum" "${BASH_SOURCE[0]}" | sha256sum | cut -d' ' -f1)"
+
+up_to_date() {
+  [[ -f "${stamp}" && "$(cat "${stamp}")" == "${key}" ]] || return 1
+  for b in "${binaries[@]}"; do [[ -x "${bin}/${b}" ]] || return 1; done
+}
+
+if up_to_date; then
+  echo "node-binaries: up to date in ${bin}"
+  exit 0
+fi
+
+mkdir -p "${bin}"
+rm -f "${stamp}"
+kube_ldflags="-s -w -X k8s.io/component-base/version.gitVersion=v1.37.2 -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=37 -X k8s.io/component-base/version.gitTreeState=clean"
+containerd_ldflags="-s -w -X github.com/containerd/containerd/v2/version.Version=v2.4.2"
+
+start_all=${SECONDS}
+build() { # name module-dir package ldflags [tags]
+  local name=$1 dir=$2 pkg=$3 ldflags=$4 tags=${5:-} start=${SECONDS}
+  echo "node-binaries: building ${name} (${pkg}) ..."
+  # The kubelet compiles for minutes; say so, so that nobody takes the silence for a hang.
+  (while sleep 60; do echo "node-binaries:   still building ${name} ($((SECONDS - start))s)"; done) &
+  local ticker=$! rc=0
+  (cd "${dir}" && CGO_ENABLED=0 go build -trimpath -tags="${tags}" -ldflags="${ldflags}" -o "${bin}/${name}.tmp" "${pkg}") || rc=$?
+  kill "${ticker}" 2>/dev/null || true
+  wait "${ticker}" 2>/dev/null || true
+  if ((rc != 0)); then
+    echo "node-binaries: building ${name} failed" >&2
+    exit "${rc}"
+  fi
+  mv "${bin}/${name}.tmp" "${bin}/${name}"
+  echo "node-binaries: built ${name} in $((SECONDS - start))s (total $((SECONDS - start_all))s)"
+}
+
+# The pause container of every pod sandbox: upstream's own pause.c, static, so
+# that the sandbox image needs nothing else.
+kube_dir="$(cd "${root}/tools/kubelet" && go mod download -json k8s.io/kubernetes | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')"
+if [[ -z "${kube_dir}" ]]; then
+  echo "node-binaries: cannot find the k8s.io/kubernetes module source" >&2
+  exit 1
+fi
+echo "node-binaries: compiling pause from ${kube_dir}/build/pause/linux/pause.c"
+${CC:-cc} -Os -static -DVERSION=v1.37.2 -o "${bin}/pause.tmp" "${kube_dir}/build/pause/linux/pause.c"
+mv "${bin}/pause.tmp" "${bin}/pause"
+
+# containerd without cgo drops only the btrfs snapshotter (overlayfs and native
+# remain); no_devmapper and no_zfs keep out snapshotters the node does not use.
+containerd_tags="no_btrfs no_devmapper no_zfs"
+for c in containerd containerd-shim-runc-v2 ctr; do
+  build "${c}" "${root}/tools/containerd" "github.com/containerd/containerd/v2/cmd/${c}" "${containerd_ldflags}" "${containerd_tags}"
+done
+build kubelet "${root}/tools/kubelet" k8s.io/kubernetes/cmd/kubelet "${kube_ldflags}"
+echo "${key}" > "${stamp}"
+echo "node-binaries: done in $((SECONDS - start_all))s -> ${bin}"

@@ -1,0 +1,82 @@
+package builder
+
+import (
+	resourceapi "k8s.io/api/resource/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+	"k8s.io/utils/ptr"
+
+	gpuapi "github.com/tessera-gpu/tessera/api/gpu"
+)
+
+// SliceBuilder builds a ResourceSlice.
+type SliceBuilder struct{ slice resourceapi.ResourceSlice }
+
+// MakeSlice starts a slice named name of Tessera's driver for node, alone in a
+// pool named after the node, as the kubelet plugin publishes it.
+func MakeSlice(name, node string) *SliceBuilder {
+	s := &SliceBuilder{}
+	s.slice.Name = name
+	s.slice.Spec = resourceapi.ResourceSliceSpec{
+		Driver:   gpuapi.DriverName,
+		Pool:     resourceapi.ResourcePool{Name: node, ResourceSliceCount: 1},
+		NodeName: ptr.To(node),
+	}
+	return s
+}
+
+// Pool puts the slice into a pool of count slices at a generation.
+func (s *SliceBuilder) Pool(name string, generation, count int64) *SliceBuilder {
+	s.slice.Spec.Pool = resourceapi.ResourcePool{Name: name, Generation: generation, ResourceSliceCount: count}
+	return s
+}
+
+// Device adds devices; see MakeDevice.
+func (s *SliceBuilder) Device(devices ...resourceapi.Device) *SliceBuilder {
+	s.slice.Spec.Devices = append(s.slice.Spec.Devices, devices...)
+	return s
+}
+
+// Obj returns the slice.
+func (s *SliceBuilder) Obj() *resourceapi.ResourceSlice {
+	return s.slice.DeepCopy()
+}
+
+// DeviceBuilder builds one device of a slice.
+type DeviceBuilder struct{ device resourceapi.Device }
+
+// MakeDevice starts a device named name, without attributes or capacity.
+func MakeDevice(name string) *DeviceBuilder {
+	return &DeviceBuilder{device: resourceapi.Device{Name: name}}
+}
+
+// Attr sets a string attribute of Tessera's (e.g. gpuapi.AttrType).
+func (d *DeviceBuilder) Attr(name, value string) *DeviceBuilder {
+	return d.attr(name, resourceapi.DeviceAttribute{StringValue: ptr.To(value)})
+}
+
+// IntAttr sets an integer attribute of Tessera's (e.g. gpuapi.AttrIndex).
+func (d *DeviceBuilder) IntAttr(name string, value int64) *DeviceBuilder {
+	return d.attr(name, resourceapi.DeviceAttribute{IntValue: ptr.To(value)})
+}
+
+func (d *DeviceBuilder) attr(name string, value resourceapi.DeviceAttribute) *DeviceBuilder {
+	if d.device.Attributes == nil {
+		d.device.Attributes = map[resourceapi.QualifiedName]resourceapi.DeviceAttribute{}
+	}
+	d.device.Attributes[resourceapi.QualifiedName(name)] = value
+	return d
+}
+
+// Capacity sets a capacity of Tessera's (e.g. gpuapi.CapMemory) to a quantity.
+func (d *DeviceBuilder) Capacity(name, quantity string) *DeviceBuilder {
+	if d.device.Capacity == nil {
+		d.device.Capacity = map[resourceapi.QualifiedName]resourceapi.DeviceCapacity{}
+	}
+	d.device.Capacity[resourceapi.QualifiedName(name)] = resourceapi.DeviceCapacity{Value: resource.MustParse(quantity)}
+	return d
+}
+
+// Obj returns the device.
+func (d *DeviceBuilder) Obj() resourceapi.Device {
+	return *d.device.DeepCopy()
+}

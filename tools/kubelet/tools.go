@@ -1,0 +1,9 @@
+//go:build tools
+
+// Package tools records the kubelet that hack/node-binaries.sh builds, so that
+// go mod tidy keeps its dependencies in go.sum.
+package tools
+
+import (
+	_ "k8s.io/kubernetes/cmd/kubelet"
+)
