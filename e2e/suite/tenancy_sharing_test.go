@@ -4,7 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
-	"strings"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -22,9 +22,16 @@ import (
 	"github.com/tessera-gpu/tessera/test/builder"
 )
 
-// sharingTimeout bounds the waits of the sharing test: a share rejected for
-// another tenant's GPU is retried with the scheduler's backoff.
-const sharingTimeout = 3 * time.Minute
+const (
+	// sharesPerGPU shares of shareSize fill a tenancy-node GPU.
+	sharesPerGPU = 6
+	// settleTimeout bounds how long a pod may wait once a GPU it could use
+	// is free. kube-scheduler retries within seconds of a relevant change
+	// (backoff at most 10 s, binding conditions polled every 5 s); its
+	// fallback, the flush of unschedulable pods, comes after 5 minutes, so
+	// a pass here never relies on the flush.
+	settleTimeout = 90 * time.Second
+)
 
 // shareSize is a sixth of a tenancy-node GPU's shared memory, in the
 // request policy's 256Mi steps: six shares fill one GPU.
@@ -41,9 +48,8 @@ func shareSize(t *testing.T) string {
 		for _, d := range s.Spec.Devices {
 			if d.Name == "gpu-0-shared" {
 				capacity := d.Capacity[gpuapi.CapMemory].Value
-				memory := capacity.Value()
 				step := int64(256 << 20)
-				return resource.NewQuantity(memory/6/step*step, resource.BinarySI).String()
+				return resource.NewQuantity(capacity.Value()/sharesPerGPU/step*step, resource.BinarySI).String()
 			}
 		}
 	}
@@ -51,10 +57,19 @@ func shareSize(t *testing.T) string {
 	return ""
 }
 
-// servingGroups maps every shared GPU of the tenancy node to the namespaces
-// whose admitted claims hold shares of it, from the claims' allocations.
-func servingGroups(ctx context.Context, namespaces ...string) (map[string][]string, error) {
-	out := map[string][]string{}
+// gpuUse is what the claims' allocations hold of one shared GPU.
+type gpuUse struct {
+	// shares counts every allocated share, decided or not.
+	shares int
+	// allocated are the namespaces of those shares; serving, those of the
+	// shares the controller admitted (a pod runs only on an admitted share).
+	allocated, serving []string
+}
+
+// gpuUses reads the shared GPUs' use by the namespaces' claims, keyed
+// pool/device.
+func gpuUses(ctx context.Context, namespaces ...string) (map[string]*gpuUse, error) {
+	out := map[string]*gpuUse{}
 	for _, ns := range namespaces {
 		list, err := local.Client.ResourceV1().ResourceClaims(ns).List(ctx, metav1.ListOptions{})
 		if err != nil {
@@ -62,13 +77,19 @@ func servingGroups(ctx context.Context, namespaces ...string) (map[string][]stri
 		}
 		for i := range list.Items {
 			c := &list.Items[i]
-			if tenancy.ClaimState(c) != tenancy.Admitted {
-				continue
-			}
 			for _, d := range tenancy.SharedDevices(c) {
 				key := d.Pool + "/" + d.Device
-				if !strings.Contains(strings.Join(out[key], ","), ns) {
-					out[key] = append(out[key], ns)
+				u := out[key]
+				if u == nil {
+					u = &gpuUse{}
+					out[key] = u
+				}
+				u.shares++
+				if !slices.Contains(u.allocated, ns) {
+					u.allocated = append(u.allocated, ns)
+				}
+				if tenancy.ClaimState(c) == tenancy.Admitted && !slices.Contains(u.serving, ns) {
+					u.serving = append(u.serving, ns)
 				}
 			}
 		}
@@ -76,7 +97,7 @@ func servingGroups(ctx context.Context, namespaces ...string) (map[string][]stri
 	return out, nil
 }
 
-// sharingTaints are the controller's sharing taints, device -> value.
+// sharingTaints are the controller's sharing taints, pool/device -> value.
 func sharingTaints(ctx context.Context) (map[string]string, error) {
 	list, err := local.Client.ResourceV1().DeviceTaintRules().List(ctx, metav1.ListOptions{})
 	if err != nil {
@@ -91,36 +112,279 @@ func sharingTaints(ctx context.Context) (map[string]string, error) {
 	return out, nil
 }
 
-// runningPods counts the pods of the namespaces that run, and all pods.
-func runningPods(ctx context.Context, namespaces ...string) (running, all int) {
+// sharingWatch polls the claims' allocations until stopped and records every
+// moment a shared GPU served two tenants' namespaces.
+type sharingWatch struct {
+	stop    context.CancelFunc
+	done    chan struct{}
+	mu      sync.Mutex
+	polls   int
+	raced   int // polls that saw shares of two namespaces allocated, undecided
+	serving []string
+}
+
+func watchSharing(ctx context.Context, namespaces ...string) *sharingWatch {
+	ctx, stop := context.WithCancel(ctx)
+	w := &sharingWatch{stop: stop, done: make(chan struct{})}
+	go func() {
+		defer close(w.done)
+		_ = wait.PollUntilContextCancel(ctx, pollEvery, true, func(ctx context.Context) (bool, error) {
+			uses, err := gpuUses(ctx, namespaces...)
+			if err != nil {
+				return false, nil
+			}
+			w.mu.Lock()
+			defer w.mu.Unlock()
+			w.polls++
+			raced := false
+			for gpu, u := range uses {
+				if len(u.serving) > 1 {
+					w.serving = append(w.serving, fmt.Sprintf("%s serves %v", gpu, u.serving))
+				}
+				raced = raced || len(u.allocated) > 1
+			}
+			if raced {
+				w.raced++
+			}
+			return false, nil
+		})
+	}()
+	return w
+}
+
+// check fails the test if any poll so far saw a GPU serve two tenants.
+func (w *sharingWatch) check(t *testing.T) {
+	t.Helper()
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if len(w.serving) > 0 {
+		t.Fatalf("%d of %d polls of the claims' allocations saw a GPU serve two tenants, first: %s", len(w.serving), w.polls, w.serving[0])
+	}
+}
+
+func (w *sharingWatch) finish(t *testing.T) {
+	w.stop()
+	<-w.done
+	t.Logf("%d polls of the claims' allocations; %d saw two tenants' undecided shares on one GPU (the race the binding check decides)", w.polls, w.raced)
+}
+
+// sharePod creates a pod of namespace ns on the tenancy nodes whose claim is
+// made from the template "share". Safe to call from several goroutines.
+func sharePod(ctx context.Context, ns, name string) error {
+	pod := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns},
+		Spec: corev1.PodSpec{
+			ResourceClaims: []corev1.PodResourceClaim{{Name: "gpu", ResourceClaimTemplateName: new("share")}},
+			Containers: []corev1.Container{{
+				Name: "ctr", Image: "registry.k8s.io/pause:3.10",
+				Resources: corev1.ResourceRequirements{Claims: []corev1.ResourceClaim{{Name: "gpu"}}},
+			}},
+			TerminationGracePeriodSeconds: new(int64(0)),
+		},
+	}
+	onTenancyNodes(pod)
+	_, err := local.Client.CoreV1().Pods(ns).Create(ctx, pod, metav1.CreateOptions{})
+	return err
+}
+
+// podsOf lists the pods of the namespaces that are not being deleted.
+func podsOf(ctx context.Context, namespaces ...string) ([]corev1.Pod, error) {
+	var out []corev1.Pod
 	for _, ns := range namespaces {
 		list, err := local.Client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{})
 		if err != nil {
-			return 0, -1
+			return nil, err
 		}
 		for _, p := range list.Items {
-			all++
-			if p.Status.Phase == corev1.PodRunning && p.DeletionTimestamp == nil {
-				running++
+			if p.DeletionTimestamp == nil {
+				out = append(out, p)
 			}
 		}
 	}
-	return running, all
+	return out, nil
 }
 
-// TestTenantExclusiveSharing: two Exclusive tenants start six shares each at
-// once on the tenancy node's two GPUs (six shares fill a GPU), then random
-// running pods are deleted and replaced. At every poll, no shared GPU serves
-// two tenants (from the admitted claims' allocations); all pods run each
-// time (which needs each tenant packed on a GPU of its own); the GPUs carry
-// their tenant's taint; and no taint is left after the shares go, even when
-// they go while the controller is down.
+// entitled are the unbound pods that a GPU of the tenancy node could take
+// now: a GPU with room for one more share that serves no other namespace
+// (each test namespace here belongs to a tenant of its own). Pods being
+// allocated count against the GPUs they are allocated.
+func entitled(ctx context.Context, gpus []string, namespaces ...string) ([]corev1.Pod, error) {
+	pods, err := podsOf(ctx, namespaces...)
+	if err != nil {
+		return nil, err
+	}
+	uses, err := gpuUses(ctx, namespaces...)
+	if err != nil {
+		return nil, err
+	}
+	var out []corev1.Pod
+	for _, p := range pods {
+		if p.Spec.NodeName != "" || claimAllocated(ctx, &p) {
+			continue
+		}
+		for _, gpu := range gpus {
+			u := uses[gpu]
+			if u == nil || (u.shares < sharesPerGPU && !slices.ContainsFunc(u.allocated, func(ns string) bool { return ns != p.Namespace })) {
+				out = append(out, p)
+				break
+			}
+		}
+	}
+	return out, nil
+}
+
+// claimAllocated says whether the pod's generated claim is allocated (the
+// scheduler has placed it and is waiting to bind it).
+func claimAllocated(ctx context.Context, p *corev1.Pod) bool {
+	for _, s := range p.Status.ResourceClaimStatuses {
+		if s.ResourceClaimName == nil {
+			continue
+		}
+		c, err := local.Client.ResourceV1().ResourceClaims(p.Namespace).Get(ctx, *s.ResourceClaimName, metav1.GetOptions{})
+		if err == nil && c.Status.Allocation != nil {
+			return true
+		}
+	}
+	return false
+}
+
+// waitSettled waits until every bound pod runs and no unbound pod could be
+// placed on a GPU of the tenancy node: every pod that can run, runs. On
+// timeout it fails with the pods that could have run and their events.
+func waitSettled(ctx context.Context, t *testing.T, what string, gpus []string, namespaces ...string) {
+	t.Helper()
+	var stuck []corev1.Pod
+	var notRunning []string
+	err := wait.PollUntilContextTimeout(ctx, pollEvery, settleTimeout, true, func(ctx context.Context) (bool, error) {
+		pods, err := podsOf(ctx, namespaces...)
+		if err != nil {
+			return false, nil
+		}
+		notRunning = notRunning[:0]
+		for _, p := range pods {
+			if p.Spec.NodeName != "" && p.Status.Phase != corev1.PodRunning {
+				notRunning = append(notRunning, p.Name)
+			}
+		}
+		if stuck, err = entitled(ctx, gpus, namespaces...); err != nil {
+			return false, nil
+		}
+		return len(notRunning) == 0 && len(stuck) == 0, nil
+	})
+	if err != nil {
+		var why []string
+		for i := range stuck {
+			why = append(why, stuck[i].Namespace+"/"+stuck[i].Name+": "+eventSummary(&stuck[i]))
+		}
+		uses, _ := gpuUses(ctx, namespaces...)
+		var gpuState []string
+		for _, g := range gpus {
+			if u := uses[g]; u != nil {
+				gpuState = append(gpuState, fmt.Sprintf("%s: %d shares of %v", g, u.shares, u.allocated))
+			}
+		}
+		t.Fatalf("%s: not settled within %s: bound, not running: %v; unbound although a GPU has room: %v; GPUs: %v", what, settleTimeout, notRunning, why, gpuState)
+	}
+}
+
+// waitOwnToleration waits until claims created in namespace ns get exactly
+// the sharing toleration of tenant, the only one the tenant's claims policy
+// lets through. Until the controller has taken a namespace that just joined
+// a tenant out of the untenanted sharing binding (about a second), its claims
+// also get the untenanted toleration and are refused (fail closed), and the
+// resource claim controller retries a pod's claim with a growing backoff.
+func waitOwnToleration(ctx context.Context, t *testing.T, ns string, tenant *tenancyv1.GPUTenant) *resourceapi.ResourceClaim {
+	t.Helper()
+	var claim *resourceapi.ResourceClaim
+	err := wait.PollUntilContextTimeout(ctx, pollEvery, waitTimeout, true, func(ctx context.Context) (bool, error) {
+		var err error
+		claim, err = local.Client.ResourceV1().ResourceClaims(ns).Create(ctx, &resourceapi.ResourceClaim{
+			ObjectMeta: metav1.ObjectMeta{GenerateName: "probe-", Namespace: ns},
+			Spec:       claimSpec(builder.MakeRequest("gpu", gpuapi.ClassShared).Obj()),
+		}, metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}})
+		return err == nil, nil
+	})
+	if err != nil {
+		t.Fatalf("claims of tenant %s in namespace %s still refused after %s", tenant.Name, ns, waitTimeout)
+	}
+	return claim
+}
+
+// tenancyGPUs are the tenancy node's shared GPUs, pool/device.
+func tenancyGPUs() []string {
+	return []string{tenancyNode.Name + "/gpu-0-shared", tenancyNode.Name + "/gpu-1-shared"}
+}
+
+// TestShareRetriedAfterBindingWait: kube-scheduler 1.37 counts a share twice
+// while its pod waits for the binding condition, so a pod tried in that
+// window finds the GPU full although it has room; the window's end is no
+// event the scheduler retries pods on. Four shares of one GPU run; a fifth
+// is allocated and waits for the controller; a sixth is created in that
+// window. Both must run well before the scheduler's 5-minute flush: the
+// controller stamps the GPU's sharing taint again when the fifth is bound.
+func TestShareRetriedAfterBindingWait(t *testing.T) {
+	tenant := newTenant(t, "requeue", tenancyv1.GPUTenantSpec{AllowedDeviceClasses: []string{gpuapi.ClassShared}})
+	ns := tenantNamespace(t, tenant.Name)
+	ctx := testContext(t)
+	waitOwnToleration(ctx, t, ns, tenant)
+	gpu0 := fmt.Sprintf("device.attributes[%q].%s == 0", gpuapi.DriverName, gpuapi.AttrIndex)
+	createTemplate(t, ns, "share", builder.MakeRequest("gpu", gpuapi.ClassShared).Memory(shareSize(t)).Selector(gpu0).Obj())
+	for i := range sharesPerGPU - 2 {
+		if err := sharePod(ctx, ns, fmt.Sprintf("share-%d", i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitSettled(ctx, t, "four shares", tenancyGPUs()[:1], ns)
+
+	if err := sharePod(ctx, ns, "fifth"); err != nil {
+		t.Fatal(err)
+	}
+	var fifth *corev1.Pod
+	err := wait.PollUntilContextTimeout(ctx, 10*time.Millisecond, waitTimeout, true, func(ctx context.Context) (bool, error) {
+		p, err := local.Client.CoreV1().Pods(ns).Get(ctx, "fifth", metav1.GetOptions{})
+		if err != nil {
+			return false, nil
+		}
+		fifth = p
+		return claimAllocated(ctx, p), nil
+	})
+	if err != nil {
+		t.Fatalf("the fifth share is not allocated: %v", err)
+	}
+	if err := sharePod(ctx, ns, "sixth"); err != nil {
+		t.Fatal(err)
+	}
+	sixth, err := local.Client.CoreV1().Pods(ns).Get(ctx, "sixth", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	fifthUnbound := false
+	if p, err := local.Client.CoreV1().Pods(ns).Get(ctx, "fifth", metav1.GetOptions{}); err == nil {
+		fifthUnbound = p.Spec.NodeName == ""
+	}
+	waitRunning(t, fifth)
+	waitRunning(t, sixth)
+	// Whether the sixth was tried inside the window (and so turned away) is
+	// up to the scheduler's timing; say which case this run was.
+	turnedAway := len(events(ctx, sixth, "FailedScheduling")) > 0
+	t.Logf("the fifth was unbound when the sixth was created: %t; the sixth was turned away at first: %t", fifthUnbound, turnedAway)
+}
+
+// TestTenantExclusiveSharing: two Exclusive tenants share the tenancy node's
+// two GPUs (six shares fill one). A churn phase creates and deletes their
+// share pods at random, several at a time, more than fit; then, with no new
+// pods, every pod that a GPU has room for must run; the controller goes down
+// while one tenant's pods all go, and once it is back the other tenant's
+// waiting pods run on the GPU that was freed; at last no taint is left. At
+// every poll of the claims' allocations, no GPU serves two tenants.
 func TestTenantExclusiveSharing(t *testing.T) {
 	spec := tenancyv1.GPUTenantSpec{AllowedDeviceClasses: []string{gpuapi.ClassShared}}
 	a, b := newTenant(t, "share-a", spec), newTenant(t, "share-b", spec)
 	nsA, nsB := tenantNamespace(t, a.Name), tenantNamespace(t, b.Name)
-	ctx, cancel := context.WithTimeout(t.Context(), 8*time.Minute)
+	ctx, cancel := context.WithTimeout(t.Context(), 12*time.Minute)
 	defer cancel()
+	namespaces := []string{nsA, nsB}
+	gpus := tenancyGPUs()
 
 	t.Run("APIs served", func(t *testing.T) {
 		// Both are GA and on by default in 1.37: the cluster runs with no
@@ -130,11 +394,7 @@ func TestTenantExclusiveSharing(t *testing.T) {
 			if err != nil {
 				t.Fatalf("discover %s: %v", gv, err)
 			}
-			found := false
-			for _, r := range list.APIResources {
-				found = found || r.Name == resource
-			}
-			if !found {
+			if !slices.ContainsFunc(list.APIResources, func(r metav1.APIResource) bool { return r.Name == resource }) {
 				t.Errorf("the API server does not serve %s in %s", resource, gv)
 			}
 		}
@@ -142,21 +402,8 @@ func TestTenantExclusiveSharing(t *testing.T) {
 
 	t.Run("tolerations", func(t *testing.T) {
 		// The sharing policy adds the tenant's own toleration to its claims.
-		// Until the controller has taken a namespace that just joined a
-		// tenant out of the untenanted sharing binding (about a second), its
-		// claims also get the untenanted toleration and are refused: poll.
-		var claim *resourceapi.ResourceClaim
-		err := wait.PollUntilContextTimeout(ctx, pollEvery, waitTimeout, true, func(ctx context.Context) (bool, error) {
-			var err error
-			claim, err = local.Client.ResourceV1().ResourceClaims(nsA).Create(ctx, &resourceapi.ResourceClaim{
-				ObjectMeta: metav1.ObjectMeta{GenerateName: "probe-", Namespace: nsA},
-				Spec:       claimSpec(builder.MakeRequest("gpu", gpuapi.ClassShared).Obj()),
-			}, metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}})
-			return err == nil, nil
-		})
-		if err != nil {
-			t.Fatalf("tenant's own claim still refused after %s", waitTimeout)
-		}
+		claim := waitOwnToleration(ctx, t, nsA, a)
+		waitOwnToleration(ctx, t, nsB, b)
 		tols := claim.Spec.Devices.Requests[0].Exactly.Tolerations
 		if len(tols) != 1 || !tenancy.EntitledToleration(a, tols[0]) {
 			t.Errorf("tolerations of a claim of %s: %+v, want exactly %+v", a.Name, tols, tenancy.Toleration(a.Name))
@@ -180,147 +427,105 @@ func TestTenantExclusiveSharing(t *testing.T) {
 			})
 		}
 	})
+	// The probe claims above are not pods' claims; they hold nothing.
+	for _, ns := range namespaces {
+		if err := local.Client.ResourceV1().ResourceClaims(ns).DeleteCollection(ctx, metav1.DeleteOptions{}, metav1.ListOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
 
 	size := shareSize(t)
-	namespaces := []string{nsA, nsB}
 	for _, ns := range namespaces {
 		createTemplate(t, ns, "share", builder.MakeRequest("gpu", gpuapi.ClassShared).Memory(size).Obj())
 	}
+	watch := watchSharing(ctx, namespaces...)
+	defer watch.finish(t)
 
-	// Watch the claims for the whole test: every poll, no GPU may serve two
-	// tenants.
-	var (
-		mu         sync.Mutex
-		violations []string
-		polls      int
+	// Churn: rounds of a few concurrent creations (at most perTenant live
+	// pods of a tenant, so that each fits the node alone but the two do not
+	// fit together) and a few concurrent deletes of any pods, running or not.
+	const (
+		perTenant = 8
+		rounds    = 16
 	)
-	watchCtx, stopWatch := context.WithCancel(ctx)
-	watched := make(chan struct{})
-	go func() {
-		defer close(watched)
-		_ = wait.PollUntilContextCancel(watchCtx, pollEvery, true, func(ctx context.Context) (bool, error) {
-			serving, err := servingGroups(ctx, namespaces...)
-			if err != nil {
-				return false, nil
+	seed := time.Now().UnixNano()
+	t.Logf("churn with seed %d", seed)
+	rng := rand.New(rand.NewPCG(uint64(seed), 0))
+	churnEnd := time.Now().Add(3 * time.Minute)
+	created, deleted := 0, 0
+	for round := 0; round < rounds && time.Now().Before(churnEnd); round++ {
+		pods, err := podsOf(ctx, namespaces...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		live := map[string]int{}
+		for _, p := range pods {
+			live[p.Namespace]++
+		}
+		var wg sync.WaitGroup
+		errs := make(chan error, 8)
+		for range 1 + rng.IntN(4) {
+			ns := namespaces[rng.IntN(2)]
+			if live[ns] >= perTenant {
+				continue
 			}
-			mu.Lock()
-			defer mu.Unlock()
-			polls++
-			for gpu, ns := range serving {
-				if len(ns) > 1 {
-					violations = append(violations, fmt.Sprintf("%s serves %v", gpu, ns))
+			live[ns]++
+			created++
+			name := fmt.Sprintf("share-%d", created)
+			wg.Go(func() { errs <- sharePod(ctx, ns, name) })
+		}
+		var victims []corev1.Pod
+		for _, i := range rng.Perm(len(pods))[:min(len(pods), rng.IntN(4))] {
+			victims = append(victims, pods[i])
+		}
+		for _, v := range victims {
+			deleted++
+			wg.Go(func() {
+				err := local.Client.CoreV1().Pods(v.Namespace).Delete(ctx, v.Name, metav1.DeleteOptions{GracePeriodSeconds: new(int64(0))})
+				if apierrors.IsNotFound(err) {
+					err = nil
+				}
+				errs <- err
+			})
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			if err != nil {
+				t.Fatalf("churn round %d: %v", round, err)
+			}
+		}
+		// Pace the rounds by the deletes taking effect.
+		err = wait.PollUntilContextTimeout(ctx, pollEvery, waitTimeout, true, func(ctx context.Context) (bool, error) {
+			for _, v := range victims {
+				if _, err := local.Client.CoreV1().Pods(v.Namespace).Get(ctx, v.Name, metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+					return false, nil
 				}
 			}
-			return false, nil
-		})
-	}()
-	checkWatch := func(t *testing.T) {
-		t.Helper()
-		mu.Lock()
-		defer mu.Unlock()
-		if len(violations) > 0 {
-			t.Fatalf("%d polls saw a GPU serving two tenants, first: %s", len(violations), violations[0])
-		}
-	}
-	defer func() {
-		stopWatch()
-		<-watched
-		t.Logf("%d polls of the claims' allocations", polls)
-	}()
-
-	waitAllRunning := func(t *testing.T, want int) {
-		t.Helper()
-		err := wait.PollUntilContextTimeout(ctx, pollEvery, sharingTimeout, true, func(ctx context.Context) (bool, error) {
-			running, all := runningPods(ctx, namespaces...)
-			return running == want && all == want, nil
+			return true, nil
 		})
 		if err != nil {
-			running, all := runningPods(ctx, namespaces...)
-			_, pending := boundPods(ctx, namespaces...)
-			var why []string
-			for _, p := range pending {
-				why = append(why, p.Name+": "+eventSummary(p))
-			}
-			t.Fatalf("%d of %d pods running, want all %d: %v; unbound: %v", running, all, want, err, why)
+			t.Fatalf("churn round %d: deleted pods not gone: %v", round, err)
 		}
 	}
-	waitTaints := func(t *testing.T, what string, ok func(map[string]string) bool) {
-		t.Helper()
-		var last map[string]string
-		err := wait.PollUntilContextTimeout(ctx, pollEvery, sharingTimeout, true, func(ctx context.Context) (bool, error) {
-			var err error
-			last, err = sharingTaints(ctx)
-			return err == nil && ok(last), nil
-		})
-		if err != nil {
-			t.Fatalf("sharing taints: %s not reached; last %v", what, last)
-		}
-	}
-	// onePerTenant: both GPUs tainted, one with each tenant.
-	onePerTenant := func(taints map[string]string) bool {
-		values := map[string]bool{}
-		for gpu, v := range taints {
-			if strings.HasPrefix(gpu, tenancyNode.Name+"/") {
-				values[v] = true
-			}
-		}
-		return len(taints) == 2 && values[a.Name] && values[b.Name]
-	}
+	t.Logf("churn: %d pods created, %d deleted", created, deleted)
+	watch.check(t)
 
-	const perTenant = 6
-	next := 0
-	start := func(ns string) {
-		next++
-		createPod(t, ns, fmt.Sprintf("share-%d", next), "share", onTenancyNodes)
-	}
-	var wg sync.WaitGroup
-	for i := range 2 * perTenant {
-		ns := namespaces[i%2]
-		next++
-		n := next
-		wg.Go(func() { createPod(t, ns, fmt.Sprintf("share-%d", n), "share", onTenancyNodes) })
-	}
-	wg.Wait()
-	waitAllRunning(t, 2*perTenant)
-	waitTaints(t, "one GPU per tenant", onePerTenant)
-	checkWatch(t)
+	// No new pods: every pod that a GPU has room for runs.
+	waitSettled(ctx, t, "after churn", gpus, namespaces...)
+	watch.check(t)
 
-	// Random deletes, each replaced once the victim's claim is gone: the
-	// replacement must pack onto its tenant's GPU again. (Replacing at once
-	// left the second of two replacements waiting for the same GPU pending
-	// for minutes in kube-scheduler 1.37.2: the generated claim's
-	// deallocation did not requeue it. See the report.)
-	seed := time.Now().UnixNano()
-	t.Logf("random deletes with seed %d", seed)
-	rng := rand.New(rand.NewPCG(uint64(seed), 0))
-	deadline := time.Now().Add(2 * time.Minute)
-	for i := 0; i < 8 && time.Now().Before(deadline); i++ {
-		bound, _ := boundPods(ctx, namespaces...)
-		if len(bound) == 0 {
-			t.Fatal("no bound pod to delete")
-		}
-		victim := bound[rng.IntN(len(bound))]
-		if err := local.Client.CoreV1().Pods(victim.Namespace).Delete(ctx, victim.Name, metav1.DeleteOptions{GracePeriodSeconds: new(int64(0))}); err != nil {
-			t.Fatalf("delete pod %s/%s: %v", victim.Namespace, victim.Name, err)
-		}
-		claimName := *victim.Status.ResourceClaimStatuses[0].ResourceClaimName
-		err := wait.PollUntilContextTimeout(ctx, pollEvery, sharingTimeout, true, func(ctx context.Context) (bool, error) {
-			_, err := local.Client.ResourceV1().ResourceClaims(victim.Namespace).Get(ctx, claimName, metav1.GetOptions{})
-			return apierrors.IsNotFound(err), nil
-		})
-		if err != nil {
-			t.Fatalf("claim %s/%s of a deleted pod not gone: %v", victim.Namespace, claimName, err)
-		}
-		start(victim.Namespace)
-		if i%3 == 2 {
-			waitAllRunning(t, 2*perTenant)
+	// Tenant B takes every GPU it can: with A's pods gone, all of B's run.
+	// The controller is down while A's pods go, so A's taints outlive them;
+	// back up, it removes them (from the allocations, not from memory), and
+	// the scheduler retries B's pods on that change.
+	topUp := perTenant - countIn(ctx, t, nsB)
+	for i := range topUp {
+		if err := sharePod(ctx, nsB, fmt.Sprintf("b-top-%d", i)); err != nil {
+			t.Fatal(err)
 		}
 	}
-	waitAllRunning(t, 2*perTenant)
-	checkWatch(t)
-
-	// The controller goes down; tenant A's pods all go meanwhile. Back up, it
-	// removes A's taint (from the allocations, not memory) and keeps B's.
+	waitSettled(ctx, t, "B topped up", gpus, namespaces...)
 	tenancyController.Kill()
 	restarted := false
 	t.Cleanup(func() {
@@ -333,7 +538,7 @@ func TestTenantExclusiveSharing(t *testing.T) {
 	if err := local.Client.CoreV1().Pods(nsA).DeleteCollection(ctx, metav1.DeleteOptions{GracePeriodSeconds: new(int64(0))}, metav1.ListOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	err := wait.PollUntilContextTimeout(ctx, pollEvery, sharingTimeout, true, func(ctx context.Context) (bool, error) {
+	err := wait.PollUntilContextTimeout(ctx, pollEvery, waitTimeout, true, func(ctx context.Context) (bool, error) {
 		claims, err := local.Client.ResourceV1().ResourceClaims(nsA).List(ctx, metav1.ListOptions{})
 		return err == nil && len(claims.Items) == 0, nil
 	})
@@ -344,37 +549,60 @@ func TestTenantExclusiveSharing(t *testing.T) {
 		t.Fatalf("restart controller: %v", err)
 	}
 	restarted = true
-	waitTaints(t, "only B's GPU tainted after a restart", func(taints map[string]string) bool {
-		return len(taints) == 1 && slicesContainValue(taints, b.Name)
-	})
-
-	// A's GPU is open to B again: B's shares beyond one GPU run.
-	for range perTenant {
-		start(nsB)
-	}
-	err = wait.PollUntilContextTimeout(ctx, pollEvery, sharingTimeout, true, func(ctx context.Context) (bool, error) {
-		running, all := runningPods(ctx, nsB)
-		return running == 2*perTenant && all == 2*perTenant, nil
+	err = wait.PollUntilContextTimeout(ctx, pollEvery, settleTimeout, true, func(ctx context.Context) (bool, error) {
+		pods, err := podsOf(ctx, nsB)
+		if err != nil {
+			return false, nil
+		}
+		running := 0
+		for _, p := range pods {
+			if p.Status.Phase == corev1.PodRunning {
+				running++
+			}
+		}
+		return running == perTenant && len(pods) == perTenant, nil
 	})
 	if err != nil {
-		running, all := runningPods(ctx, nsB)
-		t.Fatalf("B on both GPUs: %d of %d running", running, all)
+		_, pending := boundPods(ctx, nsB)
+		var why []string
+		for _, p := range pending {
+			why = append(why, p.Name+": "+eventSummary(p))
+		}
+		taints, _ := sharingTaints(ctx)
+		t.Fatalf("B's %d pods not all running within %s of A's GPU being freed: unbound %v; taints %v", perTenant, settleTimeout, why, taints)
 	}
-	checkWatch(t)
+	taints, err := sharingTaints(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for gpu, v := range taints {
+		if v != b.Name {
+			t.Errorf("%s tainted %q after A's shares went, want only B's taints", gpu, v)
+		}
+	}
+	watch.check(t)
 
 	// The last shares go: no taint is left.
 	if err := local.Client.CoreV1().Pods(nsB).DeleteCollection(ctx, metav1.DeleteOptions{GracePeriodSeconds: new(int64(0))}, metav1.ListOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	waitTaints(t, "none left", func(taints map[string]string) bool { return len(taints) == 0 })
-	checkWatch(t)
+	var last map[string]string
+	err = wait.PollUntilContextTimeout(ctx, pollEvery, waitTimeout, true, func(ctx context.Context) (bool, error) {
+		last, err = sharingTaints(ctx)
+		return err == nil && len(last) == 0, nil
+	})
+	if err != nil {
+		t.Fatalf("sharing taints left after the last share went: %v", last)
+	}
+	watch.check(t)
 }
 
-func slicesContainValue(m map[string]string, v string) bool {
-	for _, x := range m {
-		if x == v {
-			return true
-		}
+// countIn counts the pods of namespace ns that are not being deleted.
+func countIn(ctx context.Context, t *testing.T, ns string) int {
+	t.Helper()
+	pods, err := podsOf(ctx, ns)
+	if err != nil {
+		t.Fatal(err)
 	}
-	return false
+	return len(pods)
 }
