@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
 	corev1 "k8s.io/api/core/v1"
 	resourceapi "k8s.io/api/resource/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -310,6 +311,27 @@ func waitOwnToleration(ctx context.Context, t *testing.T, ns string, tenant *ten
 	return claim
 }
 
+// waitTaintValue waits until the sharing taint of gpu (pool/device) has
+// value, e.g. GroupFree once its last share has gone.
+func waitTaintValue(ctx context.Context, t *testing.T, gpu, value string) {
+	t.Helper()
+	var last map[string]string
+	err := wait.PollUntilContextTimeout(ctx, pollEvery, waitTimeout, true, func(ctx context.Context) (bool, error) {
+		var err error
+		last, err = sharingTaints(ctx)
+		return err == nil && last[gpu] == value, nil
+	})
+	if err != nil {
+		t.Fatalf("sharing taint of %s is %q, want %q, within %s", gpu, last[gpu], value, waitTimeout)
+	}
+}
+
+// withTolerations returns r, an exact request, with tols.
+func withTolerations(r resourceapi.DeviceRequest, tols ...resourceapi.DeviceToleration) resourceapi.DeviceRequest {
+	r.Exactly.Tolerations = tols
+	return r
+}
+
 // tenancyGPUs are the tenancy node's shared GPUs, pool/device.
 func tenancyGPUs() []string {
 	return []string{tenancyNode.Name + "/gpu-0-shared", tenancyNode.Name + "/gpu-1-shared"}
@@ -371,12 +393,15 @@ func TestShareRetriedAfterBindingWait(t *testing.T) {
 }
 
 // TestTenantExclusiveSharing: two Exclusive tenants share the tenancy node's
-// two GPUs (six shares fill one). A churn phase creates and deletes their
-// share pods at random, several at a time, more than fit; then, with no new
-// pods, every pod that a GPU has room for must run; the controller goes down
-// while one tenant's pods all go, and once it is back the other tenant's
-// waiting pods run on the GPU that was freed; at last no taint is left. At
-// every poll of the claims' allocations, no GPU serves two tenants.
+// two GPUs (six shares fill one). The sharing policy shapes their claims as
+// its Go twin says; a tenant's share goes to the GPU it holds before a free
+// one that comes first. A churn phase creates and deletes their share pods at
+// random, several at a time, more than fit; then, with no new pods, every pod
+// that a GPU has room for must run; the controller goes down while one
+// tenant's pods all go, and once it is back the other tenant's waiting pods
+// run on the GPUs that were freed; at last no tenant's taint is left (every
+// GPU is free). At every poll of the claims' allocations, no GPU serves two
+// tenants.
 func TestTenantExclusiveSharing(t *testing.T) {
 	spec := tenancyv1.GPUTenantSpec{AllowedDeviceClasses: []string{gpuapi.ClassShared}}
 	a, b := newTenant(t, "share-a", spec), newTenant(t, "share-b", spec)
@@ -401,18 +426,30 @@ func TestTenantExclusiveSharing(t *testing.T) {
 	})
 
 	t.Run("tolerations", func(t *testing.T) {
-		// The sharing policy adds the tenant's own toleration to its claims.
-		claim := waitOwnToleration(ctx, t, nsA, a)
+		// The sharing policy shapes the tenant's claims exactly as its Go
+		// twin, tenancy.SharingRequests, says: a share asks for the tenant's
+		// own GPUs first, then free ones; other requests get both tolerations.
+		waitOwnToleration(ctx, t, nsA, a)
 		waitOwnToleration(ctx, t, nsB, b)
-		tols := claim.Spec.Devices.Requests[0].Exactly.Tolerations
-		if len(tols) != 1 || !tenancy.EntitledToleration(a, tols[0]) {
-			t.Errorf("tolerations of a claim of %s: %+v, want exactly %+v", a.Name, tols, tenancy.Toleration(a.Name))
-		}
-		// A claim naming its own toleration passes (and gets no second one).
-		own := claimSpec(builder.MakeRequest("gpu", gpuapi.ClassShared).Obj())
-		own.Devices.Requests[0].Exactly.Tolerations = []resourceapi.DeviceToleration{tenancy.Toleration(a.Name)}
-		if err := createClaim(ctx, nsA, own); err != nil {
-			t.Errorf("claim with its own tenant's toleration refused: %v", err)
+		for name, r := range map[string]resourceapi.DeviceRequest{
+			"share":           builder.MakeRequest("gpu", gpuapi.ClassShared).Memory("1Gi").Obj(),
+			"MIG partition":   builder.MakeRequest("gpu", gpuapi.ClassMIG).Profile("1g.18gb").Obj(),
+			"firstAvailable":  builder.FirstAvailable("gpu", builder.MakeRequest("mig", gpuapi.ClassMIG), builder.MakeRequest("share", gpuapi.ClassShared)),
+			"own toleration":  withTolerations(builder.MakeRequest("gpu", gpuapi.ClassShared).Obj(), tenancy.Toleration(a.Name)),
+			"free toleration": withTolerations(builder.MakeRequest("gpu", gpuapi.ClassShared).Obj(), tenancy.Toleration(tenancyv1.GroupFree)),
+		} {
+			t.Run(name, func(t *testing.T) {
+				claim, err := local.Client.ResourceV1().ResourceClaims(nsA).Create(ctx, &resourceapi.ResourceClaim{
+					ObjectMeta: metav1.ObjectMeta{GenerateName: "probe-", Namespace: nsA},
+					Spec:       claimSpec(r),
+				}, metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}})
+				if err != nil {
+					t.Fatalf("claim refused: %v", err)
+				}
+				if diff := cmp.Diff(tenancy.SharingRequests(a.Name, []resourceapi.DeviceRequest{r}), claim.Spec.Devices.Requests); diff != "" {
+					t.Errorf("the policy's requests differ from tenancy.SharingRequests (-Go +API server):\n%s", diff)
+				}
+			})
 		}
 		// Tolerating another tenant's GPUs, or everyone's, is refused.
 		for name, tol := range map[string]resourceapi.DeviceToleration{
@@ -420,8 +457,7 @@ func TestTenantExclusiveSharing(t *testing.T) {
 			"untenanted":   tenancy.Toleration(tenancyv1.GroupUntenanted),
 			"any tenant":   {Key: tenancyv1.TaintKeyTenant, Operator: resourceapi.DeviceTolerationOpExists},
 		} {
-			s := claimSpec(builder.MakeRequest("gpu", gpuapi.ClassShared).Obj())
-			s.Devices.Requests[0].Exactly.Tolerations = []resourceapi.DeviceToleration{tol}
+			s := claimSpec(withTolerations(builder.MakeRequest("gpu", gpuapi.ClassShared).Obj(), tol))
 			t.Run(name, func(t *testing.T) {
 				wantRefused(t, createClaim(ctx, nsB, s), "GPUTenant "+b.Name, "tolerates a tenancy taint")
 			})
@@ -440,6 +476,41 @@ func TestTenantExclusiveSharing(t *testing.T) {
 	}
 	watch := watchSharing(ctx, namespaces...)
 	defer watch.finish(t)
+
+	t.Run("own GPUs before free ones", func(t *testing.T) {
+		// B takes the first free GPU, A the next; B's share goes, which
+		// frees the GPU that comes first; A's next share still goes to the
+		// GPU A holds, by its "own" alternative.
+		start := func(ns, name, wantGPU, wantRequest string) {
+			t.Helper()
+			if err := sharePod(ctx, ns, name); err != nil {
+				t.Fatal(err)
+			}
+			p, err := local.Client.CoreV1().Pods(ns).Get(ctx, name, metav1.GetOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			a := waitAllocated(t, p)
+			r := a.Devices()[0]
+			if got := r.Pool + "/" + r.Device; got != wantGPU || r.Request != wantRequest {
+				t.Fatalf("%s/%s got %s for request %s, want %s for %s", ns, name, got, r.Request, wantGPU, wantRequest)
+			}
+			waitRunning(t, p)
+		}
+		own, free := "gpu/"+tenancyv1.SubrequestOwn, "gpu/"+tenancyv1.SubrequestAny
+		start(nsB, "b-first", gpus[0], free)
+		start(nsA, "a-first", gpus[1], free)
+		if err := local.Client.CoreV1().Pods(nsB).Delete(ctx, "b-first", metav1.DeleteOptions{GracePeriodSeconds: new(int64(0))}); err != nil {
+			t.Fatal(err)
+		}
+		waitTaintValue(ctx, t, gpus[0], tenancyv1.GroupFree)
+		start(nsA, "a-second", gpus[1], own)
+		if err := local.Client.CoreV1().Pods(nsA).DeleteCollection(ctx, metav1.DeleteOptions{GracePeriodSeconds: new(int64(0))}, metav1.ListOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		waitTaintValue(ctx, t, gpus[1], tenancyv1.GroupFree)
+	})
+	watch.check(t)
 
 	// Churn: rounds of a few concurrent creations (at most perTenant live
 	// pods of a tenant, so that each fits the node alone but the two do not
@@ -576,23 +647,27 @@ func TestTenantExclusiveSharing(t *testing.T) {
 		t.Fatal(err)
 	}
 	for gpu, v := range taints {
-		if v != b.Name {
-			t.Errorf("%s tainted %q after A's shares went, want only B's taints", gpu, v)
+		if v != b.Name && v != tenancyv1.GroupFree {
+			t.Errorf("%s tainted %q after A's shares went, want only B's taints and free GPUs", gpu, v)
 		}
 	}
 	watch.check(t)
 
-	// The last shares go: no taint is left.
+	// The last shares go: no tenant's taint is left, every GPU is free.
 	if err := local.Client.CoreV1().Pods(nsB).DeleteCollection(ctx, metav1.DeleteOptions{GracePeriodSeconds: new(int64(0))}, metav1.ListOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	var last map[string]string
-	err = wait.PollUntilContextTimeout(ctx, pollEvery, waitTimeout, true, func(ctx context.Context) (bool, error) {
-		last, err = sharingTaints(ctx)
-		return err == nil && len(last) == 0, nil
-	})
+	for _, gpu := range gpus {
+		waitTaintValue(ctx, t, gpu, tenancyv1.GroupFree)
+	}
+	taints, err = sharingTaints(ctx)
 	if err != nil {
-		t.Fatalf("sharing taints left after the last share went: %v", last)
+		t.Fatal(err)
+	}
+	for gpu, v := range taints {
+		if v != tenancyv1.GroupFree {
+			t.Errorf("%s still tainted %q after the last share went", gpu, v)
+		}
 	}
 	watch.check(t)
 }

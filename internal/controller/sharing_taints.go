@@ -25,12 +25,14 @@ import (
 // (tenancy.TaintRuleName).
 const taintRuleSuffix = ".sharing.tenancy.tessera.dev"
 
-// SharingReconciler keeps one DeviceTaintRule per time-shared GPU that a
-// sharing group holds shares of, tainting it with the group so that only the
-// group's claims (which tolerate it) are allocated more of it, and deletes
-// the rule once the GPU's last share goes. It works from the claims'
-// allocations alone, never from memory, so a restart leaves no taint behind
-// and misses none. It also keeps the binding of the untenanted sharing policy
+// SharingReconciler keeps one DeviceTaintRule per time-shared GPU: a GPU
+// that a sharing group holds shares of is tainted with the group, so that
+// only the group's claims (which tolerate it) are allocated more of it; once
+// its last share goes, the taint becomes GroupFree, which every claim
+// tolerates in its fallback alternative, so the GPU is open to all again and
+// each group's claims still try the GPUs they hold first. It works from the
+// claims' allocations and the published slices alone, never from memory, so
+// a restart leaves no tenant's taint behind and misses none. It also keeps the binding of the untenanted sharing policy
 // on the namespaces no tenant selects.
 //
 // Everything is one reconcile of the whole cluster: any claim's change can
@@ -56,10 +58,39 @@ func (r *SharingReconciler) Reconcile(ctx context.Context, _ reconcile.Request) 
 	if err != nil {
 		return reconcile.Result{}, err
 	}
-	return reconcile.Result{}, errors.Join(
-		r.applyTaints(ctx, tenancy.TaintRules(tenancy.TaintGroups(held, pending))),
-		r.applyUntenantedBinding(ctx),
-	)
+	free, err := r.freeGPUs(ctx)
+	if err != nil {
+		return reconcile.Result{}, err
+	}
+	// The untenanted binding first: a claim created before it is in place
+	// gets no toleration of free GPUs.
+	if err := r.applyUntenantedBinding(ctx); err != nil {
+		return reconcile.Result{}, err
+	}
+	return reconcile.Result{}, r.applyTaints(ctx, tenancy.TaintRules(free, tenancy.TaintGroups(held, pending)))
+}
+
+// freeGPUs are the shared GPUs to taint GroupFree where no group holds them:
+// every published one, or none while a waiting claim could not tolerate the
+// free taint (tenancy.BlockedByFreeTaint), so that such a claim is not kept
+// off free GPUs for good; then groups only lose the preference for their own
+// GPUs, and the GPUs held by a group are tainted as ever.
+func (r *SharingReconciler) freeGPUs(ctx context.Context) ([]tenancy.DeviceID, error) {
+	var claims resourceapi.ResourceClaimList
+	if err := r.client.List(ctx, &claims); err != nil {
+		return nil, fmt.Errorf("list claims: %w", err)
+	}
+	for i := range claims.Items {
+		if c := &claims.Items[i]; tenancy.BlockedByFreeTaint(c) {
+			klog.FromContext(ctx).V(2).Info("Free shared GPUs stay untainted while a claim that does not tolerate it waits", "claim", klog.KObj(c))
+			return nil, nil
+		}
+	}
+	var published resourceapi.ResourceSliceList
+	if err := r.client.List(ctx, &published); err != nil {
+		return nil, fmt.Errorf("list ResourceSlices: %w", err)
+	}
+	return tenancy.SharedGPUs(published.Items), nil
 }
 
 func (r *SharingReconciler) applyTaints(ctx context.Context, want []*resourceapi.DeviceTaintRule) error {
@@ -143,8 +174,9 @@ func (r *SharingReconciler) applyUntenantedBinding(ctx context.Context) error {
 }
 
 // SetupWithManager registers the reconciler on every change of claims,
-// tenants (their sharing policy), namespaces (their tenant) and its own taint
-// rules (an edited or deleted rule is put back), all mapped to one key.
+// tenants (their sharing policy), namespaces (their tenant), ResourceSlices
+// (GPUs come and go) and its own taint rules (an edited or deleted rule is
+// put back), all mapped to one key.
 func (r *SharingReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	one := handler.EnqueueRequestsFromMapFunc(func(context.Context, client.Object) []reconcile.Request {
 		return []reconcile.Request{{}}
@@ -155,6 +187,7 @@ func (r *SharingReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		Watches(&tenancyv1.GPUTenant{}, one).
 		Watches(&corev1.Namespace{}, one).
 		Watches(&resourceapi.DeviceTaintRule{}, one).
+		Watches(&resourceapi.ResourceSlice{}, one).
 		Watches(&admissionv1.MutatingAdmissionPolicyBinding{}, one).
 		Complete(r)
 }

@@ -45,10 +45,11 @@ func taints(ctx context.Context, t *testing.T, c client.Reader) map[string]strin
 }
 
 // TestSharingTaints: a GPU held by one tenant is tainted with the tenant; a
-// GPU held by no one has no taint; the taint goes with the GPU's last share.
-// A reconciler that starts over (a restarted controller) with stale rules
-// from before removes them and keeps the right ones, from the allocations
-// alone.
+// GPU held by no one carries the free taint, which every shaped claim
+// tolerates; the tenant's taint goes with the GPU's last share. A reconciler
+// that starts over (a restarted controller) with stale rules from before
+// puts them right, from the allocations and slices alone. While a claim that
+// cannot tolerate the free taint waits, free GPUs go untainted.
 func TestSharingTaints(t *testing.T) {
 	_, ctx := ktesting.NewTestContext(t)
 	stale := &resourceapi.DeviceTaintRule{
@@ -85,7 +86,7 @@ func TestSharingTaints(t *testing.T) {
 	}
 
 	reconcileOnce()
-	if diff := cmp.Diff(map[string]string{"gpu-0-shared": "a", "gpu-9": ""}, taints(ctx, t, c)); diff != "" {
+	if diff := cmp.Diff(map[string]string{"gpu-0-shared": "a", "gpu-1-shared": tenancyv1.GroupFree, "gpu-9": ""}, taints(ctx, t, c)); diff != "" {
 		t.Errorf("after a restart with a stale rule (-want +got):\n%s", diff)
 	}
 	// The API server stamps the taint's timeAdded; that is no reason to
@@ -108,12 +109,12 @@ func TestSharingTaints(t *testing.T) {
 	}
 	deallocate("a1", "x")
 	reconcileOnce()
-	if diff := cmp.Diff(map[string]string{"gpu-0-shared": "a", "gpu-9": ""}, taints(ctx, t, c)); diff != "" {
+	if diff := cmp.Diff(map[string]string{"gpu-0-shared": "a", "gpu-1-shared": tenancyv1.GroupFree, "gpu-9": ""}, taints(ctx, t, c)); diff != "" {
 		t.Errorf("with one of a's two shares left (-want +got):\n%s", diff)
 	}
 	deallocate("a2", "y")
 	reconcileOnce()
-	if diff := cmp.Diff(map[string]string{"gpu-9": ""}, taints(ctx, t, c)); diff != "" {
+	if diff := cmp.Diff(map[string]string{"gpu-0-shared": tenancyv1.GroupFree, "gpu-1-shared": tenancyv1.GroupFree, "gpu-9": ""}, taints(ctx, t, c)); diff != "" {
 		t.Errorf("after a's last share went (-want +got):\n%s", diff)
 	}
 	// An untenanted share: tainted with the untenanted group.
@@ -129,8 +130,29 @@ func TestSharingTaints(t *testing.T) {
 		t.Fatal(err)
 	}
 	reconcileOnce()
-	if diff := cmp.Diff(map[string]string{"gpu-1-shared": tenancyv1.GroupUntenanted, "gpu-9": ""}, taints(ctx, t, c)); diff != "" {
+	if diff := cmp.Diff(map[string]string{"gpu-0-shared": tenancyv1.GroupFree, "gpu-1-shared": tenancyv1.GroupUntenanted, "gpu-9": ""}, taints(ctx, t, c)); diff != "" {
 		t.Errorf("with a pending untenanted share (-want +got):\n%s", diff)
+	}
+
+	// A claim from before the sharing policies waits: it could not tolerate
+	// the free taint, so free GPUs go untainted until it is allocated or
+	// gone; held GPUs stay tainted.
+	legacy := pendingShare("free", "legacy", "gpu-0-shared")
+	legacy.Spec.Devices.Requests = []resourceapi.DeviceRequest{{Name: "gpu", Exactly: &resourceapi.ExactDeviceRequest{DeviceClassName: gpuapi.ClassShared}}}
+	legacy.Status = resourceapi.ResourceClaimStatus{}
+	if err := c.Create(ctx, legacy); err != nil {
+		t.Fatal(err)
+	}
+	reconcileOnce()
+	if diff := cmp.Diff(map[string]string{"gpu-1-shared": tenancyv1.GroupUntenanted, "gpu-9": ""}, taints(ctx, t, c)); diff != "" {
+		t.Errorf("while a claim that cannot tolerate the free taint waits (-want +got):\n%s", diff)
+	}
+	if err := c.Delete(ctx, legacy); err != nil {
+		t.Fatal(err)
+	}
+	reconcileOnce()
+	if diff := cmp.Diff(map[string]string{"gpu-0-shared": tenancyv1.GroupFree, "gpu-1-shared": tenancyv1.GroupUntenanted, "gpu-9": ""}, taints(ctx, t, c)); diff != "" {
+		t.Errorf("once it is gone (-want +got):\n%s", diff)
 	}
 
 	b := &admissionv1.MutatingAdmissionPolicyBinding{}

@@ -25,14 +25,20 @@ import (
 // pendingShare is a claim allocated a 10Gi share of device, waiting for the
 // controller's decision.
 func pendingShare(ns, name, device string) *resourceapi.ResourceClaim {
+	// The request as the sharing admission policy shapes it for the group of
+	// the fixture's namespace.
+	group := map[string]string{"a1": "a", "a2": "a", "b1": "b", "c1": tenancyv1.GroupAny, "d1": tenancyv1.GroupAny}[ns]
+	if group == "" {
+		group = tenancyv1.GroupUntenanted
+	}
 	return &resourceapi.ResourceClaim{
 		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name, UID: types.UID(ns + "-" + name)},
-		Spec: resourceapi.ResourceClaimSpec{Devices: resourceapi.DeviceClaim{Requests: []resourceapi.DeviceRequest{{
+		Spec: resourceapi.ResourceClaimSpec{Devices: resourceapi.DeviceClaim{Requests: tenancy.SharingRequests(group, []resourceapi.DeviceRequest{{
 			Name: "gpu", Exactly: &resourceapi.ExactDeviceRequest{DeviceClassName: gpuapi.ClassShared},
-		}}}},
+		}})}},
 		Status: resourceapi.ResourceClaimStatus{Allocation: &resourceapi.AllocationResult{Devices: resourceapi.DeviceAllocationResult{
 			Results: []resourceapi.DeviceRequestAllocationResult{{
-				Request: "gpu", Driver: gpuapi.DriverName, Pool: "n1", Device: device, ShareID: ptr.To(types.UID(name)),
+				Request: "gpu/" + tenancyv1.SubrequestOwn, Driver: gpuapi.DriverName, Pool: "n1", Device: device, ShareID: ptr.To(types.UID(name)),
 				ConsumedCapacity:  map[resourceapi.QualifiedName]resource.Quantity{gpuapi.CapMemory: resource.MustParse("10Gi")},
 				BindingConditions: []string{tenancyv1.ConditionAdmitted}, BindingFailureConditions: []string{tenancyv1.ConditionRejected},
 			}},

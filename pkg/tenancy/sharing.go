@@ -44,9 +44,11 @@ func SharedDevices(claim *resourceapi.ResourceClaim) []DeviceID {
 			out = append(out, DeviceID{Driver: r.Driver, Pool: r.Pool, Device: r.Device})
 		}
 	}
-	slices.SortFunc(out, compareDeviceID)
+	sortDevices(out)
 	return slices.Compact(out)
 }
+
+func sortDevices(d []DeviceID) { slices.SortFunc(d, compareDeviceID) }
 
 func compareDeviceID(a, b DeviceID) int {
 	return cmp.Or(cmp.Compare(a.Driver, b.Driver), cmp.Compare(a.Pool, b.Pool), cmp.Compare(a.Device, b.Device))
@@ -120,12 +122,12 @@ func Toleration(group string) resourceapi.DeviceToleration {
 	}
 }
 
-// EntitledToleration reports whether tol is the one tenancy toleration that
-// the claims of tenant t (nil: of no tenant) may carry, its group's
-// Toleration; the sharing admission policy adds it.
+// EntitledToleration reports whether tol is one of the two tenancy
+// tolerations that the claims of tenant t (nil: of no tenant) may carry: its
+// group's Toleration, or the Toleration of GroupFree, which keeps no one off
+// (SharingRequests adds both).
 func EntitledToleration(t *tenancyv1.GPUTenant, tol resourceapi.DeviceToleration) bool {
-	want := Toleration(SharingGroup(t))
-	return tol.Key == want.Key && tol.Operator == want.Operator && tol.Value == want.Value && tol.Effect == want.Effect
+	return sameToleration(tol, Toleration(SharingGroup(t))) || sameToleration(tol, Toleration(tenancyv1.GroupFree))
 }
 
 // TaintRuleName is the name of the DeviceTaintRule for a shared GPU. Device
@@ -135,20 +137,29 @@ func TaintRuleName(d DeviceID) string {
 	return d.Device + "." + d.Pool + ".sharing.tenancy.tessera.dev"
 }
 
-// TaintRules are the DeviceTaintRules that keep every other group off each
-// shared GPU that one group holds: a NoSchedule taint TaintKeyTenant whose
-// value is the holding group (GroupConflict when two groups hold it), sorted
-// by name. A GPU no one holds gets none.
-func TaintRules(holders map[DeviceID][]string) []*resourceapi.DeviceTaintRule {
-	var out []*resourceapi.DeviceTaintRule
+// TaintRules are the DeviceTaintRules of the shared GPUs, one per GPU,
+// sorted by name: a NoSchedule taint TaintKeyTenant whose value is the group
+// that holds the GPU (GroupConflict when two groups hold it), or GroupFree
+// for a GPU of shared that no group holds. Every claim tolerates GroupFree
+// in its fallback alternative (SharingRequests), so a free GPU is open to
+// all; the taint only makes each group's claims try the GPUs it holds first.
+// A held GPU missing from shared (its slice is gone) keeps its rule.
+func TaintRules(shared []DeviceID, holders map[DeviceID][]string) []*resourceapi.DeviceTaintRule {
+	values := map[DeviceID]string{}
+	for _, d := range shared {
+		values[d] = tenancyv1.GroupFree
+	}
 	for d, groups := range holders {
-		if len(groups) == 0 {
-			continue
+		switch len(groups) {
+		case 0:
+		case 1:
+			values[d] = groups[0]
+		default:
+			values[d] = tenancyv1.GroupConflict
 		}
-		value := groups[0]
-		if len(groups) > 1 {
-			value = tenancyv1.GroupConflict
-		}
+	}
+	out := make([]*resourceapi.DeviceTaintRule, 0, len(values))
+	for d, value := range values {
 		out = append(out, &resourceapi.DeviceTaintRule{
 			ObjectMeta: metav1.ObjectMeta{Name: TaintRuleName(d), Labels: labelsFor("")},
 			Spec: resourceapi.DeviceTaintRuleSpec{
@@ -160,6 +171,25 @@ func TaintRules(holders map[DeviceID][]string) []*resourceapi.DeviceTaintRule {
 		})
 	}
 	slices.SortFunc(out, func(a, b *resourceapi.DeviceTaintRule) int { return cmp.Compare(a.Name, b.Name) })
+	return out
+}
+
+// SharedGPUs are the time-shared GPUs of Tessera that the slices publish
+// (devices that allow multiple allocations), sorted.
+func SharedGPUs(slices []resourceapi.ResourceSlice) []DeviceID {
+	var out []DeviceID
+	for i := range slices {
+		s := &slices[i]
+		if s.Spec.Driver != gpuapi.DriverName {
+			continue
+		}
+		for _, d := range s.Spec.Devices {
+			if ptr.Deref(d.AllowMultipleAllocations, false) {
+				out = append(out, DeviceID{Driver: s.Spec.Driver, Pool: s.Spec.Pool.Name, Device: d.Name})
+			}
+		}
+	}
+	sortDevices(out)
 	return out
 }
 

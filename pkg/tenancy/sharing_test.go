@@ -91,7 +91,8 @@ func TestTaintRules(t *testing.T) {
 	})
 	type rule struct{ name, device, value string }
 	var got []rule
-	for _, r := range tenancy.TaintRules(holders) {
+	all := []tenancy.DeviceID{shared("gpu-0-shared"), shared("gpu-1-shared"), shared("gpu-2-shared"), shared("gpu-3-shared")}
+	for _, r := range tenancy.TaintRules(all, holders) {
 		if r.Spec.Taint.Key != tenancyv1.TaintKeyTenant || r.Spec.Taint.Effect != resourceapi.DeviceTaintEffectNoSchedule {
 			t.Errorf("rule %s has taint %+v", r.Name, r.Spec.Taint)
 		}
@@ -104,18 +105,20 @@ func TestTaintRules(t *testing.T) {
 		{"gpu-0-shared.n1.sharing.tenancy.tessera.dev", "gpu-0-shared", "a"},
 		{"gpu-1-shared.n1.sharing.tenancy.tessera.dev", "gpu-1-shared", "b"},
 		{"gpu-2-shared.n1.sharing.tenancy.tessera.dev", "gpu-2-shared", tenancyv1.GroupConflict},
+		{"gpu-3-shared.n1.sharing.tenancy.tessera.dev", "gpu-3-shared", tenancyv1.GroupFree},
 	}
 	if diff := cmp.Diff(want, got, cmp.AllowUnexported(rule{})); diff != "" {
 		t.Errorf("TaintRules (-want +got):\n%s", diff)
 	}
-	if got := tenancy.TaintRules(tenancy.Holders(nil)); len(got) != 0 {
-		t.Errorf("no holders, rules %v", got)
+	if got := tenancy.TaintRules(nil, tenancy.Holders(nil)); len(got) != 0 {
+		t.Errorf("no GPUs, no holders, rules %v", got)
 	}
 }
 
 // TestEntitledToleration: a tenant's claims may carry exactly their group's
-// toleration, which the sharing policy adds; every other tenancy toleration
-// is still refused, by the same check the admission policy makes.
+// toleration and the free GPUs' one, which the sharing policy adds; every
+// other tenancy toleration is still refused, by the same check the admission
+// policy makes.
 func TestEntitledToleration(t *testing.T) {
 	a := makeTenant("a").Classes(gpuapi.ClassShared).Obj()
 	anyTenant := makeTenant("b").Classes(gpuapi.ClassShared).Obj()
@@ -127,6 +130,7 @@ func TestEntitledToleration(t *testing.T) {
 		allowed bool
 	}{
 		"own group":            {a, own, true},
+		"free GPUs":            {a, tenancy.Toleration(tenancyv1.GroupFree), true},
 		"any group for Any":    {anyTenant, tenancy.Toleration(tenancyv1.GroupAny), true},
 		"any group, exclusive": {a, tenancy.Toleration(tenancyv1.GroupAny), false},
 		"other tenant":         {a, tenancy.Toleration("b"), false},

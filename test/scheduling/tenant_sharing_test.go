@@ -11,6 +11,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 
 	gpuapi "github.com/tessera-gpu/tessera/api/gpu"
+	tenancyv1 "github.com/tessera-gpu/tessera/api/tenancy/v1alpha1"
 	"github.com/tessera-gpu/tessera/pkg/inventory"
 	"github.com/tessera-gpu/tessera/pkg/resourceslice"
 	"github.com/tessera-gpu/tessera/pkg/tenancy"
@@ -18,16 +19,18 @@ import (
 
 // tenantCluster runs the upstream allocator for the shares of several
 // tenants. With exclusive set it does what tenant-exclusive sharing does in a
-// cluster: each tenant's claims carry its toleration, and before every
-// allocation each shared GPU a tenant holds carries that tenant's taint, as
-// the controller's DeviceTaintRules put it there (kube-scheduler folds the
-// rules' taints into the devices it hands the allocator; here they are
-// written into the slices directly).
+// cluster: each tenant's claims are shaped as the sharing admission policy
+// shapes them (tenancy.SharingRequests: own GPUs first, then free ones), and
+// before every allocation each shared GPU carries the taint of the tenant
+// that holds it, or the free taint, as the controller's DeviceTaintRules put
+// it there (kube-scheduler folds the rules' taints into the devices it hands
+// the allocator; here they are written into the slices directly).
 type tenantCluster struct {
 	*Cluster
-	base      []*resourceapi.ResourceSlice
-	group     map[types.UID]string
-	exclusive bool
+	base       []*resourceapi.ResourceSlice
+	sharedGPUs []tenancy.DeviceID
+	group      map[types.UID]string
+	exclusive  bool
 }
 
 func newTenantCluster(t testing.TB, nodes int, exclusive bool) *tenantCluster {
@@ -42,7 +45,11 @@ func newTenantCluster(t testing.TB, nodes int, exclusive bool) *tenantCluster {
 			DriverVersion: "550.54.15", CUDADriverVersion: "12.4", GPUs: gpus,
 		}, resourceslice.Options{Pool: gpuapi.PoolDefault}))...)
 	}
-	return &tenantCluster{Cluster: NewCluster(names, all), base: all, group: map[types.UID]string{}, exclusive: exclusive}
+	var published []resourceapi.ResourceSlice
+	for _, s := range all {
+		published = append(published, *s)
+	}
+	return &tenantCluster{Cluster: NewCluster(names, all), base: all, sharedGPUs: tenancy.SharedGPUs(published), group: map[types.UID]string{}, exclusive: exclusive}
 }
 
 // holders are the shares allocated now, with their tenants.
@@ -60,8 +67,8 @@ func (c *tenantCluster) share(ctx context.Context, t testing.TB, tenant, memory 
 	t.Helper()
 	claim := Share(memory, compute)
 	if c.exclusive {
-		claim.Spec.Devices.Requests[0].Exactly.Tolerations = []resourceapi.DeviceToleration{tenancy.Toleration(tenant)}
-		c.Slices = tainted(c.base, tenancy.TaintRules(tenancy.Holders(c.holders())))
+		claim.Spec.Devices.Requests = tenancy.SharingRequests(tenant, claim.Spec.Devices.Requests)
+		c.Slices = tainted(c.base, tenancy.TaintRules(c.sharedGPUs, tenancy.Holders(c.holders())))
 	}
 	result, err := c.Allocate(ctx, claim)
 	if err != nil {
@@ -122,12 +129,14 @@ func tainted(base []*resourceapi.ResourceSlice, rules []*resourceapi.DeviceTaint
 	return out
 }
 
-// TestTenantSharesPackOnTheirGPUs: with the taints and tolerations of
-// exclusive sharing, the upstream allocator puts a second tenant on a GPU of
-// its own, puts each tenant's new shares on the GPU it already shares before
-// a fresh one that comes later in the slices' order, and opens a GPU to the
-// other tenant once its last share has gone. Without exclusivity the second tenant's share lands
-// on the first tenant's GPU: the taint is what keeps it off.
+// TestTenantSharesPackOnTheirGPUs: with the taints, tolerations and
+// alternatives of exclusive sharing, the upstream allocator puts a second
+// tenant on a GPU of its own, puts each tenant's new shares on a GPU it
+// already shares (with room) before any free one, wherever that GPU is in
+// the slices' order, takes a free GPU only when its own are full, and opens
+// a GPU to the other tenant once its last share has gone. Without
+// exclusivity the second tenant's share lands on the first tenant's GPU: the
+// taint is what keeps it off.
 func TestTenantSharesPackOnTheirGPUs(t *testing.T) {
 	ctx := context.Background()
 	const node = "node-000/"
@@ -141,16 +150,14 @@ func TestTenantSharesPackOnTheirGPUs(t *testing.T) {
 	}
 
 	c := newTenantCluster(t, 1, true)
-	var aShares []types.UID
+	shares := map[string][]types.UID{}
 	step := func(tenant, want string) {
 		t.Helper()
 		uid, gpu := share(c, tenant)
 		if gpu != node+want {
 			t.Fatalf("%s's share went to %q, want %s", tenant, gpu, want)
 		}
-		if tenant == "a" {
-			aShares = append(aShares, uid)
-		}
+		shares[tenant] = append(shares[tenant], uid)
 		if m := c.mixedGPUs(); m != 0 {
 			t.Fatalf("%d GPUs serve two tenants", m)
 		}
@@ -158,25 +165,38 @@ func TestTenantSharesPackOnTheirGPUs(t *testing.T) {
 	step("a", "gpu-0-shared")
 	step("b", "gpu-1-shared") // gpu-0 is a's
 	for range 4 {
-		step("a", "gpu-0-shared") // a's own GPU before fresh gpu-2
+		step("a", "gpu-0-shared") // a's own GPU before the free gpu-2
 	}
 	step("b", "gpu-1-shared")
-	step("a", "gpu-2-shared") // a's GPU is full; gpu-1 is b's
-	for _, uid := range aShares[:5] {
+	step("a", "gpu-2-shared") // a's GPU is full; gpu-1 is b's: a free one
+	for _, uid := range shares["a"][:5] {
 		c.free(uid)
 	}
-	// gpu-0 is open again after a's last share there went. The allocator
-	// tries devices in slice order and taints do not reorder them, so b's
-	// next share takes the free gpu-0 before its own gpu-1, which has room:
-	// "own GPU before a fresh one" holds only for own GPUs earlier in the
-	// order (see docs/tenancy.md).
+	// gpu-0 is free again after a's last share there went, and it comes
+	// first in the slices' order; b's next shares still go to gpu-1, which b
+	// holds and which has room, until it is full.
+	for range 3 {
+		step("b", "gpu-1-shared")
+	}
+	// b's gpu-1 is full: the free gpu-0 is open to b.
 	step("b", "gpu-0-shared")
-	step("b", "gpu-0-shared")
-	// a's remaining share keeps gpu-2 its own.
+	// a's remaining share on gpu-2 keeps a there, past the free gpu-3.
 	step("a", "gpu-2-shared")
 	if got := c.gpusInUse(); got != 3 {
 		t.Errorf("%d GPUs in use, want 3", got)
 	}
+	// The last shares go: every GPU is free, and open to anyone.
+	for _, tenant := range []string{"a", "b"} {
+		for _, uid := range shares[tenant] {
+			c.free(uid)
+		}
+	}
+	for _, r := range tenancy.TaintRules(c.sharedGPUs, tenancy.Holders(c.holders())) {
+		if r.Spec.Taint.Value != tenancyv1.GroupFree {
+			t.Errorf("%s is tainted %q with no share on it", *r.Spec.DeviceSelector.Device, r.Spec.Taint.Value)
+		}
+	}
+	step("c", "gpu-0-shared")
 }
 
 // BenchmarkTenantExclusivePacking measures what exclusivity costs in GPUs: a

@@ -27,6 +27,23 @@ const (
 	// once (e.g. shares allocated before tenancy was on): no group tolerates
 	// it, so the GPU takes no new shares until all but one group have gone.
 	GroupConflict = "sharing.conflict"
+	// GroupFree is the taint value of a time-shared GPU that no group holds.
+	// Every claim tolerates it in its SubrequestAny alternative, none in its
+	// SubrequestOwn one: that is how the allocator is made to take a GPU the
+	// claim's group holds before a free one. It keeps no one off the GPU.
+	GroupFree = "sharing.free"
+)
+
+// Names of the alternatives that the sharing admission policy turns a
+// request for a time-shared GPU of Tessera's classes into (a firstAvailable
+// request): SubrequestOwn tolerates only the group's own taint, so it fits
+// only GPUs the group holds; SubrequestAny also tolerates GroupFree. The
+// allocator tries them in this order, and kube-scheduler scores nodes where
+// an earlier alternative fits higher. Allocation results name them as
+// "<request>/own" and "<request>/any".
+const (
+	SubrequestOwn = "own"
+	SubrequestAny = "any"
 )
 
 // Names of the sharing admission objects (installed by the chart).
