@@ -403,7 +403,8 @@ func TestShareRetriedAfterBindingWait(t *testing.T) {
 // GPU is free). At every poll of the claims' allocations, no GPU serves two
 // tenants.
 func TestTenantExclusiveSharing(t *testing.T) {
-	spec := tenancyv1.GPUTenantSpec{AllowedDeviceClasses: []string{gpuapi.ClassShared}}
+	// MIG too: the tolerations subtest shows how the policy shapes MIG requests.
+	spec := tenancyv1.GPUTenantSpec{AllowedDeviceClasses: []string{gpuapi.ClassShared, gpuapi.ClassMIG}}
 	a, b := newTenant(t, "share-a", spec), newTenant(t, "share-b", spec)
 	nsA, nsB := tenantNamespace(t, a.Name), tenantNamespace(t, b.Name)
 	ctx, cancel := context.WithTimeout(t.Context(), 12*time.Minute)
