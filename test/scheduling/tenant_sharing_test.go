@@ -17,8 +17,23 @@ import (
 	"github.com/tessera-gpu/tessera/pkg/tenancy"
 )
 
+// sharingMode is how a tenantCluster places the shares of several tenants.
+type sharingMode int
+
+const (
+	// anyTenant: no exclusivity, any share beside any other.
+	anyTenant sharingMode = iota
+	// exclusive: tenant-exclusive sharing as Tessera does it.
+	exclusive
+	// exclusiveSliceOrder: held GPUs tainted and each claim tolerating its
+	// own tenant's taint, but no free taint and no own-GPUs-first
+	// alternatives: the allocator takes the first GPU in the slices' order
+	// that the tenant may use, its own or a free one.
+	exclusiveSliceOrder
+)
+
 // tenantCluster runs the upstream allocator for the shares of several
-// tenants. With exclusive set it does what tenant-exclusive sharing does in a
+// tenants. In mode exclusive it does what tenant-exclusive sharing does in a
 // cluster: each tenant's claims are shaped as the sharing admission policy
 // shapes them (tenancy.SharingRequests: own GPUs first, then free ones), and
 // before every allocation each shared GPU carries the taint of the tenant
@@ -30,10 +45,10 @@ type tenantCluster struct {
 	base       []*resourceapi.ResourceSlice
 	sharedGPUs []tenancy.DeviceID
 	group      map[types.UID]string
-	exclusive  bool
+	mode       sharingMode
 }
 
-func newTenantCluster(t testing.TB, nodes int, exclusive bool) *tenantCluster {
+func newTenantCluster(t testing.TB, nodes int, mode sharingMode) *tenantCluster {
 	t.Helper()
 	gpus := h200Node(t, 8)
 	var names []string
@@ -49,7 +64,7 @@ func newTenantCluster(t testing.TB, nodes int, exclusive bool) *tenantCluster {
 	for _, s := range all {
 		published = append(published, *s)
 	}
-	return &tenantCluster{Cluster: NewCluster(names, all), base: all, sharedGPUs: tenancy.SharedGPUs(published), group: map[types.UID]string{}, exclusive: exclusive}
+	return &tenantCluster{Cluster: NewCluster(names, all), base: all, sharedGPUs: tenancy.SharedGPUs(published), group: map[types.UID]string{}, mode: mode}
 }
 
 // holders are the shares allocated now, with their tenants.
@@ -66,9 +81,13 @@ func (c *tenantCluster) holders() []tenancy.ShareHolder {
 func (c *tenantCluster) share(ctx context.Context, t testing.TB, tenant, memory string, compute int64) (types.UID, string) {
 	t.Helper()
 	claim := Share(memory, compute)
-	if c.exclusive {
+	switch c.mode {
+	case exclusive:
 		claim.Spec.Devices.Requests = tenancy.SharingRequests(tenant, claim.Spec.Devices.Requests)
 		c.Slices = tainted(c.base, tenancy.TaintRules(c.sharedGPUs, tenancy.Holders(c.holders())))
+	case exclusiveSliceOrder:
+		claim.Spec.Devices.Requests[0].Exactly.Tolerations = []resourceapi.DeviceToleration{tenancy.Toleration(tenant)}
+		c.Slices = tainted(c.base, tenancy.TaintRules(nil, tenancy.Holders(c.holders())))
 	}
 	result, err := c.Allocate(ctx, claim)
 	if err != nil {
@@ -143,13 +162,23 @@ func TestTenantSharesPackOnTheirGPUs(t *testing.T) {
 	// Five shares of 20 % compute fill a GPU.
 	share := func(c *tenantCluster, tenant string) (types.UID, string) { return c.share(ctx, t, tenant, "16Gi", 20) }
 
-	open := newTenantCluster(t, 1, false)
+	open := newTenantCluster(t, 1, anyTenant)
 	share(open, "a")
 	if _, gpu := share(open, "b"); gpu != node+"gpu-0-shared" {
 		t.Fatalf("without exclusivity b's share went to %s, want a's gpu-0-shared", gpu)
 	}
 
-	c := newTenantCluster(t, 1, true)
+	// With taints alone (no free taint, no own-GPUs-first alternatives), a
+	// free GPU earlier in the slices' order beats the tenant's own.
+	order := newTenantCluster(t, 1, exclusiveSliceOrder)
+	aFirst, _ := share(order, "a") // gpu-0
+	share(order, "b")              // gpu-1
+	order.free(aFirst)
+	if _, gpu := share(order, "b"); gpu != node+"gpu-0-shared" {
+		t.Fatalf("by taints alone b's share went to %s, want the free gpu-0-shared", gpu)
+	}
+
+	c := newTenantCluster(t, 1, exclusive)
 	shares := map[string][]types.UID{}
 	step := func(tenant, want string) {
 		t.Helper()
@@ -203,7 +232,9 @@ func TestTenantSharesPackOnTheirGPUs(t *testing.T) {
 // seeded random mix of shares (8 to 32 GiB, 10 to 30 % compute) of two
 // tenants (60 % / 40 %) arrives and departs on four 8 x H200 nodes (32 GPUs,
 // more than the workload needs), and the mean and peak number of shared GPUs
-// in use are reported with and without exclusive sharing, side by side.
+// in use are reported without exclusivity, with Tessera's exclusive sharing,
+// and with exclusivity by taints alone (each tenant's shares in the slices'
+// order, no own-GPUs-first), side by side.
 //
 //	go test -run '^$' -bench TenantExclusivePacking -benchtime 1x ./test/scheduling/
 func BenchmarkTenantExclusivePacking(b *testing.B) {
@@ -213,9 +244,9 @@ func BenchmarkTenantExclusivePacking(b *testing.B) {
 	)
 	ctx := context.Background()
 	memories := []string{"8Gi", "16Gi", "24Gi", "32Gi"}
-	run := func(exclusive bool, seed uint64) (mean, peak float64, unplaced int) {
+	run := func(mode sharingMode, seed uint64) (mean, peak float64, unplaced int) {
 		rng := rand.New(rand.NewPCG(seed, 12))
-		c := newTenantCluster(b, 4, exclusive)
+		c := newTenantCluster(b, 4, mode)
 		var live []types.UID
 		sum := 0
 		for range events {
@@ -238,29 +269,33 @@ func BenchmarkTenantExclusivePacking(b *testing.B) {
 			n := c.gpusInUse()
 			sum += n
 			peak = max(peak, float64(n))
-			if exclusive && c.mixedGPUs() != 0 {
+			if mode != anyTenant && c.mixedGPUs() != 0 {
 				b.Fatal("a GPU serves two tenants")
 			}
 		}
 		return float64(sum) / events, peak, unplaced
 	}
+	modes := []struct {
+		mode sharingMode
+		name string
+	}{{anyTenant, "any"}, {exclusive, "exclusive"}, {exclusiveSliceOrder, "exclusive-slice-order"}}
 	for b.Loop() {
-		var meanOpen, meanExcl, peakOpen, peakExcl float64
+		mean, peak := make([]float64, len(modes)), make([]float64, len(modes))
 		unplaced := 0
 		for seq := range sequences {
-			m, p, u := run(false, uint64(seq))
-			meanOpen, peakOpen, unplaced = meanOpen+m, peakOpen+p, unplaced+u
-			m, p, u = run(true, uint64(seq))
-			meanExcl, peakExcl, unplaced = meanExcl+m, peakExcl+p, unplaced+u
+			for i, m := range modes {
+				mn, pk, u := run(m.mode, uint64(seq))
+				mean[i], peak[i], unplaced = mean[i]+mn, peak[i]+pk, unplaced+u
+			}
 		}
 		if unplaced != 0 {
 			b.Fatalf("%d shares found no GPU: the cluster is too small to measure GPUs needed", unplaced)
 		}
-		b.ReportMetric(meanOpen/sequences, "gpus-mean-any")
-		b.ReportMetric(meanExcl/sequences, "gpus-mean-exclusive")
-		b.ReportMetric(peakOpen/sequences, "gpus-peak-any")
-		b.ReportMetric(peakExcl/sequences, "gpus-peak-exclusive")
-		b.ReportMetric(meanExcl/meanOpen, "mean-ratio")
-		b.ReportMetric(peakExcl/peakOpen, "peak-ratio")
+		for i, m := range modes {
+			b.ReportMetric(mean[i]/sequences, "gpus-mean-"+m.name)
+			b.ReportMetric(peak[i]/sequences, "gpus-peak-"+m.name)
+		}
+		b.ReportMetric(mean[1]/mean[0], "mean-ratio")
+		b.ReportMetric(peak[1]/peak[0], "peak-ratio")
 	}
 }
