@@ -129,4 +129,3 @@ func TestRequeueAfterBindingWait(t *testing.T) {
 		t.Errorf("the requeue reconciler made a rule: %v", err)
 	}
 }
-

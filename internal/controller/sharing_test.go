@@ -20,6 +20,7 @@ import (
 	gpuapi "github.com/tessera-gpu/tessera/api/gpu"
 	tenancyv1 "github.com/tessera-gpu/tessera/api/tenancy/v1alpha1"
 	"github.com/tessera-gpu/tessera/pkg/tenancy"
+	"github.com/tessera-gpu/tessera/test/builder"
 )
 
 // pendingShare is a claim allocated a 10Gi share of device, waiting for the
@@ -50,14 +51,11 @@ func pendingShare(ns, name, device string) *resourceapi.ResourceClaim {
 // namespace each and an untenanted one, one GPU offered as gpu-0-shared and
 // gpu-1-shared (two GPUs' shared devices).
 func sharingFixture(claims ...client.Object) []client.Object {
-	slice := &resourceapi.ResourceSlice{
-		ObjectMeta: metav1.ObjectMeta{Name: "n1-slice"},
-		Spec:       resourceapi.ResourceSliceSpec{Driver: gpuapi.DriverName, Pool: resourceapi.ResourcePool{Name: "n1", ResourceSliceCount: 1}, NodeName: ptr.To("n1")},
-	}
+	slice := builder.MakeSlice("n1-slice", "n1")
 	for _, d := range []string{"gpu-0-shared", "gpu-1-shared"} {
-		slice.Spec.Devices = append(slice.Spec.Devices, resourceapi.Device{Name: d, AllowMultipleAllocations: ptr.To(true), Capacity: map[resourceapi.QualifiedName]resourceapi.DeviceCapacity{
-			gpuapi.CapMemory: {Value: *resource.NewQuantity(141*gi, resource.BinarySI)},
-		}})
+		device := builder.MakeDevice(d).Capacity(gpuapi.CapMemory, "141Gi").Obj()
+		device.AllowMultipleAllocations = ptr.To(true)
+		slice.Device(device)
 	}
 	tenant := func(name string, sharing tenancyv1.SharingPolicy) *tenancyv1.GPUTenant {
 		return &tenancyv1.GPUTenant{
@@ -72,7 +70,7 @@ func sharingFixture(claims ...client.Object) []client.Object {
 	ns := func(name, tenant string) *corev1.Namespace {
 		return &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{tenancyv1.LabelCapsuleTenant: tenant}}}
 	}
-	return append([]client.Object{slice,
+	return append([]client.Object{slice.Obj(),
 		tenant("a", ""), tenant("b", tenancyv1.SharingExclusive), tenant("c", tenancyv1.SharingAny), tenant("d", tenancyv1.SharingAny),
 		ns("a1", "a"), ns("a2", "a"), ns("b1", "b"), ns("c1", "c"), ns("d1", "d"), ns("free", "none"),
 	}, claims...)
