@@ -499,6 +499,10 @@ func TestTenantExclusiveSharing(t *testing.T) {
 			waitRunning(t, p)
 		}
 		own, free := "gpu/"+tenancyv1.SubrequestOwn, "gpu/"+tenancyv1.SubrequestAny
+		// Shares of earlier tests may still be going.
+		for _, gpu := range gpus {
+			waitTaintValue(ctx, t, gpu, tenancyv1.GroupFree)
+		}
 		start(nsB, "b-first", gpus[0], free)
 		start(nsA, "a-first", gpus[1], free)
 		if err := local.Client.CoreV1().Pods(nsB).Delete(ctx, "b-first", metav1.DeleteOptions{GracePeriodSeconds: new(int64(0))}); err != nil {
