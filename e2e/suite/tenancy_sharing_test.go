@@ -349,6 +349,8 @@ func TestShareRetriedAfterBindingWait(t *testing.T) {
 	ns := tenantNamespace(t, tenant.Name)
 	ctx := testContext(t)
 	waitOwnToleration(ctx, t, ns, tenant)
+	// Shares of earlier tests may still be going.
+	waitTaintValue(ctx, t, tenancyGPUs()[0], tenancyv1.GroupFree)
 	gpu0 := fmt.Sprintf("device.attributes[%q].%s == 0", gpuapi.DriverName, gpuapi.AttrIndex)
 	createTemplate(t, ns, "share", builder.MakeRequest("gpu", gpuapi.ClassShared).Memory(shareSize(t)).Selector(gpu0).Obj())
 	for i := range sharesPerGPU - 2 {
