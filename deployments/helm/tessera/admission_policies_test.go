@@ -2,6 +2,7 @@ package tessera
 
 import (
 	"context"
+	"fmt"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
@@ -200,5 +201,67 @@ func TestSharingPoliciesMatchTheirGoTwin(t *testing.T) {
 				}
 			})
 		}
+	}
+}
+
+// TestAdmissionPoliciesCompile compiles every expression of the chart's
+// admission policies (variables, match conditions, validations and their
+// messages, mutations) with the API server's own CEL compiler for admission
+// policies, which refuses a policy with a compilation error at create time.
+func TestAdmissionPoliciesCompile(t *testing.T) {
+	manifest, err := render(t)
+	if err != nil {
+		t.Fatal(err)
+	}
+	objs := objects(t, manifest)
+	check := func(t *testing.T, what string, errs []error) {
+		t.Helper()
+		for _, err := range errs {
+			t.Errorf("%s: %v", what, err)
+		}
+	}
+	compile := func(t *testing.T, paramKind bool, variables []admissionv1.Variable, conditions []admissionv1.MatchCondition) (*plugincel.CompositedCompiler, plugincel.OptionalVariableDeclarations) {
+		t.Helper()
+		compiler, err := plugincel.NewCompositedCompiler(environment.MustBaseEnvSet(environment.DefaultCompatibilityVersion()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		opts := plugincel.OptionalVariableDeclarations{HasParams: paramKind, HasAuthorizer: true}
+		for _, v := range variables {
+			if r := compiler.CompileAndStoreVariable(&validating.Variable{Name: v.Name, Expression: v.Expression}, opts, environment.StoredExpressions); r.Error != nil {
+				t.Errorf("variable %s: %v", v.Name, r.Error)
+			}
+		}
+		for _, c := range conditions {
+			check(t, "match condition "+c.Name, compiler.CompileCondition([]plugincel.ExpressionAccessor{&validating.ValidationCondition{Expression: c.Expression}}, opts, environment.StoredExpressions).CompilationErrors())
+		}
+		return compiler, opts
+	}
+	validatingPolicies := find[*admissionv1.ValidatingAdmissionPolicy](objs)
+	mutatingPolicies := find[*admissionv1.MutatingAdmissionPolicy](objs)
+	if len(validatingPolicies) == 0 || len(mutatingPolicies) == 0 {
+		t.Fatalf("the chart renders %d validating and %d mutating admission policies", len(validatingPolicies), len(mutatingPolicies))
+	}
+	for _, p := range validatingPolicies {
+		t.Run(p.Name, func(t *testing.T) {
+			compiler, opts := compile(t, p.Spec.ParamKind != nil, p.Spec.Variables, p.Spec.MatchConditions)
+			for i, v := range p.Spec.Validations {
+				check(t, fmt.Sprintf("validation %d", i), compiler.CompileCondition([]plugincel.ExpressionAccessor{&validating.ValidationCondition{Expression: v.Expression}}, opts, environment.StoredExpressions).CompilationErrors())
+				if v.MessageExpression != "" {
+					check(t, fmt.Sprintf("validation %d's message", i), compiler.CompileCondition([]plugincel.ExpressionAccessor{&validating.MessageExpressionCondition{MessageExpression: v.MessageExpression}}, opts, environment.StoredExpressions).CompilationErrors())
+				}
+			}
+		})
+	}
+	for _, p := range mutatingPolicies {
+		t.Run(p.Name, func(t *testing.T) {
+			compiler, opts := compile(t, p.Spec.ParamKind != nil, p.Spec.Variables, p.Spec.MatchConditions)
+			opts.HasPatchTypes = true
+			for i, m := range p.Spec.Mutations {
+				if m.JSONPatch != nil {
+					check(t, fmt.Sprintf("mutation %d", i), compiler.CompileMutatingEvaluator(&patch.JSONPatchCondition{Expression: m.JSONPatch.Expression}, opts, environment.StoredExpressions).CompilationErrors())
+				}
+			}
+		})
 	}
 }
