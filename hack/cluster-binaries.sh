@@ -26,9 +26,6 @@ fi
 
 mkdir -p "${bin}"
 rm -f "${stamp}"
-# Version stamps make the binaries report v1.37.2 instead of v0.0.0-master, which
-# clients and version-skew checks read.
-kube_ldflags="-s -w -X k8s.io/component-base/version.gitVersion=v1.37.2 -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=37 -X k8s.io/component-base/version.gitTreeState=clean"
 
 start_all=${SECONDS}
 build() { # name module-dir package ldflags [tags]

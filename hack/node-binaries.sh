@@ -28,7 +28,6 @@ fi
 
 mkdir -p "${bin}"
 rm -f "${stamp}"
-kube_ldflags="-s -w -X k8s.io/component-base/version.gitVersion=v1.37.2 -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=37 -X k8s.io/component-base/version.gitTreeState=clean"
 containerd_ldflags="-s -w -X github.com/containerd/containerd/v2/version.Version=v2.4.2"
 
 start_all=${SECONDS}

@@ -3,6 +3,11 @@
 # hack/linters.sh). Progress goes to stderr, so that a script can print its
 # result on stdout.
 
+# The Kubernetes version of the pinned modules, stamped into the binaries built
+# from k8s.io/kubernetes so that they report v1.37.2 instead of v0.0.0-master, which
+# clients and version-skew checks read.
+kube_ldflags="-s -w -X k8s.io/component-base/version.gitVersion=v1.37.2 -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=37 -X k8s.io/component-base/version.gitTreeState=clean"
+
 # files_key FILE... prints the hash a cached build is stamped with: the pinned
 # module files it was built from, and whatever else the caller names.
 files_key() {
