@@ -40,6 +40,8 @@ type AdmissionReconciler struct {
 	ledger   *ledger
 	// decided tells the tenant reconciler that a tenant's usage changed.
 	decided chan<- event.GenericEvent
+	// sharing, when set, refuses shares of a GPU another tenant holds.
+	sharing *sharingGuard
 }
 
 var _ reconcile.Reconciler = &AdmissionReconciler{}
@@ -74,8 +76,17 @@ func (r *AdmissionReconciler) Reconcile(ctx context.Context, req reconcile.Reque
 	if err != nil {
 		return reconcile.Result{}, err
 	}
+	// Issue 12: no time-shared GPU serves two tenants (sharing.go).
+	if r.sharing != nil {
+		if d, err = r.sharing.check(ctx, r.client, claim, tenant, d); err != nil {
+			return reconcile.Result{}, err
+		}
+	}
 	if err := r.writeConditions(ctx, claim, d); err != nil {
 		return reconcile.Result{}, err
+	}
+	if r.sharing != nil && d.Admit {
+		r.sharing.admit(claim, tenant)
 	}
 	tenantName := ""
 	if tenant != nil {

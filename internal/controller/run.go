@@ -10,10 +10,14 @@ import (
 	"context"
 	"fmt"
 
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/runtime"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
 	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/event"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
@@ -80,7 +84,12 @@ func Run(ctx context.Context, cfg *rest.Config, opts Options) error {
 		return fmt.Errorf("build scheme: %w", err)
 	}
 	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
-		Scheme:                  scheme,
+		Scheme: scheme,
+		// Of pods, only pending ones matter (RequeueReconciler): the cache
+		// holds those, not every pod of the cluster.
+		Cache: cache.Options{ByObject: map[client.Object]cache.ByObject{
+			&corev1.Pod{}: {Field: fields.OneTermEqualSelector("status.phase", string(corev1.PodPending))},
+		}},
 		Metrics:                 metricsserver.Options{BindAddress: opts.MetricsAddr},
 		HealthProbeBindAddress:  opts.ProbeAddr,
 		LeaderElection:          opts.LeaderElection,
@@ -105,8 +114,14 @@ func Run(ctx context.Context, cfg *rest.Config, opts Options) error {
 	if err := (&TenantReconciler{client: mgr.GetClient(), recorder: rec, ledger: l, untenanted: opts.Untenanted, decided: decided}).SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("set up tenant reconciler: %w", err)
 	}
-	if err := (&AdmissionReconciler{client: mgr.GetClient(), recorder: rec, ledger: l, decided: decided}).SetupWithManager(mgr); err != nil {
+	if err := (&AdmissionReconciler{client: mgr.GetClient(), recorder: rec, ledger: l, decided: decided, sharing: newSharingGuard()}).SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("set up admission reconciler: %w", err)
+	}
+	if err := (&SharingReconciler{client: mgr.GetClient()}).SetupWithManager(mgr); err != nil {
+		return fmt.Errorf("set up sharing reconciler: %w", err)
+	}
+	if err := (&RequeueReconciler{client: mgr.GetClient()}).SetupWithManager(mgr); err != nil {
+		return fmt.Errorf("set up sharing requeue reconciler: %w", err)
 	}
 	return mgr.Start(ctx)
 }

@@ -35,7 +35,8 @@ func AllowedClasses(t *tenancyv1.GPUTenant) []string {
 // the tenant may not ask for: a class outside AllowedClasses in any request
 // or firstAvailable alternative, admin access without AllowAdminAccess,
 // opaque config for gpu.tessera.dev without AllowDeviceConfig, and
-// tolerations of tenancy taints. It is the Go twin of the admission policy
+// tolerations of tenancy taints other than the tenant's EntitledToleration.
+// It is the Go twin of the admission policy
 // (deployments' ValidatingAdmissionPolicy), which enforces the same rules in
 // the API server; the controller applies it again at allocation time, to
 // claims created before their tenant existed.
@@ -52,7 +53,7 @@ func ClaimViolations(t *tenancyv1.GPUTenant, spec *resourceapi.ResourceClaimSpec
 	}
 	checkTolerations := func(request string, tols []resourceapi.DeviceToleration) {
 		for _, tol := range tols {
-			if TolerationCoversTenancy(tol) {
+			if TolerationCoversTenancy(tol) && !EntitledToleration(t, tol) {
 				refuse(request, "request %s tolerates the tenancy taint %q, which tenants may not do", request, tolerationKey(tol))
 			}
 		}

@@ -77,6 +77,15 @@ type GPUTenantSpec struct {
 	// +kubebuilder:validation:Pattern=`^[a-z0-9]([-a-z0-9]*[a-z0-9])?$`
 	// +kubebuilder:validation:XValidation:rule="self != 'default'",message="the default pool serves every tenant and cannot be dedicated"
 	DedicatedPool string `json:"dedicatedPool,omitempty"`
+
+	// Sharing says whose shares the tenant's shares of a time-shared GPU may
+	// sit beside. Exclusive (the default): only the tenant's own; while the
+	// tenant holds a share of a GPU, no other tenant is allocated a share of
+	// it. Any: any other tenant's whose sharing is Any too (such tenants
+	// share GPUs among themselves, never with Exclusive ones).
+	// +optional
+	// +kubebuilder:default=Exclusive
+	Sharing SharingPolicy `json:"sharing,omitempty"`
 }
 
 // Budget is a tenant-wide limit, summed over all its namespaces.

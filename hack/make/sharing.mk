@@ -1,0 +1,10 @@
+# Tenant-exclusive time-sharing's targets (issue 12). Included by the top-level
+# Makefile (hack/make/*.mk).
+#
+#   make bench-sharing  GPUs needed with and without exclusive sharing, on the
+#                       upstream allocator (docs/benchmarks.md)
+
+.PHONY: bench-sharing
+
+bench-sharing:
+	go test -run '^$$' -bench TenantExclusivePacking -benchtime 1x ./test/scheduling/

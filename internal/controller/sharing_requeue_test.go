@@ -1,0 +1,131 @@
+package controller
+
+import (
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	corev1 "k8s.io/api/core/v1"
+	resourceapi "k8s.io/api/resource/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/klog/v2/ktesting"
+	"k8s.io/utils/ptr"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+
+	"github.com/tessera-gpu/tessera/pkg/tenancy"
+)
+
+// claimPod is a pending pod of namespace ns whose claim "gpu" is claim,
+// bound to node when node is set.
+func claimPod(ns, name, claim, node string) *corev1.Pod {
+	return &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name},
+		Spec: corev1.PodSpec{
+			NodeName:       node,
+			ResourceClaims: []corev1.PodResourceClaim{{Name: "gpu", ResourceClaimTemplateName: ptr.To("share")}},
+		},
+		Status: corev1.PodStatus{
+			Phase:                 corev1.PodPending,
+			ResourceClaimStatuses: []corev1.PodResourceClaimStatus{{Name: "gpu", ResourceClaimName: ptr.To(claim)}},
+		},
+	}
+}
+
+// TestRequeueAfterBindingWait: when a pod whose share waited for its binding
+// condition is bound while another pod with claims is unbound, the sharing
+// taint of the share's GPU is stamped again (a ResourceSlice change to the
+// scheduler), and only its timeAdded changes, which the sharing reconciler
+// leaves alone. Without a waiting pod, or for a pod that was not just bound
+// or held no gated share, nothing is written.
+func TestRequeueAfterBindingWait(t *testing.T) {
+	_, ctx := ktesting.NewTestContext(t)
+	held := admittedShare("a1", "x", "gpu-0-shared")
+	ungated := admittedShare("a1", "y", "gpu-0-shared")
+	ungated.Status.Allocation.Devices.Results[0].BindingConditions = nil
+	ungated.Status.Allocation.Devices.Results[0].BindingFailureConditions = nil
+	waiting := claimPod("b1", "waiting", "w", "")
+	c := newSharingFake(t, sharingFixture(held, ungated, waiting))
+	// The sharing reconciler taints gpu-0-shared for tenant a.
+	if _, err := (&SharingReconciler{client: c}).Reconcile(ctx, reconcile.Request{}); err != nil {
+		t.Fatal(err)
+	}
+	ruleKey := types.NamespacedName{Name: tenancy.TaintRuleName(tenancy.SharedDevices(held)[0])}
+	rule := func() *resourceapi.DeviceTaintRule {
+		t.Helper()
+		r := &resourceapi.DeviceTaintRule{}
+		if err := c.Get(ctx, ruleKey, r); err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+	before := rule()
+	clock := time.Date(2026, 12, 1, 5, 0, 0, 0, time.UTC)
+	r := &RequeueReconciler{client: c, now: func() time.Time { return clock }}
+
+	if got := r.boundShares(ctx, claimPod("a1", "p", "x", "n1"), claimPod("a1", "p", "x", "n1")); len(got) != 0 {
+		t.Errorf("an update of a pod bound before maps to %v, want nothing", got)
+	}
+	if got := r.boundShares(ctx, claimPod("a1", "q", "y", ""), claimPod("a1", "q", "y", "n1")); len(got) != 0 {
+		t.Errorf("binding a pod whose share had no binding condition maps to %v, want nothing", got)
+	}
+	if got := r.boundShares(ctx, claimPod("a1", "r", "gone", ""), claimPod("a1", "r", "gone", "n1")); len(got) != 0 {
+		t.Errorf("binding a pod whose claim is gone maps to %v, want nothing", got)
+	}
+	reqs := r.boundShares(ctx, claimPod("a1", "p", "x", ""), claimPod("a1", "p", "x", "n1"))
+	if diff := cmp.Diff([]reconcile.Request{{NamespacedName: ruleKey}}, reqs); diff != "" {
+		t.Fatalf("binding the pod of the gated share maps to (-want +got):\n%s", diff)
+	}
+
+	reconcileOnce := func() {
+		t.Helper()
+		if _, err := r.Reconcile(ctx, reqs[0]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	reconcileOnce()
+	first := rule()
+	if first.Spec.Taint.TimeAdded == nil || first.Spec.Taint.TimeAdded.Equal(before.Spec.Taint.TimeAdded) {
+		t.Fatalf("taint timeAdded %v not stamped again (was %v)", first.Spec.Taint.TimeAdded, before.Spec.Taint.TimeAdded)
+	}
+	if first.Spec.Taint.Key != before.Spec.Taint.Key || first.Spec.Taint.Value != before.Spec.Taint.Value || first.Spec.Taint.Effect != before.Spec.Taint.Effect {
+		t.Errorf("taint changed from %+v to %+v, want only its timeAdded", before.Spec.Taint, first.Spec.Taint)
+	}
+	// A second bind within the same second still changes the stamp.
+	reconcileOnce()
+	if second := rule(); !second.Spec.Taint.TimeAdded.After(first.Spec.Taint.TimeAdded.Time) {
+		t.Errorf("second stamp %v not after the first %v", second.Spec.Taint.TimeAdded, first.Spec.Taint.TimeAdded)
+	}
+	// The sharing reconciler keeps the stamp.
+	stamped := rule()
+	if _, err := (&SharingReconciler{client: c}).Reconcile(ctx, reconcile.Request{}); err != nil {
+		t.Fatal(err)
+	}
+	if after := rule(); after.ResourceVersion != stamped.ResourceVersion {
+		t.Errorf("the sharing reconciler rewrote the stamped rule: %+v", after.Spec.Taint)
+	}
+
+	// Nobody waits: nothing is written.
+	if err := c.Delete(ctx, waiting); err != nil {
+		t.Fatal(err)
+	}
+	reconcileOnce()
+	if after := rule(); after.ResourceVersion != stamped.ResourceVersion {
+		t.Errorf("stamped with no pod waiting: %+v", after.Spec.Taint)
+	}
+
+	// A pod waits but the GPU's slice is gone with its rule: no error.
+	if err := c.Create(ctx, claimPod("b1", "waiting2", "w2", "")); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Delete(ctx, stamped); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.Reconcile(ctx, reqs[0]); err != nil {
+		t.Errorf("reconcile of a GPU without a rule: %v", err)
+	}
+	if err := c.Get(ctx, ruleKey, &resourceapi.DeviceTaintRule{}); !apierrors.IsNotFound(err) {
+		t.Errorf("the requeue reconciler made a rule: %v", err)
+	}
+}

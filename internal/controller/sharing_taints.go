@@ -1,0 +1,193 @@
+package controller
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+
+	admissionv1 "k8s.io/api/admissionregistration/v1"
+	corev1 "k8s.io/api/core/v1"
+	resourceapi "k8s.io/api/resource/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
+	"k8s.io/klog/v2"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
+	"sigs.k8s.io/controller-runtime/pkg/handler"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+
+	tenancyv1 "github.com/tessera-gpu/tessera/api/tenancy/v1alpha1"
+	"github.com/tessera-gpu/tessera/pkg/tenancy"
+)
+
+// taintRuleSuffix ends the names of the DeviceTaintRules of sharing
+// (tenancy.TaintRuleName).
+const taintRuleSuffix = ".sharing.tenancy.tessera.dev"
+
+// SharingReconciler keeps one DeviceTaintRule per time-shared GPU: a GPU
+// that a sharing group holds shares of is tainted with the group, so that
+// only the group's claims (which tolerate it) are allocated more of it; once
+// its last share goes, the taint becomes GroupFree, which every claim
+// tolerates in its fallback alternative, so the GPU is open to all again and
+// each group's claims still try the GPUs they hold first. It works from the
+// claims' allocations and the published slices alone, never from memory, so
+// a restart leaves no tenant's taint behind and misses none. It also keeps the binding of the untenanted sharing policy
+// on the namespaces no tenant selects.
+//
+// Everything is one reconcile of the whole cluster: any claim's change can
+// change any GPU's holder, and the work is a list and a diff.
+type SharingReconciler struct {
+	client client.Client
+}
+
+var _ reconcile.Reconciler = &SharingReconciler{}
+
+// +kubebuilder:rbac:groups=resource.k8s.io,resources=devicetaintrules,verbs=get;list;watch;create;update;patch;delete
+// +kubebuilder:rbac:groups=admissionregistration.k8s.io,resources=mutatingadmissionpolicybindings,verbs=get;list;watch;create;update;patch;delete
+
+// Reconcile brings every sharing taint and the untenanted binding in line.
+func (r *SharingReconciler) Reconcile(ctx context.Context, _ reconcile.Request) (reconcile.Result, error) {
+	held, err := shareHolders(ctx, r.client, tenancy.Admitted, tenancy.Ungated)
+	if err != nil {
+		return reconcile.Result{}, err
+	}
+	// Pending shares taint a GPU no one holds yet: that narrows the window in
+	// which another tenant can race for it.
+	pending, err := shareHolders(ctx, r.client, tenancy.Pending)
+	if err != nil {
+		return reconcile.Result{}, err
+	}
+	free, err := r.freeGPUs(ctx)
+	if err != nil {
+		return reconcile.Result{}, err
+	}
+	// The untenanted binding first: a claim created before it is in place
+	// gets no toleration of free GPUs.
+	if err := r.applyUntenantedBinding(ctx); err != nil {
+		return reconcile.Result{}, err
+	}
+	return reconcile.Result{}, r.applyTaints(ctx, tenancy.TaintRules(free, tenancy.TaintGroups(held, pending)))
+}
+
+// freeGPUs are the shared GPUs to taint GroupFree where no group holds them:
+// every published one, or none while a waiting claim could not tolerate the
+// free taint (tenancy.BlockedByFreeTaint), so that such a claim is not kept
+// off free GPUs for good; then groups only lose the preference for their own
+// GPUs, and the GPUs held by a group are tainted as ever.
+func (r *SharingReconciler) freeGPUs(ctx context.Context) ([]tenancy.DeviceID, error) {
+	var claims resourceapi.ResourceClaimList
+	if err := r.client.List(ctx, &claims); err != nil {
+		return nil, fmt.Errorf("list claims: %w", err)
+	}
+	for i := range claims.Items {
+		if c := &claims.Items[i]; tenancy.BlockedByFreeTaint(c) {
+			klog.FromContext(ctx).V(2).Info("Free shared GPUs stay untainted while a claim that does not tolerate it waits", "claim", klog.KObj(c))
+			return nil, nil
+		}
+	}
+	var published resourceapi.ResourceSliceList
+	if err := r.client.List(ctx, &published); err != nil {
+		return nil, fmt.Errorf("list ResourceSlices: %w", err)
+	}
+	return tenancy.SharedGPUs(published.Items), nil
+}
+
+func (r *SharingReconciler) applyTaints(ctx context.Context, want []*resourceapi.DeviceTaintRule) error {
+	logger := klog.FromContext(ctx)
+	var have resourceapi.DeviceTaintRuleList
+	if err := r.client.List(ctx, &have, client.MatchingLabels{tenancyv1.LabelManagedBy: tenancyv1.ManagedByValue}); err != nil {
+		return fmt.Errorf("list DeviceTaintRules: %w", err)
+	}
+	existing := map[string]*resourceapi.DeviceTaintRule{}
+	for i := range have.Items {
+		if rule := &have.Items[i]; strings.HasSuffix(rule.Name, taintRuleSuffix) {
+			existing[rule.Name] = rule
+		}
+	}
+	var errs []error
+	for _, rule := range want {
+		old, ok := existing[rule.Name]
+		delete(existing, rule.Name)
+		switch {
+		case !ok:
+			if err := r.client.Create(ctx, rule, client.FieldOwner(fieldManager)); err != nil {
+				errs = append(errs, fmt.Errorf("create DeviceTaintRule %s: %w", rule.Name, err))
+				continue
+			}
+			logger.Info("Tainted shared GPU", "rule", rule.Name, "group", rule.Spec.Taint.Value)
+		case !sameTaintRule(old, rule):
+			updated := old.DeepCopy()
+			updated.Spec.DeviceSelector = rule.Spec.DeviceSelector
+			updated.Spec.Taint.Key, updated.Spec.Taint.Value, updated.Spec.Taint.Effect = rule.Spec.Taint.Key, rule.Spec.Taint.Value, rule.Spec.Taint.Effect
+			if err := r.client.Update(ctx, updated, client.FieldOwner(fieldManager)); err != nil {
+				errs = append(errs, fmt.Errorf("update DeviceTaintRule %s: %w", rule.Name, err))
+				continue
+			}
+			logger.Info("Retainted shared GPU", "rule", rule.Name, "group", rule.Spec.Taint.Value)
+		}
+	}
+	for name, rule := range existing {
+		if err := client.IgnoreNotFound(r.client.Delete(ctx, rule)); err != nil {
+			errs = append(errs, fmt.Errorf("delete DeviceTaintRule %s: %w", name, err))
+			continue
+		}
+		logger.Info("Untainted shared GPU", "rule", name)
+	}
+	return errors.Join(errs...)
+}
+
+// sameTaintRule compares what the controller sets: the selector and the
+// taint's key, value and effect. The API server fills in the taint's
+// timeAdded; comparing it, or overwriting it, would update the rule on every
+// reconcile, and every update would trigger the next.
+func sameTaintRule(have, want *resourceapi.DeviceTaintRule) bool {
+	return equality.Semantic.DeepEqual(have.Spec.DeviceSelector, want.Spec.DeviceSelector) &&
+		have.Spec.Taint.Key == want.Spec.Taint.Key && have.Spec.Taint.Value == want.Spec.Taint.Value &&
+		have.Spec.Taint.Effect == want.Spec.Taint.Effect
+}
+
+func (r *SharingReconciler) applyUntenantedBinding(ctx context.Context) error {
+	tenants, err := listTenants(ctx, r.client)
+	if err != nil {
+		return err
+	}
+	namespaces, err := listNamespaces(ctx, r.client)
+	if err != nil {
+		return err
+	}
+	owners, _ := tenancy.Owners(tenants, namespaces)
+	var tenanted []string
+	for ns := range owners {
+		tenanted = append(tenanted, ns)
+	}
+	desired := tenancy.UntenantedSharingBinding(tenanted)
+	obj := &admissionv1.MutatingAdmissionPolicyBinding{ObjectMeta: *desired.ObjectMeta.DeepCopy()}
+	if _, err := controllerutil.CreateOrUpdate(ctx, r.client, obj, func() error {
+		obj.Labels = desired.Labels
+		obj.Spec = desired.Spec
+		return nil
+	}); err != nil {
+		return fmt.Errorf("apply MutatingAdmissionPolicyBinding %s: %w", desired.Name, err)
+	}
+	return nil
+}
+
+// SetupWithManager registers the reconciler on every change of claims,
+// tenants (their sharing policy), namespaces (their tenant), ResourceSlices
+// (GPUs come and go) and its own taint rules (an edited or deleted rule is
+// put back), all mapped to one key.
+func (r *SharingReconciler) SetupWithManager(mgr ctrl.Manager) error {
+	one := handler.EnqueueRequestsFromMapFunc(func(context.Context, client.Object) []reconcile.Request {
+		return []reconcile.Request{{}}
+	})
+	return ctrl.NewControllerManagedBy(mgr).
+		Named("sharing").
+		Watches(&resourceapi.ResourceClaim{}, one).
+		Watches(&tenancyv1.GPUTenant{}, one).
+		Watches(&corev1.Namespace{}, one).
+		Watches(&resourceapi.DeviceTaintRule{}, one).
+		Watches(&resourceapi.ResourceSlice{}, one).
+		Watches(&admissionv1.MutatingAdmissionPolicyBinding{}, one).
+		Complete(r)
+}

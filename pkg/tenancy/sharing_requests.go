@@ -1,0 +1,106 @@
+package tenancy
+
+import (
+	"slices"
+	"strings"
+
+	resourceapi "k8s.io/api/resource/v1"
+	"k8s.io/utils/ptr"
+
+	gpuapi "github.com/tessera-gpu/tessera/api/gpu"
+	tenancyv1 "github.com/tessera-gpu/tessera/api/tenancy/v1alpha1"
+)
+
+// IsSharedClass reports whether class is one of Tessera's classes of
+// time-shared GPUs: the shipped one or a tenant's dedicated one.
+func IsSharedClass(class string) bool {
+	return class == gpuapi.ClassShared || strings.HasSuffix(class, "."+gpuapi.ClassShared)
+}
+
+// SharingRequests are a claim's requests as the sharing admission policies
+// leave them for a claim of group (the policies are the API server's twin of
+// this function, chart/templates/sharing-policies.yaml):
+//
+//   - an exact request for one of Tessera's time-shared classes, without
+//     admin access, becomes a firstAvailable request of two copies of it:
+//     SubrequestOwn, which tolerates the group's taint only and so fits only
+//     GPUs the group holds, then SubrequestAny, which also tolerates
+//     GroupFree. So the group's shares go to GPUs it holds before free ones;
+//   - every other exact request and every firstAvailable alternative gets
+//     the group's toleration and GroupFree's, where it lacks them.
+func SharingRequests(group string, requests []resourceapi.DeviceRequest) []resourceapi.DeviceRequest {
+	own, free := Toleration(group), Toleration(tenancyv1.GroupFree)
+	out := make([]resourceapi.DeviceRequest, 0, len(requests))
+	for _, r := range requests {
+		r = *r.DeepCopy()
+		switch {
+		case r.Exactly != nil && IsSharedClass(r.Exactly.DeviceClassName) && !ptr.Deref(r.Exactly.AdminAccess, false):
+			sub := func(name string, tols ...resourceapi.DeviceToleration) resourceapi.DeviceSubRequest {
+				e := r.Exactly.DeepCopy()
+				return resourceapi.DeviceSubRequest{
+					Name: name, DeviceClassName: e.DeviceClassName, Selectors: e.Selectors,
+					AllocationMode: e.AllocationMode, Count: e.Count, Capacity: e.Capacity,
+					Tolerations: withTolerations(e.Tolerations, tols...),
+				}
+			}
+			r = resourceapi.DeviceRequest{Name: r.Name, FirstAvailable: []resourceapi.DeviceSubRequest{
+				sub(tenancyv1.SubrequestOwn, own), sub(tenancyv1.SubrequestAny, own, free),
+			}}
+		case r.Exactly != nil:
+			r.Exactly.Tolerations = withTolerations(r.Exactly.Tolerations, own, free)
+		default:
+			for i := range r.FirstAvailable {
+				r.FirstAvailable[i].Tolerations = withTolerations(r.FirstAvailable[i].Tolerations, own, free)
+			}
+		}
+		out = append(out, r)
+	}
+	return out
+}
+
+// withTolerations appends each of add that have lacks.
+func withTolerations(have []resourceapi.DeviceToleration, add ...resourceapi.DeviceToleration) []resourceapi.DeviceToleration {
+	out := slices.Clone(have)
+	for _, a := range add {
+		if !slices.ContainsFunc(out, func(t resourceapi.DeviceToleration) bool { return sameToleration(t, a) }) {
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
+func sameToleration(a, b resourceapi.DeviceToleration) bool {
+	return a.Key == b.Key && a.Operator == b.Operator && a.Value == b.Value && a.Effect == b.Effect
+}
+
+// BlockedByFreeTaint reports whether the claim waits for a time-shared GPU
+// of Tessera's classes in a request none of whose shared alternatives
+// tolerates GroupFree: a claim created before the sharing admission policies
+// were in place (or without them). Claims are immutable, so such a claim
+// could never be allocated a free GPU while free GPUs carry the GroupFree
+// taint. (A request the policy shaped tolerates it in SubrequestAny.)
+func BlockedByFreeTaint(claim *resourceapi.ResourceClaim) bool {
+	if claim.Status.Allocation != nil || claim.DeletionTimestamp != nil {
+		return false
+	}
+	free := Toleration(tenancyv1.GroupFree)
+	toleratesFree := func(tols []resourceapi.DeviceToleration) bool {
+		return slices.ContainsFunc(tols, func(t resourceapi.DeviceToleration) bool { return sameToleration(t, free) })
+	}
+	for _, r := range claim.Spec.Devices.Requests {
+		if r.Exactly != nil && IsSharedClass(r.Exactly.DeviceClassName) && !toleratesFree(r.Exactly.Tolerations) {
+			return true
+		}
+		shared, reaches := false, false
+		for _, s := range r.FirstAvailable {
+			if IsSharedClass(s.DeviceClassName) {
+				shared = true
+				reaches = reaches || toleratesFree(s.Tolerations)
+			}
+		}
+		if shared && !reaches {
+			return true
+		}
+	}
+	return false
+}
