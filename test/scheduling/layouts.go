@@ -55,7 +55,8 @@ var Tessera = Layout{
 }
 
 // Plain publishes the same GPUs as plain whole devices: no MIG, no sharing,
-// no counters, the layout of a driver without partitions.
+// no counters, the layout of a driver without partitions. Its devices carry
+// type and uuid, and pool because Tessera's shipped classes select on it.
 var Plain = Layout{
 	Name:   "plain",
 	Driver: gpuapi.DriverName,
@@ -67,6 +68,7 @@ var Plain = Layout{
 				Attributes: map[resourceapi.QualifiedName]resourceapi.DeviceAttribute{
 					gpuapi.AttrType: {StringValue: ptr.To(gpuapi.TypeGPU)},
 					gpuapi.AttrUUID: {StringValue: ptr.To(g.UUID)},
+					gpuapi.AttrPool: {StringValue: ptr.To(gpuapi.PoolDefault)},
 				},
 			})
 		}
