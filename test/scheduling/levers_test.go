@@ -188,7 +188,7 @@ func noShares(l Layout) Layout {
 
 // BenchmarkSchedulerLevers measures each lever on Tessera's layout at 90 %
 // fill, side by side with the layout as published and the other layouts, on
-// 1, 100 and 500 nodes (to see which levers remove what grows with nodes).
+// 100 and 500 nodes (to see which levers remove what grows with nodes).
 //
 //	go test -run '^$' -bench SchedulerLevers -benchtime 2x ./test/scheduling/
 func BenchmarkSchedulerLevers(b *testing.B) {
@@ -197,7 +197,7 @@ func BenchmarkSchedulerLevers(b *testing.B) {
 	w := withdrawn(Tessera, inv, Fill(fill))
 	layouts := []Layout{Tessera, gpuMajor(Tessera), profileClasses(Tessera), leanAttributes(Tessera),
 		w, packedWithdrawn(w), profileClasses(leanAttributes(w)), noShares(Tessera), Plain, NVIDIA}
-	for _, nodes := range []int{1, 100, 500} {
+	for _, nodes := range []int{100, 500} {
 		for _, kind := range ClaimKinds {
 			for _, l := range layouts {
 				benchmarkClaim(b, fmt.Sprintf("fill=%d/nodes=%d/claim=%s/layout=%s", fill, nodes, kind, l.Name), l, inv, fill, nodes, kind)

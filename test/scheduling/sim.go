@@ -151,6 +151,10 @@ func (c *Cluster) allocate(ctx context.Context, claim *resourceapi.ResourceClaim
 // anything, as kube-scheduler's filter phase does, and returns on how many
 // nodes it fits.
 func (c *Cluster) Filter(ctx context.Context, claim *resourceapi.ResourceClaim) (int, error) {
+	return c.filter(ctx, claim, c.Nodes)
+}
+
+func (c *Cluster) filter(ctx context.Context, claim *resourceapi.ResourceClaim, nodes []*corev1.Node) (int, error) {
 	ctx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
 	alloc, err := structured.NewAllocator(ctx, Features, c.state, allocatorClasses, c.Slices, c.cel)
@@ -158,7 +162,7 @@ func (c *Cluster) Filter(ctx context.Context, claim *resourceapi.ResourceClaim) 
 		return 0, err
 	}
 	fit := 0
-	for _, node := range c.Nodes {
+	for _, node := range nodes {
 		results, err := alloc.Allocate(ctx, node, []*resourceapi.ResourceClaim{claim})
 		if err != nil {
 			return fit, fmt.Errorf("allocate claim %s on %s: %w", claim.Name, node.Name, err)
