@@ -91,12 +91,24 @@ func init() {
 	}
 }
 
-// withdrawn publishes only what the fill leaves allocatable, as
-// resourceslice.Options.WithdrawBlocked does with the fill's devices
-// prepared: a GPU in use whole or shared offers no partitions and not the
-// other form; a partitioned GPU offers neither whole nor shared and none of
-// the placements its partitions block.
+// withdrawn publishes what resourceslice.Options.WithdrawBlocked publishes
+// with the fill's devices prepared: a GPU in use whole or shared offers no
+// partitions and not the other form; a partitioned GPU offers neither whole
+// nor shared and none of the placements its partitions block.
 func withdrawn(l Layout, inv inventory.Node, roles []GPURole) Layout {
+	prepared := fillPrepared(l, inv, roles)
+	l.Name += "/withdrawn"
+	l.Slices = func(node string, inv inventory.Node) []*resourceapi.ResourceSlice {
+		return resourceslice.Objects(node, resourceslice.Build(node, inv, resourceslice.Options{
+			Pool: "default", Prepared: prepared, WithdrawBlocked: true,
+		}))
+	}
+	return l
+}
+
+// fillPrepared names the devices a fill has allocated, as if all were
+// prepared.
+func fillPrepared(l Layout, inv inventory.Node, roles []GPURole) map[string]bool {
 	prepared := map[string]bool{}
 	for gpu, role := range roles {
 		switch role {
@@ -110,13 +122,7 @@ func withdrawn(l Layout, inv inventory.Node, roles []GPURole) Layout {
 			}
 		}
 	}
-	l.Name += "/withdrawn"
-	l.Slices = func(node string, inv inventory.Node) []*resourceapi.ResourceSlice {
-		return resourceslice.Objects(node, resourceslice.Build(node, inv, resourceslice.Options{
-			Pool: "default", Prepared: prepared, WithdrawBlocked: true,
-		}))
-	}
-	return l
+	return prepared
 }
 
 // rewrite applies f to the devices of each node, in publication order, and
@@ -146,17 +152,6 @@ func rewrite(l Layout, name string, f func([]resourceapi.Device) []resourceapi.D
 			s.Spec.Pool.ResourceSliceCount = int64(len(out))
 		}
 		return out
-	}
-	return l
-}
-
-// perGPUSlices publishes every device (nothing withdrawn) in the layout
-// withdrawal uses: each GPU's devices in a slice of their own, whole, shared,
-// then its partitions in packing order.
-func perGPUSlices(l Layout) Layout {
-	l.Name += "/per-gpu-slices"
-	l.Slices = func(node string, inv inventory.Node) []*resourceapi.ResourceSlice {
-		return resourceslice.Objects(node, resourceslice.Build(node, inv, resourceslice.Options{Pool: "default", WithdrawBlocked: true}))
 	}
 	return l
 }
@@ -206,7 +201,7 @@ func BenchmarkSchedulerLevers(b *testing.B) {
 	inv := benchInventory(b)
 	const fill = 90
 	w := withdrawn(Tessera, inv, Fill(fill))
-	layouts := []Layout{Tessera, gpuMajor(Tessera), perGPUSlices(Tessera), profileClasses(Tessera), leanAttributes(Tessera),
+	layouts := []Layout{Tessera, gpuMajor(Tessera), profileClasses(Tessera), leanAttributes(Tessera),
 		w, packedWithdrawn(w), profileClasses(leanAttributes(w)), noShares(Tessera), Plain, NVIDIA}
 	for _, nodes := range []int{100, 500} {
 		for _, kind := range ClaimKinds {

@@ -155,15 +155,16 @@ func (c *Cluster) Filter(ctx context.Context, claim *resourceapi.ResourceClaim) 
 }
 
 func (c *Cluster) filter(ctx context.Context, claim *resourceapi.ResourceClaim, nodes []*corev1.Node) (int, error) {
-	ctx, cancel := context.WithTimeout(ctx, c.timeout)
-	defer cancel()
 	alloc, err := structured.NewAllocator(ctx, Features, c.state, allocatorClasses, c.Slices, c.cel)
 	if err != nil {
 		return 0, err
 	}
 	fit := 0
 	for _, node := range nodes {
-		results, err := alloc.Allocate(ctx, node, []*resourceapi.ResourceClaim{claim})
+		// A deadline per node, as kube-scheduler's filter has.
+		nodeCtx, cancel := context.WithTimeout(ctx, c.timeout)
+		results, err := alloc.Allocate(nodeCtx, node, []*resourceapi.ResourceClaim{claim})
+		cancel()
 		if err != nil {
 			return fit, fmt.Errorf("allocate claim %s on %s: %w", claim.Name, node.Name, err)
 		}
