@@ -156,6 +156,17 @@ func rewrite(l Layout, name string, f func([]resourceapi.Device) []resourceapi.D
 	return l
 }
 
+// perGPUSlices publishes every device (nothing withdrawn) in the layout
+// withdrawal uses: each GPU's devices in a slice of their own, whole, shared,
+// then its partitions in packing order.
+func perGPUSlices(l Layout) Layout {
+	l.Name += "/per-gpu-slices"
+	l.Slices = func(node string, inv inventory.Node) []*resourceapi.ResourceSlice {
+		return resourceslice.Objects(node, resourceslice.Build(node, inv, resourceslice.Options{Pool: "default", WithdrawBlocked: true}))
+	}
+	return l
+}
+
 // packedWithdrawn is withdrawal as it was published before: what is left
 // packed into slices of 64, whole and shared GPUs first, then the partitions
 // profile-major (so one prepare can change every device slice).
@@ -201,7 +212,7 @@ func BenchmarkSchedulerLevers(b *testing.B) {
 	inv := benchInventory(b)
 	const fill = 90
 	w := withdrawn(Tessera, inv, Fill(fill))
-	layouts := []Layout{Tessera, gpuMajor(Tessera), profileClasses(Tessera), leanAttributes(Tessera),
+	layouts := []Layout{Tessera, gpuMajor(Tessera), perGPUSlices(Tessera), profileClasses(Tessera), leanAttributes(Tessera),
 		w, packedWithdrawn(w), profileClasses(leanAttributes(w)), noShares(Tessera), Plain, NVIDIA}
 	for _, nodes := range []int{100, 500} {
 		for _, kind := range ClaimKinds {
