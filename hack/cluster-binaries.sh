@@ -6,6 +6,7 @@
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+source "${root}/hack/lib/gobuild.sh"
 cache="${TESSERA_CACHE:-${HOME}/.cache/tessera/k8s-1.37.2}"
 bin="${cache}/bin"
 stamp="${cache}/stamp"
@@ -25,27 +26,10 @@ fi
 
 mkdir -p "${bin}"
 rm -f "${stamp}"
-# Version stamps make the binaries report v1.37.2 instead of v0.0.0-master, which
-# clients and version-skew checks read.
-kube_ldflags="-s -w -X k8s.io/component-base/version.gitVersion=v1.37.2 -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=37 -X k8s.io/component-base/version.gitTreeState=clean"
 
 start_all=${SECONDS}
-build() { # name module-dir package ldflags
-  local name=$1 dir=$2 pkg=$3 ldflags=$4 start=${SECONDS}
-  echo "cluster-binaries: building ${name} (${pkg}) ..."
-  # kube-apiserver alone compiles for minutes; say so, so that nobody (and no CI
-  # log watchdog) takes the silence for a hang.
-  (while sleep 60; do echo "cluster-binaries:   still building ${name} ($((SECONDS - start))s)"; done) &
-  local ticker=$! rc=0
-  (cd "${dir}" && CGO_ENABLED=0 go build -trimpath -ldflags="${ldflags}" -o "${bin}/${name}.tmp" "${pkg}") || rc=$?
-  kill "${ticker}" 2>/dev/null || true
-  wait "${ticker}" 2>/dev/null || true
-  if ((rc != 0)); then
-    echo "cluster-binaries: building ${name} failed" >&2
-    exit "${rc}"
-  fi
-  mv "${bin}/${name}.tmp" "${bin}/${name}"
-  echo "cluster-binaries: built ${name} in $((SECONDS - start))s (total $((SECONDS - start_all))s)"
+build() { # name module-dir package ldflags [tags]
+  go_build cluster-binaries "$1" "$2" "$3" "${bin}/$1" "$4" "${5:-}"
 }
 
 build etcd "${root}/tools/etcd" go.etcd.io/etcd/server/v3 "-s -w"

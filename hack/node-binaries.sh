@@ -8,6 +8,7 @@
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+source "${root}/hack/lib/gobuild.sh"
 cache="${TESSERA_CACHE:-${HOME}/.cache/tessera/k8s-1.37.2}"
 bin="${cache}/node/bin"
 stamp="${cache}/node/stamp"
@@ -27,25 +28,11 @@ fi
 
 mkdir -p "${bin}"
 rm -f "${stamp}"
-kube_ldflags="-s -w -X k8s.io/component-base/version.gitVersion=v1.37.2 -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=37 -X k8s.io/component-base/version.gitTreeState=clean"
 containerd_ldflags="-s -w -X github.com/containerd/containerd/v2/version.Version=v2.4.2"
 
 start_all=${SECONDS}
 build() { # name module-dir package ldflags [tags]
-  local name=$1 dir=$2 pkg=$3 ldflags=$4 tags=${5:-} start=${SECONDS}
-  echo "node-binaries: building ${name} (${pkg}) ..."
-  # The kubelet compiles for minutes; say so, so that nobody takes the silence for a hang.
-  (while sleep 60; do echo "node-binaries:   still building ${name} ($((SECONDS - start))s)"; done) &
-  local ticker=$! rc=0
-  (cd "${dir}" && CGO_ENABLED=0 go build -trimpath -tags="${tags}" -ldflags="${ldflags}" -o "${bin}/${name}.tmp" "${pkg}") || rc=$?
-  kill "${ticker}" 2>/dev/null || true
-  wait "${ticker}" 2>/dev/null || true
-  if ((rc != 0)); then
-    echo "node-binaries: building ${name} failed" >&2
-    exit "${rc}"
-  fi
-  mv "${bin}/${name}.tmp" "${bin}/${name}"
-  echo "node-binaries: built ${name} in $((SECONDS - start))s (total $((SECONDS - start_all))s)"
+  go_build node-binaries "$1" "$2" "$3" "${bin}/$1" "$4" "${5:-}"
 }
 
 # The pause container of every pod sandbox: upstream's own pause.c, static, so

@@ -4,6 +4,7 @@
 package demo
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -39,6 +40,9 @@ type Options struct {
 	// TesseraScheduler, when set, is a tessera-scheduler binary to run as a
 	// second scheduler (schedulerName cluster.TesseraSchedulerName).
 	TesseraScheduler string
+	// Kubectl is the kubectl the demo's hints name (make demo builds one at the
+	// cluster's version into bin/kubectl); "kubectl" when empty.
+	Kubectl string
 }
 
 // start brings up a cluster with Tessera installed. The returned stop tears it
@@ -144,8 +148,9 @@ func Demo(ctx context.Context, opts Options) (err error) {
 	if err := tenancyDemo(ctx, l, opts.Out); err != nil {
 		return err
 	}
-	out.printf("\nThe cluster keeps running. Try:\n  export KUBECONFIG=%s\n  kubectl get resourceslices,resourceclaims,pods -A\n  kubectl get gput\nLogs: %s\nPress Ctrl-C to stop.\n",
-		l.Kubeconfig, filepath.Join(l.WorkDir, "logs"))
+	kubectl := cmp.Or(opts.Kubectl, "kubectl")
+	out.printf("\nThe cluster keeps running. Try:\n  export KUBECONFIG=%s\n  %s get resourceslices,resourceclaims,pods -A\n  %s get gput\nLogs: %s\nPress Ctrl-C to stop.\n",
+		l.Kubeconfig, kubectl, kubectl, filepath.Join(l.WorkDir, "logs"))
 	if out.err != nil {
 		return fmt.Errorf("write the demo's report: %w", out.err)
 	}

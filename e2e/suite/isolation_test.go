@@ -17,6 +17,7 @@ import (
 
 	gpuapi "github.com/tessera-gpu/tessera/api/gpu"
 	"github.com/tessera-gpu/tessera/e2e/cluster"
+	"github.com/tessera-gpu/tessera/test/builder"
 )
 
 // TestNodeIsolation runs as node A's kubelet plugin, with the pod-bound token the
@@ -104,18 +105,11 @@ func TestNodeIsolation(t *testing.T) {
 }
 
 func slice(name, nodeName, pool string) *resourceapi.ResourceSlice {
-	s := &resourceapi.ResourceSlice{
-		ObjectMeta: metav1.ObjectMeta{Name: name},
-		Spec: resourceapi.ResourceSliceSpec{
-			Driver:  gpuapi.DriverName,
-			Pool:    resourceapi.ResourcePool{Name: pool, Generation: 0, ResourceSliceCount: 1},
-			Devices: []resourceapi.Device{{Name: "gpu-99"}},
-		},
+	s := builder.MakeSlice(name, nodeName).Pool(pool, 0, 1).Device(builder.MakeDevice("gpu-99").Obj())
+	if nodeName == "" {
+		s.NoNode()
 	}
-	if nodeName != "" {
-		s.Spec.NodeName = ptr.To(nodeName)
-	}
-	return s
+	return s.Obj()
 }
 
 func clientFor(t *testing.T, kubeconfig string) kubernetes.Interface {

@@ -5,6 +5,8 @@
 #   make e2e               run the e2e suite on a local cluster
 #   make demo              local cluster + sample workloads; Ctrl-C stops it
 #   make dev-cluster       local cluster with Tessera; prints "ready kubeconfig=<path>"
+#   make kubectl           kubectl at the cluster's version into bin/kubectl (a newcomer
+#                          has none; demo and dev-cluster build it)
 
 TESSERA_CACHE ?= $(HOME)/.cache/tessera/k8s-1.37.2
 export TESSERA_CACHE
@@ -14,7 +16,7 @@ E2E_TIMEOUT ?= 20m
 # Narrow with e.g. E2E_FLAGS="-v -run TestPluginRestart".
 E2E_FLAGS ?= -v
 
-.PHONY: cluster-binaries e2e demo dev-cluster e2e-plugin e2e-tessera-local
+.PHONY: cluster-binaries e2e demo dev-cluster e2e-plugin e2e-tessera-local kubectl
 
 cluster-binaries:
 	@hack/cluster-binaries.sh
@@ -23,6 +25,9 @@ cluster-binaries:
 e2e-plugin:
 	go build -o bin/dra-kubelet-plugin ./cmd/dra-kubelet-plugin
 
+kubectl: ## Build kubectl at the local cluster's version into bin/kubectl
+	@mkdir -p $(BIN) && ln -sf "$$(hack/kubectl.sh)" $(BIN)/kubectl
+
 e2e-tessera-local:
 	go build -o bin/tessera-local ./e2e/cmd/tessera-local
 
@@ -30,8 +35,8 @@ e2e: cluster-binaries e2e-plugin
 	helm="$$($(HELM_TOOL))"; TESSERA_E2E=1 TESSERA_PLUGIN_BINARY=$(CURDIR)/bin/dra-kubelet-plugin TESSERA_HELM="$$helm" \
 		go test -race -count=1 -timeout $(E2E_TIMEOUT) $(E2E_FLAGS) $$(go list ./e2e/... | grep -v /e2e/node$$)
 
-demo: cluster-binaries e2e-plugin e2e-tessera-local
-	helm="$$($(HELM_TOOL))"; bin/tessera-local demo --bin-dir=$(TESSERA_CACHE)/bin --plugin=$(CURDIR)/bin/dra-kubelet-plugin --helm="$$helm"
+demo: cluster-binaries e2e-plugin e2e-tessera-local kubectl
+	helm="$$($(HELM_TOOL))"; bin/tessera-local demo --bin-dir=$(TESSERA_CACHE)/bin --plugin=$(CURDIR)/bin/dra-kubelet-plugin --helm="$$helm" --kubectl=$(BIN)/kubectl
 
-dev-cluster: cluster-binaries e2e-plugin e2e-tessera-local
+dev-cluster: cluster-binaries e2e-plugin e2e-tessera-local kubectl
 	@helm="$$($(HELM_TOOL))"; bin/tessera-local dev-cluster --bin-dir=$(TESSERA_CACHE)/bin --plugin=$(CURDIR)/bin/dra-kubelet-plugin --helm="$$helm"

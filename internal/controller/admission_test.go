@@ -21,9 +21,8 @@ import (
 	gpuapi "github.com/tessera-gpu/tessera/api/gpu"
 	tenancyv1 "github.com/tessera-gpu/tessera/api/tenancy/v1alpha1"
 	"github.com/tessera-gpu/tessera/pkg/tenancy"
+	"github.com/tessera-gpu/tessera/test/builder"
 )
-
-const gi = int64(1) << 30
 
 // fakeRecorder counts events by reason.
 type fakeRecorder struct{ reasons map[string]int }
@@ -65,14 +64,9 @@ func pendingMIGClaim(ns, name, device string) *resourceapi.ResourceClaim {
 }
 
 func fixture() []client.Object {
-	slice := &resourceapi.ResourceSlice{
-		ObjectMeta: metav1.ObjectMeta{Name: "n1-slice"},
-		Spec:       resourceapi.ResourceSliceSpec{Driver: gpuapi.DriverName, Pool: resourceapi.ResourcePool{Name: "n1", ResourceSliceCount: 1}, NodeName: ptr.To("n1")},
-	}
+	slice := builder.MakeSlice("n1-slice", "n1")
 	for _, d := range []string{"gpu-0-mig-1g18gb-0", "gpu-0-mig-1g18gb-1", "gpu-0-mig-1g18gb-2"} {
-		slice.Spec.Devices = append(slice.Spec.Devices, resourceapi.Device{Name: d, Capacity: map[resourceapi.QualifiedName]resourceapi.DeviceCapacity{
-			gpuapi.CapMemory: {Value: *resource.NewQuantity(18*gi, resource.BinarySI)},
-		}})
+		slice.Device(builder.MakeDevice(d).Capacity(gpuapi.CapMemory, "18Gi").Obj())
 	}
 	tenant := &tenancyv1.GPUTenant{
 		ObjectMeta: metav1.ObjectMeta{Name: "team-a"},
@@ -85,7 +79,7 @@ func fixture() []client.Object {
 	ns := func(name, tenant string) *corev1.Namespace {
 		return &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{tenancyv1.LabelCapsuleTenant: tenant}}}
 	}
-	return []client.Object{slice, tenant, ns("a1", "team-a"), ns("a2", "team-a"), ns("free", "none"),
+	return []client.Object{slice.Obj(), tenant, ns("a1", "team-a"), ns("a2", "team-a"), ns("free", "none"),
 		pendingMIGClaim("a1", "c1", "gpu-0-mig-1g18gb-0"),
 		pendingMIGClaim("a2", "c2", "gpu-0-mig-1g18gb-1"),
 		pendingMIGClaim("a1", "c3", "gpu-0-mig-1g18gb-2"),

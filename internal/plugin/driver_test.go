@@ -78,47 +78,13 @@ func publishedDevices(ctx context.Context, client *fake.Clientset) (int, error) 
 
 func TestPublishesAndRepublishesOnInventoryChange(t *testing.T) {
 	_, ctx := ktesting.NewTestContext(t)
-	ctx, cancel := context.WithCancel(ctx)
-	lib, err := tnvml.Open(tnvml.Backend{Mock: "dgxh200", Count: 2, Seed: "n1"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	nvml := &changingNVML{Library: lib, keep: 2}
+	nvml := &changingNVML{Library: mockH200s(t, 2), keep: 2}
 	client := fakeClient()
-	done := make(chan error, 1)
-	go func() {
-		done <- plugin.Run(ctx, plugin.Options{
-			NodeName:           "n1",
-			KubeClient:         client,
-			NVML:               nvml,
-			Preparer:           &fakePreparer{},
-			PluginDataDir:      t.TempDir(),
-			RegistrarDir:       t.TempDir(),
-			RediscoverInterval: 20 * time.Millisecond,
-		})
-	}()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Run: %v", err)
-		}
-	})
-
-	waitForDevices := func(want int) {
-		t.Helper()
-		var got int
-		err := wait.PollUntilContextTimeout(ctx, 20*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
-			got, err = publishedDevices(ctx, client)
-			return got == want, err
-		})
-		if err != nil {
-			t.Fatalf("published %d devices, want %d: %v", got, want, err)
-		}
-	}
+	runPlugin(t, ctx, plugin.Options{KubeClient: client, NVML: nvml, RediscoverInterval: 20 * time.Millisecond})
 	// 27 devices per H200: whole, shared and 25 MIG partitions.
-	waitForDevices(54)
+	waitForDevices(t, ctx, client, 54)
 	nvml.lose(1)
-	waitForDevices(27)
+	waitForDevices(t, ctx, client, 27)
 }
 
 // TestLostGPUDoesNotStopPublication: a GPU that fell off the bus before
@@ -127,7 +93,6 @@ func TestPublishesAndRepublishesOnInventoryChange(t *testing.T) {
 // for the health monitor to taint.
 func TestLostGPUDoesNotStopPublication(t *testing.T) {
 	_, ctx := ktesting.NewTestContext(t)
-	ctx, cancel := context.WithCancel(ctx)
 	s, err := nvmlmock.New("dgxh200", 3, "n1")
 	if err != nil {
 		t.Fatal(err)
@@ -139,34 +104,11 @@ func TestLostGPUDoesNotStopPublication(t *testing.T) {
 	s.SetLost(2, true)
 	counted := &countingNVML{Library: lib}
 	client := fakeClient()
-	done := make(chan error, 1)
-	go func() {
-		done <- plugin.Run(ctx, plugin.Options{
-			NodeName: "n1", KubeClient: client, NVML: counted, Preparer: &fakePreparer{},
-			PluginDataDir: t.TempDir(), RegistrarDir: t.TempDir(), RediscoverInterval: 20 * time.Millisecond,
-		})
-	}()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Run: %v", err)
-		}
-	})
-	waitDevices := func(want int) {
-		t.Helper()
-		var got int
-		err := wait.PollUntilContextTimeout(ctx, 20*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
-			got, err = publishedDevices(ctx, client)
-			return got == want, err
-		})
-		if err != nil {
-			t.Fatalf("published %d devices, want %d: %v", got, want, err)
-		}
-	}
-	waitDevices(2 * 27)
+	runPlugin(t, ctx, plugin.Options{KubeClient: client, NVML: counted, RediscoverInterval: 20 * time.Millisecond})
+	waitForDevices(t, ctx, client, 2*27)
 	// GPU 2 comes back, then GPU 0 falls off: GPU 0 stays published.
 	s.SetLost(2, false)
-	waitDevices(3 * 27)
+	waitForDevices(t, ctx, client, 3*27)
 	s.SetLost(0, true)
 	seen := counted.calls.Load()
 	err = wait.PollUntilContextTimeout(ctx, 20*time.Millisecond, 30*time.Second, true, func(context.Context) (bool, error) {

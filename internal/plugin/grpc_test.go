@@ -6,15 +6,11 @@ import (
 	"path/filepath"
 	"sync"
 	"testing"
-	"time"
 
 	"github.com/google/go-cmp/cmp"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 	resourceapi "k8s.io/api/resource/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/dynamic-resource-allocation/kubeletplugin"
 	"k8s.io/klog/v2/ktesting"
 	drapb "k8s.io/kubelet/pkg/apis/dra/v1"
@@ -69,11 +65,6 @@ func allocatedClaim(name string) *resourceapi.ResourceClaim {
 // carry the preparer's CDI device IDs.
 func TestDriverServesKubeletCallsPerClaim(t *testing.T) {
 	_, ctx := ktesting.NewTestContext(t)
-	ctx, cancel := context.WithCancel(ctx)
-	lib, err := tnvml.Open(tnvml.Backend{Mock: "dgxh200", Count: 1, Seed: "n1"})
-	if err != nil {
-		t.Fatal(err)
-	}
 	client := fakeClient()
 	good, bad := allocatedClaim("good"), allocatedClaim("bad")
 	for _, c := range []*resourceapi.ResourceClaim{good, bad} {
@@ -95,38 +86,14 @@ func TestDriverServesKubeletCallsPerClaim(t *testing.T) {
 			return nil
 		},
 	}
-	dataDir := t.TempDir()
-	done := make(chan error, 1)
-	go func() {
-		done <- plugin.Run(ctx, plugin.Options{
-			NodeName: "n1", KubeClient: client, NVML: lib, Preparer: prep,
-			PluginDataDir: dataDir, RegistrarDir: t.TempDir(), RediscoverInterval: time.Hour,
-		})
-	}()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Run: %v", err)
-		}
-	})
-	conn, err := grpc.NewClient("unix://"+filepath.Join(dataDir, "dra.sock"), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = conn.Close() })
+	opts := runPlugin(t, ctx, plugin.Options{KubeClient: client, Preparer: prep})
+	conn := dial(t, filepath.Join(opts.PluginDataDir, "dra.sock"))
 	dra := drapb.NewDRAPluginClient(conn)
 	refs := []*drapb.Claim{
 		{Namespace: "ns", Name: "good", Uid: "good-uid"},
 		{Namespace: "ns", Name: "bad", Uid: "bad-uid"},
 	}
-	var resp *drapb.NodePrepareResourcesResponse
-	err = wait.PollUntilContextTimeout(ctx, 20*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
-		resp, err = dra.NodePrepareResources(ctx, &drapb.NodePrepareResourcesRequest{Claims: refs})
-		return err == nil, nil
-	})
-	if err != nil {
-		t.Fatalf("NodePrepareResources: %v", err)
-	}
+	resp := prepareOnceServing(t, ctx, dra, refs)
 	if r := resp.Claims["good-uid"]; r.GetError() != "" || len(r.GetDevices()) != 1 || !cmp.Equal([]string{"gpu.tessera.dev/claim=x"}, r.GetDevices()[0].CdiDeviceIds) {
 		t.Errorf("good claim's result: %v", r)
 	}

@@ -8,14 +8,12 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 	resourceapi "k8s.io/api/resource/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/klog/v2/ktesting"
 	drahealthv1 "k8s.io/kubelet/pkg/apis/dra-health/v1"
 
-	tnvml "github.com/tessera-gpu/tessera/internal/nvml"
 	"github.com/tessera-gpu/tessera/internal/plugin"
 
 	gpuapi "github.com/tessera-gpu/tessera/api/gpu"
@@ -45,26 +43,9 @@ func (f *fakeHealth) set(taints map[string][]resourceapi.DeviceTaint) {
 
 func TestRepublishesOnHealthChange(t *testing.T) {
 	_, ctx := ktesting.NewTestContext(t)
-	ctx, cancel := context.WithCancel(ctx)
-	lib, err := tnvml.Open(tnvml.Backend{Mock: "dgxh200", Count: 1, Seed: "n1"})
-	if err != nil {
-		t.Fatal(err)
-	}
 	health := &fakeHealth{changed: make(chan struct{}, 1)}
 	client := fakeClient()
-	done := make(chan error, 1)
-	go func() {
-		done <- plugin.Run(ctx, plugin.Options{
-			NodeName: "n1", KubeClient: client, NVML: lib, Health: health, Preparer: &fakePreparer{},
-			PluginDataDir: t.TempDir(), RegistrarDir: t.TempDir(), RediscoverInterval: time.Hour,
-		})
-	}()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Run: %v", err)
-		}
-	})
+	runPlugin(t, ctx, plugin.Options{KubeClient: client, Health: health})
 
 	tainted := func(ctx context.Context) (map[string]string, error) {
 		slices, err := client.ResourceV1().ResourceSlices().List(ctx, metav1.ListOptions{})
@@ -107,33 +88,12 @@ func TestRepublishesOnHealthChange(t *testing.T) {
 // taint as the reason.
 func TestDeviceHealthReachesTheKubelet(t *testing.T) {
 	_, ctx := ktesting.NewTestContext(t)
-	ctx, cancel := context.WithCancel(ctx)
-	lib, err := tnvml.Open(tnvml.Backend{Mock: "dgxh200", Count: 1, Seed: "n1"})
-	if err != nil {
-		t.Fatal(err)
-	}
 	health := &fakeHealth{changed: make(chan struct{}, 1)}
-	dataDir := t.TempDir()
-	done := make(chan error, 1)
-	go func() {
-		done <- plugin.Run(ctx, plugin.Options{
-			NodeName: "n1", KubeClient: fakeClient(), NVML: lib, Health: health, Preparer: &fakePreparer{},
-			PluginDataDir: dataDir, RegistrarDir: t.TempDir(), RediscoverInterval: time.Hour,
-		})
-	}()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Run: %v", err)
-		}
-	})
-	conn, err := grpc.NewClient("unix://"+filepath.Join(dataDir, "dra.sock"), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = conn.Close() })
+	opts := runPlugin(t, ctx, plugin.Options{Health: health})
+	conn := dial(t, filepath.Join(opts.PluginDataDir, "dra.sock"))
 	var stream grpc.ServerStreamingClient[drahealthv1.NodeWatchResourcesResponse]
 	// The stream lives as long as the test, not as the poll.
+	var err error
 	err = wait.PollUntilContextTimeout(ctx, 20*time.Millisecond, 30*time.Second, true, func(context.Context) (bool, error) {
 		stream, err = drahealthv1.NewDRAResourceHealthClient(conn).NodeWatchResources(ctx, &drahealthv1.NodeWatchResourcesRequest{})
 		if err != nil {

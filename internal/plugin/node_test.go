@@ -8,13 +8,10 @@ import (
 	"testing"
 	"time"
 
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 	resourceapi "k8s.io/api/resource/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes/fake"
 	"k8s.io/klog/v2/ktesting"
 	drapb "k8s.io/kubelet/pkg/apis/dra/v1"
@@ -32,13 +29,14 @@ func newNodeDirs(t *testing.T) nodeDirs {
 	return nodeDirs{data: t.TempDir(), registrar: t.TempDir(), cdi: t.TempDir(), state: t.TempDir()}
 }
 
-func runNode(ctx context.Context, t *testing.T, dirs nodeDirs, client *fake.Clientset) error {
-	lib, err := tnvml.Open(tnvml.Backend{Mock: "dgxh200", Count: 1, Seed: "n1"})
-	if err != nil {
-		t.Fatal(err)
+// runNode runs plugin.RunNode on a node of dirs with one mock H200 behind nvml
+// (nil: the plain mock).
+func runNode(t *testing.T, ctx context.Context, dirs nodeDirs, client *fake.Clientset, nvml tnvml.Library) error {
+	if nvml == nil {
+		nvml = mockH200s(t, 1)
 	}
 	return plugin.RunNode(ctx, plugin.Options{
-		NodeName: "n1", KubeClient: client, NVML: lib,
+		NodeName: "n1", KubeClient: client, NVML: nvml,
 		PluginDataDir: dirs.data, RegistrarDir: dirs.registrar, RediscoverInterval: time.Hour,
 	}, plugin.NodeOptions{CDIRoot: dirs.cdi, StateDir: dirs.state, HealthPort: -1, SimulatedDriver: true})
 }
@@ -49,7 +47,6 @@ func runNode(ctx context.Context, t *testing.T, dirs nodeDirs, client *fake.Clie
 // appears, with the claim's own MPS directories, and goes on unprepare.
 func TestRunNodePreparesThroughTheKubeletAPI(t *testing.T) {
 	_, ctx := ktesting.NewTestContext(t)
-	ctx, cancel := context.WithCancel(ctx)
 	client := fakeClient()
 	claim := &resourceapi.ResourceClaim{
 		ObjectMeta: metav1.ObjectMeta{Name: "share", Namespace: "ns", UID: "share-uid"},
@@ -66,30 +63,10 @@ func TestRunNodePreparesThroughTheKubeletAPI(t *testing.T) {
 		t.Fatal(err)
 	}
 	dirs := newNodeDirs(t)
-	done := make(chan error, 1)
-	go func() { done <- runNode(ctx, t, dirs, client) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("RunNode: %v", err)
-		}
-	})
-	conn, err := grpc.NewClient("unix://"+filepath.Join(dirs.data, "dra.sock"), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = conn.Close() })
-	dra := drapb.NewDRAPluginClient(conn)
+	runUntilEnd(t, ctx, "RunNode", func(ctx context.Context) error { return runNode(t, ctx, dirs, client, nil) })
+	dra := drapb.NewDRAPluginClient(dial(t, filepath.Join(dirs.data, "dra.sock")))
 	ref := []*drapb.Claim{{Namespace: "ns", Name: "share", Uid: "share-uid"}}
-	var resp *drapb.NodePrepareResourcesResponse
-	err = wait.PollUntilContextTimeout(ctx, 20*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
-		resp, err = dra.NodePrepareResources(ctx, &drapb.NodePrepareResourcesRequest{Claims: ref})
-		return err == nil, nil
-	})
-	if err != nil {
-		t.Fatalf("NodePrepareResources: %v", err)
-	}
-	if r := resp.Claims["share-uid"]; r.GetError() != "" || len(r.GetDevices()) != 1 {
+	if r := prepareOnceServing(t, ctx, dra, ref).Claims["share-uid"]; r.GetError() != "" || len(r.GetDevices()) != 1 {
 		t.Fatalf("prepare result: %v", r)
 	}
 	specs, _ := filepath.Glob(filepath.Join(dirs.cdi, "*share-uid*"))
@@ -120,7 +97,7 @@ func TestRunNodeRefusesUnreadableCheckpoint(t *testing.T) {
 	if err := os.WriteFile(path, []byte(`{"version":"v9"}`), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	err := runNode(ctx, t, dirs, fakeClient())
+	err := runNode(t, ctx, dirs, fakeClient(), nil)
 	if err == nil || !strings.Contains(err.Error(), path) || !strings.Contains(err.Error(), "unknown version") {
 		t.Errorf("RunNode on an unreadable checkpoint: %v; want an error naming %s", err, path)
 	}
@@ -132,34 +109,11 @@ func ptr[T any](v T) *T { return &v }
 // publication start from one discovery of the node.
 func TestRunNodeDiscoversOnce(t *testing.T) {
 	_, ctx := ktesting.NewTestContext(t)
-	ctx, cancel := context.WithCancel(ctx)
-	lib, err := tnvml.Open(tnvml.Backend{Mock: "dgxh200", Count: 1, Seed: "n1"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	counted := &countingNVML{Library: lib}
+	counted := &countingNVML{Library: mockH200s(t, 1)}
 	client := fakeClient()
 	dirs := newNodeDirs(t)
-	done := make(chan error, 1)
-	go func() {
-		done <- plugin.RunNode(ctx, plugin.Options{
-			NodeName: "n1", KubeClient: client, NVML: counted,
-			PluginDataDir: dirs.data, RegistrarDir: dirs.registrar, RediscoverInterval: time.Hour,
-		}, plugin.NodeOptions{CDIRoot: dirs.cdi, StateDir: dirs.state, HealthPort: -1, SimulatedDriver: true})
-	}()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("RunNode: %v", err)
-		}
-	})
-	err = wait.PollUntilContextTimeout(ctx, 20*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
-		n, err := publishedDevices(ctx, client)
-		return n == 27, err
-	})
-	if err != nil {
-		t.Fatalf("slices not published: %v", err)
-	}
+	runUntilEnd(t, ctx, "RunNode", func(ctx context.Context) error { return runNode(t, ctx, dirs, client, counted) })
+	waitForDevices(t, ctx, client, 27)
 	if n := counted.calls.Load(); n != 1 {
 		t.Errorf("the node was discovered %d times at start, want once", n)
 	}

@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -669,19 +670,26 @@ func (p *Preparer) stopTimeSlicing(ctx context.Context, uid string, i int, d *ch
 // the strategy on the GPU. A claim is recorded before its sharing is set up,
 // so a concurrent prepare is always seen.
 func (p *Preparer) sharedByOthers(uid, gpuUUID, strategy string) bool {
+	_, ok := p.otherClaimWith(uid, func(d checkpoint.Device) bool {
+		return d.GPUUUID == gpuUUID && d.Sharing != nil && d.Sharing.Strategy == strategy
+	})
+	return ok
+}
+
+// otherClaimWith returns the UID of a claim other than uid, in any state, with
+// a device that matches.
+func (p *Preparer) otherClaimWith(uid string, match func(checkpoint.Device) bool) (string, bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	for other, c := range p.cp.Claims {
 		if other == uid {
 			continue
 		}
-		for _, d := range c.Devices {
-			if d.GPUUUID == gpuUUID && d.Sharing != nil && d.Sharing.Strategy == strategy {
-				return true
-			}
+		if slices.ContainsFunc(c.Devices, match) {
+			return other, true
 		}
 	}
-	return false
+	return "", false
 }
 
 // lockState locks the state directory against other plugin instances and
@@ -787,17 +795,7 @@ func sameMIG(rec *checkpoint.MIG, m tnvml.MIGDevice) bool {
 // migOwner returns the UID of a claim other than uid whose entry owns the
 // instance.
 func (p *Preparer) migOwner(uid string, gpu int, m tnvml.MIGDevice) (string, bool) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	for other, c := range p.cp.Claims {
-		if other == uid {
-			continue
-		}
-		for _, d := range c.Devices {
-			if d.GPUIndex == gpu && d.MIG != nil && d.MIG.Created && sameMIG(d.MIG, m) {
-				return other, true
-			}
-		}
-	}
-	return "", false
+	return p.otherClaimWith(uid, func(d checkpoint.Device) bool {
+		return d.GPUIndex == gpu && d.MIG != nil && d.MIG.Created && sameMIG(d.MIG, m)
+	})
 }

@@ -188,6 +188,26 @@ func TestSlice(t *testing.T) {
 	if got := MakeSlice("s", "n").Pool("p", 3, 2).Obj().Spec.Pool; got != (resourceapi.ResourcePool{Name: "p", Generation: 3, ResourceSliceCount: 2}) {
 		t.Errorf("pool = %+v", got)
 	}
+
+	counters := map[string]resourceapi.Counter{"memory": {Value: resource.MustParse("1Gi")}}
+	got = MakeSlice("other", "n").Driver("gpu.example.com").NoNode().
+		Counters(resourceapi.CounterSet{Name: "gpu-0", Counters: counters}).
+		Device(MakeDevice("gpu-0").Consumes("gpu-0", counters).Obj()).Obj()
+	want = &resourceapi.ResourceSlice{
+		ObjectMeta: metav1.ObjectMeta{Name: "other"},
+		Spec: resourceapi.ResourceSliceSpec{
+			Driver:         "gpu.example.com",
+			Pool:           resourceapi.ResourcePool{Name: "n", ResourceSliceCount: 1},
+			SharedCounters: []resourceapi.CounterSet{{Name: "gpu-0", Counters: counters}},
+			Devices: []resourceapi.Device{{
+				Name:             "gpu-0",
+				ConsumesCounters: []resourceapi.DeviceCounterConsumption{{CounterSet: "gpu-0", Counters: counters}},
+			}},
+		},
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("another driver's slice (-want +got):\n%s", diff)
+	}
 }
 
 func TestNode(t *testing.T) {

@@ -24,6 +24,25 @@ func MakeSlice(name, node string) *SliceBuilder {
 	return s
 }
 
+// Driver publishes the slice for another driver than Tessera's (e.g. to compare
+// layouts).
+func (s *SliceBuilder) Driver(name string) *SliceBuilder {
+	s.slice.Spec.Driver = name
+	return s
+}
+
+// NoNode makes the slice's nodeName empty, as a slice no node publishes has it.
+func (s *SliceBuilder) NoNode() *SliceBuilder {
+	s.slice.Spec.NodeName = nil
+	return s
+}
+
+// Counters adds counter sets that the pool's devices consume.
+func (s *SliceBuilder) Counters(sets ...resourceapi.CounterSet) *SliceBuilder {
+	s.slice.Spec.SharedCounters = append(s.slice.Spec.SharedCounters, sets...)
+	return s
+}
+
 // Pool puts the slice into a pool of count slices at a generation.
 func (s *SliceBuilder) Pool(name string, generation, count int64) *SliceBuilder {
 	s.slice.Spec.Pool = resourceapi.ResourcePool{Name: name, Generation: generation, ResourceSliceCount: count}
@@ -73,6 +92,12 @@ func (d *DeviceBuilder) Capacity(name, quantity string) *DeviceBuilder {
 		d.device.Capacity = map[resourceapi.QualifiedName]resourceapi.DeviceCapacity{}
 	}
 	d.device.Capacity[resourceapi.QualifiedName(name)] = resourceapi.DeviceCapacity{Value: resource.MustParse(quantity)}
+	return d
+}
+
+// Consumes makes the device consume counters of a counter set.
+func (d *DeviceBuilder) Consumes(set string, counters map[string]resourceapi.Counter) *DeviceBuilder {
+	d.device.ConsumesCounters = append(d.device.ConsumesCounters, resourceapi.DeviceCounterConsumption{CounterSet: set, Counters: counters})
 	return d
 }
 

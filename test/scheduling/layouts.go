@@ -13,6 +13,7 @@ import (
 	gpuapi "github.com/tessera-gpu/tessera/api/gpu"
 	"github.com/tessera-gpu/tessera/pkg/inventory"
 	"github.com/tessera-gpu/tessera/pkg/resourceslice"
+	"github.com/tessera-gpu/tessera/test/builder"
 )
 
 // A Layout is one way of publishing a node's GPUs, so that the scheduler's
@@ -61,18 +62,12 @@ var Plain = Layout{
 	Name:   "plain",
 	Driver: gpuapi.DriverName,
 	Slices: func(node string, inv inventory.Node) []*resourceapi.ResourceSlice {
-		slice := newSlice(gpuapi.DriverName, node, node+"-plain", 1)
+		slice := builder.MakeSlice(node+"-plain", node)
 		for _, g := range inv.GPUs {
-			slice.Spec.Devices = append(slice.Spec.Devices, resourceapi.Device{
-				Name: gpuapi.WholeDeviceName(g.Index),
-				Attributes: map[resourceapi.QualifiedName]resourceapi.DeviceAttribute{
-					gpuapi.AttrType: {StringValue: ptr.To(gpuapi.TypeGPU)},
-					gpuapi.AttrUUID: {StringValue: ptr.To(g.UUID)},
-					gpuapi.AttrPool: {StringValue: ptr.To(gpuapi.PoolDefault)},
-				},
-			})
+			slice.Device(builder.MakeDevice(gpuapi.WholeDeviceName(g.Index)).
+				Attr(gpuapi.AttrType, gpuapi.TypeGPU).Attr(gpuapi.AttrUUID, g.UUID).Attr(gpuapi.AttrPool, gpuapi.PoolDefault).Obj())
 		}
-		return []*resourceapi.ResourceSlice{slice}
+		return []*resourceapi.ResourceSlice{slice.Obj()}
 	},
 	Whole:      gpuapi.WholeDeviceName,
 	MIG:        func(int, inventory.MIGProfile, int) string { return "" },
@@ -126,7 +121,7 @@ func nvidiaMIGName(gpu int, p inventory.MIGProfile, start int) string {
 }
 
 func nvidiaSlices(node string, inv inventory.Node) []*resourceapi.ResourceSlice {
-	counterSlice := newSlice(nvidiaDriver, node, node+"-nvidia-counters", 0)
+	var counterSets []resourceapi.CounterSet
 	var devices []resourceapi.Device
 	for _, g := range inv.GPUs {
 		set := fmt.Sprintf("gpu-%d-counter-set", g.Minor)
@@ -138,7 +133,7 @@ func nvidiaSlices(node string, inv inventory.Node) []*resourceapi.ResourceSlice 
 			}
 		}
 		all := nvidiaCounters(full, 0, g.MIG.MemorySlices())
-		counterSlice.Spec.SharedCounters = append(counterSlice.Spec.SharedCounters, resourceapi.CounterSet{Name: set, Counters: all})
+		counterSets = append(counterSets, resourceapi.CounterSet{Name: set, Counters: all})
 		attrs := nvidiaAttributes(inv, g)
 		attrs["type"] = resourceapi.DeviceAttribute{StringValue: ptr.To("gpu")}
 		attrs["uuid"] = resourceapi.DeviceAttribute{StringValue: ptr.To(g.UUID)}
@@ -163,14 +158,16 @@ func nvidiaSlices(node string, inv inventory.Node) []*resourceapi.ResourceSlice 
 			}
 		}
 	}
-	out := []*resourceapi.ResourceSlice{counterSlice}
-	for start := 0; start < len(devices); start += resourceapi.ResourceSliceMaxDevicesWithAdvancedFeatures {
-		s := newSlice(nvidiaDriver, node, fmt.Sprintf("%s-nvidia-%d", node, len(out)), 0)
-		s.Spec.Devices = devices[start:min(start+resourceapi.ResourceSliceMaxDevicesWithAdvancedFeatures, len(devices))]
-		out = append(out, s)
+	// The counters in a slice of their own, the devices in slices of the most a slice
+	// with counters may hold; all in one pool.
+	count := 1 + (len(devices)+resourceapi.ResourceSliceMaxDevicesWithAdvancedFeatures-1)/resourceapi.ResourceSliceMaxDevicesWithAdvancedFeatures
+	nvidiaSlice := func(name string) *builder.SliceBuilder {
+		return builder.MakeSlice(name, node).Driver(nvidiaDriver).Pool(node, 0, int64(count))
 	}
-	for _, s := range out {
-		s.Spec.Pool.ResourceSliceCount = int64(len(out))
+	out := []*resourceapi.ResourceSlice{nvidiaSlice(node + "-nvidia-counters").Counters(counterSets...).Obj()}
+	for start := 0; start < len(devices); start += resourceapi.ResourceSliceMaxDevicesWithAdvancedFeatures {
+		end := min(start+resourceapi.ResourceSliceMaxDevicesWithAdvancedFeatures, len(devices))
+		out = append(out, nvidiaSlice(fmt.Sprintf("%s-nvidia-%d", node, len(out))).Device(devices[start:end]...).Obj())
 	}
 	return out
 }
@@ -244,19 +241,6 @@ func semver(v string) string {
 		parts = append(parts, "0")
 	}
 	return strings.Join(parts, ".")
-}
-
-func newSlice(driver, node, name string, count int64) *resourceapi.ResourceSlice {
-	s := &resourceapi.ResourceSlice{
-		TypeMeta:   metav1.TypeMeta{APIVersion: resourceapi.SchemeGroupVersion.String(), Kind: "ResourceSlice"},
-		ObjectMeta: metav1.ObjectMeta{Name: name},
-		Spec: resourceapi.ResourceSliceSpec{
-			Driver:   driver,
-			Pool:     resourceapi.ResourcePool{Name: node, ResourceSliceCount: count},
-			NodeName: ptr.To(node),
-		},
-	}
-	return s
 }
 
 // DeviceClasses returns every DeviceClass the layouts' claims use: the ones

@@ -12,6 +12,7 @@ import (
 	gpuapi "github.com/tessera-gpu/tessera/api/gpu"
 	"github.com/tessera-gpu/tessera/pkg/inventory"
 	"github.com/tessera-gpu/tessera/pkg/resourceslice"
+	"github.com/tessera-gpu/tessera/test/builder"
 )
 
 // Levers on Tessera's layout, each a variant measured side by side with the
@@ -144,9 +145,9 @@ func rewrite(l Layout, name string, f func([]resourceapi.Device) []resourceapi.D
 		}
 		devices = f(devices)
 		for start := 0; start < len(devices); start += resourceapi.ResourceSliceMaxDevicesWithAdvancedFeatures {
-			s := newSlice(l.Driver, node, fmt.Sprintf("%s-%s-%d", node, strings.ReplaceAll(name, "/", "-"), len(out)), 0)
-			s.Spec.Devices = devices[start:min(start+resourceapi.ResourceSliceMaxDevicesWithAdvancedFeatures, len(devices))]
-			out = append(out, s)
+			end := min(start+resourceapi.ResourceSliceMaxDevicesWithAdvancedFeatures, len(devices))
+			out = append(out, builder.MakeSlice(fmt.Sprintf("%s-%s-%d", node, strings.ReplaceAll(name, "/", "-"), len(out)), node).
+				Driver(l.Driver).Device(devices[start:end]...).Obj())
 		}
 		for _, s := range out {
 			s.Spec.Pool.ResourceSliceCount = int64(len(out))

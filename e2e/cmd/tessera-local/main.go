@@ -37,6 +37,7 @@ func main() {
 	fs.IntVar(&opts.Nodes, "nodes", 2, "number of simulated GPU nodes")
 	fs.StringVar(&opts.NVML, "nvml", "mock:dgxh200:8", "NVML backend of every node's plugin")
 	fs.StringVar(&opts.TesseraScheduler, "tessera-scheduler", os.Getenv(cluster.TesseraSchedulerEnv), "tessera-scheduler binary to run as a second scheduler (schedulerName tessera-scheduler); none when empty")
+	fs.StringVar(&opts.Kubectl, "kubectl", "kubectl", "kubectl the demo's hints name (make demo builds bin/kubectl at the cluster's version)")
 	klog.InitFlags(fs)
 	_ = fs.Set("logtostderr", "true")
 	_ = fs.Parse(os.Args[2:])
