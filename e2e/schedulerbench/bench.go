@@ -171,7 +171,7 @@ func phase(ctx context.Context, cp *cluster.ControlPlane, metrics *metricsReader
 		slicesOf = func(node string) []*resourceapi.ResourceSlice {
 			out := rp.slices(node)
 			rp.mu.Lock()
-			rp.published[node] = len(out)
+			rp.current[node] = out
 			rp.mu.Unlock()
 			return out
 		}
@@ -296,7 +296,7 @@ func phase(ctx context.Context, cp *cluster.ControlPlane, metrics *metricsReader
 		res.PodsPerSecond, res.AttemptP50, res.AttemptP99)
 	if rp != nil {
 		rp.mu.Lock()
-		_, _ = fmt.Fprintf(opts.Out, "[%s] %d slice writes for %d pods bound\n", l.Name, rp.updates, res.Placed)
+		_, _ = fmt.Fprintf(opts.Out, "[%s] %d slice writes (%d new pool generations) for %d pods bound\n", l.Name, rp.updates, rp.bumps, res.Placed)
 		rp.mu.Unlock()
 	}
 	return res, nil

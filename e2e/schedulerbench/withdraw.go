@@ -9,6 +9,7 @@ import (
 	"time"
 
 	resourceapi "k8s.io/api/resource/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/informers"
@@ -25,7 +26,10 @@ import (
 // during its phase a publisher republishes a node's slices whenever a claim
 // on it is allocated or freed, as if each allocated device were prepared at
 // once (the best case for withdrawal: on a real node, prepare follows the
-// pod's start).
+// pod's start). It writes what the plugin's publication controller
+// (k8s.io/dynamic-resource-allocation/resourceslice) would: when one slice
+// changes, that slice under the same pool generation; otherwise every slice
+// under the next generation.
 var Withdrawn = func() scheduling.Layout {
 	l := scheduling.Tessera
 	l.Name = "tessera-withdrawn"
@@ -44,8 +48,10 @@ type republisher struct {
 	// claims maps allocated claims to their node and devices.
 	claims     map[string]allocation
 	generation map[string]int64
-	published  map[string]int
-	updates    int
+	// current is what each node has published.
+	current map[string][]*resourceapi.ResourceSlice
+	// updates counts slice writes, bumps new pool generations.
+	updates, bumps int
 }
 
 type allocation struct {
@@ -55,7 +61,7 @@ type allocation struct {
 
 func newRepublisher(client kubernetes.Interface, inv inventory.Node, out io.Writer) *republisher {
 	return &republisher{client: client, inv: inv, out: out, dirty: map[string]bool{}, claims: map[string]allocation{},
-		generation: map[string]int64{}, published: map[string]int{}}
+		generation: map[string]int64{}, current: map[string][]*resourceapi.ResourceSlice{}}
 }
 
 // slices returns what the node publishes now, named as the first
@@ -139,14 +145,30 @@ func (r *republisher) run(ctx context.Context, ns string) {
 	}
 }
 
-// republish writes a node's slices under the next pool generation, as the
-// publication controller does, and deletes the slices no longer needed.
+// republish writes what changed in a node's slices as the publication
+// controller does: a single changed slice is updated under the same pool
+// generation; more changes (or a different number of slices) are written,
+// every slice, under the next generation, and slices no longer needed are
+// deleted.
 func (r *republisher) republish(ctx context.Context, node string) error {
-	r.mu.Lock()
-	r.generation[node]++
-	r.mu.Unlock()
 	next := r.slices(node)
-	for _, s := range next {
+	r.mu.Lock()
+	cur := r.current[node]
+	r.mu.Unlock()
+	changed := changedSlices(cur, next)
+	if len(next) != len(cur) || len(changed) > 1 {
+		r.mu.Lock()
+		r.generation[node]++
+		r.bumps++
+		r.mu.Unlock()
+		next = r.slices(node)
+		changed = make([]int, len(next))
+		for i := range next {
+			changed[i] = i
+		}
+	}
+	for _, i := range changed {
+		s := next[i]
 		cur, err := r.client.ResourceV1().ResourceSlices().Get(ctx, s.Name, metav1.GetOptions{})
 		switch {
 		case apierrors.IsNotFound(err):
@@ -160,15 +182,27 @@ func (r *republisher) republish(ctx context.Context, node string) error {
 		}
 	}
 	r.mu.Lock()
-	before := r.published[node]
-	r.published[node] = len(next)
-	r.updates += len(next)
+	r.current[node] = next
+	r.updates += len(changed)
 	r.mu.Unlock()
-	for i := len(next); i < before; i++ {
+	for i := len(next); i < len(cur); i++ {
 		name := fmt.Sprintf("%s-%s-%d", node, strings.ReplaceAll(gpuapi.DriverName, ".", "-"), i)
 		if err := r.client.ResourceV1().ResourceSlices().Delete(ctx, name, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
 			return fmt.Errorf("delete %s: %w", name, err)
 		}
 	}
 	return nil
+}
+
+// changedSlices returns the indices of the slices of next whose devices or
+// counter sets differ from those of the slice at the same index in cur.
+func changedSlices(cur, next []*resourceapi.ResourceSlice) []int {
+	var out []int
+	for i, s := range next {
+		if i >= len(cur) || !equality.Semantic.DeepEqual(cur[i].Spec.Devices, s.Spec.Devices) ||
+			!equality.Semantic.DeepEqual(cur[i].Spec.SharedCounters, s.Spec.SharedCounters) {
+			out = append(out, i)
+		}
+	}
+	return out
 }

@@ -3,7 +3,8 @@
 // eight GPUs) holding the GPUs' counter sets, and device slices of at most 64
 // devices: first the whole and shared GPUs in index order, then the MIG
 // partitions profile by profile, each GPU's in the packing order of package
-// partition. It is pure and deterministic: the same
+// partition (or, when blocked devices are withdrawn, each GPU's devices in
+// slices of their own). It is pure and deterministic: the same
 // inventory gives byte-identical slices, so republishing never churns.
 package resourceslice
 
@@ -60,7 +61,9 @@ type Options struct {
 	// devices they block are left out until they are unprepared.
 	Prepared map[string]bool
 	// WithdrawBlocked publishes only what can still be allocated next to
-	// the prepared devices (see blocked).
+	// the prepared devices (see blocked), each GPU's devices in slices of
+	// their own so that a prepare or unprepare changes one slice (see
+	// perGPUSlices).
 	WithdrawBlocked bool
 }
 
@@ -80,28 +83,30 @@ func Build(nodeName string, node inventory.Node, opts Options) draslices.DriverR
 		slices = append(slices, draslices.Slice{SharedCounters: sets})
 	}
 
-	// Whole and shared GPUs come first, MIG partitions after them. The
-	// allocator evaluates the class's and the request's CEL selectors on
-	// each device in turn until one fits, so a whole-GPU or share claim is
-	// decided after a few evaluations instead of walking past every
-	// partition of every GPU in use. MIG partitions are profile-major: all
-	// GPUs' placements of one profile together, GPU by GPU, each GPU's in
-	// packing order. Among the devices of one profile that is the order
-	// GPU by GPU would give, so the allocator chooses the same partitions,
-	// but a claim for one profile stops walking past the other profiles'
-	// partitions of every GPU in use.
+	if opts.WithdrawBlocked {
+		slices = append(slices, perGPUSlices(node, gpus, opts)...)
+	} else {
+		slices = append(slices, packedSlices(node, gpus, opts)...)
+	}
+	return draslices.DriverResources{Pools: map[string]draslices.Pool{nodeName: {Slices: slices}}}
+}
+
+// packedSlices is the layout of a node that publishes every device: whole
+// and shared GPUs first, MIG partitions after them, in slices of at most 64.
+// The allocator evaluates the class's and the request's CEL selectors on
+// each device in turn until one fits, so a whole-GPU or share claim is
+// decided after a few evaluations instead of walking past every partition of
+// every GPU in use. MIG partitions are profile-major: all GPUs' placements of
+// one profile together, GPU by GPU, each GPU's in packing order. Among the
+// devices of one profile that is the order GPU by GPU would give, so the
+// allocator chooses the same partitions, but a claim for one profile stops
+// walking past the other profiles' partitions of every GPU in use.
+func packedSlices(node inventory.Node, gpus []partition.GPU, opts Options) []draslices.Slice {
 	var first []resourceapi.Device
 	var migs [][]resourceapi.Device // by profile, in order of first appearance
 	profileIndex := map[int]int{}
 	for i, g := range gpus {
-		var withdrawn map[string]bool
-		if opts.WithdrawBlocked {
-			withdrawn = blocked(g, opts.Prepared)
-		}
 		for _, d := range g.Devices {
-			if withdrawn[d.Name] {
-				continue
-			}
 			dev := device(node, node.GPUs[i], g, d, opts)
 			if d.Kind != partition.KindMIG {
 				first = append(first, dev)
@@ -120,10 +125,40 @@ func Build(nodeName string, node inventory.Node, opts Options) draslices.DriverR
 	for _, m := range migs {
 		devices = append(devices, m...)
 	}
-	for start := 0; start < len(devices); start += maxDevicesPerSlice {
-		slices = append(slices, draslices.Slice{Devices: devices[start:min(start+maxDevicesPerSlice, len(devices))]})
+	return chunk(devices)
+}
+
+// perGPUSlices is the layout of a node that withdraws blocked devices: each
+// GPU's published devices in slices of their own (one for up to 64 devices),
+// in the GPU's order (whole, shared, then its partitions in packing order).
+// A prepare or unprepare changes what one GPU publishes, so it changes one
+// slice, and the publication controller then updates that slice in place
+// under the same pool generation (it bumps the generation, and rewrites every
+// slice, when more than one slice changes). Among the devices of one kind or
+// profile the order is the same as packedSlices's, so the allocator chooses
+// the same devices; the other kinds it walks past are few, because a busy
+// GPU publishes little.
+func perGPUSlices(node inventory.Node, gpus []partition.GPU, opts Options) []draslices.Slice {
+	var out []draslices.Slice
+	for i, g := range gpus {
+		withdrawn := blocked(g, opts.Prepared)
+		var devices []resourceapi.Device
+		for _, d := range g.Devices {
+			if !withdrawn[d.Name] {
+				devices = append(devices, device(node, node.GPUs[i], g, d, opts))
+			}
+		}
+		out = append(out, chunk(devices)...)
 	}
-	return draslices.DriverResources{Pools: map[string]draslices.Pool{nodeName: {Slices: slices}}}
+	return out
+}
+
+func chunk(devices []resourceapi.Device) []draslices.Slice {
+	var out []draslices.Slice
+	for start := 0; start < len(devices); start += maxDevicesPerSlice {
+		out = append(out, draslices.Slice{Devices: devices[start:min(start+maxDevicesPerSlice, len(devices))]})
+	}
+	return out
 }
 
 func counters(in map[string]int64) map[string]resourceapi.Counter {

@@ -62,3 +62,38 @@ func TestWithdrawBlocked(t *testing.T) {
 		})
 	}
 }
+
+// TestWithdrawalChangesOneSlice: with withdrawal on, each device slice holds
+// one GPU's devices, so a prepare (or the unprepare that undoes it) changes
+// exactly one slice and never the number of slices; the publication
+// controller then updates that slice without a new pool generation.
+func TestWithdrawalChangesOneSlice(t *testing.T) {
+	inv := node(4)
+	base := resourceslice.Build("n1", inv, resourceslice.Options{WithdrawBlocked: true}).Pools["n1"].Slices
+	for i, s := range base {
+		gpus := map[string]bool{}
+		for _, d := range s.Devices {
+			gpus[strings.SplitN(d.Name, "-", 3)[1]] = true
+		}
+		if len(gpus) > 1 {
+			t.Errorf("slice %d holds devices of GPUs %v, want one GPU's", i, gpus)
+		}
+	}
+	for _, prepared := range []string{"gpu-2", "gpu-1-shared", "gpu-3-mig-3g71gb-4", "gpu-0-mig-1g18gb-me-6", "gpu-0-mig-7g141gb-0"} {
+		t.Run(prepared, func(t *testing.T) {
+			next := resourceslice.Build("n1", inv, resourceslice.Options{WithdrawBlocked: true, Prepared: map[string]bool{prepared: true}}).Pools["n1"].Slices
+			if len(next) != len(base) {
+				t.Fatalf("%d slices after the prepare, %d before", len(next), len(base))
+			}
+			changed := 0
+			for i := range base {
+				if !cmp.Equal(base[i], next[i]) {
+					changed++
+				}
+			}
+			if changed != 1 {
+				t.Errorf("preparing %s changed %d slices, want 1", prepared, changed)
+			}
+		})
+	}
+}

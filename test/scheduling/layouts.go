@@ -56,7 +56,8 @@ var Tessera = Layout{
 }
 
 // Plain publishes the same GPUs as plain whole devices: no MIG, no sharing,
-// no counters, the layout of a driver without partitions.
+// no counters, the layout of a driver without partitions. Its devices carry
+// type and uuid, and pool because Tessera's shipped classes select on it.
 var Plain = Layout{
 	Name:   "plain",
 	Driver: gpuapi.DriverName,
@@ -64,7 +65,7 @@ var Plain = Layout{
 		slice := builder.MakeSlice(node+"-plain", node)
 		for _, g := range inv.GPUs {
 			slice.Device(builder.MakeDevice(gpuapi.WholeDeviceName(g.Index)).
-				Attr(gpuapi.AttrType, gpuapi.TypeGPU).Attr(gpuapi.AttrUUID, g.UUID).Obj())
+				Attr(gpuapi.AttrType, gpuapi.TypeGPU).Attr(gpuapi.AttrUUID, g.UUID).Attr(gpuapi.AttrPool, gpuapi.PoolDefault).Obj())
 		}
 		return []*resourceapi.ResourceSlice{slice.Obj()}
 	},

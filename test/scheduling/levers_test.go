@@ -92,12 +92,24 @@ func init() {
 	}
 }
 
-// withdrawn publishes only what the fill leaves allocatable, as
-// resourceslice.Options.WithdrawBlocked does with the fill's devices
-// prepared: a GPU in use whole or shared offers no partitions and not the
-// other form; a partitioned GPU offers neither whole nor shared and none of
-// the placements its partitions block.
+// withdrawn publishes what resourceslice.Options.WithdrawBlocked publishes
+// with the fill's devices prepared: a GPU in use whole or shared offers no
+// partitions and not the other form; a partitioned GPU offers neither whole
+// nor shared and none of the placements its partitions block.
 func withdrawn(l Layout, inv inventory.Node, roles []GPURole) Layout {
+	prepared := fillPrepared(l, inv, roles)
+	l.Name += "/withdrawn"
+	l.Slices = func(node string, inv inventory.Node) []*resourceapi.ResourceSlice {
+		return resourceslice.Objects(node, resourceslice.Build(node, inv, resourceslice.Options{
+			Pool: "default", Prepared: prepared, WithdrawBlocked: true,
+		}))
+	}
+	return l
+}
+
+// fillPrepared names the devices a fill has allocated, as if all were
+// prepared.
+func fillPrepared(l Layout, inv inventory.Node, roles []GPURole) map[string]bool {
 	prepared := map[string]bool{}
 	for gpu, role := range roles {
 		switch role {
@@ -111,13 +123,7 @@ func withdrawn(l Layout, inv inventory.Node, roles []GPURole) Layout {
 			}
 		}
 	}
-	l.Name += "/withdrawn"
-	l.Slices = func(node string, inv inventory.Node) []*resourceapi.ResourceSlice {
-		return resourceslice.Objects(node, resourceslice.Build(node, inv, resourceslice.Options{
-			Pool: "default", Prepared: prepared, WithdrawBlocked: true,
-		}))
-	}
-	return l
+	return prepared
 }
 
 // rewrite applies f to the devices of each node, in publication order, and
@@ -151,16 +157,65 @@ func rewrite(l Layout, name string, f func([]resourceapi.Device) []resourceapi.D
 	return l
 }
 
+// perGPUSlices publishes every device (nothing withdrawn) in the layout
+// withdrawal uses: each GPU's devices in a slice of their own, whole, shared,
+// then its partitions in packing order.
+func perGPUSlices(l Layout) Layout {
+	l.Name += "/per-gpu-slices"
+	l.Slices = func(node string, inv inventory.Node) []*resourceapi.ResourceSlice {
+		return resourceslice.Objects(node, resourceslice.Build(node, inv, resourceslice.Options{Pool: "default", WithdrawBlocked: true}))
+	}
+	return l
+}
+
+// packedWithdrawn is withdrawal as it was published before: what is left
+// packed into slices of 64, whole and shared GPUs first, then the partitions
+// profile-major (so one prepare can change every device slice).
+func packedWithdrawn(l Layout) Layout {
+	return rewrite(l, "packed", func(devices []resourceapi.Device) []resourceapi.Device {
+		profiles := map[string]int{}
+		key := func(d resourceapi.Device) int {
+			if *d.Attributes[gpuapi.AttrType].StringValue != gpuapi.TypeMIG {
+				return -1
+			}
+			p := *d.Attributes[gpuapi.AttrProfile].StringValue
+			if _, ok := profiles[p]; !ok {
+				profiles[p] = len(profiles)
+			}
+			return profiles[p]
+		}
+		for _, d := range devices {
+			key(d)
+		}
+		slices.SortStableFunc(devices, func(a, b resourceapi.Device) int { return key(a) - key(b) })
+		return devices
+	})
+}
+
+// noShares is a diagnostic, not a lever: the same published devices, with
+// the fill's time-shared GPUs allocated whole instead of holding shares, so
+// that no share is allocated anywhere in the cluster. Against Tessera's
+// layout it isolates what the allocated shares cost: the allocator's
+// "is this device allocated" check walks every allocated share in the
+// cluster (see docs/benchmarks.md).
+func noShares(l Layout) Layout {
+	l.Name += "/no-shares"
+	l.SharedClass = ""
+	return l
+}
+
 // BenchmarkSchedulerLevers measures each lever on Tessera's layout at 90 %
-// fill, side by side with the layout as published and the other layouts.
+// fill, side by side with the layout as published and the other layouts, on
+// 100 and 500 nodes (to see which levers remove what grows with nodes).
 //
-//	go test -run '^$' -bench SchedulerLevers -benchtime 3x ./test/scheduling/
+//	go test -run '^$' -bench SchedulerLevers -benchtime 2x ./test/scheduling/
 func BenchmarkSchedulerLevers(b *testing.B) {
 	inv := benchInventory(b)
 	const fill = 90
-	layouts := []Layout{Tessera, gpuMajor(Tessera), profileClasses(Tessera), leanAttributes(Tessera),
-		withdrawn(Tessera, inv, Fill(fill)), profileClasses(leanAttributes(withdrawn(Tessera, inv, Fill(fill)))), Plain, NVIDIA}
-	for _, nodes := range []int{1, 100} {
+	w := withdrawn(Tessera, inv, Fill(fill))
+	layouts := []Layout{Tessera, gpuMajor(Tessera), perGPUSlices(Tessera), profileClasses(Tessera), leanAttributes(Tessera),
+		w, packedWithdrawn(w), profileClasses(leanAttributes(w)), noShares(Tessera), Plain, NVIDIA}
+	for _, nodes := range []int{100, 500} {
 		for _, kind := range ClaimKinds {
 			for _, l := range layouts {
 				benchmarkClaim(b, fmt.Sprintf("fill=%d/nodes=%d/claim=%s/layout=%s", fill, nodes, kind, l.Name), l, inv, fill, nodes, kind)

@@ -2,6 +2,7 @@ package scheduling
 
 import (
 	"fmt"
+	"strings"
 
 	resourceapi "k8s.io/api/resource/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
@@ -171,14 +172,24 @@ func profileByName(g inventory.GPU, name string) inventory.MIGProfile {
 	panic(fmt.Sprintf("GPU %d has no MIG profile %s", g.Index, name))
 }
 
-// NewLayoutCluster publishes the inventory on n nodes in the layout.
+// NewLayoutCluster publishes the inventory on n nodes in the layout. Every
+// node publishes the same devices, so the layout is built once and copied
+// to each node under its own names (slice names start with the node's).
 func NewLayoutCluster(l Layout, inv inventory.Node, n int) *Cluster {
+	const template = "node-000"
+	first := l.Slices(template, inv)
 	var names []string
 	var slices []*resourceapi.ResourceSlice
 	for i := range n {
 		name := fmt.Sprintf("node-%03d", i)
 		names = append(names, name)
-		slices = append(slices, l.Slices(name, inv)...)
+		for _, s := range first {
+			s = s.DeepCopy()
+			s.Name = name + strings.TrimPrefix(s.Name, template)
+			s.Spec.Pool.Name = name
+			s.Spec.NodeName = &name
+			slices = append(slices, s)
+		}
 	}
 	return NewCluster(names, slices)
 }

@@ -151,15 +151,20 @@ func (c *Cluster) allocate(ctx context.Context, claim *resourceapi.ResourceClaim
 // anything, as kube-scheduler's filter phase does, and returns on how many
 // nodes it fits.
 func (c *Cluster) Filter(ctx context.Context, claim *resourceapi.ResourceClaim) (int, error) {
-	ctx, cancel := context.WithTimeout(ctx, c.timeout)
-	defer cancel()
+	return c.filter(ctx, claim, c.Nodes)
+}
+
+func (c *Cluster) filter(ctx context.Context, claim *resourceapi.ResourceClaim, nodes []*corev1.Node) (int, error) {
 	alloc, err := structured.NewAllocator(ctx, Features, c.state, allocatorClasses, c.Slices, c.cel)
 	if err != nil {
 		return 0, err
 	}
 	fit := 0
-	for _, node := range c.Nodes {
-		results, err := alloc.Allocate(ctx, node, []*resourceapi.ResourceClaim{claim})
+	for _, node := range nodes {
+		// A deadline per node, as kube-scheduler's filter has.
+		nodeCtx, cancel := context.WithTimeout(ctx, c.timeout)
+		results, err := alloc.Allocate(nodeCtx, node, []*resourceapi.ResourceClaim{claim})
+		cancel()
 		if err != nil {
 			return fit, fmt.Errorf("allocate claim %s on %s: %w", claim.Name, node.Name, err)
 		}

@@ -4,8 +4,10 @@ import (
 	"context"
 	"math/rand/v2"
 	"reflect"
+	"strings"
 	"testing"
 
+	"github.com/google/go-cmp/cmp"
 	resourceapi "k8s.io/api/resource/v1"
 	"k8s.io/apimachinery/pkg/types"
 
@@ -17,14 +19,16 @@ import (
 // allocator while the node republishes its slices with blocked devices
 // withdrawn after every prepare and unprepare. Every allocation must be
 // creatable on the hardware, no allocated device may ever be missing from
-// the slices, and a prepare may change at most the node's device slices.
+// the slices, and a prepare or unprepare changes one slice per GPU the
+// claim's devices are on (so the publication controller keeps the pool's
+// generation for a claim on one GPU).
 func TestWithdrawnSlicesAllocateOnlyWhatExists(t *testing.T) {
 	sequences, steps := 10, 120
 	if testing.Short() {
 		sequences, steps = 3, 60
 	}
 	ctx := context.Background()
-	allocated, refused, maxChurn := 0, 0, 0
+	allocated, refused, maxChurn, oneGPU := 0, 0, 0, 0
 	for seq := range sequences {
 		rng := rand.New(rand.NewPCG(uint64(seq), 13))
 		h, cluster := newHardware(t, "dgxh200", 4)
@@ -44,6 +48,22 @@ func TestWithdrawnSlicesAllocateOnlyWhatExists(t *testing.T) {
 			cluster.Slices = next
 			assertAllocatedPublished(t, cluster)
 			return churn
+		}
+		// churn republishes after the claim's prepare or unprepare and
+		// checks that only the slices of the claim's GPUs changed.
+		churn := func(uid types.UID) {
+			gpus := map[string]bool{}
+			for _, r := range cluster.Claims()[uid].Status.Allocation.Devices.Results {
+				gpus[strings.SplitN(r.Device, "-", 3)[1]] = true
+			}
+			changed := publish()
+			if changed > len(gpus) {
+				t.Errorf("(un)preparing claim %s on %d GPUs changed %d slices", cluster.Claims()[uid].Name, len(gpus), changed)
+			}
+			if len(gpus) == 1 {
+				oneGPU++
+				maxChurn = max(maxChurn, changed)
+			}
 		}
 		publish()
 		var live []types.UID
@@ -66,7 +86,7 @@ func TestWithdrawnSlicesAllocateOnlyWhatExists(t *testing.T) {
 				uid := live[rng.IntN(len(live))]
 				if !prepared[uid] {
 					prepared[uid] = true
-					maxChurn = max(maxChurn, publish())
+					churn(uid)
 				}
 			case len(live) > 0:
 				i := rng.IntN(len(live))
@@ -74,7 +94,7 @@ func TestWithdrawnSlicesAllocateOnlyWhatExists(t *testing.T) {
 				claim := cluster.Claims()[uid]
 				if prepared[uid] {
 					delete(prepared, uid)
-					publish()
+					churn(uid)
 				}
 				h.release(claim)
 				cluster.Free(uid)
@@ -82,11 +102,11 @@ func TestWithdrawnSlicesAllocateOnlyWhatExists(t *testing.T) {
 			}
 		}
 	}
-	deviceSlices := 2 // 4 GPUs: 8 whole and shared devices and 100 partitions
-	if maxChurn > deviceSlices {
-		t.Errorf("a prepare changed %d slices, want at most the %d device slices", maxChurn, deviceSlices)
+	t.Logf("%d claims allocated and created, %d refused; %d (un)prepares of claims on one GPU changed at most %d slice",
+		allocated, refused, oneGPU, maxChurn)
+	if oneGPU == 0 {
+		t.Error("no claim on one GPU was prepared")
 	}
-	t.Logf("%d claims allocated and created, %d refused; a prepare changed at most %d slices", allocated, refused, maxChurn)
 	if allocated == 0 || refused == 0 {
 		t.Errorf("sequences too easy or too hard: %d allocated, %d refused", allocated, refused)
 	}
@@ -127,4 +147,66 @@ func sliceChanges(old, next []*resourceapi.ResourceSlice) int {
 		}
 	}
 	return changed + len(byName)
+}
+
+// TestPerGPUSlicesAllocateAsPacked: the layout withdrawal uses (each GPU's
+// devices in slices of their own) makes the allocator choose exactly the
+// devices the packed, profile-major layout makes it choose, claim after
+// claim, because among the devices any one request can select the order is
+// the same.
+func TestPerGPUSlicesAllocateAsPacked(t *testing.T) {
+	sequences, steps := 6, 80
+	if testing.Short() {
+		sequences, steps = 2, 40
+	}
+	ctx := context.Background()
+	compared := 0
+	for seq := range sequences {
+		rng := rand.New(rand.NewPCG(uint64(seq), 1313))
+		h, packed := newHardware(t, "dgxh200", 8)
+		perGPU := NewCluster([]string{"n1"}, resourceslice.Objects("n1", resourceslice.Build("n1", h.node, resourceslice.Options{
+			Pool: "default", WithdrawBlocked: true,
+		})))
+		profiles := profileNames(h)
+		var live []types.UID
+		for range steps {
+			if rng.IntN(4) == 0 && len(live) > 0 {
+				i := rng.IntN(len(live))
+				packed.Free(live[i])
+				perGPU.Free(live[i])
+				live = append(live[:i], live[i+1:]...)
+				continue
+			}
+			claim := randomClaim(rng, profiles)
+			want, err := packed.Allocate(ctx, claim)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, err := perGPU.Allocate(ctx, claim)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if diff := cmp.Diff(chosen(want), chosen(got)); diff != "" {
+				t.Fatalf("sequence %d, claim %s: devices chosen (-packed +per-GPU):\n%s", seq, claim.Name, diff)
+			}
+			if want != nil {
+				live = append(live, claim.UID)
+				compared++
+			}
+		}
+	}
+	t.Logf("%d allocations identical", compared)
+}
+
+// chosen lists an allocation's request and device names (share IDs are
+// random).
+func chosen(a *resourceapi.AllocationResult) []string {
+	if a == nil {
+		return nil
+	}
+	var out []string
+	for _, r := range a.Devices.Results {
+		out = append(out, r.Request+"="+r.Device)
+	}
+	return out
 }
