@@ -19,7 +19,7 @@ LINT_RUN_FLAGS = --allow-serial-runners $(LINT_FLAGS)
 # Nested modules with code of their own. They are linted with the flags their builds use
 # (hack/go-tool.sh, hack/linters.sh, the tessera-scheduler target: CGO_ENABLED=0,
 # -trimpath), so the type information golangci-lint compiles is the build cache those
-# builds reuse, and a cold CI pays for it once. tools/{,containerd,etcd,helm,kubelet}
+# builds reuse, and a cold CI pays for it once. tools/{,containerd,etcd,helm,kubectl,kubelet}
 # hold only blank imports behind the `tools` build tag: nothing to lint.
 LINT_MODULES := cmd/tessera-scheduler tools/lint
 
