@@ -3,6 +3,8 @@ package controller
 import (
 	"context"
 	"fmt"
+	"maps"
+	"slices"
 
 	corev1 "k8s.io/api/core/v1"
 	resourceapi "k8s.io/api/resource/v1"
@@ -34,6 +36,21 @@ func listNamespaces(ctx context.Context, c client.Reader) ([]*corev1.Namespace, 
 		return nil, fmt.Errorf("list namespaces: %w", err)
 	}
 	return ptrs(list.Items), nil
+}
+
+// tenantedNamespaces lists the namespaces exactly one tenant selects: the
+// ones the untenanted bindings leave out.
+func tenantedNamespaces(ctx context.Context, c client.Reader) ([]string, error) {
+	tenants, err := listTenants(ctx, c)
+	if err != nil {
+		return nil, err
+	}
+	namespaces, err := listNamespaces(ctx, c)
+	if err != nil {
+		return nil, err
+	}
+	owners, _ := tenancy.Owners(tenants, namespaces)
+	return slices.Collect(maps.Keys(owners)), nil
 }
 
 func findTenant(tenants []*tenancyv1.GPUTenant, name string) *tenancyv1.GPUTenant {

@@ -148,18 +148,9 @@ func sameTaintRule(have, want *resourceapi.DeviceTaintRule) bool {
 }
 
 func (r *SharingReconciler) applyUntenantedBinding(ctx context.Context) error {
-	tenants, err := listTenants(ctx, r.client)
+	tenanted, err := tenantedNamespaces(ctx, r.client)
 	if err != nil {
 		return err
-	}
-	namespaces, err := listNamespaces(ctx, r.client)
-	if err != nil {
-		return err
-	}
-	owners, _ := tenancy.Owners(tenants, namespaces)
-	var tenanted []string
-	for ns := range owners {
-		tenanted = append(tenanted, ns)
 	}
 	desired := tenancy.UntenantedSharingBinding(tenanted)
 	obj := &admissionv1.MutatingAdmissionPolicyBinding{ObjectMeta: *desired.ObjectMeta.DeepCopy()}

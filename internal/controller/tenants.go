@@ -105,18 +105,9 @@ func (r *TenantReconciler) reconcileUntenanted(ctx context.Context) error {
 		}
 		return nil
 	}
-	tenants, err := listTenants(ctx, r.client)
+	tenanted, err := tenantedNamespaces(ctx, r.client)
 	if err != nil {
 		return err
-	}
-	namespaces, err := listNamespaces(ctx, r.client)
-	if err != nil {
-		return err
-	}
-	owners, _ := tenancy.Owners(tenants, namespaces)
-	var tenanted []string
-	for ns := range owners {
-		tenanted = append(tenanted, ns)
 	}
 	return r.apply(ctx, tenancy.UntenantedBinding(tenanted), nil)
 }
