@@ -288,29 +288,6 @@ func waitSettled(ctx context.Context, t *testing.T, what string, gpus []string, 
 	}
 }
 
-// waitOwnToleration waits until claims created in namespace ns get exactly
-// the sharing toleration of tenant, the only one the tenant's claims policy
-// lets through. Until the controller has taken a namespace that just joined
-// a tenant out of the untenanted sharing binding (about a second), its claims
-// also get the untenanted toleration and are refused (fail closed), and the
-// resource claim controller retries a pod's claim with a growing backoff.
-func waitOwnToleration(ctx context.Context, t *testing.T, ns string, tenant *tenancyv1.GPUTenant) *resourceapi.ResourceClaim {
-	t.Helper()
-	var claim *resourceapi.ResourceClaim
-	err := wait.PollUntilContextTimeout(ctx, pollEvery, waitTimeout, true, func(ctx context.Context) (bool, error) {
-		var err error
-		claim, err = local.Client.ResourceV1().ResourceClaims(ns).Create(ctx, &resourceapi.ResourceClaim{
-			ObjectMeta: metav1.ObjectMeta{GenerateName: "probe-", Namespace: ns},
-			Spec:       claimSpec(builder.MakeRequest("gpu", gpuapi.ClassShared).Obj()),
-		}, metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}})
-		return err == nil, nil
-	})
-	if err != nil {
-		t.Fatalf("claims of tenant %s in namespace %s still refused after %s", tenant.Name, ns, waitTimeout)
-	}
-	return claim
-}
-
 // waitTaintValue waits until the sharing taint of gpu (pool/device) has
 // value, e.g. GroupFree once its last share has gone.
 func waitTaintValue(ctx context.Context, t *testing.T, gpu, value string) {
@@ -348,7 +325,6 @@ func TestShareRetriedAfterBindingWait(t *testing.T) {
 	tenant := newTenant(t, "requeue", tenancyv1.GPUTenantSpec{AllowedDeviceClasses: []string{gpuapi.ClassShared}})
 	ns := tenantNamespace(t, tenant.Name)
 	ctx := testContext(t)
-	waitOwnToleration(ctx, t, ns, tenant)
 	// Shares of earlier tests may still be going.
 	waitTaintValue(ctx, t, tenancyGPUs()[0], tenancyv1.GroupFree)
 	gpu0 := fmt.Sprintf("device.attributes[%q].%s == 0", gpuapi.DriverName, gpuapi.AttrIndex)
@@ -432,14 +408,15 @@ func TestTenantExclusiveSharing(t *testing.T) {
 		// The sharing policy shapes the tenant's claims exactly as its Go
 		// twin, tenancy.SharingRequests, says: a share asks for the tenant's
 		// own GPUs first, then free ones; other requests get both tolerations.
-		waitOwnToleration(ctx, t, nsA, a)
-		waitOwnToleration(ctx, t, nsB, b)
+		// (A user's toleration of the untenanted GPUs is dropped, as the
+		// untenanted policy's would be while the namespace joins.)
 		for name, r := range map[string]resourceapi.DeviceRequest{
-			"share":           builder.MakeRequest("gpu", gpuapi.ClassShared).Memory("1Gi").Obj(),
-			"MIG partition":   builder.MakeRequest("gpu", gpuapi.ClassMIG).Profile("1g.18gb").Obj(),
-			"firstAvailable":  builder.FirstAvailable("gpu", builder.MakeRequest("mig", gpuapi.ClassMIG), builder.MakeRequest("share", gpuapi.ClassShared)),
-			"own toleration":  withTolerations(builder.MakeRequest("gpu", gpuapi.ClassShared).Obj(), tenancy.Toleration(a.Name)),
-			"free toleration": withTolerations(builder.MakeRequest("gpu", gpuapi.ClassShared).Obj(), tenancy.Toleration(tenancyv1.GroupFree)),
+			"share":                 builder.MakeRequest("gpu", gpuapi.ClassShared).Memory("1Gi").Obj(),
+			"MIG partition":         builder.MakeRequest("gpu", gpuapi.ClassMIG).Profile("1g.18gb").Obj(),
+			"firstAvailable":        builder.FirstAvailable("gpu", builder.MakeRequest("mig", gpuapi.ClassMIG), builder.MakeRequest("share", gpuapi.ClassShared)),
+			"own toleration":        withTolerations(builder.MakeRequest("gpu", gpuapi.ClassShared).Obj(), tenancy.Toleration(a.Name)),
+			"free toleration":       withTolerations(builder.MakeRequest("gpu", gpuapi.ClassShared).Obj(), tenancy.Toleration(tenancyv1.GroupFree)),
+			"untenanted toleration": withTolerations(builder.MakeRequest("gpu", gpuapi.ClassShared).Obj(), tenancy.Toleration(tenancyv1.GroupUntenanted)),
 		} {
 			t.Run(name, func(t *testing.T) {
 				claim, err := local.Client.ResourceV1().ResourceClaims(nsA).Create(ctx, &resourceapi.ResourceClaim{
@@ -457,13 +434,57 @@ func TestTenantExclusiveSharing(t *testing.T) {
 		// Tolerating another tenant's GPUs, or everyone's, is refused.
 		for name, tol := range map[string]resourceapi.DeviceToleration{
 			"other tenant": tenancy.Toleration(a.Name),
-			"untenanted":   tenancy.Toleration(tenancyv1.GroupUntenanted),
-			"any tenant":   {Key: tenancyv1.TaintKeyTenant, Operator: resourceapi.DeviceTolerationOpExists},
+			// Not the policy's own toleration, which would be dropped.
+			"untenanted, every effect": {Key: tenancyv1.TaintKeyTenant, Operator: resourceapi.DeviceTolerationOpEqual, Value: tenancyv1.GroupUntenanted},
+			"any tenant":               {Key: tenancyv1.TaintKeyTenant, Operator: resourceapi.DeviceTolerationOpExists},
 		} {
 			s := claimSpec(withTolerations(builder.MakeRequest("gpu", gpuapi.ClassShared).Obj(), tol))
 			t.Run(name, func(t *testing.T) {
 				wantRefused(t, createClaim(ctx, nsB, s), "GPUTenant "+b.Name, "tolerates a tenancy taint")
 			})
+		}
+	})
+	t.Run("a namespace joining the tenant", func(t *testing.T) {
+		// When a namespace joins A, A's policies select it at once, while
+		// the untenanted sharing binding (kept by the controller) covers it
+		// for about a second more. Claims created then are admitted, shaped
+		// either as A's or (while the API server still has the namespace's
+		// old labels) as untenanted ones, never refused.
+		ns := newNamespace(t)
+		share := []resourceapi.DeviceRequest{builder.MakeRequest("gpu", gpuapi.ClassShared).Obj()}
+		asA := tenancy.SharingRequests(a.Name, share)
+		asUntenanted := tenancy.SharingRequests(tenancyv1.GroupUntenanted, share)
+		both := tenancy.SharingRequests(a.Name, asUntenanted)
+		probe := func() (*resourceapi.ResourceClaim, error) {
+			return local.Client.ResourceV1().ResourceClaims(ns).Create(ctx, &resourceapi.ResourceClaim{
+				ObjectMeta: metav1.ObjectMeta{GenerateName: "probe-", Namespace: ns},
+				Spec:       claimSpec(share...),
+			}, metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}})
+		}
+		if c, err := probe(); err != nil || !cmp.Equal(c.Spec.Devices.Requests, asUntenanted) {
+			t.Fatalf("a claim of a namespace of no tenant: err %v, requests %+v, want %+v", err, c, asUntenanted)
+		}
+		labelNamespace(t, ns, map[string]string{tenancyv1.LabelCapsuleTenant: a.Name})
+		seen := map[string]int{}
+		deadline := time.Now().Add(10 * time.Second)
+		for i := 0; i < 500 && seen["as A's"] < 5 && time.Now().Before(deadline); i++ {
+			c, err := probe()
+			switch {
+			case err != nil:
+				t.Fatalf("a claim created while the namespace joins tenant %s: %v", a.Name, err)
+			case cmp.Equal(c.Spec.Devices.Requests, asA):
+				seen["as A's"]++
+			case cmp.Equal(c.Spec.Devices.Requests, both):
+				seen["by both policies"]++
+			case cmp.Equal(c.Spec.Devices.Requests, asUntenanted):
+				seen["as untenanted (old labels)"]++
+			default:
+				t.Fatalf("a claim created while the namespace joins tenant %s has requests %+v", a.Name, c.Spec.Devices.Requests)
+			}
+		}
+		t.Logf("claims shaped: %v", seen)
+		if seen["as A's"] == 0 {
+			t.Errorf("no claim shaped as tenant %s's within 10s of joining it", a.Name)
 		}
 	})
 	// The probe claims above are not pods' claims; they hold nothing.

@@ -70,6 +70,7 @@ func TestTenancyAttackMatrix(t *testing.T) {
 		"tolerating the tenancy taint":        {spec: claimSpec(tolerating(tenancyv1.TaintKeyTenant, resourceapi.DeviceTolerationOpExists)), want: []string{"GPUTenant " + tenant.Name, "request gpu", "tenancy taint"}},
 		"tolerating every taint":              {spec: claimSpec(tolerating("", resourceapi.DeviceTolerationOpExists)), want: []string{"GPUTenant " + tenant.Name, "request gpu", "tenancy taint"}},
 		"tolerating the health taint is fine": {spec: claimSpec(tolerating(gpuapi.TaintKeyUnhealthy, resourceapi.DeviceTolerationOpExists))},
+		"a claim of no devices is fine":       {spec: claimSpec()},
 	} {
 		t.Run(name, func(t *testing.T) {
 			err := createClaim(ctx, ns, tc.spec)
@@ -281,6 +282,9 @@ func TestTenancyUntenantedDeny(t *testing.T) {
 		t.Fatal("a namespace of no tenant may still use Tessera's classes")
 	}
 	wantRefused(t, createClaim(ctx, free, claimSpec(migRequest("gpu"))), "namespace "+free+" belongs to no GPUTenant", "request gpu")
+	if err := createClaim(ctx, free, claimSpec()); err != nil {
+		t.Errorf("a claim of no devices is refused: %v", err)
+	}
 	if err := createClaim(ctx, ns, claimSpec(migRequest("gpu"))); err != nil {
 		t.Errorf("the tenant's own namespace is refused: %v", err)
 	}

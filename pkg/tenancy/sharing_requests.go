@@ -28,8 +28,24 @@ func IsSharedClass(class string) bool {
 //     GroupFree. So the group's shares go to GPUs it holds before free ones;
 //   - every other exact request and every firstAvailable alternative gets
 //     the group's toleration and GroupFree's, where it lacks them.
+//
+// A namespace that has just joined a tenant still matches the untenanted
+// policy's binding until the controller has taken it out, so both policies
+// may shape one claim, in either order. They agree on the tenant's group:
+// the tenant's policy first drops the Toleration of GroupUntenanted (which
+// only the untenanted policy adds, and which the tenant's claims policy
+// would refuse), and the untenanted policy (group GroupUntenanted) leaves a
+// claim alone that already tolerates another group's taint (the tenant's
+// policy came first). A tenant's claim never passes admission tolerating
+// GroupUntenanted either way.
 func SharingRequests(group string, requests []resourceapi.DeviceRequest) []resourceapi.DeviceRequest {
+	if group == tenancyv1.GroupUntenanted && tolerateOtherGroup(requests) {
+		return slices.Clone(requests)
+	}
 	own, free := Toleration(group), Toleration(tenancyv1.GroupFree)
+	if group != tenancyv1.GroupUntenanted {
+		requests = withoutToleration(requests, Toleration(tenancyv1.GroupUntenanted))
+	}
 	out := make([]resourceapi.DeviceRequest, 0, len(requests))
 	for _, r := range requests {
 		r = *r.DeepCopy()
@@ -65,6 +81,45 @@ func withTolerations(have []resourceapi.DeviceToleration, add ...resourceapi.Dev
 		if !slices.ContainsFunc(out, func(t resourceapi.DeviceToleration) bool { return sameToleration(t, a) }) {
 			out = append(out, a)
 		}
+	}
+	return out
+}
+
+// tolerateOtherGroup reports whether a request or alternative carries the
+// Toleration of a group other than GroupFree and GroupUntenanted.
+func tolerateOtherGroup(requests []resourceapi.DeviceRequest) bool {
+	other := func(tols []resourceapi.DeviceToleration) bool {
+		return slices.ContainsFunc(tols, func(t resourceapi.DeviceToleration) bool {
+			return t.Value != tenancyv1.GroupFree && t.Value != tenancyv1.GroupUntenanted && sameToleration(t, Toleration(t.Value))
+		})
+	}
+	for _, r := range requests {
+		if r.Exactly != nil && other(r.Exactly.Tolerations) {
+			return true
+		}
+		for _, s := range r.FirstAvailable {
+			if other(s.Tolerations) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// withoutToleration is a deep copy of requests with tol dropped from every
+// request and alternative.
+func withoutToleration(requests []resourceapi.DeviceRequest, tol resourceapi.DeviceToleration) []resourceapi.DeviceRequest {
+	out := make([]resourceapi.DeviceRequest, 0, len(requests))
+	drop := func(t resourceapi.DeviceToleration) bool { return sameToleration(t, tol) }
+	for _, r := range requests {
+		r = *r.DeepCopy()
+		if r.Exactly != nil {
+			r.Exactly.Tolerations = slices.DeleteFunc(r.Exactly.Tolerations, drop)
+		}
+		for i := range r.FirstAvailable {
+			r.FirstAvailable[i].Tolerations = slices.DeleteFunc(r.FirstAvailable[i].Tolerations, drop)
+		}
+		out = append(out, r)
 	}
 	return out
 }

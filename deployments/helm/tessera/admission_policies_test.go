@@ -3,9 +3,11 @@ package tessera
 import (
 	"context"
 	"fmt"
+	"slices"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
 	admissionv1 "k8s.io/api/admissionregistration/v1"
 	corev1 "k8s.io/api/core/v1"
 	resourceapi "k8s.io/api/resource/v1"
@@ -71,13 +73,10 @@ func mutate(t *testing.T, policy *admissionv1.MutatingAdmissionPolicy, claim *re
 	return out
 }
 
-// TestSharingPoliciesMatchTheirGoTwin: the chart's two sharing policies,
-// compiled and applied by the API server's admission-policy code, shape every
-// kind of claim exactly as tenancy.SharingRequests says, for an exclusive
-// tenant, an Any tenant and a namespace of no tenant; a tenant's policy
-// leaves the claims of namespaces it does not select alone; and the result
-// passes the tenant's claims policy (its Go twin).
-func TestSharingPoliciesMatchTheirGoTwin(t *testing.T) {
+// sharingPolicies renders the chart and returns its two sharing policies:
+// the tenants' and the untenanted one.
+func sharingPolicies(t *testing.T) (tenantPolicy, untenantedPolicy *admissionv1.MutatingAdmissionPolicy) {
+	t.Helper()
 	manifest, err := render(t)
 	if err != nil {
 		t.Fatal(err)
@@ -86,11 +85,16 @@ func TestSharingPoliciesMatchTheirGoTwin(t *testing.T) {
 	for _, p := range find[*admissionv1.MutatingAdmissionPolicy](objects(t, manifest)) {
 		policies[p.Name] = p
 	}
-	tenantPolicy, untenantedPolicy := policies[tenancyv1.PolicySharing], policies[tenancyv1.PolicySharingUntenanted]
+	tenantPolicy, untenantedPolicy = policies[tenancyv1.PolicySharing], policies[tenancyv1.PolicySharingUntenanted]
 	if tenantPolicy == nil || untenantedPolicy == nil {
 		t.Fatalf("the chart renders the MutatingAdmissionPolicies %v, want %s and %s", policies, tenancyv1.PolicySharing, tenancyv1.PolicySharingUntenanted)
 	}
+	return tenantPolicy, untenantedPolicy
+}
 
+// sharingClaims are the claims the sharing tests shape: each as its creator
+// wrote it, for a claim of a group.
+func sharingClaims() map[string]func(group string) []resourceapi.DeviceRequest {
 	exact := func(name, class string) resourceapi.DeviceRequest {
 		return resourceapi.DeviceRequest{Name: name, Exactly: &resourceapi.ExactDeviceRequest{
 			DeviceClassName: class, AllocationMode: resourceapi.DeviceAllocationModeExactCount, Count: 1,
@@ -114,14 +118,23 @@ func TestSharingPoliciesMatchTheirGoTwin(t *testing.T) {
 			Tolerations: []resourceapi.DeviceToleration{tenancy.Toleration(tenancyv1.GroupFree)}},
 	}}
 	health := resourceapi.DeviceToleration{Key: "gpu.tessera.dev/unhealthy", Operator: resourceapi.DeviceTolerationOpExists, Effect: resourceapi.DeviceTaintEffectNoSchedule}
-	// Each claim as its creator wrote it, for a claim of group.
-	claims := map[string]func(group string) []resourceapi.DeviceRequest{
+	return map[string]func(group string) []resourceapi.DeviceRequest{
 		"a share": func(string) []resourceapi.DeviceRequest { return []resourceapi.DeviceRequest{share} },
 		"a share tolerating a health taint": func(string) []resourceapi.DeviceRequest {
 			return []resourceapi.DeviceRequest{tolerating(share, health)}
 		},
 		"a share with both its tolerations": func(g string) []resourceapi.DeviceRequest {
 			return []resourceapi.DeviceRequest{tolerating(share, tenancy.Toleration(g), tenancy.Toleration(tenancyv1.GroupFree))}
+		},
+		"a share tolerating the untenanted GPUs": func(string) []resourceapi.DeviceRequest {
+			return []resourceapi.DeviceRequest{tolerating(share, tenancy.Toleration(tenancyv1.GroupUntenanted))}
+		},
+		"alternatives tolerating the untenanted GPUs": func(string) []resourceapi.DeviceRequest {
+			r := *alternatives.DeepCopy()
+			for i := range r.FirstAvailable {
+				r.FirstAvailable[i].Tolerations = append(r.FirstAvailable[i].Tolerations, tenancy.Toleration(tenancyv1.GroupUntenanted))
+			}
+			return []resourceapi.DeviceRequest{r}
 		},
 		"a dedicated share": func(string) []resourceapi.DeviceRequest {
 			return []resourceapi.DeviceRequest{exact("gpu", tenancyv1.DedicatedClassName("team-a", gpuapi.ClassShared))}
@@ -134,8 +147,12 @@ func TestSharingPoliciesMatchTheirGoTwin(t *testing.T) {
 		"alternatives": func(string) []resourceapi.DeviceRequest { return []resourceapi.DeviceRequest{alternatives} },
 		"no devices":   func(string) []resourceapi.DeviceRequest { return nil },
 	}
+}
 
-	exclusive := &tenancyv1.GPUTenant{
+// sharingTenant is an exclusive tenant, team-a, selecting the namespaces
+// labelled into it; with spec.sharing Any when sharingAny is set.
+func sharingTenant(sharingAny bool) *tenancyv1.GPUTenant {
+	tenant := &tenancyv1.GPUTenant{
 		TypeMeta:   metav1.TypeMeta{APIVersion: tenancyv1.SchemeGroupVersion.String(), Kind: "GPUTenant"},
 		ObjectMeta: metav1.ObjectMeta{Name: "team-a"},
 		Spec: tenancyv1.GPUTenantSpec{
@@ -145,16 +162,54 @@ func TestSharingPoliciesMatchTheirGoTwin(t *testing.T) {
 			DedicatedPool:        "team-a",
 		},
 	}
-	anyTenant := exclusive.DeepCopy()
-	anyTenant.Spec.Sharing = tenancyv1.SharingAny
-	namespace := func(tenant string) *corev1.Namespace {
-		ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "ns"}}
-		if tenant != "" {
-			ns.Labels = map[string]string{tenancyv1.LabelCapsuleTenant: tenant}
-		}
-		return ns
+	if sharingAny {
+		tenant.Spec.Sharing = tenancyv1.SharingAny
 	}
-	for name, requestsOf := range claims {
+	return tenant
+}
+
+// labelledNamespace is the namespace ns, labelled into tenant ("": none).
+func labelledNamespace(tenant string) *corev1.Namespace {
+	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "ns"}}
+	if tenant != "" {
+		ns.Labels = map[string]string{tenancyv1.LabelCapsuleTenant: tenant}
+	}
+	return ns
+}
+
+// asParam is tenant as the policy's parameter (nil for none), as the API
+// server passes it.
+func asParam(t *testing.T, tenant *tenancyv1.GPUTenant) runtime.Object {
+	t.Helper()
+	if tenant == nil {
+		return nil
+	}
+	u, err := runtime.DefaultUnstructuredConverter.ToUnstructured(tenant)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &unstructured.Unstructured{Object: u}
+}
+
+// sharingClaim is a claim of requests in namespace "ns".
+func sharingClaim(requests []resourceapi.DeviceRequest) *resourceapi.ResourceClaim {
+	return &resourceapi.ResourceClaim{
+		TypeMeta:   metav1.TypeMeta{APIVersion: resourceapi.SchemeGroupVersion.String(), Kind: "ResourceClaim"},
+		ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "c"},
+		Spec:       resourceapi.ResourceClaimSpec{Devices: resourceapi.DeviceClaim{Requests: requests}},
+	}
+}
+
+// TestSharingPoliciesMatchTheirGoTwin: the chart's two sharing policies,
+// compiled and applied by the API server's admission-policy code, shape every
+// kind of claim exactly as tenancy.SharingRequests says, for an exclusive
+// tenant, an Any tenant and a namespace of no tenant; a tenant's policy
+// leaves the claims of namespaces it does not select alone; and the result
+// passes the tenant's claims policy (its Go twin).
+func TestSharingPoliciesMatchTheirGoTwin(t *testing.T) {
+	tenantPolicy, untenantedPolicy := sharingPolicies(t)
+	exclusive, anyTenant := sharingTenant(false), sharingTenant(true)
+	for name, requestsOf := range sharingClaims() {
 		for _, tc := range []struct {
 			who    string
 			policy *admissionv1.MutatingAdmissionPolicy
@@ -163,27 +218,14 @@ func TestSharingPoliciesMatchTheirGoTwin(t *testing.T) {
 			group  string
 			mine   bool
 		}{
-			{"exclusive tenant", tenantPolicy, namespace("team-a"), exclusive, "team-a", true},
-			{"Any tenant", tenantPolicy, namespace("team-a"), anyTenant, tenancyv1.GroupAny, true},
-			{"another tenant's namespace", tenantPolicy, namespace("team-b"), exclusive, "team-a", false},
-			{"no tenant", untenantedPolicy, namespace(""), nil, tenancyv1.GroupUntenanted, true},
+			{"exclusive tenant", tenantPolicy, labelledNamespace("team-a"), exclusive, "team-a", true},
+			{"Any tenant", tenantPolicy, labelledNamespace("team-a"), anyTenant, tenancyv1.GroupAny, true},
+			{"another tenant's namespace", tenantPolicy, labelledNamespace("team-b"), exclusive, "team-a", false},
+			{"no tenant", untenantedPolicy, labelledNamespace(""), nil, tenancyv1.GroupUntenanted, true},
 		} {
 			t.Run(name+"/"+tc.who, func(t *testing.T) {
 				requests := requestsOf(tc.group)
-				claim := &resourceapi.ResourceClaim{
-					TypeMeta:   metav1.TypeMeta{APIVersion: resourceapi.SchemeGroupVersion.String(), Kind: "ResourceClaim"},
-					ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "c"},
-					Spec:       resourceapi.ResourceClaimSpec{Devices: resourceapi.DeviceClaim{Requests: requests}},
-				}
-				var param runtime.Object
-				if tc.tenant != nil {
-					u, err := runtime.DefaultUnstructuredConverter.ToUnstructured(tc.tenant)
-					if err != nil {
-						t.Fatal(err)
-					}
-					param = &unstructured.Unstructured{Object: u}
-				}
-				got := mutate(t, tc.policy, claim, tc.ns, param)
+				got := mutate(t, tc.policy, sharingClaim(requests), tc.ns, asParam(t, tc.tenant))
 				want := requests
 				if tc.mine {
 					want = tenancy.SharingRequests(tc.group, requests)
@@ -200,6 +242,71 @@ func TestSharingPoliciesMatchTheirGoTwin(t *testing.T) {
 					}
 				}
 			})
+		}
+	}
+}
+
+// TestSharingPoliciesAgreeWhenANamespaceJoinsATenant: for about a second
+// after a namespace joins a tenant, the untenanted policy's binding (kept by
+// the controller) still covers it while the tenant's policy already selects
+// it, and the API server runs the two in no fixed order. In either order,
+// every kind of claim comes out as the twins compose, tolerating the
+// tenant's group and never the untenanted one, and passes the tenant's
+// claims policy; with the tenant's policy first, the untenanted one changes
+// nothing.
+func TestSharingPoliciesAgreeWhenANamespaceJoinsATenant(t *testing.T) {
+	tenantPolicy, untenantedPolicy := sharingPolicies(t)
+	ns := labelledNamespace("team-a")
+	untenanted := tenancy.Toleration(tenancyv1.GroupUntenanted)
+	for _, tenant := range []*tenancyv1.GPUTenant{sharingTenant(false), sharingTenant(true)} {
+		group := tenancy.SharingGroup(tenant)
+		for name, requestsOf := range sharingClaims() {
+			requests := requestsOf(group)
+			t.Run(name+"/"+group+"/untenanted first", func(t *testing.T) {
+				first := mutate(t, untenantedPolicy, sharingClaim(requests), ns, nil)
+				got := mutate(t, tenantPolicy, first, ns, asParam(t, tenant))
+				want := tenancy.SharingRequests(group, tenancy.SharingRequests(tenancyv1.GroupUntenanted, requests))
+				if diff := cmp.Diff(want, got.Spec.Devices.Requests, cmpopts.EquateEmpty()); diff != "" {
+					t.Errorf("the policies' requests differ from their Go twins' (-Go +policies):\n%s", diff)
+				}
+				checkJoined(t, tenant, got, untenanted)
+			})
+			t.Run(name+"/"+group+"/tenant first", func(t *testing.T) {
+				first := mutate(t, tenantPolicy, sharingClaim(requests), ns, asParam(t, tenant))
+				got := mutate(t, untenantedPolicy, first, ns, nil)
+				if diff := cmp.Diff(first.Spec.Devices.Requests, got.Spec.Devices.Requests); diff != "" {
+					t.Errorf("the untenanted policy changed a claim the tenant's policy shaped (-tenant's +both):\n%s", diff)
+				}
+				want := tenancy.SharingRequests(tenancyv1.GroupUntenanted, tenancy.SharingRequests(group, requests))
+				if diff := cmp.Diff(want, got.Spec.Devices.Requests, cmpopts.EquateEmpty()); diff != "" {
+					t.Errorf("the policies' requests differ from their Go twins' (-Go +policies):\n%s", diff)
+				}
+				checkJoined(t, tenant, got, untenanted)
+			})
+		}
+	}
+}
+
+// checkJoined checks a claim of a namespace that has just joined tenant:
+// the tenant's claims policy (its Go twin) accepts it, and no request or
+// alternative tolerates untenanted.
+func checkJoined(t *testing.T, tenant *tenancyv1.GPUTenant, claim *resourceapi.ResourceClaim, untenanted resourceapi.DeviceToleration) {
+	t.Helper()
+	if v := tenancy.ClaimViolations(tenant, &claim.Spec); len(v) != 0 {
+		t.Errorf("the tenant's claims policy refuses the result: %v", v)
+	}
+	for _, r := range claim.Spec.Devices.Requests {
+		tols := [][]resourceapi.DeviceToleration{}
+		if r.Exactly != nil {
+			tols = append(tols, r.Exactly.Tolerations)
+		}
+		for _, s := range r.FirstAvailable {
+			tols = append(tols, s.Tolerations)
+		}
+		for _, l := range tols {
+			if slices.Contains(l, untenanted) {
+				t.Errorf("request %s tolerates the untenanted GPUs: %+v", r.Name, l)
+			}
 		}
 	}
 }
