@@ -49,6 +49,7 @@ type options struct {
 	disableMIG             bool
 	disableSharing         bool
 	tenancy                bool
+	withdrawBlocked        bool
 	rediscover             time.Duration
 	mpsShmSize             resource.QuantityValue
 	podUID                 string
@@ -61,6 +62,7 @@ func (o *options) addFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.pool, "pool", gpuapi.PoolDefault, `value of the pool attribute of every device: "`+gpuapi.PoolDefault+`" (the shipped classes) or a tenant's dedicated pool`)
 	fs.BoolVar(&o.disableMIG, "disable-mig", false, "do not offer MIG partitions")
 	fs.BoolVar(&o.disableSharing, "disable-sharing", false, "do not offer time-shared GPUs")
+	fs.BoolVar(&o.withdrawBlocked, "withdraw-blocked", false, "publish only what can still be allocated: leave out the devices that prepared ones block (a GPU's partitions while it is whole or shared, overlapping placements, ...) and publish them again once unprepared; each GPU's devices go in a slice of their own")
 	fs.BoolVar(&o.tenancy, "tenancy", false, "publish devices with tenancy's binding conditions: pods bind only once the tenancy controller has admitted their allocation against the tenant's budget")
 }
 
@@ -82,8 +84,9 @@ func (o *options) addRunFlags(fs *pflag.FlagSet) {
 
 func (o *options) sliceOptions() resourceslice.Options {
 	opts := resourceslice.Options{
-		Pool:      o.pool,
-		Partition: partition.Options{DisableMIG: o.disableMIG, DisableSharing: o.disableSharing},
+		Pool:            o.pool,
+		Partition:       partition.Options{DisableMIG: o.disableMIG, DisableSharing: o.disableSharing},
+		WithdrawBlocked: o.withdrawBlocked,
 	}
 	if o.tenancy {
 		opts.BindingConditions = []string{tenancyv1.ConditionAdmitted}

@@ -19,12 +19,14 @@ import (
 	"github.com/tessera-gpu/tessera/e2e/clustertest"
 )
 
-// The suite's cluster: two 8-GPU H200 nodes, and a 1-GPU node kept for the tests
-// that need a GPU with nowhere else to go (tainted, so other tests' pods stay off).
+// The suite's cluster: two 8-GPU H200 nodes, a 1-GPU node kept for the tests
+// that need a GPU with nowhere else to go, and a 1-GPU node whose plugin
+// withdraws blocked devices (both tainted, so other tests' pods stay off).
 const (
-	nodeA     = "gpu-node-a"
-	nodeB     = "gpu-node-b"
-	nodeSmall = "gpu-node-small"
+	nodeA        = "gpu-node-a"
+	nodeB        = "gpu-node-b"
+	nodeSmall    = "gpu-node-small"
+	nodeWithdraw = "gpu-node-withdraw"
 
 	smallTaintKey = "e2e.tessera.dev/small"
 )
@@ -59,6 +61,7 @@ func run(m *testing.M) (code int) {
 			{Name: nodeA, NVML: "mock:dgxh200:8"},
 			{Name: nodeB, NVML: "mock:dgxh200:8"},
 			{Name: nodeSmall, NVML: "mock:dgxh200:1", Labels: map[string]string{smallTaintKey: "true"}},
+			{Name: nodeWithdraw, NVML: "mock:dgxh200:1", Labels: map[string]string{smallTaintKey: "true"}, PluginArgs: []string{"--withdraw-blocked"}},
 			tenancyNode, poolNode,
 		},
 	})
@@ -67,9 +70,11 @@ func run(m *testing.M) (code int) {
 		return 1
 	}
 	defer func() { fmt.Fprint(os.Stderr, clustertest.Finish(workDir, code, local.Stop)) }()
-	if err := taintNode(ctx, nodeSmall); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
+	for _, n := range []string{nodeSmall, nodeWithdraw} {
+		if err := taintNode(ctx, n); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
 	}
 	if err := setUpTenancy(ctx); err != nil {
 		fmt.Fprintln(os.Stderr, "set up tenancy:", err)

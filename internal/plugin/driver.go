@@ -35,7 +35,9 @@ type Options struct {
 	// RegistrarDir is where the kubelet looks for registration sockets.
 	RegistrarDir string
 	// Slices are the publication choices (pool attribute, MIG and sharing
-	// switches).
+	// switches). With Slices.WithdrawBlocked, the Preparer must be a
+	// PreparedLister: the slices are republished after every prepare and
+	// unprepare, without the devices that the prepared ones block.
 	Slices resourceslice.Options
 	// RediscoverInterval is how often the inventory is read again to
 	// republish slices when it changed (GPU lost, MIG mode changed).
@@ -73,12 +75,25 @@ type Preparer interface {
 	Unprepare(ctx context.Context, claim kubeletplugin.NamespacedObject) error
 }
 
+// PreparedLister names the devices prepared on the node (see
+// prepare.Preparer.PreparedDevices).
+type PreparedLister interface {
+	PreparedDevices() map[string]bool
+}
+
 // Driver implements kubeletplugin.DRAPlugin.
 type Driver struct {
 	opts   Options
 	helper *kubeletplugin.Helper
 	// published is the inventory last published, to republish only on change.
 	published *inventory.Node
+	// prepared lists the prepared devices when blocked ones are withdrawn
+	// (nil otherwise); publishedPrepared is its answer last published.
+	prepared          PreparedLister
+	publishedPrepared map[string]bool
+	// preparedChanged asks Run's loop to republish after a prepare or
+	// unprepare (one pending request is enough).
+	preparedChanged chan struct{}
 
 	// mu guards what the kubelet's health watch reads.
 	mu sync.Mutex
@@ -105,7 +120,14 @@ func Run(ctx context.Context, opts Options) error {
 	if opts.Preparer == nil {
 		return errors.New("kubelet plugin: no preparer")
 	}
-	d := &Driver{opts: opts, cancel: cancel, healthChanged: make(chan struct{})}
+	d := &Driver{opts: opts, cancel: cancel, healthChanged: make(chan struct{}), preparedChanged: make(chan struct{}, 1)}
+	if opts.Slices.WithdrawBlocked {
+		lister, ok := opts.Preparer.(PreparedLister)
+		if !ok {
+			return errors.New("kubelet plugin: withdrawing blocked devices needs a preparer that lists its prepared devices")
+		}
+		d.prepared = lister
+	}
 
 	var node inventory.Node
 	if opts.Inventory != nil {
@@ -193,6 +215,10 @@ func Run(ctx context.Context, opts Options) error {
 			if err := d.publish(ctx, *d.published); err != nil {
 				logger.Error(err, "Republishing slices with changed device health failed")
 			}
+		case <-d.preparedChanged:
+			if err := d.publish(ctx, *d.published); err != nil {
+				logger.Error(err, "Republishing slices after a prepare or unprepare failed")
+			}
 		}
 	}
 }
@@ -232,8 +258,12 @@ func (d *Driver) publish(ctx context.Context, node inventory.Node) error {
 	if d.opts.Health != nil {
 		opts.Taints = d.opts.Health.Taints()
 	}
+	if d.prepared != nil {
+		opts.Prepared = d.prepared.PreparedDevices()
+	}
 	d.mu.Lock()
-	unchanged := d.published != nil && reflect.DeepEqual(*d.published, node) && reflect.DeepEqual(d.publishedTaints, opts.Taints)
+	unchanged := d.published != nil && reflect.DeepEqual(*d.published, node) && reflect.DeepEqual(d.publishedTaints, opts.Taints) &&
+		reflect.DeepEqual(d.publishedPrepared, opts.Prepared)
 	d.mu.Unlock()
 	if unchanged {
 		return nil
@@ -250,13 +280,15 @@ func (d *Driver) publish(ctx context.Context, node inventory.Node) error {
 	}
 	devices := len(names)
 	d.published = &node
+	d.publishedPrepared = opts.Prepared
 	d.mu.Lock()
 	d.publishedTaints = opts.Taints
 	d.devices = names
 	close(d.healthChanged)
 	d.healthChanged = make(chan struct{})
 	d.mu.Unlock()
-	klog.FromContext(ctx).Info("Published resource slices", "gpus", len(node.GPUs), "devices", devices, "slices", len(res.Pools[d.opts.NodeName].Slices))
+	klog.FromContext(ctx).Info("Published resource slices", "gpus", len(node.GPUs), "devices", devices, "slices", len(res.Pools[d.opts.NodeName].Slices),
+		"withdrawBlocked", d.prepared != nil, "prepared", len(opts.Prepared))
 	return nil
 }
 
@@ -267,7 +299,22 @@ func (d *Driver) PrepareResourceClaims(ctx context.Context, claims []*resourceap
 	for _, claim := range claims {
 		out[claim.UID] = d.opts.Preparer.Prepare(ctx, claim)
 	}
+	d.republishPrepared()
 	return out, nil
+}
+
+// republishPrepared asks Run's loop to republish when blocked devices are
+// withdrawn: a prepare withdraws what it blocks, an unprepare brings it back.
+// Withdrawing is never needed for correctness (the counters already keep the
+// allocator off a blocked device), so the call does not wait for it.
+func (d *Driver) republishPrepared() {
+	if d.prepared == nil {
+		return
+	}
+	select {
+	case d.preparedChanged <- struct{}{}:
+	default:
+	}
 }
 
 // UnprepareResourceClaims unprepares each claim independently.
@@ -276,6 +323,7 @@ func (d *Driver) UnprepareResourceClaims(ctx context.Context, claims []kubeletpl
 	for _, claim := range claims {
 		out[claim.UID] = d.opts.Preparer.Unprepare(ctx, claim)
 	}
+	d.republishPrepared()
 	return out, nil
 }
 

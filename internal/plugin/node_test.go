@@ -4,15 +4,20 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	resourceapi "k8s.io/api/resource/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes/fake"
+	k8stesting "k8s.io/client-go/testing"
 	"k8s.io/klog/v2/ktesting"
 	drapb "k8s.io/kubelet/pkg/apis/dra/v1"
 
@@ -20,6 +25,7 @@ import (
 	"github.com/tessera-gpu/tessera/internal/checkpoint"
 	tnvml "github.com/tessera-gpu/tessera/internal/nvml"
 	"github.com/tessera-gpu/tessera/internal/plugin"
+	"github.com/tessera-gpu/tessera/pkg/resourceslice"
 )
 
 // nodeDirs are one simulated node's host directories.
@@ -30,15 +36,19 @@ func newNodeDirs(t *testing.T) nodeDirs {
 }
 
 // runNode runs plugin.RunNode on a node of dirs with one mock H200 behind nvml
-// (nil: the plain mock).
-func runNode(t *testing.T, ctx context.Context, dirs nodeDirs, client *fake.Clientset, nvml tnvml.Library) error {
+// (nil: the plain mock), publishing with sliceOpts (the defaults without).
+func runNode(t *testing.T, ctx context.Context, dirs nodeDirs, client *fake.Clientset, nvml tnvml.Library, sliceOpts ...resourceslice.Options) error {
 	if nvml == nil {
 		nvml = mockH200s(t, 1)
 	}
-	return plugin.RunNode(ctx, plugin.Options{
+	opts := plugin.Options{
 		NodeName: "n1", KubeClient: client, NVML: nvml,
 		PluginDataDir: dirs.data, RegistrarDir: dirs.registrar, RediscoverInterval: time.Hour,
-	}, plugin.NodeOptions{CDIRoot: dirs.cdi, StateDir: dirs.state, HealthPort: -1, SimulatedDriver: true})
+	}
+	if len(sliceOpts) > 0 {
+		opts.Slices = sliceOpts[0]
+	}
+	return plugin.RunNode(ctx, opts, plugin.NodeOptions{CDIRoot: dirs.cdi, StateDir: dirs.state, HealthPort: -1, SimulatedDriver: true})
 }
 
 // TestRunNodePreparesThroughTheKubeletAPI wires the whole node side (the
@@ -117,4 +127,133 @@ func TestRunNodeDiscoversOnce(t *testing.T) {
 	if n := counted.calls.Load(); n != 1 {
 		t.Errorf("the node was discovered %d times at start, want once", n)
 	}
+}
+
+// publishedNames are the names of the devices client holds, sorted.
+func publishedNames(ctx context.Context, t *testing.T, client *fake.Clientset) []string {
+	t.Helper()
+	list, err := client.ResourceV1().ResourceSlices().List(ctx, metav1.ListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, s := range list.Items {
+		for _, d := range s.Spec.Devices {
+			names = append(names, d.Name)
+		}
+	}
+	return sorted(names)
+}
+
+// TestRunNodeWithdrawsWhatPreparedDevicesBlock: with WithdrawBlocked, a
+// MIG partition prepared through the kubelet's API takes its GPU's whole and
+// shared devices and the placements it overlaps out of the slices, exactly as
+// resourceslice.Build says for it; after a restart the first publication
+// already leaves them out (the checkpoint knows the claim); once the claim is
+// unprepared, every device is back.
+func TestRunNodeWithdrawsWhatPreparedDevicesBlock(t *testing.T) {
+	_, ctx := ktesting.NewTestContext(t)
+	client := fakeClient()
+	const device = "gpu-0-mig-1g18gb-0"
+	claim := &resourceapi.ResourceClaim{
+		ObjectMeta: metav1.ObjectMeta{Name: "mig", Namespace: "ns", UID: "mig-uid"},
+		Status: resourceapi.ResourceClaimStatus{Allocation: &resourceapi.AllocationResult{Devices: resourceapi.DeviceAllocationResult{
+			Results: []resourceapi.DeviceRequestAllocationResult{{Request: "gpu", Driver: gpuapi.DriverName, Pool: "n1", Device: device}},
+		}}},
+	}
+	if _, err := client.ResourceV1().ResourceClaims("ns").Create(ctx, claim, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	withdraw := resourceslice.Options{Pool: gpuapi.PoolDefault, WithdrawBlocked: true}
+	// One GPU for both runs: its MIG instance outlives the restart.
+	nvml := mockH200s(t, 1)
+	inv, err := nvml.Discover(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	layout := func(prepared map[string]bool) []string {
+		opts := withdraw
+		opts.Prepared = prepared
+		var names []string
+		for _, s := range resourceslice.Build("n1", inv, opts).Pools["n1"].Slices {
+			for _, d := range s.Devices {
+				names = append(names, d.Name)
+			}
+		}
+		return sorted(names)
+	}
+	all, blocked := layout(nil), layout(map[string]bool{device: true})
+	if len(all) != 27 || len(blocked) >= len(all) || !slices.Contains(blocked, device) || slices.Contains(blocked, "gpu-0") {
+		t.Fatalf("resourceslice.Build publishes %d devices, %v with %s prepared", len(all), blocked, device)
+	}
+	waitNames := func(want []string, when string) {
+		t.Helper()
+		var got []string
+		err := wait.PollUntilContextTimeout(ctx, 20*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
+			got = publishedNames(ctx, t, client)
+			return slices.Equal(got, want), nil
+		})
+		if err != nil {
+			t.Fatalf("%s: published %v, want %v", when, got, want)
+		}
+	}
+
+	dirs := newNodeDirs(t)
+	run := func() context.CancelFunc {
+		ctx, cancel := context.WithCancel(ctx)
+		done := make(chan error, 1)
+		go func() { done <- runNode(t, ctx, dirs, client, nvml, withdraw) }()
+		stop := func() {
+			cancel()
+			if err := <-done; err != nil {
+				t.Errorf("RunNode: %v", err)
+			}
+		}
+		once := sync.OnceFunc(stop)
+		t.Cleanup(once)
+		return once
+	}
+	stop := run()
+	waitNames(all, "nothing prepared")
+	dra := drapb.NewDRAPluginClient(dial(t, filepath.Join(dirs.data, "dra.sock")))
+	ref := []*drapb.Claim{{Namespace: "ns", Name: "mig", Uid: "mig-uid"}}
+	if r := prepareOnceServing(t, ctx, dra, ref).Claims["mig-uid"]; r.GetError() != "" {
+		t.Fatalf("prepare result: %v", r)
+	}
+	waitNames(blocked, "the partition prepared")
+
+	// A restarted plugin publishes from its checkpoint: withdrawn at once.
+	stop()
+	var mu sync.Mutex
+	var seen []string
+	client.PrependReactor("*", "resourceslices", func(action k8stesting.Action) (bool, runtime.Object, error) {
+		if o, ok := action.(interface{ GetObject() runtime.Object }); ok {
+			if s, ok := o.GetObject().(*resourceapi.ResourceSlice); ok {
+				mu.Lock()
+				for _, d := range s.Spec.Devices {
+					seen = append(seen, d.Name)
+				}
+				mu.Unlock()
+			}
+		}
+		return false, nil, nil
+	})
+	run()
+	dra = drapb.NewDRAPluginClient(dial(t, filepath.Join(dirs.data, "dra.sock")))
+	waitNames(blocked, "after a restart")
+	mu.Lock()
+	for _, n := range seen {
+		if !slices.Contains(blocked, n) {
+			t.Errorf("the restarted plugin wrote a slice with %s, which the prepared partition blocks", n)
+		}
+	}
+	mu.Unlock()
+	err = wait.PollUntilContextTimeout(ctx, 20*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
+		resp, err := dra.NodeUnprepareResources(ctx, &drapb.NodeUnprepareResourcesRequest{Claims: ref})
+		return err == nil && resp.Claims["mig-uid"].GetError() == "", nil
+	})
+	if err != nil {
+		t.Fatalf("NodeUnprepareResources after the restart: %v", err)
+	}
+	waitNames(all, "the partition unprepared")
 }

@@ -725,6 +725,22 @@ func (p *Preparer) claim(uid string) *checkpoint.Claim {
 	return nil
 }
 
+// PreparedDevices names the devices of every claim in the checkpoint,
+// prepared or on the way in or out: what the node's hardware holds, or may
+// hold, for allocated claims. The kubelet plugin withdraws the devices they
+// block from its slices (resourceslice.Options.WithdrawBlocked).
+func (p *Preparer) PreparedDevices() map[string]bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	out := map[string]bool{}
+	for _, c := range p.cp.Claims {
+		for _, d := range c.Devices {
+			out[d.Device] = true
+		}
+	}
+	return out
+}
+
 // update changes the checkpoint and writes it. A failed write leaves the
 // in-memory checkpoint as the file is.
 func (p *Preparer) update(change func(*checkpoint.Checkpoint)) error {
