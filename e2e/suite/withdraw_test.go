@@ -2,12 +2,20 @@ package suite
 
 import (
 	"context"
+	"fmt"
+	"maps"
+	"math/rand/v2"
 	"slices"
 	"testing"
+	"time"
 
+	corev1 "k8s.io/api/core/v1"
+	resourceapi "k8s.io/api/resource/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/wait"
 
 	gpuapi "github.com/tessera-gpu/tessera/api/gpu"
+	"github.com/tessera-gpu/tessera/e2e/kubelet"
 	"github.com/tessera-gpu/tessera/test/builder"
 )
 
@@ -97,4 +105,100 @@ func TestWithdrawBlockedDevices(t *testing.T) {
 	waitPublished(t, nodeWithdraw, "only the whole GPU", func(p published) bool { return slices.Equal(p.devices, []string{"gpu-0"}) })
 	deletePod(t, whole)
 	waitPublished(t, nodeWithdraw, "every device again", func(p published) bool { return len(p.devices) == all })
+}
+
+// TestWithdrawBlockedDevicesUnderChurn: on nodeWithdraw, pods of every kind
+// (MIG partitions of two sizes, shares, the whole GPU) come and go at
+// random, more than fit (bounded: 6 rounds or 90 s). At every round each
+// running pod's device is still published (a prepared device is never
+// withdrawn); no prepare or unprepare fails (nothing the hardware cannot
+// hold was ever allocated from the changing slices); once every pod is gone,
+// every device is published again and a whole-GPU pod runs.
+func TestWithdrawBlockedDevicesUnderChurn(t *testing.T) {
+	needCluster(t)
+	const all = 27
+	waitPublished(t, nodeWithdraw, "every device", func(p published) bool { return len(p.devices) == all })
+	ns := newNamespace(t)
+	kinds := map[string]resourceapi.DeviceRequest{
+		"mig1g": migRequest("gpu"),
+		"mig3g": builder.MakeRequest("gpu", gpuapi.ClassMIG).Profile("3g.71gb").Obj(),
+		"share": builder.MakeRequest("gpu", gpuapi.ClassShared).Memory("20Gi").Obj(),
+		"whole": builder.MakeRequest("gpu", gpuapi.ClassGPU).Obj(),
+	}
+	names := slices.Sorted(maps.Keys(kinds))
+	for kind, r := range kinds {
+		createTemplate(t, ns, kind, r)
+	}
+	seed := time.Now().UnixNano()
+	t.Logf("seed %d", seed)
+	rng := rand.New(rand.NewPCG(uint64(seed), 0))
+	pods := local.Client.CoreV1().Pods(ns)
+	var live []*corev1.Pod
+	deadline := time.Now().Add(90 * time.Second)
+	created, checked := 0, 0
+	for round := 0; round < 6 && time.Now().Before(deadline); round++ {
+		for range 3 {
+			kind := names[rng.IntN(len(names))]
+			live = append(live, createPod(t, ns, fmt.Sprintf("%s-%d", kind, created), kind, onNode(nodeWithdraw)))
+			created++
+		}
+		time.Sleep(3 * time.Second)
+		p := publishedOn(t.Context(), t, nodeWithdraw)
+		for _, pod := range live {
+			got, err := pods.Get(t.Context(), pod.Name, metav1.GetOptions{})
+			if err != nil || got.Status.Phase != corev1.PodRunning {
+				continue
+			}
+			for _, d := range claimDevices(t, got) {
+				checked++
+				if !slices.Contains(p.devices, d) {
+					t.Errorf("round %d: pod %s runs on %s, which is not published (%v)", round, pod.Name, d, p.devices)
+				}
+			}
+		}
+		rng.Shuffle(len(live), func(i, j int) { live[i], live[j] = live[j], live[i] })
+		for _, pod := range live[:len(live)/2] {
+			deletePod(t, pod)
+		}
+		live = live[len(live)/2:]
+	}
+	t.Logf("%d pods created, %d running devices checked against the slices", created, checked)
+	for _, pod := range live {
+		deletePod(t, pod)
+	}
+	err := wait.PollUntilContextTimeout(t.Context(), pollEvery, waitTimeout, true, func(ctx context.Context) (bool, error) {
+		list, err := pods.List(ctx, metav1.ListOptions{})
+		return err == nil && len(list.Items) == 0, nil
+	})
+	if err != nil {
+		t.Fatalf("pods of %s not gone within %s", ns, waitTimeout)
+	}
+	events, err := local.Client.CoreV1().Events(ns).List(t.Context(), metav1.ListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range events.Items {
+		if e.Reason == kubelet.ReasonFailedPrepare || e.Reason == kubelet.ReasonFailedUnprepare {
+			t.Errorf("%s %s: %s", e.InvolvedObject.Name, e.Reason, e.Message)
+		}
+	}
+	waitPublished(t, nodeWithdraw, "every device after the churn", func(p published) bool { return len(p.devices) == all })
+	waitRunning(t, createPod(t, ns, "whole-after", "whole", onNode(nodeWithdraw)))
+}
+
+// claimDevices are the devices allocated to pod's claim.
+func claimDevices(t *testing.T, pod *corev1.Pod) []string {
+	t.Helper()
+	if len(pod.Status.ResourceClaimStatuses) == 0 || pod.Status.ResourceClaimStatuses[0].ResourceClaimName == nil {
+		return nil
+	}
+	c, err := local.Client.ResourceV1().ResourceClaims(pod.Namespace).Get(t.Context(), *pod.Status.ResourceClaimStatuses[0].ResourceClaimName, metav1.GetOptions{})
+	if err != nil || c.Status.Allocation == nil {
+		return nil
+	}
+	var out []string
+	for _, r := range c.Status.Allocation.Devices.Results {
+		out = append(out, r.Device)
+	}
+	return out
 }
