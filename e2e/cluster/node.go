@@ -65,6 +65,10 @@ type Node struct {
 	plugin *Process
 }
 
+// maxSocketPath is the longest path a unix socket address holds on Linux
+// (sun_path, less its terminating NUL).
+const maxSocketPath = 107
+
 // AddNode registers a node, starts its kubelet stand-in and plugin, and waits until
 // the plugin has registered and its ResourceSlices are all published.
 func (cp *ControlPlane) AddNode(ctx context.Context, pluginBin, workDir string, opts NodeOptions) (_ *Node, err error) {
@@ -72,13 +76,18 @@ func (cp *ControlPlane) AddNode(ctx context.Context, pluginBin, workDir string, 
 	n := &Node{
 		Name:          opts.Name,
 		PluginDataDir: filepath.Join(dir, "plugin"),
-		RegistrarDir:  filepath.Join(dir, "plugins_registry"),
+		RegistrarDir:  filepath.Join(dir, "registry"),
 		CDIRoot:       filepath.Join(dir, "cdi"),
 		StateDir:      filepath.Join(dir, "state"),
 		opts:          opts,
 		cp:            cp,
 		pluginBin:     pluginBin,
 		logDir:        cp.LogDir,
+	}
+	// The plugin's registration socket must fit a unix socket address.
+	if sock := filepath.Join(n.RegistrarDir, gpuapi.DriverName+"-reg.sock"); len(sock) > maxSocketPath {
+		return nil, fmt.Errorf("node %s: its plugin's socket %s is %d bytes, more than a unix socket address holds (%d): use a shorter TMPDIR or node name",
+			opts.Name, sock, len(sock), maxSocketPath)
 	}
 	for _, d := range []string{n.PluginDataDir, n.RegistrarDir, n.CDIRoot, n.StateDir} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
