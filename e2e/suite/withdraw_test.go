@@ -19,6 +19,10 @@ import (
 	"github.com/tessera-gpu/tessera/test/builder"
 )
 
+// devicesPerH200 are what an H200 publishes with nothing prepared: the whole
+// GPU, the shared GPU and 25 MIG placements.
+const devicesPerH200 = 27
+
 // published is what one node's slices hold: device names (sorted), each
 // slice's spec generation by name, and the pool's generation.
 type published struct {
@@ -69,7 +73,7 @@ func waitPublished(t *testing.T, name, what string, ok func(published) bool) pub
 // published.
 func TestWithdrawBlockedDevices(t *testing.T) {
 	needCluster(t)
-	const all = 27 // an H200: whole, shared and 25 MIG placements
+	const all = devicesPerH200
 	before := waitPublished(t, nodeWithdraw, "every device", func(p published) bool { return len(p.devices) == all })
 	ns := newNamespace(t)
 	createTemplate(t, ns, "mig", migRequest("gpu"))
@@ -116,7 +120,7 @@ func TestWithdrawBlockedDevices(t *testing.T) {
 // every device is published again and a whole-GPU pod runs.
 func TestWithdrawBlockedDevicesUnderChurn(t *testing.T) {
 	needCluster(t)
-	const all = 27
+	const all = devicesPerH200
 	waitPublished(t, nodeWithdraw, "every device", func(p published) bool { return len(p.devices) == all })
 	ns := newNamespace(t)
 	kinds := map[string]resourceapi.DeviceRequest{

@@ -280,8 +280,8 @@ func (d *Driver) publish(ctx context.Context, node inventory.Node) error {
 	}
 	devices := len(names)
 	d.published = &node
-	d.publishedPrepared = opts.Prepared
 	d.mu.Lock()
+	d.publishedPrepared = opts.Prepared
 	d.publishedTaints = opts.Taints
 	d.devices = names
 	close(d.healthChanged)

@@ -39,17 +39,17 @@ func IsSharedClass(class string) bool {
 // policy came first). A tenant's claim never passes admission tolerating
 // GroupUntenanted either way.
 func SharingRequests(group string, requests []resourceapi.DeviceRequest) []resourceapi.DeviceRequest {
-	if group == tenancyv1.GroupUntenanted && tolerateOtherGroup(requests) {
-		return slices.Clone(requests)
-	}
+	leaveAlone := group == tenancyv1.GroupUntenanted && tolerateOtherGroup(requests)
 	own, free := Toleration(group), Toleration(tenancyv1.GroupFree)
-	if group != tenancyv1.GroupUntenanted {
-		requests = withoutToleration(requests, Toleration(tenancyv1.GroupUntenanted))
-	}
 	out := make([]resourceapi.DeviceRequest, 0, len(requests))
 	for _, r := range requests {
 		r = *r.DeepCopy()
+		if group != tenancyv1.GroupUntenanted {
+			dropToleration(&r, Toleration(tenancyv1.GroupUntenanted))
+		}
 		switch {
+		case leaveAlone:
+			// A tenant's policy has shaped the claim already.
 		case r.Exactly != nil && IsSharedClass(r.Exactly.DeviceClassName) && !ptr.Deref(r.Exactly.AdminAccess, false):
 			sub := func(name string, tols ...resourceapi.DeviceToleration) resourceapi.DeviceSubRequest {
 				e := r.Exactly.DeepCopy()
@@ -106,22 +106,15 @@ func tolerateOtherGroup(requests []resourceapi.DeviceRequest) bool {
 	return false
 }
 
-// withoutToleration is a deep copy of requests with tol dropped from every
-// request and alternative.
-func withoutToleration(requests []resourceapi.DeviceRequest, tol resourceapi.DeviceToleration) []resourceapi.DeviceRequest {
-	out := make([]resourceapi.DeviceRequest, 0, len(requests))
+// dropToleration drops tol from the request and from each alternative.
+func dropToleration(r *resourceapi.DeviceRequest, tol resourceapi.DeviceToleration) {
 	drop := func(t resourceapi.DeviceToleration) bool { return sameToleration(t, tol) }
-	for _, r := range requests {
-		r = *r.DeepCopy()
-		if r.Exactly != nil {
-			r.Exactly.Tolerations = slices.DeleteFunc(r.Exactly.Tolerations, drop)
-		}
-		for i := range r.FirstAvailable {
-			r.FirstAvailable[i].Tolerations = slices.DeleteFunc(r.FirstAvailable[i].Tolerations, drop)
-		}
-		out = append(out, r)
+	if r.Exactly != nil {
+		r.Exactly.Tolerations = slices.DeleteFunc(r.Exactly.Tolerations, drop)
 	}
-	return out
+	for i := range r.FirstAvailable {
+		r.FirstAvailable[i].Tolerations = slices.DeleteFunc(r.FirstAvailable[i].Tolerations, drop)
+	}
 }
 
 func sameToleration(a, b resourceapi.DeviceToleration) bool {
