@@ -71,10 +71,12 @@ func (r *SharingReconciler) Reconcile(ctx context.Context, _ reconcile.Request) 
 }
 
 // freeGPUs are the shared GPUs to taint GroupFree where no group holds them:
-// every published one, or none while a waiting claim could not tolerate the
-// free taint (tenancy.BlockedByFreeTaint), so that such a claim is not kept
-// off free GPUs for good; then groups only lose the preference for their own
-// GPUs, and the GPUs held by a group are tainted as ever.
+// every published one and every one a rule taints that its node has only
+// withdrawn for now (tenancy.SharedGPUsWithWithdrawn), or none while a
+// waiting claim could not tolerate the free taint (tenancy.BlockedByFreeTaint),
+// so that such a claim is not kept off free GPUs for good; then groups only
+// lose the preference for their own GPUs, and the GPUs held by a group are
+// tainted as ever.
 func (r *SharingReconciler) freeGPUs(ctx context.Context) ([]tenancy.DeviceID, error) {
 	var claims resourceapi.ResourceClaimList
 	if err := r.client.List(ctx, &claims); err != nil {
@@ -90,7 +92,17 @@ func (r *SharingReconciler) freeGPUs(ctx context.Context) ([]tenancy.DeviceID, e
 	if err := r.client.List(ctx, &published); err != nil {
 		return nil, fmt.Errorf("list ResourceSlices: %w", err)
 	}
-	return tenancy.SharedGPUs(published.Items), nil
+	var rules resourceapi.DeviceTaintRuleList
+	if err := r.client.List(ctx, &rules, client.MatchingLabels{tenancyv1.LabelManagedBy: tenancyv1.ManagedByValue}); err != nil {
+		return nil, fmt.Errorf("list DeviceTaintRules: %w", err)
+	}
+	var sharing []resourceapi.DeviceTaintRule
+	for _, rule := range rules.Items {
+		if strings.HasSuffix(rule.Name, taintRuleSuffix) {
+			sharing = append(sharing, rule)
+		}
+	}
+	return tenancy.SharedGPUsWithWithdrawn(published.Items, sharing), nil
 }
 
 func (r *SharingReconciler) applyTaints(ctx context.Context, want []*resourceapi.DeviceTaintRule) error {

@@ -164,3 +164,55 @@ func TestSharingTaints(t *testing.T) {
 		t.Errorf("namespaces excluded from the untenanted binding (-want +got):\n%s", diff)
 	}
 }
+
+// TestSharingTaintsOutlastWithdrawal: a plugin that withdraws blocked devices
+// takes a free GPU's shared device out of its slice while the GPU is
+// prepared whole; the GPU's free taint stays, unwritten, so the device comes
+// back tainted. Once the node publishes no pool at all, the free taint goes.
+func TestSharingTaintsOutlastWithdrawal(t *testing.T) {
+	_, ctx := ktesting.NewTestContext(t)
+	c := newSharingFake(t, sharingFixture())
+	reconcileOnce := func() {
+		t.Helper()
+		if _, err := (&SharingReconciler{client: c}).Reconcile(ctx, reconcile.Request{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	reconcileOnce()
+	free := map[string]string{"gpu-0-shared": tenancyv1.GroupFree, "gpu-1-shared": tenancyv1.GroupFree}
+	if diff := cmp.Diff(free, taints(ctx, t, c)); diff != "" {
+		t.Fatalf("both GPUs published (-want +got):\n%s", diff)
+	}
+	rule := &resourceapi.DeviceTaintRule{}
+	if err := c.Get(ctx, types.NamespacedName{Name: "gpu-0-shared.n1.sharing.tenancy.tessera.dev"}, rule); err != nil {
+		t.Fatal(err)
+	}
+	before := rule.ResourceVersion
+
+	slice := &resourceapi.ResourceSlice{}
+	if err := c.Get(ctx, types.NamespacedName{Name: "n1-slice"}, slice); err != nil {
+		t.Fatal(err)
+	}
+	slice.Spec.Devices = []resourceapi.Device{{Name: "gpu-0"}, slice.Spec.Devices[1]}
+	if err := c.Update(ctx, slice); err != nil {
+		t.Fatal(err)
+	}
+	reconcileOnce()
+	if diff := cmp.Diff(free, taints(ctx, t, c)); diff != "" {
+		t.Errorf("gpu-0-shared withdrawn (-want +got):\n%s", diff)
+	}
+	if err := c.Get(ctx, types.NamespacedName{Name: rule.Name}, rule); err != nil {
+		t.Fatal(err)
+	}
+	if rule.ResourceVersion != before {
+		t.Errorf("rule of the withdrawn gpu-0-shared was written again (resourceVersion %s, was %s)", rule.ResourceVersion, before)
+	}
+
+	if err := c.Delete(ctx, slice); err != nil {
+		t.Fatal(err)
+	}
+	reconcileOnce()
+	if got := taints(ctx, t, c); len(got) != 0 {
+		t.Errorf("node n1 publishes nothing, rules left: %v", got)
+	}
+}

@@ -193,6 +193,36 @@ func SharedGPUs(slices []resourceapi.ResourceSlice) []DeviceID {
 	return out
 }
 
+// SharedGPUsWithWithdrawn are SharedGPUs plus the shared GPUs that rules
+// (the sharing DeviceTaintRules that exist) name in a pool the slices still
+// publish, sorted. A plugin that withdraws blocked devices takes a GPU's
+// shared device out of its slices while the GPU is prepared whole or
+// partitioned, and publishes it again once that is unprepared. Its rule stays
+// meanwhile: the device comes back tainted as it left, not untainted (which
+// every group's claims would take for a GPU of their own until the rule was
+// made again), and a prepare costs no rule writes. A rule whose node no longer
+// publishes a pool goes.
+func SharedGPUsWithWithdrawn(published []resourceapi.ResourceSlice, rules []resourceapi.DeviceTaintRule) []DeviceID {
+	out := SharedGPUs(published)
+	pools := map[string]bool{}
+	for i := range published {
+		if s := &published[i]; s.Spec.Driver == gpuapi.DriverName {
+			pools[s.Spec.Pool.Name] = true
+		}
+	}
+	for i := range rules {
+		sel := rules[i].Spec.DeviceSelector
+		if sel == nil || ptr.Deref(sel.Driver, "") != gpuapi.DriverName || !pools[ptr.Deref(sel.Pool, "")] || ptr.Deref(sel.Device, "") == "" {
+			continue
+		}
+		if d := (DeviceID{Driver: *sel.Driver, Pool: *sel.Pool, Device: *sel.Device}); !slices.Contains(out, d) {
+			out = append(out, d)
+		}
+	}
+	sortDevices(out)
+	return out
+}
+
 // UntenantedSharingBinding binds the untenanted sharing policy (which adds
 // GroupUntenanted's toleration) to every namespace that no tenant selects,
 // like UntenantedBinding. A namespace created while the controller is down

@@ -178,3 +178,42 @@ func TestTaintGroups(t *testing.T) {
 		t.Errorf("TaintGroups (-want +got):\n%s", diff)
 	}
 }
+
+// TestSharedGPUsWithWithdrawn: a shared GPU that its node's plugin has
+// withdrawn (its GPU is whole or partitioned for now) keeps its rule while
+// the node still publishes its pool; rules of a pool no longer published, of
+// another driver or of no device name no GPU.
+func TestSharedGPUsWithWithdrawn(t *testing.T) {
+	slice := func(pool string, devices ...resourceapi.Device) resourceapi.ResourceSlice {
+		return resourceapi.ResourceSlice{Spec: resourceapi.ResourceSliceSpec{
+			Driver: gpuapi.DriverName, Pool: resourceapi.ResourcePool{Name: pool}, Devices: devices,
+		}}
+	}
+	yes := true
+	published := []resourceapi.ResourceSlice{
+		// n1: GPU 0 time-shared, GPU 1 whole (its shared device withdrawn).
+		slice("n1", resourceapi.Device{Name: "gpu-0"}, resourceapi.Device{Name: "gpu-0-shared", AllowMultipleAllocations: &yes}),
+		slice("n1", resourceapi.Device{Name: "gpu-1"}),
+		{Spec: resourceapi.ResourceSliceSpec{Driver: "other.example.com", Pool: resourceapi.ResourcePool{Name: "n3"}}},
+	}
+	rule := func(driver, pool, device string) resourceapi.DeviceTaintRule {
+		return resourceapi.DeviceTaintRule{Spec: resourceapi.DeviceTaintRuleSpec{
+			DeviceSelector: &resourceapi.DeviceTaintSelector{Driver: &driver, Pool: &pool, Device: &device},
+		}}
+	}
+	rules := []resourceapi.DeviceTaintRule{
+		rule(gpuapi.DriverName, "n1", "gpu-0-shared"),
+		rule(gpuapi.DriverName, "n1", "gpu-1-shared"),
+		rule(gpuapi.DriverName, "n2", "gpu-0-shared"),   // n2 is gone
+		rule("other.example.com", "n3", "gpu-0-shared"), // not Tessera's
+		rule(gpuapi.DriverName, "n1", ""),               // names no device
+		{Spec: resourceapi.DeviceTaintRuleSpec{}},       // selects nothing
+	}
+	want := []tenancy.DeviceID{shared("gpu-0-shared"), shared("gpu-1-shared")}
+	if diff := cmp.Diff(want, tenancy.SharedGPUsWithWithdrawn(published, rules)); diff != "" {
+		t.Errorf("SharedGPUsWithWithdrawn (-want +got):\n%s", diff)
+	}
+	if diff := cmp.Diff(want[:1], tenancy.SharedGPUs(published)); diff != "" {
+		t.Errorf("SharedGPUs (-want +got):\n%s", diff)
+	}
+}
