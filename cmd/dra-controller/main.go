@@ -24,12 +24,18 @@ import (
 // environment variable of its name in upper case with "_" for "-".
 type options struct {
 	kubeconfig string
+	qps        float32
+	burst      int
 	controller controller.Options
 }
 
 func (o *options) addFlags(fs *pflag.FlagSet) {
 	o.controller.Untenanted = controller.UntenantedAllow
 	fs.StringVar(&o.kubeconfig, "kubeconfig", "", "kubeconfig file; in-cluster configuration when empty")
+	// client-go's own defaults (5 and 10) would make a cluster's first
+	// reconcile, one DeviceTaintRule per time-shared GPU, take minutes.
+	fs.Float32Var(&o.qps, "kube-api-qps", 50, "requests per second to the API server")
+	fs.IntVar(&o.burst, "kube-api-burst", 100, "requests to the API server in a burst above --kube-api-qps")
 	fs.Var(&o.controller.Untenanted, "untenanted", "claims for Tessera's classes in namespaces of no GPUTenant: allow, or deny in the API server")
 	fs.StringVar(&o.controller.MetricsAddr, "metrics-bind-address", ":8080", `address of the Prometheus /metrics endpoint; "0" disables it`)
 	fs.StringVar(&o.controller.ProbeAddr, "health-probe-bind-address", ":8081", "address of the /healthz and /readyz endpoints")
@@ -66,10 +72,14 @@ func run(ctx context.Context, args []string) error {
 	logger := klog.Background()
 	ctrl.SetLogger(logger)
 	ctx = klog.NewContext(ctx, logger)
+	if o.qps <= 0 || o.burst <= 0 {
+		return fmt.Errorf("--kube-api-qps (%g) and --kube-api-burst (%d) must be positive", o.qps, o.burst)
+	}
 	cfg, err := cli.KubeConfig(o.kubeconfig)
 	if err != nil {
 		return err
 	}
+	cfg.QPS, cfg.Burst = o.qps, o.burst
 	logger.Info("Starting", "untenanted", o.controller.Untenanted, "leaderElection", o.controller.LeaderElection)
 	return controller.Run(ctx, cfg, o.controller)
 }

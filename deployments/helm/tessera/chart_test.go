@@ -161,6 +161,11 @@ func TestDefaultInstall(t *testing.T) {
 	if cc := ctrl.Containers[0]; cc.LivenessProbe == nil || cc.ReadinessProbe == nil || !slices.Contains(cc.Args, "--leader-elect=true") {
 		t.Errorf("controller needs probes and leader election, got args %v", cc.Args)
 	}
+	for _, want := range []string{"--kube-api-qps=50", "--kube-api-burst=100"} {
+		if args := ctrl.Containers[0].Args; !slices.Contains(args, want) {
+			t.Errorf("controller args %v lack %s", args, want)
+		}
+	}
 
 	sas := find[*corev1.ServiceAccount](objs)
 	if len(sas) != 2 {
