@@ -133,11 +133,12 @@ func checkPrepared(t *testing.T, a allocation, running *corev1.Pod) {
 	}
 
 	// The container must see the allocated GPU: its UUID (a MIG UUID for a
-	// partition, which exists only once prepared) or its device node.
+	// partition, which exists only once prepared) or its device node. A
+	// whole GPU and a share carry the GPU's UUID; only the prepared device
+	// itself is sure to be published (the plugin may withdraw what it blocks).
 	attrs := deviceAttributes(t, r.Pool, r.Device)
 	index, _ := intAttr(attrs, "index")
-	gpuAttrs := deviceAttributes(t, r.Pool, fmt.Sprintf("gpu-%d", index))
-	uuid := stringAttr(gpuAttrs, "uuid")
+	uuid := stringAttr(attrs, "uuid")
 	env := strings.Join(edits.Env, "\n")
 	switch stringAttr(attrs, "type") {
 	case "mig":

@@ -20,8 +20,10 @@ import (
 )
 
 // The suite's cluster: two 8-GPU H200 nodes, a 1-GPU node kept for the tests
-// that need a GPU with nowhere else to go, and a 1-GPU node whose plugin
-// withdraws blocked devices (both tainted, so other tests' pods stay off).
+// that need a GPU with nowhere else to go, whose plugin publishes every device
+// at all times (--withdraw-blocked=false), and a 1-GPU node for the tests of
+// withdrawal, which every other node's plugin does by default (both 1-GPU
+// nodes tainted, so other tests' pods stay off).
 const (
 	nodeA        = "gpu-node-a"
 	nodeB        = "gpu-node-b"
@@ -60,7 +62,7 @@ func run(m *testing.M) (code int) {
 		Nodes: []cluster.NodeOptions{
 			{Name: nodeA, NVML: "mock:dgxh200:8"},
 			{Name: nodeB, NVML: "mock:dgxh200:8"},
-			{Name: nodeSmall, NVML: "mock:dgxh200:1", Labels: map[string]string{smallTaintKey: "true"}},
+			{Name: nodeSmall, NVML: "mock:dgxh200:1", Labels: map[string]string{smallTaintKey: "true"}, PluginArgs: []string{"--withdraw-blocked=false"}},
 			{Name: nodeWithdraw, NVML: "mock:dgxh200:1", Labels: map[string]string{smallTaintKey: "true"}, PluginArgs: []string{"--withdraw-blocked"}},
 			tenancyNode, poolNode,
 		},

@@ -42,6 +42,7 @@ func TestTesseraSchedulerKeepsGPUsWhole(t *testing.T) {
 		{scheduler: cluster.TesseraSchedulerName, eightFits: true, shareNodes: 1},
 	} {
 		t.Run(tc.scheduler, func(t *testing.T) {
+			waitIdle(t, nodeA, nodeB)
 			ns := newNamespace(t)
 			createTemplate(t, ns, "half", builder.MakeRequest("share", gpuapi.ClassShared).Compute(50).Memory("10Gi").Obj())
 			createTemplate(t, ns, "eight", builder.MakeRequest("gpus", gpuapi.ClassGPU).Count(8).Obj())
@@ -98,6 +99,7 @@ func TestStockModelMatchesKubeScheduler(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	waitIdle(t, nodeA, nodeB)
 	ns := newNamespace(t)
 	nodes := []sim.NodeSpec{
 		{Name: nodeA, CPU: 64000, Memory: 1 << 20, GPUs: 8, Model: "H200"},

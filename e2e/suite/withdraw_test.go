@@ -15,7 +15,9 @@ import (
 	"k8s.io/apimachinery/pkg/util/wait"
 
 	gpuapi "github.com/tessera-gpu/tessera/api/gpu"
+	tenancyv1 "github.com/tessera-gpu/tessera/api/tenancy/v1alpha1"
 	"github.com/tessera-gpu/tessera/e2e/kubelet"
+	"github.com/tessera-gpu/tessera/pkg/tenancy"
 	"github.com/tessera-gpu/tessera/test/builder"
 )
 
@@ -61,6 +63,36 @@ func waitPublished(t *testing.T, name, what string, ok func(published) bool) pub
 		t.Fatalf("node %s: %s not published within %s; devices: %v", name, what, waitTimeout, last.devices)
 	}
 	return last
+}
+
+// waitIdle waits until each of the 8-GPU nodes publishes every device again
+// and the controller has tainted each of its time-shared GPUs free. Every
+// node's plugin withdraws what its prepared devices block, and an unprepare
+// of several GPUs at once rewrites the node's slices under a new pool
+// generation; right after the cluster starts, the controller is still
+// making the free taints, and an untainted shared GPU looks to every claim
+// like one its own group holds. A test that compares kube-scheduler's
+// choices with a model of an idle cluster waits for both.
+func waitIdle(t *testing.T, nodes ...string) {
+	t.Helper()
+	for _, n := range nodes {
+		waitPublished(t, n, "every device", func(p published) bool { return len(p.devices) == 8*devicesPerH200 })
+	}
+	err := wait.PollUntilContextTimeout(t.Context(), pollEvery, waitTimeout, true, func(ctx context.Context) (bool, error) {
+		for _, n := range nodes {
+			for i := range 8 {
+				name := tenancy.TaintRuleName(tenancy.DeviceID{Driver: gpuapi.DriverName, Pool: n, Device: gpuapi.SharedDeviceName(i)})
+				rule, err := local.Client.ResourceV1().DeviceTaintRules().Get(ctx, name, metav1.GetOptions{})
+				if err != nil || rule.Spec.Taint.Value != tenancyv1.GroupFree {
+					return false, nil
+				}
+			}
+		}
+		return true, nil
+	})
+	if err != nil {
+		t.Fatalf("the time-shared GPUs of %v not all tainted %s within %s", nodes, tenancyv1.GroupFree, waitTimeout)
+	}
 }
 
 // TestWithdrawBlockedDevices: the plugin of nodeWithdraw runs with

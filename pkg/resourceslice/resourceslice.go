@@ -260,14 +260,16 @@ func semver(v string) string {
 // Objects renders DriverResources as the ResourceSlice objects the
 // publication controller would create, named deterministically
 // "<pool>-<driver>-<index>", for printing and for tests that feed the
-// allocator directly.
+// allocator directly. The index is zero-padded: the allocator tries a pool's
+// slices in name order, and the publication controller's names (an index
+// prefix of fixed width) sort in slice order too.
 func Objects(nodeName string, res draslices.DriverResources) []*resourceapi.ResourceSlice {
 	var out []*resourceapi.ResourceSlice
 	for poolName, pool := range res.Pools {
 		for i, s := range pool.Slices {
 			slice := &resourceapi.ResourceSlice{
 				TypeMeta:   metav1.TypeMeta{APIVersion: resourceapi.SchemeGroupVersion.String(), Kind: "ResourceSlice"},
-				ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("%s-%s-%d", poolName, strings.ReplaceAll(gpuapi.DriverName, ".", "-"), i)},
+				ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("%s-%s-%05d", poolName, strings.ReplaceAll(gpuapi.DriverName, ".", "-"), i)},
 				Spec: resourceapi.ResourceSliceSpec{
 					Driver:         gpuapi.DriverName,
 					Pool:           resourceapi.ResourcePool{Name: poolName, Generation: pool.Generation, ResourceSliceCount: int64(len(pool.Slices))},

@@ -245,3 +245,19 @@ func TestDeviceOrder(t *testing.T) {
 		t.Errorf("device order (-want +got):\n%s", diff)
 	}
 }
+
+// TestObjectsSortInSliceOrder: the allocator tries a pool's slices in name
+// order, so the names Objects gives must sort as the slices do, also past
+// ten slices (16 GPUs with withdrawal: counter slices and one per GPU).
+func TestObjectsSortInSliceOrder(t *testing.T) {
+	res := resourceslice.Build("n1", node(16), resourceslice.Options{Pool: "default", WithdrawBlocked: true})
+	objs := resourceslice.Objects("n1", res)
+	if len(objs) <= 16 {
+		t.Fatalf("%d slices, want more than 16", len(objs))
+	}
+	for i := 1; i < len(objs); i++ {
+		if objs[i-1].Name >= objs[i].Name {
+			t.Errorf("slice %d is named %s, which does not sort after slice %d's %s", i, objs[i].Name, i-1, objs[i-1].Name)
+		}
+	}
+}
