@@ -2,11 +2,13 @@ package suite
 
 import (
 	"context"
+	"debug/buildinfo"
 	"fmt"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
@@ -68,6 +70,41 @@ func TestTesseraSchedulerKeepsGPUsWhole(t *testing.T) {
 			t.Logf("8-GPU pod pending under %s: %s", tc.scheduler, ev.Message)
 		})
 	}
+}
+
+// TestTesseraSchedulerCarriesIndexedAllocator: the tessera-scheduler the
+// suite runs (TestTesseraSchedulerKeepsGPUsWhole places shares with it) is
+// built on the allocator with the shares walk indexed, as DESIGN.md allows
+// it and only it: its build replaces the pinned allocator module with a copy
+// that hack/allocator's patch was applied to.
+func TestTesseraSchedulerCarriesIndexedAllocator(t *testing.T) {
+	bin := os.Getenv(cluster.TesseraSchedulerEnv)
+	if bin == "" {
+		t.Skipf("tessera-scheduler not running: set %s (make e2e does)", cluster.TesseraSchedulerEnv)
+	}
+	info, err := buildinfo.ReadFile(bin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range info.Deps {
+		if d.Path != "k8s.io/dynamic-resource-allocation" {
+			continue
+		}
+		// A directory replacement has a path for a name; the version pin of
+		// cmd/tessera-scheduler/go.mod is a module replacement.
+		if d.Replace == nil || !filepath.IsAbs(d.Replace.Path) {
+			t.Fatalf("%s is built on %s %s as pinned, not the patched copy (make tessera-scheduler)", bin, d.Path, d.Version)
+		}
+		src, err := os.ReadFile(filepath.Join(d.Replace.Path, "structured", "internal", "incubating", "allocator_incubating.go"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(string(src), "func sharedDeviceIndex(") {
+			t.Errorf("%s replaces the allocator with %s, which lacks the indexed-shares patch", bin, d.Replace.Path)
+		}
+		return
+	}
+	t.Fatalf("%s has no k8s.io/dynamic-resource-allocation in its build", bin)
 }
 
 func scheduledBy(name string) podOption {

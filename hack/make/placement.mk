@@ -18,7 +18,9 @@ sim-openb:
 		| tee $(BIN)/sim-openb.json
 
 # tessera-scheduler is kube-scheduler with Tessera's plugin, built from its own module
-# (cmd/tessera-scheduler/go.mod) so that k8s.io/kubernetes stays out of Tessera's module.
+# (cmd/tessera-scheduler/go.mod) so that k8s.io/kubernetes stays out of Tessera's module,
+# on the allocator with the shares walk indexed (hack/allocator/README.md: the go.mod
+# overlay.sh writes replaces the pinned allocator module with a patched copy).
 # Always rebuilt (go build is incremental). The e2e suite and dev-cluster run it as a
 # second scheduler (schedulerName tessera-scheduler).
 TESSERA_SCHEDULER_LDFLAGS := -s -w -X k8s.io/component-base/version.gitVersion=v1.37.2 \
@@ -26,7 +28,8 @@ TESSERA_SCHEDULER_LDFLAGS := -s -w -X k8s.io/component-base/version.gitVersion=v
 
 .PHONY: tessera-scheduler
 tessera-scheduler:
-	cd cmd/tessera-scheduler && CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(TESSERA_SCHEDULER_LDFLAGS)" -o $(BIN)/tessera-scheduler .
+	modfile="$$(hack/allocator/overlay.sh $(BIN)/allocator-scheduler cmd/tessera-scheduler)"; \
+	cd cmd/tessera-scheduler && CGO_ENABLED=0 $(GO) build -modfile "$$modfile" -trimpath -ldflags "$(TESSERA_SCHEDULER_LDFLAGS)" -o $(BIN)/tessera-scheduler .
 
 e2e dev-cluster: tessera-scheduler
 e2e dev-cluster: export TESSERA_SCHEDULER_BINARY = $(BIN)/tessera-scheduler
