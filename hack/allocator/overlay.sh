@@ -9,6 +9,7 @@
 #   go test -modfile "$(hack/allocator/overlay.sh bin/allocator)" ./test/scheduling/
 #   (cd cmd/tessera-scheduler && go build -modfile "$(../../hack/allocator/overlay.sh ../../bin/allocator-scheduler cmd/tessera-scheduler)" .)
 set -euo pipefail
+command -v patch >/dev/null || { echo "overlay.sh: needs patch (apt-get install patch)" >&2; exit 1; }
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
 out=$(mkdir -p "${1:?usage: overlay.sh OUTDIR [MODULE]}" && cd "$1" && pwd)
