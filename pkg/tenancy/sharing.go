@@ -204,6 +204,10 @@ func SharedGPUs(slices []resourceapi.ResourceSlice) []DeviceID {
 // publishes a pool goes.
 func SharedGPUsWithWithdrawn(published []resourceapi.ResourceSlice, rules []resourceapi.DeviceTaintRule) []DeviceID {
 	out := SharedGPUs(published)
+	have := map[DeviceID]bool{}
+	for _, d := range out {
+		have[d] = true
+	}
 	pools := map[string]bool{}
 	for i := range published {
 		if s := &published[i]; s.Spec.Driver == gpuapi.DriverName {
@@ -215,7 +219,8 @@ func SharedGPUsWithWithdrawn(published []resourceapi.ResourceSlice, rules []reso
 		if sel == nil || ptr.Deref(sel.Driver, "") != gpuapi.DriverName || !pools[ptr.Deref(sel.Pool, "")] || ptr.Deref(sel.Device, "") == "" {
 			continue
 		}
-		if d := (DeviceID{Driver: *sel.Driver, Pool: *sel.Pool, Device: *sel.Device}); !slices.Contains(out, d) {
+		if d := (DeviceID{Driver: *sel.Driver, Pool: *sel.Pool, Device: *sel.Device}); !have[d] {
+			have[d] = true
 			out = append(out, d)
 		}
 	}
