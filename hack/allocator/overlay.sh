@@ -7,7 +7,7 @@
 # that carries the patch). See hack/allocator/README.md.
 #
 #   go test -modfile "$(hack/allocator/overlay.sh bin/allocator)" ./test/scheduling/
-#   (cd cmd/tessera-scheduler && go build -modfile "$(../../hack/allocator/overlay.sh ../../bin/allocator-scheduler cmd/tessera-scheduler)" .)
+#   make tessera-scheduler   (the same for cmd/tessera-scheduler's module: hack/make/placement.mk)
 set -euo pipefail
 command -v patch >/dev/null || { echo "overlay.sh: needs patch (apt-get install patch)" >&2; exit 1; }
 here=$(cd "$(dirname "$0")" && pwd)
