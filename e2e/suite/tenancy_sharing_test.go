@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -288,6 +289,34 @@ func waitSettled(ctx context.Context, t *testing.T, what string, gpus []string, 
 	}
 }
 
+// waitShapedAs waits until the API server shapes a share claim created in
+// namespace ns as tenant's sharing policy alone does. For about a second after
+// a namespace joins a tenant, the untenanted sharing binding (kept by the
+// controller) still covers it, and both sharing policies shape its claims:
+// admitted, but the tenant's "own" alternative also tolerates free GPUs, so
+// its preference for the tenant's own GPUs is lost. Tests that check the
+// shape or the preference start after that.
+func waitShapedAs(ctx context.Context, t *testing.T, ns string, tenant *tenancyv1.GPUTenant) {
+	t.Helper()
+	share := []resourceapi.DeviceRequest{builder.MakeRequest("gpu", gpuapi.ClassShared).Obj()}
+	want := tenancy.SharingRequests(tenancy.SharingGroup(tenant), share)
+	var last []resourceapi.DeviceRequest
+	err := wait.PollUntilContextTimeout(ctx, pollEvery, waitTimeout, true, func(ctx context.Context) (bool, error) {
+		claim, err := local.Client.ResourceV1().ResourceClaims(ns).Create(ctx, &resourceapi.ResourceClaim{
+			ObjectMeta: metav1.ObjectMeta{GenerateName: "probe-", Namespace: ns},
+			Spec:       claimSpec(share...),
+		}, metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}})
+		if err != nil {
+			return false, nil
+		}
+		last = claim.Spec.Devices.Requests
+		return cmp.Equal(last, want), nil
+	})
+	if err != nil {
+		t.Fatalf("claims in namespace %s not shaped as tenant %s's alone within %s: %+v", ns, tenant.Name, waitTimeout, last)
+	}
+}
+
 // waitTaintValue waits until the sharing taint of gpu (pool/device) has
 // value, e.g. GroupFree once its last share has gone.
 func waitTaintValue(ctx context.Context, t *testing.T, gpu, value string) {
@@ -325,6 +354,7 @@ func TestShareRetriedAfterBindingWait(t *testing.T) {
 	tenant := newTenant(t, "requeue", tenancyv1.GPUTenantSpec{AllowedDeviceClasses: []string{gpuapi.ClassShared}})
 	ns := tenantNamespace(t, tenant.Name)
 	ctx := testContext(t)
+	waitShapedAs(ctx, t, ns, tenant)
 	// Shares of earlier tests may still be going.
 	waitTaintValue(ctx, t, tenancyGPUs()[0], tenancyv1.GroupFree)
 	gpu0 := fmt.Sprintf("device.attributes[%q].%s == 0", gpuapi.DriverName, gpuapi.AttrIndex)
@@ -410,6 +440,8 @@ func TestTenantExclusiveSharing(t *testing.T) {
 		// own GPUs first, then free ones; other requests get both tolerations.
 		// (A user's toleration of the untenanted GPUs is dropped, as the
 		// untenanted policy's would be while the namespace joins.)
+		waitShapedAs(ctx, t, nsA, a)
+		waitShapedAs(ctx, t, nsB, b)
 		for name, r := range map[string]resourceapi.DeviceRequest{
 			"share":                 builder.MakeRequest("gpu", gpuapi.ClassShared).Memory("1Gi").Obj(),
 			"MIG partition":         builder.MakeRequest("gpu", gpuapi.ClassMIG).Profile("1g.18gb").Obj(),
@@ -449,7 +481,12 @@ func TestTenantExclusiveSharing(t *testing.T) {
 		// the untenanted sharing binding (kept by the controller) covers it
 		// for about a second more. Claims created then are admitted, shaped
 		// either as A's or (while the API server still has the namespace's
-		// old labels) as untenanted ones, never refused.
+		// old labels) as untenanted ones. One exception, fail closed: the
+		// API server's mutating and validating admission each read the
+		// namespace's labels when they run, so a claim created within
+		// milliseconds of the label change can be shaped by the old labels
+		// (untenanted) and validated by the new ones (A's), which refuse
+		// the untenanted toleration; created again, it is admitted.
 		ns := newNamespace(t)
 		share := []resourceapi.DeviceRequest{builder.MakeRequest("gpu", gpuapi.ClassShared).Obj()}
 		asA := tenancy.SharingRequests(a.Name, share)
@@ -470,6 +507,8 @@ func TestTenantExclusiveSharing(t *testing.T) {
 		for i := 0; i < 500 && seen["as A's"] < 5 && time.Now().Before(deadline); i++ {
 			c, err := probe()
 			switch {
+			case err != nil && strings.Contains(err.Error(), "GPUTenant "+a.Name+": request gpu tolerates a tenancy taint") && seen["as A's"] == 0:
+				seen["refused in the label change"]++
 			case err != nil:
 				t.Fatalf("a claim created while the namespace joins tenant %s: %v", a.Name, err)
 			case cmp.Equal(c.Spec.Devices.Requests, asA):
