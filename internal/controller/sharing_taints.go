@@ -58,7 +58,11 @@ func (r *SharingReconciler) Reconcile(ctx context.Context, _ reconcile.Request) 
 	if err != nil {
 		return reconcile.Result{}, err
 	}
-	free, err := r.freeGPUs(ctx)
+	rules, err := r.sharingRules(ctx)
+	if err != nil {
+		return reconcile.Result{}, err
+	}
+	free, err := r.freeGPUs(ctx, rules)
 	if err != nil {
 		return reconcile.Result{}, err
 	}
@@ -67,7 +71,23 @@ func (r *SharingReconciler) Reconcile(ctx context.Context, _ reconcile.Request) 
 	if err := r.applyUntenantedBinding(ctx); err != nil {
 		return reconcile.Result{}, err
 	}
-	return reconcile.Result{}, r.applyTaints(ctx, tenancy.TaintRules(free, tenancy.TaintGroups(held, pending)))
+	return reconcile.Result{}, r.applyTaints(ctx, rules, tenancy.TaintRules(free, tenancy.TaintGroups(held, pending)))
+}
+
+// sharingRules are the DeviceTaintRules of sharing that exist: the
+// controller's, named with taintRuleSuffix.
+func (r *SharingReconciler) sharingRules(ctx context.Context) ([]resourceapi.DeviceTaintRule, error) {
+	var have resourceapi.DeviceTaintRuleList
+	if err := r.client.List(ctx, &have, client.MatchingLabels{tenancyv1.LabelManagedBy: tenancyv1.ManagedByValue}); err != nil {
+		return nil, fmt.Errorf("list DeviceTaintRules: %w", err)
+	}
+	var out []resourceapi.DeviceTaintRule
+	for _, rule := range have.Items {
+		if strings.HasSuffix(rule.Name, taintRuleSuffix) {
+			out = append(out, rule)
+		}
+	}
+	return out, nil
 }
 
 // freeGPUs are the shared GPUs to taint GroupFree where no group holds them:
@@ -77,7 +97,7 @@ func (r *SharingReconciler) Reconcile(ctx context.Context, _ reconcile.Request) 
 // so that such a claim is not kept off free GPUs for good; then groups only
 // lose the preference for their own GPUs, and the GPUs held by a group are
 // tainted as ever.
-func (r *SharingReconciler) freeGPUs(ctx context.Context) ([]tenancy.DeviceID, error) {
+func (r *SharingReconciler) freeGPUs(ctx context.Context, rules []resourceapi.DeviceTaintRule) ([]tenancy.DeviceID, error) {
 	var claims resourceapi.ResourceClaimList
 	if err := r.client.List(ctx, &claims); err != nil {
 		return nil, fmt.Errorf("list claims: %w", err)
@@ -92,30 +112,15 @@ func (r *SharingReconciler) freeGPUs(ctx context.Context) ([]tenancy.DeviceID, e
 	if err := r.client.List(ctx, &published); err != nil {
 		return nil, fmt.Errorf("list ResourceSlices: %w", err)
 	}
-	var rules resourceapi.DeviceTaintRuleList
-	if err := r.client.List(ctx, &rules, client.MatchingLabels{tenancyv1.LabelManagedBy: tenancyv1.ManagedByValue}); err != nil {
-		return nil, fmt.Errorf("list DeviceTaintRules: %w", err)
-	}
-	var sharing []resourceapi.DeviceTaintRule
-	for _, rule := range rules.Items {
-		if strings.HasSuffix(rule.Name, taintRuleSuffix) {
-			sharing = append(sharing, rule)
-		}
-	}
-	return tenancy.SharedGPUsWithWithdrawn(published.Items, sharing), nil
+	return tenancy.SharedGPUsWithWithdrawn(published.Items, rules), nil
 }
 
-func (r *SharingReconciler) applyTaints(ctx context.Context, want []*resourceapi.DeviceTaintRule) error {
+// applyTaints makes the sharing rules that exist (have) what want says.
+func (r *SharingReconciler) applyTaints(ctx context.Context, have []resourceapi.DeviceTaintRule, want []*resourceapi.DeviceTaintRule) error {
 	logger := klog.FromContext(ctx)
-	var have resourceapi.DeviceTaintRuleList
-	if err := r.client.List(ctx, &have, client.MatchingLabels{tenancyv1.LabelManagedBy: tenancyv1.ManagedByValue}); err != nil {
-		return fmt.Errorf("list DeviceTaintRules: %w", err)
-	}
 	existing := map[string]*resourceapi.DeviceTaintRule{}
-	for i := range have.Items {
-		if rule := &have.Items[i]; strings.HasSuffix(rule.Name, taintRuleSuffix) {
-			existing[rule.Name] = rule
-		}
+	for i := range have {
+		existing[have[i].Name] = &have[i]
 	}
 	var errs []error
 	for _, rule := range want {
