@@ -38,6 +38,18 @@ func DefaultBinDir() string {
 	return filepath.Join(home, ".cache", "tessera", "k8s-1.37.2", "bin")
 }
 
+// SchedulerVerbosityEnv sets kube-scheduler's log verbosity (default 1); 6 logs
+// every allocated, in-flight and consumed device, which is what a scheduling
+// stall needs.
+const SchedulerVerbosityEnv = "TESSERA_E2E_SCHEDULER_V"
+
+func schedulerVerbosity() string {
+	if v := os.Getenv(SchedulerVerbosityEnv); v != "" {
+		return "-v=" + v
+	}
+	return "-v=1"
+}
+
 // ControlPlaneBinaries are the binaries a control plane needs in its bin dir.
 var ControlPlaneBinaries = []string{"etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler"}
 
@@ -219,9 +231,9 @@ func Start(ctx context.Context, opts Options) (_ *ControlPlane, err error) {
 	if err := waitReady(ctx, cm, opts.StartTimeout, httpCheck(insecure, "https://127.0.0.1:"+strconv.Itoa(cmPort)+"/healthz", "ok")); err != nil {
 		return nil, err
 	}
-	sched, err := cp.start("kube-scheduler", bin("kube-scheduler"), append([]string{
+	sched, err := cp.start("kube-scheduler", bin("kube-scheduler"), append(append([]string{
 		"--secure-port=" + strconv.Itoa(schedPort),
-	}, authFlags...))
+	}, authFlags...), schedulerVerbosity()))
 	if err != nil {
 		return nil, err
 	}

@@ -10,10 +10,14 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/util/workqueue"
 	"k8s.io/klog/v2/ktesting"
 	"k8s.io/utils/ptr"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/event"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
+	gpuapi "github.com/tessera-gpu/tessera/api/gpu"
 	"github.com/tessera-gpu/tessera/pkg/tenancy"
 )
 
@@ -127,5 +131,117 @@ func TestRequeueAfterBindingWait(t *testing.T) {
 	}
 	if err := c.Get(ctx, ruleKey, &resourceapi.DeviceTaintRule{}); !apierrors.IsNotFound(err) {
 		t.Errorf("the requeue reconciler made a rule: %v", err)
+	}
+}
+
+// delayQueue records what a handler adds, and when it is due.
+type delayQueue struct {
+	workqueue.TypedRateLimitingInterface[reconcile.Request]
+	added map[reconcile.Request]time.Duration
+}
+
+func (q *delayQueue) AddAfter(req reconcile.Request, d time.Duration) { q.added[req] = d }
+func (q *delayQueue) Add(req reconcile.Request)                       { q.added[req] = 0 }
+
+// TestRequeueAfterDeletedWhileWaited: a claim whose share waited for its
+// binding condition, deallocated and then deleted (its pod deleted while the
+// scheduler still held it in flight), has its GPU's sharing taint stamped
+// again releaseDelay after the deletion, once. A claim with no gated share,
+// or one allocated again before it is deleted, maps to nothing; a claim
+// deleted while still allocated names its GPU itself.
+func TestRequeueAfterDeletedWhileWaited(t *testing.T) {
+	gpu0 := reconcile.Request{NamespacedName: types.NamespacedName{Name: tenancy.TaintRuleName(tenancy.DeviceID{Driver: gpuapi.DriverName, Pool: "n1", Device: "gpu-0-shared"})}}
+	deallocated := func(c *resourceapi.ResourceClaim) *resourceapi.ResourceClaim {
+		c = c.DeepCopy()
+		c.Status.Allocation, c.Status.Devices, c.Status.ReservedFor = nil, nil, nil
+		return c
+	}
+	withUID := func(c *resourceapi.ResourceClaim, uid string) *resourceapi.ResourceClaim {
+		c.UID = types.UID(uid)
+		return c
+	}
+	ungated := func(c *resourceapi.ResourceClaim) *resourceapi.ResourceClaim {
+		c.Status.Allocation.Devices.Results[0].BindingConditions = nil
+		c.Status.Allocation.Devices.Results[0].BindingFailureConditions = nil
+		return c
+	}
+	r := &RequeueReconciler{}
+	events := r.claimEvents()
+	q := &delayQueue{added: map[reconcile.Request]time.Duration{}}
+	update := func(old, claim *resourceapi.ResourceClaim) {
+		events.Update(t.Context(), event.TypedUpdateEvent[client.Object]{ObjectOld: old, ObjectNew: claim}, q)
+	}
+	remove := func(claim *resourceapi.ResourceClaim) map[reconcile.Request]time.Duration {
+		t.Helper()
+		clear(q.added)
+		events.Delete(t.Context(), event.TypedDeleteEvent[client.Object]{Object: claim}, q)
+		return q.added
+	}
+
+	waited := withUID(admittedShare("a1", "x", "gpu-0-shared"), "x")
+	update(waited, deallocated(waited))
+	if len(q.added) != 0 {
+		t.Errorf("the deallocation itself queued %v, want nothing until the claim is deleted", q.added)
+	}
+	want := map[reconcile.Request]time.Duration{gpu0: releaseDelay}
+	if diff := cmp.Diff(want, remove(deallocated(waited))); diff != "" {
+		t.Errorf("deleting the deallocated claim queues (-want +got):\n%s", diff)
+	}
+	if got := remove(deallocated(waited)); len(got) != 0 {
+		t.Errorf("a second delete event queued %v, want nothing", got)
+	}
+	if len(r.released) != 0 {
+		t.Errorf("claims still followed after their deletion: %v", r.released)
+	}
+
+	plain := withUID(ungated(admittedShare("a1", "y", "gpu-0-shared")), "y")
+	update(plain, deallocated(plain))
+	if got := remove(deallocated(plain)); len(got) != 0 {
+		t.Errorf("deleting a claim whose share had no binding condition queued %v", got)
+	}
+
+	again := withUID(admittedShare("a1", "z", "gpu-0-shared"), "z")
+	update(again, deallocated(again))
+	update(deallocated(again), ungated(withUID(admittedShare("a1", "z", "gpu-1-shared"), "z")))
+	if got := remove(deallocated(again)); len(got) != 0 {
+		t.Errorf("deleting a claim allocated again without a gated share queued %v", got)
+	}
+
+	if diff := cmp.Diff(want, remove(withUID(admittedShare("a1", "w", "gpu-0-shared"), "w"))); diff != "" {
+		t.Errorf("deleting a claim still allocated queues (-want +got):\n%s", diff)
+	}
+}
+
+// TestNudgeAtStart: a controller that starts sends, releaseDelay later, the
+// first sharing taint rule by name to its queue, for Reconcile to stamp if a
+// pod waits; with no rule, nothing.
+func TestNudgeAtStart(t *testing.T) {
+	_, ctx := ktesting.NewTestContext(t)
+	c := newSharingFake(t, sharingFixture(admittedShare("a1", "x", "gpu-1-shared"), claimPod("b1", "waiting", "w", "")))
+	var waited []time.Duration
+	r := &RequeueReconciler{client: c, after: func(d time.Duration) <-chan time.Time {
+		waited = append(waited, d)
+		ch := make(chan time.Time, 1)
+		ch <- time.Time{}
+		return ch
+	}}
+	out := make(chan event.GenericEvent, 2)
+	r.nudgeAtStart(ctx, out)
+	if len(out) != 0 {
+		t.Fatalf("nudged with no sharing taint rule: %v", <-out)
+	}
+	if _, err := (&SharingReconciler{client: c}).Reconcile(ctx, reconcile.Request{}); err != nil {
+		t.Fatal(err)
+	}
+	r.nudgeAtStart(ctx, out)
+	if len(out) != 1 {
+		t.Fatalf("%d nudges, want 1", len(out))
+	}
+	first := tenancy.TaintRuleName(tenancy.DeviceID{Driver: gpuapi.DriverName, Pool: "n1", Device: "gpu-0-shared"})
+	if got := (<-out).Object.GetName(); got != first {
+		t.Errorf("nudged rule %s, want %s", got, first)
+	}
+	if diff := cmp.Diff([]time.Duration{releaseDelay, releaseDelay}, waited); diff != "" {
+		t.Errorf("waits before nudging (-want +got):\n%s", diff)
 	}
 }

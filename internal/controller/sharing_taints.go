@@ -58,7 +58,7 @@ func (r *SharingReconciler) Reconcile(ctx context.Context, _ reconcile.Request) 
 	if err != nil {
 		return reconcile.Result{}, err
 	}
-	rules, err := r.sharingRules(ctx)
+	rules, err := sharingRules(ctx, r.client)
 	if err != nil {
 		return reconcile.Result{}, err
 	}
@@ -76,9 +76,9 @@ func (r *SharingReconciler) Reconcile(ctx context.Context, _ reconcile.Request) 
 
 // sharingRules are the DeviceTaintRules of sharing that exist: the
 // controller's, named with taintRuleSuffix.
-func (r *SharingReconciler) sharingRules(ctx context.Context) ([]resourceapi.DeviceTaintRule, error) {
+func sharingRules(ctx context.Context, c client.Reader) ([]resourceapi.DeviceTaintRule, error) {
 	var have resourceapi.DeviceTaintRuleList
-	if err := r.client.List(ctx, &have, client.MatchingLabels{tenancyv1.LabelManagedBy: tenancyv1.ManagedByValue}); err != nil {
+	if err := c.List(ctx, &have, client.MatchingLabels{tenancyv1.LabelManagedBy: tenancyv1.ManagedByValue}); err != nil {
 		return nil, fmt.Errorf("list DeviceTaintRules: %w", err)
 	}
 	var out []resourceapi.DeviceTaintRule
