@@ -27,10 +27,14 @@ var (
 		Namespace: "tessera", Subsystem: "tenant", Name: "allocation_decisions_total",
 		Help: "Allocations admitted or rejected, by tenant (empty: no tenant), decision and reason.",
 	}, []string{"tenant", "decision", "reason"})
+	schedulerNudges = prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: "tessera", Subsystem: "sharing", Name: "scheduler_nudges_total",
+		Help: "Sharing taints stamped again so that kube-scheduler retries the pods it turned away while it held a waited-for share in flight.",
+	})
 )
 
 func init() {
-	ctrlmetrics.Registry.MustRegister(tenantMemoryUsed, tenantMemoryBudget, tenantDevicesUsed, tenantDevicesBudget, allocationDecisions)
+	ctrlmetrics.Registry.MustRegister(tenantMemoryUsed, tenantMemoryBudget, tenantDevicesUsed, tenantDevicesBudget, allocationDecisions, schedulerNudges)
 }
 
 func forgetTenantMetrics(tenant string) {

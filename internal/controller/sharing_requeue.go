@@ -110,6 +110,7 @@ func (r *RequeueReconciler) Reconcile(ctx context.Context, req reconcile.Request
 	if err := r.client.Update(ctx, updated, client.FieldOwner(fieldManager)); err != nil {
 		return reconcile.Result{}, fmt.Errorf("stamp DeviceTaintRule %s again: %w", rule.Name, err)
 	}
+	schedulerNudges.Inc()
 	klog.FromContext(ctx).V(2).Info("Stamped sharing taint again so that the scheduler retries waiting pods", "rule", rule.Name, "waitingPod", klog.KObj(waiting))
 	return reconcile.Result{}, nil
 }

@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	corev1 "k8s.io/api/core/v1"
 	resourceapi "k8s.io/api/resource/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -88,7 +89,11 @@ func TestRequeueAfterBindingWait(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	nudges := testutil.ToFloat64(schedulerNudges)
 	reconcileOnce()
+	if got := testutil.ToFloat64(schedulerNudges) - nudges; got != 1 {
+		t.Errorf("tessera_sharing_scheduler_nudges_total went up by %v, want 1", got)
+	}
 	first := rule()
 	if first.Spec.Taint.TimeAdded == nil || first.Spec.Taint.TimeAdded.Equal(before.Spec.Taint.TimeAdded) {
 		t.Fatalf("taint timeAdded %v not stamped again (was %v)", first.Spec.Taint.TimeAdded, before.Spec.Taint.TimeAdded)
