@@ -62,7 +62,7 @@ func (o *options) addFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.pool, "pool", gpuapi.PoolDefault, `value of the pool attribute of every device: "`+gpuapi.PoolDefault+`" (the shipped classes) or a tenant's dedicated pool`)
 	fs.BoolVar(&o.disableMIG, "disable-mig", false, "do not offer MIG partitions")
 	fs.BoolVar(&o.disableSharing, "disable-sharing", false, "do not offer time-shared GPUs")
-	fs.BoolVar(&o.withdrawBlocked, "withdraw-blocked", false, "publish only what can still be allocated: leave out the devices that prepared ones block (a GPU's partitions while it is whole or shared, overlapping placements, ...) and publish them again once unprepared; each GPU's devices go in a slice of their own; off, every device is published at all times, packed into slices of 64")
+	fs.BoolVar(&o.withdrawBlocked, "withdraw-blocked", true, "publish only what can still be allocated: leave out the devices that prepared ones block (a GPU's partitions while it is whole or shared, overlapping placements, ...) and publish them again once unprepared; each GPU's devices go in a slice of their own; false publishes every device at all times, packed into slices of 64")
 	fs.BoolVar(&o.tenancy, "tenancy", false, "publish devices with tenancy's binding conditions: pods bind only once the tenancy controller has admitted their allocation against the tenant's budget")
 }
 

@@ -24,13 +24,13 @@ func TestSlicesCommand(t *testing.T) {
 		wantDevices int
 		wantErr     string
 	}{
-		// The devices packed into slices of 64.
-		"8 x H200": {args: []string{"slices", "--nvml=mock:dgxh200", "--node-name=n1"}, wantSlices: 5, wantDevices: 8 * 27},
-		// With withdrawal, a counter slice, then one slice per GPU.
-		"8 x H200, withdrawing": {args: []string{"slices", "--nvml=mock:dgxh200", "--node-name=n1", "--withdraw-blocked"}, wantSlices: 9, wantDevices: 8 * 27},
+		// A counter slice, then one slice per GPU (withdrawal's layout).
+		"8 x H200": {args: []string{"slices", "--nvml=mock:dgxh200", "--node-name=n1"}, wantSlices: 9, wantDevices: 8 * 27},
+		// Without withdrawal, the devices packed into slices of 64.
+		"8 x H200, packed": {args: []string{"slices", "--nvml=mock:dgxh200", "--node-name=n1", "--withdraw-blocked=false"}, wantSlices: 5, wantDevices: 8 * 27},
 		// The A100s are in MIG mode and cannot leave it without a reset:
 		// partitions only.
-		"2 x A100":      {args: []string{"slices", "--nvml=mock:dgxa100:2", "--node-name=n1"}, wantSlices: 2, wantDevices: 2 * 25},
+		"2 x A100":      {args: []string{"slices", "--nvml=mock:dgxa100:2", "--node-name=n1"}, wantSlices: 3, wantDevices: 2 * 25},
 		"MIG off":       {args: []string{"slices", "--nvml=mock:dgxh100:1", "--node-name=n1", "--disable-mig"}, wantSlices: 2, wantDevices: 2},
 		"no node name":  {args: []string{"slices", "--nvml=mock:dgxh200"}, wantErr: "--node-name is required"},
 		"bad backend":   {args: []string{"slices", "--nvml=mock:dgx9", "--node-name=n1"}, wantErr: `unknown mock model "dgx9"`},

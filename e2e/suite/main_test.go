@@ -19,11 +19,13 @@ import (
 	"github.com/tessera-gpu/tessera/e2e/clustertest"
 )
 
-// The suite's cluster: two 8-GPU H200 nodes whose plugins withdraw blocked
-// devices (--withdraw-blocked), a 1-GPU node kept for the tests that need a
-// GPU with nowhere else to go, and a 1-GPU node for the tests of withdrawal
-// (both 1-GPU nodes tainted, so other tests' pods stay off). The 1-GPU node
-// and the tenancy nodes publish every device at all times, the default.
+// The suite's cluster: two 8-GPU H200 nodes, a 1-GPU node kept for the tests
+// that need a GPU with nowhere else to go, and a 1-GPU node for the tests of
+// withdrawal (both 1-GPU nodes tainted, so other tests' pods stay off), and
+// the tenancy nodes (tenancy_setup_test.go). Every plugin withdraws blocked
+// devices, the default, but the first 1-GPU node's, which publishes every
+// device at all times (--withdraw-blocked=false), so that the co-location test
+// sees a MIG claim kept off a shared GPU by counters alone.
 const (
 	nodeA        = "gpu-node-a"
 	nodeB        = "gpu-node-b"
@@ -60,10 +62,10 @@ func run(m *testing.M) (code int) {
 		Helm:         cluster.DefaultHelm(),
 		WorkDir:      workDir,
 		Nodes: []cluster.NodeOptions{
-			{Name: nodeA, NVML: "mock:dgxh200:8", PluginArgs: []string{"--withdraw-blocked"}},
-			{Name: nodeB, NVML: "mock:dgxh200:8", PluginArgs: []string{"--withdraw-blocked"}},
-			{Name: nodeSmall, NVML: "mock:dgxh200:1", Labels: map[string]string{smallTaintKey: "true"}},
-			{Name: nodeWithdraw, NVML: "mock:dgxh200:1", Labels: map[string]string{smallTaintKey: "true"}, PluginArgs: []string{"--withdraw-blocked"}},
+			{Name: nodeA, NVML: "mock:dgxh200:8"},
+			{Name: nodeB, NVML: "mock:dgxh200:8"},
+			{Name: nodeSmall, NVML: "mock:dgxh200:1", Labels: map[string]string{smallTaintKey: "true"}, PluginArgs: []string{"--withdraw-blocked=false"}},
+			{Name: nodeWithdraw, NVML: "mock:dgxh200:1", Labels: map[string]string{smallTaintKey: "true"}},
 			tenancyNode, poolNode,
 		},
 	})

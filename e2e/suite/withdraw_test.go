@@ -95,8 +95,8 @@ func waitIdle(t *testing.T, nodes ...string) {
 	}
 }
 
-// TestWithdrawBlockedDevices: the plugin of nodeWithdraw runs with
-// --withdraw-blocked. A pod's MIG partition, once prepared, takes its GPU's
+// TestWithdrawBlockedDevices: the plugin of nodeWithdraw withdraws blocked
+// devices, as every plugin does by default. A pod's MIG partition, once prepared, takes its GPU's
 // whole and shared devices and the placements it overlaps out of the node's
 // slices, by one update of one slice (the pool's generation stays, so the
 // pool never looks incomplete to the scheduler); a pod asking for the whole

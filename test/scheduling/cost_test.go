@@ -35,8 +35,8 @@ func benchInventory(t testing.TB) inventory.Node {
 func BenchmarkSchedulerCost(b *testing.B) {
 	inv := benchInventory(b)
 	for _, fill := range []int{0, 50, 90} {
-		// Withdrawal (resourceslice.Options.WithdrawBlocked, the
-		// plugin's --withdraw-blocked) is measured beside the three
+		// Withdrawal (resourceslice.Options.WithdrawBlocked, what the
+		// plugin publishes by default) is measured beside the three
 		// layouts at every fill.
 		layouts := append(slices.Clone(Layouts), withdrawn(Tessera, inv, Fill(fill)))
 		for _, nodes := range []int{1, 100, 500} {

@@ -110,7 +110,7 @@ func TestDefaultInstall(t *testing.T) {
 		t.Errorf("plugin runs as %q, want its own ServiceAccount tessera-kubelet-plugin", plugin.ServiceAccountName)
 	}
 	c := plugin.Containers[0]
-	for _, want := range []string{"--tenancy", "--nvml=real", "--plugin-data-dir=/var/lib/kubelet/plugins/" + gpuapi.DriverName, "--registrar-dir=/var/lib/kubelet/plugins_registry", "--cdi-root=/var/run/cdi", "--state-dir=/var/lib/tessera", "--driver-root=/driver-root", "--withdraw-blocked=false"} {
+	for _, want := range []string{"--tenancy", "--nvml=real", "--plugin-data-dir=/var/lib/kubelet/plugins/" + gpuapi.DriverName, "--registrar-dir=/var/lib/kubelet/plugins_registry", "--cdi-root=/var/run/cdi", "--state-dir=/var/lib/tessera", "--driver-root=/driver-root", "--withdraw-blocked=true"} {
 		if !slices.Contains(c.Args, want) {
 			t.Errorf("plugin args %v lack %s", c.Args, want)
 		}
@@ -184,10 +184,11 @@ func TestDefaultInstall(t *testing.T) {
 // The installed classes are exactly files/deviceclasses.yaml, which the allocator
 // tests load; the extended resource name is added only when asked for.
 
-// TestWithdrawalCanBeTurnedOn: the chart passes the value either way, so
-// that the plugin's own default never decides.
-func TestWithdrawalCanBeTurnedOn(t *testing.T) {
-	manifest, err := render(t, "--set", "kubeletPlugin.withdrawBlocked=true")
+// TestWithdrawalCanBeTurnedOff: the plugin withdraws blocked devices unless
+// told not to, so the chart passes the value either way rather than only
+// when it is set.
+func TestWithdrawalCanBeTurnedOff(t *testing.T) {
+	manifest, err := render(t, "--set", "kubeletPlugin.withdrawBlocked=false")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -195,8 +196,8 @@ func TestWithdrawalCanBeTurnedOn(t *testing.T) {
 	if len(ds) != 1 {
 		t.Fatalf("want one kubelet plugin DaemonSet, got %d", len(ds))
 	}
-	if args := ds[0].Spec.Template.Spec.Containers[0].Args; !slices.Contains(args, "--withdraw-blocked=true") {
-		t.Errorf("plugin args %v lack --withdraw-blocked=true", args)
+	if args := ds[0].Spec.Template.Spec.Containers[0].Args; !slices.Contains(args, "--withdraw-blocked=false") {
+		t.Errorf("plugin args %v lack --withdraw-blocked=false", args)
 	}
 }
 func TestDeviceClasses(t *testing.T) {
