@@ -1,6 +1,8 @@
 package controller
 
 import (
+	"context"
+	"fmt"
 	"testing"
 	"time"
 
@@ -11,8 +13,10 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/util/workqueue"
 	"k8s.io/klog/v2/ktesting"
+	testingclock "k8s.io/utils/clock/testing"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/event"
@@ -248,5 +252,38 @@ func TestNudgeAtStart(t *testing.T) {
 	}
 	if diff := cmp.Diff([]time.Duration{releaseDelay, releaseDelay}, waited); diff != "" {
 		t.Errorf("waits before nudging (-want +got):\n%s", diff)
+	}
+}
+
+// TestDeletedSharesStampOncePerGPU: a tenant that churns share pods on a GPU
+// makes at most one stamp of its rule per releaseDelay through deletions: the
+// controller's delaying queue holds one entry per rule however many claims
+// of that GPU are deleted meanwhile, and none is due before releaseDelay.
+func TestDeletedSharesStampOncePerGPU(t *testing.T) {
+	clock := testingclock.NewFakeClock(time.Date(2026, 12, 1, 5, 0, 0, 0, time.UTC))
+	q := workqueue.NewTypedRateLimitingQueueWithConfig(workqueue.DefaultTypedControllerRateLimiter[reconcile.Request](),
+		workqueue.TypedRateLimitingQueueConfig[reconcile.Request]{Clock: clock})
+	defer q.ShutDown()
+	r := &RequeueReconciler{}
+	events := r.claimEvents()
+	for i := range 20 {
+		c := admittedShare("a1", fmt.Sprintf("c%d", i), "gpu-0-shared")
+		c.UID = types.UID(c.Name)
+		events.Delete(t.Context(), event.TypedDeleteEvent[client.Object]{Object: c}, q)
+	}
+	clock.Step(releaseDelay - time.Second)
+	time.Sleep(50 * time.Millisecond)
+	if n := q.Len(); n != 0 {
+		t.Fatalf("%d stamps due before releaseDelay", n)
+	}
+	clock.Step(time.Second)
+	if err := wait.PollUntilContextTimeout(t.Context(), 10*time.Millisecond, 5*time.Second, true, func(context.Context) (bool, error) {
+		return q.Len() > 0, nil
+	}); err != nil {
+		t.Fatal("no stamp due after releaseDelay")
+	}
+	time.Sleep(50 * time.Millisecond)
+	if n := q.Len(); n != 1 {
+		t.Errorf("%d stamps queued for 20 deleted claims of one GPU, want 1", n)
 	}
 }
