@@ -74,9 +74,9 @@ func TestTesseraSchedulerKeepsGPUsWhole(t *testing.T) {
 
 // TestTesseraSchedulerCarriesIndexedAllocator: the tessera-scheduler the
 // suite runs (TestTesseraSchedulerKeepsGPUsWhole places shares with it) is
-// built on the allocator with the shares walk indexed, as DESIGN.md allows
-// it and only it: its build replaces the pinned allocator module with a copy
-// that hack/allocator's patch was applied to.
+// built on the patched allocator (shares walk indexed, node cache), as
+// DESIGN.md allows it and only it: its build replaces the pinned allocator
+// module with a copy that hack/allocator's patches were applied to.
 func TestTesseraSchedulerCarriesIndexedAllocator(t *testing.T) {
 	bin := os.Getenv(cluster.TesseraSchedulerEnv)
 	if bin == "" {
@@ -99,8 +99,10 @@ func TestTesseraSchedulerCarriesIndexedAllocator(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if !strings.Contains(string(src), "func sharedDeviceIndex(") {
-			t.Errorf("%s replaces the allocator with %s, which lacks the indexed-shares patch", bin, d.Replace.Path)
+		for patch, mark := range map[string]string{"indexed-shares": "func sharedDeviceIndex(", "node-cache": "func wholePoolsOnNode("} {
+			if !strings.Contains(string(src), mark) {
+				t.Errorf("%s replaces the allocator with %s, which lacks the %s patch", bin, d.Replace.Path, patch)
+			}
 		}
 		return
 	}

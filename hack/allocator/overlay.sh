@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
 # Builds a copy of the pinned allocator module (k8s.io/dynamic-resource-allocation) with
-# indexed-shares.patch applied to structured/internal/incubating/allocator_incubating.go
-# (the variant kube-scheduler 1.37 uses by default), and a go.mod for the -modfile flag
-# that points the module at that copy; prints the go.mod's path. MODULE is the directory
+# indexed-shares.patch, then node-cache.patch, applied to one file,
+# structured/internal/incubating/allocator_incubating.go (the variant kube-scheduler 1.37
+# uses by default), and testdata/node_cache_test.go copied beside it, and a go.mod for the
+# -modfile flag that points the module at that copy; prints the go.mod's path. MODULE is the directory
 # of the module to build (Tessera's own by default; cmd/tessera-scheduler for the binary
 # that carries the patch). See hack/allocator/README.md.
+#
+# ALLOCATOR_PATCHES names the patches to apply, in order (default: both), e.g.
+# ALLOCATOR_PATCHES=indexed-shares to measure what node-cache.patch buys.
 #
 #   go test -modfile "$(hack/allocator/overlay.sh bin/allocator)" ./test/scheduling/
 #   make tessera-scheduler   (the same for cmd/tessera-scheduler's module: hack/make/placement.mk)
@@ -17,13 +21,19 @@ module=$(cd "$root/${2:-.}" && pwd)
 dir=$(cd "$module" && go list -m -f '{{.Dir}}' k8s.io/dynamic-resource-allocation)
 # Rebuilt only when the pinned module or the patch changed, so that go build's
 # cache (keyed by file contents) stays warm either way.
-stamp="$dir $(sha256sum "$here/indexed-shares.patch" | cut -d' ' -f1)"
+patches=(${ALLOCATOR_PATCHES:-indexed-shares node-cache})
+stamp="$dir ${patches[*]} $(cat "$here/indexed-shares.patch" "$here/node-cache.patch" "$here/testdata/node_cache_test.go" | sha256sum | cut -d' ' -f1)"
 if [[ ! -f $out/stamp || $(cat "$out/stamp") != "$stamp" ]]; then
 	rm -rf "$out/dynamic-resource-allocation"
 	cp -r "$dir" "$out/dynamic-resource-allocation"
 	chmod -R u+w "$out/dynamic-resource-allocation"
-	patch --quiet --forward -d "$out/dynamic-resource-allocation/structured/internal/incubating" \
-		allocator_incubating.go "$here/indexed-shares.patch"
+	pkg="$out/dynamic-resource-allocation/structured/internal/incubating"
+	for p in "${patches[@]}"; do
+		patch --quiet --forward -d "$pkg" allocator_incubating.go "$here/$p.patch"
+	done
+	if [[ " ${patches[*]} " == *" node-cache "* ]]; then
+		cp "$here/testdata/node_cache_test.go" "$pkg/"
+	fi
 	echo "$stamp" >"$out/stamp"
 fi
 cp "$module/go.mod" "$out/go.mod"

@@ -5,8 +5,9 @@
 #                          pods per layout (Tessera, plain whole devices, NVIDIA)
 #   make bench-allocator   the allocator benchmarks of docs/benchmarks.md (one run, ~30 min on 2 cores)
 #   make test-allocator-patched, bench-allocator-patched
-#                          the same proofs and cost on the allocator with the shares walk
-#                          indexed (hack/allocator/README.md)
+#                          the same proofs and cost on tessera-scheduler's patched allocator
+#                          (shares walk indexed, node cache: hack/allocator/README.md), and the
+#                          patched package's own tests (upstream's and the node cache's)
 
 BENCH_NODES ?= 500
 BENCH_PODS ?= 1000
@@ -21,14 +22,15 @@ bench-scheduler: cluster-binaries ## The real kube-scheduler at scale: Tessera v
 bench-allocator: ## Allocator cost per claim and node, three layouts, and the levers
 	go test -run '^$$' -bench 'Scheduler(Cost|Levers)' -benchtime 2x -timeout 90m ./test/scheduling/
 
-# The allocator with the shares walk indexed (hack/allocator/README.md), for measuring
-# what the upstream fix buys and proving it changes no allocation.
+# tessera-scheduler's patched allocator (hack/allocator/README.md), for measuring what
+# the patches buy and proving they change no allocation.
 ALLOCATOR_MODFILE = $(shell hack/allocator/overlay.sh bin/allocator)
 
 .PHONY: test-allocator-patched bench-allocator-patched
 
-test-allocator-patched: ## The allocator proofs of test/scheduling on the allocator with the shares walk indexed
+test-allocator-patched: ## The allocator proofs of test/scheduling, and the allocator's own tests, on tessera-scheduler's patched allocator
 	go test -count=1 -modfile "$(ALLOCATOR_MODFILE)" ./test/scheduling/
+	cd bin/allocator/dynamic-resource-allocation && go test -race -count=1 ./structured/internal/incubating/
 
-bench-allocator-patched: ## Scheduler cost per claim and node on the allocator with the shares walk indexed
+bench-allocator-patched: ## Scheduler cost per claim and node on tessera-scheduler's patched allocator
 	go test -modfile "$(ALLOCATOR_MODFILE)" -run '^$$' -bench 'SchedulerCost' -benchtime 2x -timeout 60m ./test/scheduling/

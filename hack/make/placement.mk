@@ -19,7 +19,7 @@ sim-openb:
 
 # tessera-scheduler is kube-scheduler with Tessera's plugin, built from its own module
 # (cmd/tessera-scheduler/go.mod) so that k8s.io/kubernetes stays out of Tessera's module,
-# on the allocator with the shares walk indexed (hack/allocator/README.md: the go.mod
+# on the patched allocator (shares walk indexed, node cache: hack/allocator/README.md; the go.mod
 # overlay.sh writes replaces the pinned allocator module with a patched copy).
 # Always rebuilt (go build is incremental). The e2e suite and dev-cluster run it as a
 # second scheduler (schedulerName tessera-scheduler).

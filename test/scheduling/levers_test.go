@@ -7,10 +7,12 @@ import (
 	"testing"
 
 	resourceapi "k8s.io/api/resource/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	gpuapi "github.com/tessera-gpu/tessera/api/gpu"
 	"github.com/tessera-gpu/tessera/pkg/inventory"
+	"github.com/tessera-gpu/tessera/pkg/partition"
 	"github.com/tessera-gpu/tessera/pkg/resourceslice"
 	"github.com/tessera-gpu/tessera/test/builder"
 )
@@ -204,6 +206,36 @@ func noShares(l Layout) Layout {
 	return l
 }
 
+// plainCounters is a diagnostic, not a lever: Plain's eight devices, each
+// consuming its GPU's counter set as Tessera's whole device does (every
+// memory slice and MIG instance counter, pkg/partition). Against Plain it
+// isolates what counters cost the allocator on a whole-GPU claim, whatever
+// else a layout publishes: the allocator builds the pool's available
+// counters on every node (all counter sets), and checks every counter of the
+// pool for each device it tries to take.
+func plainCounters(l Layout) Layout {
+	base := l.Slices
+	l.Name += "/counters"
+	l.Slices = func(node string, inv inventory.Node) []*resourceapi.ResourceSlice {
+		var sets []resourceapi.CounterSet
+		devices := base(node, inv)[0].Spec.Devices
+		for i, gpu := range inv.GPUs {
+			g := partition.Build(gpu, partition.Options{})
+			counters := map[string]resourceapi.Counter{}
+			for name, n := range g.Counters {
+				counters[name] = resourceapi.Counter{Value: *resource.NewQuantity(n, resource.DecimalSI)}
+			}
+			sets = append(sets, resourceapi.CounterSet{Name: g.CounterSet, Counters: counters})
+			devices[i].ConsumesCounters = []resourceapi.DeviceCounterConsumption{{CounterSet: g.CounterSet, Counters: counters}}
+		}
+		return []*resourceapi.ResourceSlice{
+			builder.MakeSlice(node+"-counters", node).Pool(node, 0, 2).Counters(sets...).Obj(),
+			builder.MakeSlice(node+"-plain", node).Pool(node, 0, 2).Device(devices...).Obj(),
+		}
+	}
+	return l
+}
+
 // BenchmarkSchedulerLevers measures each lever on Tessera's layout at 90 %
 // fill, side by side with the layout as published and the other layouts, on
 // 100 and 500 nodes (to see which levers remove what grows with nodes).
@@ -214,7 +246,7 @@ func BenchmarkSchedulerLevers(b *testing.B) {
 	const fill = 90
 	w := withdrawn(Tessera, inv, Fill(fill))
 	layouts := []Layout{Tessera, gpuMajor(Tessera), perGPUSlices(Tessera), profileClasses(Tessera), leanAttributes(Tessera),
-		w, packedWithdrawn(w), profileClasses(leanAttributes(w)), noShares(Tessera), Plain, NVIDIA}
+		w, packedWithdrawn(w), profileClasses(leanAttributes(w)), noShares(Tessera), Plain, plainCounters(Plain), NVIDIA}
 	for _, nodes := range []int{100, 500} {
 		for _, kind := range ClaimKinds {
 			for _, l := range layouts {
