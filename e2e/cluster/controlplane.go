@@ -178,6 +178,11 @@ func Start(ctx context.Context, opts Options) (_ *ControlPlane, err error) {
 		// here reaches the API server through the service anyway.
 		"--endpoint-reconciler-type=none",
 		"--enable-priority-and-fairness=false",
+		// By default the API server leaves open watches alone when it is told to
+		// stop, and its HTTP server then waits for them up to its request timeout
+		// (60 s): clients still watching (the demo's, a test's) held every stop
+		// past Stop's 10 s. With a grace period it closes them itself.
+		"--shutdown-watch-termination-grace-period=3s",
 		"-v=1",
 	})
 	if err != nil {

@@ -120,17 +120,21 @@ func WaitPodEvent(t testing.TB, client kubernetes.Interface, pod *corev1.Pod, re
 }
 
 // Finish ends a suite's run: it calls each stop in order, then removes
-// workDir, unless the run failed (code is not 0) or KeepEnv is set. It returns
-// what the run's output should say: the stops' errors and where the state and
-// logs are kept.
-func Finish(workDir string, code int, stops ...func() error) string {
+// workDir, unless the run failed (*code is not 0) or KeepEnv is set. A stop
+// that fails fails the run (*code becomes 1): a component that does not stop
+// in time is what a user meets on Ctrl-C. It returns what the run's output
+// should say: the stops' errors and where the state and logs are kept.
+func Finish(workDir string, code *int, stops ...func() error) string {
 	var b strings.Builder
 	for _, stop := range stops {
 		if err := stop(); err != nil {
 			fmt.Fprintln(&b, "stop:", err)
+			if *code == 0 {
+				*code = 1
+			}
 		}
 	}
-	if code != 0 || os.Getenv(KeepEnv) == "1" {
+	if *code != 0 || os.Getenv(KeepEnv) == "1" {
 		fmt.Fprintf(&b, "cluster state and component logs kept in %s\n", workDir)
 		return b.String()
 	}

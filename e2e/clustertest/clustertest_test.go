@@ -64,12 +64,16 @@ func TestNamespace(t *testing.T) {
 func TestFinish(t *testing.T) {
 	for name, tc := range map[string]struct {
 		code     int
+		stopErr  error
 		keep     string
+		wantCode int
 		wantKept bool
 	}{
-		"passed":       {code: 0},
-		"failed":       {code: 1, wantKept: true},
-		"passed, kept": {code: 0, keep: "1", wantKept: true},
+		"passed":              {code: 0},
+		"failed":              {code: 1, wantCode: 1, wantKept: true},
+		"passed, kept":        {code: 0, keep: "1", wantKept: true},
+		"passed, stop failed": {code: 0, stopErr: os.ErrClosed, wantCode: 1, wantKept: true},
+		"failed, stop failed": {code: 2, stopErr: os.ErrClosed, wantCode: 2, wantKept: true},
 	} {
 		t.Run(name, func(t *testing.T) {
 			t.Setenv(KeepEnv, tc.keep)
@@ -78,14 +82,18 @@ func TestFinish(t *testing.T) {
 				t.Fatal(err)
 			}
 			var order []string
-			out := Finish(dir, tc.code,
-				func() error { order = append(order, "node"); return os.ErrClosed },
+			code := tc.code
+			out := Finish(dir, &code,
+				func() error { order = append(order, "node"); return tc.stopErr },
 				func() error { order = append(order, "control plane"); return nil })
 			if strings.Join(order, ",") != "node,control plane" {
 				t.Errorf("stopped %v, want node then control plane", order)
 			}
-			if !strings.Contains(out, os.ErrClosed.Error()) {
+			if tc.stopErr != nil && !strings.Contains(out, tc.stopErr.Error()) {
 				t.Errorf("output %q does not report the failed stop", out)
+			}
+			if code != tc.wantCode {
+				t.Errorf("exit code %d, want %d", code, tc.wantCode)
 			}
 			_, err := os.Stat(dir)
 			if kept := err == nil; kept != tc.wantKept || kept != strings.Contains(out, dir) {

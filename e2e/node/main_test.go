@@ -73,7 +73,7 @@ func run(m *testing.M) (code int) {
 		if node != nil {
 			stops = append(stops, func() error { return node.Stop(context.Background()) })
 		}
-		fmt.Fprint(os.Stderr, clustertest.Finish(workDir, code, append(stops, local.Stop)...))
+		fmt.Fprint(os.Stderr, clustertest.Finish(workDir, &code, append(stops, local.Stop)...))
 	}()
 	node, err = realnode.Start(ctx, local.ControlPlane, realnode.Options{
 		Name:         nodeName,

@@ -73,7 +73,7 @@ func run(m *testing.M) (code int) {
 		fmt.Fprintf(os.Stderr, "start local cluster: %v\nlogs in %s\n", err, workDir+"/logs")
 		return 1
 	}
-	defer func() { fmt.Fprint(os.Stderr, clustertest.Finish(workDir, code, local.Stop)) }()
+	defer func() { fmt.Fprint(os.Stderr, clustertest.Finish(workDir, &code, local.Stop)) }()
 	for _, n := range []string{nodeSmall, nodeWithdraw} {
 		if err := taintNode(ctx, n); err != nil {
 			fmt.Fprintln(os.Stderr, err)
