@@ -19,7 +19,7 @@ root=$(cd "$here/../.." && pwd)
 out=$(mkdir -p "${1:?usage: overlay.sh OUTDIR [MODULE]}" && cd "$1" && pwd)
 module=$(cd "$root/${2:-.}" && pwd)
 dir=$(cd "$module" && go list -m -f '{{.Dir}}' k8s.io/dynamic-resource-allocation)
-# Rebuilt only when the pinned module or the patch changed, so that go build's
+# Rebuilt only when the pinned module, the patches or their selection changed, so that go build's
 # cache (keyed by file contents) stays warm either way.
 patches=(${ALLOCATOR_PATCHES:-indexed-shares node-cache})
 stamp="$dir ${patches[*]} $(cat "$here/indexed-shares.patch" "$here/node-cache.patch" "$here/testdata/node_cache_test.go" | sha256sum | cut -d' ' -f1)"
