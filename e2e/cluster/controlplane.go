@@ -85,6 +85,9 @@ type ControlPlane struct {
 	// secure endpoints on loopback; the admin kubeconfig's client certificate is
 	// accepted by all three (the latter two delegate to the API server).
 	APIServerURL, SchedulerURL, ControllerManagerURL string
+	// TesseraSchedulerURL is tessera-scheduler's, once StartTesseraScheduler
+	// has started it.
+	TesseraSchedulerURL string
 	// Config and Client talk to the API server as admin.
 	Config *rest.Config
 	Client kubernetes.Interface

@@ -67,8 +67,9 @@ func (cp *ControlPlane) StartTesseraScheduler(ctx context.Context, binary string
 	if err != nil {
 		return err
 	}
+	cp.TesseraSchedulerURL = "https://127.0.0.1:" + strconv.Itoa(ports[0])
 	insecure := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}} //nolint:gosec // self-signed loopback serving cert of our own child
-	if err := waitReady(ctx, p, 2*time.Minute, httpCheck(insecure, "https://127.0.0.1:"+strconv.Itoa(ports[0])+"/readyz", "ok")); err != nil {
+	if err := waitReady(ctx, p, 2*time.Minute, httpCheck(insecure, cp.TesseraSchedulerURL+"/readyz", "ok")); err != nil {
 		return err
 	}
 	klog.FromContext(ctx).V(1).Info("tessera-scheduler ready", "schedulerName", TesseraSchedulerName)

@@ -43,8 +43,13 @@ type Options struct {
 	Pods int
 	// PhaseTimeout bounds the placement of one layout's pods.
 	PhaseTimeout time.Duration
-	// Layouts are measured in this order.
+	// Layouts are measured in this order, by kube-scheduler.
 	Layouts []scheduling.Layout
+	// TesseraScheduler, when set, is a tessera-scheduler binary (make
+	// tessera-scheduler): it is started beside kube-scheduler and measured
+	// after the layouts on the default layout (Withdrawn), as
+	// "tessera-withdrawn/tessera-scheduler".
+	TesseraScheduler string
 	// Out receives progress and the result table.
 	Out io.Writer
 }
@@ -101,19 +106,45 @@ func Run(ctx context.Context, opts Options) ([]Result, error) {
 			return nil, fmt.Errorf("create DeviceClass %s: %w", dc.Name, err)
 		}
 	}
-	metrics, err := newMetricsReader(cp)
+	metrics, err := newMetricsReader(cp, cp.SchedulerURL)
 	if err != nil {
 		return nil, err
 	}
-	var results []Result
+	type run struct {
+		layout scheduling.Layout
+		sched  scheduler
+	}
+	var runs []run
 	for _, l := range opts.Layouts {
-		r, err := phase(ctx, cp, metrics, inv, names, l, opts)
-		if err != nil {
-			return results, fmt.Errorf("layout %s: %w", l.Name, err)
+		runs = append(runs, run{l, scheduler{metrics: metrics}})
+	}
+	if opts.TesseraScheduler != "" {
+		_, _ = fmt.Fprintf(opts.Out, "starting tessera-scheduler\n")
+		if err := cp.StartTesseraScheduler(ctx, opts.TesseraScheduler); err != nil {
+			return nil, err
 		}
-		results = append(results, r)
+		tsMetrics, err := newMetricsReader(cp, cp.TesseraSchedulerURL)
+		if err != nil {
+			return nil, err
+		}
+		runs = append(runs, run{Withdrawn, scheduler{name: cluster.TesseraSchedulerName, metrics: tsMetrics}})
+	}
+	var results []Result
+	for _, r := range runs {
+		res, err := phase(ctx, cp, r.sched, inv, names, r.layout, opts)
+		if err != nil {
+			return results, fmt.Errorf("layout %s: %w", res.Layout, err)
+		}
+		results = append(results, res)
 	}
 	return results, nil
+}
+
+// scheduler is the scheduler a phase's pods ask for: kube-scheduler (name
+// "") or tessera-scheduler, and where its metrics are read.
+type scheduler struct {
+	name    string
+	metrics *metricsReader
 }
 
 func h200Inventory(ctx context.Context) (inventory.Node, error) {
@@ -157,11 +188,17 @@ func createNode(ctx context.Context, client kubernetes.Interface, name string) e
 }
 
 // phase publishes one layout on every node, places its pods and cleans up.
-func phase(ctx context.Context, cp *cluster.ControlPlane, metrics *metricsReader, inv inventory.Node, nodes []string, l scheduling.Layout, opts Options) (Result, error) {
+func phase(ctx context.Context, cp *cluster.ControlPlane, sched scheduler, inv inventory.Node, nodes []string, l scheduling.Layout, opts Options) (Result, error) {
 	client := cp.Client
+	metrics := sched.metrics
 	res := Result{Layout: l.Name, Pods: opts.Pods}
 	ns := "bench-" + l.Name
-	_, _ = fmt.Fprintf(opts.Out, "[%s] publishing slices on %d nodes\n", l.Name, len(nodes))
+	if sched.name != "" {
+		res.Layout += "/" + sched.name
+		ns += "-" + sched.name
+	}
+	label := res.Layout
+	_, _ = fmt.Fprintf(opts.Out, "[%s] publishing slices on %d nodes\n", label, len(nodes))
 	var published []string
 	var mu sync.Mutex
 	var rp *republisher
@@ -228,7 +265,7 @@ func phase(ctx context.Context, cp *cluster.ControlPlane, metrics *metricsReader
 	}
 	watch := newBindingWatch(ctx, client, ns)
 	defer watch.stop()
-	_, _ = fmt.Fprintf(opts.Out, "[%s] creating %d pods\n", l.Name, opts.Pods)
+	_, _ = fmt.Fprintf(opts.Out, "[%s] creating %d pods\n", label, opts.Pods)
 	start := time.Now()
 	created := make([]time.Time, opts.Pods)
 	idx := make([]int, opts.Pods)
@@ -241,7 +278,7 @@ func phase(ctx context.Context, cp *cluster.ControlPlane, metrics *metricsReader
 	go func() {
 		createErr <- parallel(createCtx, idx, func(ctx context.Context, i int) error {
 			created[i] = time.Now()
-			_, err := client.CoreV1().Pods(ns).Create(ctx, pod(i, kinds[i]), metav1.CreateOptions{})
+			_, err := client.CoreV1().Pods(ns).Create(ctx, pod(i, kinds[i], sched.name), metav1.CreateOptions{})
 			if err != nil {
 				return fmt.Errorf("create pod %d: %w", i, err)
 			}
@@ -263,7 +300,7 @@ func phase(ctx context.Context, cp *cluster.ControlPlane, metrics *metricsReader
 			createErr = nil
 		case <-ticker.C:
 			n := watch.count()
-			_, _ = fmt.Fprintf(opts.Out, "[%s] %d/%d pods bound after %s (%.1f pods/s)\n", l.Name, n, opts.Pods,
+			_, _ = fmt.Fprintf(opts.Out, "[%s] %d/%d pods bound after %s (%.1f pods/s)\n", label, n, opts.Pods,
 				time.Since(start).Round(time.Second), float64(n)/time.Since(start).Seconds())
 		case <-watch.changed:
 		}
@@ -292,11 +329,11 @@ func phase(ctx context.Context, cp *cluster.ControlPlane, metrics *metricsReader
 	res.BoundP50, res.BoundP99 = quantile(latencies, 0.5), quantile(latencies, 0.99)
 	diff := after.minus(before)
 	res.AttemptP50, res.AttemptP99 = diff.quantile(0.5), diff.quantile(0.99)
-	_, _ = fmt.Fprintf(opts.Out, "[%s] %d/%d pods bound, %.1f pods/s, attempt p50 %s p99 %s\n", l.Name, res.Placed, res.Pods,
+	_, _ = fmt.Fprintf(opts.Out, "[%s] %d/%d pods bound, %.1f pods/s, attempt p50 %s p99 %s\n", label, res.Placed, res.Pods,
 		res.PodsPerSecond, res.AttemptP50, res.AttemptP99)
 	if rp != nil {
 		rp.mu.Lock()
-		_, _ = fmt.Fprintf(opts.Out, "[%s] %d slice writes (%d new pool generations) for %d pods bound\n", l.Name, rp.updates, rp.bumps, res.Placed)
+		_, _ = fmt.Fprintf(opts.Out, "[%s] %d slice writes (%d new pool generations) for %d pods bound\n", label, rp.updates, rp.bumps, res.Placed)
 		rp.mu.Unlock()
 	}
 	return res, nil
@@ -324,7 +361,9 @@ func podKinds(l scheduling.Layout, n int) []scheduling.ClaimKind {
 	return out
 }
 
-func pod(i int, kind scheduling.ClaimKind) *corev1.Pod {
+// pod is pod i, with a claim of the kind, for the named scheduler ("" for
+// kube-scheduler).
+func pod(i int, kind scheduling.ClaimKind, schedulerName string) *corev1.Pod {
 	return &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("pod-%d", i), Labels: map[string]string{"claim": string(kind)}},
 		Spec: corev1.PodSpec{
@@ -337,6 +376,7 @@ func pod(i int, kind scheduling.ClaimKind) *corev1.Pod {
 			// unreachable after a while; placement is all that is measured.
 			Tolerations:                   []corev1.Toleration{{Operator: corev1.TolerationOpExists}},
 			TerminationGracePeriodSeconds: ptr.To[int64](0),
+			SchedulerName:                 schedulerName,
 		},
 	}
 }

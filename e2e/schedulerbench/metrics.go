@@ -18,14 +18,15 @@ import (
 // attemptMetric is the scheduler's histogram of scheduling attempts.
 const attemptMetric = "scheduler_scheduling_attempt_duration_seconds"
 
-// metricsReader scrapes kube-scheduler's /metrics with the admin client
-// certificate (the scheduler delegates authorization to the API server).
+// metricsReader scrapes a scheduler's /metrics (kube-scheduler's or
+// tessera-scheduler's) with the admin client certificate (the scheduler
+// delegates authorization to the API server).
 type metricsReader struct {
 	url    string
 	client *http.Client
 }
 
-func newMetricsReader(cp *cluster.ControlPlane) (*metricsReader, error) {
+func newMetricsReader(cp *cluster.ControlPlane, schedulerURL string) (*metricsReader, error) {
 	cert, err := tls.LoadX509KeyPair(cp.Config.CertFile, cp.Config.KeyFile)
 	if err != nil {
 		return nil, fmt.Errorf("load admin client certificate: %w", err)
@@ -34,7 +35,7 @@ func newMetricsReader(cp *cluster.ControlPlane) (*metricsReader, error) {
 		Certificates:       []tls.Certificate{cert},
 		InsecureSkipVerify: true, //nolint:gosec // the scheduler's self-signed loopback serving certificate
 	}}
-	return &metricsReader{url: cp.SchedulerURL + "/metrics", client: &http.Client{Timeout: 10 * time.Second, Transport: transport}}, nil
+	return &metricsReader{url: schedulerURL + "/metrics", client: &http.Client{Timeout: 10 * time.Second, Transport: transport}}, nil
 }
 
 // histogram is cumulative bucket counts by upper bound, in seconds.

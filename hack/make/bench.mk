@@ -2,7 +2,8 @@
 #
 #   make bench-scheduler   the real kube-scheduler on a local control plane with
 #                          BENCH_NODES simulated 8 x H200 nodes placing BENCH_PODS
-#                          pods per layout (Tessera, plain whole devices, NVIDIA)
+#                          pods per layout (Tessera, plain whole devices, NVIDIA), then
+#                          tessera-scheduler on Tessera's default layout
 #   make bench-allocator   the allocator benchmarks of docs/benchmarks.md (one run, ~30 min on 2 cores)
 #   make test-allocator-patched, bench-allocator-patched
 #                          the same proofs and cost on tessera-scheduler's patched allocator
@@ -15,9 +16,10 @@ BENCH_PHASE_TIMEOUT ?= 3m
 
 .PHONY: bench-scheduler bench-allocator
 
-bench-scheduler: cluster-binaries ## The real kube-scheduler at scale: Tessera vs plain vs NVIDIA layouts
+bench-scheduler: cluster-binaries tessera-scheduler ## The real kube-scheduler at scale: Tessera vs plain vs NVIDIA layouts, then tessera-scheduler on Tessera's
 	go build -o bin/bench-scheduler ./e2e/cmd/bench-scheduler
-	bin/bench-scheduler --bin-dir=$(TESSERA_CACHE)/bin --nodes=$(BENCH_NODES) --pods=$(BENCH_PODS) --phase-timeout=$(BENCH_PHASE_TIMEOUT)
+	bin/bench-scheduler --bin-dir=$(TESSERA_CACHE)/bin --nodes=$(BENCH_NODES) --pods=$(BENCH_PODS) --phase-timeout=$(BENCH_PHASE_TIMEOUT) \
+		--tessera-scheduler=$(BIN)/tessera-scheduler
 
 bench-allocator: ## Allocator cost per claim and node, three layouts, and the levers
 	go test -run '^$$' -bench 'Scheduler(Cost|Levers)' -benchtime 2x -timeout 90m ./test/scheduling/

@@ -29,6 +29,7 @@ func main() {
 	fs.IntVar(&opts.Nodes, "nodes", 500, "simulated 8 x H200 nodes")
 	fs.IntVar(&opts.Pods, "pods", 1000, "pods placed per layout")
 	fs.DurationVar(&opts.PhaseTimeout, "phase-timeout", 3*time.Minute, "longest time one layout's pods may take")
+	fs.StringVar(&opts.TesseraScheduler, "tessera-scheduler", "", "tessera-scheduler binary (make tessera-scheduler): also measure it on the default layout, after kube-scheduler's layouts")
 	klog.InitFlags(fs)
 	_ = fs.Parse(os.Args[1:])
 
