@@ -21,7 +21,15 @@ module=$(cd "$root/${2:-.}" && pwd)
 dir=$(cd "$module" && go list -m -f '{{.Dir}}' k8s.io/dynamic-resource-allocation)
 # Rebuilt only when the pinned module, the patches or their selection changed, so that go build's
 # cache (keyed by file contents) stays warm either way.
-patches=(${ALLOCATOR_PATCHES:-indexed-shares node-cache})
+read -r -a patches <<<"${ALLOCATOR_PATCHES:-indexed-shares node-cache}"
+# node-cache.patch is written against the file indexed-shares.patch produces.
+case "${patches[*]}" in
+"indexed-shares" | "indexed-shares node-cache") ;;
+*)
+	echo "overlay.sh: ALLOCATOR_PATCHES='${patches[*]}': want 'indexed-shares' or 'indexed-shares node-cache' (node-cache.patch applies on top of indexed-shares.patch)" >&2
+	exit 1
+	;;
+esac
 stamp="$dir ${patches[*]} $(cat "$here/indexed-shares.patch" "$here/node-cache.patch" "$here/testdata/node_cache_test.go" | sha256sum | cut -d' ' -f1)"
 if [[ ! -f $out/stamp || $(cat "$out/stamp") != "$stamp" ]]; then
 	rm -rf "$out/dynamic-resource-allocation"
