@@ -31,8 +31,9 @@ const pollEvery = 100 * time.Millisecond
 // Namespace creates a namespace for one test, named prefix + the test's name
 // made a DNS label + four random letters, and waits for its default service
 // account. Cleanup deletes its pods and waits until they are gone (so that
-// their claims are unprepared and the next test finds every device free),
-// each wait bounded by timeout, then deletes the namespace.
+// their claims are unprepared), then its claims, and waits until they are gone
+// (so that the next test finds every device free), each wait bounded by
+// timeout, then deletes the namespace.
 func Namespace(t testing.TB, client kubernetes.Interface, prefix string, timeout time.Duration) string {
 	t.Helper()
 	// Test and subtest names may hold any character; a namespace name is a DNS label.
@@ -71,7 +72,21 @@ func Namespace(t testing.TB, client kubernetes.Interface, prefix string, timeout
 		if err != nil {
 			t.Errorf("pods of %s not gone: %v", name, err)
 		}
-		// Claims made for the pods go with them; the namespace takes the rest.
+		// A claim outlives its pod until the claim controller deallocates
+		// and deletes it (one made from a template) or the namespace goes
+		// (one created on its own); until then the scheduler counts its
+		// devices as taken. The next test must find them free.
+		claims := client.ResourceV1().ResourceClaims(name)
+		if err := claims.DeleteCollection(ctx, metav1.DeleteOptions{}, metav1.ListOptions{}); err != nil {
+			t.Errorf("delete claims of %s: %v", name, err)
+		}
+		err = wait.PollUntilContextCancel(ctx, pollEvery, true, func(ctx context.Context) (bool, error) {
+			list, err := claims.List(ctx, metav1.ListOptions{})
+			return err == nil && len(list.Items) == 0, nil
+		})
+		if err != nil {
+			t.Errorf("claims of %s not gone: %v", name, err)
+		}
 		_ = client.CoreV1().Namespaces().Delete(ctx, name, metav1.DeleteOptions{})
 	})
 	return name

@@ -35,11 +35,13 @@ func testContext(t *testing.T) context.Context {
 	return ctx
 }
 
-// newNamespace creates a namespace for one test. Cleanup deletes its pods and waits
-// until they are gone, so that the next test finds all devices free.
+// newNamespace creates a namespace for one test, the test's first only once
+// the cluster holds nothing of the tests before (startClean). Cleanup deletes its
+// pods and claims and waits until they are gone.
 func newNamespace(t *testing.T) string {
 	t.Helper()
 	needCluster(t)
+	startClean(t)
 	return clustertest.Namespace(t, local.Client, "e2e-", waitTimeout)
 }
 

@@ -26,6 +26,7 @@ import (
 // the plugin write its own node's slices.
 func TestNodeIsolation(t *testing.T) {
 	needCluster(t)
+	startClean(t)
 	ctx := t.Context()
 	asA := clientFor(t, node(t, nodeA).Options().Kubeconfig)
 	slicesOfB, err := node(t, nodeB).Slices(ctx)

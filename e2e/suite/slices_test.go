@@ -24,6 +24,7 @@ import (
 // the time-shared GPU and all 25 MIG placements of an H200.
 func TestSlicesPublished(t *testing.T) {
 	needCluster(t)
+	startClean(t)
 	gpus := map[string]int{nodeA: 8, nodeB: 8, nodeSmall: 1}
 	wholeName := regexp.MustCompile(`^gpu-(\d+)$`)
 	for name, count := range gpus {

@@ -67,9 +67,8 @@ func waitPublished(t *testing.T, name, what string, ok func(published) bool) pub
 
 // waitIdle waits until each of the 8-GPU nodes publishes every device again
 // and the controller has tainted each of its time-shared GPUs free. Their
-// plugins withdraw what their prepared devices block, and an unprepare
-// of several GPUs at once rewrites the node's slices under a new pool
-// generation; right after the cluster starts, the controller is still
+// plugins withdraw what their prepared devices block and bring it back after
+// the unprepare; right after the cluster starts, the controller is still
 // making the free taints, and an untainted shared GPU looks to every claim
 // like one its own group holds. A test that compares kube-scheduler's
 // choices with a model of an idle cluster waits for both.

@@ -16,6 +16,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/dynamic-resource-allocation/kubeletplugin"
+	draslices "k8s.io/dynamic-resource-allocation/resourceslice"
 	"k8s.io/klog/v2"
 	registerapi "k8s.io/kubelet/pkg/apis/pluginregistration/v1"
 
@@ -87,6 +88,8 @@ type Driver struct {
 	helper *kubeletplugin.Helper
 	// published is the inventory last published, to republish only on change.
 	published *inventory.Node
+	// handed is what the publication controller was last given (handOver).
+	handed *draslices.DriverResources
 	// prepared lists the prepared devices when blocked ones are withdrawn
 	// (nil otherwise); publishedPrepared is its answer last published.
 	prepared          PreparedLister
@@ -269,7 +272,7 @@ func (d *Driver) publish(ctx context.Context, node inventory.Node) error {
 		return nil
 	}
 	res := resourceslice.Build(d.opts.NodeName, node, opts)
-	if err := d.helper.PublishResources(ctx, res); err != nil {
+	if err := d.handOver(ctx, res); err != nil {
 		return fmt.Errorf("publish resource slices: %w", err)
 	}
 	var names []string

@@ -134,7 +134,7 @@ func packedSlices(node inventory.Node, gpus []partition.GPU, opts Options) []dra
 // A prepare or unprepare changes what one GPU publishes, so it changes one
 // slice, and the publication controller then updates that slice in place
 // under the same pool generation (it bumps the generation, and rewrites every
-// slice, when more than one slice changes). Among the devices of one kind or
+// slice, when more than one slice changes: see Steps). Among the devices of one kind or
 // profile the order is the same as packedSlices's, so the allocator chooses
 // the same devices; the other kinds it walks past are few, because a busy
 // GPU publishes little.

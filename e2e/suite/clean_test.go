@@ -1,0 +1,84 @@
+package suite
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"testing"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/wait"
+)
+
+// cleanFor is the top-level test that last found the cluster clean.
+var cleanFor string
+
+// startClean makes each test start from a state it checks: the first time a
+// top-level test asks for a namespace, it waits until the cluster holds
+// nothing of the tests before it (waitClean). Later namespaces of the same
+// test (and its subtests) do not wait, as the test's own pods may run by then.
+func startClean(t *testing.T) {
+	t.Helper()
+	top, _, _ := strings.Cut(t.Name(), "/")
+	if top == cleanFor {
+		return
+	}
+	waitClean(t)
+	cleanFor = top
+}
+
+// waitClean waits until no pod is bound to a GPU node of the suite, no
+// claim is allocated, and every node's pool is complete and publishes every
+// device (nothing prepared is left to withdraw anything). Tests end by
+// deleting their pods and claims (clustertest.Namespace), but a plugin
+// republishes what an unprepare brings back after the kubelet's call returns,
+// so the next test may start before the slices show it.
+func waitClean(t *testing.T) {
+	t.Helper()
+	var why string
+	err := wait.PollUntilContextTimeout(t.Context(), pollEvery, waitTimeout, true, func(ctx context.Context) (bool, error) {
+		why = notClean(ctx, t)
+		return why == "", nil
+	})
+	if err != nil {
+		t.Fatalf("the cluster was not clean within %s after the tests before: %s", waitTimeout, why)
+	}
+}
+
+// notClean says what keeps the cluster from the state every test starts
+// from, or "" when nothing does.
+func notClean(ctx context.Context, t *testing.T) string {
+	pods, err := local.Client.CoreV1().Pods(metav1.NamespaceAll).List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return err.Error()
+	}
+	for _, p := range pods.Items {
+		if p.Spec.NodeName != "" && local.Node(p.Spec.NodeName) != nil && p.Status.Phase != corev1.PodSucceeded && p.Status.Phase != corev1.PodFailed {
+			return fmt.Sprintf("pod %s/%s is still on node %s", p.Namespace, p.Name, p.Spec.NodeName)
+		}
+	}
+	claims, err := local.Client.ResourceV1().ResourceClaims(metav1.NamespaceAll).List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return err.Error()
+	}
+	for _, c := range claims.Items {
+		if c.Status.Allocation != nil {
+			return fmt.Sprintf("claim %s/%s is still allocated", c.Namespace, c.Name)
+		}
+	}
+	for _, n := range local.Nodes {
+		var gpus int
+		if _, err := fmt.Sscanf(n.Options().NVML, "mock:dgxh200:%d", &gpus); err != nil {
+			return fmt.Sprintf("node %s: NVML %q is not an H200 mock the suite counts devices of", n.Name, n.Options().NVML)
+		}
+		complete, err := n.PoolComplete(ctx)
+		if err != nil || !complete {
+			return fmt.Sprintf("the pool of node %s is incomplete (%v)", n.Name, err)
+		}
+		if p := publishedOn(ctx, t, n.Name); len(p.devices) != gpus*devicesPerH200 {
+			return fmt.Sprintf("node %s publishes %d devices, %d with nothing prepared", n.Name, len(p.devices), gpus*devicesPerH200)
+		}
+	}
+	return ""
+}
