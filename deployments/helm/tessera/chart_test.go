@@ -319,11 +319,14 @@ func TestRefusals(t *testing.T) {
 		args []string
 		want string
 	}{
-		"unknown key":             {args: []string{"--set", "kubeletPlugin.nvmlBackend=real"}, want: "additional properties 'nvmlBackend' not allowed"},
-		"wrong type":              {args: []string{"--set", "controller.replicas=two"}, want: "/controller/replicas"},
-		"unknown NVML backend":    {args: []string{"--set", "kubeletPlugin.nvml=mock:tpu"}, want: "/kubeletPlugin/nvml"},
-		"untenanted policy":       {args: []string{"--set", "controller.untenantedNamespaces=Maybe"}, want: "/controller/untenantedNamespaces"},
-		"old cluster":             {args: []string{"--kube-version", "1.35.4"}, want: "1.36"},
+		"unknown key":          {args: []string{"--set", "kubeletPlugin.nvmlBackend=real"}, want: "additional properties 'nvmlBackend' not allowed"},
+		"wrong type":           {args: []string{"--set", "controller.replicas=two"}, want: "/controller/replicas"},
+		"unknown NVML backend": {args: []string{"--set", "kubeletPlugin.nvml=mock:tpu"}, want: "/kubeletPlugin/nvml"},
+		"untenanted policy":    {args: []string{"--set", "controller.untenantedNamespaces=Maybe"}, want: "/controller/untenantedNamespaces"},
+		"old cluster":          {args: []string{"--kube-version", "1.35.4"}, want: "1.37"},
+		// 1.36 serves DeviceTaintRule only as v1beta2, behind a gate that is
+		// off by default; the controller creates and watches v1 rules.
+		"1.36 cluster":            {args: []string{"--kube-version", "1.36.3"}, want: "1.37"},
 		"tenancy, no controller":  {args: []string{"--set", "controller.enabled=false"}, want: "every pod asking for a GPU would wait forever"},
 		"monitor without its CRD": {args: []string{"--set", "serviceMonitor.enabled=true"}, want: "ServiceMonitor CRD"},
 		"plugin as default SA":    {args: []string{"--set", "kubeletPlugin.serviceAccount.create=false"}, want: "kubeletPlugin.serviceAccount.name"},
