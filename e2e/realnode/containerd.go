@@ -151,25 +151,36 @@ func (c *containerd) importImage(ctx context.Context, archive []byte) error {
 }
 
 // killAll kills and removes every task the CRI plugin left, so that no
-// container or shim outlives the run.
+// container or shim outlives the run. A shim exits once the last task of its
+// sandbox is killed, and a remove racing that exit fails with "ttrpc: closed"
+// although the task is gone: what counts is that no task is listed after
+// (a few rounds, bounded by ctx).
 func (c *containerd) killAll(ctx context.Context) error {
-	out, err := c.ctr(ctx, nil, "tasks", "ls", "-q")
-	if err != nil {
-		return err
-	}
 	var errs []string
-	for _, id := range strings.Fields(out) {
-		if _, err := c.ctr(ctx, nil, "tasks", "kill", "--signal", "SIGKILL", id); err != nil && !strings.Contains(err.Error(), "not found") {
-			errs = append(errs, err.Error())
+	for {
+		out, err := c.ctr(ctx, nil, "tasks", "ls", "-q")
+		if err != nil {
+			return err
 		}
-		if _, err := c.ctr(ctx, nil, "tasks", "rm", "--force", id); err != nil && !strings.Contains(err.Error(), "not found") {
-			errs = append(errs, err.Error())
+		ids := strings.Fields(out)
+		if len(ids) == 0 {
+			return nil
+		}
+		errs = errs[:0]
+		for _, id := range ids {
+			if _, err := c.ctr(ctx, nil, "tasks", "kill", "--signal", "SIGKILL", id); err != nil && !strings.Contains(err.Error(), "not found") {
+				errs = append(errs, err.Error())
+			}
+			if _, err := c.ctr(ctx, nil, "tasks", "rm", "--force", id); err != nil && !strings.Contains(err.Error(), "not found") {
+				errs = append(errs, err.Error())
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("remove containerd tasks %v: %s: %w", ids, strings.Join(errs, "; "), ctx.Err())
+		case <-time.After(200 * time.Millisecond):
 		}
 	}
-	if len(errs) > 0 {
-		return fmt.Errorf("remove containerd tasks: %s", strings.Join(errs, "; "))
-	}
-	return nil
 }
 
 func writeTemplate(path string, t *template.Template, data any) error {

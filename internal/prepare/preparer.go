@@ -80,6 +80,8 @@ type Preparer struct {
 type deviceInfo struct {
 	gpu    inventory.GPU
 	device partition.Device
+	// counters are the capacities of the GPU's counter set.
+	counters map[string]int64
 }
 
 // gpuState serialises the changes that concern one physical GPU: its MIG
@@ -272,8 +274,9 @@ func (p *Preparer) checkNoCheckpointIsNewNode(ctx context.Context, node inventor
 func (p *Preparer) SetInventory(node inventory.Node) {
 	devices := map[string]deviceInfo{}
 	for _, gpu := range node.GPUs {
-		for _, d := range partition.Build(gpu, partition.Options{}).Devices {
-			devices[d.Name] = deviceInfo{gpu: gpu, device: d}
+		g := partition.Build(gpu, partition.Options{})
+		for _, d := range g.Devices {
+			devices[d.Name] = deviceInfo{gpu: gpu, device: d, counters: g.Counters}
 		}
 	}
 	p.invMu.Lock()
@@ -365,6 +368,9 @@ func (p *Preparer) prepare(ctx context.Context, claim *resourceapi.ResourceClaim
 	if len(devices) == 0 {
 		// Only other drivers' devices: nothing to make or remember.
 		return kubeletplugin.PrepareResult{Devices: []kubeletplugin.Device{}}, "none", nil
+	}
+	if err := p.checkNotHeld(uid, devices); err != nil {
+		return kubeletplugin.PrepareResult{}, "none", err
 	}
 	c := &checkpoint.Claim{UID: uid, Namespace: claim.Namespace, Name: claim.Name, State: checkpoint.PrepareStarted, Devices: devices}
 	kind := kindOf(c)
