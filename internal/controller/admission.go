@@ -121,7 +121,7 @@ func (r *AdmissionReconciler) decide(ctx context.Context, claim *resourceapi.Res
 	owners, _ := tenancy.Owners(tenants, []*corev1.Namespace{ns})
 	switch o := owners[ns.Name]; len(o) {
 	case 0:
-		return nil, tenancy.Decide(nil, tenancy.Usage{}, claim, nil), nil
+		return nil, tenancy.Decide(nil, nil, claim, nil), nil
 	case 1:
 	default:
 		t := findTenant(tenants, o[0])
@@ -142,11 +142,12 @@ func (r *AdmissionReconciler) decide(ctx context.Context, claim *resourceapi.Res
 	return t, tenancy.Decide(t, held, claim, memory), nil
 }
 
-// held is what the tenant's admitted allocations hold, except skip's.
-func (r *AdmissionReconciler) held(ctx context.Context, t *tenancyv1.GPUTenant, tenants []*tenancyv1.GPUTenant, memory map[tenancy.DeviceID]int64, skip types.NamespacedName) (tenancy.Usage, error) {
+// held is what the tenant's admitted allocations hold, except skip's: the
+// admitted claims the cache shows and those the ledger admitted since.
+func (r *AdmissionReconciler) held(ctx context.Context, t *tenancyv1.GPUTenant, tenants []*tenancyv1.GPUTenant, memory map[tenancy.DeviceID]int64, skip types.NamespacedName) ([]tenancy.Holding, error) {
 	admitted, err := admittedClaims(ctx, r.client, t, tenants)
 	if err != nil {
-		return tenancy.Usage{}, err
+		return nil, err
 	}
 	seen := map[types.NamespacedName]bool{}
 	var counted []*resourceapi.ResourceClaim
@@ -161,9 +162,9 @@ func (r *AdmissionReconciler) held(ctx context.Context, t *tenancyv1.GPUTenant, 
 	if err != nil {
 		// An admitted claim whose device vanished from the slices still
 		// holds it; counting it short could overshoot, so refuse to decide.
-		return tenancy.Usage{}, fmt.Errorf("usage of GPUTenant %s: %w", t.Name, err)
+		return nil, fmt.Errorf("usage of GPUTenant %s: %w", t.Name, err)
 	}
-	return held.Add(r.ledger.unseen(t.Name, seen, skip)), nil
+	return append(held, r.ledger.unseen(t.Name, seen, skip)...), nil
 }
 
 // writeConditions sets the decision's condition on every gated device of the

@@ -22,7 +22,10 @@ type ledger struct {
 type ledgerEntry struct {
 	uid    types.UID
 	tenant string
-	cost   tenancy.Usage
+	// holdings, not a price: what a claim adds depends on what else the
+	// tenant holds (shares of one GPU are priced together), so the tenant's
+	// cost is recomputed from all its holdings on every decision.
+	holdings []tenancy.Holding
 }
 
 func newLedger() *ledger {
@@ -33,7 +36,7 @@ func (l *ledger) record(claim types.NamespacedName, uid types.UID, tenant string
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if d.Admit {
-		l.admitted[claim] = ledgerEntry{uid: uid, tenant: tenant, cost: d.Cost}
+		l.admitted[claim] = ledgerEntry{uid: uid, tenant: tenant, holdings: d.Holdings}
 	}
 	l.latest[tenant] = d
 }
@@ -46,17 +49,18 @@ func (l *ledger) forget(claim types.NamespacedName) {
 }
 
 // unseen is what the tenant's admissions hold that the cache does not show
-// yet: entries of claims other than skip that are not in seen.
-func (l *ledger) unseen(tenant string, seen map[types.NamespacedName]bool, skip types.NamespacedName) tenancy.Usage {
+// yet: the holdings of entries of claims other than skip that are not in
+// seen.
+func (l *ledger) unseen(tenant string, seen map[types.NamespacedName]bool, skip types.NamespacedName) []tenancy.Holding {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	var u tenancy.Usage
+	var out []tenancy.Holding
 	for key, e := range l.admitted {
 		if e.tenant == tenant && key != skip && !seen[key] {
-			u = u.Add(e.cost)
+			out = append(out, e.holdings...)
 		}
 	}
-	return u
+	return out
 }
 
 // latestDecision is the latest decision for tenant, if any.

@@ -9,7 +9,7 @@ import (
 var (
 	tenantMemoryUsed = prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Namespace: "tessera", Subsystem: "tenant", Name: "gpu_memory_used_bytes",
-		Help: "GPU memory held by the tenant's admitted allocations.",
+		Help: "Held GPU memory of the tenant's admitted allocations: the GPU memory they keep other tenants from using (docs/tenancy.md, What an allocation costs).",
 	}, []string{"tenant"})
 	tenantMemoryBudget = prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Namespace: "tessera", Subsystem: "tenant", Name: "gpu_memory_budget_bytes",

@@ -203,7 +203,7 @@ func (r *TenantReconciler) usage(ctx context.Context, t *tenancyv1.GPUTenant, te
 	if err != nil {
 		return tenancy.Usage{}, fmt.Errorf("usage of GPUTenant %s: %w", t.Name, err)
 	}
-	return held.Add(r.ledger.unseen(t.Name, seen, types.NamespacedName{})), nil
+	return tenancy.Cost(t, append(held, r.ledger.unseen(t.Name, seen, types.NamespacedName{})...)), nil
 }
 
 func (r *TenantReconciler) writeStatus(ctx context.Context, t *tenancyv1.GPUTenant, own, conflicting []string, usage tenancy.Usage, problem error) error {

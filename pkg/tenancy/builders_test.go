@@ -30,6 +30,10 @@ func (t *tenantWrapper) Classes(c ...string) *tenantWrapper {
 func (t *tenantWrapper) AdminAccess() *tenantWrapper  { t.Spec.AllowAdminAccess = true; return t }
 func (t *tenantWrapper) DeviceConfig() *tenantWrapper { t.Spec.AllowDeviceConfig = true; return t }
 func (t *tenantWrapper) Pool(p string) *tenantWrapper { t.Spec.DedicatedPool = p; return t }
+func (t *tenantWrapper) Sharing(s tenancyv1.SharingPolicy) *tenantWrapper {
+	t.Spec.Sharing = s
+	return t
+}
 func (t *tenantWrapper) Memory(q string) *tenantWrapper {
 	t.budget().GPUMemory = ptr.To(resource.MustParse(q))
 	return t
@@ -128,6 +132,19 @@ func (c *claimWrapper) Share(request, device, memory, shareID string) *claimWrap
 		ShareID:          ptr.To(types.UID(shareID)),
 		ConsumedCapacity: map[resourceapi.QualifiedName]resource.Quantity{gpuapi.CapMemory: resource.MustParse(memory)},
 	})
+}
+
+// Compute sets the consumed compute (percent of SMs) of the last result.
+func (c *claimWrapper) Compute(percent int64) *claimWrapper {
+	r := &c.Status.Allocation.Devices.Results[len(c.Status.Allocation.Devices.Results)-1]
+	r.ConsumedCapacity[gpuapi.CapCompute] = *resource.NewQuantity(percent, resource.DecimalSI)
+	return c
+}
+
+// Foreign adds an allocation result of another driver's device.
+func (c *claimWrapper) Foreign(request, driver, device string) *claimWrapper {
+	c.allocated(resourceapi.DeviceRequestAllocationResult{Request: request, Driver: driver, Pool: "n1", Device: device})
+	return c
 }
 
 func (c *claimWrapper) allocated(r resourceapi.DeviceRequestAllocationResult) *claimWrapper {

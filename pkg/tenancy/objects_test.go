@@ -84,17 +84,17 @@ func TestDedicatedClasses(t *testing.T) {
 func TestDecide(t *testing.T) {
 	tenant := makeTenant("team-a").Classes(gpuapi.ClassMIG).Memory("100Gi").Obj()
 	claim := makeClaim("a", "c").Request("gpu", gpuapi.ClassMIG).Allocated("gpu", "gpu-2-mig-3g71gb-4").Obj()
-	if d := tenancy.Decide(nil, tenancy.Usage{}, claim, published); !d.Admit || d.Reason != tenancyv1.ReasonNoTenancy {
+	if d := tenancy.Decide(nil, nil, claim, published); !d.Admit || d.Reason != tenancyv1.ReasonNoTenancy {
 		t.Errorf("untenanted: %+v", d)
 	}
-	if d := tenancy.Decide(tenant, tenancy.Usage{Memory: 29 * gi}, claim, published); !d.Admit || d.Cost.Memory != 71*gi {
+	if d := tenancy.Decide(tenant, []tenancy.Holding{{Memory: 29 * gi}}, claim, published); !d.Admit || d.Cost.Memory != 71*gi {
 		t.Errorf("fits: %+v", d)
 	}
-	if d := tenancy.Decide(tenant, tenancy.Usage{Memory: 30 * gi}, claim, published); d.Admit || d.Reason != tenancyv1.ReasonOverBudget {
+	if d := tenancy.Decide(tenant, []tenancy.Holding{{Memory: 30 * gi}}, claim, published); d.Admit || d.Reason != tenancyv1.ReasonOverBudget {
 		t.Errorf("over budget: %+v", d)
 	}
 	bad := makeClaim("a", "c").Request("gpu", gpuapi.ClassGPU).Allocated("gpu", "gpu-0").Obj()
-	if d := tenancy.Decide(tenant, tenancy.Usage{}, bad, published); d.Admit || d.Reason != tenancyv1.ReasonNotAllowed {
+	if d := tenancy.Decide(tenant, nil, bad, published); d.Admit || d.Reason != tenancyv1.ReasonNotAllowed {
 		t.Errorf("not allowed: %+v", d)
 	}
 }

@@ -1,7 +1,6 @@
 package tenancy
 
 import (
-	"fmt"
 	"maps"
 	"slices"
 	"strings"
@@ -14,23 +13,13 @@ import (
 	tenancyv1 "github.com/tessera-gpu/tessera/api/tenancy/v1alpha1"
 )
 
-// Usage is what allocations hold: GPU memory in bytes and devices per
-// DeviceClass.
+// Usage is what allocations hold, as Cost prices them.
 type Usage struct {
-	Memory  int64
+	// Memory is held GPU memory in bytes: the GPU memory that the
+	// allocations keep other tenants from using (Cost).
+	Memory int64
+	// Devices counts allocated devices per DeviceClass.
 	Devices map[string]int64
-}
-
-// Add returns u + o.
-func (u Usage) Add(o Usage) Usage {
-	out := Usage{Memory: u.Memory + o.Memory, Devices: maps.Clone(u.Devices)}
-	if out.Devices == nil && len(o.Devices) > 0 {
-		out.Devices = map[string]int64{}
-	}
-	for c, n := range o.Devices {
-		out.Devices[c] += n
-	}
-	return out
 }
 
 // Status is u in the form of the tenant's status: memory in canonical form.
@@ -43,11 +32,21 @@ type DeviceID struct{ Driver, Pool, Device string }
 
 // DeviceMemory is the GPU memory of every Tessera device published in slices:
 // a whole GPU's memory, a MIG partition's memory (its profile's), and a
-// time-shared GPU's total (a share counts what it consumes instead).
+// time-shared GPU's total. Only node-local slices of a pool named after their
+// node count (Tessera's plugin publishes one pool per node, named after it),
+// and of a pool only its newest generation: the API server lets a node write
+// slices of its own node name only, so no node can change what another
+// node's devices cost.
 func DeviceMemory(slices []*resourceapi.ResourceSlice) map[DeviceID]int64 {
+	newest := map[string]int64{}
+	for _, s := range slices {
+		if trusted(s) {
+			newest[s.Spec.Pool.Name] = max(newest[s.Spec.Pool.Name], s.Spec.Pool.Generation)
+		}
+	}
 	out := map[DeviceID]int64{}
 	for _, s := range slices {
-		if s.Spec.Driver != gpuapi.DriverName {
+		if !trusted(s) || s.Spec.Pool.Generation != newest[s.Spec.Pool.Name] {
 			continue
 		}
 		for _, d := range s.Spec.Devices {
@@ -59,43 +58,10 @@ func DeviceMemory(slices []*resourceapi.ResourceSlice) map[DeviceID]int64 {
 	return out
 }
 
-// ClaimUsage is what an allocated claim holds. Every Tessera device counts
-// its memory (a share, what it consumed) and one device of the class its
-// request named; other drivers' devices count only as devices. A Tessera
-// device whose memory is not published is an error: the claim cannot be
-// costed.
-func ClaimUsage(claim *resourceapi.ResourceClaim, memory map[DeviceID]int64) (Usage, error) {
-	u := Usage{Devices: map[string]int64{}}
-	if claim.Status.Allocation == nil {
-		return u, nil
-	}
-	for _, r := range claim.Status.Allocation.Devices.Results {
-		if class := RequestClass(&claim.Spec, r.Request); class != "" {
-			u.Devices[class]++
-		}
-		if r.Driver != gpuapi.DriverName {
-			continue
-		}
-		if q, ok := consumedMemory(r.ConsumedCapacity); ok {
-			u.Memory += q
-			continue
-		}
-		m, ok := memory[DeviceID{r.Driver, r.Pool, r.Device}]
-		if !ok {
-			return Usage{}, fmt.Errorf("claim %s/%s: device %s/%s is not published, its memory is unknown", claim.Namespace, claim.Name, r.Pool, r.Device)
-		}
-		u.Memory += m
-	}
-	return u, nil
-}
-
-func consumedMemory(c map[resourceapi.QualifiedName]resource.Quantity) (int64, bool) {
-	for _, k := range []resourceapi.QualifiedName{gpuapi.CapMemory, gpuapi.DriverName + "/" + gpuapi.CapMemory} {
-		if q, ok := c[k]; ok {
-			return q.Value(), true
-		}
-	}
-	return 0, false
+// trusted reports whether s is a slice of Tessera's whose devices' memory
+// may be believed: published by the node its pool is named after.
+func trusted(s *resourceapi.ResourceSlice) bool {
+	return s.Spec.Driver == gpuapi.DriverName && s.Spec.NodeName != nil && *s.Spec.NodeName == s.Spec.Pool.Name
 }
 
 // RequestClass is the DeviceClass that request ("gpu" or "gpu/small" for a

@@ -9,6 +9,7 @@ import (
 	resourceapi "k8s.io/api/resource/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/utils/ptr"
 
 	gpuapi "github.com/tessera-gpu/tessera/api/gpu"
 	tenancyv1 "github.com/tessera-gpu/tessera/api/tenancy/v1alpha1"
@@ -17,9 +18,9 @@ import (
 
 const gi = int64(1) << 30
 
-// slice publishes devices on pool n1 with the given memory (Gi).
+// slice publishes devices on pool n1, from node n1, with the given memory (Gi).
 func slice(devices map[string]int64) *resourceapi.ResourceSlice {
-	s := &resourceapi.ResourceSlice{Spec: resourceapi.ResourceSliceSpec{Driver: gpuapi.DriverName, Pool: resourceapi.ResourcePool{Name: "n1"}}}
+	s := &resourceapi.ResourceSlice{Spec: resourceapi.ResourceSliceSpec{Driver: gpuapi.DriverName, Pool: resourceapi.ResourcePool{Name: "n1"}, NodeName: ptr.To("n1")}}
 	for name, mem := range devices {
 		s.Spec.Devices = append(s.Spec.Devices, resourceapi.Device{Name: name, Capacity: map[resourceapi.QualifiedName]resourceapi.DeviceCapacity{
 			gpuapi.CapMemory: {Value: *resource.NewQuantity(mem*gi, resource.BinarySI)},
@@ -28,53 +29,161 @@ func slice(devices map[string]int64) *resourceapi.ResourceSlice {
 	return s
 }
 
+// published is node n1: an H200 (141Gi) whole, two time-shared GPUs (140Gi
+// and 80Gi, round numbers for the arithmetic) and two MIG partitions.
 var published = tenancy.DeviceMemory([]*resourceapi.ResourceSlice{slice(map[string]int64{
-	"gpu-0": 141, "gpu-1-shared": 141, "gpu-2-mig-1g18gb-0": 18, "gpu-2-mig-3g71gb-4": 71,
+	"gpu-0": 141, "gpu-1-shared": 140, "gpu-3-shared": 80, "gpu-2-mig-1g18gb-0": 18, "gpu-2-mig-3g71gb-4": 71,
 })})
 
-func TestClaimUsage(t *testing.T) {
+// TestCost is the cost rule (docs/tenancy.md, "What an allocation costs"):
+// what a tenant's claims cost together, under each sharing policy.
+func TestCost(t *testing.T) {
+	exclusive, anyTenant := makeTenant("t").Obj(), makeTenant("t").Sharing(tenancyv1.SharingAny).Obj()
+	share := func(name, device, memory string, compute int64) *claimWrapper {
+		return makeClaim("a", name).Request("gpu", gpuapi.ClassShared).Share("gpu", device, memory, name).Compute(compute)
+	}
+	shared := func(n int64) map[string]int64 { return map[string]int64{gpuapi.ClassShared: n} }
 	for name, tc := range map[string]struct {
-		claim   *claimWrapper
-		want    tenancy.Usage
-		wantErr string
+		tenant *tenancyv1.GPUTenant
+		claims []*claimWrapper
+		want   tenancy.Usage
 	}{
-		"unallocated": {claim: makeClaim("a", "c").Request("gpu", gpuapi.ClassGPU), want: tenancy.Usage{Devices: map[string]int64{}}},
-		"whole GPU counts its memory": {
-			claim: makeClaim("a", "c").Request("gpu", gpuapi.ClassGPU).Allocated("gpu", "gpu-0"),
-			want:  tenancy.Usage{Memory: 141 * gi, Devices: map[string]int64{gpuapi.ClassGPU: 1}},
+		"unallocated holds nothing": {
+			tenant: exclusive, claims: []*claimWrapper{makeClaim("a", "c").Request("gpu", gpuapi.ClassGPU)},
+			want: tenancy.Usage{Devices: map[string]int64{}},
 		},
-		"MIG partitions count their profile's memory": {
-			claim: makeClaim("a", "c").Request("gpu", gpuapi.ClassMIG).Allocated("gpu", "gpu-2-mig-1g18gb-0").Allocated("gpu", "gpu-2-mig-3g71gb-4"),
-			want:  tenancy.Usage{Memory: 89 * gi, Devices: map[string]int64{gpuapi.ClassMIG: 2}},
+		"whole GPU costs its memory": {
+			tenant: exclusive, claims: []*claimWrapper{makeClaim("a", "c").Request("gpu", gpuapi.ClassGPU).Allocated("gpu", "gpu-0")},
+			want: tenancy.Usage{Memory: 141 * gi, Devices: map[string]int64{gpuapi.ClassGPU: 1}},
 		},
-		"a share counts what it consumes": {
-			claim: makeClaim("a", "c").Request("gpu", gpuapi.ClassShared).Share("gpu", "gpu-1-shared", "20Gi", "s1"),
-			want:  tenancy.Usage{Memory: 20 * gi, Devices: map[string]int64{gpuapi.ClassShared: 1}},
+		"MIG partitions cost their profile's memory": {
+			tenant: exclusive, claims: []*claimWrapper{makeClaim("a", "c").Request("gpu", gpuapi.ClassMIG).Allocated("gpu", "gpu-2-mig-1g18gb-0").Allocated("gpu", "gpu-2-mig-3g71gb-4")},
+			want: tenancy.Usage{Memory: 89 * gi, Devices: map[string]int64{gpuapi.ClassMIG: 2}},
 		},
 		"a firstAvailable alternative counts its class": {
-			claim: makeClaim("a", "c").FirstAvailable("gpu", gpuapi.ClassGPU, gpuapi.ClassMIG).Allocated("gpu/s1", "gpu-2-mig-1g18gb-0"),
-			want:  tenancy.Usage{Memory: 18 * gi, Devices: map[string]int64{gpuapi.ClassMIG: 1}},
+			tenant: exclusive, claims: []*claimWrapper{makeClaim("a", "c").FirstAvailable("gpu", gpuapi.ClassGPU, gpuapi.ClassMIG).Allocated("gpu/s1", "gpu-2-mig-1g18gb-0")},
+			want: tenancy.Usage{Memory: 18 * gi, Devices: map[string]int64{gpuapi.ClassMIG: 1}},
 		},
-		"an unpublished device cannot be costed": {
-			claim:   makeClaim("a", "c").Request("gpu", gpuapi.ClassGPU).Allocated("gpu", "gpu-7"),
-			wantErr: "device n1/gpu-7 is not published",
+		"another driver's device counts only as a device": {
+			tenant: exclusive, claims: []*claimWrapper{makeClaim("a", "c").Request("nic", "nic.example.com").Foreign("nic", "nic.example.com", "eth0")},
+			want: tenancy.Usage{Devices: map[string]int64{"nic.example.com": 1}},
+		},
+		"share, memory dominant (Any)": {
+			tenant: anyTenant, claims: []*claimWrapper{share("s1", "gpu-1-shared", "42Gi", 10)},
+			want: tenancy.Usage{Memory: 42 * gi, Devices: shared(1)},
+		},
+		"share, compute dominant (Any)": {
+			tenant: anyTenant, claims: []*claimWrapper{share("s1", "gpu-1-shared", "256Mi", 50)},
+			want: tenancy.Usage{Memory: 70 * gi, Devices: shared(1)},
+		},
+		"share under Exclusive costs the whole GPU": {
+			tenant: exclusive, claims: []*claimWrapper{share("s1", "gpu-1-shared", "256Mi", 1)},
+			want: tenancy.Usage{Memory: 140 * gi, Devices: shared(1)},
+		},
+		"namespaces of no tenant are one Exclusive group": {
+			claims: []*claimWrapper{share("s1", "gpu-1-shared", "256Mi", 1)},
+			want:   tenancy.Usage{Memory: 140 * gi, Devices: shared(1)},
+		},
+		"two shares of one GPU under Exclusive: the GPU once": {
+			tenant: exclusive, claims: []*claimWrapper{share("s1", "gpu-1-shared", "10Gi", 10), share("s2", "gpu-1-shared", "20Gi", 10)},
+			want: tenancy.Usage{Memory: 140 * gi, Devices: shared(2)},
+		},
+		"two shares of one GPU under Any: their dominant fractions": {
+			tenant: anyTenant, claims: []*claimWrapper{share("s1", "gpu-1-shared", "42Gi", 10), share("s2", "gpu-1-shared", "256Mi", 50)},
+			want: tenancy.Usage{Memory: 112 * gi, Devices: shared(2)},
+		},
+		"shares of one GPU under Any: at most the GPU": {
+			tenant: anyTenant, claims: []*claimWrapper{share("s1", "gpu-1-shared", "70Gi", 60), share("s2", "gpu-1-shared", "70Gi", 40)},
+			want: tenancy.Usage{Memory: 140 * gi, Devices: shared(2)},
+		},
+		"shares of two GPUs under Exclusive: each GPU": {
+			tenant: exclusive, claims: []*claimWrapper{share("s1", "gpu-1-shared", "1Gi", 1), share("s2", "gpu-3-shared", "1Gi", 1)},
+			want: tenancy.Usage{Memory: 220 * gi, Devices: shared(2)},
+		},
+		"shares of two GPUs under Any: each share's fraction of its GPU": {
+			tenant: anyTenant, claims: []*claimWrapper{share("s1", "gpu-1-shared", "256Mi", 50), share("s2", "gpu-3-shared", "256Mi", 25)},
+			want: tenancy.Usage{Memory: 90 * gi, Devices: shared(2)},
+		},
+		"whole GPU beside shares of another": {
+			tenant: exclusive, claims: []*claimWrapper{makeClaim("a", "w").Request("gpu", gpuapi.ClassGPU).Allocated("gpu", "gpu-0"), share("s1", "gpu-1-shared", "1Gi", 1)},
+			want: tenancy.Usage{Memory: 281 * gi, Devices: map[string]int64{gpuapi.ClassGPU: 1, gpuapi.ClassShared: 1}},
 		},
 	} {
 		t.Run(name, func(t *testing.T) {
-			got, err := tenancy.ClaimUsage(tc.claim.Obj(), published)
-			if tc.wantErr != "" {
-				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
-					t.Fatalf("error = %v, want it to contain %q", err, tc.wantErr)
-				}
-				return
+			var claims []*resourceapi.ResourceClaim
+			for _, c := range tc.claims {
+				claims = append(claims, c.Obj())
 			}
+			held, err := tenancy.HeldBy(claims, published)
 			if err != nil {
 				t.Fatal(err)
 			}
-			if diff := cmp.Diff(tc.want, got); diff != "" {
-				t.Errorf("usage (-want +got):\n%s", diff)
+			if diff := cmp.Diff(tc.want, tenancy.Cost(tc.tenant, held)); diff != "" {
+				t.Errorf("cost (-want +got):\n%s", diff)
 			}
 		})
+	}
+}
+
+func TestDominantMemory(t *testing.T) {
+	consumed := func(memory string, compute string) map[resourceapi.QualifiedName]resource.Quantity {
+		c := map[resourceapi.QualifiedName]resource.Quantity{}
+		if memory != "" {
+			c[gpuapi.CapMemory] = resource.MustParse(memory)
+		}
+		if compute != "" {
+			c[gpuapi.CapCompute] = resource.MustParse(compute)
+		}
+		return c
+	}
+	for name, tc := range map[string]struct {
+		consumed map[resourceapi.QualifiedName]resource.Quantity
+		want     int64
+	}{
+		"memory dominant":          {consumed: consumed("100Gi", "10"), want: 100 * gi},
+		"compute dominant":         {consumed: consumed("1Gi", "50"), want: 70*gi + gi/2},
+		"rounded up":               {consumed: consumed("256Mi", "1"), want: (141*gi + 99) / 100},
+		"no compute: memory":       {consumed: consumed("20Gi", ""), want: 20 * gi},
+		"no memory: the whole GPU": {consumed: consumed("", "1"), want: 141 * gi},
+		"never more than the GPU":  {consumed: consumed("200Gi", "150"), want: 141 * gi},
+	} {
+		t.Run(name, func(t *testing.T) {
+			if got := tenancy.DominantMemory(tc.consumed, 141*gi); got != tc.want {
+				t.Errorf("DominantMemory = %d, want %d", got, tc.want)
+			}
+		})
+	}
+}
+
+func TestClaimHoldingsUnknownMemory(t *testing.T) {
+	for name, claim := range map[string]*claimWrapper{
+		"whole GPU": makeClaim("a", "c").Request("gpu", gpuapi.ClassGPU).Allocated("gpu", "gpu-7"),
+		"share":     makeClaim("a", "c").Request("gpu", gpuapi.ClassShared).Share("gpu", "gpu-7-shared", "1Gi", "s"),
+	} {
+		t.Run(name, func(t *testing.T) {
+			_, err := tenancy.ClaimHoldings(claim.Obj(), published)
+			if err == nil || !strings.Contains(err.Error(), "is not published, its memory is unknown") {
+				t.Fatalf("error = %v, want the device's memory unknown", err)
+			}
+		})
+	}
+}
+
+// TestDeviceMemoryTrust: a node's slices set the memory of its own pool's
+// devices only, and of a pool only the newest generation counts.
+func TestDeviceMemoryTrust(t *testing.T) {
+	own := slice(map[string]int64{"gpu-0": 141})
+	forged := slice(map[string]int64{"gpu-0": 1, "gpu-9": 1})
+	forged.Spec.NodeName = ptr.To("n2") // node n2 publishing into n1's pool
+	noNode := slice(map[string]int64{"gpu-8": 1})
+	noNode.Spec.NodeName = nil
+	noNode.Spec.AllNodes = ptr.To(true)
+	old := slice(map[string]int64{"gpu-0": 2, "gpu-1": 80})
+	old.Spec.Pool.Generation = -1
+	got := tenancy.DeviceMemory([]*resourceapi.ResourceSlice{old, forged, own, noNode})
+	want := map[tenancy.DeviceID]int64{{Driver: gpuapi.DriverName, Pool: "n1", Device: "gpu-0"}: 141 * gi}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("memory (-want +got):\n%s", diff)
 	}
 }
 

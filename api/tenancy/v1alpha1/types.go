@@ -14,8 +14,8 @@ import (
 // +kubebuilder:resource:scope=Cluster,shortName=gput
 // +kubebuilder:subresource:status
 // +kubebuilder:printcolumn:name="Namespaces",type=string,JSONPath=`.status.namespaces`
-// +kubebuilder:printcolumn:name="Memory",type=string,JSONPath=`.status.usage.gpuMemory`,description="GPU memory allocated"
-// +kubebuilder:printcolumn:name="Budget",type=string,JSONPath=`.spec.budget.gpuMemory`,description="GPU memory budget"
+// +kubebuilder:printcolumn:name="Memory",type=string,JSONPath=`.status.usage.gpuMemory`,description="Held GPU memory: the GPU memory the tenant's allocations keep other tenants from using (the unit of budget.gpuMemory)"
+// +kubebuilder:printcolumn:name="Budget",type=string,JSONPath=`.spec.budget.gpuMemory`,description="Budget of held GPU memory"
 // +kubebuilder:printcolumn:name="Ready",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].status`
 // +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
 // +kubebuilder:validation:XValidation:rule="self.metadata.name.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$') && size(self.metadata.name) <= 63",message="the name of a GPUTenant must be a DNS label (it prefixes its dedicated DeviceClasses and is a label value)"
@@ -90,9 +90,14 @@ type GPUTenantSpec struct {
 
 // Budget is a tenant-wide limit, summed over all its namespaces.
 type Budget struct {
-	// GPUMemory bounds the GPU memory allocated to the tenant: a whole GPU
-	// counts its memory, a MIG partition its profile's memory, a share the
-	// memory it consumes.
+	// GPUMemory bounds the tenant's held GPU memory: the GPU memory its
+	// allocations keep other tenants from using. A whole GPU holds its
+	// memory, a MIG partition its profile's memory, a share of a time-shared
+	// GPU at least its dominant fraction of the GPU (the larger of its memory
+	// and compute fractions) times the GPU's memory; under sharing Exclusive,
+	// a tenant holding any share of a GPU holds the whole GPU's memory, once
+	// however many shares it holds there. See docs/tenancy.md, "What an
+	// allocation costs".
 	// +optional
 	GPUMemory *resource.Quantity `json:"gpuMemory,omitempty"`
 
@@ -143,7 +148,8 @@ type GPUTenantStatus struct {
 
 // Usage is what a tenant's admitted allocations hold.
 type Usage struct {
-	// GPUMemory is the GPU memory held, in canonical form (e.g. 48Gi).
+	// GPUMemory is the held GPU memory (the unit of budget.gpuMemory), in
+	// canonical form (e.g. 48Gi).
 	// +optional
 	GPUMemory resource.Quantity `json:"gpuMemory,omitempty"`
 	// Devices counts the devices held per DeviceClass.
