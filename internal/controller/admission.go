@@ -38,6 +38,8 @@ type AdmissionReconciler struct {
 	client   client.Client
 	recorder recorder.EventRecorder
 	ledger   *ledger
+	// catalog knows the memory of devices whose slices are gone for a while.
+	catalog *deviceCatalog
 	// decided tells the tenant reconciler that a tenant's usage changed.
 	decided chan<- event.GenericEvent
 	// sharing, when set, refuses shares of a GPU another tenant holds.
@@ -130,11 +132,10 @@ func (r *AdmissionReconciler) decide(ctx context.Context, claim *resourceapi.Res
 	}
 	t := findTenant(tenants, owners[ns.Name][0])
 
-	var slices resourceapi.ResourceSliceList
-	if err := r.client.List(ctx, &slices); err != nil {
-		return nil, tenancy.Decision{}, fmt.Errorf("list ResourceSlices: %w", err)
+	memory, err := r.catalog.memory(ctx, r.client)
+	if err != nil {
+		return nil, tenancy.Decision{}, err
 	}
-	memory := tenancy.DeviceMemory(ptrs(slices.Items))
 	held, err := r.held(ctx, t, tenants, memory, client.ObjectKeyFromObject(claim))
 	if err != nil {
 		return nil, tenancy.Decision{}, err

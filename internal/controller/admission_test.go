@@ -105,7 +105,7 @@ func TestBudgetHoldsWithAStaleCache(t *testing.T) {
 	_, ctx := ktesting.NewTestContext(t)
 	stale, writer := newFake(t), newFake(t)
 	rec := &fakeRecorder{reasons: map[string]int{}}
-	r := &AdmissionReconciler{client: staleReads{Client: writer, reader: stale}, recorder: rec, ledger: newLedger(), decided: make(chan event.GenericEvent, 10)}
+	r := &AdmissionReconciler{client: staleReads{Client: writer, reader: stale}, recorder: rec, ledger: newLedger(), catalog: newDeviceCatalog(), decided: make(chan event.GenericEvent, 10)}
 
 	want := map[string]string{"a1/c1": tenancyv1.ConditionAdmitted, "a2/c2": tenancyv1.ConditionAdmitted, "a1/c3": tenancyv1.ConditionRejected, "free/c4": tenancyv1.ConditionAdmitted}
 	for _, key := range []types.NamespacedName{{Namespace: "a1", Name: "c1"}, {Namespace: "a2", Name: "c2"}, {Namespace: "a1", Name: "c3"}, {Namespace: "free", Name: "c4"}} {
@@ -137,7 +137,7 @@ func TestBudgetHoldsWithAStaleCache(t *testing.T) {
 func TestDeallocationReleasesBudget(t *testing.T) {
 	_, ctx := ktesting.NewTestContext(t)
 	c := newFake(t)
-	r := &AdmissionReconciler{client: c, recorder: &fakeRecorder{reasons: map[string]int{}}, ledger: newLedger(), decided: make(chan event.GenericEvent, 10)}
+	r := &AdmissionReconciler{client: c, recorder: &fakeRecorder{reasons: map[string]int{}}, ledger: newLedger(), catalog: newDeviceCatalog(), decided: make(chan event.GenericEvent, 10)}
 	decide := func(ns, name string) string {
 		t.Helper()
 		key := types.NamespacedName{Namespace: ns, Name: name}

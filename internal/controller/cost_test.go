@@ -111,7 +111,7 @@ func TestBudgetBoundsWhatSharesDeny(t *testing.T) {
 			}
 			stale, writer := newSharingFake(t, h200Fixture(tc.sharing, tc.budget, objs...)), newSharingFake(t, h200Fixture(tc.sharing, tc.budget, objs...))
 			l := newLedger()
-			r := &AdmissionReconciler{client: staleReads{Client: writer, reader: stale}, recorder: &fakeRecorder{reasons: map[string]int{}}, ledger: l, decided: make(chan event.GenericEvent, 10)}
+			r := &AdmissionReconciler{client: staleReads{Client: writer, reader: stale}, recorder: &fakeRecorder{reasons: map[string]int{}}, ledger: l, catalog: newDeviceCatalog(), decided: make(chan event.GenericEvent, 10)}
 			var got []tenancy.State
 			for _, c := range tc.claims {
 				key := client.ObjectKeyFromObject(c)
@@ -132,7 +132,7 @@ func TestBudgetBoundsWhatSharesDeny(t *testing.T) {
 			}
 
 			// The tenant's status, from the up-to-date cache, shows the same cost.
-			tr := &TenantReconciler{client: writer, recorder: &fakeRecorder{reasons: map[string]int{}}, ledger: l, untenanted: UntenantedAllow, decided: make(chan event.GenericEvent)}
+			tr := &TenantReconciler{client: writer, recorder: &fakeRecorder{reasons: map[string]int{}}, ledger: l, catalog: newDeviceCatalog(), untenanted: UntenantedAllow, decided: make(chan event.GenericEvent)}
 			status := reconcileTenant(t, tr, "attacker").Status
 			if got := status.Usage.GPUMemory.String(); got != tc.wantMemory {
 				t.Errorf("status.usage.gpuMemory = %s, want %s", got, tc.wantMemory)

@@ -109,12 +109,12 @@ func Run(ctx context.Context, cfg *rest.Config, opts Options) error {
 		return fmt.Errorf("add ready check: %w", err)
 	}
 	decided := make(chan event.GenericEvent, 1024)
-	l := newLedger()
+	l, catalog := newLedger(), newDeviceCatalog()
 	rec := mgr.GetEventRecorder("tessera-dra-controller")
-	if err := (&TenantReconciler{client: mgr.GetClient(), recorder: rec, ledger: l, untenanted: opts.Untenanted, decided: decided}).SetupWithManager(mgr); err != nil {
+	if err := (&TenantReconciler{client: mgr.GetClient(), recorder: rec, ledger: l, catalog: catalog, untenanted: opts.Untenanted, decided: decided}).SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("set up tenant reconciler: %w", err)
 	}
-	if err := (&AdmissionReconciler{client: mgr.GetClient(), recorder: rec, ledger: l, decided: decided, sharing: newSharingGuard()}).SetupWithManager(mgr); err != nil {
+	if err := (&AdmissionReconciler{client: mgr.GetClient(), recorder: rec, ledger: l, catalog: catalog, decided: decided, sharing: newSharingGuard()}).SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("set up admission reconciler: %w", err)
 	}
 	if err := (&SharingReconciler{client: mgr.GetClient()}).SetupWithManager(mgr); err != nil {

@@ -131,7 +131,7 @@ func TestSharingGuardRace(t *testing.T) {
 			}
 			stale, writer := newSharingFake(t, sharingFixture(objs...)), newSharingFake(t, sharingFixture(objs...))
 			rec := &fakeRecorder{reasons: map[string]int{}}
-			r := &AdmissionReconciler{client: staleReads{Client: writer, reader: stale}, recorder: rec, ledger: newLedger(), decided: make(chan event.GenericEvent, 10), sharing: newSharingGuard()}
+			r := &AdmissionReconciler{client: staleReads{Client: writer, reader: stale}, recorder: rec, ledger: newLedger(), catalog: newDeviceCatalog(), decided: make(chan event.GenericEvent, 10), sharing: newSharingGuard()}
 			var got []tenancy.State
 			for _, c := range tc.claims {
 				key := client.ObjectKeyFromObject(c)
@@ -161,7 +161,7 @@ func TestSharingGuardRace(t *testing.T) {
 func TestSharingGuardReleases(t *testing.T) {
 	_, ctx := ktesting.NewTestContext(t)
 	c := newSharingFake(t, sharingFixture(pendingShare("a1", "x", "gpu-0-shared"), pendingShare("b1", "y", "gpu-0-shared")))
-	r := &AdmissionReconciler{client: c, recorder: &fakeRecorder{reasons: map[string]int{}}, ledger: newLedger(), decided: make(chan event.GenericEvent, 10), sharing: newSharingGuard()}
+	r := &AdmissionReconciler{client: c, recorder: &fakeRecorder{reasons: map[string]int{}}, ledger: newLedger(), catalog: newDeviceCatalog(), decided: make(chan event.GenericEvent, 10), sharing: newSharingGuard()}
 	x, y := types.NamespacedName{Namespace: "a1", Name: "x"}, types.NamespacedName{Namespace: "b1", Name: "y"}
 	for _, key := range []types.NamespacedName{x, y} {
 		if _, err := r.Reconcile(ctx, reconcile.Request{NamespacedName: key}); err != nil {

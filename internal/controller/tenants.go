@@ -40,6 +40,7 @@ type TenantReconciler struct {
 	client     client.Client
 	recorder   recorder.EventRecorder
 	ledger     *ledger
+	catalog    *deviceCatalog
 	untenanted Untenanted
 	decided    <-chan event.GenericEvent
 }
@@ -191,15 +192,15 @@ func (r *TenantReconciler) usage(ctx context.Context, t *tenancyv1.GPUTenant, te
 	if err != nil {
 		return tenancy.Usage{}, err
 	}
-	var slices resourceapi.ResourceSliceList
-	if err := r.client.List(ctx, &slices); err != nil {
-		return tenancy.Usage{}, fmt.Errorf("list ResourceSlices: %w", err)
+	memory, err := r.catalog.memory(ctx, r.client)
+	if err != nil {
+		return tenancy.Usage{}, err
 	}
 	seen := map[types.NamespacedName]bool{}
 	for _, c := range admitted {
 		seen[client.ObjectKeyFromObject(c)] = true
 	}
-	held, err := tenancy.HeldBy(admitted, tenancy.DeviceMemory(ptrs(slices.Items)))
+	held, err := tenancy.HeldBy(admitted, memory)
 	if err != nil {
 		return tenancy.Usage{}, fmt.Errorf("usage of GPUTenant %s: %w", t.Name, err)
 	}

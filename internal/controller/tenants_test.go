@@ -48,7 +48,7 @@ func TestTenantEnforcementObjects(t *testing.T) {
 	if err := c.Update(ctx, tenant); err != nil {
 		t.Fatal(err)
 	}
-	r := &TenantReconciler{client: c, recorder: &fakeRecorder{reasons: map[string]int{}}, ledger: newLedger(), untenanted: UntenantedDeny, decided: make(chan event.GenericEvent)}
+	r := &TenantReconciler{client: c, recorder: &fakeRecorder{reasons: map[string]int{}}, ledger: newLedger(), catalog: newDeviceCatalog(), untenanted: UntenantedDeny, decided: make(chan event.GenericEvent)}
 	got := reconcileTenant(t, r, "team-a")
 
 	if diff := cmp.Diff([]string{"a1", "a2"}, got.Status.Namespaces); diff != "" {
@@ -130,7 +130,7 @@ func TestTenantConflict(t *testing.T) {
 		t.Fatal(err)
 	}
 	rec := &fakeRecorder{reasons: map[string]int{}}
-	r := &TenantReconciler{client: c, recorder: rec, ledger: newLedger(), untenanted: UntenantedAllow, decided: make(chan event.GenericEvent)}
+	r := &TenantReconciler{client: c, recorder: rec, ledger: newLedger(), catalog: newDeviceCatalog(), untenanted: UntenantedAllow, decided: make(chan event.GenericEvent)}
 	for _, name := range []string{"team-a", "team-z"} {
 		got := reconcileTenant(t, r, name)
 		if !meta.IsStatusConditionTrue(got.Status.Conditions, tenancyv1.TenantConflict) {

@@ -164,3 +164,44 @@ func HeldBy(claims []*resourceapi.ResourceClaim, memory map[DeviceID]int64) ([]H
 	}
 	return held, errors.Join(errs...)
 }
+
+// RememberMemory is the device memory to cost with when slices may be gone:
+// what is published now (DeviceMemory), plus what remembered (the previous
+// RememberMemory) says of the devices that are not published now but that
+// an allocated claim still holds. A kubelet restart deletes its node's
+// slices for about 30 s; without this, every decision of a tenant with a
+// claim there would fail for want of its memory. Devices no allocated claim
+// holds are forgotten, so what is remembered stays bounded by what is
+// published and allocated, and a deleted node's devices go with its last
+// claims. Published memory always wins, and DeviceMemory takes a pool's
+// memory only from its own node, so no node can change what is remembered
+// of another node's devices. The result is a new map.
+func RememberMemory(remembered, published map[DeviceID]int64, allocated map[DeviceID]bool) map[DeviceID]int64 {
+	out := make(map[DeviceID]int64, len(published))
+	for d, m := range remembered {
+		if allocated[d] {
+			out[d] = m
+		}
+	}
+	for d, m := range published {
+		out[d] = m
+	}
+	return out
+}
+
+// AllocatedDevices are the Tessera devices that the claims' allocations
+// hold.
+func AllocatedDevices(claims []*resourceapi.ResourceClaim) map[DeviceID]bool {
+	out := map[DeviceID]bool{}
+	for _, c := range claims {
+		if c.Status.Allocation == nil {
+			continue
+		}
+		for _, r := range c.Status.Allocation.Devices.Results {
+			if r.Driver == gpuapi.DriverName {
+				out[DeviceID{r.Driver, r.Pool, r.Device}] = true
+			}
+		}
+	}
+	return out
+}

@@ -4,6 +4,9 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/google/go-cmp/cmp"
+	resourceapi "k8s.io/api/resource/v1"
+
 	gpuapi "github.com/tessera-gpu/tessera/api/gpu"
 	tenancyv1 "github.com/tessera-gpu/tessera/api/tenancy/v1alpha1"
 	"github.com/tessera-gpu/tessera/pkg/tenancy"
@@ -71,5 +74,31 @@ func TestDecideShares(t *testing.T) {
 				t.Errorf("the claim's devices %v, holdings %v; want one share", d.Cost.Devices, d.Holdings)
 			}
 		})
+	}
+}
+
+func TestRememberMemory(t *testing.T) {
+	id := func(pool, device string) tenancy.DeviceID {
+		return tenancy.DeviceID{Driver: gpuapi.DriverName, Pool: pool, Device: device}
+	}
+	remembered := map[tenancy.DeviceID]int64{id("n1", "gpu-0"): 141, id("n1", "gpu-1-shared"): 141, id("n2", "gpu-0"): 80, id("n3", "gpu-0"): 141}
+	// n1 restarts its kubelet (no slices); n2 publishes gpu-0 with new
+	// memory; n3 was deleted.
+	published := map[tenancy.DeviceID]int64{id("n2", "gpu-0"): 96, id("n2", "gpu-1"): 96}
+	allocated := tenancy.AllocatedDevices([]*resourceapi.ResourceClaim{
+		makeClaim("a", "c").Request("gpu", gpuapi.ClassGPU).Allocated("gpu", "gpu-0").Obj(),
+		makeClaim("a", "d").Request("gpu", gpuapi.ClassGPU).Foreign("gpu", "nic.example.com", "gpu-1-shared").Obj(),
+		makeClaim("a", "e").Request("gpu", gpuapi.ClassGPU).Obj(),
+	})
+	got := tenancy.RememberMemory(remembered, published, allocated)
+	want := map[tenancy.DeviceID]int64{
+		id("n1", "gpu-0"): 141, // unpublished, held: remembered
+		id("n2", "gpu-0"): 96,  // published: what is published now
+		id("n2", "gpu-1"): 96,
+		// n1's gpu-1-shared (held only by another driver's device of that
+		// name) and n3's gpu-0 (held by no one) are forgotten.
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("memory (-want +got):\n%s", diff)
 	}
 }
