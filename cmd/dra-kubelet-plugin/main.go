@@ -43,6 +43,7 @@ type options struct {
 	cdiRoot                string
 	stateDir               string
 	driverRoot             string
+	containerDriverRoot    string
 	metricsAddress         string
 	healthPort             int
 	pool                   string
@@ -63,6 +64,7 @@ func (o *options) addFlags(fs *pflag.FlagSet) {
 	fs.BoolVar(&o.disableMIG, "disable-mig", false, "do not offer MIG partitions")
 	fs.BoolVar(&o.disableSharing, "disable-sharing", false, "do not offer time-shared GPUs")
 	fs.BoolVar(&o.withdrawBlocked, "withdraw-blocked", true, "publish only what can still be allocated: leave out the devices that prepared ones block (a GPU's partitions while it is whole or shared, overlapping placements, ...) and publish them again once unprepared; each GPU's devices go in a slice of their own; false publishes every device at all times, packed into slices of 64")
+	fs.StringVar(&o.containerDriverRoot, "container-driver-root", "", "where this process sees the driver root given by --driver-root (e.g. /driver-root where the chart mounts it); NVML, nvidia-smi, the MPS daemon and /proc/devices are read from here; empty: the --driver-root path itself")
 	fs.BoolVar(&o.tenancy, "tenancy", false, "publish devices with tenancy's binding conditions: pods bind only once the tenancy controller has admitted their allocation against the tenant's budget")
 }
 
@@ -72,7 +74,7 @@ func (o *options) addRunFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.registrarDir, "registrar-dir", "/var/lib/kubelet/plugins_registry", "directory where the kubelet discovers plugins")
 	fs.StringVar(&o.cdiRoot, "cdi-root", "/var/run/cdi", "directory of the CDI spec files")
 	fs.StringVar(&o.stateDir, "state-dir", "/var/lib/tessera", "directory of the plugin's checkpoint")
-	fs.StringVar(&o.driverRoot, "driver-root", "/", "host root of the NVIDIA driver: its /dev, /proc and binaries (e.g. /run/nvidia/driver)")
+	fs.StringVar(&o.driverRoot, "driver-root", "/", "root of the NVIDIA driver on the host (e.g. /run/nvidia/driver with the GPU operator): the container runtime reads CDI specs on the host, so every device path in them starts here")
 	fs.StringVar(&o.metricsAddress, "metrics-address", "", "address of the Prometheus /metrics endpoint, e.g. :8080; empty disables it")
 	fs.IntVar(&o.healthPort, "healthcheck-port", -1, "port of the gRPC health endpoint for probes, e.g. 51515; negative disables it")
 	fs.DurationVar(&o.rediscover, "rediscover-interval", 30*time.Second, "how often GPUs are rediscovered to republish changed slices")
@@ -95,6 +97,17 @@ func (o *options) sliceOptions() resourceslice.Options {
 	return opts
 }
 
+// containerRoot is the driver root as this process sees it.
+func (o *options) containerRoot() string {
+	if o.containerDriverRoot != "" {
+		return o.containerDriverRoot
+	}
+	if o.driverRoot != "" {
+		return o.driverRoot
+	}
+	return "/"
+}
+
 // openNVML opens the --nvml backend; a mock keeps its MIG state in
 // mockStateFile when that is set.
 func (o *options) openNVML(mockStateFile string) (tnvml.Library, error) {
@@ -104,7 +117,16 @@ func (o *options) openNVML(mockStateFile string) (tnvml.Library, error) {
 	}
 	b.Seed = o.nodeName
 	b.StateFile = mockStateFile
-	return tnvml.Open(b)
+	b.DriverRoot = o.containerRoot()
+	lib, err := tnvml.Open(b)
+	if err != nil && b.Mock == "" {
+		roots := "--container-driver-root=" + b.DriverRoot
+		if o.driverRoot != "" && o.driverRoot != b.DriverRoot {
+			roots += ", where the host's --driver-root=" + o.driverRoot + " is mounted"
+		}
+		return nil, fmt.Errorf("%w (%s): is the NVIDIA driver installed under the driver root (chart value kubeletPlugin.driverRoot)?", err, roots)
+	}
+	return lib, err
 }
 
 func main() {
@@ -225,6 +247,7 @@ func run(ctx context.Context, o *options) error {
 		CDIRoot:                o.cdiRoot,
 		StateDir:               o.stateDir,
 		DriverRoot:             o.driverRoot,
+		ContainerDriverRoot:    o.containerRoot(),
 		MetricsAddress:         o.metricsAddress,
 		HealthPort:             o.healthPort,
 		SimulatedDriver:        strings.HasPrefix(o.nvml, "mock:"),

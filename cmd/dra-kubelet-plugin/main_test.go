@@ -35,6 +35,12 @@ func TestSlicesCommand(t *testing.T) {
 		"no node name":  {args: []string{"slices", "--nvml=mock:dgxh200"}, wantErr: "--node-name is required"},
 		"bad backend":   {args: []string{"slices", "--nvml=mock:dgx9", "--node-name=n1"}, wantErr: `unknown mock model "dgx9"`},
 		"unknown flags": {args: []string{"slices", "--frobnicate"}, wantErr: "unknown flag"},
+		// Real NVML is loaded from the driver root by path, and a root
+		// without it is named with the paths tried.
+		"real NVML, no driver under the root": {
+			args:    []string{"slices", "--nvml=real", "--node-name=n1", "--container-driver-root=/nonexistent-driver-root"},
+			wantErr: "libnvidia-ml.so.1 not found under driver root /nonexistent-driver-root (tried /nonexistent-driver-root/usr/lib/",
+		},
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {

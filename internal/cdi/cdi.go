@@ -23,9 +23,9 @@ import (
 type Device struct {
 	// Name is unique within the claim; the DRA device name is a good one.
 	Name string
-	// DeviceNodes are container paths such as /dev/nvidia0; the host side
-	// is the same path under the driver root.
-	DeviceNodes []string
+	// DeviceNodes are the device nodes the container gets; the host side
+	// of each is the same path under the host's driver root.
+	DeviceNodes []DeviceNode
 	// Env holds KEY=VALUE pairs that only this device sets.
 	Env []string
 	// Mounts are bind mounts the device needs (an MPS pipe directory).
@@ -61,7 +61,9 @@ type Option func(*Writer)
 func WithRoot(dir string) Option { return func(w *Writer) { w.root = dir } }
 
 // WithDriverRoot sets where the NVIDIA driver's /dev lives on the host
-// (default /), e.g. /run/nvidia/driver with a containerised driver.
+// (default /), e.g. /run/nvidia/driver with a containerised driver. It is
+// the host's path, never where this process sees it: the container
+// runtime reads the specs on the host.
 func WithDriverRoot(dir string) Option { return func(w *Writer) { w.driverRoot = dir } }
 
 // New returns a Writer.
@@ -112,12 +114,20 @@ func (w *Writer) Spec(c Claim) (*cdispec.Spec, error) {
 			Name:           deviceName(c.UID, d.Name),
 			ContainerEdits: cdispec.ContainerEdits{Env: d.Env},
 		}
-		for _, path := range d.DeviceNodes {
-			dev.ContainerEdits.DeviceNodes = append(dev.ContainerEdits.DeviceNodes, &cdispec.DeviceNode{
-				Path:     path,
-				HostPath: filepath.Join(w.driverRoot, path),
+		for _, n := range d.DeviceNodes {
+			node := &cdispec.DeviceNode{
+				Path:     n.Path,
+				HostPath: filepath.Join(w.driverRoot, n.Path),
 				Type:     "c",
-			})
+			}
+			if n.Major != 0 {
+				// Fully specified: the runtime creates the node in the
+				// container without the host's (CDI's fillMissingInfo
+				// stats the host path only to fill in what is missing).
+				mode := n.FileMode.Perm()
+				node.Major, node.Minor, node.FileMode = n.Major, n.Minor, &mode
+			}
+			dev.ContainerEdits.DeviceNodes = append(dev.ContainerEdits.DeviceNodes, node)
 		}
 		for _, m := range d.Mounts {
 			dev.ContainerEdits.Mounts = append(dev.ContainerEdits.Mounts, &cdispec.Mount{

@@ -2,15 +2,17 @@ package cdi
 
 import (
 	"os"
-	"path/filepath"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+	oci "github.com/opencontainers/runtime-spec/specs-go"
 	"tags.cncf.io/container-device-interface/pkg/cdi"
 )
 
 func TestWriteRemove(t *testing.T) {
 	root := t.TempDir()
+	// The host's driver root: nothing of it exists on this machine, as
+	// nothing of a host path need exist where the plugin runs.
 	w, err := New(WithRoot(root), WithDriverRoot("/run/nvidia/driver"))
 	if err != nil {
 		t.Fatal(err)
@@ -19,10 +21,14 @@ func TestWriteRemove(t *testing.T) {
 		UID: "3f1c-uid",
 		Env: []string{"NVIDIA_VISIBLE_DEVICES=GPU-a"},
 		Devices: []Device{{
-			Name:        "gpu-0",
-			DeviceNodes: []string{"/dev/nvidia0", "/dev/nvidiactl"},
-			Env:         []string{"CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=20"},
-			Mounts:      []Mount{{HostPath: "/var/lib/tessera/mps/GPU-a", ContainerPath: "/tmp/nvidia-mps"}},
+			Name: "gpu-0",
+			DeviceNodes: []DeviceNode{
+				{Path: "/dev/nvidia0", Major: 195, Minor: 0, FileMode: 0o666},
+				{Path: "/dev/nvidiactl", Major: 195, Minor: 255, FileMode: 0o666},
+				{Path: "/dev/nvidia-caps/nvidia-cap30", Major: 508, Minor: 30, FileMode: 0o444},
+			},
+			Env:    []string{"CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=20"},
+			Mounts: []Mount{{HostPath: "/var/lib/tessera/mps/GPU-a", ContainerPath: "/tmp/nvidia-mps"}},
 		}},
 	}
 	ids, err := w.Write(claim)
@@ -49,11 +55,29 @@ func TestWriteRemove(t *testing.T) {
 	for _, n := range dev.ContainerEdits.DeviceNodes {
 		hostPaths = append(hostPaths, n.HostPath)
 	}
-	if diff := cmp.Diff([]string{"/run/nvidia/driver/dev/nvidia0", "/run/nvidia/driver/dev/nvidiactl"}, hostPaths); diff != "" {
+	want := []string{"/run/nvidia/driver/dev/nvidia0", "/run/nvidia/driver/dev/nvidiactl", "/run/nvidia/driver/dev/nvidia-caps/nvidia-cap30"}
+	if diff := cmp.Diff(want, hostPaths); diff != "" {
 		t.Errorf("host paths under the driver root (-want +got):\n%s", diff)
 	}
 	if diff := cmp.Diff([]string{"NVIDIA_VISIBLE_DEVICES=GPU-a"}, dev.GetSpec().ContainerEdits.Env); diff != "" {
 		t.Errorf("claim env (-want +got):\n%s", diff)
+	}
+
+	// What a runtime does with the spec: although none of the host paths
+	// exists, every node reaches the OCI spec with its numbers and mode,
+	// from which runc creates it in the container.
+	spec := &oci.Spec{}
+	if _, err := cache.InjectDevices(spec, ids...); err != nil {
+		t.Fatalf("inject the claim's devices with the host lacking every node: %v", err)
+	}
+	mode := func(m os.FileMode) *os.FileMode { return &m }
+	wantDevices := []oci.LinuxDevice{
+		{Path: "/dev/nvidia0", Type: "c", Major: 195, Minor: 0, FileMode: mode(0o666)},
+		{Path: "/dev/nvidiactl", Type: "c", Major: 195, Minor: 255, FileMode: mode(0o666)},
+		{Path: "/dev/nvidia-caps/nvidia-cap30", Type: "c", Major: 508, Minor: 30, FileMode: mode(0o444)},
+	}
+	if diff := cmp.Diff(wantDevices, spec.Linux.Devices); diff != "" {
+		t.Errorf("OCI devices (-want +got):\n%s", diff)
 	}
 
 	uids, err := w.Claims()
@@ -75,49 +99,24 @@ func TestWriteRemove(t *testing.T) {
 	}
 }
 
-func TestMIGCapabilityDeviceNodes(t *testing.T) {
-	for name, tc := range map[string]struct {
-		files   map[string]string
-		want    []string
-		wantErr bool
-	}{
-		"found": {
-			files: map[string]string{
-				"gpu1/mig/gi3/access":     "DeviceFileMinor: 30\nDeviceFileMode: 292\n",
-				"gpu1/mig/gi3/ci0/access": "DeviceFileMinor: 31\nDeviceFileMode: 292\n",
-			},
-			want: []string{"/dev/nvidia-caps/nvidia-cap30", "/dev/nvidia-caps/nvidia-cap31"},
-		},
-		"missing ci": {
-			files:   map[string]string{"gpu1/mig/gi3/access": "DeviceFileMinor: 30\n"},
-			wantErr: true,
-		},
-		"garbled": {
-			files: map[string]string{
-				"gpu1/mig/gi3/access":     "DeviceFileMinor: x\n",
-				"gpu1/mig/gi3/ci0/access": "DeviceFileMinor: 31\n",
-			},
-			wantErr: true,
-		},
-	} {
-		t.Run(name, func(t *testing.T) {
-			proc := t.TempDir()
-			for rel, content := range tc.files {
-				path := filepath.Join(proc, "driver/nvidia/capabilities", rel)
-				if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-					t.Fatal(err)
-				}
-				if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
-					t.Fatal(err)
-				}
-			}
-			got, err := MIGCapabilityDeviceNodes(proc, 1, 3, 0)
-			if (err != nil) != tc.wantErr {
-				t.Fatalf("MIGCapabilityDeviceNodes() error = %v, want error %v", err, tc.wantErr)
-			}
-			if diff := cmp.Diff(tc.want, got); diff != "" {
-				t.Errorf("(-want +got):\n%s", diff)
-			}
-		})
+// TestNodeWithoutNumbersNeedsTheHostFile shows why every node carries its
+// numbers: a node given by path alone cannot be injected when the host
+// lacks it.
+func TestNodeWithoutNumbersNeedsTheHostFile(t *testing.T) {
+	root := t.TempDir()
+	w, err := New(WithRoot(root), WithDriverRoot(t.TempDir()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ids, err := w.Write(Claim{UID: "u", Devices: []Device{{Name: "gpu-0", DeviceNodes: []DeviceNode{{Path: "/dev/nvidia-uvm"}}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cache, err := cdi.NewCache(cdi.WithSpecDirs(root), cdi.WithAutoRefresh(false))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cache.InjectDevices(&oci.Spec{}, ids...); err == nil {
+		t.Error("a node without numbers whose host file is missing was injected")
 	}
 }

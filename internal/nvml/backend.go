@@ -5,7 +5,6 @@ import (
 	"strconv"
 	"strings"
 
-	gonvml "github.com/NVIDIA/go-nvml/pkg/nvml"
 	"k8s.io/dynamic-resource-allocation/deviceattribute"
 
 	"github.com/tessera-gpu/tessera/internal/nvml/nvmlmock"
@@ -24,6 +23,9 @@ type Backend struct {
 	// survives a restart of the process, as a GPU's survives a restart of
 	// the plugin; empty keeps it in memory only.
 	StateFile string
+	// DriverRoot, for real NVML, is the driver root as this process sees
+	// it; NVML is loaded from it by explicit path (empty is /).
+	DriverRoot string
 }
 
 // ParseBackend parses the --nvml flag's value.
@@ -61,7 +63,7 @@ func (b Backend) String() string {
 // Open initialises the backend.
 func Open(b Backend) (Library, error) {
 	if b.Mock == "" {
-		return newLibrary(gonvml.New(), realProfileName, pcieRoot)
+		return openReal(b.DriverRoot)
 	}
 	s, err := nvmlmock.New(b.Mock, b.Count, b.Seed)
 	if err != nil {

@@ -18,9 +18,14 @@ import (
 
 // NodeOptions configure the node-side services around the kubelet plugin.
 type NodeOptions struct {
-	CDIRoot    string
-	StateDir   string
+	CDIRoot  string
+	StateDir string
+	// DriverRoot is the NVIDIA driver's root on the host, which every
+	// path in a CDI spec starts with (default /).
 	DriverRoot string
+	// ContainerDriverRoot is where this process sees DriverRoot: the
+	// driver's binaries and /proc are read there (default DriverRoot).
+	ContainerDriverRoot string
 	// MetricsAddress serves Prometheus /metrics; empty disables it.
 	MetricsAddress string
 	// HealthPort serves the gRPC health probe; negative disables it.
@@ -56,6 +61,9 @@ func RunNode(ctx context.Context, opts Options, node NodeOptions) error {
 	prepOpts := []prepare.Option{
 		prepare.WithNVML(opts.NVML), prepare.WithNodeName(opts.NodeName), prepare.WithCDIRoot(node.CDIRoot),
 		prepare.WithStateDir(node.StateDir), prepare.WithDriverRoot(node.DriverRoot), prepare.WithMetrics(m),
+	}
+	if node.ContainerDriverRoot != "" {
+		prepOpts = append(prepOpts, prepare.WithContainerDriverRoot(node.ContainerDriverRoot))
 	}
 	if node.SimulatedDriver {
 		prepOpts = append(prepOpts, prepare.SimulatedDriver())

@@ -54,6 +54,9 @@ func newTestEnv(t testing.TB, model string, gpus int) *testEnv {
 		cdiRoot: t.TempDir(), stateDir: t.TempDir(), procRoot: t.TempDir(),
 		mps: sharing.NewFakeMPS(), slicer: &sharing.FakeTimeSlicer{},
 	}
+	// The driver's majors, as /proc/devices lists them on a node with the
+	// UVM and capability modules loaded.
+	writeFile(t, filepath.Join(e.procRoot, "devices"), testProcDevices)
 	for gpu := range gpus {
 		for gi := range maxTestGPUInstanceID {
 			dir := filepath.Join(e.procRoot, "driver/nvidia/capabilities", fmt.Sprintf("gpu%d/mig/gi%d", gpu, gi))
@@ -63,6 +66,9 @@ func newTestEnv(t testing.TB, model string, gpus int) *testEnv {
 	}
 	return e
 }
+
+// testProcDevices is the fake driver's /proc/devices.
+const testProcDevices = "Character devices:\n  1 mem\n195 nvidia-frontend\n236 nvidia-caps\n237 nvidia-uvm\n\nBlock devices:\n  8 sd\n"
 
 // capMinor is the fake driver's capability minor of a GPU or compute instance.
 func capMinor(gpu, gi, ci int) int { return 1000 + gpu*1000 + gi*10 + ci + 1 }

@@ -178,9 +178,17 @@ func (p *Preparer) cdiClaim(c *checkpoint.Claim) (tcdi.Claim, error) {
 	var mpsMemory = map[int]int64{}
 	var mpsThreads int64
 	mps := false
+	driver, err := p.readDriver()
+	if err != nil {
+		return out, err
+	}
+	control, err := p.controlNodes(driver)
+	if err != nil {
+		return out, err
+	}
 	for _, d := range c.Devices {
 		uuid := d.GPUUUID
-		nodes := []string{tcdi.GPUDeviceNode(d.GPUMinor)}
+		nodes := []tcdi.DeviceNode{driver.GPU(d.GPUMinor)}
 		if d.MIG != nil {
 			uuid = d.MIG.UUID
 			if uuid == "" {
@@ -188,13 +196,13 @@ func (p *Preparer) cdiClaim(c *checkpoint.Claim) (tcdi.Claim, error) {
 				// the older <GPU UUID>/<GI>/<CI> form.
 				uuid = fmt.Sprintf("MIG-%s/%d/%d", d.GPUUUID, d.MIG.GPUInstanceID, d.MIG.ComputeInstanceID)
 			}
-			caps, err := p.migCapabilities(d.GPUMinor, d.MIG.GPUInstanceID, d.MIG.ComputeInstanceID)
+			caps, err := p.migCapabilities(driver, d.GPUMinor, d.MIG.GPUInstanceID, d.MIG.ComputeInstanceID)
 			if err != nil {
 				return out, fmt.Errorf("MIG device %s: %w", d.Device, err)
 			}
 			nodes = append(nodes, caps...)
 		}
-		nodes = append(nodes, tcdi.ControlDeviceNodes...)
+		nodes = append(nodes, control...)
 		ordinal, ok := seen[uuid]
 		if !ok {
 			ordinal = len(visible)

@@ -10,6 +10,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -23,6 +24,7 @@ import (
 	configapi "github.com/tessera-gpu/tessera/api/config/v1alpha1"
 	tcdi "github.com/tessera-gpu/tessera/internal/cdi"
 	"github.com/tessera-gpu/tessera/internal/checkpoint"
+	"github.com/tessera-gpu/tessera/internal/driverroot"
 	"github.com/tessera-gpu/tessera/internal/metrics"
 	tnvml "github.com/tessera-gpu/tessera/internal/nvml"
 	"github.com/tessera-gpu/tessera/internal/sharing"
@@ -53,6 +55,9 @@ type Preparer struct {
 	stateDir     string
 	mpsLauncher  []string
 	mpsShmSize   int64
+
+	// containerDriverRoot is where this process sees driverRoot.
+	containerDriverRoot string
 	// checkpointOpts configure the checkpoint store.
 	checkpointOpts []checkpoint.StoreOption
 	// missingCheckpointOK lets start-up go on without a checkpoint although
@@ -104,13 +109,21 @@ func WithNodeName(name string) Option { return func(p *Preparer) { p.nodeName = 
 func WithCDIRoot(dir string) Option { return func(p *Preparer) { p.cdiRoot = dir } }
 
 // WithDriverRoot sets where the NVIDIA driver's files live on the host
-// (default /): device nodes are <root>/dev/..., capability files
-// <root>/proc/driver/nvidia/capabilities/... unless WithProcRoot says
-// otherwise.
+// (default /): the host paths of the device nodes in CDI specs are
+// <root>/dev/..., since the container runtime reads the specs on the host.
 func WithDriverRoot(dir string) Option { return func(p *Preparer) { p.driverRoot = dir } }
 
-// WithProcRoot sets the /proc whose driver/nvidia/capabilities tree names
-// the MIG capability device minors (default <driver root>/proc).
+// WithContainerDriverRoot sets where this process sees the driver root
+// (default: the driver root's own path): nvidia-smi, the MPS control
+// daemon and, unless WithProcRoot says otherwise, the driver's /proc
+// (devices, capabilities) are read under it.
+func WithContainerDriverRoot(dir string) Option {
+	return func(p *Preparer) { p.containerDriverRoot = dir }
+}
+
+// WithProcRoot sets the /proc whose devices file gives the driver's
+// device majors and whose driver/nvidia/capabilities tree gives the MIG
+// capability minors (default <container driver root>/proc).
 func WithProcRoot(dir string) Option { return func(p *Preparer) { p.procRoot = dir } }
 
 // WithStateDir sets the directory of the checkpoint and of the MPS daemons'
@@ -169,20 +182,25 @@ func New(ctx context.Context, opts ...Option) (*Preparer, error) {
 	if p.nvml == nil {
 		return nil, errors.New("prepare: no NVML library")
 	}
-	if p.procRoot == "" {
-		p.procRoot = filepath.Join(p.driverRoot, "proc")
+	if p.containerDriverRoot == "" {
+		p.containerDriverRoot = p.driverRoot
 	}
+	if p.procRoot == "" {
+		p.procRoot = filepath.Join(p.containerDriverRoot, "proc")
+	}
+	driver := driverroot.New(p.containerDriverRoot)
+	driverEnv := driver.Env(os.Getenv("PATH"))
 	if fake, ok := p.mps.(*sharing.FakeMPS); ok && p.simulated && fake.Root == "" {
 		fake.Root = p.mpsRoot()
 	}
 	if p.mps == nil {
 		p.mps = &sharing.MPSDaemons{
-			Root: p.mpsRoot(), Binary: filepath.Join(p.driverRoot, "usr/bin/nvidia-cuda-mps-control"),
+			Root: p.mpsRoot(), Binary: driverBinary(ctx, driver, "nvidia-cuda-mps-control"), Env: driverEnv,
 			Launcher: p.mpsLauncher, Shm: sharing.Tmpfs{}, ShmSizeBytes: p.mpsShmSize,
 		}
 	}
 	if p.slicer == nil {
-		p.slicer = sharing.NvidiaSMI{Binary: filepath.Join(p.driverRoot, "usr/bin/nvidia-smi")}
+		p.slicer = sharing.NvidiaSMI{Binary: driverBinary(ctx, driver, "nvidia-smi"), Env: driverEnv}
 	}
 	var err error
 	if p.cdi, err = tcdi.New(tcdi.WithRoot(p.cdiRoot), tcdi.WithDriverRoot(p.driverRoot)); err != nil {

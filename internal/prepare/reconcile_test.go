@@ -49,7 +49,7 @@ func TestReconcileRemovesWhatNobodyOwns(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := w.Write(tcdi.Claim{UID: "stray", Devices: []tcdi.Device{{Name: "gpu-2", DeviceNodes: []string{"/dev/nvidia2"}}}}); err != nil {
+	if _, err := w.Write(tcdi.Claim{UID: "stray", Devices: []tcdi.Device{{Name: "gpu-2", DeviceNodes: []tcdi.DeviceNode{{Path: "/dev/nvidia2"}}}}}); err != nil {
 		t.Fatal(err)
 	}
 	uuid2, _ := e.server.Devices[2].GetUUID()

@@ -115,6 +115,10 @@ type MPSDaemons struct {
 	Root string
 	// Binary is nvidia-cuda-mps-control, under the driver root.
 	Binary string
+	// Env is added to this process's environment to run Binary: the
+	// driver's library directories, and its binary directories, from which
+	// the control daemon starts nvidia-cuda-mps-server (driverroot.Root.Env).
+	Env []string
 	// StartTimeout bounds how long Start waits for the daemon, and Stop
 	// for it to exit.
 	StartTimeout time.Duration
@@ -134,7 +138,7 @@ type MPSDaemons struct {
 var _ MPSControl = (*MPSDaemons)(nil)
 
 func (m *MPSDaemons) env(gpuUUID string, dirs Dirs) []string {
-	env := append(os.Environ(),
+	env := append(append(os.Environ(), m.Env...),
 		"CUDA_MPS_PIPE_DIRECTORY="+dirs.Pipe,
 		"CUDA_MPS_LOG_DIRECTORY="+dirs.Log,
 	)

@@ -3,6 +3,7 @@ package sharing
 import (
 	"context"
 	"fmt"
+	"os"
 	"os/exec"
 	"strings"
 	"sync"
@@ -20,6 +21,9 @@ type TimeSlicer interface {
 type NvidiaSMI struct {
 	// Binary is nvidia-smi, under the driver root.
 	Binary string
+	// Env is added to this process's environment to run Binary: the
+	// driver's library and binary directories (driverroot.Root.Env).
+	Env []string
 }
 
 // timeSliceValues are nvidia-smi's --set-timeslice values.
@@ -36,7 +40,9 @@ func (n NvidiaSMI) SetTimeSlice(ctx context.Context, gpuUUID string, interval co
 	if !ok {
 		return fmt.Errorf("set time slice of GPU %s: unknown interval %q", gpuUUID, interval)
 	}
-	out, err := exec.CommandContext(ctx, n.Binary, "compute-policy", "-i", gpuUUID, "--set-timeslice="+v).CombinedOutput()
+	cmd := exec.CommandContext(ctx, n.Binary, "compute-policy", "-i", gpuUUID, "--set-timeslice="+v)
+	cmd.Env = append(os.Environ(), n.Env...)
+	out, err := cmd.CombinedOutput()
 	if err != nil {
 		return fmt.Errorf("set time slice %s on GPU %s: %w: %s", interval, gpuUUID, err, strings.TrimSpace(string(out)))
 	}

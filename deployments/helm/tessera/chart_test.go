@@ -110,7 +110,7 @@ func TestDefaultInstall(t *testing.T) {
 		t.Errorf("plugin runs as %q, want its own ServiceAccount tessera-kubelet-plugin", plugin.ServiceAccountName)
 	}
 	c := plugin.Containers[0]
-	for _, want := range []string{"--tenancy", "--nvml=real", "--plugin-data-dir=/var/lib/kubelet/plugins/" + gpuapi.DriverName, "--registrar-dir=/var/lib/kubelet/plugins_registry", "--cdi-root=/var/run/cdi", "--state-dir=/var/lib/tessera", "--driver-root=/driver-root", "--withdraw-blocked=true"} {
+	for _, want := range []string{"--tenancy", "--nvml=real", "--plugin-data-dir=/var/lib/kubelet/plugins/" + gpuapi.DriverName, "--registrar-dir=/var/lib/kubelet/plugins_registry", "--cdi-root=/var/run/cdi", "--state-dir=/var/lib/tessera", "--driver-root=/", "--container-driver-root=/driver-root", "--withdraw-blocked=true"} {
 		if !slices.Contains(c.Args, want) {
 			t.Errorf("plugin args %v lack %s", c.Args, want)
 		}
@@ -352,3 +352,39 @@ func TestLintStrict(t *testing.T) {
 }
 
 func bufioReader(s string) *bufio.Reader { return bufio.NewReader(strings.NewReader(s)) }
+
+// TestDriverRootReachesCDISpecs: the host's driver root is what the plugin
+// writes into CDI specs (the runtime reads them on the host); the pod
+// mounts it at /driver-root and reads the driver there.
+func TestDriverRootReachesCDISpecs(t *testing.T) {
+	manifest, err := render(t, "--set", "kubeletPlugin.driverRoot=/run/nvidia/driver")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ds := find[*appsv1.DaemonSet](objects(t, manifest))
+	if len(ds) != 1 {
+		t.Fatalf("want one kubelet plugin DaemonSet, got %d", len(ds))
+	}
+	spec := ds[0].Spec.Template.Spec
+	c := spec.Containers[0]
+	for _, want := range []string{"--driver-root=/run/nvidia/driver", "--container-driver-root=/driver-root"} {
+		if !slices.Contains(c.Args, want) {
+			t.Errorf("plugin args %v lack %s", c.Args, want)
+		}
+	}
+	var volume string
+	for _, m := range c.VolumeMounts {
+		if m.MountPath == "/driver-root" {
+			volume = m.Name
+		}
+	}
+	var hostPath string
+	for _, v := range spec.Volumes {
+		if v.Name == volume && v.HostPath != nil {
+			hostPath = v.HostPath.Path
+		}
+	}
+	if hostPath != "/run/nvidia/driver" {
+		t.Errorf("/driver-root is mounted from host path %q, want /run/nvidia/driver", hostPath)
+	}
+}
