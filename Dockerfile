@@ -1,5 +1,8 @@
-# Tessera's image: every binary in one image, so the controller Deployment and the
-# kubelet plugin DaemonSet of the Helm chart run the same build.
+# Tessera's image: the two driver binaries in one image, so the controller
+# Deployment and the kubelet plugin DaemonSet of the Helm chart run the same
+# build. Nothing else ships: not the capacity simulator (cmd/tessera-sim, which
+# reaches test code), not tessera-scheduler (a module of its own); make
+# verify-imports checks that the two import no test, e2e or research code.
 #
 #   make images IMAGE=ghcr.io/tessera-gpu/tessera TAG=0.1.0
 #
@@ -20,9 +23,7 @@ ARG VERSION=dev
 ENV CGO_CFLAGS=-Wno-deprecated-declarations
 RUN --mount=type=cache,target=/root/go/pkg/mod --mount=type=cache,target=/root/.cache/go-build \
     CGO_ENABLED=1 go build -trimpath -ldflags="-s -w" -o /out/dra-kubelet-plugin ./cmd/dra-kubelet-plugin && \
-    for cmd in $(ls cmd | grep -v dra-kubelet-plugin); do \
-      CGO_ENABLED=0 go build -trimpath -ldflags="-s -w" -o /out/${cmd} ./cmd/${cmd}; \
-    done
+    CGO_ENABLED=0 go build -trimpath -ldflags="-s -w" -o /out/dra-controller ./cmd/dra-controller
 
 # distroless/base carries glibc for the plugin and nothing else: no shell, no
 # package manager. The default user is nonroot (65532); the chart runs the
