@@ -26,9 +26,10 @@ type DeviceNode struct {
 }
 
 // Names of the NVIDIA driver's character devices in /proc/devices. The GPU
-// and control nodes' major is registered as "nvidia-frontend" by older
-// drivers and "nvidia" by newer ones; the UVM and capability majors are
-// allocated dynamically when their module loads.
+// and control nodes' major (195, NV_MAJOR_DEVICE_NUMBER) is registered as
+// "nvidia-frontend" by the driver's frontend module and as "nvidia" by
+// builds without it; the UVM and capability majors are allocated
+// dynamically when their module loads.
 const (
 	procDevicesGPU          = "nvidia-frontend"
 	procDevicesGPUNewer     = "nvidia"
