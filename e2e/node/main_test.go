@@ -83,7 +83,7 @@ func run(m *testing.M) (code int) {
 		PluginBinary: cluster.DefaultPluginBinary(),
 		// The chart's plugin arguments, less what the node sets itself.
 		PluginArgs: cluster.ContainerArgs(local.Install.Plugin.Spec.Template.Spec,
-			"nvml", "plugin-data-dir", "registrar-dir", "cdi-root", "state-dir", "driver-root", "metrics-address", "healthcheck-port", "v"),
+			"nvml", "plugin-data-dir", "registrar-dir", "cdi-root", "state-dir", "driver-root", "container-driver-root", "metrics-address", "healthcheck-port", "v"),
 		Credentials: func(ctx context.Context, name string) (string, error) {
 			pod, err := local.PodOn(ctx, local.Install.Plugin.Spec.Selector, name)
 			if err != nil {
