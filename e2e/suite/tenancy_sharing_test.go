@@ -69,30 +69,35 @@ type gpuUse struct {
 }
 
 // gpuUses reads the shared GPUs' use by the namespaces' claims, keyed
-// pool/device.
+// pool/device. One list of every namespace's claims is one snapshot of the
+// API server: listing namespace by namespace could see a claim of the first
+// that was deleted before the second's was admitted, two tenants at once
+// that never were.
 func gpuUses(ctx context.Context, namespaces ...string) (map[string]*gpuUse, error) {
+	list, err := local.Client.ResourceV1().ResourceClaims(metav1.NamespaceAll).List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return nil, err
+	}
 	out := map[string]*gpuUse{}
-	for _, ns := range namespaces {
-		list, err := local.Client.ResourceV1().ResourceClaims(ns).List(ctx, metav1.ListOptions{})
-		if err != nil {
-			return nil, err
+	for i := range list.Items {
+		c := &list.Items[i]
+		ns := c.Namespace
+		if !slices.Contains(namespaces, ns) {
+			continue
 		}
-		for i := range list.Items {
-			c := &list.Items[i]
-			for _, d := range tenancy.SharedDevices(c) {
-				key := d.Pool + "/" + d.Device
-				u := out[key]
-				if u == nil {
-					u = &gpuUse{}
-					out[key] = u
-				}
-				u.shares++
-				if !slices.Contains(u.allocated, ns) {
-					u.allocated = append(u.allocated, ns)
-				}
-				if tenancy.ClaimState(c) == tenancy.Admitted && !slices.Contains(u.serving, ns) {
-					u.serving = append(u.serving, ns)
-				}
+		for _, d := range tenancy.SharedDevices(c) {
+			key := d.Pool + "/" + d.Device
+			u := out[key]
+			if u == nil {
+				u = &gpuUse{}
+				out[key] = u
+			}
+			u.shares++
+			if !slices.Contains(u.allocated, ns) {
+				u.allocated = append(u.allocated, ns)
+			}
+			if tenancy.ClaimState(c) == tenancy.Admitted && !slices.Contains(u.serving, ns) {
+				u.serving = append(u.serving, ns)
 			}
 		}
 	}
