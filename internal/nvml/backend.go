@@ -77,13 +77,13 @@ func Open(b Backend) (Library, error) {
 	// Events change the mock's device functions; doing it on the first
 	// watch would race with a discovery running at the same time.
 	s.EnableEvents()
-	return newLibrary(s, s.ProfileName, nil)
+	return newLibrary(s, s.GpuInstanceProfileInfoV3, nil)
 }
 
 // OpenMock wraps an existing mock server, for tests that also inspect the
 // server's state.
 func OpenMock(s *nvmlmock.Server) (Library, error) {
-	return newLibrary(s, s.ProfileName, nil)
+	return newLibrary(s, s.GpuInstanceProfileInfoV3, nil)
 }
 
 // pcieRoot resolves the PCIe root complex of a GPU through sysfs; empty when

@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	gonvml "github.com/NVIDIA/go-nvml/pkg/nvml"
+	"golang.org/x/sync/errgroup"
 	"k8s.io/klog/v2"
 )
 
@@ -25,7 +27,9 @@ var ErrGPULost = errors.New("GPU is lost")
 // Health is implemented by Library implementations that report GPU health.
 // It is a separate interface so that Library stays small for its fakes.
 type Health interface {
-	// WatchXIDs sends critical XID errors to events until ctx ends.
+	// WatchXIDs sends critical XID errors to events until ctx ends. Each
+	// GPU is watched on its own: one GPU's failure never ends the watch of
+	// another, and a GPU's watch that NVML ended is re-armed.
 	WatchXIDs(ctx context.Context, events chan<- XIDEvent) error
 	// CheckGPU returns nil when the GPU answers, ErrGPULost when it fell
 	// off the bus, another error when NVML cannot tell.
@@ -41,68 +45,110 @@ const eventWaitMs = 500
 // noInstance is NVML's instance ID for "not a MIG instance".
 const noInstance = 0xFFFFFFFF
 
+// watchOptions configure how a GPU's XID watch is re-armed after NVML ended
+// it: first after backoff, each further failure in a row doubling the wait
+// up to maxBackoff, so that a GPU that stays lost costs a call a minute.
+type watchOptions struct {
+	backoff, maxBackoff time.Duration
+}
+
+func defaultWatchOptions() watchOptions {
+	return watchOptions{backoff: time.Second, maxBackoff: time.Minute}
+}
+
+// errNoXIDEvents is why a GPU that cannot report XID events is not watched.
+var errNoXIDEvents = errors.New("GPU does not report critical XID events")
+
 func (l *library) WatchXIDs(ctx context.Context, events chan<- XIDEvent) error {
 	// go-nvml's mock servers have no event sets unless asked.
 	if m, ok := l.nvml.(interface{ EnableEvents() }); ok {
 		m.EnableEvents()
 	}
-	set, ret := l.nvml.EventSetCreate()
-	if err := check(ret, "create NVML event set"); err != nil {
-		return err
-	}
-	defer func() { _ = set.Free() }()
 	count, ret := l.nvml.DeviceGetCount()
 	if err := check(ret, "count GPUs"); err != nil {
 		return err
 	}
-	logger := klog.FromContext(ctx)
-	index := map[string]int{}
+	g, ctx := errgroup.WithContext(ctx)
 	for i := range count {
-		// A GPU that cannot be reached (fallen off the bus) is left out:
-		// the periodic health check taints it, and the others are watched.
-		dev, ret := l.nvml.DeviceGetHandleByIndex(i)
-		if err := check(ret, "get GPU %d", i); err != nil {
-			logger.Error(err, "Not watching XID events of a GPU", "gpu", i)
-			continue
+		g.Go(func() error {
+			l.watchGPU(ctx, i, events)
+			return nil
+		})
+	}
+	return g.Wait()
+}
+
+// watchGPU watches one GPU's XID events until ctx ends, on an event set of
+// its own: nvmlEventSetWait returns NVML_ERROR_GPU_IS_LOST "if a GPU has
+// fallen off the bus or is otherwise inaccessible" and NVML_ERROR_UNKNOWN
+// "on any unexpected error" (nvml.h), so a set shared by all GPUs would end
+// every GPU's watch with one GPU's failure. After any failure, of
+// registration or of a wait, the set is freed and the watch re-armed.
+func (l *library) watchGPU(ctx context.Context, index int, events chan<- XIDEvent) {
+	logger := klog.FromContext(ctx).WithValues("gpu", index)
+	delay := l.watch.backoff
+	for {
+		err := l.watchGPUOnce(ctx, index, events, func() { delay = l.watch.backoff })
+		if ctx.Err() != nil {
+			return
 		}
-		uuid, ret := dev.GetUUID()
-		if err := check(ret, "get UUID of GPU %d", i); err != nil {
-			logger.Error(err, "Not watching XID events of a GPU", "gpu", i)
-			continue
+		if errors.Is(err, errNoXIDEvents) {
+			logger.Info("Not watching XID events of a GPU that does not report them")
+			return
 		}
-		index[uuid] = i
-		supported, ret := dev.GetSupportedEventTypes()
-		if err := check(ret, "get supported events of GPU %d", i); err != nil {
-			return err
+		// A lost GPU is also tainted by the periodic health check.
+		logger.Error(err, "Watching XID events of a GPU failed; re-arming", "after", delay)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(delay):
 		}
-		if supported&gonvml.EventTypeXidCriticalError == 0 {
-			continue
+		delay = min(2*delay, l.watch.maxBackoff)
+	}
+}
+
+// watchGPUOnce arms an event set for the GPU's XID events and forwards
+// them until ctx ends (nil) or NVML fails. It calls armed after each wait
+// NVML answered, which resets the caller's backoff.
+func (l *library) watchGPUOnce(ctx context.Context, index int, events chan<- XIDEvent, armed func()) (err error) {
+	set, ret := l.nvml.EventSetCreate()
+	if err := check(ret, "create NVML event set for GPU %d", index); err != nil {
+		return err
+	}
+	defer func() {
+		if ferr := check(set.Free(), "free NVML event set of GPU %d", index); ferr != nil {
+			err = errors.Join(err, ferr)
 		}
-		if err := check(dev.RegisterEvents(gonvml.EventTypeXidCriticalError, set), "register XID events of GPU %d", i); err != nil {
-			return err
-		}
+	}()
+	dev, ret := l.nvml.DeviceGetHandleByIndex(index)
+	if err := check(ret, "get GPU %d", index); err != nil {
+		return err
+	}
+	supported, ret := dev.GetSupportedEventTypes()
+	if err := check(ret, "get supported events of GPU %d", index); err != nil {
+		return err
+	}
+	if supported&gonvml.EventTypeXidCriticalError == 0 {
+		return errNoXIDEvents
+	}
+	if err := check(dev.RegisterEvents(gonvml.EventTypeXidCriticalError, set), "register XID events of GPU %d", index); err != nil {
+		return err
 	}
 	for ctx.Err() == nil {
 		data, ret := set.Wait(eventWaitMs)
 		switch ret {
 		case gonvml.SUCCESS:
 		case gonvml.ERROR_TIMEOUT:
+			armed()
 			continue
 		default:
-			return check(ret, "wait for NVML events")
+			return check(ret, "wait for XID events of GPU %d", index)
 		}
+		armed()
 		if data.EventType != gonvml.EventTypeXidCriticalError {
 			continue
 		}
-		uuid, ret := data.Device.GetUUID()
-		i, ok := index[uuid]
-		if ret != gonvml.SUCCESS || !ok {
-			// Most likely the GPU fell off the bus, which the health
-			// check sees; the other GPUs' events still matter.
-			logger.Error(check(ret, "get UUID"), "XID on a GPU that cannot be identified", "xid", data.EventData)
-			continue
-		}
-		ev := XIDEvent{GPUIndex: i, XID: data.EventData, GPUInstanceID: -1, ComputeInstanceID: -1}
+		ev := XIDEvent{GPUIndex: index, XID: data.EventData, GPUInstanceID: -1, ComputeInstanceID: -1}
 		if data.GpuInstanceId != noInstance {
 			ev.GPUInstanceID = int(data.GpuInstanceId)
 		}

@@ -10,35 +10,50 @@ import (
 	"sync"
 
 	gonvml "github.com/NVIDIA/go-nvml/pkg/nvml"
+	"k8s.io/klog/v2"
 
+	"github.com/tessera-gpu/tessera/internal/nvml/migprofile"
 	"github.com/tessera-gpu/tessera/pkg/inventory"
 )
 
-// ProfileNamer returns the name of a GPU-instance profile, e.g. "1g.18gb".
-// Real NVML reports names through the v3 profile-info call; go-nvml's mocks
-// cannot answer that call, so the mock backends supply their own namer.
-type ProfileNamer func(dev gonvml.Device, profileID int) (string, error)
+// ProfileInfoV3 is NVML's versioned GPU-instance profile-info call
+// (nvmlDeviceGetGpuInstanceProfileInfoV with a v3 structure), the only one
+// that reports a profile's name. go-nvml binds its handler for the call to
+// its cgo device type, so a mock answers it through this function instead;
+// everything that interprets the answer is the same code for both.
+type ProfileInfoV3 func(dev gonvml.Device, profileID int) (gonvml.GpuInstanceProfileInfo_v3, gonvml.Return)
 
 // library implements Library on any nvml.Interface.
 type library struct {
-	nvml     gonvml.Interface
-	namer    ProfileNamer
-	pcieRoot func(busID string) string
-	toggle   func(arch gonvml.DeviceArchitecture) bool
+	nvml          gonvml.Interface
+	profileInfoV3 ProfileInfoV3
+	pcieRoot      func(busID string) string
+	toggle        func(arch gonvml.DeviceArchitecture) bool
 
 	// mu serialises MIG changes: NVML's MIG calls are not safe to interleave
 	// on one GPU, and prepare runs claims concurrently.
 	mu sync.Mutex
+	// frozen holds, by GPU UUID, why Tessera no longer changes that GPU's
+	// MIG mode: a change that needed a reset (see SetMIGMode). Guarded by mu.
+	frozen map[string]error
+	// misnamed remembers the profiles whose NVML name differed from
+	// Tessera's table, so that the difference is logged once.
+	misnamed sync.Map
+	// watch configures XID watching (see WatchXIDs).
+	watch watchOptions
 }
 
 var _ Library = (*library)(nil)
 
 // newLibrary initialises NVML and wraps it.
-func newLibrary(lib gonvml.Interface, namer ProfileNamer, pcieRoot func(string) string) (*library, error) {
+func newLibrary(lib gonvml.Interface, v3 ProfileInfoV3, pcieRoot func(string) string) (*library, error) {
 	if ret := lib.Init(); ret != gonvml.SUCCESS {
 		return nil, check(ret, "initialise NVML")
 	}
-	return &library{nvml: lib, namer: namer, pcieRoot: pcieRoot, toggle: togglesWithoutReset}, nil
+	return &library{
+		nvml: lib, profileInfoV3: v3, pcieRoot: pcieRoot, toggle: togglesWithoutReset,
+		frozen: map[string]error{}, watch: defaultWatchOptions(),
+	}, nil
 }
 
 // togglesWithoutReset tells whether MIG mode can be switched on a GPU without
@@ -83,7 +98,7 @@ func (l *library) Discover(ctx context.Context) (inventory.Node, error) {
 			lost.Failed[i] = err
 			continue
 		}
-		gpu, err := l.discoverGPU(dev, i)
+		gpu, err := l.discoverGPU(ctx, dev, i)
 		if err != nil {
 			lost.Failed[i] = fmt.Errorf("discover GPU %d: %w", i, err)
 			continue
@@ -124,7 +139,7 @@ func Usable(err error) error {
 	return err
 }
 
-func (l *library) discoverGPU(dev gonvml.Device, index int) (inventory.GPU, error) {
+func (l *library) discoverGPU(ctx context.Context, dev gonvml.Device, index int) (inventory.GPU, error) {
 	gpu := inventory.GPU{Index: index}
 	var ret gonvml.Return
 	if gpu.Minor, ret = dev.GetMinorNumber(); ret != gonvml.SUCCESS {
@@ -151,11 +166,10 @@ func (l *library) discoverGPU(dev gonvml.Device, index int) (inventory.GPU, erro
 		return gpu, check(ret, "get CUDA compute capability")
 	}
 	gpu.CUDAComputeCapability = fmt.Sprintf("%d.%d", major, minor)
-	mem, ret := dev.GetMemoryInfo()
-	if ret != gonvml.SUCCESS {
-		return gpu, check(ret, "get memory info")
+	var err error
+	if gpu.MemoryBytes, err = memoryBytes(dev); err != nil {
+		return gpu, err
 	}
-	gpu.MemoryBytes = mem.Total
 	pci, ret := dev.GetPciInfo()
 	if ret != gonvml.SUCCESS {
 		return gpu, check(ret, "get PCI info")
@@ -165,29 +179,70 @@ func (l *library) discoverGPU(dev gonvml.Device, index int) (inventory.GPU, erro
 		gpu.PCIeRoot = l.pcieRoot(gpu.PCIBusID)
 	}
 
-	current, _, ret := dev.GetMigMode()
+	current, pending, ret := dev.GetMigMode()
 	switch ret {
 	case gonvml.SUCCESS:
 		gpu.MIG.Capable = true
 		gpu.MIG.Enabled = current == gonvml.DEVICE_MIG_ENABLE
-		gpu.MIG.ToggleWithoutReset = l.toggle(arch)
+		// A GPU whose mode waits for a reset, or whose last change
+		// needed one, keeps the mode it is in: it offers what that mode
+		// allows.
+		gpu.MIG.ToggleWithoutReset = l.toggle(arch) && current == pending && !l.isFrozen(gpu.UUID)
 	case gonvml.ERROR_NOT_SUPPORTED:
 		return gpu, nil
 	default:
 		return gpu, check(ret, "get MIG mode")
 	}
-	profiles, err := l.discoverProfiles(dev)
+	profiles, err := l.discoverProfiles(ctx, dev, gpu.ProductName, gpu.MIG.Enabled)
 	if err != nil {
 		return gpu, err
 	}
 	gpu.MIG.Profiles = profiles
+	var largest uint64
 	for _, p := range profiles {
 		gpu.Multiprocessors = max(gpu.Multiprocessors, p.Multiprocessors)
+		largest = max(largest, p.MemoryBytes)
+	}
+	if gpu.MemoryBytes == 0 {
+		// No memory info: the full-GPU profile's memory is what a claim
+		// of the whole GPU can count on.
+		gpu.MemoryBytes = largest
 	}
 	return gpu, nil
 }
 
-func (l *library) discoverProfiles(dev gonvml.Device) ([]inventory.MIGProfile, error) {
+// memoryBytes returns the GPU's total memory, 0 where NVML cannot tell.
+// nvml.h documents NVML_ERROR_NOT_SUPPORTED from both memory-info calls "if
+// video memory is unsupported on the device", and, in MIG mode, aggregate
+// information "only if the caller has appropriate privileges": neither may
+// cost the node its GPU.
+func memoryBytes(dev gonvml.Device) (uint64, error) {
+	mem, ret := dev.GetMemoryInfo()
+	switch ret {
+	case gonvml.SUCCESS:
+		return mem.Total, nil
+	case gonvml.ERROR_NOT_SUPPORTED, gonvml.ERROR_NO_PERMISSION:
+	default:
+		return 0, check(ret, "get memory info")
+	}
+	mem2, ret := dev.GetMemoryInfo_v2()
+	switch ret {
+	case gonvml.SUCCESS:
+		return mem2.Total, nil
+	case gonvml.ERROR_NOT_SUPPORTED, gonvml.ERROR_NO_PERMISSION:
+		return 0, nil
+	}
+	return 0, check(ret, "get memory info v2")
+}
+
+// discoverProfiles reads the GPU's MIG profiles from the v1 profile info,
+// which NVML answers whatever the MIG mode, and names them from Tessera's
+// table (migprofile). The versioned call that carries NVML's own names is
+// NOT_SUPPORTED while MIG mode is off; while it is on, its names are checked
+// against the table, and name the profiles of products the table lacks.
+func (l *library) discoverProfiles(ctx context.Context, dev gonvml.Device, product string, migOn bool) ([]inventory.MIGProfile, error) {
+	logger := klog.FromContext(ctx)
+	table, _ := migprofile.Names(product) // nil for a product Tessera does not know
 	var profiles []inventory.MIGProfile
 	for id := range gonvml.GPU_INSTANCE_PROFILE_COUNT {
 		info, ret := dev.GetGpuInstanceProfileInfo(id)
@@ -205,13 +260,32 @@ func (l *library) discoverProfiles(dev gonvml.Device) ([]inventory.MIGProfile, e
 		if err := check(ret, "get placements of MIG profile %d", id); err != nil {
 			return nil, err
 		}
-		name, err := l.namer(dev, id)
-		if err != nil {
-			return nil, fmt.Errorf("name MIG profile %d: %w", id, err)
+		name, named := table[id]
+		if migOn {
+			v3, ret := l.profileInfoV3(dev, id)
+			reported := strings.TrimPrefix(cString(v3.Name[:]), "MIG ")
+			switch {
+			case ret != gonvml.SUCCESS:
+				logger.V(2).Info("NVML does not name a MIG profile", "product", product, "profile", id, "err", check(ret, "get MIG profile %d info v3", id))
+			case !named:
+				name, named = reported, reported != ""
+			case reported != name:
+				// The table wins: device names must not change when MIG
+				// mode does, and the table is what names them while it
+				// is off. The difference is a fault of the table.
+				if _, seen := l.misnamed.LoadOrStore(fmt.Sprintf("%s/%d", product, id), true); !seen {
+					logger.Error(nil, "NVML names a MIG profile differently from Tessera's table; publishing the table's name",
+						"product", product, "profile", id, "nvml", reported, "table", name)
+				}
+			}
+		}
+		if !named {
+			logger.V(2).Info("Not offering a MIG profile that has no name yet", "product", product, "profile", id, "migEnabled", migOn)
+			continue
 		}
 		p := inventory.MIGProfile{
 			ID:              id,
-			Name:            strings.TrimPrefix(name, "MIG "),
+			Name:            name,
 			SliceCount:      int(info.SliceCount),
 			InstanceCount:   int(info.InstanceCount),
 			MemoryBytes:     info.MemorySizeMB << 20,
@@ -230,13 +304,9 @@ func (l *library) discoverProfiles(dev gonvml.Device) ([]inventory.MIGProfile, e
 	return profiles, nil
 }
 
-// realProfileName reads the profile name through NVML's v3 profile info.
-func realProfileName(dev gonvml.Device, profileID int) (string, error) {
-	info, ret := dev.GetGpuInstanceProfileInfoV(profileID).V3()
-	if err := check(ret, "get MIG profile %d info v3", profileID); err != nil {
-		return "", err
-	}
-	return cString(info.Name[:]), nil
+// realProfileInfoV3 is ProfileInfoV3 on real NVML.
+func realProfileInfoV3(dev gonvml.Device, profileID int) (gonvml.GpuInstanceProfileInfo_v3, gonvml.Return) {
+	return dev.GetGpuInstanceProfileInfoV(profileID).V3()
 }
 
 func cString(b []int8) string {

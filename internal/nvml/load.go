@@ -18,7 +18,7 @@ func openReal(root string) (Library, error) {
 	if err != nil {
 		return nil, fmt.Errorf("load NVML: %w", err)
 	}
-	lib, err := newLibrary(gonvml.New(gonvml.WithLibraryPath(path)), realProfileName, pcieRoot)
+	lib, err := newLibrary(gonvml.New(gonvml.WithLibraryPath(path)), realProfileInfoV3, pcieRoot)
 	if err != nil {
 		if IsReturn(err, gonvml.ERROR_LIBRARY_NOT_FOUND) {
 			// go-nvml turns every dlopen failure into LIBRARY_NOT_FOUND;

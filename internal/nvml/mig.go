@@ -2,10 +2,12 @@ package nvml
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sort"
 
 	gonvml "github.com/NVIDIA/go-nvml/pkg/nvml"
+	"k8s.io/klog/v2"
 
 	"github.com/tessera-gpu/tessera/pkg/inventory"
 )
@@ -15,6 +17,31 @@ func (l *library) device(gpu int) (gonvml.Device, error) {
 	return dev, check(ret, "get GPU %d", gpu)
 }
 
+func (l *library) MIGMode(ctx context.Context, gpu int) (MIGMode, error) {
+	dev, err := l.device(gpu)
+	if err != nil {
+		return MIGMode{}, err
+	}
+	current, pending, ret := dev.GetMigMode()
+	switch ret {
+	case gonvml.SUCCESS:
+		return MIGMode{Enabled: current == gonvml.DEVICE_MIG_ENABLE, PendingEnabled: pending == gonvml.DEVICE_MIG_ENABLE}, nil
+	case gonvml.ERROR_NOT_SUPPORTED:
+		return MIGMode{}, nil // "If device doesn't support MIG mode"
+	}
+	return MIGMode{}, check(ret, "get MIG mode of GPU %d", gpu)
+}
+
+// SetMIGMode changes the mode only where it differs. nvml.h
+// (nvmlDeviceSetMigMode) reports a failed activation in activationStatus,
+// not in the call's result: IN_USE "if device unbind fails because the
+// device isn't idle" (the caller may retry once the GPU is idle), and
+// RESET_REQUIRED where only a reset (a VM reboot in pass-through) activates
+// it. Any change that did not take effect at once is undone as far as NVML
+// allows (the previous mode made the pending one again), so that no later
+// reset switches the GPU behind Tessera's back; a change that needs a reset
+// is never tried again on that GPU (kubernetes-sigs/dra-driver-nvidia-gpu#883
+// broke cloud VMs by repeating it).
 func (l *library) SetMIGMode(ctx context.Context, gpu int, enabled bool) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -22,25 +49,108 @@ func (l *library) SetMIGMode(ctx context.Context, gpu int, enabled bool) error {
 	if err != nil {
 		return err
 	}
-	mode := gonvml.DEVICE_MIG_DISABLE
-	if enabled {
-		mode = gonvml.DEVICE_MIG_ENABLE
-	}
-	ret, activation := dev.SetMigMode(mode)
-	if err := check(ret, "set MIG mode %d on GPU %d", mode, gpu); err != nil {
+	uuid, ret := dev.GetUUID()
+	if err := check(ret, "get UUID of GPU %d", gpu); err != nil {
 		return err
 	}
-	if activation != gonvml.SUCCESS {
-		return fmt.Errorf("set MIG mode %d on GPU %d: %w (%s)", mode, gpu, ErrResetRequired, gonvml.ErrorString(activation))
+	if why, ok := l.frozen[uuid]; ok {
+		return why
 	}
-	current, _, ret := dev.GetMigMode()
+	want := migModeValue(enabled)
+	current, pending, ret := dev.GetMigMode()
 	if err := check(ret, "get MIG mode of GPU %d", gpu); err != nil {
 		return err
 	}
-	if current != mode {
-		return fmt.Errorf("set MIG mode %d on GPU %d: %w", mode, gpu, ErrResetRequired)
+	if current != pending {
+		// Someone (an admin, or a run of the plugin before a restart)
+		// left a change for the next reset: not Tessera's to undo.
+		return l.freeze(ctx, gpu, uuid, fmt.Errorf("GPU %d has MIG mode %s pending until its next reset: %w", gpu, migModeName(pending), ErrResetRequired))
+	}
+	if current == want {
+		return nil
+	}
+	ret, activation := dev.SetMigMode(want)
+	if err := check(ret, "set MIG mode %s on GPU %d", migModeName(want), gpu); err != nil {
+		return err
+	}
+	if activation == gonvml.SUCCESS {
+		now, pending, ret := dev.GetMigMode()
+		if err := check(ret, "get MIG mode of GPU %d", gpu); err != nil {
+			return err
+		}
+		if now == want && pending == want {
+			return nil
+		}
+		// Accepted but not in effect: it waits for a reset.
+		activation = gonvml.ERROR_RESET_REQUIRED
+	}
+	restoreErr := restoreMIGMode(dev, gpu, current)
+	if activation == gonvml.ERROR_IN_USE {
+		return errors.Join(&Error{Op: fmt.Sprintf("activate MIG mode %s on GPU %d", migModeName(want), gpu), Return: activation}, restoreErr)
+	}
+	err = fmt.Errorf("activate MIG mode %s on GPU %d: %w (%s)", migModeName(want), gpu, ErrResetRequired, gonvml.ErrorString(activation))
+	return errors.Join(l.freeze(ctx, gpu, uuid, err), restoreErr)
+}
+
+// restoreMIGMode makes the GPU's current mode its pending one again after a
+// change that did not take effect.
+func restoreMIGMode(dev gonvml.Device, gpu, previous int) error {
+	// The activation status is moot: the mode is the current one.
+	ret, _ := dev.SetMigMode(previous)
+	if err := check(ret, "put MIG mode %s back on GPU %d", migModeName(previous), gpu); err != nil {
+		return err
+	}
+	_, pending, ret := dev.GetMigMode()
+	if err := check(ret, "get MIG mode of GPU %d", gpu); err != nil {
+		return err
+	}
+	if pending != previous {
+		return fmt.Errorf("GPU %d keeps MIG mode %s pending: its next reset will switch it", gpu, migModeName(pending))
 	}
 	return nil
+}
+
+// freeze records that the GPU's MIG mode is never to be changed again, and
+// logs why once. Must be called with l.mu held.
+func (l *library) freeze(ctx context.Context, gpu int, uuid string, why error) error {
+	l.frozen[uuid] = why
+	klog.FromContext(ctx).Error(why, "Never changing this GPU's MIG mode again; it offers what its current mode allows", "gpu", gpu, "uuid", uuid)
+	return why
+}
+
+func (l *library) isFrozen(uuid string) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	_, ok := l.frozen[uuid]
+	return ok
+}
+
+func migModeValue(enabled bool) int {
+	if enabled {
+		return gonvml.DEVICE_MIG_ENABLE
+	}
+	return gonvml.DEVICE_MIG_DISABLE
+}
+
+func migModeName(mode int) string {
+	if mode == gonvml.DEVICE_MIG_ENABLE {
+		return "on"
+	}
+	return "off"
+}
+
+// migOff reports whether the GPU's MIG mode is off (or unsupported): nvml.h
+// then answers NOT_SUPPORTED for every instance query ("If device doesn't
+// have MIG mode enabled"), and no instance can exist.
+func migOff(dev gonvml.Device, gpu int) (bool, error) {
+	current, _, ret := dev.GetMigMode()
+	switch ret {
+	case gonvml.SUCCESS:
+		return current != gonvml.DEVICE_MIG_ENABLE, nil
+	case gonvml.ERROR_NOT_SUPPORTED:
+		return true, nil
+	}
+	return false, check(ret, "get MIG mode of GPU %d", gpu)
 }
 
 func (l *library) CreateMIGDevice(ctx context.Context, gpu, profileID int, placement inventory.Placement) (MIGDevice, error) {
@@ -59,23 +169,26 @@ func (l *library) CreateMIGDevice(ctx context.Context, gpu, profileID int, place
 	if err := check(ret, "create GPU instance of profile %d at %d+%d on GPU %d", profileID, placement.Start, placement.Size, gpu); err != nil {
 		return out, err
 	}
+	// rollback destroys the new GPU instance after a later step failed,
+	// returning both errors: an instance left behind must be known.
+	rollback := func(err error) error {
+		if dret := gi.Destroy(); dret != gonvml.SUCCESS {
+			return fmt.Errorf("%w; rolling back: %w", err, check(dret, "destroy GPU instance of profile %d at %d+%d on GPU %d", profileID, placement.Start, placement.Size, gpu))
+		}
+		return err
+	}
 	giInfo, ret := gi.GetInfo()
 	if err := check(ret, "get GPU instance info on GPU %d", gpu); err != nil {
-		_ = gi.Destroy()
-		return out, err
+		return out, rollback(err)
 	}
 	out.GPUInstanceID = int(giInfo.Id)
 	ciInfo, err := fullComputeProfile(gi, int(info.SliceCount))
 	if err != nil {
-		_ = gi.Destroy()
-		return out, fmt.Errorf("GPU instance %d on GPU %d: %w", out.GPUInstanceID, gpu, err)
+		return out, rollback(fmt.Errorf("GPU instance %d on GPU %d: %w", out.GPUInstanceID, gpu, err))
 	}
 	ci, ret := gi.CreateComputeInstance(&ciInfo)
 	if err := check(ret, "create compute instance in GPU instance %d on GPU %d", out.GPUInstanceID, gpu); err != nil {
-		if dret := gi.Destroy(); dret != gonvml.SUCCESS {
-			return out, fmt.Errorf("%w; rolling back: %w", err, check(dret, "destroy GPU instance %d on GPU %d", out.GPUInstanceID, gpu))
-		}
-		return out, err
+		return out, rollback(err)
 	}
 	if info, ret := ci.GetInfo(); ret == gonvml.SUCCESS {
 		out.ComputeInstanceID = int(info.Id)
@@ -123,6 +236,9 @@ func (l *library) DestroyMIGDevice(ctx context.Context, gpu, gpuInstanceID int) 
 	if err != nil {
 		return err
 	}
+	if off, err := migOff(dev, gpu); err != nil || off {
+		return err // with MIG off (e.g. after a reset) it is gone
+	}
 	gi, ret := dev.GetGpuInstanceById(gpuInstanceID)
 	switch ret {
 	case gonvml.SUCCESS:
@@ -166,10 +282,15 @@ func (l *library) MIGDevices(ctx context.Context, gpu int) ([]MIGDevice, error) 
 	if err != nil {
 		return nil, err
 	}
+	if off, err := migOff(dev, gpu); err != nil || off {
+		return nil, err
+	}
 	var out []MIGDevice
 	for id := range gonvml.GPU_INSTANCE_PROFILE_COUNT {
 		info, ret := dev.GetGpuInstanceProfileInfo(id)
-		if ret != gonvml.SUCCESS {
+		if ret != gonvml.SUCCESS || info.InstanceCount == 0 {
+			// go-nvml refuses to list a profile with no instances
+			// (INVALID_ARGUMENT, without asking NVML).
 			continue
 		}
 		gis, ret := dev.GetGpuInstances(&info)

@@ -19,8 +19,13 @@ import (
 type Library interface {
 	// Discover reports the node's GPUs.
 	Discover(ctx context.Context) (inventory.Node, error)
-	// SetMIGMode switches MIG mode on one GPU. It fails with ErrResetRequired
-	// where the change would only take effect after a GPU reset.
+	// MIGMode reports a GPU's MIG mode; off for a GPU without MIG.
+	MIGMode(ctx context.Context, gpu int) (MIGMode, error)
+	// SetMIGMode switches MIG mode on one GPU where it differs. It fails
+	// with ErrResetRequired where the change would only take effect after
+	// a GPU reset, and from then on for every change of that GPU's mode;
+	// with an Error of ERROR_IN_USE where the GPU is busy. A change that
+	// fails leaves the mode as it was.
 	SetMIGMode(ctx context.Context, gpu int, enabled bool) error
 	// CreateMIGDevice creates a GPU instance of the profile at exactly the
 	// placement, and one compute instance spanning it.
@@ -43,6 +48,15 @@ type MIGDevice struct {
 	ComputeInstanceID int                 `json:"computeInstanceID"`
 	// UUID is the MIG device's UUID; empty when NVML does not report one.
 	UUID string `json:"uuid,omitempty"`
+}
+
+// MIGMode is a GPU's MIG mode as NVML reports it.
+type MIGMode struct {
+	// Enabled is the current mode.
+	Enabled bool
+	// PendingEnabled is the mode the GPU switches to at its next reset;
+	// it differs from Enabled while a change waits for a reset.
+	PendingEnabled bool
 }
 
 // ErrResetRequired is returned by SetMIGMode when the GPU needs a reset for the

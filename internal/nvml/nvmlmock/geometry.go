@@ -13,6 +13,8 @@ import (
 
 	"github.com/NVIDIA/go-nvml/pkg/nvml"
 	"github.com/NVIDIA/go-nvml/pkg/nvml/mock/gpus"
+
+	"github.com/tessera-gpu/tessera/internal/nvml/migprofile"
 )
 
 // Model is one of the mock GPU servers.
@@ -55,48 +57,51 @@ func seq(start, step, size, n int) []nvml.GpuInstancePlacement {
 	return out
 }
 
-// Models lists the mock backends by name.
+// Models lists the mock backends by name. Profile names come from Tessera's
+// own table (migprofile), the one discovery names profiles from while MIG is
+// off, so that the mocks pin it.
 var Models = map[string]Model{
 	"dgxa100": {
-		Name: "dgxa100",
-		GPU: corrected(gpus.A100_SXM4_40GB, "NVIDIA A100-SXM4-40GB", func(p map[int]nvml.GpuInstanceProfileInfo) {
-		}),
-		ProfileNames: names("1g.5gb", "1g.5gb+me", "1g.10gb", "2g.10gb", "3g.20gb", "4g.20gb", "7g.40gb"),
+		Name:         "dgxa100",
+		GPU:          corrected(gpus.A100_SXM4_40GB, "NVIDIA A100-SXM4-40GB", func(map[int]nvml.GpuInstanceProfileInfo) {}),
+		ProfileNames: mustNames("NVIDIA A100-SXM4-40GB"),
 		MIGEnabled:   true,
 	},
 	"dgxh100": {
 		Name:               "dgxh100",
 		GPU:                corrected(gpus.H100_SXM5_80GB, "NVIDIA H100 80GB HBM3", hopperEngines),
-		ProfileNames:       names("1g.10gb", "1g.10gb+me", "1g.20gb", "2g.20gb", "3g.40gb", "4g.40gb", "7g.80gb"),
+		ProfileNames:       mustNames("NVIDIA H100 80GB HBM3"),
 		ToggleWithoutReset: true,
 	},
 	"dgxh200": {
 		Name:               "dgxh200",
 		GPU:                corrected(gpus.H200_SXM5_141GB, "NVIDIA H200", hopperEngines),
-		ProfileNames:       names("1g.18gb", "1g.18gb+me", "1g.35gb", "2g.35gb", "3g.71gb", "4g.71gb", "7g.141gb"),
+		ProfileNames:       mustNames("NVIDIA H200"),
 		ToggleWithoutReset: true,
 	},
 	"dgxb200": {
 		Name:               "dgxb200",
 		GPU:                corrected(gpus.B200_SXM5_180GB, "NVIDIA B200", func(map[int]nvml.GpuInstanceProfileInfo) {}),
-		ProfileNames:       names("1g.23gb", "1g.23gb+me", "1g.45gb", "2g.45gb", "3g.90gb", "4g.90gb", "7g.180gb"),
+		ProfileNames:       mustNames("NVIDIA B200"),
 		ToggleWithoutReset: true,
 	},
 }
 
-// names maps the seven profiles every one of these GPUs offers, in the order
-// 1g, 1g+me, double-memory 1g, 2g, 3g, 4g, 7g.
-func names(n1, n1me, n1x2, n2, n3, n4, n7 string) map[int]string {
-	return map[int]string{
-		nvml.GPU_INSTANCE_PROFILE_1_SLICE:      n1,
-		nvml.GPU_INSTANCE_PROFILE_1_SLICE_REV1: n1me,
-		nvml.GPU_INSTANCE_PROFILE_1_SLICE_REV2: n1x2,
-		nvml.GPU_INSTANCE_PROFILE_2_SLICE:      n2,
-		nvml.GPU_INSTANCE_PROFILE_3_SLICE:      n3,
-		nvml.GPU_INSTANCE_PROFILE_4_SLICE:      n4,
-		nvml.GPU_INSTANCE_PROFILE_7_SLICE:      n7,
+func mustNames(product string) map[int]string {
+	names, ok := migprofile.Names(product)
+	if !ok {
+		panic("nvmlmock: no MIG profile names for " + product)
 	}
+	return names
 }
+
+// zeroInstanceProfile is a profile every mock GPU reports with an instance
+// count of zero, as NVML does for a profile the GPU knows but cannot place in
+// its present configuration. Code that lists a profile's instances must skip
+// it: go-nvml's GetGpuInstances returns ERROR_INVALID_ARGUMENT for it without
+// calling NVML (pkg/nvml/device.go, v0.13.4-1: "if count == 0 { return nil,
+// ERROR_INVALID_ARGUMENT }"), which the mock reproduces.
+const zeroInstanceProfile = nvml.GPU_INSTANCE_PROFILE_2_SLICE_REV1
 
 // hopperEngines gives the full H100/H200 partition its media engines, which
 // go-nvml's mock leaves at zero although the hardware's 7g profile owns the
@@ -116,6 +121,10 @@ func corrected(base gpus.Config, name string, fix func(map[int]nvml.GpuInstanceP
 	cfg.Name = name
 	cfg.MIGProfiles.GpuInstanceProfiles = maps.Clone(base.MIGProfiles.GpuInstanceProfiles)
 	fix(cfg.MIGProfiles.GpuInstanceProfiles)
+	cfg.MIGProfiles.GpuInstanceProfiles[zeroInstanceProfile] = nvml.GpuInstanceProfileInfo{
+		Id: zeroInstanceProfile, SliceCount: 2, InstanceCount: 0,
+		MemorySizeMB: cfg.MIGProfiles.GpuInstanceProfiles[nvml.GPU_INSTANCE_PROFILE_2_SLICE].MemorySizeMB,
+	}
 	cfg.MIGProfiles.GpuInstancePlacements = make(map[int][]nvml.GpuInstancePlacement, len(hopperPlacements))
 	for id := range cfg.MIGProfiles.GpuInstanceProfiles {
 		cfg.MIGProfiles.GpuInstancePlacements[id] = hopperPlacements[id]

@@ -57,21 +57,18 @@ func New(model string, count int, seed string) (*Server, error) {
 	return s, nil
 }
 
-// ProfileName answers the named profile-info call that go-nvml's mocks cannot.
-func (s *Server) ProfileName(_ nvml.Device, profileID int) (string, error) {
-	name, ok := s.Model.ProfileNames[profileID]
-	if !ok {
-		return "", fmt.Errorf("mock NVML model %s has no name for profile %d", s.Model.Name, profileID)
-	}
-	return name, nil
-}
-
 // strictDevice replaces go-nvml's permissive MIG functions with ones that
 // refuse what the hardware refuses.
 type strictDevice struct {
 	dev     *server.Device
 	model   Model
 	pending int
+	// busy, noMemoryInfo and modeSets model conditions of the hardware
+	// (see hardware.go).
+	busy         bool
+	needsReset   bool
+	noMemoryInfo bool
+	modeSets     int
 	// changed is called, without locks held, after every change of the MIG
 	// state; what it returns is the changing call's result.
 	changed func() nvml.Return
@@ -80,8 +77,7 @@ type strictDevice struct {
 func newStrictDevice(dev *server.Device, m Model, changed func() nvml.Return) *strictDevice {
 	s := &strictDevice{dev: dev, model: m, pending: dev.MigMode, changed: changed}
 	dev.GetPciInfoFunc = s.pciInfo
-	dev.GetMigModeFunc = s.migMode
-	dev.SetMigModeFunc = s.setMigMode
+	s.installHardware()
 	dev.CreateGpuInstanceWithPlacementFunc = s.createWithPlacement
 	dev.CreateGpuInstanceFunc = s.create
 	dev.GetGpuInstanceByIdFunc = s.byID
@@ -97,38 +93,6 @@ func (s *strictDevice) pciInfo() (nvml.PciInfo, nvml.Return) {
 		p.BusId[i] = int8(id[i])
 	}
 	return p, nvml.SUCCESS
-}
-
-func (s *strictDevice) migMode() (int, int, nvml.Return) {
-	s.dev.RLock()
-	defer s.dev.RUnlock()
-	return s.dev.MigMode, s.pending, nvml.SUCCESS
-}
-
-func (s *strictDevice) setMigMode(mode int) (nvml.Return, nvml.Return) {
-	ret, activation := s.setMigModeLocked(mode)
-	if ret != nvml.SUCCESS {
-		return ret, activation
-	}
-	return s.changed(), activation
-}
-
-func (s *strictDevice) setMigModeLocked(mode int) (nvml.Return, nvml.Return) {
-	s.dev.Lock()
-	defer s.dev.Unlock()
-	if mode == s.dev.MigMode {
-		s.pending = mode
-		return nvml.SUCCESS, nvml.SUCCESS
-	}
-	if len(s.dev.GpuInstances) > 0 {
-		return nvml.ERROR_IN_USE, nvml.SUCCESS
-	}
-	s.pending = mode
-	if !s.model.ToggleWithoutReset {
-		return nvml.SUCCESS, nvml.ERROR_RESET_REQUIRED
-	}
-	s.dev.MigMode = mode
-	return nvml.SUCCESS, nvml.SUCCESS
 }
 
 // createWithPlacement refuses a placement the profile does not have, one that
@@ -181,7 +145,9 @@ func (s *strictDevice) create(info *nvml.GpuInstanceProfileInfo) (nvml.GpuInstan
 
 // admit must be called with the device lock held.
 func (s *strictDevice) admit(info *nvml.GpuInstanceProfileInfo, placement nvml.GpuInstancePlacement) nvml.Return {
-	if s.dev.MigMode != nvml.DEVICE_MIG_ENABLE {
+	if s.migOff() {
+		// nvmlDeviceCreateGpuInstanceWithPlacement: "NVML_ERROR_NOT_SUPPORTED
+		// If device doesn't have MIG mode enabled"
 		return nvml.ERROR_NOT_SUPPORTED
 	}
 	profiles := s.dev.Config.MIGProfiles
@@ -223,6 +189,11 @@ func (s *strictDevice) admit(info *nvml.GpuInstanceProfileInfo, placement nvml.G
 func (s *strictDevice) byID(id int) (nvml.GpuInstance, nvml.Return) {
 	s.dev.RLock()
 	defer s.dev.RUnlock()
+	if s.migOff() {
+		// nvmlDeviceGetGpuInstanceById: "NVML_ERROR_NOT_SUPPORTED If
+		// device doesn't have MIG mode enabled"
+		return nil, nvml.ERROR_NOT_SUPPORTED
+	}
 	for gi := range s.dev.GpuInstances {
 		if int(gi.Info.Id) == id {
 			return gi, nvml.SUCCESS
