@@ -31,6 +31,9 @@ type Metrics struct {
 	mpsDaemons        prometheus.Gauge
 	deviceTaints      prometheus.Gauge
 	xidEvents         *prometheus.CounterVec
+	migOffPending     prometheus.Gauge
+	migOffFailures    prometheus.Counter
+	migResetRequired  *prometheus.GaugeVec
 }
 
 // New returns metrics registered on a fresh registry, with the Go and
@@ -75,9 +78,21 @@ func New() *Metrics {
 			Namespace: namespace, Name: "xid_events_total",
 			Help: "Critical XID events seen, by GPU index and XID.",
 		}, []string{"gpu", "xid"}),
+		migOffPending: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: namespace, Name: "mig_mode_off_pending",
+			Help: "GPUs left in MIG mode with no MIG instance because switching it off failed; retried in the background.",
+		}),
+		migOffFailures: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: namespace, Name: "mig_mode_off_failures_total",
+			Help: "Failed attempts to switch MIG mode off on a GPU with no MIG instance left.",
+		}),
+		migResetRequired: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Namespace: namespace, Name: "mig_mode_reset_required",
+			Help: "1 for each GPU whose MIG mode change needed a reset: its mode is never changed again until the plugin restarts.",
+		}, []string{"gpu"}),
 	}
 	m.Registry.MustRegister(m.prepareDuration, m.unprepareDuration, m.errors, m.preparedDevices,
-		m.migInstances, m.mpsDaemons, m.deviceTaints, m.xidEvents,
+		m.migInstances, m.mpsDaemons, m.deviceTaints, m.xidEvents, m.migOffPending, m.migOffFailures, m.migResetRequired,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -130,6 +145,31 @@ func (m *Metrics) CountXID(gpu int, xid uint64) {
 		return
 	}
 	m.xidEvents.WithLabelValues(fmt.Sprint(gpu), fmt.Sprint(xid)).Inc()
+}
+
+// SetMIGModeOffPending sets the number of GPUs whose MIG mode is to be
+// switched off in the background.
+func (m *Metrics) SetMIGModeOffPending(n int) {
+	if m == nil {
+		return
+	}
+	m.migOffPending.Set(float64(n))
+}
+
+// CountMIGModeOffFailure counts one failed attempt to switch MIG mode off.
+func (m *Metrics) CountMIGModeOffFailure() {
+	if m == nil {
+		return
+	}
+	m.migOffFailures.Inc()
+}
+
+// SetMIGModeResetRequired marks a GPU whose MIG mode change needed a reset.
+func (m *Metrics) SetMIGModeResetRequired(gpu int) {
+	if m == nil {
+		return
+	}
+	m.migResetRequired.WithLabelValues(fmt.Sprint(gpu)).Set(1)
 }
 
 // Serve exposes /metrics on addr until ctx ends.

@@ -98,6 +98,9 @@ func RunNode(ctx context.Context, opts Options, node NodeOptions) error {
 	services := []func(context.Context) error{
 		// A crashed MPS daemon is restarted so that its clients can reconnect.
 		func(ctx context.Context) error { return preparer.WatchMPS(ctx, node.MPSCheckInterval) },
+		// A GPU whose MIG mode could not be switched off after its last
+		// partition (a busy GPU) is retried until it can be used whole.
+		func(ctx context.Context) error { return preparer.WatchMIGModeOff(ctx, 10*time.Second) },
 	}
 	if h, ok := opts.NVML.(tnvml.Health); ok {
 		monitor := health.New(h, inv, health.WithMetrics(m), health.WithMIGDevices(preparer.MIGDeviceName))

@@ -182,13 +182,16 @@ func TestTwoInstancesShareTheCheckpoint(t *testing.T) {
 // claim on the lost GPU can be unprepared.
 func TestLostGPUDoesNotStopTheNode(t *testing.T) {
 	_, ctx := ktesting.NewTestContext(t)
-	e := newTestEnv(t, "dgxh200", 2)
+	e := newTestEnv(t, "dgxh200", 3)
 	p := e.mustPreparer(ctx)
-	onLost := makeClaim("lost").Device("m", "gpu-1-mig-1g18gb-0").Share("s", "gpu-1-shared", "1Gi", "10", "l").Obj()
+	// A partition and a share cannot be on one GPU (a share is never
+	// handed out in MIG mode): two GPUs are lost.
+	onLost := makeClaim("lost").Device("m", "gpu-1-mig-1g18gb-0").Share("s", "gpu-2-shared", "1Gi", "10", "l").Obj()
 	if res := p.Prepare(ctx, onLost); res.Err != nil {
 		t.Fatal(res.Err)
 	}
 	e.server.SetLost(1, true)
+	e.server.SetLost(2, true)
 
 	restarted, err := e.preparer(ctx)
 	if err != nil {

@@ -77,6 +77,11 @@ type Preparer struct {
 
 	claims keyedMutex
 
+	// migOffMu guards migOff: the GPUs whose MIG mode is to be switched
+	// off in the background, with the last reason it failed.
+	migOffMu sync.Mutex
+	migOff   map[int]error
+
 	// mu guards cp and serialises its writes.
 	mu sync.Mutex
 	cp *checkpoint.Checkpoint
@@ -175,7 +180,7 @@ func WithStepHook(hook func(Step) error) Option { return func(p *Preparer) { p.h
 // with the node's state. A checkpoint that cannot be read stops New with an
 // error before anything is destroyed.
 func New(ctx context.Context, opts ...Option) (*Preparer, error) {
-	p := &Preparer{cdiRoot: "/var/run/cdi", driverRoot: "/", stateDir: "/var/lib/tessera"}
+	p := &Preparer{cdiRoot: "/var/run/cdi", driverRoot: "/", stateDir: "/var/lib/tessera", migOff: map[int]error{}}
 	for _, o := range opts {
 		o(p)
 	}
@@ -417,6 +422,11 @@ func (p *Preparer) prepare(ctx context.Context, claim *resourceapi.ResourceClaim
 func (p *Preparer) make(ctx context.Context, c *checkpoint.Claim) error {
 	for i := range c.Devices {
 		d := &c.Devices[i]
+		if d.MIG == nil {
+			if err := p.migModeOffForWhole(ctx, d); err != nil {
+				return err
+			}
+		}
 		if d.MIG != nil {
 			m, err := p.createMIG(ctx, d)
 			if err != nil {
@@ -470,19 +480,24 @@ func (p *Preparer) createMIG(ctx context.Context, d *checkpoint.Device) (tnvml.M
 	}
 	g.Lock()
 	defer g.Unlock()
-	if g.gpu.MIG.ToggleWithoutReset {
-		if err := p.nvml.SetMIGMode(ctx, d.GPUIndex, true); err != nil {
-			return tnvml.MIGDevice{}, fmt.Errorf("enable MIG mode on GPU %d: %w", d.GPUIndex, err)
-		}
-	} else if !g.gpu.MIG.Enabled {
-		return tnvml.MIGDevice{}, fmt.Errorf("MIG device %s: MIG mode is off on GPU %d, which cannot switch it without a reset", d.Device, d.GPUIndex)
+	turnedOn, err := p.migModeOn(ctx, g, d)
+	if err != nil {
+		return tnvml.MIGDevice{}, err
 	}
 	if err := p.step(StepMIGModeOn); err != nil {
 		return tnvml.MIGDevice{}, err
 	}
 	m, err := p.nvml.CreateMIGDevice(ctx, d.GPUIndex, d.MIG.ProfileID, d.MIG.Placement)
 	if err != nil {
-		return m, fmt.Errorf("create MIG device %s (profile %s at %d+%d) on GPU %d: %w", d.Device, d.MIG.Profile, d.MIG.Placement.Start, d.MIG.Placement.Size, d.GPUIndex, err)
+		err = fmt.Errorf("create MIG device %s (profile %s at %d+%d) on GPU %d: %w", d.Device, d.MIG.Profile, d.MIG.Placement.Start, d.MIG.Placement.Size, d.GPUIndex, err)
+		if turnedOn {
+			// Undo what this create did: a GPU left in MIG mode shows
+			// CUDA no device of its own, whole or shared.
+			if offErr := p.migModeOffIfUnused(ctx, g); isAbandoned(offErr) {
+				return m, offErr
+			}
+		}
+		return m, err
 	}
 	if err := p.step(StepMIGCreated); err != nil {
 		return m, err
@@ -643,26 +658,6 @@ func (p *Preparer) destroyMIG(ctx context.Context, uid string, d *checkpoint.Dev
 		return err
 	}
 	return p.migModeOffIfUnused(ctx, g)
-}
-
-// migModeOffIfUnused switches MIG mode off on a GPU that can switch it
-// without a reset once no partition remains, so that the GPU can again be
-// used whole or shared. Must be called with g locked.
-func (p *Preparer) migModeOffIfUnused(ctx context.Context, g *gpuState) error {
-	if !g.gpu.MIG.ToggleWithoutReset {
-		return nil
-	}
-	left, err := p.nvml.MIGDevices(ctx, g.gpu.Index)
-	if err != nil {
-		return fmt.Errorf("list MIG devices of GPU %d: %w", g.gpu.Index, err)
-	}
-	if len(left) > 0 {
-		return nil
-	}
-	if err := p.nvml.SetMIGMode(ctx, g.gpu.Index, false); err != nil {
-		return fmt.Errorf("disable MIG mode on GPU %d: %w", g.gpu.Index, err)
-	}
-	return p.step(StepMIGModeOff)
 }
 
 // stopTimeSlicing resets the GPU's time slice when no other claim
