@@ -259,3 +259,39 @@ func unwrapAll(err error) []error {
 	}
 	return out
 }
+
+// TestCreateMIGDeviceFailsOnComputeInstanceInfo: an NVML error reading the
+// new compute instance is returned, not dropped, and both new instances
+// are destroyed.
+func TestCreateMIGDeviceFailsOnComputeInstanceInfo(t *testing.T) {
+	_, ctx := ktesting.NewTestContext(t)
+	s, lib := openMock(t, "dgxh200", 1)
+	if err := lib.SetMIGMode(ctx, 0, true); err != nil {
+		t.Fatal(err)
+	}
+	dev := s.Devices[0].(*server.Device)
+	create := dev.CreateGpuInstanceWithPlacementFunc
+	dev.CreateGpuInstanceWithPlacementFunc = func(info *gonvml.GpuInstanceProfileInfo, p *gonvml.GpuInstancePlacement) (gonvml.GpuInstance, gonvml.Return) {
+		gi, ret := create(info, p)
+		if ret == gonvml.SUCCESS {
+			g := gi.(*server.GpuInstance)
+			createCI := g.CreateComputeInstanceFunc
+			g.CreateComputeInstanceFunc = func(info *gonvml.ComputeInstanceProfileInfo) (gonvml.ComputeInstance, gonvml.Return) {
+				ci, ret := createCI(info)
+				if ret == gonvml.SUCCESS {
+					ci.(*server.ComputeInstance).GetInfoFunc = func() (gonvml.ComputeInstanceInfo, gonvml.Return) {
+						return gonvml.ComputeInstanceInfo{}, gonvml.ERROR_UNKNOWN
+					}
+				}
+				return ci, ret
+			}
+		}
+		return gi, ret
+	}
+	if _, err := lib.CreateMIGDevice(ctx, 0, gonvml.GPU_INSTANCE_PROFILE_1_SLICE, placement(0, 1)); !tnvml.IsReturn(err, gonvml.ERROR_UNKNOWN) {
+		t.Errorf("err = %v, want the compute instance info's UNKNOWN", err)
+	}
+	if n := len(s.GPU(0).Instances); n != 0 {
+		t.Errorf("%d GPU instances left after a failed create", n)
+	}
+}

@@ -190,10 +190,22 @@ func (l *library) CreateMIGDevice(ctx context.Context, gpu, profileID int, place
 	if err := check(ret, "create compute instance in GPU instance %d on GPU %d", out.GPUInstanceID, gpu); err != nil {
 		return out, rollback(err)
 	}
-	if info, ret := ci.GetInfo(); ret == gonvml.SUCCESS {
-		out.ComputeInstanceID = int(info.Id)
+	// rollbackCI destroys the compute instance first: NVML refuses to
+	// destroy a GPU instance that holds one.
+	rollbackCI := func(err error) error {
+		if dret := ci.Destroy(); dret != gonvml.SUCCESS {
+			return fmt.Errorf("%w; rolling back: %w", err, check(dret, "destroy compute instance in GPU instance %d on GPU %d", out.GPUInstanceID, gpu))
+		}
+		return rollback(err)
 	}
-	out.UUID = migUUID(dev, out.GPUInstanceID)
+	ciInfoGot, ret := ci.GetInfo()
+	if err := check(ret, "get compute instance info in GPU instance %d on GPU %d", out.GPUInstanceID, gpu); err != nil {
+		return out, rollbackCI(err)
+	}
+	out.ComputeInstanceID = int(ciInfoGot.Id)
+	if out.UUID, err = migUUID(dev, out.GPUInstanceID); err != nil {
+		return out, rollbackCI(fmt.Errorf("GPU instance %d on GPU %d: %w", out.GPUInstanceID, gpu, err))
+	}
 	return out, nil
 }
 
@@ -201,32 +213,63 @@ func (l *library) CreateMIGDevice(ctx context.Context, gpu, profileID int, place
 // whole GPU instance, so that the container gets every SM of its partition.
 func fullComputeProfile(gi gonvml.GpuInstance, slices int) (gonvml.ComputeInstanceProfileInfo, error) {
 	for id := range gonvml.COMPUTE_INSTANCE_PROFILE_COUNT {
-		info, ret := gi.GetComputeInstanceProfileInfo(id, gonvml.COMPUTE_INSTANCE_ENGINE_PROFILE_SHARED)
-		if ret == gonvml.SUCCESS && int(info.SliceCount) == slices {
+		info, ok, err := computeProfile(gi, id)
+		if err != nil {
+			return info, err
+		}
+		if ok && int(info.SliceCount) == slices {
 			return info, nil
 		}
 	}
 	return gonvml.ComputeInstanceProfileInfo{}, fmt.Errorf("no compute-instance profile of %d slices", slices)
 }
 
+// computeProfile returns a compute-instance profile of the GPU instance, and
+// whether the GPU instance offers it ("NVML_ERROR_NOT_SUPPORTED If ... profile
+// isn't supported", INVALID_ARGUMENT for a profile ID NVML does not know).
+func computeProfile(gi gonvml.GpuInstance, id int) (gonvml.ComputeInstanceProfileInfo, bool, error) {
+	info, ret := gi.GetComputeInstanceProfileInfo(id, gonvml.COMPUTE_INSTANCE_ENGINE_PROFILE_SHARED)
+	switch ret {
+	case gonvml.SUCCESS:
+		return info, true, nil
+	case gonvml.ERROR_NOT_SUPPORTED, gonvml.ERROR_INVALID_ARGUMENT:
+		return info, false, nil
+	}
+	return info, false, check(ret, "get compute-instance profile %d", id)
+}
+
 // migUUID finds the UUID of the MIG device of a GPU instance; empty when NVML
-// cannot enumerate MIG devices.
-func migUUID(dev gonvml.Device, gpuInstanceID int) string {
+// cannot enumerate MIG devices (the CDI spec then names the device by its
+// parent's UUID and instance IDs).
+func migUUID(dev gonvml.Device, gpuInstanceID int) (string, error) {
 	n, ret := dev.GetMaxMigDeviceCount()
-	if ret != gonvml.SUCCESS {
-		return ""
+	switch ret {
+	case gonvml.SUCCESS:
+	case gonvml.ERROR_NOT_SUPPORTED:
+		return "", nil
+	default:
+		return "", check(ret, "count MIG devices")
 	}
 	for i := range n {
 		mig, ret := dev.GetMigDeviceHandleByIndex(i)
-		if ret != gonvml.SUCCESS {
+		switch ret {
+		case gonvml.SUCCESS:
+		case gonvml.ERROR_NOT_FOUND, gonvml.ERROR_INVALID_ARGUMENT:
+			continue // no MIG device in this slot
+		default:
+			return "", check(ret, "get MIG device %d", i)
+		}
+		id, ret := mig.GetGpuInstanceId()
+		if err := check(ret, "get GPU instance of MIG device %d", i); err != nil {
+			return "", err
+		}
+		if id != gpuInstanceID {
 			continue
 		}
-		if id, ret := mig.GetGpuInstanceId(); ret == gonvml.SUCCESS && id == gpuInstanceID {
-			uuid, _ := mig.GetUUID()
-			return uuid
-		}
+		uuid, ret := mig.GetUUID()
+		return uuid, check(ret, "get UUID of MIG device %d", i)
 	}
-	return ""
+	return "", nil
 }
 
 func (l *library) DestroyMIGDevice(ctx context.Context, gpu, gpuInstanceID int) error {
@@ -262,8 +305,13 @@ func (l *library) DestroyMIGDevice(ctx context.Context, gpu, gpuInstanceID int) 
 func computeInstances(gi gonvml.GpuInstance) ([]gonvml.ComputeInstance, error) {
 	var out []gonvml.ComputeInstance
 	for id := range gonvml.COMPUTE_INSTANCE_PROFILE_COUNT {
-		info, ret := gi.GetComputeInstanceProfileInfo(id, gonvml.COMPUTE_INSTANCE_ENGINE_PROFILE_SHARED)
-		if ret != gonvml.SUCCESS {
+		info, ok, err := computeProfile(gi, id)
+		if err != nil {
+			return nil, err
+		}
+		if !ok || info.InstanceCount == 0 {
+			// go-nvml refuses a profile with no instances
+			// (INVALID_ARGUMENT), as for GPU instances.
 			continue
 		}
 		cis, ret := gi.GetComputeInstances(&info)
@@ -302,21 +350,27 @@ func (l *library) MIGDevices(ctx context.Context, gpu int) ([]MIGDevice, error) 
 			if err := check(ret, "get GPU instance info on GPU %d", gpu); err != nil {
 				return nil, err
 			}
+			uuid, err := migUUID(dev, int(giInfo.Id))
+			if err != nil {
+				return nil, fmt.Errorf("GPU instance %d on GPU %d: %w", giInfo.Id, gpu, err)
+			}
 			m := MIGDevice{
 				GPUIndex:      gpu,
 				ProfileID:     id,
 				Placement:     inventory.Placement{Start: int(giInfo.Placement.Start), Size: int(giInfo.Placement.Size)},
 				GPUInstanceID: int(giInfo.Id),
-				UUID:          migUUID(dev, int(giInfo.Id)),
+				UUID:          uuid,
 			}
 			cis, err := computeInstances(gi)
 			if err != nil {
 				return nil, err
 			}
 			if len(cis) > 0 {
-				if ciInfo, ret := cis[0].GetInfo(); ret == gonvml.SUCCESS {
-					m.ComputeInstanceID = int(ciInfo.Id)
+				ciInfo, ret := cis[0].GetInfo()
+				if err := check(ret, "get compute instance info in GPU instance %d on GPU %d", giInfo.Id, gpu); err != nil {
+					return nil, err
 				}
+				m.ComputeInstanceID = int(ciInfo.Id)
 			}
 			out = append(out, m)
 		}
