@@ -377,6 +377,12 @@ func (p *Preparer) prepare(ctx context.Context, claim *resourceapi.ResourceClaim
 	defer unlock()
 	if c := p.claim(uid); c != nil {
 		if c.State == checkpoint.PrepareCompleted {
+			if err := checkAllocation(claim, c); err != nil {
+				return kubeletplugin.PrepareResult{}, kindOf(c), err
+			}
+			if _, err := p.reviveMIG(ctx, c); err != nil {
+				return kubeletplugin.PrepareResult{}, kindOf(c), err
+			}
 			return result(c), kindOf(c), nil
 		}
 		// An earlier attempt stopped half-way: undo it and start over.

@@ -56,6 +56,14 @@ func (p *Preparer) reconcile(ctx context.Context) error {
 		}
 	}
 
+	// A reboot or GPU reset took the instances of prepared claims.
+	for _, uid := range sortedKeys(completed) {
+		if _, err := p.reviveMIG(ctx, completed[uid]); err != nil {
+			errs = append(errs, fmt.Errorf("claim %s: %w", uid, err))
+		}
+	}
+	completed = p.completedClaims()
+
 	specs, err := p.cdi.Claims()
 	if err != nil {
 		errs = append(errs, err)

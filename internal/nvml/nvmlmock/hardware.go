@@ -255,4 +255,5 @@ func (s *strictDevice) reset() {
 	s.dev.MigMode = s.pending
 	s.dev.GpuInstances = map[*server.GpuInstance]struct{}{}
 	s.dev.GpuInstanceCounter = 0
+	s.resets++
 }

@@ -197,3 +197,28 @@ func TestMockEventFailures(t *testing.T) {
 		t.Errorf("register with a failure set up: %v, want UNKNOWN", ret)
 	}
 }
+
+// TestMockMIGUUIDsAreNewAfterReset: NVML numbers GPU instances from 0 again
+// after a reset, but a re-created MIG device is a new device with a UUID of
+// its own.
+func TestMockMIGUUIDsAreNewAfterReset(t *testing.T) {
+	s := newServer(t, "dgxh200", 1)
+	uuidOfFirst := func() string {
+		t.Helper()
+		setMode(s, 0, nvml.DEVICE_MIG_ENABLE)
+		if err := s.CreateGPUInstance(0, nvml.GPU_INSTANCE_PROFILE_1_SLICE, 0, 1); err != nil {
+			t.Fatal(err)
+		}
+		mig, ret := s.Devices[0].GetMigDeviceHandleByIndex(0)
+		if ret != nvml.SUCCESS {
+			t.Fatal(ret)
+		}
+		uuid, _ := mig.GetUUID()
+		return uuid
+	}
+	before := uuidOfFirst()
+	s.ResetGPU(0)
+	if after := uuidOfFirst(); after == before {
+		t.Errorf("MIG UUID %s repeats after a reset", after)
+	}
+}

@@ -31,8 +31,11 @@ type savedGPU struct {
 	PendingMIGMode int `json:"pendingMigMode"`
 	// NextGPUInstanceID keeps IDs from repeating across a restart while an
 	// instance that had the ID may still be in use somewhere.
-	NextGPUInstanceID uint32          `json:"nextGpuInstanceID"`
-	Instances         []savedInstance `json:"instances,omitempty"`
+	NextGPUInstanceID uint32 `json:"nextGpuInstanceID"`
+	// Resets counts the GPU's resets, so that MIG UUIDs stay those of the
+	// instances that exist across a restart of the process.
+	Resets    int             `json:"resets,omitempty"`
+	Instances []savedInstance `json:"instances,omitempty"`
 }
 
 type savedInstance struct {
@@ -157,7 +160,7 @@ func (s *Server) load(path string, data []byte) error {
 func (s *strictDevice) saved() savedGPU {
 	s.dev.RLock()
 	defer s.dev.RUnlock()
-	g := savedGPU{MIGMode: s.dev.MigMode, PendingMIGMode: s.pending, NextGPUInstanceID: s.dev.GpuInstanceCounter}
+	g := savedGPU{MIGMode: s.dev.MigMode, PendingMIGMode: s.pending, NextGPUInstanceID: s.dev.GpuInstanceCounter, Resets: s.resets}
 	for gi := range s.dev.GpuInstances {
 		gi.RLock()
 		in := savedInstance{
@@ -182,7 +185,7 @@ func (s *strictDevice) saved() savedGPU {
 func (s *strictDevice) restore(g savedGPU) error {
 	s.dev.Lock()
 	defer s.dev.Unlock()
-	s.dev.MigMode, s.pending = g.MIGMode, g.PendingMIGMode
+	s.dev.MigMode, s.pending, s.resets = g.MIGMode, g.PendingMIGMode, g.Resets
 	s.dev.GpuInstances = map[*server.GpuInstance]struct{}{}
 	s.dev.GpuInstanceCounter = g.NextGPUInstanceID
 	for _, in := range g.Instances {

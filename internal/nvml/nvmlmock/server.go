@@ -65,8 +65,10 @@ type strictDevice struct {
 	pending int
 	// busy, noMemoryInfo and modeSets model conditions of the hardware
 	// (see hardware.go).
-	busy         bool
-	needsReset   bool
+	busy       bool
+	needsReset bool
+	// resets counts the GPU's resets, which MIG UUIDs depend on.
+	resets       int
 	noMemoryInfo bool
 	modeSets     int
 	// changed is called, without locks held, after every change of the MIG
@@ -216,7 +218,13 @@ func (s *strictDevice) migDevice(index int) (nvml.Device, nvml.Return) {
 		return nil, nvml.ERROR_NOT_FOUND
 	}
 	giID := ids[index]
-	migUUID := "MIG-" + uuid.NewSHA1(uuid.NameSpaceOID, fmt.Appendf(nil, "%s/%d", s.dev.UUID, giID)).String()
+	name := fmt.Appendf(nil, "%s/%d", s.dev.UUID, giID)
+	if s.resets > 0 {
+		// A MIG device created after a reset is a new one, with a UUID
+		// of its own, although NVML numbers instances from 0 again.
+		name = fmt.Appendf(nil, "%s/reset-%d/%d", s.dev.UUID, s.resets, giID)
+	}
+	migUUID := "MIG-" + uuid.NewSHA1(uuid.NameSpaceOID, name).String()
 	return &mock.Device{
 		GetUUIDFunc:              func() (string, nvml.Return) { return migUUID, nvml.SUCCESS },
 		GetGpuInstanceIdFunc:     func() (int, nvml.Return) { return giID, nvml.SUCCESS },
