@@ -252,6 +252,9 @@ func New(ctx context.Context, opts ...Option) (*Preparer, error) {
 	}
 	p.gpus = map[int]*gpuState{}
 	p.SetInventory(node)
+	if err := p.checkRecordedGPUs(ctx, node); err != nil {
+		return nil, fmt.Errorf("record GPUs' NVML indexes as discovered: %w", err)
+	}
 	if err := p.reconcile(ctx); err != nil {
 		// What could not be cleaned up stays in the checkpoint, and the
 		// kubelet's retries or the next start try again; refusing to start

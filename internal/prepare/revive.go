@@ -11,6 +11,7 @@ import (
 
 	gpuapi "github.com/tessera-gpu/tessera/api/gpu"
 	"github.com/tessera-gpu/tessera/internal/checkpoint"
+	"github.com/tessera-gpu/tessera/pkg/inventory"
 )
 
 // A reboot or GPU reset takes every MIG instance (and, on Hopper, MIG mode),
@@ -105,4 +106,61 @@ func checkAllocation(claim *resourceapi.ResourceClaim, c *checkpoint.Claim) erro
 		return fmt.Errorf("claim was prepared for %s but is allocated %s: unprepare it first", strings.Join(prepared, ","), strings.Join(allocated, ","))
 	}
 	return nil
+}
+
+// goneGPU is the GPU index recorded for a device whose GPU discovery no
+// longer finds: no GPU has it, so nothing is done on another GPU in its name.
+const goneGPU = -1
+
+// checkRecordedGPUs brings the GPU index recorded for each claim's device
+// in line with discovery, by GPU UUID: after a reboot in which another GPU
+// failed to probe, NVML indexes shift while the devices' names (the minor
+// number) and UUIDs stay. A device whose GPU is not found while another GPU
+// has its index is recorded as gone, so that unprepare forgets what went
+// with it and a re-prepare fails instead of acting on that other GPU. Called at start, with
+// the state locked, before reconciling.
+func (p *Preparer) checkRecordedGPUs(ctx context.Context, node inventory.Node) error {
+	index := map[string]int{}
+	taken := map[int]bool{}
+	for _, gpu := range node.GPUs {
+		index[gpu.UUID] = gpu.Index
+		taken[gpu.Index] = true
+	}
+	logger := klog.FromContext(ctx)
+	type move struct {
+		uid    string
+		device int
+		to     int
+	}
+	var moves []move
+	p.mu.Lock()
+	for _, uid := range p.cp.UIDs() {
+		for i, d := range p.cp.Claims[uid].Devices {
+			to, found := index[d.GPUUUID]
+			switch {
+			case found:
+			case taken[d.GPUIndex]:
+				// Another GPU has its index now.
+				to = goneGPU
+			default:
+				// Lost (fallen off the bus) with its index free: it
+				// may answer again under it.
+				to = d.GPUIndex
+			}
+			if to != d.GPUIndex {
+				moves = append(moves, move{uid, i, to})
+				logger.Info("GPU of a recorded claim has another NVML index since the claim was prepared", "claimUID", uid,
+					"device", d.Device, "gpuUUID", d.GPUUUID, "recorded", d.GPUIndex, "now", to)
+			}
+		}
+	}
+	p.mu.Unlock()
+	if len(moves) == 0 {
+		return nil
+	}
+	return p.update(func(cp *checkpoint.Checkpoint) {
+		for _, m := range moves {
+			cp.Claims[m.uid].Devices[m.device].GPUIndex = m.to
+		}
+	})
 }

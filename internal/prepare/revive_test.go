@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+	resourceapi "k8s.io/api/resource/v1"
 	"k8s.io/klog/v2/ktesting"
 
 	"github.com/tessera-gpu/tessera/internal/checkpoint"
@@ -103,5 +104,58 @@ func TestRePrepareChecksTheAllocation(t *testing.T) {
 	res := p.Prepare(ctx, makeClaim("a").Device("m", "gpu-0-mig-1g18gb-1").Obj())
 	if res.Err == nil || !strings.Contains(res.Err.Error(), "allocated") {
 		t.Errorf("re-prepare with another allocation: %v, want a refusal", res.Err)
+	}
+}
+
+// TestDeviceIdentitySurvivesAMissingGPU: after a reboot in which GPU 1
+// failed to probe, NVML indexes the GPU with minor 2 as 1. Its devices keep
+// their names (gpu-2-…), its prepared partition is re-created on that
+// physical GPU, and a claim on the missing GPU can be unprepared without
+// touching the GPU that took its index.
+func TestDeviceIdentitySurvivesAMissingGPU(t *testing.T) {
+	_, ctx := ktesting.NewTestContext(t)
+	e := newTestEnv(t, "dgxh200", 3)
+	p := e.mustPreparer(ctx)
+	onMinor2 := makeClaim("two").Device("m", "gpu-2-mig-1g18gb-5").Obj()
+	first := p.Prepare(ctx, onMinor2)
+	if first.Err != nil {
+		t.Fatal(first.Err)
+	}
+	onMissing := makeClaim("one").Device("m", "gpu-1-mig-1g18gb-0").Obj()
+	if res := p.Prepare(ctx, onMissing); res.Err != nil {
+		t.Fatal(res.Err)
+	}
+
+	e.server.Reboot()
+	e.server.SetMissing(1, true)
+	p = e.mustPreparer(ctx)
+	for name, want := range map[string]bool{"gpu-0": true, "gpu-1": false, "gpu-2": true, "gpu-2-mig-1g18gb-5": true} {
+		if _, ok := p.device(name); ok != want {
+			t.Errorf("device %s on the node: %v, want %v", name, ok, want)
+		}
+	}
+	if got := e.server.GPU(2).Instances; len(got) != 1 || got[0].Start != 5 {
+		t.Errorf("GPU with minor 2 after restart holds %+v, want the claim's partition at 5", got)
+	}
+	if got := e.server.GPU(1).Instances; len(got) != 0 {
+		t.Errorf("missing GPU 1 holds %+v", got)
+	}
+	again := p.Prepare(ctx, onMinor2)
+	if again.Err != nil {
+		t.Fatalf("re-prepare of the claim on minor 2: %v", again.Err)
+	}
+	if diff := cmp.Diff(first, again); diff != "" {
+		t.Errorf("re-prepared result (-first +again):\n%s", diff)
+	}
+	if res := p.Prepare(ctx, onMissing); res.Err == nil {
+		t.Error("re-prepare of a claim on the missing GPU succeeded")
+	}
+	for _, c := range []*resourceapi.ResourceClaim{onMissing, onMinor2} {
+		if err := p.Unprepare(ctx, ref(c)); err != nil {
+			t.Errorf("unprepare %s: %v", c.Name, err)
+		}
+	}
+	if st := e.state(); len(st.MIG) != 0 || len(st.Claims) != 0 {
+		t.Errorf("after unprepare: MIG %v, claims %v", st.MIG, st.Claims)
 	}
 }

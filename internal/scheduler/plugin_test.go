@@ -69,7 +69,7 @@ func (s *fakeCycleState) Read(k fwk.StateKey) (fwk.StateData, error) {
 func gpuNode(name string, gpus int) []*resourceapi.ResourceSlice {
 	inv := inventory.Node{DriverVersion: "550.54.15", CUDADriverVersion: "12.4"}
 	for i := range gpus {
-		inv.GPUs = append(inv.GPUs, inventory.GPU{Index: i, UUID: fmt.Sprintf("GPU-%s-%d", name, i), ProductName: "T4",
+		inv.GPUs = append(inv.GPUs, inventory.GPU{Index: i, Minor: i, UUID: fmt.Sprintf("GPU-%s-%d", name, i), ProductName: "T4",
 			Brand: "nvidia", Architecture: "turing", CUDAComputeCapability: "7.5", MemoryBytes: 16 << 30})
 	}
 	return resourceslice.Objects(name, resourceslice.Build(name, inv, resourceslice.Options{Pool: "default"}))

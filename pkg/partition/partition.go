@@ -77,9 +77,12 @@ func WholeOffered(gpu inventory.GPU) bool {
 	return !gpu.MIG.Enabled || gpu.MIG.ToggleWithoutReset
 }
 
-// Build returns the devices and counters of one GPU.
+// Build returns the devices and counters of one GPU. They are named after
+// the GPU's minor number (/dev/nvidiaN), as NVIDIA's driver names its
+// devices: it stays with the physical GPU when another GPU fails to probe
+// after a reboot, where the NVML index shifts.
 func Build(gpu inventory.GPU, opts Options) GPU {
-	out := GPU{CounterSet: gpuapi.CounterSetName(gpu.Index), Counters: map[string]int64{}}
+	out := GPU{CounterSet: gpuapi.CounterSetName(gpu.Minor), Counters: map[string]int64{}}
 	slices := max(gpu.MIG.MemorySlices(), 1)
 	for i := range slices {
 		out.Counters[gpuapi.MemorySliceCounter(i)] = 1
@@ -94,9 +97,9 @@ func Build(gpu inventory.GPU, opts Options) GPU {
 	}
 
 	if WholeOffered(gpu) {
-		out.Devices = append(out.Devices, Device{Name: gpuapi.WholeDeviceName(gpu.Index), Kind: KindGPU, Consumes: maps.Clone(out.Counters)})
+		out.Devices = append(out.Devices, Device{Name: gpuapi.WholeDeviceName(gpu.Minor), Kind: KindGPU, Consumes: maps.Clone(out.Counters)})
 		if !opts.DisableSharing {
-			out.Devices = append(out.Devices, Device{Name: gpuapi.SharedDeviceName(gpu.Index), Kind: KindShared, Consumes: maps.Clone(out.Counters)})
+			out.Devices = append(out.Devices, Device{Name: gpuapi.SharedDeviceName(gpu.Minor), Kind: KindShared, Consumes: maps.Clone(out.Counters)})
 		}
 	}
 	if !mig {
@@ -113,7 +116,7 @@ func Build(gpu inventory.GPU, opts Options) GPU {
 			}
 		}
 		out.Devices = append(out.Devices, Device{
-			Name:      gpuapi.MIGDeviceName(gpu.Index, pl.profile.Name, pl.placement.Start),
+			Name:      gpuapi.MIGDeviceName(gpu.Minor, pl.profile.Name, pl.placement.Start),
 			Kind:      KindMIG,
 			Profile:   pl.profile,
 			Placement: pl.placement,

@@ -22,7 +22,7 @@ func h200(index int) inventory.GPU {
 		return out
 	}
 	return inventory.GPU{
-		Index: index, UUID: fmt.Sprintf("GPU-%d", index), ProductName: "NVIDIA H200", MemoryBytes: 141 << 30,
+		Index: index, Minor: index, UUID: fmt.Sprintf("GPU-%d", index), ProductName: "NVIDIA H200", MemoryBytes: 141 << 30,
 		MIG: inventory.MIG{Capable: true, ToggleWithoutReset: true, Profiles: []inventory.MIGProfile{
 			{ID: 0, Name: "1g.18gb", SliceCount: 1, InstanceCount: 7, Decoders: 1, Placements: pl(1, 1, 7)},
 			{ID: 1, Name: "2g.35gb", SliceCount: 2, InstanceCount: 3, Decoders: 1, Placements: pl(2, 2, 3)},
@@ -206,6 +206,23 @@ func TestBuildIsDeterministic(t *testing.T) {
 	for range 20 {
 		if diff := cmp.Diff(a, partition.Build(h200(0), partition.Options{})); diff != "" {
 			t.Fatalf("Build differs between calls:\n%s", diff)
+		}
+	}
+}
+
+// TestDevicesAreNamedByMinorNumber: a GPU's devices and counter set carry
+// its minor number, which stays with the physical GPU when the NVML index
+// shifts (another GPU failed to probe after a reboot).
+func TestDevicesAreNamedByMinorNumber(t *testing.T) {
+	gpu := h200(1)
+	gpu.Minor = 2
+	out := partition.Build(gpu, partition.Options{})
+	if out.CounterSet != "gpu-2" {
+		t.Errorf("counter set %s, want gpu-2", out.CounterSet)
+	}
+	for _, d := range out.Devices {
+		if !strings.HasPrefix(d.Name, "gpu-2") {
+			t.Errorf("device %s of the GPU with minor 2 (index 1)", d.Name)
 		}
 	}
 }

@@ -257,3 +257,39 @@ func (s *strictDevice) reset() {
 	s.dev.GpuInstanceCounter = 0
 	s.resets++
 }
+
+// installEnumeration makes NVML's device count and indexes skip the GPUs
+// set missing, as NVML enumerates only the GPUs the driver probed.
+func (s *Server) installEnumeration() {
+	s.missing = map[int]bool{}
+	visible := func() []nvml.Device {
+		s.enumMu.Lock()
+		defer s.enumMu.Unlock()
+		var out []nvml.Device
+		for i, d := range s.Devices {
+			if !s.missing[i] {
+				out = append(out, d)
+			}
+		}
+		return out
+	}
+	s.DeviceGetCountFunc = func() (int, nvml.Return) { return len(visible()), nvml.SUCCESS }
+	s.DeviceGetHandleByIndexFunc = func(index int) (nvml.Device, nvml.Return) {
+		devs := visible()
+		if index < 0 || index >= len(devs) {
+			return nil, nvml.ERROR_INVALID_ARGUMENT
+		}
+		return devs[index], nvml.SUCCESS
+	}
+}
+
+// SetMissing hides a GPU from enumeration (or shows it again), as a GPU
+// that failed to probe after a reboot: NVML then indexes the GPUs after it
+// one lower, while their minor numbers (/dev/nvidiaN) stay. The index given
+// here, as to every method of the Server, is the GPU's position in the mock
+// as built, which is also its minor number.
+func (s *Server) SetMissing(index int, missing bool) {
+	s.enumMu.Lock()
+	defer s.enumMu.Unlock()
+	s.missing[index] = missing
+}

@@ -19,6 +19,9 @@ type Server struct {
 	Model Model
 
 	strict []*strictDevice
+	// missing holds the GPUs hidden from enumeration (see SetMissing).
+	enumMu  sync.Mutex
+	missing map[int]bool
 	// statePath, when set, is where the MIG state is saved (see Persist).
 	statePath string
 	saveMu    sync.Mutex
@@ -54,6 +57,7 @@ func New(model string, count int, seed string) (*Server, error) {
 		}
 		s.strict = append(s.strict, newStrictDevice(dev, m, s.changed))
 	}
+	s.installEnumeration()
 	return s, nil
 }
 
