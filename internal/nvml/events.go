@@ -163,7 +163,12 @@ func (l *library) watchGPUOnce(ctx context.Context, index int, events chan<- XID
 	return nil
 }
 
+// CheckGPU waits for MIG changes in progress: switching MIG mode "may unbind
+// or reset the device" (nvmlDeviceSetMigMode), and a GPU caught in the
+// middle would be tainted as lost for RecoverAfter.
 func (l *library) CheckGPU(ctx context.Context, index int) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
 	dev, ret := l.nvml.DeviceGetHandleByIndex(index)
 	if ret == gonvml.SUCCESS {
 		_, ret = dev.GetUUID()

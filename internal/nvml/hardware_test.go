@@ -3,6 +3,7 @@ package nvml_test
 import (
 	"errors"
 	"testing"
+	"time"
 
 	gonvml "github.com/NVIDIA/go-nvml/pkg/nvml"
 	"github.com/NVIDIA/go-nvml/pkg/nvml/mock/server"
@@ -293,5 +294,32 @@ func TestCreateMIGDeviceFailsOnComputeInstanceInfo(t *testing.T) {
 	}
 	if n := len(s.GPU(0).Instances); n != 0 {
 		t.Errorf("%d GPU instances left after a failed create", n)
+	}
+}
+
+// TestHealthCheckWaitsForMIGModeSwitch: a GPU switching MIG mode may be
+// unbound or reset meanwhile (nvml.h) and then answers as a lost GPU; a
+// health check must not catch it there and taint it as lost.
+func TestHealthCheckWaitsForMIGModeSwitch(t *testing.T) {
+	_, ctx := ktesting.NewTestContext(t)
+	s, lib := openMock(t, "dgxh200", 1)
+	s.EnableEvents()
+	health := lib.(tnvml.Health)
+	checked := make(chan error, 1)
+	s.OnMIGModeActivation(func(int) {
+		go func() { checked <- health.CheckGPU(ctx, 0) }()
+		// A check that does not wait for the switch answers at once; one
+		// that does is still waiting when the bound runs out.
+		select {
+		case err := <-checked:
+			checked <- err
+		case <-time.After(200 * time.Millisecond):
+		}
+	})
+	if err := lib.SetMIGMode(ctx, 0, true); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-checked; err != nil {
+		t.Errorf("health check during a MIG mode switch: %v, want the GPU healthy", err)
 	}
 }

@@ -30,21 +30,27 @@ func (s *strictDevice) migMode() (int, int, nvml.Return) {
 }
 
 func (s *strictDevice) setMigMode(mode int) (nvml.Return, nvml.Return) {
-	ret, activation := s.setMigModeLocked(mode)
+	ret, activation, switched := s.setMigModeLocked(mode)
 	if ret != nvml.SUCCESS {
 		return ret, activation
+	}
+	if switched {
+		// "This API may unbind or reset the device to activate the
+		// requested mode."
+		s.activated(s.dev.Index)
 	}
 	return s.changed(), activation
 }
 
-func (s *strictDevice) setMigModeLocked(mode int) (nvml.Return, nvml.Return) {
+// setMigModeLocked changes the state and reports whether the mode switched.
+func (s *strictDevice) setMigModeLocked(mode int) (ret, activation nvml.Return, switched bool) {
 	s.dev.Lock()
 	defer s.dev.Unlock()
 	s.modeSets++
 	if mode != nvml.DEVICE_MIG_DISABLE && mode != nvml.DEVICE_MIG_ENABLE {
 		// "NVML_ERROR_INVALID_ARGUMENT If device, mode or activationStatus
 		// are invalid"
-		return nvml.ERROR_INVALID_ARGUMENT, nvml.SUCCESS
+		return nvml.ERROR_INVALID_ARGUMENT, nvml.SUCCESS, false
 	}
 	// The call records the requested mode as pending whatever happens to
 	// its activation: "Changing MIG modes may require device unbind or
@@ -60,10 +66,10 @@ func (s *strictDevice) setMigModeLocked(mode int) (nvml.Return, nvml.Return) {
 	// (a monitoring client is enough) makes it busy even for the mode it
 	// is in; GPU instances make it busy for a change of mode.
 	if s.busy || (mode != s.dev.MigMode && len(s.dev.GpuInstances) > 0) {
-		return nvml.SUCCESS, nvml.ERROR_IN_USE
+		return nvml.SUCCESS, nvml.ERROR_IN_USE, false
 	}
 	if mode == s.dev.MigMode {
-		return nvml.SUCCESS, nvml.SUCCESS
+		return nvml.SUCCESS, nvml.SUCCESS, false
 	}
 	if !s.model.ToggleWithoutReset || s.needsReset {
 		// "On certain platforms like pass-through virtualization, where
@@ -71,10 +77,10 @@ func (s *strictDevice) setMigModeLocked(mode int) (nvml.Return, nvml.Return) {
 		// required. activationStatus would return
 		// NVML_ERROR_RESET_REQUIRED for such cases." The A100 mock stands
 		// for a GPU whose mode only changes at its next reset.
-		return nvml.SUCCESS, nvml.ERROR_RESET_REQUIRED
+		return nvml.SUCCESS, nvml.ERROR_RESET_REQUIRED, false
 	}
 	s.dev.MigMode = mode
-	return nvml.SUCCESS, nvml.SUCCESS
+	return nvml.SUCCESS, nvml.SUCCESS, true
 }
 
 // migOff must be called with the device locked.
@@ -176,6 +182,28 @@ func (s *Server) strictOf(dev nvml.Device) *strictDevice {
 		}
 	}
 	return nil
+}
+
+// OnMIGModeActivation sets a function called while a GPU activates a new
+// MIG mode, when NVML "may unbind or reset the device" (nvmlDeviceSetMigMode):
+// meanwhile the GPU answers as a lost GPU does (see SetLost). Tests use it
+// to look at the GPU in the middle of a switch; nil removes it.
+func (s *Server) OnMIGModeActivation(f func(index int)) {
+	s.hookMu.Lock()
+	defer s.hookMu.Unlock()
+	s.onActivation = f
+}
+
+func (s *Server) activated(index int) {
+	s.hookMu.Lock()
+	f := s.onActivation
+	s.hookMu.Unlock()
+	if f == nil {
+		return
+	}
+	s.SetLost(index, true)
+	defer s.SetLost(index, false)
+	f(index)
 }
 
 // SetBusy makes a GPU busy, as a process holding it (a monitoring client is

@@ -19,6 +19,9 @@ type Server struct {
 	Model Model
 
 	strict []*strictDevice
+	// onActivation is called during MIG mode switches (OnMIGModeActivation).
+	hookMu       sync.Mutex
+	onActivation func(index int)
 	// missing holds the GPUs hidden from enumeration (see SetMissing).
 	enumMu  sync.Mutex
 	missing map[int]bool
@@ -55,7 +58,7 @@ func New(model string, count int, seed string) (*Server, error) {
 		if m.MIGEnabled {
 			dev.MigMode = nvml.DEVICE_MIG_ENABLE
 		}
-		s.strict = append(s.strict, newStrictDevice(dev, m, s.changed))
+		s.strict = append(s.strict, newStrictDevice(dev, m, s.changed, s.activated))
 	}
 	s.installEnumeration()
 	return s, nil
@@ -78,10 +81,13 @@ type strictDevice struct {
 	// changed is called, without locks held, after every change of the MIG
 	// state; what it returns is the changing call's result.
 	changed func() nvml.Return
+	// activated is called, without locks held, while a MIG mode switch
+	// activates.
+	activated func(index int)
 }
 
-func newStrictDevice(dev *server.Device, m Model, changed func() nvml.Return) *strictDevice {
-	s := &strictDevice{dev: dev, model: m, pending: dev.MigMode, changed: changed}
+func newStrictDevice(dev *server.Device, m Model, changed func() nvml.Return, activated func(index int)) *strictDevice {
+	s := &strictDevice{dev: dev, model: m, pending: dev.MigMode, changed: changed, activated: activated}
 	dev.GetPciInfoFunc = s.pciInfo
 	s.installHardware()
 	dev.CreateGpuInstanceWithPlacementFunc = s.createWithPlacement
