@@ -82,12 +82,15 @@ func ClaimViolations(t *tenancyv1.GPUTenant, spec *resourceapi.ResourceClaimSpec
 	return out
 }
 
-// TolerationCoversTenancy reports whether a toleration tolerates a tenancy
-// taint: its key has the tenancy prefix, or it has no key and operator Exists,
-// which tolerates every taint.
+// TolerationCoversTenancy reports whether a toleration may tolerate a tenancy
+// taint: its key has the tenancy prefix, or it has no key. A toleration
+// without a key matches the taints of every key (DRA matches tolerations as
+// core Kubernetes does: "An empty key ... matches all keys"), so with
+// operator Exists it tolerates every taint, and with operator Equal and a
+// tenant's name as value (issue 26) it tolerates that tenant's sharing taint.
 func TolerationCoversTenancy(tol resourceapi.DeviceToleration) bool {
 	if tol.Key == "" {
-		return tol.Operator == resourceapi.DeviceTolerationOpExists
+		return true
 	}
 	return strings.HasPrefix(tol.Key, tenancyv1.TaintPrefix)
 }

@@ -61,6 +61,16 @@ func TestClaimViolations(t *testing.T) {
 			tenant: teamA, claim: makeClaim("a", "c").FirstAvailable("gpu", gpuapi.ClassShared).Toleration("", resourceapi.DeviceTolerationOpExists),
 			want: []tenancy.Violation{{Request: "gpu/s0", Message: `GPUTenant team-a: request gpu/s0 tolerates the tenancy taint "*", which tenants may not do`}},
 		},
+		"tolerates another tenant's taint without a key": {
+			// Issue 26: DRA matches a toleration without key to every key.
+			tenant: teamA, claim: makeClaim("a", "c").Request("gpu", gpuapi.ClassShared).Tolerate(resourceapi.DeviceToleration{
+				Operator: resourceapi.DeviceTolerationOpEqual, Value: "team-b", Effect: resourceapi.DeviceTaintEffectNoSchedule}),
+			want: []tenancy.Violation{{Request: "gpu", Message: `GPUTenant team-a: request gpu tolerates the tenancy taint "*", which tenants may not do`}},
+		},
+		"tolerates its own group without a key": {
+			tenant: teamA, claim: makeClaim("a", "c").Request("gpu", gpuapi.ClassShared).Tolerate(resourceapi.DeviceToleration{Value: "team-a"}),
+			want: []tenancy.Violation{{Request: "gpu", Message: `GPUTenant team-a: request gpu tolerates the tenancy taint "*", which tenants may not do`}},
+		},
 		"tolerates the health taint": {
 			tenant: teamA, claim: makeClaim("a", "c").Request("gpu", gpuapi.ClassShared).Toleration(gpuapi.TaintKeyUnhealthy, resourceapi.DeviceTolerationOpExists),
 		},

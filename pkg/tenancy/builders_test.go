@@ -111,6 +111,17 @@ func (c *claimWrapper) Toleration(key string, op resourceapi.DeviceTolerationOpe
 	return c
 }
 
+// Tolerate adds tol to the last request (or its last alternative).
+func (c *claimWrapper) Tolerate(tol resourceapi.DeviceToleration) *claimWrapper {
+	if r := c.last(); r.Exactly != nil {
+		r.Exactly.Tolerations = append(r.Exactly.Tolerations, tol)
+	} else {
+		s := &r.FirstAvailable[len(r.FirstAvailable)-1]
+		s.Tolerations = append(s.Tolerations, tol)
+	}
+	return c
+}
+
 // Config adds opaque config for driver.
 func (c *claimWrapper) Config(driver string) *claimWrapper {
 	c.Spec.Devices.Config = append(c.Spec.Devices.Config, resourceapi.DeviceClaimConfiguration{

@@ -23,10 +23,14 @@ type Decision struct {
 
 // Decide admits claim for tenant t if the claim asks only for what the tenant
 // may use and its allocation fits the budget on top of held (the holdings of
-// the tenant's admitted claims). A nil tenant (a namespace of no tenant) is
-// admitted at once.
+// the tenant's admitted claims). A nil tenant (a namespace of no tenant) has
+// no budget: its claim is admitted at once unless it names a tenant's
+// dedicated class or tolerates a tenancy taint (UntenantedViolations).
 func Decide(t *tenancyv1.GPUTenant, held []Holding, claim *resourceapi.ResourceClaim, memory map[DeviceID]int64) Decision {
 	if t == nil {
+		if v := UntenantedViolations(&claim.Spec); len(v) > 0 {
+			return Decision{Reason: tenancyv1.ReasonNotAllowed, Message: v[0].Message}
+		}
 		return Decision{Admit: true, Reason: tenancyv1.ReasonNoTenancy, Message: "namespace belongs to no GPUTenant"}
 	}
 	if v := ClaimViolations(t, &claim.Spec); len(v) > 0 {

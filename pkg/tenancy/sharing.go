@@ -2,7 +2,6 @@ package tenancy
 
 import (
 	"cmp"
-	"fmt"
 	"slices"
 
 	admissionv1 "k8s.io/api/admissionregistration/v1"
@@ -98,13 +97,15 @@ func TaintGroups(held, pending []ShareHolder) map[DeviceID][]string {
 // SharingConflict checks the shares of a claim of group against what the
 // other claims hold (holders must not include the claim itself). It returns
 // an empty string when every shared GPU of the claim is free or held by group
-// only, and otherwise a message for the claim's owner. The message names the
-// GPU but not the group holding it: tenants do not learn of each other.
+// only, and otherwise a message for the claim's owner. The message names
+// neither the GPU nor the group holding it: tenants do not learn of each
+// other, nor where another tenant runs (issue 26: a claim that tolerated
+// another tenant's taint learnt the GPU it held from this message).
 func SharingConflict(group string, claim *resourceapi.ResourceClaim, holders map[DeviceID][]string) string {
 	for _, d := range SharedDevices(claim) {
 		for _, g := range holders[d] {
 			if g != group {
-				return fmt.Sprintf("time-shared GPU %s on %s holds shares of another tenant; tenants do not share GPUs (spec.sharing)", d.Device, d.Pool)
+				return "a time-shared GPU allocated to the claim holds shares of another tenant; tenants do not share GPUs (spec.sharing), so the scheduler tries again elsewhere"
 			}
 		}
 	}

@@ -74,6 +74,9 @@ const (
 	// PolicyUntenanted refuses Tessera's classes in namespaces of no tenant
 	// (when the controller runs with --untenanted=deny).
 	PolicyUntenanted = "untenanted.tenancy.tessera.dev"
+	// PolicyOutsiders keeps every namespace a tenant does not select off the
+	// tenant's dedicated classes and sharing taint.
+	PolicyOutsiders = "outsiders.tenancy.tessera.dev"
 	// PolicyNamespaceLabels protects the fixed tenancy labels on namespaces.
 	PolicyNamespaceLabels = "namespace-labels.tenancy.tessera.dev"
 	// PolicyTenantLabels protects the label keys each tenant selects by.
