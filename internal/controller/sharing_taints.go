@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
+	"time"
 
 	admissionv1 "k8s.io/api/admissionregistration/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -39,7 +41,21 @@ const taintRuleSuffix = ".sharing.tenancy.tessera.dev"
 // change any GPU's holder, and the work is a list and a diff.
 type SharingReconciler struct {
 	client client.Client
+	// now is time.Now; tests replace it.
+	now func() time.Time
+	// lastWithdrawal is when the free taints were last withdrawn for a
+	// waiting claim that cannot tolerate them (freeGPUs). Reconcile runs
+	// one at a time (there is one key), so it needs no lock.
+	lastWithdrawal time.Time
 }
+
+// freeWithdrawalInterval bounds how often freeGPUs withdraws the free taints
+// of the whole cluster: each withdrawal deletes every free rule and its end
+// creates them again, on the controller's shared API budget. Claims that
+// cannot tolerate the free taint, created and deleted in a loop, cost at
+// most one withdrawal and one restoration per interval; one that waits
+// meanwhile waits at most this long for free GPUs (issue 26).
+const freeWithdrawalInterval = time.Minute
 
 var _ reconcile.Reconciler = &SharingReconciler{}
 
@@ -62,7 +78,7 @@ func (r *SharingReconciler) Reconcile(ctx context.Context, _ reconcile.Request) 
 	if err != nil {
 		return reconcile.Result{}, err
 	}
-	free, err := r.freeGPUs(ctx, rules)
+	free, later, err := r.freeGPUs(ctx, rules)
 	if err != nil {
 		return reconcile.Result{}, err
 	}
@@ -71,7 +87,7 @@ func (r *SharingReconciler) Reconcile(ctx context.Context, _ reconcile.Request) 
 	if err := r.applyUntenantedBinding(ctx); err != nil {
 		return reconcile.Result{}, err
 	}
-	return reconcile.Result{}, r.applyTaints(ctx, rules, tenancy.TaintRules(free, tenancy.TaintGroups(held, pending)))
+	return reconcile.Result{RequeueAfter: later}, r.applyTaints(ctx, rules, tenancy.TaintRules(free, tenancy.TaintGroups(held, pending)))
 }
 
 // sharingRules are the DeviceTaintRules of sharing that exist: the
@@ -96,23 +112,47 @@ func sharingRules(ctx context.Context, c client.Reader) ([]resourceapi.DeviceTai
 // waiting claim could not tolerate the free taint (tenancy.BlockedByFreeTaint),
 // so that such a claim is not kept off free GPUs for good; then groups only
 // lose the preference for their own GPUs, and the GPUs held by a group are
-// tainted as ever.
-func (r *SharingReconciler) freeGPUs(ctx context.Context, rules []resourceapi.DeviceTaintRule) ([]tenancy.DeviceID, error) {
+// tainted as ever. Withdrawing free taints that exist happens at most once
+// per freeWithdrawalInterval; until the next may, the free taints stay and
+// later says when to look again.
+func (r *SharingReconciler) freeGPUs(ctx context.Context, rules []resourceapi.DeviceTaintRule) (free []tenancy.DeviceID, later time.Duration, err error) {
 	var claims resourceapi.ResourceClaimList
 	if err := r.client.List(ctx, &claims); err != nil {
-		return nil, fmt.Errorf("list claims: %w", err)
+		return nil, 0, fmt.Errorf("list claims: %w", err)
 	}
 	for i := range claims.Items {
-		if c := &claims.Items[i]; tenancy.BlockedByFreeTaint(c) {
-			klog.FromContext(ctx).V(2).Info("Free shared GPUs stay untainted while a claim that does not tolerate it waits", "claim", klog.KObj(c))
-			return nil, nil
+		c := &claims.Items[i]
+		if !tenancy.BlockedByFreeTaint(c) {
+			continue
 		}
+		logger := klog.FromContext(ctx)
+		if !slices.ContainsFunc(rules, func(rule resourceapi.DeviceTaintRule) bool { return rule.Spec.Taint.Value == tenancyv1.GroupFree }) {
+			// Withdrawn already: staying so writes nothing.
+			return nil, 0, nil
+		}
+		now := r.clock()
+		since := now.Sub(r.lastWithdrawal)
+		if r.lastWithdrawal.IsZero() || since >= freeWithdrawalInterval {
+			r.lastWithdrawal = now
+			logger.V(2).Info("Free shared GPUs go untainted while a claim that does not tolerate it waits", "claim", klog.KObj(c))
+			return nil, 0, nil
+		}
+		later = freeWithdrawalInterval - since
+		logger.V(2).Info("Free shared GPUs stay tainted for now: their taints were withdrawn a moment ago", "claim", klog.KObj(c), "retryAfter", later)
+		break
 	}
 	var published resourceapi.ResourceSliceList
 	if err := r.client.List(ctx, &published); err != nil {
-		return nil, fmt.Errorf("list ResourceSlices: %w", err)
+		return nil, 0, fmt.Errorf("list ResourceSlices: %w", err)
 	}
-	return tenancy.SharedGPUsWithWithdrawn(published.Items, rules), nil
+	return tenancy.SharedGPUsWithWithdrawn(published.Items, rules), later, nil
+}
+
+func (r *SharingReconciler) clock() time.Time {
+	if r.now == nil {
+		return time.Now()
+	}
+	return r.now()
 }
 
 // applyTaints makes the sharing rules that exist (have) what want says.

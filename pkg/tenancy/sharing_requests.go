@@ -127,6 +127,15 @@ func sameToleration(a, b resourceapi.DeviceToleration) bool {
 // were in place (or without them). Claims are immutable, so such a claim
 // could never be allocated a free GPU while free GPUs carry the GroupFree
 // taint. (A request the policy shaped tolerates it in SubrequestAny.)
+//
+// A request that may tolerate any tenancy taint (TolerationCoversTenancy)
+// does not block: a policy shaped it, or its author chose its tenancy
+// tolerations (and the untenanted policy then leaves it alone). Such a claim
+// keeps itself off free GPUs by its own choice; it must not lift the free
+// taints of the whole cluster. (Issue 26: a claim of a namespace of no tenant
+// that tolerated another tenant's taint, which the untenanted policy leaves
+// alone, made the controller delete every free taint, and creating and
+// deleting it in a loop churned them without end.)
 func BlockedByFreeTaint(claim *resourceapi.ResourceClaim) bool {
 	if claim.Status.Allocation != nil || claim.DeletionTimestamp != nil {
 		return false
@@ -135,15 +144,18 @@ func BlockedByFreeTaint(claim *resourceapi.ResourceClaim) bool {
 	toleratesFree := func(tols []resourceapi.DeviceToleration) bool {
 		return slices.ContainsFunc(tols, func(t resourceapi.DeviceToleration) bool { return sameToleration(t, free) })
 	}
+	chosen := func(tols []resourceapi.DeviceToleration) bool {
+		return slices.ContainsFunc(tols, TolerationCoversTenancy)
+	}
 	for _, r := range claim.Spec.Devices.Requests {
-		if r.Exactly != nil && IsSharedClass(r.Exactly.DeviceClassName) && !toleratesFree(r.Exactly.Tolerations) {
+		if r.Exactly != nil && IsSharedClass(r.Exactly.DeviceClassName) && !toleratesFree(r.Exactly.Tolerations) && !chosen(r.Exactly.Tolerations) {
 			return true
 		}
 		shared, reaches := false, false
 		for _, s := range r.FirstAvailable {
 			if IsSharedClass(s.DeviceClassName) {
 				shared = true
-				reaches = reaches || toleratesFree(s.Tolerations)
+				reaches = reaches || toleratesFree(s.Tolerations) || chosen(s.Tolerations)
 			}
 		}
 		if shared && !reaches {

@@ -114,6 +114,16 @@ func TestSharingRequests(t *testing.T) {
 // policy did not shape blocks the free taint; one it shaped, an allocated
 // one and one for a MIG partition do not.
 func TestBlockedByFreeTaint(t *testing.T) {
+	tolerating := func(r resourceapi.DeviceRequest, tol resourceapi.DeviceToleration) resourceapi.DeviceRequest {
+		r = *r.DeepCopy()
+		if r.Exactly != nil {
+			r.Exactly.Tolerations = append(r.Exactly.Tolerations, tol)
+		}
+		for i := range r.FirstAvailable {
+			r.FirstAvailable[i].Tolerations = append(r.FirstAvailable[i].Tolerations, tol)
+		}
+		return r
+	}
 	claim := func(r resourceapi.DeviceRequest) *resourceapi.ResourceClaim {
 		return &resourceapi.ResourceClaim{Spec: resourceapi.ResourceClaimSpec{Devices: resourceapi.DeviceClaim{Requests: []resourceapi.DeviceRequest{r}}}}
 	}
@@ -131,6 +141,11 @@ func TestBlockedByFreeTaint(t *testing.T) {
 		"a MIG partition":                          {claim(request("gpu", gpuapi.ClassMIG)), false},
 		"alternatives from before the policy":      {claim(alts), true},
 		"alternatives the policy gave tolerations": {claim(tenancy.SharingRequests("a", []resourceapi.DeviceRequest{alts})[0]), false},
+		// Issue 26: the untenanted policy leaves a claim alone that
+		// tolerates another group; it chose to stay off free GPUs.
+		"a share tolerating another group":         {claim(tenancy.SharingRequests(tenancyv1.GroupUntenanted, []resourceapi.DeviceRequest{tolerating(share, tenancy.Toleration("team-a"))})[0]), false},
+		"a share tolerating a group without a key": {claim(tolerating(share, resourceapi.DeviceToleration{Value: "team-a"})), false},
+		"alternatives tolerating another group":    {claim(tolerating(alts, tenancy.Toleration("team-a"))), false},
 	} {
 		t.Run(name, func(t *testing.T) {
 			if got := tenancy.BlockedByFreeTaint(tc.claim); got != tc.want {

@@ -1,0 +1,172 @@
+package controller
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	resourceapi "k8s.io/api/resource/v1"
+	"k8s.io/klog/v2/ktesting"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/client/fake"
+	"sigs.k8s.io/controller-runtime/pkg/client/interceptor"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+
+	gpuapi "github.com/tessera-gpu/tessera/api/gpu"
+	tenancyv1 "github.com/tessera-gpu/tessera/api/tenancy/v1alpha1"
+	"github.com/tessera-gpu/tessera/pkg/tenancy"
+)
+
+// ruleWrites is a fake client over objs that counts the writes of
+// DeviceTaintRules (create, update, delete) in *n.
+func ruleWrites(t *testing.T, objs []client.Object, n *int) client.Client {
+	t.Helper()
+	scheme, err := Scheme()
+	if err != nil {
+		t.Fatal(err)
+	}
+	count := func(obj client.Object) {
+		if _, ok := obj.(*resourceapi.DeviceTaintRule); ok {
+			*n++
+		}
+	}
+	return fake.NewClientBuilder().WithScheme(scheme).WithObjects(objs...).
+		WithStatusSubresource(&resourceapi.ResourceClaim{}, &tenancyv1.GPUTenant{}).
+		WithInterceptorFuncs(interceptor.Funcs{
+			Create: func(ctx context.Context, c client.WithWatch, obj client.Object, opts ...client.CreateOption) error {
+				count(obj)
+				return c.Create(ctx, obj, opts...)
+			},
+			Update: func(ctx context.Context, c client.WithWatch, obj client.Object, opts ...client.UpdateOption) error {
+				count(obj)
+				return c.Update(ctx, obj, opts...)
+			},
+			Delete: func(ctx context.Context, c client.WithWatch, obj client.Object, opts ...client.DeleteOption) error {
+				count(obj)
+				return c.Delete(ctx, obj, opts...)
+			},
+		}).Build()
+}
+
+// waitingShare is an unallocated claim in ns for a share, with tolerations
+// exactly as given (no admission policy shaped it).
+func waitingShare(ns, name string, tols ...resourceapi.DeviceToleration) *resourceapi.ResourceClaim {
+	c := pendingShare(ns, name, "gpu-0-shared")
+	c.Spec.Devices.Requests = []resourceapi.DeviceRequest{{Name: "gpu", Exactly: &resourceapi.ExactDeviceRequest{
+		DeviceClassName: gpuapi.ClassShared, Tolerations: tols,
+	}}}
+	c.Status = resourceapi.ResourceClaimStatus{}
+	return c
+}
+
+// TestFreeTaintsSurviveAClaimLoop: issue 26's attack. A namespace of no tenant
+// creates and deletes, in a loop, a claim that tolerates another tenant's
+// taint (which the untenanted policy leaves alone, so it does not tolerate
+// the free taint), with or without a key; no pod needed. The free taints do
+// not change and no rule is written.
+func TestFreeTaintsSurviveAClaimLoop(t *testing.T) {
+	for name, tol := range map[string]resourceapi.DeviceToleration{
+		"another tenant's taint":          tenancy.Toleration("a"),
+		"another tenant's taint, no key":  {Operator: resourceapi.DeviceTolerationOpEqual, Value: "a", Effect: resourceapi.DeviceTaintEffectNoSchedule},
+		"a group that does not exist yet": tenancy.Toleration("nobody"),
+	} {
+		t.Run(name, func(t *testing.T) {
+			_, ctx := ktesting.NewTestContext(t)
+			var writes int
+			c := ruleWrites(t, sharingFixture(), &writes)
+			r := &SharingReconciler{client: c}
+			reconcileOnce := func() {
+				t.Helper()
+				if _, err := r.Reconcile(ctx, reconcile.Request{}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			reconcileOnce()
+			free := map[string]string{"gpu-0-shared": tenancyv1.GroupFree, "gpu-1-shared": tenancyv1.GroupFree}
+			if diff := cmp.Diff(free, taints(ctx, t, c)); diff != "" {
+				t.Fatalf("before the loop (-want +got):\n%s", diff)
+			}
+			writes = 0
+			for range 50 {
+				claim := waitingShare("free", "attack", tol)
+				if err := c.Create(ctx, claim); err != nil {
+					t.Fatal(err)
+				}
+				reconcileOnce()
+				if diff := cmp.Diff(free, taints(ctx, t, c)); diff != "" {
+					t.Fatalf("while the claim exists (-want +got):\n%s", diff)
+				}
+				if err := c.Delete(ctx, claim); err != nil {
+					t.Fatal(err)
+				}
+				reconcileOnce()
+			}
+			if writes != 0 {
+				t.Errorf("the loop cost %d rule writes, want none", writes)
+			}
+		})
+	}
+}
+
+// TestFreeTaintWithdrawalIsRateBounded: claims that do tolerate no tenancy
+// taint at all (from before the sharing policies) withdraw the free taints
+// while they wait, but created and deleted in a loop they withdraw them at
+// most once per freeWithdrawalInterval: one withdrawal and one restoration,
+// however many claims. One that waits when the interval has passed withdraws
+// them again.
+func TestFreeTaintWithdrawalIsRateBounded(t *testing.T) {
+	_, ctx := ktesting.NewTestContext(t)
+	var writes int
+	c := ruleWrites(t, sharingFixture(), &writes)
+	now := time.Date(2026, 12, 5, 22, 0, 0, 0, time.UTC)
+	r := &SharingReconciler{client: c, now: func() time.Time { return now }}
+	reconcileOnce := func() reconcile.Result {
+		t.Helper()
+		res, err := r.Reconcile(ctx, reconcile.Request{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return res
+	}
+	reconcileOnce()
+	free := map[string]string{"gpu-0-shared": tenancyv1.GroupFree, "gpu-1-shared": tenancyv1.GroupFree}
+	writes = 0
+
+	legacy := waitingShare("free", "legacy")
+	for i := range 30 {
+		if err := c.Create(ctx, legacy.DeepCopy()); err != nil {
+			t.Fatal(err)
+		}
+		res := reconcileOnce()
+		if i == 0 {
+			if got := taints(ctx, t, c); len(got) != 0 {
+				t.Fatalf("the first waiting claim left free taints %v", got)
+			}
+		} else {
+			if diff := cmp.Diff(free, taints(ctx, t, c)); diff != "" {
+				t.Fatalf("claim %d, %v after the withdrawal (-want +got):\n%s", i, time.Duration(i)*time.Second, diff)
+			}
+			if want := freeWithdrawalInterval - time.Duration(i)*time.Second; res.RequeueAfter != want {
+				t.Errorf("claim %d: requeue after %v, want %v", i, res.RequeueAfter, want)
+			}
+		}
+		if err := c.Delete(ctx, legacy.DeepCopy()); err != nil {
+			t.Fatal(err)
+		}
+		reconcileOnce()
+		now = now.Add(time.Second)
+	}
+	if want := 4; writes != want {
+		t.Errorf("30 claims in 30 s cost %d rule writes, want %d (2 GPUs' free rules deleted and created once)", writes, want)
+	}
+
+	now = now.Add(freeWithdrawalInterval)
+	if err := c.Create(ctx, legacy.DeepCopy()); err != nil {
+		t.Fatal(err)
+	}
+	reconcileOnce()
+	if got := taints(ctx, t, c); len(got) != 0 {
+		t.Errorf("a claim waiting after the interval left free taints %v", got)
+	}
+}
