@@ -22,7 +22,9 @@ import (
 
 // TestTenancyAttackMatrix is docs/tenancy.md's attack matrix: every way a
 // tenant might try to get a device it may not have, each refused by the API
-// server with a message naming the tenant, the request and the class.
+// server with a message naming the tenant, the request and the class; and
+// issue 26's attacks from namespaces of no tenant and through namespace
+// subresources, each checked to miss its goal (tenancy_attacks_test.go).
 func TestTenancyAttackMatrix(t *testing.T) {
 	other := newTenant(t, "other", tenancyv1.GPUTenantSpec{DedicatedPool: poolA})
 	tenant := newTenant(t, "team", tenancyv1.GPUTenantSpec{AllowedDeviceClasses: []string{gpuapi.ClassShared, gpuapi.ClassMIG}})
@@ -34,6 +36,7 @@ func TestTenancyAttackMatrix(t *testing.T) {
 	shared := tenantNamespace(t, tenant.Name)
 	victim := tenantNamespace(t, other.Name)
 	free := newNamespace(t)
+	outside, unbound, churn := newNamespace(t), newNamespace(t), newNamespace(t)
 	ctx := testContext(t)
 
 	tolerating := func(key string, op resourceapi.DeviceTolerationOperator) resourceapi.DeviceRequest {
@@ -66,9 +69,16 @@ func TestTenancyAttackMatrix(t *testing.T) {
 			spec: claimSpec(builder.MakeRequest("gpu", tenancyv1.DedicatedClassName(other.Name, gpuapi.ClassMIG)).Obj()),
 			want: []string{"GPUTenant " + tenant.Name, "request gpu", "DeviceClass " + tenancyv1.DedicatedClassName(other.Name, gpuapi.ClassMIG)},
 		},
-		"opaque config for Tessera":           {spec: withConfig, want: []string{"GPUTenant " + tenant.Name, "opaque config for gpu.tessera.dev"}},
-		"tolerating the tenancy taint":        {spec: claimSpec(tolerating(tenancyv1.TaintKeyTenant, resourceapi.DeviceTolerationOpExists)), want: []string{"GPUTenant " + tenant.Name, "request gpu", "tenancy taint"}},
-		"tolerating every taint":              {spec: claimSpec(tolerating("", resourceapi.DeviceTolerationOpExists)), want: []string{"GPUTenant " + tenant.Name, "request gpu", "tenancy taint"}},
+		"opaque config for Tessera":    {spec: withConfig, want: []string{"GPUTenant " + tenant.Name, "opaque config for gpu.tessera.dev"}},
+		"tolerating the tenancy taint": {spec: claimSpec(tolerating(tenancyv1.TaintKeyTenant, resourceapi.DeviceTolerationOpExists)), want: []string{"GPUTenant " + tenant.Name, "request gpu", "tenancy taint"}},
+		"tolerating every taint":       {spec: claimSpec(tolerating("", resourceapi.DeviceTolerationOpExists)), want: []string{"GPUTenant " + tenant.Name, "request gpu", "tenancy taint"}},
+		// Issue 26: DRA matches a toleration without key to every key.
+		"tolerating another tenant's taint without a key": {
+			spec: claimSpec(withTolerations(builder.MakeRequest("gpu", gpuapi.ClassShared).Obj(), resourceapi.DeviceToleration{
+				Operator: resourceapi.DeviceTolerationOpEqual, Value: other.Name, Effect: resourceapi.DeviceTaintEffectNoSchedule,
+			})),
+			want: []string{"GPUTenant " + tenant.Name, "request gpu", "tenancy taint"},
+		},
 		"tolerating the health taint is fine": {spec: claimSpec(tolerating(gpuapi.TaintKeyUnhealthy, resourceapi.DeviceTolerationOpExists))},
 		"a claim of no devices is fine":       {spec: claimSpec()},
 	} {
@@ -96,6 +106,24 @@ func TestTenancyAttackMatrix(t *testing.T) {
 			Spec:       resourceapi.ResourceClaimTemplateSpec{Spec: claimSpec(builder.MakeRequest("gpu", gpuapi.ClassGPU).Obj())},
 		}, metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}})
 		wantRefused(t, err, "GPUTenant "+tenant.Name, "request gpu", "DeviceClass gpu.tessera.dev")
+	})
+
+	// Issue 26, item 2: a namespace of no tenant names another tenant's
+	// dedicated class; refused by the API server, and by the controller
+	// where no policy is bound.
+	t.Run("a dedicated class from a namespace of no tenant", func(t *testing.T) {
+		attackDedicatedFromOutside(ctx, t, other, outside)
+	})
+	t.Run("a dedicated class from a namespace of no tenant, policy unbound", func(t *testing.T) {
+		attackDedicatedUnbound(ctx, t, other, unbound)
+	})
+	// Items 4 and 5: tolerating a tenant's sharing taint from outside, and
+	// churning the free taints with claims that do not tolerate them.
+	t.Run("a tenant's taint from a namespace of no tenant", func(t *testing.T) {
+		attackTaintFromOutside(ctx, t, tenant, outside)
+	})
+	t.Run("free taints under a claim loop", func(t *testing.T) {
+		attackFreeRules(ctx, t, churn)
 	})
 
 	t.Run("a namespace selected by two tenants", func(t *testing.T) {
@@ -159,6 +187,10 @@ func TestTenancyAttackMatrix(t *testing.T) {
 			}}, metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}})
 			wantRefused(t, err, tenancyv1.LabelCapsuleTenant)
 		})
+		// Issue 26, item 6.
+		t.Run("through subresources", func(t *testing.T) {
+			attackLabelsThroughSubresources(ctx, t, mallory, ns, other)
+		})
 		t.Run("an admin may relabel", func(t *testing.T) {
 			n, err := local.Client.CoreV1().Namespaces().Get(ctx, ns, metav1.GetOptions{})
 			if err != nil {
@@ -173,7 +205,8 @@ func TestTenancyAttackMatrix(t *testing.T) {
 }
 
 // namespaceEditor is a client for a user who may create, edit and label
-// namespaces and create claims, but is no cluster admin.
+// namespaces (their status and finalize subresources too) and create
+// claims, but is no cluster admin.
 func namespaceEditor(t *testing.T) kubernetes.Interface {
 	t.Helper()
 	ctx := t.Context()
@@ -182,6 +215,8 @@ func namespaceEditor(t *testing.T) kubernetes.Interface {
 		ObjectMeta: metav1.ObjectMeta{Name: user},
 		Rules: []rbacv1.PolicyRule{
 			{APIGroups: []string{""}, Resources: []string{"namespaces"}, Verbs: []string{"get", "list", "create", "update", "patch"}},
+			// Common in namespace-admin roles (issue 26).
+			{APIGroups: []string{""}, Resources: []string{"namespaces/status", "namespaces/finalize"}, Verbs: []string{"update", "patch"}},
 			{APIGroups: []string{"resource.k8s.io"}, Resources: []string{"resourceclaims", "resourceclaimtemplates"}, Verbs: []string{"get", "create"}},
 		},
 	}
