@@ -42,13 +42,28 @@ func waitDedicatedClass(ctx context.Context, t *testing.T, tenant, shipped strin
 	return class
 }
 
+// waitOutsidersEnforced waits until the API server refuses, in namespace ns,
+// a dry-run claim for class: the controller binds the outsiders policy to
+// the namespaces no tenant selects, and the API server picks a binding up
+// within about a second.
+func waitOutsidersEnforced(ctx context.Context, t *testing.T, ns, class string) {
+	t.Helper()
+	request := builder.MakeRequest("gpu", class).Profile("1g.18gb").Obj()
+	err := wait.PollUntilContextTimeout(ctx, pollEvery, waitTimeout, true, func(ctx context.Context) (bool, error) {
+		return createClaim(ctx, ns, claimSpec(request)) != nil, nil
+	})
+	if err != nil {
+		t.Fatalf("the dedicated class %s is not refused in namespace %s of no tenant within %s", class, ns, waitTimeout)
+	}
+}
+
 // attackDedicatedFromOutside: a namespace of no tenant (outside) names
 // victim's dedicated class, in a claim and in a template, for real (no dry
-// run). Both are refused, the namespace holds no claim afterwards, and no
-// claim of it is allocated a device of the dedicated pool.
+// run). Both are refused, and the namespace holds no claim afterwards.
 func attackDedicatedFromOutside(ctx context.Context, t *testing.T, victim *tenancyv1.GPUTenant, outside string) {
 	t.Helper()
 	class := waitDedicatedClass(ctx, t, victim.Name, gpuapi.ClassMIG)
+	waitOutsidersEnforced(ctx, t, outside, class)
 	request := builder.MakeRequest("gpu", class).Profile("1g.18gb").Obj()
 	_, err := local.Client.ResourceV1().ResourceClaims(outside).Create(ctx, &resourceapi.ResourceClaim{
 		ObjectMeta: metav1.ObjectMeta{Name: "steal", Namespace: outside}, Spec: claimSpec(request),
@@ -66,23 +81,25 @@ func attackDedicatedFromOutside(ctx context.Context, t *testing.T, victim *tenan
 }
 
 // attackDedicatedUnbound: the same attack while the outsiders policy is
-// unbound (as before the chart installed it): the controller refuses the
-// allocation of the dedicated GPU, so the pod never binds and its claim is
-// never admitted. The binding is put back after.
+// gone (as for a claim made before it was in place): the controller refuses
+// the allocation of the dedicated GPU, so the pod never binds and its claim
+// is never admitted. The policy is put back after. (The policy is the
+// chart's; its binding is the controller's, which would put it back.)
 func attackDedicatedUnbound(ctx context.Context, t *testing.T, victim *tenancyv1.GPUTenant, outside string) {
 	t.Helper()
 	class := waitDedicatedClass(ctx, t, victim.Name, gpuapi.ClassMIG)
-	bindings := local.Client.AdmissionregistrationV1().ValidatingAdmissionPolicyBindings()
-	saved, err := bindings.Get(ctx, tenancyv1.PolicyOutsiders, metav1.GetOptions{})
+	waitOutsidersEnforced(ctx, t, outside, class)
+	policies := local.Client.AdmissionregistrationV1().ValidatingAdmissionPolicies()
+	saved, err := policies.Get(ctx, tenancyv1.PolicyOutsiders, metav1.GetOptions{})
 	if err != nil {
-		t.Fatalf("the chart's binding of %s: %v", tenancyv1.PolicyOutsiders, err)
+		t.Fatalf("the chart's policy %s: %v", tenancyv1.PolicyOutsiders, err)
 	}
-	if err := bindings.Delete(ctx, saved.Name, metav1.DeleteOptions{}); err != nil {
+	if err := policies.Delete(ctx, saved.Name, metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { restoreBinding(t, saved, outside, class) })
+	t.Cleanup(func() { restorePolicy(t, saved, outside, class) })
 	request := builder.MakeRequest("gpu", class).Profile("1g.18gb").Obj()
-	// The API server's policy plugin lets go of the binding within about a
+	// The API server's policy plugin lets go of the policy within about a
 	// second.
 	err = wait.PollUntilContextTimeout(ctx, pollEvery, waitTimeout, true, func(ctx context.Context) (bool, error) {
 		return createClaim(ctx, outside, claimSpec(request)) == nil, nil
@@ -121,15 +138,15 @@ func attackDedicatedUnbound(ctx context.Context, t *testing.T, victim *tenancyv1
 	deletePod(t, pod)
 }
 
-// restoreBinding creates saved again and waits until the policy refuses the
+// restorePolicy creates saved again and waits until it refuses the
 // dedicated class in ns once more.
-func restoreBinding(t *testing.T, saved *admissionv1.ValidatingAdmissionPolicyBinding, ns, class string) {
+func restorePolicy(t *testing.T, saved *admissionv1.ValidatingAdmissionPolicy, ns, class string) {
 	ctx := context.Background()
-	b := &admissionv1.ValidatingAdmissionPolicyBinding{
+	p := &admissionv1.ValidatingAdmissionPolicy{
 		ObjectMeta: metav1.ObjectMeta{Name: saved.Name, Labels: saved.Labels, Annotations: saved.Annotations}, Spec: saved.Spec,
 	}
-	if _, err := local.Client.AdmissionregistrationV1().ValidatingAdmissionPolicyBindings().Create(ctx, b, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
-		t.Errorf("restore binding %s: %v", saved.Name, err)
+	if _, err := local.Client.AdmissionregistrationV1().ValidatingAdmissionPolicies().Create(ctx, p, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+		t.Errorf("restore policy %s: %v", saved.Name, err)
 		return
 	}
 	request := builder.MakeRequest("gpu", class).Profile("1g.18gb").Obj()
@@ -137,16 +154,18 @@ func restoreBinding(t *testing.T, saved *admissionv1.ValidatingAdmissionPolicyBi
 		return createClaim(ctx, ns, claimSpec(request)) != nil, nil
 	})
 	if err != nil {
-		t.Errorf("binding %s restored, but the dedicated class is not refused again", saved.Name)
+		t.Errorf("policy %s restored, but the dedicated class is not refused again", saved.Name)
 	}
 }
 
 // attackTaintFromOutside: a namespace of no tenant tolerates victim's
 // sharing taint (with and without a key, or every taint), for real. Every
 // claim is refused with a message that names neither victim nor a GPU, and
-// the namespace holds no claim afterwards.
-func attackTaintFromOutside(ctx context.Context, t *testing.T, victim *tenancyv1.GPUTenant, outside string) {
+// the namespace holds no claim afterwards. (dedicatedTenant's class tells
+// when the outsiders policy holds in the namespace.)
+func attackTaintFromOutside(ctx context.Context, t *testing.T, victim, dedicatedTenant *tenancyv1.GPUTenant, outside string) {
 	t.Helper()
+	waitOutsidersEnforced(ctx, t, outside, waitDedicatedClass(ctx, t, dedicatedTenant.Name, gpuapi.ClassMIG))
 	for name, tol := range map[string]resourceapi.DeviceToleration{
 		"its taint":              tenancy.Toleration(victim.Name),
 		"its taint without key":  {Operator: resourceapi.DeviceTolerationOpEqual, Value: victim.Name, Effect: resourceapi.DeviceTaintEffectNoSchedule},

@@ -110,17 +110,17 @@ func TestTenancyAttackMatrix(t *testing.T) {
 
 	// Issue 26, item 2: a namespace of no tenant names another tenant's
 	// dedicated class; refused by the API server, and by the controller
-	// where no policy is bound.
+	// where the policy is not in place.
 	t.Run("a dedicated class from a namespace of no tenant", func(t *testing.T) {
 		attackDedicatedFromOutside(ctx, t, other, outside)
 	})
-	t.Run("a dedicated class from a namespace of no tenant, policy unbound", func(t *testing.T) {
+	t.Run("a dedicated class from a namespace of no tenant, policy deleted", func(t *testing.T) {
 		attackDedicatedUnbound(ctx, t, other, unbound)
 	})
 	// Items 4 and 5: tolerating a tenant's sharing taint from outside, and
 	// churning the free taints with claims that do not tolerate them.
 	t.Run("a tenant's taint from a namespace of no tenant", func(t *testing.T) {
-		attackTaintFromOutside(ctx, t, tenant, outside)
+		attackTaintFromOutside(ctx, t, tenant, other, outside)
 	})
 	t.Run("free taints under a claim loop", func(t *testing.T) {
 		attackFreeRules(ctx, t, churn)

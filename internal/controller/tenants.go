@@ -29,7 +29,7 @@ import (
 )
 
 // clusterKey is the request that stands for the cluster-wide objects (the
-// untenanted binding) rather than one tenant; GPUTenant names are never empty.
+// untenanted and outsiders bindings) rather than one tenant; GPUTenant names are never empty.
 var clusterKey = reconcile.Request{}
 
 // TenantReconciler keeps each GPUTenant's enforcement objects (its policy
@@ -96,19 +96,23 @@ func (r *TenantReconciler) Reconcile(ctx context.Context, req reconcile.Request)
 	return reconcile.Result{}, errors.Join(applyErr, usageErr)
 }
 
-// reconcileUntenanted keeps the untenanted binding: with Untenanted deny,
-// bound to every namespace no tenant selects; otherwise absent.
+// reconcileUntenanted keeps the bindings over the namespaces no tenant
+// selects: the outsiders binding always, the untenanted binding with
+// Untenanted deny (otherwise it is absent).
 func (r *TenantReconciler) reconcileUntenanted(ctx context.Context) error {
+	tenanted, err := tenantedNamespaces(ctx, r.client)
+	if err != nil {
+		return err
+	}
+	if err := r.apply(ctx, tenancy.OutsidersBinding(tenanted), nil); err != nil {
+		return err
+	}
 	if r.untenanted != UntenantedDeny {
 		err := r.client.Delete(ctx, &admissionv1.ValidatingAdmissionPolicyBinding{ObjectMeta: metav1.ObjectMeta{Name: tenancyv1.PolicyUntenanted}})
 		if err != nil && !apierrors.IsNotFound(err) {
 			return fmt.Errorf("delete untenanted binding: %w", err)
 		}
 		return nil
-	}
-	tenanted, err := tenantedNamespaces(ctx, r.client)
-	if err != nil {
-		return err
 	}
 	return r.apply(ctx, tenancy.UntenantedBinding(tenanted), nil)
 }

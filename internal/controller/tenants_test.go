@@ -82,6 +82,13 @@ func TestTenantEnforcementObjects(t *testing.T) {
 	if diff := cmp.Diff([]string{"a1", "a2"}, untenanted.Spec.MatchResources.NamespaceSelector.MatchExpressions[0].Values); diff != "" {
 		t.Errorf("untenanted binding excludes (-want +got):\n%s", diff)
 	}
+	outsiders := &admissionv1.ValidatingAdmissionPolicyBinding{}
+	if err := c.Get(ctx, types.NamespacedName{Name: tenancyv1.PolicyOutsiders}, outsiders); err != nil {
+		t.Fatalf("outsiders binding: %v", err)
+	}
+	if diff := cmp.Diff([]string{"a1", "a2"}, outsiders.Spec.MatchResources.NamespaceSelector.MatchExpressions[0].Values); diff != "" {
+		t.Errorf("outsiders binding excludes (-want +got):\n%s", diff)
+	}
 
 	// a2 leaves the tenant; the pool and quota go.
 	a2 := &corev1.Namespace{}
@@ -142,5 +149,9 @@ func TestTenantConflict(t *testing.T) {
 	}
 	if rec.reasons[tenancyv1.ReasonConflict] != 2 {
 		t.Errorf("Conflict events %d, want one per tenant", rec.reasons[tenancyv1.ReasonConflict])
+	}
+	// With --untenanted=allow, the outsiders binding is kept all the same.
+	if err := c.Get(ctx, types.NamespacedName{Name: tenancyv1.PolicyOutsiders}, &admissionv1.ValidatingAdmissionPolicyBinding{}); err != nil {
+		t.Errorf("outsiders binding with --untenanted=allow: %v", err)
 	}
 }

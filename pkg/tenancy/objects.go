@@ -69,6 +69,34 @@ func UntenantedBinding(tenantNamespaces []string) *admissionv1.ValidatingAdmissi
 	return b
 }
 
+// OutsidersBinding applies the outsiders policy, with every tenant as a
+// parameter, to every namespace that no tenant selects: their claims may not
+// name a tenant's dedicated classes nor tolerate its sharing taint. Like
+// UntenantedBinding, it names the tenant namespaces it knows, so a namespace
+// created later is covered at once. A cluster without tenants has no
+// parameter, and nothing to keep anyone off.
+func OutsidersBinding(tenantNamespaces []string) *admissionv1.ValidatingAdmissionPolicyBinding {
+	b := &admissionv1.ValidatingAdmissionPolicyBinding{
+		ObjectMeta: metav1.ObjectMeta{Name: tenancyv1.PolicyOutsiders, Labels: labelsFor("")},
+		Spec: admissionv1.ValidatingAdmissionPolicyBindingSpec{
+			PolicyName: tenancyv1.PolicyOutsiders,
+			ParamRef: &admissionv1.ParamRef{
+				Selector:                &metav1.LabelSelector{},
+				ParameterNotFoundAction: ptr.To(admissionv1.AllowAction),
+			},
+			MatchResources:    &admissionv1.MatchResources{NamespaceSelector: &metav1.LabelSelector{}},
+			ValidationActions: []admissionv1.ValidationAction{admissionv1.Deny},
+		},
+	}
+	if len(tenantNamespaces) > 0 {
+		ns := slices.Sorted(slices.Values(tenantNamespaces))
+		b.Spec.MatchResources.NamespaceSelector.MatchExpressions = []metav1.LabelSelectorRequirement{{
+			Key: corev1.LabelMetadataName, Operator: metav1.LabelSelectorOpNotIn, Values: slices.Compact(ns),
+		}}
+	}
+	return b
+}
+
 // QuotaResource is the ResourceQuota resource that counts a namespace's
 // devices of class.
 func QuotaResource(class string) corev1.ResourceName {

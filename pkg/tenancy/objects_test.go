@@ -46,6 +46,27 @@ func TestUntenantedBinding(t *testing.T) {
 	}
 }
 
+// TestOutsidersBinding: the outsiders policy is bound to the namespaces no
+// tenant selects, with every GPUTenant as a parameter, and allows where
+// there is none.
+func TestOutsidersBinding(t *testing.T) {
+	got := tenancy.OutsidersBinding([]string{"b", "a", "b"})
+	want := admissionv1.ValidatingAdmissionPolicyBindingSpec{
+		PolicyName: tenancyv1.PolicyOutsiders,
+		ParamRef:   &admissionv1.ParamRef{Selector: &metav1.LabelSelector{}, ParameterNotFoundAction: ptr.To(admissionv1.AllowAction)},
+		MatchResources: &admissionv1.MatchResources{NamespaceSelector: &metav1.LabelSelector{MatchExpressions: []metav1.LabelSelectorRequirement{{
+			Key: corev1.LabelMetadataName, Operator: metav1.LabelSelectorOpNotIn, Values: []string{"a", "b"},
+		}}}},
+		ValidationActions: []admissionv1.ValidationAction{admissionv1.Deny},
+	}
+	if diff := cmp.Diff(want, got.Spec); diff != "" {
+		t.Errorf("binding (-want +got):\n%s", diff)
+	}
+	if sel := tenancy.OutsidersBinding(nil).Spec.MatchResources.NamespaceSelector; len(sel.MatchExpressions) != 0 {
+		t.Errorf("without tenant namespaces the binding must match every namespace, got %v", sel)
+	}
+}
+
 func TestQuota(t *testing.T) {
 	if q := tenancy.Quota(makeTenant("t").Obj(), "a1"); q != nil {
 		t.Errorf("a tenant without namespaceQuota gets a quota: %v", q)

@@ -32,8 +32,9 @@ func IsDedicatedClass(class string) bool {
 // tolerate its taint and be allocated shares beside it (issue 26).
 //
 // It is the Go twin of the admission policy outsiders.tenancy.tessera.dev,
-// which the chart binds to every namespace with every GPUTenant as a
-// parameter. Its messages name neither t nor its GPUs: whoever is refused
+// which the controller binds, with every GPUTenant as a parameter, to every
+// namespace no tenant selects (OutsidersBinding); the claims policy refuses
+// the same in tenants' namespaces. Its messages name neither t nor its GPUs: whoever is refused
 // learns nothing of other tenants.
 func OutsiderViolations(t *tenancyv1.GPUTenant, spec *resourceapi.ResourceClaimSpec) []Violation {
 	dedicated := tenancyv1.DedicatedClassNames(t.Name)
