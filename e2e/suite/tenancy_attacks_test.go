@@ -105,7 +105,7 @@ func attackDedicatedUnbound(ctx context.Context, t *testing.T, victim *tenancyv1
 		return createClaim(ctx, outside, claimSpec(request)) == nil, nil
 	})
 	if err != nil {
-		t.Fatalf("the dedicated class is still refused in %s with the policy unbound", outside)
+		t.Fatalf("the dedicated class is still refused in %s with the policy deleted", outside)
 	}
 	createTemplate(t, outside, "steal", request)
 	pod := createPod(t, outside, "steal", "steal", func(p *corev1.Pod) {
