@@ -5,10 +5,13 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/wait"
+
+	gpuapi "github.com/tessera-gpu/tessera/api/gpu"
 )
 
 // cleanFor is the top-level test that last found the cluster clean.
@@ -28,18 +31,22 @@ func startClean(t *testing.T) {
 	cleanFor = top
 }
 
-// waitClean waits until no pod is bound to a GPU node of the suite, no
-// claim is allocated, and every node's pool is complete and publishes every
-// device (nothing prepared is left to withdraw anything). Tests end by
-// deleting their pods and claims (clustertest.Namespace), but a plugin
-// republishes what an unprepare brings back after the kubelet's call returns,
-// so the next test may start before the slices show it.
+// waitClean waits until no pod of a test is bound to a node, no claim is
+// allocated, and every node's pool is complete and publishes every device
+// (nothing prepared is left to withdraw anything). Tests end by deleting
+// their pods and claims (clustertest.Namespace), but a plugin republishes
+// what an unprepare brings back after the kubelet's call returns, so the next
+// test may start before the slices show it.
 func waitClean(t *testing.T) {
 	t.Helper()
 	var why string
-	err := wait.PollUntilContextTimeout(t.Context(), pollEvery, waitTimeout, true, func(ctx context.Context) (bool, error) {
-		why = notClean(ctx, t)
-		return why == "", nil
+	// Each look costs three lists; the suite's client allows a few per second.
+	err := wait.PollUntilContextTimeout(t.Context(), 500*time.Millisecond, waitTimeout, true, func(ctx context.Context) (bool, error) {
+		r := notClean(ctx)
+		if ctx.Err() == nil { // a look cut short by the deadline says nothing new
+			why = r
+		}
+		return r == "", nil
 	})
 	if err != nil {
 		t.Fatalf("the cluster was not clean within %s after the tests before: %s", waitTimeout, why)
@@ -47,14 +54,15 @@ func waitClean(t *testing.T) {
 }
 
 // notClean says what keeps the cluster from the state every test starts
-// from, or "" when nothing does.
-func notClean(ctx context.Context, t *testing.T) string {
+// from, or "" when nothing does. The chart's own pods (the controller's
+// Deployment, the plugin's DaemonSet) stay on the nodes throughout.
+func notClean(ctx context.Context) string {
 	pods, err := local.Client.CoreV1().Pods(metav1.NamespaceAll).List(ctx, metav1.ListOptions{})
 	if err != nil {
 		return err.Error()
 	}
 	for _, p := range pods.Items {
-		if p.Spec.NodeName != "" && local.Node(p.Spec.NodeName) != nil && p.Status.Phase != corev1.PodSucceeded && p.Status.Phase != corev1.PodFailed {
+		if strings.HasPrefix(p.Namespace, testNamespacePrefix) && p.Spec.NodeName != "" && p.Status.Phase != corev1.PodSucceeded && p.Status.Phase != corev1.PodFailed {
 			return fmt.Sprintf("pod %s/%s is still on node %s", p.Namespace, p.Name, p.Spec.NodeName)
 		}
 	}
@@ -67,17 +75,33 @@ func notClean(ctx context.Context, t *testing.T) string {
 			return fmt.Sprintf("claim %s/%s is still allocated", c.Namespace, c.Name)
 		}
 	}
+	slices, err := local.Client.ResourceV1().ResourceSlices().List(ctx, metav1.ListOptions{FieldSelector: "spec.driver=" + gpuapi.DriverName})
+	if err != nil {
+		return err.Error()
+	}
 	for _, n := range local.Nodes {
 		var gpus int
 		if _, err := fmt.Sscanf(n.Options().NVML, "mock:dgxh200:%d", &gpus); err != nil {
 			return fmt.Sprintf("node %s: NVML %q is not an H200 mock the suite counts devices of", n.Name, n.Options().NVML)
 		}
-		complete, err := n.PoolComplete(ctx)
-		if err != nil || !complete {
-			return fmt.Sprintf("the pool of node %s is incomplete (%v)", n.Name, err)
+		var generation, want, have int64
+		devices := 0
+		for _, s := range slices.Items {
+			if s.Spec.Pool.Name == n.Name && s.Spec.Pool.Generation > generation {
+				generation, want = s.Spec.Pool.Generation, s.Spec.Pool.ResourceSliceCount
+			}
 		}
-		if p := publishedOn(ctx, t, n.Name); len(p.devices) != gpus*devicesPerH200 {
-			return fmt.Sprintf("node %s publishes %d devices, %d with nothing prepared", n.Name, len(p.devices), gpus*devicesPerH200)
+		for _, s := range slices.Items {
+			if s.Spec.Pool.Name == n.Name && s.Spec.Pool.Generation == generation {
+				have++
+				devices += len(s.Spec.Devices)
+			}
+		}
+		if have == 0 || have != want {
+			return fmt.Sprintf("the pool of node %s is incomplete: %d of %d slices of generation %d", n.Name, have, want, generation)
+		}
+		if devices != gpus*devicesPerH200 {
+			return fmt.Sprintf("node %s publishes %d devices, %d with nothing prepared", n.Name, devices, gpus*devicesPerH200)
 		}
 	}
 	return ""

@@ -22,6 +22,8 @@ import (
 )
 
 const (
+	// testNamespacePrefix starts the name of every namespace a test makes.
+	testNamespacePrefix = "e2e-"
 	// waitTimeout bounds every wait on the cluster. The scheduler retries an
 	// unschedulable pod within seconds of a relevant change, so a minute is ample.
 	waitTimeout = time.Minute
@@ -42,7 +44,7 @@ func newNamespace(t *testing.T) string {
 	t.Helper()
 	needCluster(t)
 	startClean(t)
-	return clustertest.Namespace(t, local.Client, "e2e-", waitTimeout)
+	return clustertest.Namespace(t, local.Client, testNamespacePrefix, waitTimeout)
 }
 
 func createTemplate(t *testing.T, ns, name string, requests ...resourceapi.DeviceRequest) {
