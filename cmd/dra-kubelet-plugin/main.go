@@ -186,20 +186,21 @@ func newCommand() *cobra.Command {
 	return root
 }
 
-// newMPSLaunchCommand is how the plugin starts an MPS control daemon with a
-// private /dev/shm; it replaces itself with the daemon.
+// newMPSLaunchCommand is how the plugin starts an MPS control daemon: it
+// runs the daemon with a private /dev/shm and holds the daemon's liveness
+// lock until the daemon exits (see sharing.Launch).
 func newMPSLaunchCommand() *cobra.Command {
 	var shm string
 	cmd := &cobra.Command{
 		Use:    "mps-launch --shm DIR -- COMMAND [ARG...]",
-		Short:  "Run COMMAND in a private mount namespace whose /dev/shm is DIR (used to start MPS daemons)",
+		Short:  "Run COMMAND in a private mount namespace whose /dev/shm is DIR, holding the lock on descriptor 3 while it runs (used to start MPS daemons)",
 		Hidden: true,
 		Args:   cobra.MinimumNArgs(1),
 		RunE: func(_ *cobra.Command, args []string) error {
 			if shm == "" {
 				return fmt.Errorf("--shm is required")
 			}
-			return sharing.ExecWithPrivateShm(shm, args, os.Environ())
+			return sharing.Launch(shm, args, os.Environ())
 		},
 	}
 	cmd.Flags().StringVar(&shm, "shm", "", "directory to mount on /dev/shm")

@@ -35,8 +35,9 @@ type NodeOptions struct {
 	SimulatedDriver bool
 	// MPSCheckInterval is how often MPS daemons are checked and restarted.
 	MPSCheckInterval time.Duration
-	// MPSLauncher starts MPS daemons with a private /dev/shm, e.g. this
-	// binary's "mps-launch" subcommand; empty starts them directly.
+	// MPSLauncher runs MPS daemons, holding their liveness locks and giving
+	// them a private /dev/shm: this binary's "mps-launch" subcommand. Real
+	// MPS daemons need it; simulated drivers do not.
 	MPSLauncher []string
 	// AllowMissingCheckpoint lets start-up go on without a checkpoint
 	// although MIG instances exist, destroying them (see

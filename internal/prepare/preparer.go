@@ -140,8 +140,9 @@ func WithStateDir(dir string) Option { return func(p *Preparer) { p.stateDir = d
 // state directory, each with a tmpfs /dev/shm).
 func WithMPS(m sharing.MPSControl) Option { return func(p *Preparer) { p.mps = m } }
 
-// WithMPSLauncher sets the command that starts real MPS daemons with a
-// private /dev/shm (see sharing.MPSDaemons.Launcher).
+// WithMPSLauncher sets the command that runs real MPS daemons, holding
+// their liveness locks and giving them a private /dev/shm (see
+// sharing.MPSDaemons.Launcher); real daemons need it.
 func WithMPSLauncher(cmd ...string) Option { return func(p *Preparer) { p.mpsLauncher = cmd } }
 
 // WithMPSShmSize sets the size of each MPS daemon's /dev/shm (default

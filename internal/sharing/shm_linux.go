@@ -4,39 +4,84 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"os"
+	"os/exec"
+	"os/signal"
 	"path/filepath"
 	"runtime"
+	"syscall"
 
 	"golang.org/x/sys/unix"
 )
 
-// ExecWithPrivateShm replaces the process with argv in a private mount
-// namespace whose /dev/shm is shmDir. The MPS control daemon and server keep
-// their shared memory in /dev/shm, and MPS clients must see the same files:
-// giving every claim's daemon its own directory, which the claim's containers
-// mount at /dev/shm, shares exactly that daemon's memory with them and
-// nothing else of the node's /dev/shm (see Tmpfs).
+// LockFD is the descriptor on which the plugin hands the launcher the
+// daemon's lock, taken exclusively (see MPSDaemons.Start).
+const LockFD = 3
+
+// Launch runs argv (nvidia-cuda-mps-control -f) as a child and holds the
+// daemon's liveness lock, inherited on LockFD, until the child exits: the
+// plugin, and any other plugin instance, knows the daemon is alive while
+// the lock is held, without any PID (see lockFile). The child dies with the
+// launcher (its parent death signal), so a held lock always means a
+// running daemon; the child does not inherit the lock, so a server it
+// leaves behind cannot hold it.
 //
-// It must run as root (the plugin's DaemonSet is privileged) and only
-// returns on error.
-func ExecWithPrivateShm(shmDir string, argv, env []string) error {
+// With shmDir, the child runs in a private mount namespace whose /dev/shm
+// is shmDir. The MPS control daemon and server keep their shared memory in
+// /dev/shm, and MPS clients must see the same files: giving every claim's
+// daemon its own directory, which the claim's containers mount at
+// /dev/shm, shares exactly that daemon's memory with them and nothing else
+// of the node's /dev/shm (see Tmpfs). That needs root (the plugin's
+// DaemonSet is privileged).
+//
+// When the child has exited, or on SIGTERM, the launcher kills its process
+// group if it leads one (the plugin starts it in a session of its own):
+// the daemon's servers go with it. Launch returns the child's error.
+func Launch(shmDir string, argv, env []string) error {
 	if len(argv) == 0 {
-		return fmt.Errorf("run with private /dev/shm: no command")
+		return fmt.Errorf("launch MPS daemon: no command")
 	}
-	// Namespaces belong to threads: stay on this one until exec.
+	// Namespaces belong to threads, and a parent death signal fires when
+	// the thread that started the child ends: start it from this thread,
+	// which stays until the process ends.
 	runtime.LockOSThread()
-	if err := unix.Unshare(unix.CLONE_NEWNS); err != nil {
-		return fmt.Errorf("run %s with private /dev/shm: unshare mount namespace: %w", argv[0], err)
+	if shmDir != "" {
+		if err := unix.Unshare(unix.CLONE_NEWNS); err != nil {
+			return fmt.Errorf("run %s with private /dev/shm: unshare mount namespace: %w", argv[0], err)
+		}
+		// Keep the bind mount from propagating back to the node.
+		if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
+			return fmt.Errorf("run %s with private /dev/shm: make mounts private: %w", argv[0], err)
+		}
+		if err := unix.Mount(shmDir, "/dev/shm", "", unix.MS_BIND, ""); err != nil {
+			return fmt.Errorf("run %s with private /dev/shm: bind %s: %w", argv[0], shmDir, err)
+		}
 	}
-	// Keep the bind mount from propagating back to the node.
-	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
-		return fmt.Errorf("run %s with private /dev/shm: make mounts private: %w", argv[0], err)
+	// Absent when the launcher is run by hand.
+	_, _ = unix.FcntlInt(LockFD, unix.F_SETFD, unix.FD_CLOEXEC)
+	signals := make(chan os.Signal, 1)
+	signal.Notify(signals, unix.SIGTERM, unix.SIGINT)
+	cmd := exec.Command(argv[0], argv[1:]...)
+	cmd.Env = env
+	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("launch %s: %w", argv[0], err)
 	}
-	if err := unix.Mount(shmDir, "/dev/shm", "", unix.MS_BIND, ""); err != nil {
-		return fmt.Errorf("run %s with private /dev/shm: bind %s: %w", argv[0], shmDir, err)
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	var err error
+	select {
+	case err = <-done:
+	case <-signals:
+		_ = cmd.Process.Kill()
+		err = <-done
 	}
-	err := unix.Exec(argv[0], argv, env)
-	return fmt.Errorf("run %s with private /dev/shm: exec: %w", argv[0], err)
+	if unix.Getpgrp() == os.Getpid() {
+		// The lock goes with this process.
+		_ = unix.Kill(0, unix.SIGKILL)
+	}
+	return err
 }
 
 // Tmpfs mounts each daemon's /dev/shm as a tmpfs of its own: in memory,
