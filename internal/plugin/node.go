@@ -33,7 +33,11 @@ type NodeOptions struct {
 	// SimulatedDriver is set for mock NVML backends, which have no driver
 	// binaries or /proc files behind them.
 	SimulatedDriver bool
-	// MPSCheckInterval is how often MPS daemons are checked and restarted.
+	// MPSCheckInterval is how often MPS daemons are checked and restarted
+	// (default 1 s): how long a claim's new CUDA processes may run without
+	// MPS, so without limits, after its daemon died (e.g. with the other
+	// pod of a rolling update). A check reads a directory and probes a
+	// lock per daemon.
 	MPSCheckInterval time.Duration
 	// MPSLauncher runs MPS daemons, holding their liveness locks and giving
 	// them a private /dev/shm: this binary's "mps-launch" subcommand. Real
@@ -56,7 +60,7 @@ func RunNode(ctx context.Context, opts Options, node NodeOptions) error {
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	if node.MPSCheckInterval <= 0 {
-		node.MPSCheckInterval = 30 * time.Second
+		node.MPSCheckInterval = time.Second
 	}
 	m := metrics.New()
 	prepOpts := []prepare.Option{

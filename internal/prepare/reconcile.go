@@ -106,7 +106,7 @@ func (p *Preparer) reconcile(ctx context.Context) error {
 	// Daemons die with the plugin's container: the claims' running clients
 	// lose their server, and new CUDA contexts of the claim's containers
 	// connect to the daemon started here, with the same limits.
-	if _, err := p.syncMPS(ctx, false); err != nil {
+	if _, err := p.syncMPS(ctx, false, nil); err != nil {
 		errs = append(errs, err)
 	}
 	p.mu.Lock()

@@ -17,26 +17,42 @@ import (
 // daemon gets the claim's limits again. It returns the UIDs of the claims
 // whose daemon was restarted.
 func (p *Preparer) SyncMPS(ctx context.Context) ([]string, error) {
-	return p.syncMPS(ctx, true)
+	return p.syncMPS(ctx, true, nil)
 }
 
 // syncMPS is SyncMPS; lock says whether to take the state lock (start-up
-// holds it already).
-func (p *Preparer) syncMPS(ctx context.Context, lock bool) ([]string, error) {
+// holds it already); backoff, when set, spaces out the restarts of daemons
+// that fail to start.
+func (p *Preparer) syncMPS(ctx context.Context, lock bool, backoff *restartBackoff) ([]string, error) {
+	if lock {
+		// Another plugin instance (a rolling update) may have prepared
+		// claims since this one last read the checkpoint: their daemons
+		// are this one's to keep alive too when that instance ends.
+		unlock, err := p.lockState()
+		if err != nil {
+			return nil, err
+		}
+		unlock()
+	}
 	daemons, err := p.mps.List(ctx)
 	if err != nil {
 		return nil, err
 	}
 	var restarted []string
 	var errs []error
-	for _, uid := range sortedKeys(p.completedClaims()) {
-		if daemons[uid] {
+	completed := p.completedClaims()
+	backoff.forgetAllBut(completed)
+	for _, uid := range sortedKeys(completed) {
+		if daemons[uid] || !backoff.due(uid, time.Now()) {
 			continue
 		}
 		started, err := p.restartDaemon(ctx, uid, lock)
 		if err != nil {
+			backoff.failed(uid, time.Now())
 			errs = append(errs, err)
+			continue
 		}
+		backoff.succeeded(uid)
 		if started {
 			restarted = append(restarted, uid)
 		}
@@ -70,9 +86,14 @@ func (p *Preparer) restartDaemon(ctx context.Context, uid string, lock bool) (bo
 	return true, nil
 }
 
-// WatchMPS calls SyncMPS every interval until ctx ends.
+// WatchMPS calls SyncMPS every interval until ctx ends. The interval is
+// how long a claim's new CUDA processes may run without MPS, so without
+// limits, after its daemon died; a daemon that fails to start is retried
+// less and less often, up to once a minute, because each try holds the
+// node's state lock for up to the start timeout.
 func (p *Preparer) WatchMPS(ctx context.Context, interval time.Duration) error {
 	logger := klog.FromContext(ctx)
+	backoff := newRestartBackoff(interval, time.Minute)
 	ticker := time.NewTicker(interval)
 	defer ticker.Stop()
 	for {
@@ -80,7 +101,7 @@ func (p *Preparer) WatchMPS(ctx context.Context, interval time.Duration) error {
 		case <-ctx.Done():
 			return nil
 		case <-ticker.C:
-			restarted, err := p.SyncMPS(ctx)
+			restarted, err := p.syncMPS(ctx, true, backoff)
 			if len(restarted) > 0 {
 				logger.Info("Restarted MPS daemons that had stopped", "gpus", restarted)
 			}
