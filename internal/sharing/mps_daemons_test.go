@@ -90,6 +90,10 @@ func TestMPSRestartServesMountedPipeDirectory(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer func() { _ = mounted.Close() }()
+	var before unix.Stat_t
+	if err := unix.Fstat(int(mounted.Fd()), &before); err != nil {
+		t.Fatal(err)
+	}
 	if got, err := containerQuery(t, m, mounted, "get_default_active_thread_percentage"); err != nil || got != "30.0" {
 		t.Fatalf("container's query before the restart = %q, %v", got, err)
 	}
@@ -101,6 +105,10 @@ func TestMPSRestartServesMountedPipeDirectory(t *testing.T) {
 	}
 	if err := restarted.Start(ctx, d); err != nil {
 		t.Fatal(err)
+	}
+	var after unix.Stat_t
+	if err := unix.Stat(DaemonDirs(m.Root, d.ID).Pipe, &after); err != nil || after.Ino != before.Ino || after.Dev != before.Dev {
+		t.Errorf("pipe directory after the restart: inode %d (%v), want the mounted %d", after.Ino, err, before.Ino)
 	}
 	for q, want := range map[string]string{
 		"get_default_active_thread_percentage":      "30.0",

@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -178,6 +179,10 @@ func linkEntries(pipe, private string) error {
 	names, err := pipeNames(dir)
 	if err != nil {
 		return fmt.Errorf("read %s: %w", pipe, err)
+	}
+	// The control socket by name, however many names a container added.
+	if !slices.Contains(names, controlSocket) {
+		names = append(names, controlSocket)
 	}
 	for _, name := range names {
 		if err := unix.Linkat(int(dir.Fd()), name, int(to.Fd()), name, 0); err != nil {
