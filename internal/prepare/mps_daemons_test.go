@@ -69,13 +69,20 @@ func mpsProcesses(root string) []int {
 }
 
 // endPlugin kills the MPS processes under root, as the end of the plugin's
-// container does.
+// container does, and waits until they have exited (an exiting process
+// drops its environment before its files and locks: zombie or gone).
 func endPlugin(t *testing.T, root string) {
 	t.Helper()
-	for _, pid := range mpsProcesses(root) {
+	killed := mpsProcesses(root)
+	for _, pid := range killed {
 		_ = unix.Kill(pid, unix.SIGKILL)
 	}
 	err := wait.PollUntilContextTimeout(context.Background(), 10*time.Millisecond, 10*time.Second, true, func(context.Context) (bool, error) {
+		for _, pid := range killed {
+			if processRuns(pid) {
+				return false, nil
+			}
+		}
 		return len(mpsProcesses(root)) == 0, nil
 	})
 	if err != nil {

@@ -85,13 +85,21 @@ func processesUnder(root string) []int {
 }
 
 // killAll kills every process of the daemons under root, as the end of
-// the plugin's container does, and waits until they are gone.
+// the plugin's container does, and waits until they have exited. An
+// exiting process drops its environment before its files (and locks), so
+// it is waited for until it is a zombie or gone.
 func killAll(t *testing.T, root string) {
 	t.Helper()
-	for _, pid := range processesUnder(root) {
+	killed := processesUnder(root)
+	for _, pid := range killed {
 		_ = unix.Kill(pid, unix.SIGKILL)
 	}
 	err := wait.PollUntilContextTimeout(context.Background(), 10*time.Millisecond, 10*time.Second, true, func(context.Context) (bool, error) {
+		for _, pid := range killed {
+			if running(pid) {
+				return false, nil
+			}
+		}
 		return len(processesUnder(root)) == 0, nil
 	})
 	if err != nil {
