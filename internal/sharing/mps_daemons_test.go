@@ -325,3 +325,23 @@ func replace(t *testing.T, path string, create func(string) error) {
 		t.Error(err)
 	}
 }
+
+// TestMPSControlReachedDespiteManyFiles: the plugin looks at a bounded
+// number of the pipe directory's names, but a container that adds
+// thousands does not cut it off from its daemon's control socket.
+func TestMPSControlReachedDespiteManyFiles(t *testing.T) {
+	_, ctx := ktesting.NewTestContext(t)
+	m := standIn(t)
+	if err := m.Start(ctx, Daemon{ID: "claim-a", GPUUUID: "GPU-1", ActiveThreadPercentage: 30}); err != nil {
+		t.Fatal(err)
+	}
+	pipe := DaemonDirs(m.Root, "claim-a").Pipe
+	for i := range 4 * maxPipeEntries {
+		if err := os.WriteFile(filepath.Join(pipe, "f"+strconv.Itoa(i)), nil, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got, err := m.Query(ctx, "claim-a", "get_default_active_thread_percentage"); err != nil || got != "30.0" {
+		t.Errorf("query = %q, %v; want 30.0", got, err)
+	}
+}
