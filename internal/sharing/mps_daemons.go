@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -85,9 +86,9 @@ func (m *MPSDaemons) timeout() time.Duration {
 	return 10 * time.Second
 }
 
-// validID refuses IDs that would leave Root.
+// validID refuses IDs that would leave Root or look like its own entries.
 func validID(id string) error {
-	if id == "" || id == "." || id == ".." || strings.ContainsRune(id, '/') {
+	if id == "" || strings.HasPrefix(id, ".") || strings.ContainsRune(id, '/') {
 		return fmt.Errorf("invalid MPS daemon ID %q", id)
 	}
 	return nil
@@ -274,14 +275,19 @@ func (m *MPSDaemons) Stop(ctx context.Context, id string) error {
 			return fmt.Errorf("stop MPS daemon %s: unmount its /dev/shm: %w", id, err)
 		}
 	}
-	// RemoveAll neither follows links nor opens anything but directories
-	// (O_NOFOLLOW), so what a container left in the pipe directory cannot
-	// make it delete elsewhere or block.
-	if err := os.RemoveAll(filepath.Dir(dirs.Pipe)); err != nil {
+	// A container may have left any number of files in the pipe
+	// directory, and Stop runs under the node's state lock: the daemon's
+	// directory is only renamed here, and List deletes it.
+	trash := filepath.Join(m.Root, trashPrefix+id+"-"+strconv.FormatInt(time.Now().UnixNano(), 36))
+	if err := os.Rename(filepath.Dir(dirs.Pipe), trash); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("stop MPS daemon %s: %w", id, err)
 	}
 	return nil
 }
+
+// trashPrefix marks the directories of stopped daemons that List deletes;
+// no claim UID starts with a dot.
+const trashPrefix = ".stopped-"
 
 // waitDead waits, bounded, for the daemon's lock to be released.
 func (m *MPSDaemons) waitDead(ctx context.Context, dirs Dirs) bool {
@@ -317,8 +323,10 @@ func (m *MPSDaemons) terminate(ctx context.Context, id string) {
 }
 
 // List returns every daemon directory under Root and whether its daemon
-// is alive (its lock is held), whichever plugin instance started it.
-func (m *MPSDaemons) List(context.Context) (map[string]bool, error) {
+// is alive (its lock is held), whichever plugin instance started it. It
+// also deletes the directories of stopped daemons: it runs outside the
+// node's state lock (see Stop).
+func (m *MPSDaemons) List(ctx context.Context) (map[string]bool, error) {
 	entries, err := os.ReadDir(m.Root)
 	if errors.Is(err, fs.ErrNotExist) {
 		return map[string]bool{}, nil
@@ -328,7 +336,15 @@ func (m *MPSDaemons) List(context.Context) (map[string]bool, error) {
 	}
 	out := map[string]bool{}
 	for _, e := range entries {
-		if e.IsDir() {
+		switch {
+		case strings.HasPrefix(e.Name(), trashPrefix):
+			// RemoveAll neither follows links nor opens anything but
+			// directories (O_NOFOLLOW), so what a container left there
+			// cannot make it delete elsewhere or block.
+			if err := os.RemoveAll(filepath.Join(m.Root, e.Name())); err != nil {
+				klog.FromContext(ctx).Error(err, "Deleting the directory of a stopped MPS daemon failed")
+			}
+		case e.IsDir():
 			out[e.Name()] = m.alive(DaemonDirs(m.Root, e.Name()))
 		}
 	}

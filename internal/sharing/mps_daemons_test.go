@@ -35,7 +35,7 @@ func limits(ctx context.Context, t *testing.T, m *MPSDaemons, id, gpu string) []
 // daemons, each with its own directories and the claim's limits set as
 // the daemon's defaults (so a client that unsets its environment still
 // gets them); starting a live daemon again starts nothing; stopping one
-// leaves the other alone.
+// leaves the other alone and, once listed, nothing of its directories.
 func TestMPSDaemonPerClaimWithServerSideLimits(t *testing.T) {
 	_, ctx := ktesting.NewTestContext(t)
 	m := standIn(t)
@@ -68,6 +68,11 @@ func TestMPSDaemonPerClaimWithServerSideLimits(t *testing.T) {
 	}
 	if got, _ := m.List(ctx); !cmp.Equal(map[string]bool{"claim-b": true}, got) {
 		t.Errorf("List after stopping claim-a = %v, want only claim-b alive", got)
+	}
+	// Stop only renames what a container may have filled (it runs under
+	// the node's state lock); List, which does not, deletes it.
+	if entries, err := os.ReadDir(m.Root); err != nil || len(entries) != 1 || entries[0].Name() != "claim-b" {
+		t.Errorf("after Stop and List, the daemons' root holds %v (%v), want only claim-b", entries, err)
 	}
 	if _, err := m.Query(ctx, "claim-b", "get_default_active_thread_percentage"); err != nil {
 		t.Errorf("claim-b's daemon after stopping claim-a: %v", err)
