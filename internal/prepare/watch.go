@@ -103,7 +103,7 @@ func (p *Preparer) WatchMPS(ctx context.Context, interval time.Duration) error {
 		case <-ticker.C:
 			restarted, err := p.syncMPS(ctx, true, backoff)
 			if len(restarted) > 0 {
-				logger.Info("Restarted MPS daemons that had stopped", "gpus", restarted)
+				logger.Info("Restarted MPS daemons that had stopped", "claims", restarted)
 			}
 			if err != nil {
 				logger.Error(err, "Restarting MPS daemons failed")
