@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
-	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/klog/v2"
 )
 
@@ -75,31 +74,56 @@ func (m *MPSDaemons) runsFor(pid int, dirs Dirs) bool {
 // whose control daemon was killed keeps its GPU memory), and waits,
 // bounded, until they are gone. Each is signalled through a pidfd opened
 // before its environment is checked again, so a PID reused meanwhile is
-// never signalled.
+// never signalled, and waited for through it: a pidfd turns readable when
+// the process has exited, files (and GPU memory) released, while its
+// environment is gone earlier, in the middle of its exit.
 func (m *MPSDaemons) killLeftovers(ctx context.Context, dirs Dirs) error {
-	pids := m.daemonProcesses(dirs)
-	if len(pids) == 0 {
-		return nil
-	}
-	for _, pid := range pids {
-		fd, err := unix.PidfdOpen(pid, 0)
-		if err != nil {
-			continue // gone
+	deadline := time.Now().Add(m.timeout())
+	for {
+		pids := m.daemonProcesses(dirs)
+		if len(pids) == 0 {
+			return nil
 		}
-		if m.runsFor(pid, dirs) {
-			klog.FromContext(ctx).Info("Killing a process left over by an MPS daemon", "pid", pid, "pipe", dirs.Pipe)
-			if err := unix.PidfdSendSignal(fd, unix.SIGKILL, nil, 0); err != nil && !errors.Is(err, unix.ESRCH) {
-				_ = unix.Close(fd)
-				return fmt.Errorf("kill leftover MPS process %d: %w", pid, err)
+		if time.Now().After(deadline) {
+			return fmt.Errorf("processes of the MPS daemon remain: %v", pids)
+		}
+		for _, pid := range pids {
+			if err := m.kill(ctx, pid, dirs, deadline); err != nil {
+				return err
 			}
 		}
-		_ = unix.Close(fd)
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("processes of the MPS daemon remain: %v: %w", pids, context.Cause(ctx))
+		case <-time.After(20 * time.Millisecond):
+		}
 	}
-	err := wait.PollUntilContextTimeout(ctx, 20*time.Millisecond, m.timeout(), true, func(context.Context) (bool, error) {
-		return len(m.daemonProcesses(dirs)) == 0, nil
-	})
+}
+
+// kill kills the process if it still runs for the daemon, and waits,
+// until the deadline, for it to exit.
+func (m *MPSDaemons) kill(ctx context.Context, pid int, dirs Dirs, deadline time.Time) error {
+	fd, err := unix.PidfdOpen(pid, 0)
 	if err != nil {
-		return fmt.Errorf("processes of the MPS daemon remain: %v: %w", m.daemonProcesses(dirs), err)
+		return nil // gone
 	}
-	return nil
+	defer func() { _ = unix.Close(fd) }()
+	if !m.runsFor(pid, dirs) {
+		return nil
+	}
+	klog.FromContext(ctx).Info("Killing a process left over by an MPS daemon", "pid", pid, "pipe", dirs.Pipe)
+	if err := unix.PidfdSendSignal(fd, unix.SIGKILL, nil, 0); err != nil && !errors.Is(err, unix.ESRCH) {
+		return fmt.Errorf("kill leftover MPS process %d: %w", pid, err)
+	}
+	for {
+		wait := time.Until(deadline)
+		if wait <= 0 {
+			return nil // reported by the caller
+		}
+		fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+		n, err := unix.Poll(fds, int(min(wait, 100*time.Millisecond)/time.Millisecond)+1)
+		if n > 0 || (err != nil && !errors.Is(err, unix.EINTR)) {
+			return nil
+		}
+	}
 }
