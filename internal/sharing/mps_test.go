@@ -4,7 +4,9 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
+	"strings"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
@@ -12,6 +14,7 @@ import (
 	"k8s.io/klog/v2/ktesting"
 
 	configapi "github.com/tessera-gpu/tessera/api/config/v1alpha1"
+	"github.com/tessera-gpu/tessera/internal/sharing/mpsstandin"
 )
 
 // TestMPSDaemonLaunchedWithPrivateShm: the daemon is started through the
@@ -152,34 +155,30 @@ func TestFakeMPSKeepsDaemonDirs(t *testing.T) {
 	}
 }
 
-// TestMPSDaemonRunsWithDriverEnv: the control daemon and every control
-// command run with the driver's library directory on LD_LIBRARY_PATH and
-// its binary directory first on PATH, from which the daemon starts
-// nvidia-cuda-mps-server.
+// TestMPSDaemonRunsWithDriverEnv: the control daemon runs with the driver's
+// library directory on LD_LIBRARY_PATH and its binary directory first on
+// PATH, from which it starts nvidia-cuda-mps-server.
 func TestMPSDaemonRunsWithDriverEnv(t *testing.T) {
 	_, ctx := ktesting.NewTestContext(t)
-	dir := t.TempDir()
-	bin := filepath.Join(dir, "nvidia-cuda-mps-control")
-	record := `calls="$(dirname "$0")/calls"` + "\n" + `echo "$LD_LIBRARY_PATH ${PATH%%:*}" >> "$(dirname "$0")/env"` + "\n"
-	writeExecutable(t, bin, strings.Replace(standInMPSControl, `calls="$(dirname "$0")/calls"`+"\n", record, 1))
-	m := &MPSDaemons{Root: t.TempDir(), Binary: bin, Env: []string{"LD_LIBRARY_PATH=/driver-root/usr/lib64", "PATH=/driver-root/usr/bin:" + os.Getenv("PATH")}}
+	m := standIn(t)
+	want := []string{"LD_LIBRARY_PATH=/driver-root/usr/lib64", "PATH=/driver-root/usr/bin:" + os.Getenv("PATH")}
+	m.Env = want
 	if err := m.Start(ctx, Daemon{ID: "claim-a", GPUUUID: "GPU-1", ActiveThreadPercentage: 30}); err != nil {
 		t.Fatal(err)
 	}
-	if err := m.Stop(ctx, "claim-a"); err != nil {
-		t.Fatal(err)
-	}
-	env, err := os.ReadFile(filepath.Join(dir, "env"))
+	t.Cleanup(func() { _ = m.Stop(ctx, "claim-a") })
+	pid, err := os.ReadFile(filepath.Join(DaemonDirs(m.Root, "claim-a").Pipe, mpsstandin.PIDFile))
 	if err != nil {
 		t.Fatal(err)
 	}
-	lines := strings.Split(strings.TrimSpace(string(env)), "\n")
-	if len(lines) != 3 { // start, the thread percentage, quit
-		t.Fatalf("control ran %d times, want 3: %q", len(lines), env)
+	environ, err := os.ReadFile(filepath.Join("/proc", strings.TrimSpace(string(pid)), "environ"))
+	if err != nil {
+		t.Fatal(err)
 	}
-	for _, l := range lines {
-		if l != "/driver-root/usr/lib64 /driver-root/usr/bin" {
-			t.Errorf("control ran with LD_LIBRARY_PATH and first PATH entry %q, want the driver's", l)
+	got := strings.Split(string(environ), "\x00")
+	for _, w := range want {
+		if !slices.Contains(got, w) {
+			t.Errorf("the control daemon runs without %s", w)
 		}
 	}
 }
