@@ -88,6 +88,7 @@ func endPlugin(t *testing.T, root string) {
 	if err != nil {
 		t.Errorf("MPS processes remain: %v", mpsProcesses(root))
 	}
+	mpsstandin.WaitLocksFree(t, root)
 }
 
 // mountedPipe opens the MPS pipe directory the claim's CDI spec mounts, as

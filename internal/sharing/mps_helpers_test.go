@@ -105,6 +105,7 @@ func killAll(t *testing.T, root string) {
 	if err != nil {
 		t.Errorf("processes of MPS daemons remain: %v", processesUnder(root))
 	}
+	mpsstandin.WaitLocksFree(t, root)
 }
 
 // daemonPID is the PID the daemon wrote to its pipe directory (read by the
@@ -157,4 +158,12 @@ func containerQuery(t *testing.T, m *MPSDaemons, mounted *os.File, command strin
 	cmd.Stdin = strings.NewReader(command + "\n")
 	out, err := cmd.CombinedOutput()
 	return strings.TrimSpace(string(out)), err
+}
+
+// TestLockFileNamesAgree: the stand-in's tests wait on the lock this package
+// takes.
+func TestLockFileNamesAgree(t *testing.T) {
+	if lockFile != mpsstandin.LockFile {
+		t.Errorf("sharing locks %s, mpsstandin waits on %s", lockFile, mpsstandin.LockFile)
+	}
 }
