@@ -24,6 +24,7 @@ import (
 	gpuapi "github.com/tessera-gpu/tessera/api/gpu"
 	tenancyv1 "github.com/tessera-gpu/tessera/api/tenancy/v1alpha1"
 	"github.com/tessera-gpu/tessera/internal/cli"
+	"github.com/tessera-gpu/tessera/internal/metrics"
 	tnvml "github.com/tessera-gpu/tessera/internal/nvml"
 	"github.com/tessera-gpu/tessera/internal/nvml/nvmlmock"
 	"github.com/tessera-gpu/tessera/internal/plugin"
@@ -45,6 +46,8 @@ type options struct {
 	driverRoot             string
 	containerDriverRoot    string
 	metricsAddress         string
+	metricsSecure          bool
+	metricsCertDir         string
 	healthPort             int
 	pool                   string
 	disableMIG             bool
@@ -76,6 +79,8 @@ func (o *options) addRunFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.stateDir, "state-dir", "/var/lib/tessera", "directory of the plugin's checkpoint")
 	fs.StringVar(&o.driverRoot, "driver-root", "/", "root of the NVIDIA driver on the host (e.g. /run/nvidia/driver with the GPU operator): the container runtime reads CDI specs on the host, so every device path in them starts here")
 	fs.StringVar(&o.metricsAddress, "metrics-address", "", "address of the Prometheus /metrics endpoint, e.g. :8080; empty disables it")
+	fs.BoolVar(&o.metricsSecure, "metrics-secure", true, "serve /metrics over HTTPS, only to bearer tokens the API server authenticates whose user may get /metrics (TokenReview, SubjectAccessReview); false serves plain HTTP to anyone")
+	fs.StringVar(&o.metricsCertDir, "metrics-cert-dir", "", "directory holding tls.crt and tls.key for the secure metrics endpoint, reloaded when they change; empty generates a self-signed certificate at start")
 	fs.IntVar(&o.healthPort, "healthcheck-port", -1, "port of the gRPC health endpoint for probes, e.g. 51515; negative disables it")
 	fs.DurationVar(&o.rediscover, "rediscover-interval", 30*time.Second, "how often GPUs are rediscovered to republish changed slices")
 	fs.StringVar(&o.podUID, "pod-uid", "", "UID of the plugin's own pod (from the downward API), which lets an old and a new plugin run side by side during a rolling update")
@@ -95,6 +100,15 @@ func (o *options) sliceOptions() resourceslice.Options {
 		opts.BindingFailureConditions = []string{tenancyv1.ConditionRejected}
 	}
 	return opts
+}
+
+// metricsServeOptions are the metrics endpoint's: authenticated over TLS
+// unless --metrics-secure=false.
+func (o *options) metricsServeOptions(client kubernetes.Interface) []metrics.ServeOption {
+	if !o.metricsSecure {
+		return nil
+	}
+	return []metrics.ServeOption{metrics.Secure(client, o.metricsCertDir)}
 }
 
 // containerRoot is the driver root as this process sees it.
@@ -250,6 +264,7 @@ func run(ctx context.Context, o *options) error {
 		DriverRoot:             o.driverRoot,
 		ContainerDriverRoot:    o.containerRoot(),
 		MetricsAddress:         o.metricsAddress,
+		MetricsServeOptions:    o.metricsServeOptions(client),
 		HealthPort:             o.healthPort,
 		SimulatedDriver:        strings.HasPrefix(o.nvml, "mock:"),
 		MPSLauncher:            launcher,

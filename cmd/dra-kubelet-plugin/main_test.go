@@ -9,7 +9,9 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/spf13/pflag"
 	resourceapi "k8s.io/api/resource/v1"
+	"k8s.io/client-go/kubernetes/fake"
 	"k8s.io/client-go/kubernetes/scheme"
 
 	gpuapi "github.com/tessera-gpu/tessera/api/gpu"
@@ -124,5 +126,29 @@ func TestMPSLaunchNeedsShm(t *testing.T) {
 	cmd.SetErr(&bytes.Buffer{})
 	if err := cmd.Execute(); err == nil || !strings.Contains(err.Error(), "--shm is required") {
 		t.Errorf("err = %v, want --shm is required", err)
+	}
+}
+
+// The metrics endpoint is authenticated over TLS unless told otherwise.
+func TestMetricsSecureByDefault(t *testing.T) {
+	for name, tc := range map[string]struct {
+		args   []string
+		secure bool
+	}{
+		"default":  {secure: true},
+		"plain":    {args: []string{"--metrics-secure=false"}, secure: false},
+		"cert dir": {args: []string{"--metrics-cert-dir=/certs"}, secure: true},
+	} {
+		t.Run(name, func(t *testing.T) {
+			o := &options{}
+			fs := pflag.NewFlagSet("test", pflag.ContinueOnError)
+			o.addRunFlags(fs)
+			if err := fs.Parse(tc.args); err != nil {
+				t.Fatal(err)
+			}
+			if got := len(o.metricsServeOptions(fake.NewClientset())) > 0; got != tc.secure {
+				t.Errorf("secure metrics = %v, want %v", got, tc.secure)
+			}
+		})
 	}
 }

@@ -5,6 +5,7 @@ package metrics
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -14,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"k8s.io/client-go/kubernetes"
 	"k8s.io/klog/v2"
 )
 
@@ -172,22 +174,61 @@ func (m *Metrics) SetMIGModeResetRequired(gpu int) {
 	m.migResetRequired.WithLabelValues(fmt.Sprint(gpu)).Set(1)
 }
 
+// ServeOption configures Serve.
+type ServeOption func(*serveConfig)
+
+type serveConfig struct {
+	client  kubernetes.Interface
+	certDir string
+}
+
+// Secure serves over TLS and lets in only scrapers whose bearer token the API
+// server authenticates (TokenReview) and whose user may get /metrics
+// (SubjectAccessReview), both asked through client. The certificate is
+// certDir's tls.crt and tls.key, reloaded when they change, or a self-signed
+// one generated at start when certDir is empty. Without Secure, Serve speaks
+// plain HTTP to anyone.
+func Secure(client kubernetes.Interface, certDir string) ServeOption {
+	return func(c *serveConfig) { c.client, c.certDir = client, certDir }
+}
+
 // Serve exposes /metrics on addr until ctx ends.
-func (m *Metrics) Serve(ctx context.Context, addr string) error {
+func (m *Metrics) Serve(ctx context.Context, addr string, opts ...ServeOption) error {
 	lis, err := net.Listen("tcp", addr)
 	if err != nil {
 		return fmt.Errorf("listen for metrics on %s: %w", addr, err)
 	}
-	return m.serve(ctx, lis)
+	return m.serve(ctx, lis, opts...)
 }
 
-func (m *Metrics) serve(ctx context.Context, lis net.Listener) error {
+func (m *Metrics) serve(ctx context.Context, lis net.Listener, opts ...ServeOption) error {
+	var cfg serveConfig
+	for _, o := range opts {
+		o(&cfg)
+	}
+	var handler http.Handler = promhttp.HandlerFor(m.Registry, promhttp.HandlerOpts{Registry: m.Registry})
+	secure := cfg.client != nil || cfg.certDir != ""
+	if secure {
+		if cfg.client == nil {
+			_ = lis.Close()
+			return errNoClient
+		}
+		handler = newDelegatedAuth(cfg.client).wrap(handler)
+		tc, err := tlsConfig(cfg.certDir)
+		if err != nil {
+			_ = lis.Close()
+			return err
+		}
+		lis = tls.NewListener(lis, tc)
+	}
 	mux := http.NewServeMux()
-	mux.Handle("/metrics", promhttp.HandlerFor(m.Registry, promhttp.HandlerOpts{Registry: m.Registry}))
+	mux.Handle("/metrics", handler)
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	// The handler logs with the server's logger.
+	srv.BaseContext = func(net.Listener) context.Context { return ctx }
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(lis) }()
-	klog.FromContext(ctx).Info("Serving metrics", "address", lis.Addr().String())
+	klog.FromContext(ctx).Info("Serving metrics", "address", lis.Addr().String(), "secure", secure)
 	select {
 	case err := <-errc:
 		return fmt.Errorf("serve metrics: %w", err)

@@ -28,6 +28,9 @@ type NodeOptions struct {
 	ContainerDriverRoot string
 	// MetricsAddress serves Prometheus /metrics; empty disables it.
 	MetricsAddress string
+	// MetricsServeOptions configure the metrics endpoint, e.g.
+	// metrics.Secure for authenticated scrapes over TLS.
+	MetricsServeOptions []metrics.ServeOption
 	// HealthPort serves the gRPC health probe; negative disables it.
 	HealthPort int
 	// SimulatedDriver is set for mock NVML backends, which have no driver
@@ -119,7 +122,7 @@ func RunNode(ctx context.Context, opts Options, node NodeOptions) error {
 		}
 	}
 	if node.MetricsAddress != "" {
-		services = append(services, func(ctx context.Context) error { return m.Serve(ctx, node.MetricsAddress) })
+		services = append(services, func(ctx context.Context) error { return m.Serve(ctx, node.MetricsAddress, node.MetricsServeOptions...) })
 	}
 	if node.HealthPort >= 0 {
 		// NOT_SERVING until the kubelet registered the plugin and the
