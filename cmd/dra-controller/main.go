@@ -23,10 +23,11 @@ import (
 // options are the command line; every flag can also be set through the
 // environment variable of its name in upper case with "_" for "-".
 type options struct {
-	kubeconfig string
-	qps        float32
-	burst      int
-	controller controller.Options
+	kubeconfig    string
+	qps           float32
+	burst         int
+	metricsSecure bool
+	controller    controller.Options
 }
 
 func (o *options) addFlags(fs *pflag.FlagSet) {
@@ -38,6 +39,8 @@ func (o *options) addFlags(fs *pflag.FlagSet) {
 	fs.IntVar(&o.burst, "kube-api-burst", 100, "requests to the API server in a burst above --kube-api-qps")
 	fs.Var(&o.controller.Untenanted, "untenanted", "claims for Tessera's classes in namespaces of no GPUTenant: allow, or deny in the API server")
 	fs.StringVar(&o.controller.MetricsAddr, "metrics-bind-address", ":8080", `address of the Prometheus /metrics endpoint; "0" disables it`)
+	fs.BoolVar(&o.metricsSecure, "metrics-secure", true, "serve /metrics over HTTPS, only to bearer tokens the API server authenticates whose user may get /metrics (TokenReview, SubjectAccessReview); false serves plain HTTP to anyone")
+	fs.StringVar(&o.controller.MetricsCertDir, "metrics-cert-dir", "", "directory holding tls.crt and tls.key for the secure metrics endpoint; empty generates a self-signed certificate at start")
 	fs.StringVar(&o.controller.ProbeAddr, "health-probe-bind-address", ":8081", "address of the /healthz and /readyz endpoints")
 	fs.BoolVar(&o.controller.LeaderElection, "leader-elect", true, "elect one active replica through a Lease")
 	fs.StringVar(&o.controller.LeaderElectionNamespace, "leader-election-namespace", "tessera-system", "namespace of the leader-election Lease")
@@ -69,6 +72,7 @@ func run(ctx context.Context, args []string) error {
 	if err := cli.FromEnv(fs); err != nil {
 		return err
 	}
+	o.controller.InsecureMetrics = !o.metricsSecure
 	logger := klog.Background()
 	ctrl.SetLogger(logger)
 	ctx = klog.NewContext(ctx, logger)
@@ -80,6 +84,6 @@ func run(ctx context.Context, args []string) error {
 		return err
 	}
 	cfg.QPS, cfg.Burst = o.qps, o.burst
-	logger.Info("Starting", "untenanted", o.controller.Untenanted, "leaderElection", o.controller.LeaderElection)
+	logger.Info("Starting", "untenanted", o.controller.Untenanted, "leaderElection", o.controller.LeaderElection, "secureMetrics", o.metricsSecure)
 	return controller.Run(ctx, cfg, o.controller)
 }

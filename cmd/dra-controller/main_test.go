@@ -4,6 +4,8 @@ import (
 	"context"
 	"strings"
 	"testing"
+
+	"github.com/spf13/pflag"
 )
 
 func TestBadUntenantedIsRefused(t *testing.T) {
@@ -19,5 +21,29 @@ func TestNonPositiveRateIsRefused(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), "must be positive") {
 			t.Errorf("%v: error = %v", args, err)
 		}
+	}
+}
+
+// The controller's /metrics lists every tenant's budget and usage: secure
+// unless told otherwise.
+func TestMetricsSecureByDefault(t *testing.T) {
+	for name, tc := range map[string]struct {
+		args   []string
+		secure bool
+	}{
+		"default": {secure: true},
+		"plain":   {args: []string{"--metrics-secure=false"}, secure: false},
+	} {
+		t.Run(name, func(t *testing.T) {
+			o := &options{}
+			fs := pflag.NewFlagSet("test", pflag.ContinueOnError)
+			o.addFlags(fs)
+			if err := fs.Parse(tc.args); err != nil {
+				t.Fatal(err)
+			}
+			if o.metricsSecure != tc.secure {
+				t.Errorf("secure metrics = %v, want %v", o.metricsSecure, tc.secure)
+			}
+		})
 	}
 }

@@ -8,11 +8,17 @@ package controller
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
 
+	"github.com/go-logr/logr"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/client-go/kubernetes"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -23,6 +29,7 @@ import (
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	tenancyv1 "github.com/tessera-gpu/tessera/api/tenancy/v1alpha1"
+	"github.com/tessera-gpu/tessera/internal/metrics"
 )
 
 // Untenanted says what happens to claims for Tessera's classes in namespaces
@@ -59,6 +66,14 @@ type Options struct {
 	// MetricsAddr and ProbeAddr are the listen addresses of the metrics and
 	// health endpoints ("0" turns metrics off).
 	MetricsAddr, ProbeAddr string
+	// InsecureMetrics serves /metrics over plain HTTP to anyone. By default
+	// it is served over TLS to scrapers whose bearer token the API server
+	// authenticates and whose user may get /metrics: it lists every
+	// tenant's budget and usage.
+	InsecureMetrics bool
+	// MetricsCertDir holds the metrics endpoint's tls.crt and tls.key;
+	// empty generates a self-signed certificate at start.
+	MetricsCertDir string
 	// LeaderElection makes one replica of several act.
 	LeaderElection bool
 	// LeaderElectionNamespace holds the election's Lease.
@@ -83,6 +98,10 @@ func Run(ctx context.Context, cfg *rest.Config, opts Options) error {
 	if err != nil {
 		return fmt.Errorf("build scheme: %w", err)
 	}
+	metricsOpts, err := metricsOptions(opts)
+	if err != nil {
+		return err
+	}
 	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
 		Scheme: scheme,
 		// Of pods, only pending ones matter (RequeueReconciler): the cache
@@ -90,7 +109,7 @@ func Run(ctx context.Context, cfg *rest.Config, opts Options) error {
 		Cache: cache.Options{ByObject: map[client.Object]cache.ByObject{
 			&corev1.Pod{}: {Field: fields.OneTermEqualSelector("status.phase", string(corev1.PodPending))},
 		}},
-		Metrics:                 metricsserver.Options{BindAddress: opts.MetricsAddr},
+		Metrics:                 metricsOpts,
 		HealthProbeBindAddress:  opts.ProbeAddr,
 		LeaderElection:          opts.LeaderElection,
 		LeaderElectionID:        "tessera-dra-controller",
@@ -124,4 +143,43 @@ func Run(ctx context.Context, cfg *rest.Config, opts Options) error {
 		return fmt.Errorf("set up sharing requeue reconciler: %w", err)
 	}
 	return mgr.Start(ctx)
+}
+
+// metricsOptions are the metrics server's: unless opts.InsecureMetrics, TLS
+// and delegated authentication (TokenReview) and authorisation
+// (SubjectAccessReview of get on /metrics), the kubelet plugin's filter
+// (metrics.AuthFilter) in controller-runtime's FilterProvider.
+func metricsOptions(opts Options) (metricsserver.Options, error) {
+	o := metricsserver.Options{BindAddress: opts.MetricsAddr}
+	if opts.InsecureMetrics {
+		return o, nil
+	}
+	o.SecureServing = true
+	o.FilterProvider = authFilter
+	// No HTTP/2: the endpoint gains nothing from it and would be exposed to
+	// its stream-reset floods (CVE-2023-44487), as kubebuilder's
+	// scaffolding reasons too.
+	o.TLSOpts = []func(*tls.Config){func(c *tls.Config) { c.NextProtos = []string{"http/1.1"} }}
+	if opts.MetricsCertDir != "" {
+		// controller-runtime quietly serves a self-signed certificate when
+		// the files are missing; a certificate asked for must be there.
+		for _, f := range []string{metrics.CertFile, metrics.KeyFile} {
+			if _, err := os.Stat(filepath.Join(opts.MetricsCertDir, f)); err != nil {
+				return o, fmt.Errorf("metrics certificate: %w", err)
+			}
+		}
+		o.CertDir, o.CertName, o.KeyName = opts.MetricsCertDir, metrics.CertFile, metrics.KeyFile
+	}
+	return o, nil
+}
+
+// authFilter is a metricsserver.Filter of metrics.AuthFilter, with a client
+// of the manager's configuration.
+func authFilter(cfg *rest.Config, httpClient *http.Client) (metricsserver.Filter, error) {
+	client, err := kubernetes.NewForConfigAndClient(cfg, httpClient)
+	if err != nil {
+		return nil, fmt.Errorf("create client for metrics authentication: %w", err)
+	}
+	wrap := metrics.AuthFilter(client)
+	return func(_ logr.Logger, h http.Handler) (http.Handler, error) { return wrap(h), nil }, nil
 }

@@ -18,13 +18,16 @@ import (
 
 // Delegated authentication and authorisation of scrapes, as the API
 // server's own components and controller-runtime's
-// filters.WithAuthenticationAndAuthorization (which the controller uses) do
-// it: the scraper presents a bearer token, a TokenReview says who it is, and
-// a SubjectAccessReview whether that user may "get" the non-resource URL
-// (/metrics). Written on client-go rather than with k8s.io/apiserver's
-// delegating authenticator because that one would add some 190 packages
-// (CEL, OpenTelemetry) to the privileged node binary for two API calls and a
-// cache.
+// filters.WithAuthenticationAndAuthorization do it: the scraper presents a
+// bearer token, a TokenReview says who it is, and a SubjectAccessReview
+// whether that user may "get" the non-resource URL (/metrics). Both binaries
+// use this one filter. Written on client-go rather than with
+// k8s.io/apiserver's delegating authenticator, which controller-runtime's
+// filter uses, because that would add some 190 packages (CEL,
+// OpenTelemetry) to the privileged node binary for two API calls and a
+// cache, and because controller-runtime's filter answers 500, not 401, to a
+// token the API server refuses with a reason (an expired one), so that a
+// scraper's bad credentials look like a broken endpoint.
 
 const (
 	// allowTTL is how long an allowed token is let in without asking the
@@ -55,6 +58,15 @@ type delegatedAuth struct {
 
 	mu    sync.Mutex
 	cache map[[sha256.Size]byte]decision
+}
+
+// AuthFilter returns a wrapper that lets a request through to the handler
+// it wraps only if the API server, asked through client, authenticates the
+// request's bearer token and authorises its user for the request's verb
+// and path (401 and 403 otherwise). Decisions are cached: allowed ones for
+// a minute, refusals for 10 s. Wrapped handlers share one cache.
+func AuthFilter(client kubernetes.Interface) func(http.Handler) http.Handler {
+	return newDelegatedAuth(client).wrap
 }
 
 func newDelegatedAuth(client kubernetes.Interface) *delegatedAuth {
