@@ -159,7 +159,9 @@ func metricsOptions(opts Options) (metricsserver.Options, error) {
 	// No HTTP/2: the endpoint gains nothing from it and would be exposed to
 	// its stream-reset floods (CVE-2023-44487), as kubebuilder's
 	// scaffolding reasons too.
-	o.TLSOpts = []func(*tls.Config){func(c *tls.Config) { c.NextProtos = []string{"http/1.1"} }}
+	o.TLSOpts = []func(*tls.Config){func(c *tls.Config) {
+		c.MinVersion, c.NextProtos = tls.VersionTLS12, []string{"http/1.1"}
+	}}
 	if opts.MetricsCertDir != "" {
 		// controller-runtime quietly serves a self-signed certificate when
 		// the files are missing; a certificate asked for must be there.
