@@ -241,6 +241,20 @@ func TestSecureServeWithCertificate(t *testing.T) {
 	}
 }
 
+func TestSecureServeNeedsAClient(t *testing.T) {
+	_, ctx := ktesting.NewTestContext(t)
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Were it to serve, it would stop without an error when ctx ends.
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if err := New().serve(ctx, lis, Secure(nil, "")); err == nil {
+		t.Error("secure serving without a client for reviews served")
+	}
+}
+
 func TestSecureServeRefusesMissingCertificate(t *testing.T) {
 	_, ctx := ktesting.NewTestContext(t)
 	lis, err := net.Listen("tcp", "127.0.0.1:0")

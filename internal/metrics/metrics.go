@@ -1,6 +1,8 @@
-// Package metrics holds the kubelet plugin's Prometheus metrics and the HTTP
-// server that exposes them. Every method is safe on a nil *Metrics, so that
-// packages can take metrics as an optional dependency.
+// Package metrics holds the kubelet plugin's Prometheus metrics, the HTTP
+// server that exposes them, and the filter that lets only authenticated,
+// authorised scrapers in (AuthFilter), which the controller uses too. Every
+// method is safe on a nil *Metrics, so that packages can take metrics as an
+// optional dependency.
 package metrics
 
 import (
@@ -178,6 +180,7 @@ func (m *Metrics) SetMIGModeResetRequired(gpu int) {
 type ServeOption func(*serveConfig)
 
 type serveConfig struct {
+	secure  bool
 	client  kubernetes.Interface
 	certDir string
 }
@@ -189,7 +192,7 @@ type serveConfig struct {
 // one generated at start when certDir is empty. Without Secure, Serve speaks
 // plain HTTP to anyone.
 func Secure(client kubernetes.Interface, certDir string) ServeOption {
-	return func(c *serveConfig) { c.client, c.certDir = client, certDir }
+	return func(c *serveConfig) { c.secure, c.client, c.certDir = true, client, certDir }
 }
 
 // Serve exposes /metrics on addr until ctx ends.
@@ -207,7 +210,7 @@ func (m *Metrics) serve(ctx context.Context, lis net.Listener, opts ...ServeOpti
 		o(&cfg)
 	}
 	var handler http.Handler = promhttp.HandlerFor(m.Registry, promhttp.HandlerOpts{Registry: m.Registry})
-	secure := cfg.client != nil || cfg.certDir != ""
+	secure := cfg.secure
 	if secure {
 		if cfg.client == nil {
 			_ = lis.Close()
