@@ -4,8 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
-	"net/http"
 	"strings"
 	"sync"
 	"testing"
@@ -16,6 +14,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/rand"
 	"k8s.io/apimachinery/pkg/util/wait"
 
 	gpuapi "github.com/tessera-gpu/tessera/api/gpu"
@@ -167,21 +166,14 @@ func checkTable(t *testing.T, name, budget string) {
 	}
 }
 
-// checkDecisionMetric checks that the controller counted a decision of the tenant.
+// checkDecisionMetric checks that the controller counted a decision of the
+// tenant, scraped as a ServiceAccount bound to the chart's metrics-reader
+// role would.
 func checkDecisionMetric(t *testing.T, tenant, decision string) {
 	t.Helper()
-	resp, err := http.Get("http://" + tenancyController.MetricsAddress + "/metrics")
-	if err != nil {
-		t.Fatalf("scrape controller metrics: %v", err)
-	}
-	body, err := io.ReadAll(resp.Body)
-	if cerr := resp.Body.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		t.Fatalf("read controller metrics: %v", err)
-	}
-	for _, line := range strings.Split(string(body), "\n") {
+	ctx := testContext(t)
+	body := scrapeAuthorised(t, ctx, tenancyController.MetricsAddress, serviceAccountToken(t, ctx, "e2e-scraper-"+rand.String(4), metricsReader))
+	for _, line := range strings.Split(body, "\n") {
 		if strings.HasPrefix(line, "tessera_tenant_allocation_decisions_total{") &&
 			strings.Contains(line, `decision="`+decision+`"`) && strings.Contains(line, `tenant="`+tenant+`"`) {
 			return
