@@ -209,7 +209,7 @@ func (m *Metrics) serve(ctx context.Context, lis net.Listener, opts ...ServeOpti
 	for _, o := range opts {
 		o(&cfg)
 	}
-	var handler http.Handler = promhttp.HandlerFor(m.Registry, promhttp.HandlerOpts{Registry: m.Registry})
+	handler := promhttp.HandlerFor(m.Registry, promhttp.HandlerOpts{Registry: m.Registry})
 	secure := cfg.secure
 	if secure {
 		if cfg.client == nil {

@@ -250,7 +250,7 @@ func unwrapAll(err error) []error {
 		return nil
 	}
 	out := []error{err}
-	switch u := err.(type) {
+	switch u := err.(type) { //nolint:errorlint // walks the error tree itself, wrapper by wrapper
 	case interface{ Unwrap() []error }:
 		for _, e := range u.Unwrap() {
 			out = append(out, unwrapAll(e)...)

@@ -82,7 +82,7 @@ func TestPendingMIGModeIsLeftAlone(t *testing.T) {
 		t.Fatal(err)
 	}
 	s.SetResetRequired(0, true)
-	s.Devices[0].SetMigMode(gonvml.DEVICE_MIG_ENABLE) // the admin's, pending
+	_, _ = s.Devices[0].SetMigMode(gonvml.DEVICE_MIG_ENABLE) // the admin's, left pending: its activation status is not this test's
 	s.SetResetRequired(0, false)
 	l, err := newLibrary(s, s.GpuInstanceProfileInfoV3, nil)
 	if err != nil {

@@ -16,8 +16,8 @@ type restartBackoff struct {
 	next      map[string]time.Time
 }
 
-func newRestartBackoff(base, max time.Duration) *restartBackoff {
-	return &restartBackoff{base: base, max: max, delay: map[string]time.Duration{}, next: map[string]time.Time{}}
+func newRestartBackoff(base, ceiling time.Duration) *restartBackoff {
+	return &restartBackoff{base: base, max: ceiling, delay: map[string]time.Duration{}, next: map[string]time.Time{}}
 }
 
 // due reports whether the claim's daemon may be restarted at now.

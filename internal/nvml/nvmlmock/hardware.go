@@ -263,7 +263,9 @@ func (s *Server) PendingMIGMode(index int) int {
 func (s *Server) ResetGPU(index int) {
 	d := s.strict[index]
 	d.reset()
-	s.changed()
+	// A reset is the hardware's, not an NVML call with a result: a state
+	// file that cannot be saved shows in the next call that changes state.
+	_ = s.changed()
 }
 
 // Reboot resets every GPU (see ResetGPU), as a node's reboot does.
@@ -271,7 +273,7 @@ func (s *Server) Reboot() {
 	for _, d := range s.strict {
 		d.reset()
 	}
-	s.changed()
+	_ = s.changed() // as in ResetGPU
 }
 
 func (s *strictDevice) reset() {

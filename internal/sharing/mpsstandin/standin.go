@@ -196,7 +196,7 @@ type state struct {
 }
 
 func (s *state) logf(format string, args ...any) {
-	fmt.Fprintf(s.log, "%s [%d] %s\n", time.Now().UTC().Format(time.RFC3339Nano), os.Getpid(), fmt.Sprintf(format, args...))
+	_, _ = fmt.Fprintf(s.log, "%s [%d] %s\n", time.Now().UTC().Format(time.RFC3339Nano), os.Getpid(), fmt.Sprintf(format, args...))
 }
 
 // daemon is the control daemon in the foreground.
@@ -255,7 +255,7 @@ func (s *state) serve(conn net.Conn) bool {
 	defer s.mu.Unlock()
 	s.logf("Command %s", strings.Join(f, " "))
 	answer, quit := s.do(f)
-	fmt.Fprintln(conn, answer)
+	_, _ = fmt.Fprintln(conn, answer) // a client that went away gets no answer, as from the real daemon
 	return quit
 }
 
