@@ -144,13 +144,13 @@ func (o *options) openNVML(mockStateFile string) (tnvml.Library, error) {
 }
 
 func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	signalled, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	go func() {
 		// A second signal kills the process at once.
-		<-ctx.Done()
+		<-signalled.Done()
 		stop()
 	}()
-	ctx = klog.NewContext(ctx, klog.Background())
+	ctx := klog.NewContext(signalled, klog.Background())
 	if err := newCommand().ExecuteContext(ctx); err != nil {
 		fmt.Fprintln(os.Stderr, "Error:", err)
 		os.Exit(1)

@@ -66,8 +66,15 @@ func startWith(t *testing.T, n int, policy Policy, wrap func(tnvml.Health) tnvml
 		}
 	})
 	// The ticker exists once Run waits on it; events are seen once every
-	// GPU is registered.
-	poll(t, ctx, func() bool { return clk.HasWaiters() && s.XIDListeners(len(s.Devices)-1) > 0 })
+	// GPU is registered, each by a watcher of its own, in no set order.
+	poll(t, ctx, func() bool {
+		for i := range s.Devices {
+			if s.XIDListeners(i) == 0 {
+				return false
+			}
+		}
+		return clk.HasWaiters()
+	})
 	return ctx, fixture{server: s, clock: clk, monitor: m}
 }
 

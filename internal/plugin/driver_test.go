@@ -48,19 +48,33 @@ func (c *changingNVML) lose(n int) {
 	c.keep -= n
 }
 
-// fakeClient fills in generateName as the API server would.
+// fakeClient fills in generateName and, for slices, a new resourceVersion on
+// every write, as the API server would. The publication controller compares
+// resourceVersions to prefer its own latest write over an older copy its
+// informer still holds (a client-go MutationCache); without them it would
+// compare a changed pool against a stale slice.
 func fakeClient() *fake.Clientset {
 	// The publication controller owns slices through the Node object.
 	client := fake.NewClientset(&corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n1", UID: "n1-uid"}})
-	n := 0
-	client.PrependReactor("create", "resourceslices", func(action k8stesting.Action) (bool, runtime.Object, error) {
-		slice := action.(k8stesting.CreateAction).GetObject().(*resourceapi.ResourceSlice)
+	var mu sync.Mutex
+	n, version := 0, 1000
+	stamp := func(action k8stesting.Action) (bool, runtime.Object, error) {
+		slice, ok := action.(interface{ GetObject() runtime.Object }).GetObject().(*resourceapi.ResourceSlice)
+		if !ok {
+			return false, nil, nil
+		}
+		mu.Lock()
+		defer mu.Unlock()
 		if slice.Name == "" && slice.GenerateName != "" {
 			n++
 			slice.Name = fmt.Sprintf("%s%d", slice.GenerateName, n)
 		}
+		version++
+		slice.ResourceVersion = fmt.Sprint(version)
 		return false, nil, nil
-	})
+	}
+	client.PrependReactor("create", "resourceslices", stamp)
+	client.PrependReactor("update", "resourceslices", stamp)
 	return client
 }
 
