@@ -40,9 +40,8 @@ func TestClaimFinalizerAttack(t *testing.T) {
 		t.Fatal(err)
 	}
 	holder := createPodWithClaim(t, ns, "holder", held.Name, onNode(nodeA))
-	a := waitAllocated(t, holder)
+	gpu := waitAllocatedClaim(t, holder, held.Name).Status.Allocation.Devices.Results[0].Device
 	waitRunning(t, holder)
-	gpu := a.Devices()[0].Device
 
 	editor := editorIn(t, ctx, ns)
 	ec := editor.ResourceV1().ResourceClaims(ns)

@@ -64,6 +64,9 @@ type Driver struct {
 	FileMode os.FileMode
 }
 
+// ErrDriverNotLoaded is returned when /proc/devices has no NVIDIA GPU major.
+var ErrDriverNotLoaded = errors.New("is the NVIDIA kernel driver loaded?")
+
 // ReadDriver reads the driver's majors from <procRoot>/devices and its
 // device file mode from <procRoot>/driver/nvidia/params.
 func ReadDriver(procRoot string) (Driver, error) {
@@ -78,7 +81,7 @@ func ReadDriver(procRoot string) (Driver, error) {
 		d.GPUMajor = majors[procDevicesGPUNewer]
 	}
 	if d.GPUMajor == 0 {
-		return d, fmt.Errorf("read NVIDIA device majors: %s has no %q or %q character device: is the NVIDIA kernel driver loaded?", path, procDevicesGPU, procDevicesGPUNewer)
+		return d, fmt.Errorf("read NVIDIA device majors: %s has no %q or %q character device: %w", path, procDevicesGPU, procDevicesGPUNewer, ErrDriverNotLoaded)
 	}
 	d.UVMMajor = majors[procDevicesUVM]
 	d.CapsMajor = majors[procDevicesCaps]

@@ -47,7 +47,9 @@ func SimulatedDriver() Option {
 // majors of dynamically numbered modules can change when they reload.
 func (p *Preparer) readDriver() (tcdi.Driver, error) {
 	d, err := tcdi.ReadDriver(p.procRoot)
-	if err != nil && p.simulated && errors.Is(err, os.ErrNotExist) {
+	// A simulated driver runs on machines without NVIDIA's: their /proc
+	// has no devices file under a fake root, or one without NVIDIA's majors.
+	if err != nil && p.simulated && (errors.Is(err, os.ErrNotExist) || errors.Is(err, tcdi.ErrDriverNotLoaded)) {
 		return tcdi.Driver{ProcRoot: p.procRoot}, nil
 	}
 	return d, err
