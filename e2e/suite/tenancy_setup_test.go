@@ -3,6 +3,7 @@ package suite
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 
@@ -20,6 +21,7 @@ import (
 	tenancyv1 "github.com/tessera-gpu/tessera/api/tenancy/v1alpha1"
 	"github.com/tessera-gpu/tessera/e2e/cluster"
 	"github.com/tessera-gpu/tessera/internal/controller"
+	"github.com/tessera-gpu/tessera/pkg/tenancy"
 	"github.com/tessera-gpu/tessera/test/builder"
 )
 
@@ -114,7 +116,52 @@ func tenantNamespace(t *testing.T, tenant string) string {
 	labelNamespace(t, ns, map[string]string{tenancyv1.LabelCapsuleTenant: tenant})
 	waitTenantNamespaces(t, tenant, ns)
 	waitEnforced(t, ns)
+	waitNotOutside(t, tenant, ns)
 	return ns
+}
+
+// waitNotOutside waits until the outsiders policy, which holds namespaces of
+// no tenant, has let go of ns. Its binding names the tenants' namespaces it
+// leaves out, and the controller adds ns there only after it has seen ns
+// join; until the API server has that binding, both the tenant's claims
+// policy and the outsiders policy apply to ns, and a refusal may come from
+// either (the tests check the claims policy's messages). The wait ends when
+// the binding leaves ns out and, for a tenant with a class to ask for and a
+// sharing taint of its own, a claim that tolerates that taint (the tenant may,
+// an outsider may not) is admitted.
+func waitNotOutside(t *testing.T, tenant, ns string) {
+	t.Helper()
+	ctx := t.Context()
+	err := wait.PollUntilContextTimeout(ctx, pollEvery, waitTimeout, true, func(ctx context.Context) (bool, error) {
+		b, err := local.Client.AdmissionregistrationV1().ValidatingAdmissionPolicyBindings().Get(ctx, tenancyv1.PolicyOutsiders, metav1.GetOptions{})
+		if err != nil || b.Spec.MatchResources == nil || b.Spec.MatchResources.NamespaceSelector == nil {
+			return false, nil
+		}
+		for _, r := range b.Spec.MatchResources.NamespaceSelector.MatchExpressions {
+			if r.Operator == metav1.LabelSelectorOpNotIn && slices.Contains(r.Values, ns) {
+				return true, nil
+			}
+		}
+		return false, nil
+	})
+	if err != nil {
+		t.Fatalf("the outsiders binding does not leave out namespace %s of tenant %s within %s", ns, tenant, waitTimeout)
+	}
+	tn, err := getTenant(ctx, tenant)
+	if err != nil {
+		t.Fatal(err)
+	}
+	classes := tenancy.AllowedClasses(tn)
+	if len(classes) == 0 || tenancy.SharingGroup(tn) != tn.Name {
+		return
+	}
+	probe := withTolerations(builder.MakeRequest("gpu", classes[0]).Obj(), tenancy.Toleration(tn.Name))
+	err = wait.PollUntilContextTimeout(ctx, pollEvery, waitTimeout, true, func(ctx context.Context) (bool, error) {
+		return createClaim(ctx, ns, claimSpec(probe)) == nil, nil
+	})
+	if err != nil {
+		t.Fatalf("a claim of tenant %s tolerating its own sharing taint is still refused in %s after %s: %v", tenant, ns, waitTimeout, createClaim(ctx, ns, claimSpec(probe)))
+	}
 }
 
 // waitEnforced waits until the API server refuses, in namespace ns, a claim
