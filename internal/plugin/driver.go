@@ -97,6 +97,9 @@ type Driver struct {
 	// preparedChanged asks Run's loop to republish after a prepare or
 	// unprepare (one pending request is enough).
 	preparedChanged chan struct{}
+	// republished orders unprepares before what follows them (see
+	// UnprepareResourceClaims).
+	republished republishTracker
 
 	// mu guards what the kubelet's health watch reads.
 	mu sync.Mutex
@@ -219,9 +222,14 @@ func Run(ctx context.Context, opts Options) error {
 				logger.Error(err, "Republishing slices with changed device health failed")
 			}
 		case <-d.preparedChanged:
+			// Every request made before this point sees its change in what
+			// is published now: the prepared devices are read after it.
+			asked := d.republished.asked()
 			if err := d.publish(ctx, *d.published); err != nil {
 				logger.Error(err, "Republishing slices after a prepare or unprepare failed")
+				continue
 			}
+			d.republished.done(asked)
 		}
 	}
 }
@@ -320,13 +328,33 @@ func (d *Driver) republishPrepared() {
 	}
 }
 
-// UnprepareResourceClaims unprepares each claim independently.
+// UnprepareResourceClaims unprepares each claim independently, and returns
+// once the slices published after it are at the API server (bounded by
+// unprepareRepublishTimeout).
+//
+// Withdrawal leaves out what a prepared device blocks, which is safe only
+// while that device stays allocated. A publication computed while it was
+// still prepared may reach the API server late, after its claim was
+// deallocated and a blocked device allocated to another claim, and hide that
+// allocated device (whose counters the allocator then counts free). The
+// kubelet finishes the pod, and the claim is deallocated, only after this
+// call returns, so waiting here for a publication that no longer withdraws
+// for the claim puts every stale one before any new allocation.
 func (d *Driver) UnprepareResourceClaims(ctx context.Context, claims []kubeletplugin.NamespacedObject) (map[types.UID]error, error) {
 	out := make(map[types.UID]error, len(claims))
 	for _, claim := range claims {
 		out[claim.UID] = d.opts.Preparer.Unprepare(ctx, claim)
 	}
-	d.republishPrepared()
+	if d.prepared == nil {
+		return out, nil
+	}
+	ask := d.republished.ask()
+	d.republishPrepared() // Run's loop covers ask in the next publication
+	ctx, cancel := context.WithTimeout(ctx, unprepareRepublishTimeout)
+	defer cancel()
+	if err := d.republished.wait(ctx, ask); err != nil {
+		klog.FromContext(ctx).Error(err, "The slices did not follow an unprepare in time; returning anyway")
+	}
 	return out, nil
 }
 

@@ -67,7 +67,8 @@ func (w *poolWatch) apply(ev watch.Event) {
 // whole GPUs on a node that withdraws blocked devices: each changes three
 // per-GPU slices, and at no slice event may the pool look incomplete (the
 // scheduler allocates nothing from an incomplete pool, so a pod created then
-// would go elsewhere).
+// would go elsewhere). The unprepare returns with every device published
+// again, so no withdrawal made for the claim can land after its pod is gone.
 func TestWithdrawalKeepsThePoolComplete(t *testing.T) {
 	_, ctx := ktesting.NewTestContext(t)
 	client := fakeClient()
@@ -116,7 +117,11 @@ func TestWithdrawalKeepsThePoolComplete(t *testing.T) {
 	if err != nil {
 		t.Fatalf("NodeUnprepareResources: %v", err)
 	}
-	waitForDevices(t, ctx, client, all)
+	// The unprepare returns only once the slices no longer withdraw
+	// anything for the claim (UnprepareResourceClaims says why).
+	if got, err := publishedDevices(ctx, client); err != nil || got != all {
+		t.Errorf("right after the unprepare returned, %d devices published (%v), want %d", got, err, all)
+	}
 
 	w.mu.Lock()
 	defer w.mu.Unlock()
