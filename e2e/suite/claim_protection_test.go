@@ -39,7 +39,7 @@ func TestClaimFinalizerAttack(t *testing.T) {
 	if _, err := claims.Create(ctx, held, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	holder := createPodWithClaim(t, ns, "holder", held.Name, onNode(nodeA))
+	holder := createPod(t, ns, "holder", "", withClaim(held.Name), onNode(nodeA))
 	gpu := waitAllocatedClaim(t, holder, held.Name).Status.Allocation.Devices.Results[0].Device
 	waitRunning(t, holder)
 
@@ -93,29 +93,12 @@ func TestClaimFinalizerAttack(t *testing.T) {
 	}
 }
 
-// createPodWithClaim creates a pod whose one container uses the existing
-// claim named claim.
-func createPodWithClaim(t *testing.T, ns, name, claim string, opts ...podOption) *corev1.Pod {
-	t.Helper()
-	pod := &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns},
-		Spec: corev1.PodSpec{
-			ResourceClaims: []corev1.PodResourceClaim{{Name: "gpu", ResourceClaimName: &claim}},
-			Containers: []corev1.Container{{
-				Name: "ctr", Image: "registry.k8s.io/pause:3.10",
-				Resources: corev1.ResourceRequirements{Claims: []corev1.ResourceClaim{{Name: "gpu"}}},
-			}},
-			TerminationGracePeriodSeconds: new(int64(5)),
-		},
+// withClaim makes the pod's claim the existing claim named claim instead of
+// one made from a template.
+func withClaim(claim string) podOption {
+	return func(p *corev1.Pod) {
+		p.Spec.ResourceClaims[0] = corev1.PodResourceClaim{Name: "gpu", ResourceClaimName: &claim}
 	}
-	for _, o := range opts {
-		o(pod)
-	}
-	created, err := local.Client.CoreV1().Pods(ns).Create(t.Context(), pod, metav1.CreateOptions{})
-	if err != nil {
-		t.Fatalf("create pod %s: %v", name, err)
-	}
-	return created
 }
 
 // editorIn returns a client of a user bound to the cluster's `edit` role in

@@ -1,7 +1,6 @@
 package prepare
 
 import (
-	"bytes"
 	"context"
 	"os"
 	"os/exec"
@@ -13,7 +12,6 @@ import (
 
 	"golang.org/x/sys/unix"
 	resourceapi "k8s.io/api/resource/v1"
-	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/klog/v2/ktesting"
 
 	"github.com/tessera-gpu/tessera/internal/sharing"
@@ -42,53 +40,10 @@ func (e *testEnv) realMPS(t *testing.T) func() *sharing.MPSDaemons {
 	e.stateDir = dir
 	bin, launcher := mpsstandin.Install(t)
 	root := filepath.Join(e.stateDir, "mps")
-	t.Cleanup(func() { endPlugin(t, root) })
+	t.Cleanup(func() { mpsstandin.EndPlugin(t, root) })
 	return func() *sharing.MPSDaemons {
 		return &sharing.MPSDaemons{Root: root, Binary: bin, Launcher: []string{launcher}, StartTimeout: 3 * time.Second}
 	}
-}
-
-// mpsProcesses returns the processes whose MPS pipe directory is under root.
-func mpsProcesses(root string) []int {
-	entries, _ := os.ReadDir("/proc")
-	var pids []int
-	for _, e := range entries {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		env, _ := os.ReadFile(filepath.Join("/proc", e.Name(), "environ"))
-		for _, kv := range bytes.Split(env, []byte{0}) {
-			if strings.HasPrefix(string(kv), "CUDA_MPS_PIPE_DIRECTORY="+root+"/") {
-				pids = append(pids, pid)
-				break
-			}
-		}
-	}
-	return pids
-}
-
-// endPlugin kills the MPS processes under root, as the end of the plugin's
-// container does, and waits until they have exited (an exiting process
-// drops its environment before its files and locks: zombie or gone).
-func endPlugin(t *testing.T, root string) {
-	t.Helper()
-	killed := mpsProcesses(root)
-	for _, pid := range killed {
-		_ = unix.Kill(pid, unix.SIGKILL)
-	}
-	err := wait.PollUntilContextTimeout(context.Background(), 10*time.Millisecond, 10*time.Second, true, func(context.Context) (bool, error) {
-		for _, pid := range killed {
-			if processRuns(pid) {
-				return false, nil
-			}
-		}
-		return len(mpsProcesses(root)) == 0, nil
-	})
-	if err != nil {
-		t.Errorf("MPS processes remain: %v", mpsProcesses(root))
-	}
-	mpsstandin.WaitLocksFree(t, root)
 }
 
 // mountedPipe opens the MPS pipe directory the claim's CDI spec mounts, as
@@ -148,7 +103,7 @@ func TestMPSLimitsSurvivePluginRestart(t *testing.T) {
 		}
 	}
 
-	endPlugin(t, mps().Root)
+	mpsstandin.EndPlugin(t, mps().Root)
 	p = e.mustPreparer(ctx, WithMPS(mps()))
 	for q, want := range queries {
 		if got, err := containerAsks(bin, mounted, q); err != nil || got != want {
@@ -161,7 +116,7 @@ func TestMPSLimitsSurvivePluginRestart(t *testing.T) {
 	if err := p.Unprepare(cancelled, ref(claim)); err != nil {
 		t.Fatal(err)
 	}
-	if pids := mpsProcesses(mps().Root); len(pids) != 0 {
+	if pids := mpsstandin.ProcessesUnder(mps().Root); len(pids) != 0 {
 		t.Errorf("MPS processes remain after unprepare: %v", pids)
 	}
 }
@@ -229,7 +184,7 @@ func TestMPSPlantedFilesLeavePluginResponsive(t *testing.T) {
 					t.Fatal("the plugin did not answer")
 				}
 			}
-			if !processRuns(victimPID) {
+			if !mpsstandin.Running(victimPID) {
 				t.Fatal("the other claim's daemon was killed")
 			}
 			got, err := mps().Query(ctx, "v", "get_default_active_thread_percentage")
@@ -259,10 +214,4 @@ func readDaemonPID(t *testing.T, pipe string) int {
 		t.Fatal(err)
 	}
 	return pid
-}
-
-func processRuns(pid int) bool {
-	stat, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "stat"))
-	i := bytes.LastIndex(stat, []byte(") "))
-	return err == nil && i >= 0 && stat[i+2] != 'Z'
 }

@@ -103,7 +103,7 @@ func TestMPSRestartServesMountedPipeDirectory(t *testing.T) {
 		t.Fatalf("container's query before the restart = %q, %v", got, err)
 	}
 
-	killAll(t, m.Root) // the plugin's container ends
+	mpsstandin.EndPlugin(t, m.Root) // the plugin's container ends
 	restarted := instance(m, "")
 	if got, _ := restarted.List(ctx); !cmp.Equal(map[string]bool{d.ID: false}, got) {
 		t.Errorf("List after the plugin's end = %v, want claim-a dead", got)
@@ -173,7 +173,7 @@ func TestMPSTwoInstancesShareDaemons(t *testing.T) {
 	if err := newPlugin.Stop(ctx, "claim-a"); err != nil {
 		t.Fatal(err)
 	}
-	if pids := processesUnder(filepath.Join(oldPlugin.Root, "claim-a")); len(pids) != 0 {
+	if pids := mpsstandin.ProcessesUnder(filepath.Join(oldPlugin.Root, "claim-a")); len(pids) != 0 {
 		t.Errorf("processes of claim-a's daemon remain: %v", pids)
 	}
 	if got, _ := oldPlugin.List(ctx); !cmp.Equal(map[string]bool{"claim-b": true}, got) {
@@ -202,10 +202,10 @@ func TestMPSStopWithCancelledContext(t *testing.T) {
 	if err := m.Stop(cancelled, "claim-a"); err != nil {
 		t.Fatal(err)
 	}
-	if running(server) {
+	if mpsstandin.Running(server) {
 		t.Errorf("MPS server %d still runs", server)
 	}
-	if pids := processesUnder(m.Root); len(pids) != 0 {
+	if pids := mpsstandin.ProcessesUnder(m.Root); len(pids) != 0 {
 		t.Errorf("processes of the daemon remain: %v", pids)
 	}
 }
@@ -229,7 +229,7 @@ func TestMPSStopKillsServersOfAKilledDaemon(t *testing.T) {
 	if err := m.Stop(ctx, "claim-a"); err != nil {
 		t.Fatal(err)
 	}
-	if running(server) {
+	if mpsstandin.Running(server) {
 		t.Errorf("MPS server %d still runs", server)
 	}
 }
@@ -310,7 +310,7 @@ func TestMPSUntrustedPipeDirectory(t *testing.T) {
 			case <-time.After(30 * time.Second):
 				t.Fatal("handling the attacker's daemon did not return")
 			}
-			if !running(otherPID) {
+			if !mpsstandin.Running(otherPID) {
 				t.Fatal("the other claim's daemon was killed")
 			}
 			if got, err := m.Query(ctx, other.ID, "get_default_active_thread_percentage"); err != nil || got != "50.0" {

@@ -1,8 +1,6 @@
 package sharing
 
 import (
-	"bytes"
-	"context"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -10,9 +8,6 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	"golang.org/x/sys/unix"
-	"k8s.io/apimachinery/pkg/util/wait"
 
 	"github.com/tessera-gpu/tessera/internal/sharing/mpsstandin"
 )
@@ -50,7 +45,7 @@ func standIn(t *testing.T) *MPSDaemons {
 	t.Helper()
 	bin, launcher := mpsstandin.Install(t)
 	m := &MPSDaemons{Root: shortTempDir(t), Binary: bin, Launcher: []string{launcher}, StartTimeout: 5 * time.Second}
-	t.Cleanup(func() { killAll(t, m.Root) })
+	t.Cleanup(func() { mpsstandin.EndPlugin(t, m.Root) })
 	return m
 }
 
@@ -58,54 +53,6 @@ func standIn(t *testing.T) *MPSDaemons {
 // rolling update's second plugin is; procRoot, when set, is its /proc.
 func instance(m *MPSDaemons, procRoot string) *MPSDaemons {
 	return &MPSDaemons{Root: m.Root, Binary: m.Binary, Launcher: m.Launcher, StartTimeout: m.StartTimeout, ProcRoot: procRoot}
-}
-
-// processesUnder returns the live processes whose MPS pipe directory is
-// under root.
-func processesUnder(root string) []int {
-	entries, _ := os.ReadDir("/proc")
-	var pids []int
-	for _, e := range entries {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		env, err := os.ReadFile(filepath.Join("/proc", e.Name(), "environ"))
-		if err != nil {
-			continue
-		}
-		for _, kv := range bytes.Split(env, []byte{0}) {
-			if strings.HasPrefix(string(kv), "CUDA_MPS_PIPE_DIRECTORY="+root+"/") {
-				pids = append(pids, pid)
-				break
-			}
-		}
-	}
-	return pids
-}
-
-// killAll kills every process of the daemons under root, as the end of
-// the plugin's container does, and waits until they have exited. An
-// exiting process drops its environment before its files (and locks), so
-// it is waited for until it is a zombie or gone.
-func killAll(t *testing.T, root string) {
-	t.Helper()
-	killed := processesUnder(root)
-	for _, pid := range killed {
-		_ = unix.Kill(pid, unix.SIGKILL)
-	}
-	err := wait.PollUntilContextTimeout(context.Background(), 10*time.Millisecond, 10*time.Second, true, func(context.Context) (bool, error) {
-		for _, pid := range killed {
-			if running(pid) {
-				return false, nil
-			}
-		}
-		return len(processesUnder(root)) == 0, nil
-	})
-	if err != nil {
-		t.Errorf("processes of MPS daemons remain: %v", processesUnder(root))
-	}
-	mpsstandin.WaitLocksFree(t, root)
 }
 
 // daemonPID is the PID the daemon wrote to its pipe directory (read by the
@@ -125,16 +72,6 @@ func readPID(m *MPSDaemons, id string) (int, error) {
 		return 0, err
 	}
 	return strconv.Atoi(strings.TrimSpace(string(data)))
-}
-
-// running reports whether the process runs (and is no zombie).
-func running(pid int) bool {
-	stat, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "stat"))
-	if err != nil {
-		return false
-	}
-	i := bytes.LastIndex(stat, []byte(") "))
-	return i >= 0 && stat[i+2] != 'Z'
 }
 
 // starts counts the daemon starts in the daemon's log.
