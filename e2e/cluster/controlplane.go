@@ -9,7 +9,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -301,29 +300,6 @@ func httpCheck(client *http.Client, url, want string) func(context.Context) erro
 		}
 		return nil
 	}
-}
-
-// FreePorts reserves n distinct loopback ports by listening on them together, then
-// releases them for the components to take.
-func FreePorts(n int) ([]int, error) {
-	var ports []int
-	var listeners []net.Listener
-	defer func() {
-		// The ports are free again either way; a listener that fails to close
-		// would keep its port, and the component taking it reports that.
-		for _, l := range listeners {
-			_ = l.Close()
-		}
-	}()
-	for range n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return nil, fmt.Errorf("reserve a loopback port: %w", err)
-		}
-		listeners = append(listeners, l)
-		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
-	}
-	return ports, nil
 }
 
 // writeKubeconfig writes a kubeconfig for one user of the local cluster.
