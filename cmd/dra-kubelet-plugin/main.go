@@ -49,6 +49,7 @@ type options struct {
 	metricsSecure          bool
 	metricsCertDir         string
 	healthPort             int
+	healthAddress          string
 	pool                   string
 	disableMIG             bool
 	disableSharing         bool
@@ -82,6 +83,7 @@ func (o *options) addRunFlags(fs *pflag.FlagSet) {
 	fs.BoolVar(&o.metricsSecure, "metrics-secure", true, "serve /metrics over HTTPS, only to bearer tokens the API server authenticates whose user may get /metrics (TokenReview, SubjectAccessReview); false serves plain HTTP to anyone")
 	fs.StringVar(&o.metricsCertDir, "metrics-cert-dir", "", "directory holding tls.crt and tls.key for the secure metrics endpoint, reloaded when they change; empty generates a self-signed certificate at start")
 	fs.IntVar(&o.healthPort, "healthcheck-port", -1, "port of the gRPC health endpoint for probes, e.g. 51515; negative disables it")
+	fs.StringVar(&o.healthAddress, "healthcheck-address", "", "address the gRPC health endpoint listens on, e.g. 127.0.0.1; empty listens on every address (where the kubelet probes the pod)")
 	fs.DurationVar(&o.rediscover, "rediscover-interval", 30*time.Second, "how often GPUs are rediscovered to republish changed slices")
 	fs.StringVar(&o.podUID, "pod-uid", "", "UID of the plugin's own pod (from the downward API), which lets an old and a new plugin run side by side during a rolling update")
 	fs.BoolVar(&o.allowMissingCheckpoint, "allow-missing-checkpoint", false, "start although the checkpoint is missing and MIG instances exist; destroys every MIG instance no claim owns")
@@ -266,6 +268,7 @@ func run(ctx context.Context, o *options) error {
 		MetricsAddress:         o.metricsAddress,
 		MetricsServeOptions:    o.metricsServeOptions(client),
 		HealthPort:             o.healthPort,
+		HealthAddress:          o.healthAddress,
 		SimulatedDriver:        strings.HasPrefix(o.nvml, "mock:"),
 		MPSLauncher:            launcher,
 		MPSShmSize:             o.mpsShmSize.Value(),

@@ -81,7 +81,7 @@ func StartLocal(ctx context.Context, cfg Config) (_ *Local, err error) {
 	// Each plugin runs with the chart's arguments, less the host paths and
 	// ports that the node replaces with its own.
 	pluginArgs := ContainerArgs(l.Install.Plugin.Spec.Template.Spec,
-		"nvml", "plugin-data-dir", "registrar-dir", "cdi-root", "state-dir", "driver-root", "container-driver-root", "metrics-address", "healthcheck-port", "v")
+		"nvml", "plugin-data-dir", "registrar-dir", "cdi-root", "state-dir", "driver-root", "container-driver-root", "metrics-address", "healthcheck-port", "healthcheck-address", "v")
 	nodes := make([]*Node, len(cfg.Nodes))
 	errs := make([]error, len(cfg.Nodes))
 	done := make(chan int)

@@ -138,6 +138,7 @@ func (n *Node) StartPlugin(ctx context.Context) error {
 	args := append([]string{
 		"--metrics-address=" + n.MetricsAddress,
 		"--healthcheck-port=" + strconv.Itoa(ports[1]),
+		"--healthcheck-address=127.0.0.1",
 		"--node-name=" + n.Name,
 		"--kubeconfig=" + n.kubeconfig(),
 		"--nvml=" + n.opts.NVML,

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
+	"strconv"
 	"sync"
 	"time"
 
@@ -33,6 +35,9 @@ type NodeOptions struct {
 	MetricsServeOptions []metrics.ServeOption
 	// HealthPort serves the gRPC health probe; negative disables it.
 	HealthPort int
+	// HealthAddress is the address the health probe listens on with HealthPort;
+	// empty is every address of the node (where the kubelet probes the pod).
+	HealthAddress string
 	// SimulatedDriver is set for mock NVML backends, which have no driver
 	// binaries or /proc files behind them.
 	SimulatedDriver bool
@@ -129,7 +134,9 @@ func RunNode(ctx context.Context, opts Options, node NodeOptions) error {
 		// slices are published, so that a rolling update waits for it.
 		probe := health.NewProbe()
 		opts.Ready = func() { probe.SetServing(true) }
-		services = append(services, func(ctx context.Context) error { return probe.Serve(ctx, fmt.Sprintf(":%d", node.HealthPort)) })
+		services = append(services, func(ctx context.Context) error {
+			return probe.Serve(ctx, net.JoinHostPort(node.HealthAddress, strconv.Itoa(node.HealthPort)))
+		})
 	}
 	var wg sync.WaitGroup
 	errs := make([]error, len(services))
