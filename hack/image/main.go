@@ -96,8 +96,12 @@ func build(args []string) error {
 			return err
 		}
 	}
+	debian, err := imagebuild.DebianFiles(*goarch, l, *cache)
+	if err != nil {
+		return err
+	}
 	img, err := imagebuild.Build(imagebuild.Options{
-		GoArch: *goarch, Binaries: contents, Lock: l, DebCache: *cache, Created: created, Labels: labels,
+		GoArch: *goarch, Binaries: contents, Debian: debian, Created: created, Labels: labels,
 	})
 	if err != nil {
 		return err

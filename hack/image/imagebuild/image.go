@@ -7,6 +7,7 @@ package imagebuild
 import (
 	"archive/tar"
 	"bytes"
+	"compress/gzip"
 	"fmt"
 	"io"
 	"path"
@@ -39,10 +40,8 @@ type Options struct {
 	// Binaries maps a path in the image (/dra-kubelet-plugin) to its
 	// contents, shipped with mode 0755.
 	Binaries map[string][]byte
-	// Lock records the Debian packages the image may take files from.
-	Lock Lock
-	// DebCache is the directory .debs are downloaded to and reused from.
-	DebCache string
+	// Debian are the files taken from Debian's packages (DebianFiles).
+	Debian map[string]DebFile
 	// Created is the image's creation time and every file's mtime: the commit
 	// time (SOURCE_DATE_EPOCH), so that a rebuild gives the same digest.
 	Created time.Time
@@ -58,27 +57,21 @@ type file struct {
 	dir  bool
 }
 
-// Build assembles the image: one layer holding the binaries, glibc's files
-// from the locked libc6 and /etc/passwd and /etc/group, and a config that
-// runs as User with no entrypoint (the chart names each container's command).
-func Build(o Options) (v1.Image, error) {
-	pl, err := platformOf(o.GoArch)
+// DebianFiles returns the files the image takes from the Debian packages of
+// the lock for goarch (glibc from libc6), fetching each .deb into cache and
+// refusing one whose SHA-256 is not the lock's.
+func DebianFiles(goarch string, l Lock, cache string) (map[string]DebFile, error) {
+	pl, err := platformOf(goarch)
 	if err != nil {
 		return nil, err
 	}
-	files := map[string]file{
-		"/etc/passwd": {mode: 0o644, data: []byte(passwd)},
-		"/etc/group":  {mode: 0o644, data: []byte(group)},
-	}
-	for p, data := range o.Binaries {
-		files[path.Clean("/"+p)] = file{mode: 0o755, data: data}
-	}
+	files := map[string]DebFile{}
 	for _, name := range pl.packageNames() {
-		pkg, err := o.Lock.Find(name, pl.debArch)
+		pkg, err := l.Find(name, pl.debArch)
 		if err != nil {
 			return nil, err
 		}
-		deb, err := Fetch(pkg, o.DebCache)
+		deb, err := Fetch(pkg, cache)
 		if err != nil {
 			return nil, err
 		}
@@ -87,14 +80,45 @@ func Build(o Options) (v1.Image, error) {
 			return nil, fmt.Errorf("package %s: %w", pkg, err)
 		}
 		for p, f := range got {
-			files[p] = file{mode: f.Mode, data: f.Data, link: f.Linkname}
+			files[p] = f
 		}
+	}
+	return files, nil
+}
+
+// Build assembles the image, a pure function of o: one layer holding the
+// binaries, the Debian files and /etc/passwd and /etc/group, and a config
+// that runs as User with no entrypoint (the chart names each container's
+// command).
+func Build(o Options) (v1.Image, error) {
+	if _, err := platformOf(o.GoArch); err != nil {
+		return nil, err
+	}
+	files := map[string]file{
+		"/etc/passwd": {mode: 0o644, data: []byte(passwd)},
+		"/etc/group":  {mode: 0o644, data: []byte(group)},
+	}
+	for p, f := range o.Debian {
+		files[p] = file{mode: f.Mode, data: f.Data, link: f.Linkname}
+	}
+	for p, data := range o.Binaries {
+		files[path.Clean("/"+p)] = file{mode: 0o755, data: data}
 	}
 	layerTar, err := layerTar(files, o.Created)
 	if err != nil {
 		return nil, err
 	}
-	layer, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(layerTar)), nil },
+	// Compressed once here, with a gzip header that carries no name and no
+	// time: the layer's digest depends on its files alone.
+	var gz bytes.Buffer
+	zw := gzip.NewWriter(&gz)
+	if _, err := zw.Write(layerTar); err != nil {
+		return nil, err
+	}
+	if err := zw.Close(); err != nil {
+		return nil, err
+	}
+	layer, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(gz.Bytes())), nil },
 		tarball.WithMediaType(types.OCILayer))
 	if err != nil {
 		return nil, fmt.Errorf("make the layer: %w", err)
