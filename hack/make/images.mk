@@ -6,14 +6,14 @@ IMAGE ?= ghcr.io/tessera-gpu/tessera
 TAG ?= $(shell awk '/^appVersion:/ {gsub(/"/, "", $$2); print $$2}' deployments/helm/tessera/Chart.yaml)
 
 .PHONY: images
-images:
+images: ## Build $(IMAGE):$(TAG) from the Dockerfile with docker or podman, where an engine runs
 	@engine=""; \
 	for e in docker podman; do if command -v $$e >/dev/null && $$e info >/dev/null 2>&1; then engine=$$e; break; fi; done; \
 	if [ -z "$$engine" ]; then \
 		echo "images: no running container engine (docker or podman) on this machine; the image is built where one runs:" >&2; \
 		echo "  docker build -t $(IMAGE):$(TAG) ." >&2; exit 1; fi; \
 	echo "$$engine build -t $(IMAGE):$(TAG) ."; \
-	$$engine build --build-arg VERSION=$(TAG) -t $(IMAGE):$(TAG) .
+	$$engine build --build-arg VERSION=$(TAG) --build-arg REVISION=$(IMAGE_REVISION) -t $(IMAGE):$(TAG) .
 
 # The same image without a container engine: hack/image assembles it from the
 # two binaries built here and glibc from the Debian packages that
@@ -33,8 +33,11 @@ IMAGE_SOURCE ?= https://github.com/tessera-gpu/tessera
 # same commit gives the same digest.
 SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 0)
 IMAGE_REVISION ?= $(shell git rev-parse HEAD 2>/dev/null)
-# As the Dockerfile builds them: no paths, no build ID, no symbols.
+# As the Dockerfile builds them: no paths, no build ID, no symbols, and no
+# VCS stamp, so that a tarball of the commit (or the Dockerfile's COPY, which
+# has no .git) builds the same bytes as a checkout; the revision is a label.
 IMAGE_LDFLAGS := -s -w -buildid=
+IMAGE_GOFLAGS := -trimpath -buildvcs=false
 
 # image_build DIR SRC: build the two shipped binaries of the tree at SRC into
 # DIR/bin and assemble DIR/tessera.oci.tar.
