@@ -21,7 +21,8 @@ images: ## Build $(IMAGE):$(TAG) from the Dockerfile with docker or podman, wher
 # image-layout tarball that `ctr images import` (containerd) accepts.
 #
 #   make image          write $(IMAGE_ARCHIVE), named $(IMAGE):$(TAG); print the name and digest
-#   make image-verify   build it twice from two copies of HEAD at different paths and compare the archives
+#   make image-verify   build it twice from two copies of HEAD at different paths and compare the
+#                       archives; as root, start each binary chrooted into the image's files
 #   make image-lock     record the libc6 apt serves now in hack/image/debian.lock
 IMAGE_DIR := _output/image
 IMAGE_ARCHIVE := $(IMAGE_DIR)/tessera.oci.tar
@@ -57,7 +58,7 @@ image: ## Write the product image as an OCI archive, _output/image/tessera.oci.t
 		echo "image: the tree has uncommitted changes: the revision label $(IMAGE_REVISION) does not describe these binaries" >&2; fi
 	$(call image_build,$(IMAGE_DIR),.)
 
-image-verify: ## Build the OCI image twice from two copies of HEAD at different paths; fail unless the archives match
+image-verify: ## Build the OCI image twice from two copies of HEAD, fail unless the archives match; start its binaries in it
 	rm -rf $(IMAGE_DIR)/verify && mkdir -p $(IMAGE_DIR)/verify/a/src $(IMAGE_DIR)/verify/b/copy/src
 	git archive HEAD | tar -x -C $(IMAGE_DIR)/verify/a/src
 	git archive HEAD | tar -x -C $(IMAGE_DIR)/verify/b/copy/src
@@ -66,6 +67,7 @@ image-verify: ## Build the OCI image twice from two copies of HEAD at different 
 	@a=$$(sha256sum < $(IMAGE_DIR)/verify/a/tessera.oci.tar); b=$$(sha256sum < $(IMAGE_DIR)/verify/b/tessera.oci.tar); \
 	if [ "$$a" != "$$b" ]; then echo "image-verify: two builds of one commit differ" >&2; exit 1; fi; \
 	echo "image-verify: two builds, one archive: sha256 $${a%% *}"
+	$(GO) run ./hack/image check -archive $(IMAGE_DIR)/verify/a/tessera.oci.tar -bin /dra-kubelet-plugin -bin /dra-controller
 
 image-lock: ## Record in hack/image/debian.lock the Debian packages (libc6) apt serves now, by version and SHA-256
 	$(GO) run ./hack/image lock -archs $(IMAGE_ARCHS)

@@ -123,7 +123,7 @@ func WriteArchive(w io.Writer, img v1.Image, name string, created time.Time) (v1
 			return v1.Hash{}, err
 		}
 		err = put("blobs/sha256/"+h, 0o444, size, rc)
-		rc.Close()
+		_ = rc.Close() // read only: a failed close loses nothing
 		if err != nil {
 			return v1.Hash{}, err
 		}
@@ -147,7 +147,7 @@ func WriteArchiveFile(name string, img v1.Image, ref string, created time.Time) 
 	if err != nil {
 		return v1.Hash{}, err
 	}
-	defer os.Remove(tmp.Name())
+	defer func() { _ = os.Remove(tmp.Name()) }() // gone after the rename; left only on failure
 	digest, err := WriteArchive(tmp, img, ref, created)
 	if cerr := tmp.Close(); err == nil {
 		err = cerr

@@ -53,7 +53,7 @@ func Fetch(p Package, dir string) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("download %s: %w", p, err)
 	}
-	defer os.RemoveAll(filepath.Dir(tmp))
+	defer func() { _ = os.RemoveAll(filepath.Dir(tmp)) }()
 	sum, err := fileSHA256(tmp)
 	if err != nil {
 		return "", err
@@ -84,12 +84,12 @@ func download(spec, dir string) (string, error) {
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Run(); err != nil {
-		os.RemoveAll(tmp)
+		_ = os.RemoveAll(tmp)
 		return "", fmt.Errorf("%w: apt-get download %s: %w: %s", ErrNoApt, spec, err, strings.TrimSpace(out.String()))
 	}
 	debs, _ := filepath.Glob(filepath.Join(tmp, "*.deb"))
 	if len(debs) != 1 {
-		os.RemoveAll(tmp)
+		_ = os.RemoveAll(tmp)
 		return "", fmt.Errorf("apt-get download %s wrote %d .deb files, want 1", spec, len(debs))
 	}
 	return debs[0], nil
@@ -97,14 +97,14 @@ func download(spec, dir string) (string, error) {
 
 // ErrNoApt marks a failure to reach Debian's packages through apt-get (not
 // installed, no package lists, no network), as opposed to a checksum refusal.
-var ErrNoApt = errors.New("Debian's packages are unreachable")
+var ErrNoApt = errors.New("the Debian packages are unreachable")
 
 func fileSHA256(name string) (string, error) {
 	f, err := os.Open(name)
 	if err != nil {
 		return "", err
 	}
-	defer f.Close()
+	defer func() { _ = f.Close() }() // read only: a failed close loses nothing
 	h := sha256.New()
 	if _, err := io.Copy(h, f); err != nil {
 		return "", fmt.Errorf("read %s: %w", name, err)

@@ -57,7 +57,7 @@ func debianForTest(t *testing.T) (Lock, string, map[string]DebFile) {
 func TestMain(m *testing.M) {
 	code := m.Run()
 	if debian.cache != "" {
-		os.RemoveAll(debian.cache)
+		_ = os.RemoveAll(debian.cache)
 	}
 	os.Exit(code)
 }
@@ -96,12 +96,11 @@ func buildArchive(t *testing.T, o Options, dir string) (v1.Hash, string) {
 // with go-containerregistry's OCI layout reader.
 func readBack(t *testing.T, archive string) (v1.IndexManifest, v1.Image) {
 	t.Helper()
-	dir := t.TempDir()
 	f, err := os.Open(archive)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer f.Close()
+	defer func() { _ = f.Close() }()
 	tr := tar.NewReader(f)
 	for {
 		h, err := tr.Next()
@@ -114,38 +113,22 @@ func readBack(t *testing.T, archive string) (v1.IndexManifest, v1.Image) {
 		if h.Uid != 0 || h.Gid != 0 || !h.ModTime.Equal(time.Unix(1796515980, 0)) {
 			t.Errorf("archive entry %s: owner %d:%d, mtime %v; want 0:0 and the commit time", h.Name, h.Uid, h.Gid, h.ModTime)
 		}
-		p := filepath.Join(dir, h.Name)
-		if h.Typeflag == tar.TypeDir {
-			if err := os.MkdirAll(p, 0o755); err != nil {
-				t.Fatal(err)
-			}
-			continue
-		}
-		b, err := io.ReadAll(tr)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(p, b, 0o644); err != nil {
-			t.Fatal(err)
-		}
+	}
+	dir := t.TempDir()
+	img, err := ReadArchive(archive, dir)
+	if err != nil {
+		t.Fatalf("ReadArchive: %v", err)
+	}
+	if err := validate.Image(img); err != nil {
+		t.Fatalf("the image read back is not valid: %v", err)
 	}
 	idx, err := layout.ImageIndexFromPath(dir)
 	if err != nil {
-		t.Fatalf("open the archive as an OCI layout: %v", err)
+		t.Fatal(err)
 	}
 	im, err := idx.IndexManifest()
 	if err != nil {
 		t.Fatal(err)
-	}
-	if len(im.Manifests) != 1 {
-		t.Fatalf("index.json has %d manifests, want 1", len(im.Manifests))
-	}
-	img, err := idx.Image(im.Manifests[0].Digest)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := validate.Image(img); err != nil {
-		t.Fatalf("the image read back is not valid: %v", err)
 	}
 	return *im, img
 }
@@ -183,7 +166,7 @@ func listing(t *testing.T, img v1.Image) ([]string, map[string]string) {
 				etc["/"+h.Name] = string(b)
 			}
 		}
-		rc.Close()
+		_ = rc.Close()
 	}
 	return out, etc
 }
@@ -355,5 +338,23 @@ func TestParseLock(t *testing.T) {
 				t.Errorf("ParseLock (-want +got):\n%s", diff)
 			}
 		})
+	}
+}
+
+// An archive entry that would land outside the target directory is refused.
+func TestUntarRefusesEscapes(t *testing.T) {
+	for _, name := range []string{"../evil", "a/../../evil"} {
+		var b bytes.Buffer
+		tw := tar.NewWriter(&b)
+		if err := tw.WriteHeader(&tar.Header{Name: name, Typeflag: tar.TypeReg, Mode: 0o644}); err != nil {
+			t.Fatal(err)
+		}
+		if err := tw.Close(); err != nil {
+			t.Fatal(err)
+		}
+		dir := filepath.Join(t.TempDir(), "in")
+		if err := untar(&b, dir); err == nil || !strings.Contains(err.Error(), "leaves the target directory") {
+			t.Errorf("untar %q: got %v, want a refusal", name, err)
+		}
 	}
 }

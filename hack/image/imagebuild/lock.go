@@ -42,7 +42,7 @@ func ReadLock(name string) (Lock, error) {
 	if err != nil {
 		return nil, err
 	}
-	defer f.Close()
+	defer func() { _ = f.Close() }() // read only: a failed close loses nothing
 	l, err := ParseLock(f)
 	if err != nil {
 		return nil, fmt.Errorf("lock %s: %w", name, err)
@@ -110,7 +110,7 @@ func Refresh(goarchs []string, cacheDir string) (Lock, error) {
 			if err == nil {
 				err = os.Rename(tmp, filepath.Join(cacheDir, p.fileName()))
 			}
-			os.RemoveAll(filepath.Dir(tmp))
+			_ = os.RemoveAll(filepath.Dir(tmp))
 			if err != nil {
 				return nil, err
 			}
