@@ -51,7 +51,7 @@ func Fetch(p Package, dir string) (string, error) {
 	}
 	tmp, err := download(p.Name+":"+p.Arch+"="+p.Version, dir)
 	if err != nil {
-		return "", fmt.Errorf("download %s: %w", p, err)
+		return "", fmt.Errorf("download %s (if Debian no longer serves this version, make image-lock records the one it serves now): %w", p, err)
 	}
 	defer func() { _ = os.RemoveAll(filepath.Dir(tmp)) }()
 	sum, err := fileSHA256(tmp)
@@ -71,7 +71,7 @@ func Fetch(p Package, dir string) (string, error) {
 // returns the one .deb it wrote.
 func download(spec, dir string) (string, error) {
 	if _, err := exec.LookPath("apt-get"); err != nil {
-		return "", fmt.Errorf("%w: apt-get is not installed; the image takes glibc from Debian's packages", ErrNoApt)
+		return "", fmt.Errorf("%w: apt-get is not installed, and the image takes glibc from Debian's packages", ErrNoApt)
 	}
 	tmp, err := os.MkdirTemp(dir, "download-")
 	if err != nil {
@@ -95,9 +95,10 @@ func download(spec, dir string) (string, error) {
 	return debs[0], nil
 }
 
-// ErrNoApt marks a failure to reach Debian's packages through apt-get (not
-// installed, no package lists, no network), as opposed to a checksum refusal.
-var ErrNoApt = errors.New("the Debian packages are unreachable")
+// ErrNoApt marks a failure of apt-get to download a package (not installed,
+// no package lists, no network, no such version), as opposed to a checksum
+// refusal.
+var ErrNoApt = errors.New("apt-get cannot download from Debian")
 
 func fileSHA256(name string) (string, error) {
 	f, err := os.Open(name)
