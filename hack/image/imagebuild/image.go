@@ -102,7 +102,11 @@ func Build(o Options) (v1.Image, error) {
 		files[p] = file{mode: f.Mode, data: f.Data, link: f.Linkname}
 	}
 	for p, data := range o.Binaries {
-		files[path.Clean("/"+p)] = file{mode: 0o755, data: data}
+		p = path.Clean("/" + p)
+		if _, ok := files[p]; ok {
+			return nil, fmt.Errorf("binary %s would replace a file the image needs", p)
+		}
+		files[p] = file{mode: 0o755, data: data}
 	}
 	layerTar, err := layerTar(files, o.Created)
 	if err != nil {
@@ -159,7 +163,12 @@ func layerTar(files map[string]file, created time.Time) ([]byte, error) {
 	all := map[string]file{}
 	for p, f := range files {
 		all[p] = f
+	}
+	for p := range files {
 		for d := path.Dir(p); d != "/"; d = path.Dir(d) {
+			if f, ok := all[d]; ok && !f.dir {
+				return nil, fmt.Errorf("%s is a file, and %s needs it to be a directory", d, p)
+			}
 			all[d] = file{mode: 0o755, dir: true}
 		}
 	}

@@ -358,3 +358,15 @@ func TestUntarRefusesEscapes(t *testing.T) {
 		}
 	}
 }
+
+// A binary cannot take the place of a file or directory the image needs.
+func TestBuildRefusesCollisions(t *testing.T) {
+	for _, bin := range []string{"/etc/passwd", "/etc", "lib/x86_64-linux-gnu"} {
+		o := Options{GoArch: "amd64", Binaries: map[string][]byte{bin: []byte("x")}, Debian: map[string]DebFile{
+			"/lib/x86_64-linux-gnu/libc.so.6": {Mode: 0o755, Data: []byte("libc")},
+		}}
+		if _, err := Build(o); err == nil {
+			t.Errorf("Build with a binary at %s: got no error", bin)
+		}
+	}
+}
