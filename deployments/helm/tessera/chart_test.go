@@ -124,6 +124,12 @@ func TestDefaultInstall(t *testing.T) {
 	if diff := cmp.Diff(map[string]string{"NODE_NAME": "spec.nodeName", "POD_UID": "metadata.uid", "POD_NAMESPACE": "metadata.namespace"}, env); diff != "" {
 		t.Errorf("plugin downward-API env (-want +got):\n%s", diff)
 	}
+	// The image's default user is nonroot (65532, hack/image): the plugin
+	// needs root, and says so, for the CDI, plugin-socket and state
+	// directories of the host and for NVML's device nodes.
+	if sc := c.SecurityContext; sc == nil || sc.RunAsUser == nil || *sc.RunAsUser != 0 || sc.Privileged == nil || !*sc.Privileged {
+		t.Errorf("plugin securityContext %+v: want privileged and runAsUser 0 set explicitly, since the image runs as 65532 by default", sc)
+	}
 	if c.LivenessProbe == nil || c.LivenessProbe.GRPC == nil || c.StartupProbe == nil || c.StartupProbe.GRPC == nil {
 		t.Error("plugin needs gRPC startup and liveness probes on its health endpoint")
 	}
@@ -155,8 +161,8 @@ func TestDefaultInstall(t *testing.T) {
 	if ctrl.ServiceAccountName != "tessera-controller" {
 		t.Errorf("controller runs as %q, want its own ServiceAccount", ctrl.ServiceAccountName)
 	}
-	if sc := ctrl.SecurityContext; sc == nil || sc.RunAsNonRoot == nil || !*sc.RunAsNonRoot {
-		t.Error("the controller must run as non-root")
+	if sc := ctrl.SecurityContext; sc == nil || sc.RunAsNonRoot == nil || !*sc.RunAsNonRoot || sc.RunAsUser == nil || *sc.RunAsUser != 65532 {
+		t.Error("the controller must run as non-root, as the image's nonroot user 65532")
 	}
 	if cc := ctrl.Containers[0]; cc.LivenessProbe == nil || cc.ReadinessProbe == nil || !slices.Contains(cc.Args, "--leader-elect=true") {
 		t.Errorf("controller needs probes and leader election, got args %v", cc.Args)
