@@ -1,0 +1,106 @@
+package sharing
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+)
+
+// ProcessLister is implemented by MPS controls that can tell which
+// processes run for which daemon: how the per-claim metrics attribute a
+// shared GPU's processes, as NVML lists them, to the claims.
+type ProcessLister interface {
+	// Processes returns, by daemon ID, the PIDs (in this process's PID
+	// namespace) of the processes that run for the daemon.
+	Processes(ctx context.Context) (map[string][]int, error)
+}
+
+var (
+	_ ProcessLister = (*MPSDaemons)(nil)
+	_ ProcessLister = (*FakeMPS)(nil)
+)
+
+// Processes scans this PID namespace once and returns each daemon's
+// processes: launcher, control daemon, MPS servers and control clients,
+// which all carry the daemon's pipe directory in the environment the plugin
+// started them with (see daemonProcesses). Only the servers hold a GPU
+// context, so only they appear in NVML's process lists. A container's
+// processes live in other PID namespaces and are never listed here: what a
+// tenant writes cannot put a process under another claim's daemon.
+func (m *MPSDaemons) Processes(_ context.Context) (map[string][]int, error) {
+	entries, err := os.ReadDir(m.procRoot())
+	if err != nil {
+		return nil, fmt.Errorf("list MPS daemon processes: %w", err)
+	}
+	prefix := []byte("CUDA_MPS_PIPE_DIRECTORY=")
+	out := map[string][]int{}
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil || pid == os.Getpid() {
+			continue
+		}
+		env, err := m.environ(pid)
+		if err != nil {
+			continue // gone, or not ours to read
+		}
+		for _, kv := range bytes.Split(env, []byte{0}) {
+			pipe, ok := bytes.CutPrefix(kv, prefix)
+			if !ok {
+				continue
+			}
+			if id, ok := m.daemonOfPipe(string(pipe)); ok {
+				out[id] = append(out[id], pid)
+			}
+			break
+		}
+	}
+	return out, nil
+}
+
+// environ reads a process's environment, bounded.
+func (m *MPSDaemons) environ(pid int) ([]byte, error) {
+	f, err := os.Open(filepath.Join(m.procRoot(), strconv.Itoa(pid), "environ"))
+	if err != nil {
+		return nil, err
+	}
+	defer func() { _ = f.Close() }()
+	return io.ReadAll(io.LimitReader(f, maxEnviron))
+}
+
+// daemonOfPipe returns the daemon whose pipe directory is pipe.
+func (m *MPSDaemons) daemonOfPipe(pipe string) (string, bool) {
+	if filepath.Base(pipe) != "pipe" || filepath.Dir(filepath.Dir(pipe)) != filepath.Clean(m.Root) {
+		return "", false
+	}
+	id := filepath.Base(filepath.Dir(pipe))
+	return id, validID(id) == nil && DaemonDirs(m.Root, id).Pipe == pipe
+}
+
+// SetProcesses sets the processes of a live daemon, as its MPS server and
+// clients would be; Stop forgets them with the daemon.
+func (f *FakeMPS) SetProcesses(id string, pids ...int) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if d, ok := f.daemons[id]; ok {
+		d.pids = slices.Clone(pids)
+		f.daemons[id] = d
+	}
+}
+
+// Processes returns the processes set for each daemon.
+func (f *FakeMPS) Processes(context.Context) (map[string][]int, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	out := map[string][]int{}
+	for id, d := range f.daemons {
+		if len(d.pids) > 0 {
+			out[id] = slices.Clone(d.pids)
+		}
+	}
+	return out, nil
+}
