@@ -1,6 +1,7 @@
 package claimusage
 
 import (
+	"strconv"
 	"strings"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -8,8 +9,12 @@ import (
 	"github.com/tessera-gpu/tessera/internal/checkpoint"
 )
 
-// Label names of every tessera_claim_gpu_* series.
-var labelNames = []string{"namespace", "pod", "claim", "request", "device", "uuid", "type", "profile"}
+// Label names of every tessera_claim_gpu_* series. uuid is the UUID of
+// what the claim holds (a MIG device's own for MIG); gpu_uuid (the physical
+// GPU's) and gpu_instance (the MIG GPU instance ID, empty otherwise) are
+// how dcgm-exporter labels a MIG instance's series (UUID, GPU_I_ID): the
+// join keys (docs/observability.md).
+var labelNames = []string{"namespace", "pod", "claim", "request", "device", "uuid", "type", "profile", "gpu_uuid", "gpu_instance"}
 
 var (
 	utilizationDesc = prometheus.NewDesc("tessera_claim_gpu_utilization_ratio",
@@ -19,7 +24,7 @@ var (
 		"Device memory in use by the claim's device: the whole GPU's, the MIG instance's, or an MPS share's own processes'.",
 		labelNames, nil)
 	memoryLimitDesc = prometheus.NewDesc("tessera_claim_gpu_memory_limit_bytes",
-		"Device memory the claim's device may use: a MIG instance's memory, or a share's limit.",
+		"Device memory the claim's device may use: a whole GPU's memory, a MIG instance's, or a share's limit.",
 		labelNames, nil)
 	energyDesc = prometheus.NewDesc("tessera_claim_gpu_energy_joules_total",
 		"Energy a whole GPU used while the claim held it (since the claim's first sample), where NVML reports the GPU's energy.",
@@ -73,16 +78,16 @@ func (s *Sampler) Collect(ch chan<- prometheus.Metric) {
 
 // labelsOf returns a series' label values, in labelNames' order.
 func labelsOf(c *checkpoint.Claim, d checkpoint.Device, pod string) []string {
-	uuid, profile := d.GPUUUID, ""
+	uuid, profile, instance := d.GPUUUID, "", ""
 	if d.MIG != nil {
-		profile = d.MIG.Profile
+		profile, instance = d.MIG.Profile, strconv.Itoa(d.MIG.GPUInstanceID)
 		if d.MIG.UUID != "" {
-			// dcgm-exporter and nvidia-smi name a MIG device by its own
-			// UUID: the join key (docs/observability.md).
+			// nvidia-smi and CUDA_VISIBLE_DEVICES name a MIG device by
+			// its own UUID.
 			uuid = d.MIG.UUID
 		}
 	}
-	return []string{c.Namespace, pod, c.Name, d.Request, d.Device, uuid, typeOf(d.Kind), profile}
+	return []string{c.Namespace, pod, c.Name, d.Request, d.Device, uuid, typeOf(d.Kind), profile, d.GPUUUID, instance}
 }
 
 // typeOf is the type label of a checkpoint kind.

@@ -238,7 +238,9 @@ func (s *Sampler) sampleDevice(ctx context.Context, c *checkpoint.Claim, d check
 	if err != nil {
 		return values{}, err
 	}
-	v := values{utilization: u.Utilization, memoryUsed: u.MemoryUsedBytes}
+	// The whole GPU's memory is what the claim may use: its limit, so that
+	// memory held sums over every type of device.
+	v := values{utilization: u.Utilization, memoryUsed: u.MemoryUsedBytes, memoryLimit: u.MemoryTotalBytes}
 	if u.EnergyMillijoules != nil {
 		cur := *u.EnergyMillijoules
 		switch {

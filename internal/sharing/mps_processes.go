@@ -3,6 +3,7 @@ package sharing
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -37,39 +38,66 @@ func (m *MPSDaemons) Processes(_ context.Context) (map[string][]int, error) {
 	if err != nil {
 		return nil, fmt.Errorf("list MPS daemon processes: %w", err)
 	}
-	prefix := []byte("CUDA_MPS_PIPE_DIRECTORY=")
 	out := map[string][]int{}
+	// The plugin's own processes' environments are a few KiB: what it
+	// gave them. One buffer serves the whole scan.
+	buf := make([]byte, environBuffer)
 	for _, e := range entries {
 		pid, err := strconv.Atoi(e.Name())
 		if err != nil || pid == os.Getpid() {
 			continue
 		}
-		env, err := m.environ(pid)
+		env, err := m.readEnviron(pid, buf)
 		if err != nil {
 			continue // gone, or not ours to read
 		}
-		for _, kv := range bytes.Split(env, []byte{0}) {
-			pipe, ok := bytes.CutPrefix(kv, prefix)
-			if !ok {
-				continue
-			}
-			if id, ok := m.daemonOfPipe(string(pipe)); ok {
+		if pipe, ok := pipeDirectory(env); ok {
+			if id, ok := m.daemonOfPipe(pipe); ok {
 				out[id] = append(out[id], pid)
 			}
-			break
 		}
 	}
 	return out, nil
 }
 
-// environ reads a process's environment, bounded.
-func (m *MPSDaemons) environ(pid int) ([]byte, error) {
+// environBuffer bounds how much of each environment Processes reads.
+const environBuffer = 64 << 10
+
+// pipeVar starts the pipe directory's entry in an environment.
+var pipeVar = []byte("CUDA_MPS_PIPE_DIRECTORY=")
+
+// pipeDirectory returns the value of CUDA_MPS_PIPE_DIRECTORY in a
+// NUL-separated environment.
+func pipeDirectory(env []byte) (string, bool) {
+	for rest := env; len(rest) > 0; {
+		entry, next, _ := bytes.Cut(rest, []byte{0})
+		if v, ok := bytes.CutPrefix(entry, pipeVar); ok {
+			return string(v), true
+		}
+		rest = next
+	}
+	return "", false
+}
+
+// readEnviron reads a process's environment into buf, bounded by its size.
+func (m *MPSDaemons) readEnviron(pid int, buf []byte) ([]byte, error) {
 	f, err := os.Open(filepath.Join(m.procRoot(), strconv.Itoa(pid), "environ"))
 	if err != nil {
 		return nil, err
 	}
 	defer func() { _ = f.Close() }()
-	return io.ReadAll(io.LimitReader(f, maxEnviron))
+	n := 0
+	for n < len(buf) {
+		k, err := f.Read(buf[n:])
+		n += k
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return nil, err
+		}
+	}
+	return buf[:n], nil
 }
 
 // daemonOfPipe returns the daemon whose pipe directory is pipe.
