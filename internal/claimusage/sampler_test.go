@@ -192,7 +192,7 @@ func TestSharesOfOneGPUEachShowTheirOwn(t *testing.T) {
 		"utilization_ratio" + sb2: 0.55, "memory_used_bytes" + sb2: 9 * gib, "memory_limit_bytes" + sb2: 40 * gib,
 		"utilization_ratio" + sw: 0.80, "memory_used_bytes" + sw: 60 * gib, "memory_limit_bytes" + sw: float64(inv.GPUs[0].MemoryBytes),
 		"energy_joules_total" + sw: 2.5,
-		"utilization_ratio" + sm: 0.40, "memory_used_bytes" + sm: 6 * gib, "memory_limit_bytes" + sm: migBytes,
+		"utilization_ratio" + sm:   0.40, "memory_used_bytes" + sm: 6 * gib, "memory_limit_bytes" + sm: migBytes,
 	}
 	if diff := cmp.Diff(want, n.scrape(t), approx); diff != "" {
 		t.Errorf("series (-want +got):\n%s", diff)

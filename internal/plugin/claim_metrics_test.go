@@ -71,11 +71,12 @@ func TestRunNodeServesClaimMetrics(t *testing.T) {
 	if r := prepareOnceServing(t, ctx, dra, ref).Claims["whole-uid"]; r.GetError() != "" {
 		t.Fatalf("prepare result: %v", r)
 	}
-	const series = `tessera_claim_gpu_utilization_ratio{claim="whole",device="gpu-0",namespace="ns",pod="trainer",profile="",request="gpu",type="gpu",uuid="`
+	const series = `tessera_claim_gpu_utilization_ratio{claim="whole",device="gpu-0",gpu_instance="",gpu_uuid="`
 	var body string
 	if err := wait.PollUntilContextTimeout(ctx, 20*time.Millisecond, 10*time.Second, true, func(ctx context.Context) (bool, error) {
 		body = scrapeMetrics(ctx, t, addr)
-		return strings.Contains(body, series) && strings.Contains(body, `"} 0.64`), nil
+		return strings.Contains(body, series) && strings.Contains(body, `",namespace="ns",pod="trainer",profile="",request="gpu",type="gpu",uuid="`) &&
+			strings.Contains(body, `"} 0.64`), nil
 	}); err != nil {
 		t.Fatalf("no utilization series of the claim on /metrics:\n%s", grepLines(body, "tessera_claim_gpu"))
 	}
