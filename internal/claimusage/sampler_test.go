@@ -186,13 +186,13 @@ func TestSharesOfOneGPUEachShowTheirOwn(t *testing.T) {
 	sb2 := fmt.Sprintf("{ns-b/claim-b pod=pod-b2 s gpu-2-shared share uuid=%s profile= gpu=%[1]s/}", gpu2)
 	sw := fmt.Sprintf("{ns-w/claim-w pod=pod-w g gpu-0 gpu uuid=%s profile= gpu=%[1]s/}", gpu0)
 	sm := fmt.Sprintf("{ns-m/claim-m pod=pod-m m gpu-1-mig-1g18gb-0 mig uuid=%s profile=1g.18gb gpu=%s/%d}", migUUID, inv.GPUs[1].UUID, n.gpuInstance(t, "m"))
+	wholeBytes := float64(inv.GPUs[0].MemoryBytes)
 	want := map[string]float64{
 		"utilization_ratio" + sa: 0.30, "memory_used_bytes" + sa: 5 * gib, "memory_limit_bytes" + sa: 20 * gib,
 		"utilization_ratio" + sb1: 0.55, "memory_used_bytes" + sb1: 9 * gib, "memory_limit_bytes" + sb1: 40 * gib,
 		"utilization_ratio" + sb2: 0.55, "memory_used_bytes" + sb2: 9 * gib, "memory_limit_bytes" + sb2: 40 * gib,
-		"utilization_ratio" + sw: 0.80, "memory_used_bytes" + sw: 60 * gib, "memory_limit_bytes" + sw: float64(inv.GPUs[0].MemoryBytes),
-		"energy_joules_total" + sw: 2.5,
-		"utilization_ratio" + sm:   0.40, "memory_used_bytes" + sm: 6 * gib, "memory_limit_bytes" + sm: migBytes,
+		"utilization_ratio" + sw: 0.80, "memory_used_bytes" + sw: 60 * gib, "memory_limit_bytes" + sw: wholeBytes, "energy_joules_total" + sw: 2.5,
+		"utilization_ratio" + sm: 0.40, "memory_used_bytes" + sm: 6 * gib, "memory_limit_bytes" + sm: migBytes,
 	}
 	if diff := cmp.Diff(want, n.scrape(t), approx); diff != "" {
 		t.Errorf("series (-want +got):\n%s", diff)
