@@ -1,6 +1,8 @@
 package controller
 
 import (
+	"os"
+	"regexp"
 	"testing"
 	"time"
 
@@ -98,5 +100,32 @@ func TestTenantMetricsFeedShowback(t *testing.T) {
 	tenantShowback.flush()
 	if got := testutil.ToFloat64(tenantDeviceHours.WithLabelValues(tn.Name, "gpu.tessera.dev")); got != 8 {
 		t.Errorf("device-hours = %v, want 8", got)
+	}
+}
+
+// TestRulesNameServedTenantMetrics: every tessera_tenant_* metric the chart's
+// recording rules and docs/observability.md name is one the controller
+// serves.
+func TestRulesNameServedTenantMetrics(t *testing.T) {
+	served := map[string]bool{}
+	ch := make(chan *prometheus.Desc, 32)
+	for _, c := range []prometheus.Collector{tenantMemoryUsed, tenantMemoryBudget, tenantDevicesUsed, tenantDevicesBudget, allocationDecisions, tenantDeviceHours, tenantMemoryHours} {
+		c.Describe(ch)
+	}
+	close(ch)
+	fqName := regexp.MustCompile(`fqName: "([^"]+)"`)
+	for d := range ch {
+		served[fqName.FindStringSubmatch(d.String())[1]] = true
+	}
+	for _, file := range []string{"../../deployments/helm/tessera/files/recording-rules.yaml", "../../docs/observability.md"} {
+		raw, err := os.ReadFile(file)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, n := range regexp.MustCompile(`tessera_tenant_[a-z_]+`).FindAllString(string(raw), -1) {
+			if !served[n] {
+				t.Errorf("%s names %s, which the controller does not serve", file, n)
+			}
+		}
 	}
 }
