@@ -2,7 +2,6 @@ package claimusage
 
 import (
 	"strconv"
-	"strings"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -98,12 +97,7 @@ func typeOf(kind string) string {
 	return kind
 }
 
-// seriesKey names one device of one claim; claimOfKey takes the claim back.
+// seriesKey names one device of one claim.
 func seriesKey(uid string, d checkpoint.Device) string {
 	return uid + "/" + d.Request + "/" + d.Device
-}
-
-func claimOfKey(key string) string {
-	uid, _, _ := strings.Cut(key, "/")
-	return uid
 }

@@ -38,13 +38,19 @@ type Sampler struct {
 	nvml   tnvml.Telemetry
 	pods   *podCache
 
-	mu sync.Mutex
-	// series is the last sample.
-	series []series
+	// sampleMu serialises samples and guards what one sample hands the
+	// next. Scrapes and Forget never wait for it, so a slow NVML call
+	// delays neither a scrape nor an unprepare.
+	sampleMu sync.Mutex
 	// state is what a device's next sample starts from, by seriesKey.
 	state map[string]*deviceState
 	// since is, by GPU UUID, the newest process-utilization sample read.
 	since map[string]uint64
+
+	// mu guards what scrapes and Forget touch.
+	mu sync.Mutex
+	// series is the last sample.
+	series []series
 	// lastErr is the last sampling error logged, to log each one once.
 	lastErr string
 	// forgets counts Forget calls; forgotten holds, by claim UID, the
@@ -88,7 +94,7 @@ func New(claims Claims, telemetry tnvml.Telemetry, opts ...Option) *Sampler {
 func (s *Sampler) Prepared(claim *resourceapi.ResourceClaim) { s.pods.record(claim) }
 
 // Forget drops a claim's series at once, as its unprepare returns, rather
-// than at the next sample.
+// than at the next sample (which frees what it kept for the claim).
 func (s *Sampler) Forget(uid string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -102,12 +108,6 @@ func (s *Sampler) Forget(uid string) {
 	}
 	clear(s.series[len(kept):])
 	s.series = kept
-	for key, st := range s.state {
-		if claimOfKey(key) == uid {
-			st.gpm.Free()
-			delete(s.state, key)
-		}
-	}
 	s.pods.forget(uid)
 }
 
@@ -153,6 +153,8 @@ type gpuReads struct {
 // series. A device that cannot be read is left out, and its error
 // returned; the others are sampled.
 func (s *Sampler) Sample(ctx context.Context) error {
+	s.sampleMu.Lock()
+	defer s.sampleMu.Unlock()
 	s.mu.Lock()
 	start := s.forgets
 	s.mu.Unlock()
@@ -163,21 +165,11 @@ func (s *Sampler) Sample(ctx context.Context) error {
 		errs = append(errs, fmt.Errorf("list MPS daemons' processes: %w", err))
 		mps = nil
 	}
-	// Pods may be looked up through the API server: not while holding
-	// the lock that scrapes wait for.
-	pods := make([][]string, len(claims))
-	for i, c := range claims {
-		pods[i] = s.pods.get(ctx, c)
-	}
 	reads := gpuReads{usage: map[string]tnvml.GPUUsage{}, procs: map[string][]tnvml.ProcessUsage{}, errs: map[string]error{}}
-	s.mu.Lock()
-	defer s.mu.Unlock()
 	var out []series
 	seen := map[string]bool{}
-	for i, c := range claims {
-		if at, ok := s.forgotten[c.UID]; ok && at > start {
-			continue // unprepared while this sample read the claims
-		}
+	for _, c := range claims {
+		pods := s.pods.get(ctx, c)
 		for _, d := range c.Devices {
 			key := seriesKey(c.UID, d)
 			seen[key] = true
@@ -191,7 +183,7 @@ func (s *Sampler) Sample(ctx context.Context) error {
 				errs = append(errs, fmt.Errorf("claim %s/%s device %s: %w", c.Namespace, c.Name, d.Device, err))
 				continue
 			}
-			for _, pod := range pods[i] {
+			for _, pod := range pods {
 				out = append(out, series{claimUID: c.UID, labels: labelsOf(c, d, pod), values: v})
 			}
 		}
@@ -207,17 +199,27 @@ func (s *Sampler) Sample(ctx context.Context) error {
 			delete(s.since, gpu)
 		}
 	}
+	s.pods.keep(claims)
+
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	kept := out[:0]
+	for _, ser := range out {
+		if at, ok := s.forgotten[ser.claimUID]; !ok || at <= start {
+			kept = append(kept, ser) // not unprepared while this sample ran
+		}
+	}
 	for uid, at := range s.forgotten {
 		if at <= start {
 			delete(s.forgotten, uid) // every later sample reads the claims without it
 		}
 	}
-	s.pods.keep(claims)
-	s.series = out
+	s.series = kept
 	return errors.Join(errs...)
 }
 
-// sampleDevice reads one device of a claim. Must be called with s.mu held.
+// sampleDevice reads one device of a claim. Must be called with s.sampleMu
+// held.
 func (s *Sampler) sampleDevice(ctx context.Context, c *checkpoint.Claim, d checkpoint.Device, st *deviceState, mps map[string][]int, reads *gpuReads) (values, error) {
 	switch d.Kind {
 	case "mig":
