@@ -143,3 +143,27 @@ func TestMIGUsage(t *testing.T) {
 		})
 	}
 }
+
+// TestProcessesInMIGMode: in MIG mode NVML still lists processes with their
+// memory, but has no per-process utilization ("On MIG-enabled GPUs,
+// querying process utilization is not currently supported"): none is
+// reported, rather than an error or 0.
+func TestProcessesInMIGMode(t *testing.T) {
+	_, ctx := ktesting.NewTestContext(t)
+	s, lib := openMock(t, "dgxh100", 1)
+	if err := lib.SetMIGMode(ctx, 0, true); err != nil {
+		t.Fatal(err)
+	}
+	node, err := lib.Discover(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.SetProcesses(0, nvmlmock.Process{PID: 7, MemoryUsedBytes: 1 << 30, SMUtilPercent: 90})
+	got, _, err := lib.(tnvml.Telemetry).Processes(ctx, node.GPUs[0].UUID, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff([]tnvml.ProcessUsage{{PID: 7, MemoryUsedBytes: 1 << 30}}, got); diff != "" {
+		t.Errorf("(-want +got):\n%s", diff)
+	}
+}
