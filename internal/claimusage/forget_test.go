@@ -67,3 +67,33 @@ func TestForgetDuringSlowSample(t *testing.T) {
 		t.Errorf("%d series after the claim was forgotten during the sample, want 0", n)
 	}
 }
+
+// TestScrapesDuringSamples: scrapes read the series while samples replace
+// them and count energy on (run with -race).
+func TestScrapesDuringSamples(t *testing.T) {
+	_, ctx := ktesting.NewTestContext(t)
+	n := newNode(t, ctx, "dgxh100", 2)
+	n.prepare(t, ctx, claim("w").Device("g", "gpu-0").ReservedFor("pod", "p").Obj())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for range 50 {
+			n.server.AddEnergy(0, 100)
+			if err := n.sampler.Sample(ctx); err != nil {
+				t.Error(err)
+				return
+			}
+		}
+	}()
+	for {
+		select {
+		case <-done:
+			if got := n.scrape(t); len(got) == 0 {
+				t.Error("no series after the samples")
+			}
+			return
+		default:
+			_ = n.scrape(t)
+		}
+	}
+}

@@ -256,7 +256,9 @@ func (s *Sampler) sampleDevice(ctx context.Context, c *checkpoint.Claim, d check
 			st.energyJ += float64(cur) / 1000
 		}
 		st.energyMJ = &cur
-		v.energyJoules = &st.energyJ
+		// A copy: scrapes read the series while the next sample counts on.
+		joules := st.energyJ
+		v.energyJoules = &joules
 	}
 	return v, nil
 }
