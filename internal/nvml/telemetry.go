@@ -57,7 +57,8 @@ type MIGUsage struct {
 
 // ProcessUsage is one compute process on a GPU.
 type ProcessUsage struct {
-	// PID is as NVML reports it: in this process's PID namespace.
+	// PID is as NVML reports it (which PID namespace it is counted in
+	// on a node is not verified: see docs/observability.md).
 	PID uint32
 	// MemoryUsedBytes is the device memory the process uses.
 	MemoryUsedBytes uint64
