@@ -2,9 +2,13 @@ package claimusage_test
 
 import (
 	"sort"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
+	resourceapi "k8s.io/api/resource/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes/fake"
 	"k8s.io/klog/v2/ktesting"
 
@@ -24,7 +28,7 @@ func TestPodsOfClaimsPreparedBeforeRestart(t *testing.T) {
 	replacedNow.UID = "new"
 	replacedNow.Status.ReservedFor = known.Status.ReservedFor
 	client := fake.NewClientset(known, replacedNow)
-	n := newNode(t, ctx, "dgxh100", 3, claimusage.WithPodLookup(claimusage.ClaimPods(client), 0))
+	n := newNode(t, ctx, "dgxh100", 3, claimusage.WithPodLookup(claimusage.ClaimPods(client), time.Nanosecond))
 	// Prepared by the plugin's previous run: the sampler never saw them.
 	if res := n.preparer.Prepare(ctx, known); res.Err != nil {
 		t.Fatal(res.Err)
@@ -61,5 +65,34 @@ func TestPodsOfClaimsPreparedBeforeRestart(t *testing.T) {
 	want := map[string][]string{"ns-k/claim-k": {"pod-k1", "pod-k2"}, "ns-r/claim-r": {""}, "ns-g/claim-g": {""}}
 	if diff := cmp.Diff(want, pods); diff != "" {
 		t.Errorf("pods by claim (-want +got):\n%s", diff)
+	}
+}
+
+// TestPodsJoiningASharedClaim: a pod that joins a claim after the kubelet
+// prepared it for the first pod (no prepare call for it) shows once the
+// claim's pods are looked up again.
+func TestPodsJoiningASharedClaim(t *testing.T) {
+	_, ctx := ktesting.NewTestContext(t)
+	c := claim("s").Device("g", "gpu-0").ReservedFor("first", "p1").Obj()
+	client := fake.NewClientset(c)
+	n := newNode(t, ctx, "dgxh100", 1, claimusage.WithPodLookup(claimusage.ClaimPods(client), time.Nanosecond))
+	n.prepare(t, ctx, c)
+	joined := c.DeepCopy()
+	joined.Status.ReservedFor = append(joined.Status.ReservedFor, resourceapi.ResourceClaimConsumerReference{Resource: "pods", Name: "second", UID: "p2"})
+	if _, err := client.ResourceV1().ResourceClaims(c.Namespace).UpdateStatus(ctx, joined, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := n.sampler.Sample(ctx); err != nil {
+		t.Fatal(err)
+	}
+	var pods []string
+	for key := range n.scrape(t) {
+		if strings.HasPrefix(key, "utilization_ratio") {
+			pods = append(pods, strings.Fields(key)[1])
+		}
+	}
+	sort.Strings(pods)
+	if diff := cmp.Diff([]string{"pod=first", "pod=second"}, pods); diff != "" {
+		t.Errorf("pods (-want +got):\n%s", diff)
 	}
 }
