@@ -28,7 +28,7 @@ func TestPodsOfClaimsPreparedBeforeRestart(t *testing.T) {
 	replacedNow.UID = "new"
 	replacedNow.Status.ReservedFor = known.Status.ReservedFor
 	client := fake.NewClientset(known, replacedNow)
-	n := newNode(t, ctx, "dgxh100", 3, claimusage.WithPodLookup(claimusage.ClaimPods(client), time.Nanosecond))
+	n := newNode(t, ctx, "dgxh100", 3, claimusage.WithPodLookup(claimusage.ClaimPods(client), 0))
 	// Prepared by the plugin's previous run: the sampler never saw them.
 	if res := n.preparer.Prepare(ctx, known); res.Err != nil {
 		t.Fatal(res.Err)
