@@ -20,9 +20,9 @@ build: ## Build the binaries into bin/
 	$(GO) build -o $(BIN)/ ./cmd/...
 
 .PHONY: unit
-unit: ## Run the unit tests with the race detector (the chart and lint-rule tests use the pinned Helm and golangci-lint)
-	helm="$$($(HELM_TOOL))"; lint="$$(hack/linters.sh)"; \
-	TESSERA_HELM="$$helm" TESSERA_GOLANGCI_LINT="$$lint/golangci-lint" $(GO) test -race -count=1 $$($(GO) list ./... | grep -v /e2e)
+unit: ## Run the unit tests with the race detector (the chart and lint-rule tests use the pinned Helm, promtool and golangci-lint)
+	helm="$$($(HELM_TOOL))"; promtool="$$($(PROMTOOL_TOOL))"; lint="$$(hack/linters.sh)"; \
+	TESSERA_HELM="$$helm" TESSERA_PROMTOOL="$$promtool" TESSERA_GOLANGCI_LINT="$$lint/golangci-lint" $(GO) test -race -count=1 $$($(GO) list ./... | grep -v /e2e)
 
 .PHONY: test
 test: verify unit test-allocator-patched e2e ## Run everything CI runs: verify, unit tests, the allocator proofs on tessera-scheduler's patched allocator, e2e suite

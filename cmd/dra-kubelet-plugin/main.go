@@ -59,6 +59,7 @@ type options struct {
 	mpsShmSize             resource.QuantityValue
 	podUID                 string
 	allowMissingCheckpoint bool
+	claimMetricsInterval   time.Duration
 }
 
 func (o *options) addFlags(fs *pflag.FlagSet) {
@@ -84,6 +85,7 @@ func (o *options) addRunFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.metricsCertDir, "metrics-cert-dir", "", "directory holding tls.crt and tls.key for the secure metrics endpoint, reloaded when they change; empty generates a self-signed certificate at start")
 	fs.IntVar(&o.healthPort, "healthcheck-port", -1, "port of the gRPC health endpoint for probes, e.g. 51515; negative disables it")
 	fs.StringVar(&o.healthAddress, "healthcheck-address", "", "address the gRPC health endpoint listens on, e.g. 127.0.0.1; empty listens on every address (where the kubelet probes the pod)")
+	fs.DurationVar(&o.claimMetricsInterval, "claim-metrics-interval", 10*time.Second, "how often each prepared claim's devices are sampled through NVML for the tessera_claim_gpu_* metrics (utilization, memory, energy per claim and pod); 0 disables them")
 	fs.DurationVar(&o.rediscover, "rediscover-interval", 30*time.Second, "how often GPUs are rediscovered to republish changed slices")
 	fs.StringVar(&o.podUID, "pod-uid", "", "UID of the plugin's own pod (from the downward API), which lets an old and a new plugin run side by side during a rolling update")
 	fs.BoolVar(&o.allowMissingCheckpoint, "allow-missing-checkpoint", false, "start although the checkpoint is missing and MIG instances exist; destroys every MIG instance no claim owns")
@@ -273,5 +275,6 @@ func run(ctx context.Context, o *options) error {
 		MPSLauncher:            launcher,
 		MPSShmSize:             o.mpsShmSize.Value(),
 		AllowMissingCheckpoint: o.allowMissingCheckpoint,
+		ClaimMetricsInterval:   o.claimMetricsInterval,
 	})
 }

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/spf13/pflag"
 	resourceapi "k8s.io/api/resource/v1"
@@ -148,6 +149,31 @@ func TestMetricsSecureByDefault(t *testing.T) {
 			}
 			if got := len(o.metricsServeOptions(fake.NewClientset())) > 0; got != tc.secure {
 				t.Errorf("secure metrics = %v, want %v", got, tc.secure)
+			}
+		})
+	}
+}
+
+// Claims' GPU usage is sampled every 10 s unless told otherwise; 0 turns
+// the sampling off.
+func TestClaimMetricsInterval(t *testing.T) {
+	for name, tc := range map[string]struct {
+		args []string
+		want time.Duration
+	}{
+		"default":  {want: 10 * time.Second},
+		"disabled": {args: []string{"--claim-metrics-interval=0"}, want: 0},
+		"set":      {args: []string{"--claim-metrics-interval=1m"}, want: time.Minute},
+	} {
+		t.Run(name, func(t *testing.T) {
+			o := &options{}
+			fs := pflag.NewFlagSet("test", pflag.ContinueOnError)
+			o.addRunFlags(fs)
+			if err := fs.Parse(tc.args); err != nil {
+				t.Fatal(err)
+			}
+			if o.claimMetricsInterval != tc.want {
+				t.Errorf("interval = %v, want %v", o.claimMetricsInterval, tc.want)
 			}
 		})
 	}

@@ -4,14 +4,20 @@
 #   make helm          build the pinned Helm CLI (tools/helm) into the cache; print its path
 #   make chart-lint    helm lint --strict
 #   make chart-docs    regenerate docs/values.md from the chart's schema (part of make generate)
+#   make promtool      build the pinned promtool (tools/promtool), which tests the
+#                      chart's recording rules; print its path
 
 HELM_TOOL := hack/go-tool.sh helm tools/helm helm.sh/helm/v4/cmd/helm
+PROMTOOL_TOOL := hack/go-tool.sh promtool tools/promtool github.com/prometheus/prometheus/cmd/promtool
 CHART_DIR := deployments/helm/tessera
 
-.PHONY: helm chart-lint chart-docs
+.PHONY: helm promtool chart-lint chart-docs
 
 helm:
 	@$(HELM_TOOL)
+
+promtool:
+	@$(PROMTOOL_TOOL)
 
 chart-lint:
 	"$$($(HELM_TOOL))" lint --strict $(CHART_DIR)

@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/go-logr/logr"
 	corev1 "k8s.io/api/core/v1"
@@ -26,6 +27,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/event"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
+	"sigs.k8s.io/controller-runtime/pkg/manager"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	tenancyv1 "github.com/tessera-gpu/tessera/api/tenancy/v1alpha1"
@@ -141,6 +143,11 @@ func Run(ctx context.Context, cfg *rest.Config, opts Options) error {
 	}
 	if err := (&RequeueReconciler{client: mgr.GetClient()}).SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("set up sharing requeue reconciler: %w", err)
+	}
+	// Showback's counters follow held usage between reconciles; like them,
+	// only on the leader.
+	if err := mgr.Add(manager.RunnableFunc(func(ctx context.Context) error { return tenantShowback.run(ctx, time.Minute) })); err != nil {
+		return fmt.Errorf("add showback: %w", err)
 	}
 	return mgr.Start(ctx)
 }

@@ -68,6 +68,7 @@ func (r *TenantReconciler) Reconcile(ctx context.Context, req reconcile.Request)
 	if err := r.client.Get(ctx, req.NamespacedName, t); err != nil {
 		if apierrors.IsNotFound(err) {
 			forgetTenantMetrics(req.Name)
+			tenantShowback.forget(req.Name)
 			return reconcile.Result{}, nil
 		}
 		return reconcile.Result{}, fmt.Errorf("get GPUTenant %s: %w", req.Name, err)
@@ -254,6 +255,7 @@ func (r *TenantReconciler) writeStatus(ctx context.Context, t *tenancyv1.GPUTena
 
 func recordTenantMetrics(t *tenancyv1.GPUTenant, u tenancy.Usage) {
 	forgetTenantMetrics(t.Name)
+	tenantShowback.observe(t.Name, u)
 	tenantMemoryUsed.WithLabelValues(t.Name).Set(float64(u.Memory))
 	for class, n := range u.Devices {
 		tenantDevicesUsed.WithLabelValues(t.Name, class).Set(float64(n))

@@ -11,6 +11,7 @@ import (
 
 	"k8s.io/klog/v2"
 
+	"github.com/tessera-gpu/tessera/internal/claimusage"
 	"github.com/tessera-gpu/tessera/internal/health"
 	"github.com/tessera-gpu/tessera/internal/metrics"
 	tnvml "github.com/tessera-gpu/tessera/internal/nvml"
@@ -58,6 +59,9 @@ type NodeOptions struct {
 	// MPSShmSize is the size in bytes of each claim's MPS /dev/shm (a
 	// tmpfs); 0 takes the default.
 	MPSShmSize int64
+	// ClaimMetricsInterval is how often the prepared claims' devices are
+	// sampled for the tessera_claim_gpu_* metrics; 0 disables them.
+	ClaimMetricsInterval time.Duration
 }
 
 // RunNode reconciles the prepare checkpoint, starts the health monitor, the
@@ -125,6 +129,16 @@ func RunNode(ctx context.Context, opts Options, node NodeOptions) error {
 		for _, f := range followers {
 			f(node)
 		}
+	}
+	if tele, ok := opts.NVML.(tnvml.Telemetry); ok && node.ClaimMetricsInterval > 0 {
+		var sampleOpts []claimusage.Option
+		if opts.KubeClient != nil {
+			sampleOpts = append(sampleOpts, claimusage.WithPodLookup(claimusage.ClaimPods(opts.KubeClient), claimPodRefresh))
+		}
+		sampler := claimusage.New(preparer, tele, sampleOpts...)
+		m.Registry.MustRegister(sampler)
+		opts.Preparer = sampledPreparer{Preparer: preparer, sampler: sampler}
+		services = append(services, func(ctx context.Context) error { return sampler.Run(ctx, node.ClaimMetricsInterval) })
 	}
 	if node.MetricsAddress != "" {
 		services = append(services, func(ctx context.Context) error { return m.Serve(ctx, node.MetricsAddress, node.MetricsServeOptions...) })

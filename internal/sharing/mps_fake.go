@@ -26,6 +26,8 @@ type FakeMPS struct {
 type fakeDaemon struct {
 	Daemon
 	alive bool
+	// pids are the daemon's processes (see SetProcesses).
+	pids []int
 }
 
 var _ MPSControl = (*FakeMPS)(nil)

@@ -61,6 +61,7 @@ func New(model string, count int, seed string) (*Server, error) {
 		s.strict = append(s.strict, newStrictDevice(dev, m, s.changed, s.activated))
 	}
 	s.installEnumeration()
+	s.installTelemetry()
 	return s, nil
 }
 
@@ -78,6 +79,8 @@ type strictDevice struct {
 	resets       int
 	noMemoryInfo bool
 	modeSets     int
+	// usage is what the GPU is doing (see telemetry.go).
+	usage *deviceUsage
 	// changed is called, without locks held, after every change of the MIG
 	// state; what it returns is the changing call's result.
 	changed func() nvml.Return

@@ -1,0 +1,339 @@
+// Package claimusage samples what each prepared claim does with its
+// devices, through NVML, and exposes it as Prometheus series labelled with
+// the claim, its pods and its devices (tessera_claim_gpu_*): the plugin
+// knows which claim holds which whole GPU, MIG instance and share, which no
+// GPU exporter does. How each kind of device is measured, and how a share's
+// processes are attributed to their claim, is in docs/observability.md.
+package claimusage
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	resourceapi "k8s.io/api/resource/v1"
+	"k8s.io/klog/v2"
+
+	configapi "github.com/tessera-gpu/tessera/api/config/v1alpha1"
+	"github.com/tessera-gpu/tessera/internal/checkpoint"
+	tnvml "github.com/tessera-gpu/tessera/internal/nvml"
+)
+
+// Claims is what the sampler reads about the prepared claims
+// (prepare.Preparer implements it).
+type Claims interface {
+	// PreparedClaims returns every claim whose devices are all made.
+	PreparedClaims() []*checkpoint.Claim
+	// MPSProcesses returns, by claim UID, the PIDs of the claim's own MPS
+	// daemon's processes; nil when they cannot be told.
+	MPSProcesses(ctx context.Context) (map[string][]int, error)
+}
+
+// Sampler samples the prepared claims' devices and serves the last sample
+// as a prometheus.Collector. It is safe for concurrent use.
+type Sampler struct {
+	claims Claims
+	nvml   tnvml.Telemetry
+	pods   *podCache
+
+	// sampleMu serialises samples and guards what one sample hands the
+	// next. Scrapes and Forget never wait for it, so a slow NVML call
+	// delays neither a scrape nor an unprepare.
+	sampleMu sync.Mutex
+	// state is what a device's next sample starts from, by seriesKey.
+	state map[string]*deviceState
+	// since is, by GPU UUID, the newest process-utilization sample read.
+	since map[string]uint64
+
+	// mu guards what scrapes and Forget touch.
+	mu sync.Mutex
+	// series is the last sample.
+	series []series
+	// lastErr is the last sampling error logged, to log each one once.
+	lastErr string
+	// forgets counts Forget calls; forgotten holds, by claim UID, the
+	// count at its Forget, so that a sample that read the claims before
+	// the claim was forgotten does not bring its series back.
+	forgets   uint64
+	forgotten map[string]uint64
+}
+
+// deviceState carries counters between samples of one claim's device.
+type deviceState struct {
+	// energyMJ is the GPU's energy counter at the last sample; energyJ
+	// the energy counted for the claim since its first sample.
+	energyMJ *uint64
+	energyJ  float64
+	// gpm is the MIG instance's last GPU performance-monitoring sample.
+	gpm *tnvml.GPMSample
+}
+
+// Option configures a Sampler.
+type Option func(*Sampler)
+
+// WithPodLookup sets how the pods of a claim the sampler did not see
+// prepared (e.g. prepared before a restart) are found, and how often every
+// claim's pods are looked up again (0 never).
+func WithPodLookup(lookup PodLookup, refresh time.Duration) Option {
+	return func(s *Sampler) { s.pods.lookup, s.pods.refresh = lookup, refresh }
+}
+
+// New returns a sampler of the claims' devices, read through telemetry.
+func New(claims Claims, telemetry tnvml.Telemetry, opts ...Option) *Sampler {
+	s := &Sampler{claims: claims, nvml: telemetry, pods: newPodCache(), state: map[string]*deviceState{}, since: map[string]uint64{}, forgotten: map[string]uint64{}}
+	for _, o := range opts {
+		o(s)
+	}
+	return s
+}
+
+// Prepared records the pods a claim is reserved for, as the kubelet hands
+// the claim to prepare.
+func (s *Sampler) Prepared(claim *resourceapi.ResourceClaim) { s.pods.record(claim) }
+
+// Forget drops a claim's series at once, as its unprepare returns, rather
+// than at the next sample (which frees what it kept for the claim).
+func (s *Sampler) Forget(uid string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.forgets++
+	s.forgotten[uid] = s.forgets
+	kept := s.series[:0]
+	for _, ser := range s.series {
+		if ser.claimUID != uid {
+			kept = append(kept, ser)
+		}
+	}
+	clear(s.series[len(kept):])
+	s.series = kept
+	s.pods.forget(uid)
+}
+
+// Run samples every interval until ctx ends.
+func (s *Sampler) Run(ctx context.Context, interval time.Duration) error {
+	ticker := time.NewTicker(interval)
+	defer ticker.Stop()
+	for {
+		s.logError(ctx, s.Sample(ctx))
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-ticker.C:
+		}
+	}
+}
+
+// logError logs a sampling error the first time it is seen: a GPU that
+// cannot be read would otherwise log every interval.
+func (s *Sampler) logError(ctx context.Context, err error) {
+	msg := ""
+	if err != nil {
+		msg = err.Error()
+	}
+	s.mu.Lock()
+	changed := msg != s.lastErr
+	s.lastErr = msg
+	s.mu.Unlock()
+	if err != nil && changed {
+		klog.FromContext(ctx).Error(err, "Sampling claims' GPU usage failed in part; their series are left out until it succeeds")
+	}
+}
+
+// gpuReads holds the per-GPU readings of one sample, each read once
+// however many claims share the GPU.
+type gpuReads struct {
+	usage map[string]tnvml.GPUUsage
+	procs map[string][]tnvml.ProcessUsage
+	errs  map[string]error
+}
+
+// Sample reads every prepared claim's devices once and replaces the
+// series. A device that cannot be read is left out, and its error
+// returned; the others are sampled.
+func (s *Sampler) Sample(ctx context.Context) error {
+	s.sampleMu.Lock()
+	defer s.sampleMu.Unlock()
+	s.mu.Lock()
+	start := s.forgets
+	s.mu.Unlock()
+	claims := s.claims.PreparedClaims()
+	var errs []error
+	mps, err := s.claims.MPSProcesses(ctx)
+	if err != nil {
+		errs = append(errs, fmt.Errorf("list MPS daemons' processes: %w", err))
+		mps = nil
+	}
+	reads := gpuReads{usage: map[string]tnvml.GPUUsage{}, procs: map[string][]tnvml.ProcessUsage{}, errs: map[string]error{}}
+	var out []series
+	seen := map[string]bool{}
+	for _, c := range claims {
+		pods := s.pods.get(ctx, c)
+		for _, d := range c.Devices {
+			key := seriesKey(c.UID, d)
+			seen[key] = true
+			st := s.state[key]
+			if st == nil {
+				st = &deviceState{}
+				s.state[key] = st
+			}
+			v, err := s.sampleDevice(ctx, c, d, st, mps, &reads)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("claim %s/%s device %s: %w", c.Namespace, c.Name, d.Device, err))
+				continue
+			}
+			for _, pod := range pods {
+				out = append(out, series{claimUID: c.UID, labels: labelsOf(c, d, pod), values: v})
+			}
+		}
+	}
+	for key, st := range s.state {
+		if !seen[key] {
+			st.gpm.Free()
+			delete(s.state, key)
+		}
+	}
+	for gpu := range s.since {
+		if _, ok := reads.procs[gpu]; !ok {
+			delete(s.since, gpu)
+		}
+	}
+	s.pods.keep(claims)
+
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	kept := out[:0]
+	for _, ser := range out {
+		if at, ok := s.forgotten[ser.claimUID]; !ok || at <= start {
+			kept = append(kept, ser) // not unprepared while this sample ran
+		}
+	}
+	for uid, at := range s.forgotten {
+		if at <= start {
+			delete(s.forgotten, uid) // every later sample reads the claims without it
+		}
+	}
+	s.series = kept
+	return errors.Join(errs...)
+}
+
+// sampleDevice reads one device of a claim. Must be called with s.sampleMu
+// held.
+func (s *Sampler) sampleDevice(ctx context.Context, c *checkpoint.Claim, d checkpoint.Device, st *deviceState, mps map[string][]int, reads *gpuReads) (values, error) {
+	switch d.Kind {
+	case "mig":
+		if d.MIG == nil {
+			return values{}, errors.New("MIG device without its instance")
+		}
+		u, next, err := s.nvml.MIGUsage(ctx, d.GPUUUID, d.MIG.GPUInstanceID, st.gpm)
+		st.gpm.Free()
+		st.gpm = next
+		if err != nil {
+			return values{}, err
+		}
+		return values{utilization: u.Utilization, memoryUsed: u.MemoryUsedBytes, memoryLimit: u.MemoryTotalBytes}, nil
+	case "shared":
+		return s.sampleShare(ctx, c, d, mps, reads)
+	}
+	u, err := reads.gpu(ctx, s.nvml, d.GPUUUID)
+	if err != nil {
+		return values{}, err
+	}
+	// The whole GPU's memory is what the claim may use: its limit, so that
+	// memory held sums over every type of device.
+	v := values{utilization: u.Utilization, memoryUsed: u.MemoryUsedBytes, memoryLimit: u.MemoryTotalBytes}
+	if u.EnergyMillijoules != nil {
+		cur := *u.EnergyMillijoules
+		switch {
+		case st.energyMJ == nil:
+			// Energy counts from the claim's first sample: what the GPU
+			// used before was someone else's.
+		case cur >= *st.energyMJ:
+			st.energyJ += float64(cur-*st.energyMJ) / 1000
+		default:
+			// The driver was reloaded and its counter started again.
+			st.energyJ += float64(cur) / 1000
+		}
+		st.energyMJ = &cur
+		// A copy: scrapes read the series while the next sample counts on.
+		joules := st.energyJ
+		v.energyJoules = &joules
+	}
+	return v, nil
+}
+
+// sampleShare reads a claim's share of a time-shared GPU: its limit, and,
+// where the claim has its own MPS daemon, what that daemon's processes use
+// and how busy they keep the GPU. Processes of time-sliced shares run in
+// the containers' PID namespaces, which the plugin cannot see: only their
+// limit is shown.
+func (s *Sampler) sampleShare(ctx context.Context, c *checkpoint.Claim, d checkpoint.Device, mps map[string][]int, reads *gpuReads) (values, error) {
+	var v values
+	switch {
+	case d.Sharing != nil && d.Sharing.PinnedMemoryLimitBytes > 0:
+		limit := uint64(d.Sharing.PinnedMemoryLimitBytes)
+		v.memoryLimit = &limit
+	case d.Share != nil && d.Share.MemoryBytes > 0:
+		limit := uint64(d.Share.MemoryBytes)
+		v.memoryLimit = &limit
+	}
+	if mps == nil || d.Sharing == nil || d.Sharing.Strategy != string(configapi.MPSStrategy) {
+		return v, nil
+	}
+	procs, err := reads.processes(ctx, s.nvml, d.GPUUUID, s.since)
+	if err != nil {
+		return values{}, err
+	}
+	own := map[uint32]bool{}
+	for _, pid := range mps[c.UID] {
+		own[uint32(pid)] = true
+	}
+	var used uint64
+	var util float64
+	for _, p := range procs {
+		if !own[p.PID] {
+			continue
+		}
+		used += p.MemoryUsedBytes
+		if p.SMUtilization != nil {
+			util += *p.SMUtilization
+		}
+	}
+	util = min(util, 1)
+	v.memoryUsed, v.utilization = &used, &util
+	return v, nil
+}
+
+func (r *gpuReads) gpu(ctx context.Context, t tnvml.Telemetry, uuid string) (tnvml.GPUUsage, error) {
+	if err, failed := r.errs["gpu/"+uuid]; failed {
+		return tnvml.GPUUsage{}, err
+	}
+	if u, ok := r.usage[uuid]; ok {
+		return u, nil
+	}
+	u, err := t.GPUUsage(ctx, uuid)
+	if err != nil {
+		r.errs["gpu/"+uuid] = err
+		return u, err
+	}
+	r.usage[uuid] = u
+	return u, nil
+}
+
+func (r *gpuReads) processes(ctx context.Context, t tnvml.Telemetry, uuid string, since map[string]uint64) ([]tnvml.ProcessUsage, error) {
+	if err, failed := r.errs["procs/"+uuid]; failed {
+		return nil, err
+	}
+	if p, ok := r.procs[uuid]; ok {
+		return p, nil
+	}
+	p, newest, err := t.Processes(ctx, uuid, since[uuid])
+	if err != nil {
+		r.errs["procs/"+uuid] = err
+		return nil, err
+	}
+	since[uuid] = newest
+	r.procs[uuid] = p
+	return p, nil
+}
