@@ -109,6 +109,9 @@ func RunNode(ctx context.Context, opts Options, node NodeOptions) error {
 		// A GPU whose MIG mode could not be switched off after its last
 		// partition (a busy GPU) is retried until it can be used whole.
 		func(ctx context.Context) error { return preparer.WatchMIGModeOff(ctx, 10*time.Second) },
+		// A MIG instance an unprepare could not destroy is destroyed as
+		// soon as it can be, freeing its placement.
+		func(ctx context.Context) error { return preparer.WatchPendingDestroys(ctx, 10*time.Second) },
 	}
 	if h, ok := opts.NVML.(tnvml.Health); ok {
 		monitor := health.New(h, inv, health.WithMetrics(m), health.WithMIGDevices(preparer.MIGDeviceName))
