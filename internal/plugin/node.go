@@ -85,6 +85,14 @@ func RunNode(ctx context.Context, opts Options, node NodeOptions) error {
 	if node.MPSShmSize > 0 {
 		prepOpts = append(prepOpts, prepare.WithMPSShmSize(node.MPSShmSize))
 	}
+	if opts.KubeClient != nil {
+		recorder, stop, err := nodeEvents(ctx, opts.KubeClient)
+		if err != nil {
+			return err
+		}
+		defer stop()
+		prepOpts = append(prepOpts, prepare.WithEvents(recorder))
+	}
 	// The node is discovered here once; the preparer, the health monitor
 	// and the publication start from it, and follow the publication's
 	// rediscoveries.
