@@ -233,16 +233,19 @@ func (p *Preparer) retryDestroy(ctx context.Context, rec *pendingDestroy) (bool,
 		return true, nil
 	}
 	g.Lock()
-	defer g.Unlock()
 	index := g.gpu.Index
 	existing, err := p.nvml.MIGDevices(ctx, index)
 	if err != nil {
+		// Not under g's lock: gpuLost takes the inventory's, which
+		// SetInventory holds while it waits for g's.
+		g.Unlock()
 		if p.gpuLost(ctx, index) {
 			p.destroyedLater(rec, "its GPU is lost")
 			return true, nil
 		}
 		return false, fmt.Errorf("MIG instance %s of claim %s: list MIG devices of GPU %d: %w", rec.Device, rec.Claim, index, err)
 	}
+	defer g.Unlock()
 	i := slices.IndexFunc(existing, func(m tnvml.MIGDevice) bool { return sameMIG(&rec.MIG, m) })
 	if i < 0 {
 		// NOT_FOUND, or MIG mode off after a reset: nothing to destroy.

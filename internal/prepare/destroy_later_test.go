@@ -218,3 +218,29 @@ func TestWatchPendingDestroysRetriesWithBackoff(t *testing.T) {
 		t.Errorf("node after the watch (-want +got):\n%s", diff)
 	}
 }
+
+// TestPendingDestroySeenByTheOtherInstance: during a rolling update, the
+// instance an unprepare of one plugin left holds its placement for the
+// other plugin too.
+func TestPendingDestroySeenByTheOtherInstance(t *testing.T) {
+	_, ctx := ktesting.NewTestContext(t)
+	e := newTestEnv(t, "dgxh200", 1)
+	lib := newFailingDestroy(e.lib, 1<<40)
+	old := e.mustPreparer(ctx, WithNVML(lib))
+	updated := e.mustPreparer(ctx, WithNVML(lib))
+	const dev = "gpu-0-mig-2g35gb-2"
+	a := makeClaim("a").Device("m", dev).Obj()
+	if res := old.Prepare(ctx, a); res.Err != nil {
+		t.Fatal(res.Err)
+	}
+	if err := old.Unprepare(ctx, ref(a)); err != nil {
+		t.Fatal(err)
+	}
+	res := updated.Prepare(ctx, makeClaim("b").Device("m", "gpu-0-mig-1g18gb-3").Obj())
+	if res.Err == nil || !strings.Contains(res.Err.Error(), "could not destroy") {
+		t.Errorf("the other instance prepared over the instance left: %v, want a refusal", res.Err)
+	}
+	if !updated.PreparedDevices()[dev] {
+		t.Errorf("the other instance does not withdraw %s", dev)
+	}
+}

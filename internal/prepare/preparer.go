@@ -760,6 +760,12 @@ func (p *Preparer) lockState() (func(), error) {
 		unlock()
 		return nil, fmt.Errorf("reread checkpoint another plugin instance changed: %w", err)
 	}
+	// The other instance of a rolling update may have left MIG instances
+	// to destroy, whose placements are held.
+	if _, err := p.loadPendingDestroys(); err != nil {
+		unlock()
+		return nil, err
+	}
 	return unlock, nil
 }
 
