@@ -59,24 +59,24 @@ func drain(rec *events.FakeRecorder) []string {
 	}
 }
 
-// TestUndestroyableMIGInstanceIsDestroyedLater: DestroyGpuInstance fails
-// twice, in the unprepare and in the first retry. The unprepare completes anyway; the instance is recorded,
+// TestUndestroyableMIGInstanceIsDestroyedLater: the mock's destroy of the
+// instance fails twice with IN_USE, in the unprepare and in the first retry. The unprepare completes anyway; the instance is recorded,
 // survives a plugin restart, holds its placement (a claim on it or on the
 // whole GPU is refused, its device stays withdrawn), shows in a metric and
 // an Event, and the background retry destroys it and frees the placement.
 func TestUndestroyableMIGInstanceIsDestroyedLater(t *testing.T) {
 	_, ctx := ktesting.NewTestContext(t)
 	e := newTestEnv(t, "dgxh200", 1)
-	lib := newFailingDestroy(e.lib, 2)
 	m := metrics.New()
 	rec := events.NewFakeRecorder(100)
-	opts := []Option{WithNVML(lib), WithMetrics(m), WithEvents(rec)}
+	opts := []Option{WithMetrics(m), WithEvents(rec)}
 	p := e.mustPreparer(ctx, opts...)
 	const dev = "gpu-0-mig-1g18gb-0"
 	a := makeClaim("a").Device("m", dev).Obj()
 	if res := p.Prepare(ctx, a); res.Err != nil {
 		t.Fatal(res.Err)
 	}
+	e.server.FailDestroys(0, 2) // a CUDA process still runs on it
 	if err := p.Unprepare(ctx, ref(a)); err != nil {
 		t.Fatalf("unprepare with an instance that will not go: %v", err)
 	}
