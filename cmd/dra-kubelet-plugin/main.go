@@ -1,6 +1,7 @@
 // Command dra-kubelet-plugin is Tessera's kubelet plugin: it publishes the
 // node's GPUs as ResourceSlices and prepares allocated devices. Its
-// "slices" subcommand prints, without a cluster, the slices it would publish.
+// "slices" subcommand prints, without a cluster, the slices it would publish;
+// its "nvml-report" subcommand compares what discovery sees with the mocks.
 package main
 
 import (
@@ -27,6 +28,7 @@ import (
 	"github.com/tessera-gpu/tessera/internal/metrics"
 	tnvml "github.com/tessera-gpu/tessera/internal/nvml"
 	"github.com/tessera-gpu/tessera/internal/nvml/nvmlmock"
+	"github.com/tessera-gpu/tessera/internal/nvmlreport"
 	"github.com/tessera-gpu/tessera/internal/plugin"
 	"github.com/tessera-gpu/tessera/internal/sharing"
 	"github.com/tessera-gpu/tessera/pkg/partition"
@@ -198,6 +200,33 @@ func newCommand() *cobra.Command {
 			}
 			res := resourceslice.Build(o.nodeName, node, o.sliceOptions())
 			return resourceslice.WriteYAML(cmd.OutOrStdout(), resourceslice.Objects(o.nodeName, res))
+		},
+	})
+	root.AddCommand(&cobra.Command{
+		Use:   "nvml-report",
+		Short: "Print what discovery sees on this node's GPUs and compare each with the mock's model of its product; changes nothing",
+		Long: "Print, for each GPU, what Tessera's discovery sees (identity, memory, MIG mode current and pending, MIG instances, " +
+			"the MIG profiles and placements, NVML's own profile names, the devices Tessera would publish) and compare it, line by line, " +
+			"with the mock model of the GPU's product that Tessera's tests run on: \"=\" agrees, \"!\" differs in a way that matters " +
+			"(the tests prove less than they seem to), \"~\" differs in a way that does not. Exits non-zero on any difference that matters. " +
+			"Only reads from NVML: no MIG mode change, no instance created or destroyed.",
+		Example: "  dra-kubelet-plugin nvml-report --driver-root=/run/nvidia/driver",
+		Args:    cobra.NoArgs,
+		PreRunE: func(cmd *cobra.Command, _ []string) error { return cli.FromEnv(cmd.Flags()) },
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			lib, err := o.openNVML("")
+			if err != nil {
+				return err
+			}
+			defer func() { _ = lib.Shutdown() }()
+			n, err := nvmlreport.Write(cmd.Context(), cmd.OutOrStdout(), lib, o.sliceOptions().Partition)
+			if err != nil {
+				return err
+			}
+			if n > 0 {
+				return fmt.Errorf("%d differences that matter between this node's GPUs and Tessera's mock models", n)
+			}
+			return nil
 		},
 	})
 	root.AddCommand(newMPSLaunchCommand())

@@ -38,6 +38,8 @@ type Metrics struct {
 	migOffPending     prometheus.Gauge
 	migOffFailures    prometheus.Counter
 	migResetRequired  *prometheus.GaugeVec
+	migDestroyPending prometheus.Gauge
+	migDestroyFailed  prometheus.Counter
 }
 
 // New returns metrics registered on a fresh registry, with the Go and
@@ -94,9 +96,18 @@ func New() *Metrics {
 			Namespace: namespace, Name: "mig_mode_reset_required",
 			Help: "1 for each GPU whose MIG mode change needed a reset: its mode is never changed again until the plugin restarts.",
 		}, []string{"gpu"}),
+		migDestroyPending: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: namespace, Name: "mig_destroy_pending",
+			Help: "MIG instances that an unprepare could not destroy, destroyed in the background; their placements are offered to no claim meanwhile.",
+		}),
+		migDestroyFailed: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: namespace, Name: "mig_destroy_failures_total",
+			Help: "Failed attempts to destroy a MIG instance of an unprepared claim, in the unprepare and in the background.",
+		}),
 	}
 	m.Registry.MustRegister(m.prepareDuration, m.unprepareDuration, m.errors, m.preparedDevices,
 		m.migInstances, m.mpsDaemons, m.deviceTaints, m.xidEvents, m.migOffPending, m.migOffFailures, m.migResetRequired,
+		m.migDestroyPending, m.migDestroyFailed,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -174,6 +185,24 @@ func (m *Metrics) SetMIGModeResetRequired(gpu int) {
 		return
 	}
 	m.migResetRequired.WithLabelValues(fmt.Sprint(gpu)).Set(1)
+}
+
+// SetMIGDestroyPending sets the number of MIG instances to destroy in the
+// background.
+func (m *Metrics) SetMIGDestroyPending(n int) {
+	if m == nil {
+		return
+	}
+	m.migDestroyPending.Set(float64(n))
+}
+
+// CountMIGDestroyFailure counts one failed attempt to destroy a MIG instance
+// of an unprepared claim.
+func (m *Metrics) CountMIGDestroyFailure() {
+	if m == nil {
+		return
+	}
+	m.migDestroyFailed.Inc()
 }
 
 // ServeOption configures Serve.

@@ -94,6 +94,14 @@ func RunNode(ctx context.Context, opts Options, node NodeOptions) error {
 	if node.MPSShmSize > 0 {
 		prepOpts = append(prepOpts, prepare.WithMPSShmSize(node.MPSShmSize))
 	}
+	if opts.KubeClient != nil {
+		recorder, stop, err := nodeEvents(ctx, opts.KubeClient)
+		if err != nil {
+			return err
+		}
+		defer stop()
+		prepOpts = append(prepOpts, prepare.WithEvents(recorder))
+	}
 	// The node is discovered here once; the preparer, the health monitor
 	// and the publication start from it, and follow the publication's
 	// rediscoveries.
@@ -118,6 +126,9 @@ func RunNode(ctx context.Context, opts Options, node NodeOptions) error {
 		// A GPU whose MIG mode could not be switched off after its last
 		// partition (a busy GPU) is retried until it can be used whole.
 		func(ctx context.Context) error { return preparer.WatchMIGModeOff(ctx, 10*time.Second) },
+		// A MIG instance an unprepare could not destroy is destroyed as
+		// soon as it can be, freeing its placement.
+		func(ctx context.Context) error { return preparer.WatchPendingDestroys(ctx, 10*time.Second) },
 	}
 	if h, ok := opts.NVML.(tnvml.Health); ok {
 		monitor := health.New(h, inv, health.WithMetrics(m), health.WithMIGDevices(preparer.MIGDeviceName))

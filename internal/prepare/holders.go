@@ -55,6 +55,9 @@ func (p *Preparer) checkNotHeld(uid string, devices []checkpoint.Device) error {
 				}
 			}
 		}
+		if err := p.checkNotPendingDestroy(want, wantInfo); err != nil {
+			return err
+		}
 		if want.Share == nil || len(sharers) == 0 {
 			continue
 		}
@@ -83,4 +86,20 @@ func overlaps(a deviceInfo, b partition.Device) bool {
 
 func holder(c *checkpoint.Claim) string {
 	return fmt.Sprintf("%s/%s (%s)", c.Namespace, c.Name, c.UID)
+}
+
+// checkNotPendingDestroy refuses a device that overlaps a MIG instance an
+// unprepare could not destroy: it still holds its placement.
+func (p *Preparer) checkNotPendingDestroy(want checkpoint.Device, wantInfo deviceInfo) error {
+	for _, rec := range p.pendingDestroyList() {
+		if rec.GPUUUID != want.GPUUUID {
+			continue
+		}
+		heldInfo, known := p.device(rec.Device)
+		if !known || overlaps(wantInfo, heldInfo.device) {
+			return fmt.Errorf("device %s overlaps MIG instance %s of claim %s, which its unprepare could not destroy (%s): it is destroyed in the background",
+				want.Device, rec.Device, rec.Claim, rec.LastError)
+		}
+	}
+	return nil
 }

@@ -7,6 +7,7 @@ import (
 	"slices"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	"k8s.io/klog/v2"
 
 	"github.com/tessera-gpu/tessera/internal/checkpoint"
@@ -76,7 +77,9 @@ func (p *Preparer) migModeOffForWhole(ctx context.Context, d *checkpoint.Device)
 		p.noteResetRequired(g, err)
 		return fmt.Errorf("device %s: switch MIG mode off on GPU %d: %w", d.Device, d.GPUIndex, err)
 	}
-	p.clearMIGModeOff(d.GPUIndex)
+	if p.clearMIGModeOff(d.GPUIndex) {
+		p.event(corev1.EventTypeNormal, ReasonMIGModeOff, "SwitchMIGModeOff", "MIG mode of GPU %d (%s) is off again after a deferred attempt, for device %s", d.GPUIndex, g.gpu.UUID, d.Device)
+	}
 	return nil
 }
 
@@ -109,7 +112,9 @@ func (p *Preparer) migModeOffIfUnused(ctx context.Context, g *gpuState) error {
 		p.deferMIGModeOff(ctx, index, fmt.Errorf("disable MIG mode on GPU %d: %w", index, err))
 		return nil
 	}
-	p.clearMIGModeOff(index)
+	if p.clearMIGModeOff(index) {
+		p.event(corev1.EventTypeNormal, ReasonMIGModeOff, "SwitchMIGModeOff", "MIG mode of GPU %d (%s) is off again after a deferred attempt", index, g.gpu.UUID)
+	}
 	return p.step(StepMIGModeOff)
 }
 
@@ -136,12 +141,16 @@ func (p *Preparer) deferMIGModeOff(ctx context.Context, index int, err error) {
 	logger := klog.FromContext(ctx)
 	if !known {
 		logger.Error(err, "Switching MIG mode off failed; retrying in the background", "gpu", index)
+		p.event(corev1.EventTypeWarning, ReasonMIGModeOffDeferred, "SwitchMIGModeOff",
+			"GPU %d has no MIG partition left but its MIG mode could not be switched off (%v): it cannot be used whole or shared until it is; retrying in the background", index, err)
 	} else {
 		logger.V(2).Info("Switching MIG mode off failed again", "gpu", index, "err", err)
 	}
 }
 
-func (p *Preparer) clearMIGModeOff(index int) {
+// clearMIGModeOff forgets a GPU's deferred MIG-off, and reports whether
+// one was pending.
+func (p *Preparer) clearMIGModeOff(index int) bool {
 	p.migOffMu.Lock()
 	_, known := p.migOff[index]
 	delete(p.migOff, index)
@@ -150,6 +159,7 @@ func (p *Preparer) clearMIGModeOff(index int) {
 	if known {
 		p.metrics.SetMIGModeOffPending(n)
 	}
+	return known
 }
 
 // RetryMIGModeOff tries once more to switch MIG mode off on each GPU where

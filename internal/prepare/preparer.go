@@ -18,6 +18,7 @@ import (
 	"time"
 
 	resourceapi "k8s.io/api/resource/v1"
+	"k8s.io/client-go/tools/events"
 	"k8s.io/dynamic-resource-allocation/kubeletplugin"
 	"k8s.io/klog/v2"
 
@@ -45,6 +46,7 @@ type Preparer struct {
 	simulated bool
 	slicer    sharing.TimeSlicer
 	metrics   *metrics.Metrics
+	events    events.EventRecorder
 	hook      func(Step) error
 	// capabilities, when set, replaces reading the capability files.
 	capabilities CapabilityLookup
@@ -81,6 +83,14 @@ type Preparer struct {
 	// off in the background, with the last reason it failed.
 	migOffMu sync.Mutex
 	migOff   map[int]error
+
+	// pendingMu guards pendingDestroys: the MIG instances unprepares left,
+	// to be destroyed in the background (see destroy_later.go), as last
+	// read or written under the state lock.
+	pendingMu       sync.Mutex
+	pendingDestroys []pendingDestroy
+	// pendingDestroyFault, when set, fails writes of their file (tests).
+	pendingDestroyFault func(instances int) error
 
 	// mu guards cp and serialises its writes.
 	mu sync.Mutex
@@ -253,6 +263,10 @@ func New(ctx context.Context, opts ...Option) (*Preparer, error) {
 	}
 	p.gpus = map[int]*gpuState{}
 	p.SetInventory(node)
+	if _, err := p.loadPendingDestroys(); err != nil {
+		// What it lists would be forgotten, and its placements offered.
+		return nil, err
+	}
 	if err := p.checkRecordedGPUs(ctx, node); err != nil {
 		return nil, fmt.Errorf("record GPUs' NVML indexes as discovered: %w", err)
 	}
@@ -601,11 +615,16 @@ func (p *Preparer) teardown(ctx context.Context, c *checkpoint.Claim) error {
 					return err
 				}
 				if !p.gpuLost(ctx, d.GPUIndex) {
-					errs = append(errs, err)
-					continue
+					// Recorded and destroyed in the background, so that
+					// the unprepare completes.
+					if err := p.destroyLater(ctx, c, d, err); err != nil {
+						errs = append(errs, err)
+						continue
+					}
+				} else {
+					// The instance went with its GPU.
+					klog.FromContext(ctx).Error(err, "GPU of a MIG device is lost; forgetting the device", "device", d.Device, "gpu", d.GPUIndex)
 				}
-				// The instance went with its GPU.
-				klog.FromContext(ctx).Error(err, "GPU of a MIG device is lost; forgetting the device", "device", d.Device, "gpu", d.GPUIndex)
 			}
 			d.MIG.Created = false
 			if err := p.update(func(cp *checkpoint.Checkpoint) { cp.Claims[c.UID].Devices[i].MIG.Created = false }); err != nil {
@@ -741,6 +760,12 @@ func (p *Preparer) lockState() (func(), error) {
 		unlock()
 		return nil, fmt.Errorf("reread checkpoint another plugin instance changed: %w", err)
 	}
+	// The other instance of a rolling update may have left MIG instances
+	// to destroy, whose placements are held.
+	if _, err := p.loadPendingDestroys(); err != nil {
+		unlock()
+		return nil, err
+	}
 	return unlock, nil
 }
 
@@ -766,6 +791,10 @@ func (p *Preparer) PreparedDevices() map[string]bool {
 		for _, d := range c.Devices {
 			out[d.Device] = true
 		}
+	}
+	// An instance an unprepare left holds its placement until it is gone.
+	for _, rec := range p.pendingDestroyList() {
+		out[rec.Device] = true
 	}
 	return out
 }

@@ -41,6 +41,14 @@ func (p *Preparer) reconcile(ctx context.Context) error {
 		}
 	}
 
+	// Those an unprepare left are the background's to destroy (and count
+	// as held until then).
+	for _, rec := range p.pendingDestroyList() {
+		if _, index := p.gpuByUUID(rec.GPUUUID); index != goneGPU {
+			owned[index] = append(owned[index], &rec.MIG)
+		}
+	}
+
 	p.invMu.RLock()
 	gpus := maps.Clone(p.gpus)
 	p.invMu.RUnlock()

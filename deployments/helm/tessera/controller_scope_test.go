@@ -35,6 +35,13 @@ const controllerUser = "system:serviceaccount:tessera-system:tessera-controller"
 // validations that fail.
 func admits(t *testing.T, policy *admissionv1.ValidatingAdmissionPolicy, username string, op admission.Operation, gvr schema.GroupVersionResource, kind string, obj, old runtime.Object) (matched bool, denials []string) {
 	t.Helper()
+	return admitsUser(t, policy, &user.DefaultInfo{Name: username}, op, gvr, kind, obj, old)
+}
+
+// admitsUser is admits for a user with more than a name (e.g. the node name
+// a pod-bound token carries in its extra info).
+func admitsUser(t *testing.T, policy *admissionv1.ValidatingAdmissionPolicy, userInfo user.Info, op admission.Operation, gvr schema.GroupVersionResource, kind string, obj, old runtime.Object) (matched bool, denials []string) {
+	t.Helper()
 	compiler, err := plugincel.NewCompositedCompiler(environment.MustBaseEnvSet(environment.DefaultCompatibilityVersion()))
 	if err != nil {
 		t.Fatal(err)
@@ -52,7 +59,7 @@ func admits(t *testing.T, policy *admissionv1.ValidatingAdmissionPolicy, usernam
 			name, namespace = m.GetName(), m.GetNamespace()
 		}
 	}
-	attrs := admission.NewAttributesRecord(obj, old, gvk, namespace, name, gvr, "", op, nil, false, &user.DefaultInfo{Name: username})
+	attrs := admission.NewAttributesRecord(obj, old, gvk, namespace, name, gvr, "", op, nil, false, userInfo)
 	request := plugincel.CreateAdmissionRequest(attrs, metav1.GroupVersionResource(gvr), metav1.GroupVersionKind(gvk))
 	versioned := &admission.VersionedAttributes{Attributes: attrs, VersionedKind: gvk, VersionedObject: admission.NewLazyObject(obj), VersionedOldObject: admission.NewLazyObject(old)}
 	eval := func(exprs []plugincel.ExpressionAccessor) []plugincel.EvaluationResult {

@@ -216,6 +216,31 @@ func (s *Server) SetBusy(index int, busy bool) {
 	d.busy = busy
 }
 
+// FailDestroys makes the next n attempts to destroy a MIG instance on a GPU
+// (its compute instance, or the GPU instance itself) answer
+// NVML_ERROR_IN_USE, as a CUDA process still running on it makes NVML do
+// (nvml.h, nvmlComputeInstanceDestroy: "NVML_ERROR_IN_USE If the compute
+// instance is in use. This error would be returned if processes (e.g. CUDA
+// application) are active on the compute instance."; nvmlGpuInstanceDestroy
+// likewise "if processes (e.g. CUDA application) or compute instances are
+// active on the GPU instance").
+func (s *Server) FailDestroys(index, n int) {
+	s.strict[index].inUseDestroys.Store(int64(n))
+}
+
+// inUseByProcesses reports whether a destroy fails with IN_USE, counting it.
+func (s *strictDevice) inUseByProcesses() bool {
+	for {
+		n := s.inUseDestroys.Load()
+		if n <= 0 {
+			return false
+		}
+		if s.inUseDestroys.CompareAndSwap(n, n-1) {
+			return true
+		}
+	}
+}
+
 // SetResetRequired makes a GPU need a reset for any MIG mode change, as a
 // GPU passed through to a VM does ("On certain platforms like pass-through
 // virtualization, where reset functionality may not be exposed directly, VM

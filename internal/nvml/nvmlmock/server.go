@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"sort"
 	"sync"
+	"sync/atomic"
 
 	"github.com/google/uuid"
 
@@ -75,6 +76,9 @@ type strictDevice struct {
 	// (see hardware.go).
 	busy       bool
 	needsReset bool
+	// inUseDestroys is how many more MIG destroys answer IN_USE (see
+	// FailDestroys).
+	inUseDestroys atomic.Int64
 	// resets counts the GPU's resets, which MIG UUIDs depend on.
 	resets       int
 	noMemoryInfo bool
@@ -255,7 +259,7 @@ func (s *strictDevice) strictGPUInstance(gi *server.GpuInstance) {
 		gi.RLock()
 		busy := len(gi.ComputeInstances) > 0
 		gi.RUnlock()
-		if busy {
+		if busy || s.inUseByProcesses() {
 			return nvml.ERROR_IN_USE
 		}
 		if ret := destroy(); ret != nvml.SUCCESS {
@@ -277,6 +281,9 @@ func (s *strictDevice) strictGPUInstance(gi *server.GpuInstance) {
 func (s *strictDevice) strictComputeInstance(ci *server.ComputeInstance) {
 	destroy := ci.DestroyFunc
 	ci.DestroyFunc = func() nvml.Return {
+		if s.inUseByProcesses() {
+			return nvml.ERROR_IN_USE
+		}
 		if ret := destroy(); ret != nvml.SUCCESS {
 			return ret
 		}
