@@ -132,11 +132,15 @@ func (r *AdmissionReconciler) decide(ctx context.Context, claim *resourceapi.Res
 	}
 	t := findTenant(tenants, owners[ns.Name][0])
 
-	memory, err := r.catalog.memory(ctx, r.client)
+	admitted, err := admittedClaims(ctx, r.client, t, tenants)
 	if err != nil {
 		return nil, tenancy.Decision{}, err
 	}
-	held, err := r.held(ctx, t, tenants, memory, client.ObjectKeyFromObject(claim))
+	memory, err := r.catalog.memory(ctx, r.client, tenancy.AllocatedDevices(append(slices.Clone(admitted), claim)))
+	if err != nil {
+		return nil, tenancy.Decision{}, err
+	}
+	held, err := r.held(t, admitted, memory, client.ObjectKeyFromObject(claim))
 	if err != nil {
 		return nil, tenancy.Decision{}, err
 	}
@@ -145,11 +149,7 @@ func (r *AdmissionReconciler) decide(ctx context.Context, claim *resourceapi.Res
 
 // held is what the tenant's admitted allocations hold, except skip's: the
 // admitted claims the cache shows and those the ledger admitted since.
-func (r *AdmissionReconciler) held(ctx context.Context, t *tenancyv1.GPUTenant, tenants []*tenancyv1.GPUTenant, memory map[tenancy.DeviceID]int64, skip types.NamespacedName) ([]tenancy.Holding, error) {
-	admitted, err := admittedClaims(ctx, r.client, t, tenants)
-	if err != nil {
-		return nil, err
-	}
+func (r *AdmissionReconciler) held(t *tenancyv1.GPUTenant, admitted []*resourceapi.ResourceClaim, memory map[tenancy.DeviceID]int64, skip types.NamespacedName) ([]tenancy.Holding, error) {
 	seen := map[types.NamespacedName]bool{}
 	var counted []*resourceapi.ResourceClaim
 	for _, c := range admitted {
@@ -222,6 +222,9 @@ func (r *AdmissionReconciler) emitEvents(claim *resourceapi.ResourceClaim, d ten
 // deallocation releases the ledger's entry) and runs one decision at a time:
 // serial decisions are what keeps budgets exact.
 func (r *AdmissionReconciler) SetupWithManager(mgr ctrl.Manager) error {
+	if err := addIndexes(context.Background(), mgr.GetFieldIndexer()); err != nil {
+		return err
+	}
 	return ctrl.NewControllerManagedBy(mgr).
 		Named("claim-admission").
 		For(&resourceapi.ResourceClaim{}).
