@@ -3,6 +3,7 @@ package controller
 import (
 	"fmt"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 	resourceapi "k8s.io/api/resource/v1"
@@ -149,5 +150,32 @@ func TestDecidedClaimsQueueNothing(t *testing.T) {
 	}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("queued (-want +got):\n%s", diff)
+	}
+}
+
+// TestFairQueueRetriesWithBackoff: a failed decision comes back after the
+// rate limiter's delay, not at once.
+func TestFairQueueRetriesWithBackoff(t *testing.T) {
+	const delay = 50 * time.Millisecond
+	q := newFairQueue(func(r reconcile.Request) string { return r.Namespace }, workqueue.NewTypedItemExponentialFailureRateLimiter[reconcile.Request](delay, time.Second))
+	defer q.ShutDown()
+	x := request("a", "x")
+	start := time.Now()
+	q.AddRateLimited(x)
+	if n := q.Len(); n != 0 {
+		t.Errorf("a rate-limited request is queued at once (%d queued)", n)
+	}
+	if got, _ := q.Get(); got != x {
+		t.Fatalf("Get = %v, want %v", got, x)
+	}
+	if waited := time.Since(start); waited < delay {
+		t.Errorf("a rate-limited request came back after %s, want at least %s", waited, delay)
+	}
+	if n := q.NumRequeues(x); n != 1 {
+		t.Errorf("NumRequeues = %d, want 1", n)
+	}
+	q.Forget(x)
+	if n := q.NumRequeues(x); n != 0 {
+		t.Errorf("NumRequeues after Forget = %d, want 0", n)
 	}
 }
