@@ -32,12 +32,14 @@ type options struct {
 
 func (o *options) addFlags(fs *pflag.FlagSet) {
 	o.controller.Untenanted = controller.UntenantedAllow
+	o.controller.AdmissionQueue = controller.QueueFair
 	fs.StringVar(&o.kubeconfig, "kubeconfig", "", "kubeconfig file; in-cluster configuration when empty")
 	// client-go's own defaults (5 and 10) would make a cluster's first
 	// reconcile, one DeviceTaintRule per time-shared GPU, take minutes.
 	fs.Float32Var(&o.qps, "kube-api-qps", 50, "requests per second to the API server")
 	fs.IntVar(&o.burst, "kube-api-burst", 100, "requests to the API server in a burst above --kube-api-qps")
 	fs.Var(&o.controller.Untenanted, "untenanted", "claims for Tessera's classes in namespaces of no GPUTenant: allow, or deny in the API server")
+	fs.Var(&o.controller.AdmissionQueue, "admission-queue", "order of the claims awaiting an admission decision: fair (each tenant's in turn) or fifo (as they came; for benchmarks)")
 	fs.StringVar(&o.controller.MetricsAddr, "metrics-bind-address", ":8080", `address of the Prometheus /metrics endpoint; "0" disables it`)
 	fs.BoolVar(&o.metricsSecure, "metrics-secure", true, "serve /metrics over HTTPS, only to bearer tokens the API server authenticates whose user may get /metrics (TokenReview, SubjectAccessReview); false serves plain HTTP to anyone")
 	fs.StringVar(&o.controller.MetricsCertDir, "metrics-cert-dir", "", "directory holding tls.crt and tls.key for the secure metrics endpoint; empty generates a self-signed certificate at start")

@@ -6,6 +6,8 @@ import (
 	"testing"
 
 	"github.com/spf13/pflag"
+
+	"github.com/tessera-gpu/tessera/internal/controller"
 )
 
 func TestBadUntenantedIsRefused(t *testing.T) {
@@ -43,6 +45,38 @@ func TestMetricsSecureByDefault(t *testing.T) {
 			}
 			if o.metricsSecure != tc.secure {
 				t.Errorf("secure metrics = %v, want %v", o.metricsSecure, tc.secure)
+			}
+		})
+	}
+}
+
+// The admission queue is fair unless a benchmark asks for the FIFO.
+func TestAdmissionQueueFlag(t *testing.T) {
+	for name, tc := range map[string]struct {
+		args []string
+		want controller.QueueOrder
+		err  string
+	}{
+		"default": {want: controller.QueueFair},
+		"fifo":    {args: []string{"--admission-queue=fifo"}, want: controller.QueueFIFO},
+		"bad":     {args: []string{"--admission-queue=lifo"}, err: `admission queue must be "fair" or "fifo", not "lifo"`},
+	} {
+		t.Run(name, func(t *testing.T) {
+			o := &options{}
+			fs := pflag.NewFlagSet("test", pflag.ContinueOnError)
+			o.addFlags(fs)
+			err := fs.Parse(tc.args)
+			if tc.err != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.err) {
+					t.Fatalf("error = %v, want %q", err, tc.err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if o.controller.AdmissionQueue != tc.want {
+				t.Errorf("admission queue = %q, want %q", o.controller.AdmissionQueue, tc.want)
 			}
 		})
 	}

@@ -3,10 +3,13 @@
 #   make generate-tenancy  regenerate the GPUTenant deepcopy and its CRD, which
 #                          the Helm chart takes from deployments/helm/tessera/crds
 #   make bench-tenancy     the admission-decision benchmarks of docs/benchmarks.md
+#   make bench-admission   admission under one tenant's flood of 5,000 over-budget
+#                          claims, FIFO and fair queue side by side, on the local
+#                          cluster (docs/benchmarks.md; ~15 min on 2 cores)
 
 TENANCY_CRD_DIR := deployments/helm/tessera/crds
 
-.PHONY: generate-tenancy bench-tenancy
+.PHONY: generate-tenancy bench-tenancy bench-admission
 
 generate-tenancy:
 	$(CONTROLLER_GEN) object paths=./api/tenancy/...
@@ -14,6 +17,10 @@ generate-tenancy:
 
 bench-tenancy:
 	go test -run '^$$' -bench . -benchtime 3x -count 3 ./pkg/tenancy/
+
+bench-admission: cluster-binaries e2e-plugin e2e-controller
+	helm="$$($(HELM_TOOL))"; TESSERA_E2E=1 TESSERA_PLUGIN_BINARY=$(CURDIR)/bin/dra-kubelet-plugin TESSERA_HELM="$$helm" \
+		go test -count=1 -timeout 40m -v -run '^$$' -bench AdmissionFairness -benchtime 1x ./e2e/suite/
 
 # The local cluster runs the tenancy controller as it is now.
 .PHONY: e2e-controller

@@ -11,8 +11,10 @@ import (
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/util/workqueue"
 	"k8s.io/klog/v2"
 	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller"
 	"sigs.k8s.io/controller-runtime/pkg/event"
@@ -44,6 +46,8 @@ type AdmissionReconciler struct {
 	decided chan<- event.GenericEvent
 	// sharing, when set, refuses shares of a GPU another tenant holds.
 	sharing *sharingGuard
+	// order is the queue's: fair between tenants unless QueueFIFO.
+	order QueueOrder
 }
 
 var _ reconcile.Reconciler = &AdmissionReconciler{}
@@ -132,11 +136,15 @@ func (r *AdmissionReconciler) decide(ctx context.Context, claim *resourceapi.Res
 	}
 	t := findTenant(tenants, owners[ns.Name][0])
 
-	memory, err := r.catalog.memory(ctx, r.client)
+	admitted, err := admittedClaims(ctx, r.client, t, tenants)
 	if err != nil {
 		return nil, tenancy.Decision{}, err
 	}
-	held, err := r.held(ctx, t, tenants, memory, client.ObjectKeyFromObject(claim))
+	memory, err := r.catalog.memory(ctx, r.client, tenancy.AllocatedDevices(append(slices.Clone(admitted), claim)))
+	if err != nil {
+		return nil, tenancy.Decision{}, err
+	}
+	held, err := r.held(t, admitted, memory, client.ObjectKeyFromObject(claim))
 	if err != nil {
 		return nil, tenancy.Decision{}, err
 	}
@@ -145,11 +153,7 @@ func (r *AdmissionReconciler) decide(ctx context.Context, claim *resourceapi.Res
 
 // held is what the tenant's admitted allocations hold, except skip's: the
 // admitted claims the cache shows and those the ledger admitted since.
-func (r *AdmissionReconciler) held(ctx context.Context, t *tenancyv1.GPUTenant, tenants []*tenancyv1.GPUTenant, memory map[tenancy.DeviceID]int64, skip types.NamespacedName) ([]tenancy.Holding, error) {
-	admitted, err := admittedClaims(ctx, r.client, t, tenants)
-	if err != nil {
-		return nil, err
-	}
+func (r *AdmissionReconciler) held(t *tenancyv1.GPUTenant, admitted []*resourceapi.ResourceClaim, memory map[tenancy.DeviceID]int64, skip types.NamespacedName) ([]tenancy.Holding, error) {
 	seen := map[types.NamespacedName]bool{}
 	var counted []*resourceapi.ResourceClaim
 	for _, c := range admitted {
@@ -218,13 +222,22 @@ func (r *AdmissionReconciler) emitEvents(claim *resourceapi.ResourceClaim, d ten
 	}
 }
 
-// SetupWithManager registers the reconciler. It sees every claim change (a
-// deallocation releases the ledger's entry) and runs one decision at a time:
-// serial decisions are what keeps budgets exact.
+// SetupWithManager registers the reconciler. It sees the claim changes
+// needsDecision passes and runs one decision at a time, serial decisions
+// being what keeps budgets exact, taking the claims of each tenant in turn
+// (fairQueue).
 func (r *AdmissionReconciler) SetupWithManager(mgr ctrl.Manager) error {
+	if err := addIndexes(context.Background(), mgr.GetFieldIndexer()); err != nil {
+		return err
+	}
 	return ctrl.NewControllerManagedBy(mgr).
 		Named("claim-admission").
-		For(&resourceapi.ResourceClaim{}).
-		WithOptions(controller.Options{MaxConcurrentReconciles: 1}).
+		For(&resourceapi.ResourceClaim{}, builder.WithPredicates(needsDecision(r.ledger))).
+		WithOptions(controller.Options{
+			MaxConcurrentReconciles: 1,
+			NewQueue: func(name string, rl workqueue.TypedRateLimiter[reconcile.Request]) workqueue.TypedRateLimitingInterface[reconcile.Request] {
+				return newAdmissionQueue(r.order, mgr.GetClient(), name, rl)
+			},
+		}).
 		Complete(r)
 }

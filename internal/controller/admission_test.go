@@ -93,7 +93,7 @@ func newFake(t *testing.T) client.Client {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return fake.NewClientBuilder().WithScheme(scheme).WithObjects(fixture()...).
+	return withIndexes(fake.NewClientBuilder()).WithScheme(scheme).WithObjects(fixture()...).
 		WithStatusSubresource(&resourceapi.ResourceClaim{}, &tenancyv1.GPUTenant{}).Build()
 }
 

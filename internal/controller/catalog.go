@@ -3,11 +3,14 @@ package controller
 import (
 	"context"
 	"fmt"
+	"maps"
 	"sync"
 
 	resourceapi "k8s.io/api/resource/v1"
+	"k8s.io/apimachinery/pkg/util/sets"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
+	gpuapi "github.com/tessera-gpu/tessera/api/gpu"
 	"github.com/tessera-gpu/tessera/pkg/tenancy"
 )
 
@@ -24,39 +27,65 @@ import (
 // restart): such claims cannot be costed until the slice is back.
 type deviceCatalog struct {
 	mu sync.Mutex
-	// known is replaced, never changed in place: callers keep reading a map
-	// it returned while the next update builds another.
-	known map[tenancy.DeviceID]int64
+	// known holds, per pool, what the pool last published plus what is
+	// remembered of its held devices. Each pool's map is replaced, never
+	// changed in place.
+	known map[string]map[tenancy.DeviceID]int64
 }
 
 func newDeviceCatalog() *deviceCatalog {
-	return &deviceCatalog{known: map[tenancy.DeviceID]int64{}}
+	return &deviceCatalog{known: map[string]map[tenancy.DeviceID]int64{}}
 }
 
-// memory lists the slices and returns the memory to cost with: what they
-// publish plus what is remembered of held devices they do not. Claims are
-// listed only when a remembered device is unpublished, which is rare (a
-// kubelet restarting, a node going away).
-func (c *deviceCatalog) memory(ctx context.Context, r client.Reader) (map[tenancy.DeviceID]int64, error) {
-	var slices resourceapi.ResourceSliceList
-	if err := r.List(ctx, &slices); err != nil {
-		return nil, fmt.Errorf("list ResourceSlices: %w", err)
+// memory returns the memory to cost the given devices with: for each pool
+// they lie in, what the pool's slices publish now (indexSlicePool) plus what
+// is remembered of the pool's devices that they do not publish and that an
+// allocated claim still holds (indexClaimDevice, asked only for such
+// devices, which is rare: a kubelet restarting, a node going away). It
+// reads the slices of those pools only, never the cluster's others. The
+// result may hold other devices of the same pools; it is the caller's.
+func (c *deviceCatalog) memory(ctx context.Context, r client.Reader, devices map[tenancy.DeviceID]bool) (map[tenancy.DeviceID]int64, error) {
+	pools := sets.New[string]()
+	for d := range devices {
+		if d.Driver == gpuapi.DriverName {
+			pools.Insert(d.Pool)
+		}
 	}
-	published := tenancy.DeviceMemory(ptrs(slices.Items))
+	out := map[tenancy.DeviceID]int64{}
+	for _, pool := range sets.List(pools) {
+		var slices resourceapi.ResourceSliceList
+		if err := r.List(ctx, &slices, client.MatchingFields{indexSlicePool: pool}); err != nil {
+			return nil, fmt.Errorf("list ResourceSlices of pool %s: %w", pool, err)
+		}
+		known, err := c.update(ctx, r, pool, tenancy.DeviceMemory(ptrs(slices.Items)))
+		if err != nil {
+			return nil, err
+		}
+		maps.Copy(out, known)
+	}
+	return out, nil
+}
+
+// update remembers what pool publishes now and returns the pool's memory.
+func (c *deviceCatalog) update(ctx context.Context, r client.Reader, pool string, published map[tenancy.DeviceID]int64) (map[tenancy.DeviceID]int64, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	var allocated map[tenancy.DeviceID]bool
-	for d := range c.known {
+	allocated := map[tenancy.DeviceID]bool{}
+	for d := range c.known[pool] {
 		if _, ok := published[d]; ok {
 			continue
 		}
 		var claims resourceapi.ResourceClaimList
-		if err := r.List(ctx, &claims); err != nil {
-			return nil, fmt.Errorf("list claims: %w", err)
+		if err := r.List(ctx, &claims, client.MatchingFields{indexClaimDevice: deviceKey(d)}); err != nil {
+			return nil, fmt.Errorf("list claims of device %s: %w", deviceKey(d), err)
 		}
-		allocated = tenancy.AllocatedDevices(ptrs(claims.Items))
-		break
+		allocated[d] = len(claims.Items) > 0
 	}
-	c.known = tenancy.RememberMemory(c.known, published, allocated)
-	return c.known, nil
+	known := tenancy.RememberMemory(c.known[pool], published, allocated)
+	if len(known) == 0 {
+		delete(c.known, pool)
+	} else {
+		c.known[pool] = known
+	}
+	return known, nil
 }

@@ -48,6 +48,14 @@ func (l *ledger) forget(claim types.NamespacedName) {
 	delete(l.admitted, claim)
 }
 
+// has reports whether the ledger holds an admission of claim.
+func (l *ledger) has(claim types.NamespacedName) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	_, ok := l.admitted[claim]
+	return ok
+}
+
 // unseen is what the tenant's admissions hold that the cache does not show
 // yet: the holdings of entries of claims other than skip that are not in
 // seen.

@@ -63,8 +63,9 @@ func findTenant(tenants []*tenancyv1.GPUTenant, name string) *tenancyv1.GPUTenan
 }
 
 // tenantNamespaces are the namespaces t selects, each with all its owners.
+// Only the namespaces t's selector may match are read (candidateNamespaces).
 func tenantNamespaces(ctx context.Context, c client.Reader, t *tenancyv1.GPUTenant, tenants []*tenancyv1.GPUTenant) (own, conflicting []string, err error) {
-	namespaces, err := listNamespaces(ctx, c)
+	namespaces, err := candidateNamespaces(ctx, c, t)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -74,7 +75,8 @@ func tenantNamespaces(ctx context.Context, c client.Reader, t *tenancyv1.GPUTena
 }
 
 // admittedClaims are the admitted claims, as the cache shows them, in every
-// namespace t selects.
+// namespace t selects: only those (indexClaimAdmitted), not every claim of
+// those namespaces.
 func admittedClaims(ctx context.Context, c client.Reader, t *tenancyv1.GPUTenant, tenants []*tenancyv1.GPUTenant) ([]*resourceapi.ResourceClaim, error) {
 	own, conflicting, err := tenantNamespaces(ctx, c, t, tenants)
 	if err != nil {
@@ -83,14 +85,10 @@ func admittedClaims(ctx context.Context, c client.Reader, t *tenancyv1.GPUTenant
 	var out []*resourceapi.ResourceClaim
 	for _, ns := range append(own, conflicting...) {
 		var list resourceapi.ResourceClaimList
-		if err := c.List(ctx, &list, client.InNamespace(ns)); err != nil {
-			return nil, fmt.Errorf("list claims in %s: %w", ns, err)
+		if err := c.List(ctx, &list, client.InNamespace(ns), client.MatchingFields{indexClaimAdmitted: "true"}); err != nil {
+			return nil, fmt.Errorf("list admitted claims in %s: %w", ns, err)
 		}
-		for i := range list.Items {
-			if tenancy.ClaimState(&list.Items[i]) == tenancy.Admitted {
-				out = append(out, &list.Items[i])
-			}
-		}
+		out = append(out, ptrs(list.Items)...)
 	}
 	return out, nil
 }

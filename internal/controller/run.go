@@ -76,6 +76,9 @@ type Options struct {
 	// MetricsCertDir holds the metrics endpoint's tls.crt and tls.key;
 	// empty generates a self-signed certificate at start.
 	MetricsCertDir string
+	// AdmissionQueue orders the claims awaiting a decision: QueueFair
+	// (empty) or QueueFIFO.
+	AdmissionQueue QueueOrder
 	// LeaderElection makes one replica of several act.
 	LeaderElection bool
 	// LeaderElectionNamespace holds the election's Lease.
@@ -135,7 +138,7 @@ func Run(ctx context.Context, cfg *rest.Config, opts Options) error {
 	if err := (&TenantReconciler{client: mgr.GetClient(), recorder: rec, ledger: l, catalog: catalog, untenanted: opts.Untenanted, decided: decided}).SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("set up tenant reconciler: %w", err)
 	}
-	if err := (&AdmissionReconciler{client: mgr.GetClient(), recorder: rec, ledger: l, catalog: catalog, decided: decided, sharing: newSharingGuard()}).SetupWithManager(mgr); err != nil {
+	if err := (&AdmissionReconciler{client: mgr.GetClient(), recorder: rec, ledger: l, catalog: catalog, decided: decided, sharing: newSharingGuard(), order: opts.AdmissionQueue}).SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("set up admission reconciler: %w", err)
 	}
 	if err := (&SharingReconciler{client: mgr.GetClient()}).SetupWithManager(mgr); err != nil {

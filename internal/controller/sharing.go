@@ -8,6 +8,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	resourceapi "k8s.io/api/resource/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -45,7 +46,7 @@ func (g *sharingGuard) check(ctx context.Context, c client.Reader, claim *resour
 	if !d.Admit || len(tenancy.SharedDevices(claim)) == 0 {
 		return d, nil
 	}
-	holders, err := g.holders(ctx, c, client.ObjectKeyFromObject(claim))
+	holders, err := g.holders(ctx, c, claim)
 	if err != nil {
 		return d, err
 	}
@@ -67,35 +68,45 @@ func (g *sharingGuard) admit(claim *resourceapi.ResourceClaim, t *tenancyv1.GPUT
 	g.admitted[key] = sharingEntry{uid: claim.UID, holder: tenancy.ShareHolder{Claim: key, Group: tenancy.SharingGroup(t), Devices: devices}}
 }
 
-// holders are the claims other than skip that hold shares: those the cache
-// shows admitted or allocated without a gate, and those this guard admitted
-// that the cache still shows pending. Entries the cache has caught up with
-// (admitted, released, gone) are dropped.
-func (g *sharingGuard) holders(ctx context.Context, c client.Reader, skip types.NamespacedName) ([]tenancy.ShareHolder, error) {
-	all, err := shareHolders(ctx, c, tenancy.Admitted, tenancy.Ungated)
-	if err != nil {
-		return nil, err
-	}
-	var claims resourceapi.ResourceClaimList
-	if err := c.List(ctx, &claims); err != nil {
-		return nil, fmt.Errorf("list claims: %w", err)
-	}
-	pending := map[types.NamespacedName]types.UID{}
-	for i := range claims.Items {
-		if cl := &claims.Items[i]; tenancy.ClaimState(cl) == tenancy.Pending {
-			pending[client.ObjectKeyFromObject(cl)] = cl.UID
+// holders are the claims other than claim that hold shares of the GPUs it
+// holds shares of: those the cache shows admitted or allocated without a
+// gate (indexClaimDevice: only the claims allocated those GPUs are read),
+// and those this guard admitted that the cache still shows pending. Entries
+// the cache has caught up with (admitted, released, gone) are dropped.
+func (g *sharingGuard) holders(ctx context.Context, c client.Reader, claim *resourceapi.ResourceClaim) ([]tenancy.ShareHolder, error) {
+	skip := client.ObjectKeyFromObject(claim)
+	groups := namespaceGroups{reader: c, groups: map[string]string{}}
+	seen := map[types.NamespacedName]bool{skip: true}
+	var out []tenancy.ShareHolder
+	for _, d := range tenancy.SharedDevices(claim) {
+		var list resourceapi.ResourceClaimList
+		if err := c.List(ctx, &list, client.MatchingFields{indexClaimDevice: deviceKey(d)}); err != nil {
+			return nil, fmt.Errorf("list claims of %s: %w", deviceKey(d), err)
+		}
+		for i := range list.Items {
+			cl := &list.Items[i]
+			key := client.ObjectKeyFromObject(cl)
+			devices := tenancy.SharedDevices(cl)
+			if seen[key] || len(devices) == 0 || !slices.Contains([]tenancy.State{tenancy.Admitted, tenancy.Ungated}, tenancy.ClaimState(cl)) {
+				continue
+			}
+			seen[key] = true
+			group, err := groups.of(ctx, cl.Namespace)
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, tenancy.ShareHolder{Claim: key, Group: group, Devices: devices})
 		}
 	}
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	var out []tenancy.ShareHolder
-	for _, h := range all {
-		if h.Claim != skip {
-			out = append(out, h)
-		}
-	}
 	for key, e := range g.admitted {
-		if uid, ok := pending[key]; !ok || uid != e.uid {
+		cl := &resourceapi.ResourceClaim{}
+		err := c.Get(ctx, key, cl)
+		if err != nil && !apierrors.IsNotFound(err) {
+			return nil, fmt.Errorf("get claim %s: %w", key, err)
+		}
+		if err != nil || cl.UID != e.uid || tenancy.ClaimState(cl) != tenancy.Pending {
 			delete(g.admitted, key)
 			continue
 		}
@@ -104,6 +115,43 @@ func (g *sharingGuard) holders(ctx context.Context, c client.Reader, skip types.
 		}
 	}
 	return out, nil
+}
+
+// namespaceGroups finds the sharing group of a namespace's claims, reading
+// only that namespace and the tenants. A namespace that two tenants select
+// counts for the first of them, as in shareHolders.
+type namespaceGroups struct {
+	reader  client.Reader
+	tenants []*tenancyv1.GPUTenant
+	groups  map[string]string
+}
+
+func (n *namespaceGroups) of(ctx context.Context, namespace string) (string, error) {
+	if g, ok := n.groups[namespace]; ok {
+		return g, nil
+	}
+	if n.tenants == nil {
+		tenants, err := listTenants(ctx, n.reader)
+		if err != nil {
+			return "", err
+		}
+		n.tenants = tenants
+	}
+	var t *tenancyv1.GPUTenant
+	ns := &corev1.Namespace{}
+	switch err := n.reader.Get(ctx, types.NamespacedName{Name: namespace}, ns); {
+	case apierrors.IsNotFound(err):
+	case err != nil:
+		return "", fmt.Errorf("get namespace %s: %w", namespace, err)
+	default:
+		// A tenant whose selector does not parse selects nothing.
+		owners, _ := tenancy.Owners(n.tenants, []*corev1.Namespace{ns})
+		if o := owners[namespace]; len(o) > 0 {
+			t = findTenant(n.tenants, o[0])
+		}
+	}
+	n.groups[namespace] = tenancy.SharingGroup(t)
+	return n.groups[namespace], nil
 }
 
 // shareHolders are the claims in one of the given states that hold shares of

@@ -31,7 +31,7 @@ func ruleWrites(t *testing.T, objs []client.Object, n *int) client.Client {
 			*n++
 		}
 	}
-	return fake.NewClientBuilder().WithScheme(scheme).WithObjects(objs...).
+	return withIndexes(fake.NewClientBuilder()).WithScheme(scheme).WithObjects(objs...).
 		WithStatusSubresource(&resourceapi.ResourceClaim{}, &tenancyv1.GPUTenant{}).
 		WithInterceptorFuncs(interceptor.Funcs{
 			Create: func(ctx context.Context, c client.WithWatch, obj client.Object, opts ...client.CreateOption) error {

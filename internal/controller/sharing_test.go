@@ -82,7 +82,7 @@ func newSharingFake(t *testing.T, objs []client.Object) client.Client {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return fake.NewClientBuilder().WithScheme(scheme).WithObjects(objs...).
+	return withIndexes(fake.NewClientBuilder()).WithScheme(scheme).WithObjects(objs...).
 		WithStatusSubresource(&resourceapi.ResourceClaim{}, &tenancyv1.GPUTenant{}).Build()
 }
 

@@ -199,7 +199,7 @@ func (r *TenantReconciler) usage(ctx context.Context, t *tenancyv1.GPUTenant, te
 	if err != nil {
 		return tenancy.Usage{}, err
 	}
-	memory, err := r.catalog.memory(ctx, r.client)
+	memory, err := r.catalog.memory(ctx, r.client, tenancy.AllocatedDevices(admitted))
 	if err != nil {
 		return tenancy.Usage{}, err
 	}

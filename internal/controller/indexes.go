@@ -1,0 +1,158 @@
+package controller
+
+import (
+	"context"
+	"fmt"
+
+	corev1 "k8s.io/api/core/v1"
+	resourceapi "k8s.io/api/resource/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/selection"
+	"k8s.io/apimachinery/pkg/util/sets"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	gpuapi "github.com/tessera-gpu/tessera/api/gpu"
+	tenancyv1 "github.com/tessera-gpu/tessera/api/tenancy/v1alpha1"
+	"github.com/tessera-gpu/tessera/pkg/tenancy"
+)
+
+// The cache's indexes that keep a decision's reads independent of the
+// cluster's size (issue 26, found 8: every decision listed every slice and,
+// for shares, every claim). A decision reads:
+//
+//   - its claim and its namespace (Get);
+//   - the tenants (all of them: a namespace's owner depends on every
+//     tenant's selector; tenants are configuration, not load);
+//   - the namespaces its tenant's selector can match (indexNamespaceLabel),
+//     and in each the admitted claims (indexClaimAdmitted);
+//   - the slices of the pools its claim's and the tenant's admitted claims
+//     allocate from (indexSlicePool);
+//   - for shares, the claims allocated the same shared GPUs (indexClaimDevice).
+//
+// So it costs O(tenants + the tenant's namespaces + the tenant's admitted
+// claims + the slices of the pools they use + the claims sharing its GPUs),
+// whatever the number of nodes, slices, namespaces and claims elsewhere.
+const (
+	// indexSlicePool keys Tessera's slices by pool ("pool").
+	indexSlicePool = "tessera.pool"
+	// indexClaimDevice keys claims by every Tessera device they are
+	// allocated ("pool/device").
+	indexClaimDevice = "tessera.allocatedDevice"
+	// indexClaimAdmitted keys the claims whose allocation is admitted
+	// ("true").
+	indexClaimAdmitted = "tessera.admitted"
+	// indexNamespaceLabel keys namespaces by each label, as "key=value" and
+	// as "key" (for selectors that ask only that a key exists).
+	indexNamespaceLabel = "tessera.label"
+)
+
+func slicePoolKeys(o client.Object) []string {
+	s, ok := o.(*resourceapi.ResourceSlice)
+	if !ok || s.Spec.Driver != gpuapi.DriverName {
+		return nil
+	}
+	return []string{s.Spec.Pool.Name}
+}
+
+func deviceKey(d tenancy.DeviceID) string { return d.Pool + "/" + d.Device }
+
+func claimDeviceKeys(o client.Object) []string {
+	c, ok := o.(*resourceapi.ResourceClaim)
+	if !ok {
+		return nil
+	}
+	var out []string
+	for d := range tenancy.AllocatedDevices([]*resourceapi.ResourceClaim{c}) {
+		out = append(out, deviceKey(d))
+	}
+	return out
+}
+
+func claimAdmittedKeys(o client.Object) []string {
+	if c, ok := o.(*resourceapi.ResourceClaim); ok && tenancy.ClaimState(c) == tenancy.Admitted {
+		return []string{"true"}
+	}
+	return nil
+}
+
+func namespaceLabelKeys(o client.Object) []string {
+	var out []string
+	for k, v := range o.GetLabels() {
+		out = append(out, k, k+"="+v)
+	}
+	return out
+}
+
+// fieldIndexer is the part of a manager's or a fake client's index registry
+// that the controller needs.
+type fieldIndexer interface {
+	IndexField(ctx context.Context, obj client.Object, field string, extract client.IndexerFunc) error
+}
+
+// addIndexes registers the indexes in the cache.
+func addIndexes(ctx context.Context, idx fieldIndexer) error {
+	for _, i := range []struct {
+		obj     client.Object
+		field   string
+		extract client.IndexerFunc
+	}{
+		{&resourceapi.ResourceSlice{}, indexSlicePool, slicePoolKeys},
+		{&resourceapi.ResourceClaim{}, indexClaimDevice, claimDeviceKeys},
+		{&resourceapi.ResourceClaim{}, indexClaimAdmitted, claimAdmittedKeys},
+		{&corev1.Namespace{}, indexNamespaceLabel, namespaceLabelKeys},
+	} {
+		if err := idx.IndexField(ctx, i.obj, i.field, i.extract); err != nil {
+			return fmt.Errorf("index %s: %w", i.field, err)
+		}
+	}
+	return nil
+}
+
+// candidateNamespaces are the namespaces that t's selector may select: those
+// carrying a label that one of its requirements demands (an Equals, In or
+// Exists requirement, whichever names the fewest values), or every namespace
+// when the selector demands no label (it matches namespaces by what they
+// lack, or everything). The caller still matches each with the selector.
+func candidateNamespaces(ctx context.Context, c client.Reader, t *tenancyv1.GPUTenant) ([]*corev1.Namespace, error) {
+	sel, err := tenancy.Selector(t)
+	if err != nil {
+		// Selects nothing; the tenant reconciler reports it.
+		return nil, nil //nolint:nilerr // a bad selector is the tenant's problem, not the decision's
+	}
+	reqs, _ := sel.Requirements()
+	var keys []string
+	for _, r := range reqs {
+		var k []string
+		switch r.Operator() {
+		case selection.Equals, selection.DoubleEquals, selection.In:
+			for v := range r.Values() {
+				k = append(k, r.Key()+"="+v)
+			}
+		case selection.Exists:
+			k = []string{r.Key()}
+		default:
+			continue
+		}
+		if keys == nil || len(k) < len(keys) {
+			keys = k
+		}
+	}
+	if keys == nil {
+		return listNamespaces(ctx, c)
+	}
+	seen := sets.New[string]()
+	var out []*corev1.Namespace
+	for _, k := range keys {
+		var list corev1.NamespaceList
+		if err := c.List(ctx, &list, client.MatchingFields{indexNamespaceLabel: k}); err != nil {
+			return nil, fmt.Errorf("list namespaces labelled %s: %w", k, err)
+		}
+		for i := range list.Items {
+			if ns := &list.Items[i]; !seen.Has(ns.Name) && sel.Matches(labels.Set(ns.Labels)) {
+				seen.Insert(ns.Name)
+				out = append(out, ns)
+			}
+		}
+	}
+	return out, nil
+}
