@@ -15,6 +15,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	resourceapi "k8s.io/api/resource/v1"
@@ -85,6 +86,9 @@ type Preparer struct {
 	// mu guards cp and serialises its writes.
 	mu sync.Mutex
 	cp *checkpoint.Checkpoint
+	// holder is the operation holding the state lock, for the errors of
+	// those that wait too long for it.
+	holder atomic.Pointer[lockHolder]
 }
 
 type deviceInfo struct {
@@ -217,7 +221,7 @@ func New(ctx context.Context, opts ...Option) (*Preparer, error) {
 	}
 	// Held through reconciling: another plugin instance (a rolling
 	// update) may be serving claims meanwhile.
-	unlock, err := p.store.Lock()
+	unlock, err := p.store.Lock(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -372,9 +376,12 @@ func (p *Preparer) Unprepare(ctx context.Context, claim kubeletplugin.Namespaced
 
 func (p *Preparer) prepare(ctx context.Context, claim *resourceapi.ResourceClaim) (kubeletplugin.PrepareResult, string, error) {
 	uid := string(claim.UID)
-	unlockClaim := p.claims.lock(uid)
+	unlockClaim, err := p.lockClaim(ctx, uid)
+	if err != nil {
+		return kubeletplugin.PrepareResult{}, "none", err
+	}
 	defer unlockClaim()
-	unlock, err := p.lockState()
+	unlock, err := p.lockState(ctx, "prepare claim "+uid)
 	if err != nil {
 		return kubeletplugin.PrepareResult{}, "none", err
 	}
@@ -552,9 +559,12 @@ func (p *Preparer) daemon(c *checkpoint.Claim) (sharing.Daemon, bool) {
 }
 
 func (p *Preparer) unprepare(ctx context.Context, uid string) (string, error) {
-	unlockClaim := p.claims.lock(uid)
+	unlockClaim, err := p.lockClaim(ctx, uid)
+	if err != nil {
+		return "none", err
+	}
 	defer unlockClaim()
-	unlock, err := p.lockState()
+	unlock, err := p.lockState(ctx, "unprepare claim "+uid)
 	if err != nil {
 		return "none", err
 	}
@@ -721,15 +731,61 @@ func (p *Preparer) otherClaimWith(uid string, match func(checkpoint.Device) bool
 	return "", false
 }
 
+// stateLockWait bounds every wait for the node's state lock (and for a
+// claim's own lock) whose context has no earlier deadline. An operation that
+// hangs while holding it (an NVML call that never returns cannot be
+// interrupted, and giving up the lock while it may still act would let
+// another operation see half its work) then fails the other claims'
+// operations with an error that names it, instead of stalling every claim on
+// the node; the kubelet retries them.
+const stateLockWait = 30 * time.Second
+
 // lockState locks the state directory against other plugin instances and
-// rereads the checkpoint if one of them changed it.
-func (p *Preparer) lockState() (func(), error) {
-	unlock, err := p.store.Lock()
+// rereads the checkpoint if one of them changed it. The wait ends with ctx
+// or after stateLockWait; what says what the caller will do, for the error
+// of whoever waits behind it.
+func (p *Preparer) lockState(ctx context.Context, what string) (func(), error) {
+	wait, cancel := context.WithTimeout(ctx, stateLockWait)
+	defer cancel()
+	unlock, err := p.store.Lock(wait)
 	if err != nil {
-		return nil, err
+		if h := p.holder.Load(); h != nil {
+			err = fmt.Errorf("%w (held in this instance since %s by: %s)", err, h.since.Format(time.RFC3339), h.what)
+		}
+		return nil, fmt.Errorf("%s: %w", what, err)
+	}
+	p.holder.Store(&lockHolder{what: what, since: time.Now()})
+	held := func() {
+		p.holder.Store(nil)
+		unlock()
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	if _, err := p.reloadIfChanged(); err != nil {
+		held()
+		return nil, err
+	}
+	return held, nil
+}
+
+// lockClaim serialises the operations on one claim; the wait ends with ctx
+// or after stateLockWait, as the state lock's does.
+func (p *Preparer) lockClaim(ctx context.Context, uid string) (func(), error) {
+	ctx, cancel := context.WithTimeout(ctx, stateLockWait)
+	defer cancel()
+	return p.claims.lock(ctx, uid)
+}
+
+// lockHolder says which operation of this instance holds the state lock.
+type lockHolder struct {
+	what  string
+	since time.Time
+}
+
+// reloadIfChanged rereads the checkpoint when another plugin instance
+// changed it since this one last read or wrote it, and reports whether it
+// did. The caller holds the state lock and p.mu.
+func (p *Preparer) reloadIfChanged() (bool, error) {
 	changed, err := p.store.Changed()
 	if err == nil && changed {
 		var cp *checkpoint.Checkpoint
@@ -738,10 +794,9 @@ func (p *Preparer) lockState() (func(), error) {
 		}
 	}
 	if err != nil {
-		unlock()
-		return nil, fmt.Errorf("reread checkpoint another plugin instance changed: %w", err)
+		return false, fmt.Errorf("reread checkpoint another plugin instance changed: %w", err)
 	}
-	return unlock, nil
+	return changed, nil
 }
 
 // claim returns a copy of the claim's checkpoint entry, nil when unknown.

@@ -1,0 +1,95 @@
+package prepare
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"k8s.io/klog/v2/ktesting"
+
+	"github.com/tessera-gpu/tessera/internal/checkpoint"
+	tnvml "github.com/tessera-gpu/tessera/internal/nvml"
+	"github.com/tessera-gpu/tessera/pkg/inventory"
+)
+
+// hungNVML is a driver whose MIG creation hangs until released, as an NVML
+// call on a wedged GPU can (NVML calls cannot be interrupted).
+type hungNVML struct {
+	tnvml.Library
+	entered, release chan struct{}
+}
+
+func (h *hungNVML) CreateMIGDevice(ctx context.Context, gpu int, profileID int, placement inventory.Placement) (tnvml.MIGDevice, error) {
+	close(h.entered)
+	<-h.release
+	return h.Library.CreateMIGDevice(ctx, gpu, profileID, placement)
+}
+
+// TestHungCallUnderTheStateLock: while one claim's prepare hangs in an NVML
+// call, holding the node's state lock, every other operation (another
+// claim's prepare and unprepare, the kubelet's retry of the hung claim)
+// returns within its context's deadline with an error that says what holds
+// the lock; once the call returns, the other claim prepares.
+func TestHungCallUnderTheStateLock(t *testing.T) {
+	_, ctx := ktesting.NewTestContext(t)
+	e := newTestEnv(t, "dgxh200", 3)
+	hung := &hungNVML{Library: e.lib, entered: make(chan struct{}), release: make(chan struct{})}
+	p := e.mustPreparer(ctx, WithNVML(hung))
+	stuck := makeClaim("stuck").Device("mig", "gpu-1-mig-1g18gb-3").Obj()
+	done := make(chan error, 1)
+	go func() { done <- p.Prepare(ctx, stuck).Err }()
+	<-hung.entered
+
+	const deadline = 200 * time.Millisecond
+	other := makeClaim("other").Device("gpu", "gpu-2").Obj()
+	tests := map[string]struct {
+		call     func(context.Context) error
+		mentions []string
+	}{
+		"another claim's prepare": {
+			call:     func(ctx context.Context) error { return p.Prepare(ctx, other).Err },
+			mentions: []string{"prepare claim other", checkpoint.ErrLockTimeout.Error(), "held in this instance", "prepare claim stuck"},
+		},
+		"another claim's unprepare": {
+			call:     func(ctx context.Context) error { return p.Unprepare(ctx, ref(other)) },
+			mentions: []string{"unprepare claim other", checkpoint.ErrLockTimeout.Error(), "prepare claim stuck"},
+		},
+		"the hung claim's retry": {
+			call:     func(ctx context.Context) error { return p.Prepare(ctx, stuck).Err },
+			mentions: []string{"claim stuck: an earlier operation on it is still running"},
+		},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(ctx, deadline)
+			defer cancel()
+			start := time.Now()
+			err := tc.call(ctx)
+			took := time.Since(start)
+			if err == nil {
+				t.Fatal("succeeded while the state lock is held")
+			}
+			if !errors.Is(err, context.DeadlineExceeded) {
+				t.Errorf("error %q does not wrap the context's deadline", err)
+			}
+			for _, m := range tc.mentions {
+				if !strings.Contains(err.Error(), m) {
+					t.Errorf("error %q does not say %q", err, m)
+				}
+			}
+			if took > deadline+2*time.Second {
+				t.Errorf("returned after %v, deadline %v", took, deadline)
+			}
+		})
+	}
+
+	close(hung.release)
+	if err := <-done; err != nil {
+		t.Fatalf("the hung prepare, once its call returned: %v", err)
+	}
+	if err := p.Prepare(ctx, other).Err; err != nil {
+		t.Errorf("prepare once the lock is free: %v", err)
+	}
+}
