@@ -813,7 +813,25 @@ func (p *Preparer) claim(uid string) *checkpoint.Claim {
 // prepared or on the way in or out: what the node's hardware holds, or may
 // hold, for allocated claims. The kubelet plugin withdraws the devices they
 // block from its slices (resourceslice.Options.WithdrawBlocked).
-func (p *Preparer) PreparedDevices() map[string]bool {
+//
+// The answer is the checkpoint as it is on disk: when another plugin
+// instance (a rolling update) changed it since this one last read or wrote
+// it, it is reread under the state lock (waiting at most until ctx ends), so
+// that no instance publishes from a stale copy.
+func (p *Preparer) PreparedDevices(ctx context.Context) (map[string]bool, error) {
+	p.mu.Lock()
+	changed, err := p.store.Changed()
+	p.mu.Unlock()
+	if err != nil {
+		return nil, fmt.Errorf("check the checkpoint for changes: %w", err)
+	}
+	if changed {
+		unlock, err := p.lockState(ctx, "read the checkpoint another plugin instance changed")
+		if err != nil {
+			return nil, err
+		}
+		defer unlock()
+	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	out := map[string]bool{}
@@ -822,7 +840,7 @@ func (p *Preparer) PreparedDevices() map[string]bool {
 			out[d.Device] = true
 		}
 	}
-	return out
+	return out, nil
 }
 
 // update changes the checkpoint and writes it. A failed write leaves the
