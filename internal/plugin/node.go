@@ -53,6 +53,10 @@ type NodeOptions struct {
 	// MPSShmSize is the size in bytes of each claim's MPS /dev/shm (a
 	// tmpfs); 0 takes the default.
 	MPSShmSize int64
+	// StaleClaimInterval is how often checkpoint entries whose claim is
+	// gone, and used by no pod on the node, are unprepared (see
+	// CleanStaleClaims; default 1 min).
+	StaleClaimInterval time.Duration
 }
 
 // RunNode reconciles the prepare checkpoint, starts the health monitor, the
@@ -64,6 +68,9 @@ func RunNode(ctx context.Context, opts Options, node NodeOptions) error {
 	defer cancel(nil)
 	if node.MPSCheckInterval <= 0 {
 		node.MPSCheckInterval = time.Second
+	}
+	if node.StaleClaimInterval <= 0 {
+		node.StaleClaimInterval = time.Minute
 	}
 	m := metrics.New()
 	prepOpts := []prepare.Option{
@@ -109,6 +116,10 @@ func RunNode(ctx context.Context, opts Options, node NodeOptions) error {
 		// A GPU whose MIG mode could not be switched off after its last
 		// partition (a busy GPU) is retried until it can be used whole.
 		func(ctx context.Context) error { return preparer.WatchMIGModeOff(ctx, 10*time.Second) },
+		// Entries the kubelet never unprepared do not hold devices forever.
+		func(ctx context.Context) error {
+			return watchStaleClaims(ctx, opts.KubeClient, opts.NodeName, preparer, node.StaleClaimInterval)
+		},
 	}
 	if h, ok := opts.NVML.(tnvml.Health); ok {
 		monitor := health.New(h, inv, health.WithMetrics(m), health.WithMIGDevices(preparer.MIGDeviceName))

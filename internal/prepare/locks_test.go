@@ -93,3 +93,29 @@ func TestHungCallUnderTheStateLock(t *testing.T) {
 		t.Errorf("prepare once the lock is free: %v", err)
 	}
 }
+
+// TestCheckpointedClaimsFollowTheDisk: an instance that serves no call still
+// answers from the checkpoint as another instance (a rolling update) left it
+// on disk.
+func TestCheckpointedClaimsFollowTheDisk(t *testing.T) {
+	_, ctx := ktesting.NewTestContext(t)
+	e := newTestEnv(t, "dgxh200", 2)
+	old := e.mustPreparer(ctx)
+	next := e.mustPreparer(ctx)
+	claim := makeClaim("c").Device("gpu", "gpu-1").Obj()
+	if err := next.Prepare(ctx, claim).Err; err != nil {
+		t.Fatal(err)
+	}
+	if devices, err := old.PreparedDevices(ctx); err != nil || !devices["gpu-1"] {
+		t.Errorf("prepared by the other instance: PreparedDevices = %v, %v; want gpu-1", devices, err)
+	}
+	if claims, err := old.CheckpointedClaims(ctx); err != nil || len(claims) != 1 || claims[0].UID != claim.UID {
+		t.Errorf("prepared by the other instance: CheckpointedClaims = %v, %v; want %s", claims, err, claim.UID)
+	}
+	if err := next.Unprepare(ctx, ref(claim)); err != nil {
+		t.Fatal(err)
+	}
+	if devices, err := old.PreparedDevices(ctx); err != nil || len(devices) != 0 {
+		t.Errorf("unprepared by the other instance: PreparedDevices = %v, %v; want none", devices, err)
+	}
+}

@@ -19,6 +19,7 @@ import (
 	"time"
 
 	resourceapi "k8s.io/api/resource/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/dynamic-resource-allocation/kubeletplugin"
 	"k8s.io/klog/v2"
 
@@ -819,6 +820,41 @@ func (p *Preparer) claim(uid string) *checkpoint.Claim {
 // it, it is reread under the state lock (waiting at most until ctx ends), so
 // that no instance publishes from a stale copy.
 func (p *Preparer) PreparedDevices(ctx context.Context) (map[string]bool, error) {
+	claims, err := p.onDisk(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]bool{}
+	for _, c := range claims {
+		for _, d := range c.Devices {
+			out[d.Device] = true
+		}
+	}
+	return out, nil
+}
+
+// CheckpointedClaims names every claim in the checkpoint as it is on disk
+// (see PreparedDevices), in any state.
+func (p *Preparer) CheckpointedClaims(ctx context.Context) ([]kubeletplugin.NamespacedObject, error) {
+	claims, err := p.onDisk(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]kubeletplugin.NamespacedObject, 0, len(claims))
+	for _, uid := range sortedKeys(claims) {
+		c := claims[uid]
+		out = append(out, kubeletplugin.NamespacedObject{
+			NamespacedName: types.NamespacedName{Namespace: c.Namespace, Name: c.Name}, UID: types.UID(c.UID),
+		})
+	}
+	return out, nil
+}
+
+// onDisk returns the checkpoint's claims as they are on disk: when another
+// plugin instance changed the file since this one last read or wrote it, it
+// is reread under the state lock (waiting at most until ctx ends). The
+// claims are shared: read only.
+func (p *Preparer) onDisk(ctx context.Context) (map[string]*checkpoint.Claim, error) {
 	p.mu.Lock()
 	changed, err := p.store.Changed()
 	p.mu.Unlock()
@@ -834,13 +870,8 @@ func (p *Preparer) PreparedDevices(ctx context.Context) (map[string]bool, error)
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	out := map[string]bool{}
-	for _, c := range p.cp.Claims {
-		for _, d := range c.Devices {
-			out[d.Device] = true
-		}
-	}
-	return out, nil
+	// update replaces p.cp rather than changing it: this map stays as read.
+	return p.cp.Claims, nil
 }
 
 // update changes the checkpoint and writes it. A failed write leaves the
