@@ -319,13 +319,25 @@ var ErrLockTimeout = errors.New("state directory lock still held by another oper
 // neither writes from a stale copy. Within one process, each Lock opens the
 // file anew, so two callers exclude each other as two processes do.
 func (s *Store) Lock(ctx context.Context) (func(), error) {
+	return s.lock(ctx, syscall.LOCK_EX)
+}
+
+// RLock takes the state directory's lock shared, as Lock does: readers that
+// must not see the checkpoint change until they are done with what they read
+// (a publication computed from it, until the API server holds it) exclude
+// every Lock, not each other.
+func (s *Store) RLock(ctx context.Context) (func(), error) {
+	return s.lock(ctx, syscall.LOCK_SH)
+}
+
+func (s *Store) lock(ctx context.Context, how int) (func(), error) {
 	f, err := os.OpenFile(filepath.Join(s.dir, LockFileName), os.O_CREATE|os.O_RDWR, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("open state lock: %w", err)
 	}
 	var ticker *time.Ticker
 	for {
-		err = syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
+		err = syscall.Flock(int(f.Fd()), how|syscall.LOCK_NB)
 		if errors.Is(err, syscall.EINTR) {
 			continue
 		}

@@ -79,7 +79,8 @@ type Preparer interface {
 // PreparedLister names the devices prepared on the node (see
 // prepare.Preparer.PreparedDevices).
 type PreparedLister interface {
-	PreparedDevices(ctx context.Context) (map[string]bool, error)
+	PreparedDevices(ctx context.Context) (prepared map[string]bool, release func(), err error)
+	CheckpointChanged() bool
 }
 
 // checkpointPoll is how often, when blocked devices are withdrawn, the
@@ -261,8 +262,9 @@ func Run(ctx context.Context, opts Options) error {
 				logger.Error(err, "Republishing slices with changed device health failed")
 			}
 		case <-checkpointTick:
-			// Publishes only when the checkpoint (or an allocation) says
-			// something else than what was published.
+			if !d.prepared.CheckpointChanged() {
+				continue
+			}
 			if err := d.publish(ctx, *d.published); err != nil {
 				logger.Error(err, "Republishing slices after the checkpoint changed failed")
 			}
@@ -318,11 +320,14 @@ func (d *Driver) publish(ctx context.Context, node inventory.Node) error {
 		// The checkpoint as it is on disk, which another plugin instance
 		// may have changed, and never without an allocated device.
 		readCtx, cancel := context.WithTimeout(ctx, preparedReadTimeout)
-		prepared, err := d.prepared.PreparedDevices(readCtx)
+		prepared, release, err := d.prepared.PreparedDevices(readCtx)
 		cancel()
 		if err != nil {
-			return fmt.Errorf("read the prepared devices: %w", err)
+			return err
 		}
+		// The checkpoint stays as read until the API server holds what
+		// is computed from it (PreparedDevices says why).
+		defer release()
 		opts.Prepared, opts.Allocated = prepared, d.allocated.Devices()
 	}
 	d.mu.Lock()

@@ -96,7 +96,7 @@ func TestHungCallUnderTheStateLock(t *testing.T) {
 
 // TestCheckpointedClaimsFollowTheDisk: an instance that serves no call still
 // answers from the checkpoint as another instance (a rolling update) left it
-// on disk.
+// on disk, and notices that it changed.
 func TestCheckpointedClaimsFollowTheDisk(t *testing.T) {
 	_, ctx := ktesting.NewTestContext(t)
 	e := newTestEnv(t, "dgxh200", 2)
@@ -106,16 +106,63 @@ func TestCheckpointedClaimsFollowTheDisk(t *testing.T) {
 	if err := next.Prepare(ctx, claim).Err; err != nil {
 		t.Fatal(err)
 	}
-	if devices, err := old.PreparedDevices(ctx); err != nil || !devices["gpu-1"] {
+	prepared := func() (map[string]bool, error) {
+		devices, release, err := old.PreparedDevices(ctx)
+		if err == nil {
+			release()
+		}
+		return devices, err
+	}
+	if !old.CheckpointChanged() {
+		t.Error("CheckpointChanged = false after the other instance prepared")
+	}
+	if devices, err := prepared(); err != nil || !devices["gpu-1"] {
 		t.Errorf("prepared by the other instance: PreparedDevices = %v, %v; want gpu-1", devices, err)
 	}
 	if claims, err := old.CheckpointedClaims(ctx); err != nil || len(claims) != 1 || claims[0].UID != claim.UID {
 		t.Errorf("prepared by the other instance: CheckpointedClaims = %v, %v; want %s", claims, err, claim.UID)
 	}
+	if old.CheckpointChanged() {
+		t.Error("CheckpointChanged = true right after a reread")
+	}
 	if err := next.Unprepare(ctx, ref(claim)); err != nil {
 		t.Fatal(err)
 	}
-	if devices, err := old.PreparedDevices(ctx); err != nil || len(devices) != 0 {
+	if devices, err := prepared(); err != nil || len(devices) != 0 {
 		t.Errorf("unprepared by the other instance: PreparedDevices = %v, %v; want none", devices, err)
+	}
+}
+
+// TestPublicationHoldsTheCheckpoint: while a publication computed from the
+// prepared devices is on its way (until release), no instance changes the
+// checkpoint: the other instance's unprepare waits for it, within its
+// context, and goes ahead once it is released.
+func TestPublicationHoldsTheCheckpoint(t *testing.T) {
+	_, ctx := ktesting.NewTestContext(t)
+	e := newTestEnv(t, "dgxh200", 2)
+	old := e.mustPreparer(ctx)
+	next := e.mustPreparer(ctx)
+	claim := makeClaim("c").Device("gpu", "gpu-1").Obj()
+	if err := next.Prepare(ctx, claim).Err; err != nil {
+		t.Fatal(err)
+	}
+	devices, release, err := old.PreparedDevices(ctx)
+	if err != nil || !devices["gpu-1"] {
+		t.Fatalf("PreparedDevices = %v, %v; want gpu-1", devices, err)
+	}
+	short, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
+	defer cancel()
+	if err := next.Unprepare(short, ref(claim)); !errors.Is(err, checkpoint.ErrLockTimeout) {
+		t.Errorf("unprepare while a publication holds the checkpoint = %v, want ErrLockTimeout", err)
+	}
+	// A second reader (the other instance's publication) is not held up.
+	if _, again, err := next.PreparedDevices(short); err != nil {
+		t.Errorf("a second publication's read: %v", err)
+	} else {
+		again()
+	}
+	release()
+	if err := next.Unprepare(ctx, ref(claim)); err != nil {
+		t.Errorf("unprepare once the publication is done: %v", err)
 	}
 }

@@ -815,22 +815,47 @@ func (p *Preparer) claim(uid string) *checkpoint.Claim {
 // hold, for allocated claims. The kubelet plugin withdraws the devices they
 // block from its slices (resourceslice.Options.WithdrawBlocked).
 //
-// The answer is the checkpoint as it is on disk: when another plugin
-// instance (a rolling update) changed it since this one last read or wrote
-// it, it is reread under the state lock (waiting at most until ctx ends), so
-// that no instance publishes from a stale copy.
-func (p *Preparer) PreparedDevices(ctx context.Context) (map[string]bool, error) {
-	claims, err := p.onDisk(ctx)
+// The answer is the checkpoint as it is on disk, reread when another plugin
+// instance (a rolling update) changed it, and it stays so until release is
+// called: PreparedDevices returns holding the state lock shared (waiting for
+// it at most until ctx ends), so that no prepare or unprepare of either
+// instance changes the checkpoint while a publication computed from it is
+// on its way to the API server. Otherwise the other instance could unprepare
+// a claim, publish the devices it blocked and see one allocated, and only
+// then this publication land and hide it.
+func (p *Preparer) PreparedDevices(ctx context.Context) (prepared map[string]bool, release func(), err error) {
+	wait, cancel := context.WithTimeout(ctx, stateLockWait)
+	defer cancel()
+	unlock, err := p.store.RLock(wait)
 	if err != nil {
-		return nil, err
+		if h := p.holder.Load(); h != nil {
+			err = fmt.Errorf("%w (held in this instance since %s by: %s)", err, h.since.Format(time.RFC3339), h.what)
+		}
+		return nil, nil, fmt.Errorf("read the prepared devices: %w", err)
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if _, err := p.reloadIfChanged(); err != nil {
+		unlock()
+		return nil, nil, err
 	}
 	out := map[string]bool{}
-	for _, c := range claims {
+	for _, c := range p.cp.Claims {
 		for _, d := range c.Devices {
 			out[d.Device] = true
 		}
 	}
-	return out, nil
+	return out, unlock, nil
+}
+
+// CheckpointChanged reports whether another plugin instance changed the
+// checkpoint since this one last read or wrote it (a stat of the file and
+// its journal: inode, size, modification time).
+func (p *Preparer) CheckpointChanged() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	changed, err := p.store.Changed()
+	return changed || err != nil
 }
 
 // CheckpointedClaims names every claim in the checkpoint as it is on disk
