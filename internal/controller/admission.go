@@ -44,6 +44,9 @@ type AdmissionReconciler struct {
 	decided chan<- event.GenericEvent
 	// sharing, when set, refuses shares of a GPU another tenant holds.
 	sharing *sharingGuard
+	// catchUp, when set, counts a previous leader's admissions before the
+	// first decision (see leaderCatchUp).
+	catchUp *leaderCatchUp
 }
 
 var _ reconcile.Reconciler = &AdmissionReconciler{}
@@ -74,6 +77,9 @@ func (r *AdmissionReconciler) Reconcile(ctx context.Context, req reconcile.Reque
 		return reconcile.Result{}, nil
 	}
 
+	if err := r.catchUp.ensure(ctx, r.client, r.ledger, r.catalog); err != nil {
+		return reconcile.Result{}, err
+	}
 	tenant, d, err := r.decide(ctx, claim)
 	if err != nil {
 		return reconcile.Result{}, err
