@@ -335,7 +335,8 @@ func (s *Store) lock(ctx context.Context, how int) (func(), error) {
 	if err != nil {
 		return nil, fmt.Errorf("open state lock: %w", err)
 	}
-	var ticker *time.Ticker
+	ticker := time.NewTicker(lockPoll)
+	defer ticker.Stop()
 	for {
 		err = syscall.Flock(int(f.Fd()), how|syscall.LOCK_NB)
 		if errors.Is(err, syscall.EINTR) {
@@ -343,10 +344,6 @@ func (s *Store) lock(ctx context.Context, how int) (func(), error) {
 		}
 		if !errors.Is(err, syscall.EWOULDBLOCK) {
 			break
-		}
-		if ticker == nil {
-			ticker = time.NewTicker(lockPoll)
-			defer ticker.Stop()
 		}
 		select {
 		case <-ctx.Done():

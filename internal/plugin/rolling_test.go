@@ -214,8 +214,11 @@ func TestTwoInstancesPublishFromTheCheckpointOnDisk(t *testing.T) {
 	}
 	unprepare := func(via drapb.DRAPluginClient, claim string) error {
 		resp, err := via.NodeUnprepareResources(ctx, &drapb.NodeUnprepareResourcesRequest{Claims: ref(claim)})
-		if err != nil || resp.Claims[claim+"-uid"].GetError() != "" {
-			return fmt.Errorf("unprepare %s: %v %v", claim, resp, err)
+		if err != nil {
+			return fmt.Errorf("unprepare %s: %w", claim, err)
+		}
+		if msg := resp.Claims[claim+"-uid"].GetError(); msg != "" {
+			return fmt.Errorf("unprepare %s: %s", claim, msg)
 		}
 		return nil
 	}
