@@ -22,6 +22,8 @@ type Controller struct {
 	// chartArgs come from the chart's Deployment; args, from the test, win.
 	chartArgs, args []string
 	process         *Process
+	// name names its process and log; "" is dra-controller.
+	name string
 }
 
 // DefaultControllerBinary is $TESSERA_CONTROLLER_BINARY, or bin/dra-controller
@@ -67,6 +69,13 @@ func (l *Local) InstallTenancy(ctx context.Context, binary string, args ...strin
 	return c, nil
 }
 
+// Replica is another replica of the controller, as the chart's Deployment
+// with more than one replica runs it: same ServiceAccount and flags, ports
+// of its own. It is not started.
+func (c *Controller) Replica() *Controller {
+	return &Controller{binary: c.binary, kubeconfig: c.kubeconfig, logDir: c.logDir, chartArgs: c.chartArgs, args: slices.Clone(c.args), name: "dra-controller-replica"}
+}
+
 // Start starts the controller process and waits until it is ready.
 func (c *Controller) Start(ctx context.Context) error {
 	ports, err := FreePorts(2)
@@ -81,7 +90,11 @@ func (c *Controller) Start(ctx context.Context) error {
 		"--health-probe-bind-address=" + c.ProbeAddress,
 		"-v=2",
 	}, append(slices.Clone(c.chartArgs), c.args...)...)
-	p, err := StartProcess("dra-controller", c.logDir, c.binary, args, nil)
+	name := c.name
+	if name == "" {
+		name = "dra-controller"
+	}
+	p, err := StartProcess(name, c.logDir, c.binary, args, nil)
 	if err != nil {
 		return err
 	}
@@ -107,6 +120,14 @@ func (c *Controller) Stop() error {
 	}
 	return c.process.Stop(10 * time.Second)
 }
+
+// Freeze stops the controller process (SIGSTOP) until Thaw. Past its
+// leader-election renew deadline (10 s) a frozen leader loses the lease and
+// exits when thawed: keep freezes shorter.
+func (c *Controller) Freeze() error { return c.process.Freeze() }
+
+// Thaw lets a frozen controller go on.
+func (c *Controller) Thaw() error { return c.process.Thaw() }
 
 // Kill kills the controller at once, as a crash would.
 func (c *Controller) Kill() {

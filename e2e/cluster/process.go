@@ -98,6 +98,13 @@ func (p *Process) Kill() {
 	<-p.done
 }
 
+// Freeze stops the process (SIGSTOP) until Thaw, as a hung process would be:
+// it keeps its connections and state, and decides nothing meanwhile.
+func (p *Process) Freeze() error { return p.cmd.Process.Signal(syscall.SIGSTOP) }
+
+// Thaw lets a frozen process go on (SIGCONT).
+func (p *Process) Thaw() error { return p.cmd.Process.Signal(syscall.SIGCONT) }
+
 // exitedError says that p died while something waited for it to become ready.
 func exitedError(p *Process) error {
 	_, err := p.Exited()

@@ -2,6 +2,7 @@ package checkpoint
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -10,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"syscall"
+	"time"
 )
 
 // Version is the format this build writes.
@@ -300,20 +302,54 @@ func (s *Store) writeFile(cp *Checkpoint) error {
 // LockFileName is the lock file in the state directory.
 const LockFileName = "lock"
 
-// Lock takes an exclusive lock on the state directory, waiting for it,
-// and returns the function that releases it. Plugin instances on one node
-// (an old and a new one during a rolling update) hold it around every
-// change to the checkpoint and the devices it records, so that neither
-// writes from a stale copy.
-func (s *Store) Lock() (func(), error) {
+// lockPoll is how often a waiting Lock tries the lock again. flock(2) has no
+// timeout, and a blocking flock cannot be interrupted by a context, so a
+// wait that must end with its context polls a non-blocking one.
+const lockPoll = 5 * time.Millisecond
+
+// ErrLockTimeout is wrapped by Lock's error when the context ended before
+// the lock was free: another holder (a hung NVML or MPS call, or the other
+// plugin instance of a rolling update) kept it.
+var ErrLockTimeout = errors.New("state directory lock still held by another operation")
+
+// Lock takes an exclusive lock on the state directory, waiting for it until
+// ctx ends, and returns the function that releases it. Plugin instances on
+// one node (an old and a new one during a rolling update) hold it around
+// every change to the checkpoint and the devices it records, so that
+// neither writes from a stale copy. Within one process, each Lock opens the
+// file anew, so two callers exclude each other as two processes do.
+func (s *Store) Lock(ctx context.Context) (func(), error) {
+	return s.lock(ctx, syscall.LOCK_EX)
+}
+
+// RLock takes the state directory's lock shared, as Lock does: readers that
+// must not see the checkpoint change until they are done with what they read
+// (a publication computed from it, until the API server holds it) exclude
+// every Lock, not each other.
+func (s *Store) RLock(ctx context.Context) (func(), error) {
+	return s.lock(ctx, syscall.LOCK_SH)
+}
+
+func (s *Store) lock(ctx context.Context, how int) (func(), error) {
 	f, err := os.OpenFile(filepath.Join(s.dir, LockFileName), os.O_CREATE|os.O_RDWR, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("open state lock: %w", err)
 	}
+	ticker := time.NewTicker(lockPoll)
+	defer ticker.Stop()
 	for {
-		err = syscall.Flock(int(f.Fd()), syscall.LOCK_EX)
-		if !errors.Is(err, syscall.EINTR) {
+		err = syscall.Flock(int(f.Fd()), how|syscall.LOCK_NB)
+		if errors.Is(err, syscall.EINTR) {
+			continue
+		}
+		if !errors.Is(err, syscall.EWOULDBLOCK) {
 			break
+		}
+		select {
+		case <-ctx.Done():
+			_ = f.Close()
+			return nil, fmt.Errorf("lock state directory %s: %w: %w", s.dir, ErrLockTimeout, context.Cause(ctx))
+		case <-ticker.C:
 		}
 	}
 	if err != nil {

@@ -48,6 +48,9 @@ type AdmissionReconciler struct {
 	sharing *sharingGuard
 	// order is the queue's: fair between tenants unless QueueFIFO.
 	order QueueOrder
+	// catchUp, when set, counts a previous leader's admissions before the
+	// first decision (see leaderCatchUp).
+	catchUp *leaderCatchUp
 }
 
 var _ reconcile.Reconciler = &AdmissionReconciler{}
@@ -78,6 +81,9 @@ func (r *AdmissionReconciler) Reconcile(ctx context.Context, req reconcile.Reque
 		return reconcile.Result{}, nil
 	}
 
+	if err := r.catchUp.ensure(ctx, r.client, r.ledger, r.catalog); err != nil {
+		return reconcile.Result{}, err
+	}
 	tenant, d, err := r.decide(ctx, claim)
 	if err != nil {
 		return reconcile.Result{}, err

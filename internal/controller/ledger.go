@@ -1,6 +1,7 @@
 package controller
 
 import (
+	"slices"
 	"sync"
 
 	"k8s.io/apimachinery/pkg/types"
@@ -20,8 +21,10 @@ type ledger struct {
 }
 
 type ledgerEntry struct {
-	uid    types.UID
-	tenant string
+	uid types.UID
+	// tenants are those whose budget it counts in: one, or several
+	// where tenants conflict over its namespace.
+	tenants []string
 	// holdings, not a price: what a claim adds depends on what else the
 	// tenant holds (shares of one GPU are priced together), so the tenant's
 	// cost is recomputed from all its holdings on every decision.
@@ -36,9 +39,19 @@ func (l *ledger) record(claim types.NamespacedName, uid types.UID, tenant string
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if d.Admit {
-		l.admitted[claim] = ledgerEntry{uid: uid, tenant: tenant, holdings: d.Holdings}
+		l.admitted[claim] = ledgerEntry{uid: uid, tenants: []string{tenant}, holdings: d.Holdings}
 	}
 	l.latest[tenant] = d
+}
+
+// seed enters an admission this process did not make (a previous leader's,
+// read from the API server), to be counted until the cache shows it.
+func (l *ledger) seed(claim types.NamespacedName, uid types.UID, tenants []string, holdings []tenancy.Holding) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if _, ok := l.admitted[claim]; !ok {
+		l.admitted[claim] = ledgerEntry{uid: uid, tenants: tenants, holdings: holdings}
+	}
 }
 
 // forget drops a claim once the cache shows it admitted, deallocated or gone.
@@ -64,7 +77,7 @@ func (l *ledger) unseen(tenant string, seen map[types.NamespacedName]bool, skip 
 	defer l.mu.Unlock()
 	var out []tenancy.Holding
 	for key, e := range l.admitted {
-		if e.tenant == tenant && key != skip && !seen[key] {
+		if slices.Contains(e.tenants, tenant) && key != skip && !seen[key] {
 			out = append(out, e.holdings...)
 		}
 	}

@@ -138,7 +138,8 @@ func Run(ctx context.Context, cfg *rest.Config, opts Options) error {
 	if err := (&TenantReconciler{client: mgr.GetClient(), recorder: rec, ledger: l, catalog: catalog, untenanted: opts.Untenanted, decided: decided}).SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("set up tenant reconciler: %w", err)
 	}
-	if err := (&AdmissionReconciler{client: mgr.GetClient(), recorder: rec, ledger: l, catalog: catalog, decided: decided, sharing: newSharingGuard(), order: opts.AdmissionQueue}).SetupWithManager(mgr); err != nil {
+	if err := (&AdmissionReconciler{client: mgr.GetClient(), recorder: rec, ledger: l, catalog: catalog, decided: decided, sharing: newSharingGuard(), order: opts.AdmissionQueue,
+		catchUp: &leaderCatchUp{reader: mgr.GetAPIReader()}}).SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("set up admission reconciler: %w", err)
 	}
 	if err := (&SharingReconciler{client: mgr.GetClient()}).SetupWithManager(mgr); err != nil {

@@ -79,8 +79,26 @@ type Preparer interface {
 // PreparedLister names the devices prepared on the node (see
 // prepare.Preparer.PreparedDevices).
 type PreparedLister interface {
-	PreparedDevices() map[string]bool
+	PreparedDevices(ctx context.Context) (prepared map[string]bool, release func(), err error)
+	CheckpointChanged() bool
 }
+
+// checkpointPoll is how often, when blocked devices are withdrawn, the
+// plugin checks whether another instance of it (a rolling update) changed
+// the checkpoint, to publish what the checkpoint now says. Both instances'
+// publication controllers manage the same slices and write back their own
+// view 30 s after any change (resourceslice.DefaultSyncDelay): each view
+// must follow the checkpoint on disk well before that. The check is a stat
+// unless the file changed.
+const checkpointPoll = 250 * time.Millisecond
+
+// preparedReadTimeout bounds reading the checkpoint for a publication; the
+// next poll tries again.
+const preparedReadTimeout = 5 * time.Second
+
+// allocatedSyncTimeout bounds the wait for the first list of allocated
+// claims; past it the plugin stops (its RBAC is wrong) and is restarted.
+const allocatedSyncTimeout = 2 * time.Minute
 
 // Driver implements kubeletplugin.DRAPlugin.
 type Driver struct {
@@ -94,6 +112,11 @@ type Driver struct {
 	// (nil otherwise); publishedPrepared is its answer last published.
 	prepared          PreparedLister
 	publishedPrepared map[string]bool
+	// publishedAllocated are the allocated devices last published.
+	publishedAllocated map[string]bool
+	// allocated follows the claims allocated on the node when blocked
+	// devices are withdrawn: none of their devices is ever withdrawn.
+	allocated *allocatedClaims
 	// preparedChanged asks Run's loop to republish after a prepare or
 	// unprepare (one pending request is enough).
 	preparedChanged chan struct{}
@@ -133,6 +156,17 @@ func Run(ctx context.Context, opts Options) error {
 			return errors.New("kubelet plugin: withdrawing blocked devices needs a preparer that lists its prepared devices")
 		}
 		d.prepared = lister
+		d.allocated = newAllocatedClaims(opts.KubeClient, opts.NodeName, d.republishPrepared)
+		go d.allocated.run(ctx)
+		syncCtx, cancelSync := context.WithTimeout(ctx, allocatedSyncTimeout)
+		err := d.allocated.waitSynced(syncCtx)
+		cancelSync()
+		if err != nil {
+			if ctx.Err() != nil {
+				return stopCause(ctx)
+			}
+			return err
+		}
 	}
 
 	var node inventory.Node
@@ -180,6 +214,12 @@ func Run(ctx context.Context, opts Options) error {
 	}
 	ticker := time.NewTicker(opts.RediscoverInterval)
 	defer ticker.Stop()
+	var checkpointTick <-chan time.Time
+	if d.prepared != nil {
+		poll := time.NewTicker(checkpointPoll)
+		defer poll.Stop()
+		checkpointTick = poll.C
+	}
 	// Registration happens when the kubelet gets to it; the slices are
 	// published by now.
 	notReady := registered
@@ -220,6 +260,13 @@ func Run(ctx context.Context, opts Options) error {
 		case <-healthChanged:
 			if err := d.publish(ctx, *d.published); err != nil {
 				logger.Error(err, "Republishing slices with changed device health failed")
+			}
+		case <-checkpointTick:
+			if !d.prepared.CheckpointChanged() {
+				continue
+			}
+			if err := d.publish(ctx, *d.published); err != nil {
+				logger.Error(err, "Republishing slices after the checkpoint changed failed")
 			}
 		case <-d.preparedChanged:
 			// Every request made before this point sees its change in what
@@ -270,11 +317,22 @@ func (d *Driver) publish(ctx context.Context, node inventory.Node) error {
 		opts.Taints = d.opts.Health.Taints()
 	}
 	if d.prepared != nil {
-		opts.Prepared = d.prepared.PreparedDevices()
+		// The checkpoint as it is on disk, which another plugin instance
+		// may have changed, and never without an allocated device.
+		readCtx, cancel := context.WithTimeout(ctx, preparedReadTimeout)
+		prepared, release, err := d.prepared.PreparedDevices(readCtx)
+		cancel()
+		if err != nil {
+			return err
+		}
+		// The checkpoint stays as read until the API server holds what
+		// is computed from it (PreparedDevices says why).
+		defer release()
+		opts.Prepared, opts.Allocated = prepared, d.allocated.Devices()
 	}
 	d.mu.Lock()
 	unchanged := d.published != nil && reflect.DeepEqual(*d.published, node) && reflect.DeepEqual(d.publishedTaints, opts.Taints) &&
-		reflect.DeepEqual(d.publishedPrepared, opts.Prepared)
+		reflect.DeepEqual(d.publishedPrepared, opts.Prepared) && reflect.DeepEqual(d.publishedAllocated, opts.Allocated)
 	d.mu.Unlock()
 	if unchanged {
 		return nil
@@ -293,6 +351,7 @@ func (d *Driver) publish(ctx context.Context, node inventory.Node) error {
 	d.published = &node
 	d.mu.Lock()
 	d.publishedPrepared = opts.Prepared
+	d.publishedAllocated = opts.Allocated
 	d.publishedTaints = opts.Taints
 	d.devices = names
 	close(d.healthChanged)

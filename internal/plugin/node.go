@@ -62,6 +62,10 @@ type NodeOptions struct {
 	// ClaimMetricsInterval is how often the prepared claims' devices are
 	// sampled for the tessera_claim_gpu_* metrics; 0 disables them.
 	ClaimMetricsInterval time.Duration
+	// StaleClaimInterval is how often checkpoint entries whose claim is
+	// gone, and used by no pod on the node, are unprepared (see
+	// CleanStaleClaims; default 1 min).
+	StaleClaimInterval time.Duration
 }
 
 // RunNode reconciles the prepare checkpoint, starts the health monitor, the
@@ -73,6 +77,9 @@ func RunNode(ctx context.Context, opts Options, node NodeOptions) error {
 	defer cancel(nil)
 	if node.MPSCheckInterval <= 0 {
 		node.MPSCheckInterval = time.Second
+	}
+	if node.StaleClaimInterval <= 0 {
+		node.StaleClaimInterval = time.Minute
 	}
 	m := metrics.New()
 	prepOpts := []prepare.Option{
@@ -129,6 +136,10 @@ func RunNode(ctx context.Context, opts Options, node NodeOptions) error {
 		// A MIG instance an unprepare could not destroy is destroyed as
 		// soon as it can be, freeing its placement.
 		func(ctx context.Context) error { return preparer.WatchPendingDestroys(ctx, 10*time.Second) },
+		// Entries the kubelet never unprepared do not hold devices forever.
+		func(ctx context.Context) error {
+			return watchStaleClaims(ctx, opts.KubeClient, opts.NodeName, preparer, node.StaleClaimInterval)
+		},
 	}
 	if h, ok := opts.NVML.(tnvml.Health); ok {
 		monitor := health.New(h, inv, health.WithMetrics(m), health.WithMIGDevices(preparer.MIGDeviceName))

@@ -191,7 +191,7 @@ func sameRecorded(a, b *checkpoint.MIG) bool {
 // RetryPendingDestroys tries once more to destroy each MIG instance an
 // unprepare left, and returns how many are still to be destroyed.
 func (p *Preparer) RetryPendingDestroys(ctx context.Context) (int, error) {
-	unlock, err := p.lockState()
+	unlock, err := p.lockState(ctx, "destroy the MIG instances unprepares left")
 	if err != nil {
 		return len(p.pendingDestroyList()), err
 	}

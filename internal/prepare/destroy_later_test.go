@@ -92,8 +92,8 @@ func TestUndestroyableMIGInstanceIsDestroyedLater(t *testing.T) {
 
 	// A restart forgets nothing.
 	p = e.mustPreparer(ctx, opts...)
-	if !p.PreparedDevices()[dev] {
-		t.Errorf("after a restart, %s is not withdrawn: %v", dev, p.PreparedDevices())
+	if !preparedNow(t, ctx, p)[dev] {
+		t.Errorf("after a restart, %s is not withdrawn: %v", dev, preparedNow(t, ctx, p))
 	}
 	for _, b := range []string{dev, "gpu-0"} {
 		res := p.Prepare(ctx, makeClaim("b").Device("d", b).Obj())
@@ -119,7 +119,7 @@ func TestUndestroyableMIGInstanceIsDestroyedLater(t *testing.T) {
 	if v := metricValue(t, m, "tessera_mig_destroy_failures_total"); v != 2 {
 		t.Errorf("tessera_mig_destroy_failures_total = %v, want 2", v)
 	}
-	if p.PreparedDevices()[dev] {
+	if preparedNow(t, ctx, p)[dev] {
 		t.Errorf("%s still withdrawn once destroyed", dev)
 	}
 	b := makeClaim("b").Device("d", dev).Obj()
@@ -207,7 +207,7 @@ func TestWatchPendingDestroysRetriesWithBackoff(t *testing.T) {
 	done := make(chan error)
 	go func() { done <- p.WatchPendingDestroys(ctx, time.Millisecond) }()
 	deadline := time.Now().Add(10 * time.Second)
-	for p.PreparedDevices()[dev] && time.Now().Before(deadline) {
+	for preparedNow(t, ctx, p)[dev] && time.Now().Before(deadline) {
 		time.Sleep(5 * time.Millisecond)
 	}
 	cancel()
@@ -240,7 +240,18 @@ func TestPendingDestroySeenByTheOtherInstance(t *testing.T) {
 	if res.Err == nil || !strings.Contains(res.Err.Error(), "could not destroy") {
 		t.Errorf("the other instance prepared over the instance left: %v, want a refusal", res.Err)
 	}
-	if !updated.PreparedDevices()[dev] {
+	if !preparedNow(t, ctx, updated)[dev] {
 		t.Errorf("the other instance does not withdraw %s", dev)
 	}
+}
+
+// preparedNow reads p.PreparedDevices and releases the state lock at once.
+func preparedNow(t *testing.T, ctx context.Context, p *Preparer) map[string]bool {
+	t.Helper()
+	devices, release, err := p.PreparedDevices(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	release()
+	return devices
 }

@@ -190,7 +190,7 @@ func (p *Preparer) RetryMIGModeOff(ctx context.Context) []int {
 func (p *Preparer) retryMIGModeOff(ctx context.Context, index int) error {
 	// Under the state lock, as a prepare or unprepare of this or another
 	// plugin instance changes MIG state.
-	unlock, err := p.lockState()
+	unlock, err := p.lockState(ctx, fmt.Sprintf("switch MIG mode off on GPU %d", index))
 	if err != nil {
 		return err
 	}

@@ -15,9 +15,11 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	resourceapi "k8s.io/api/resource/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/tools/events"
 	"k8s.io/dynamic-resource-allocation/kubeletplugin"
 	"k8s.io/klog/v2"
@@ -95,6 +97,9 @@ type Preparer struct {
 	// mu guards cp and serialises its writes.
 	mu sync.Mutex
 	cp *checkpoint.Checkpoint
+	// holder is the operation holding the state lock, for the errors of
+	// those that wait too long for it.
+	holder atomic.Pointer[lockHolder]
 }
 
 type deviceInfo struct {
@@ -227,7 +232,7 @@ func New(ctx context.Context, opts ...Option) (*Preparer, error) {
 	}
 	// Held through reconciling: another plugin instance (a rolling
 	// update) may be serving claims meanwhile.
-	unlock, err := p.store.Lock()
+	unlock, err := p.store.Lock(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -386,9 +391,12 @@ func (p *Preparer) Unprepare(ctx context.Context, claim kubeletplugin.Namespaced
 
 func (p *Preparer) prepare(ctx context.Context, claim *resourceapi.ResourceClaim) (kubeletplugin.PrepareResult, string, error) {
 	uid := string(claim.UID)
-	unlockClaim := p.claims.lock(uid)
+	unlockClaim, err := p.lockClaim(ctx, uid)
+	if err != nil {
+		return kubeletplugin.PrepareResult{}, "none", err
+	}
 	defer unlockClaim()
-	unlock, err := p.lockState()
+	unlock, err := p.lockState(ctx, "prepare claim "+uid)
 	if err != nil {
 		return kubeletplugin.PrepareResult{}, "none", err
 	}
@@ -566,9 +574,12 @@ func (p *Preparer) daemon(c *checkpoint.Claim) (sharing.Daemon, bool) {
 }
 
 func (p *Preparer) unprepare(ctx context.Context, uid string) (string, error) {
-	unlockClaim := p.claims.lock(uid)
+	unlockClaim, err := p.lockClaim(ctx, uid)
+	if err != nil {
+		return "none", err
+	}
 	defer unlockClaim()
-	unlock, err := p.lockState()
+	unlock, err := p.lockState(ctx, "unprepare claim "+uid)
 	if err != nil {
 		return "none", err
 	}
@@ -740,15 +751,61 @@ func (p *Preparer) otherClaimWith(uid string, match func(checkpoint.Device) bool
 	return "", false
 }
 
+// stateLockWait bounds every wait for the node's state lock (and for a
+// claim's own lock) whose context has no earlier deadline. An operation that
+// hangs while holding it (an NVML call that never returns cannot be
+// interrupted, and giving up the lock while it may still act would let
+// another operation see half its work) then fails the other claims'
+// operations with an error that names it, instead of stalling every claim on
+// the node; the kubelet retries them.
+const stateLockWait = 30 * time.Second
+
 // lockState locks the state directory against other plugin instances and
-// rereads the checkpoint if one of them changed it.
-func (p *Preparer) lockState() (func(), error) {
-	unlock, err := p.store.Lock()
+// rereads the checkpoint if one of them changed it. The wait ends with ctx
+// or after stateLockWait; what says what the caller will do, for the error
+// of whoever waits behind it.
+func (p *Preparer) lockState(ctx context.Context, what string) (func(), error) {
+	wait, cancel := context.WithTimeout(ctx, stateLockWait)
+	defer cancel()
+	unlock, err := p.store.Lock(wait)
 	if err != nil {
-		return nil, err
+		if h := p.holder.Load(); h != nil {
+			err = fmt.Errorf("%w (held in this instance since %s by: %s)", err, h.since.Format(time.RFC3339), h.what)
+		}
+		return nil, fmt.Errorf("%s: %w", what, err)
+	}
+	p.holder.Store(&lockHolder{what: what, since: time.Now()})
+	held := func() {
+		p.holder.Store(nil)
+		unlock()
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	if _, err := p.reloadIfChanged(); err != nil {
+		held()
+		return nil, err
+	}
+	return held, nil
+}
+
+// lockClaim serialises the operations on one claim; the wait ends with ctx
+// or after stateLockWait, as the state lock's does.
+func (p *Preparer) lockClaim(ctx context.Context, uid string) (func(), error) {
+	ctx, cancel := context.WithTimeout(ctx, stateLockWait)
+	defer cancel()
+	return p.claims.lock(ctx, uid)
+}
+
+// lockHolder says which operation of this instance holds the state lock.
+type lockHolder struct {
+	what  string
+	since time.Time
+}
+
+// reloadIfChanged rereads the checkpoint when another plugin instance
+// changed it since this one last read or wrote it, and reports whether it
+// did. The caller holds the state lock and p.mu.
+func (p *Preparer) reloadIfChanged() (bool, error) {
 	changed, err := p.store.Changed()
 	if err == nil && changed {
 		var cp *checkpoint.Checkpoint
@@ -757,16 +814,14 @@ func (p *Preparer) lockState() (func(), error) {
 		}
 	}
 	if err != nil {
-		unlock()
-		return nil, fmt.Errorf("reread checkpoint another plugin instance changed: %w", err)
+		return false, fmt.Errorf("reread checkpoint another plugin instance changed: %w", err)
 	}
 	// The other instance of a rolling update may have left MIG instances
 	// to destroy, whose placements are held.
 	if _, err := p.loadPendingDestroys(); err != nil {
-		unlock()
-		return nil, err
+		return false, err
 	}
-	return unlock, nil
+	return changed, nil
 }
 
 // claim returns a copy of the claim's checkpoint entry, nil when unknown.
@@ -783,9 +838,31 @@ func (p *Preparer) claim(uid string) *checkpoint.Claim {
 // prepared or on the way in or out: what the node's hardware holds, or may
 // hold, for allocated claims. The kubelet plugin withdraws the devices they
 // block from its slices (resourceslice.Options.WithdrawBlocked).
-func (p *Preparer) PreparedDevices() map[string]bool {
+//
+// The answer is the checkpoint as it is on disk, reread when another plugin
+// instance (a rolling update) changed it, and it stays so until release is
+// called: PreparedDevices returns holding the state lock shared (waiting for
+// it at most until ctx ends), so that no prepare or unprepare of either
+// instance changes the checkpoint while a publication computed from it is
+// on its way to the API server. Otherwise the other instance could unprepare
+// a claim, publish the devices it blocked and see one allocated, and only
+// then this publication land and hide it.
+func (p *Preparer) PreparedDevices(ctx context.Context) (prepared map[string]bool, release func(), err error) {
+	wait, cancel := context.WithTimeout(ctx, stateLockWait)
+	defer cancel()
+	unlock, err := p.store.RLock(wait)
+	if err != nil {
+		if h := p.holder.Load(); h != nil {
+			err = fmt.Errorf("%w (held in this instance since %s by: %s)", err, h.since.Format(time.RFC3339), h.what)
+		}
+		return nil, nil, fmt.Errorf("read the prepared devices: %w", err)
+	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	if _, err := p.reloadIfChanged(); err != nil {
+		unlock()
+		return nil, nil, err
+	}
 	out := map[string]bool{}
 	for _, c := range p.cp.Claims {
 		for _, d := range c.Devices {
@@ -796,7 +873,58 @@ func (p *Preparer) PreparedDevices() map[string]bool {
 	for _, rec := range p.pendingDestroyList() {
 		out[rec.Device] = true
 	}
-	return out
+	return out, unlock, nil
+}
+
+// CheckpointChanged reports whether another plugin instance changed the
+// checkpoint since this one last read or wrote it (a stat of the file and
+// its journal: inode, size, modification time).
+func (p *Preparer) CheckpointChanged() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	changed, err := p.store.Changed()
+	return changed || err != nil
+}
+
+// CheckpointedClaims names every claim in the checkpoint as it is on disk
+// (see PreparedDevices), in any state.
+func (p *Preparer) CheckpointedClaims(ctx context.Context) ([]kubeletplugin.NamespacedObject, error) {
+	claims, err := p.onDisk(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]kubeletplugin.NamespacedObject, 0, len(claims))
+	for _, uid := range sortedKeys(claims) {
+		c := claims[uid]
+		out = append(out, kubeletplugin.NamespacedObject{
+			NamespacedName: types.NamespacedName{Namespace: c.Namespace, Name: c.Name}, UID: types.UID(c.UID),
+		})
+	}
+	return out, nil
+}
+
+// onDisk returns the checkpoint's claims as they are on disk: when another
+// plugin instance changed the file since this one last read or wrote it, it
+// is reread under the state lock (waiting at most until ctx ends). The
+// claims are shared: read only.
+func (p *Preparer) onDisk(ctx context.Context) (map[string]*checkpoint.Claim, error) {
+	p.mu.Lock()
+	changed, err := p.store.Changed()
+	p.mu.Unlock()
+	if err != nil {
+		return nil, fmt.Errorf("check the checkpoint for changes: %w", err)
+	}
+	if changed {
+		unlock, err := p.lockState(ctx, "read the checkpoint another plugin instance changed")
+		if err != nil {
+			return nil, err
+		}
+		defer unlock()
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	// update replaces p.cp rather than changing it: this map stays as read.
+	return p.cp.Claims, nil
 }
 
 // update changes the checkpoint and writes it. A failed write leaves the

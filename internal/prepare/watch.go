@@ -28,7 +28,7 @@ func (p *Preparer) syncMPS(ctx context.Context, lock bool, backoff *restartBacko
 		// Another plugin instance (a rolling update) may have prepared
 		// claims since this one last read the checkpoint: their daemons
 		// are this one's to keep alive too when that instance ends.
-		unlock, err := p.lockState()
+		unlock, err := p.lockState(ctx, "check MPS daemons")
 		if err != nil {
 			return nil, err
 		}
@@ -63,10 +63,13 @@ func (p *Preparer) syncMPS(ctx context.Context, lock bool, backoff *restartBacko
 // restartDaemon starts the claim's daemon under the claim's lock, so that
 // a concurrent unprepare cannot leave a daemon behind.
 func (p *Preparer) restartDaemon(ctx context.Context, uid string, lock bool) (bool, error) {
-	unlockClaim := p.claims.lock(uid)
+	unlockClaim, err := p.lockClaim(ctx, uid)
+	if err != nil {
+		return false, err
+	}
 	defer unlockClaim()
 	if lock {
-		unlock, err := p.lockState()
+		unlock, err := p.lockState(ctx, "restart MPS daemon of claim "+uid)
 		if err != nil {
 			return false, err
 		}

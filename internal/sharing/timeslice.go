@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"strings"
 	"sync"
+	"time"
 
 	configapi "github.com/tessera-gpu/tessera/api/config/v1alpha1"
 )
@@ -34,12 +35,19 @@ var timeSliceValues = map[configapi.TimeSliceInterval]string{
 	configapi.LongTimeSlice:    "3",
 }
 
-// SetTimeSlice runs nvidia-smi compute-policy -i <uuid> --set-timeslice=<n>.
+// smiTimeout bounds one nvidia-smi run: it runs under the node's state lock,
+// and a hung one must not hold every other claim of the node.
+const smiTimeout = 30 * time.Second
+
+// SetTimeSlice runs nvidia-smi compute-policy -i <uuid> --set-timeslice=<n>,
+// for at most smiTimeout.
 func (n NvidiaSMI) SetTimeSlice(ctx context.Context, gpuUUID string, interval configapi.TimeSliceInterval) error {
 	v, ok := timeSliceValues[interval]
 	if !ok {
 		return fmt.Errorf("set time slice of GPU %s: unknown interval %q", gpuUUID, interval)
 	}
+	ctx, cancel := context.WithTimeout(ctx, smiTimeout)
+	defer cancel()
 	cmd := exec.CommandContext(ctx, n.Binary, "compute-policy", "-i", gpuUUID, "--set-timeslice="+v)
 	cmd.Env = append(os.Environ(), n.Env...)
 	out, err := cmd.CombinedOutput()

@@ -60,6 +60,13 @@ type Options struct {
 	// with any share prepared included). When WithdrawBlocked is set, the
 	// devices they block are left out until they are unprepared.
 	Prepared map[string]bool
+	// Allocated names the devices that the API server shows allocated on
+	// the node. None of them is ever withdrawn, whatever Prepared says: a
+	// stale Prepared (an entry left by a failed unprepare, another plugin
+	// instance's copy one write behind) may block a device that has been
+	// allocated since, and hiding it would let the allocator count its
+	// counters free.
+	Allocated map[string]bool
 	// WithdrawBlocked publishes only what can still be allocated next to
 	// the prepared devices (see blocked), each GPU's devices in slices of
 	// their own so that a prepare or unprepare changes one slice (see
@@ -144,7 +151,7 @@ func perGPUSlices(node inventory.Node, gpus []partition.GPU, opts Options) []dra
 		withdrawn := blocked(g, opts.Prepared)
 		var devices []resourceapi.Device
 		for _, d := range g.Devices {
-			if !withdrawn[d.Name] {
+			if !withdrawn[d.Name] || opts.Allocated[d.Name] {
 				devices = append(devices, device(node, node.GPUs[i], g, d, opts))
 			}
 		}

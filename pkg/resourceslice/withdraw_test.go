@@ -26,26 +26,35 @@ func published(opts resourceslice.Options) []string {
 func TestWithdrawBlocked(t *testing.T) {
 	all := published(resourceslice.Options{})
 	tests := map[string]struct {
-		prepared []string
-		withdraw bool
-		want     []string
+		prepared  []string
+		withdraw  bool
+		want      []string
+		allocated []string
 	}{
-		"nothing prepared":   {nil, true, all},
-		"withdrawal off":     {[]string{"gpu-0"}, false, all},
-		"whole GPU prepared": {[]string{"gpu-0"}, true, []string{"gpu-0"}},
-		"shares prepared":    {[]string{"gpu-0-shared"}, true, []string{"gpu-0-shared"}},
-		"other GPU prepared": {[]string{"gpu-1"}, true, all},
+		"nothing prepared":   {nil, true, all, nil},
+		"withdrawal off":     {[]string{"gpu-0"}, false, all, nil},
+		"whole GPU prepared": {[]string{"gpu-0"}, true, []string{"gpu-0"}, nil},
+		"shares prepared":    {[]string{"gpu-0-shared"}, true, []string{"gpu-0-shared"}, nil},
+		"other GPU prepared": {[]string{"gpu-1"}, true, all, nil},
 		"3g at 4 prepared": {[]string{"gpu-0-mig-3g71gb-4"}, true, []string{
 			"gpu-0-mig-1g18gb-0", "gpu-0-mig-1g18gb-1", "gpu-0-mig-1g18gb-2", "gpu-0-mig-1g18gb-3",
 			"gpu-0-mig-1g18gb-me-0", "gpu-0-mig-1g18gb-me-1", "gpu-0-mig-1g18gb-me-2", "gpu-0-mig-1g18gb-me-3",
 			"gpu-0-mig-3g71gb-0", "gpu-0-mig-3g71gb-4",
-		}},
+		}, nil},
 		// The +me partition takes the GPU's only optical-flow engine, so
 		// no other +me partition fits, wherever it is placed.
 		"1g+me at 6 prepared": {[]string{"gpu-0-mig-1g18gb-me-6"}, true, []string{
 			"gpu-0-mig-1g18gb-0", "gpu-0-mig-1g18gb-1", "gpu-0-mig-1g18gb-2", "gpu-0-mig-1g18gb-3",
 			"gpu-0-mig-1g18gb-4", "gpu-0-mig-1g18gb-5", "gpu-0-mig-1g18gb-me-6", "gpu-0-mig-3g71gb-0",
-		}},
+		}, nil},
+		// A stale prepared entry (its claim deallocated, the whole GPU
+		// allocated since) never hides an allocated device; the allocated
+		// device does not withdraw anything itself.
+		"share entry stale, whole GPU allocated": {
+			prepared: []string{"gpu-0-shared"}, withdraw: true, allocated: []string{"gpu-0"},
+			want: []string{"gpu-0", "gpu-0-shared"},
+		},
+		"allocated, nothing prepared": {withdraw: true, allocated: []string{"gpu-0-mig-7g141gb-0"}, want: all},
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
@@ -53,7 +62,11 @@ func TestWithdrawBlocked(t *testing.T) {
 			for _, d := range tc.prepared {
 				prepared[d] = true
 			}
-			got := published(resourceslice.Options{Prepared: prepared, WithdrawBlocked: tc.withdraw})
+			allocated := map[string]bool{}
+			for _, d := range tc.allocated {
+				allocated[d] = true
+			}
+			got := published(resourceslice.Options{Prepared: prepared, Allocated: allocated, WithdrawBlocked: tc.withdraw})
 			want := slices.Clone(tc.want)
 			slices.Sort(want)
 			if diff := cmp.Diff(want, got); diff != "" {
