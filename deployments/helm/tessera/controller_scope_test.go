@@ -35,6 +35,12 @@ const controllerUser = "system:serviceaccount:tessera-system:tessera-controller"
 // validations that fail.
 func admits(t *testing.T, policy *admissionv1.ValidatingAdmissionPolicy, username string, op admission.Operation, gvr schema.GroupVersionResource, kind string, obj, old runtime.Object) (matched bool, denials []string) {
 	t.Helper()
+	return admitsAs(t, policy, &user.DefaultInfo{Name: username}, op, gvr, kind, obj, old)
+}
+
+// admitsAs is admits for a user with groups and extra info.
+func admitsAs(t *testing.T, policy *admissionv1.ValidatingAdmissionPolicy, u user.Info, op admission.Operation, gvr schema.GroupVersionResource, kind string, obj, old runtime.Object) (matched bool, denials []string) {
+	t.Helper()
 	compiler, err := plugincel.NewCompositedCompiler(environment.MustBaseEnvSet(environment.DefaultCompatibilityVersion()))
 	if err != nil {
 		t.Fatal(err)
@@ -52,7 +58,7 @@ func admits(t *testing.T, policy *admissionv1.ValidatingAdmissionPolicy, usernam
 			name, namespace = m.GetName(), m.GetNamespace()
 		}
 	}
-	attrs := admission.NewAttributesRecord(obj, old, gvk, namespace, name, gvr, "", op, nil, false, &user.DefaultInfo{Name: username})
+	attrs := admission.NewAttributesRecord(obj, old, gvk, namespace, name, gvr, "", op, nil, false, u)
 	request := plugincel.CreateAdmissionRequest(attrs, metav1.GroupVersionResource(gvr), metav1.GroupVersionKind(gvk))
 	versioned := &admission.VersionedAttributes{Attributes: attrs, VersionedKind: gvk, VersionedObject: admission.NewLazyObject(obj), VersionedOldObject: admission.NewLazyObject(old)}
 	eval := func(exprs []plugincel.ExpressionAccessor) []plugincel.EvaluationResult {
