@@ -5,10 +5,11 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	resourceapi "k8s.io/api/resource/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+	"k8s.io/utils/ptr"
 
 	gpuapi "github.com/tessera-gpu/tessera/api/gpu"
 	"github.com/tessera-gpu/tessera/pkg/tenancy"
-	"github.com/tessera-gpu/tessera/test/builder"
 )
 
 const gb = 1000 * 1000 * 1000
@@ -18,14 +19,7 @@ const gb = 1000 * 1000 * 1000
 // what an honest node publishes (the mocks publish what NVML reports).
 func TestMemoryFloor(t *testing.T) {
 	device := func(typ, product, profile, memory string) resourceapi.Device {
-		d := builder.MakeDevice("d").Attr(gpuapi.AttrType, typ).Attr(gpuapi.AttrProductName, product)
-		if profile != "" {
-			d.Attr(gpuapi.AttrProfile, profile)
-		}
-		if memory != "" {
-			d.Capacity(gpuapi.CapMemory, memory)
-		}
-		return d.Obj()
+		return gpuDevice("d", typ, product, profile, memory)
 	}
 	for name, tc := range map[string]struct {
 		device resourceapi.Device
@@ -46,7 +40,8 @@ func TestMemoryFloor(t *testing.T) {
 		"unknown product, no memory":         {device(gpuapi.TypeGPU, "NVIDIA L4", "", ""), -1},
 	} {
 		t.Run(name, func(t *testing.T) {
-			s := builder.MakeSlice("s", "n1").Device(tc.device).Obj()
+			s := slice(nil)
+			s.Spec.Devices = []resourceapi.Device{tc.device}
 			got := tenancy.DeviceMemory([]*resourceapi.ResourceSlice{s})
 			want := map[tenancy.DeviceID]int64{{Driver: gpuapi.DriverName, Pool: "n1", Device: "d"}: tc.want}
 			if tc.want < 0 {
@@ -63,11 +58,11 @@ func TestMemoryFloor(t *testing.T) {
 // 1Gi of memory each; a tenant with a 200Gi budget asks for two of them.
 // The first costs the product's 141 GB, the second does not fit.
 func TestUnderReportedMemoryKeepsTheBudget(t *testing.T) {
-	s := builder.MakeSlice("s", "n1")
+	s := slice(nil)
 	for _, name := range []string{"gpu-0", "gpu-1"} {
-		s.Device(builder.MakeDevice(name).Attr(gpuapi.AttrType, gpuapi.TypeGPU).Attr(gpuapi.AttrProductName, "NVIDIA H200").Capacity(gpuapi.CapMemory, "1Gi").Obj())
+		s.Spec.Devices = append(s.Spec.Devices, gpuDevice(name, gpuapi.TypeGPU, "NVIDIA H200", "", "1Gi"))
 	}
-	memory := tenancy.DeviceMemory([]*resourceapi.ResourceSlice{s.Obj()})
+	memory := tenancy.DeviceMemory([]*resourceapi.ResourceSlice{s})
 	tenant := makeTenant("t").Classes(gpuapi.ClassGPU).Memory("200Gi").Obj()
 	first := makeClaim("a", "c1").Request("gpu", gpuapi.ClassGPU).Allocated("gpu", "gpu-0").Obj()
 	d := tenancy.Decide(tenant, nil, first, memory)
@@ -78,4 +73,20 @@ func TestUnderReportedMemoryKeepsTheBudget(t *testing.T) {
 	if d := tenancy.Decide(tenant, d.Holdings, second, memory); d.Admit {
 		t.Errorf("second H200 admitted on a 200Gi budget: %s", d.Message)
 	}
+}
+
+// gpuDevice is a device as the plugin publishes it, with the attributes
+// MemoryFloor reads and, unless "", a memory capacity.
+func gpuDevice(name, typ, product, profile, memory string) resourceapi.Device {
+	str := func(v string) resourceapi.DeviceAttribute { return resourceapi.DeviceAttribute{StringValue: ptr.To(v)} }
+	d := resourceapi.Device{Name: name, Attributes: map[resourceapi.QualifiedName]resourceapi.DeviceAttribute{
+		gpuapi.AttrType: str(typ), gpuapi.AttrProductName: str(product),
+	}}
+	if profile != "" {
+		d.Attributes[gpuapi.AttrProfile] = str(profile)
+	}
+	if memory != "" {
+		d.Capacity = map[resourceapi.QualifiedName]resourceapi.DeviceCapacity{gpuapi.CapMemory: {Value: resource.MustParse(memory)}}
+	}
+	return d
 }

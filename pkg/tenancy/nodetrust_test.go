@@ -1,14 +1,15 @@
-package tenancy
+package tenancy_test
 
 import (
 	"strings"
 	"testing"
 
+	resourceapi "k8s.io/api/resource/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	gpuapi "github.com/tessera-gpu/tessera/api/gpu"
 	tenancyv1 "github.com/tessera-gpu/tessera/api/tenancy/v1alpha1"
-	"github.com/tessera-gpu/tessera/test/builder"
+	"github.com/tessera-gpu/tessera/pkg/tenancy"
 )
 
 // TestPoolMismatch: a device is admitted only on a node whose admin-set
@@ -22,8 +23,11 @@ func TestPoolMismatch(t *testing.T) {
 		{ObjectMeta: metav1.ObjectMeta{Name: "team-b"}},
 	}
 	dedicated := tenancyv1.DedicatedClassName("team-a", gpuapi.ClassMIG)
-	claim := func(class, node string) *builder.ClaimBuilder {
-		return builder.MakeClaim("c").Namespace("ns").Request(builder.MakeRequest("gpu", class).Obj()).Pool(node).Device("gpu", "gpu-0-mig-1g18gb-0")
+	// The plugin names each node's pool after the node.
+	claim := func(class, node string) *resourceapi.ResourceClaim {
+		c := makeClaim("ns", "c").Request("gpu", class).Allocated("gpu", "gpu-0-mig-1g18gb-0").Obj()
+		c.Status.Allocation.Devices.Results[0].Pool = node
+		return c
 	}
 	nodes := map[string]string{"plain": gpuapi.PoolDefault, "dedicated": "pool-a", "other": "pool-b"}
 	for name, tc := range map[string]struct {
@@ -40,7 +44,7 @@ func TestPoolMismatch(t *testing.T) {
 		"an admin's class on a dedicated node":   {"custom.example.com", "dedicated", "an admin dedicated the node to a pool"},
 	} {
 		t.Run(name, func(t *testing.T) {
-			got := PoolMismatch(claim(tc.class, tc.node).Obj(), tenants, nodes)
+			got := tenancy.PoolMismatch(claim(tc.class, tc.node), tenants, nodes)
 			switch {
 			case tc.want == "" && got != "":
 				t.Errorf("refused: %s", got)
@@ -53,8 +57,8 @@ func TestPoolMismatch(t *testing.T) {
 		})
 	}
 	t.Run("another driver's device", func(t *testing.T) {
-		c := builder.MakeClaim("c").Namespace("ns").Request(builder.MakeRequest("gpu", dedicated).Obj()).Driver("gpu.nvidia.com").Pool("plain").Device("gpu", "gpu-0").Obj()
-		if got := PoolMismatch(c, tenants, nodes); got != "" {
+		c := makeClaim("ns", "c").Request("gpu", dedicated).Foreign("gpu", "gpu.nvidia.com", "gpu-0").Obj()
+		if got := tenancy.PoolMismatch(c, tenants, nodes); got != "" {
 			t.Errorf("refused: %s", got)
 		}
 	})
@@ -62,7 +66,7 @@ func TestPoolMismatch(t *testing.T) {
 
 func TestNodePool(t *testing.T) {
 	for labels, want := range map[string]string{"": gpuapi.PoolDefault, "pool-a": "pool-a"} {
-		got := NodePool(map[string]string{tenancyv1.LabelNodePool: labels, "tenancy.tessera.dev/pool": "forged"})
+		got := tenancy.NodePool(map[string]string{tenancyv1.LabelNodePool: labels, "tenancy.tessera.dev/pool": "forged"})
 		if got != want {
 			t.Errorf("NodePool(%q) = %q, want %q", labels, got, want)
 		}
