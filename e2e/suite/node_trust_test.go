@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"fmt"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -215,9 +216,33 @@ func attackForgedPool(ctx context.Context, t *testing.T, victim *tenancyv1.GPUTe
 		onTenancyNodes(p)
 		p.Spec.NodeSelector["kubernetes.io/hostname"] = poolNode.Name
 	})
-	ev := waitEvent(t, pod, tenancyv1.ReasonPoolMismatch)
-	if !strings.Contains(ev.Message, tenancyv1.LabelNodePool+"="+poolA) {
-		t.Errorf("the controller refused with %q, want it to name the label the node lacks", ev.Message)
+	// The refusal, or the attacker's goal: the pod bound there.
+	var refusal *corev1.Event
+	err := wait.PollUntilContextTimeout(ctx, pollEvery, waitTimeout, true, func(ctx context.Context) (bool, error) {
+		got, err := local.Client.CoreV1().Pods(ns).Get(ctx, pod.Name, metav1.GetOptions{})
+		if err != nil {
+			return false, nil
+		}
+		if got.Spec.NodeName != "" {
+			return false, fmt.Errorf("the dedicated tenant's pod was bound to %s, a node not labelled for its pool", got.Spec.NodeName)
+		}
+		events, err := local.Client.CoreV1().Events(ns).List(ctx, metav1.ListOptions{FieldSelector: "involvedObject.name=" + pod.Name})
+		if err != nil {
+			return false, nil
+		}
+		for i, ev := range events.Items {
+			if ev.Reason == tenancyv1.ReasonPoolMismatch {
+				refusal = &events.Items[i]
+				return true, nil
+			}
+		}
+		return false, nil
+	})
+	if err != nil {
+		t.Fatalf("no %s refusal: %v", tenancyv1.ReasonPoolMismatch, err)
+	}
+	if !strings.Contains(refusal.Message, tenancyv1.LabelNodePool+"="+poolA) {
+		t.Errorf("the controller refused with %q, want it to name the label the node lacks", refusal.Message)
 	}
 	got, err := local.Client.CoreV1().Pods(ns).Get(ctx, pod.Name, metav1.GetOptions{})
 	if err != nil {
