@@ -95,6 +95,10 @@ func TestNodeIsolation(t *testing.T) {
 		}
 	})
 
+	t.Run("the kubelet's credentials publish no Tessera slice", func(t *testing.T) {
+		attackKubeletSlices(ctx, t)
+	})
+
 	t.Run("a token bound to no pod carries no node", func(t *testing.T) {
 		pod := pluginPod(t, nodeA)
 		unbound := tokenClient(t, pod.Spec.ServiceAccountName)

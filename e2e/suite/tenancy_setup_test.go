@@ -28,7 +28,9 @@ import (
 // Tenancy's nodes run the plugin with --tenancy, so their devices carry the
 // binding conditions; they are tainted so that only tenancy tests' pods go
 // there (the other tests keep binding without waiting for the controller).
-// poolNode's GPU is in the dedicated pool poolA.
+// poolNode's GPU is in the dedicated pool poolA: its plugin publishes the
+// pool attribute, and its Node carries the admin's label that tenancy checks
+// that attribute against (tenancyv1.LabelNodePool).
 const (
 	tenancyTaintKey = "e2e.tessera.dev/tenancy"
 	poolA           = "pool-a"
@@ -41,7 +43,8 @@ var (
 	}
 	poolNode = cluster.NodeOptions{
 		Name: "gpu-node-pool-a", NVML: "mock:dgxh200:1",
-		Labels: map[string]string{tenancyTaintKey: "true"}, PluginArgs: []string{"--tenancy", "--pool=" + poolA},
+		Labels:     map[string]string{tenancyTaintKey: "true", tenancyv1.LabelNodePool: poolA},
+		PluginArgs: []string{"--tenancy", "--pool=" + poolA},
 	}
 
 	// tenancyController is the running dra-controller; tenants reads and

@@ -114,6 +114,9 @@ func TestTenancyAttackMatrix(t *testing.T) {
 	t.Run("a dedicated class from a namespace of no tenant", func(t *testing.T) {
 		attackDedicatedFromOutside(ctx, t, other, outside)
 	})
+	t.Run("a node publishing a dedicated pool it is not labelled for", func(t *testing.T) {
+		attackForgedPool(ctx, t, other, victim)
+	})
 	t.Run("a dedicated class from a namespace of no tenant, policy deleted", func(t *testing.T) {
 		attackDedicatedUnbound(ctx, t, other, unbound)
 	})

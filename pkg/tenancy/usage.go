@@ -36,7 +36,9 @@ type DeviceID struct{ Driver, Pool, Device string }
 // node count (Tessera's plugin publishes one pool per node, named after it),
 // and of a pool only its newest generation: the API server lets a node write
 // slices of its own node name only, so no node can change what another
-// node's devices cost.
+// node's devices cost. Its own devices' memory is taken at no less than
+// MemoryFloor: a node cannot make a device cheaper than the product or MIG
+// profile it names.
 func DeviceMemory(slices []*resourceapi.ResourceSlice) map[DeviceID]int64 {
 	newest := map[string]int64{}
 	for _, s := range slices {
@@ -49,9 +51,11 @@ func DeviceMemory(slices []*resourceapi.ResourceSlice) map[DeviceID]int64 {
 		if !trusted(s) || s.Spec.Pool.Generation != newest[s.Spec.Pool.Name] {
 			continue
 		}
-		for _, d := range s.Spec.Devices {
-			if c, ok := d.Capacity[gpuapi.CapMemory]; ok {
-				out[DeviceID{s.Spec.Driver, s.Spec.Pool.Name, d.Name}] = c.Value.Value()
+		for i := range s.Spec.Devices {
+			d := &s.Spec.Devices[i]
+			floor := MemoryFloor(d)
+			if c, ok := d.Capacity[gpuapi.CapMemory]; ok || floor > 0 {
+				out[DeviceID{s.Spec.Driver, s.Spec.Pool.Name, d.Name}] = max(c.Value.Value(), floor)
 			}
 		}
 	}

@@ -6,6 +6,7 @@ import (
 	"k8s.io/utils/ptr"
 
 	gpuapi "github.com/tessera-gpu/tessera/api/gpu"
+	tenancyv1 "github.com/tessera-gpu/tessera/api/tenancy/v1alpha1"
 )
 
 // SliceBuilder builds a ResourceSlice.
@@ -98,6 +99,14 @@ func (d *DeviceBuilder) Capacity(name, quantity string) *DeviceBuilder {
 // Consumes makes the device consume counters of a counter set.
 func (d *DeviceBuilder) Consumes(set string, counters map[string]resourceapi.Counter) *DeviceBuilder {
 	d.device.ConsumesCounters = append(d.device.ConsumesCounters, resourceapi.DeviceCounterConsumption{CounterSet: set, Counters: counters})
+	return d
+}
+
+// Gated gives the device tenancy's binding conditions, as the plugin
+// publishes it with --tenancy.
+func (d *DeviceBuilder) Gated() *DeviceBuilder {
+	d.device.BindingConditions = []string{tenancyv1.ConditionAdmitted}
+	d.device.BindingFailureConditions = []string{tenancyv1.ConditionRejected}
 	return d
 }
 

@@ -24,7 +24,20 @@ const (
 	ReasonUntenanted   = "Untenanted"
 	ReasonNoTenancy    = "NoTenant"
 	ReasonDeviceAbsent = "DeviceUnknown"
+	// ReasonPoolMismatch: a device was allocated through a class of one pool
+	// on a node that an admin labelled (LabelNodePool) for another.
+	ReasonPoolMismatch = "PoolMismatch"
 )
+
+// LabelNodePool is the Node label that says which pool a node's GPUs serve:
+// a GPUTenant's dedicatedPool, or none for the shared pool
+// (gpu.PoolDefault). The devices' pool attribute is the node's own claim, so
+// tenancy admits an allocation only where the node's label agrees with the
+// class that selected the device. The label is in the
+// node-restriction.kubernetes.io domain, which the NodeRestriction admission
+// plugin keeps a kubelet from setting, changing or removing on its own Node:
+// an admin sets it, a compromised node cannot.
+const LabelNodePool = "tenancy.tessera.dev.node-restriction.kubernetes.io/pool"
 
 // GPUTenant condition types.
 const (

@@ -15,8 +15,6 @@ import (
 	"k8s.io/apiserver/pkg/authentication/user"
 )
 
-const pluginUser = "system:serviceaccount:tessera-system:tessera-kubelet-plugin"
-
 // nodeEvent is an Event as the plugin's recorder writes it (client-go's
 // tools/events, regarding the Node as the kubelet names it).
 func nodeEvent(kind, name string) *eventsv1.Event {
