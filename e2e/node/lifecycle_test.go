@@ -66,7 +66,7 @@ func TestRestartsLoseNothing(t *testing.T) {
 	ns := newNamespace(t)
 	claim := createClaim(t, ns, "first", request(gpuapi.ClassMIG, profileIs("1g.18gb")))
 	pod := waitRunning(t, createPod(t, ns, "first", claim.Name))
-	want := specEdits(claimSpec(t, claim))
+	want := specEdits(t, claimSpec(t, claim))
 	nodes := func() []string {
 		var out []string
 		for p := range want.nodes {
@@ -75,8 +75,8 @@ func TestRestartsLoseNothing(t *testing.T) {
 		return out
 	}()
 	before := probe(t, pod, nodes, nil)
-	for path, host := range want.nodes {
-		if w := "character special file " + hostNode(t, host) + " rw"; before.nodes[path] != w {
+	for path, n := range want.nodes {
+		if w := n.seenAs("0"); before.nodes[path] != w {
 			t.Fatalf("%s in the container before the restarts: %q, want %q", path, before.nodes[path], w)
 		}
 	}
@@ -126,7 +126,7 @@ func TestRestartsLoseNothing(t *testing.T) {
 		slices.Sort(out)
 		return out
 	}
-	want2 := specEdits(claimSpec(t, second))
+	want2 := specEdits(t, claimSpec(t, second))
 	if first, other := caps(want), caps(want2); len(other) != 2 || slices.Equal(first, other) {
 		t.Errorf("second MIG claim has capability nodes %v, want two other than the first claim's %v", other, first)
 	}

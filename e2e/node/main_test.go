@@ -56,7 +56,7 @@ func run(m *testing.M) (code int) {
 		return 1
 	}
 	started := time.Now()
-	layout := realnode.NewLayout(filepath.Join(workDir, "nodes", nodeName))
+	layout := realnode.NewLayout(filepath.Join(workDir, "nodes", nodeName), realnode.DriverLayouts[realnode.DefaultDriverLayout])
 	local, err = cluster.StartLocal(ctx, cluster.Config{
 		BinDir:       clustertest.EnvOr("TESSERA_BIN_DIR", cluster.DefaultBinDir()),
 		PluginBinary: cluster.DefaultPluginBinary(),

@@ -14,18 +14,22 @@ type Layout struct {
 	CDIRoot string
 	// StateDir is the plugin's checkpoint directory.
 	StateDir string
-	// DriverRoot is the fake driver root: its dev/ holds the device nodes.
+	// DriverRoot is the fake driver root, laid out as Driver says.
 	DriverRoot string
+	// Driver is the fake driver install's layout.
+	Driver DriverLayout
 }
 
-// NewLayout lays a node out under dir, which must be absolute.
-func NewLayout(dir string) Layout {
+// NewLayout lays a node out under dir, which must be absolute, with a fake
+// driver installed as driver lays it out.
+func NewLayout(dir string, driver DriverLayout) Layout {
 	return Layout{
 		Dir:        dir,
 		KubeletDir: filepath.Join(dir, "kubelet", "root"),
 		CDIRoot:    filepath.Join(dir, "cdi"),
 		StateDir:   filepath.Join(dir, "plugin-state"),
-		DriverRoot: filepath.Join(dir, "driver-root"),
+		DriverRoot: filepath.Join(dir, driver.Root),
+		Driver:     driver,
 	}
 }
 

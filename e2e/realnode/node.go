@@ -112,7 +112,7 @@ func Start(ctx context.Context, cp *cluster.ControlPlane, opts Options) (_ *Node
 			return nil, fmt.Errorf("create %s: %w", d, err)
 		}
 	}
-	if err := MakeDriverRoot(n.DriverRoot, opts.GPUs); err != nil {
+	if err := MakeDriverRoot(n.DriverRoot, n.Driver, opts.GPUs); err != nil {
 		return nil, err
 	}
 	logger := klog.FromContext(ctx)
