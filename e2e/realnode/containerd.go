@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"text/template"
@@ -148,6 +149,36 @@ func (c *containerd) ctr(ctx context.Context, stdin []byte, args ...string) (str
 func (c *containerd) importImage(ctx context.Context, archive []byte) error {
 	_, err := c.ctr(ctx, archive, "images", "import", "--no-unpack=false", "--local", "-")
 	return err
+}
+
+// importArchive imports an OCI image archive from a file under img.Ref's
+// repository (an archive may name its image by tag alone) and checks that
+// containerd then holds img.Ref, which the pods ask for.
+func (c *containerd) importArchive(ctx context.Context, img Image) error {
+	repo, _, ok := SplitRef(img.Ref)
+	if !ok {
+		return fmt.Errorf("image %q is not repository:tag", img.Ref)
+	}
+	if _, err := c.ctr(ctx, nil, "images", "import", "--base-name", repo, "--local", img.Archive); err != nil {
+		return fmt.Errorf("import image archive %s: %w", img.Archive, err)
+	}
+	out, err := c.ctr(ctx, nil, "images", "ls", "-q")
+	if err != nil {
+		return err
+	}
+	if !slices.Contains(strings.Fields(out), img.Ref) {
+		return fmt.Errorf("image archive %s does not name %s: containerd holds %s", img.Archive, img.Ref, strings.Join(strings.Fields(out), ", "))
+	}
+	return nil
+}
+
+// SplitRef splits repository:tag; ok is false without a tag.
+func SplitRef(ref string) (repo, tag string, ok bool) {
+	i := strings.LastIndex(ref, ":")
+	if i <= 0 || strings.Contains(ref[i:], "/") {
+		return "", "", false
+	}
+	return ref[:i], ref[i+1:], true
 }
 
 // killAll kills and removes every task the CRI plugin left, so that no

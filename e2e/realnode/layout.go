@@ -1,6 +1,10 @@
 package realnode
 
-import "path/filepath"
+import (
+	"net/url"
+	"path/filepath"
+	"strconv"
+)
 
 // Layout is where a real node keeps everything, under one work directory. The
 // chart's host paths are pointed at it (ChartValues), so that what the kubelet
@@ -33,16 +37,47 @@ func NewLayout(dir string, driver DriverLayout) Layout {
 	}
 }
 
-// ChartValues are the chart's --set values for a cluster with this node: its
-// host paths, and an image pull policy that keeps the real kubelet from trying
-// to pull the plugin image (the plugin runs as a process beside it, with a
-// token bound to the DaemonSet's pod, which stays waiting for its image).
-func (l Layout) ChartValues() []string {
+// TryOut is what the chart must be told about this machine, beyond its
+// defaults, to run on a node of this layout.
+type TryOut struct {
+	// Image is the product image's repository:tag, imported into containerd.
+	Image string
+	// NVML is the plugin's mock NVML, e.g. "mock:dgxh200:1".
+	NVML string
+	// APIServerURL is the API server's https://127.0.0.1:<port>.
+	APIServerURL string
+	// Ports are free ports on the node for the plugin's metrics and health
+	// endpoints and the controller's, which host networking binds there.
+	PluginMetrics, PluginHealth, ControllerMetrics, ControllerHealth int
+}
+
+// ChartValues are the chart's --set values for a try-out on this node, and
+// nothing else: the image, imported and never pulled; mock NVML; the node's
+// host paths; and host networking with the API server's loopback address,
+// since nothing routes the kubernetes Service here (no kube-proxy), with
+// ports free on this machine for what host networking binds.
+func (l Layout) ChartValues(t TryOut) ([]string, error) {
+	repo, tag, _ := SplitRef(t.Image)
+	u, err := url.Parse(t.APIServerURL)
+	if err != nil {
+		return nil, err
+	}
 	return []string{
+		"image.repository=" + repo,
+		"image.tag=" + tag,
+		"image.pullPolicy=Never",
+		"kubeletPlugin.nvml=" + t.NVML,
 		"kubeletPlugin.kubeletDir=" + l.KubeletDir,
 		"kubeletPlugin.cdiRoot=" + l.CDIRoot,
 		"kubeletPlugin.stateDir=" + l.StateDir,
 		"kubeletPlugin.driverRoot=" + l.DriverRoot,
-		"image.pullPolicy=Never",
-	}
+		"kubeletPlugin.hostNetwork=true",
+		"controller.hostNetwork=true",
+		"apiServer.host=" + u.Hostname(),
+		"apiServer.port=" + u.Port(),
+		"kubeletPlugin.metricsPort=" + strconv.Itoa(t.PluginMetrics),
+		"kubeletPlugin.healthcheckPort=" + strconv.Itoa(t.PluginHealth),
+		"controller.metricsPort=" + strconv.Itoa(t.ControllerMetrics),
+		"controller.healthPort=" + strconv.Itoa(t.ControllerHealth),
+	}, nil
 }
