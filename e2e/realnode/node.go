@@ -3,9 +3,10 @@
 // runc, the kubelet built from the pinned k8s.io/kubernetes, and a fake driver
 // root laid out like a real install. Tessera runs on it as a user installs it:
 // its image imported into containerd, its chart installed with the Helm CLI
-// (InstallChart), its plugin the chart's DaemonSet pod on mock NVML. It needs root and a host with cgroups, overlayfs and mknod (CheckHost
-// says what is missing); images are built from local files and imported, never
-// pulled. make node-e2e runs the tests in e2e/node on it.
+// (InstallChart), its plugin the chart's DaemonSet pod on mock NVML. It needs
+// root and a host with cgroups, overlayfs and mknod (CheckHost says what is
+// missing); images are imported, never pulled. make node-e2e runs the tests in
+// e2e/node on it.
 package realnode
 
 import (
