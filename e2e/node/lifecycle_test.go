@@ -57,8 +57,9 @@ func TestPrepareFailureShowsInPodEvents(t *testing.T) {
 	}
 }
 
-// TestRestartsLoseNothing prepares a GPU for a running pod, then crashes and
-// restarts the plugin, then the kubelet: the container keeps running without a
+// TestRestartsLoseNothing prepares a GPU for a running pod, then deletes the
+// plugin's pod at once (as a crash; the DaemonSet brings a new one), then
+// kills and restarts the kubelet: the container keeps running without a
 // restart and still has its device, its claim keeps its CDI spec, a new pod
 // gets another device, and deleting the first pod after both restarts still
 // unprepares its claim.

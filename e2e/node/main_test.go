@@ -63,13 +63,15 @@ func run(m *testing.M) (code int) {
 		fmt.Fprintf(os.Stderr, "TESSERA_NODE_DRIVER_LAYOUT=%q: want one of %v\n", layoutName, realnode.DriverLayoutNames())
 		return 1
 	}
-	workDir, err := os.MkdirTemp("", "tessera-node-e2e-")
+	// Short: the plugin's socket, <kubelet dir>/plugins/gpu.tessera.dev/dra-<pod
+	// UID>.sock, must fit a Unix socket address (realnode.Start checks it).
+	workDir, err := os.MkdirTemp("", "tne-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
 	started := time.Now()
-	layout := realnode.NewLayout(filepath.Join(workDir, "nodes", nodeName), driver)
+	layout := realnode.NewLayout(filepath.Join(workDir, "n"), driver)
 	cp, err := cluster.Start(ctx, cluster.Options{BinDir: clustertest.EnvOr("TESSERA_BIN_DIR", cluster.DefaultBinDir()), WorkDir: workDir})
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "start local control plane: %v\nlogs in %s\n", err, filepath.Join(workDir, "logs"))

@@ -131,17 +131,21 @@ func startContainerd(ctx context.Context, dir, binDir, logDir, cdiRoot string, h
 	return c, nil
 }
 
-// ctr runs containerd's ctr in the CRI plugin's namespace.
+// ctr runs containerd's ctr in the CRI plugin's namespace and returns its
+// standard output. Its standard error goes into the error only: ctr warns
+// there (e.g. of containerd's deprecated cgroup v1 support on every call on a
+// v1 host), which must not read as output such as task IDs.
 func (c *containerd) ctr(ctx context.Context, stdin []byte, args ...string) (string, error) {
 	cmd := exec.CommandContext(ctx, filepath.Join(c.binDir, "ctr"), append([]string{"--address", c.socket, "--namespace", "k8s.io"}, args...)...)
 	if stdin != nil {
 		cmd.Stdin = bytes.NewReader(stdin)
 	}
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		return string(out), fmt.Errorf("ctr %s: %w: %s", strings.Join(args, " "), err, strings.TrimSpace(string(out)))
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		return stdout.String(), fmt.Errorf("ctr %s: %w: %s", strings.Join(args, " "), err, strings.TrimSpace(stdout.String()+"\n"+stderr.String()))
 	}
-	return string(out), nil
+	return stdout.String(), nil
 }
 
 // importImage imports an OCI image archive, so that the CRI plugin finds the

@@ -1,9 +1,12 @@
 package realnode
 
 import (
+	"fmt"
 	"net/url"
 	"path/filepath"
 	"strconv"
+
+	gpuapi "github.com/tessera-gpu/tessera/api/gpu"
 )
 
 // Layout is where a real node keeps everything, under one work directory. The
@@ -35,6 +38,22 @@ func NewLayout(dir string, driver DriverLayout) Layout {
 		DriverRoot: filepath.Join(dir, driver.Root),
 		Driver:     driver,
 	}
+}
+
+// maxSocketPath is the longest path a Unix socket address holds on Linux
+// (sun_path is 108 bytes with its terminating NUL); bind fails with EINVAL
+// beyond it.
+const maxSocketPath = 107
+
+// checkSocketPaths fails when the plugin's service socket, which carries its
+// pod's UID (<kubelet dir>/plugins/<driver>/dra-<uid>.sock, so that an old and
+// a new plugin can serve side by side), would not fit a socket address.
+func (l Layout) checkSocketPaths() error {
+	sock := filepath.Join(l.KubeletDir, "plugins", gpuapi.DriverName, "dra-00000000-0000-0000-0000-000000000000.sock")
+	if len(sock) > maxSocketPath {
+		return fmt.Errorf("the plugin's socket %s would be %d bytes long, over the %d a Unix socket address holds: use a shorter work directory (TMPDIR)", sock, len(sock), maxSocketPath)
+	}
+	return nil
 }
 
 // TryOut is what the chart must be told about this machine, beyond its

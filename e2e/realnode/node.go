@@ -98,6 +98,9 @@ func Start(ctx context.Context, cp *cluster.ControlPlane, opts Options) (_ *Node
 	if !filepath.IsAbs(opts.Layout.Dir) {
 		return nil, fmt.Errorf("node work directory %q is not absolute", opts.Layout.Dir)
 	}
+	if err := opts.Layout.checkSocketPaths(); err != nil {
+		return nil, err
+	}
 	dir := opts.Layout.Dir
 	n := &Node{Name: opts.Name, Layout: opts.Layout, Host: host, opts: opts, cp: cp}
 	defer func() {
@@ -272,8 +275,6 @@ const PluginPodSelector = "app.kubernetes.io/component=kubelet-plugin"
 // kubelet has registered the plugin, and the node's pool is published
 // complete.
 func (n *Node) WaitPlugin(ctx context.Context, not types.UID) error {
-	socket := filepath.Join(n.kubelet.PluginRegistryDir(), gpuapi.DriverName+"-reg.sock")
-	want := fmt.Sprintf(`plugin_manager_total_plugins{socket_path=%q,state="actual_state_of_world"} 1`, socket)
 	var last string
 	err := wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, 2*time.Minute, true, func(ctx context.Context) (bool, error) {
 		pod, err := n.PluginPod(ctx)
@@ -289,13 +290,8 @@ func (n *Node) WaitPlugin(ctx context.Context, not types.UID) error {
 			last = fmt.Sprintf("plugin pod %s is %s", pod.Name, podState(pod))
 			return false, nil
 		}
-		metrics, err := n.kubelet.metrics(ctx)
-		if err != nil {
-			last = err.Error()
-			return false, nil
-		}
-		if !strings.Contains(metrics, want) {
-			last = "kubelet has not registered " + socket
+		if registered, err := n.pluginRegistered(ctx); !registered {
+			last = fmt.Sprintf("kubelet has registered no socket %s in %s (%v)", registrationSocketPattern, n.kubelet.PluginRegistryDir(), err)
 			return false, nil
 		}
 		complete, err := n.poolComplete(ctx)
@@ -309,6 +305,30 @@ func (n *Node) WaitPlugin(ctx context.Context, not types.UID) error {
 		return fmt.Errorf("plugin on node %s not ready (last: %s; logs: %s): %w", n.Name, last, n.PluginLog(), err)
 	}
 	return nil
+}
+
+// registrationSocketPattern matches the plugin's registration sockets: the
+// kubelet plugin helper names each with a random part, so that the old and the
+// new plugin of a rolling update register side by side.
+const registrationSocketPattern = gpuapi.DriverName + "-*-reg.sock"
+
+// pluginRegistered reports whether the kubelet has registered one of the
+// plugin's registration sockets that exist now (a killed plugin's may linger).
+func (n *Node) pluginRegistered(ctx context.Context) (bool, error) {
+	sockets, err := filepath.Glob(filepath.Join(n.kubelet.PluginRegistryDir(), registrationSocketPattern))
+	if err != nil || len(sockets) == 0 {
+		return false, err
+	}
+	metrics, err := n.kubelet.metrics(ctx)
+	if err != nil {
+		return false, err
+	}
+	for _, s := range sockets {
+		if strings.Contains(metrics, fmt.Sprintf(`plugin_manager_total_plugins{socket_path=%q,state="actual_state_of_world"} 1`, s)) {
+			return true, nil
+		}
+	}
+	return false, nil
 }
 
 func podReady(p *corev1.Pod) bool {
