@@ -2,8 +2,10 @@ package node
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"maps"
+	"os"
 	"slices"
 	"strings"
 	"testing"
@@ -19,8 +21,10 @@ import (
 // TestContainersGetTheirDevices runs, on the real node, a pod per kind of
 // device, as root and as a non-root user, and checks from inside the container
 // what containerd made of the plugin's CDI spec: every device node of the spec
-// exists as a character device with the host node's major:minor and can be
-// opened for reading and writing, the environment is the spec's (the GPU's
+// carries its type, numbers and mode, and exists in the container as a
+// character device with the spec's major:minor that the user can open as the
+// mode allows, the UVM and MIG capability nodes included, which the host
+// lacks, the environment is the spec's (the GPU's
 // UUID in NVIDIA_VISIBLE_DEVICES for a whole GPU), a share has its MPS pipe
 // directory and its own /dev/shm bind-mounted from the plugin's directories,
 // and deleting the pod unprepares the claim.
@@ -30,6 +34,11 @@ func TestContainersGetTheirDevices(t *testing.T) {
 		gpu0 := fmt.Sprintf("%d:0", realnode.GPUMajor)
 		if got.nodes["/dev/nvidia0"] != "character special file "+gpu0+" rw" {
 			t.Errorf("/dev/nvidia0 in the container: %q, want a character device %s the user can open", got.nodes["/dev/nvidia0"], gpu0)
+		}
+		for _, p := range []string{"/dev/nvidia-uvm", "/dev/nvidia-uvm-tools"} {
+			if got.nodes[p] == "" {
+				t.Errorf("%s missing in the container (CUDA needs it; the runtime makes it from the spec)", p)
+			}
 		}
 		uuid := gpu0UUID(t)
 		if v := got.env["NVIDIA_VISIBLE_DEVICES"]; v != uuid {
@@ -45,6 +54,16 @@ func TestContainersGetTheirDevices(t *testing.T) {
 		}
 		if len(caps) != 2 {
 			t.Errorf("MIG claim's spec has capability nodes %v, want the GPU instance's and the compute instance's", caps)
+		}
+		// The host has no capability node (the kernel driver creates none):
+		// the runtime made the container's from the spec's numbers.
+		for _, p := range caps {
+			if _, err := os.Lstat(want.nodes[p].host); !errors.Is(err, os.ErrNotExist) {
+				t.Errorf("capability node %s exists on the host (%v); the fake driver root must not have it", want.nodes[p].host, err)
+			}
+			if got.nodes[p] == "" {
+				t.Errorf("capability node %s missing in the container", p)
+			}
 		}
 		if !strings.HasPrefix(got.env["NVIDIA_VISIBLE_DEVICES"], "MIG-") {
 			t.Errorf("NVIDIA_VISIBLE_DEVICES=%q, want a MIG device UUID", got.env["NVIDIA_VISIBLE_DEVICES"])
@@ -84,7 +103,7 @@ func TestContainersGetTheirDevices(t *testing.T) {
 				ns := newNamespace(t)
 				claim := createClaim(t, ns, "gpu", tc.request)
 				pod := waitRunning(t, createPod(t, ns, "probe", claim.Name, users[user]...))
-				want := specEdits(claimSpec(t, claim))
+				want := specEdits(t, claimSpec(t, claim))
 				got := probe(t, pod, slices.Sorted(maps.Keys(want.nodes)), []string{"/tmp/nvidia-mps", "/dev/shm"})
 
 				wantUID := "0"
@@ -94,9 +113,9 @@ func TestContainersGetTheirDevices(t *testing.T) {
 				if got.uid != wantUID {
 					t.Errorf("container runs as uid %q, want %s", got.uid, wantUID)
 				}
-				for path, host := range want.nodes {
-					if w := "character special file " + hostNode(t, host) + " rw"; got.nodes[path] != w {
-						t.Errorf("%s in the container: %q, want %q (host node %s)", path, got.nodes[path], w, host)
+				for path, n := range want.nodes {
+					if w := n.seenAs(got.uid); got.nodes[path] != w {
+						t.Errorf("%s in the container: %q, want %q (spec's node, host path %s)", path, got.nodes[path], w, n.host)
 					}
 				}
 				for k, v := range want.env {

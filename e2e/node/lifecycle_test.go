@@ -57,8 +57,9 @@ func TestPrepareFailureShowsInPodEvents(t *testing.T) {
 	}
 }
 
-// TestRestartsLoseNothing prepares a GPU for a running pod, then crashes and
-// restarts the plugin, then the kubelet: the container keeps running without a
+// TestRestartsLoseNothing prepares a GPU for a running pod, then deletes the
+// plugin's pod at once (as a crash; the DaemonSet brings a new one), then
+// kills and restarts the kubelet: the container keeps running without a
 // restart and still has its device, its claim keeps its CDI spec, a new pod
 // gets another device, and deleting the first pod after both restarts still
 // unprepares its claim.
@@ -66,7 +67,7 @@ func TestRestartsLoseNothing(t *testing.T) {
 	ns := newNamespace(t)
 	claim := createClaim(t, ns, "first", request(gpuapi.ClassMIG, profileIs("1g.18gb")))
 	pod := waitRunning(t, createPod(t, ns, "first", claim.Name))
-	want := specEdits(claimSpec(t, claim))
+	want := specEdits(t, claimSpec(t, claim))
 	nodes := func() []string {
 		var out []string
 		for p := range want.nodes {
@@ -75,8 +76,8 @@ func TestRestartsLoseNothing(t *testing.T) {
 		return out
 	}()
 	before := probe(t, pod, nodes, nil)
-	for path, host := range want.nodes {
-		if w := "character special file " + hostNode(t, host) + " rw"; before.nodes[path] != w {
+	for path, n := range want.nodes {
+		if w := n.seenAs("0"); before.nodes[path] != w {
 			t.Fatalf("%s in the container before the restarts: %q, want %q", path, before.nodes[path], w)
 		}
 	}
@@ -126,7 +127,7 @@ func TestRestartsLoseNothing(t *testing.T) {
 		slices.Sort(out)
 		return out
 	}
-	want2 := specEdits(claimSpec(t, second))
+	want2 := specEdits(t, claimSpec(t, second))
 	if first, other := caps(want), caps(want2); len(other) != 2 || slices.Equal(first, other) {
 		t.Errorf("second MIG claim has capability nodes %v, want two other than the first claim's %v", other, first)
 	}

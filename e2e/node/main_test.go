@@ -1,7 +1,9 @@
 // Package node is Tessera's end-to-end suite on a real node: the local control
-// plane (e2e/cluster) plus a real kubelet, containerd with CDI and runc, and the
-// real dra-kubelet-plugin on mock NVML with a fake driver root of real device
-// nodes (e2e/realnode). Commands run inside the containers show what the
+// plane (e2e/cluster) plus a real kubelet, containerd with CDI and runc, and a
+// fake driver root laid out like a real install (e2e/realnode), on which
+// Tessera runs as a user installs it: its image imported into containerd, its
+// chart installed with the Helm CLI, its plugin the chart's DaemonSet pod on
+// mock NVML. Commands run inside the containers show what the
 // runtime really gave them. It runs only when TESSERA_NODE_E2E=1, which make
 // node-e2e sets after building what it needs and checking the host; it needs
 // root (docs/node-e2e.md). A plain go test ./... (or make e2e) compiles it and
@@ -50,24 +52,32 @@ func run(m *testing.M) (code int) {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
-	workDir, err := os.MkdirTemp("", "tessera-node-e2e-")
+	image, archive := os.Getenv("TESSERA_IMAGE"), os.Getenv("TESSERA_IMAGE_ARCHIVE")
+	if _, _, ok := realnode.SplitRef(image); !ok || archive == "" {
+		fmt.Fprintf(os.Stderr, "TESSERA_IMAGE (repository:tag, now %q) and TESSERA_IMAGE_ARCHIVE (the OCI archive of make image, now %q) must name the product image: run make node-e2e\n", image, archive)
+		return 1
+	}
+	layoutName := clustertest.EnvOr("TESSERA_NODE_DRIVER_LAYOUT", realnode.DefaultDriverLayout)
+	driver, ok := realnode.DriverLayouts[layoutName]
+	if !ok {
+		fmt.Fprintf(os.Stderr, "TESSERA_NODE_DRIVER_LAYOUT=%q: want one of %v\n", layoutName, realnode.DriverLayoutNames())
+		return 1
+	}
+	// Short: the plugin's socket, <kubelet dir>/plugins/gpu.tessera.dev/dra-<pod
+	// UID>.sock, must fit a Unix socket address (realnode.Start checks it).
+	workDir, err := os.MkdirTemp("", "tne-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
 	started := time.Now()
-	layout := realnode.NewLayout(filepath.Join(workDir, "nodes", nodeName))
-	local, err = cluster.StartLocal(ctx, cluster.Config{
-		BinDir:       clustertest.EnvOr("TESSERA_BIN_DIR", cluster.DefaultBinDir()),
-		PluginBinary: cluster.DefaultPluginBinary(),
-		WorkDir:      workDir,
-		Helm:         cluster.DefaultHelm(),
-		ChartValues:  layout.ChartValues(),
-	})
+	layout := realnode.NewLayout(filepath.Join(workDir, "n"), driver)
+	cp, err := cluster.Start(ctx, cluster.Options{BinDir: clustertest.EnvOr("TESSERA_BIN_DIR", cluster.DefaultBinDir()), WorkDir: workDir})
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "start local control plane: %v\nlogs in %s\n", err, filepath.Join(workDir, "logs"))
 		return 1
 	}
+	local = &cluster.Local{ControlPlane: cp, WorkDir: workDir}
 	defer func() {
 		var stops []func() error
 		if node != nil {
@@ -76,21 +86,10 @@ func run(m *testing.M) (code int) {
 		fmt.Fprint(os.Stderr, clustertest.Finish(workDir, &code, append(stops, local.Stop)...))
 	}()
 	node, err = realnode.Start(ctx, local.ControlPlane, realnode.Options{
-		Name:         nodeName,
-		NVML:         "mock:dgxh200:1",
-		GPUs:         1,
-		BinDir:       binDir,
-		PluginBinary: cluster.DefaultPluginBinary(),
-		// The chart's plugin arguments, less what the node sets itself.
-		PluginArgs: cluster.ContainerArgs(local.Install.Plugin.Spec.Template.Spec,
-			"nvml", "plugin-data-dir", "registrar-dir", "cdi-root", "state-dir", "driver-root", "container-driver-root", "metrics-address", "healthcheck-port", "v"),
-		Credentials: func(ctx context.Context, name string) (string, error) {
-			pod, err := local.PodOn(ctx, local.Install.Plugin.Spec.Selector, name)
-			if err != nil {
-				return "", err
-			}
-			return local.PodKubeconfig(ctx, pod, "kubelet-plugin-"+name)
-		},
+		Name:   nodeName,
+		GPUs:   1,
+		BinDir: binDir,
+		Images: []realnode.Image{{Archive: archive, Ref: image}},
 		Layout: layout,
 	})
 	if err != nil {
@@ -98,13 +97,43 @@ func run(m *testing.M) (code int) {
 		local.TailLogs(os.Stderr, 40)
 		return 1
 	}
-	fmt.Printf("control plane and real node up in %s (kubeconfig %s)\n", time.Since(started).Round(100*time.Millisecond), local.Kubeconfig)
+	if err := install(ctx, layout, image); err != nil {
+		fmt.Fprintf(os.Stderr, "install Tessera on the real node: %v\n", err)
+		local.TailLogs(os.Stderr, 40)
+		return 1
+	}
+	fmt.Printf("control plane, real node (driver layout %s) and Tessera's pods up in %s (kubeconfig %s)\n", layoutName, time.Since(started).Round(100*time.Millisecond), local.Kubeconfig)
 
 	code = m.Run()
 	if code != 0 {
 		local.TailLogs(os.Stderr, 40)
 	}
 	return code
+}
+
+// install installs the chart with the Helm CLI and waits until its plugin
+// pod serves on the node.
+func install(ctx context.Context, layout realnode.Layout, image string) error {
+	ports, err := cluster.FreePorts(4)
+	if err != nil {
+		return err
+	}
+	values, err := layout.ChartValues(realnode.TryOut{
+		Image: image, NVML: "mock:dgxh200:1", APIServerURL: local.APIServerURL,
+		PluginMetrics: ports[0], PluginHealth: ports[1], ControllerMetrics: ports[2], ControllerHealth: ports[3],
+	})
+	if err != nil {
+		return err
+	}
+	if err := realnode.InstallChart(ctx, cluster.DefaultHelm(), local.Kubeconfig, values); err != nil {
+		return err
+	}
+	if err := node.WaitPlugin(ctx, ""); err != nil {
+		return err
+	}
+	// The plugin publishes devices with the tenancy binding condition (the
+	// chart's default), which only the controller meets.
+	return node.WaitPodReady(ctx, "app.kubernetes.io/component=controller")
 }
 
 // needNode skips a test when the suite runs without a node.

@@ -3,6 +3,7 @@ package node
 import (
 	"bufio"
 	"fmt"
+	"os"
 	"strconv"
 	"strings"
 	"testing"
@@ -16,7 +17,7 @@ import (
 type seen struct {
 	uid, gid string
 	// nodes maps a device path to "<type> <major>:<minor> <access>", e.g.
-	// "character special file 195:0 rw".
+	// "character special file 195:0 rw" (access r, w, rw or -).
 	nodes map[string]string
 	env   map[string]string
 	// files maps a path to "<st_dev>:<inode>", which a bind mount shares
@@ -25,14 +26,14 @@ type seen struct {
 }
 
 // probe runs, inside the pod's container, commands that report its user, the
-// given device nodes (type, major:minor in hex, whether it may read and write
-// them), its NVIDIA_/CUDA_ environment and the identity of the given paths.
+// given device nodes (type, major:minor in hex, whether it may read, write or
+// both), its NVIDIA_/CUDA_ environment and the identity of the given paths.
 func probe(t *testing.T, pod *corev1.Pod, devicePaths, filePaths []string) seen {
 	t.Helper()
 	var script strings.Builder
 	script.WriteString(`echo "uid $(id -u) $(id -g)"` + "\n")
 	for _, p := range devicePaths {
-		fmt.Fprintf(&script, `if [ -e %[1]s ]; then a=-; [ -r %[1]s ] && [ -w %[1]s ] && a=rw; echo "node %[1]s $(stat -c '%%t:%%T' %[1]s) $a $(stat -c '%%F' %[1]s)"; fi`+"\n", p)
+		fmt.Fprintf(&script, `if [ -e %[1]s ]; then a=; [ -r %[1]s ] && a=r; [ -w %[1]s ] && a=${a}w; echo "node %[1]s $(stat -c '%%t:%%T' %[1]s) ${a:--} $(stat -c '%%F' %[1]s)"; fi`+"\n", p)
 	}
 	script.WriteString(`env | grep -E '^(NVIDIA|CUDA)_' | sed 's/^/env /'` + "\n")
 	for _, p := range filePaths {
@@ -74,19 +75,6 @@ func hexToDec(mm string) string {
 	return fmt.Sprintf("%d:%d", a, b)
 }
 
-// hostNode is "<major>:<minor>" of a device node on the host.
-func hostNode(t *testing.T, path string) string {
-	t.Helper()
-	var st unix.Stat_t
-	if err := unix.Stat(path, &st); err != nil {
-		t.Fatalf("stat %s on the host: %v", path, err)
-	}
-	if st.Mode&unix.S_IFMT != unix.S_IFCHR {
-		t.Fatalf("%s on the host is not a character device", path)
-	}
-	return fmt.Sprintf("%d:%d", unix.Major(uint64(st.Rdev)), unix.Minor(uint64(st.Rdev)))
-}
-
 // hostFile is "<st_dev>:<inode>" of a path on the host.
 func hostFile(t *testing.T, path string) string {
 	t.Helper()
@@ -100,15 +88,49 @@ func hostFile(t *testing.T, path string) string {
 // edits is what the claim's CDI spec tells the runtime to do to a container
 // that uses all of the claim's devices.
 type edits struct {
-	// nodes maps container path to host path.
-	nodes map[string]string
+	// nodes maps container path to the spec's device node.
+	nodes map[string]deviceNode
 	// mounts maps container path to host path.
 	mounts map[string]string
 	env    map[string]string
 }
 
-func specEdits(spec *cdi.Spec) edits {
-	e := edits{nodes: map[string]string{}, mounts: map[string]string{}, env: map[string]string{}}
+// deviceNode is a device node as a CDI spec gives it.
+type deviceNode struct {
+	// host is the node's host path, which the host may lack.
+	host         string
+	typ          string
+	major, minor int64
+	mode         os.FileMode
+}
+
+// seenAs is what a user sees of the node in a container that the runtime
+// made from the spec: a character device with the spec's numbers, which root
+// may read and write and any other user as the node's mode lets others.
+func (n deviceNode) seenAs(uid string) string {
+	access := "rw"
+	if uid != "0" {
+		access = ""
+		if n.mode&0o004 != 0 {
+			access += "r"
+		}
+		if n.mode&0o002 != 0 {
+			access += "w"
+		}
+		if access == "" {
+			access = "-"
+		}
+	}
+	return fmt.Sprintf("character special file %d:%d %s", n.major, n.minor, access)
+}
+
+// specEdits reads the spec's edits, failing the test for a device node the
+// runtime could not create without the host's node: every node must carry
+// its type, major, minor and mode, since the host lacks the nodes the
+// kernel driver does not create (/dev/nvidia-caps/*, /dev/nvidia-uvm*).
+func specEdits(t *testing.T, spec *cdi.Spec) edits {
+	t.Helper()
+	e := edits{nodes: map[string]deviceNode{}, mounts: map[string]string{}, env: map[string]string{}}
 	addEnv := func(env []string) {
 		for _, kv := range env {
 			k, v, _ := strings.Cut(kv, "=")
@@ -116,6 +138,9 @@ func specEdits(spec *cdi.Spec) edits {
 		}
 	}
 	addEnv(spec.ContainerEdits.Env)
+	if len(spec.ContainerEdits.DeviceNodes) > 0 {
+		t.Errorf("CDI spec %s has device nodes outside its devices: %v", spec.GetPath(), spec.ContainerEdits.DeviceNodes)
+	}
 	for _, d := range spec.Devices {
 		addEnv(d.ContainerEdits.Env)
 		for _, n := range d.ContainerEdits.DeviceNodes {
@@ -123,7 +148,11 @@ func specEdits(spec *cdi.Spec) edits {
 			if host == "" {
 				host = n.Path
 			}
-			e.nodes[n.Path] = host
+			if n.Type != "c" || n.Major <= 0 || n.FileMode == nil {
+				t.Errorf("CDI spec %s, device %s: node %s has type %q, major %d, minor %d, mode %v; want a character device with its major, minor and mode", spec.GetPath(), d.Name, n.Path, n.Type, n.Major, n.Minor, n.FileMode)
+				continue
+			}
+			e.nodes[n.Path] = deviceNode{host: host, typ: n.Type, major: n.Major, minor: n.Minor, mode: *n.FileMode}
 		}
 		for _, m := range d.ContainerEdits.Mounts {
 			e.mounts[m.ContainerPath] = m.HostPath

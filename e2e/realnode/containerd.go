@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"text/template"
@@ -130,17 +131,21 @@ func startContainerd(ctx context.Context, dir, binDir, logDir, cdiRoot string, h
 	return c, nil
 }
 
-// ctr runs containerd's ctr in the CRI plugin's namespace.
+// ctr runs containerd's ctr in the CRI plugin's namespace and returns its
+// standard output. Its standard error goes into the error only: ctr warns
+// there (e.g. of containerd's deprecated cgroup v1 support on every call on a
+// v1 host), which must not read as output such as task IDs.
 func (c *containerd) ctr(ctx context.Context, stdin []byte, args ...string) (string, error) {
 	cmd := exec.CommandContext(ctx, filepath.Join(c.binDir, "ctr"), append([]string{"--address", c.socket, "--namespace", "k8s.io"}, args...)...)
 	if stdin != nil {
 		cmd.Stdin = bytes.NewReader(stdin)
 	}
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		return string(out), fmt.Errorf("ctr %s: %w: %s", strings.Join(args, " "), err, strings.TrimSpace(string(out)))
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		return stdout.String(), fmt.Errorf("ctr %s: %w: %s", strings.Join(args, " "), err, strings.TrimSpace(stdout.String()+"\n"+stderr.String()))
 	}
-	return string(out), nil
+	return stdout.String(), nil
 }
 
 // importImage imports an OCI image archive, so that the CRI plugin finds the
@@ -148,6 +153,36 @@ func (c *containerd) ctr(ctx context.Context, stdin []byte, args ...string) (str
 func (c *containerd) importImage(ctx context.Context, archive []byte) error {
 	_, err := c.ctr(ctx, archive, "images", "import", "--no-unpack=false", "--local", "-")
 	return err
+}
+
+// importArchive imports an OCI image archive from a file under img.Ref's
+// repository (an archive may name its image by tag alone) and checks that
+// containerd then holds img.Ref, which the pods ask for.
+func (c *containerd) importArchive(ctx context.Context, img Image) error {
+	repo, _, ok := SplitRef(img.Ref)
+	if !ok {
+		return fmt.Errorf("image %q is not repository:tag", img.Ref)
+	}
+	if _, err := c.ctr(ctx, nil, "images", "import", "--base-name", repo, "--local", img.Archive); err != nil {
+		return fmt.Errorf("import image archive %s: %w", img.Archive, err)
+	}
+	out, err := c.ctr(ctx, nil, "images", "ls", "-q")
+	if err != nil {
+		return err
+	}
+	if !slices.Contains(strings.Fields(out), img.Ref) {
+		return fmt.Errorf("image archive %s does not name %s: containerd holds %s", img.Archive, img.Ref, strings.Join(strings.Fields(out), ", "))
+	}
+	return nil
+}
+
+// SplitRef splits repository:tag; ok is false without a tag.
+func SplitRef(ref string) (repo, tag string, ok bool) {
+	i := strings.LastIndex(ref, ":")
+	if i <= 0 || strings.Contains(ref[i:], "/") {
+		return "", "", false
+	}
+	return ref[:i], ref[i+1:], true
 }
 
 // killAll kills and removes every task the CRI plugin left, so that no

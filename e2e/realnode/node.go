@@ -1,10 +1,12 @@
 // Package realnode runs a real Kubernetes node on the local machine next to the
 // local control plane (e2e/cluster): containerd 2.x with its CRI plugin and CDI,
-// runc, the kubelet built from the pinned k8s.io/kubernetes, and the real
-// dra-kubelet-plugin on a mock NVML with a fake driver root of real device
-// nodes. It needs root and a host with cgroups, overlayfs and mknod (CheckHost
-// says what is missing); images are built from local files and imported, never
-// pulled. make node-e2e runs the tests in e2e/node on it.
+// runc, the kubelet built from the pinned k8s.io/kubernetes, and a fake driver
+// root laid out like a real install. Tessera runs on it as a user installs it:
+// its image imported into containerd, its chart installed with the Helm CLI
+// (InstallChart), its plugin the chart's DaemonSet pod on mock NVML. It needs
+// root and a host with cgroups, overlayfs and mknod (CheckHost says what is
+// missing); images are imported, never pulled. make node-e2e runs the tests in
+// e2e/node on it.
 package realnode
 
 import (
@@ -17,7 +19,6 @@ import (
 	"sort"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -51,27 +52,29 @@ type Options struct {
 	// --node-ip, and only a node named by its IP gets 127.0.0.1 as its address,
 	// through which the API server reaches the kubelet (logs, exec).
 	Name string
-	// NVML is the plugin's --nvml value, e.g. "mock:dgxh200:1".
-	NVML string
 	// GPUs is how many GPUs the fake driver root has device nodes for; it
-	// must cover the mock's GPUs.
+	// must cover the mock NVML's GPUs (the chart's kubeletPlugin.nvml).
 	GPUs int
 	// BinDir holds NodeBinaries.
 	BinDir string
-	// PluginBinary is the dra-kubelet-plugin to run.
-	PluginBinary string
-	// PluginArgs are the plugin's arguments besides the node's own paths,
-	// ports and NVML backend (the chart's, see cluster.ContainerArgs).
-	PluginArgs []string
-	// Credentials returns the plugin's kubeconfig once the kubelet has
-	// registered the node (a token bound to the plugin pod on the node).
-	Credentials func(ctx context.Context, nodeName string) (string, error)
+	// Images are OCI archives imported into containerd besides the pause and
+	// test images: the product image, which the chart's pods run.
+	Images []Image
 	// Layout says where the node keeps everything; logs go to the control
-	// plane's log dir.
+	// plane's log dir, the pods' to <Layout.Dir>/kubelet/pod-logs.
 	Layout Layout
 }
 
-// Node is a running real node.
+// Image is an OCI image archive and the name it is imported as.
+type Image struct {
+	// Archive is the OCI archive's path.
+	Archive string
+	// Ref is repository:tag, the name the chart's pods ask for.
+	Ref string
+}
+
+// Node is a running real node. Tessera runs on it as the chart's pods: the
+// node does not start the plugin itself (see InstallChart and WaitPlugin).
 type Node struct {
 	Name string
 	Layout
@@ -79,19 +82,14 @@ type Node struct {
 	Host *Host
 
 	opts       Options
-	kubeconfig string
 	cp         *cluster.ControlPlane
 	containerd *containerd
 	kubelet    *kubelet
-
-	mu     sync.Mutex
-	plugin *cluster.Process
 }
 
 // Start checks the host, then starts containerd (importing the pause and test
-// images), the kubelet, and the plugin, and returns once the node is Ready, the
-// plugin is registered with the kubelet and its slices are published. On error
-// everything started is stopped again.
+// images and opts.Images) and the kubelet, and returns once the node is Ready.
+// On error everything started is stopped again.
 func Start(ctx context.Context, cp *cluster.ControlPlane, opts Options) (_ *Node, err error) {
 	host, err := CheckHost(opts.BinDir)
 	if err != nil {
@@ -100,6 +98,9 @@ func Start(ctx context.Context, cp *cluster.ControlPlane, opts Options) (_ *Node
 	if !filepath.IsAbs(opts.Layout.Dir) {
 		return nil, fmt.Errorf("node work directory %q is not absolute", opts.Layout.Dir)
 	}
+	if err := opts.Layout.checkSocketPaths(); err != nil {
+		return nil, err
+	}
 	dir := opts.Layout.Dir
 	n := &Node{Name: opts.Name, Layout: opts.Layout, Host: host, opts: opts, cp: cp}
 	defer func() {
@@ -107,12 +108,15 @@ func Start(ctx context.Context, cp *cluster.ControlPlane, opts Options) (_ *Node
 			_ = n.Stop(context.WithoutCancel(ctx))
 		}
 	}()
+	if err := sharedMount(dir); err != nil {
+		return nil, err
+	}
 	for _, d := range []string{n.CDIRoot, n.StateDir} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
 			return nil, fmt.Errorf("create %s: %w", d, err)
 		}
 	}
-	if err := MakeDriverRoot(n.DriverRoot, opts.GPUs); err != nil {
+	if err := MakeDriverRoot(n.DriverRoot, n.Driver, opts.GPUs); err != nil {
 		return nil, err
 	}
 	logger := klog.FromContext(ctx)
@@ -132,6 +136,11 @@ func Start(ctx context.Context, cp *cluster.ControlPlane, opts Options) (_ *Node
 			return nil, err
 		}
 	}
+	for _, img := range opts.Images {
+		if err := n.containerd.importArchive(ctx, img); err != nil {
+			return nil, err
+		}
+	}
 	logger.V(1).Info("containerd ready", "socket", n.containerd.socket)
 	if n.kubelet, err = newKubelet(cp, filepath.Dir(n.KubeletDir), n.KubeletDir, opts.BinDir, cp.LogDir, opts.Name, n.containerd.socket, host); err != nil {
 		return nil, err
@@ -143,13 +152,26 @@ func Start(ctx context.Context, cp *cluster.ControlPlane, opts Options) (_ *Node
 		return nil, err
 	}
 	logger.V(1).Info("kubelet ready", "node", opts.Name)
-	if n.kubeconfig, err = opts.Credentials(ctx, opts.Name); err != nil {
-		return nil, fmt.Errorf("credentials of the plugin on node %s: %w", opts.Name, err)
-	}
-	if err := n.StartPlugin(ctx); err != nil {
-		return nil, err
-	}
 	return n, nil
+}
+
+// sharedMount makes dir a mount point of its own with shared propagation: the
+// chart mounts the plugin's state directory Bidirectional (each MPS share's
+// /dev/shm is a mount the plugin makes there) and the driver root
+// HostToContainer, which containerd allows only from shared (or slave) mounts,
+// as on a real node whose / is shared (systemd makes it so). A development
+// sandbox's / is often private.
+func sharedMount(dir string) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("create %s: %w", dir, err)
+	}
+	if err := unix.Mount(dir, dir, "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
+		return fmt.Errorf("bind-mount node directory %s: %w", dir, err)
+	}
+	if err := unix.Mount("", dir, "", unix.MS_SHARED|unix.MS_REC, ""); err != nil {
+		return fmt.Errorf("make node directory %s a shared mount: %w", dir, err)
+	}
+	return nil
 }
 
 // waitReady waits until the node's Ready condition is true with a heartbeat
@@ -179,58 +201,97 @@ func (n *Node) waitReady(ctx context.Context, since time.Time) error {
 	return nil
 }
 
-// StartPlugin starts the dra-kubelet-plugin the way its DaemonSet runs it, with
-// the kubelet's plugin directories, and waits until the kubelet has registered
-// it and its pool is published.
-func (n *Node) StartPlugin(ctx context.Context) error {
-	ports, err := cluster.FreePorts(1)
-	if err != nil {
-		return err
-	}
-	// The DaemonSet mounts it with type DirectoryOrCreate; the plugin expects it.
-	dataDir := filepath.Join(n.kubelet.PluginsDir(), gpuapi.DriverName)
-	if err := os.MkdirAll(dataDir, 0o750); err != nil {
-		return fmt.Errorf("create plugin data dir: %w", err)
-	}
-	args := append([]string{
-		"--healthcheck-port=" + strconv.Itoa(ports[0]),
-		"--node-name=" + n.Name,
-		"--kubeconfig=" + n.kubeconfig,
-		"--nvml=" + n.opts.NVML,
-		"--plugin-data-dir=" + dataDir,
-		"--registrar-dir=" + n.kubelet.PluginRegistryDir(),
-		"--cdi-root=" + n.CDIRoot,
-		"--state-dir=" + n.StateDir,
-		"--driver-root=" + n.DriverRoot,
-		"-v=4",
-	}, n.opts.PluginArgs...)
-	p, err := cluster.StartProcess("dra-kubelet-plugin-"+n.Name, n.cp.LogDir, n.opts.PluginBinary, args, nil)
-	if err != nil {
-		return err
-	}
-	n.mu.Lock()
-	n.plugin = p
-	n.mu.Unlock()
-	return n.waitPlugin(ctx, p)
+// PluginPod returns the chart's plugin pod on the node (the newest, should a
+// deleted one still be terminating).
+func (n *Node) PluginPod(ctx context.Context) (*corev1.Pod, error) {
+	return n.pod(ctx, PluginPodSelector)
 }
 
-// waitPlugin waits until the kubelet reports the plugin's registration socket
-// among its registered plugins and the node's pool is complete.
-func (n *Node) waitPlugin(ctx context.Context, p *cluster.Process) error {
-	socket := filepath.Join(n.kubelet.PluginRegistryDir(), gpuapi.DriverName+"-reg.sock")
-	want := fmt.Sprintf(`plugin_manager_total_plugins{socket_path=%q,state="actual_state_of_world"} 1`, socket)
-	var last string
-	err := wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
-		if exited, err := p.Exited(); exited {
-			return false, fmt.Errorf("plugin exited (log: %s): %w", p.LogPath, err)
+// pod returns the newest pod on the node in the release namespace that
+// selector selects and that is not being deleted.
+func (n *Node) pod(ctx context.Context, selector string) (*corev1.Pod, error) {
+	list, err := n.cp.Client.CoreV1().Pods(cluster.ReleaseNamespace).List(ctx, metav1.ListOptions{
+		LabelSelector: selector,
+		FieldSelector: fields.OneTermEqualSelector("spec.nodeName", n.Name).String(),
+	})
+	if err != nil {
+		return nil, err
+	}
+	var newest *corev1.Pod
+	for i := range list.Items {
+		p := &list.Items[i]
+		if p.DeletionTimestamp == nil && (newest == nil || newest.CreationTimestamp.Before(&p.CreationTimestamp)) {
+			newest = p
 		}
-		metrics, err := n.kubelet.metrics(ctx)
+	}
+	if newest == nil {
+		return nil, fmt.Errorf("no pod %s on node %s", selector, n.Name)
+	}
+	return newest, nil
+}
+
+// WaitPodReady waits until a pod on the node in the release namespace that
+// selector selects is ready (e.g. the chart's controller).
+func (n *Node) WaitPodReady(ctx context.Context, selector string) error {
+	var last string
+	err := wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, 2*time.Minute, true, func(ctx context.Context) (bool, error) {
+		pod, err := n.pod(ctx, selector)
 		if err != nil {
 			last = err.Error()
 			return false, nil
 		}
-		if !strings.Contains(metrics, want) {
-			last = "kubelet has not registered " + socket
+		last = fmt.Sprintf("pod %s is %s", pod.Name, podState(pod))
+		return podReady(pod), nil
+	})
+	if err != nil {
+		return fmt.Errorf("%s on node %s not ready (last: %s; logs in %s): %w", selector, n.Name, last, filepath.Join(n.kubelet.dir, "pod-logs"), err)
+	}
+	return nil
+}
+
+// ContainerProcess returns the host PID of the container's init process, from
+// containerd's task list; containerID is the pod status's
+// containerd://<id>.
+func (n *Node) ContainerProcess(ctx context.Context, containerID string) (int, error) {
+	id := strings.TrimPrefix(containerID, "containerd://")
+	out, err := n.containerd.ctr(ctx, nil, "tasks", "ls")
+	if err != nil {
+		return 0, err
+	}
+	for _, line := range strings.Split(out, "\n") {
+		f := strings.Fields(line)
+		if len(f) >= 2 && f[0] == id {
+			return strconv.Atoi(f[1])
+		}
+	}
+	return 0, fmt.Errorf("containerd runs no task %s", id)
+}
+
+// PluginPodSelector selects the chart's plugin pods.
+const PluginPodSelector = "app.kubernetes.io/component=kubelet-plugin"
+
+// WaitPlugin waits until the chart's plugin pod on the node, other than the
+// pod whose UID is not (empty: any), runs with its container ready, the
+// kubelet has registered the plugin, and the node's pool is published
+// complete.
+func (n *Node) WaitPlugin(ctx context.Context, not types.UID) error {
+	var last string
+	err := wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, 2*time.Minute, true, func(ctx context.Context) (bool, error) {
+		pod, err := n.PluginPod(ctx)
+		if err != nil {
+			last = err.Error()
+			return false, nil
+		}
+		if pod.UID == not {
+			last = fmt.Sprintf("plugin pod %s is still the old one", pod.Name)
+			return false, nil
+		}
+		if !podReady(pod) {
+			last = fmt.Sprintf("plugin pod %s is %s", pod.Name, podState(pod))
+			return false, nil
+		}
+		if registered, err := n.pluginRegistered(ctx); !registered {
+			last = fmt.Sprintf("kubelet has registered no socket %s in %s (%v)", registrationSocketPattern, n.kubelet.PluginRegistryDir(), err)
 			return false, nil
 		}
 		complete, err := n.poolComplete(ctx)
@@ -241,9 +302,62 @@ func (n *Node) waitPlugin(ctx context.Context, p *cluster.Process) error {
 		return true, nil
 	})
 	if err != nil {
-		return fmt.Errorf("plugin on node %s not ready (last: %s; log: %s): %w", n.Name, last, p.LogPath, err)
+		return fmt.Errorf("plugin on node %s not ready (last: %s; logs: %s): %w", n.Name, last, n.PluginLog(), err)
 	}
 	return nil
+}
+
+// registrationSocketPattern matches the plugin's registration sockets: the
+// kubelet plugin helper names each with a random part, so that the old and the
+// new plugin of a rolling update register side by side.
+const registrationSocketPattern = gpuapi.DriverName + "-*-reg.sock"
+
+// pluginRegistered reports whether the kubelet has registered one of the
+// plugin's registration sockets that exist now (a killed plugin's may linger).
+func (n *Node) pluginRegistered(ctx context.Context) (bool, error) {
+	sockets, err := filepath.Glob(filepath.Join(n.kubelet.PluginRegistryDir(), registrationSocketPattern))
+	if err != nil || len(sockets) == 0 {
+		return false, err
+	}
+	metrics, err := n.kubelet.metrics(ctx)
+	if err != nil {
+		return false, err
+	}
+	for _, s := range sockets {
+		if strings.Contains(metrics, fmt.Sprintf(`plugin_manager_total_plugins{socket_path=%q,state="actual_state_of_world"} 1`, s)) {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
+func podReady(p *corev1.Pod) bool {
+	if p.Status.Phase != corev1.PodRunning {
+		return false
+	}
+	for _, c := range p.Status.Conditions {
+		if c.Type == corev1.PodReady {
+			return c.Status == corev1.ConditionTrue
+		}
+	}
+	return false
+}
+
+// podState says why a pod is not ready, for error messages.
+func podState(p *corev1.Pod) string {
+	var b strings.Builder
+	b.WriteString(string(p.Status.Phase))
+	for _, c := range p.Status.ContainerStatuses {
+		switch {
+		case c.State.Waiting != nil:
+			fmt.Fprintf(&b, "; %s waiting: %s %s", c.Name, c.State.Waiting.Reason, c.State.Waiting.Message)
+		case c.State.Terminated != nil:
+			fmt.Fprintf(&b, "; %s terminated: %s (exit %d)", c.Name, c.State.Terminated.Reason, c.State.Terminated.ExitCode)
+		default:
+			fmt.Fprintf(&b, "; %s running, ready=%t, restarts %d", c.Name, c.Ready, c.RestartCount)
+		}
+	}
+	return b.String()
 }
 
 // poolComplete reports whether the node's pools have every slice of their
@@ -274,18 +388,21 @@ func (n *Node) poolComplete(ctx context.Context) (bool, error) {
 	return true, nil
 }
 
-// RestartPlugin stops the plugin (killed, as a crash, when crash is set) and
-// starts it again.
+// RestartPlugin deletes the plugin's pod (at once, as a crash, when crash is
+// set: grace period 0) and waits until the DaemonSet's new pod serves.
 func (n *Node) RestartPlugin(ctx context.Context, crash bool) error {
-	n.mu.Lock()
-	p := n.plugin
-	n.mu.Unlock()
-	if crash {
-		p.Kill()
-	} else if err := p.Stop(30 * time.Second); err != nil {
+	pod, err := n.PluginPod(ctx)
+	if err != nil {
 		return err
 	}
-	return n.StartPlugin(ctx)
+	opts := metav1.DeleteOptions{Preconditions: &metav1.Preconditions{UID: &pod.UID}}
+	if crash {
+		opts.GracePeriodSeconds = new(int64(0))
+	}
+	if err := n.cp.Client.CoreV1().Pods(pod.Namespace).Delete(ctx, pod.Name, opts); err != nil {
+		return fmt.Errorf("delete plugin pod %s: %w", pod.Name, err)
+	}
+	return n.WaitPlugin(ctx, pod.UID)
 }
 
 // RestartKubelet stops the kubelet (killed when crash is set) and starts it
@@ -309,10 +426,7 @@ func (n *Node) RestartKubelet(ctx context.Context, crash bool) error {
 	if err := n.waitReady(ctx, restarted); err != nil {
 		return err
 	}
-	n.mu.Lock()
-	p := n.plugin
-	n.mu.Unlock()
-	if err := n.waitPlugin(ctx, p); err != nil {
+	if err := n.WaitPlugin(ctx, ""); err != nil {
 		return err
 	}
 	return n.waitPodsHeld(ctx)
@@ -359,26 +473,20 @@ func (n *Node) waitPodsHeld(ctx context.Context) error {
 	return nil
 }
 
-// PluginLog is the path of the plugin's log.
+// PluginLog is where the kubelet keeps the plugin pods' logs
+// (<namespace>_<pod>_<uid>/plugin/<restart>.log).
 func (n *Node) PluginLog() string {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	return n.plugin.LogPath
+	return filepath.Join(n.kubelet.dir, "pod-logs", cluster.ReleaseNamespace+"_*kubelet-plugin*", "plugin")
 }
 
 // KubeletLog is the path of the kubelet's log.
 func (n *Node) KubeletLog() string { return n.kubelet.proc.LogPath }
 
-// Stop stops the plugin and the kubelet, kills every container left, stops
-// containerd and unmounts whatever the node mounted under its work directory.
+// Stop stops the kubelet, kills every container left (the chart's pods
+// included), stops containerd and unmounts whatever the node mounted under its
+// work directory, the directory's own shared mount last.
 func (n *Node) Stop(ctx context.Context) error {
 	var errs []error
-	n.mu.Lock()
-	p := n.plugin
-	n.mu.Unlock()
-	if p != nil {
-		errs = append(errs, p.Stop(10*time.Second))
-	}
 	if n.kubelet != nil && n.kubelet.proc != nil {
 		errs = append(errs, n.kubelet.proc.Stop(30*time.Second))
 	}

@@ -5,15 +5,23 @@
 #   make node-e2e-host   install what the host needs from Debian (runc, CNI plugins,
 #                        static busybox); needs root and apt
 #   make node-e2e        run e2e/node on the local control plane plus a real node
-#                        (kubelet + containerd + runc + the plugin); needs root
+#                        (kubelet + containerd + runc), with Tessera installed as a
+#                        user installs it: the image of make image imported into
+#                        containerd, the chart installed with Helm; needs root.
+#                        NODE_E2E_DRIVER_LAYOUT picks the fake driver root's layout
+#                        (host, gpu-operator, usr-local-nvidia; CI runs host)
+#   make node-e2e-layouts  make node-e2e once per driver-root layout
 #
 # docs/node-e2e.md says what the host needs and what the suite proves.
 
 NODE_E2E_TIMEOUT ?= 20m
 # go test flags for the real-node suite, e.g. NODE_E2E_FLAGS="-v -run TestRestartsLoseNothing".
 NODE_E2E_FLAGS ?= -v
+# The fake driver root's layout (e2e/realnode.DriverLayouts).
+NODE_E2E_DRIVER_LAYOUT ?= host
+NODE_E2E_DRIVER_LAYOUTS := host gpu-operator usr-local-nvidia
 
-.PHONY: node-binaries node-e2e-host node-e2e
+.PHONY: node-binaries node-e2e-host node-e2e-check-host node-e2e node-e2e-layouts
 
 node-binaries:
 	@hack/node-binaries.sh
@@ -21,7 +29,15 @@ node-binaries:
 node-e2e-host:
 	apt-get install -y --no-install-recommends runc containernetworking-plugins busybox-static
 
-node-e2e: cluster-binaries node-binaries e2e-plugin
-	@if [ "$$(id -u)" != 0 ]; then echo "make node-e2e needs root: the real node creates cgroups, mounts and device nodes (docs/node-e2e.md)" >&2; exit 1; fi
-	helm="$$($(HELM_TOOL))"; TESSERA_NODE_E2E=1 TESSERA_PLUGIN_BINARY=$(CURDIR)/bin/dra-kubelet-plugin TESSERA_HELM="$$helm" \
+# The host is checked first: a machine that cannot run the node (not root, no
+# cgroups, ...) fails at once, listing what is missing, before minutes of builds.
+node-e2e-check-host:
+	@$(GO) run ./e2e/realnode/checkhost
+
+node-e2e: node-e2e-check-host cluster-binaries node-binaries image
+	helm="$$($(HELM_TOOL))"; TESSERA_NODE_E2E=1 TESSERA_HELM="$$helm" \
+		TESSERA_IMAGE=$(IMAGE):$(TAG) TESSERA_IMAGE_ARCHIVE=$(CURDIR)/$(IMAGE_ARCHIVE) TESSERA_NODE_DRIVER_LAYOUT=$(NODE_E2E_DRIVER_LAYOUT) \
 		go test -count=1 -timeout $(NODE_E2E_TIMEOUT) $(NODE_E2E_FLAGS) ./e2e/node/
+
+node-e2e-layouts:
+	@for l in $(NODE_E2E_DRIVER_LAYOUTS); do echo "== node-e2e, driver layout $$l"; $(MAKE) --no-print-directory node-e2e NODE_E2E_DRIVER_LAYOUT=$$l || exit 1; done

@@ -394,3 +394,60 @@ func TestDriverRootReachesCDISpecs(t *testing.T) {
 		t.Errorf("/driver-root is mounted from host path %q, want /run/nvidia/driver", hostPath)
 	}
 }
+
+// TestTryOutNodeReachesTheAPIServer: with hostNetwork and apiServer.host, both
+// components' pods run in the node's network namespace and client-go's
+// in-cluster configuration finds the API server at the given address (the
+// variables the kubelet otherwise sets from the kubernetes Service); by
+// default they do neither.
+func TestTryOutNodeReachesTheAPIServer(t *testing.T) {
+	type got struct {
+		HostNetwork bool
+		DNSPolicy   corev1.DNSPolicy
+		Env         map[string]string
+	}
+	specs := func(t *testing.T, args ...string) map[string]got {
+		t.Helper()
+		manifest, err := render(t, args...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		objs := objects(t, manifest)
+		pods := map[string]corev1.PodSpec{}
+		for _, ds := range find[*appsv1.DaemonSet](objs) {
+			pods["plugin"] = ds.Spec.Template.Spec
+		}
+		for _, d := range find[*appsv1.Deployment](objs) {
+			pods["controller"] = d.Spec.Template.Spec
+		}
+		out := map[string]got{}
+		for name, spec := range pods {
+			g := got{HostNetwork: spec.HostNetwork, DNSPolicy: spec.DNSPolicy, Env: map[string]string{}}
+			for _, e := range spec.Containers[0].Env {
+				if strings.HasPrefix(e.Name, "KUBERNETES_") {
+					g.Env[e.Name] = e.Value
+				}
+			}
+			out[name] = g
+		}
+		return out
+	}
+	tryOut := got{HostNetwork: true, DNSPolicy: corev1.DNSClusterFirstWithHostNet, Env: map[string]string{"KUBERNETES_SERVICE_HOST": "127.0.0.1", "KUBERNETES_SERVICE_PORT": "6443"}}
+	cases := map[string]struct {
+		args []string
+		want map[string]got
+	}{
+		"default": {nil, map[string]got{"plugin": {Env: map[string]string{}}, "controller": {Env: map[string]string{}}}},
+		"try-out node": {
+			[]string{"--set", "kubeletPlugin.hostNetwork=true", "--set", "controller.hostNetwork=true", "--set", "apiServer.host=127.0.0.1", "--set", "apiServer.port=6443"},
+			map[string]got{"plugin": tryOut, "controller": tryOut},
+		},
+	}
+	for name, tc := range cases {
+		t.Run(name, func(t *testing.T) {
+			if diff := cmp.Diff(tc.want, specs(t, tc.args...)); diff != "" {
+				t.Errorf("pods (-want +got):\n%s", diff)
+			}
+		})
+	}
+}

@@ -60,3 +60,18 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- default "default" .Values.kubeletPlugin.serviceAccount.name }}
 {{- end }}
 {{- end }}
+
+{{- /*
+The API server's address for clusters whose pods cannot reach it through the
+kubernetes Service (apiServer.host): client-go's in-cluster configuration reads
+these two variables, which the kubelet otherwise sets from that Service, and a
+container's own env wins over the kubelet's.
+*/ -}}
+{{- define "tessera.apiServerEnv" -}}
+{{- with .Values.apiServer.host -}}
+- name: KUBERNETES_SERVICE_HOST
+  value: {{ . | quote }}
+- name: KUBERNETES_SERVICE_PORT
+  value: {{ $.Values.apiServer.port | quote }}
+{{- end }}
+{{- end }}
