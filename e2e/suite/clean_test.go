@@ -3,6 +3,7 @@ package suite
 import (
 	"context"
 	"fmt"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -32,8 +33,9 @@ func startClean(t *testing.T) {
 }
 
 // waitClean waits until no pod of a test is bound to a node, no claim is
-// allocated, and every node's pool is complete and publishes every device
-// (nothing prepared is left to withdraw anything). Tests end by deleting
+// allocated, no scheduler runs a binding cycle, and every node's pool is
+// complete and publishes every device (nothing prepared is left to withdraw
+// anything). Tests end by deleting
 // their pods and claims (clustertest.Namespace), but a plugin republishes
 // what an unprepare brings back after the kubelet's call returns, so the next
 // test may start before the slices show it.
@@ -75,6 +77,9 @@ func notClean(ctx context.Context) string {
 			return fmt.Sprintf("claim %s/%s is still allocated", c.Namespace, c.Name)
 		}
 	}
+	if why := bindingCycles(ctx); why != "" {
+		return why
+	}
 	slices, err := local.Client.ResourceV1().ResourceSlices().List(ctx, metav1.ListOptions{FieldSelector: "spec.driver=" + gpuapi.DriverName})
 	if err != nil {
 		return err.Error()
@@ -102,6 +107,37 @@ func notClean(ctx context.Context) string {
 		}
 		if devices != gpus*devicesPerH200 {
 			return fmt.Sprintf("node %s publishes %d devices, %d with nothing prepared", n.Name, devices, gpus*devicesPerH200)
+		}
+	}
+	return ""
+}
+
+// bindingCycles says which scheduler still runs a binding cycle, "" when none
+// does. A pod whose claim waits for its binding conditions sits in PreBind,
+// polling every 5 s, with its allocation in flight inside the scheduler: after
+// its test has deleted the pod and the claim (so the API shows nothing), the
+// scheduler still counts those devices as taken until the poll finds the
+// claim gone. A pod of the next test tried meanwhile is turned away ("cannot
+// allocate all claims") and, since the end of that binding cycle is no event
+// the scheduler's queue reacts to, waits up to five minutes for the next
+// flush of unschedulable pods.
+func bindingCycles(ctx context.Context) string {
+	schedulers := map[string]string{"kube-scheduler": local.SchedulerURL}
+	if local.TesseraSchedulerURL != "" {
+		schedulers["tessera-scheduler"] = local.TesseraSchedulerURL
+	}
+	for name, url := range schedulers {
+		var running float64
+		err := componentMetrics(ctx, url, func(line string) {
+			if v, ok := strings.CutPrefix(line, `scheduler_goroutines{operation="binding"} `); ok {
+				running, _ = strconv.ParseFloat(strings.TrimSpace(v), 64)
+			}
+		})
+		if err != nil {
+			return err.Error()
+		}
+		if running > 0 {
+			return fmt.Sprintf("%s still runs %.0f binding cycles", name, running)
 		}
 	}
 	return ""
