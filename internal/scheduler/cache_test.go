@@ -1,8 +1,10 @@
 package scheduler
 
 import (
+	"context"
 	"fmt"
 	"math/rand/v2"
+	"sync"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
@@ -128,6 +130,50 @@ func checkCachedBase(t *testing.T, p *Plugin, dra *fakeDRA, infos []fakeNodeInfo
 		g.cache.mu.Unlock()
 		if valid && got != want {
 			t.Fatalf("node %s: cached fragmentation %v, fresh %v", info.node.Name, got, want)
+		}
+	}
+}
+
+// TestCacheParallelScore scores the nodes in parallel, as the framework
+// does, twice for the same pod (the second time from the cache), and
+// checks the scores against a fresh computation; run with -race.
+func TestCacheParallelScore(t *testing.T) {
+	dra := &fakeDRA{claims: map[string]*resourceapi.ResourceClaim{"ns/mig1g": migClaim("mig1g", 1, profileIs("1g.5gb"))}, allocated: emptyAllocated()}
+	var list []fwk.NodeInfo
+	for n := range 16 {
+		name := fmt.Sprintf("node-%02d", n)
+		dra.slices = append(dra.slices, migNode(name, 2)...)
+		if n%3 == 0 {
+			dra.allocated.AllocatedDevices.Insert(structured.MakeDeviceID(gpuapi.DriverName, name, gpuapi.MIGDeviceName(0, "1g.5gb", n%7)))
+		}
+		list = append(list, nodeInfos(name)...)
+	}
+	cached, err := NewWithState(Args{}, dra)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fresh, err := NewWithState(Args{}, dra, WithoutFragmentationCache())
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, _ := scoreAll(t, fresh, "mig1g", list)
+	pod := podWithClaim("mig1g")
+	for round := range 2 {
+		state := &fakeCycleState{data: map[fwk.StateKey]fwk.StateData{}}
+		if st := cached.PreScore(context.Background(), state, pod, list); !st.IsSuccess() {
+			t.Fatal(st)
+		}
+		got := make(fwk.NodeScoreList, len(list))
+		var wg sync.WaitGroup
+		for i, n := range list {
+			wg.Go(func() {
+				s, _ := cached.Score(context.Background(), state, pod, n)
+				got[i] = fwk.NodeScore{Name: n.Node().Name, Score: s}
+			})
+		}
+		wg.Wait()
+		if diff := cmp.Diff(want, got); diff != "" {
+			t.Errorf("round %d: scores (-fresh +cached):\n%s", round, diff)
 		}
 	}
 }
