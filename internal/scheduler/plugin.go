@@ -57,7 +57,16 @@ type Plugin struct {
 	dra      DRAState
 	workload placement.Workload
 	index    sliceIndex
+	// cached keeps each node's fragmentation between pods (cache.go).
+	cached bool
 }
+
+// Option changes how NewWithState builds the plugin.
+type Option func(*Plugin)
+
+// WithoutFragmentationCache recomputes every node's fragmentation for every
+// pod, as the plugin did before it cached it: the benchmark's baseline.
+func WithoutFragmentationCache() Option { return func(p *Plugin) { p.cached = false } }
 
 // sliceIndex keeps the device index of the last list of slices: slices
 // change rarely, and indexing every device of the cluster again for every
@@ -105,8 +114,11 @@ func New(ctx context.Context, obj runtime.Object, h fwk.Handle) (fwk.Plugin, err
 }
 
 // NewWithState returns the plugin over the given DRA state.
-func NewWithState(args Args, dra DRAState) (*Plugin, error) {
-	p := &Plugin{dra: dra}
+func NewWithState(args Args, dra DRAState, opts ...Option) (*Plugin, error) {
+	p := &Plugin{dra: dra, cached: true}
+	for _, o := range opts {
+		o(p)
+	}
 	classes := args.Workload
 	if len(classes) == 0 {
 		classes = DefaultWorkload
@@ -150,6 +162,7 @@ const stateKey fwk.StateKey = Name
 
 type cycleState struct {
 	request   placement.Request
+	mig       migRequest
 	workload  placement.Workload
 	gpus      map[string]*nodeGPUs
 	allocated *structured.AllocatedState
@@ -160,7 +173,7 @@ func (s *cycleState) Clone() fwk.StateData { return s }
 // PreScore gathers, once per pod, the pod's request, the workload and the
 // DRA state the node scores read.
 func (p *Plugin) PreScore(ctx context.Context, state fwk.CycleState, pod *corev1.Pod, _ []fwk.NodeInfo) *fwk.Status {
-	r, ok, err := podRequest(pod, p.dra)
+	r, mig, ok, err := podRequest(pod, p.dra)
 	if err != nil {
 		return fwk.AsStatus(err)
 	}
@@ -175,8 +188,8 @@ func (p *Plugin) PreScore(ctx context.Context, state fwk.CycleState, pod *corev1
 	if err != nil {
 		return fwk.AsStatus(fmt.Errorf("gather allocated devices: %w", err))
 	}
-	state.Write(stateKey, &cycleState{request: r, workload: p.workload, gpus: p.index.get(slices), allocated: allocated})
-	klog.FromContext(ctx).V(5).Info("Scoring GPU fragmentation", "pod", klog.KObj(pod), "request", r)
+	state.Write(stateKey, &cycleState{request: r, mig: mig, workload: p.workload, gpus: p.index.get(slices), allocated: allocated})
+	klog.FromContext(ctx).V(5).Info("Scoring GPU fragmentation", "pod", klog.KObj(pod), "request", r, "migProfile", mig.profile, "migCount", mig.count)
 	return nil
 }
 
@@ -195,14 +208,13 @@ func (p *Plugin) Score(_ context.Context, state fwk.CycleState, _ *corev1.Pod, n
 	s := data.(*cycleState)
 	node := nodeInfo.Node()
 	alloc, req := nodeInfo.GetAllocatable(), nodeInfo.GetRequested()
-	n := placement.Node{
-		CPU:    alloc.GetMilliCPU() - req.GetMilliCPU(),
-		Memory: (alloc.GetMemory() - req.GetMemory()) >> 20,
+	cpu, memory := alloc.GetMilliCPU()-req.GetMilliCPU(), (alloc.GetMemory()-req.GetMemory())>>20
+	g := s.gpus[node.Name]
+	if g == nil {
+		// No Tessera GPUs: nothing to fragment, and nothing to cache.
+		g = &nodeGPUs{}
 	}
-	if g := s.gpus[node.Name]; g != nil {
-		n.Free = g.free(s.allocated)
-	}
-	delta, _, ok := s.workload.Assess(placement.Workload.Fragmentation, n, s.request, placement.ChoiceFirstFit)
+	delta, ok := p.delta(g, s, cpu, memory)
 	if !ok {
 		delta = worstDelta
 	}

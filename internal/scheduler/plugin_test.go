@@ -118,7 +118,6 @@ func TestScorePacksShares(t *testing.T) {
 		claims: map[string]*resourceapi.ResourceClaim{
 			"ns/half":  shareClaim("half", 50),
 			"ns/whole": classClaim("whole", gpuapi.ClassGPU, 1),
-			"ns/mig":   classClaim("mig", gpuapi.ClassMIG, 1),
 		},
 		allocated: &structured.AllocatedState{
 			AllocatedDevices:         sets.New[structured.DeviceID](),
@@ -167,9 +166,6 @@ func TestScorePacksShares(t *testing.T) {
 	whole, _ := score("whole")
 	if whole[1].Score != 100 || whole[0].Score >= 100 {
 		t.Errorf("whole GPU: scores %v, want node-b 100 and node-a less", whole)
-	}
-	if _, st := score("mig"); !st.IsSkip() {
-		t.Errorf("MIG claim: status %v, want Skip", st)
 	}
 	if _, st := score("missing"); st.IsSuccess() {
 		t.Error("missing claim: PreScore succeeded")

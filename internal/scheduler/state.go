@@ -39,6 +39,23 @@ type nodeGPUs struct {
 	// others are the MIG partitions of each GPU: any of them allocated
 	// makes the GPU unusable for shares and whole-GPU claims.
 	others [][]structured.DeviceID
+	// mig are the MIG partitions whose placement is published, in the
+	// order the allocator walks them (slice order), for its first fit.
+	mig []migDevice
+	// memorySlices is each GPU's number of MIG memory slices: the end of
+	// its furthest partition, 0 without partitions.
+	memorySlices []int
+	// cache is this node's fragmentation, kept between pods (cache.go).
+	cache fragCache
+}
+
+// migDevice is one MIG partition: the memory slices [start, start+size) of
+// GPU gpu.
+type migDevice struct {
+	id          structured.DeviceID
+	gpu         int
+	profile     string
+	start, size int
 }
 
 // gpusByNode indexes Tessera's devices of node-local pools by node and GPU.
@@ -73,35 +90,51 @@ func gpusByNode(slices []*resourceapi.ResourceSlice) map[string]*nodeGPUs {
 				n.shared[i] = id
 			default:
 				n.others[i] = append(n.others[i], id)
+				if m, ok := migOf(d, i, id); ok && m.start >= 0 && m.size > 0 && m.start+m.size <= 64 {
+					n.mig = append(n.mig, m)
+					for len(n.memorySlices) <= i {
+						n.memorySlices = append(n.memorySlices, 0)
+					}
+					n.memorySlices[i] = max(n.memorySlices[i], m.start+m.size)
+				}
 			}
 		}
 	}
 	return out
 }
 
-// free is what is left of each GPU, in milli-GPUs: nothing when the whole
-// GPU or a MIG partition of it is allocated, else what its shares leave of
-// its compute capacity.
-func (n *nodeGPUs) free(alloc *structured.AllocatedState) []int {
-	out := make([]int, len(n.whole))
-	for i := range out {
-		out[i] = placement.WholeGPU
+// snapshot is what the node's scores read of the allocated state, as one
+// slice the cache can compare: for each GPU the milli-GPUs left of it
+// (nothing when the whole GPU or a MIG partition of it is allocated, else
+// what its shares leave of its compute capacity); then for each GPU 1 where
+// the whole GPU or a share of it is allocated, so that no MIG partition
+// fits; then for each MIG partition of n.mig 1 where it is allocated.
+func (n *nodeGPUs) snapshot(alloc *structured.AllocatedState) []int {
+	gpus := len(n.whole)
+	out := make([]int, 2*gpus+len(n.mig))
+	free, blocked, busy := out[:gpus], out[gpus:2*gpus], out[2*gpus:]
+	for i := range free {
+		free[i] = placement.WholeGPU
 		if alloc.AllocatedDevices.Has(n.whole[i]) {
-			out[i] = 0
+			free[i], blocked[i] = 0, 1
 			continue
 		}
 		for _, id := range n.others[i] {
 			if alloc.AllocatedDevices.Has(id) {
-				out[i] = 0
+				free[i] = 0
+				break
 			}
-		}
-		if out[i] == 0 {
-			continue
 		}
 		if used, ok := alloc.AggregatedCapacity[n.shared[i]]; ok {
-			if q := used[gpuapi.CapCompute]; q != nil {
-				out[i] = max(placement.WholeGPU-int(q.Value())*10, 0)
+			blocked[i] = 1
+			if q := used[gpuapi.CapCompute]; q != nil && free[i] > 0 {
+				free[i] = max(placement.WholeGPU-int(q.Value())*10, 0)
 			}
+		}
+	}
+	for i, m := range n.mig {
+		if alloc.AllocatedDevices.Has(m.id) {
+			busy[i] = 1
 		}
 	}
 	return out
@@ -111,37 +144,42 @@ func (n *nodeGPUs) free(alloc *structured.AllocatedState) []int {
 // (the shared GPU's request policy default, 10 %).
 const shareComputeDefault = 10
 
-// podRequest is what the pod asks of Tessera's GPUs and of the node. ok is
-// false when its claims are not ones the plugin can reason about (MIG
-// partitions, several GPU requests, other drivers' classes mixed in): the
-// plugin then leaves the choice to the other plugins.
-func podRequest(pod *corev1.Pod, dra DRAState) (r placement.Request, ok bool, err error) {
+// podRequest is what the pod asks of Tessera's GPUs and of the node: r, and
+// for a MIG claim also mig (r then asks for no GPU). ok is false when its
+// claims are not ones the plugin can reason about (several GPU requests,
+// other drivers' classes mixed in, MIG selectors other than one profile):
+// the plugin then leaves the choice to the other plugins.
+func podRequest(pod *corev1.Pod, dra DRAState) (r placement.Request, mig migRequest, ok bool, err error) {
 	reqs := resourcehelper.PodRequests(pod, resourcehelper.PodResourcesOptions{})
 	r.CPU = reqs.Cpu().MilliValue()
 	r.Memory = reqs.Memory().Value() >> 20
 	for i := range pod.Spec.ResourceClaims {
 		name, _, err := resourceclaim.Name(pod, &pod.Spec.ResourceClaims[i])
 		if err != nil {
-			return r, false, fmt.Errorf("claim %s of pod %s/%s: %w", pod.Spec.ResourceClaims[i].Name, pod.Namespace, pod.Name, err)
+			return r, mig, false, fmt.Errorf("claim %s of pod %s/%s: %w", pod.Spec.ResourceClaims[i].Name, pod.Namespace, pod.Name, err)
 		}
 		if name == nil {
 			continue
 		}
 		claim, err := dra.Claim(pod.Namespace, *name)
 		if err != nil {
-			return r, false, fmt.Errorf("get claim %s/%s: %w", pod.Namespace, *name, err)
+			return r, mig, false, fmt.Errorf("get claim %s/%s: %w", pod.Namespace, *name, err)
 		}
 		for _, req := range claim.Spec.Devices.Requests {
 			class, count, capacity := "", int64(1), (*resourceapi.CapacityRequirements)(nil)
+			var selectors []resourceapi.DeviceSelector
+			mode := resourceapi.DeviceAllocationModeExactCount
 			switch {
 			case req.Exactly != nil:
 				class, count, capacity = req.Exactly.DeviceClassName, req.Exactly.Count, req.Exactly.Capacity
+				selectors, mode = req.Exactly.Selectors, req.Exactly.AllocationMode
 			case len(req.FirstAvailable) > 0:
 				sub := req.FirstAvailable[0]
 				class, count, capacity = sub.DeviceClassName, sub.Count, sub.Capacity
+				selectors, mode = sub.Selectors, sub.AllocationMode
 			}
-			if r.GPUs > 0 {
-				return r, false, nil
+			if r.GPUs > 0 || mig.count > 0 {
+				return r, mig, false, nil
 			}
 			switch class {
 			case gpuapi.ClassGPU:
@@ -154,13 +192,19 @@ func podRequest(pod *corev1.Pod, dra DRAState) (r placement.Request, ok bool, er
 					}
 				}
 				if count > 1 || compute < 1 || compute > 100 {
-					return r, false, nil
+					return r, mig, false, nil
 				}
 				r.GPUs, r.Milli = 1, int(compute*10)
+			case gpuapi.ClassMIG:
+				profile, known := selectedProfile(selectors)
+				if !known || mode == resourceapi.DeviceAllocationModeAll {
+					return r, mig, false, nil
+				}
+				mig = migRequest{profile: profile, count: int(max(count, 1))}
 			default:
-				return r, false, nil
+				return r, mig, false, nil
 			}
 		}
 	}
-	return r, true, nil
+	return r, mig, true, nil
 }
