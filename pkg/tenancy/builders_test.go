@@ -55,6 +55,7 @@ func (t *tenantWrapper) NamespaceQuota(class string, n int64) *tenantWrapper {
 	t.Spec.NamespaceQuota.Devices[class] = n
 	return t
 }
+
 // Guarantee sets spec.guarantee.gpuMemory and, for each pair of class and
 // count in devices, spec.guarantee.devices.
 func (t *tenantWrapper) Guarantee(memory string, devices map[string]int64) *tenantWrapper {
