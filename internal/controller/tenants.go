@@ -91,12 +91,16 @@ func (r *TenantReconciler) Reconcile(ctx context.Context, req reconcile.Request)
 		r.applyQuotas(ctx, t, own),
 		r.applyClasses(ctx, t),
 	)
-	usage, usageErr := r.usage(ctx, t, tenants)
+	usage, admitted, memory, usageErr := r.usage(ctx, t, tenants)
 	if err := r.writeStatus(ctx, t, own, conflicting, usage, errors.Join(applyErr, usageErr)); err != nil {
 		return reconcile.Result{}, err
 	}
 	recordTenantMetrics(t, usage)
-	return reconcile.Result{}, errors.Join(applyErr, usageErr)
+	var markErr error
+	if usageErr == nil {
+		markErr = r.markBorrowing(ctx, t, admitted, memory)
+	}
+	return reconcile.Result{}, errors.Join(applyErr, usageErr, markErr)
 }
 
 // reconcileUntenanted keeps the bindings over the namespaces no tenant
@@ -194,14 +198,16 @@ func copySpec(obj, desired client.Object) {
 	}
 }
 
-func (r *TenantReconciler) usage(ctx context.Context, t *tenancyv1.GPUTenant, tenants []*tenancyv1.GPUTenant) (tenancy.Usage, error) {
+// usage is what t's admitted claims cost, with those claims and the device
+// memory they were costed with.
+func (r *TenantReconciler) usage(ctx context.Context, t *tenancyv1.GPUTenant, tenants []*tenancyv1.GPUTenant) (tenancy.Usage, []*resourceapi.ResourceClaim, map[tenancy.DeviceID]int64, error) {
 	admitted, err := admittedClaims(ctx, r.client, t, tenants)
 	if err != nil {
-		return tenancy.Usage{}, err
+		return tenancy.Usage{}, nil, nil, err
 	}
 	memory, err := r.catalog.memory(ctx, r.client, tenancy.AllocatedDevices(admitted))
 	if err != nil {
-		return tenancy.Usage{}, err
+		return tenancy.Usage{}, nil, nil, err
 	}
 	seen := map[types.NamespacedName]bool{}
 	for _, c := range admitted {
@@ -209,9 +215,9 @@ func (r *TenantReconciler) usage(ctx context.Context, t *tenancyv1.GPUTenant, te
 	}
 	held, err := tenancy.HeldBy(admitted, memory)
 	if err != nil {
-		return tenancy.Usage{}, fmt.Errorf("usage of GPUTenant %s: %w", t.Name, err)
+		return tenancy.Usage{}, nil, nil, fmt.Errorf("usage of GPUTenant %s: %w", t.Name, err)
 	}
-	return tenancy.Cost(t, append(held, r.ledger.unseen(t.Name, seen, types.NamespacedName{})...)), nil
+	return tenancy.Cost(t, append(held, r.ledger.unseen(t.Name, seen, types.NamespacedName{})...)), admitted, memory, nil
 }
 
 func (r *TenantReconciler) writeStatus(ctx context.Context, t *tenancyv1.GPUTenant, own, conflicting []string, usage tenancy.Usage, problem error) error {
@@ -221,6 +227,7 @@ func (r *TenantReconciler) writeStatus(ctx context.Context, t *tenancyv1.GPUTena
 	st.Namespaces = slices.Sorted(slices.Values(append(slices.Clone(own), conflicting...)))
 	st.ConflictingNamespaces = conflicting
 	st.Usage = usage.Status()
+	st.Borrowed = tenancy.Borrowed(t, usage).Status()
 
 	ready := metav1.Condition{Type: tenancyv1.TenantReady, Status: metav1.ConditionTrue, Reason: "Enforced", Message: "binding, quotas and classes are in place", ObservedGeneration: t.Generation}
 	if problem != nil {
@@ -267,6 +274,14 @@ func recordTenantMetrics(t *tenancyv1.GPUTenant, u tenancy.Usage) {
 		for class, n := range b.Devices {
 			tenantDevicesBudget.WithLabelValues(t.Name, class).Set(float64(n))
 		}
+	}
+	b := tenancy.Borrowed(t, u)
+	tenantMemoryBorrowed.WithLabelValues(t.Name).Set(float64(b.Memory))
+	for class, n := range b.Devices {
+		tenantDevicesBorrowed.WithLabelValues(t.Name, class).Set(float64(n))
+	}
+	if g := t.Spec.Guarantee; g != nil && g.GPUMemory != nil {
+		tenantMemoryGuarantee.WithLabelValues(t.Name).Set(float64(g.GPUMemory.Value()))
 	}
 }
 
