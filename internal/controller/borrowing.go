@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 
 	resourceapi "k8s.io/api/resource/v1"
 	"k8s.io/klog/v2"
@@ -44,4 +45,19 @@ func (r *TenantReconciler) markBorrowing(ctx context.Context, t *tenancyv1.GPUTe
 		klog.FromContext(ctx).V(4).Info("Marked claim", "claim", klog.KObj(c), "tenant", t.Name, "borrowed", want)
 	}
 	return errors.Join(errs...)
+}
+
+// guaranteeOverCommitment is tenancy.GuaranteeOverCommitment over every
+// published ResourceSlice (the fleet), or "" without a single guarantee (no
+// slice is read then). A change of any tenant's spec reconciles every tenant;
+// a change of the fleet alone shows at each tenant's next reconcile.
+func guaranteeOverCommitment(ctx context.Context, c client.Reader, tenants []*tenancyv1.GPUTenant) (string, error) {
+	if !slices.ContainsFunc(tenants, func(t *tenancyv1.GPUTenant) bool { return t.Spec.Guarantee != nil }) {
+		return "", nil
+	}
+	var list resourceapi.ResourceSliceList
+	if err := c.List(ctx, &list); err != nil {
+		return "", fmt.Errorf("list ResourceSlices for the fleet's capacity: %w", err)
+	}
+	return tenancy.GuaranteeOverCommitment(tenants, tenancy.FleetCapacity(tenancy.DeviceMemory(ptrs(list.Items)))), nil
 }

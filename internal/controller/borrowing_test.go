@@ -6,7 +6,9 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	resourceapi "k8s.io/api/resource/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/klog/v2/ktesting"
 	"k8s.io/utils/ptr"
@@ -69,6 +71,42 @@ func TestBorrowingInStatusMetricsAndClaims(t *testing.T) {
 		}
 		if diff := cmp.Diff(step.wantMarked, marked()); diff != "" {
 			t.Errorf("guarantee %s: %s annotations (-want +got):\n%s", step.guarantee, tenancyv1.AnnotationBorrowed, diff)
+		}
+	}
+}
+
+// TestGuaranteeOverCommitted: the fixture's fleet is one GPU of 18Gi (its
+// largest partition); a guarantee of 36Gi over-promises it, which team-a's
+// status and a Warning Event say, and a guarantee of 18Gi does not.
+func TestGuaranteeOverCommitted(t *testing.T) {
+	_, ctx := ktesting.NewTestContext(t)
+	c := newFake(t)
+	rec := &fakeRecorder{reasons: map[string]int{}}
+	tr := &TenantReconciler{client: c, recorder: rec, ledger: newLedger(), catalog: newDeviceCatalog(), untenanted: UntenantedAllow, decided: make(chan event.GenericEvent)}
+	for _, step := range []struct {
+		guarantee  string
+		wantStatus metav1.ConditionStatus
+		wantEvents int
+	}{
+		{guarantee: "36Gi", wantStatus: metav1.ConditionTrue, wantEvents: 1},
+		{guarantee: "18Gi", wantStatus: metav1.ConditionFalse, wantEvents: 1},
+		{guarantee: "36Gi", wantStatus: metav1.ConditionTrue, wantEvents: 2},
+	} {
+		tenant := &tenancyv1.GPUTenant{}
+		if err := c.Get(ctx, types.NamespacedName{Name: "team-a"}, tenant); err != nil {
+			t.Fatal(err)
+		}
+		tenant.Spec.Guarantee = &tenancyv1.Budget{GPUMemory: ptr.To(resource.MustParse(step.guarantee))}
+		if err := c.Update(ctx, tenant); err != nil {
+			t.Fatal(err)
+		}
+		status := reconcileTenant(t, tr, "team-a").Status
+		cond := meta.FindStatusCondition(status.Conditions, tenancyv1.TenantGuaranteeOverCommitted)
+		if cond == nil || cond.Status != step.wantStatus {
+			t.Errorf("guarantee %s: condition %s = %+v, want status %s", step.guarantee, tenancyv1.TenantGuaranteeOverCommitted, cond, step.wantStatus)
+		}
+		if got := rec.reasons[tenancyv1.ReasonGuaranteeOverCommitted]; got != step.wantEvents {
+			t.Errorf("guarantee %s: %d %s events, want %d", step.guarantee, got, tenancyv1.ReasonGuaranteeOverCommitted, step.wantEvents)
 		}
 	}
 }

@@ -84,7 +84,7 @@ func (r *TenantReconciler) Reconcile(ctx context.Context, req reconcile.Request)
 	if _, err := tenancy.Selector(t); err != nil {
 		// Nothing is selected: the tenant's namespaces are untenanted until
 		// the selector is fixed. Say so in Ready.
-		return reconcile.Result{}, r.writeStatus(ctx, t, nil, nil, tenancy.Usage{}, err)
+		return reconcile.Result{}, r.writeStatus(ctx, t, nil, nil, tenancy.Usage{}, "", err)
 	}
 	applyErr := errors.Join(
 		r.applyBinding(ctx, t),
@@ -92,14 +92,14 @@ func (r *TenantReconciler) Reconcile(ctx context.Context, req reconcile.Request)
 		r.applyClasses(ctx, t),
 	)
 	usage, admitted, memory, usageErr := r.usage(ctx, t, tenants)
-	if err := r.writeStatus(ctx, t, own, conflicting, usage, errors.Join(applyErr, usageErr)); err != nil {
+	overCommitted, fleetErr := guaranteeOverCommitment(ctx, r.client, tenants)
+	usageErr = errors.Join(usageErr, fleetErr)
+	if err := r.writeStatus(ctx, t, own, conflicting, usage, overCommitted, errors.Join(applyErr, usageErr)); err != nil {
 		return reconcile.Result{}, err
 	}
 	recordTenantMetrics(t, usage)
-	var markErr error
-	if usageErr == nil {
-		markErr = r.markBorrowing(ctx, t, admitted, memory)
-	}
+	// Without usage (an error), admitted is nil and nothing is marked.
+	markErr := r.markBorrowing(ctx, t, admitted, memory)
 	return reconcile.Result{}, errors.Join(applyErr, usageErr, markErr)
 }
 
@@ -220,7 +220,7 @@ func (r *TenantReconciler) usage(ctx context.Context, t *tenancyv1.GPUTenant, te
 	return tenancy.Cost(t, append(held, r.ledger.unseen(t.Name, seen, types.NamespacedName{})...)), admitted, memory, nil
 }
 
-func (r *TenantReconciler) writeStatus(ctx context.Context, t *tenancyv1.GPUTenant, own, conflicting []string, usage tenancy.Usage, problem error) error {
+func (r *TenantReconciler) writeStatus(ctx context.Context, t *tenancyv1.GPUTenant, own, conflicting []string, usage tenancy.Usage, overCommitted string, problem error) error {
 	updated := t.DeepCopy()
 	st := &updated.Status
 	st.ObservedGeneration = t.Generation
@@ -248,8 +248,22 @@ func (r *TenantReconciler) writeStatus(ctx context.Context, t *tenancyv1.GPUTena
 	}
 	meta.SetStatusCondition(&st.Conditions, exhausted)
 
+	wasOverCommitted := meta.IsStatusConditionTrue(t.Status.Conditions, tenancyv1.TenantGuaranteeOverCommitted)
+	if t.Spec.Guarantee == nil {
+		meta.RemoveStatusCondition(&st.Conditions, tenancyv1.TenantGuaranteeOverCommitted)
+	} else {
+		over := metav1.Condition{Type: tenancyv1.TenantGuaranteeOverCommitted, Status: metav1.ConditionFalse, Reason: "WithinFleet", Message: "the guarantees of all GPUTenants fit in the published fleet", ObservedGeneration: t.Generation}
+		if overCommitted != "" {
+			over.Status, over.Reason, over.Message = metav1.ConditionTrue, tenancyv1.ReasonGuaranteeOverCommitted, overCommitted
+		}
+		meta.SetStatusCondition(&st.Conditions, over)
+	}
+
 	if equality.Semantic.DeepEqual(t.Status, updated.Status) {
 		return nil
+	}
+	if t.Spec.Guarantee != nil && overCommitted != "" && !wasOverCommitted {
+		r.recorder.Eventf(t, nil, corev1.EventTypeWarning, tenancyv1.ReasonGuaranteeOverCommitted, "Reconcile", "%s", overCommitted)
 	}
 	if len(conflicting) > 0 && !slices.Equal(t.Status.ConflictingNamespaces, conflicting) {
 		r.recorder.Eventf(t, nil, corev1.EventTypeWarning, tenancyv1.ReasonConflict, "Reconcile", "%s", conflict.Message)

@@ -24,6 +24,9 @@ const (
 	ReasonUntenanted   = "Untenanted"
 	ReasonNoTenancy    = "NoTenant"
 	ReasonDeviceAbsent = "DeviceUnknown"
+	// ReasonGuaranteeOverCommitted: the guarantees of all tenants add up to
+	// more than the published fleet holds.
+	ReasonGuaranteeOverCommitted = "GuaranteeOverCommitted"
 )
 
 // GPUTenant condition types.
