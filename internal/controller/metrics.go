@@ -23,6 +23,18 @@ var (
 		Namespace: "tessera", Subsystem: "tenant", Name: "devices_budget",
 		Help: "The tenant's device budget, by DeviceClass.",
 	}, []string{"tenant", "class"})
+	tenantMemoryBorrowed = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Namespace: "tessera", Subsystem: "tenant", Name: "borrowed_gpu_memory_bytes",
+		Help: "Held GPU memory the tenant holds above its guarantee (status.borrowed.gpuMemory): what reclaim may take back.",
+	}, []string{"tenant"})
+	tenantDevicesBorrowed = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Namespace: "tessera", Subsystem: "tenant", Name: "borrowed_devices",
+		Help: "Devices the tenant holds above its guarantee, by DeviceClass the guarantee names (status.borrowed.devices).",
+	}, []string{"tenant", "class"})
+	tenantMemoryGuarantee = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Namespace: "tessera", Subsystem: "tenant", Name: "gpu_memory_guarantee_bytes",
+		Help: "The tenant's guaranteed GPU memory (absent without a guarantee).",
+	}, []string{"tenant"})
 	allocationDecisions = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "tessera", Subsystem: "tenant", Name: "allocation_decisions_total",
 		Help: "Allocations admitted or rejected, by tenant (empty: no tenant), decision and reason.",
@@ -34,11 +46,11 @@ var (
 )
 
 func init() {
-	ctrlmetrics.Registry.MustRegister(tenantMemoryUsed, tenantMemoryBudget, tenantDevicesUsed, tenantDevicesBudget, allocationDecisions, schedulerNudges)
+	ctrlmetrics.Registry.MustRegister(tenantMemoryUsed, tenantMemoryBudget, tenantDevicesUsed, tenantDevicesBudget, tenantMemoryBorrowed, tenantDevicesBorrowed, tenantMemoryGuarantee, allocationDecisions, schedulerNudges)
 }
 
 func forgetTenantMetrics(tenant string) {
-	for _, v := range []*prometheus.GaugeVec{tenantMemoryUsed, tenantMemoryBudget, tenantDevicesUsed, tenantDevicesBudget} {
+	for _, v := range []*prometheus.GaugeVec{tenantMemoryUsed, tenantMemoryBudget, tenantDevicesUsed, tenantDevicesBudget, tenantMemoryBorrowed, tenantDevicesBorrowed, tenantMemoryGuarantee} {
 		v.DeletePartialMatch(prometheus.Labels{"tenant": tenant})
 	}
 }

@@ -84,19 +84,23 @@ func (r *TenantReconciler) Reconcile(ctx context.Context, req reconcile.Request)
 	if _, err := tenancy.Selector(t); err != nil {
 		// Nothing is selected: the tenant's namespaces are untenanted until
 		// the selector is fixed. Say so in Ready.
-		return reconcile.Result{}, r.writeStatus(ctx, t, nil, nil, tenancy.Usage{}, err)
+		return reconcile.Result{}, r.writeStatus(ctx, t, nil, nil, tenancy.Usage{}, "", err)
 	}
 	applyErr := errors.Join(
 		r.applyBinding(ctx, t),
 		r.applyQuotas(ctx, t, own),
 		r.applyClasses(ctx, t),
 	)
-	usage, usageErr := r.usage(ctx, t, tenants)
-	if err := r.writeStatus(ctx, t, own, conflicting, usage, errors.Join(applyErr, usageErr)); err != nil {
+	usage, admitted, memory, usageErr := r.usage(ctx, t, tenants)
+	overCommitted, fleetErr := guaranteeOverCommitment(ctx, r.client, tenants)
+	usageErr = errors.Join(usageErr, fleetErr)
+	if err := r.writeStatus(ctx, t, own, conflicting, usage, overCommitted, errors.Join(applyErr, usageErr)); err != nil {
 		return reconcile.Result{}, err
 	}
 	recordTenantMetrics(t, usage)
-	return reconcile.Result{}, errors.Join(applyErr, usageErr)
+	// Without usage (an error), admitted is nil and nothing is marked.
+	markErr := r.markBorrowing(ctx, t, admitted, memory)
+	return reconcile.Result{}, errors.Join(applyErr, usageErr, markErr)
 }
 
 // reconcileUntenanted keeps the bindings over the namespaces no tenant
@@ -194,14 +198,16 @@ func copySpec(obj, desired client.Object) {
 	}
 }
 
-func (r *TenantReconciler) usage(ctx context.Context, t *tenancyv1.GPUTenant, tenants []*tenancyv1.GPUTenant) (tenancy.Usage, error) {
+// usage is what t's admitted claims cost, with those claims and the device
+// memory they were costed with.
+func (r *TenantReconciler) usage(ctx context.Context, t *tenancyv1.GPUTenant, tenants []*tenancyv1.GPUTenant) (tenancy.Usage, []*resourceapi.ResourceClaim, map[tenancy.DeviceID]int64, error) {
 	admitted, err := admittedClaims(ctx, r.client, t, tenants)
 	if err != nil {
-		return tenancy.Usage{}, err
+		return tenancy.Usage{}, nil, nil, err
 	}
 	memory, err := r.catalog.memory(ctx, r.client, tenancy.AllocatedDevices(admitted))
 	if err != nil {
-		return tenancy.Usage{}, err
+		return tenancy.Usage{}, nil, nil, err
 	}
 	seen := map[types.NamespacedName]bool{}
 	for _, c := range admitted {
@@ -209,18 +215,19 @@ func (r *TenantReconciler) usage(ctx context.Context, t *tenancyv1.GPUTenant, te
 	}
 	held, err := tenancy.HeldBy(admitted, memory)
 	if err != nil {
-		return tenancy.Usage{}, fmt.Errorf("usage of GPUTenant %s: %w", t.Name, err)
+		return tenancy.Usage{}, nil, nil, fmt.Errorf("usage of GPUTenant %s: %w", t.Name, err)
 	}
-	return tenancy.Cost(t, append(held, r.ledger.unseen(t.Name, seen, types.NamespacedName{})...)), nil
+	return tenancy.Cost(t, append(held, r.ledger.unseen(t.Name, seen, types.NamespacedName{})...)), admitted, memory, nil
 }
 
-func (r *TenantReconciler) writeStatus(ctx context.Context, t *tenancyv1.GPUTenant, own, conflicting []string, usage tenancy.Usage, problem error) error {
+func (r *TenantReconciler) writeStatus(ctx context.Context, t *tenancyv1.GPUTenant, own, conflicting []string, usage tenancy.Usage, overCommitted string, problem error) error {
 	updated := t.DeepCopy()
 	st := &updated.Status
 	st.ObservedGeneration = t.Generation
 	st.Namespaces = slices.Sorted(slices.Values(append(slices.Clone(own), conflicting...)))
 	st.ConflictingNamespaces = conflicting
 	st.Usage = usage.Status()
+	st.Borrowed = tenancy.Borrowed(t, usage).Status()
 
 	ready := metav1.Condition{Type: tenancyv1.TenantReady, Status: metav1.ConditionTrue, Reason: "Enforced", Message: "binding, quotas and classes are in place", ObservedGeneration: t.Generation}
 	if problem != nil {
@@ -241,8 +248,22 @@ func (r *TenantReconciler) writeStatus(ctx context.Context, t *tenancyv1.GPUTena
 	}
 	meta.SetStatusCondition(&st.Conditions, exhausted)
 
+	wasOverCommitted := meta.IsStatusConditionTrue(t.Status.Conditions, tenancyv1.TenantGuaranteeOverCommitted)
+	if t.Spec.Guarantee == nil {
+		meta.RemoveStatusCondition(&st.Conditions, tenancyv1.TenantGuaranteeOverCommitted)
+	} else {
+		over := metav1.Condition{Type: tenancyv1.TenantGuaranteeOverCommitted, Status: metav1.ConditionFalse, Reason: "WithinFleet", Message: "the guarantees of all GPUTenants fit in the published fleet", ObservedGeneration: t.Generation}
+		if overCommitted != "" {
+			over.Status, over.Reason, over.Message = metav1.ConditionTrue, tenancyv1.ReasonGuaranteeOverCommitted, overCommitted
+		}
+		meta.SetStatusCondition(&st.Conditions, over)
+	}
+
 	if equality.Semantic.DeepEqual(t.Status, updated.Status) {
 		return nil
+	}
+	if t.Spec.Guarantee != nil && overCommitted != "" && !wasOverCommitted {
+		r.recorder.Eventf(t, nil, corev1.EventTypeWarning, tenancyv1.ReasonGuaranteeOverCommitted, "Reconcile", "%s", overCommitted)
 	}
 	if len(conflicting) > 0 && !slices.Equal(t.Status.ConflictingNamespaces, conflicting) {
 		r.recorder.Eventf(t, nil, corev1.EventTypeWarning, tenancyv1.ReasonConflict, "Reconcile", "%s", conflict.Message)
@@ -267,6 +288,14 @@ func recordTenantMetrics(t *tenancyv1.GPUTenant, u tenancy.Usage) {
 		for class, n := range b.Devices {
 			tenantDevicesBudget.WithLabelValues(t.Name, class).Set(float64(n))
 		}
+	}
+	b := tenancy.Borrowed(t, u)
+	tenantMemoryBorrowed.WithLabelValues(t.Name).Set(float64(b.Memory))
+	for class, n := range b.Devices {
+		tenantDevicesBorrowed.WithLabelValues(t.Name, class).Set(float64(n))
+	}
+	if g := t.Spec.Guarantee; g != nil && g.GPUMemory != nil {
+		tenantMemoryGuarantee.WithLabelValues(t.Name).Set(float64(g.GPUMemory.Value()))
 	}
 }
 

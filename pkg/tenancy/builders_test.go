@@ -1,6 +1,8 @@
 package tenancy_test
 
 import (
+	"time"
+
 	resourceapi "k8s.io/api/resource/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -51,6 +53,16 @@ func (t *tenantWrapper) NamespaceQuota(class string, n int64) *tenantWrapper {
 		t.Spec.NamespaceQuota = &tenancyv1.NamespaceQuota{Devices: map[string]int64{}}
 	}
 	t.Spec.NamespaceQuota.Devices[class] = n
+	return t
+}
+
+// Guarantee sets spec.guarantee.gpuMemory and, for each pair of class and
+// count in devices, spec.guarantee.devices.
+func (t *tenantWrapper) Guarantee(memory string, devices map[string]int64) *tenantWrapper {
+	t.Spec.Guarantee = &tenancyv1.Budget{Devices: devices}
+	if memory != "" {
+		t.Spec.Guarantee.GPUMemory = ptr.To(resource.MustParse(memory))
+	}
 	return t
 }
 func (t *tenantWrapper) budget() *tenancyv1.Budget {
@@ -180,6 +192,16 @@ func (c *claimWrapper) Condition(device, condition string) *claimWrapper {
 			st.ShareID = ptr.To(string(*r.ShareID))
 		}
 		c.Status.Devices = append(c.Status.Devices, st)
+	}
+	return c
+}
+
+// AdmittedAt sets the admitted condition, at time at, on every allocated
+// device.
+func (c *claimWrapper) AdmittedAt(at time.Time) *claimWrapper {
+	for _, r := range c.Status.Allocation.Devices.Results {
+		c.Condition(r.Device, tenancyv1.ConditionAdmitted)
+		c.Status.Devices[len(c.Status.Devices)-1].Conditions[0].LastTransitionTime = metav1.NewTime(at)
 	}
 	return c
 }

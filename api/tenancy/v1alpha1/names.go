@@ -27,6 +27,9 @@ const (
 	// ReasonPoolMismatch: a device was allocated through a class of one pool
 	// on a node that an admin labelled (LabelNodePool) for another.
 	ReasonPoolMismatch = "PoolMismatch"
+	// ReasonGuaranteeOverCommitted: the guarantees of all tenants add up to
+	// more than the published fleet holds.
+	ReasonGuaranteeOverCommitted = "GuaranteeOverCommitted"
 )
 
 // LabelNodePool is the Node label that says which pool a node's GPUs serve:
@@ -49,6 +52,10 @@ const (
 	// TenantConflict is True when a namespace of the tenant is also selected
 	// by another tenant; such namespaces are refused GPU claims.
 	TenantConflict = "Conflict"
+	// TenantGuaranteeOverCommitted is True when the guarantees of all
+	// tenants add up to more than the published fleet holds: not every
+	// guarantee can be given back at once.
+	TenantGuaranteeOverCommitted = "GuaranteeOverCommitted"
 )
 
 // TaintPrefix prefixes every device taint that tenancy sets. Tenants may not
@@ -77,6 +84,13 @@ const (
 	// LabelOwnerTenant names the GPUTenant an object was made for.
 	LabelOwnerTenant = "tenancy.tessera.dev/owner"
 )
+
+// AnnotationBorrowed is set ("true") by the controller on each admitted
+// ResourceClaim that borrows: one of the tenant's most recently admitted
+// claims beyond its guarantee (spec.guarantee), which reclaim may take back.
+// It tells users which of their claims are at risk; the controller never
+// reads it back (a tenant may edit its claims' annotations).
+const AnnotationBorrowed = "tenancy.tessera.dev/borrowed"
 
 // Names of the cluster's static admission objects (installed by the chart) and
 // of the objects the controller creates.

@@ -16,6 +16,7 @@ import (
 // +kubebuilder:printcolumn:name="Namespaces",type=string,JSONPath=`.status.namespaces`
 // +kubebuilder:printcolumn:name="Memory",type=string,JSONPath=`.status.usage.gpuMemory`,description="Held GPU memory: the GPU memory the tenant's allocations keep other tenants from using (the unit of budget.gpuMemory)"
 // +kubebuilder:printcolumn:name="Budget",type=string,JSONPath=`.spec.budget.gpuMemory`,description="Budget of held GPU memory"
+// +kubebuilder:printcolumn:name="Borrowed",type=string,JSONPath=`.status.borrowed.gpuMemory`,description="Held GPU memory above the guarantee: what reclaim may take back while another tenant is below its guarantee"
 // +kubebuilder:printcolumn:name="Ready",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].status`
 // +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
 // +kubebuilder:validation:XValidation:rule="self.metadata.name.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$') && size(self.metadata.name) <= 63",message="the name of a GPUTenant must be a DNS label (it prefixes its dedicated DeviceClasses and is a label value)"
@@ -30,6 +31,8 @@ type GPUTenant struct {
 }
 
 // GPUTenantSpec is what a tenant may use.
+// +kubebuilder:validation:XValidation:rule="!has(self.guarantee) || !has(self.guarantee.gpuMemory) || !has(self.budget) || !has(self.budget.gpuMemory) || quantity(self.guarantee.gpuMemory).compareTo(quantity(self.budget.gpuMemory)) <= 0",message="guarantee.gpuMemory must not exceed budget.gpuMemory"
+// +kubebuilder:validation:XValidation:rule="!has(self.guarantee) || !has(self.guarantee.devices) || !has(self.budget) || !has(self.budget.devices) || self.guarantee.devices.all(k, !(k in self.budget.devices) || self.guarantee.devices[k] <= self.budget.devices[k])",message="guarantee.devices must not exceed budget.devices for any class"
 type GPUTenantSpec struct {
 	// NamespaceSelector selects the tenant's namespaces by label, e.g.
 	// {matchLabels: {capsule.clastix.io/tenant: team-a}}. An empty selector
@@ -62,6 +65,17 @@ type GPUTenantSpec struct {
 	// what is allocated, checked by the controller before a pod binds.
 	// +optional
 	Budget *Budget `json:"budget,omitempty"`
+
+	// Elastic budgets (issue 28): the tenant may borrow up to its budget
+	// while GPUs are free, and gets its guarantee back by reclaim.
+
+	// Guarantee is what the tenant gets back within a bounded time when it
+	// asks: held GPU memory and devices per class, in the unit of Budget,
+	// never above it. What the tenant holds above its guarantee is borrowed
+	// (status.borrowed) and may be reclaimed for a tenant below its own.
+	// A tenant without a guarantee borrows all it holds.
+	// +optional
+	Guarantee *Budget `json:"guarantee,omitempty"`
 
 	// NamespaceQuota limits each namespace on its own, through native
 	// ResourceQuota objects the controller keeps in every tenant namespace.
@@ -139,7 +153,13 @@ type GPUTenantStatus struct {
 	// +optional
 	Usage Usage `json:"usage,omitempty"`
 
-	// Conditions: Ready, BudgetExhausted, Conflict.
+	// Borrowed is what the tenant holds above its guarantee (usage minus
+	// guarantee, per resource, never negative), in the unit of usage. A
+	// tenant without a guarantee borrows everything it holds.
+	// +optional
+	Borrowed Usage `json:"borrowed,omitempty"`
+
+	// Conditions: Ready, BudgetExhausted, Conflict, GuaranteeOverCommitted.
 	// +optional
 	// +listType=map
 	// +listMapKey=type

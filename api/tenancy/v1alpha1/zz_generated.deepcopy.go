@@ -109,6 +109,11 @@ func (in *GPUTenantSpec) DeepCopyInto(out *GPUTenantSpec) {
 		*out = new(Budget)
 		(*in).DeepCopyInto(*out)
 	}
+	if in.Guarantee != nil {
+		in, out := &in.Guarantee, &out.Guarantee
+		*out = new(Budget)
+		(*in).DeepCopyInto(*out)
+	}
 	if in.NamespaceQuota != nil {
 		in, out := &in.NamespaceQuota, &out.NamespaceQuota
 		*out = new(NamespaceQuota)
@@ -140,6 +145,7 @@ func (in *GPUTenantStatus) DeepCopyInto(out *GPUTenantStatus) {
 		copy(*out, *in)
 	}
 	in.Usage.DeepCopyInto(&out.Usage)
+	in.Borrowed.DeepCopyInto(&out.Borrowed)
 	if in.Conditions != nil {
 		in, out := &in.Conditions, &out.Conditions
 		*out = make([]v1.Condition, len(*in))
