@@ -60,3 +60,12 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- default "default" .Values.kubeletPlugin.serviceAccount.name }}
 {{- end }}
 {{- end }}
+
+{{/*
+tessera.idleReports is non-empty when the controller marks idle claims
+(controller.idleAfter is not zero): only then do the kubelet plugins publish
+their idle reports.
+*/}}
+{{- define "tessera.idleReports" -}}
+{{- if not (regexMatch "^(0+(\\.0+)?[a-zµ]*)+$" (toString .Values.controller.idleAfter)) }}true{{ end }}
+{{- end }}
