@@ -11,6 +11,7 @@ import (
 	resourceapi "k8s.io/api/resource/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/klog/v2"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/recorder"
@@ -50,6 +51,11 @@ type IdleMarker struct {
 	now       func() time.Time
 	// after is how long a claim must have been idle to be marked.
 	after time.Duration
+
+	// reclaimed is, by claim UID, the start of the idle spell for which
+	// its pods were evicted: one eviction per spell. Only the sync loop
+	// touches it.
+	reclaimed map[types.UID]time.Time
 }
 
 // sync marks the claims idle for at least m.after, clears the mark of those
@@ -64,22 +70,27 @@ func (m *IdleMarker) sync(ctx context.Context) error {
 	if err := m.client.List(ctx, &claims); err != nil {
 		return fmt.Errorf("list claims: %w", err)
 	}
-	owners, err := m.owners(ctx)
+	tenants, owners, err := m.owners(ctx)
 	if err != nil {
 		return err
 	}
+	if m.reclaimed == nil {
+		m.reclaimed = map[types.UID]time.Time{}
+	}
+	live := map[types.UID]bool{}
 	now := m.now()
 	counts := map[[2]string]float64{}
 	var errs []error
 	for i := range claims.Items {
 		claim := &claims.Items[i]
+		live[claim.UID] = true
 		since, ok := tenancy.IdleSince(reports, claim)
 		idle := ok && !now.Before(since.Add(m.after))
+		tenant := ""
+		if o := owners[claim.Namespace]; len(o) == 1 {
+			tenant = o[0]
+		}
 		if idle {
-			tenant := ""
-			if o := owners[claim.Namespace]; len(o) == 1 {
-				tenant = o[0]
-			}
 			counts[[2]string{tenant, claim.Namespace}]++
 		}
 		changed, err := m.mark(ctx, claim, idle, since)
@@ -90,6 +101,16 @@ func (m *IdleMarker) sync(ctx context.Context) error {
 		if changed && idle {
 			logger.Info("Claim idle", "claim", klog.KObj(claim), "since", since)
 			m.emitIdle(claim, since)
+		}
+		if idle {
+			if err := m.reclaim(ctx, findTenant(tenants, tenant), claim, since, now); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	for uid := range m.reclaimed {
+		if !live[uid] {
+			delete(m.reclaimed, uid)
 		}
 	}
 	idleClaims.Reset()
@@ -123,17 +144,41 @@ func (m *IdleMarker) reports(ctx context.Context) (map[string]tenancy.IdleReport
 	return out, nil
 }
 
-func (m *IdleMarker) owners(ctx context.Context) (map[string][]string, error) {
+func (m *IdleMarker) owners(ctx context.Context) ([]*tenancyv1.GPUTenant, map[string][]string, error) {
 	tenants, err := listTenants(ctx, m.client)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	namespaces, err := listNamespaces(ctx, m.client)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	owners, _ := tenancy.Owners(tenants, namespaces)
-	return owners, nil
+	return tenants, owners, nil
+}
+
+// reclaim evicts the pods of a claim idle since since, once per idle
+// spell, when its tenant opted in (spec.idleReclaim) and the claim has been
+// idle longer than the tenant allows. A claim of no tenant, or of a tenant
+// that did not opt in, is never evicted.
+func (m *IdleMarker) reclaim(ctx context.Context, t *tenancyv1.GPUTenant, claim *resourceapi.ResourceClaim, since, now time.Time) error {
+	if t == nil || t.Spec.IdleReclaim == nil {
+		return nil
+	}
+	after := t.Spec.IdleReclaim.After.Duration
+	if now.Before(since.Add(after)) {
+		return nil
+	}
+	if done, ok := m.reclaimed[claim.UID]; ok && done.Equal(since) {
+		return nil
+	}
+	msg := fmt.Sprintf("evicted: the claim's devices have been idle since %s, longer than GPUTenant %s allows (spec.idleReclaim.after %s)",
+		since.UTC().Format(time.RFC3339), t.Name, after)
+	if err := evictClaimPods(ctx, m.client, m.recorder, claim, tenancyv1.ReasonIdleReclaimed, msg); err != nil {
+		return err
+	}
+	m.reclaimed[claim.UID] = since
+	return nil
 }
 
 // mark sets (idle) or removes ConditionIdle on every gpu.tessera.dev device

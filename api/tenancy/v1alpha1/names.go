@@ -117,6 +117,9 @@ const (
 	ConditionIdle = "tenancy.tessera.dev/idle"
 	// ReasonIdle is ConditionIdle's reason and its Events'.
 	ReasonIdle = "Idle"
+	// ReasonIdleReclaimed is the reason of the Events of an eviction of an
+	// idle claim's pods (GPUTenant spec.idleReclaim).
+	ReasonIdleReclaimed = "IdleReclaimed"
 	// AnnotationIdleSince holds a node's idle report: a JSON object mapping
 	// claim UIDs to the RFC 3339 time since which the claim has been idle.
 	AnnotationIdleSince = "tenancy.tessera.dev/idle-since"
