@@ -62,6 +62,8 @@ type options struct {
 	podUID                 string
 	allowMissingCheckpoint bool
 	claimMetricsInterval   time.Duration
+	idleThreshold          float64
+	idleReportNamespace    string
 }
 
 func (o *options) addFlags(fs *pflag.FlagSet) {
@@ -88,6 +90,8 @@ func (o *options) addRunFlags(fs *pflag.FlagSet) {
 	fs.IntVar(&o.healthPort, "healthcheck-port", -1, "port of the gRPC health endpoint for probes, e.g. 51515; negative disables it")
 	fs.StringVar(&o.healthAddress, "healthcheck-address", "", "address the gRPC health endpoint listens on, e.g. 127.0.0.1; empty listens on every address (where the kubelet probes the pod)")
 	fs.DurationVar(&o.claimMetricsInterval, "claim-metrics-interval", 10*time.Second, "how often each prepared claim's devices are sampled through NVML for the tessera_claim_gpu_* metrics (utilization, memory, energy per claim and pod); 0 disables them")
+	fs.Float64Var(&o.idleThreshold, "idle-threshold", 0, "utilization ratio (0-1) below which every device of a claim must stay, sample after sample, for the claim to count as idle in the node's idle report (the Lease gpu-idle.<node> in --idle-report-namespace, which the controller reads for --idle-after); 0 publishes no report")
+	fs.StringVar(&o.idleReportNamespace, "idle-report-namespace", "tessera-system", "namespace of the node's idle-report Lease")
 	fs.DurationVar(&o.rediscover, "rediscover-interval", 30*time.Second, "how often GPUs are rediscovered to republish changed slices")
 	fs.StringVar(&o.podUID, "pod-uid", "", "UID of the plugin's own pod (from the downward API), which lets an old and a new plugin run side by side during a rolling update")
 	fs.BoolVar(&o.allowMissingCheckpoint, "allow-missing-checkpoint", false, "start although the checkpoint is missing and MIG instances exist; destroys every MIG instance no claim owns")
@@ -305,5 +309,7 @@ func run(ctx context.Context, o *options) error {
 		MPSShmSize:             o.mpsShmSize.Value(),
 		AllowMissingCheckpoint: o.allowMissingCheckpoint,
 		ClaimMetricsInterval:   o.claimMetricsInterval,
+		IdleThreshold:          o.idleThreshold,
+		IdleReportNamespace:    o.idleReportNamespace,
 	})
 }

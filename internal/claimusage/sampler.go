@@ -58,6 +58,11 @@ type Sampler struct {
 	// the claim was forgotten does not bring its series back.
 	forgets   uint64
 	forgotten map[string]uint64
+
+	// idle configures idle reports (WithIdleReport); nil without.
+	idle *idleReporting
+	// now is the sampler's clock (WithClock).
+	now func() time.Time
 }
 
 // deviceState carries counters between samples of one claim's device.
@@ -80,9 +85,26 @@ func WithPodLookup(lookup PodLookup, refresh time.Duration) Option {
 	return func(s *Sampler) { s.pods.lookup, s.pods.refresh = lookup, refresh }
 }
 
+// WithIdleReport makes the sampler track, per claim, since when every device
+// of the claim has been sampled below threshold (a utilization ratio, 0–1),
+// and hand the whole set to report after each sample that changed it. A
+// claim with a device whose utilization is unknown (a MIG instance without
+// GPM, a time-sliced share, a device NVML cannot read) is never idle: it
+// cannot be told idle from busy.
+func WithIdleReport(threshold float64, report IdleReportFunc) Option {
+	return func(s *Sampler) {
+		s.idle = &idleReporting{threshold: threshold, report: report, since: map[string]time.Time{}}
+	}
+}
+
+// WithClock sets the clock that dates the idle report (tests).
+func WithClock(now func() time.Time) Option {
+	return func(s *Sampler) { s.now = now }
+}
+
 // New returns a sampler of the claims' devices, read through telemetry.
 func New(claims Claims, telemetry tnvml.Telemetry, opts ...Option) *Sampler {
-	s := &Sampler{claims: claims, nvml: telemetry, pods: newPodCache(), state: map[string]*deviceState{}, since: map[string]uint64{}, forgotten: map[string]uint64{}}
+	s := &Sampler{claims: claims, nvml: telemetry, pods: newPodCache(), now: time.Now, state: map[string]*deviceState{}, since: map[string]uint64{}, forgotten: map[string]uint64{}}
 	for _, o := range opts {
 		o(s)
 	}
@@ -151,8 +173,17 @@ type gpuReads struct {
 
 // Sample reads every prepared claim's devices once and replaces the
 // series. A device that cannot be read is left out, and its error
-// returned; the others are sampled.
+// returned; the others are sampled. With WithIdleReport, it then publishes
+// the idle report if it changed.
 func (s *Sampler) Sample(ctx context.Context) error {
+	err := s.sample(ctx)
+	if s.idle != nil {
+		s.idle.send(ctx)
+	}
+	return err
+}
+
+func (s *Sampler) sample(ctx context.Context) error {
 	s.sampleMu.Lock()
 	defer s.sampleMu.Unlock()
 	s.mu.Lock()
@@ -168,8 +199,10 @@ func (s *Sampler) Sample(ctx context.Context) error {
 	reads := gpuReads{usage: map[string]tnvml.GPUUsage{}, procs: map[string][]tnvml.ProcessUsage{}, errs: map[string]error{}}
 	var out []series
 	seen := map[string]bool{}
+	var idle []string
 	for _, c := range claims {
 		pods := s.pods.get(ctx, c)
+		claimIdle := len(c.Devices) > 0
 		for _, d := range c.Devices {
 			key := seriesKey(c.UID, d)
 			seen[key] = true
@@ -180,13 +213,23 @@ func (s *Sampler) Sample(ctx context.Context) error {
 			}
 			v, err := s.sampleDevice(ctx, c, d, st, mps, &reads)
 			if err != nil {
+				claimIdle = false
 				errs = append(errs, fmt.Errorf("claim %s/%s device %s: %w", c.Namespace, c.Name, d.Device, err))
 				continue
+			}
+			if s.idle != nil && (v.utilization == nil || *v.utilization >= s.idle.threshold) {
+				claimIdle = false
 			}
 			for _, pod := range pods {
 				out = append(out, series{claimUID: c.UID, labels: labelsOf(c, d, pod), values: v})
 			}
 		}
+		if claimIdle {
+			idle = append(idle, c.UID)
+		}
+	}
+	if s.idle != nil {
+		s.idle.observe(idle, s.now())
 	}
 	for key, st := range s.state {
 		if !seen[key] {

@@ -83,6 +83,12 @@ type Options struct {
 	LeaderElection bool
 	// LeaderElectionNamespace holds the election's Lease.
 	LeaderElectionNamespace string
+	// IdleAfter is how long a claim's devices must have stayed below the
+	// kubelet plugins' idle threshold before the claim is marked idle; 0
+	// marks none.
+	IdleAfter time.Duration
+	// IdleReportNamespace holds the kubelet plugins' idle-report Leases.
+	IdleReportNamespace string
 }
 
 // Scheme holds the kinds the controller reads and writes.
@@ -152,6 +158,15 @@ func Run(ctx context.Context, cfg *rest.Config, opts Options) error {
 	// only on the leader.
 	if err := mgr.Add(manager.RunnableFunc(func(ctx context.Context) error { return tenantShowback.run(ctx, time.Minute) })); err != nil {
 		return fmt.Errorf("add showback: %w", err)
+	}
+	if opts.IdleAfter > 0 {
+		m := &IdleMarker{client: mgr.GetClient(), leases: mgr.GetAPIReader(), namespace: opts.IdleReportNamespace,
+			recorder: rec, now: time.Now, after: opts.IdleAfter}
+		// Marks follow the reports, which change at most once per plugin
+		// sample; a minute is fine-grained next to idle times of hours.
+		if err := mgr.Add(manager.RunnableFunc(func(ctx context.Context) error { return m.run(ctx, time.Minute) })); err != nil {
+			return fmt.Errorf("add idle marker: %w", err)
+		}
 	}
 	return mgr.Start(ctx)
 }

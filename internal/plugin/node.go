@@ -62,6 +62,13 @@ type NodeOptions struct {
 	// ClaimMetricsInterval is how often the prepared claims' devices are
 	// sampled for the tessera_claim_gpu_* metrics; 0 disables them.
 	ClaimMetricsInterval time.Duration
+	// IdleThreshold is the utilization ratio below which a claim's devices
+	// count as idle in the node's idle report, published in the Lease
+	// tenancyv1.IdleReportName(node) of IdleReportNamespace after each
+	// sample that changed it; 0 publishes none. It needs the claim metrics'
+	// samples and a client.
+	IdleThreshold       float64
+	IdleReportNamespace string
 	// StaleClaimInterval is how often checkpoint entries whose claim is
 	// gone, and used by no pod on the node, are unprepared (see
 	// CleanStaleClaims; default 1 min).
@@ -156,6 +163,10 @@ func RunNode(ctx context.Context, opts Options, node NodeOptions) error {
 		var sampleOpts []claimusage.Option
 		if opts.KubeClient != nil {
 			sampleOpts = append(sampleOpts, claimusage.WithPodLookup(claimusage.ClaimPods(opts.KubeClient), claimPodRefresh))
+			if node.IdleThreshold > 0 {
+				sampleOpts = append(sampleOpts, claimusage.WithIdleReport(node.IdleThreshold,
+					claimusage.LeaseIdleReport(opts.KubeClient, node.IdleReportNamespace, opts.NodeName)))
+			}
 		}
 		sampler := claimusage.New(preparer, tele, sampleOpts...)
 		m.Registry.MustRegister(sampler)

@@ -132,3 +132,27 @@ func DedicatedClassNames(tenant string) []string {
 	}
 	return out
 }
+
+// Idle claims (issue 27). Each kubelet plugin reports, in a Lease of the
+// controller's namespace named IdleReportName(node), since when each of its
+// node's claims has stayed below the utilization threshold; the controller
+// marks a claim idle that long with ConditionIdle in its status.devices.
+const (
+	// ConditionIdle is set (True) on every gpu.tessera.dev device of a claim
+	// whose devices stayed below the idle threshold for the configured time;
+	// the controller removes it when the claim is busy again.
+	ConditionIdle = "tenancy.tessera.dev/idle"
+	// ReasonIdle is ConditionIdle's reason and its Events'.
+	ReasonIdle = "Idle"
+	// ReasonIdleReclaimed is the reason of the Events of an eviction of an
+	// idle claim's pods (GPUTenant spec.idleReclaim).
+	ReasonIdleReclaimed = "IdleReclaimed"
+	// AnnotationIdleSince holds a node's idle report: a JSON object mapping
+	// claim UIDs to the RFC 3339 time since which the claim has been idle.
+	AnnotationIdleSince = "tenancy.tessera.dev/idle-since"
+	// IdleReportPrefix prefixes the name of each node's idle-report Lease.
+	IdleReportPrefix = "gpu-idle."
+)
+
+// IdleReportName is the name of node's idle-report Lease.
+func IdleReportName(node string) string { return IdleReportPrefix + node }

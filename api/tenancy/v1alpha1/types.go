@@ -100,6 +100,24 @@ type GPUTenantSpec struct {
 	// +optional
 	// +kubebuilder:default=Exclusive
 	Sharing SharingPolicy `json:"sharing,omitempty"`
+
+	// IdleReclaim, when set, evicts the pods of the tenant's claims that
+	// have stayed idle (the controller's tenancy.tessera.dev/idle mark)
+	// for longer than After, through the Eviction API, so that their GPUs
+	// go back to the fleet. Unset (the default): idle claims are only
+	// marked.
+	// +optional
+	IdleReclaim *IdleReclaim `json:"idleReclaim,omitempty"`
+}
+
+// IdleReclaim says when a tenant's idle claims are reclaimed.
+type IdleReclaim struct {
+	// After is how long a claim must have been idle (since the time its
+	// node reported it idle, not since it was marked) before its pods are
+	// evicted, e.g. "2h".
+	// +kubebuilder:validation:Type=string
+	// +kubebuilder:validation:Format=duration
+	After metav1.Duration `json:"after"`
 }
 
 // Budget is a tenant-wide limit, summed over all its namespaces.

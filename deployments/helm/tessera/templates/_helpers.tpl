@@ -75,3 +75,12 @@ container's own env wins over the kubelet's.
   value: {{ $.Values.apiServer.port | quote }}
 {{- end }}
 {{- end }}
+
+{{/*
+tessera.idleReports is non-empty when the controller marks idle claims
+(controller.idleAfter is not zero): only then do the kubelet plugins publish
+their idle reports.
+*/}}
+{{- define "tessera.idleReports" -}}
+{{- if not (regexMatch "^(0+(\\.0+)?[a-zµ]*)+$" (toString .Values.controller.idleAfter)) }}true{{ end }}
+{{- end }}
