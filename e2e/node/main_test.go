@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"testing"
 	"time"
 
@@ -24,8 +25,9 @@ import (
 	"github.com/tessera-gpu/tessera/e2e/realnode"
 )
 
-// nodeName is the real node; its mock has one H200, so that every test's GPU
-// is GPU 0 and the tests run one after another.
+// nodeName is the real node; its mock has one H200 (TESSERA_NODE_GPUS: more,
+// for the tests that need them), so that every test's GPU is GPU 0 and the
+// tests run one after another.
 const nodeName = realnode.NodeName
 
 var (
@@ -85,9 +87,14 @@ func run(m *testing.M) (code int) {
 		}
 		fmt.Fprint(os.Stderr, clustertest.Finish(workDir, &code, append(stops, local.Stop)...))
 	}()
+	gpus, err := strconv.Atoi(clustertest.EnvOr("TESSERA_NODE_GPUS", "1"))
+	if err != nil || gpus < 1 {
+		fmt.Fprintf(os.Stderr, "TESSERA_NODE_GPUS=%q: want a number of GPUs\n", os.Getenv("TESSERA_NODE_GPUS"))
+		return 1
+	}
 	node, err = realnode.Start(ctx, local.ControlPlane, realnode.Options{
 		Name:   nodeName,
-		GPUs:   1,
+		GPUs:   gpus,
 		BinDir: binDir,
 		Images: []realnode.Image{{Archive: archive, Ref: image}},
 		Layout: layout,
@@ -97,7 +104,7 @@ func run(m *testing.M) (code int) {
 		local.TailLogs(os.Stderr, 40)
 		return 1
 	}
-	if err := install(ctx, layout, image); err != nil {
+	if err := install(ctx, layout, image, gpus); err != nil {
 		fmt.Fprintf(os.Stderr, "install Tessera on the real node: %v\n", err)
 		local.TailLogs(os.Stderr, 40)
 		return 1
@@ -113,13 +120,13 @@ func run(m *testing.M) (code int) {
 
 // install installs the chart with the Helm CLI and waits until its plugin
 // pod serves on the node.
-func install(ctx context.Context, layout realnode.Layout, image string) error {
+func install(ctx context.Context, layout realnode.Layout, image string, gpus int) error {
 	ports, err := cluster.FreePorts(4)
 	if err != nil {
 		return err
 	}
 	values, err := layout.ChartValues(realnode.TryOut{
-		Image: image, NVML: "mock:dgxh200:1", APIServerURL: local.APIServerURL,
+		Image: image, NVML: fmt.Sprintf("mock:dgxh200:%d", gpus), APIServerURL: local.APIServerURL,
 		PluginMetrics: ports[0], PluginHealth: ports[1], ControllerMetrics: ports[2], ControllerHealth: ports[3],
 	})
 	if err != nil {
