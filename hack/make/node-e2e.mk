@@ -34,10 +34,18 @@ node-e2e-host:
 node-e2e-check-host:
 	@$(GO) run ./e2e/realnode/checkhost
 
+# The suite runs on a node with one GPU (every test's GPU is GPU 0); the rolling
+# upgrade needs a whole GPU, a MIG partition and a share running at once, so it
+# runs again on a node of NODE_E2E_UPGRADE_GPUS GPUs (skipped on one GPU).
+NODE_E2E_UPGRADE_GPUS ?= 3
+NODE_E2E_ENV = TESSERA_NODE_E2E=1 TESSERA_IMAGE=$(IMAGE):$(TAG) TESSERA_IMAGE_ARCHIVE=$(CURDIR)/$(IMAGE_ARCHIVE) \
+	TESSERA_NODE_DRIVER_LAYOUT=$(NODE_E2E_DRIVER_LAYOUT)
+
 node-e2e: node-e2e-check-host cluster-binaries node-binaries image
-	helm="$$($(HELM_TOOL))"; TESSERA_NODE_E2E=1 TESSERA_HELM="$$helm" \
-		TESSERA_IMAGE=$(IMAGE):$(TAG) TESSERA_IMAGE_ARCHIVE=$(CURDIR)/$(IMAGE_ARCHIVE) TESSERA_NODE_DRIVER_LAYOUT=$(NODE_E2E_DRIVER_LAYOUT) \
+	helm="$$($(HELM_TOOL))"; $(NODE_E2E_ENV) TESSERA_HELM="$$helm" \
 		go test -count=1 -timeout $(NODE_E2E_TIMEOUT) $(NODE_E2E_FLAGS) ./e2e/node/
+	helm="$$($(HELM_TOOL))"; $(NODE_E2E_ENV) TESSERA_HELM="$$helm" TESSERA_NODE_GPUS=$(NODE_E2E_UPGRADE_GPUS) \
+		go test -count=1 -timeout $(NODE_E2E_TIMEOUT) -v -run '^TestRollingUpgradeLosesNothing$$' ./e2e/node/
 
 node-e2e-layouts:
 	@for l in $(NODE_E2E_DRIVER_LAYOUTS); do echo "== node-e2e, driver layout $$l"; $(MAKE) --no-print-directory node-e2e NODE_E2E_DRIVER_LAYOUT=$$l || exit 1; done
