@@ -1,11 +1,9 @@
 package tessera
 
 import (
-	"slices"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
-	admissionv1 "k8s.io/api/admissionregistration/v1"
 	coordinationv1 "k8s.io/api/coordination/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -20,39 +18,7 @@ import (
 // Lease of its own node only, so that no node can report another node's
 // claims idle; other users are not the policy's concern.
 func TestIdleReportPolicy(t *testing.T) {
-	manifest, err := render(t)
-	if err != nil {
-		t.Fatal(err)
-	}
-	objs := objects(t, manifest)
-	var policy *admissionv1.ValidatingAdmissionPolicy
-	for _, p := range find[*admissionv1.ValidatingAdmissionPolicy](objs) {
-		if p.Name == "tessera-kubelet-plugin-idle-report" {
-			policy = p
-		}
-	}
-	if policy == nil {
-		t.Fatal("no idle-report ValidatingAdmissionPolicy")
-	}
-	if *policy.Spec.FailurePolicy != admissionv1.Fail {
-		t.Error("the idle-report policy must fail closed")
-	}
-	var bound bool
-	for _, b := range find[*admissionv1.ValidatingAdmissionPolicyBinding](objs) {
-		if b.Spec.PolicyName == policy.Name && slices.Contains(b.Spec.ValidationActions, admissionv1.Deny) {
-			bound = true
-		}
-	}
-	if !bound {
-		t.Error("the idle-report policy has no binding that denies")
-	}
-	onNode := func(node string) user.Info {
-		info := &user.DefaultInfo{Name: pluginUser}
-		if node != "" {
-			info.Extra = map[string][]string{"authentication.kubernetes.io/node-name": {node}}
-		}
-		return info
-	}
+	policy := deniedPolicy(t, "tessera-kubelet-plugin-idle-report")
 	lease := func(name string) *coordinationv1.Lease {
 		return &coordinationv1.Lease{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "tessera-system"}}
 	}
@@ -63,12 +29,12 @@ func TestIdleReportPolicy(t *testing.T) {
 		obj, old *coordinationv1.Lease
 		allowed  bool
 	}{
-		"its node's report":                 {onNode("n1"), admission.Create, lease(tenancyv1.IdleReportName("n1")), nil, true},
-		"its node's report, updated":        {onNode("n1"), admission.Update, lease(tenancyv1.IdleReportName("n1")), lease(tenancyv1.IdleReportName("n1")), true},
-		"another node's report":             {onNode("n1"), admission.Create, lease(tenancyv1.IdleReportName("n2")), nil, false},
-		"another node's report, updated":    {onNode("n1"), admission.Update, lease(tenancyv1.IdleReportName("n2")), lease(tenancyv1.IdleReportName("n2")), false},
-		"the controller's election Lease":   {onNode("n1"), admission.Update, lease("tessera-dra-controller"), lease("tessera-dra-controller"), false},
-		"a token without node":              {onNode(""), admission.Create, lease(tenancyv1.IdleReportName("n1")), nil, false},
+		"its node's report":                 {pluginOnNode("n1"), admission.Create, lease(tenancyv1.IdleReportName("n1")), nil, true},
+		"its node's report, updated":        {pluginOnNode("n1"), admission.Update, lease(tenancyv1.IdleReportName("n1")), lease(tenancyv1.IdleReportName("n1")), true},
+		"another node's report":             {pluginOnNode("n1"), admission.Create, lease(tenancyv1.IdleReportName("n2")), nil, false},
+		"another node's report, updated":    {pluginOnNode("n1"), admission.Update, lease(tenancyv1.IdleReportName("n2")), lease(tenancyv1.IdleReportName("n2")), false},
+		"the controller's election Lease":   {pluginOnNode("n1"), admission.Update, lease("tessera-dra-controller"), lease("tessera-dra-controller"), false},
+		"a token without node":              {pluginOnNode(""), admission.Create, lease(tenancyv1.IdleReportName("n1")), nil, false},
 		"another user, another node's name": {&user.DefaultInfo{Name: "system:node:n2"}, admission.Create, lease(tenancyv1.IdleReportName("n1")), nil, true},
 	}
 	for name, tc := range tests {

@@ -5,7 +5,6 @@ import (
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
-	admissionv1 "k8s.io/api/admissionregistration/v1"
 	corev1 "k8s.io/api/core/v1"
 	eventsv1 "k8s.io/api/events/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
@@ -32,40 +31,7 @@ func nodeEvent(kind, name string) *eventsv1.Event {
 // TestNodeEventsPolicy: the plugin's account may record (and patch) Events
 // about its own Node only; other users are not the policy's concern.
 func TestNodeEventsPolicy(t *testing.T) {
-	manifest, err := render(t)
-	if err != nil {
-		t.Fatal(err)
-	}
-	objs := objects(t, manifest)
-	var policy *admissionv1.ValidatingAdmissionPolicy
-	for _, p := range find[*admissionv1.ValidatingAdmissionPolicy](objs) {
-		if p.Name == "tessera-kubelet-plugin-node-events" {
-			policy = p
-		}
-	}
-	if policy == nil {
-		t.Fatal("no node-events ValidatingAdmissionPolicy")
-	}
-	if *policy.Spec.FailurePolicy != admissionv1.Fail {
-		t.Error("the node-events policy must fail closed")
-	}
-	var bound bool
-	for _, b := range find[*admissionv1.ValidatingAdmissionPolicyBinding](objs) {
-		if b.Spec.PolicyName == policy.Name && slices.Contains(b.Spec.ValidationActions, admissionv1.Deny) {
-			bound = true
-		}
-	}
-	if !bound {
-		t.Error("the node-events policy has no binding that denies")
-	}
-
-	onNode := func(node string) user.Info {
-		info := &user.DefaultInfo{Name: pluginUser}
-		if node != "" {
-			info.Extra = map[string][]string{"authentication.kubernetes.io/node-name": {node}}
-		}
-		return info
-	}
+	policy := deniedPolicy(t, "tessera-kubelet-plugin-node-events")
 	related := nodeEvent("Node", "n1")
 	related.Related = &corev1.ObjectReference{Kind: "Pod", Namespace: "ns", Name: "p"}
 	gvr := eventsv1.SchemeGroupVersion.WithResource("events")
@@ -75,13 +41,13 @@ func TestNodeEventsPolicy(t *testing.T) {
 		obj, old runtime.Object
 		allowed  bool
 	}{
-		"its Node":                   {onNode("n1"), admission.Create, nodeEvent("Node", "n1"), nil, true},
-		"a repeat of its Node's":     {onNode("n1"), admission.Update, nodeEvent("Node", "n1"), nodeEvent("Node", "n1"), true},
-		"another Node":               {onNode("n1"), admission.Create, nodeEvent("Node", "n2"), nil, false},
-		"a Pod of its name":          {onNode("n1"), admission.Create, nodeEvent("Pod", "n1"), nil, false},
-		"another Node's, patched":    {onNode("n1"), admission.Update, nodeEvent("Node", "n1"), nodeEvent("Node", "n2"), false},
-		"about its Node and a Pod":   {onNode("n1"), admission.Create, related, nil, false},
-		"a token without node":       {onNode(""), admission.Create, nodeEvent("Node", "n1"), nil, false},
+		"its Node":                   {pluginOnNode("n1"), admission.Create, nodeEvent("Node", "n1"), nil, true},
+		"a repeat of its Node's":     {pluginOnNode("n1"), admission.Update, nodeEvent("Node", "n1"), nodeEvent("Node", "n1"), true},
+		"another Node":               {pluginOnNode("n1"), admission.Create, nodeEvent("Node", "n2"), nil, false},
+		"a Pod of its name":          {pluginOnNode("n1"), admission.Create, nodeEvent("Pod", "n1"), nil, false},
+		"another Node's, patched":    {pluginOnNode("n1"), admission.Update, nodeEvent("Node", "n1"), nodeEvent("Node", "n2"), false},
+		"about its Node and a Pod":   {pluginOnNode("n1"), admission.Create, related, nil, false},
+		"a token without node":       {pluginOnNode(""), admission.Create, nodeEvent("Node", "n1"), nil, false},
 		"another user, another Node": {&user.DefaultInfo{Name: "system:node:n2"}, admission.Create, nodeEvent("Node", "n2"), nil, true},
 	}
 	for name, tc := range tests {
