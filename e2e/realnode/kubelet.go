@@ -22,9 +22,11 @@ import (
 // and directories it says: the cgroupfs driver (no systemd on the test host),
 // start on cgroup v1 where the host has it, anonymous read access on loopback
 // (the API server reads logs through it without a client certificate, and the
-// harness reads its plugin-manager metrics), no swap check, and eviction and
-// image-GC thresholds a busy development disk never reaches, since evicting
-// the imported images or pods would make the tests flaky.
+// harness reads its plugin-manager metrics), no swap check, and no disk
+// eviction or image GC: evicting the imported images or pods would make the
+// tests flaky, and a busy development disk reached even 1 % free (a run here
+// lost two tests to the DiskPressure taint). kind configures its nodes the
+// same way ("0%").
 var kubeletConfig = template.Must(template.New("kubelet.yaml").Parse(`apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration
 containerRuntimeEndpoint: unix://{{.Socket}}
@@ -46,9 +48,9 @@ failSwapOn: false
 podLogsDir: {{.Dir}}/pod-logs
 evictionHard:
   memory.available: "1Mi"
-  nodefs.available: "1%"
-  nodefs.inodesFree: "1%"
-  imagefs.available: "1%"
+  nodefs.available: "0%"
+  nodefs.inodesFree: "0%"
+  imagefs.available: "0%"
 imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
 serializeImagePulls: false
