@@ -12,7 +12,6 @@ import (
 	admissionv1 "k8s.io/api/admissionregistration/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/wait"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
@@ -244,24 +243,7 @@ func attackForgedPool(ctx context.Context, t *testing.T, victim *tenancyv1.GPUTe
 	if !strings.Contains(refusal.Message, tenancyv1.LabelNodePool+"="+poolA) {
 		t.Errorf("the controller refused with %q, want it to name the label the node lacks", refusal.Message)
 	}
-	got, err := local.Client.CoreV1().Pods(ns).Get(ctx, pod.Name, metav1.GetOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if got.Spec.NodeName != "" {
-		t.Errorf("the dedicated tenant's pod was bound to %s, a node not labelled for its pool", got.Spec.NodeName)
-	}
-	claims, err := local.Client.ResourceV1().ResourceClaims(ns).List(ctx, metav1.ListOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, c := range claims.Items {
-		for _, d := range c.Status.Devices {
-			if meta.IsStatusConditionTrue(d.Conditions, tenancyv1.ConditionAdmitted) {
-				t.Errorf("claim %s was admitted on %s/%s", c.Name, d.Pool, d.Device)
-			}
-		}
-	}
+	assertNotBoundNorAdmitted(ctx, t, pod, "the dedicated tenant's pod, on a node not labelled for its pool,")
 	// The control: labelled again, the node serves the pool, and the
 	// scheduler's retry binds the same pod there.
 	setPoolLabel(poolA)

@@ -116,24 +116,7 @@ func attackDedicatedUnbound(ctx context.Context, t *testing.T, victim *tenancyv1
 	if !strings.Contains(ev.Message, "dedicated to a GPUTenant") {
 		t.Errorf("the controller refused with %q, want it to say the class is dedicated", ev.Message)
 	}
-	got, err := local.Client.CoreV1().Pods(outside).Get(ctx, pod.Name, metav1.GetOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if got.Spec.NodeName != "" {
-		t.Errorf("the outsider's pod was bound to %s", got.Spec.NodeName)
-	}
-	claims, err := local.Client.ResourceV1().ResourceClaims(outside).List(ctx, metav1.ListOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, c := range claims.Items {
-		for _, d := range c.Status.Devices {
-			if meta.IsStatusConditionTrue(d.Conditions, tenancyv1.ConditionAdmitted) {
-				t.Errorf("claim %s was admitted on %s/%s", c.Name, d.Pool, d.Device)
-			}
-		}
-	}
+	assertNotBoundNorAdmitted(ctx, t, pod, "the outsider's pod")
 	// The scheduler would keep retrying it on the dedicated node.
 	deletePod(t, pod)
 }
@@ -305,6 +288,31 @@ func attackLabelsThroughSubresources(ctx context.Context, t *testing.T, mallory 
 					t.Errorf("namespace %s's labels changed to %v, were %v", ns, after.Labels, was)
 				}
 			})
+		}
+	}
+}
+
+// assertNotBoundNorAdmitted fails the test if pod (who, in the message) was
+// bound to a node or any claim of its namespace was admitted: the attacker's
+// goal, not only the refusal's message.
+func assertNotBoundNorAdmitted(ctx context.Context, t *testing.T, pod *corev1.Pod, who string) {
+	t.Helper()
+	got, err := local.Client.CoreV1().Pods(pod.Namespace).Get(ctx, pod.Name, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Spec.NodeName != "" {
+		t.Errorf("%s was bound to %s", who, got.Spec.NodeName)
+	}
+	claims, err := local.Client.ResourceV1().ResourceClaims(pod.Namespace).List(ctx, metav1.ListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range claims.Items {
+		for _, d := range c.Status.Devices {
+			if meta.IsStatusConditionTrue(d.Conditions, tenancyv1.ConditionAdmitted) {
+				t.Errorf("claim %s was admitted on %s/%s", c.Name, d.Pool, d.Device)
+			}
 		}
 	}
 }
