@@ -12,8 +12,16 @@ export CGO_CFLAGS ?= -Wno-deprecated-declarations
 .DEFAULT_GOAL := help
 
 .PHONY: help
-help: ## Show this help
-	@awk 'BEGIN {FS = ":.*##"} /^[a-zA-Z_-]+:.*##/ {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+help: ## Show this help: every target, one line each
+	@awk 'BEGIN {FS = ":[^#]*## *"} /^[a-zA-Z0-9_-]+:[^=]*##/ {printf "  %-26s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+# Every target that make help cannot list is an error (part of verify).
+.PHONY: verify-help
+verify: verify-help
+verify-help: ## Fail when a make target has no one-line description for make help (part of verify)
+	@missing=$$(for f in $(MAKEFILE_LIST); do grep -oE '^[a-zA-Z0-9_-]+:([^=]|$$)' "$$f" | cut -d: -f1; done | sort -u | \
+		while read -r t; do grep -qE "^$$t:[^=]*##" $(MAKEFILE_LIST) || echo "$$t"; done); \
+	if [ -n "$$missing" ]; then echo "make targets without a ## line for make help:"; echo "$$missing"; exit 1; fi
 
 .PHONY: build
 build: ## Build the binaries into bin/

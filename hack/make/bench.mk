@@ -16,7 +16,7 @@ BENCH_PHASE_TIMEOUT ?= 3m
 
 .PHONY: bench-scheduler bench-allocator
 
-bench-scheduler: cluster-binaries tessera-scheduler ## The real kube-scheduler at scale: Tessera vs plain vs NVIDIA layouts, then tessera-scheduler on Tessera's
+bench-scheduler: cluster-binaries tessera-scheduler ## The real kube-scheduler at scale: Tessera vs plain vs NVIDIA layouts, then tessera-scheduler on Tessera's layout
 	go build -o bin/bench-scheduler ./e2e/cmd/bench-scheduler
 	bin/bench-scheduler --bin-dir=$(TESSERA_CACHE)/bin --nodes=$(BENCH_NODES) --pods=$(BENCH_PODS) --phase-timeout=$(BENCH_PHASE_TIMEOUT) \
 		--tessera-scheduler=$(BIN)/tessera-scheduler

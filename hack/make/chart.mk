@@ -13,14 +13,14 @@ CHART_DIR := deployments/helm/tessera
 
 .PHONY: helm promtool chart-lint chart-docs
 
-helm:
+helm: ## Build the pinned Helm CLI (tools/helm) into the cache and print its path
 	@$(HELM_TOOL)
 
-promtool:
+promtool: ## Build the pinned promtool (tools/promtool), which tests the recording rules, and print its path
 	@$(PROMTOOL_TOOL)
 
-chart-lint:
+chart-lint: ## helm lint --strict on the chart
 	"$$($(HELM_TOOL))" lint --strict $(CHART_DIR)
 
-chart-docs:
+chart-docs: ## Regenerate docs/values.md from the chart's schema (part of make generate)
 	$(GO) run ./hack/valuesdoc $(CHART_DIR) docs/values.md

@@ -6,5 +6,5 @@
 
 .PHONY: verify-imports
 verify: verify-imports
-verify-imports:
+verify-imports: ## Fail when the shipped binaries import test, e2e, simulator or scheduler code (part of verify)
 	$(GO) run ./hack/importcheck

@@ -23,15 +23,15 @@ NODE_E2E_DRIVER_LAYOUTS := host gpu-operator usr-local-nvidia
 
 .PHONY: node-binaries node-e2e-host node-e2e-check-host node-e2e node-e2e-layouts
 
-node-binaries:
+node-binaries: ## Build the kubelet, containerd, its shim, ctr and pause into $(TESSERA_CACHE)/node/bin (cached)
 	@hack/node-binaries.sh
 
-node-e2e-host:
+node-e2e-host: ## Install what node-e2e needs from Debian (runc, CNI plugins, static busybox); root and apt
 	apt-get install -y --no-install-recommends runc containernetworking-plugins busybox-static
 
 # The host is checked first: a machine that cannot run the node (not root, no
 # cgroups, ...) fails at once, listing what is missing, before minutes of builds.
-node-e2e-check-host:
+node-e2e-check-host: ## List what this machine lacks for node-e2e (root, cgroups, overlayfs, mknod, runc, CNI)
 	@$(GO) run ./e2e/realnode/checkhost
 
 # The suite runs on a node with one GPU (every test's GPU is GPU 0); the rolling
@@ -41,11 +41,11 @@ NODE_E2E_UPGRADE_GPUS ?= 3
 NODE_E2E_ENV = TESSERA_NODE_E2E=1 TESSERA_IMAGE=$(IMAGE):$(TAG) TESSERA_IMAGE_ARCHIVE=$(CURDIR)/$(IMAGE_ARCHIVE) \
 	TESSERA_NODE_DRIVER_LAYOUT=$(NODE_E2E_DRIVER_LAYOUT)
 
-node-e2e: node-e2e-check-host cluster-binaries node-binaries image
+node-e2e: node-e2e-check-host cluster-binaries node-binaries image ## Run e2e/node: a real kubelet and containerd here, Tessera installed by its chart (root)
 	helm="$$($(HELM_TOOL))"; $(NODE_E2E_ENV) TESSERA_HELM="$$helm" \
 		go test -count=1 -timeout $(NODE_E2E_TIMEOUT) $(NODE_E2E_FLAGS) ./e2e/node/
 	helm="$$($(HELM_TOOL))"; $(NODE_E2E_ENV) TESSERA_HELM="$$helm" TESSERA_NODE_GPUS=$(NODE_E2E_UPGRADE_GPUS) \
 		go test -count=1 -timeout $(NODE_E2E_TIMEOUT) -v -run '^TestRollingUpgradeLosesNothing$$' ./e2e/node/
 
-node-e2e-layouts:
+node-e2e-layouts: ## Run node-e2e once per driver-root layout (host, gpu-operator, usr-local-nvidia)
 	@for l in $(NODE_E2E_DRIVER_LAYOUTS); do echo "== node-e2e, driver layout $$l"; $(MAKE) --no-print-directory node-e2e NODE_E2E_DRIVER_LAYOUT=$$l || exit 1; done

@@ -10,7 +10,7 @@ SIM_SEEDS ?= 10
 
 .PHONY: sim-openb
 
-sim-openb:
+sim-openb: ## The openb placement figures and plot of docs/benchmarks.md (10 seeds, ~3 min on 2 cores)
 	$(GO) build -o $(BIN)/ ./cmd/tessera-sim
 	$(BIN)/tessera-sim trace --pods $(OPENB_DIR)/openb_pod_list_default.csv \
 		--nodes $(OPENB_DIR)/openb_node_list_gpu_node.csv \
@@ -27,7 +27,7 @@ TESSERA_SCHEDULER_LDFLAGS := -s -w -X k8s.io/component-base/version.gitVersion=v
 	-X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=37
 
 .PHONY: tessera-scheduler
-tessera-scheduler:
+tessera-scheduler: ## Build kube-scheduler with the TesseraPlacement plugin into bin/
 	modfile="$$(hack/allocator/overlay.sh $(BIN)/allocator-scheduler cmd/tessera-scheduler)"; \
 	cd cmd/tessera-scheduler && CGO_ENABLED=0 $(GO) build -modfile "$$modfile" -trimpath -ldflags "$(TESSERA_SCHEDULER_LDFLAGS)" -o $(BIN)/tessera-scheduler .
 
@@ -38,7 +38,7 @@ e2e dev-cluster: export TESSERA_SCHEDULER_BINARY = $(BIN)/tessera-scheduler
 # go.mod/go.sum must be tidied too (no compile, a second or two).
 .PHONY: verify-tessera-scheduler
 verify: verify-tessera-scheduler
-verify-tessera-scheduler:
+verify-tessera-scheduler: ## Check that tessera-scheduler's own module is tidy (part of verify)
 	cd cmd/tessera-scheduler && $(GO) mod tidy
 	@if [ -n "$$(git status --porcelain -- cmd/tessera-scheduler/go.mod cmd/tessera-scheduler/go.sum)" ]; then \
 		echo "cmd/tessera-scheduler: go mod tidy changed go.mod/go.sum"; git diff -- cmd/tessera-scheduler/go.mod | head -30; exit 1; fi

@@ -7,9 +7,9 @@ CONTROLLER_GEN ?= go run sigs.k8s.io/controller-tools/cmd/controller-gen@v0.23.0
 
 .PHONY: generate-config bench-prepare
 
-generate-config:
+generate-config: ## Regenerate the opaque config API's deepcopy (part of generate)
 	$(CONTROLLER_GEN) object paths=./api/config/...
 
-bench-prepare:
+bench-prepare: ## The node-side prepare benchmarks of docs/benchmarks.md
 	go test -run '^$$' -bench PrepareUnprepare -benchtime 500x -count 3 ./internal/prepare/
 	go test -run '^$$' -bench Save -count 3 ./internal/checkpoint/

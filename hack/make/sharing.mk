@@ -6,5 +6,5 @@
 
 .PHONY: bench-sharing
 
-bench-sharing:
+bench-sharing: ## GPUs needed with and without tenant-exclusive sharing, on the upstream allocator
 	go test -run '^$$' -bench TenantExclusivePacking -benchtime 1x ./test/scheduling/

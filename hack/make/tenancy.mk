@@ -11,20 +11,20 @@ TENANCY_CRD_DIR := deployments/helm/tessera/crds
 
 .PHONY: generate-tenancy bench-tenancy bench-admission
 
-generate-tenancy:
+generate-tenancy: ## Regenerate the GPUTenant deepcopy and CRD (part of generate)
 	$(CONTROLLER_GEN) object paths=./api/tenancy/...
 	$(CONTROLLER_GEN) crd paths=./api/tenancy/... output:crd:artifacts:config=$(TENANCY_CRD_DIR)
 
-bench-tenancy:
+bench-tenancy: ## The admission-decision benchmarks of docs/benchmarks.md
 	go test -run '^$$' -bench . -benchtime 3x -count 3 ./pkg/tenancy/
 
-bench-admission: cluster-binaries e2e-plugin e2e-controller
+bench-admission: cluster-binaries e2e-plugin e2e-controller ## Admission under one tenant's flood of 5,000 claims, FIFO and fair, on the local cluster (~15 min)
 	helm="$$($(HELM_TOOL))"; TESSERA_E2E=1 TESSERA_PLUGIN_BINARY=$(CURDIR)/bin/dra-kubelet-plugin TESSERA_HELM="$$helm" \
 		go test -count=1 -timeout 40m -v -run '^$$' -bench AdmissionFairness -benchtime 1x ./e2e/suite/
 
 # The local cluster runs the tenancy controller as it is now.
 .PHONY: e2e-controller
-e2e-controller:
+e2e-controller: ## Build the controller bench-admission runs into bin/
 	go build -o bin/dra-controller ./cmd/dra-controller
 
 e2e demo dev-cluster: e2e-controller
