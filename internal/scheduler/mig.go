@@ -121,7 +121,7 @@ func fragmentation(w placement.Workload, n placement.Node, partitioned int64) fl
 // GPU with a partition is no longer free for shares or whole GPUs, which is
 // what the fragmentation measure counts.
 func withMIG(n placement.Node, r placement.Request, gpus []int) placement.Node {
-	out := placement.Node{CPU: n.CPU - r.CPU, Memory: n.Memory - r.Memory, Free: append([]int(nil), n.Free...)}
+	out := placement.Node{CPU: n.CPU - r.CPU, Memory: n.Memory - r.Memory, Free: append([]int(nil), n.Free...), Model: n.Model}
 	for _, g := range gpus {
 		out.Free[g] = 0
 	}

@@ -34,6 +34,8 @@ type inputs struct {
 	pods, nodes string
 	policies    string
 	weight      int64
+	variant     string
+	variantSeed uint64
 }
 
 func (in *inputs) flags(cmd *cobra.Command, defaultPolicy string) {
@@ -41,6 +43,8 @@ func (in *inputs) flags(cmd *cobra.Command, defaultPolicy string) {
 	cmd.Flags().StringVar(&in.nodes, "nodes", "", "nodes CSV (openb format: sn,cpu_milli,memory_mib,gpu,model)")
 	cmd.Flags().StringVar(&in.policies, "policy", defaultPolicy, "policies, comma-separated: whole, stock, tessera, fgd")
 	cmd.Flags().Int64Var(&in.weight, "weight", DefaultWeight, "weight of tessera-scheduler's score plugin in its profile")
+	cmd.Flags().StringVar(&in.variant, "variant", "default", "derive an openb variant of the FGD paper from the pods: gpuspec<X> (X % of GPU pods pinned to GPU models) or gpushare<X> (shares make X % of GPU demand); see docs/benchmarks.md")
+	cmd.Flags().Uint64Var(&in.variantSeed, "variant-seed", 42, "seed of the variant's derivation")
 	_ = cmd.MarkFlagRequired("pods")
 	_ = cmd.MarkFlagRequired("nodes")
 }
@@ -64,6 +68,9 @@ func (in *inputs) load() ([]Pod, []NodeSpec, []Policy, error) {
 	defer func() { _ = pf.Close() }() // read only: a failed close loses nothing
 	pods, err := ReadPods(pf)
 	if err != nil {
+		return nil, nil, nil, fmt.Errorf("%s: %w", in.pods, err)
+	}
+	if pods, err = Variant(pods, in.variant, in.variantSeed); err != nil {
 		return nil, nil, nil, fmt.Errorf("%s: %w", in.pods, err)
 	}
 	nf, err := os.Open(in.nodes)

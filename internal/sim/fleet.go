@@ -98,7 +98,7 @@ func (f *Fleet) newStates() []state {
 				AllocatedSharedDeviceIDs: sets.New[structured.SharedDeviceID](),
 				AggregatedCapacity:       structured.NewConsumedCapacityCollection(),
 			},
-			node: placement.Node{CPU: s.CPU, Memory: s.Memory, Free: make([]int, s.GPUs)},
+			node: placement.Node{CPU: s.CPU, Memory: s.Memory, Free: make([]int, s.GPUs), Model: s.Model},
 		}
 		for g := range out[i].node.Free {
 			out[i].node.Free[g] = placement.WholeGPU

@@ -17,7 +17,7 @@ import (
 func TestReadPods(t *testing.T) {
 	in := "name,cpu_milli,memory_mib,num_gpu,gpu_milli,gpu_spec,qos\n" +
 		"a,1000,2048,1,495,,LS\n" +
-		"b,2000,4096,2,1000,V100M16|V100M32,BE\n" +
+		"b,2000,4096,2,1000,V100M32|V100M16|V100M32,BE\n" +
 		"c,500,100,0,0,nan,LS\n"
 	got, err := ReadPods(strings.NewReader(in))
 	if err != nil {
@@ -25,7 +25,7 @@ func TestReadPods(t *testing.T) {
 	}
 	want := []Pod{
 		{Name: "a", Request: placement.Request{CPU: 1000, Memory: 2048, GPUs: 1, Milli: 500}},
-		{Name: "b", Request: placement.Request{CPU: 2000, Memory: 4096, GPUs: 2, Milli: 1000}, Models: []string{"V100M16", "V100M32"}},
+		{Name: "b", Request: placement.Request{CPU: 2000, Memory: 4096, GPUs: 2, Milli: 1000, Models: "V100M16|V100M32"}, Models: []string{"V100M16", "V100M32"}},
 		{Name: "c", Request: placement.Request{CPU: 500, Memory: 100}},
 	}
 	if diff := cmp.Diff(want, got); diff != "" {

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -23,6 +24,15 @@ type Pod struct {
 	// Models, when set, are the GPU models the pod may run on (the trace's
 	// gpu_spec, "V100M16|V100M32").
 	Models []string
+}
+
+// setModels limits the pod to the GPU models, in the request too (so that
+// the workload the policies measure fragmentation against knows which
+// capacity serves which request), sorted and without repeats.
+func (p *Pod) setModels(models []string) {
+	models = slices.Compact(slices.Sorted(slices.Values(models)))
+	p.Models = models
+	p.Request.Models = strings.Join(models, "|")
 }
 
 // NodeSpec is one node of the fleet.
@@ -69,8 +79,8 @@ func ReadPods(r io.Reader) ([]Pod, error) {
 			// The shared GPU hands out compute in whole per cent.
 			p.Request.Milli = (p.Request.Milli + 9) / 10 * 10
 		}
-		if spec := row.get("gpu_spec"); spec != "" && spec != "nan" {
-			p.Models = strings.Split(spec, "|")
+		if spec := row.get("gpu_spec"); spec != "" && spec != "nan" && gpus > 0 {
+			p.setModels(strings.Split(spec, "|"))
 		}
 		out = append(out, p)
 	}

@@ -25,7 +25,7 @@ func NewWorkload(requests []Request) (Workload, error) {
 	count := map[Request]int{}
 	for _, r := range requests {
 		if r.GPUs == 0 {
-			r.Milli = 0
+			r.Milli, r.Models = 0, ""
 		}
 		count[r]++
 	}
@@ -67,7 +67,8 @@ func WorkloadOf(count map[Request]int) (Workload, error) {
 // request drawn from the workload could not use, as FGD measures it: FGD's
 // F_n(M) = Σ_m p_m F_n(m), where F_n(m) is
 //   - all free GPU of the node when m asks for no GPU, or does not fit the
-//     node at all (CPU, memory, or no GPU with enough left);
+//     node at all (CPU, memory, a GPU model m may not use, or no GPU with
+//     enough left);
 //   - otherwise the free GPU of each GPU too small for m: less than m's
 //     share for a share, not idle for whole GPUs.
 func (w Workload) FGD(n Node) float64 {
@@ -93,7 +94,7 @@ func (w Workload) FGD(n Node) float64 {
 	for _, c := range w.Classes {
 		r := c.Request
 		switch {
-		case r.GPUs == 0 || r.CPU > n.CPU || r.Memory > n.Memory:
+		case r.GPUs == 0 || r.CPU > n.CPU || r.Memory > n.Memory || !r.Allows(n.Model):
 			frag += c.Weight * float64(total)
 		case r.Shared():
 			if largest < r.Milli {
@@ -159,7 +160,7 @@ func (w Workload) Stranded(n Node) float64 {
 	var frag float64
 	for _, c := range w.Classes {
 		r := c.Request
-		if r.GPUs == 0 {
+		if r.GPUs == 0 || !r.Allows(n.Model) {
 			frag += c.Weight * float64(total)
 			continue
 		}

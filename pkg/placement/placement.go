@@ -12,6 +12,8 @@
 // what is left of it.
 package placement
 
+import "strings"
+
 // WholeGPU is a whole GPU in milli-GPUs.
 const WholeGPU = 1000
 
@@ -24,6 +26,26 @@ type Request struct {
 	// Milli is the amount of each GPU: WholeGPU for whole GPUs, less for a
 	// share of a time-shared GPU. Ignored when GPUs is 0.
 	Milli int
+	// Models, when not empty, are the GPU models the request may run on,
+	// joined by "|" ("V100M16|V100M32"); a node of another model cannot
+	// serve it, so all its free GPU is fragmented for this request. Empty:
+	// any model.
+	Models string
+}
+
+// Allows reports whether the request may run on GPUs of the model. A
+// request for no GPU, a request without models and a node of unknown model
+// ("") allow each other.
+func (r Request) Allows(model string) bool {
+	if r.Models == "" || model == "" || r.GPUs == 0 {
+		return true
+	}
+	for m := range strings.SplitSeq(r.Models, "|") {
+		if strings.EqualFold(m, model) {
+			return true
+		}
+	}
+	return false
 }
 
 // Shared reports whether the request is a share of one time-shared GPU.
@@ -47,11 +69,14 @@ type Node struct {
 	// Free is, per GPU in device index order, the milli-GPUs not allocated:
 	// WholeGPU for an idle GPU, 0 for a GPU allocated whole.
 	Free []int
+	// Model is the node's GPU model, "" when unknown (every request may
+	// use it).
+	Model string
 }
 
 // Fits reports whether the request fits the node at all.
 func (n Node) Fits(r Request) bool {
-	if r.CPU > n.CPU || r.Memory > n.Memory {
+	if r.CPU > n.CPU || r.Memory > n.Memory || !r.Allows(n.Model) {
 		return false
 	}
 	switch {
@@ -103,7 +128,7 @@ func (n Node) FirstFit(r Request) []int {
 
 // With returns the node after the request has been placed on the given GPUs.
 func (n Node) With(r Request, gpus []int) Node {
-	out := Node{CPU: n.CPU - r.CPU, Memory: n.Memory - r.Memory, Free: append([]int(nil), n.Free...)}
+	out := Node{CPU: n.CPU - r.CPU, Memory: n.Memory - r.Memory, Free: append([]int(nil), n.Free...), Model: n.Model}
 	for _, g := range gpus {
 		if r.Shared() {
 			out.Free[g] -= r.Milli

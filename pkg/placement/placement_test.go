@@ -147,3 +147,35 @@ func TestNormalize(t *testing.T) {
 		t.Error("Normalize(nil) not empty")
 	}
 }
+
+// TestMeasuresCountModels: a request pinned to other GPU models cannot use
+// any of a node's GPUs, so both measures count all its free GPU as
+// fragmented for that class; a node of unknown model serves every class.
+func TestMeasuresCountModels(t *testing.T) {
+	v100 := whole(1)
+	v100.Models = "V100M16|V100M32"
+	w := mustWorkload(t, share(500), v100)
+	t4 := Node{CPU: 1 << 20, Memory: 1 << 20, Free: []int{1000, 1000}, Model: "T4"}
+	if got, want := w.FGD(t4), 0.5*2000; got != want {
+		t.Errorf("FGD on a T4 node = %v, want %v (the V100 class's share of all 2000 free)", got, want)
+	}
+	if got, want := w.Stranded(t4), 0.5*2000; got != want {
+		t.Errorf("Stranded on a T4 node = %v, want %v", got, want)
+	}
+	if t4.Fits(v100) {
+		t.Error("a V100-pinned request fits a T4 node")
+	}
+	for _, model := range []string{"v100m32", ""} {
+		n := t4
+		n.Model = model
+		if got := w.Fragmentation(n); got != 0 {
+			t.Errorf("fragmentation on an idle node of model %q = %v, want 0", model, got)
+		}
+		if !n.Fits(v100) {
+			t.Errorf("a V100-pinned request does not fit a node of model %q", model)
+		}
+	}
+	if got := t4.With(share(500), []int{0}).Model; got != "T4" {
+		t.Errorf("With drops the model: %q", got)
+	}
+}
