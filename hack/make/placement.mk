@@ -2,13 +2,14 @@
 # Included by the top-level Makefile (hack/make/*.mk).
 #
 #   make sim-openb          the openb figures and plot of docs/benchmarks.md (10 seeds, ~3 min on 2 cores)
+#   make sim-openb-variants the FGD paper's openb variants table of docs/benchmarks.md (10 seeds each)
 #   make tessera-scheduler  kube-scheduler with the TesseraPlacement plugin into bin/
 
 OPENB_DIR ?= ../shared/data
 SIM_POLICIES ?= tessera,fgd,stock,whole
 SIM_SEEDS ?= 10
 
-.PHONY: sim-openb
+.PHONY: sim-openb sim-openb-variants
 
 sim-openb: ## The openb placement figures and plot of docs/benchmarks.md (10 seeds, ~3 min on 2 cores)
 	$(GO) build -o $(BIN)/ ./cmd/tessera-sim
@@ -16,6 +17,16 @@ sim-openb: ## The openb placement figures and plot of docs/benchmarks.md (10 see
 		--nodes $(OPENB_DIR)/openb_node_list_gpu_node.csv \
 		--policy $(SIM_POLICIES) --seeds $(SIM_SEEDS) --plot docs/placement-openb.png \
 		| tee $(BIN)/sim-openb.json
+
+SIM_VARIANTS ?= gpuspec10 gpuspec20 gpuspec33 gpushare100
+
+sim-openb-variants:
+	$(GO) build -o $(BIN)/ ./cmd/tessera-sim
+	for v in $(SIM_VARIANTS); do \
+		$(BIN)/tessera-sim trace --pods $(OPENB_DIR)/openb_pod_list_default.csv \
+			--nodes $(OPENB_DIR)/openb_node_list_gpu_node.csv --variant $$v \
+			--policy tessera,stock,fgd --seeds $(SIM_SEEDS) | tee $(BIN)/sim-openb-$$v.json || exit 1; \
+	done
 
 # tessera-scheduler is kube-scheduler with Tessera's plugin, built from its own module
 # (cmd/tessera-scheduler/go.mod) so that k8s.io/kubernetes stays out of Tessera's module,

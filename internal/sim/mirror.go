@@ -19,11 +19,11 @@ type Mirror struct {
 
 // NewMirror returns the model of the stock kube-scheduler on the nodes.
 func NewMirror(nodes []NodeSpec, pods []Pod) (*Mirror, error) {
-	workload, err := workloadOf(pods)
+	fleet := NewFleet(nodes)
+	workload, err := workloadOf(pods, fleet)
 	if err != nil {
 		return nil, fmt.Errorf("mirror: %w", err)
 	}
-	fleet := NewFleet(nodes)
 	return &Mirror{fleet: fleet, sched: newScheduler(fleet, workload, Options{Policy: PolicyStock}, 0)}, nil
 }
 

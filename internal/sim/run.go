@@ -80,7 +80,7 @@ func Run(ctx context.Context, fleet *Fleet, pods []Pod, opts Options) (Result, e
 	if opts.Seeds <= 0 || opts.Arrivals <= 0 || fleet.Capacity == 0 {
 		return Result{}, fmt.Errorf("replay: need seeds > 0, arrivals > 0 and a fleet with GPUs")
 	}
-	workload, err := workloadOf(pods)
+	workload, err := workloadOf(pods, fleet)
 	if err != nil {
 		return Result{}, fmt.Errorf("replay: %w", err)
 	}
@@ -142,13 +142,29 @@ func Run(ctx context.Context, fleet *Fleet, pods []Pod, opts Options) (Result, e
 }
 
 // workloadOf is the request mix tessera-scheduler measures fragmentation
-// against: here the trace itself, as FGD does.
-func workloadOf(pods []Pod) (placement.Workload, error) {
+// against: here the trace itself, as FGD does, with the pressure of its
+// model-pinned pods on the fleet's GPU models.
+func workloadOf(pods []Pod, fleet *Fleet) (placement.Workload, error) {
 	reqs := make([]placement.Request, len(pods))
 	for i, p := range pods {
 		reqs[i] = p.Request
 	}
-	return placement.NewWorkload(reqs)
+	w, err := placement.NewWorkload(reqs)
+	if err != nil {
+		return w, err
+	}
+	return w.WithCapacity(fleet.capacityByModel()), nil
+}
+
+// capacityByModel is the fleet's milli-GPUs of each GPU model.
+func (f *Fleet) capacityByModel() map[string]int64 {
+	out := map[string]int64{}
+	for _, s := range f.Specs {
+		if s.GPUs > 0 {
+			out[s.Model] += int64(s.GPUs) * placement.WholeGPU
+		}
+	}
+	return out
 }
 
 func newScheduler(fleet *Fleet, workload placement.Workload, opts Options, seed int) *Scheduler {

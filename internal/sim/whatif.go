@@ -69,7 +69,7 @@ func Size(ctx context.Context, nodes []NodeSpec, pods []Pod, policy Policy, weig
 }
 
 func placeInOrder(ctx context.Context, fleet *Fleet, pods []Pod, policy Policy, weight int64) (*Scheduler, int, error) {
-	workload, err := workloadOf(pods)
+	workload, err := workloadOf(pods, fleet)
 	if err != nil {
 		return nil, 0, fmt.Errorf("what-if: %w", err)
 	}

@@ -17,6 +17,57 @@ type Class struct {
 // fragmentation is measured.
 type Workload struct {
 	Classes []Class
+	// Pressure is, per GPU model, how much of its capacity the requests
+	// pinned to GPU models expect, relative to what the whole workload
+	// expects of the whole fleet (WithCapacity); empty when no request is
+	// pinned or the fleet is not known.
+	Pressure map[string]float64
+}
+
+// WithCapacity returns the workload with the pressure of its model-pinned
+// requests on each GPU model of a fleet that has the given milli-GPUs of each
+// model: per model, the sum over the pinned classes that may use it of their
+// expected demand spread over the capacity of all the models each may use,
+// divided by the whole workload's expected demand over the whole capacity.
+// A model that pinned requests alone would fill has a pressure near 1 or
+// more; a model no request is pinned to, 0.
+func (w Workload) WithCapacity(capacity map[string]int64) Workload {
+	var all int64
+	for _, c := range capacity {
+		all += c
+	}
+	var demand float64
+	for _, c := range w.Classes {
+		demand += c.Weight * float64(c.Request.Demand())
+	}
+	w.Pressure = nil
+	if all == 0 || demand == 0 {
+		return w
+	}
+	for _, c := range w.Classes {
+		r := c.Request
+		if r.Models == "" || r.GPUs == 0 {
+			continue
+		}
+		var models []string
+		var allowed int64
+		for m, milli := range capacity {
+			if r.Allows(m) && milli > 0 {
+				models = append(models, m)
+				allowed += milli
+			}
+		}
+		if allowed == 0 {
+			continue
+		}
+		if w.Pressure == nil {
+			w.Pressure = map[string]float64{}
+		}
+		for _, m := range models {
+			w.Pressure[m] += c.Weight * float64(r.Demand()) / float64(allowed) / (demand / float64(all))
+		}
+	}
+	return w
 }
 
 // NewWorkload counts the requests into classes of identical requests,
@@ -129,7 +180,18 @@ type Measure func(Workload, Node) float64
 // remainders of GPUs after packing; FGD: GPUs too small for a request at
 // all), and on openb their sum leaves less unallocated than either alone
 // (docs/benchmarks.md).
-func (w Workload) Fragmentation(n Node) float64 { return w.Stranded(n) + w.FGD(n) }
+//
+// On a fleet of several GPU models with requests pinned to some of them, it
+// also counts each free milli-GPU as worth less by the pressure of the
+// pinned requests on the node's model (WithCapacity): placing a request
+// there costs what it takes times that pressure, so requests that may go
+// anywhere fill the models few pinned requests need before those that the
+// pinned requests need (placing a pinned request costs the same on every
+// node it may use, so only its choice among its models changes). Without
+// pinned requests this term is zero.
+func (w Workload) Fragmentation(n Node) float64 {
+	return w.Stranded(n) + w.FGD(n) - w.Pressure[n.Model]*float64(n.FreeGPU())
+}
 
 // Delta is how much placing the request on the given GPUs of the node
 // changes the node's fragmentation for the workload; lower is better (FGD

@@ -179,3 +179,32 @@ func TestMeasuresCountModels(t *testing.T) {
 		t.Errorf("With drops the model: %q", got)
 	}
 }
+
+// TestPressureKeepsPinnedModels: a quarter of the requests may only use T4s
+// and a quarter only G2s, but the fleet has three times as many G2s; a
+// request that may go anywhere costs more on a T4 node than on an equally
+// idle G2 node (FGD's measure alone sees no difference: each node is out of
+// reach of a quarter of the requests); without pinned requests nothing
+// changes.
+func TestPressureKeepsPinnedModels(t *testing.T) {
+	t4, g2 := whole(1), whole(1)
+	t4.Models, g2.Models = "T4", "G2"
+	w := mustWorkload(t, whole(1), whole(1), t4, g2).WithCapacity(map[string]int64{"T4": 8000, "G2": 24000})
+	// Pinned demand 0.25 over 8 GPUs against 1 over 32: pressure 1 on T4,
+	// 1/3 on G2.
+	if got := w.Pressure; math.Abs(got["T4"]-1) > 1e-9 || math.Abs(got["G2"]-1.0/3) > 1e-9 {
+		t.Fatalf("pressure %v, want T4 1 and G2 1/3", got)
+	}
+	idle := func(model string) Node {
+		return Node{CPU: 1 << 20, Memory: 1 << 20, Free: []int{1000, 1000, 1000, 1000}, Model: model}
+	}
+	onT4 := w.Delta(Workload.Fragmentation, idle("T4"), whole(1), []int{0})
+	onG2 := w.Delta(Workload.Fragmentation, idle("G2"), whole(1), []int{0})
+	if onT4 <= onG2 {
+		t.Errorf("an unpinned GPU costs %v on a T4 node and %v on a G2 node: want the T4 dearer", onT4, onG2)
+	}
+	plain := mustWorkload(t, whole(1), share(500)).WithCapacity(map[string]int64{"T4": 8000, "G2": 24000})
+	if plain.Pressure != nil {
+		t.Errorf("pressure %v without pinned requests", plain.Pressure)
+	}
+}
