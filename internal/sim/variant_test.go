@@ -90,15 +90,14 @@ func TestGPUShareVariant(t *testing.T) {
 		var cpuOnly, gpuPods int
 		var share, all float64
 		for _, p := range got {
-			switch {
-			case p.Request.GPUs == 0:
+			if p.Request.GPUs == 0 {
 				cpuOnly++
-			default:
-				gpuPods++
-				all += float64(p.Request.Demand())
-				if p.Request.Shared() {
-					share += float64(p.Request.Demand())
-				}
+				continue
+			}
+			gpuPods++
+			all += float64(p.Request.Demand())
+			if p.Request.Shared() {
+				share += float64(p.Request.Demand())
 			}
 		}
 		if cpuOnly != 1000 || gpuPods != 8000 {
