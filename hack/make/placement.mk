@@ -20,7 +20,7 @@ sim-openb: ## The openb placement figures and plot of docs/benchmarks.md (10 see
 
 SIM_VARIANTS ?= gpuspec10 gpuspec20 gpuspec33 gpushare100
 
-sim-openb-variants:
+sim-openb-variants: ## The FGD paper's openb variants (gpuspec10, 20, 33, gpushare100) table of docs/benchmarks.md (10 seeds each)
 	$(GO) build -o $(BIN)/ ./cmd/tessera-sim
 	for v in $(SIM_VARIANTS); do \
 		$(BIN)/tessera-sim trace --pods $(OPENB_DIR)/openb_pod_list_default.csv \
