@@ -20,7 +20,7 @@ import (
 // termination apply as for a node drain, and records an Event on each pod
 // (reason, and a message saying why) and on the claim. It is the one way
 // Tessera takes GPUs back from a tenant: idle reclaim uses it, and so does
-// elastic reclaim (issue 28). A pod already gone counts as evicted; an
+// reclaim of borrowed devices (reclaim.go). A pod already gone counts as evicted; an
 // eviction refused (a budget's 429, any error) is returned, with the
 // others, for the caller to try again later.
 func evictClaimPods(ctx context.Context, c client.Client, rec recorder.EventRecorder, claim *resourceapi.ResourceClaim, reason, message string) error {

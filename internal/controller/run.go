@@ -159,6 +159,13 @@ func Run(ctx context.Context, cfg *rest.Config, opts Options) error {
 	if err := mgr.Add(manager.RunnableFunc(func(ctx context.Context) error { return tenantShowback.run(ctx, time.Minute) })); err != nil {
 		return fmt.Errorf("add showback: %w", err)
 	}
+	// Reclaim acts only for tenants with a guarantee, and reads the
+	// running pods directly (the cache holds pending pods only), once per
+	// pass, and only while a pod of such a tenant waits.
+	reclaimer := NewReclaimer(mgr.GetClient(), mgr.GetAPIReader(), rec)
+	if err := mgr.Add(manager.RunnableFunc(func(ctx context.Context) error { return reclaimer.run(ctx, ReclaimInterval) })); err != nil {
+		return fmt.Errorf("add reclaimer: %w", err)
+	}
 	if opts.IdleAfter > 0 {
 		m := &IdleMarker{client: mgr.GetClient(), leases: mgr.GetAPIReader(), namespace: opts.IdleReportNamespace,
 			recorder: rec, now: time.Now, after: opts.IdleAfter}

@@ -62,19 +62,7 @@ type TenantHolding struct {
 // devices let the starving tenant's pods fit the nodes' device models is not
 // decided here (that needs the scheduler's allocator).
 func ChooseVictims(candidates []RunningClaim, tenants map[string]TenantHolding, starving string, need Usage) ([]RunningClaim, bool) {
-	ordered := slices.Clone(candidates)
-	slices.SortStableFunc(ordered, func(a, b RunningClaim) int {
-		if c := cmp.Compare(a.Priority, b.Priority); c != 0 {
-			return c
-		}
-		if c := b.Started.Compare(a.Started); c != 0 {
-			return c
-		}
-		if c := strings.Compare(a.Claim.Namespace, b.Claim.Namespace); c != 0 {
-			return c
-		}
-		return strings.Compare(a.Claim.Name, b.Claim.Name)
-	})
+	ordered := reclaimOrder(candidates)
 	removed := map[string]Usage{}
 	freed := Usage{Devices: map[string]int64{}}
 	var victims []RunningClaim
@@ -101,6 +89,84 @@ func ChooseVictims(candidates []RunningClaim, tenants map[string]TenantHolding, 
 		if rest := subtract(freed, victims[i].Cost); covers(rest, need) {
 			freed = rest
 			victims = slices.Delete(victims, i, i+1)
+		}
+	}
+	return victims, true
+}
+
+// reclaimOrder sorts candidates in the order reclaim takes them: lowest
+// Priority first, then the most recently Started, then by claim.
+func reclaimOrder(candidates []RunningClaim) []RunningClaim {
+	ordered := slices.Clone(candidates)
+	slices.SortStableFunc(ordered, func(a, b RunningClaim) int {
+		if c := cmp.Compare(a.Priority, b.Priority); c != 0 {
+			return c
+		}
+		if c := b.Started.Compare(a.Started); c != 0 {
+			return c
+		}
+		if c := strings.Compare(a.Claim.Namespace, b.Claim.Namespace); c != 0 {
+			return c
+		}
+		return strings.Compare(a.Claim.Name, b.Claim.Name)
+	})
+	return ordered
+}
+
+// ChooseVictimsToFit is ChooseVictims where what must be freed is not an
+// amount but a placement: fits says whether the starving tenant's pod would
+// fit were the given victims gone (the caller runs the scheduler's allocator
+// on the node's device model). A pod often needs less than its size freed
+// (part of what it needs is free already) or something particular (a MIG
+// placement whose memory slices are partly free), so no amount of budget
+// says how much to evict.
+//
+// The rules are ChooseVictims':
+//   - Order: candidates are taken in reclaimOrder (lowest priority, then the
+//     most recently started), until fits holds.
+//   - Never a claim of a tenant at or below its guarantee: a candidate is
+//     taken only if its tenant, without the victims taken so far and it,
+//     still holds at least its guarantee; candidates of the starving
+//     tenant or of a tenant not in tenants are never taken.
+//   - Never more than needed: the victims are then dropped, the most
+//     protected first, wherever the rest still fit; so removing any victim
+//     returned would no longer fit.
+//
+// It returns nil and false when even every candidate it may take would not
+// make the pod fit (then nothing is evicted), and nil and true when the pod
+// fits already. fits is called at most 2n+1 times for n candidates.
+func ChooseVictimsToFit(candidates []RunningClaim, tenants map[string]TenantHolding, starving string, fits func([]RunningClaim) bool) ([]RunningClaim, bool) {
+	if fits(nil) {
+		return nil, true
+	}
+	removed := map[string]Usage{}
+	var victims []RunningClaim
+	found := false
+	for _, c := range reclaimOrder(candidates) {
+		h, ok := tenants[c.Tenant]
+		if !ok || c.Tenant == starving {
+			continue
+		}
+		after := add(removed[c.Tenant], c.Cost)
+		if !atOrAboveGuarantee(h, after) {
+			continue
+		}
+		removed[c.Tenant] = after
+		victims = append(victims, c)
+		if fits(victims) {
+			found = true
+			break
+		}
+	}
+	if !found {
+		return nil, false
+	}
+	// Dropping a victim only gives its tenant more, so the guarantee rule
+	// still holds for the rest.
+	for i := len(victims) - 2; i >= 0; i-- {
+		rest := slices.Delete(slices.Clone(victims), i, i+1)
+		if fits(rest) {
+			victims = rest
 		}
 	}
 	return victims, true

@@ -12,25 +12,18 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	resourceapi "k8s.io/api/resource/v1"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/apimachinery/pkg/util/sets"
 	"k8s.io/dynamic-resource-allocation/cel"
 	"k8s.io/dynamic-resource-allocation/structured"
 
 	gpuapi "github.com/tessera-gpu/tessera/api/gpu"
 	chart "github.com/tessera-gpu/tessera/deployments/helm/tessera"
+	"github.com/tessera-gpu/tessera/internal/allocation"
 	"github.com/tessera-gpu/tessera/test/builder"
 )
 
 // Features are the DRA features kube-scheduler 1.37 enables by default and
-// that Tessera's slices rely on.
-var Features = structured.Features{
-	AdminAccess:            true,
-	PrioritizedList:        true,
-	PartitionableDevices:   true,
-	DeviceTaints:           true,
-	DeviceBindingAndStatus: true,
-	ConsumableCapacity:     true,
-}
+// that Tessera's slices rely on (the reclaim controller's too).
+var Features = allocation.Features
 
 // Classes are the DeviceClasses Tessera ships, decoded from the same manifest
 // the local cluster installs, so that the allocator here selects devices
@@ -98,12 +91,8 @@ type Cluster struct {
 // NewCluster returns a cluster of the given nodes and slices.
 func NewCluster(nodes []string, slices []*resourceapi.ResourceSlice) *Cluster {
 	c := &Cluster{
-		Slices: slices,
-		state: structured.AllocatedState{
-			AllocatedDevices:         sets.New[structured.DeviceID](),
-			AllocatedSharedDeviceIDs: sets.New[structured.SharedDeviceID](),
-			AggregatedCapacity:       structured.NewConsumedCapacityCollection(),
-		},
+		Slices:  slices,
+		state:   allocation.NewState(),
 		claims:  map[types.UID]*resourceapi.ResourceClaim{},
 		cel:     cel.NewCache(100, cel.Features{EnableConsumableCapacity: true}),
 		timeout: 10 * time.Second,
@@ -179,15 +168,7 @@ func (c *Cluster) record(claim *resourceapi.ResourceClaim, result *resourceapi.A
 	claim = claim.DeepCopy()
 	claim.Status.Allocation = result
 	c.claims[claim.UID] = claim
-	for _, r := range result.Devices.Results {
-		id := structured.MakeDeviceID(r.Driver, r.Pool, r.Device)
-		if r.ShareID != nil {
-			c.state.AllocatedSharedDeviceIDs.Insert(structured.MakeSharedDeviceID(id, r.ShareID))
-			c.state.AggregatedCapacity.Insert(structured.NewDeviceConsumedCapacity(id, r.ConsumedCapacity))
-			continue
-		}
-		c.state.AllocatedDevices.Insert(id)
-	}
+	allocation.Record(c.state, result)
 }
 
 // Free deallocates a claim.

@@ -147,6 +147,14 @@ const (
 	// ReasonIdleReclaimed is the reason of the Events of an eviction of an
 	// idle claim's pods (GPUTenant spec.idleReclaim).
 	ReasonIdleReclaimed = "IdleReclaimed"
+	// ReasonReclaimed is the reason of the Events of an eviction that gives
+	// a tenant below its guarantee (spec.guarantee) back devices another
+	// tenant borrowed: on the evicted pods and their claim.
+	ReasonReclaimed = "Reclaimed"
+	// ReasonReclaiming is the reason of the Event on a waiting pod whose
+	// tenant is below its guarantee, when borrowed devices are reclaimed so
+	// that it fits.
+	ReasonReclaiming = "ReclaimingGuarantee"
 	// AnnotationIdleSince holds a node's idle report: a JSON object mapping
 	// claim UIDs to the RFC 3339 time since which the claim has been idle.
 	AnnotationIdleSince = "tenancy.tessera.dev/idle-since"

@@ -1,0 +1,289 @@
+package controller
+
+import (
+	"context"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	corev1 "k8s.io/api/core/v1"
+	policyv1 "k8s.io/api/policy/v1"
+	resourceapi "k8s.io/api/resource/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/klog/v2/ktesting"
+	"k8s.io/utils/ptr"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/client/fake"
+	"sigs.k8s.io/controller-runtime/pkg/client/interceptor"
+
+	gpuapi "github.com/tessera-gpu/tessera/api/gpu"
+	tenancyv1 "github.com/tessera-gpu/tessera/api/tenancy/v1alpha1"
+	chart "github.com/tessera-gpu/tessera/deployments/helm/tessera"
+	tnvml "github.com/tessera-gpu/tessera/internal/nvml"
+	"github.com/tessera-gpu/tessera/internal/nvml/nvmlmock"
+	"github.com/tessera-gpu/tessera/pkg/inventory"
+	"github.com/tessera-gpu/tessera/pkg/resourceslice"
+	"github.com/tessera-gpu/tessera/test/builder"
+)
+
+var reclaimT0 = time.Date(2026, 12, 6, 0, 0, 0, 0, time.UTC)
+
+// held is a claim of a running pod in the reclaim tests: the pod, named
+// pod-<claim>, started minute minutes after reclaimT0 with priority.
+type held struct {
+	ns, claim, class, device string
+	priority                 int32
+	minute                   int
+}
+
+// h100Node is one node, n1, of two H100s as go-nvml's mock reports them.
+func h100Node(t *testing.T) inventory.Node {
+	t.Helper()
+	s, err := nvmlmock.New("dgxh100", 2, "n1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	lib, err := tnvml.OpenMock(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	node, err := lib.Discover(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return node
+}
+
+// publish is what n1's plugin publishes with prepared devices withdrawing
+// what they block (the chart's default).
+func publish(node inventory.Node, prepared map[string]bool) []client.Object {
+	var out []client.Object
+	for _, s := range resourceslice.Objects("n1", resourceslice.Build("n1", node, resourceslice.Options{Pool: "default", Prepared: prepared, WithdrawBlocked: true})) {
+		out = append(out, s)
+	}
+	return out
+}
+
+func reclaimTenant(name string, guarantee string) *tenancyv1.GPUTenant {
+	t := &tenancyv1.GPUTenant{ObjectMeta: metav1.ObjectMeta{Name: name}, Spec: tenancyv1.GPUTenantSpec{
+		NamespaceSelector: metav1.LabelSelector{MatchLabels: map[string]string{tenancyv1.LabelCapsuleTenant: name}},
+	}}
+	if guarantee != "" {
+		t.Spec.Guarantee = &tenancyv1.Budget{GPUMemory: ptr.To(resource.MustParse(guarantee))}
+	}
+	return t
+}
+
+func (h held) objects() (*resourceapi.ResourceClaim, *corev1.Pod) {
+	pod := "pod-" + h.claim
+	claim := builder.MakeClaim(h.claim).Namespace(h.ns).Request(builder.MakeRequest("gpu", h.class).Obj()).
+		Pool("n1").Device("gpu", h.device).ReservedFor(pod, types.UID(h.ns+"-"+pod)).Obj()
+	started := metav1.NewTime(reclaimT0.Add(time.Duration(h.minute) * time.Minute))
+	p := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Namespace: h.ns, Name: pod, UID: types.UID(h.ns + "-" + pod), CreationTimestamp: started},
+		Spec: corev1.PodSpec{NodeName: "n1", Priority: ptr.To(h.priority), ResourceClaims: []corev1.PodResourceClaim{
+			{Name: "gpu", ResourceClaimName: ptr.To(h.claim)},
+		}},
+		Status: corev1.PodStatus{Phase: corev1.PodRunning, StartTime: &started},
+	}
+	return claim, p
+}
+
+// waitingFor is a pod of namespace a that kube-scheduler found no room for,
+// with its unallocated claim of one request.
+func waitingFor(request resourceapi.DeviceRequest) (*resourceapi.ResourceClaim, *corev1.Pod) {
+	claim := builder.MakeClaim("want").Namespace("a").Request(request).Obj()
+	pod := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "a", Name: "waiting", UID: "a-waiting", CreationTimestamp: metav1.NewTime(reclaimT0.Add(time.Hour))},
+		Spec:       corev1.PodSpec{ResourceClaims: []corev1.PodResourceClaim{{Name: "gpu", ResourceClaimName: ptr.To("want")}}},
+		Status: corev1.PodStatus{Phase: corev1.PodPending, Conditions: []corev1.PodCondition{{
+			Type: corev1.PodScheduled, Status: corev1.ConditionFalse, Reason: corev1.PodReasonUnschedulable,
+			LastTransitionTime: metav1.NewTime(reclaimT0.Add(time.Hour)),
+		}}},
+	}
+	return claim, pod
+}
+
+// TestReclaim runs one reclaim pass over node n1 (two H100s) after the
+// reclaimer saw the node with nothing prepared, then with the claims below
+// allocated and what they block withdrawn. Tenant a waits; b borrows (no
+// guarantee); c holds exactly its guarantee.
+func TestReclaim(t *testing.T) {
+	mig3g := builder.MakeRequest("gpu", gpuapi.ClassMIG).Profile("3g.40gb").Obj()
+	whole := builder.MakeRequest("gpu", gpuapi.ClassGPU).Obj()
+	tests := map[string]struct {
+		guaranteeA, guaranteeC string
+		held                   []held
+		want                   resourceapi.DeviceRequest
+		evicted                []string
+		events                 []string
+	}{
+		// gpu-0's memory slices 0 and 4 hold b's newest and b's older 1g
+		// partitions; slice 5 holds c's, which c's guarantee protects. A
+		// 3g.40gb takes slices 0-3 or 4-7. Taking b's claims in order
+		// (newest first) until the pod fits takes both; the first frees
+		// nothing the pod can use, so only the older one is evicted.
+		"MIG: greedy would evict two pods, one suffices": {
+			guaranteeA: "40Gi", guaranteeC: "90Gi",
+			held: []held{
+				{ns: "b", claim: "new", class: gpuapi.ClassMIG, device: "gpu-0-mig-1g10gb-4", minute: 5},
+				{ns: "b", claim: "old", class: gpuapi.ClassMIG, device: "gpu-0-mig-1g10gb-0", minute: 1},
+				{ns: "c", claim: "c-mig", class: gpuapi.ClassMIG, device: "gpu-0-mig-1g10gb-5", minute: 0},
+				{ns: "c", claim: "c-whole", class: gpuapi.ClassGPU, device: "gpu-1", minute: 0},
+			},
+			want:    mig3g,
+			evicted: []string{"b/pod-old"},
+			events:  []string{"*v1.Pod b/pod-old Reclaimed", "*v1.ResourceClaim b/old Reclaimed", "*v1.Pod a/waiting ReclaimingGuarantee"},
+		},
+		// The same fleet, but a holds its guarantee already: nothing is
+		// evicted, however long its pod waits.
+		"no eviction while the owner is at its guarantee": {
+			guaranteeA: "10Gi", guaranteeC: "80Gi",
+			held: []held{
+				{ns: "a", claim: "a-own", class: gpuapi.ClassMIG, device: "gpu-0-mig-1g10gb-6", minute: 0},
+				{ns: "b", claim: "new", class: gpuapi.ClassMIG, device: "gpu-0-mig-1g10gb-4", minute: 5},
+				{ns: "b", claim: "old", class: gpuapi.ClassMIG, device: "gpu-0-mig-1g10gb-0", minute: 1},
+				{ns: "c", claim: "c-whole", class: gpuapi.ClassGPU, device: "gpu-1", minute: 0},
+			},
+			want: mig3g,
+		},
+		// a is below its guarantee, but the pod would take it above: reclaim
+		// gives a guarantee back, it does not lend.
+		"no eviction for a pod that would take the owner above its guarantee": {
+			guaranteeA: "20Gi", guaranteeC: "80Gi",
+			held: []held{
+				{ns: "b", claim: "old", class: gpuapi.ClassMIG, device: "gpu-0-mig-1g10gb-0", minute: 1},
+				{ns: "b", claim: "new", class: gpuapi.ClassMIG, device: "gpu-0-mig-1g10gb-4", minute: 5},
+				{ns: "c", claim: "c-whole", class: gpuapi.ClassGPU, device: "gpu-1", minute: 0},
+			},
+			want: mig3g,
+		},
+		// Both of b's GPUs would do; the low-priority one goes although the
+		// high-priority one started later.
+		"lowest priority first": {
+			guaranteeA: "80Gi",
+			held: []held{
+				{ns: "b", claim: "high", class: gpuapi.ClassGPU, device: "gpu-0", priority: 100, minute: 5},
+				{ns: "b", claim: "low", class: gpuapi.ClassGPU, device: "gpu-1", priority: 0, minute: 1},
+			},
+			want:    whole,
+			evicted: []string{"b/pod-low"},
+			events:  []string{"*v1.Pod b/pod-low Reclaimed", "*v1.ResourceClaim b/low Reclaimed", "*v1.Pod a/waiting ReclaimingGuarantee"},
+		},
+		// Among equal priorities, the most recently started goes.
+		"most recently started first": {
+			guaranteeA: "80Gi",
+			held: []held{
+				{ns: "b", claim: "older", class: gpuapi.ClassGPU, device: "gpu-0", minute: 1},
+				{ns: "b", claim: "newer", class: gpuapi.ClassGPU, device: "gpu-1", minute: 5},
+			},
+			want:    whole,
+			evicted: []string{"b/pod-newer"},
+			events:  []string{"*v1.Pod b/pod-newer Reclaimed", "*v1.ResourceClaim b/newer Reclaimed", "*v1.Pod a/waiting ReclaimingGuarantee"},
+		},
+		// gpu-0 is held whole, so its plugin withdraws its partitions: the
+		// node publishes no 3g.40gb at all. The model still holds them, and
+		// the whole GPU's pod is evicted for a MIG pod.
+		"withdrawn partitions count once their blocker is gone": {
+			guaranteeA: "40Gi", guaranteeC: "80Gi",
+			held: []held{
+				{ns: "b", claim: "b-whole", class: gpuapi.ClassGPU, device: "gpu-0", minute: 1},
+				{ns: "c", claim: "c-whole", class: gpuapi.ClassGPU, device: "gpu-1", minute: 0},
+			},
+			want:    mig3g,
+			evicted: []string{"b/pod-b-whole"},
+			events:  []string{"*v1.Pod b/pod-b-whole Reclaimed", "*v1.ResourceClaim b/b-whole Reclaimed", "*v1.Pod a/waiting ReclaimingGuarantee"},
+		},
+		// A tenant at its guarantee is never a victim, even for a tenant
+		// below its own.
+		"a tenant at its guarantee keeps its pods": {
+			guaranteeA: "80Gi", guaranteeC: "160Gi",
+			held: []held{
+				{ns: "c", claim: "c0", class: gpuapi.ClassGPU, device: "gpu-0", minute: 5},
+				{ns: "c", claim: "c1", class: gpuapi.ClassGPU, device: "gpu-1", minute: 1},
+			},
+			want: whole,
+		},
+	}
+	node := h100Node(t)
+	classes, err := chart.DeviceClassObjects()
+	if err != nil {
+		t.Fatal(err)
+	}
+	scheme, err := Scheme()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			_, ctx := ktesting.NewTestContext(t)
+			objs := []client.Object{reclaimTenant("a", tc.guaranteeA), reclaimTenant("b", ""), reclaimTenant("c", tc.guaranteeC)}
+			for _, ns := range []string{"a", "b", "c"} {
+				objs = append(objs, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns, Labels: map[string]string{tenancyv1.LabelCapsuleTenant: ns}}})
+			}
+			for _, dc := range classes {
+				objs = append(objs, dc)
+			}
+			var evicted []string
+			c := fake.NewClientBuilder().WithScheme(scheme).WithObjects(append(objs, publish(node, nil)...)...).
+				WithInterceptorFuncs(interceptor.Funcs{
+					SubResourceCreate: func(ctx context.Context, c client.Client, sub string, obj client.Object, subObj client.Object, opts ...client.SubResourceCreateOption) error {
+						if _, ok := subObj.(*policyv1.Eviction); ok && sub == "eviction" {
+							evicted = append(evicted, obj.GetNamespace()+"/"+obj.GetName())
+						}
+						return c.SubResource(sub).Create(ctx, obj, subObj, opts...)
+					},
+				}).Build()
+			rec := &eventLog{}
+			r := NewReclaimer(c, c, rec)
+			r.now = func() time.Time { return reclaimT0.Add(time.Hour + time.Second) }
+			// The first pass sees n1 with nothing prepared.
+			if err := r.sync(ctx); err != nil {
+				t.Fatal(err)
+			}
+
+			prepared := map[string]bool{}
+			for _, h := range tc.held {
+				claim, pod := h.objects()
+				prepared[h.device] = true
+				for _, o := range []client.Object{claim, pod} {
+					if err := c.Create(ctx, o); err != nil {
+						t.Fatal(err)
+					}
+				}
+			}
+			claim, pod := waitingFor(tc.want)
+			for _, o := range []client.Object{claim, pod} {
+				if err := c.Create(ctx, o); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := c.DeleteAllOf(ctx, &resourceapi.ResourceSlice{}); err != nil {
+				t.Fatal(err)
+			}
+			for _, o := range publish(node, prepared) {
+				if err := c.Create(ctx, o); err != nil {
+					t.Fatal(err)
+				}
+			}
+			// A second pass evicts no more: the victims' claims are
+			// reserved for pods that are gone, so their devices count as
+			// free, and the waiting pod fits.
+			for range 2 {
+				if err := r.sync(ctx); err != nil {
+					t.Fatal(err)
+				}
+			}
+			slices.Sort(evicted)
+			if diff := cmp.Diff(tc.evicted, evicted); diff != "" {
+				t.Errorf("evicted (-want +got):\n%s", diff)
+			}
+			if diff := cmp.Diff(tc.events, rec.events); diff != "" {
+				t.Errorf("events (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
