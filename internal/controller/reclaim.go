@@ -72,6 +72,9 @@ type Reclaimer struct {
 	now      func() time.Time
 	models   *deviceModels
 	cel      *cel.Cache
+	// told holds the waiting pods already told that their tenant holds its
+	// guarantee, so that each is told once; only sync touches it.
+	told map[types.UID]bool
 }
 
 // NewReclaimer returns a reclaimer that reads through c (cached) and pods
@@ -146,10 +149,20 @@ func (r *Reclaimer) sync(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	if r.told == nil {
+		r.told = map[types.UID]bool{}
+	}
+	still := map[types.UID]bool{}
 	var errs []error
 	for _, w := range waiting {
+		still[w.pod.UID] = true
 		if err := r.reclaimFor(ctx, pass, w); err != nil {
 			errs = append(errs, err)
+		}
+	}
+	for uid := range r.told {
+		if !still[uid] {
+			delete(r.told, uid)
 		}
 	}
 	if len(errs) > 0 {
@@ -535,6 +548,11 @@ func (r *Reclaimer) reclaimFor(ctx context.Context, pass *reclaimPass, w waiting
 	own := holdings[w.tenant.Name]
 	if !belowGuarantee(own.Used, own.Guarantee) {
 		logger.V(4).Info("Not reclaiming: the tenant holds its guarantee")
+		if !r.told[w.pod.UID] {
+			r.told[w.pod.UID] = true
+			r.recorder.Eventf(w.pod, nil, corev1.EventTypeNormal, tenancyv1.ReasonGuaranteeHeld, "Reclaim",
+				"GPUTenant %s holds its guarantee (spec.guarantee): nothing is reclaimed for this pod, which waits for free devices", w.tenant.Name)
+		}
 		return nil
 	}
 	pools := make([]string, 0, len(pass.pools))

@@ -148,7 +148,8 @@ func TestReclaim(t *testing.T) {
 				{ns: "b", claim: "old", class: gpuapi.ClassMIG, device: "gpu-0-mig-1g10gb-0", minute: 1},
 				{ns: "c", claim: "c-whole", class: gpuapi.ClassGPU, device: "gpu-1", minute: 0},
 			},
-			want: mig3g,
+			want:   mig3g,
+			events: []string{"*v1.Pod a/waiting GuaranteeHeld"},
 		},
 		// a is below its guarantee, but the pod would take it above: reclaim
 		// gives a guarantee back, it does not lend.

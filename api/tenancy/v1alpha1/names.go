@@ -155,6 +155,9 @@ const (
 	// tenant is below its guarantee, when borrowed devices are reclaimed so
 	// that it fits.
 	ReasonReclaiming = "ReclaimingGuarantee"
+	// ReasonGuaranteeHeld is the reason of the Event on a waiting pod whose
+	// tenant holds its guarantee already: nothing is reclaimed for it.
+	ReasonGuaranteeHeld = "GuaranteeHeld"
 	// AnnotationIdleSince holds a node's idle report: a JSON object mapping
 	// claim UIDs to the RFC 3339 time since which the claim has been idle.
 	AnnotationIdleSince = "tenancy.tessera.dev/idle-since"
