@@ -11,6 +11,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	corev1 "k8s.io/api/core/v1"
 	resourceapi "k8s.io/api/resource/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/dynamic-resource-allocation/cel"
 	"k8s.io/dynamic-resource-allocation/structured"
@@ -602,6 +605,9 @@ func (r *Reclaimer) planOn(ctx context.Context, pass *reclaimPass, w waitingPod,
 		return nil, nil
 	}
 	nodeName := *model[0].Spec.NodeName
+	if ok, err := r.selects(ctx, w.pod, nodeName); err != nil || !ok {
+		return nil, err
+	}
 	model = append(model, pass.others[nodeName]...)
 	node := &corev1.Node{}
 	node.Name = nodeName
@@ -657,6 +663,25 @@ func (r *Reclaimer) planOn(ctx context.Context, pass *reclaimPass, w waitingPod,
 		return nil, fmt.Errorf("model pod %s on node %s: the victims chosen no longer fit", klog.KObj(w.pod), nodeName)
 	}
 	return &plan{pool: pool, victims: victims, results: last}, nil
+}
+
+// selects reports whether the pod's nodeSelector lets it onto the node
+// (read from the cache of nodes' metadata). Node affinity and taints are
+// not modelled: a pod that uses them may get room reclaimed on a node it
+// cannot go to.
+func (r *Reclaimer) selects(ctx context.Context, pod *corev1.Pod, node string) (bool, error) {
+	if len(pod.Spec.NodeSelector) == 0 {
+		return true, nil
+	}
+	meta := &metav1.PartialObjectMetadata{}
+	meta.SetGroupVersionKind(corev1.SchemeGroupVersion.WithKind("Node"))
+	switch err := r.client.Get(ctx, types.NamespacedName{Name: node}, meta); {
+	case apierrors.IsNotFound(err):
+		return false, nil
+	case err != nil:
+		return false, fmt.Errorf("get node %s: %w", node, err)
+	}
+	return labels.SelectorFromSet(pod.Spec.NodeSelector).Matches(labels.Set(meta.Labels)), nil
 }
 
 // take enters a plan into the pass: the victims leave, the pod's claims

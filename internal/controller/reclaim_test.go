@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	corev1 "k8s.io/api/core/v1"
 	policyv1 "k8s.io/api/policy/v1"
 	resourceapi "k8s.io/api/resource/v1"
@@ -118,6 +119,7 @@ func TestReclaim(t *testing.T) {
 		guaranteeA, guaranteeC string
 		held                   []held
 		want                   resourceapi.DeviceRequest
+		nodeSelector           map[string]string
 		evicted                []string
 		events                 []string
 	}{
@@ -173,6 +175,17 @@ func TestReclaim(t *testing.T) {
 			want:    whole,
 			evicted: []string{"b/pod-low"},
 			events:  []string{"*v1.Pod b/pod-low Reclaimed", "*v1.ResourceClaim b/low Reclaimed", "*v1.Pod a/waiting ReclaimingGuarantee"},
+		},
+		// The pod may not go to n1 (its nodeSelector names labels n1 lacks):
+		// nothing there is evicted for it.
+		"not for a pod that cannot go to the node": {
+			guaranteeA: "80Gi",
+			held: []held{
+				{ns: "b", claim: "low", class: gpuapi.ClassGPU, device: "gpu-1", priority: 0, minute: 1},
+				{ns: "b", claim: "high", class: gpuapi.ClassGPU, device: "gpu-0", priority: 100, minute: 5},
+			},
+			want:         whole,
+			nodeSelector: map[string]string{"zone": "elsewhere"},
 		},
 		// Among equal priorities, the most recently started goes.
 		"most recently started first": {
@@ -257,6 +270,8 @@ func TestReclaim(t *testing.T) {
 				}
 			}
 			claim, pod := waitingFor(tc.want)
+			pod.Spec.NodeSelector = tc.nodeSelector
+			before := testutil.ToFloat64(reclaimedClaims.WithLabelValues("b", "a"))
 			for _, o := range []client.Object{claim, pod} {
 				if err := c.Create(ctx, o); err != nil {
 					t.Fatal(err)
@@ -284,6 +299,9 @@ func TestReclaim(t *testing.T) {
 			}
 			if diff := cmp.Diff(tc.events, rec.events); diff != "" {
 				t.Errorf("events (-want +got):\n%s", diff)
+			}
+			if got := testutil.ToFloat64(reclaimedClaims.WithLabelValues("b", "a")) - before; got != float64(len(tc.evicted)) {
+				t.Errorf("tessera_reclaim_evicted_claims_total{tenant=b,for=a} grew by %v, want %d", got, len(tc.evicted))
 			}
 		})
 	}
