@@ -87,6 +87,9 @@ type state struct {
 	node      placement.Node
 	// gen changes whenever the node does, to invalidate cached scores.
 	gen int
+	// held, when not nil, keeps each allocation's results by pod uid, so
+	// that the timeline can release them.
+	held map[int][]resourceapi.DeviceRequestAllocationResult
 }
 
 func (f *Fleet) newStates() []state {
@@ -174,6 +177,9 @@ func (f *Fleet) allocate(ctx context.Context, st []state, node, uid int, r place
 			continue
 		}
 		s.allocated.AllocatedDevices.Insert(id)
+	}
+	if s.held != nil {
+		s.held[uid] = results[0].Devices.Results
 	}
 	s.node = s.node.With(r, gpus)
 	s.gen++

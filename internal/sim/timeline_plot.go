@@ -1,0 +1,76 @@
+package sim
+
+import (
+	"fmt"
+	"image"
+	"image/color"
+	"image/draw"
+	"image/png"
+	"io"
+	"math"
+)
+
+var budgetColors = map[Budgets]color.RGBA{
+	BudgetsHard:    {0xd6, 0x27, 0x28, 0xff},
+	BudgetsElastic: {0x2c, 0xa0, 0x2c, 0xff},
+}
+
+// WriteTimelinePlot draws, per result, the mean GPU demand (thin) and GPU
+// allocation (thick) over time, in per cent of capacity, with a legend that
+// gives each mode's unallocated share while contended and its owner waits.
+func WriteTimelinePlot(w io.Writer, title string, results []TimelineResult) error {
+	img := image.NewRGBA(image.Rect(0, 0, plotWidth, plotHeight))
+	draw.Draw(img, img.Bounds(), image.White, image.Point{}, draw.Src)
+	x0, y0 := marginLeft, plotHeight-marginBottom
+	x1, y1 := plotWidth-marginRight, marginTop
+	xmax, ymax := 1.0, 100.0
+	for _, r := range results {
+		for _, p := range r.Series {
+			xmax = math.Max(xmax, p.Seconds/3600)
+			ymax = math.Max(ymax, p.DemandPercent)
+		}
+	}
+	ymax = math.Ceil(ymax/50) * 50
+	px := func(h float64) int { return x0 + int(math.Round(h/xmax*float64(x1-x0))) }
+	py := func(v float64) int { return y0 - int(math.Round(math.Min(v, ymax)/ymax*float64(y0-y1))) }
+
+	grey := color.RGBA{0xdd, 0xdd, 0xdd, 0xff}
+	black := color.RGBA{0, 0, 0, 0xff}
+	for v := 0.0; v <= ymax; v += 25 {
+		line(img, x0, py(v), x1, py(v), grey, 1)
+		text(img, x0-35, py(v)+4, fmt.Sprintf("%3.0f", v), black)
+	}
+	step := math.Max(1, math.Ceil(xmax/10))
+	for h := 0.0; h <= xmax; h += step {
+		line(img, px(h), y0, px(h), y1, grey, 1)
+		text(img, px(h)-8, y0+18, fmt.Sprintf("%.0f", h), black)
+	}
+	line(img, x0, py(100), x1, py(100), color.RGBA{0x66, 0x66, 0x66, 0xff}, 1)
+	line(img, x0, y0, x1, y0, black, 1)
+	line(img, x0, y0, x0, y1, black, 1)
+	text(img, 10, 18, title, black)
+	text(img, x0+(x1-x0)/2-90, plotHeight-15, "simulated time (hours)", black)
+	text(img, 10, marginTop-14, "% of GPU capacity: demand (thin), allocated (thick)", black)
+	for i := len(results) - 1; i >= 0; i-- {
+		r := results[i]
+		c := budgetColors[r.Budgets]
+		for j := 1; j < len(r.Series); j++ {
+			a, b := r.Series[j-1], r.Series[j]
+			line(img, px(a.Seconds/3600), py(a.DemandPercent), px(b.Seconds/3600), py(b.DemandPercent), c, 1)
+			line(img, px(a.Seconds/3600), py(a.AllocatedPercent), px(b.Seconds/3600), py(b.AllocatedPercent), c, 2)
+		}
+	}
+	for i, r := range results {
+		c := budgetColors[r.Budgets]
+		ly := marginTop + 20 + 64*i
+		line(img, x1+12, ly, x1+36, ly, c, 3)
+		text(img, x1+42, ly+4, string(r.Budgets), black)
+		text(img, x1+42, ly+18, fmt.Sprintf("%.2f%% unalloc.", r.UnallocatedPercent.Mean), black)
+		text(img, x1+42, ly+32, fmt.Sprintf("wait p95 %.0fs", r.WaitP95.Mean), black)
+		text(img, x1+42, ly+46, fmt.Sprintf("%.0f evictions", r.Evictions.Mean), black)
+	}
+	if err := png.Encode(w, img); err != nil {
+		return fmt.Errorf("encode plot: %w", err)
+	}
+	return nil
+}
