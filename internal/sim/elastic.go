@@ -1,6 +1,7 @@
 package sim
 
 import (
+	"math"
 	"slices"
 	"strconv"
 	"time"
@@ -45,9 +46,8 @@ type costKey struct {
 // fleet when elastic (never below the guarantee).
 func newTenants(fleet *Fleet, opts TimelineOptions) *tenants {
 	ts := &tenants{n: max(opts.Tenants, 1), fleet: fleet, costs: map[costKey]int64{}, memories: map[string]int64{}}
-	var total int64
+	total := fleet.totalMemory()
 	for i, s := range fleet.Specs {
-		total += int64(s.GPUs) * int64(fleet.memory[i])
 		if s.GPUs > 0 {
 			ts.memories[s.Model] = int64(fleet.memory[i])
 		}
@@ -135,15 +135,25 @@ func (ts *tenants) leastCost(p Pod) int64 {
 type reclaimPlan struct {
 	node    int
 	victims []int
-	cost    int64
+	// top is the highest priority among the victims, first when they
+	// started the earliest, cost what they cost.
+	top   int32
+	first time.Time
+	cost  int64
 }
 
+// better orders plans as ChooseVictims orders victims: fewer victims, then
+// lower priorities, then more recently started, then less evicted cost.
 func (a reclaimPlan) better(b reclaimPlan) bool {
-	if b.node < 0 {
+	switch {
+	case b.node < 0:
 		return true
-	}
-	if len(a.victims) != len(b.victims) {
+	case len(a.victims) != len(b.victims):
 		return len(a.victims) < len(b.victims)
+	case a.top != b.top:
+		return a.top < b.top
+	case !a.first.Equal(b.first):
+		return a.first.After(b.first)
 	}
 	return a.cost < b.cost
 }
@@ -212,12 +222,16 @@ func (tl *timeline) reclaim(i int, t float64) {
 			if !ok {
 				return
 			}
-			plan := reclaimPlan{node: n}
+			plan := reclaimPlan{node: n, top: math.MinInt32}
 			after := free
 			for _, v := range victims {
 				j, _ := strconv.Atoi(v.Claim.Name)
 				plan.victims = append(plan.victims, j)
 				plan.cost += v.Cost.Memory
+				plan.top = max(plan.top, v.Priority)
+				if plan.first.IsZero() || v.Started.Before(plan.first) {
+					plan.first = v.Started
+				}
 				after = without(after, tl.sched.request(tl.pods[j].Pod), tl.sim[j].gpus)
 			}
 			if after.Fits(r) && plan.better(best) {
@@ -264,4 +278,13 @@ func ceilDiv(a, b int64) int64 {
 		return 0
 	}
 	return (a + b - 1) / b
+}
+
+// totalMemory is the GPU memory of the whole fleet, in bytes.
+func (f *Fleet) totalMemory() int64 {
+	var total int64
+	for i, s := range f.Specs {
+		total += int64(s.GPUs) * int64(f.memory[i])
+	}
+	return total
 }

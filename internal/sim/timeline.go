@@ -72,9 +72,11 @@ type seedTimeline struct {
 	placements int
 	unplaced   int
 	lostWork   float64
-	end        float64
-	series     []SeriesPoint
-	events     int
+	// peakBorrowed is the most any tenant held above its guarantee, bytes.
+	peakBorrowed int64
+	end          float64
+	series       []SeriesPoint
+	events       int
 }
 
 // SeriesPoint is the state of a run at one time.
@@ -438,6 +440,7 @@ func (tl *timeline) place(i int, t float64) (bool, error) {
 		p.gen++
 		tl.onNode[node] = append(tl.onNode[node], i)
 		tl.tenants.used[p.tenant] += cost
+		tl.res.peakBorrowed = max(tl.res.peakBorrowed, tl.tenants.used[p.tenant]-tl.tenants.guarantee)
 		tl.allocated += pod.Request.Demand()
 		tl.waiting -= pod.Request.Demand()
 		tl.res.placements++

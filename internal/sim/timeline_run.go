@@ -62,9 +62,13 @@ type TimelineResult struct {
 	// OwedUnplaced are owed pods still pending at the end (not in Waits).
 	OwedUnplaced Stat `json:"owedUnplaced"`
 	Evictions    Stat `json:"evictions"`
-	// LostGPUHours is the GPU time evicted pods had run before eviction.
+	// LostGPUHours is the GPU time evicted pods held, from their start until
+	// their devices were free: work lost, since they start over.
 	LostGPUHours Stat `json:"lostGPUHours"`
-	Placements   Stat `json:"placements"`
+	// PeakBorrowedPercent is the most any tenant held above its guarantee,
+	// in per cent of the fleet's GPU memory (0 with hard budgets).
+	PeakBorrowedPercent Stat `json:"peakBorrowedPercent"`
+	Placements          Stat `json:"placements"`
 	// Unplaced are pods still pending when the last pod ends.
 	Unplaced       Stat          `json:"unplaced"`
 	Events         int           `json:"events"`
@@ -149,6 +153,9 @@ func RunTimeline(ctx context.Context, fleet *Fleet, pods []TimedPod, seeds, work
 	out.OwedUnplaced = per(func(r seedTimeline) float64 { return float64(r.owedOpen) })
 	out.Evictions = per(func(r seedTimeline) float64 { return float64(r.evictions) })
 	out.LostGPUHours = per(func(r seedTimeline) float64 { return r.lostWork / 3600 })
+	out.PeakBorrowedPercent = per(func(r seedTimeline) float64 {
+		return 100 * float64(r.peakBorrowed) / float64(fleet.totalMemory())
+	})
 	out.Placements = per(func(r seedTimeline) float64 { return float64(r.placements) })
 	out.Unplaced = per(func(r seedTimeline) float64 { return float64(r.unplaced) })
 	points := len(results[0].series)
