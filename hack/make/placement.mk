@@ -3,6 +3,7 @@
 #
 #   make sim-openb          the openb figures and plot of docs/benchmarks.md (10 seeds, ~3 min on 2 cores)
 #   make sim-openb-variants the FGD paper's openb variants table of docs/benchmarks.md (10 seeds each)
+#   make sim-elastic        hard against elastic budgets on the openb timeline (docs/benchmarks.md, 10 seeds, a few min on 2 cores)
 #   make tessera-scheduler  kube-scheduler with the TesseraPlacement plugin into bin/
 
 OPENB_DIR ?= ../shared/data
@@ -27,6 +28,20 @@ sim-openb-variants: ## The FGD paper's openb variants (gpuspec10, 20, 33, gpusha
 			--nodes $(OPENB_DIR)/openb_node_list_gpu_node.csv --variant $$v \
 			--policy tessera,stock,fgd --seeds $(SIM_SEEDS) | tee $(BIN)/sim-openb-$$v.json || exit 1; \
 	done
+
+# The openb timeline, arrivals 100x faster, on every 16th node (414 GPUs): demand exceeds
+# the fleet for hours. Equal split of the pods among 4 tenants, then a 4:3:2:1 split (plotted).
+SIM_ELASTIC_FLAGS ?= --tenants 4 --speedup 100 --node-every 16 --reclaim-delay 30 --seeds $(SIM_SEEDS)
+
+.PHONY: sim-elastic
+sim-elastic:
+	$(GO) build -o $(BIN)/ ./cmd/tessera-sim
+	$(BIN)/tessera-sim timeline --pods $(OPENB_DIR)/openb_pod_list_default.csv \
+		--nodes $(OPENB_DIR)/openb_node_list_gpu_node.csv $(SIM_ELASTIC_FLAGS) \
+		| tee $(BIN)/sim-elastic-equal.json
+	$(BIN)/tessera-sim timeline --pods $(OPENB_DIR)/openb_pod_list_default.csv \
+		--nodes $(OPENB_DIR)/openb_node_list_gpu_node.csv $(SIM_ELASTIC_FLAGS) --split 4,3,2,1 \
+		--plot docs/elastic-openb.png | tee $(BIN)/sim-elastic-split.json
 
 # tessera-scheduler is kube-scheduler with Tessera's plugin, built from its own module
 # (cmd/tessera-scheduler/go.mod) so that k8s.io/kubernetes stays out of Tessera's module,

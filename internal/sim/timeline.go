@@ -179,6 +179,12 @@ type timeline struct {
 	uid         int
 	res         seedTimeline
 	nextPoint   float64
+	// seriesEnd is the last arrival: after it the series is not recorded.
+	seriesEnd float64
+	// leastCost is each pod's tenancy.Cost on the cheapest GPU it may use.
+	leastCost []int64
+	owed      []bool
+	order     []int
 }
 
 func newTimeline(ctx context.Context, fleet *Fleet, workload placement.Workload, pods []TimedPod, tenantOf []int, opts TimelineOptions, seed int) *timeline {
@@ -193,9 +199,12 @@ func newTimeline(ctx context.Context, fleet *Fleet, workload placement.Workload,
 		tenants: newTenants(fleet, opts),
 	}
 	speedup := max(opts.Speedup, 1e-9)
+	tl.leastCost = make([]int64, len(pods))
 	for i, p := range pods {
 		tl.sim[i] = simPod{tenant: tenantOf[i], node: -1, owedFrom: -1}
 		tl.push(event{t: p.Arrival / speedup, kind: eventArrive, pod: i})
+		tl.seriesEnd = max(tl.seriesEnd, p.Arrival/speedup)
+		tl.leastCost[i] = tl.tenants.leastCost(p.Pod)
 	}
 	return tl
 }
@@ -283,7 +292,7 @@ func (tl *timeline) makePending(i int, t float64) {
 // changes.
 func (tl *timeline) account(from, to float64) {
 	capacity := tl.fleet.Capacity
-	for tl.opts.SeriesStep > 0 && tl.nextPoint <= to {
+	for tl.opts.SeriesStep > 0 && tl.nextPoint <= to && tl.nextPoint <= tl.seriesEnd {
 		tl.res.series = append(tl.res.series, SeriesPoint{
 			Seconds:          tl.nextPoint,
 			DemandPercent:    100 * float64(tl.allocated+tl.waiting) / float64(capacity),
@@ -306,8 +315,7 @@ func (tl *timeline) account(from, to float64) {
 // owed pod that still does not fit reclaims, with elastic budgets.
 func (tl *timeline) pass(t float64) error {
 	owed := tl.owedPods()
-	var still []int
-	order := make([]int, 0, len(tl.pending))
+	order := tl.order[:0]
 	for _, i := range tl.pending {
 		if owed[i] {
 			order = append(order, i)
@@ -318,17 +326,14 @@ func (tl *timeline) pass(t float64) error {
 			order = append(order, i)
 		}
 	}
+	tl.order = order
 	for _, i := range order {
 		placed, err := tl.retry(i, t)
 		if err != nil {
 			return err
 		}
-		if placed {
-			continue
-		}
-		still = append(still, i)
 		p := &tl.sim[i]
-		if !owed[i] {
+		if placed || !owed[i] {
 			continue
 		}
 		if p.owedFrom < 0 {
@@ -338,16 +343,9 @@ func (tl *timeline) pass(t float64) error {
 			tl.reclaim(i, t)
 		}
 	}
-	slices.SortStableFunc(still, func(a, b int) int {
-		switch sa, sb := tl.sim[a].since, tl.sim[b].since; {
-		case sa < sb:
-			return -1
-		case sa > sb:
-			return 1
-		}
-		return 0
-	})
-	tl.pending = still
+	// Pods become pending only between passes, in time order, so what is
+	// left keeps that order.
+	tl.pending = slices.DeleteFunc(tl.pending, func(i int) bool { return tl.sim[i].state != statePending })
 	clear(tl.dirty)
 	clear(tl.budgetDirty)
 	return nil
@@ -356,21 +354,23 @@ func (tl *timeline) pass(t float64) error {
 // owedPods are the pending pods within their tenant's guarantee: taken in
 // the order they became pending, each at its least cost, while the tenant's
 // usage (less what is being evicted) plus theirs stays within it.
-func (tl *timeline) owedPods() map[int]bool {
+func (tl *timeline) owedPods() []bool {
 	room := make([]int64, tl.tenants.n)
 	for k := range room {
 		room[k] = tl.tenants.guarantee - tl.tenants.effective(k)
 	}
-	owed := map[int]bool{}
+	if tl.owed == nil {
+		tl.owed = make([]bool, len(tl.pods))
+	}
 	for _, i := range tl.pending {
 		k := tl.sim[i].tenant
-		c := tl.tenants.leastCost(tl.pods[i].Pod)
-		if c <= room[k] {
-			owed[i] = true
+		c := tl.leastCost[i]
+		tl.owed[i] = c <= room[k]
+		if tl.owed[i] {
 			room[k] -= c
 		}
 	}
-	return owed
+	return tl.owed
 }
 
 // retry tries to place a pending pod if anything it waits for changed.
@@ -395,7 +395,7 @@ func (tl *timeline) retry(i int, t float64) (bool, error) {
 			return false, nil
 		}
 	}
-	if !tl.tenants.mayHold(p.tenant, tl.tenants.leastCost(pod)) {
+	if !tl.tenants.mayHold(p.tenant, tl.leastCost[i]) {
 		p.blocked = blockBudget
 		return false, nil
 	}

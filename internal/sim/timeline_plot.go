@@ -10,6 +10,8 @@ import (
 	"math"
 )
 
+const plotStartDemand = 10.0
+
 var budgetColors = map[Budgets]color.RGBA{
 	BudgetsHard:    {0xd6, 0x27, 0x28, 0xff},
 	BudgetsElastic: {0x2c, 0xa0, 0x2c, 0xff},
@@ -23,15 +25,29 @@ func WriteTimelinePlot(w io.Writer, title string, results []TimelineResult) erro
 	draw.Draw(img, img.Bounds(), image.White, image.Point{}, draw.Src)
 	x0, y0 := marginLeft, plotHeight-marginBottom
 	x1, y1 := plotWidth-marginRight, marginTop
+	// The openb trace's first pods come alone, long before the rest: the
+	// plot starts where demand first reaches plotStartDemand.
+	from := math.Inf(1)
+	for _, r := range results {
+		for _, p := range r.Series {
+			if p.DemandPercent >= plotStartDemand {
+				from = math.Min(from, p.Seconds)
+				break
+			}
+		}
+	}
+	if math.IsInf(from, 1) {
+		from = 0
+	}
 	xmax, ymax := 1.0, 100.0
 	for _, r := range results {
 		for _, p := range r.Series {
-			xmax = math.Max(xmax, p.Seconds/3600)
+			xmax = math.Max(xmax, (p.Seconds-from)/3600)
 			ymax = math.Max(ymax, p.DemandPercent)
 		}
 	}
 	ymax = math.Ceil(ymax/50) * 50
-	px := func(h float64) int { return x0 + int(math.Round(h/xmax*float64(x1-x0))) }
+	px := func(h float64) int { return x0 + int(math.Round(math.Max(h, 0)/xmax*float64(x1-x0))) }
 	py := func(v float64) int { return y0 - int(math.Round(math.Min(v, ymax)/ymax*float64(y0-y1))) }
 
 	grey := color.RGBA{0xdd, 0xdd, 0xdd, 0xff}
@@ -49,15 +65,19 @@ func WriteTimelinePlot(w io.Writer, title string, results []TimelineResult) erro
 	line(img, x0, y0, x1, y0, black, 1)
 	line(img, x0, y0, x0, y1, black, 1)
 	text(img, 10, 18, title, black)
-	text(img, x0+(x1-x0)/2-90, plotHeight-15, "simulated time (hours)", black)
+	text(img, x0+(x1-x0)/2-170, plotHeight-15, fmt.Sprintf("hours since demand first reached %.0f%% of capacity", plotStartDemand), black)
 	text(img, 10, marginTop-14, "% of GPU capacity: demand (thin), allocated (thick)", black)
 	for i := len(results) - 1; i >= 0; i-- {
 		r := results[i]
 		c := budgetColors[r.Budgets]
 		for j := 1; j < len(r.Series); j++ {
 			a, b := r.Series[j-1], r.Series[j]
-			line(img, px(a.Seconds/3600), py(a.DemandPercent), px(b.Seconds/3600), py(b.DemandPercent), c, 1)
-			line(img, px(a.Seconds/3600), py(a.AllocatedPercent), px(b.Seconds/3600), py(b.AllocatedPercent), c, 2)
+			if a.Seconds < from {
+				continue
+			}
+			ha, hb := (a.Seconds-from)/3600, (b.Seconds-from)/3600
+			line(img, px(ha), py(a.DemandPercent), px(hb), py(b.DemandPercent), c, 1)
+			line(img, px(ha), py(a.AllocatedPercent), px(hb), py(b.AllocatedPercent), c, 2)
 		}
 	}
 	for i, r := range results {
