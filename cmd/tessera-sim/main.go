@@ -1,9 +1,11 @@
 // Command tessera-sim replays GPU workloads against a fleet with
 // kube-scheduler's DRA allocator on the slices Tessera publishes, to measure
-// how much GPU capacity each placement policy leaves unallocated.
+// how much GPU capacity each placement policy leaves unallocated, and, in
+// time, what hard and elastic tenant budgets leave unallocated.
 //
 //	tessera-sim trace --pods PODS.csv --nodes NODES.csv --policy whole,stock,tessera --seeds 10
 //	tessera-sim whatif --pods PODS.csv --nodes NODES.csv
+//	tessera-sim timeline --pods PODS.csv --nodes NODES.csv --tenants 4 --budgets hard,elastic
 package main
 
 import (

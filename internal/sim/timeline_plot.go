@@ -10,7 +10,7 @@ import (
 	"math"
 )
 
-const plotStartDemand = 10.0
+const plotStartDemand, plotMaxDemand = 10.0, 200.0
 
 var budgetColors = map[Budgets]color.RGBA{
 	BudgetsHard:    {0xd6, 0x27, 0x28, 0xff},
@@ -46,7 +46,9 @@ func WriteTimelinePlot(w io.Writer, title string, results []TimelineResult) erro
 			ymax = math.Max(ymax, p.DemandPercent)
 		}
 	}
-	ymax = math.Ceil(ymax/50) * 50
+	// Demand far above capacity is a queue; the allocation below 100 % is
+	// what the plot is for.
+	ymax = math.Min(math.Ceil(ymax/50)*50, plotMaxDemand)
 	px := func(h float64) int { return x0 + int(math.Round(math.Max(h, 0)/xmax*float64(x1-x0))) }
 	py := func(v float64) int { return y0 - int(math.Round(math.Min(v, ymax)/ymax*float64(y0-y1))) }
 
@@ -66,7 +68,7 @@ func WriteTimelinePlot(w io.Writer, title string, results []TimelineResult) erro
 	line(img, x0, y0, x0, y1, black, 1)
 	text(img, 10, 18, title, black)
 	text(img, x0+(x1-x0)/2-170, plotHeight-15, fmt.Sprintf("hours since demand first reached %.0f%% of capacity", plotStartDemand), black)
-	text(img, 10, marginTop-14, "% of GPU capacity: demand (thin), allocated (thick)", black)
+	text(img, 10, marginTop-14, fmt.Sprintf("%% of GPU capacity: demand (thin, cut at %.0f%%), allocated (thick)", plotMaxDemand), black)
 	for i := len(results) - 1; i >= 0; i-- {
 		r := results[i]
 		c := budgetColors[r.Budgets]
