@@ -186,3 +186,30 @@ func TestRunTimelineAndPlot(t *testing.T) {
 		t.Errorf("budgets soft: no error")
 	}
 }
+
+// TestTimelineReleasesShares: a share's end gives its GPU's capacity back
+// to the allocator, for another share and then for a whole GPU.
+func TestTimelineReleasesShares(t *testing.T) {
+	fleet := NewFleet([]NodeSpec{{Name: "n0", CPU: 16000, Memory: 65536, GPUs: 1, Model: "V100M32"}})
+	share := placement.Request{CPU: 100, Memory: 100, GPUs: 1, Milli: 600}
+	whole := placement.Request{CPU: 100, Memory: 100, GPUs: 1, Milli: placement.WholeGPU}
+	pods := []TimedPod{
+		{Pod: Pod{Name: "s1", Request: share}, Arrival: 0, Runtime: 10},
+		{Pod: Pod{Name: "s2", Request: share}, Arrival: 1, Runtime: 10},
+		{Pod: Pod{Name: "w", Request: whole}, Arrival: 2, Runtime: 10},
+	}
+	workload, err := workloadOf([]Pod{pods[0].Pod, pods[2].Pod})
+	if err != nil {
+		t.Fatal(err)
+	}
+	opts := handOptions(BudgetsHard)
+	opts.Tenants = 1
+	got, err := newTimeline(context.Background(), fleet, workload, pods, []int{0, 0, 0}, opts, 0).run()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// s1 [0,10), s2 [10,20), w [20,30).
+	if got.placements != 3 || got.unplaced != 0 || got.end != 30 {
+		t.Errorf("placements %d, unplaced %d, end %g; want 3, 0 and 30", got.placements, got.unplaced, got.end)
+	}
+}
