@@ -17,10 +17,10 @@ import (
 type Budgets string
 
 const (
-	// BudgetsHard: each tenant's budget is its guarantee; it never holds
+	// BudgetsHard means: each tenant's budget is its guarantee; it never holds
 	// more, however idle the rest of the fleet is.
 	BudgetsHard Budgets = "hard"
-	// BudgetsElastic: each tenant may borrow beyond its guarantee up to its
+	// BudgetsElastic means: each tenant may borrow beyond its guarantee up to its
 	// budget while GPUs are free, and a tenant below its guarantee with a
 	// pod that does not fit reclaims borrowed pods (tenancy.ChooseVictims).
 	BudgetsElastic Budgets = "elastic"
