@@ -34,7 +34,7 @@ sim-openb-variants: ## The FGD paper's openb variants (gpuspec10, 20, 33, gpusha
 SIM_ELASTIC_FLAGS ?= --tenants 4 --speedup 100 --node-every 16 --reclaim-delay 30 --seeds $(SIM_SEEDS)
 
 .PHONY: sim-elastic
-sim-elastic:
+sim-elastic: ## Hard against elastic tenant budgets on the openb timeline, figures and plot of docs/benchmarks.md (10 seeds, ~2 min of CPU)
 	$(GO) build -o $(BIN)/ ./cmd/tessera-sim
 	$(BIN)/tessera-sim timeline --pods $(OPENB_DIR)/openb_pod_list_default.csv \
 		--nodes $(OPENB_DIR)/openb_node_list_gpu_node.csv $(SIM_ELASTIC_FLAGS) \

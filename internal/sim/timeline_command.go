@@ -79,7 +79,11 @@ demand and allocation over time.`,
 			if err != nil {
 				return fmt.Errorf("create plot: %w", err)
 			}
-			title := fmt.Sprintf("%s, %d tenants, %d GPUs, arrivals x%g, mean of %d seeds", baseName(in.pods), opts.Tenants, fleet.Capacity/1000, opts.Speedup, seeds)
+			tenants := fmt.Sprintf("%d tenants", opts.Tenants)
+			if len(opts.Split) > 0 {
+				tenants = fmt.Sprintf("tenants %s", strings.Trim(strings.Join(strings.Fields(fmt.Sprint(opts.Split)), ":"), "[]"))
+			}
+			title := fmt.Sprintf("%s, %s, %d GPUs, arrivals x%g, mean of %d seeds", baseName(in.pods), tenants, fleet.Capacity/1000, opts.Speedup, seeds)
 			if err := WriteTimelinePlot(f, title, results); err != nil {
 				_ = f.Close()
 				return err
