@@ -98,7 +98,7 @@ func RunTimeline(ctx context.Context, fleet *Fleet, pods []TimedPod, seeds, work
 	for i, p := range pods {
 		plain[i] = p.Pod
 	}
-	workload, err := workloadOf(plain)
+	workload, err := workloadOf(plain, fleet)
 	if err != nil {
 		return TimelineResult{}, fmt.Errorf("timeline: %w", err)
 	}

@@ -36,7 +36,7 @@ func handOptions(b Budgets) TimelineOptions {
 func runHand(t *testing.T, opts TimelineOptions) seedTimeline {
 	t.Helper()
 	fleet, pods, tenantOf := handTimeline()
-	workload, err := workloadOf([]Pod{pods[0].Pod})
+	workload, err := workloadOf([]Pod{pods[0].Pod}, fleet)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -91,7 +91,7 @@ func TestTimelineByHand(t *testing.T) {
 // waits for a pod to end.
 func TestTimelineNoReclaimAtGuarantee(t *testing.T) {
 	fleet, pods, _ := handTimeline()
-	workload, err := workloadOf([]Pod{pods[0].Pod})
+	workload, err := workloadOf([]Pod{pods[0].Pod}, fleet)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -108,7 +108,7 @@ func TestTimelineNoReclaimAtGuarantee(t *testing.T) {
 
 func TestTimelineIsBounded(t *testing.T) {
 	fleet, pods, tenantOf := handTimeline()
-	workload, err := workloadOf([]Pod{pods[0].Pod})
+	workload, err := workloadOf([]Pod{pods[0].Pod}, fleet)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -198,7 +198,7 @@ func TestTimelineReleasesShares(t *testing.T) {
 		{Pod: Pod{Name: "s2", Request: share}, Arrival: 1, Runtime: 10},
 		{Pod: Pod{Name: "w", Request: whole}, Arrival: 2, Runtime: 10},
 	}
-	workload, err := workloadOf([]Pod{pods[0].Pod, pods[2].Pod})
+	workload, err := workloadOf([]Pod{pods[0].Pod, pods[2].Pod}, fleet)
 	if err != nil {
 		t.Fatal(err)
 	}
