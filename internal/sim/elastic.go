@@ -2,7 +2,6 @@ package sim
 
 import (
 	"math"
-	"slices"
 	"strconv"
 	"time"
 
@@ -159,13 +158,14 @@ func (a reclaimPlan) better(b reclaimPlan) bool {
 }
 
 // reclaim makes room for an owed pending pod by evicting borrowed pods, the
-// way the controller decides: per node (per GPU for a single-GPU pod), the
-// borrowers' pods there are the candidates and tenancy.ChooseVictims picks
-// the victims that free the memory the pod lacks there; a choice counts only
-// if the node's model then fits the pod (GPUs, CPU and memory). Of the nodes
-// where one does, the plan with the fewest victims, then the least evicted
-// cost, then the first node, is carried out. Nothing is evicted when the
-// devices already being freed make room, or when no plan fits.
+// way the controller decides: per node, the candidates are the running pods
+// there of tenants above their guarantee, and tenancy.ChooseVictimsToFit
+// takes them in reclaim order until the node's model fits the pod (GPUs,
+// CPU and memory), then drops those it fits without. Of the nodes, the plan
+// with the fewest victims, then the lowest priorities, then the most
+// recently started, then the least evicted cost, then the first node, is
+// carried out. Nothing is evicted when the devices already being freed make
+// room, or when no plan fits.
 func (tl *timeline) reclaim(i int, t float64) {
 	p := &tl.sim[i]
 	p.reclaimAt = t + max(tl.opts.ReclaimInterval, tl.opts.ReclaimDelay)
@@ -204,58 +204,35 @@ func (tl *timeline) reclaim(i int, t float64) {
 		if len(mine) == 0 {
 			continue
 		}
-		memory := int64(tl.fleet.memory[n])
-		try := func(on func(j int) bool, need int64) {
-			if need <= 0 {
-				return
-			}
-			cands = cands[:0]
-			for _, j := range mine {
-				if on(j) {
-					cands = append(cands, tl.runningClaim(j))
-				}
-			}
-			if len(cands) == 0 {
-				return
-			}
-			victims, ok := tenancy.ChooseVictims(cands, holdings, tenantName(p.tenant), tenancy.Usage{Memory: need})
-			if !ok {
-				return
-			}
-			plan := reclaimPlan{node: n, top: math.MinInt32}
+		cands = cands[:0]
+		for _, j := range mine {
+			cands = append(cands, tl.runningClaim(j))
+		}
+		fits := func(victims []tenancy.RunningClaim) bool {
 			after := free
 			for _, v := range victims {
 				j, _ := strconv.Atoi(v.Claim.Name)
-				plan.victims = append(plan.victims, j)
-				plan.cost += v.Cost.Memory
-				plan.top = max(plan.top, v.Priority)
-				if plan.first.IsZero() || v.Started.Before(plan.first) {
-					plan.first = v.Started
-				}
 				after = without(after, tl.sched.request(tl.pods[j].Pod), tl.sim[j].gpus)
 			}
-			if after.Fits(r) && plan.better(best) {
-				best = plan
-			}
+			return after.Fits(r)
 		}
-		if r.GPUs == 1 {
-			want := r.Milli
-			if !r.Shared() {
-				want = placement.WholeGPU
-			}
-			for g := range free.Free {
-				need := ceilDiv(int64(want-free.Free[g])*memory, placement.WholeGPU)
-				try(func(j int) bool { return slices.Contains(tl.sim[j].gpus, g) }, need)
-			}
+		victims, ok := tenancy.ChooseVictimsToFit(cands, holdings, tenantName(p.tenant), fits)
+		if !ok || len(victims) == 0 {
 			continue
 		}
-		idle := 0
-		for _, f := range free.Free {
-			if f == placement.WholeGPU {
-				idle++
+		plan := reclaimPlan{node: n, top: math.MinInt32}
+		for _, v := range victims {
+			j, _ := strconv.Atoi(v.Claim.Name)
+			plan.victims = append(plan.victims, j)
+			plan.cost += v.Cost.Memory
+			plan.top = max(plan.top, v.Priority)
+			if plan.first.IsZero() || v.Started.Before(plan.first) {
+				plan.first = v.Started
 			}
 		}
-		try(func(int) bool { return true }, int64(r.GPUs-idle)*memory)
+		if plan.better(best) {
+			best = plan
+		}
 	}
 	for _, j := range best.victims {
 		tl.evict(j, t)
@@ -271,13 +248,6 @@ func (tl *timeline) runningClaim(j int) tenancy.RunningClaim {
 		Started:  time.Unix(0, 0).Add(time.Duration(q.since * float64(time.Second))),
 		Cost:     tenancy.Usage{Memory: q.cost},
 	}
-}
-
-func ceilDiv(a, b int64) int64 {
-	if a <= 0 {
-		return 0
-	}
-	return (a + b - 1) / b
 }
 
 // totalMemory is the GPU memory of the whole fleet, in bytes.

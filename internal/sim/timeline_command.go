@@ -103,7 +103,7 @@ demand and allocation over time.`,
 	cmd.Flags().Float64Var(&opts.ElasticBudget, "elastic-budget", 1, "an elastic tenant's budget, as a share of the fleet's GPU memory")
 	cmd.Flags().Float64Var(&opts.Speedup, "speedup", 200, "divide the trace's arrival times by this (runtimes are kept)")
 	cmd.Flags().Float64Var(&opts.ReclaimDelay, "reclaim-delay", 30, "seconds from eviction to the devices being free (termination grace period)")
-	cmd.Flags().Float64Var(&opts.ReclaimInterval, "reclaim-interval", 10, "least seconds between two reclaims for one waiting pod")
+	cmd.Flags().Float64Var(&opts.ReclaimInterval, "reclaim-interval", 5, "least seconds between two reclaims for one waiting pod (the controller passes every 5 s)")
 	cmd.Flags().IntVar(&opts.MaxEvents, "max-events", 1_000_000, "fail a run that needs more events")
 	cmd.Flags().Float64Var(&opts.SeriesStep, "series-step", 600, "seconds between points of the recorded series (0: none)")
 	cmd.Flags().IntVar(&every, "node-every", 1, "use every n-th node of the nodes CSV (the first, the n+1-th, ...): a smaller fleet with the same mix")
