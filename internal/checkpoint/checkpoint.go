@@ -68,6 +68,10 @@ type Device struct {
 	Share *Share `json:"share,omitempty"`
 	// Sharing is the sharing set up for the device, when any.
 	Sharing *Sharing `json:"sharing,omitempty"`
+	// AdminAccess marks a whole GPU prepared for DRA admin access: the
+	// scheduler does not count such an allocation, so it holds nothing
+	// against other claims and nothing was set up on the GPU for it.
+	AdminAccess bool `json:"adminAccess,omitempty"`
 	// CDIDeviceIDs are what the kubelet hands to the runtime.
 	CDIDeviceIDs []string `json:"cdiDeviceIDs,omitempty"`
 }

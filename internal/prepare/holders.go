@@ -27,6 +27,10 @@ func (p *Preparer) checkNotHeld(uid string, devices []checkpoint.Device) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	for _, want := range devices {
+		if want.AdminAccess {
+			// Admin access is granted beside whatever holds the GPU.
+			continue
+		}
 		wantInfo, ok := p.device(want.Device)
 		if !ok {
 			continue // plan refused it already
@@ -39,7 +43,7 @@ func (p *Preparer) checkNotHeld(uid string, devices []checkpoint.Device) error {
 			}
 			c := p.cp.Claims[other]
 			for _, held := range c.Devices {
-				if held.GPUUUID != want.GPUUUID {
+				if held.GPUUUID != want.GPUUUID || held.AdminAccess {
 					continue
 				}
 				if held.Share != nil && want.Share != nil {

@@ -7,6 +7,7 @@ import (
 	resourceapi "k8s.io/api/resource/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/dynamic-resource-allocation/kubeletplugin"
+	"k8s.io/utils/ptr"
 
 	configapi "github.com/tessera-gpu/tessera/api/config/v1alpha1"
 	gpuapi "github.com/tessera-gpu/tessera/api/gpu"
@@ -62,6 +63,13 @@ func (p *Preparer) plan(claim *resourceapi.ResourceClaim) ([]checkpoint.Device, 
 		if configs[i] != nil {
 			sharing = configs[i].Sharing
 		}
+		if ptr.Deref(r.AdminAccess, false) {
+			if err := adminAccess(&d, r, info.device.Kind, sharing); err != nil {
+				return nil, err
+			}
+			devices[i] = d
+			continue
+		}
 		switch info.device.Kind {
 		case partition.KindMIG:
 			d.MIG = &checkpoint.MIG{ProfileID: info.device.Profile.ID, Profile: info.device.Profile.Name, Placement: info.device.Placement}
@@ -107,6 +115,28 @@ func (p *Preparer) plan(claim *resourceapi.ResourceClaim) ([]checkpoint.Device, 
 		return nil, fmt.Errorf("MPS-shared devices of one claim must be on one GPU; this claim's are on %d GPUs", len(mpsGPUs))
 	}
 	return devices, nil
+}
+
+// adminAccess plans a device allocated with DRA admin access. The scheduler
+// allocates such a device whatever else holds it and counts it for no one,
+// so whatever the plugin made for it would be unseen by the scheduler: a
+// MIG instance on memory slices it then allocates to another claim, an MPS
+// daemon taking a share of compute no share accounts for. Only a whole GPU
+// is prepared, as it is (its device nodes for monitoring or debugging),
+// with no sharing set up and no MIG mode changed; a MIG partition or a
+// share is refused.
+func adminAccess(d *checkpoint.Device, r resourceapi.DeviceRequestAllocationResult, kind partition.Kind, sharing *configapi.Sharing) error {
+	switch kind {
+	case partition.KindGPU:
+		if sharing != nil {
+			return fmt.Errorf("device %s of request %s is allocated with admin access, which sets up no sharing; its config asks for %s sharing", r.Device, r.Request, sharing.Strategy)
+		}
+		d.AdminAccess = true
+		return nil
+	default:
+		return fmt.Errorf("device %s of request %s is allocated with admin access, which the plugin prepares only on a whole GPU (%s): the scheduler counts no admin-access allocation, so a %s device made for it would overlap what it allocates to other claims",
+			r.Device, r.Request, gpuapi.WholeDeviceName(d.GPUMinor), kind)
+	}
 }
 
 // share reads a share's consumed capacity from its allocation result.

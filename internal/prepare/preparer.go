@@ -454,6 +454,10 @@ func (p *Preparer) prepare(ctx context.Context, claim *resourceapi.ResourceClaim
 func (p *Preparer) make(ctx context.Context, c *checkpoint.Claim) error {
 	for i := range c.Devices {
 		d := &c.Devices[i]
+		if d.AdminAccess {
+			// Nothing is set up on the GPU: see adminAccess.
+			continue
+		}
 		if d.MIG == nil {
 			if err := p.migModeOffForWhole(ctx, d); err != nil {
 				return err
@@ -866,7 +870,11 @@ func (p *Preparer) PreparedDevices(ctx context.Context) (prepared map[string]boo
 	out := map[string]bool{}
 	for _, c := range p.cp.Claims {
 		for _, d := range c.Devices {
-			out[d.Device] = true
+			// An admin-access device blocks nothing: the scheduler
+			// counts it for no one.
+			if !d.AdminAccess {
+				out[d.Device] = true
+			}
 		}
 	}
 	// An instance an unprepare left holds its placement until it is gone.
