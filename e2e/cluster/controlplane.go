@@ -171,6 +171,14 @@ func Start(ctx context.Context, opts Options) (_ *ControlPlane, err error) {
 		"--requestheader-group-headers=X-Remote-Group",
 		"--requestheader-extra-headers-prefix=X-Remote-Extra-",
 		"--authorization-mode=Node,RBAC",
+		// As in any real cluster: a kubelet's credentials may change only its
+		// own Node, and none of its node-restriction.kubernetes.io labels,
+		// which tenancy's dedicated pools are decided by.
+		"--enable-admission-plugins=NodeRestriction",
+		// The beta versions of DRA's API, off by default, are served so that
+		// the suite can check that admission policies see a beta request as
+		// the v1 object it is converted to, as where an admin turned them on.
+		"--runtime-config=resource.k8s.io/v1beta1=true,resource.k8s.io/v1beta2=true",
 		"--service-account-issuer=https://kubernetes.default.svc.cluster.local",
 		"--service-account-key-file=" + certs.saPublic,
 		"--service-account-signing-key-file=" + certs.saPrivate,

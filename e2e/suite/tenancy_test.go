@@ -37,6 +37,8 @@ func TestTenancyAttackMatrix(t *testing.T) {
 	victim := tenantNamespace(t, other.Name)
 	free := newNamespace(t)
 	outside, unbound, churn := newNamespace(t), newNamespace(t), newNamespace(t)
+	wholeTenant := newTenant(t, "whole", tenancyv1.GPUTenantSpec{AllowedDeviceClasses: []string{gpuapi.ClassGPU}})
+	wholeNS := tenantNamespace(t, wholeTenant.Name)
 	ctx := testContext(t)
 
 	tolerating := func(key string, op resourceapi.DeviceTolerationOperator) resourceapi.DeviceRequest {
@@ -116,6 +118,15 @@ func TestTenancyAttackMatrix(t *testing.T) {
 	})
 	t.Run("a node publishing a dedicated pool it is not labelled for", func(t *testing.T) {
 		attackForgedPool(ctx, t, other, victim)
+	})
+	t.Run("a kubelet relabelling a node's pool", func(t *testing.T) {
+		attackKubeletNodeLabel(testContext(t), t)
+	})
+	t.Run("a node under-reporting its GPUs' memory", func(t *testing.T) {
+		attackUnderReportedMemory(testContext(t), t, wholeTenant, wholeNS)
+	})
+	t.Run("a forbidden class through the beta API", func(t *testing.T) {
+		attackBetaAPI(testContext(t), t, tenant, ns)
 	})
 	t.Run("a dedicated class from a namespace of no tenant, policy deleted", func(t *testing.T) {
 		attackDedicatedUnbound(ctx, t, other, unbound)
