@@ -5,6 +5,9 @@
 #   make sim-openb-variants the FGD paper's openb variants table of docs/benchmarks.md (10 seeds each)
 #   make sim-elastic        hard against elastic budgets on the openb timeline (docs/benchmarks.md, 10 seeds, a few min on 2 cores)
 #   make tessera-scheduler  kube-scheduler with the TesseraPlacement plugin into bin/
+#   make test-scheduler-patched
+#                           the tests of tessera-scheduler's patched DynamicResources plugin
+#                           (PreBind waits on the claim: hack/scheduler/README.md), with upstream's PreBind cases
 
 OPENB_DIR ?= ../shared/data
 SIM_POLICIES ?= tessera,fgd,stock,whole
@@ -46,7 +49,9 @@ sim-elastic: ## Hard against elastic tenant budgets on the openb timeline, figur
 # tessera-scheduler is kube-scheduler with Tessera's plugin, built from its own module
 # (cmd/tessera-scheduler/go.mod) so that k8s.io/kubernetes stays out of Tessera's module,
 # on the patched allocator (shares walk indexed, node cache: hack/allocator/README.md; the go.mod
-# overlay.sh writes replaces the pinned allocator module with a patched copy).
+# overlay.sh writes replaces the pinned allocator module with a patched copy), and with
+# PreBind waiting on the claim instead of polling it every 5 s (hack/scheduler/README.md:
+# the same go.mod replaces k8s.io/kubernetes with a copy whose DynamicResources plugin is patched).
 # Always rebuilt (go build is incremental). The e2e suite and dev-cluster run it as a
 # second scheduler (schedulerName tessera-scheduler).
 TESSERA_SCHEDULER_LDFLAGS := -s -w -X k8s.io/component-base/version.gitVersion=v1.37.2 \
@@ -55,10 +60,18 @@ TESSERA_SCHEDULER_LDFLAGS := -s -w -X k8s.io/component-base/version.gitVersion=v
 .PHONY: tessera-scheduler
 tessera-scheduler: ## Build kube-scheduler with the TesseraPlacement plugin into bin/
 	modfile="$$(hack/allocator/overlay.sh $(BIN)/allocator-scheduler cmd/tessera-scheduler)"; \
+	hack/scheduler/overlay.sh $(BIN)/scheduler-patches "$$modfile"; \
 	cd cmd/tessera-scheduler && CGO_ENABLED=0 $(GO) build -modfile "$$modfile" -trimpath -ldflags "$(TESSERA_SCHEDULER_LDFLAGS)" -o $(BIN)/tessera-scheduler .
 
-e2e dev-cluster: tessera-scheduler
-e2e dev-cluster: export TESSERA_SCHEDULER_BINARY = $(BIN)/tessera-scheduler
+e2e dev-cluster bench-binding: tessera-scheduler
+e2e dev-cluster bench-binding: export TESSERA_SCHEDULER_BINARY = $(BIN)/tessera-scheduler
+
+.PHONY: test-scheduler-patched
+test-scheduler-patched: ## The tests of tessera-scheduler's patched DynamicResources plugin, with upstream's PreBind cases
+	modfile="$$(hack/allocator/overlay.sh $(BIN)/allocator-scheduler cmd/tessera-scheduler)"; \
+	hack/scheduler/overlay.sh $(BIN)/scheduler-patches "$$modfile"; \
+	cd cmd/tessera-scheduler && $(GO) test -modfile "$$modfile" -count=1 -run 'TestWaitForBinding|TestPlugin/prebind' \
+		k8s.io/kubernetes/pkg/scheduler/framework/plugins/dynamicresources
 
 # The tessera-scheduler module follows Tessera's: after a change to go.mod, its
 # go.mod/go.sum must be tidied too (no compile, a second or two).
