@@ -109,6 +109,39 @@ func TestTesseraSchedulerCarriesIndexedAllocator(t *testing.T) {
 	t.Fatalf("%s has no k8s.io/dynamic-resource-allocation in its build", bin)
 }
 
+// TestTesseraSchedulerCarriesClaimWatch: the tessera-scheduler the suite runs
+// is built on a copy of k8s.io/kubernetes whose DynamicResources plugin waits
+// on the claim in PreBind instead of polling it every 5 s
+// (hack/scheduler/claim-watch.patch), which BenchmarkTenancyBindingLatency
+// measures.
+func TestTesseraSchedulerCarriesClaimWatch(t *testing.T) {
+	bin := os.Getenv(cluster.TesseraSchedulerEnv)
+	if bin == "" {
+		t.Skipf("tessera-scheduler not running: set %s (make e2e does)", cluster.TesseraSchedulerEnv)
+	}
+	info, err := buildinfo.ReadFile(bin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range info.Deps {
+		if d.Path != "k8s.io/kubernetes" {
+			continue
+		}
+		if d.Replace == nil || !filepath.IsAbs(d.Replace.Path) {
+			t.Fatalf("%s is built on %s %s as pinned, not the patched copy (make tessera-scheduler)", bin, d.Path, d.Version)
+		}
+		src, err := os.ReadFile(filepath.Join(d.Replace.Path, "pkg", "scheduler", "framework", "plugins", "dynamicresources", "dynamicresources.go"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(string(src), "err = pl.waitForBinding(ctx, state)") {
+			t.Errorf("%s replaces k8s.io/kubernetes with %s, which lacks claim-watch.patch", bin, d.Replace.Path)
+		}
+		return
+	}
+	t.Fatalf("%s has no k8s.io/kubernetes in its build", bin)
+}
+
 func scheduledBy(name string) podOption {
 	return func(p *corev1.Pod) { p.Spec.SchedulerName = name }
 }

@@ -3,91 +3,108 @@ package suite
 import (
 	"context"
 	"fmt"
+	"maps"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	resourceapi "k8s.io/api/resource/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/wait"
 
 	gpuapi "github.com/tessera-gpu/tessera/api/gpu"
 	tenancyv1 "github.com/tessera-gpu/tessera/api/tenancy/v1alpha1"
+	"github.com/tessera-gpu/tessera/e2e/cluster"
 	"github.com/tessera-gpu/tessera/test/builder"
 )
 
-// bindingLatencyPods is how many pods each side of the benchmark binds, one
-// after the other.
-const bindingLatencyPods = 12
+// bindingLatencyPods is how many pods each scheduler binds, one after the
+// other, tenanted and untenanted alternately.
+const bindingLatencyPods = 50
 
 // BenchmarkTenancyBindingLatency measures, pod by pod, the time from creating
-// a pod with a MIG claim to the scheduler binding it: on the tenancy node,
-// where the controller must admit the allocation first, and on a node without
-// tenancy, side by side in one run. It reports p50 and p99 of both.
-//
-//	make e2e E2E_FLAGS="-run '^$' -bench TenancyBindingLatency -benchtime 1x"
+// a pod with a MIG claim to its binding, under kube-scheduler and, when the
+// suite runs it, tessera-scheduler, side by side in one run. Each scheduler
+// binds bindingLatencyPods pods one by one, alternately in a tenanted namespace
+// (on the tenancy node, where the controller must admit the allocation
+// through the devices' binding condition before the scheduler binds) and in a
+// namespace of no tenant (on a node without tenancy). It reports p50 and p99
+// of both kinds per scheduler (kube-*, tessera-*). make bench-binding runs it.
 func BenchmarkTenancyBindingLatency(b *testing.B) {
 	if local == nil {
 		b.Skip("no local cluster: set TESSERA_E2E=1 or run make e2e")
 	}
+	schedulers := map[string]string{"kube": corev1.DefaultSchedulerName}
+	if local.TesseraSchedulerURL != "" {
+		schedulers["tessera"] = cluster.TesseraSchedulerName
+	} else {
+		b.Logf("tessera-scheduler not running (set %s; make bench-binding does): kube-scheduler only", cluster.TesseraSchedulerEnv)
+	}
 	for b.Loop() {
-		tenancyLatencies := bindLatencies(b, true)
-		plainLatencies := bindLatencies(b, false)
-		b.ReportMetric(percentile(tenancyLatencies, 50).Seconds(), "tenancy-p50-s")
-		b.ReportMetric(percentile(tenancyLatencies, 99).Seconds(), "tenancy-p99-s")
-		b.ReportMetric(percentile(plainLatencies, 50).Seconds(), "plain-p50-s")
-		b.ReportMetric(percentile(plainLatencies, 99).Seconds(), "plain-p99-s")
+		for _, short := range slices.Sorted(maps.Keys(schedulers)) {
+			tenanted, plain := bindLatencies(b, schedulers[short])
+			b.ReportMetric(percentile(tenanted, 50).Seconds(), short+"-tenancy-p50-s")
+			b.ReportMetric(percentile(tenanted, 99).Seconds(), short+"-tenancy-p99-s")
+			b.ReportMetric(percentile(plain, 50).Seconds(), short+"-plain-p50-s")
+			b.ReportMetric(percentile(plain, 99).Seconds(), short+"-plain-p99-s")
+		}
 	}
 }
 
-// bindLatencies binds bindingLatencyPods pods one by one in a fresh namespace
-// (of a tenant with ample budget when tenancy) and returns each pod's time
-// from creation to binding.
-func bindLatencies(b *testing.B, tenancy bool) []time.Duration {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+// bindLatencies binds bindingLatencyPods pods with the scheduler, one by one,
+// alternately in a namespace of a tenant with ample budget and in one of no
+// tenant, and returns each pod's time from creation to binding, by kind. Each
+// pod is deleted, and gone, before the next is created, so every pod finds
+// the same free devices.
+func bindLatencies(b *testing.B, scheduler string) (tenanted, plain []time.Duration) {
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
 	defer cancel()
-	ns := fmt.Sprintf("bench-%t-%d", tenancy, time.Now().UnixNano())
-	labels := map[string]string{}
-	node := nodeA
-	if tenancy {
-		labels[tenancyv1.LabelCapsuleTenant] = ns
-		node = tenancyNode.Name
-		tenant := &tenancyv1.GPUTenant{ObjectMeta: metav1.ObjectMeta{Name: ns}, Spec: tenancyv1.GPUTenantSpec{
-			NamespaceSelector:    metav1.LabelSelector{MatchLabels: labels},
-			AllowedDeviceClasses: []string{gpuapi.ClassMIG},
-			Budget:               &tenancyv1.Budget{Devices: map[string]int64{gpuapi.ClassMIG: 100}},
-		}}
-		if err := tenants.Create(ctx, tenant); err != nil {
+	suffix := fmt.Sprintf("%s-%d", strings.TrimSuffix(scheduler, "-scheduler"), time.Now().UnixNano())
+	tenantNS, plainNS := "bench-tenanted-"+suffix, "bench-plain-"+suffix
+	labels := map[string]string{tenancyv1.LabelCapsuleTenant: tenantNS}
+	tenant := &tenancyv1.GPUTenant{ObjectMeta: metav1.ObjectMeta{Name: tenantNS}, Spec: tenancyv1.GPUTenantSpec{
+		NamespaceSelector:    metav1.LabelSelector{MatchLabels: labels},
+		AllowedDeviceClasses: []string{gpuapi.ClassMIG},
+		Budget:               &tenancyv1.Budget{Devices: map[string]int64{gpuapi.ClassMIG: 100}},
+	}}
+	if err := tenants.Create(ctx, tenant); err != nil {
+		b.Fatal(err)
+	}
+	defer func() { _ = tenants.Delete(context.Background(), tenant) }()
+	tmpl := "mig"
+	for ns, nsLabels := range map[string]map[string]string{tenantNS: labels, plainNS: nil} {
+		if _, err := local.Client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns, Labels: nsLabels}}, metav1.CreateOptions{}); err != nil {
 			b.Fatal(err)
 		}
-		defer func() { _ = tenants.Delete(context.Background(), tenant) }()
+		defer func() {
+			_ = local.Client.CoreV1().Namespaces().Delete(context.Background(), ns, metav1.DeleteOptions{})
+		}()
+		if err := wait.PollUntilContextTimeout(ctx, pollEvery, waitTimeout, true, func(ctx context.Context) (bool, error) {
+			_, err := local.Client.CoreV1().ServiceAccounts(ns).Get(ctx, "default", metav1.GetOptions{})
+			return err == nil, nil
+		}); err != nil {
+			b.Fatalf("no default service account in %s", ns)
+		}
+		if _, err := local.Client.ResourceV1().ResourceClaimTemplates(ns).Create(ctx, &resourceapi.ResourceClaimTemplate{
+			ObjectMeta: metav1.ObjectMeta{Name: tmpl, Namespace: ns},
+			Spec:       resourceapi.ResourceClaimTemplateSpec{Spec: claimSpec(migRequest("gpu"))},
+		}, metav1.CreateOptions{}); err != nil {
+			b.Fatal(err)
+		}
 	}
-	if _, err := local.Client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns, Labels: labels}}, metav1.CreateOptions{}); err != nil {
-		b.Fatal(err)
-	}
-	defer func() {
-		_ = local.Client.CoreV1().Namespaces().Delete(context.Background(), ns, metav1.DeleteOptions{})
-	}()
-	if err := wait.PollUntilContextTimeout(ctx, pollEvery, waitTimeout, true, func(ctx context.Context) (bool, error) {
-		_, err := local.Client.CoreV1().ServiceAccounts(ns).Get(ctx, "default", metav1.GetOptions{})
-		return err == nil, nil
-	}); err != nil {
-		b.Fatal("no default service account")
-	}
-	tmpl := "mig"
-	if _, err := local.Client.ResourceV1().ResourceClaimTemplates(ns).Create(ctx, &resourceapi.ResourceClaimTemplate{
-		ObjectMeta: metav1.ObjectMeta{Name: tmpl, Namespace: ns},
-		Spec:       resourceapi.ResourceClaimTemplateSpec{Spec: claimSpec(migRequest("gpu"))},
-	}, metav1.CreateOptions{}); err != nil {
-		b.Fatal(err)
-	}
-	var out []time.Duration
 	for i := range bindingLatencyPods {
+		ns, node := plainNS, nodeA
+		if i%2 == 0 {
+			ns, node = tenantNS, tenancyNode.Name
+		}
 		pod := &corev1.Pod{
 			ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("p%d", i), Namespace: ns},
 			Spec: corev1.PodSpec{
+				SchedulerName:  scheduler,
 				NodeSelector:   map[string]string{"kubernetes.io/hostname": node},
 				Tolerations:    []corev1.Toleration{{Key: tenancyTaintKey, Operator: corev1.TolerationOpExists}},
 				ResourceClaims: []corev1.PodResourceClaim{{Name: "gpu", ResourceClaimTemplateName: &tmpl}},
@@ -108,20 +125,24 @@ func bindLatencies(b *testing.B, tenancy bool) []time.Duration {
 			return err == nil && p.Spec.NodeName != "", nil
 		})
 		if err != nil {
-			b.Fatalf("pod %s/%s not bound within %s", ns, created.Name, waitTimeout)
+			b.Fatalf("pod %s/%s not bound by %s within %s", ns, created.Name, scheduler, waitTimeout)
 		}
-		out = append(out, time.Since(start))
+		if ns == tenantNS {
+			tenanted = append(tenanted, time.Since(start))
+		} else {
+			plain = append(plain, time.Since(start))
+		}
+		if err := local.Client.CoreV1().Pods(ns).Delete(ctx, created.Name, metav1.DeleteOptions{}); err != nil {
+			b.Fatal(err)
+		}
+		if err := wait.PollUntilContextTimeout(ctx, pollEvery, waitTimeout, true, func(ctx context.Context) (bool, error) {
+			_, err := local.Client.CoreV1().Pods(ns).Get(ctx, created.Name, metav1.GetOptions{})
+			return apierrors.IsNotFound(err), nil
+		}); err != nil {
+			b.Fatalf("pod %s/%s not gone within %s", ns, created.Name, waitTimeout)
+		}
 	}
-	if err := local.Client.CoreV1().Pods(ns).DeleteCollection(ctx, metav1.DeleteOptions{}, metav1.ListOptions{}); err != nil {
-		b.Fatal(err)
-	}
-	if err := wait.PollUntilContextTimeout(ctx, pollEvery, waitTimeout, true, func(ctx context.Context) (bool, error) {
-		list, err := local.Client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{})
-		return err == nil && len(list.Items) == 0, nil
-	}); err != nil {
-		b.Fatal("pods not gone")
-	}
-	return out
+	return tenanted, plain
 }
 
 func percentile(d []time.Duration, p int) time.Duration {

@@ -6,10 +6,13 @@
 #   make bench-admission   admission under one tenant's flood of 5,000 over-budget
 #                          claims, FIFO and fair queue side by side, on the local
 #                          cluster (docs/benchmarks.md; ~15 min on 2 cores)
+#   make bench-binding     a pod's create-to-bound latency, tenanted and untenanted
+#                          alternately (50 pods), under kube-scheduler and
+#                          tessera-scheduler, on the local cluster (docs/benchmarks.md)
 
 TENANCY_CRD_DIR := deployments/helm/tessera/crds
 
-.PHONY: generate-tenancy bench-tenancy bench-admission
+.PHONY: generate-tenancy bench-tenancy bench-admission bench-binding
 
 generate-tenancy: ## Regenerate the GPUTenant deepcopy and CRD (part of generate)
 	$(CONTROLLER_GEN) object paths=./api/tenancy/...
@@ -21,6 +24,11 @@ bench-tenancy: ## The admission-decision benchmarks of docs/benchmarks.md
 bench-admission: cluster-binaries e2e-plugin e2e-controller ## Admission under one tenant's flood of 5,000 claims, FIFO and fair, on the local cluster (~15 min)
 	helm="$$($(HELM_TOOL))"; TESSERA_E2E=1 TESSERA_PLUGIN_BINARY=$(CURDIR)/bin/dra-kubelet-plugin TESSERA_HELM="$$helm" \
 		go test -count=1 -timeout 40m -v -run '^$$' -bench AdmissionFairness -benchtime 1x ./e2e/suite/
+
+# tessera-scheduler and TESSERA_SCHEDULER_BINARY: hack/make/placement.mk.
+bench-binding: cluster-binaries e2e-plugin e2e-controller
+	helm="$$($(HELM_TOOL))"; TESSERA_E2E=1 TESSERA_PLUGIN_BINARY=$(CURDIR)/bin/dra-kubelet-plugin TESSERA_HELM="$$helm" \
+		go test -count=1 -timeout 40m -v -run '^$$' -bench TenancyBindingLatency -benchtime 1x ./e2e/suite/
 
 # The local cluster runs the tenancy controller as it is now.
 .PHONY: e2e-controller
