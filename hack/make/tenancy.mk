@@ -26,7 +26,7 @@ bench-admission: cluster-binaries e2e-plugin e2e-controller ## Admission under o
 		go test -count=1 -timeout 40m -v -run '^$$' -bench AdmissionFairness -benchtime 1x ./e2e/suite/
 
 # tessera-scheduler and TESSERA_SCHEDULER_BINARY: hack/make/placement.mk.
-bench-binding: cluster-binaries e2e-plugin e2e-controller
+bench-binding: cluster-binaries e2e-plugin e2e-controller ## Create-to-bound latency, tenanted and untenanted pods interleaved, kube-scheduler and tessera-scheduler, on the local cluster
 	helm="$$($(HELM_TOOL))"; TESSERA_E2E=1 TESSERA_PLUGIN_BINARY=$(CURDIR)/bin/dra-kubelet-plugin TESSERA_HELM="$$helm" \
 		go test -count=1 -timeout 40m -v -run '^$$' -bench TenancyBindingLatency -benchtime 1x ./e2e/suite/
 
