@@ -20,8 +20,12 @@ dir=$(cd "$root/cmd/tessera-scheduler" && go list -m -f '{{.Dir}}' k8s.io/kubern
 # Rebuilt only when the pinned module or the patch changed, so that go build's cache stays warm.
 stamp="$dir $(cat "$here/claim-watch.patch" "$here/testdata/claim_waiters_test.go" | sha256sum | cut -d' ' -f1)"
 if [[ ! -f $out/stamp || $(cat "$out/stamp") != "$stamp" ]]; then
+	# The module cache's directories are read-only, and so are the copy's: make the copy's (never
+	# a file: a file may be a hard link into the cache) writable to remove or patch it.
+	[[ ! -d $out/kubernetes ]] || find "$out/kubernetes" -type d -exec chmod u+w {} +
 	rm -rf "$out/kubernetes"
 	cp -al "$dir" "$out/kubernetes" 2>/dev/null || cp -r "$dir" "$out/kubernetes"
+	find "$out/kubernetes" -type d -exec chmod u+w {} +
 	pkg="$out/kubernetes/$rel"
 	# Never write through a hard link into the module cache: the patched package gets files of its own.
 	rm -rf "$pkg"
