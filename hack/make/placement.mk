@@ -7,7 +7,7 @@
 #   make tessera-scheduler  kube-scheduler with the TesseraPlacement plugin into bin/
 #   make test-scheduler-patched
 #                           the tests of tessera-scheduler's patched DynamicResources plugin
-#                           (PreBind waits on the claim: hack/scheduler/README.md), with upstream's PreBind cases
+#                           (PreBind waits on the claim: hack/scheduler/README.md), with upstream's plugin cases (TestPlugin)
 
 OPENB_DIR ?= ../shared/data
 SIM_POLICIES ?= tessera,fgd,stock,whole
@@ -67,10 +67,10 @@ e2e dev-cluster bench-binding: tessera-scheduler
 e2e dev-cluster bench-binding: export TESSERA_SCHEDULER_BINARY = $(BIN)/tessera-scheduler
 
 .PHONY: test-scheduler-patched
-test-scheduler-patched: ## The tests of tessera-scheduler's patched DynamicResources plugin, with upstream's PreBind cases
+test-scheduler-patched: ## The tests of tessera-scheduler's patched DynamicResources plugin, with upstream's plugin cases (TestPlugin)
 	modfile="$$(hack/allocator/overlay.sh $(BIN)/allocator-scheduler cmd/tessera-scheduler)"; \
 	hack/scheduler/overlay.sh $(BIN)/scheduler-patches "$$modfile"; \
-	cd cmd/tessera-scheduler && $(GO) test -modfile "$$modfile" -count=1 -run 'TestWaitForBinding|TestPlugin/prebind' \
+	cd cmd/tessera-scheduler && $(GO) test -modfile "$$modfile" -count=1 -run 'TestWaitForBinding|TestGatherAllocatedState|TestPlugin' \
 		k8s.io/kubernetes/pkg/scheduler/framework/plugins/dynamicresources
 
 # The tessera-scheduler module follows Tessera's: after a change to go.mod, its

@@ -45,6 +45,7 @@ func waitingClaimTest(tCtx ktesting.TContext, bindingTimeout time.Duration) (*te
 		EnableDynamicResourceAllocation:    true,
 		EnableDRADeviceBindingConditions:   true,
 		EnableDRAResourceClaimDeviceStatus: true,
+		EnableDRASchedulerFilterTimeout:    true,
 	}, false, nil)
 	stored, err := tc.draManager.ResourceClaims().Get(namespace, claimName)
 	require.NoError(tCtx, err)
@@ -52,9 +53,10 @@ func waitingClaimTest(tCtx ktesting.TContext, bindingTimeout time.Duration) (*te
 }
 
 // setCondition writes the claim's device status with the condition true, once
-// waitForBinding has registered for the claim and had its first look.
+// waitForBinding has registered for the claim (when the patch's New set that
+// up) and had its first look.
 func setCondition(tCtx ktesting.TContext, tc *testContext, condition string) {
-	for i := 0; ; i++ {
+	for i := 0; tc.p.claimWaiters != nil; i++ {
 		tc.p.claimWaiters.mu.Lock()
 		n := len(tc.p.claimWaiters.waiters[namespace+"/"+claimName])
 		tc.p.claimWaiters.mu.Unlock()
