@@ -76,13 +76,15 @@ func bindLatencies(b *testing.B, scheduler string) (tenanted, plain []time.Durat
 	}
 	defer func() { _ = tenants.Delete(context.Background(), tenant) }()
 	tmpl := "mig"
+	defer func() {
+		for _, ns := range []string{tenantNS, plainNS} {
+			_ = local.Client.CoreV1().Namespaces().Delete(context.Background(), ns, metav1.DeleteOptions{})
+		}
+	}()
 	for ns, nsLabels := range map[string]map[string]string{tenantNS: labels, plainNS: nil} {
 		if _, err := local.Client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns, Labels: nsLabels}}, metav1.CreateOptions{}); err != nil {
 			b.Fatal(err)
 		}
-		defer func() {
-			_ = local.Client.CoreV1().Namespaces().Delete(context.Background(), ns, metav1.DeleteOptions{})
-		}()
 		if err := wait.PollUntilContextTimeout(ctx, pollEvery, waitTimeout, true, func(ctx context.Context) (bool, error) {
 			_, err := local.Client.CoreV1().ServiceAccounts(ns).Get(ctx, "default", metav1.GetOptions{})
 			return err == nil, nil
