@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Makes tessera-scheduler's copy of k8s.io/kubernetes (as pinned by cmd/tessera-scheduler/go.mod)
-# with claim-watch.patch applied to kube-scheduler's DynamicResources plugin
-# (pkg/scheduler/framework/plugins/dynamicresources) and testdata/claim_waiters_test.go beside
+# with claim-watch.patch and count-once.patch applied to kube-scheduler's DynamicResources plugin
+# (pkg/scheduler/framework/plugins/dynamicresources) and the tests of testdata/ beside
 # it, in OUTDIR/kubernetes, and points MODFILE (a go.mod for -modfile, as
 # hack/allocator/overlay.sh writes it) at that copy. The copy's files are hard links into the
 # module cache where it can (same file system), except the ones the patch writes, so it costs
@@ -18,7 +18,8 @@ modfile=${2:?usage: overlay.sh OUTDIR MODFILE}
 rel=pkg/scheduler/framework/plugins/dynamicresources
 dir=$(cd "$root/cmd/tessera-scheduler" && go list -m -f '{{.Dir}}' k8s.io/kubernetes)
 # Rebuilt only when the pinned module or the patch changed, so that go build's cache stays warm.
-stamp="$dir $(cat "$here/claim-watch.patch" "$here/testdata/claim_waiters_test.go" | sha256sum | cut -d' ' -f1)"
+patches=(claim-watch count-once)
+stamp="$dir $(for p in "${patches[@]}"; do cat "$here/$p.patch"; done | cat - "$here"/testdata/*_test.go | sha256sum | cut -d' ' -f1)"
 if [[ ! -f $out/stamp || $(cat "$out/stamp") != "$stamp" ]]; then
 	# The module cache's directories are read-only, and so are the copy's: make the copy's (never
 	# a file: a file may be a hard link into the cache) writable to remove or patch it.
@@ -31,8 +32,10 @@ if [[ ! -f $out/stamp || $(cat "$out/stamp") != "$stamp" ]]; then
 	rm -rf "$pkg"
 	cp -r "$dir/$rel" "$pkg"
 	chmod -R u+w "$pkg"
-	patch --quiet --forward -p1 -d "$pkg" <"$here/claim-watch.patch"
-	cp "$here/testdata/claim_waiters_test.go" "$pkg/"
+	for p in "${patches[@]}"; do
+		patch --quiet --forward -p1 -d "$pkg" <"$here/$p.patch"
+	done
+	cp "$here"/testdata/*_test.go "$pkg/"
 	echo "$stamp" >"$out/stamp"
 fi
 (cd "$root/cmd/tessera-scheduler" && go mod edit -modfile="$modfile" -replace "k8s.io/kubernetes=$out/kubernetes")
