@@ -53,7 +53,8 @@ func priorityClass(t *testing.T, prefix string, value int32) string {
 	return pc.Name
 }
 
-// onTenancyNode pins a pod to the tenancy node (two whole H200s).
+// onTenancyNode pins a pod to the tenancy node (two H200s), with the given
+// PriorityClass ("" for none).
 func onTenancyNode(priorityClass string) podOption {
 	return func(p *corev1.Pod) {
 		onTenancyNodes(p)

@@ -9,10 +9,13 @@
 #   make bench-binding     a pod's create-to-bound latency, tenanted and untenanted
 #                          alternately (50 pods), under kube-scheduler and
 #                          tessera-scheduler, on the local cluster (docs/benchmarks.md)
+#   make bench-burst       GPUs touched by bursts of shares against the same shares
+#                          one by one, kube-scheduler and tessera-scheduler (make e2e
+#                          runs tessera-scheduler's half only)
 
 TENANCY_CRD_DIR := deployments/helm/tessera/crds
 
-.PHONY: generate-tenancy bench-tenancy bench-admission bench-binding
+.PHONY: generate-tenancy bench-tenancy bench-admission bench-binding bench-burst
 
 generate-tenancy: ## Regenerate the GPUTenant deepcopy and CRD (part of generate)
 	$(CONTROLLER_GEN) object paths=./api/tenancy/...
@@ -29,6 +32,11 @@ bench-admission: cluster-binaries e2e-plugin e2e-controller ## Admission under o
 bench-binding: cluster-binaries e2e-plugin e2e-controller ## Create-to-bound latency, tenanted and untenanted pods interleaved, kube-scheduler and tessera-scheduler, on the local cluster
 	helm="$$($(HELM_TOOL))"; TESSERA_E2E=1 TESSERA_PLUGIN_BINARY=$(CURDIR)/bin/dra-kubelet-plugin TESSERA_HELM="$$helm" \
 		go test -count=1 -timeout 40m -v -run '^$$' -bench TenancyBindingLatency -benchtime 1x ./e2e/suite/
+
+bench-burst: cluster-binaries e2e-plugin e2e-controller tessera-scheduler ## GPUs touched by bursts of shares against one by one, kube-scheduler and tessera-scheduler, on the local cluster
+	helm="$$($(HELM_TOOL))"; TESSERA_E2E=1 TESSERA_E2E_BURST_STOCK=1 TESSERA_SCHEDULER_BINARY=$(BIN)/tessera-scheduler \
+		TESSERA_PLUGIN_BINARY=$(CURDIR)/bin/dra-kubelet-plugin TESSERA_HELM="$$helm" \
+		go test -count=1 -timeout 40m -v -run '^TestShareBurstPacksLikeOneByOne$$' ./e2e/suite/
 
 # The local cluster runs the tenancy controller as it is now.
 .PHONY: e2e-controller
