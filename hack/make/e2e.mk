@@ -13,8 +13,10 @@ export TESSERA_CACHE
 
 E2E_TIMEOUT ?= 20m
 # go test flags for the suite; -v lists which checks ran and which skipped, and why.
-# Narrow with e.g. E2E_FLAGS="-v -run TestPluginRestart".
+# Narrow with E2E_RUN, a go test -run pattern passed quoted ("TestA|TestB" is
+# safe there), or with E2E_FLAGS="-v -run TestPluginRestart".
 E2E_FLAGS ?= -v
+E2E_RUN ?=
 
 .PHONY: cluster-binaries e2e demo dev-cluster e2e-plugin e2e-tessera-local kubectl
 
@@ -31,9 +33,9 @@ kubectl: ## Build kubectl at the local cluster's version into bin/kubectl
 e2e-tessera-local: ## Build bin/tessera-local, the local cluster runner behind demo and dev-cluster
 	go build -o bin/tessera-local ./e2e/cmd/tessera-local
 
-e2e: cluster-binaries e2e-plugin ## Run the e2e suite on a local cluster (narrow with E2E_FLAGS="-v -run TestX")
+e2e: cluster-binaries e2e-plugin ## Run the e2e suite on a local cluster (narrow with E2E_RUN='TestA|TestB')
 	helm="$$($(HELM_TOOL))"; TESSERA_E2E=1 TESSERA_PLUGIN_BINARY=$(CURDIR)/bin/dra-kubelet-plugin TESSERA_HELM="$$helm" \
-		go test -race -count=1 -timeout $(E2E_TIMEOUT) $(E2E_FLAGS) $$(go list ./e2e/... | grep -v /e2e/node$$)
+		go test -race -count=1 -timeout $(E2E_TIMEOUT) $(E2E_FLAGS) $(if $(E2E_RUN),-run '$(E2E_RUN)') $$(go list ./e2e/... | grep -v /e2e/node$$)
 
 demo: cluster-binaries e2e-plugin e2e-tessera-local kubectl ## Start the local cluster with Tessera and the sample workloads; Ctrl-C stops it
 	helm="$$($(HELM_TOOL))"; bin/tessera-local demo --bin-dir=$(TESSERA_CACHE)/bin --plugin=$(CURDIR)/bin/dra-kubelet-plugin --helm="$$helm" --kubectl=$(BIN)/kubectl

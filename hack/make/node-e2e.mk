@@ -17,6 +17,8 @@
 NODE_E2E_TIMEOUT ?= 20m
 # go test flags for the real-node suite, e.g. NODE_E2E_FLAGS="-v -run TestRestartsLoseNothing".
 NODE_E2E_FLAGS ?= -v
+# A go test -run pattern, passed quoted ("TestA|TestB" is safe there).
+NODE_E2E_RUN ?=
 # The fake driver root's layout (e2e/realnode.DriverLayouts).
 NODE_E2E_DRIVER_LAYOUT ?= host
 NODE_E2E_DRIVER_LAYOUTS := host gpu-operator usr-local-nvidia
@@ -43,7 +45,7 @@ NODE_E2E_ENV = TESSERA_NODE_E2E=1 TESSERA_IMAGE=$(IMAGE):$(TAG) TESSERA_IMAGE_AR
 
 node-e2e: node-e2e-check-host cluster-binaries node-binaries image ## Run e2e/node: a real kubelet and containerd here, Tessera installed by its chart (root)
 	helm="$$($(HELM_TOOL))"; $(NODE_E2E_ENV) TESSERA_HELM="$$helm" \
-		go test -count=1 -timeout $(NODE_E2E_TIMEOUT) $(NODE_E2E_FLAGS) ./e2e/node/
+		go test -count=1 -timeout $(NODE_E2E_TIMEOUT) $(NODE_E2E_FLAGS) $(if $(NODE_E2E_RUN),-run '$(NODE_E2E_RUN)') ./e2e/node/
 	helm="$$($(HELM_TOOL))"; $(NODE_E2E_ENV) TESSERA_HELM="$$helm" TESSERA_NODE_GPUS=$(NODE_E2E_UPGRADE_GPUS) \
 		go test -count=1 -timeout $(NODE_E2E_TIMEOUT) -v -run '^TestRollingUpgradeLosesNothing$$' ./e2e/node/
 
