@@ -53,6 +53,16 @@ func TestDashboardNamesServedMetrics(t *testing.T) {
 	ns := tenantNamespace(t, tenant.Name)
 	createTemplate(t, ns, "gpu", builder.MakeRequest("gpu", gpuapi.ClassGPU).Obj())
 	waitRunning(t, createPod(t, ns, "held", "gpu", onTenancyNodes))
+	// The API server takes the status's showback summary (the CRD's schema
+	// holds it): a calendar month's window, from a first day's 00:00 UTC.
+	waitTenant(t, tenant.Name, "a showback window of the month", func(g *tenancyv1.GPUTenant) bool {
+		sb := g.Status.Showback
+		if sb == nil || sb.Month == nil {
+			return false
+		}
+		start := sb.Month.Start.UTC()
+		return start.Day() == 1 && start.Equal(start.Truncate(24*time.Hour))
+	})
 
 	reader := serviceAccountToken(t, ctx, "e2e-dashboard-"+rand.String(4), metricsReader)
 	endpoints := map[string]string{"controller": tenancyController.MetricsAddress, "plugin " + tenancyNode.Name: node(t, tenancyNode.Name).MetricsAddress}
