@@ -51,6 +51,9 @@ type IdleMarker struct {
 	now       func() time.Time
 	// after is how long a claim must have been idle to be marked.
 	after time.Duration
+	// showback, when set, learns the devices of idle-reported claims by
+	// tenant (its active device-hours leave them out).
+	showback *showback
 
 	// reclaimed is, by claim UID, the start of the idle spell for which
 	// its pods were evicted: one eviction per spell. Only the sync loop
@@ -80,6 +83,9 @@ func (m *IdleMarker) sync(ctx context.Context) error {
 	live := map[types.UID]bool{}
 	now := m.now()
 	counts := map[[2]string]float64{}
+	// idleDevices is, by tenant and DeviceClass, the devices of claims
+	// reported idle, however briefly: they are not active.
+	idleDevices := map[string]map[string]int64{}
 	var errs []error
 	for i := range claims.Items {
 		claim := &claims.Items[i]
@@ -92,6 +98,9 @@ func (m *IdleMarker) sync(ctx context.Context) error {
 		}
 		if idle {
 			counts[[2]string{tenant, claim.Namespace}]++
+		}
+		if ok && tenant != "" {
+			countDevices(idleDevices, tenant, claim)
 		}
 		changed, err := m.mark(ctx, claim, idle, since)
 		if err != nil {
@@ -113,6 +122,9 @@ func (m *IdleMarker) sync(ctx context.Context) error {
 			delete(m.reclaimed, uid)
 		}
 	}
+	if m.showback != nil {
+		m.showback.observeIdle(idleDevices)
+	}
 	idleClaims.Reset()
 	for k, n := range counts {
 		idleClaims.WithLabelValues(k[0], k[1]).Set(n)
@@ -121,6 +133,24 @@ func (m *IdleMarker) sync(ctx context.Context) error {
 		return fmt.Errorf("mark idle claims: %w", errors.Join(errs...))
 	}
 	return nil
+}
+
+// countDevices adds the claim's devices, by DeviceClass, to the tenant's,
+// as Cost counts them.
+func countDevices(into map[string]map[string]int64, tenant string, claim *resourceapi.ResourceClaim) {
+	if claim.Status.Allocation == nil {
+		return
+	}
+	for _, r := range claim.Status.Allocation.Devices.Results {
+		class := tenancy.RequestClass(&claim.Spec, r.Request)
+		if class == "" {
+			continue
+		}
+		if into[tenant] == nil {
+			into[tenant] = map[string]int64{}
+		}
+		into[tenant][class]++
+	}
 }
 
 // reports reads every node's idle report. A report that cannot be read is

@@ -21,6 +21,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client/fake"
 
 	tenancyv1 "github.com/tessera-gpu/tessera/api/tenancy/v1alpha1"
+	"github.com/tessera-gpu/tessera/pkg/tenancy"
 	"github.com/tessera-gpu/tessera/test/builder"
 )
 
@@ -186,5 +187,47 @@ func TestIdleMarker(t *testing.T) {
 				t.Errorf("%s: tessera_idle_claims%v = %v, want %v", step.name, k, got, step.gauge[k])
 			}
 		}
+	}
+}
+
+// TestIdleMarkerFeedsShowback: the devices of claims their node reports idle
+// are not active in the tenant's showback. team-a holds 3 GPUs: a claim of
+// 2 that n1 reports idle and one of 1 that it does not. Over an hour that is
+// 3 device-hours held, 1 active.
+func TestIdleMarkerFeedsShowback(t *testing.T) {
+	_, ctx := ktesting.NewTestContext(t)
+	scheme, err := Scheme()
+	if err != nil {
+		t.Fatal(err)
+	}
+	const class = "gpu.tessera.dev"
+	t0 := time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC)
+	team := &tenancyv1.GPUTenant{ObjectMeta: metav1.ObjectMeta{Name: "showback-idle"}, Spec: tenancyv1.GPUTenantSpec{
+		NamespaceSelector: metav1.LabelSelector{MatchLabels: map[string]string{tenancyv1.LabelCapsuleTenant: "showback-idle"}},
+	}}
+	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "si1", Labels: map[string]string{tenancyv1.LabelCapsuleTenant: "showback-idle"}}}
+	request := builder.MakeRequest("gpu", class).Obj()
+	idle := builder.MakeClaim("idle").Namespace("si1").Request(request).Pool("n1").Device("gpu", "gpu-0").Device("gpu", "gpu-1").Obj()
+	busy := builder.MakeClaim("busy").Namespace("si1").Request(request).Pool("n1").Device("gpu", "gpu-2").Obj()
+	c := fake.NewClientBuilder().WithScheme(scheme).
+		WithObjects(team, ns, idle, busy, idleReport(t, "n1", map[string]time.Time{"idle": t0})).
+		WithStatusSubresource(&resourceapi.ResourceClaim{}).Build()
+	clock := &fakeClock{t: t0}
+	s := newShowback(clock.now)
+	t.Cleanup(func() { s.forget(team.Name) })
+	m := &IdleMarker{client: c, leases: c, namespace: idleNamespace, recorder: &eventLog{}, now: clock.now, after: time.Hour, showback: s}
+
+	s.observe(team.Name, tenancy.Usage{Devices: map[string]int64{class: 3}})
+	if err := m.sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	clock.advance(time.Hour)
+	s.flush()
+	got := map[string]float64{
+		"held":   testutil.ToFloat64(tenantDeviceHours.WithLabelValues(team.Name, class)),
+		"active": testutil.ToFloat64(tenantActiveDeviceHours.WithLabelValues(team.Name, class)),
+	}
+	if diff := cmp.Diff(map[string]float64{"held": 3, "active": 1}, got); diff != "" {
+		t.Errorf("device-hours (-want +got):\n%s", diff)
 	}
 }

@@ -89,6 +89,10 @@ type Options struct {
 	IdleAfter time.Duration
 	// IdleReportNamespace holds the kubelet plugins' idle-report Leases.
 	IdleReportNamespace string
+	// ShowbackStatusInterval is how often each GPUTenant's
+	// status.showback is brought up to date; 0 is
+	// DefaultShowbackStatusInterval.
+	ShowbackStatusInterval time.Duration
 }
 
 // Scheme holds the kinds the controller reads and writes.
@@ -141,7 +145,7 @@ func Run(ctx context.Context, cfg *rest.Config, opts Options) error {
 	decided := make(chan event.GenericEvent, 1024)
 	l, catalog := newLedger(), newDeviceCatalog()
 	rec := mgr.GetEventRecorder("tessera-dra-controller")
-	if err := (&TenantReconciler{client: mgr.GetClient(), recorder: rec, ledger: l, catalog: catalog, untenanted: opts.Untenanted, decided: decided}).SetupWithManager(mgr); err != nil {
+	if err := (&TenantReconciler{client: mgr.GetClient(), recorder: rec, ledger: l, catalog: catalog, untenanted: opts.Untenanted, decided: decided, showbackEvery: opts.ShowbackStatusInterval}).SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("set up tenant reconciler: %w", err)
 	}
 	if err := (&AdmissionReconciler{client: mgr.GetClient(), recorder: rec, ledger: l, catalog: catalog, decided: decided, sharing: newSharingGuard(), order: opts.AdmissionQueue,
@@ -168,7 +172,7 @@ func Run(ctx context.Context, cfg *rest.Config, opts Options) error {
 	}
 	if opts.IdleAfter > 0 {
 		m := &IdleMarker{client: mgr.GetClient(), leases: mgr.GetAPIReader(), namespace: opts.IdleReportNamespace,
-			recorder: rec, now: time.Now, after: opts.IdleAfter}
+			recorder: rec, now: time.Now, after: opts.IdleAfter, showback: tenantShowback}
 		// Marks follow the reports, which change at most once per plugin
 		// sample; a minute is fine-grained next to idle times of hours.
 		if err := mgr.Add(manager.RunnableFunc(func(ctx context.Context) error { return m.run(ctx, time.Minute) })); err != nil {

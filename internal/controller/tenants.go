@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"time"
 
 	admissionv1 "k8s.io/api/admissionregistration/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -45,6 +46,8 @@ type TenantReconciler struct {
 	catalog    *deviceCatalog
 	untenanted Untenanted
 	decided    <-chan event.GenericEvent
+	// showbackEvery is how often status.showback is brought up to date.
+	showbackEvery time.Duration
 }
 
 var _ reconcile.Reconciler = &TenantReconciler{}
@@ -94,13 +97,18 @@ func (r *TenantReconciler) Reconcile(ctx context.Context, req reconcile.Request)
 	usage, admitted, memory, usageErr := r.usage(ctx, t, tenants)
 	overCommitted, fleetErr := guaranteeOverCommitment(ctx, r.client, tenants)
 	usageErr = errors.Join(usageErr, fleetErr)
+	// Before the status: its showback summary counts the usage until now.
+	recordTenantMetrics(t, usage)
 	if err := r.writeStatus(ctx, t, own, conflicting, usage, overCommitted, errors.Join(applyErr, usageErr)); err != nil {
 		return reconcile.Result{}, err
 	}
-	recordTenantMetrics(t, usage)
 	// Without usage (an error), admitted is nil and nothing is marked.
 	markErr := r.markBorrowing(ctx, t, admitted, memory)
-	return reconcile.Result{}, errors.Join(applyErr, usageErr, markErr)
+	if err := errors.Join(applyErr, usageErr, markErr); err != nil {
+		return reconcile.Result{}, err
+	}
+	// Come back for the next showback summary even when nothing changes.
+	return reconcile.Result{RequeueAfter: r.showbackInterval()}, nil
 }
 
 // reconcileUntenanted keeps the bindings over the namespaces no tenant
@@ -228,6 +236,9 @@ func (r *TenantReconciler) writeStatus(ctx context.Context, t *tenancyv1.GPUTena
 	st.ConflictingNamespaces = conflicting
 	st.Usage = usage.Status()
 	st.Borrowed = tenancy.Borrowed(t, usage).Status()
+	if sb := tenantShowback.summary(t.Name, r.showbackInterval()); sb != nil {
+		st.Showback = sb
+	}
 
 	ready := metav1.Condition{Type: tenancyv1.TenantReady, Status: metav1.ConditionTrue, Reason: "Enforced", Message: "binding, quotas and classes are in place", ObservedGeneration: t.Generation}
 	if problem != nil {
@@ -274,8 +285,16 @@ func (r *TenantReconciler) writeStatus(ctx context.Context, t *tenancyv1.GPUTena
 	return nil
 }
 
+func (r *TenantReconciler) showbackInterval() time.Duration {
+	if r.showbackEvery > 0 {
+		return r.showbackEvery
+	}
+	return DefaultShowbackStatusInterval
+}
+
 func recordTenantMetrics(t *tenancyv1.GPUTenant, u tenancy.Usage) {
 	forgetTenantMetrics(t.Name)
+	tenantShowback.resume(t)
 	tenantShowback.observe(t.Name, u)
 	tenantMemoryUsed.WithLabelValues(t.Name).Set(float64(u.Memory))
 	for class, n := range u.Devices {

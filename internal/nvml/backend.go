@@ -2,6 +2,7 @@ package nvml
 
 import (
 	"fmt"
+	"path/filepath"
 	"strconv"
 	"strings"
 
@@ -21,7 +22,9 @@ type Backend struct {
 	Seed string
 	// StateFile, for a mock, is where its GPUs' MIG state is kept so that it
 	// survives a restart of the process, as a GPU's survives a restart of
-	// the plugin; empty keeps it in memory only.
+	// the plugin; empty keeps it in memory only. The mock also follows the
+	// telemetry file beside it (nvmlmock.TelemetryFileName), through which
+	// the local cluster's tests set what its GPUs are doing.
 	StateFile string
 	// DriverRoot, for real NVML, is the driver root as this process sees
 	// it; NVML is loaded from it by explicit path (empty is /).
@@ -73,6 +76,7 @@ func Open(b Backend) (Library, error) {
 		if err := s.Persist(b.StateFile); err != nil {
 			return nil, err
 		}
+		s.FollowTelemetry(filepath.Join(filepath.Dir(b.StateFile), nvmlmock.TelemetryFileName))
 	}
 	// Events change the mock's device functions; doing it on the first
 	// watch would race with a discovery running at the same time.

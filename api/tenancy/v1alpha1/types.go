@@ -17,6 +17,7 @@ import (
 // +kubebuilder:printcolumn:name="Memory",type=string,JSONPath=`.status.usage.gpuMemory`,description="Held GPU memory: the GPU memory the tenant's allocations keep other tenants from using (the unit of budget.gpuMemory)"
 // +kubebuilder:printcolumn:name="Budget",type=string,JSONPath=`.spec.budget.gpuMemory`,description="Budget of held GPU memory"
 // +kubebuilder:printcolumn:name="Borrowed",type=string,JSONPath=`.status.borrowed.gpuMemory`,description="Held GPU memory above the guarantee: what reclaim may take back while another tenant is below its guarantee"
+// +kubebuilder:printcolumn:name="Memory-Hours (Month)",type=string,JSONPath=`.status.showback.month.gpuMemoryHours`,description="Held GPU memory times hours held in the current calendar month (UTC): 80Gi is 80 GiB for one hour"
 // +kubebuilder:printcolumn:name="Ready",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].status`
 // +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
 // +kubebuilder:validation:XValidation:rule="self.metadata.name.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$') && size(self.metadata.name) <= 63",message="the name of a GPUTenant must be a DNS label (it prefixes its dedicated DeviceClasses and is a label value)"
@@ -177,6 +178,13 @@ type GPUTenantStatus struct {
 	// +optional
 	Borrowed Usage `json:"borrowed,omitempty"`
 
+	// Showback is what the tenant held in the current and the previous
+	// calendar month (UTC). The controller updates it every
+	// --showback-status-interval (5 minutes by default), not on every
+	// decision.
+	// +optional
+	Showback *Showback `json:"showback,omitempty"`
+
 	// Conditions: Ready, BudgetExhausted, Conflict, GuaranteeOverCommitted.
 	// +optional
 	// +listType=map
@@ -193,6 +201,49 @@ type Usage struct {
 	// Devices counts the devices held per DeviceClass.
 	// +optional
 	Devices map[string]int64 `json:"devices,omitempty"`
+}
+
+// Showback summarises what a tenant held over two windows: the calendar
+// month (UTC) to date and the whole month before it, the windows of a
+// monthly report. The controller's counters (tessera_tenant_*_hours_total)
+// hold the same amounts for any other window.
+type Showback struct {
+	// UpdatedAt is when the amounts were last brought up to date.
+	// +optional
+	UpdatedAt metav1.Time `json:"updatedAt,omitempty"`
+	// Month is the current calendar month, from its first day to UpdatedAt.
+	// +optional
+	Month *ShowbackWindow `json:"month,omitempty"`
+	// PreviousMonth is the whole calendar month before Month.
+	// +optional
+	PreviousMonth *ShowbackWindow `json:"previousMonth,omitempty"`
+}
+
+// ShowbackWindow is what a tenant held over one window, in the units of
+// its budget integrated over time. Time in which no controller was leader
+// is not counted.
+type ShowbackWindow struct {
+	// Start is the first instant of the window (a month's first day, 00:00
+	// UTC).
+	Start metav1.Time `json:"start"`
+	// DeviceHours is, per DeviceClass, the devices held times the hours
+	// they were held (the unit of budget.devices times hours; e.g. 1500m
+	// is one and a half device-hours).
+	// +optional
+	// +kubebuilder:validation:MaxProperties=64
+	DeviceHours map[string]resource.Quantity `json:"deviceHours,omitempty"`
+	// ActiveDeviceHours is, per DeviceClass, the part of DeviceHours held
+	// by claims that their node's kubelet plugin did not report idle
+	// (below its --idle-threshold); present only when the controller reads
+	// the idle reports (--idle-after set).
+	// +optional
+	// +kubebuilder:validation:MaxProperties=64
+	ActiveDeviceHours map[string]resource.Quantity `json:"activeDeviceHours,omitempty"`
+	// GPUMemoryHours is held GPU memory (the unit of budget.gpuMemory)
+	// times the hours it was held: 80Gi is 80 GiB held for one hour, or
+	// 40 GiB for two.
+	// +optional
+	GPUMemoryHours resource.Quantity `json:"gpuMemoryHours,omitempty"`
 }
 
 // GPUTenantList is a list of GPUTenants.
