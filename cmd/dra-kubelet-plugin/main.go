@@ -61,6 +61,7 @@ type options struct {
 	mpsShmSize             resource.QuantityValue
 	podUID                 string
 	allowMissingCheckpoint bool
+	driverMPS              bool
 	claimMetricsInterval   time.Duration
 	idleThreshold          float64
 	idleReportNamespace    string
@@ -95,6 +96,7 @@ func (o *options) addRunFlags(fs *pflag.FlagSet) {
 	fs.DurationVar(&o.rediscover, "rediscover-interval", 30*time.Second, "how often GPUs are rediscovered to republish changed slices")
 	fs.StringVar(&o.podUID, "pod-uid", "", "UID of the plugin's own pod (from the downward API), which lets an old and a new plugin run side by side during a rolling update")
 	fs.BoolVar(&o.allowMissingCheckpoint, "allow-missing-checkpoint", false, "start although the checkpoint is missing and MIG instances exist; destroys every MIG instance no claim owns")
+	fs.BoolVar(&o.driverMPS, "driver-mps", false, `with a mock --nvml backend, run MPS-shared claims' daemons with the driver root's nvidia-cuda-mps-control, through the same code as on a GPU node, instead of simulating them in memory: for a fake driver root whose MPS binaries run (make node-e2e installs a stand-in); with real NVML they always are`)
 	o.mpsShmSize.Quantity = *resource.NewQuantity(sharing.DefaultShmSize, resource.BinarySI)
 	fs.Var(&o.mpsShmSize, "mps-shm-size", "size of each MPS-shared claim's /dev/shm, an in-memory tmpfs of its own")
 }
@@ -278,14 +280,13 @@ func run(ctx context.Context, o *options) error {
 		return err
 	}
 	defer func() { _ = lib.Shutdown() }()
-	var launcher []string
-	if !strings.HasPrefix(o.nvml, "mock:") {
-		exe, err := os.Executable()
-		if err != nil {
-			return fmt.Errorf("find own executable for the MPS launcher: %w", err)
-		}
-		launcher = []string{exe, "mps-launch"}
+	// Every real MPS daemon is started through this binary's launcher,
+	// whether the GPUs are real or mocked (--driver-mps).
+	exe, err := os.Executable()
+	if err != nil {
+		return fmt.Errorf("find own executable for the MPS launcher: %w", err)
 	}
+	mock := strings.HasPrefix(o.nvml, "mock:")
 	return plugin.RunNode(ctx, plugin.Options{
 		NodeName:           o.nodeName,
 		KubeClient:         client,
@@ -304,8 +305,9 @@ func run(ctx context.Context, o *options) error {
 		MetricsServeOptions:    o.metricsServeOptions(client),
 		HealthPort:             o.healthPort,
 		HealthAddress:          o.healthAddress,
-		SimulatedDriver:        strings.HasPrefix(o.nvml, "mock:"),
-		MPSLauncher:            launcher,
+		SimulatedDriver:        mock,
+		DriverMPS:              o.driverMPS,
+		MPSLauncher:            []string{exe, "mps-launch"},
 		MPSShmSize:             o.mpsShmSize.Value(),
 		AllowMissingCheckpoint: o.allowMissingCheckpoint,
 		ClaimMetricsInterval:   o.claimMetricsInterval,

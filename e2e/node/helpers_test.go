@@ -188,17 +188,26 @@ func deletePod(t *testing.T, pod *corev1.Pod) {
 // the kubelet and containerd's streaming server, as kubectl exec does.
 func execIn(t *testing.T, pod *corev1.Pod, script string) string {
 	t.Helper()
+	out, err := execTry(t.Context(), pod, script)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// execTry is execIn returning the command's failure (with its output).
+func execTry(ctx context.Context, pod *corev1.Pod, script string) (string, error) {
 	req := local.Client.CoreV1().RESTClient().Post().Resource("pods").Namespace(pod.Namespace).Name(pod.Name).SubResource("exec").
 		VersionedParams(&corev1.PodExecOptions{Container: "ctr", Command: []string{"/bin/sh", "-c", script}, Stdout: true, Stderr: true}, scheme.ParameterCodec)
 	exec, err := remotecommand.NewSPDYExecutor(local.Config, "POST", req.URL())
 	if err != nil {
-		t.Fatalf("exec in %s: %v", pod.Name, err)
+		return "", fmt.Errorf("exec in %s: %w", pod.Name, err)
 	}
 	var stdout, stderr bytes.Buffer
-	if err := exec.StreamWithContext(t.Context(), remotecommand.StreamOptions{Stdout: &stdout, Stderr: &stderr}); err != nil {
-		t.Fatalf("exec %q in %s: %v\nstdout: %s\nstderr: %s", script, pod.Name, err, stdout.String(), stderr.String())
+	if err := exec.StreamWithContext(ctx, remotecommand.StreamOptions{Stdout: &stdout, Stderr: &stderr}); err != nil {
+		return stdout.String(), fmt.Errorf("exec %q in %s: %w\nstdout: %s\nstderr: %s", script, pod.Name, err, stdout.String(), stderr.String())
 	}
-	return stdout.String()
+	return stdout.String(), nil
 }
 
 // claimSpec reads the CDI spec the plugin wrote for the claim, which is what

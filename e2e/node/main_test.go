@@ -59,6 +59,11 @@ func run(m *testing.M) (code int) {
 		fmt.Fprintf(os.Stderr, "TESSERA_IMAGE (repository:tag, now %q) and TESSERA_IMAGE_ARCHIVE (the OCI archive of make image, now %q) must name the product image: run make node-e2e\n", image, archive)
 		return 1
 	}
+	standin := os.Getenv("TESSERA_MPS_STANDIN")
+	if st, err := os.Stat(standin); err != nil || !st.Mode().IsRegular() {
+		fmt.Fprintf(os.Stderr, "TESSERA_MPS_STANDIN (the stand-in MPS program, e2e/cmd/mps-standin built static, now %q) must name a file: run make node-e2e\n", standin)
+		return 1
+	}
 	layoutName := clustertest.EnvOr("TESSERA_NODE_DRIVER_LAYOUT", realnode.DefaultDriverLayout)
 	driver, ok := realnode.DriverLayouts[layoutName]
 	if !ok {
@@ -93,11 +98,12 @@ func run(m *testing.M) (code int) {
 		return 1
 	}
 	node, err = realnode.Start(ctx, local.ControlPlane, realnode.Options{
-		Name:   nodeName,
-		GPUs:   gpus,
-		BinDir: binDir,
-		Images: []realnode.Image{{Archive: archive, Ref: image}},
-		Layout: layout,
+		Name:       nodeName,
+		GPUs:       gpus,
+		BinDir:     binDir,
+		Images:     []realnode.Image{{Archive: archive, Ref: image}},
+		Layout:     layout,
+		MPSStandin: standin,
 	})
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "start real node: %v\n", err)
@@ -126,7 +132,7 @@ func install(ctx context.Context, layout realnode.Layout, image string, gpus int
 		return err
 	}
 	values, err := layout.ChartValues(realnode.TryOut{
-		Image: image, NVML: fmt.Sprintf("mock:dgxh200:%d", gpus), APIServerURL: local.APIServerURL,
+		Image: image, NVML: fmt.Sprintf("mock:dgxh200:%d", gpus), DriverMPS: true, APIServerURL: local.APIServerURL,
 		PluginMetrics: ports[0], PluginHealth: ports[1], ControllerMetrics: ports[2], ControllerHealth: ports[3],
 	})
 	if err != nil {

@@ -34,6 +34,7 @@ import (
 // is restarted: every pod keeps running, and a new claim is still prepared.
 func TestRollingUpgradeLosesNothing(t *testing.T) {
 	needGPUs(t, 3)
+	t.Cleanup(func() { checkNoMPSLeft(t) })
 	ns := newNamespace(t)
 	type running struct {
 		claim *resourceapi.ResourceClaim
@@ -41,7 +42,7 @@ func TestRollingUpgradeLosesNothing(t *testing.T) {
 	}
 	start := func(name string, r resourceapi.DeviceRequest) running {
 		claim := createClaim(t, ns, name, r)
-		return running{claim, createPod(t, ns, name, claim.Name)}
+		return running{claim, createPod(t, ns, name, claim.Name, withMPSClient)}
 	}
 	share := func() resourceapi.DeviceRequest { return withMemory(request(gpuapi.ClassShared), "20Gi") }
 	mig := func() resourceapi.DeviceRequest { return request(gpuapi.ClassMIG, profileIs("1g.18gb")) }
@@ -55,6 +56,14 @@ func TestRollingUpgradeLosesNothing(t *testing.T) {
 	if before.env["CUDA_MPS_PINNED_DEVICE_MEM_LIMIT"] == "" {
 		t.Fatalf("share's container has no MPS memory limit before the upgrade (env %v)", before.env)
 	}
+	// The share's daemon, a real process of the old plugin's container,
+	// answers with the claim's limits, and serves a client with a server,
+	// as a CUDA process's first connection makes it start one.
+	gpu, limits := specLimits(t, shareSpec)
+	pipe := shareSpec.mounts[mpsPipeDir]
+	waitLimits(t, shared.pod, gpu, limits)
+	oldServer := startServer(t, shared.pod, pipe)
+	oldDaemon, _ := mpsProcess(t, pipe, mpsstandin.ControlName)
 
 	old, err := node.PluginPod(t.Context())
 	if err != nil {
@@ -98,12 +107,22 @@ func TestRollingUpgradeLosesNothing(t *testing.T) {
 			t.Errorf("share's new process after the upgrade: %s=%q, want %q as before and in its spec (%q)", k, after.env[k], before.env[k], shareSpec.env[k])
 		}
 	}
-	pipe := shareSpec.mounts["/tmp/nvidia-mps"]
 	if after.files["/tmp/nvidia-mps"] != before.files["/tmp/nvidia-mps"] || after.files["/tmp/nvidia-mps"] != hostFile(t, pipe) {
 		t.Errorf("share's /tmp/nvidia-mps after the upgrade is %q, want the same directory as before (%q) and the plugin's %s (%q)",
 			after.files["/tmp/nvidia-mps"], before.files["/tmp/nvidia-mps"], pipe, hostFile(t, pipe))
 	}
 	checkMPSDirs(t, pipe, shared.claim, pods[4].claim)
+	// The old plugin's daemon and server ended with its container; the new
+	// plugin's daemon serves the running container with the same limits.
+	waitLimits(t, shared.pod, gpu, limits)
+	for _, pid := range []int{oldDaemon, oldServer} {
+		if mpsstandin.Running(pid) {
+			t.Errorf("MPS process %d of the old plugin still runs after the upgrade", pid)
+		}
+	}
+	// A server of the new daemon, which unpreparing the share at the end
+	// must end (checkNoMPSLeft).
+	startServer(t, shared.pod, pipe)
 
 	if err := node.RestartKubelet(t.Context(), false); err != nil {
 		t.Fatalf("restart kubelet: %v", err)
@@ -290,6 +309,18 @@ func checkMPSDirs(t *testing.T, pipe string, shares ...*resourceapi.ResourceClai
 			t.Errorf("MPS process %d (pipe %s) serves no running share", pid, mpsPipeOf(pid))
 		}
 	}
+}
+
+// startServer makes the pod's MPS daemon start a server, as a CUDA client's
+// connection does, and returns the server's node PID.
+func startServer(t *testing.T, pod *corev1.Pod, pipe string) int {
+	t.Helper()
+	execIn(t, pod, "echo 'start_server -uid 0' | "+mpsClientPath)
+	pid, _ := mpsProcess(t, pipe, mpsstandin.ServerName)
+	if pid == 0 {
+		t.Fatalf("no MPS server process runs for %s after start_server", pipe)
+	}
+	return pid
 }
 
 // mpsPipeOf is the process's CUDA_MPS_PIPE_DIRECTORY.

@@ -180,6 +180,42 @@ func writeDriverFiles(root string, layout DriverLayout, gpus int) error {
 	return nil
 }
 
+// mpsBinaries are the driver's MPS programs, which the stand-in replaces.
+var mpsBinaries = []string{"nvidia-cuda-mps-control", "nvidia-cuda-mps-server"}
+
+// InstallMPSStandin puts the stand-in MPS program (e2e/cmd/mps-standin,
+// built static) in the driver root as nvidia-cuda-mps-control and
+// nvidia-cuda-mps-server, where a driver installs NVIDIA's: the control
+// daemon starts its servers from beside itself. Copies, not links: the
+// plugin sees the driver root at another path than the host, and test pods
+// mount the control program alone.
+func InstallMPSStandin(root string, layout DriverLayout, standin string) error {
+	data, err := os.ReadFile(standin)
+	if err != nil {
+		return fmt.Errorf("install the MPS stand-in: %w", err)
+	}
+	for _, name := range mpsBinaries {
+		path := filepath.Join(root, layout.BinDir, name)
+		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+			return fmt.Errorf("install the MPS stand-in: %w", err)
+		}
+		// Renamed into place: a running daemon's program is never rewritten.
+		tmp := path + ".new"
+		if err := os.WriteFile(tmp, data, 0o755); err != nil {
+			return fmt.Errorf("install the MPS stand-in: %w", err)
+		}
+		if err := os.Rename(tmp, path); err != nil {
+			return fmt.Errorf("install the MPS stand-in: %w", err)
+		}
+	}
+	return nil
+}
+
+// MPSControl is the host path of the driver root's nvidia-cuda-mps-control.
+func (l Layout) MPSControl() string {
+	return filepath.Join(l.DriverRoot, l.Driver.BinDir, mpsBinaries[0])
+}
+
 // migMinors is the driver's /proc/driver/nvidia-caps/mig-minors: the minor
 // of every GPU and compute instance capability it may create, numbered from
 // 3 (after config and monitor) over 32 GPUs, 15 GPU instances each and 8

@@ -63,6 +63,10 @@ type TryOut struct {
 	Image string
 	// NVML is the plugin's mock NVML, e.g. "mock:dgxh200:1".
 	NVML string
+	// DriverMPS runs the plugin's MPS daemons from the driver root
+	// (kubeletPlugin.driverMPS): the node's driver root must have a stand-in
+	// MPS that runs (Options.MPSStandin).
+	DriverMPS bool
 	// APIServerURL is the API server's https://127.0.0.1:<port>.
 	APIServerURL string
 	// Ports are free ports on the node for the plugin's metrics and health
@@ -81,7 +85,7 @@ func (l Layout) ChartValues(t TryOut) ([]string, error) {
 	if err != nil {
 		return nil, err
 	}
-	return []string{
+	values := []string{
 		"image.repository=" + repo,
 		"image.tag=" + tag,
 		"image.pullPolicy=Never",
@@ -98,5 +102,9 @@ func (l Layout) ChartValues(t TryOut) ([]string, error) {
 		"kubeletPlugin.healthcheckPort=" + strconv.Itoa(t.PluginHealth),
 		"controller.metricsPort=" + strconv.Itoa(t.ControllerMetrics),
 		"controller.healthPort=" + strconv.Itoa(t.ControllerHealth),
-	}, nil
+	}
+	if t.DriverMPS {
+		values = append(values, "kubeletPlugin.driverMPS=true")
+	}
+	return values, nil
 }

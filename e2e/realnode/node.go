@@ -60,6 +60,10 @@ type Options struct {
 	// Images are OCI archives imported into containerd besides the pause and
 	// test images: the product image, which the chart's pods run.
 	Images []Image
+	// MPSStandin, when set, is the stand-in MPS program (e2e/cmd/mps-standin)
+	// that the fake driver root gets as its MPS control daemon and server
+	// (InstallMPSStandin), in place of placeholders that do not run.
+	MPSStandin string
 	// Layout says where the node keeps everything; logs go to the control
 	// plane's log dir, the pods' to <Layout.Dir>/kubelet/pod-logs.
 	Layout Layout
@@ -118,6 +122,11 @@ func Start(ctx context.Context, cp *cluster.ControlPlane, opts Options) (_ *Node
 	}
 	if err := MakeDriverRoot(n.DriverRoot, n.Driver, opts.GPUs); err != nil {
 		return nil, err
+	}
+	if opts.MPSStandin != "" {
+		if err := InstallMPSStandin(n.DriverRoot, n.Driver, opts.MPSStandin); err != nil {
+			return nil, err
+		}
 	}
 	logger := klog.FromContext(ctx)
 	if n.containerd, err = startContainerd(ctx, filepath.Join(dir, "containerd"), opts.BinDir, cp.LogDir, n.CDIRoot, host); err != nil {

@@ -23,7 +23,7 @@ NODE_E2E_RUN ?=
 NODE_E2E_DRIVER_LAYOUT ?= host
 NODE_E2E_DRIVER_LAYOUTS := host gpu-operator usr-local-nvidia
 
-.PHONY: node-binaries node-e2e-host node-e2e-check-host node-e2e node-e2e-layouts
+.PHONY: node-binaries node-e2e-host node-e2e-check-host node-mps-standin node-e2e node-e2e-layouts
 
 node-binaries: ## Build the kubelet, containerd, its shim, ctr and pause into $(TESSERA_CACHE)/node/bin (cached)
 	@hack/node-binaries.sh
@@ -40,10 +40,18 @@ node-e2e-check-host: ## List what this machine lacks for node-e2e (root, cgroups
 # upgrade needs a whole GPU, a MIG partition and a share running at once, so it
 # runs again on a node of NODE_E2E_UPGRADE_GPUS GPUs (skipped on one GPU).
 NODE_E2E_UPGRADE_GPUS ?= 3
-NODE_E2E_ENV = TESSERA_NODE_E2E=1 TESSERA_IMAGE=$(IMAGE):$(TAG) TESSERA_IMAGE_ARCHIVE=$(CURDIR)/$(IMAGE_ARCHIVE) \
+# The stand-in MPS program the fake driver root runs as its MPS control daemon
+# and server (e2e/cmd/mps-standin), static so that it runs in the plugin's
+# image and in the test image alike. A test tool: the product image never has it.
+MPS_STANDIN := _output/node-e2e/mps-standin
+NODE_E2E_ENV = TESSERA_NODE_E2E=1 TESSERA_MPS_STANDIN=$(CURDIR)/$(MPS_STANDIN) TESSERA_IMAGE=$(IMAGE):$(TAG) TESSERA_IMAGE_ARCHIVE=$(CURDIR)/$(IMAGE_ARCHIVE) \
 	TESSERA_NODE_DRIVER_LAYOUT=$(NODE_E2E_DRIVER_LAYOUT)
 
-node-e2e: node-e2e-check-host cluster-binaries node-binaries image ## Run e2e/node: a real kubelet and containerd here, Tessera installed by its chart (root)
+# Always rebuilt (go build is incremental), so the lane runs the stand-in as it is now.
+node-mps-standin: ## Build the static stand-in MPS program of node-e2e's fake driver root (a test tool, never in the image)
+	CGO_ENABLED=0 $(GO) build -trimpath -o $(MPS_STANDIN) ./e2e/cmd/mps-standin
+
+node-e2e: node-e2e-check-host cluster-binaries node-binaries image node-mps-standin ## Run e2e/node: a real kubelet and containerd here, Tessera installed by its chart (root)
 	helm="$$($(HELM_TOOL))"; $(NODE_E2E_ENV) TESSERA_HELM="$$helm" \
 		go test -count=1 -timeout $(NODE_E2E_TIMEOUT) $(NODE_E2E_FLAGS) $(if $(NODE_E2E_RUN),-run '$(NODE_E2E_RUN)') ./e2e/node/
 	helm="$$($(HELM_TOOL))"; $(NODE_E2E_ENV) TESSERA_HELM="$$helm" TESSERA_NODE_GPUS=$(NODE_E2E_UPGRADE_GPUS) \

@@ -42,6 +42,10 @@ type NodeOptions struct {
 	// SimulatedDriver is set for mock NVML backends, which have no driver
 	// binaries or /proc files behind them.
 	SimulatedDriver bool
+	// DriverMPS runs MPS daemons with the driver root's
+	// nvidia-cuda-mps-control even with SimulatedDriver, as on a GPU node
+	// (prepare.WithDriverMPS); it needs MPSLauncher.
+	DriverMPS bool
 	// MPSCheckInterval is how often MPS daemons are checked and restarted
 	// (default 1 s): how long a claim's new CUDA processes may run without
 	// MPS, so without limits, after its daemon died (e.g. with the other
@@ -98,6 +102,9 @@ func RunNode(ctx context.Context, opts Options, node NodeOptions) error {
 	}
 	if node.SimulatedDriver {
 		prepOpts = append(prepOpts, prepare.SimulatedDriver())
+	}
+	if node.DriverMPS {
+		prepOpts = append(prepOpts, prepare.WithDriverMPS())
 	}
 	if len(node.MPSLauncher) > 0 {
 		prepOpts = append(prepOpts, prepare.WithMPSLauncher(node.MPSLauncher...))

@@ -46,6 +46,8 @@ type Preparer struct {
 	// simulated is set by SimulatedDriver: the fake MPS then keeps real
 	// directories under the state dir, for the mounts of the claims' CDI specs.
 	simulated bool
+	// driverMPS is set by WithDriverMPS.
+	driverMPS bool
 	slicer    sharing.TimeSlicer
 	metrics   *metrics.Metrics
 	events    events.EventRecorder
@@ -211,6 +213,10 @@ func New(ctx context.Context, opts ...Option) (*Preparer, error) {
 	}
 	driver := driverroot.New(p.containerDriverRoot)
 	driverEnv := driver.Env(os.Getenv("PATH"))
+	// The one place that decides between simulated and real MPS daemons.
+	if p.mps == nil && p.simulated && !p.driverMPS {
+		p.mps = sharing.NewFakeMPS()
+	}
 	if fake, ok := p.mps.(*sharing.FakeMPS); ok && p.simulated && fake.Root == "" {
 		fake.Root = p.mpsRoot()
 	}

@@ -22,15 +22,14 @@ const simulatedCapabilityMode = 0o444
 type CapabilityLookup func(d tcdi.Driver, gpuMinor, gpuInstanceID, computeInstanceID int) ([]tcdi.DeviceNode, error)
 
 // SimulatedDriver is for mock NVML backends, on machines with no NVIDIA
-// driver (the local cluster, e2e): MPS daemons and time slices are
-// recorded in memory, and MIG capability minors are made up from the
-// instance IDs instead of read from /proc. Device majors are still read
-// from the proc root's devices file where a fake driver root has one;
-// without it, device nodes are given by path alone and must exist on the
-// host.
+// driver (the local cluster, e2e): MPS daemons (unless WithDriverMPS) and
+// time slices are recorded in memory, and MIG capability minors are made
+// up from the instance IDs instead of read from /proc. Device majors are
+// still read from the proc root's devices file where a fake driver root has
+// one; without it, device nodes are given by path alone and must exist on
+// the host.
 func SimulatedDriver() Option {
 	return func(p *Preparer) {
-		p.mps = sharing.NewFakeMPS()
 		p.simulated = true
 		p.slicer = &sharing.FakeTimeSlicer{}
 		p.capabilities = func(d tcdi.Driver, gpuMinor, gi, ci int) ([]tcdi.DeviceNode, error) {
@@ -42,6 +41,12 @@ func SimulatedDriver() Option {
 		}
 	}
 }
+
+// WithDriverMPS runs MPS daemons with the driver root's
+// nvidia-cuda-mps-control even with SimulatedDriver, through the code path
+// of a real GPU node (MPSDaemons): for a fake driver root whose MPS
+// binaries run, such as the real-node lane's stand-in.
+func WithDriverMPS() Option { return func(p *Preparer) { p.driverMPS = true } }
 
 // readDriver reads the driver's device numbers for one claim's spec: the
 // majors of dynamically numbered modules can change when they reload.
