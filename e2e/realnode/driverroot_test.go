@@ -86,3 +86,39 @@ func TestFakeDriverRootHasNoNodesTheDriverDoesNotCreate(t *testing.T) {
 		t.Errorf("fake driver root's /dev (-want +got):\n%s", diff)
 	}
 }
+
+// TestMPSStandinReplacesThePlaceholders: in every layout, the plugin finds
+// the stand-in as the driver's MPS control program and server, where the
+// placeholders were, and a test pod can mount the control program from
+// Layout.MPSControl.
+func TestMPSStandinReplacesThePlaceholders(t *testing.T) {
+	standin := filepath.Join(t.TempDir(), "mps-standin")
+	if err := os.WriteFile(standin, []byte("\x7fELF stand-in"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range DriverLayoutNames() {
+		layout := DriverLayouts[name]
+		t.Run(name, func(t *testing.T) {
+			l := NewLayout(t.TempDir(), layout)
+			if err := writeDriverFiles(l.DriverRoot, layout, 1); err != nil {
+				t.Fatal(err)
+			}
+			if err := InstallMPSStandin(l.DriverRoot, layout, standin); err != nil {
+				t.Fatal(err)
+			}
+			r := driverroot.New(l.DriverRoot)
+			for _, b := range mpsBinaries {
+				got, err := r.Binary(b)
+				if err != nil {
+					t.Fatalf("driver binary %s: %v", b, err)
+				}
+				if data, err := os.ReadFile(got); err != nil || string(data) != "\x7fELF stand-in" {
+					t.Errorf("%s holds %q (%v), want the stand-in", got, data, err)
+				}
+			}
+			if got, _ := r.Binary(mpsBinaries[0]); l.MPSControl() != got {
+				t.Errorf("Layout.MPSControl() = %s, want %s, where the plugin runs it from", l.MPSControl(), got)
+			}
+		})
+	}
+}
