@@ -43,7 +43,7 @@ const (
 	fairnessPhase = 12 * time.Minute
 )
 
-// BenchmarkAdmissionFairness is issue 26's admission benchmark: tenant
+// BenchmarkAdmissionFairness is the admission benchmark of docs/benchmarks.md: tenant
 // "flood" has 5,000 claims allocated (written as the scheduler writes them:
 // status.allocation with the binding conditions, no pods), all over its
 // budget; while the controller's queue still holds thousands of them,
@@ -53,7 +53,7 @@ const (
 // when the steady tenant's first claim was allocated, and the controller's
 // API requests per decision (its client's rest_client_requests_total over
 // its decisions). The controller runs with --admission-queue=fifo (the order
-// before issue 26) and then with the fair queue, side by side in one run.
+// before the fair queue) and then with the fair queue, side by side in one run.
 //
 //	make bench-admission
 func BenchmarkAdmissionFairness(b *testing.B) {

@@ -23,7 +23,7 @@ import (
 	"github.com/tessera-gpu/tessera/test/builder"
 )
 
-// What tenancy trusts in a node's slices (issue 26, item 7): who may publish
+// What tenancy trusts in a node's slices : who may publish
 // them, the binding conditions on their devices, and the pool their devices
 // serve.
 

@@ -23,8 +23,8 @@ import (
 	"github.com/tessera-gpu/tessera/test/builder"
 )
 
-// The attacks of issue 26 (items 2, 4, 5 and 6) that TestTenancyAttackMatrix
-// runs. Each checks that the attacker's goal is not reached, not only that a
+// The attacks from namespaces of no tenant, through subresources and from a
+// node that TestTenancyAttackMatrix runs. Each checks that the attacker's goal is not reached, not only that a
 // message appeared.
 
 // waitDedicatedClass waits until the controller has created tenant's

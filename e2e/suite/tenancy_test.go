@@ -23,7 +23,7 @@ import (
 // TestTenancyAttackMatrix is docs/tenancy.md's attack matrix: every way a
 // tenant might try to get a device it may not have, each refused by the API
 // server with a message naming the tenant, the request and the class; and
-// issue 26's attacks from namespaces of no tenant and through namespace
+// the attacks from namespaces of no tenant and through namespace
 // subresources, each checked to miss its goal (tenancy_attacks_test.go).
 func TestTenancyAttackMatrix(t *testing.T) {
 	other := newTenant(t, "other", tenancyv1.GPUTenantSpec{DedicatedPool: poolA})
@@ -74,7 +74,7 @@ func TestTenancyAttackMatrix(t *testing.T) {
 		"opaque config for Tessera":    {spec: withConfig, want: []string{"GPUTenant " + tenant.Name, "opaque config for gpu.tessera.dev"}},
 		"tolerating the tenancy taint": {spec: claimSpec(tolerating(tenancyv1.TaintKeyTenant, resourceapi.DeviceTolerationOpExists)), want: []string{"GPUTenant " + tenant.Name, "request gpu", "tenancy taint"}},
 		"tolerating every taint":       {spec: claimSpec(tolerating("", resourceapi.DeviceTolerationOpExists)), want: []string{"GPUTenant " + tenant.Name, "request gpu", "tenancy taint"}},
-		// Issue 26: DRA matches a toleration without key to every key.
+		// DRA matches a toleration without key to every key.
 		"tolerating another tenant's taint without a key": {
 			spec: claimSpec(withTolerations(builder.MakeRequest("gpu", gpuapi.ClassShared).Obj(), resourceapi.DeviceToleration{
 				Operator: resourceapi.DeviceTolerationOpEqual, Value: other.Name, Effect: resourceapi.DeviceTaintEffectNoSchedule,
@@ -110,7 +110,7 @@ func TestTenancyAttackMatrix(t *testing.T) {
 		wantRefused(t, err, "GPUTenant "+tenant.Name, "request gpu", "DeviceClass gpu.tessera.dev")
 	})
 
-	// Issue 26, item 2: a namespace of no tenant names another tenant's
+	// A namespace of no tenant names another tenant's
 	// dedicated class; refused by the API server, and by the controller
 	// where the policy is not in place.
 	t.Run("a dedicated class from a namespace of no tenant", func(t *testing.T) {
@@ -201,7 +201,6 @@ func TestTenancyAttackMatrix(t *testing.T) {
 			}}, metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}})
 			wantRefused(t, err, tenancyv1.LabelCapsuleTenant)
 		})
-		// Issue 26, item 6.
 		t.Run("through subresources", func(t *testing.T) {
 			attackLabelsThroughSubresources(ctx, t, mallory, ns, other)
 		})
@@ -229,7 +228,7 @@ func namespaceEditor(t *testing.T) kubernetes.Interface {
 		ObjectMeta: metav1.ObjectMeta{Name: user},
 		Rules: []rbacv1.PolicyRule{
 			{APIGroups: []string{""}, Resources: []string{"namespaces"}, Verbs: []string{"get", "list", "create", "update", "patch"}},
-			// Common in namespace-admin roles (issue 26).
+			// Common in namespace-admin roles.
 			{APIGroups: []string{""}, Resources: []string{"namespaces/status", "namespaces/finalize"}, Verbs: []string{"update", "patch"}},
 			{APIGroups: []string{"resource.k8s.io"}, Resources: []string{"resourceclaims", "resourceclaimtemplates"}, Verbs: []string{"get", "create"}},
 		},

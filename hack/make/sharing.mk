@@ -1,4 +1,4 @@
-# Tenant-exclusive time-sharing's targets (issue 12). Included by the top-level
+# Tenant-exclusive time-sharing's targets. Included by the top-level
 # Makefile (hack/make/*.mk).
 #
 #   make bench-sharing  GPUs needed with and without exclusive sharing, on the

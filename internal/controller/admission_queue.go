@@ -26,7 +26,7 @@ const (
 	// QueueFair serves each tenant's claims in turn (fairQueue).
 	QueueFair QueueOrder = "fair"
 	// QueueFIFO decides claims in the order they arrived, whatever their
-	// tenant: client-go's workqueue, as before issue 26. Kept to measure
+	// tenant: client-go's workqueue, as before the fair queue. Kept to measure
 	// what fairness buys (make bench-admission).
 	QueueFIFO QueueOrder = "fifo"
 )

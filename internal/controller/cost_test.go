@@ -61,7 +61,7 @@ func smallShare(group, ns, name, device, memory string, compute int64) *resource
 	return c
 }
 
-// TestBudgetBoundsWhatSharesDeny is issue 26's attack: a tenant with a 2Gi
+// TestBudgetBoundsWhatSharesDeny is an attack: a tenant with a 2Gi
 // budget asks for a 256Mi, 1 % share of each of eight H200s. Charged for the
 // memory the shares consume it would hold all eight GPUs (2Gi); charged for
 // what it keeps others from using, it holds none. And the aggregation holds

@@ -71,7 +71,7 @@ func clusterOf(nodes int, claims ...client.Object) []client.Object {
 // TestDecisionReadsIndependentOfClusterSize decides the same claims in a
 // cluster of 1 and of 1,000 more nodes (each with slices, namespaces of a
 // tenant and of none, and admitted shares): a decision visits the same
-// number of objects in both (issue 26, found 8: each decision listed every
+// number of objects in both (before the indexes, each decision listed every
 // slice and, for shares, every claim).
 func TestDecisionReadsIndependentOfClusterSize(t *testing.T) {
 	decisions := []client.Object{

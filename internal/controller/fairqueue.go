@@ -14,7 +14,7 @@ import (
 // the order its claims arrived. Decisions stay serial (budgets are exact
 // only so); what changes is whose claim comes next. With a FIFO, a tenant
 // with thousands of claims awaiting decision (over-budget pods the
-// scheduler keeps retrying, issue 26 found 8) puts every other tenant's
+// scheduler keeps retrying) puts every other tenant's
 // claim behind all of them; here, another tenant's claim waits for at most
 // one decision per busy lane.
 //

@@ -26,7 +26,7 @@ func request(ns, name string) reconcile.Request {
 // two of its namespaces), then the first claim of tenant b and one of a
 // namespace of no tenant: with the fair queue, b's claim is the third
 // decision (after one of a's and the other namespace's); with the FIFO of
-// before (issue 26, found 8), it waits for all of them.
+// before, it waits for all of them.
 func TestFloodDoesNotDelayOtherTenants(t *testing.T) {
 	const flood = 5000
 	for order, want := range map[QueueOrder]int{QueueFair: 3, QueueFIFO: flood + 2} {

@@ -17,8 +17,8 @@ import (
 )
 
 // The cache's indexes that keep a decision's reads independent of the
-// cluster's size (issue 26, found 8: every decision listed every slice and,
-// for shares, every claim). A decision reads:
+// cluster's size (before them, every decision listed every slice and, for
+// shares, every claim). A decision reads:
 //
 //   - its claim and its namespace (Get);
 //   - the tenants (all of them: a namespace's owner depends on every

@@ -60,7 +60,7 @@ func waitingShare(ns, name string, tols ...resourceapi.DeviceToleration) *resour
 	return c
 }
 
-// TestFreeTaintsSurviveAClaimLoop: issue 26's attack. A namespace of no tenant
+// TestFreeTaintsSurviveAClaimLoop: an attack. A namespace of no tenant
 // creates and deletes, in a loop, a claim that tolerates another tenant's
 // taint (which the untenanted policy leaves alone, so it does not tolerate
 // the free taint), with or without a key; no pod needed. The free taints do

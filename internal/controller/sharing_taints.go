@@ -54,7 +54,7 @@ type SharingReconciler struct {
 // creates them again, on the controller's shared API budget. Claims that
 // cannot tolerate the free taint, created and deleted in a loop, cost at
 // most one withdrawal and one restoration per interval; one that waits
-// meanwhile waits at most this long for free GPUs (issue 26).
+// meanwhile waits at most this long for free GPUs.
 const freeWithdrawalInterval = time.Minute
 
 var _ reconcile.Reconciler = &SharingReconciler{}

@@ -87,7 +87,7 @@ func ClaimViolations(t *tenancyv1.GPUTenant, spec *resourceapi.ResourceClaimSpec
 // without a key matches the taints of every key (DRA matches tolerations as
 // core Kubernetes does: "An empty key ... matches all keys"), so with
 // operator Exists it tolerates every taint, and with operator Equal and a
-// tenant's name as value (issue 26) it tolerates that tenant's sharing taint.
+// tenant's name as value it tolerates that tenant's sharing taint.
 func TolerationCoversTenancy(tol resourceapi.DeviceToleration) bool {
 	if tol.Key == "" {
 		return true

@@ -62,7 +62,7 @@ func TestClaimViolations(t *testing.T) {
 			want: []tenancy.Violation{{Request: "gpu/s0", Message: `GPUTenant team-a: request gpu/s0 tolerates the tenancy taint "*", which tenants may not do`}},
 		},
 		"tolerates another tenant's taint without a key": {
-			// Issue 26: DRA matches a toleration without key to every key.
+			// DRA matches a toleration without key to every key.
 			tenant: teamA, claim: makeClaim("a", "c").Request("gpu", gpuapi.ClassShared).Tolerate(resourceapi.DeviceToleration{
 				Operator: resourceapi.DeviceTolerationOpEqual, Value: "team-b", Effect: resourceapi.DeviceTaintEffectNoSchedule}),
 			want: []tenancy.Violation{{Request: "gpu", Message: `GPUTenant team-a: request gpu tolerates the tenancy taint "*", which tenants may not do`}},

@@ -29,7 +29,7 @@ func IsDedicatedClass(class string) bool {
 // of TaintKeyTenant or without key, with operator Exists or value t's name).
 // A namespace of no tenant is seen by no tenant's claims policy, so without
 // this rule it could name a tenant's dedicated classes and take its GPUs, or
-// tolerate its taint and be allocated shares beside it (issue 26).
+// tolerate its taint and be allocated shares beside it.
 //
 // It is the Go twin of the admission policy outsiders.tenancy.tessera.dev,
 // which the controller binds, with every GPUTenant as a parameter, to every

@@ -99,8 +99,8 @@ func TaintGroups(held, pending []ShareHolder) map[DeviceID][]string {
 // an empty string when every shared GPU of the claim is free or held by group
 // only, and otherwise a message for the claim's owner. The message names
 // neither the GPU nor the group holding it: tenants do not learn of each
-// other, nor where another tenant runs (issue 26: a claim that tolerated
-// another tenant's taint learnt the GPU it held from this message).
+// other, nor where another tenant runs (a claim that tolerated another
+// tenant's taint once learnt from this message the GPU that tenant held).
 func SharingConflict(group string, claim *resourceapi.ResourceClaim, holders map[DeviceID][]string) string {
 	for _, d := range SharedDevices(claim) {
 		for _, g := range holders[d] {

@@ -132,7 +132,7 @@ func sameToleration(a, b resourceapi.DeviceToleration) bool {
 // does not block: a policy shaped it, or its author chose its tenancy
 // tolerations (and the untenanted policy then leaves it alone). Such a claim
 // keeps itself off free GPUs by its own choice; it must not lift the free
-// taints of the whole cluster. (Issue 26: a claim of a namespace of no tenant
+// taints of the whole cluster. (Before this rule, a claim of a namespace of no tenant
 // that tolerated another tenant's taint, which the untenanted policy leaves
 // alone, made the controller delete every free taint, and creating and
 // deleting it in a loop churned them without end.)

@@ -141,7 +141,7 @@ func TestBlockedByFreeTaint(t *testing.T) {
 		"a MIG partition":                          {claim(request("gpu", gpuapi.ClassMIG)), false},
 		"alternatives from before the policy":      {claim(alts), true},
 		"alternatives the policy gave tolerations": {claim(tenancy.SharingRequests("a", []resourceapi.DeviceRequest{alts})[0]), false},
-		// Issue 26: the untenanted policy leaves a claim alone that
+		// The untenanted policy leaves a claim alone that
 		// tolerates another group; it chose to stay off free GPUs.
 		"a share tolerating another group":         {claim(tenancy.SharingRequests(tenancyv1.GroupUntenanted, []resourceapi.DeviceRequest{tolerating(share, tenancy.Toleration("team-a"))})[0]), false},
 		"a share tolerating a group without a key": {claim(tolerating(share, resourceapi.DeviceToleration{Value: "team-a"})), false},

@@ -79,7 +79,7 @@ func TestSharingConflict(t *testing.T) {
 			if tc.conflict && (strings.Contains(msg, "\"a\"") || strings.Contains(msg, tenancyv1.GroupUntenanted)) {
 				t.Errorf("message %q names the holding group", msg)
 			}
-			// Issue 26: nor where the other tenant runs.
+			// Nor where the other tenant runs.
 			if tc.conflict && (strings.Contains(msg, "gpu-") || strings.Contains(msg, "n1")) {
 				t.Errorf("message %q names the GPU or its node", msg)
 			}

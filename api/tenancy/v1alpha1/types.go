@@ -67,7 +67,7 @@ type GPUTenantSpec struct {
 	// +optional
 	Budget *Budget `json:"budget,omitempty"`
 
-	// Elastic budgets (issue 28): the tenant may borrow up to its budget
+	// Elastic budgets: the tenant may borrow up to its budget
 	// while GPUs are free, and gets its guarantee back by reclaim.
 
 	// Guarantee is what the tenant gets back within a bounded time when it
