@@ -6,6 +6,7 @@ import (
 
 	admissionv1 "k8s.io/api/admissionregistration/v1"
 	coordinationv1 "k8s.io/api/coordination/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
 	resourceapi "k8s.io/api/resource/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -188,5 +189,36 @@ func TestDecisionFencePolicy(t *testing.T) {
 		if p.Name == policy.Name {
 			t.Error("the fence is installed without leader election")
 		}
+	}
+}
+
+// TestOnlyTheControllerWritesClaimDeviceStatus: of the roles the chart
+// installs, only the controller's may update claims' status or write
+// status.devices entries of any driver (resourceclaims/driver): the
+// kubelet plugin can neither.
+func TestOnlyTheControllerWritesClaimDeviceStatus(t *testing.T) {
+	manifest, err := render(t)
+	if err != nil {
+		t.Fatal(err)
+	}
+	objs := objects(t, manifest)
+	rules := map[string][]rbacv1.PolicyRule{}
+	for _, r := range find[*rbacv1.ClusterRole](objs) {
+		rules["ClusterRole "+r.Name] = r.Rules
+	}
+	for _, r := range find[*rbacv1.Role](objs) {
+		rules["Role "+r.Name] = r.Rules
+	}
+	for role, rs := range rules {
+		for _, r := range rs {
+			for _, res := range r.Resources {
+				if (res == "resourceclaims/status" || res == "resourceclaims/driver" || res == "*") && role != "ClusterRole tessera-controller" {
+					t.Errorf("%s grants %v on %s", role, r.Verbs, res)
+				}
+			}
+		}
+	}
+	if len(rules) < 2 {
+		t.Fatalf("the chart renders %d roles, want at least the controller's and the plugin's", len(rules))
 	}
 }
