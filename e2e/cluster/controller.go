@@ -135,3 +135,6 @@ func (c *Controller) Kill() {
 		c.process.Kill()
 	}
 }
+
+// Kubeconfig is the controller's kubeconfig: its ServiceAccount's token.
+func (c *Controller) Kubeconfig() string { return c.kubeconfig }

@@ -163,8 +163,8 @@ func claimStates(ctx context.Context, ns string) (map[tenancy.State]int, error) 
 // restarts: the plugin is stopped and its slices deleted). The controller,
 // thawed, decides both with the memory the node last published, while no
 // slice of the node exists: one admitted, one over budget. (A controller that
-// starts while the slices are gone has never seen their memory: it cannot
-// cost those claims until the slices are back, see docs/tenancy.md.)
+// starts while the slices are gone costs them from the records of their
+// admission: TestTenancyControllerStartsWhileSlicesAreGone.)
 func TestTenancyDecidesWhileSlicesAreGone(t *testing.T) {
 	m := migMemory(t)
 	tenant := newTenant(t, "noslices", tenancyv1.GPUTenantSpec{

@@ -51,6 +51,11 @@ type AdmissionReconciler struct {
 	// catchUp, when set, counts a previous leader's admissions before the
 	// first decision (see leaderCatchUp).
 	catchUp *leaderCatchUp
+	// holder is this replica's leader-election identity, recorded with each
+	// decision (tenancyv1.DecisionRecord) so that the API server refuses a
+	// decision of a replica that no longer leads; empty without leader
+	// election.
+	holder string
 }
 
 var _ reconcile.Reconciler = &AdmissionReconciler{}
@@ -84,7 +89,7 @@ func (r *AdmissionReconciler) Reconcile(ctx context.Context, req reconcile.Reque
 	if err := r.catchUp.ensure(ctx, r.client, r.ledger, r.catalog); err != nil {
 		return reconcile.Result{}, err
 	}
-	tenant, d, err := r.decide(ctx, claim)
+	tenant, d, memory, err := r.decide(ctx, claim)
 	if err != nil {
 		return reconcile.Result{}, err
 	}
@@ -98,7 +103,7 @@ func (r *AdmissionReconciler) Reconcile(ctx context.Context, req reconcile.Reque
 			return reconcile.Result{}, err
 		}
 	}
-	if err := r.writeConditions(ctx, claim, d); err != nil {
+	if err := r.writeConditions(ctx, claim, d, memory); err != nil {
 		return reconcile.Result{}, err
 	}
 	if r.sharing != nil && d.Admit {
@@ -122,43 +127,52 @@ func (r *AdmissionReconciler) Reconcile(ctx context.Context, req reconcile.Reque
 	return reconcile.Result{}, nil
 }
 
-// decide finds the claim's tenant and what it holds, and decides.
-func (r *AdmissionReconciler) decide(ctx context.Context, claim *resourceapi.ResourceClaim) (*tenancyv1.GPUTenant, tenancy.Decision, error) {
+// decide finds the claim's tenant and what it holds, and decides. It also
+// returns the memory of the claim's devices, to record with the decision.
+func (r *AdmissionReconciler) decide(ctx context.Context, claim *resourceapi.ResourceClaim) (*tenancyv1.GPUTenant, tenancy.Decision, map[tenancy.DeviceID]int64, error) {
 	ns := &corev1.Namespace{}
 	if err := r.client.Get(ctx, types.NamespacedName{Name: claim.Namespace}, ns); err != nil {
-		return nil, tenancy.Decision{}, fmt.Errorf("get namespace of claim %s: %w", klog.KObj(claim), err)
+		return nil, tenancy.Decision{}, nil, fmt.Errorf("get namespace of claim %s: %w", klog.KObj(claim), err)
 	}
 	tenants, err := listTenants(ctx, r.client)
 	if err != nil {
-		return nil, tenancy.Decision{}, err
+		return nil, tenancy.Decision{}, nil, err
 	}
 	// A tenant whose selector does not parse selects nothing; the tenant
 	// reconciler reports it.
 	owners, _ := tenancy.Owners(tenants, []*corev1.Namespace{ns})
+	var t *tenancyv1.GPUTenant
+	var d tenancy.Decision
 	switch o := owners[ns.Name]; len(o) {
 	case 0:
-		return nil, tenancy.Decide(nil, nil, claim, nil), nil
+		d = tenancy.Decide(nil, nil, claim, nil)
 	case 1:
+		t = findTenant(tenants, o[0])
 	default:
-		t := findTenant(tenants, o[0])
-		return t, tenancy.Decision{Reason: tenancyv1.ReasonConflict, Message: fmt.Sprintf(
-			"namespace %s is selected by more than one GPUTenant (%v); its claims are refused until an admin resolves it", ns.Name, o)}, nil
+		t = findTenant(tenants, o[0])
+		d = tenancy.Decision{Reason: tenancyv1.ReasonConflict, Message: fmt.Sprintf(
+			"namespace %s is selected by more than one GPUTenant (%v); its claims are refused until an admin resolves it", ns.Name, o)}
 	}
-	t := findTenant(tenants, owners[ns.Name][0])
+	if len(owners[ns.Name]) != 1 {
+		// Decided without a budget; the memory is still recorded, for the
+		// tenant the namespace may join.
+		memory, err := r.catalog.costing(ctx, r.client, []*resourceapi.ResourceClaim{claim})
+		return t, d, memory, err
+	}
 
 	admitted, err := admittedClaims(ctx, r.client, t, tenants)
 	if err != nil {
-		return nil, tenancy.Decision{}, err
+		return nil, tenancy.Decision{}, nil, err
 	}
-	memory, err := r.catalog.memory(ctx, r.client, tenancy.AllocatedDevices(append(slices.Clone(admitted), claim)))
+	memory, err := r.catalog.costing(ctx, r.client, append(slices.Clone(admitted), claim))
 	if err != nil {
-		return nil, tenancy.Decision{}, err
+		return nil, tenancy.Decision{}, nil, err
 	}
 	held, err := r.held(t, admitted, memory, client.ObjectKeyFromObject(claim))
 	if err != nil {
-		return nil, tenancy.Decision{}, err
+		return nil, tenancy.Decision{}, nil, err
 	}
-	return t, tenancy.Decide(t, held, claim, memory), nil
+	return t, tenancy.Decide(t, held, claim, memory), memory, nil
 }
 
 // held is what the tenant's admitted allocations hold, except skip's: the
@@ -183,9 +197,11 @@ func (r *AdmissionReconciler) held(t *tenancyv1.GPUTenant, admitted []*resourcea
 }
 
 // writeConditions sets the decision's condition on every gated device of the
-// claim, in status.devices. The update carries the claim's resourceVersion: a
+// claim, in status.devices, with the decision's record (the device's memory,
+// where known, and this replica's leader-election identity) as the entry's
+// data, in one write. The update carries the claim's resourceVersion: a
 // claim the scheduler changed meanwhile is decided again.
-func (r *AdmissionReconciler) writeConditions(ctx context.Context, claim *resourceapi.ResourceClaim, d tenancy.Decision) error {
+func (r *AdmissionReconciler) writeConditions(ctx context.Context, claim *resourceapi.ResourceClaim, d tenancy.Decision, memory map[tenancy.DeviceID]int64) error {
 	claim = claim.DeepCopy()
 	condType := tenancyv1.ConditionAdmitted
 	if !d.Admit {
@@ -209,6 +225,14 @@ func (r *AdmissionReconciler) writeConditions(ctx context.Context, claim *resour
 			Type: condType, Status: metav1.ConditionTrue, Reason: d.Reason, Message: d.Message,
 			ObservedGeneration: claim.Generation,
 		})
+		data, err := tenancy.EncodeRecord(tenancyv1.DecisionRecord{
+			DeviceMemory: memory[tenancy.DeviceID{Driver: res.Driver, Pool: res.Pool, Device: res.Device}],
+			Holder:       r.holder,
+		})
+		if err != nil {
+			return err
+		}
+		st.Data = data
 	}
 	if err := r.client.Status().Update(ctx, claim, client.FieldOwner(fieldManager)); err != nil {
 		return fmt.Errorf("set %s on claim %s: %w", condType, klog.KObj(claim), err)

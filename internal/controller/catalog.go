@@ -24,7 +24,8 @@ import (
 //
 // What it cannot know is the memory of a device whose slice was gone before
 // this process first saw it (the controller started during a kubelet
-// restart): such claims cannot be costed until the slice is back.
+// restart): for those, the memory recorded in the claim's status when it was
+// admitted serves (costing).
 type deviceCatalog struct {
 	mu sync.Mutex
 	// known holds, per pool, what the pool last published plus what is
@@ -88,4 +89,18 @@ func (c *deviceCatalog) update(ctx context.Context, r client.Reader, pool string
 		c.known[pool] = known
 	}
 	return known, nil
+}
+
+// costing returns the memory to cost the claims' devices with: what the
+// catalog knows of their pools (memory) and, for devices of theirs that
+// are admitted, what the controller recorded when it admitted them
+// (tenancy.RecordedMemory), the larger of the two where both are known. The
+// records let a controller that starts while a node's slices are gone cost
+// the claims admitted there.
+func (c *deviceCatalog) costing(ctx context.Context, r client.Reader, claims []*resourceapi.ResourceClaim) (map[tenancy.DeviceID]int64, error) {
+	known, err := c.memory(ctx, r, tenancy.AllocatedDevices(claims))
+	if err != nil {
+		return nil, err
+	}
+	return tenancy.CostingMemory(known, tenancy.RecordedMemory(claims)), nil
 }

@@ -77,7 +77,7 @@ func (c *leaderCatchUp) ensure(ctx context.Context, cache client.Reader, l *ledg
 		nsList = append(nsList, ns)
 	}
 	owners, _ := tenancy.Owners(tenants, nsList)
-	memory, err := catalog.memory(ctx, cache, tenancy.AllocatedDevices(admitted))
+	memory, err := catalog.costing(ctx, cache, admitted)
 	if err != nil {
 		return err
 	}

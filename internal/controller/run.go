@@ -22,6 +22,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/leaderelection/resourcelock"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -117,6 +118,13 @@ func Run(ctx context.Context, cfg *rest.Config, opts Options) error {
 	if err != nil {
 		return err
 	}
+	var lock resourcelock.Interface
+	holder := ""
+	if opts.LeaderElection {
+		if lock, holder, err = leaderLock(cfg, opts.LeaderElectionNamespace); err != nil {
+			return err
+		}
+	}
 	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
 		Scheme: scheme,
 		// Of pods, only pending ones matter (RequeueReconciler): the cache
@@ -127,8 +135,10 @@ func Run(ctx context.Context, cfg *rest.Config, opts Options) error {
 		Metrics:                 metricsOpts,
 		HealthProbeBindAddress:  opts.ProbeAddr,
 		LeaderElection:          opts.LeaderElection,
-		LeaderElectionID:        "tessera-dra-controller",
+		LeaderElectionID:        LeaderElectionID,
 		LeaderElectionNamespace: opts.LeaderElectionNamespace,
+		// Its identity is recorded with every decision (leaderLock).
+		LeaderElectionResourceLockInterface: lock,
 		// Hand the lease over at once when stopping (after the reconcilers
 		// have stopped), so that pods do not wait out a lease.
 		LeaderElectionReleaseOnCancel: true,
@@ -149,7 +159,7 @@ func Run(ctx context.Context, cfg *rest.Config, opts Options) error {
 		return fmt.Errorf("set up tenant reconciler: %w", err)
 	}
 	if err := (&AdmissionReconciler{client: mgr.GetClient(), recorder: rec, ledger: l, catalog: catalog, decided: decided, sharing: newSharingGuard(), order: opts.AdmissionQueue,
-		catchUp: &leaderCatchUp{reader: mgr.GetAPIReader()}}).SetupWithManager(mgr); err != nil {
+		catchUp: &leaderCatchUp{reader: mgr.GetAPIReader()}, holder: holder}).SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("set up admission reconciler: %w", err)
 	}
 	if err := (&SharingReconciler{client: mgr.GetClient()}).SetupWithManager(mgr); err != nil {

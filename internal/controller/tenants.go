@@ -213,7 +213,7 @@ func (r *TenantReconciler) usage(ctx context.Context, t *tenancyv1.GPUTenant, te
 	if err != nil {
 		return tenancy.Usage{}, nil, nil, err
 	}
-	memory, err := r.catalog.memory(ctx, r.client, tenancy.AllocatedDevices(admitted))
+	memory, err := r.catalog.costing(ctx, r.client, admitted)
 	if err != nil {
 		return tenancy.Usage{}, nil, nil, err
 	}

@@ -78,9 +78,6 @@ func TestDecideShares(t *testing.T) {
 }
 
 func TestRememberMemory(t *testing.T) {
-	id := func(pool, device string) tenancy.DeviceID {
-		return tenancy.DeviceID{Driver: gpuapi.DriverName, Pool: pool, Device: device}
-	}
 	remembered := map[tenancy.DeviceID]int64{id("n1", "gpu-0"): 141, id("n1", "gpu-1-shared"): 141, id("n2", "gpu-0"): 80, id("n3", "gpu-0"): 141}
 	// n1 restarts its kubelet (no slices); n2 publishes gpu-0 with new
 	// memory; n3 was deleted.

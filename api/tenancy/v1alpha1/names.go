@@ -167,3 +167,32 @@ const (
 
 // IdleReportName is the name of node's idle-report Lease.
 func IdleReportName(node string) string { return IdleReportPrefix + node }
+
+// KindDecisionRecord is the kind of DecisionRecord in a claim's status.
+const KindDecisionRecord = "DecisionRecord"
+
+// DecisionRecord is what the controller records with each admission decision,
+// as the data of every gpu.tessera.dev entry of the claim's status.devices
+// that carries the decision's condition, in the same write. Only a writer of
+// status.devices for gpu.tessera.dev may set it, which the chart grants the
+// controller alone (and refuses to anyone else, through its decision-records
+// policy): neither tenants nor nodes can forge it.
+//
+// +kubebuilder:object:generate=false
+type DecisionRecord struct {
+	// APIVersion is tenancy.tessera.dev/v1alpha1, Kind KindDecisionRecord.
+	APIVersion string `json:"apiVersion"`
+	Kind       string `json:"kind"`
+	// DeviceMemory is the GPU memory, in bytes, that the controller costed
+	// the device with: a whole GPU's, a MIG partition's, or a time-shared
+	// GPU's whole memory (a share's price follows from it and the share's
+	// consumed capacity). It lets a controller that starts while the
+	// device's slice is gone cost the claim. Absent where the memory was
+	// not known.
+	DeviceMemory int64 `json:"deviceMemory,omitempty"`
+	// Holder is the leader-election identity of the controller replica that
+	// decided (the Lease's spec.holderIdentity while it leads); the chart's
+	// decision-fence policy refuses a decision whose holder does not hold the
+	// Lease. Empty without leader election.
+	Holder string `json:"holder,omitempty"`
+}

@@ -42,11 +42,18 @@ func admits(t *testing.T, policy *admissionv1.ValidatingAdmissionPolicy, usernam
 // a pod-bound token carries in its extra info).
 func admitsUser(t *testing.T, policy *admissionv1.ValidatingAdmissionPolicy, userInfo user.Info, op admission.Operation, gvr schema.GroupVersionResource, kind string, obj, old runtime.Object) (matched bool, denials []string) {
 	t.Helper()
+	return admitsWith(t, policy, userInfo, op, gvr, "", kind, obj, old, nil)
+}
+
+// admitsWith is admitsUser for a request of a subresource, with the
+// policy's parameter (nil: none).
+func admitsWith(t *testing.T, policy *admissionv1.ValidatingAdmissionPolicy, userInfo user.Info, op admission.Operation, gvr schema.GroupVersionResource, subresource, kind string, obj, old, param runtime.Object) (matched bool, denials []string) {
+	t.Helper()
 	compiler, err := plugincel.NewCompositedCompiler(environment.MustBaseEnvSet(environment.DefaultCompatibilityVersion()))
 	if err != nil {
 		t.Fatal(err)
 	}
-	opts := plugincel.OptionalVariableDeclarations{HasAuthorizer: true}
+	opts := plugincel.OptionalVariableDeclarations{HasAuthorizer: true, HasParams: policy.Spec.ParamKind != nil}
 	var variables []plugincel.NamedExpressionAccessor
 	for _, v := range policy.Spec.Variables {
 		variables = append(variables, &validating.Variable{Name: v.Name, Expression: v.Expression})
@@ -59,7 +66,7 @@ func admitsUser(t *testing.T, policy *admissionv1.ValidatingAdmissionPolicy, use
 			name, namespace = m.GetName(), m.GetNamespace()
 		}
 	}
-	attrs := admission.NewAttributesRecord(obj, old, gvk, namespace, name, gvr, "", op, nil, false, userInfo)
+	attrs := admission.NewAttributesRecord(obj, old, gvk, namespace, name, gvr, subresource, op, nil, false, userInfo)
 	request := plugincel.CreateAdmissionRequest(attrs, metav1.GroupVersionResource(gvr), metav1.GroupVersionKind(gvk))
 	versioned := &admission.VersionedAttributes{Attributes: attrs, VersionedKind: gvk, VersionedObject: admission.NewLazyObject(obj), VersionedOldObject: admission.NewLazyObject(old)}
 	eval := func(exprs []plugincel.ExpressionAccessor) []plugincel.EvaluationResult {
@@ -68,7 +75,7 @@ func admitsUser(t *testing.T, policy *admissionv1.ValidatingAdmissionPolicy, use
 		for _, err := range cond.CompilationErrors() {
 			t.Fatalf("policy %s: %v", policy.Name, err)
 		}
-		results, _, err := cond.ForInput(compiler.CreateContext(context.Background()), versioned, request, plugincel.OptionalVariableBindings{}, nil, celconfig.RuntimeCELCostBudget)
+		results, _, err := cond.ForInput(compiler.CreateContext(context.Background()), versioned, request, plugincel.OptionalVariableBindings{VersionedParams: param}, nil, celconfig.RuntimeCELCostBudget)
 		if err != nil {
 			t.Fatalf("policy %s: %v", policy.Name, err)
 		}

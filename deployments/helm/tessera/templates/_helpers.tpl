@@ -84,3 +84,27 @@ their idle reports.
 {{- define "tessera.idleReports" -}}
 {{- if not (regexMatch "^(0+(\\.0+)?[a-zµ]*)+$" (toString .Values.controller.idleAfter)) }}true{{ end }}
 {{- end }}
+
+{{/*
+The gpu.tessera.dev entries of a ResourceClaim update's status.devices whose
+tenancy decision (the tenancy.tessera.dev/admitted and /rejected conditions)
+or decision record (data) the update sets or changes: a CEL expression over
+object and oldObject. Removed entries are not in it (the API server drops the
+entries of a deallocated claim).
+*/}}
+{{- define "tessera.changedDecisions" -}}
+object.?status.?devices.orValue([]).filter(d, d.driver == "gpu.tessera.dev" &&
+  (d.?conditions.orValue([]).exists(c, c.type in ["tenancy.tessera.dev/admitted", "tenancy.tessera.dev/rejected"]) || has(d.data)) &&
+  !oldObject.?status.?devices.orValue([]).exists(o, o.driver == d.driver && o.pool == d.pool && o.device == d.device &&
+    o.?shareID.orValue("") == d.?shareID.orValue("") &&
+    o.?data.orValue({}) == d.?data.orValue({}) &&
+    o.?conditions.orValue([]).filter(c, c.type in ["tenancy.tessera.dev/admitted", "tenancy.tessera.dev/rejected"]) ==
+      d.?conditions.orValue([]).filter(c, c.type in ["tenancy.tessera.dev/admitted", "tenancy.tessera.dev/rejected"])))
+{{- end -}}
+
+{{/*
+The controller's leader-election Lease (internal/controller.LeaderElectionID).
+*/}}
+{{- define "tessera.controller.leaderElectionID" -}}
+tessera-dra-controller
+{{- end -}}
