@@ -93,11 +93,11 @@ func (r *AdmissionReconciler) Reconcile(ctx context.Context, req reconcile.Reque
 	if err != nil {
 		return reconcile.Result{}, err
 	}
-	// Issue 26: a node's devices serve only the pool its admin label says.
+	// A node's devices serve only the pool its admin label says.
 	if d, err = checkPools(ctx, r.client, claim, d); err != nil {
 		return reconcile.Result{}, err
 	}
-	// Issue 12: no time-shared GPU serves two tenants (sharing.go).
+	// No time-shared GPU serves two tenants (sharing.go).
 	if r.sharing != nil {
 		if d, err = r.sharing.check(ctx, r.client, claim, tenant, d); err != nil {
 			return reconcile.Result{}, err

@@ -63,7 +63,7 @@ const (
 const TaintPrefix = "tenancy.tessera.dev/"
 
 // TaintKeyTenant is the key of the taint that keeps other tenants off a
-// time-shared GPU while one tenant holds shares of it (issue 12).
+// time-shared GPU while one tenant holds shares of it.
 const TaintKeyTenant = TaintPrefix + "tenant"
 
 // Labels.
@@ -133,7 +133,7 @@ func DedicatedClassNames(tenant string) []string {
 	return out
 }
 
-// Idle claims (issue 27). Each kubelet plugin reports, in a Lease of the
+// Idle claims. Each kubelet plugin reports, in a Lease of the
 // controller's namespace named IdleReportName(node), since when each of its
 // node's claims has stayed below the utilization threshold; the controller
 // marks a claim idle that long with ConditionIdle in its status.devices.
