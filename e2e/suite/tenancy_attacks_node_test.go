@@ -194,7 +194,7 @@ func attackUnderReportedMemory(ctx context.Context, t *testing.T, tenant *tenanc
 		if !refused {
 			for _, p := range pods {
 				for _, ev := range events(ctx, p, tenancyv1.ReasonOverBudget) {
-					refused = refused || strings.Contains(ev.Message, "memory")
+					refused = refused || strings.Contains(ev.Message, "gpuMemory")
 				}
 			}
 		}
