@@ -45,6 +45,7 @@ func (o *options) addFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.controller.MetricsCertDir, "metrics-cert-dir", "", "directory holding tls.crt and tls.key for the secure metrics endpoint; empty generates a self-signed certificate at start")
 	fs.StringVar(&o.controller.ProbeAddr, "health-probe-bind-address", ":8081", "address of the /healthz and /readyz endpoints")
 	fs.DurationVar(&o.controller.IdleAfter, "idle-after", 0, "mark a claim idle (condition tenancy.tessera.dev/idle in its status.devices, an Event, tessera_idle_claims) once the kubelet plugin has reported its devices below its --idle-threshold for this long; 0 marks none")
+	fs.DurationVar(&o.controller.IdleSyncInterval, "idle-sync-interval", controller.DefaultIdleSyncInterval, "how often idle marks, their Events and tessera_idle_claims follow the kubelet plugins' idle reports, and idle reclaim (GPUTenant spec.idleReclaim) acts")
 	fs.DurationVar(&o.controller.ShowbackStatusInterval, "showback-status-interval", controller.DefaultShowbackStatusInterval, "how often each GPUTenant's status.showback (what it held this calendar month and the last) is brought up to date")
 	fs.StringVar(&o.controller.IdleReportNamespace, "idle-report-namespace", "tessera-system", "namespace of the kubelet plugins' idle-report Leases")
 	fs.BoolVar(&o.controller.LeaderElection, "leader-elect", true, "elect one active replica through a Lease")
@@ -83,6 +84,9 @@ func run(ctx context.Context, args []string) error {
 	ctx = klog.NewContext(ctx, logger)
 	if o.qps <= 0 || o.burst <= 0 {
 		return fmt.Errorf("--kube-api-qps (%g) and --kube-api-burst (%d) must be positive", o.qps, o.burst)
+	}
+	if o.controller.IdleSyncInterval <= 0 {
+		return fmt.Errorf("--idle-sync-interval (%s) must be positive", o.controller.IdleSyncInterval)
 	}
 	cfg, err := cli.KubeConfig(o.kubeconfig)
 	if err != nil {

@@ -18,7 +18,7 @@ func TestBadUntenantedIsRefused(t *testing.T) {
 }
 
 func TestNonPositiveRateIsRefused(t *testing.T) {
-	for _, args := range [][]string{{"--kube-api-qps=0"}, {"--kube-api-burst=-1"}} {
+	for _, args := range [][]string{{"--kube-api-qps=0"}, {"--kube-api-burst=-1"}, {"--idle-sync-interval=0s"}} {
 		err := run(context.Background(), args)
 		if err == nil || !strings.Contains(err.Error(), "must be positive") {
 			t.Errorf("%v: error = %v", args, err)

@@ -31,6 +31,11 @@ var idleClaims = prometheus.NewGaugeVec(prometheus.GaugeOpts{
 
 func init() { ctrlmetrics.Registry.MustRegister(idleClaims) }
 
+// DefaultIdleSyncInterval is how often, by default, the idle marks follow
+// the plugins' reports: these change at most once per plugin sample, and a
+// minute is fine-grained next to idle times of hours.
+const DefaultIdleSyncInterval = time.Minute
+
 // IdleMarker marks idle claims. It, not the kubelet plugin, writes the
 // mark: status.devices is written through the resourceclaims/driver
 // subresource, and a node allowed to write it (even associated-node only)

@@ -88,6 +88,9 @@ type Options struct {
 	// kubelet plugins' idle threshold before the claim is marked idle; 0
 	// marks none.
 	IdleAfter time.Duration
+	// IdleSyncInterval is how often idle marks follow the plugins' idle
+	// reports (and idle reclaim acts); 0 is DefaultIdleSyncInterval.
+	IdleSyncInterval time.Duration
 	// IdleReportNamespace holds the kubelet plugins' idle-report Leases.
 	IdleReportNamespace string
 	// ShowbackStatusInterval is how often each GPUTenant's
@@ -183,9 +186,11 @@ func Run(ctx context.Context, cfg *rest.Config, opts Options) error {
 	if opts.IdleAfter > 0 {
 		m := &IdleMarker{client: mgr.GetClient(), leases: mgr.GetAPIReader(), namespace: opts.IdleReportNamespace,
 			recorder: rec, now: time.Now, after: opts.IdleAfter, showback: tenantShowback}
-		// Marks follow the reports, which change at most once per plugin
-		// sample; a minute is fine-grained next to idle times of hours.
-		if err := mgr.Add(manager.RunnableFunc(func(ctx context.Context) error { return m.run(ctx, time.Minute) })); err != nil {
+		interval := opts.IdleSyncInterval
+		if interval <= 0 {
+			interval = DefaultIdleSyncInterval
+		}
+		if err := mgr.Add(manager.RunnableFunc(func(ctx context.Context) error { return m.run(ctx, interval) })); err != nil {
 			return fmt.Errorf("add idle marker: %w", err)
 		}
 	}
