@@ -39,7 +39,10 @@ const (
 var (
 	tenancyNode = cluster.NodeOptions{
 		Name: "gpu-node-tenancy", NVML: "mock:dgxh200:2",
-		Labels: map[string]string{tenancyTaintKey: "true"}, PluginArgs: []string{"--tenancy"},
+		Labels: map[string]string{tenancyTaintKey: "true"},
+		// Claims below half busy count as idle in the node's report, which
+		// the controller reads only where a test turns idle marking on.
+		PluginArgs: []string{"--tenancy", "--idle-threshold=0.5", "--claim-metrics-interval=2s"},
 	}
 	poolNode = cluster.NodeOptions{
 		Name: "gpu-node-pool-a", NVML: "mock:dgxh200:1",
