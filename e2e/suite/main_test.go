@@ -61,6 +61,11 @@ func run(m *testing.M) (code int) {
 		PluginBinary: cluster.DefaultPluginBinary(),
 		Helm:         cluster.DefaultHelm(),
 		WorkDir:      workDir,
+		// The chart gives the plugins their idle-report Lease only where the
+		// controller marks idle claims; an hour marks none during the suite,
+		// and TestIdleClaimsMarkedAndReclaimedOnlyByOptIn restarts the
+		// controller with seconds.
+		ChartValues: []string{"controller.idleAfter=1h"},
 		Nodes: []cluster.NodeOptions{
 			{Name: nodeA, NVML: "mock:dgxh200:8"},
 			{Name: nodeB, NVML: "mock:dgxh200:8"},

@@ -40,8 +40,8 @@ var (
 	tenancyNode = cluster.NodeOptions{
 		Name: "gpu-node-tenancy", NVML: "mock:dgxh200:2",
 		Labels: map[string]string{tenancyTaintKey: "true"},
-		// Claims below half busy count as idle in the node's report, which
-		// the controller reads only where a test turns idle marking on.
+		// Claims below half busy count as idle in the node's report; the
+		// controller marks them only where a test turns idle marking on.
 		PluginArgs: []string{"--tenancy", "--idle-threshold=0.5", "--claim-metrics-interval=2s"},
 	}
 	poolNode = cluster.NodeOptions{
