@@ -48,7 +48,7 @@ func TestClaimSeriesFollowMockUtilization(t *testing.T) {
 	var got map[held]string
 	want := map[held]string{}
 	// The series follow the plugin's next samples (every 2 s here).
-	err := wait.PollUntilContextTimeout(ctx, 2*time.Second, waitTimeout, true, func(ctx context.Context) (bool, error) {
+	err := wait.PollUntilContextTimeout(ctx, 2*time.Second, waitTimeout, true, func(context.Context) (bool, error) {
 		got = map[held]string{}
 		for _, s := range seriesOf(scrapeAuthorised(t, ctx, addr, reader), "tessera_claim_gpu_utilization_ratio") {
 			got[held{s.labels["namespace"], s.labels["pod"]}] = s.labels["device"] + "=" + s.value

@@ -68,9 +68,11 @@ func TestDashboardNamesServedMetrics(t *testing.T) {
 	endpoints := map[string]string{"controller": tenancyController.MetricsAddress, "plugin " + tenancyNode.Name: node(t, tenancyNode.Name).MetricsAddress}
 	// Per-claim series come with the plugin's next sample (10 s) and the
 	// showback counters with the tenant's next reconcile or flush (a
-	// minute): poll until nothing is missing.
+	// minute): poll until nothing is missing. Scrapes take the test's
+	// context, not the poll's, so that one at the poll's deadline does not
+	// fail the test before the missing names are listed.
 	var missing map[string][]string
-	err := wait.PollUntilContextTimeout(ctx, 2*time.Second, 2*waitTimeout, true, func(ctx context.Context) (bool, error) {
+	err := wait.PollUntilContextTimeout(ctx, 2*time.Second, 2*waitTimeout, true, func(context.Context) (bool, error) {
 		served := map[string]bool{}
 		for _, addr := range endpoints {
 			maps.Copy(served, servedMetrics(scrapeAuthorised(t, ctx, addr, reader)))

@@ -85,7 +85,7 @@ func TestIdleClaimsMarkedAndReclaimedOnlyByOptIn(t *testing.T) {
 	}
 	reader := serviceAccountToken(t, ctx, "e2e-idle-"+rand.String(4), metricsReader)
 	var counted []series
-	err = wait.PollUntilContextTimeout(ctx, pollEvery, waitTimeout, true, func(ctx context.Context) (bool, error) {
+	err = wait.PollUntilContextTimeout(ctx, pollEvery, waitTimeout, true, func(context.Context) (bool, error) {
 		counted = nil
 		for _, s := range seriesOf(scrapeAuthorised(t, ctx, tenancyController.MetricsAddress, reader), "tessera_idle_claims") {
 			if s.labels["namespace"] == kept.Namespace {
