@@ -32,14 +32,19 @@ var policyColors = map[Policy]color.RGBA{
 	PolicyFGD:     {0x1f, 0x77, 0xb4, 0xff},
 }
 
+// newCanvas is a white plot image and its axes' corners: (x0, y0) the
+// origin at the bottom left, (x1, y1) the top right.
+func newCanvas() (img *image.RGBA, x0, y0, x1, y1 int) {
+	img = image.NewRGBA(image.Rect(0, 0, plotWidth, plotHeight))
+	draw.Draw(img, img.Bounds(), image.White, image.Point{}, draw.Src)
+	return img, marginLeft, plotHeight - marginBottom, plotWidth - marginRight, marginTop
+}
+
 // WritePlot draws each result's mean allocation curve as a PNG: GPU capacity
 // allocated (y) against GPU demand arrived (x), with the ideal diagonal and
 // a legend giving each policy's unallocated share at the end.
 func WritePlot(w io.Writer, title string, results []Result) error {
-	img := image.NewRGBA(image.Rect(0, 0, plotWidth, plotHeight))
-	draw.Draw(img, img.Bounds(), image.White, image.Point{}, draw.Src)
-	x0, y0 := marginLeft, plotHeight-marginBottom
-	x1, y1 := plotWidth-marginRight, marginTop
+	img, x0, y0, x1, y1 := newCanvas()
 	xmax := 100.0
 	for _, r := range results {
 		xmax = math.Max(xmax, r.ArrivalsPercent)

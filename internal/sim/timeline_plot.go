@@ -2,9 +2,7 @@ package sim
 
 import (
 	"fmt"
-	"image"
 	"image/color"
-	"image/draw"
 	"image/png"
 	"io"
 	"math"
@@ -21,10 +19,7 @@ var budgetColors = map[Budgets]color.RGBA{
 // allocation (thick) over time, in per cent of capacity, with a legend that
 // gives each mode's unallocated share while contended and its owner waits.
 func WriteTimelinePlot(w io.Writer, title string, results []TimelineResult) error {
-	img := image.NewRGBA(image.Rect(0, 0, plotWidth, plotHeight))
-	draw.Draw(img, img.Bounds(), image.White, image.Point{}, draw.Src)
-	x0, y0 := marginLeft, plotHeight-marginBottom
-	x1, y1 := plotWidth-marginRight, marginTop
+	img, x0, y0, x1, y1 := newCanvas()
 	// The openb trace's first pods come alone, long before the rest: the
 	// plot starts where demand first reaches plotStartDemand.
 	from := math.Inf(1)
