@@ -30,7 +30,7 @@ case "${patches[*]}" in
 	exit 1
 	;;
 esac
-stamp="$dir ${patches[*]} $(cat "$here/indexed-shares.patch" "$here/node-cache.patch" "$here/testdata/node_cache_test.go" | sha256sum | cut -d' ' -f1)"
+stamp="$dir ${patches[*]} $(cat "$here/indexed-shares.patch" "$here/node-cache.patch" "$here/tracker-device-count.patch" "$here/testdata/node_cache_test.go" | sha256sum | cut -d' ' -f1)"
 if [[ ! -f $out/stamp || $(cat "$out/stamp") != "$stamp" ]]; then
 	rm -rf "$out/dynamic-resource-allocation"
 	cp -r "$dir" "$out/dynamic-resource-allocation"
@@ -39,6 +39,11 @@ if [[ ! -f $out/stamp || $(cat "$out/stamp") != "$stamp" ]]; then
 	for p in "${patches[@]}"; do
 		patch --quiet --forward -d "$pkg" allocator_incubating.go "$here/$p.patch"
 	done
+	# Always: upstream's ResourceSlice tracker indexes a slice's devices by
+	# position when a DeviceTaintRule changes, and panics when the slice
+	# gained or lost devices meanwhile (Tessera's withdrawal does that while
+	# its sharing taints change rules); tessera-scheduler crashed on it in e2e.
+	patch --quiet --forward -d "$out/dynamic-resource-allocation/resourceslice/tracker" tracker.go "$here/tracker-device-count.patch"
 	if [[ " ${patches[*]} " == *" node-cache "* ]]; then
 		cp "$here/testdata/node_cache_test.go" "$pkg/"
 	fi
