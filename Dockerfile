@@ -1,6 +1,6 @@
 # Tessera's image: the two driver binaries in one image, so the controller
 # Deployment and the kubelet plugin DaemonSet of the Helm chart run the same
-# build. Nothing else ships: not the capacity simulator (cmd/tessera-sim, which
+# build. Nothing else ships: not the capacity simulator (research/cmd/tessera-sim, which
 # reaches test code), not tessera-scheduler (a module of its own); make
 # verify-imports checks that the two import no test, e2e or research code.
 #

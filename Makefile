@@ -37,7 +37,7 @@ test: verify unit test-allocator-patched test-scheduler-patched e2e node-e2e ## 
 
 .PHONY: bench
 bench: ## Run the benchmarks of docs/benchmarks.md
-	$(GO) test -run '^$$' -bench Packing -benchtime 1x ./test/scheduling/
+	$(GO) test -run '^$$' -bench Packing -benchtime 1x ./research/scheduling/
 	$(MAKE) bench-allocator
 	$(MAKE) bench-prepare
 

@@ -20,7 +20,7 @@ import (
 	gpuapi "github.com/tessera-gpu/tessera/api/gpu"
 	"github.com/tessera-gpu/tessera/e2e/cluster"
 	"github.com/tessera-gpu/tessera/e2e/clustertest"
-	"github.com/tessera-gpu/tessera/internal/sim"
+	"github.com/tessera-gpu/tessera/research/sim"
 	"github.com/tessera-gpu/tessera/test/builder"
 )
 
@@ -76,7 +76,7 @@ func TestTesseraSchedulerKeepsGPUsWhole(t *testing.T) {
 // suite runs (TestTesseraSchedulerKeepsGPUsWhole places shares with it) is
 // built on the patched allocator (shares walk indexed, node cache), as
 // DESIGN.md allows it and only it: its build replaces the pinned allocator
-// module with a copy that hack/allocator's patches were applied to.
+// module with a copy that research/patches/allocator's patches were applied to.
 func TestTesseraSchedulerCarriesIndexedAllocator(t *testing.T) {
 	bin := os.Getenv(cluster.TesseraSchedulerEnv)
 	if bin == "" {
@@ -91,7 +91,7 @@ func TestTesseraSchedulerCarriesIndexedAllocator(t *testing.T) {
 			continue
 		}
 		// A directory replacement has a path for a name; the version pin of
-		// cmd/tessera-scheduler/go.mod is a module replacement.
+		// research/cmd/tessera-scheduler/go.mod is a module replacement.
 		if d.Replace == nil || !filepath.IsAbs(d.Replace.Path) {
 			t.Fatalf("%s is built on %s %s as pinned, not the patched copy (make tessera-scheduler)", bin, d.Path, d.Version)
 		}
@@ -112,7 +112,7 @@ func TestTesseraSchedulerCarriesIndexedAllocator(t *testing.T) {
 // TestTesseraSchedulerCarriesClaimWatch: the tessera-scheduler the suite runs
 // is built on a copy of k8s.io/kubernetes whose DynamicResources plugin waits
 // on the claim in PreBind instead of polling it every 5 s
-// (hack/scheduler/claim-watch.patch), which BenchmarkTenancyBindingLatency
+// (research/patches/scheduler/claim-watch.patch), which BenchmarkTenancyBindingLatency
 // measures.
 func TestTesseraSchedulerCarriesClaimWatch(t *testing.T) {
 	bin := os.Getenv(cluster.TesseraSchedulerEnv)

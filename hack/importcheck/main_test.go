@@ -15,14 +15,14 @@ func TestViolations(t *testing.T) {
 		"github.com/example/test/helpers",
 		module + "/api/gpu",
 		module + "/internal/prepare",
-		module + "/internal/simple", // not internal/sim
+		module + "/researchnotes", // not research/
 		module + "/test/builder",
 		module + "/e2e/cluster",
-		module + "/internal/sim",
-		module + "/internal/scheduler/plugin",
+		module + "/research/sim",
+		module + "/research/scheduler/plugin",
 		module + "/testdata", // not test/
 	}
-	want := []string{module + "/test/builder", module + "/e2e/cluster", module + "/internal/sim", module + "/internal/scheduler/plugin"}
+	want := []string{module + "/test/builder", module + "/e2e/cluster", module + "/research/sim", module + "/research/scheduler/plugin"}
 	if diff := cmp.Diff(want, Violations(deps)); diff != "" {
 		t.Errorf("Violations (-want +got):\n%s", diff)
 	}
@@ -35,9 +35,9 @@ func TestShippedBinaries(t *testing.T) {
 	if err := check(prefixed(Shipped)); err != nil {
 		t.Error(err)
 	}
-	err := check([]string{"../../cmd/tessera-sim"})
-	if err == nil || !strings.Contains(err.Error(), module+"/internal/sim") {
-		t.Errorf("check of the simulator = %v, want it to name internal/sim", err)
+	err := check([]string{"../../research/cmd/tessera-sim"})
+	if err == nil || !strings.Contains(err.Error(), module+"/research/sim") {
+		t.Errorf("check of the simulator = %v, want it to name research/sim", err)
 	}
 }
 

@@ -7,7 +7,7 @@
 #   make bench-allocator   the allocator benchmarks of docs/benchmarks.md (one run, ~30 min on 2 cores)
 #   make test-allocator-patched, bench-allocator-patched
 #                          the same proofs and cost on tessera-scheduler's patched allocator
-#                          (shares walk indexed, node cache: hack/allocator/README.md), and the
+#                          (shares walk indexed, node cache: research/patches/allocator/README.md), and the
 #                          patched package's own tests (upstream's and the node cache's)
 
 BENCH_NODES ?= 500
@@ -17,22 +17,22 @@ BENCH_PHASE_TIMEOUT ?= 3m
 .PHONY: bench-scheduler bench-allocator
 
 bench-scheduler: cluster-binaries tessera-scheduler ## The real kube-scheduler at scale: Tessera vs plain vs NVIDIA layouts, then tessera-scheduler on Tessera's layout
-	go build -o bin/bench-scheduler ./e2e/cmd/bench-scheduler
+	go build -o bin/bench-scheduler ./research/cmd/bench-scheduler
 	bin/bench-scheduler --bin-dir=$(TESSERA_CACHE)/bin --nodes=$(BENCH_NODES) --pods=$(BENCH_PODS) --phase-timeout=$(BENCH_PHASE_TIMEOUT) \
 		--tessera-scheduler=$(BIN)/tessera-scheduler
 
 bench-allocator: ## Allocator cost per claim and node, three layouts, and the levers
-	go test -run '^$$' -bench 'Scheduler(Cost|Levers)' -benchtime 2x -timeout 90m ./test/scheduling/
+	go test -run '^$$' -bench 'Scheduler(Cost|Levers)' -benchtime 2x -timeout 90m ./research/scheduling/
 
-# tessera-scheduler's patched allocator (hack/allocator/README.md), for measuring what
+# tessera-scheduler's patched allocator (research/patches/allocator/README.md), for measuring what
 # the patches buy and proving they change no allocation.
-ALLOCATOR_MODFILE = $(shell hack/allocator/overlay.sh bin/allocator)
+ALLOCATOR_MODFILE = $(shell research/patches/allocator/overlay.sh bin/allocator)
 
 .PHONY: test-allocator-patched bench-allocator-patched
 
-test-allocator-patched: ## The allocator proofs of test/scheduling, and the allocator's own tests, on tessera-scheduler's patched allocator
-	go test -count=1 -modfile "$(ALLOCATOR_MODFILE)" ./test/scheduling/
+test-allocator-patched: ## The allocator proofs of research/scheduling, and the allocator's own tests, on tessera-scheduler's patched allocator
+	go test -count=1 -modfile "$(ALLOCATOR_MODFILE)" ./research/scheduling/
 	cd bin/allocator/dynamic-resource-allocation && go test -race -count=1 ./structured/internal/incubating/
 
 bench-allocator-patched: ## Scheduler cost per claim and node on tessera-scheduler's patched allocator
-	go test -modfile "$(ALLOCATOR_MODFILE)" -run '^$$' -bench 'SchedulerCost' -benchtime 2x -timeout 60m ./test/scheduling/
+	go test -modfile "$(ALLOCATOR_MODFILE)" -run '^$$' -bench 'SchedulerCost' -benchtime 2x -timeout 60m ./research/scheduling/

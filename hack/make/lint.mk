@@ -21,7 +21,7 @@ LINT_RUN_FLAGS = --allow-serial-runners $(LINT_FLAGS)
 # -trimpath), so the type information golangci-lint compiles is the build cache those
 # builds reuse, and a cold CI pays for it once. tools/{,containerd,etcd,helm,kubectl,kubelet}
 # hold only blank imports behind the `tools` build tag: nothing to lint.
-LINT_MODULES := cmd/tessera-scheduler tools/lint
+LINT_MODULES := research/cmd/tessera-scheduler tools/lint
 
 .PHONY: linters lint
 

@@ -7,7 +7,7 @@
 #   make tessera-scheduler  kube-scheduler with the TesseraPlacement plugin into bin/
 #   make test-scheduler-patched
 #                           the tests of tessera-scheduler's patched DynamicResources plugin
-#                           (PreBind waits on the claim: hack/scheduler/README.md), with upstream's plugin cases (TestPlugin)
+#                           (PreBind waits on the claim: research/patches/scheduler/README.md), with upstream's plugin cases (TestPlugin)
 
 OPENB_DIR ?= ../shared/data
 SIM_POLICIES ?= tessera,fgd,stock,whole
@@ -16,7 +16,7 @@ SIM_SEEDS ?= 10
 .PHONY: sim-openb sim-openb-variants
 
 sim-openb: ## The openb placement figures and plot of docs/benchmarks.md (10 seeds, ~3 min on 2 cores)
-	$(GO) build -o $(BIN)/ ./cmd/tessera-sim
+	$(GO) build -o $(BIN)/ ./research/cmd/tessera-sim
 	$(BIN)/tessera-sim trace --pods $(OPENB_DIR)/openb_pod_list_default.csv \
 		--nodes $(OPENB_DIR)/openb_node_list_gpu_node.csv \
 		--policy $(SIM_POLICIES) --seeds $(SIM_SEEDS) --plot docs/placement-openb.png \
@@ -25,7 +25,7 @@ sim-openb: ## The openb placement figures and plot of docs/benchmarks.md (10 see
 SIM_VARIANTS ?= gpuspec10 gpuspec20 gpuspec33 gpushare100
 
 sim-openb-variants: ## The FGD paper's openb variants (gpuspec10, 20, 33, gpushare100) table of docs/benchmarks.md (10 seeds each)
-	$(GO) build -o $(BIN)/ ./cmd/tessera-sim
+	$(GO) build -o $(BIN)/ ./research/cmd/tessera-sim
 	for v in $(SIM_VARIANTS); do \
 		$(BIN)/tessera-sim trace --pods $(OPENB_DIR)/openb_pod_list_default.csv \
 			--nodes $(OPENB_DIR)/openb_node_list_gpu_node.csv --variant $$v \
@@ -38,7 +38,7 @@ SIM_ELASTIC_FLAGS ?= --tenants 4 --speedup 100 --node-every 16 --reclaim-delay 3
 
 .PHONY: sim-elastic
 sim-elastic: ## Hard against elastic tenant budgets on the openb timeline, figures and plot of docs/benchmarks.md (10 seeds, ~2 min of CPU)
-	$(GO) build -o $(BIN)/ ./cmd/tessera-sim
+	$(GO) build -o $(BIN)/ ./research/cmd/tessera-sim
 	$(BIN)/tessera-sim timeline --pods $(OPENB_DIR)/openb_pod_list_default.csv \
 		--nodes $(OPENB_DIR)/openb_node_list_gpu_node.csv $(SIM_ELASTIC_FLAGS) \
 		| tee $(BIN)/sim-elastic-equal.json
@@ -47,10 +47,10 @@ sim-elastic: ## Hard against elastic tenant budgets on the openb timeline, figur
 		--plot docs/elastic-openb.png | tee $(BIN)/sim-elastic-split.json
 
 # tessera-scheduler is kube-scheduler with Tessera's plugin, built from its own module
-# (cmd/tessera-scheduler/go.mod) so that k8s.io/kubernetes stays out of Tessera's module,
-# on the patched allocator (shares walk indexed, node cache: hack/allocator/README.md; the go.mod
+# (research/cmd/tessera-scheduler/go.mod) so that k8s.io/kubernetes stays out of Tessera's module,
+# on the patched allocator (shares walk indexed, node cache: research/patches/allocator/README.md; the go.mod
 # overlay.sh writes replaces the pinned allocator module with a patched copy), and with
-# PreBind waiting on the claim instead of polling it every 5 s (hack/scheduler/README.md:
+# PreBind waiting on the claim instead of polling it every 5 s (research/patches/scheduler/README.md:
 # the same go.mod replaces k8s.io/kubernetes with a copy whose DynamicResources plugin is patched).
 # Always rebuilt (go build is incremental). The e2e suite and dev-cluster run it as a
 # second scheduler (schedulerName tessera-scheduler).
@@ -59,18 +59,18 @@ TESSERA_SCHEDULER_LDFLAGS := -s -w -X k8s.io/component-base/version.gitVersion=v
 
 .PHONY: tessera-scheduler
 tessera-scheduler: ## Build kube-scheduler with the TesseraPlacement plugin into bin/
-	modfile="$$(hack/allocator/overlay.sh $(BIN)/allocator-scheduler cmd/tessera-scheduler)"; \
-	hack/scheduler/overlay.sh $(BIN)/scheduler-patches "$$modfile"; \
-	cd cmd/tessera-scheduler && CGO_ENABLED=0 $(GO) build -modfile "$$modfile" -trimpath -ldflags "$(TESSERA_SCHEDULER_LDFLAGS)" -o $(BIN)/tessera-scheduler .
+	modfile="$$(research/patches/allocator/overlay.sh $(BIN)/allocator-scheduler research/cmd/tessera-scheduler)"; \
+	research/patches/scheduler/overlay.sh $(BIN)/scheduler-patches "$$modfile"; \
+	cd research/cmd/tessera-scheduler && CGO_ENABLED=0 $(GO) build -modfile "$$modfile" -trimpath -ldflags "$(TESSERA_SCHEDULER_LDFLAGS)" -o $(BIN)/tessera-scheduler .
 
 e2e dev-cluster bench-binding: tessera-scheduler
 e2e dev-cluster bench-binding: export TESSERA_SCHEDULER_BINARY = $(BIN)/tessera-scheduler
 
 .PHONY: test-scheduler-patched
 test-scheduler-patched: ## The tests of tessera-scheduler's patched DynamicResources plugin, with upstream's plugin cases (TestPlugin)
-	modfile="$$(hack/allocator/overlay.sh $(BIN)/allocator-scheduler cmd/tessera-scheduler)"; \
-	hack/scheduler/overlay.sh $(BIN)/scheduler-patches "$$modfile"; \
-	cd cmd/tessera-scheduler && $(GO) test -modfile "$$modfile" -count=1 -run 'TestWaitForBinding|TestGatherAllocatedState|TestPlugin' \
+	modfile="$$(research/patches/allocator/overlay.sh $(BIN)/allocator-scheduler research/cmd/tessera-scheduler)"; \
+	research/patches/scheduler/overlay.sh $(BIN)/scheduler-patches "$$modfile"; \
+	cd research/cmd/tessera-scheduler && $(GO) test -modfile "$$modfile" -count=1 -run 'TestWaitForBinding|TestGatherAllocatedState|TestPlugin' \
 		k8s.io/kubernetes/pkg/scheduler/framework/plugins/dynamicresources
 
 # The tessera-scheduler module follows Tessera's: after a change to go.mod, its
@@ -78,6 +78,6 @@ test-scheduler-patched: ## The tests of tessera-scheduler's patched DynamicResou
 .PHONY: verify-tessera-scheduler
 verify: verify-tessera-scheduler
 verify-tessera-scheduler: ## Check that tessera-scheduler's own module is tidy (part of verify)
-	cd cmd/tessera-scheduler && $(GO) mod tidy
-	@if [ -n "$$(git status --porcelain -- cmd/tessera-scheduler/go.mod cmd/tessera-scheduler/go.sum)" ]; then \
-		echo "cmd/tessera-scheduler: go mod tidy changed go.mod/go.sum"; git diff -- cmd/tessera-scheduler/go.mod | head -30; exit 1; fi
+	cd research/cmd/tessera-scheduler && $(GO) mod tidy
+	@if [ -n "$$(git status --porcelain -- research/cmd/tessera-scheduler/go.mod research/cmd/tessera-scheduler/go.sum)" ]; then \
+		echo "research/cmd/tessera-scheduler: go mod tidy changed go.mod/go.sum"; git diff -- research/cmd/tessera-scheduler/go.mod | head -30; exit 1; fi

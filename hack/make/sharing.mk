@@ -7,4 +7,4 @@
 .PHONY: bench-sharing
 
 bench-sharing: ## GPUs needed with and without tenant-exclusive sharing, on the upstream allocator
-	go test -run '^$$' -bench TenantExclusivePacking -benchtime 1x ./test/scheduling/
+	go test -run '^$$' -bench TenantExclusivePacking -benchtime 1x ./research/scheduling/

@@ -1,7 +1,7 @@
 // Package allocation runs the allocator that lives inside kube-scheduler
 // (k8s.io/dynamic-resource-allocation/structured) outside the scheduler: on
 // slices and allocations that a caller builds, to ask whether claims would
-// fit. The test proofs (test/scheduling), the simulator and the reclaim
+// fit. The test proofs (research/scheduling), the simulator and the reclaim
 // controller share it, so that all of them decide as kube-scheduler 1.37
 // does.
 package allocation

@@ -2,8 +2,8 @@
 // usable: it measures how fragmented a node's GPUs are for the work a
 // cluster expects (the fragmentation measure of FGD, Weng et al., USENIX ATC
 // 2023) and scores a placement by how much it adds to that fragmentation. It
-// is pure: the scheduler plugin (cmd/tessera-scheduler) and the capacity
-// simulator (cmd/tessera-sim) call the same functions on the same values.
+// is pure: the scheduler plugin (research/cmd/tessera-scheduler) and the capacity
+// simulator (research/cmd/tessera-sim) call the same functions on the same values.
 //
 // GPU amounts are in milli-GPUs: a whole GPU is 1000, a share of a
 // time-shared GPU is its compute share (Tessera's "compute" capacity, in per

@@ -14,8 +14,8 @@ See the License for the specific language governing permissions and
 limitations under the License.
 */
 
-// Not upstream's: hack/scheduler/overlay.sh adds it beside count-once.patch
-// (see hack/scheduler/README.md).
+// Not upstream's: research/patches/scheduler/overlay.sh adds it beside count-once.patch
+// (see research/patches/scheduler/README.md).
 
 package dynamicresources
 

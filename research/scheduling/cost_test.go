@@ -60,7 +60,7 @@ func benchmarkClaim(b *testing.B, name string, l Layout, inv inventory.Node, fil
 		c.Occupy(l, inv, Fill(fill))
 		// Filter once outside the measurement, as the pods before this one
 		// did in a running scheduler: its CEL cache holds the expressions,
-		// and tessera-scheduler's node cache (hack/allocator) each node's
+		// and tessera-scheduler's node cache (research/patches/allocator) each node's
 		// converted slices. BenchmarkSchedulerCostNewSlices measures nodes
 		// whose slices just changed.
 		if _, err := c.filter(ctx, claim, c.Nodes); err != nil {

@@ -1,5 +1,5 @@
 // Command tessera-scheduler is kube-scheduler 1.37 with Tessera's placement
-// plugin (TesseraPlacement, package internal/scheduler) registered through
+// plugin (TesseraPlacement, package research/scheduler) registered through
 // the scheduler framework's out-of-tree plugin mechanism. Enable it in a
 // profile of a KubeSchedulerConfiguration (see docs/benchmarks.md); without
 // one it schedules exactly as kube-scheduler does.
@@ -17,7 +17,7 @@ import (
 	_ "k8s.io/component-base/metrics/prometheus/version"
 	"k8s.io/kubernetes/cmd/kube-scheduler/app"
 
-	"github.com/tessera-gpu/tessera/internal/scheduler"
+	"github.com/tessera-gpu/tessera/research/scheduler"
 )
 
 func main() {

@@ -3,7 +3,7 @@
 // pod's GPU claim would add to their GPU fragmentation (package placement),
 // reading the DRA state the scheduler itself keeps (ResourceSlices and
 // allocated claims, through the framework's SharedDRAManager). It is built
-// into cmd/tessera-scheduler with the scheduler framework's out-of-tree
+// into research/cmd/tessera-scheduler with the scheduler framework's out-of-tree
 // plugin mechanism; this package depends only on the framework's interfaces
 // (k8s.io/kube-scheduler), never on k8s.io/kubernetes.
 package scheduler

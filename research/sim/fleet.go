@@ -20,7 +20,7 @@ import (
 	"github.com/tessera-gpu/tessera/pkg/inventory"
 	"github.com/tessera-gpu/tessera/pkg/placement"
 	"github.com/tessera-gpu/tessera/pkg/resourceslice"
-	"github.com/tessera-gpu/tessera/test/scheduling"
+	"github.com/tessera-gpu/tessera/research/scheduling"
 )
 
 // gpuMemoryGiB is the framebuffer of the trace's GPU models. It only sizes

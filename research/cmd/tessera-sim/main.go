@@ -15,7 +15,7 @@ import (
 	"os/signal"
 	"syscall"
 
-	"github.com/tessera-gpu/tessera/internal/sim"
+	"github.com/tessera-gpu/tessera/research/sim"
 )
 
 func main() {

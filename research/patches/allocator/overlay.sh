@@ -4,18 +4,18 @@
 # structured/internal/incubating/allocator_incubating.go (the variant kube-scheduler 1.37
 # uses by default), and testdata/node_cache_test.go copied beside it, and a go.mod for the
 # -modfile flag that points the module at that copy; prints the go.mod's path. MODULE is the directory
-# of the module to build (Tessera's own by default; cmd/tessera-scheduler for the binary
-# that carries the patch). See hack/allocator/README.md.
+# of the module to build (Tessera's own by default; research/cmd/tessera-scheduler for the binary
+# that carries the patch). See research/patches/allocator/README.md.
 #
 # ALLOCATOR_PATCHES names the patches to apply, in order (default: both), e.g.
 # ALLOCATOR_PATCHES=indexed-shares to measure what node-cache.patch buys.
 #
-#   go test -modfile "$(hack/allocator/overlay.sh bin/allocator)" ./test/scheduling/
-#   make tessera-scheduler   (the same for cmd/tessera-scheduler's module: hack/make/placement.mk)
+#   go test -modfile "$(research/patches/allocator/overlay.sh bin/allocator)" ./research/scheduling/
+#   make tessera-scheduler   (the same for research/cmd/tessera-scheduler's module: hack/make/placement.mk)
 set -euo pipefail
 command -v patch >/dev/null || { echo "overlay.sh: needs patch (apt-get install patch)" >&2; exit 1; }
 here=$(cd "$(dirname "$0")" && pwd)
-root=$(cd "$here/../.." && pwd)
+root=$(cd "$here/../../.." && pwd)
 out=$(mkdir -p "${1:?usage: overlay.sh OUTDIR [MODULE]}" && cd "$1" && pwd)
 module=$(cd "$root/${2:-.}" && pwd)
 dir=$(cd "$module" && go list -m -f '{{.Dir}}' k8s.io/dynamic-resource-allocation)

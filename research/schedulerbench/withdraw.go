@@ -19,7 +19,7 @@ import (
 	gpuapi "github.com/tessera-gpu/tessera/api/gpu"
 	"github.com/tessera-gpu/tessera/pkg/inventory"
 	"github.com/tessera-gpu/tessera/pkg/resourceslice"
-	"github.com/tessera-gpu/tessera/test/scheduling"
+	"github.com/tessera-gpu/tessera/research/scheduling"
 )
 
 // Withdrawn is Tessera's layout with resourceslice.Options.WithdrawBlocked:

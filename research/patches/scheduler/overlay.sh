@@ -1,22 +1,22 @@
 #!/usr/bin/env bash
-# Makes tessera-scheduler's copy of k8s.io/kubernetes (as pinned by cmd/tessera-scheduler/go.mod)
+# Makes tessera-scheduler's copy of k8s.io/kubernetes (as pinned by research/cmd/tessera-scheduler/go.mod)
 # with claim-watch.patch and count-once.patch applied to kube-scheduler's DynamicResources plugin
 # (pkg/scheduler/framework/plugins/dynamicresources) and the tests of testdata/ beside
 # it, in OUTDIR/kubernetes, and points MODFILE (a go.mod for -modfile, as
-# hack/allocator/overlay.sh writes it) at that copy. The copy's files are hard links into the
+# research/patches/allocator/overlay.sh writes it) at that copy. The copy's files are hard links into the
 # module cache where it can (same file system), except the ones the patch writes, so it costs
-# no disk space and a second to make. See hack/scheduler/README.md.
+# no disk space and a second to make. See research/patches/scheduler/README.md.
 #
-#   hack/scheduler/overlay.sh bin/scheduler-patches "$(hack/allocator/overlay.sh bin/allocator-scheduler cmd/tessera-scheduler)"
+#   research/patches/scheduler/overlay.sh bin/scheduler-patches "$(research/patches/allocator/overlay.sh bin/allocator-scheduler research/cmd/tessera-scheduler)"
 #   (make tessera-scheduler)
 set -euo pipefail
 command -v patch >/dev/null || { echo "overlay.sh: needs patch (apt-get install patch)" >&2; exit 1; }
 here=$(cd "$(dirname "$0")" && pwd)
-root=$(cd "$here/../.." && pwd)
+root=$(cd "$here/../../.." && pwd)
 out=$(mkdir -p "${1:?usage: overlay.sh OUTDIR MODFILE}" && cd "$1" && pwd)
 modfile=${2:?usage: overlay.sh OUTDIR MODFILE}
 rel=pkg/scheduler/framework/plugins/dynamicresources
-dir=$(cd "$root/cmd/tessera-scheduler" && go list -m -f '{{.Dir}}' k8s.io/kubernetes)
+dir=$(cd "$root/research/cmd/tessera-scheduler" && go list -m -f '{{.Dir}}' k8s.io/kubernetes)
 # Rebuilt only when the pinned module or the patch changed, so that go build's cache stays warm.
 patches=(claim-watch count-once)
 stamp="$dir $(for p in "${patches[@]}"; do cat "$here/$p.patch"; done | cat - "$here"/testdata/*_test.go | sha256sum | cut -d' ' -f1)"
@@ -38,4 +38,4 @@ if [[ ! -f $out/stamp || $(cat "$out/stamp") != "$stamp" ]]; then
 	cp "$here"/testdata/*_test.go "$pkg/"
 	echo "$stamp" >"$out/stamp"
 fi
-(cd "$root/cmd/tessera-scheduler" && go mod edit -modfile="$modfile" -replace "k8s.io/kubernetes=$out/kubernetes")
+(cd "$root/research/cmd/tessera-scheduler" && go mod edit -modfile="$modfile" -replace "k8s.io/kubernetes=$out/kubernetes")

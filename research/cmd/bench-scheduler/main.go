@@ -17,8 +17,8 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/tessera-gpu/tessera/e2e/cluster"
-	"github.com/tessera-gpu/tessera/e2e/schedulerbench"
-	"github.com/tessera-gpu/tessera/test/scheduling"
+	"github.com/tessera-gpu/tessera/research/schedulerbench"
+	"github.com/tessera-gpu/tessera/research/scheduling"
 )
 
 func main() {

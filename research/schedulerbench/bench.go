@@ -31,7 +31,7 @@ import (
 	tnvml "github.com/tessera-gpu/tessera/internal/nvml"
 	"github.com/tessera-gpu/tessera/internal/nvml/nvmlmock"
 	"github.com/tessera-gpu/tessera/pkg/inventory"
-	"github.com/tessera-gpu/tessera/test/scheduling"
+	"github.com/tessera-gpu/tessera/research/scheduling"
 )
 
 // Options configure a run.

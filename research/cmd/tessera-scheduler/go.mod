@@ -1,7 +1,7 @@
 // Module tessera-scheduler builds kube-scheduler with Tessera's placement plugin.
 // It is separate from the product module so that k8s.io/kubernetes never
 // becomes a dependency of Tessera itself (the same arrangement as tools/).
-module github.com/tessera-gpu/tessera/cmd/tessera-scheduler
+module github.com/tessera-gpu/tessera/research/cmd/tessera-scheduler
 
 go 1.26.8
 
@@ -127,7 +127,7 @@ require (
 	sigs.k8s.io/yaml v1.6.0 // indirect
 )
 
-replace github.com/tessera-gpu/tessera => ../..
+replace github.com/tessera-gpu/tessera => ../../..
 
 // k8s.io/kubernetes requires its staging modules at v0.0.0 and replaces them with
 // local paths; these lines pin every one of them to the release instead.
