@@ -15,7 +15,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/wait"
 
 	gpuapi "github.com/tessera-gpu/tessera/api/gpu"
-	"github.com/tessera-gpu/tessera/e2e/realnode"
+	"github.com/tessera-gpu/tessera/e2e/framework/realnode"
 )
 
 // TestContainersGetTheirDevices runs, on the real node, a pod per kind of

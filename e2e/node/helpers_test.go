@@ -21,8 +21,8 @@ import (
 	"tags.cncf.io/container-device-interface/pkg/cdi"
 
 	gpuapi "github.com/tessera-gpu/tessera/api/gpu"
-	"github.com/tessera-gpu/tessera/e2e/clustertest"
-	"github.com/tessera-gpu/tessera/e2e/realnode"
+	"github.com/tessera-gpu/tessera/e2e/framework/clustertest"
+	"github.com/tessera-gpu/tessera/e2e/framework/realnode"
 )
 
 const (

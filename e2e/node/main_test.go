@@ -1,6 +1,6 @@
 // Package node is Tessera's end-to-end suite on a real node: the local control
-// plane (e2e/cluster) plus a real kubelet, containerd with CDI and runc, and a
-// fake driver root laid out like a real install (e2e/realnode), on which
+// plane (e2e/framework/cluster) plus a real kubelet, containerd with CDI and runc, and a
+// fake driver root laid out like a real install (e2e/framework/realnode), on which
 // Tessera runs as a user installs it: its image imported into containerd, its
 // chart installed with the Helm CLI, its plugin the chart's DaemonSet pod on
 // mock NVML. Commands run inside the containers show what the
@@ -20,9 +20,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tessera-gpu/tessera/e2e/cluster"
-	"github.com/tessera-gpu/tessera/e2e/clustertest"
-	"github.com/tessera-gpu/tessera/e2e/realnode"
+	"github.com/tessera-gpu/tessera/e2e/framework/cluster"
+	"github.com/tessera-gpu/tessera/e2e/framework/clustertest"
+	"github.com/tessera-gpu/tessera/e2e/framework/realnode"
 )
 
 // nodeName is the real node; its mock has one H200 (TESSERA_NODE_GPUS: more,
@@ -61,7 +61,7 @@ func run(m *testing.M) (code int) {
 	}
 	standin := os.Getenv("TESSERA_MPS_STANDIN")
 	if st, err := os.Stat(standin); err != nil || !st.Mode().IsRegular() {
-		fmt.Fprintf(os.Stderr, "TESSERA_MPS_STANDIN (the stand-in MPS program, e2e/cmd/mps-standin built static, now %q) must name a file: run make node-e2e\n", standin)
+		fmt.Fprintf(os.Stderr, "TESSERA_MPS_STANDIN (the stand-in MPS program, e2e/framework/realnode/mps-standin built static, now %q) must name a file: run make node-e2e\n", standin)
 		return 1
 	}
 	layoutName := clustertest.EnvOr("TESSERA_NODE_DRIVER_LAYOUT", realnode.DefaultDriverLayout)

@@ -20,7 +20,7 @@ import (
 )
 
 // The lane's plugin runs real MPS daemons: the fake driver root's
-// nvidia-cuda-mps-control is the stand-in (e2e/cmd/mps-standin), which the
+// nvidia-cuda-mps-control is the stand-in (e2e/framework/realnode/mps-standin), which the
 // plugin starts through the same code as NVIDIA's on a GPU node
 // (kubeletPlugin.driverMPS). These tests talk to those daemons from inside
 // the claims' containers, as a CUDA process does: through the pipe directory

@@ -19,8 +19,8 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 
 	gpuapi "github.com/tessera-gpu/tessera/api/gpu"
-	"github.com/tessera-gpu/tessera/e2e/cluster"
-	"github.com/tessera-gpu/tessera/e2e/realnode"
+	"github.com/tessera-gpu/tessera/e2e/framework/cluster"
+	"github.com/tessera-gpu/tessera/e2e/framework/realnode"
 	"github.com/tessera-gpu/tessera/internal/sharing/mpsstandin"
 )
 

@@ -21,10 +21,10 @@ const module = "github.com/tessera-gpu/tessera"
 var Shipped = []string{"./cmd/dra-kubelet-plugin", "./cmd/dra-controller"}
 
 // forbidden are the package trees no shipped binary may import, relative to
-// the module: test libraries, the e2e harness, the research wing (the
-// capacity simulator, the scheduler plugin, the commands built around them),
-// and dev tooling.
-var forbidden = []string{"test", "e2e", "research", "hack", "tools"}
+// the module: test libraries (test/, internal/testing/), the e2e harness, the
+// research wing (the capacity simulator, the scheduler plugin, the commands
+// built around them), the demo and dev tooling.
+var forbidden = []string{"test", "internal/testing", "e2e", "research", "demo", "hack", "tools"}
 
 // Violations returns the packages of deps that are in a forbidden tree.
 func Violations(deps []string) []string {

@@ -16,13 +16,13 @@ func TestViolations(t *testing.T) {
 		module + "/api/gpu",
 		module + "/internal/prepare",
 		module + "/researchnotes", // not research/
-		module + "/test/builder",
-		module + "/e2e/cluster",
+		module + "/internal/testing/builder",
+		module + "/e2e/framework/cluster",
 		module + "/research/sim",
 		module + "/research/scheduler/plugin",
 		module + "/testdata", // not test/
 	}
-	want := []string{module + "/test/builder", module + "/e2e/cluster", module + "/research/sim", module + "/research/scheduler/plugin"}
+	want := []string{module + "/internal/testing/builder", module + "/e2e/framework/cluster", module + "/research/sim", module + "/research/scheduler/plugin"}
 	if diff := cmp.Diff(want, Violations(deps)); diff != "" {
 		t.Errorf("Violations (-want +got):\n%s", diff)
 	}

@@ -31,7 +31,7 @@ kubectl: ## Build kubectl at the local cluster's version into bin/kubectl
 	@mkdir -p $(BIN) && ln -sf "$$(hack/kubectl.sh)" $(BIN)/kubectl
 
 e2e-tessera-local: ## Build bin/tessera-local, the local cluster runner behind demo and dev-cluster
-	go build -o bin/tessera-local ./e2e/cmd/tessera-local
+	go build -o bin/tessera-local ./hack/tessera-local
 
 e2e: cluster-binaries e2e-plugin ## Run the e2e suite on a local cluster (narrow with E2E_RUN='TestA|TestB')
 	helm="$$($(HELM_TOOL))"; TESSERA_E2E=1 TESSERA_PLUGIN_BINARY=$(CURDIR)/bin/dra-kubelet-plugin TESSERA_HELM="$$helm" \

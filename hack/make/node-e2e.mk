@@ -19,7 +19,7 @@ NODE_E2E_TIMEOUT ?= 20m
 NODE_E2E_FLAGS ?= -v
 # A go test -run pattern, passed quoted ("TestA|TestB" is safe there).
 NODE_E2E_RUN ?=
-# The fake driver root's layout (e2e/realnode.DriverLayouts).
+# The fake driver root's layout (e2e/framework/realnode.DriverLayouts).
 NODE_E2E_DRIVER_LAYOUT ?= host
 NODE_E2E_DRIVER_LAYOUTS := host gpu-operator usr-local-nvidia
 
@@ -34,14 +34,14 @@ node-e2e-host: ## Install what node-e2e needs from Debian (runc, CNI plugins, st
 # The host is checked first: a machine that cannot run the node (not root, no
 # cgroups, ...) fails at once, listing what is missing, before minutes of builds.
 node-e2e-check-host: ## List what this machine lacks for node-e2e (root, cgroups, overlayfs, mknod, runc, CNI)
-	@$(GO) run ./e2e/realnode/checkhost
+	@$(GO) run ./e2e/framework/realnode/checkhost
 
 # The suite runs on a node with one GPU (every test's GPU is GPU 0); the rolling
 # upgrade needs a whole GPU, a MIG partition and a share running at once, so it
 # runs again on a node of NODE_E2E_UPGRADE_GPUS GPUs (skipped on one GPU).
 NODE_E2E_UPGRADE_GPUS ?= 3
 # The stand-in MPS program the fake driver root runs as its MPS control daemon
-# and server (e2e/cmd/mps-standin), static so that it runs in the plugin's
+# and server (e2e/framework/realnode/mps-standin), static so that it runs in the plugin's
 # image and in the test image alike. A test tool: the product image never has it.
 MPS_STANDIN := _output/node-e2e/mps-standin
 NODE_E2E_ENV = TESSERA_NODE_E2E=1 TESSERA_MPS_STANDIN=$(CURDIR)/$(MPS_STANDIN) TESSERA_IMAGE=$(IMAGE):$(TAG) TESSERA_IMAGE_ARCHIVE=$(CURDIR)/$(IMAGE_ARCHIVE) \
@@ -49,7 +49,7 @@ NODE_E2E_ENV = TESSERA_NODE_E2E=1 TESSERA_MPS_STANDIN=$(CURDIR)/$(MPS_STANDIN) T
 
 # Always rebuilt (go build is incremental), so the lane runs the stand-in as it is now.
 node-mps-standin: ## Build the static stand-in MPS program of node-e2e's fake driver root (a test tool, never in the image)
-	CGO_ENABLED=0 $(GO) build -trimpath -o $(MPS_STANDIN) ./e2e/cmd/mps-standin
+	CGO_ENABLED=0 $(GO) build -trimpath -o $(MPS_STANDIN) ./e2e/framework/realnode/mps-standin
 
 node-e2e: node-e2e-check-host cluster-binaries node-binaries image node-mps-standin ## Run e2e/node: a real kubelet and containerd here, Tessera installed by its chart (root)
 	helm="$$($(HELM_TOOL))"; $(NODE_E2E_ENV) TESSERA_HELM="$$helm" \

@@ -26,17 +26,17 @@ bench-tenancy: ## The admission-decision benchmarks of docs/benchmarks.md
 
 bench-admission: cluster-binaries e2e-plugin e2e-controller ## Admission under one tenant's flood of 5,000 claims, FIFO and fair, on the local cluster (~15 min)
 	helm="$$($(HELM_TOOL))"; TESSERA_E2E=1 TESSERA_PLUGIN_BINARY=$(CURDIR)/bin/dra-kubelet-plugin TESSERA_HELM="$$helm" \
-		go test -count=1 -timeout 40m -v -run '^$$' -bench AdmissionFairness -benchtime 1x ./e2e/suite/
+		go test -count=1 -timeout 40m -v -run '^$$' -bench AdmissionFairness -benchtime 1x ./e2e/localcluster/
 
 # tessera-scheduler and TESSERA_SCHEDULER_BINARY: hack/make/placement.mk.
 bench-binding: cluster-binaries e2e-plugin e2e-controller ## Create-to-bound latency, tenanted and untenanted pods interleaved, kube-scheduler and tessera-scheduler, on the local cluster
 	helm="$$($(HELM_TOOL))"; TESSERA_E2E=1 TESSERA_PLUGIN_BINARY=$(CURDIR)/bin/dra-kubelet-plugin TESSERA_HELM="$$helm" \
-		go test -count=1 -timeout 40m -v -run '^$$' -bench TenancyBindingLatency -benchtime 1x ./e2e/suite/
+		go test -count=1 -timeout 40m -v -run '^$$' -bench TenancyBindingLatency -benchtime 1x ./e2e/localcluster/
 
 bench-burst: cluster-binaries e2e-plugin e2e-controller tessera-scheduler ## GPUs touched by bursts of shares against one by one, kube-scheduler and tessera-scheduler, on the local cluster
 	helm="$$($(HELM_TOOL))"; TESSERA_E2E=1 TESSERA_E2E_BURST_STOCK=1 TESSERA_SCHEDULER_BINARY=$(BIN)/tessera-scheduler \
 		TESSERA_PLUGIN_BINARY=$(CURDIR)/bin/dra-kubelet-plugin TESSERA_HELM="$$helm" \
-		go test -count=1 -timeout 40m -v -run '^TestShareBurstPacksLikeOneByOne$$' ./e2e/suite/
+		go test -count=1 -timeout 40m -v -run '^TestShareBurstPacksLikeOneByOne$$' ./e2e/localcluster/
 
 # The local cluster runs the tenancy controller as it is now.
 .PHONY: e2e-controller

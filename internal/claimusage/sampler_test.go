@@ -19,7 +19,7 @@ import (
 	"github.com/tessera-gpu/tessera/internal/nvml/nvmlmock"
 	"github.com/tessera-gpu/tessera/internal/prepare"
 	"github.com/tessera-gpu/tessera/internal/sharing"
-	"github.com/tessera-gpu/tessera/test/builder"
+	"github.com/tessera-gpu/tessera/internal/testing/builder"
 )
 
 const nodeName = "node-1"

@@ -10,8 +10,8 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	gpuapi "github.com/tessera-gpu/tessera/api/gpu"
+	"github.com/tessera-gpu/tessera/internal/testing/builder"
 	"github.com/tessera-gpu/tessera/pkg/tenancy"
-	"github.com/tessera-gpu/tessera/test/builder"
 )
 
 // TestAdmissionDecidesWhileSlicesAreGone: node n1's kubelet restarts after

@@ -17,8 +17,8 @@ import (
 
 	gpuapi "github.com/tessera-gpu/tessera/api/gpu"
 	tenancyv1 "github.com/tessera-gpu/tessera/api/tenancy/v1alpha1"
+	"github.com/tessera-gpu/tessera/internal/testing/builder"
 	"github.com/tessera-gpu/tessera/pkg/tenancy"
-	"github.com/tessera-gpu/tessera/test/builder"
 )
 
 // countingReads counts the objects its reads return: what a decision visits

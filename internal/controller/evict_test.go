@@ -17,7 +17,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client/interceptor"
 
 	tenancyv1 "github.com/tessera-gpu/tessera/api/tenancy/v1alpha1"
-	"github.com/tessera-gpu/tessera/test/builder"
+	"github.com/tessera-gpu/tessera/internal/testing/builder"
 )
 
 // TestIdleReclaim: two tenants' claims, idle on n1 since 00:00, marked at

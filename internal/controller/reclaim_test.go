@@ -25,9 +25,9 @@ import (
 	chart "github.com/tessera-gpu/tessera/deployments/helm/tessera"
 	tnvml "github.com/tessera-gpu/tessera/internal/nvml"
 	"github.com/tessera-gpu/tessera/internal/nvml/nvmlmock"
+	"github.com/tessera-gpu/tessera/internal/testing/builder"
 	"github.com/tessera-gpu/tessera/pkg/inventory"
 	"github.com/tessera-gpu/tessera/pkg/resourceslice"
-	"github.com/tessera-gpu/tessera/test/builder"
 )
 
 var reclaimT0 = time.Date(2026, 12, 6, 0, 0, 0, 0, time.UTC)

@@ -15,8 +15,8 @@ import (
 
 	gpuapi "github.com/tessera-gpu/tessera/api/gpu"
 	tenancyv1 "github.com/tessera-gpu/tessera/api/tenancy/v1alpha1"
+	"github.com/tessera-gpu/tessera/internal/testing/builder"
 	"github.com/tessera-gpu/tessera/pkg/tenancy"
-	"github.com/tessera-gpu/tessera/test/builder"
 )
 
 // startWithoutSlices: a tenant with a 54Gi budget has two 18Gi partitions of

@@ -19,8 +19,8 @@ import (
 
 	gpuapi "github.com/tessera-gpu/tessera/api/gpu"
 	tenancyv1 "github.com/tessera-gpu/tessera/api/tenancy/v1alpha1"
+	"github.com/tessera-gpu/tessera/internal/testing/builder"
 	"github.com/tessera-gpu/tessera/pkg/tenancy"
-	"github.com/tessera-gpu/tessera/test/builder"
 )
 
 // pendingShare is a claim allocated a 10Gi share of device, waiting for the

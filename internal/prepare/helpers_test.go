@@ -17,7 +17,7 @@ import (
 	tnvml "github.com/tessera-gpu/tessera/internal/nvml"
 	"github.com/tessera-gpu/tessera/internal/nvml/nvmlmock"
 	"github.com/tessera-gpu/tessera/internal/sharing"
-	"github.com/tessera-gpu/tessera/test/builder"
+	"github.com/tessera-gpu/tessera/internal/testing/builder"
 )
 
 const nodeName = "node-1"

@@ -12,8 +12,8 @@ import (
 
 	"github.com/tessera-gpu/tessera/internal/metrics"
 	tnvml "github.com/tessera-gpu/tessera/internal/nvml"
+	"github.com/tessera-gpu/tessera/internal/testing/builder"
 	"github.com/tessera-gpu/tessera/pkg/inventory"
-	"github.com/tessera-gpu/tessera/test/builder"
 )
 
 // metricValue returns a gauge's or counter's value; labels are "name=value".

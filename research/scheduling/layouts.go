@@ -11,9 +11,9 @@ import (
 	"k8s.io/utils/ptr"
 
 	gpuapi "github.com/tessera-gpu/tessera/api/gpu"
+	"github.com/tessera-gpu/tessera/internal/testing/builder"
 	"github.com/tessera-gpu/tessera/pkg/inventory"
 	"github.com/tessera-gpu/tessera/pkg/resourceslice"
-	"github.com/tessera-gpu/tessera/test/builder"
 )
 
 // A Layout is one way of publishing a node's GPUs, so that the scheduler's

@@ -11,10 +11,10 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	gpuapi "github.com/tessera-gpu/tessera/api/gpu"
+	"github.com/tessera-gpu/tessera/internal/testing/builder"
 	"github.com/tessera-gpu/tessera/pkg/inventory"
 	"github.com/tessera-gpu/tessera/pkg/partition"
 	"github.com/tessera-gpu/tessera/pkg/resourceslice"
-	"github.com/tessera-gpu/tessera/test/builder"
 )
 
 // Levers on Tessera's layout, each a variant measured side by side with the

@@ -18,7 +18,7 @@ import (
 	gpuapi "github.com/tessera-gpu/tessera/api/gpu"
 	chart "github.com/tessera-gpu/tessera/deployments/helm/tessera"
 	"github.com/tessera-gpu/tessera/internal/allocation"
-	"github.com/tessera-gpu/tessera/test/builder"
+	"github.com/tessera-gpu/tessera/internal/testing/builder"
 )
 
 // Features are the DRA features kube-scheduler 1.37 enables by default and
@@ -192,7 +192,7 @@ func (c *Cluster) Free(uid types.UID) {
 // Claims returns the allocated claims.
 func (c *Cluster) Claims() map[types.UID]*resourceapi.ResourceClaim { return c.claims }
 
-// Claims the tests and benchmarks draw from, built with test/builder.
+// Claims the tests and benchmarks draw from, built with internal/testing/builder.
 
 var claimSeq int
 

@@ -11,7 +11,7 @@ import (
 	"k8s.io/apiserver/pkg/admission"
 	"k8s.io/apiserver/pkg/authentication/user"
 
-	"github.com/tessera-gpu/tessera/test/builder"
+	"github.com/tessera-gpu/tessera/internal/testing/builder"
 )
 
 const pluginUser = "system:serviceaccount:tessera-system:tessera-kubelet-plugin"

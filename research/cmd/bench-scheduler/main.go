@@ -16,7 +16,7 @@ import (
 
 	"k8s.io/klog/v2"
 
-	"github.com/tessera-gpu/tessera/e2e/cluster"
+	"github.com/tessera-gpu/tessera/e2e/framework/cluster"
 	"github.com/tessera-gpu/tessera/research/schedulerbench"
 	"github.com/tessera-gpu/tessera/research/scheduling"
 )
