@@ -33,7 +33,9 @@ unit: ## Run the unit tests with the race detector (the chart and lint-rule test
 	TESSERA_HELM="$$helm" TESSERA_PROMTOOL="$$promtool" TESSERA_GOLANGCI_LINT="$$lint/golangci-lint" $(GO) test -race -count=1 $$($(GO) list ./... | grep -v /e2e)
 
 .PHONY: test
-test: verify unit test-allocator-patched test-scheduler-patched e2e node-e2e ## Run everything CI runs: verify, unit tests, tessera-scheduler's patches' tests, e2e suite, real-node suite (root)
+TEST_STAGES := verify unit test-allocator-patched test-scheduler-patched e2e node-e2e
+test: ## Run everything CI runs: verify, unit tests, tessera-scheduler's patches' tests, e2e suite, real-node suite (root); a table of each stage's time ends it
+	@hack/stages.sh "$(MAKE)" $(TEST_STAGES)
 
 .PHONY: bench
 bench: ## Run the benchmarks of docs/benchmarks.md

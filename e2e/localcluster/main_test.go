@@ -98,6 +98,9 @@ func run(m *testing.M) (code int) {
 	fmt.Printf("local cluster up in %s (kubeconfig %s)\n", time.Since(started).Round(100*time.Millisecond), local.Kubeconfig)
 
 	code = m.Run()
+	if cluster.JudgeRestarts(os.Stderr, local.Restarts()) && code == 0 {
+		code = 1
+	}
 	if code != 0 {
 		local.TailLogs(os.Stderr, 40)
 	}

@@ -56,7 +56,7 @@ func (cp *ControlPlane) StartTesseraScheduler(ctx context.Context, binary string
 	if err != nil {
 		return err
 	}
-	p, err := cp.start("tessera-scheduler", binary, []string{
+	p, err := cp.startSupervised(ctx, "tessera-scheduler", binary, []string{
 		"--config=" + config,
 		"--secure-port=" + strconv.Itoa(ports[0]),
 		"--authentication-kubeconfig=" + cp.Kubeconfig,

@@ -2,7 +2,8 @@
 # Builds a copy of the pinned allocator module (k8s.io/dynamic-resource-allocation) with
 # indexed-shares.patch, then node-cache.patch, applied to one file,
 # structured/internal/incubating/allocator_incubating.go (the variant kube-scheduler 1.37
-# uses by default), and testdata/node_cache_test.go copied beside it, and a go.mod for the
+# uses by default), and testdata/node_cache_test.go copied beside it; tracker-device-count.patch
+# and its test to resourceslice/tracker; and a go.mod for the
 # -modfile flag that points the module at that copy; prints the go.mod's path. MODULE is the directory
 # of the module to build (Tessera's own by default; research/cmd/tessera-scheduler for the binary
 # that carries the patch). See research/patches/allocator/README.md.
@@ -30,7 +31,7 @@ case "${patches[*]}" in
 	exit 1
 	;;
 esac
-stamp="$dir ${patches[*]} $(cat "$here/indexed-shares.patch" "$here/node-cache.patch" "$here/tracker-device-count.patch" "$here/testdata/node_cache_test.go" | sha256sum | cut -d' ' -f1)"
+stamp="$dir ${patches[*]} $(cat "$here/indexed-shares.patch" "$here/node-cache.patch" "$here/tracker-device-count.patch" "$here"/testdata/*_test.go | sha256sum | cut -d' ' -f1)"
 if [[ ! -f $out/stamp || $(cat "$out/stamp") != "$stamp" ]]; then
 	rm -rf "$out/dynamic-resource-allocation"
 	cp -r "$dir" "$out/dynamic-resource-allocation"
@@ -44,6 +45,7 @@ if [[ ! -f $out/stamp || $(cat "$out/stamp") != "$stamp" ]]; then
 	# gained or lost devices meanwhile (Tessera's withdrawal does that while
 	# its sharing taints change rules); tessera-scheduler crashed on it in e2e.
 	patch --quiet --forward -d "$out/dynamic-resource-allocation/resourceslice/tracker" tracker.go "$here/tracker-device-count.patch"
+	cp "$here/testdata/tracker_device_count_test.go" "$out/dynamic-resource-allocation/resourceslice/tracker/"
 	if [[ " ${patches[*]} " == *" node-cache "* ]]; then
 		cp "$here/testdata/node_cache_test.go" "$pkg/"
 	fi
