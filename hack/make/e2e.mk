@@ -35,7 +35,7 @@ e2e-tessera-local: ## Build bin/tessera-local, the local cluster runner behind d
 
 e2e: cluster-binaries e2e-plugin ## Run the e2e suite on a local cluster (narrow with E2E_RUN='TestA|TestB')
 	helm="$$($(HELM_TOOL))"; TESSERA_E2E=1 TESSERA_PLUGIN_BINARY=$(CURDIR)/bin/dra-kubelet-plugin TESSERA_HELM="$$helm" \
-		go test -race -count=1 -timeout $(E2E_TIMEOUT) $(E2E_FLAGS) $(if $(E2E_RUN),-run '$(E2E_RUN)') $$(go list ./e2e/... | grep -v /e2e/node$$)
+		go test -race -count=1 -timeout $(E2E_TIMEOUT) $(E2E_FLAGS) $(if $(E2E_RUN),-run '$(E2E_RUN)') ./e2e/localcluster/ ./e2e/framework/...
 
 demo: cluster-binaries e2e-plugin e2e-tessera-local kubectl ## Start the local cluster with Tessera and the sample workloads; Ctrl-C stops it
 	helm="$$($(HELM_TOOL))"; bin/tessera-local demo --bin-dir=$(TESSERA_CACHE)/bin --plugin=$(CURDIR)/bin/dra-kubelet-plugin --helm="$$helm" --kubectl=$(BIN)/kubectl
