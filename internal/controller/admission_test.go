@@ -7,12 +7,10 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	resourceapi "k8s.io/api/resource/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
-	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/klog/v2/ktesting"
-	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/client/fake"
 	"sigs.k8s.io/controller-runtime/pkg/event"
@@ -68,17 +66,8 @@ func fixture() []client.Object {
 	for _, d := range []string{"gpu-0-mig-1g18gb-0", "gpu-0-mig-1g18gb-1", "gpu-0-mig-1g18gb-2"} {
 		slice.Device(builder.MakeDevice(d).Capacity(gpuapi.CapMemory, "18Gi").Obj())
 	}
-	tenant := &tenancyv1.GPUTenant{
-		ObjectMeta: metav1.ObjectMeta{Name: "team-a"},
-		Spec: tenancyv1.GPUTenantSpec{
-			NamespaceSelector:    metav1.LabelSelector{MatchLabels: map[string]string{tenancyv1.LabelCapsuleTenant: "team-a"}},
-			AllowedDeviceClasses: []string{gpuapi.ClassMIG},
-			Budget:               &tenancyv1.Budget{GPUMemory: ptr.To(resource.MustParse("36Gi"))},
-		},
-	}
-	ns := func(name, tenant string) *corev1.Namespace {
-		return &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{tenancyv1.LabelCapsuleTenant: tenant}}}
-	}
+	tenant := builder.MakeTenant("team-a").Classes(gpuapi.ClassMIG).Memory("36Gi").Obj()
+	ns := func(name, tenant string) *corev1.Namespace { return builder.MakeNamespace(name).Tenant(tenant).Obj() }
 	return []client.Object{slice.Obj(), tenant, ns("a1", "team-a"), ns("a2", "team-a"), ns("free", "none"),
 		pendingMIGClaim("a1", "c1", "gpu-0-mig-1g18gb-0"),
 		pendingMIGClaim("a2", "c2", "gpu-0-mig-1g18gb-1"),

@@ -10,7 +10,6 @@ import (
 	resourceapi "k8s.io/api/resource/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/apimachinery/pkg/api/resource"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/klog/v2/ktesting"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -33,18 +32,8 @@ func h200Fixture(sharing tenancyv1.SharingPolicy, budget string, claims ...clien
 		device.AllowMultipleAllocations = ptr.To(true)
 		slice.Device(device)
 	}
-	tenant := &tenancyv1.GPUTenant{
-		ObjectMeta: metav1.ObjectMeta{Name: "attacker"},
-		Spec: tenancyv1.GPUTenantSpec{
-			NamespaceSelector:    metav1.LabelSelector{MatchLabels: map[string]string{tenancyv1.LabelCapsuleTenant: "attacker"}},
-			AllowedDeviceClasses: []string{gpuapi.ClassShared},
-			Budget:               &tenancyv1.Budget{GPUMemory: ptr.To(resource.MustParse(budget))},
-			Sharing:              sharing,
-		},
-	}
-	ns := func(name string) *corev1.Namespace {
-		return &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{tenancyv1.LabelCapsuleTenant: "attacker"}}}
-	}
+	tenant := builder.MakeTenant("attacker").Classes(gpuapi.ClassShared).Memory(budget).Sharing(sharing).Obj()
+	ns := func(name string) *corev1.Namespace { return builder.MakeNamespace(name).Tenant("attacker").Obj() }
 	return append([]client.Object{slice.Obj(), tenant, ns("a1"), ns("a2")}, claims...)
 }
 

@@ -16,7 +16,6 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client/fake"
 	"sigs.k8s.io/controller-runtime/pkg/client/interceptor"
 
-	tenancyv1 "github.com/tessera-gpu/tessera/api/tenancy/v1alpha1"
 	"github.com/tessera-gpu/tessera/internal/testing/builder"
 )
 
@@ -32,15 +31,7 @@ func TestIdleReclaim(t *testing.T) {
 		t.Fatal(err)
 	}
 	t0 := time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC)
-	tenant := func(name string, reclaim *tenancyv1.IdleReclaim) *tenancyv1.GPUTenant {
-		return &tenancyv1.GPUTenant{ObjectMeta: metav1.ObjectMeta{Name: name}, Spec: tenancyv1.GPUTenantSpec{
-			NamespaceSelector: metav1.LabelSelector{MatchLabels: map[string]string{tenancyv1.LabelCapsuleTenant: name}},
-			IdleReclaim:       reclaim,
-		}}
-	}
-	ns := func(name, tenant string) *corev1.Namespace {
-		return &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{tenancyv1.LabelCapsuleTenant: tenant}}}
-	}
+	ns := func(name, tenant string) *corev1.Namespace { return builder.MakeNamespace(name).Tenant(tenant).Obj() }
 	pod := func(ns, name string) *corev1.Pod {
 		return &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name, UID: types.UID(name)}}
 	}
@@ -48,7 +39,7 @@ func TestIdleReclaim(t *testing.T) {
 	optedOut := builder.MakeClaim("opted-out").Namespace("b1").Pool("n1").Device("gpu", "gpu-1").ReservedFor("pod-b", "pod-b").Obj()
 	var evicted []string
 	c := fake.NewClientBuilder().WithScheme(scheme).
-		WithObjects(tenant("team-a", &tenancyv1.IdleReclaim{After: metav1.Duration{Duration: 2 * time.Hour}}), tenant("team-b", nil),
+		WithObjects(builder.MakeTenant("team-a").IdleReclaim(2*time.Hour).Obj(), builder.MakeTenant("team-b").Obj(),
 			ns("a1", "team-a"), ns("b1", "team-b"), optedIn, optedOut, pod("a1", "pod-a"), pod("b1", "pod-b"),
 			idleReport(t, "n1", map[string]time.Time{"opted-in": t0, "opted-out": t0})).
 		WithStatusSubresource(&resourceapi.ResourceClaim{}).

@@ -104,19 +104,12 @@ func TestIdleMarker(t *testing.T) {
 		t.Fatal(err)
 	}
 	t0 := time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC)
-	ns := func(name, tenant string) *corev1.Namespace {
-		return &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{tenancyv1.LabelCapsuleTenant: tenant}}}
-	}
-	tenant := func(name string) *tenancyv1.GPUTenant {
-		return &tenancyv1.GPUTenant{ObjectMeta: metav1.ObjectMeta{Name: name}, Spec: tenancyv1.GPUTenantSpec{
-			NamespaceSelector: metav1.LabelSelector{MatchLabels: map[string]string{tenancyv1.LabelCapsuleTenant: name}},
-		}}
-	}
+	ns := func(name, tenant string) *corev1.Namespace { return builder.MakeNamespace(name).Tenant(tenant).Obj() }
 	idleA := builder.MakeClaim("idle-a").Namespace("a1").Pool("n1").Device("gpu", "gpu-0").Device("gpu", "gpu-1").ReservedFor("pod-a", types.UID("pod-a")).Obj()
 	idleB := builder.MakeClaim("idle-b").Namespace("b1").Pool("n2").Share("gpu", "gpu-0-shared", "20Gi", "30", "s1").ReservedFor("pod-b", types.UID("pod-b")).Obj()
 	lying := builder.MakeClaim("lying").Namespace("b1").Pool("n2").Device("gpu", "gpu-3").Obj()
 	c := fake.NewClientBuilder().WithScheme(scheme).
-		WithObjects(tenant("team-a"), tenant("team-b"), ns("a1", "team-a"), ns("b1", "team-b"), idleA, idleB, lying,
+		WithObjects(builder.MakeTenant("team-a").Obj(), builder.MakeTenant("team-b").Obj(), ns("a1", "team-a"), ns("b1", "team-b"), idleA, idleB, lying,
 			idleReport(t, "n1", map[string]time.Time{"idle-a": t0, "lying": t0}),
 			idleReport(t, "n2", map[string]time.Time{"idle-b": t0.Add(30 * time.Minute)}),
 			&coordinationv1.Lease{ObjectMeta: metav1.ObjectMeta{Namespace: idleNamespace, Name: tenancyv1.IdleReportName("n3"),
@@ -202,10 +195,8 @@ func TestIdleMarkerFeedsShowback(t *testing.T) {
 	}
 	const class = "gpu.tessera.dev"
 	t0 := time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC)
-	team := &tenancyv1.GPUTenant{ObjectMeta: metav1.ObjectMeta{Name: "showback-idle"}, Spec: tenancyv1.GPUTenantSpec{
-		NamespaceSelector: metav1.LabelSelector{MatchLabels: map[string]string{tenancyv1.LabelCapsuleTenant: "showback-idle"}},
-	}}
-	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "si1", Labels: map[string]string{tenancyv1.LabelCapsuleTenant: "showback-idle"}}}
+	team := builder.MakeTenant("showback-idle").Obj()
+	ns := builder.MakeNamespace("si1").Tenant("showback-idle").Obj()
 	request := builder.MakeRequest("gpu", class).Obj()
 	idle := builder.MakeClaim("idle").Namespace("si1").Request(request).Pool("n1").Device("gpu", "gpu-0").Device("gpu", "gpu-1").Obj()
 	busy := builder.MakeClaim("busy").Namespace("si1").Request(request).Pool("n1").Device("gpu", "gpu-2").Obj()

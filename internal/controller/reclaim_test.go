@@ -11,7 +11,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	policyv1 "k8s.io/api/policy/v1"
 	resourceapi "k8s.io/api/resource/v1"
-	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/klog/v2/ktesting"
@@ -69,13 +68,11 @@ func publish(node inventory.Node, prepared map[string]bool) []client.Object {
 }
 
 func reclaimTenant(name string, guarantee string) *tenancyv1.GPUTenant {
-	t := &tenancyv1.GPUTenant{ObjectMeta: metav1.ObjectMeta{Name: name}, Spec: tenancyv1.GPUTenantSpec{
-		NamespaceSelector: metav1.LabelSelector{MatchLabels: map[string]string{tenancyv1.LabelCapsuleTenant: name}},
-	}}
+	t := builder.MakeTenant(name)
 	if guarantee != "" {
-		t.Spec.Guarantee = &tenancyv1.Budget{GPUMemory: ptr.To(resource.MustParse(guarantee))}
+		t.GuaranteedMemory(guarantee)
 	}
-	return t
+	return t.Obj()
 }
 
 func (h held) objects() (*resourceapi.ResourceClaim, *corev1.Pod) {

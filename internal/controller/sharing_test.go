@@ -58,18 +58,9 @@ func sharingFixture(claims ...client.Object) []client.Object {
 		slice.Device(device)
 	}
 	tenant := func(name string, sharing tenancyv1.SharingPolicy) *tenancyv1.GPUTenant {
-		return &tenancyv1.GPUTenant{
-			ObjectMeta: metav1.ObjectMeta{Name: name},
-			Spec: tenancyv1.GPUTenantSpec{
-				NamespaceSelector:    metav1.LabelSelector{MatchLabels: map[string]string{tenancyv1.LabelCapsuleTenant: name}},
-				AllowedDeviceClasses: []string{gpuapi.ClassShared},
-				Sharing:              sharing,
-			},
-		}
+		return builder.MakeTenant(name).Classes(gpuapi.ClassShared).Sharing(sharing).Obj()
 	}
-	ns := func(name, tenant string) *corev1.Namespace {
-		return &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{tenancyv1.LabelCapsuleTenant: tenant}}}
-	}
+	ns := func(name, tenant string) *corev1.Namespace { return builder.MakeNamespace(name).Tenant(tenant).Obj() }
 	return append([]client.Object{slice.Obj(),
 		tenant("a", ""), tenant("b", tenancyv1.SharingExclusive), tenant("c", tenancyv1.SharingAny), tenant("d", tenancyv1.SharingAny),
 		ns("a1", "a"), ns("a2", "a"), ns("b1", "b"), ns("c1", "c"), ns("d1", "d"), ns("free", "none"),

@@ -18,6 +18,7 @@ import (
 
 	gpuapi "github.com/tessera-gpu/tessera/api/gpu"
 	tenancyv1 "github.com/tessera-gpu/tessera/api/tenancy/v1alpha1"
+	"github.com/tessera-gpu/tessera/internal/testing/builder"
 )
 
 func reconcileTenant(t *testing.T, r *TenantReconciler, name string) *tenancyv1.GPUTenant {
@@ -119,12 +120,9 @@ func TestTenantEnforcementObjects(t *testing.T) {
 func TestTenantConflict(t *testing.T) {
 	_, ctx := ktesting.NewTestContext(t)
 	c := newFake(t)
-	second := &tenancyv1.GPUTenant{
-		ObjectMeta: metav1.ObjectMeta{Name: "team-z"},
-		Spec: tenancyv1.GPUTenantSpec{NamespaceSelector: metav1.LabelSelector{MatchExpressions: []metav1.LabelSelectorRequirement{{
-			Key: corev1.LabelMetadataName, Operator: metav1.LabelSelectorOpIn, Values: []string{"a2"},
-		}}}},
-	}
+	second := builder.MakeTenant("team-z").Selector(metav1.LabelSelector{MatchExpressions: []metav1.LabelSelectorRequirement{{
+		Key: corev1.LabelMetadataName, Operator: metav1.LabelSelectorOpIn, Values: []string{"a2"},
+	}}}).Obj()
 	if err := c.Create(ctx, second); err != nil {
 		t.Fatal(err)
 	}

@@ -2,6 +2,7 @@ package builder
 
 import (
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 	corev1 "k8s.io/api/core/v1"
@@ -13,6 +14,7 @@ import (
 	"k8s.io/utils/ptr"
 
 	gpuapi "github.com/tessera-gpu/tessera/api/gpu"
+	tenancyv1 "github.com/tessera-gpu/tessera/api/tenancy/v1alpha1"
 )
 
 func TestClaim(t *testing.T) {
@@ -215,5 +217,82 @@ func TestNode(t *testing.T) {
 	want := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n1", UID: "n1-uid"}}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("node (-want +got):\n%s", diff)
+	}
+}
+
+func TestTenant(t *testing.T) {
+	owns := metav1.LabelSelector{MatchLabels: map[string]string{tenancyv1.LabelCapsuleTenant: "team-a"}}
+	tests := map[string]struct {
+		got  *tenancyv1.GPUTenant
+		want *tenancyv1.GPUTenant
+	}{
+		"bare": {
+			got:  MakeTenant("team-a").Obj(),
+			want: &tenancyv1.GPUTenant{ObjectMeta: metav1.ObjectMeta{Name: "team-a"}, Spec: tenancyv1.GPUTenantSpec{NamespaceSelector: owns}},
+		},
+		"everything": {
+			got: MakeTenant("team-a").Classes(gpuapi.ClassMIG, gpuapi.ClassShared).AdminAccess().DeviceConfig().Pool("team-a").
+				Sharing(tenancyv1.SharingExclusive).Memory("36Gi").Devices(gpuapi.ClassMIG, 3).NamespaceQuota(gpuapi.ClassMIG, 2).
+				GuaranteedMemory("18Gi").IdleReclaim(2 * time.Hour).Obj(),
+			want: &tenancyv1.GPUTenant{ObjectMeta: metav1.ObjectMeta{Name: "team-a"}, Spec: tenancyv1.GPUTenantSpec{
+				NamespaceSelector:    owns,
+				AllowedDeviceClasses: []string{gpuapi.ClassMIG, gpuapi.ClassShared},
+				AllowAdminAccess:     true,
+				AllowDeviceConfig:    true,
+				DedicatedPool:        "team-a",
+				Sharing:              tenancyv1.SharingExclusive,
+				Budget: &tenancyv1.Budget{
+					GPUMemory: ptr.To(resource.MustParse("36Gi")),
+					Devices:   map[string]int64{gpuapi.ClassMIG: 3},
+				},
+				NamespaceQuota: &tenancyv1.NamespaceQuota{Devices: map[string]int64{gpuapi.ClassMIG: 2}},
+				Guarantee:      &tenancyv1.Budget{GPUMemory: ptr.To(resource.MustParse("18Gi"))},
+				IdleReclaim:    &tenancyv1.IdleReclaim{After: metav1.Duration{Duration: 2 * time.Hour}},
+			}},
+		},
+		"own selector": {
+			got: MakeTenant("team-z").Selector(metav1.LabelSelector{MatchLabels: map[string]string{"team": "z"}}).Obj(),
+			want: &tenancyv1.GPUTenant{ObjectMeta: metav1.ObjectMeta{Name: "team-z"}, Spec: tenancyv1.GPUTenantSpec{
+				NamespaceSelector: metav1.LabelSelector{MatchLabels: map[string]string{"team": "z"}},
+			}},
+		},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			if diff := cmp.Diff(tc.want, tc.got); diff != "" {
+				t.Errorf("tenant (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+// TestTenantObjIsACopy: one tenant changed by a test, or a builder changed
+// after it built one, leaves the other alone.
+func TestTenantObjIsACopy(t *testing.T) {
+	b := MakeTenant("team-a").Devices(gpuapi.ClassGPU, 1)
+	first := b.Obj()
+	first.Spec.Budget.Devices[gpuapi.ClassGPU] = 5
+	first.Spec.NamespaceSelector.MatchLabels["x"] = "y"
+	b.Devices(gpuapi.ClassMIG, 2)
+	second := b.Obj()
+	want := map[string]int64{gpuapi.ClassGPU: 1, gpuapi.ClassMIG: 2}
+	if diff := cmp.Diff(want, second.Spec.Budget.Devices); diff != "" {
+		t.Errorf("second tenant's device budget (-want +got):\n%s", diff)
+	}
+	if len(second.Spec.NamespaceSelector.MatchLabels) != 1 || len(first.Spec.Budget.Devices) != 1 {
+		t.Errorf("tenants share state: first %+v, second %+v", first.Spec, second.Spec)
+	}
+}
+
+func TestNamespace(t *testing.T) {
+	got := MakeNamespace("a1").Tenant("team-a").Label("team", "a").Obj()
+	want := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "a1", Labels: map[string]string{
+		tenancyv1.LabelCapsuleTenant: "team-a", "team": "a",
+	}}}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("namespace (-want +got):\n%s", diff)
+	}
+	if !MakeNamespace("a1").Obj().CreationTimestamp.IsZero() || MakeNamespace("a1").Obj().Labels != nil {
+		t.Errorf("a bare namespace carries more than its name: %+v", MakeNamespace("a1").Obj())
 	}
 }

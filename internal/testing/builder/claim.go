@@ -1,6 +1,7 @@
 // Package builder makes the Kubernetes objects Tessera's tests talk about —
 // ResourceClaims with their requests and allocations, ResourceSlices with their
-// devices, Nodes — fluently, in the style of kueue's test builders:
+// devices, Nodes, GPUTenants and their Namespaces — fluently, in the style of
+// kueue's test builders:
 //
 //	builder.MakeClaim("train").Namespace("team-a").
 //		Request(builder.MakeRequest("gpu", gpuapi.ClassMIG).Profile("1g.18gb").Obj()).
