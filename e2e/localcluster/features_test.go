@@ -5,7 +5,7 @@ import (
 	"testing"
 )
 
-// designGates are the DRA features DESIGN.md relies on, all on by default in 1.37.
+// designGates are the DRA features docs/design.md relies on, all on by default in 1.37.
 // The suite checks them on the running components rather than trusting defaults.
 var designGates = []string{
 	"DynamicResourceAllocation",

@@ -75,7 +75,7 @@ func TestTesseraSchedulerKeepsGPUsWhole(t *testing.T) {
 // TestTesseraSchedulerCarriesIndexedAllocator: the tessera-scheduler the
 // suite runs (TestTesseraSchedulerKeepsGPUsWhole places shares with it) is
 // built on the patched allocator (shares walk indexed, node cache), as
-// DESIGN.md allows it and only it: its build replaces the pinned allocator
+// docs/design.md allows it and only it: its build replaces the pinned allocator
 // module with a copy that research/patches/allocator's patches were applied to.
 func TestTesseraSchedulerCarriesIndexedAllocator(t *testing.T) {
 	bin := os.Getenv(cluster.TesseraSchedulerEnv)

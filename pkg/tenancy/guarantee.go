@@ -40,7 +40,7 @@ func FleetCapacity(memory map[DeviceID]int64) Usage {
 	return u
 }
 
-// gpuOf splits a device name as DESIGN.md fixes them ("gpu-N",
+// gpuOf splits a device name as docs/design.md fixes them ("gpu-N",
 // "gpu-N-shared", "gpu-N-mig-<profile>-<start>") into its GPU ("gpu-N") and
 // the rest; gpu is "" for a name of another form.
 func gpuOf(device string) (gpu, rest string) {

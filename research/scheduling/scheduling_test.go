@@ -155,7 +155,7 @@ func TestSevenOneSliceFitOneGPU(t *testing.T) {
 	}
 }
 
-// TestSharesCoLocateAndBlockMIG is the design's scheduler fact on one GPU:
+// TestSharesCoLocateAndBlockMIG is the scheduler fact of docs/design.md on one GPU:
 // shares of 20Gi and 30Gi land on one shared GPU; a MIG claim waits.
 func TestSharesCoLocateAndBlockMIG(t *testing.T) {
 	ctx := context.Background()

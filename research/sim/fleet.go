@@ -140,7 +140,7 @@ func (f *Fleet) claim(node int, uid int, r placement.Request, pin []int) *resour
 // records the result. It returns the GPUs allocated, nil when the allocator
 // finds no fit. pin, when it names one GPU, restricts a share to it. Only the node's own slices and allocations are passed: the
 // allocator looks at nothing else for a node-local pool, and the scheduler's
-// cost of walking every allocated share of the cluster (see DESIGN.md) would
+// cost of walking every allocated share of the cluster (see docs/design.md) would
 // only slow the simulation down without changing a decision.
 func (f *Fleet) allocate(ctx context.Context, st []state, node, uid int, r placement.Request, pin []int) ([]int, error) {
 	s := &st[node]
