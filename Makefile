@@ -48,7 +48,7 @@ fmt: ## Format the code
 	gofmt -w $$(git ls-files '*.go')
 
 .PHONY: generate
-generate: generate-config generate-tenancy chart-docs ## Regenerate generated code and docs (deepcopy, CRDs, the chart's values reference)
+generate: generate-config generate-tenancy generate-rbac chart-docs ## Regenerate generated code and docs (deepcopy, CRDs, the controller's RBAC, the chart's values reference)
 
 .PHONY: verify
 verify: generate lint ## gofmt, go vet, linters, go mod tidy and generated files must leave no diff

@@ -2,6 +2,9 @@
 #
 #   make generate-tenancy  regenerate the GPUTenant deepcopy and its CRD, which
 #                          the Helm chart takes from deployments/helm/tessera/crds
+#   make generate-rbac     regenerate the controller's ClusterRole rules from the
+#                          +kubebuilder:rbac markers of internal/controller, which the
+#                          chart takes from deployments/helm/tessera/files/controller-rbac
 #   make bench-tenancy     the admission-decision benchmarks of docs/benchmarks.md
 #   make bench-admission   admission under one tenant's flood of 5,000 over-budget
 #                          claims, FIFO and fair queue side by side, on the local
@@ -14,12 +17,16 @@
 #                          runs tessera-scheduler's half only)
 
 TENANCY_CRD_DIR := deployments/helm/tessera/crds
+CONTROLLER_RBAC_DIR := deployments/helm/tessera/files/controller-rbac
 
-.PHONY: generate-tenancy bench-tenancy bench-admission bench-binding bench-burst
+.PHONY: generate-tenancy generate-rbac bench-tenancy bench-admission bench-binding bench-burst
 
 generate-tenancy: ## Regenerate the GPUTenant deepcopy and CRD (part of generate)
 	$(CONTROLLER_GEN) object paths=./api/tenancy/...
 	$(CONTROLLER_GEN) crd paths=./api/tenancy/... output:crd:artifacts:config=$(TENANCY_CRD_DIR)
+
+generate-rbac: ## Regenerate the controller's ClusterRole rules in the chart from internal/controller's RBAC markers (part of generate)
+	$(CONTROLLER_GEN) rbac:roleName=tessera-controller paths=./internal/controller/... output:rbac:dir=$(CONTROLLER_RBAC_DIR)
 
 bench-tenancy: ## The admission-decision benchmarks of docs/benchmarks.md
 	go test -run '^$$' -bench . -benchtime 3x -count 3 ./pkg/tenancy/

@@ -14,6 +14,9 @@ import (
 	"github.com/tessera-gpu/tessera/pkg/tenancy"
 )
 
+// Marking borrowing claims with tenancy.tessera.dev/borrowed: a merge patch
+// of that annotation alone.
+//
 // +kubebuilder:rbac:groups=resource.k8s.io,resources=resourceclaims,verbs=patch
 
 // markBorrowing sets AnnotationBorrowed on t's admitted claims that borrow

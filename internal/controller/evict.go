@@ -15,6 +15,10 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/recorder"
 )
 
+// Evictions go through the Eviction API so that PodDisruptionBudgets hold.
+//
+// +kubebuilder:rbac:groups="",resources=pods/eviction,verbs=create
+
 // evictClaimPods evicts every pod the claim is reserved for through the
 // Eviction API (policy/v1), so that PodDisruptionBudgets and graceful
 // termination apply as for a node drain, and records an Event on each pod

@@ -16,6 +16,9 @@ import (
 	"github.com/tessera-gpu/tessera/pkg/tenancy"
 )
 
+// Read only: a node's pool label says which pool its devices serve; the
+// controller caches nodes' metadata.
+//
 // +kubebuilder:rbac:groups="",resources=nodes,verbs=get;list;watch
 
 // checkPools turns an admitting decision into a refusal when one of the

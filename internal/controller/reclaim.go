@@ -118,6 +118,11 @@ type reclaimPass struct {
 	classes allocation.Classes
 }
 
+// Reclaim lists pods: the pending ones of tenants below their guarantee, and
+// the running ones that may be its victims.
+//
+// +kubebuilder:rbac:groups="",resources=pods,verbs=get;list;watch
+
 // sync runs one pass.
 func (r *Reclaimer) sync(ctx context.Context) error {
 	logger := klog.FromContext(ctx)

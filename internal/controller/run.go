@@ -111,6 +111,11 @@ func Scheme() (*runtime.Scheme, error) {
 	return s, nil
 }
 
+// The reconcilers record Events on tenants, claims and pods, in either Event API.
+//
+// +kubebuilder:rbac:groups="",resources=events,verbs=create;patch;update
+// +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch;update
+
 // Run runs the controller until ctx ends.
 func Run(ctx context.Context, cfg *rest.Config, opts Options) error {
 	scheme, err := Scheme()

@@ -85,6 +85,10 @@ const releaseDelay = schedulerBindingPoll + 2*time.Second
 
 var _ reconcile.Reconciler = &RequeueReconciler{}
 
+// Pending pods: when a pod whose share the scheduler waited for is bound
+// while others wait, the controller stamps that GPU's sharing taint again so
+// that the scheduler retries them.
+//
 // +kubebuilder:rbac:groups="",resources=pods,verbs=get;list;watch
 
 // Reconcile stamps the sharing taint named by req again when a pod with
