@@ -18,7 +18,7 @@ E2E_TIMEOUT ?= 20m
 E2E_FLAGS ?= -v
 E2E_RUN ?=
 
-.PHONY: cluster-binaries e2e demo dev-cluster e2e-plugin e2e-tessera-local kubectl
+.PHONY: cluster-binaries e2e demo dev-cluster e2e-plugin tessera-local kubectl
 
 cluster-binaries: ## Build etcd and the Kubernetes control plane into $(TESSERA_CACHE)/bin (minutes once, then cached)
 	@hack/cluster-binaries.sh
@@ -30,15 +30,15 @@ e2e-plugin: ## Build the kubelet plugin the local cluster runs into bin/ (e2e an
 kubectl: ## Build kubectl at the local cluster's version into bin/kubectl
 	@mkdir -p $(BIN) && ln -sf "$$(hack/kubectl.sh)" $(BIN)/kubectl
 
-e2e-tessera-local: ## Build bin/tessera-local, the local cluster runner behind demo and dev-cluster
+tessera-local: ## Build bin/tessera-local (hack/tessera-local), the local cluster runner behind demo and dev-cluster
 	go build -o bin/tessera-local ./hack/tessera-local
 
 e2e: cluster-binaries e2e-plugin ## Run the e2e suite on a local cluster (narrow with E2E_RUN='TestA|TestB')
 	helm="$$($(HELM_TOOL))"; TESSERA_E2E=1 TESSERA_PLUGIN_BINARY=$(CURDIR)/bin/dra-kubelet-plugin TESSERA_HELM="$$helm" \
 		go test -race -count=1 -timeout $(E2E_TIMEOUT) $(E2E_FLAGS) $(if $(E2E_RUN),-run '$(E2E_RUN)') ./e2e/localcluster/ ./e2e/framework/...
 
-demo: cluster-binaries e2e-plugin e2e-tessera-local kubectl ## Start the local cluster with Tessera and the sample workloads; Ctrl-C stops it
+demo: cluster-binaries e2e-plugin tessera-local kubectl ## Start the local cluster with Tessera and the sample workloads; Ctrl-C stops it
 	helm="$$($(HELM_TOOL))"; bin/tessera-local demo --bin-dir=$(TESSERA_CACHE)/bin --plugin=$(CURDIR)/bin/dra-kubelet-plugin --helm="$$helm" --kubectl=$(BIN)/kubectl
 
-dev-cluster: cluster-binaries e2e-plugin e2e-tessera-local kubectl ## Start a local cluster with Tessera and print its kubeconfig; Ctrl-C stops it
+dev-cluster: cluster-binaries e2e-plugin tessera-local kubectl ## Start a local cluster with Tessera and print its kubeconfig; Ctrl-C stops it
 	@helm="$$($(HELM_TOOL))"; bin/tessera-local dev-cluster --bin-dir=$(TESSERA_CACHE)/bin --plugin=$(CURDIR)/bin/dra-kubelet-plugin --helm="$$helm"
