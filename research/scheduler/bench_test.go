@@ -24,7 +24,7 @@ import (
 // the allocations of none or a tenth of the nodes changed before each pod
 // (those nodes miss the cache).
 //
-//	go test -run '^$' -bench ScoreCycle -benchtime 100x ./internal/scheduler/
+//	go test -run '^$' -bench ScoreCycle -benchtime 100x ./research/scheduler/
 func BenchmarkScoreCycle(b *testing.B) {
 	for _, nodes := range []int{100, 1000} {
 		for _, changed := range []int{0, 10} {

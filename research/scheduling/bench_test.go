@@ -10,7 +10,7 @@ import (
 // the mean share of memory slices in use at that point for Tessera's device
 // order, plain ascending order and the exhaustive optimum.
 //
-//	go test -run '^$' -bench Packing -benchtime 1x ./test/scheduling/
+//	go test -run '^$' -bench Packing -benchtime 1x ./research/scheduling/
 func BenchmarkPacking(b *testing.B) {
 	const sequences = 1000
 	gpus := h200Node(b, 8)

@@ -31,7 +31,7 @@ func benchInventory(t testing.TB) inventory.Node {
 // each node's GPUs in use (Fill), on 1, 100 and 500 nodes. It reports the cost per node (ns/node, allocs/node) and on how
 // many nodes the claim fits.
 //
-//	go test -run '^$' -bench SchedulerCost -benchtime 2x ./test/scheduling/
+//	go test -run '^$' -bench SchedulerCost -benchtime 2x ./research/scheduling/
 func BenchmarkSchedulerCost(b *testing.B) {
 	inv := benchInventory(b)
 	for _, fill := range []int{0, 50, 90} {
@@ -91,7 +91,7 @@ func benchmarkClaim(b *testing.B, name string, l Layout, inv inventory.Node, fil
 // pod to the next, so this costs it what BenchmarkSchedulerCost does;
 // tessera-scheduler's node cache must convert every node again.
 //
-//	go test -run '^$' -bench SchedulerCostNewSlices -benchtime 2x ./test/scheduling/
+//	go test -run '^$' -bench SchedulerCostNewSlices -benchtime 2x ./research/scheduling/
 func BenchmarkSchedulerCostNewSlices(b *testing.B) {
 	inv := benchInventory(b)
 	const fill, nodes = 90, 500

@@ -240,7 +240,7 @@ func plainCounters(l Layout) Layout {
 // fill, side by side with the layout as published and the other layouts, on
 // 100 and 500 nodes (to see which levers remove what grows with nodes).
 //
-//	go test -run '^$' -bench SchedulerLevers -benchtime 2x ./test/scheduling/
+//	go test -run '^$' -bench SchedulerLevers -benchtime 2x ./research/scheduling/
 func BenchmarkSchedulerLevers(b *testing.B) {
 	inv := benchInventory(b)
 	const fill = 90

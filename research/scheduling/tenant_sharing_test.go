@@ -236,7 +236,7 @@ func TestTenantSharesPackOnTheirGPUs(t *testing.T) {
 // and with exclusivity by taints alone (each tenant's shares in the slices'
 // order, no own-GPUs-first), side by side.
 //
-//	go test -run '^$' -bench TenantExclusivePacking -benchtime 1x ./test/scheduling/
+//	go test -run '^$' -bench TenantExclusivePacking -benchtime 1x ./research/scheduling/
 func BenchmarkTenantExclusivePacking(b *testing.B) {
 	const (
 		sequences = 8
