@@ -213,9 +213,19 @@ func deleteNamespace(b *testing.B, client kubernetes.Interface, ns string) {
 // of the benchmark is allocated it (the controller decides budgets, not
 // exclusivity, and no pod ever runs).
 func migDevice(ctx context.Context, b *testing.B, client kubernetes.Interface) (pool, device string) {
+	pool, device = publishedMIGDevice(ctx, client)
+	if device == "" {
+		b.Fatalf("node %s publishes no 1g.18gb partition", tenancyNode.Name)
+	}
+	return pool, device
+}
+
+// publishedMIGDevice is a 1g.18gb partition the tenancy node publishes now
+// (device "" if none).
+func publishedMIGDevice(ctx context.Context, client kubernetes.Interface) (pool, device string) {
 	slices, err := client.ResourceV1().ResourceSlices().List(ctx, metav1.ListOptions{FieldSelector: fields.OneTermEqualSelector("spec.nodeName", tenancyNode.Name).String()})
 	if err != nil {
-		b.Fatal(err)
+		return "", ""
 	}
 	for _, s := range slices.Items {
 		for _, d := range s.Spec.Devices {
@@ -224,7 +234,6 @@ func migDevice(ctx context.Context, b *testing.B, client kubernetes.Interface) (
 			}
 		}
 	}
-	b.Fatalf("node %s publishes no 1g.18gb partition", tenancyNode.Name)
 	return "", ""
 }
 
@@ -251,7 +260,7 @@ func allocate(ctx context.Context, client kubernetes.Interface, ns, name, pool, 
 }
 
 // parallel runs do(0..n-1) on fairnessWorkers goroutines, with progress.
-func parallel(b *testing.B, n int, do func(int) error) {
+func parallel(b testing.TB, n int, do func(int) error) {
 	next := make(chan int)
 	errs := make(chan error, fairnessWorkers)
 	var wg sync.WaitGroup

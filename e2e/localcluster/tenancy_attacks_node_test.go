@@ -260,3 +260,40 @@ func wantRefusedBeta(t *testing.T, err error, parts ...string) {
 	}
 	wantRefused(t, err, parts...)
 }
+
+// attackForeignPoolSlice: a compromised tenancy node (its plugin's own
+// token) publishes, as a slice of its own node, the pool named after the
+// dedicated pool's node: that node's whole GPU at 1Gi of memory, newer than
+// what that node publishes, so that the dedicated GPU would cost a tenant
+// next to nothing and the scheduler would take the forged slice. The
+// node-isolation policy refuses it, no such slice exists after, and what
+// tenancy costs the dedicated node's GPU at is unchanged.
+func attackForeignPoolSlice(ctx context.Context, t *testing.T) {
+	t.Helper()
+	costed := func() int64 {
+		t.Helper()
+		list, err := local.Client.ResourceV1().ResourceSlices().List(ctx, metav1.ListOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return tenancy.DeviceMemory(ptrsOf(list.Items))[tenancy.DeviceID{Driver: gpuapi.DriverName, Pool: poolNode.Name, Device: gpuapi.WholeDeviceName(0)}]
+	}
+	before := costed()
+	if before == 0 {
+		t.Fatalf("the dedicated node %s publishes no %s", poolNode.Name, gpuapi.WholeDeviceName(0))
+	}
+	asNode := clientFor(t, local.Node(tenancyNode.Name).Options().Kubeconfig)
+	forged := builder.MakeSlice("forged-foreign-pool", tenancyNode.Name).Pool(poolNode.Name, 1<<40, 1).
+		Device(builder.MakeDevice(gpuapi.WholeDeviceName(0)).Attr(gpuapi.AttrType, "gpu").Capacity(gpuapi.CapMemory, "1Gi").Gated().Obj()).Obj()
+	_, err := asNode.ResourceV1().ResourceSlices().Create(ctx, forged, metav1.CreateOptions{})
+	if _, getErr := local.Client.ResourceV1().ResourceSlices().Get(ctx, forged.Name, metav1.GetOptions{}); getErr == nil {
+		t.Errorf("the forged slice %s exists", forged.Name)
+		_ = local.Client.ResourceV1().ResourceSlices().Delete(context.WithoutCancel(ctx), forged.Name, metav1.DeleteOptions{})
+	}
+	if err == nil || !strings.Contains(err.Error(), "kubelet plugin of node "+tenancyNode.Name) {
+		t.Errorf("a slice of %s in the pool named after %s: %v, want the node-isolation policy's refusal", tenancyNode.Name, poolNode.Name, err)
+	}
+	if after := costed(); after != before {
+		t.Errorf("the dedicated node's %s is costed at %d bytes, was %d", gpuapi.WholeDeviceName(0), after, before)
+	}
+}

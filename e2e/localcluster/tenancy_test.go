@@ -8,6 +8,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	resourceapi "k8s.io/api/resource/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/util/wait"
@@ -39,6 +40,16 @@ func TestTenancyAttackMatrix(t *testing.T) {
 	outside, unbound, churn := newNamespace(t), newNamespace(t), newNamespace(t)
 	wholeTenant := newTenant(t, "whole", tenancyv1.GPUTenantSpec{AllowedDeviceClasses: []string{gpuapi.ClassGPU}})
 	wholeNS := tenantNamespace(t, wholeTenant.Name)
+	sharesOnly := tenancyv1.GPUTenantSpec{AllowedDeviceClasses: []string{gpuapi.ClassShared}}
+	mixedTenant, tinyTenant := newTenant(t, "mixed", sharesOnly), newTenant(t, "tiny", sharesOnly)
+	mixedNS, tinyNS := tenantNamespace(t, mixedTenant.Name), tenantNamespace(t, tinyTenant.Name)
+	extendedTenant := newTenant(t, "extended", sharesOnly)
+	extendedNS := tenantNamespace(t, extendedTenant.Name)
+	// Less than one 1g.18gb partition: every claim of floodTenant is over budget.
+	floodTenant := newTenant(t, "flood", tenancyv1.GPUTenantSpec{AllowedDeviceClasses: []string{gpuapi.ClassMIG},
+		Budget: &tenancyv1.Budget{GPUMemory: new(resource.MustParse("1Gi"))}})
+	steadyTenant := newTenant(t, "steady", tenancyv1.GPUTenantSpec{AllowedDeviceClasses: []string{gpuapi.ClassMIG}})
+	floodNS, steadyNS := tenantNamespace(t, floodTenant.Name), tenantNamespace(t, steadyTenant.Name)
 	ctx := testContext(t)
 
 	tolerating := func(key string, op resourceapi.DeviceTolerationOperator) resourceapi.DeviceRequest {
@@ -81,8 +92,11 @@ func TestTenancyAttackMatrix(t *testing.T) {
 			})),
 			want: []string{"GPUTenant " + tenant.Name, "request gpu", "tenancy taint"},
 		},
-		"tolerating the health taint is fine": {spec: claimSpec(tolerating(gpuapi.TaintKeyUnhealthy, resourceapi.DeviceTolerationOpExists))},
-		"a claim of no devices is fine":       {spec: claimSpec()},
+		// ns lacks DRA's admin-access label: the API server refuses before
+		// any policy speaks.
+		"admin access without the namespace's admin label": {spec: claimSpec(adminAccess), want: []string{"admin access", tenancyv1.LabelAdminAccess}},
+		"tolerating the health taint is fine":              {spec: claimSpec(tolerating(gpuapi.TaintKeyUnhealthy, resourceapi.DeviceTolerationOpExists))},
+		"a claim of no devices is fine":                    {spec: claimSpec()},
 	} {
 		t.Run(name, func(t *testing.T) {
 			err := createClaim(ctx, ns, tc.spec)
@@ -119,6 +133,9 @@ func TestTenancyAttackMatrix(t *testing.T) {
 	t.Run("a node publishing a dedicated pool it is not labelled for", func(t *testing.T) {
 		attackForgedPool(ctx, t, other, victim)
 	})
+	t.Run("a node publishing a pool named after another node", func(t *testing.T) {
+		attackForeignPoolSlice(testContext(t), t)
+	})
 	t.Run("a kubelet relabelling a node's pool", func(t *testing.T) {
 		attackKubeletNodeLabel(testContext(t), t)
 	})
@@ -138,6 +155,20 @@ func TestTenancyAttackMatrix(t *testing.T) {
 	})
 	t.Run("free taints under a claim loop", func(t *testing.T) {
 		attackFreeRules(ctx, t, churn)
+	})
+	// The cost rule: what a tenant's shares keep from others is what its
+	// budget counts, and what kubectl get gput shows.
+	t.Run("shares of mixed shape priced by what they deny", func(t *testing.T) {
+		attackMixedShares(ctx, t, mixedTenant, mixedNS)
+	})
+	t.Run("tiny shares holding whole GPUs", func(t *testing.T) {
+		attackTinyShares(ctx, t, tinyTenant, tinyNS)
+	})
+	t.Run("a share through an extended resource", func(t *testing.T) {
+		attackExtendedResource(ctx, t, extendedTenant, extendedNS)
+	})
+	t.Run("a flood of over-budget claims delaying another tenant", func(t *testing.T) {
+		attackFlood(ctx, t, floodNS, steadyNS)
 	})
 
 	t.Run("a namespace selected by two tenants", func(t *testing.T) {
