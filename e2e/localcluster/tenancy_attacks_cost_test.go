@@ -228,32 +228,20 @@ func attackTinyShares(ctx context.Context, t *testing.T, tenant *tenancyv1.GPUTe
 	}
 }
 
-// attackExtendedResource: a tenant's pod asks for a share through DRA's
-// extended resource (deviceclass.resource.kubernetes.io/shared.gpu.tessera.dev,
-// which every DeviceClass serves), not a claim: kube-scheduler makes the
-// claim itself. Its goal is a share that no budget counts. The share is
-// charged like any claim of the class: with a budget of half the GPU's
-// memory it is refused over budget (an Exclusive tenant's share costs the
-// whole GPU), with a budget of no shared device it is refused for the
-// device; the pod is never bound meanwhile. With a budget that holds it,
-// the same pod binds.
-func attackExtendedResource(ctx context.Context, t *testing.T, tenant *tenancyv1.GPUTenant, ns string) {
+// extendedResourcePod is a pod on the tenancy node whose container asks for
+// one device of class through DRA's extended resource
+// (deviceclass.resource.kubernetes.io/<class>, which every DeviceClass
+// serves): kube-scheduler makes its claim itself.
+func extendedResourcePod(ctx context.Context, t *testing.T, ns, name, class string) *corev1.Pod {
 	t.Helper()
-	waitShapedAs(ctx, t, ns, tenant)
-	waitTenancyGPUsFree(ctx, t)
-	gpu := sharedGPUMemory(ctx, t)
-	setBudget := func(b tenancyv1.Budget) {
-		t.Helper()
-		updateTenant(t, tenant.Name, func(g *tenancyv1.GPUTenant) { g.Spec.Budget = &b })
-	}
-	setBudget(tenancyv1.Budget{GPUMemory: resource.NewQuantity(gpu/2, resource.BinarySI)})
-	extended := corev1.ResourceName(resourceapi.ResourceDeviceClassPrefix + gpuapi.ClassShared)
 	pod := &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Name: "extended", Namespace: ns},
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns},
 		Spec: corev1.PodSpec{
 			Containers: []corev1.Container{{
 				Name: "ctr", Image: "registry.k8s.io/pause:3.10",
-				Resources: corev1.ResourceRequirements{Limits: corev1.ResourceList{extended: resource.MustParse("1")}},
+				Resources: corev1.ResourceRequirements{Limits: corev1.ResourceList{
+					corev1.ResourceName(resourceapi.ResourceDeviceClassPrefix + class): resource.MustParse("1"),
+				}},
 			}},
 			TerminationGracePeriodSeconds: new(int64(5)),
 		},
@@ -261,41 +249,68 @@ func attackExtendedResource(ctx context.Context, t *testing.T, tenant *tenancyv1
 	onTenancyNodeOnly(pod)
 	pod, err := local.Client.CoreV1().Pods(ns).Create(ctx, pod, metav1.CreateOptions{})
 	if err != nil {
-		t.Fatalf("create pod: %v", err)
+		t.Fatalf("create pod %s: %v", name, err)
 	}
 	t.Cleanup(func() { deletePodsAndClaims(context.WithoutCancel(ctx), t, ns, pod) })
+	return pod
+}
 
-	// waitRefused waits for an OverBudget event containing want; the pod
-	// is never bound meanwhile.
-	waitRefused := func(want string) {
-		t.Helper()
-		err := wait.PollUntilContextTimeout(ctx, pollEvery, waitTimeout, true, func(ctx context.Context) (bool, error) {
-			p, err := local.Client.CoreV1().Pods(ns).Get(ctx, pod.Name, metav1.GetOptions{})
-			if err != nil {
-				return false, nil
-			}
-			if p.Spec.NodeName != "" {
-				return false, fmt.Errorf("the pod was bound to %s, past a budget that does not hold its share", p.Spec.NodeName)
-			}
-			for _, ev := range events(ctx, pod, tenancyv1.ReasonOverBudget) {
-				if strings.Contains(ev.Message, want) {
-					return true, nil
-				}
-			}
-			return false, nil
-		})
+// waitPodRefused waits until pod has an event of reason whose message
+// contains want; the pod is never bound meanwhile, and no claim of its
+// namespace is admitted.
+func waitPodRefused(ctx context.Context, t *testing.T, pod *corev1.Pod, reason, want string) {
+	t.Helper()
+	err := wait.PollUntilContextTimeout(ctx, pollEvery, waitTimeout, true, func(ctx context.Context) (bool, error) {
+		p, err := local.Client.CoreV1().Pods(pod.Namespace).Get(ctx, pod.Name, metav1.GetOptions{})
 		if err != nil {
-			t.Fatalf("no OverBudget refusal containing %q: %v; events: %s", want, err, eventSummary(pod))
+			return false, nil
 		}
-		assertNotBoundNorAdmitted(ctx, t, pod, "the extended-resource pod")
+		if p.Spec.NodeName != "" {
+			return false, fmt.Errorf("pod %s was bound to %s", pod.Name, p.Spec.NodeName)
+		}
+		for _, ev := range events(ctx, pod, reason) {
+			if strings.Contains(ev.Message, want) {
+				return true, nil
+			}
+		}
+		return false, nil
+	})
+	if err != nil {
+		t.Fatalf("no %s event containing %q: %v; events: %s", reason, want, err, eventSummary(pod))
 	}
-	waitRefused("+ " + resource.NewQuantity(gpu, resource.BinarySI).String() + " requested")
-	setBudget(tenancyv1.Budget{GPUMemory: resource.NewQuantity(2*gpu, resource.BinarySI), Devices: map[string]int64{gpuapi.ClassShared: 0}})
-	waitRefused(gpuapi.ClassShared + " devices 0 in use + 1 requested > budget 0")
+	assertNotBoundNorAdmitted(ctx, t, pod, "pod "+pod.Name)
+}
+
+// attackExtendedResource: a tenant's pods ask for devices through DRA's
+// extended resources instead of claims, to get devices that no budget
+// counts. A share (shared.gpu.tessera.dev) is never allocated: every shared
+// GPU carries a tenancy sharing taint, which the scheduler's own claim does
+// not tolerate. A whole GPU (gpu.tessera.dev) is allocated, and the binding
+// check charges the scheduler's claim like any other: refused for the device
+// on a budget of no whole GPU, for the memory on half a GPU's; the pod is
+// never bound meanwhile. With a budget that holds it, the same pod binds.
+func attackExtendedResource(ctx context.Context, t *testing.T, tenant *tenancyv1.GPUTenant, ns string) {
+	t.Helper()
+	waitTenancyGPUsFree(ctx, t)
+	share := extendedResourcePod(ctx, t, ns, "share", gpuapi.ClassShared)
+	waitPodRefused(ctx, t, share, "FailedScheduling", "cannot allocate all claims")
+	deletePodsAndClaims(ctx, t, ns, share)
+
+	whole := wholeMemory(t)
+	setBudget := func(b tenancyv1.Budget) {
+		t.Helper()
+		updateTenant(t, tenant.Name, func(g *tenancyv1.GPUTenant) { g.Spec.Budget = &b })
+	}
+	twoGPUs := resource.NewQuantity(2*whole, resource.BinarySI)
+	setBudget(tenancyv1.Budget{GPUMemory: twoGPUs, Devices: map[string]int64{gpuapi.ClassGPU: 0}})
+	pod := extendedResourcePod(ctx, t, ns, "whole", gpuapi.ClassGPU)
+	waitPodRefused(ctx, t, pod, tenancyv1.ReasonOverBudget, gpuapi.ClassGPU+" devices 0 in use + 1 requested > budget 0")
+	setBudget(tenancyv1.Budget{GPUMemory: resource.NewQuantity(whole/2, resource.BinarySI)})
+	waitPodRefused(ctx, t, pod, tenancyv1.ReasonOverBudget, "+ "+resource.NewQuantity(whole, resource.BinarySI).String()+" requested")
 
 	// The control: within budget, the scheduler's claim is admitted.
-	setBudget(tenancyv1.Budget{GPUMemory: resource.NewQuantity(2*gpu, resource.BinarySI), Devices: map[string]int64{gpuapi.ClassShared: 1}})
-	err = wait.PollUntilContextTimeout(ctx, pollEvery, waitTimeout, true, func(ctx context.Context) (bool, error) {
+	setBudget(tenancyv1.Budget{GPUMemory: twoGPUs, Devices: map[string]int64{gpuapi.ClassGPU: 1}})
+	err := wait.PollUntilContextTimeout(ctx, pollEvery, waitTimeout, true, func(ctx context.Context) (bool, error) {
 		p, err := local.Client.CoreV1().Pods(ns).Get(ctx, pod.Name, metav1.GetOptions{})
 		return err == nil && p.Spec.NodeName != "", nil
 	})

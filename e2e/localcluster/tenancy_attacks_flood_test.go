@@ -18,7 +18,7 @@ import (
 // floodClaims is the flood of attackFlood: a few hundred claims are several
 // seconds of the controller's decisions (its status writes are bounded by
 // the chart's --kube-api-qps=50), while allocating them takes about one.
-const floodClaims = 300
+const floodClaims = 400
 
 // attackFlood: tenant flood (whose budget holds no claim) has floodClaims
 // claims allocated at once, written as kube-scheduler writes them, no pods;

@@ -43,7 +43,7 @@ func TestTenancyAttackMatrix(t *testing.T) {
 	sharesOnly := tenancyv1.GPUTenantSpec{AllowedDeviceClasses: []string{gpuapi.ClassShared}}
 	mixedTenant, tinyTenant := newTenant(t, "mixed", sharesOnly), newTenant(t, "tiny", sharesOnly)
 	mixedNS, tinyNS := tenantNamespace(t, mixedTenant.Name), tenantNamespace(t, tinyTenant.Name)
-	extendedTenant := newTenant(t, "extended", sharesOnly)
+	extendedTenant := newTenant(t, "extended", tenancyv1.GPUTenantSpec{AllowedDeviceClasses: []string{gpuapi.ClassShared, gpuapi.ClassGPU}})
 	extendedNS := tenantNamespace(t, extendedTenant.Name)
 	// Less than one 1g.18gb partition: every claim of floodTenant is over budget.
 	floodTenant := newTenant(t, "flood", tenancyv1.GPUTenantSpec{AllowedDeviceClasses: []string{gpuapi.ClassMIG},
