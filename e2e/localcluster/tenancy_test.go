@@ -164,8 +164,8 @@ func TestTenancyAttackMatrix(t *testing.T) {
 	t.Run("tiny shares holding whole GPUs", func(t *testing.T) {
 		attackTinyShares(ctx, t, tinyTenant, tinyNS)
 	})
-	t.Run("a share through an extended resource", func(t *testing.T) {
-		attackExtendedResource(ctx, t, extendedTenant, extendedNS)
+	t.Run("devices through an extended resource", func(t *testing.T) {
+		attackExtendedResource(ctx, t, extendedNS)
 	})
 	t.Run("a flood of over-budget claims delaying another tenant", func(t *testing.T) {
 		attackFlood(ctx, t, floodNS, steadyNS)
