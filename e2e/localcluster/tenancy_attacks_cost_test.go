@@ -16,8 +16,8 @@ import (
 
 	gpuapi "github.com/tessera-gpu/tessera/api/gpu"
 	tenancyv1 "github.com/tessera-gpu/tessera/api/tenancy/v1alpha1"
-	"github.com/tessera-gpu/tessera/pkg/tenancy"
 	"github.com/tessera-gpu/tessera/internal/testing/builder"
+	"github.com/tessera-gpu/tessera/pkg/tenancy"
 )
 
 // The budget attacks of TestTenancyAttackMatrix: shares shaped or requested
