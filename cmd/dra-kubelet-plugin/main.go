@@ -10,8 +10,6 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
-	"path/filepath"
-	"strings"
 	"syscall"
 	"time"
 
@@ -25,9 +23,9 @@ import (
 	gpuapi "github.com/tessera-gpu/tessera/api/gpu"
 	tenancyv1 "github.com/tessera-gpu/tessera/api/tenancy/v1alpha1"
 	"github.com/tessera-gpu/tessera/internal/cli"
+	"github.com/tessera-gpu/tessera/internal/hardware"
 	"github.com/tessera-gpu/tessera/internal/metrics"
 	tnvml "github.com/tessera-gpu/tessera/internal/nvml"
-	"github.com/tessera-gpu/tessera/internal/nvml/nvmlmock"
 	"github.com/tessera-gpu/tessera/internal/nvmlreport"
 	"github.com/tessera-gpu/tessera/internal/plugin"
 	"github.com/tessera-gpu/tessera/internal/sharing"
@@ -134,25 +132,39 @@ func (o *options) containerRoot() string {
 	return "/"
 }
 
-// openNVML opens the --nvml backend; a mock keeps its MIG state in
-// mockStateFile when that is set.
-func (o *options) openNVML(mockStateFile string) (tnvml.Library, error) {
+// hardwareConfig is what the node's hardware is opened with; a mock keeps
+// its MIG state under stateDir when that is set.
+func (o *options) hardwareConfig(stateDir string) (hardware.Config, error) {
 	b, err := tnvml.ParseBackend(o.nvml)
+	if err != nil {
+		return hardware.Config{}, err
+	}
+	return hardware.Config{
+		NVML: b, Seed: o.nodeName, DriverRoot: o.containerRoot(), StateDir: stateDir,
+		DriverMPS: o.driverMPS, MPSShmSize: o.mpsShmSize.Value(),
+	}, nil
+}
+
+// openFailed says where real NVML was looked for when it failed to load.
+func (o *options) openFailed(cfg hardware.Config, err error) error {
+	if err == nil || cfg.NVML.Mock != "" {
+		return err
+	}
+	roots := "--container-driver-root=" + cfg.DriverRoot
+	if o.driverRoot != "" && o.driverRoot != cfg.DriverRoot {
+		roots += ", where the host's --driver-root=" + o.driverRoot + " is mounted"
+	}
+	return fmt.Errorf("%w (%s): is the NVIDIA driver installed under the driver root (chart value kubeletPlugin.driverRoot)?", err, roots)
+}
+
+// openNVML opens the --nvml backend's NVML alone, its mock state in memory.
+func (o *options) openNVML() (tnvml.Library, error) {
+	cfg, err := o.hardwareConfig("")
 	if err != nil {
 		return nil, err
 	}
-	b.Seed = o.nodeName
-	b.StateFile = mockStateFile
-	b.DriverRoot = o.containerRoot()
-	lib, err := tnvml.Open(b)
-	if err != nil && b.Mock == "" {
-		roots := "--container-driver-root=" + b.DriverRoot
-		if o.driverRoot != "" && o.driverRoot != b.DriverRoot {
-			roots += ", where the host's --driver-root=" + o.driverRoot + " is mounted"
-		}
-		return nil, fmt.Errorf("%w (%s): is the NVIDIA driver installed under the driver root (chart value kubeletPlugin.driverRoot)?", err, roots)
-	}
-	return lib, err
+	lib, err := hardware.OpenNVML(cfg)
+	return lib, o.openFailed(cfg, err)
 }
 
 func main() {
@@ -195,7 +207,7 @@ func newCommand() *cobra.Command {
 			if o.nodeName == "" {
 				return fmt.Errorf("--node-name is required")
 			}
-			lib, err := o.openNVML("")
+			lib, err := o.openNVML()
 			if err != nil {
 				return err
 			}
@@ -220,7 +232,7 @@ func newCommand() *cobra.Command {
 		Args:    cobra.NoArgs,
 		PreRunE: func(cmd *cobra.Command, _ []string) error { return cli.FromEnv(cmd.Flags()) },
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			lib, err := o.openNVML("")
+			lib, err := o.openNVML()
 			if err != nil {
 				return err
 			}
@@ -275,40 +287,39 @@ func run(ctx context.Context, o *options) error {
 	// A mock's MIG instances outlive a plugin restart, as on hardware, so
 	// that restarts on simulated nodes test the checkpoint against what the
 	// GPUs really hold.
-	lib, err := o.openNVML(filepath.Join(o.stateDir, nvmlmock.StateFileName))
+	hwConfig, err := o.hardwareConfig(o.stateDir)
 	if err != nil {
 		return err
 	}
-	defer func() { _ = lib.Shutdown() }()
 	// Every real MPS daemon is started through this binary's launcher,
 	// whether the GPUs are real or mocked (--driver-mps).
 	exe, err := os.Executable()
 	if err != nil {
 		return fmt.Errorf("find own executable for the MPS launcher: %w", err)
 	}
-	mock := strings.HasPrefix(o.nvml, "mock:")
+	hwConfig.MPSLauncher = []string{exe, "mps-launch"}
+	hw, err := hardware.Open(ctx, hwConfig)
+	if err != nil {
+		return o.openFailed(hwConfig, err)
+	}
+	defer func() { _ = hw.Close() }()
 	return plugin.RunNode(ctx, plugin.Options{
 		NodeName:           o.nodeName,
 		KubeClient:         client,
-		NVML:               lib,
 		PluginDataDir:      o.pluginDataDir,
 		RegistrarDir:       o.registrarDir,
 		Slices:             o.sliceOptions(),
 		RediscoverInterval: o.rediscover,
 		PodUID:             types.UID(o.podUID),
 	}, plugin.NodeOptions{
+		Hardware:               hw,
 		CDIRoot:                o.cdiRoot,
 		StateDir:               o.stateDir,
 		DriverRoot:             o.driverRoot,
-		ContainerDriverRoot:    o.containerRoot(),
 		MetricsAddress:         o.metricsAddress,
 		MetricsServeOptions:    o.metricsServeOptions(client),
 		HealthPort:             o.healthPort,
 		HealthAddress:          o.healthAddress,
-		SimulatedDriver:        mock,
-		DriverMPS:              o.driverMPS,
-		MPSLauncher:            []string{exe, "mps-launch"},
-		MPSShmSize:             o.mpsShmSize.Value(),
 		AllowMissingCheckpoint: o.allowMissingCheckpoint,
 		ClaimMetricsInterval:   o.claimMetricsInterval,
 		IdleThreshold:          o.idleThreshold,

@@ -15,6 +15,7 @@ import (
 	"k8s.io/klog/v2/ktesting"
 
 	"github.com/tessera-gpu/tessera/internal/claimusage"
+	"github.com/tessera-gpu/tessera/internal/hardware"
 	tnvml "github.com/tessera-gpu/tessera/internal/nvml"
 	"github.com/tessera-gpu/tessera/internal/nvml/nvmlmock"
 	"github.com/tessera-gpu/tessera/internal/prepare"
@@ -29,7 +30,7 @@ const nodeName = "node-1"
 type node struct {
 	server   *nvmlmock.Server
 	lib      tnvml.Library
-	mps      *sharing.FakeMPS
+	mps      *hardware.SimulatedMPS
 	preparer *prepare.Preparer
 	sampler  *claimusage.Sampler
 	registry *prometheus.Registry
@@ -45,10 +46,11 @@ func newNode(t testing.TB, ctx context.Context, model string, gpus int, opts ...
 	if err != nil {
 		t.Fatal(err)
 	}
-	n := &node{server: s, lib: lib, mps: sharing.NewFakeMPS(), registry: prometheus.NewPedanticRegistry()}
-	n.preparer, err = prepare.New(ctx, prepare.WithNVML(lib), prepare.WithNodeName(nodeName),
-		prepare.WithCDIRoot(t.TempDir()), prepare.WithStateDir(t.TempDir()), prepare.WithProcRoot(t.TempDir()),
-		prepare.SimulatedDriver(), prepare.WithMPS(n.mps))
+	state := t.TempDir()
+	n := &node{server: s, lib: lib, mps: hardware.NewSimulatedMPS(sharing.MPSRoot(state)), registry: prometheus.NewPedanticRegistry()}
+	hw := hardware.Simulated(ctx, lib, hardware.Config{ProcRoot: t.TempDir(), StateDir: state})
+	n.preparer, err = prepare.New(ctx, prepare.WithHardware(hw), prepare.WithMPS(n.mps), prepare.WithNodeName(nodeName),
+		prepare.WithCDIRoot(t.TempDir()), prepare.WithStateDir(state))
 	if err != nil {
 		t.Fatal(err)
 	}

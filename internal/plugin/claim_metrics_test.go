@@ -59,10 +59,10 @@ func TestRunNodeServesClaimMetrics(t *testing.T) {
 	dirs := newNodeDirs(t)
 	runUntilEnd(t, ctx, "RunNode", func(ctx context.Context) error {
 		return plugin.RunNode(ctx, plugin.Options{
-			NodeName: "n1", KubeClient: client, NVML: lib,
+			NodeName: "n1", KubeClient: client,
 			PluginDataDir: dirs.data, RegistrarDir: dirs.registrar, RediscoverInterval: time.Hour,
 		}, plugin.NodeOptions{
-			CDIRoot: dirs.cdi, StateDir: dirs.state, HealthPort: -1, SimulatedDriver: true,
+			Hardware: simulated(t, ctx, lib, dirs), CDIRoot: dirs.cdi, StateDir: dirs.state, HealthPort: -1,
 			MetricsAddress: addr, ClaimMetricsInterval: 20 * time.Millisecond,
 		})
 	})

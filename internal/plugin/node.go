@@ -12,6 +12,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/tessera-gpu/tessera/internal/claimusage"
+	"github.com/tessera-gpu/tessera/internal/hardware"
 	"github.com/tessera-gpu/tessera/internal/health"
 	"github.com/tessera-gpu/tessera/internal/metrics"
 	tnvml "github.com/tessera-gpu/tessera/internal/nvml"
@@ -21,14 +22,14 @@ import (
 
 // NodeOptions configure the node-side services around the kubelet plugin.
 type NodeOptions struct {
+	// Hardware is the node's GPUs and driver, real or simulated
+	// (hardware.Open); its NVML is the one the plugin publishes from.
+	Hardware hardware.Node
 	CDIRoot  string
 	StateDir string
 	// DriverRoot is the NVIDIA driver's root on the host, which every
 	// path in a CDI spec starts with (default /).
 	DriverRoot string
-	// ContainerDriverRoot is where this process sees DriverRoot: the
-	// driver's binaries and /proc are read there (default DriverRoot).
-	ContainerDriverRoot string
 	// MetricsAddress serves Prometheus /metrics; empty disables it.
 	MetricsAddress string
 	// MetricsServeOptions configure the metrics endpoint, e.g.
@@ -39,30 +40,16 @@ type NodeOptions struct {
 	// HealthAddress is the address the health probe listens on with HealthPort;
 	// empty is every address of the node (where the kubelet probes the pod).
 	HealthAddress string
-	// SimulatedDriver is set for mock NVML backends, which have no driver
-	// binaries or /proc files behind them.
-	SimulatedDriver bool
-	// DriverMPS runs MPS daemons with the driver root's
-	// nvidia-cuda-mps-control even with SimulatedDriver, as on a GPU node
-	// (prepare.WithDriverMPS); it needs MPSLauncher.
-	DriverMPS bool
 	// MPSCheckInterval is how often MPS daemons are checked and restarted
 	// (default 1 s): how long a claim's new CUDA processes may run without
 	// MPS, so without limits, after its daemon died (e.g. with the other
 	// pod of a rolling update). A check reads a directory and probes a
 	// lock per daemon.
 	MPSCheckInterval time.Duration
-	// MPSLauncher runs MPS daemons, holding their liveness locks and giving
-	// them a private /dev/shm: this binary's "mps-launch" subcommand. Real
-	// MPS daemons need it; simulated drivers do not.
-	MPSLauncher []string
 	// AllowMissingCheckpoint lets start-up go on without a checkpoint
 	// although MIG instances exist, destroying them (see
 	// prepare.WithMissingCheckpointAllowed).
 	AllowMissingCheckpoint bool
-	// MPSShmSize is the size in bytes of each claim's MPS /dev/shm (a
-	// tmpfs); 0 takes the default.
-	MPSShmSize int64
 	// ClaimMetricsInterval is how often the prepared claims' devices are
 	// sampled for the tessera_claim_gpu_* metrics; 0 disables them.
 	ClaimMetricsInterval time.Duration
@@ -93,27 +80,13 @@ func RunNode(ctx context.Context, opts Options, node NodeOptions) error {
 		node.StaleClaimInterval = time.Minute
 	}
 	m := metrics.New()
+	opts.NVML = node.Hardware.NVML
 	prepOpts := []prepare.Option{
-		prepare.WithNVML(opts.NVML), prepare.WithNodeName(opts.NodeName), prepare.WithCDIRoot(node.CDIRoot),
+		prepare.WithHardware(node.Hardware), prepare.WithNodeName(opts.NodeName), prepare.WithCDIRoot(node.CDIRoot),
 		prepare.WithStateDir(node.StateDir), prepare.WithDriverRoot(node.DriverRoot), prepare.WithMetrics(m),
-	}
-	if node.ContainerDriverRoot != "" {
-		prepOpts = append(prepOpts, prepare.WithContainerDriverRoot(node.ContainerDriverRoot))
-	}
-	if node.SimulatedDriver {
-		prepOpts = append(prepOpts, prepare.SimulatedDriver())
-	}
-	if node.DriverMPS {
-		prepOpts = append(prepOpts, prepare.WithDriverMPS())
-	}
-	if len(node.MPSLauncher) > 0 {
-		prepOpts = append(prepOpts, prepare.WithMPSLauncher(node.MPSLauncher...))
 	}
 	if node.AllowMissingCheckpoint {
 		prepOpts = append(prepOpts, prepare.WithMissingCheckpointAllowed())
-	}
-	if node.MPSShmSize > 0 {
-		prepOpts = append(prepOpts, prepare.WithMPSShmSize(node.MPSShmSize))
 	}
 	if opts.KubeClient != nil {
 		recorder, stop, err := nodeEvents(ctx, opts.KubeClient)

@@ -23,6 +23,7 @@ import (
 
 	gpuapi "github.com/tessera-gpu/tessera/api/gpu"
 	"github.com/tessera-gpu/tessera/internal/checkpoint"
+	"github.com/tessera-gpu/tessera/internal/hardware"
 	tnvml "github.com/tessera-gpu/tessera/internal/nvml"
 	"github.com/tessera-gpu/tessera/internal/plugin"
 	"github.com/tessera-gpu/tessera/pkg/resourceslice"
@@ -42,13 +43,20 @@ func runNode(t *testing.T, ctx context.Context, dirs nodeDirs, client *fake.Clie
 		nvml = mockH200s(t, 1)
 	}
 	opts := plugin.Options{
-		NodeName: "n1", KubeClient: client, NVML: nvml,
+		NodeName: "n1", KubeClient: client,
 		PluginDataDir: dirs.data, RegistrarDir: dirs.registrar, RediscoverInterval: time.Hour,
 	}
 	if len(sliceOpts) > 0 {
 		opts.Slices = sliceOpts[0]
 	}
-	return plugin.RunNode(ctx, opts, plugin.NodeOptions{CDIRoot: dirs.cdi, StateDir: dirs.state, HealthPort: -1, SimulatedDriver: true})
+	hw := simulated(t, ctx, nvml, dirs)
+	return plugin.RunNode(ctx, opts, plugin.NodeOptions{Hardware: hw, CDIRoot: dirs.cdi, StateDir: dirs.state, HealthPort: -1})
+}
+
+// simulated is a simulated node's hardware around nvml, on a driver root
+// without driver files.
+func simulated(t *testing.T, ctx context.Context, nvml tnvml.Library, dirs nodeDirs) hardware.Node {
+	return hardware.Simulated(ctx, nvml, hardware.Config{DriverRoot: t.TempDir(), StateDir: dirs.state})
 }
 
 // TestRunNodePreparesThroughTheKubeletAPI wires the whole node side (the

@@ -4,7 +4,6 @@ import (
 	"context"
 
 	"github.com/tessera-gpu/tessera/internal/checkpoint"
-	"github.com/tessera-gpu/tessera/internal/sharing"
 )
 
 // PreparedClaims returns a copy of every claim whose devices are all made,
@@ -22,12 +21,7 @@ func (p *Preparer) PreparedClaims() []*checkpoint.Claim {
 }
 
 // MPSProcesses returns, by claim UID, the processes of the claim's own MPS
-// daemon in the plugin's PID namespace (see sharing.ProcessLister); none
-// when the MPS control cannot list them.
+// daemon in the plugin's PID namespace (see sharing.ProcessLister).
 func (p *Preparer) MPSProcesses(ctx context.Context) (map[string][]int, error) {
-	lister, ok := p.mps.(sharing.ProcessLister)
-	if !ok {
-		return nil, nil
-	}
-	return lister.Processes(ctx)
+	return p.mps.Processes(ctx)
 }

@@ -15,6 +15,7 @@ import (
 	cdispec "tags.cncf.io/container-device-interface/specs-go"
 
 	"github.com/tessera-gpu/tessera/internal/driverroot"
+	"github.com/tessera-gpu/tessera/internal/hardware"
 )
 
 // containerRoot lays out, under a fresh directory, the driver root as the
@@ -62,8 +63,9 @@ func TestDriverRoots(t *testing.T) {
 			_, ctx := ktesting.NewTestContext(t)
 			e := newTestEnv(t, "dgxh200", 2)
 			container := e.containerRoot(t)
-			p, err := New(ctx, WithNVML(e.lib), WithNodeName(nodeName), WithCDIRoot(e.cdiRoot), WithStateDir(e.stateDir),
-				WithDriverRoot(hostRoot), WithContainerDriverRoot(container), WithMPS(e.mps), WithTimeSlicer(e.slicer))
+			hw := hardware.Driver(ctx, e.lib, hardware.Config{DriverRoot: container, StateDir: e.stateDir})
+			p, err := New(ctx, WithHardware(hw), WithMPS(e.mps), WithTimeSlicer(e.slicer), WithNodeName(nodeName), WithCDIRoot(e.cdiRoot),
+				WithStateDir(e.stateDir), WithDriverRoot(hostRoot))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -148,8 +150,8 @@ func TestTimeSlicingRunsTheDriversNvidiaSMI(t *testing.T) {
 	if err := os.Chmod(filepath.Join(container, "usr/bin/nvidia-smi"), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	p, err := New(ctx, WithNVML(e.lib), WithNodeName(nodeName), WithCDIRoot(e.cdiRoot), WithStateDir(e.stateDir),
-		WithDriverRoot("/"), WithContainerDriverRoot(container), WithMPS(e.mps))
+	hw := hardware.Driver(ctx, e.lib, hardware.Config{DriverRoot: container, StateDir: e.stateDir})
+	p, err := New(ctx, WithHardware(hw), WithMPS(e.mps), WithNodeName(nodeName), WithCDIRoot(e.cdiRoot), WithStateDir(e.stateDir), WithDriverRoot("/"))
 	if err != nil {
 		t.Fatal(err)
 	}

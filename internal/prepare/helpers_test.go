@@ -14,9 +14,9 @@ import (
 
 	tcdi "github.com/tessera-gpu/tessera/internal/cdi"
 	"github.com/tessera-gpu/tessera/internal/checkpoint"
+	"github.com/tessera-gpu/tessera/internal/hardware"
 	tnvml "github.com/tessera-gpu/tessera/internal/nvml"
 	"github.com/tessera-gpu/tessera/internal/nvml/nvmlmock"
-	"github.com/tessera-gpu/tessera/internal/sharing"
 	"github.com/tessera-gpu/tessera/internal/testing/builder"
 )
 
@@ -31,8 +31,8 @@ type testEnv struct {
 	cdiRoot  string
 	stateDir string
 	procRoot string
-	mps      *sharing.FakeMPS
-	slicer   *sharing.FakeTimeSlicer
+	mps      *hardware.SimulatedMPS
+	slicer   *hardware.SimulatedTimeSlicer
 }
 
 // maxTestGPUInstanceID bounds the capability files the fake /proc holds:
@@ -52,7 +52,7 @@ func newTestEnv(t testing.TB, model string, gpus int) *testEnv {
 	e := &testEnv{
 		t: t, server: s, lib: lib,
 		cdiRoot: t.TempDir(), stateDir: t.TempDir(), procRoot: t.TempDir(),
-		mps: sharing.NewFakeMPS(), slicer: &sharing.FakeTimeSlicer{},
+		mps: hardware.NewSimulatedMPS(""), slicer: &hardware.SimulatedTimeSlicer{},
 	}
 	// The driver's majors, as /proc/devices lists them on a node with the
 	// UVM and capability modules loaded.
@@ -86,8 +86,8 @@ func writeFile(t testing.TB, path, content string) {
 // preparer starts a Preparer on the environment, as a plugin start would.
 func (e *testEnv) preparer(ctx context.Context, opts ...Option) (*Preparer, error) {
 	return New(ctx, append([]Option{
-		WithNVML(e.lib), WithNodeName(nodeName), WithCDIRoot(e.cdiRoot), WithStateDir(e.stateDir),
-		WithDriverRoot("/"), WithProcRoot(e.procRoot), WithMPS(e.mps), WithTimeSlicer(e.slicer),
+		WithHardware(hardware.Node{NVML: e.lib, MPS: e.mps, TimeSlicer: e.slicer, DeviceNodes: hardware.DriverDevices(e.procRoot)}),
+		WithNodeName(nodeName), WithCDIRoot(e.cdiRoot), WithStateDir(e.stateDir), WithDriverRoot("/"),
 	}, opts...)...)
 }
 

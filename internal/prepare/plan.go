@@ -208,11 +208,11 @@ func (p *Preparer) cdiClaim(c *checkpoint.Claim) (tcdi.Claim, error) {
 	var mpsMemory = map[int]int64{}
 	var mpsThreads int64
 	mps := false
-	driver, err := p.readDriver()
+	driver, err := p.deviceNodes.Driver()
 	if err != nil {
 		return out, err
 	}
-	control, err := p.controlNodes(driver)
+	control, err := p.deviceNodes.Control(driver)
 	if err != nil {
 		return out, err
 	}
@@ -226,7 +226,7 @@ func (p *Preparer) cdiClaim(c *checkpoint.Claim) (tcdi.Claim, error) {
 				// the older <GPU UUID>/<GI>/<CI> form.
 				uuid = fmt.Sprintf("MIG-%s/%d/%d", d.GPUUUID, d.MIG.GPUInstanceID, d.MIG.ComputeInstanceID)
 			}
-			caps, err := p.migCapabilities(driver, d.GPUMinor, d.MIG.GPUInstanceID, d.MIG.ComputeInstanceID)
+			caps, err := p.deviceNodes.MIGCapabilities(driver, d.GPUMinor, d.MIG.GPUInstanceID, d.MIG.ComputeInstanceID)
 			if err != nil {
 				return out, fmt.Errorf("MIG device %s: %w", d.Device, err)
 			}

@@ -10,8 +10,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -27,7 +25,7 @@ import (
 	configapi "github.com/tessera-gpu/tessera/api/config/v1alpha1"
 	tcdi "github.com/tessera-gpu/tessera/internal/cdi"
 	"github.com/tessera-gpu/tessera/internal/checkpoint"
-	"github.com/tessera-gpu/tessera/internal/driverroot"
+	"github.com/tessera-gpu/tessera/internal/hardware"
 	"github.com/tessera-gpu/tessera/internal/metrics"
 	tnvml "github.com/tessera-gpu/tessera/internal/nvml"
 	"github.com/tessera-gpu/tessera/internal/sharing"
@@ -43,27 +41,18 @@ type Preparer struct {
 	cdi   *tcdi.Writer
 	store *checkpoint.Store
 	mps   sharing.MPSControl
-	// simulated is set by SimulatedDriver: the fake MPS then keeps real
-	// directories under the state dir, for the mounts of the claims' CDI specs.
-	simulated bool
-	// driverMPS is set by WithDriverMPS.
-	driverMPS bool
-	slicer    sharing.TimeSlicer
-	metrics   *metrics.Metrics
-	events    events.EventRecorder
-	hook      func(Step) error
-	// capabilities, when set, replaces reading the capability files.
-	capabilities CapabilityLookup
-	nodeName     string
-	cdiRoot      string
-	driverRoot   string
-	procRoot     string
-	stateDir     string
-	mpsLauncher  []string
-	mpsShmSize   int64
+	// slicer sets time slices and devices gives the CDI specs' device
+	// nodes, as the hardware (hardware.Node) has them.
+	slicer      sharing.TimeSlicer
+	deviceNodes hardware.DeviceNodes
+	metrics     *metrics.Metrics
+	events      events.EventRecorder
+	hook        func(Step) error
+	nodeName    string
+	cdiRoot     string
+	driverRoot  string
+	stateDir    string
 
-	// containerDriverRoot is where this process sees driverRoot.
-	containerDriverRoot string
 	// checkpointOpts configure the checkpoint store.
 	checkpointOpts []checkpoint.StoreOption
 	// missingCheckpointOK lets start-up go on without a checkpoint although
@@ -121,7 +110,16 @@ type gpuState struct {
 // Option configures a Preparer.
 type Option func(*Preparer)
 
-// WithNVML sets the NVML library (required).
+// WithHardware sets the node's hardware, real or simulated (required, or
+// each of its parts with WithNVML, WithMPS, WithTimeSlicer and
+// WithDeviceNodes).
+func WithHardware(hw hardware.Node) Option {
+	return func(p *Preparer) {
+		p.nvml, p.mps, p.slicer, p.deviceNodes = hw.NVML, hw.MPS, hw.TimeSlicer, hw.DeviceNodes
+	}
+}
+
+// WithNVML sets the NVML library.
 func WithNVML(lib tnvml.Library) Option { return func(p *Preparer) { p.nvml = lib } }
 
 // WithNodeName sets the node name, which is the name of the node's pool.
@@ -135,39 +133,20 @@ func WithCDIRoot(dir string) Option { return func(p *Preparer) { p.cdiRoot = dir
 // <root>/dev/..., since the container runtime reads the specs on the host.
 func WithDriverRoot(dir string) Option { return func(p *Preparer) { p.driverRoot = dir } }
 
-// WithContainerDriverRoot sets where this process sees the driver root
-// (default: the driver root's own path): nvidia-smi, the MPS control
-// daemon and, unless WithProcRoot says otherwise, the driver's /proc
-// (devices, capabilities) are read under it.
-func WithContainerDriverRoot(dir string) Option {
-	return func(p *Preparer) { p.containerDriverRoot = dir }
-}
-
-// WithProcRoot sets the /proc whose devices file gives the driver's
-// device majors and whose driver/nvidia/capabilities tree gives the MIG
-// capability minors (default <container driver root>/proc).
-func WithProcRoot(dir string) Option { return func(p *Preparer) { p.procRoot = dir } }
-
 // WithStateDir sets the directory of the checkpoint and of the MPS daemons'
 // pipe, log and /dev/shm directories (default /var/lib/tessera). Each
 // daemon's /dev/shm is a tmpfs of its own, so it never fills this disk.
 func WithStateDir(dir string) Option { return func(p *Preparer) { p.stateDir = dir } }
 
-// WithMPS sets the MPS daemon control (default: real daemons under the
-// state directory, each with a tmpfs /dev/shm).
+// WithMPS sets the MPS daemon control, whose daemons' directories are
+// under the state directory (sharing.MPSRoot).
 func WithMPS(m sharing.MPSControl) Option { return func(p *Preparer) { p.mps = m } }
 
-// WithMPSLauncher sets the command that runs real MPS daemons, holding
-// their liveness locks and giving them a private /dev/shm (see
-// sharing.MPSDaemons.Launcher); real daemons need it.
-func WithMPSLauncher(cmd ...string) Option { return func(p *Preparer) { p.mpsLauncher = cmd } }
-
-// WithMPSShmSize sets the size of each MPS daemon's /dev/shm (default
-// sharing.DefaultShmSize).
-func WithMPSShmSize(bytes int64) Option { return func(p *Preparer) { p.mpsShmSize = bytes } }
-
-// WithTimeSlicer sets how time slices are applied (default: nvidia-smi).
+// WithTimeSlicer sets how time slices are applied.
 func WithTimeSlicer(t sharing.TimeSlicer) Option { return func(p *Preparer) { p.slicer = t } }
+
+// WithDeviceNodes sets where the CDI specs' device nodes come from.
+func WithDeviceNodes(d hardware.DeviceNodes) Option { return func(p *Preparer) { p.deviceNodes = d } }
 
 // WithMetrics sets the metrics to update.
 func WithMetrics(m *metrics.Metrics) Option { return func(p *Preparer) { p.metrics = m } }
@@ -202,32 +181,15 @@ func New(ctx context.Context, opts ...Option) (*Preparer, error) {
 	for _, o := range opts {
 		o(p)
 	}
-	if p.nvml == nil {
+	switch {
+	case p.nvml == nil:
 		return nil, errors.New("prepare: no NVML library")
-	}
-	if p.containerDriverRoot == "" {
-		p.containerDriverRoot = p.driverRoot
-	}
-	if p.procRoot == "" {
-		p.procRoot = filepath.Join(p.containerDriverRoot, "proc")
-	}
-	driver := driverroot.New(p.containerDriverRoot)
-	driverEnv := driver.Env(os.Getenv("PATH"))
-	// The one place that decides between simulated and real MPS daemons.
-	if p.mps == nil && p.simulated && !p.driverMPS {
-		p.mps = sharing.NewFakeMPS()
-	}
-	if fake, ok := p.mps.(*sharing.FakeMPS); ok && p.simulated && fake.Root == "" {
-		fake.Root = p.mpsRoot()
-	}
-	if p.mps == nil {
-		p.mps = &sharing.MPSDaemons{
-			Root: p.mpsRoot(), Binary: driverBinary(ctx, driver, "nvidia-cuda-mps-control"), Env: driverEnv,
-			Launcher: p.mpsLauncher, Shm: sharing.Tmpfs{}, ShmSizeBytes: p.mpsShmSize,
-		}
-	}
-	if p.slicer == nil {
-		p.slicer = sharing.NvidiaSMI{Binary: driverBinary(ctx, driver, "nvidia-smi"), Env: driverEnv}
+	case p.mps == nil:
+		return nil, errors.New("prepare: no MPS control")
+	case p.slicer == nil:
+		return nil, errors.New("prepare: no time slicer")
+	case p.deviceNodes == nil:
+		return nil, errors.New("prepare: no device nodes")
 	}
 	var err error
 	if p.cdi, err = tcdi.New(tcdi.WithRoot(p.cdiRoot), tcdi.WithDriverRoot(p.driverRoot)); err != nil {
@@ -361,7 +323,7 @@ func (p *Preparer) device(name string) (deviceInfo, bool) {
 	return info, ok
 }
 
-func (p *Preparer) mpsRoot() string { return filepath.Join(p.stateDir, "mps") }
+func (p *Preparer) mpsRoot() string { return sharing.MPSRoot(p.stateDir) }
 
 // Prepare prepares one claim. Errors, including bad opaque config, go into
 // the claim's result; other claims are unaffected.

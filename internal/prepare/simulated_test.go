@@ -7,6 +7,7 @@ import (
 
 	"k8s.io/klog/v2/ktesting"
 
+	"github.com/tessera-gpu/tessera/internal/hardware"
 	"github.com/tessera-gpu/tessera/internal/sharing/mpsstandin"
 )
 
@@ -15,8 +16,9 @@ import (
 func TestSimulatedDriver(t *testing.T) {
 	_, ctx := ktesting.NewTestContext(t)
 	e := newTestEnv(t, "dgxh200", 2)
-	p, err := New(ctx, WithNVML(e.lib), WithNodeName(nodeName), WithCDIRoot(e.cdiRoot), WithStateDir(e.stateDir),
-		WithDriverRoot(t.TempDir()), SimulatedDriver())
+	root := t.TempDir()
+	hw := hardware.Simulated(ctx, e.lib, hardware.Config{DriverRoot: root, StateDir: e.stateDir})
+	p, err := New(ctx, WithHardware(hw), WithNodeName(nodeName), WithCDIRoot(e.cdiRoot), WithStateDir(e.stateDir), WithDriverRoot(root))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -37,7 +39,7 @@ func TestSimulatedDriver(t *testing.T) {
 	}
 }
 
-// TestSimulatedDriverWithDriverMPS: with WithDriverMPS a mock backend's
+// TestSimulatedDriverWithDriverMPS: with Config.DriverMPS a mock backend's
 // shares get real daemons, run from the driver root's
 // nvidia-cuda-mps-control (here the stand-in) through the plugin's
 // launcher, which a container's process reaches through its mounted pipe
@@ -78,12 +80,8 @@ func TestSimulatedDriverWithDriverMPS(t *testing.T) {
 				}
 			}
 			bin, launcher := mpsstandin.Install(t)
-			opts := []Option{WithNVML(e.lib), WithNodeName(nodeName), WithCDIRoot(e.cdiRoot), WithStateDir(e.stateDir),
-				WithDriverRoot(root), SimulatedDriver(), WithMPSLauncher(launcher)}
-			if driverMPS {
-				opts = append(opts, WithDriverMPS())
-			}
-			p, err := New(ctx, opts...)
+			hw := hardware.Simulated(ctx, e.lib, hardware.Config{DriverRoot: root, StateDir: e.stateDir, DriverMPS: driverMPS, MPSLauncher: []string{launcher}})
+			p, err := New(ctx, WithHardware(hw), WithNodeName(nodeName), WithCDIRoot(e.cdiRoot), WithStateDir(e.stateDir), WithDriverRoot(root))
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -72,8 +72,10 @@ func (d Daemon) Commands() []string {
 }
 
 // MPSControl starts, lists and stops MPS control daemons. The real one runs
-// nvidia-cuda-mps-control; tests use FakeMPS.
+// nvidia-cuda-mps-control; a simulated node keeps them in memory
+// (hardware.SimulatedMPS).
 type MPSControl interface {
+	ProcessLister
 	// Start starts the daemon with its limits; starting a live daemon is
 	// not an error. A dead daemon's stale files are removed first, from
 	// the same pipe directory: running containers have it mounted.
@@ -96,6 +98,10 @@ type ShmMounter interface {
 	// Unmount unmounts dir if something is mounted on it.
 	Unmount(dir string) error
 }
+
+// MPSRoot is the directory of the daemons' directories under the plugin's
+// state directory.
+func MPSRoot(stateDir string) string { return filepath.Join(stateDir, "mps") }
 
 // DefaultShmSize is a daemon's /dev/shm size when none is given.
 const DefaultShmSize = 256 << 20

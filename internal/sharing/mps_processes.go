@@ -8,12 +8,10 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"slices"
 	"strconv"
 )
 
-// ProcessLister is implemented by MPS controls that can tell which
-// processes run for which daemon: how the per-claim metrics attribute a
+// ProcessLister tells which processes run for which daemon: how the per-claim metrics attribute a
 // shared GPU's processes, as NVML lists them, to the claims.
 type ProcessLister interface {
 	// Processes returns, by daemon ID, the PIDs (in this process's PID
@@ -21,10 +19,7 @@ type ProcessLister interface {
 	Processes(ctx context.Context) (map[string][]int, error)
 }
 
-var (
-	_ ProcessLister = (*MPSDaemons)(nil)
-	_ ProcessLister = (*FakeMPS)(nil)
-)
+var _ ProcessLister = (*MPSDaemons)(nil)
 
 // Processes scans this PID namespace once and returns each daemon's
 // processes: launcher, control daemon, MPS servers and control clients,
@@ -107,28 +102,4 @@ func (m *MPSDaemons) daemonOfPipe(pipe string) (string, bool) {
 	}
 	id := filepath.Base(filepath.Dir(pipe))
 	return id, validID(id) == nil && DaemonDirs(m.Root, id).Pipe == pipe
-}
-
-// SetProcesses sets the processes of a live daemon, as its MPS server and
-// clients would be; Stop forgets them with the daemon.
-func (f *FakeMPS) SetProcesses(id string, pids ...int) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if d, ok := f.daemons[id]; ok {
-		d.pids = slices.Clone(pids)
-		f.daemons[id] = d
-	}
-}
-
-// Processes returns the processes set for each daemon.
-func (f *FakeMPS) Processes(context.Context) (map[string][]int, error) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	out := map[string][]int{}
-	for id, d := range f.daemons {
-		if len(d.pids) > 0 {
-			out[id] = slices.Clone(d.pids)
-		}
-	}
-	return out, nil
 }

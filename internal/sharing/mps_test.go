@@ -132,29 +132,6 @@ func TestNvidiaSMITimeSlice(t *testing.T) {
 	}
 }
 
-// A simulated node's fake daemons keep the directories a claim's CDI spec
-// mounts: a real container runtime refuses a mount whose source is missing.
-func TestFakeMPSKeepsDaemonDirs(t *testing.T) {
-	root := t.TempDir()
-	f := NewFakeMPS()
-	f.Root = root
-	if err := f.Start(t.Context(), Daemon{ID: "claim-1", GPUUUID: "GPU-0"}); err != nil {
-		t.Fatal(err)
-	}
-	dirs := DaemonDirs(root, "claim-1")
-	for _, dir := range []string{dirs.Pipe, dirs.Log, dirs.Shm} {
-		if fi, err := os.Stat(dir); err != nil || !fi.IsDir() {
-			t.Errorf("started daemon lacks %s: %v", dir, err)
-		}
-	}
-	if err := f.Stop(t.Context(), "claim-1"); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := os.Stat(filepath.Join(root, "claim-1")); !os.IsNotExist(err) {
-		t.Errorf("stopped daemon's directories remain: %v", err)
-	}
-}
-
 // TestMPSDaemonRunsWithDriverEnv: the control daemon runs with the driver's
 // library directory on LD_LIBRARY_PATH and its binary directory first on
 // PATH, from which it starts nvidia-cuda-mps-server.

@@ -6,14 +6,13 @@ import (
 	"os"
 	"os/exec"
 	"strings"
-	"sync"
 	"time"
 
 	configapi "github.com/tessera-gpu/tessera/api/config/v1alpha1"
 )
 
-// TimeSlicer sets a GPU's time slice. The real one runs nvidia-smi; tests
-// use FakeTimeSlicer.
+// TimeSlicer sets a GPU's time slice. The real one runs nvidia-smi; simulated
+// nodes keep it in memory (hardware.SimulatedTimeSlicer).
 type TimeSlicer interface {
 	SetTimeSlice(ctx context.Context, gpuUUID string, interval configapi.TimeSliceInterval) error
 }
@@ -55,31 +54,4 @@ func (n NvidiaSMI) SetTimeSlice(ctx context.Context, gpuUUID string, interval co
 		return fmt.Errorf("set time slice %s on GPU %s: %w: %s", interval, gpuUUID, err, strings.TrimSpace(string(out)))
 	}
 	return nil
-}
-
-// FakeTimeSlicer records each GPU's time slice.
-type FakeTimeSlicer struct {
-	mu        sync.Mutex
-	intervals map[string]configapi.TimeSliceInterval
-}
-
-// SetTimeSlice records the interval.
-func (f *FakeTimeSlicer) SetTimeSlice(_ context.Context, gpuUUID string, interval configapi.TimeSliceInterval) error {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if f.intervals == nil {
-		f.intervals = map[string]configapi.TimeSliceInterval{}
-	}
-	f.intervals[gpuUUID] = interval
-	return nil
-}
-
-// Interval returns the GPU's recorded interval, Default when never set.
-func (f *FakeTimeSlicer) Interval(gpuUUID string) configapi.TimeSliceInterval {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if v, ok := f.intervals[gpuUUID]; ok {
-		return v
-	}
-	return configapi.DefaultTimeSlice
 }
