@@ -49,7 +49,12 @@ func newNode(t testing.TB, ctx context.Context, model string, gpus int, opts ...
 	state := t.TempDir()
 	n := &node{server: s, lib: lib, mps: hardware.NewSimulatedMPS(sharing.MPSRoot(state)), registry: prometheus.NewPedanticRegistry()}
 	hw := hardware.Simulated(ctx, lib, hardware.Config{ProcRoot: t.TempDir(), StateDir: state})
-	n.preparer, err = prepare.New(ctx, prepare.WithHardware(hw), prepare.WithMPS(n.mps), prepare.WithNodeName(nodeName),
+	hw.MPS = n.mps
+	inv, err := tnvml.DiscoverNode(ctx, lib)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n.preparer, err = prepare.New(ctx, prepare.WithHardware(hw), prepare.WithInventory(inv), prepare.WithNodeName(nodeName),
 		prepare.WithCDIRoot(t.TempDir()), prepare.WithStateDir(state))
 	if err != nil {
 		t.Fatal(err)

@@ -11,6 +11,7 @@ import (
 	"fmt"
 
 	gonvml "github.com/NVIDIA/go-nvml/pkg/nvml"
+	"k8s.io/klog/v2"
 
 	"github.com/tessera-gpu/tessera/pkg/inventory"
 )
@@ -37,6 +38,21 @@ type Library interface {
 	MIGDevices(ctx context.Context, gpu int) ([]MIGDevice, error)
 	// Shutdown releases NVML.
 	Shutdown() error
+}
+
+// DiscoverNode discovers the node's GPUs at the start of the node side: the
+// one discovery that the preparer, the health monitor and the publication
+// start from. GPUs lost while others answer are logged, and the others are
+// served; an error that leaves no GPU usable is returned.
+func DiscoverNode(ctx context.Context, lib Library) (inventory.Node, error) {
+	node, err := lib.Discover(ctx)
+	if err := Usable(err); err != nil {
+		return node, fmt.Errorf("discover GPUs: %w", err)
+	}
+	if err != nil {
+		klog.FromContext(ctx).Error(err, "Some GPUs are lost; serving the others")
+	}
+	return node, nil
 }
 
 // MIGDevice is one GPU instance (with its compute instance) on a GPU.

@@ -136,7 +136,7 @@ func TestPendingDestroyGoneAfterReset(t *testing.T) {
 	e := newTestEnv(t, "dgxh200", 1)
 	lib := newFailingDestroy(e.lib, 1<<40)
 	rec := events.NewFakeRecorder(100)
-	p := e.mustPreparer(ctx, WithNVML(lib), WithEvents(rec))
+	p := e.mustPreparer(ctx, withNVML(lib), WithEvents(rec))
 	a := makeClaim("a").Device("m", "gpu-0-mig-3g71gb-4").Obj()
 	if res := p.Prepare(ctx, a); res.Err != nil {
 		t.Fatal(res.Err)
@@ -167,7 +167,7 @@ func TestPendingDestroyNotRecordedKeepsClaim(t *testing.T) {
 	_, ctx := ktesting.NewTestContext(t)
 	e := newTestEnv(t, "dgxh200", 1)
 	lib := newFailingDestroy(e.lib, 1)
-	p := e.mustPreparer(ctx, WithNVML(lib))
+	p := e.mustPreparer(ctx, withNVML(lib))
 	errFull := errors.New("disk full")
 	p.pendingDestroyFault = func(int) error { return errFull }
 	a := makeClaim("a").Device("m", "gpu-0-mig-1g18gb-0").Obj()
@@ -195,7 +195,7 @@ func TestWatchPendingDestroysRetriesWithBackoff(t *testing.T) {
 	ctx, cancel := context.WithCancel(ctx)
 	e := newTestEnv(t, "dgxh200", 1)
 	lib := newFailingDestroy(e.lib, 4)
-	p := e.mustPreparer(ctx, WithNVML(lib))
+	p := e.mustPreparer(ctx, withNVML(lib))
 	const dev = "gpu-0-mig-1g18gb-0"
 	a := makeClaim("a").Device("m", dev).Obj()
 	if res := p.Prepare(ctx, a); res.Err != nil {
@@ -226,8 +226,8 @@ func TestPendingDestroySeenByTheOtherInstance(t *testing.T) {
 	_, ctx := ktesting.NewTestContext(t)
 	e := newTestEnv(t, "dgxh200", 1)
 	lib := newFailingDestroy(e.lib, 1<<40)
-	old := e.mustPreparer(ctx, WithNVML(lib))
-	updated := e.mustPreparer(ctx, WithNVML(lib))
+	old := e.mustPreparer(ctx, withNVML(lib))
+	updated := e.mustPreparer(ctx, withNVML(lib))
 	const dev = "gpu-0-mig-2g35gb-2"
 	a := makeClaim("a").Device("m", dev).Obj()
 	if res := old.Prepare(ctx, a); res.Err != nil {

@@ -64,7 +64,7 @@ func TestDriverRoots(t *testing.T) {
 			e := newTestEnv(t, "dgxh200", 2)
 			container := e.containerRoot(t)
 			hw := hardware.Driver(ctx, e.lib, hardware.Config{DriverRoot: container, StateDir: e.stateDir})
-			p, err := New(ctx, WithHardware(hw), WithMPS(e.mps), WithTimeSlicer(e.slicer), WithNodeName(nodeName), WithCDIRoot(e.cdiRoot),
+			p, err := newDiscovered(ctx, WithHardware(hw), withMPS(e.mps), withTimeSlicer(e.slicer), WithNodeName(nodeName), WithCDIRoot(e.cdiRoot),
 				WithStateDir(e.stateDir), WithDriverRoot(hostRoot))
 			if err != nil {
 				t.Fatal(err)
@@ -151,7 +151,7 @@ func TestTimeSlicingRunsTheDriversNvidiaSMI(t *testing.T) {
 		t.Fatal(err)
 	}
 	hw := hardware.Driver(ctx, e.lib, hardware.Config{DriverRoot: container, StateDir: e.stateDir})
-	p, err := New(ctx, WithHardware(hw), WithMPS(e.mps), WithNodeName(nodeName), WithCDIRoot(e.cdiRoot), WithStateDir(e.stateDir), WithDriverRoot("/"))
+	p, err := newDiscovered(ctx, WithHardware(hw), withMPS(e.mps), WithNodeName(nodeName), WithCDIRoot(e.cdiRoot), WithStateDir(e.stateDir), WithDriverRoot("/"))
 	if err != nil {
 		t.Fatal(err)
 	}

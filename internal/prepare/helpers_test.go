@@ -17,6 +17,7 @@ import (
 	"github.com/tessera-gpu/tessera/internal/hardware"
 	tnvml "github.com/tessera-gpu/tessera/internal/nvml"
 	"github.com/tessera-gpu/tessera/internal/nvml/nvmlmock"
+	"github.com/tessera-gpu/tessera/internal/sharing"
 	"github.com/tessera-gpu/tessera/internal/testing/builder"
 )
 
@@ -85,11 +86,33 @@ func writeFile(t testing.TB, path, content string) {
 
 // preparer starts a Preparer on the environment, as a plugin start would.
 func (e *testEnv) preparer(ctx context.Context, opts ...Option) (*Preparer, error) {
-	return New(ctx, append([]Option{
+	return newDiscovered(ctx, append([]Option{
 		WithHardware(hardware.Node{NVML: e.lib, MPS: e.mps, TimeSlicer: e.slicer, DeviceNodes: hardware.DriverDevices(e.procRoot)}),
 		WithNodeName(nodeName), WithCDIRoot(e.cdiRoot), WithStateDir(e.stateDir), WithDriverRoot("/"),
 	}, opts...)...)
 }
+
+// newDiscovered is New on the node as discovered through the NVML that
+// opts give it, as the plugin's start discovers it.
+func newDiscovered(ctx context.Context, opts ...Option) (*Preparer, error) {
+	var given Preparer
+	for _, o := range opts {
+		o(&given)
+	}
+	node, err := tnvml.DiscoverNode(ctx, given.nvml)
+	if err != nil {
+		return nil, err
+	}
+	return New(ctx, append(opts, WithInventory(node))...)
+}
+
+// withNVML, withMPS and withTimeSlicer replace one part of the hardware,
+// for hand fakes of what the mock cannot do, or real MPS daemons.
+func withNVML(lib tnvml.Library) Option { return func(p *Preparer) { p.nvml = lib } }
+
+func withMPS(m sharing.MPSControl) Option { return func(p *Preparer) { p.mps = m } }
+
+func withTimeSlicer(t sharing.TimeSlicer) Option { return func(p *Preparer) { p.slicer = t } }
 
 func (e *testEnv) mustPreparer(ctx context.Context, opts ...Option) *Preparer {
 	e.t.Helper()

@@ -36,7 +36,7 @@ func TestHungCallUnderTheStateLock(t *testing.T) {
 	_, ctx := ktesting.NewTestContext(t)
 	e := newTestEnv(t, "dgxh200", 3)
 	hung := &hungNVML{Library: e.lib, entered: make(chan struct{}), release: make(chan struct{})}
-	p := e.mustPreparer(ctx, WithNVML(hung))
+	p := e.mustPreparer(ctx, withNVML(hung))
 	stuck := makeClaim("stuck").Device("mig", "gpu-1-mig-1g18gb-3").Obj()
 	done := make(chan error, 1)
 	go func() { done <- p.Prepare(ctx, stuck).Err }()

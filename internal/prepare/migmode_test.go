@@ -77,7 +77,7 @@ func (failingCreate) CreateMIGDevice(context.Context, int, int, inventory.Placem
 func TestFailedCreateTurnsMIGModeBackOff(t *testing.T) {
 	_, ctx := ktesting.NewTestContext(t)
 	e := newTestEnv(t, "dgxh200", 1)
-	p := e.mustPreparer(ctx, WithNVML(failingCreate{e.lib}))
+	p := e.mustPreparer(ctx, withNVML(failingCreate{e.lib}))
 	if res := p.Prepare(ctx, makeClaim("a").Device("m", "gpu-0-mig-1g18gb-0").Obj()); !errors.Is(res.Err, errCreate) {
 		t.Fatalf("prepare with a failing create: %v", res.Err)
 	}

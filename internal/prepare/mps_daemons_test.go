@@ -85,7 +85,7 @@ func TestMPSLimitsSurvivePluginRestart(t *testing.T) {
 	_, ctx := ktesting.NewTestContext(t)
 	e := newTestEnv(t, "dgxh200", 1)
 	mps := e.realMPS(t)
-	p := e.mustPreparer(ctx, WithMPS(mps()))
+	p := e.mustPreparer(ctx, withMPS(mps()))
 	claim := makeClaim("a").Share("s", "gpu-0-shared", "20Gi", "30", "share-a").Obj()
 	if res := p.Prepare(ctx, claim); res.Err != nil {
 		t.Fatal(res.Err)
@@ -104,7 +104,7 @@ func TestMPSLimitsSurvivePluginRestart(t *testing.T) {
 	}
 
 	mpsstandin.EndPlugin(t, mps().Root)
-	p = e.mustPreparer(ctx, WithMPS(mps()))
+	p = e.mustPreparer(ctx, withMPS(mps()))
 	for q, want := range queries {
 		if got, err := containerAsks(bin, mounted, q); err != nil || got != want {
 			t.Errorf("after the restart, the container's %s = %q, %v; want %q", q, got, err, want)
@@ -146,7 +146,7 @@ func TestMPSPlantedFilesLeavePluginResponsive(t *testing.T) {
 			_, ctx := ktesting.NewTestContext(t)
 			e := newTestEnv(t, "dgxh200", 1)
 			mps := e.realMPS(t)
-			p := e.mustPreparer(ctx, WithMPS(mps()))
+			p := e.mustPreparer(ctx, withMPS(mps()))
 			attacker := makeClaim("a").Share("s", "gpu-0-shared", "20Gi", "30", "share-a").Obj()
 			victim := makeClaim("v").Share("s", "gpu-0-shared", "10Gi", "20", "share-v").Obj()
 			for _, c := range []*resourceapi.ResourceClaim{attacker, victim} {

@@ -4,25 +4,20 @@ import (
 	"github.com/tessera-gpu/tessera/internal/checkpoint"
 	"github.com/tessera-gpu/tessera/internal/hardware"
 	"github.com/tessera-gpu/tessera/internal/metrics"
-	tnvml "github.com/tessera-gpu/tessera/internal/nvml"
-	"github.com/tessera-gpu/tessera/internal/sharing"
 	"github.com/tessera-gpu/tessera/pkg/inventory"
 )
 
 // Option configures a Preparer.
 type Option func(*Preparer)
 
-// WithHardware sets the node's hardware, real or simulated (required, or
-// each of its parts with WithNVML, WithMPS, WithTimeSlicer and
-// WithDeviceNodes).
+// WithHardware sets the node's hardware, real or simulated (required);
+// its MPS daemons keep their directories under the state directory
+// (sharing.MPSRoot).
 func WithHardware(hw hardware.Node) Option {
 	return func(p *Preparer) {
 		p.nvml, p.mps, p.slicer, p.deviceNodes = hw.NVML, hw.MPS, hw.TimeSlicer, hw.DeviceNodes
 	}
 }
-
-// WithNVML sets the NVML library.
-func WithNVML(lib tnvml.Library) Option { return func(p *Preparer) { p.nvml = lib } }
 
 // WithNodeName sets the node name, which is the name of the node's pool.
 func WithNodeName(name string) Option { return func(p *Preparer) { p.nodeName = name } }
@@ -40,22 +35,13 @@ func WithDriverRoot(dir string) Option { return func(p *Preparer) { p.driverRoot
 // daemon's /dev/shm is a tmpfs of its own, so it never fills this disk.
 func WithStateDir(dir string) Option { return func(p *Preparer) { p.stateDir = dir } }
 
-// WithMPS sets the MPS daemon control, whose daemons' directories are
-// under the state directory (sharing.MPSRoot).
-func WithMPS(m sharing.MPSControl) Option { return func(p *Preparer) { p.mps = m } }
-
-// WithTimeSlicer sets how time slices are applied.
-func WithTimeSlicer(t sharing.TimeSlicer) Option { return func(p *Preparer) { p.slicer = t } }
-
-// WithDeviceNodes sets where the CDI specs' device nodes come from.
-func WithDeviceNodes(d hardware.DeviceNodes) Option { return func(p *Preparer) { p.deviceNodes = d } }
-
 // WithMetrics sets the metrics to update.
 func WithMetrics(m *metrics.Metrics) Option { return func(p *Preparer) { p.metrics = m } }
 
-// WithInventory gives New the node as the caller discovered it, so that
-// the node is discovered once for everything that needs it; without it New
-// discovers the node itself.
+// WithInventory gives New the node as the caller discovered it
+// (tnvml.DiscoverNode), so that the node is discovered once for everything
+// that needs it (required). Claims on a GPU lost since can still be
+// unprepared.
 func WithInventory(node inventory.Node) Option { return func(p *Preparer) { p.inventory = &node } }
 
 // WithCheckpointOptions configures the checkpoint store, e.g. with a

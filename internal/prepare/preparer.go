@@ -55,7 +55,7 @@ type Preparer struct {
 	// MIG instances exist (they are then destroyed as nobody's).
 	missingCheckpointOK bool
 
-	// inventory, when set, is the node as discovered by the caller.
+	// inventory is the node as the caller discovered it.
 	inventory *inventory.Node
 
 	// invMu guards devices and gpus, which follow the inventory.
@@ -89,8 +89,8 @@ type Preparer struct {
 	holder atomic.Pointer[lockHolder]
 }
 
-// New discovers the node's GPUs, loads the checkpoint and reconciles it
-// with the node's state. A checkpoint that cannot be read stops New with an
+// New loads the checkpoint and reconciles it with the node's state, as
+// discovered (WithInventory) and as NVML reports its MIG instances. A checkpoint that cannot be read stops New with an
 // error before anything is destroyed.
 func New(ctx context.Context, opts ...Option) (*Preparer, error) {
 	p := &Preparer{cdiRoot: "/var/run/cdi", driverRoot: "/", stateDir: "/var/lib/tessera", migOff: map[int]error{}}
@@ -99,13 +99,15 @@ func New(ctx context.Context, opts ...Option) (*Preparer, error) {
 	}
 	switch {
 	case p.nvml == nil:
-		return nil, errors.New("prepare: no NVML library")
+		return nil, errors.New("prepare: the hardware has no NVML library")
 	case p.mps == nil:
-		return nil, errors.New("prepare: no MPS control")
+		return nil, errors.New("prepare: the hardware has no MPS control")
 	case p.slicer == nil:
-		return nil, errors.New("prepare: no time slicer")
+		return nil, errors.New("prepare: the hardware has no time slicer")
 	case p.deviceNodes == nil:
-		return nil, errors.New("prepare: no device nodes")
+		return nil, errors.New("prepare: the hardware has no device nodes")
+	case p.inventory == nil:
+		return nil, errors.New("prepare: no inventory")
 	}
 	var err error
 	if p.cdi, err = tcdi.New(tcdi.WithRoot(p.cdiRoot), tcdi.WithDriverRoot(p.driverRoot)); err != nil {
@@ -128,19 +130,7 @@ func New(ctx context.Context, opts ...Option) (*Preparer, error) {
 	if p.cp, err = p.store.Load(); err != nil {
 		return nil, fmt.Errorf("load checkpoint (refusing to start so that no prepared device is destroyed): %w", err)
 	}
-	var node inventory.Node
-	if p.inventory != nil {
-		node = *p.inventory
-	} else {
-		node, err = p.nvml.Discover(ctx)
-		if tnvml.Usable(err) != nil {
-			return nil, fmt.Errorf("discover GPUs: %w", err)
-		}
-		if err != nil {
-			// Claims on a lost GPU can still be unprepared; the rest serve.
-			klog.FromContext(ctx).Error(err, "Some GPUs are lost; preparing on the others")
-		}
-	}
+	node := *p.inventory
 	if !exists {
 		if err := p.checkNoCheckpointIsNewNode(ctx, node); err != nil {
 			return nil, err

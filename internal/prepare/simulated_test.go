@@ -18,7 +18,7 @@ func TestSimulatedDriver(t *testing.T) {
 	e := newTestEnv(t, "dgxh200", 2)
 	root := t.TempDir()
 	hw := hardware.Simulated(ctx, e.lib, hardware.Config{DriverRoot: root, StateDir: e.stateDir})
-	p, err := New(ctx, WithHardware(hw), WithNodeName(nodeName), WithCDIRoot(e.cdiRoot), WithStateDir(e.stateDir), WithDriverRoot(root))
+	p, err := newDiscovered(ctx, WithHardware(hw), WithNodeName(nodeName), WithCDIRoot(e.cdiRoot), WithStateDir(e.stateDir), WithDriverRoot(root))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -81,7 +81,7 @@ func TestSimulatedDriverWithDriverMPS(t *testing.T) {
 			}
 			bin, launcher := mpsstandin.Install(t)
 			hw := hardware.Simulated(ctx, e.lib, hardware.Config{DriverRoot: root, StateDir: e.stateDir, DriverMPS: driverMPS, MPSLauncher: []string{launcher}})
-			p, err := New(ctx, WithHardware(hw), WithNodeName(nodeName), WithCDIRoot(e.cdiRoot), WithStateDir(e.stateDir), WithDriverRoot(root))
+			p, err := newDiscovered(ctx, WithHardware(hw), WithNodeName(nodeName), WithCDIRoot(e.cdiRoot), WithStateDir(e.stateDir), WithDriverRoot(root))
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -27,14 +27,9 @@ const stateLockWait = 30 * time.Second
 // or after stateLockWait; what says what the caller will do, for the error
 // of whoever waits behind it.
 func (p *Preparer) lockState(ctx context.Context, what string) (func(), error) {
-	wait, cancel := context.WithTimeout(ctx, stateLockWait)
-	defer cancel()
-	unlock, err := p.store.Lock(wait)
+	unlock, err := p.waitForState(ctx, p.store.Lock, what)
 	if err != nil {
-		if h := p.holder.Load(); h != nil {
-			err = fmt.Errorf("%w (held in this instance since %s by: %s)", err, h.since.Format(time.RFC3339), h.what)
-		}
-		return nil, fmt.Errorf("%s: %w", what, err)
+		return nil, err
 	}
 	p.holder.Store(&lockHolder{what: what, since: time.Now()})
 	held := func() {
@@ -48,6 +43,22 @@ func (p *Preparer) lockState(ctx context.Context, what string) (func(), error) {
 		return nil, err
 	}
 	return held, nil
+}
+
+// waitForState takes the state lock with lock, waiting until ctx ends or
+// for stateLockWait; its error names what the caller was doing and, where
+// this instance holds the lock, what holds it since when.
+func (p *Preparer) waitForState(ctx context.Context, lock func(context.Context) (func(), error), what string) (func(), error) {
+	wait, cancel := context.WithTimeout(ctx, stateLockWait)
+	defer cancel()
+	unlock, err := lock(wait)
+	if err != nil {
+		if h := p.holder.Load(); h != nil {
+			err = fmt.Errorf("%w (held in this instance since %s by: %s)", err, h.since.Format(time.RFC3339), h.what)
+		}
+		return nil, fmt.Errorf("%s: %w", what, err)
+	}
+	return unlock, nil
 }
 
 // lockClaim serialises the operations on one claim; the wait ends with ctx
@@ -110,14 +121,9 @@ func (p *Preparer) claim(uid string) *checkpoint.Claim {
 // a claim, publish the devices it blocked and see one allocated, and only
 // then this publication land and hide it.
 func (p *Preparer) PreparedDevices(ctx context.Context) (prepared map[string]bool, release func(), err error) {
-	wait, cancel := context.WithTimeout(ctx, stateLockWait)
-	defer cancel()
-	unlock, err := p.store.RLock(wait)
+	unlock, err := p.waitForState(ctx, p.store.RLock, "read the prepared devices")
 	if err != nil {
-		if h := p.holder.Load(); h != nil {
-			err = fmt.Errorf("%w (held in this instance since %s by: %s)", err, h.since.Format(time.RFC3339), h.what)
-		}
-		return nil, nil, fmt.Errorf("read the prepared devices: %w", err)
+		return nil, nil, err
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
