@@ -12,10 +12,10 @@ import (
 
 	"github.com/spf13/pflag"
 	resourceapi "k8s.io/api/resource/v1"
-	"k8s.io/client-go/kubernetes/fake"
 	"k8s.io/client-go/kubernetes/scheme"
 
 	gpuapi "github.com/tessera-gpu/tessera/api/gpu"
+	"github.com/tessera-gpu/tessera/internal/plugin"
 )
 
 // TestSlicesCommand runs `slices` as a user would and decodes its output as
@@ -141,13 +141,13 @@ func TestMetricsSecureByDefault(t *testing.T) {
 		"cert dir": {args: []string{"--metrics-cert-dir=/certs"}, secure: true},
 	} {
 		t.Run(name, func(t *testing.T) {
-			o := &options{}
+			o := &plugin.Config{}
 			fs := pflag.NewFlagSet("test", pflag.ContinueOnError)
-			o.addRunFlags(fs)
+			o.AddRunFlags(fs)
 			if err := fs.Parse(tc.args); err != nil {
 				t.Fatal(err)
 			}
-			if got := len(o.metricsServeOptions(fake.NewClientset())) > 0; got != tc.secure {
+			if got := o.MetricsSecure; got != tc.secure {
 				t.Errorf("secure metrics = %v, want %v", got, tc.secure)
 			}
 		})
@@ -166,14 +166,14 @@ func TestClaimMetricsInterval(t *testing.T) {
 		"set":      {args: []string{"--claim-metrics-interval=1m"}, want: time.Minute},
 	} {
 		t.Run(name, func(t *testing.T) {
-			o := &options{}
+			o := &plugin.Config{}
 			fs := pflag.NewFlagSet("test", pflag.ContinueOnError)
-			o.addRunFlags(fs)
+			o.AddRunFlags(fs)
 			if err := fs.Parse(tc.args); err != nil {
 				t.Fatal(err)
 			}
-			if o.claimMetricsInterval != tc.want {
-				t.Errorf("interval = %v, want %v", o.claimMetricsInterval, tc.want)
+			if o.ClaimMetricsInterval != tc.want {
+				t.Errorf("interval = %v, want %v", o.ClaimMetricsInterval, tc.want)
 			}
 		})
 	}

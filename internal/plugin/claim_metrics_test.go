@@ -58,13 +58,9 @@ func TestRunNodeServesClaimMetrics(t *testing.T) {
 	_ = lis.Close()
 	dirs := newNodeDirs(t)
 	runUntilEnd(t, ctx, "RunNode", func(ctx context.Context) error {
-		return plugin.RunNode(ctx, plugin.Options{
-			NodeName: "n1", KubeClient: client,
-			PluginDataDir: dirs.data, RegistrarDir: dirs.registrar, RediscoverInterval: time.Hour,
-		}, plugin.NodeOptions{
-			Hardware: simulated(t, ctx, lib, dirs), CDIRoot: dirs.cdi, StateDir: dirs.state, HealthPort: -1,
-			MetricsAddress: addr, ClaimMetricsInterval: 20 * time.Millisecond,
-		})
+		cfg := nodeConfig(dirs)
+		cfg.MetricsAddress, cfg.ClaimMetricsInterval = addr, 20*time.Millisecond
+		return plugin.RunNode(ctx, cfg, client, simulated(t, ctx, lib, dirs))
 	})
 	dra := drapb.NewDRAPluginClient(dial(t, filepath.Join(dirs.data, "dra.sock")))
 	ref := []*drapb.Claim{{Namespace: "ns", Name: "whole", Uid: "whole-uid"}}

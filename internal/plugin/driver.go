@@ -26,42 +26,36 @@ import (
 	"github.com/tessera-gpu/tessera/pkg/resourceslice"
 )
 
-// Options configure the plugin.
-type Options struct {
-	NodeName   string
+// Components are what the plugin is built from, besides its Config.
+type Components struct {
+	// KubeClient reaches the API server.
 	KubeClient kubernetes.Interface
-	NVML       tnvml.Library
-	// PluginDataDir holds the DRA gRPC socket.
-	PluginDataDir string
-	// RegistrarDir is where the kubelet looks for registration sockets.
-	RegistrarDir string
-	// Slices are the publication choices (pool attribute, MIG and sharing
-	// switches). With Slices.WithdrawBlocked, the Preparer must be a
-	// PreparedLister: the slices are republished after every prepare and
-	// unprepare, without the devices that the prepared ones block.
-	Slices resourceslice.Options
-	// RediscoverInterval is how often the inventory is read again to
-	// republish slices when it changed (GPU lost, MIG mode changed).
-	RediscoverInterval time.Duration
-	// Preparer prepares and unprepares claims (required).
+	// NVML is rediscovered every Config.RediscoverInterval.
+	NVML tnvml.Library
+	// Inventory is the node as discovered at start (tnvml.DiscoverNode).
+	Inventory inventory.Node
+	// Preparer prepares and unprepares claims (required). With
+	// Config.Slices.WithdrawBlocked it must be a PreparedLister: the slices
+	// are republished after every prepare and unprepare, without the
+	// devices that the prepared ones block.
 	Preparer Preparer
-	// PodUID, when set, is the UID of the plugin's own pod: the kubelet
-	// plugin helper then registers under a name of its own, so that an old
-	// and a new instance can run side by side during a rolling update
-	// (their gRPC calls are serialised through a lock file).
-	PodUID types.UID
 	// Health, when set, supplies the taints of unhealthy GPUs' devices; the
 	// slices are republished whenever they change.
 	Health HealthSource
-	// Inventory, when set, is the node as the caller discovered it at
-	// start; without it Run discovers the node itself.
-	Inventory *inventory.Node
 	// InventoryChanged, when set, is called with every changed inventory
 	// after it was published, so that everything else follows the node.
 	InventoryChanged func(inventory.Node)
 	// Ready, when set, is called once the kubelet has registered the
 	// plugin and its slices are published: only then can it serve pods.
 	Ready func()
+}
+
+// running is what Run runs with.
+type running struct {
+	Config
+	Components
+	// slices are Config's publication choices (Config.SliceOptions).
+	slices resourceslice.Options
 }
 
 // HealthSource reports device taints of unhealthy GPUs.
@@ -102,7 +96,7 @@ const allocatedSyncTimeout = 2 * time.Minute
 
 // Driver implements kubeletplugin.DRAPlugin.
 type Driver struct {
-	opts   Options
+	opts   running
 	helper *kubeletplugin.Helper
 	// published is the inventory last published, to republish only on change.
 	published *inventory.Node
@@ -139,10 +133,11 @@ type Driver struct {
 var _ kubeletplugin.DRAPlugin = (*Driver)(nil)
 
 // Run starts the plugin and serves until ctx ends.
-func Run(ctx context.Context, opts Options) error {
+func Run(ctx context.Context, cfg Config, parts Components) error {
 	logger := klog.FromContext(ctx)
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
+	opts := running{Config: cfg, Components: parts, slices: cfg.SliceOptions()}
 	if opts.RediscoverInterval <= 0 {
 		opts.RediscoverInterval = 30 * time.Second
 	}
@@ -150,7 +145,7 @@ func Run(ctx context.Context, opts Options) error {
 		return errors.New("kubelet plugin: no preparer")
 	}
 	d := &Driver{opts: opts, cancel: cancel, healthChanged: make(chan struct{}), preparedChanged: make(chan struct{}, 1)}
-	if opts.Slices.WithdrawBlocked {
+	if opts.slices.WithdrawBlocked {
 		lister, ok := opts.Preparer.(PreparedLister)
 		if !ok {
 			return errors.New("kubelet plugin: withdrawing blocked devices needs a preparer that lists its prepared devices")
@@ -169,19 +164,7 @@ func Run(ctx context.Context, opts Options) error {
 		}
 	}
 
-	var node inventory.Node
-	if opts.Inventory != nil {
-		node = *opts.Inventory
-	} else {
-		var err error
-		node, err = opts.NVML.Discover(ctx)
-		if tnvml.Usable(err) != nil {
-			return fmt.Errorf("discover GPUs: %w", err)
-		}
-		if err != nil {
-			logger.Error(err, "Some GPUs are lost; publishing the others")
-		}
-	}
+	node := opts.Inventory
 	logger.Info("Discovered GPUs", "count", len(node.GPUs), "driverVersion", node.DriverVersion)
 
 	helperOpts := []kubeletplugin.Option{
@@ -312,7 +295,7 @@ func registrationWatch(registered chan struct{}) grpc.UnaryServerInterceptor {
 // publish hands the node's slices to the publication controller when the
 // inventory differs from what was last published.
 func (d *Driver) publish(ctx context.Context, node inventory.Node) error {
-	opts := d.opts.Slices
+	opts := d.opts.slices
 	if d.opts.Health != nil {
 		opts.Taints = d.opts.Health.Taints()
 	}

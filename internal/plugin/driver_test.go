@@ -94,7 +94,7 @@ func TestPublishesAndRepublishesOnInventoryChange(t *testing.T) {
 	_, ctx := ktesting.NewTestContext(t)
 	nvml := &changingNVML{Library: mockH200s(t, 2), keep: 2}
 	client := fakeClient()
-	runPlugin(t, ctx, plugin.Options{KubeClient: client, NVML: nvml, RediscoverInterval: 20 * time.Millisecond})
+	runPlugin(t, ctx, plugin.Config{RediscoverInterval: 20 * time.Millisecond}, plugin.Components{KubeClient: client, NVML: nvml})
 	// 27 devices per H200: whole, shared and 25 MIG partitions.
 	waitForDevices(t, ctx, client, 54)
 	nvml.lose(1)
@@ -118,7 +118,7 @@ func TestLostGPUDoesNotStopPublication(t *testing.T) {
 	s.SetLost(2, true)
 	counted := &countingNVML{Library: lib}
 	client := fakeClient()
-	runPlugin(t, ctx, plugin.Options{KubeClient: client, NVML: counted, RediscoverInterval: 20 * time.Millisecond})
+	runPlugin(t, ctx, plugin.Config{RediscoverInterval: 20 * time.Millisecond}, plugin.Components{KubeClient: client, NVML: counted})
 	waitForDevices(t, ctx, client, 2*27)
 	// GPU 2 comes back, then GPU 0 falls off: GPU 0 stays published.
 	s.SetLost(2, false)

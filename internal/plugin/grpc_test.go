@@ -86,7 +86,7 @@ func TestDriverServesKubeletCallsPerClaim(t *testing.T) {
 			return nil
 		},
 	}
-	opts := runPlugin(t, ctx, plugin.Options{KubeClient: client, Preparer: prep})
+	opts := runPlugin(t, ctx, plugin.Config{}, plugin.Components{KubeClient: client, Preparer: prep})
 	conn := dial(t, filepath.Join(opts.PluginDataDir, "dra.sock"))
 	dra := drapb.NewDRAPluginClient(conn)
 	refs := []*drapb.Claim{
@@ -129,7 +129,12 @@ func TestRunWithoutPreparerFails(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	err = plugin.Run(ctx, plugin.Options{NodeName: "n1", KubeClient: fakeClient(), NVML: lib, PluginDataDir: t.TempDir(), RegistrarDir: t.TempDir()})
+	inv, err := tnvml.DiscoverNode(ctx, lib)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = plugin.Run(ctx, plugin.Config{NodeName: "n1", PluginDataDir: t.TempDir(), RegistrarDir: t.TempDir()},
+		plugin.Components{KubeClient: fakeClient(), NVML: lib, Inventory: inv})
 	if err == nil || !contains(err.Error(), "no preparer") {
 		t.Errorf("Run without preparer: %v", err)
 	}

@@ -45,7 +45,7 @@ func TestRepublishesOnHealthChange(t *testing.T) {
 	_, ctx := ktesting.NewTestContext(t)
 	health := &fakeHealth{changed: make(chan struct{}, 1)}
 	client := fakeClient()
-	runPlugin(t, ctx, plugin.Options{KubeClient: client, Health: health})
+	runPlugin(t, ctx, plugin.Config{}, plugin.Components{KubeClient: client, Health: health})
 
 	tainted := func(ctx context.Context) (map[string]string, error) {
 		slices, err := client.ResourceV1().ResourceSlices().List(ctx, metav1.ListOptions{})
@@ -89,7 +89,7 @@ func TestRepublishesOnHealthChange(t *testing.T) {
 func TestDeviceHealthReachesTheKubelet(t *testing.T) {
 	_, ctx := ktesting.NewTestContext(t)
 	health := &fakeHealth{changed: make(chan struct{}, 1)}
-	opts := runPlugin(t, ctx, plugin.Options{Health: health})
+	opts := runPlugin(t, ctx, plugin.Config{}, plugin.Components{Health: health})
 	conn := dial(t, filepath.Join(opts.PluginDataDir, "dra.sock"))
 	var stream grpc.ServerStreamingClient[drahealthv1.NodeWatchResourcesResponse]
 	// The stream lives as long as the test, not as the poll.

@@ -50,35 +50,39 @@ func runUntilEnd(t *testing.T, ctx context.Context, what string, run func(contex
 	})
 }
 
-// runPlugin runs plugin.Run until the test ends. What opts leaves unset is
-// filled as these tests' node has it: node n1 on a fake API server, one mock
-// H200, the fake preparer, fresh plugin and registrar directories, no
-// rediscovery. It returns the options as run.
-func runPlugin(t *testing.T, ctx context.Context, opts plugin.Options) plugin.Options {
+// runPlugin runs plugin.Run until the test ends. What cfg and parts leave
+// unset is filled as these tests' node has it: node n1 on a fake API
+// server, one mock H200 as discovered, the fake preparer, fresh plugin and
+// registrar directories, no rediscovery. It returns the configuration as run.
+func runPlugin(t *testing.T, ctx context.Context, cfg plugin.Config, parts plugin.Components) plugin.Config {
 	t.Helper()
-	if opts.NodeName == "" {
-		opts.NodeName = "n1"
+	if cfg.NodeName == "" {
+		cfg.NodeName = "n1"
 	}
-	if opts.KubeClient == nil {
-		opts.KubeClient = fakeClient()
+	if cfg.PluginDataDir == "" {
+		cfg.PluginDataDir = t.TempDir()
 	}
-	if opts.NVML == nil {
-		opts.NVML = mockH200s(t, 1)
+	if cfg.RegistrarDir == "" {
+		cfg.RegistrarDir = t.TempDir()
 	}
-	if opts.Preparer == nil {
-		opts.Preparer = &fakePreparer{}
+	if cfg.RediscoverInterval == 0 {
+		cfg.RediscoverInterval = time.Hour
 	}
-	if opts.PluginDataDir == "" {
-		opts.PluginDataDir = t.TempDir()
+	if parts.KubeClient == nil {
+		parts.KubeClient = fakeClient()
 	}
-	if opts.RegistrarDir == "" {
-		opts.RegistrarDir = t.TempDir()
+	if parts.NVML == nil {
+		parts.NVML = mockH200s(t, 1)
 	}
-	if opts.RediscoverInterval == 0 {
-		opts.RediscoverInterval = time.Hour
+	if parts.Preparer == nil {
+		parts.Preparer = &fakePreparer{}
 	}
-	runUntilEnd(t, ctx, "Run", func(ctx context.Context) error { return plugin.Run(ctx, opts) })
-	return opts
+	var err error
+	if parts.Inventory, err = tnvml.DiscoverNode(ctx, parts.NVML); err != nil {
+		t.Fatal(err)
+	}
+	runUntilEnd(t, ctx, "Run", func(ctx context.Context) error { return plugin.Run(ctx, cfg, parts) })
+	return cfg
 }
 
 // dial connects to a plugin's unix socket, as the kubelet does.

@@ -2,6 +2,7 @@ package plugin_test
 
 import (
 	"context"
+	"net"
 	"os"
 	"path/filepath"
 	"slices"
@@ -42,15 +43,20 @@ func runNode(t *testing.T, ctx context.Context, dirs nodeDirs, client *fake.Clie
 	if nvml == nil {
 		nvml = mockH200s(t, 1)
 	}
-	opts := plugin.Options{
-		NodeName: "n1", KubeClient: client,
-		PluginDataDir: dirs.data, RegistrarDir: dirs.registrar, RediscoverInterval: time.Hour,
-	}
+	cfg := nodeConfig(dirs)
 	if len(sliceOpts) > 0 {
-		opts.Slices = sliceOpts[0]
+		cfg.Slices = sliceOpts[0]
 	}
-	hw := simulated(t, ctx, nvml, dirs)
-	return plugin.RunNode(ctx, opts, plugin.NodeOptions{Hardware: hw, CDIRoot: dirs.cdi, StateDir: dirs.state, HealthPort: -1})
+	return plugin.RunNode(ctx, cfg, client, simulated(t, ctx, nvml, dirs))
+}
+
+// nodeConfig is the configuration of a node of dirs named n1, without
+// rediscovery and probes.
+func nodeConfig(dirs nodeDirs) plugin.Config {
+	return plugin.Config{
+		NodeName: "n1", PluginDataDir: dirs.data, RegistrarDir: dirs.registrar, CDIRoot: dirs.cdi, StateDir: dirs.state,
+		RediscoverInterval: time.Hour, HealthPort: -1,
+	}
 }
 
 // simulated is a simulated node's hardware around nvml, on a driver root
@@ -264,4 +270,32 @@ func TestRunNodeWithdrawsWhatPreparedDevicesBlock(t *testing.T) {
 		t.Fatalf("NodeUnprepareResources after the restart: %v", err)
 	}
 	waitNames(all, "the partition unprepared")
+}
+
+// TestRunNodeStopsOnAServiceError: a server of the node side that fails
+// (here the metrics endpoint, whose address is taken) stops the others and
+// the plugin, and RunNode returns its error instead of serving on without it.
+func TestRunNodeStopsOnAServiceError(t *testing.T) {
+	_, ctx := ktesting.NewTestContext(t)
+	taken, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = taken.Close() })
+	dirs := newNodeDirs(t)
+	cfg := nodeConfig(dirs)
+	cfg.MetricsAddress = taken.Addr().String()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	done := make(chan error, 1)
+	hw := simulated(t, ctx, mockH200s(t, 1), dirs)
+	go func() { done <- plugin.RunNode(ctx, cfg, fakeClient(), hw) }()
+	select {
+	case err := <-done:
+		if err == nil || !strings.Contains(err.Error(), "listen for metrics on "+cfg.MetricsAddress) {
+			t.Errorf("RunNode = %v, want the metrics endpoint's error", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("RunNode still serves 30 s after its metrics endpoint failed")
+	}
 }

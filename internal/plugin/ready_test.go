@@ -18,7 +18,7 @@ func TestReadyOnlyOnceRegisteredAndPublished(t *testing.T) {
 	_, ctx := ktesting.NewTestContext(t)
 	client := fakeClient()
 	ready := make(chan struct{})
-	opts := runPlugin(t, ctx, plugin.Options{KubeClient: client, Ready: func() { close(ready) }})
+	opts := runPlugin(t, ctx, plugin.Config{}, plugin.Components{KubeClient: client, Ready: func() { close(ready) }})
 	waitForDevices(t, ctx, client, 27)
 	select {
 	case <-ready:
