@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
 	resourceapi "k8s.io/api/resource/v1"
 	"k8s.io/apimachinery/pkg/types"
@@ -136,7 +137,12 @@ var _ kubeletplugin.DRAPlugin = (*Driver)(nil)
 func Run(ctx context.Context, cfg Config, parts Components) error {
 	logger := klog.FromContext(ctx)
 	ctx, cancel := context.WithCancelCause(ctx)
-	defer cancel(nil)
+	// What Run starts in the background ends before it returns.
+	var background errgroup.Group
+	defer func() {
+		cancel(nil)
+		_ = background.Wait()
+	}()
 	opts := running{Config: cfg, Components: parts, slices: cfg.SliceOptions()}
 	if opts.RediscoverInterval <= 0 {
 		opts.RediscoverInterval = 30 * time.Second
@@ -152,7 +158,7 @@ func Run(ctx context.Context, cfg Config, parts Components) error {
 		}
 		d.prepared = lister
 		d.allocated = newAllocatedClaims(opts.KubeClient, opts.NodeName, d.republishPrepared)
-		go d.allocated.run(ctx)
+		background.Go(func() error { d.allocated.run(ctx); return nil })
 		syncCtx, cancelSync := context.WithTimeout(ctx, allocatedSyncTimeout)
 		err := d.allocated.waitSynced(syncCtx)
 		cancelSync()
