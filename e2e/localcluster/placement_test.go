@@ -74,9 +74,10 @@ func TestTesseraSchedulerKeepsGPUsWhole(t *testing.T) {
 
 // TestTesseraSchedulerCarriesIndexedAllocator: the tessera-scheduler the
 // suite runs (TestTesseraSchedulerKeepsGPUsWhole places shares with it) is
-// built on the patched allocator (shares walk indexed, node cache), as
-// docs/design.md allows it and only it: its build replaces the pinned allocator
-// module with a copy that research/patches/allocator's patches were applied to.
+// built on the patched allocator (shares walk indexed, node cache, the MIG
+// placement choice registered), as docs/design.md allows it and only it: its
+// build replaces the pinned allocator module with a copy that
+// research/patches/allocator's patches were applied to.
 func TestTesseraSchedulerCarriesIndexedAllocator(t *testing.T) {
 	bin := os.Getenv(cluster.TesseraSchedulerEnv)
 	if bin == "" {
@@ -99,10 +100,19 @@ func TestTesseraSchedulerCarriesIndexedAllocator(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		for patch, mark := range map[string]string{"indexed-shares": "func sharedDeviceIndex(", "node-cache": "func wholePoolsOnNode("} {
+		for patch, mark := range map[string]string{"indexed-shares": "func sharedDeviceIndex(", "node-cache": "func wholePoolsOnNode(", "placement-choice": "func chosenOrder("} {
 			if !strings.Contains(string(src), mark) {
 				t.Errorf("%s replaces the allocator with %s, which lacks the %s patch", bin, d.Replace.Path, patch)
 			}
+		}
+		// The MIG placement choice is registered only in a build with the tag
+		// (cmd/tessera-scheduler/placement_choice.go).
+		tagged := false
+		for _, s := range info.Settings {
+			tagged = tagged || s.Key == "-tags" && slices.Contains(strings.Split(s.Value, ","), "patched_allocator")
+		}
+		if !tagged {
+			t.Errorf("%s was built without -tags patched_allocator: it does not choose among MIG placements", bin)
 		}
 		return
 	}

@@ -31,7 +31,7 @@ ALLOCATOR_MODFILE = $(shell research/patches/allocator/overlay.sh bin/allocator)
 .PHONY: test-allocator-patched bench-allocator-patched
 
 test-allocator-patched: ## The allocator proofs of research/scheduling, and the allocator's own tests, on tessera-scheduler's patched allocator
-	go test -count=1 -modfile "$(ALLOCATOR_MODFILE)" ./research/scheduling/
+	go test -count=1 -tags patched_allocator -modfile "$(ALLOCATOR_MODFILE)" ./research/scheduling/
 	cd bin/allocator/dynamic-resource-allocation && go test -race -count=1 ./structured/internal/incubating/ ./resourceslice/tracker/
 
 bench-allocator-patched: ## Scheduler cost per claim and node on tessera-scheduler's patched allocator

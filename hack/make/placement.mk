@@ -61,7 +61,7 @@ TESSERA_SCHEDULER_LDFLAGS := -s -w -X k8s.io/component-base/version.gitVersion=v
 tessera-scheduler: ## Build kube-scheduler with the TesseraPlacement plugin into bin/
 	modfile="$$(research/patches/allocator/overlay.sh $(BIN)/allocator-scheduler research/cmd/tessera-scheduler)"; \
 	research/patches/scheduler/overlay.sh $(BIN)/scheduler-patches "$$modfile"; \
-	cd research/cmd/tessera-scheduler && CGO_ENABLED=0 $(GO) build -modfile "$$modfile" -trimpath -ldflags "$(TESSERA_SCHEDULER_LDFLAGS)" -o $(BIN)/tessera-scheduler .
+	cd research/cmd/tessera-scheduler && CGO_ENABLED=0 $(GO) build -modfile "$$modfile" -tags patched_allocator -trimpath -ldflags "$(TESSERA_SCHEDULER_LDFLAGS)" -o $(BIN)/tessera-scheduler .
 
 e2e dev-cluster bench-binding: tessera-scheduler
 e2e dev-cluster bench-binding: export TESSERA_SCHEDULER_BINARY = $(BIN)/tessera-scheduler

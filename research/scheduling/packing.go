@@ -48,12 +48,53 @@ func (f *FirstFit) Place(profile string) string {
 }
 
 func fits(remaining, consumes map[string]int64) bool {
-	for c, n := range consumes {
-		if remaining[c] < n {
-			return false
+	return partition.Fits(remaining, consumes)
+}
+
+// BestFit replays tessera-scheduler's choice for a claim of one MIG
+// partition: among the node's free placements of the requested profile it
+// takes the one partition.BestFit ranks first.
+type BestFit struct {
+	devices []partition.Choice
+	names   []string
+	left    map[string]map[string]int64
+}
+
+// NewBestFit returns an empty node of the GPUs.
+func NewBestFit(gpus []partition.GPU) *BestFit {
+	b := &BestFit{left: map[string]map[string]int64{}}
+	for _, g := range gpus {
+		b.left[g.CounterSet] = maps.Clone(g.Counters)
+		for _, d := range g.Devices {
+			class := string(d.Kind)
+			if d.Kind == partition.KindMIG {
+				class = d.Profile.Name
+			}
+			b.devices = append(b.devices, partition.Choice{CounterSet: g.CounterSet, Class: class, Consumes: d.Consumes})
+			b.names = append(b.names, d.Name)
 		}
 	}
-	return true
+	return b
+}
+
+// Place allocates one partition of the profile and returns its device name,
+// or "" when none fits.
+func (b *BestFit) Place(profile string) string {
+	var candidates []int
+	for i, d := range b.devices {
+		if d.Class == profile && fits(b.left[d.CounterSet], d.Consumes) {
+			candidates = append(candidates, i)
+		}
+	}
+	if len(candidates) == 0 {
+		return ""
+	}
+	c := partition.BestFit(b.devices, b.left, candidates)[0]
+	d := b.devices[c]
+	for name, n := range d.Consumes {
+		b.left[d.CounterSet][name] -= n
+	}
+	return b.names[c]
 }
 
 // AscendingOrder republishes a GPU's MIG devices in plain ascending order of
@@ -186,10 +227,12 @@ func (o *Optimum) Feasible(need []int, gpus int) bool {
 	return ok
 }
 
+type placer interface{ Place(profile string) string }
+
 // PackingResult is the share of memory slices in use when the first MIG
 // request of a sequence cannot be placed.
 type PackingResult struct {
-	Tessera, Ascending, Best float64
+	Tessera, Ascending, BestFit, Best float64
 }
 
 // Packing draws a random sequence of MIG requests on an empty node of the
@@ -210,12 +253,12 @@ func Packing(rng *rand.Rand, gpus []inventory.GPU, opt *Optimum) PackingResult {
 		return p.Placements[0].Size
 	}
 	var res PackingResult
-	ff := map[*float64]*FirstFit{&res.Tessera: NewFirstFit(tessera), &res.Ascending: NewFirstFit(ascending)}
+	ff := map[*float64]placer{&res.Tessera: NewFirstFit(tessera), &res.Ascending: NewFirstFit(ascending), &res.BestFit: NewBestFit(tessera)}
 	used := map[*float64]int{}
-	open := map[*float64]bool{&res.Tessera: true, &res.Ascending: true, &res.Best: true}
+	open := map[*float64]bool{&res.Tessera: true, &res.Ascending: true, &res.BestFit: true, &res.Best: true}
 	need := make([]int, len(profiles))
 	// A node cannot hold more partitions than it has memory slices.
-	for step := 0; step < total && (open[&res.Tessera] || open[&res.Ascending] || open[&res.Best]); step++ {
+	for step := 0; step < total && (open[&res.Tessera] || open[&res.Ascending] || open[&res.BestFit] || open[&res.Best]); step++ {
 		i := rng.IntN(len(profiles))
 		name := profiles[i].Name
 		for metric, f := range ff {
@@ -238,6 +281,7 @@ func Packing(rng *rand.Rand, gpus []inventory.GPU, opt *Optimum) PackingResult {
 	}
 	res.Tessera = float64(used[&res.Tessera]) / float64(total)
 	res.Ascending = float64(used[&res.Ascending]) / float64(total)
+	res.BestFit = float64(used[&res.BestFit]) / float64(total)
 	res.Best = float64(used[&res.Best]) / float64(total)
 	return res
 }

@@ -1,0 +1,126 @@
+package partition_test
+
+import (
+	"maps"
+	"math/rand/v2"
+	"slices"
+	"testing"
+
+	"github.com/tessera-gpu/tessera/pkg/partition"
+)
+
+// node is n H200s as the placement choice sees them.
+type node struct {
+	devices []partition.Choice
+	names   []string
+	left    map[string]map[string]int64
+}
+
+func newNode(n int) *node {
+	nd := &node{left: map[string]map[string]int64{}}
+	for i := range n {
+		g := partition.Build(h200(i), partition.Options{})
+		nd.left[g.CounterSet] = maps.Clone(g.Counters)
+		for _, d := range g.Devices {
+			class := string(d.Kind)
+			if d.Kind == partition.KindMIG {
+				class = d.Profile.Name
+			}
+			nd.devices = append(nd.devices, partition.Choice{CounterSet: g.CounterSet, Class: class, Consumes: d.Consumes})
+			nd.names = append(nd.names, d.Name)
+		}
+	}
+	return nd
+}
+
+func (nd *node) take(t *testing.T, name string) {
+	t.Helper()
+	i := slices.Index(nd.names, name)
+	if i < 0 || !partition.Fits(nd.left[nd.devices[i].CounterSet], nd.devices[i].Consumes) {
+		t.Fatalf("cannot take %s", name)
+	}
+	for c, n := range nd.devices[i].Consumes {
+		nd.left[nd.devices[i].CounterSet][c] -= n
+	}
+}
+
+// free returns the devices of the class that fit, in published order: what
+// the allocator would offer the rule for a request of that class.
+func (nd *node) free(class string) []int {
+	var out []int
+	for i, d := range nd.devices {
+		if d.Class == class && partition.Fits(nd.left[d.CounterSet], d.Consumes) {
+			out = append(out, i)
+		}
+	}
+	return out
+}
+
+func TestBestFit(t *testing.T) {
+	tests := map[string]struct {
+		taken     []string
+		class     string
+		firstFit  string
+		wantFirst string
+	}{
+		// All GPUs alike: the rule keeps the static packing order.
+		"empty node keeps the packing order": {class: "1g.18gb", firstFit: "gpu-0-mig-1g18gb-6", wantFirst: "gpu-0-mig-1g18gb-6"},
+		// GPU 0 is empty and GPU 1 half cut: first fit cuts GPU 0, the
+		// rule keeps it whole and fills GPU 1's other half.
+		"a cut GPU before an empty one": {
+			taken: []string{"gpu-1-mig-3g71gb-4"}, class: "1g.18gb",
+			firstFit: "gpu-0-mig-1g18gb-6", wantFirst: "gpu-1-mig-1g18gb-3",
+		},
+		// The last free 4g placement of the node is kept free.
+		"the last 4g placement kept": {
+			taken: []string{"gpu-0-mig-3g71gb-4", "gpu-1-mig-3g71gb-4", "gpu-1-mig-1g18gb-0"}, class: "1g.35gb",
+			firstFit: "gpu-0-mig-1g35gb-2", wantFirst: "gpu-1-mig-1g35gb-2",
+		},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			nd := newNode(2)
+			for _, d := range tc.taken {
+				nd.take(t, d)
+			}
+			candidates := nd.free(tc.class)
+			if got := nd.names[candidates[0]]; got != tc.firstFit {
+				t.Fatalf("first fit = %s, want %s", got, tc.firstFit)
+			}
+			if got := nd.names[partition.BestFit(nd.devices, nd.left, candidates)[0]]; got != tc.wantFirst {
+				t.Errorf("BestFit first = %s, want %s", got, tc.wantFirst)
+			}
+		})
+	}
+}
+
+// TestBestFitOnlyOrders: over random states of a node and random candidates,
+// fitting or not, BestFit returns exactly the candidates, and its first is a
+// device that fits whenever one of them does.
+func TestBestFitOnlyOrders(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	for state := range 400 {
+		nd := newNode(3)
+		for range rng.IntN(12) {
+			i := rng.IntN(len(nd.devices))
+			if partition.Fits(nd.left[nd.devices[i].CounterSet], nd.devices[i].Consumes) {
+				nd.take(t, nd.names[i])
+			}
+		}
+		var candidates []int
+		anyFits := false
+		for i, d := range nd.devices {
+			if rng.IntN(4) == 0 {
+				candidates = append(candidates, i)
+				anyFits = anyFits || partition.Fits(nd.left[d.CounterSet], d.Consumes)
+			}
+		}
+		got := partition.BestFit(nd.devices, nd.left, candidates)
+		if !slices.Equal(slices.Sorted(slices.Values(got)), slices.Sorted(slices.Values(candidates))) {
+			t.Fatalf("state %d: BestFit returned %v for candidates %v", state, got, candidates)
+		}
+		if anyFits && !partition.Fits(nd.left[nd.devices[got[0]].CounterSet], nd.devices[got[0]].Consumes) {
+			t.Fatalf("state %d: BestFit ranks %s first, which does not fit, before a candidate that does", state, nd.names[got[0]])
+		}
+	}
+}

@@ -1,0 +1,63 @@
+package scheduler
+
+import (
+	draapi "k8s.io/dynamic-resource-allocation/api"
+
+	gpuapi "github.com/tessera-gpu/tessera/api/gpu"
+	"github.com/tessera-gpu/tessera/pkg/partition"
+)
+
+// MIGPlacementOrder is tessera-scheduler's choice among a node's free MIG
+// placements. tessera-scheduler registers it with its patched allocator
+// (research/patches/allocator/placement-choice.patch, draapi.DeviceOrder), which asks it
+// for every request of one device on every pool. For a request whose
+// candidates are all Tessera MIG partitions it orders them with
+// partition.BestFit, the rule the packing benchmark replays; for any other
+// request or driver it declines (nil), and the allocator takes the first
+// device that fits in published order, as kube-scheduler does.
+//
+// Every free device of the pool is passed to the rule, none is hidden: the
+// order only changes which candidate the allocator tries first, and the
+// allocator still checks each one it tries.
+func MIGPlacementOrder(driver string, devices []*draapi.Device, left map[string]map[string]int64, candidates []int) []int {
+	if driver != gpuapi.DriverName {
+		return nil
+	}
+	for _, c := range candidates {
+		if typ := devices[c].Attributes[gpuapi.AttrType].StringValue; typ == nil || *typ != gpuapi.TypeMIG {
+			return nil
+		}
+	}
+	choices := make([]partition.Choice, len(devices))
+	for i, d := range devices {
+		choices[i] = choiceOf(d)
+	}
+	return partition.BestFit(choices, left, candidates)
+}
+
+// choiceOf reads a device's class (its MIG profile, else its type) and what it
+// consumes of its counter set. Tessera's devices draw on one counter set each;
+// a device without counters, or with a type the rule does not know, gets no
+// class and so never counts as blocked.
+func choiceOf(d *draapi.Device) partition.Choice {
+	var c partition.Choice
+	typ := d.Attributes[gpuapi.AttrType].StringValue
+	if typ == nil || len(d.ConsumesCounters) != 1 {
+		return c
+	}
+	c.Class = *typ
+	if *typ == gpuapi.TypeMIG {
+		profile := d.Attributes[gpuapi.AttrProfile].StringValue
+		if profile == nil {
+			return partition.Choice{}
+		}
+		c.Class = *profile
+	}
+	consumption := d.ConsumesCounters[0]
+	c.CounterSet = consumption.CounterSet.String()
+	c.Consumes = make(map[string]int64, len(consumption.Counters))
+	for name, n := range consumption.Counters {
+		c.Consumes[name] = n.Value.Value()
+	}
+	return c
+}
