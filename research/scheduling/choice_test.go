@@ -10,8 +10,8 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	draapi "k8s.io/dynamic-resource-allocation/api"
 
-	"github.com/tessera-gpu/tessera/research/scheduler"
 	"github.com/tessera-gpu/tessera/pkg/partition"
+	"github.com/tessera-gpu/tessera/research/scheduler"
 )
 
 // The tests of tessera-scheduler's MIG placement choice run on the allocator
