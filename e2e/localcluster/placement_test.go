@@ -313,3 +313,40 @@ func waitAllocatedClaim(t *testing.T, pod *corev1.Pod, claim string) *resourceap
 	}
 	return out
 }
+
+// TestTesseraSchedulerChoosesMIGPlacement: on a node whose GPU 1 holds a 3g
+// partition at memory slice 4 and whose other GPUs are empty, a 1g partition
+// goes where each scheduler's allocator puts it. kube-scheduler's takes the
+// first free placement in published order, on the empty GPU 0; tessera-
+// scheduler's ranks the node's free placements (partition.BestFit) and fills
+// GPU 1, keeping GPU 0 whole (research/patches/allocator/placement-choice.patch).
+func TestTesseraSchedulerChoosesMIGPlacement(t *testing.T) {
+	needCluster(t)
+	if os.Getenv(cluster.TesseraSchedulerEnv) == "" {
+		t.Skipf("tessera-scheduler not running: set %s (make e2e does)", cluster.TesseraSchedulerEnv)
+	}
+	for _, tc := range []struct{ scheduler, want string }{
+		{corev1.DefaultSchedulerName, "gpu-0-mig-1g18gb-6"},
+		{cluster.TesseraSchedulerName, "gpu-1-mig-1g18gb-3"},
+	} {
+		t.Run(tc.scheduler, func(t *testing.T) {
+			waitIdle(t, nodeA)
+			ns := newNamespace(t)
+			createTemplate(t, ns, "three", builder.MakeRequest("mig", gpuapi.ClassMIG).Profile("3g.71gb").PlacementStart(4).
+				Selector(fmt.Sprintf(`device.attributes[%q].%s == 1`, gpuapi.DriverName, gpuapi.AttrIndex)).Obj())
+			createTemplate(t, ns, "one", builder.MakeRequest("mig", gpuapi.ClassMIG).Profile("1g.18gb").Obj())
+			three := waitAllocated(t, createPod(t, ns, "three", "three", scheduledBy(tc.scheduler), onNode(nodeA)))
+			if got := three.Devices()[0].Device; got != "gpu-1-mig-3g71gb-4" {
+				t.Fatalf("3g partition on %s, want gpu-1-mig-3g71gb-4", got)
+			}
+			one := waitAllocated(t, createPod(t, ns, "one", "one", scheduledBy(tc.scheduler), onNode(nodeA)))
+			if got := one.Devices()[0].Device; got != tc.want {
+				t.Errorf("%s put the 1g partition on %s, want %s", tc.scheduler, got, tc.want)
+			}
+			for _, a := range []allocation{one, three} {
+				deletePod(t, a.Pod)
+				waitGone(t, a)
+			}
+		})
+	}
+}
