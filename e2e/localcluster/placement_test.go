@@ -100,7 +100,7 @@ func TestTesseraSchedulerCarriesIndexedAllocator(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		for patch, mark := range map[string]string{"indexed-shares": "func sharedDeviceIndex(", "node-cache": "func wholePoolsOnNode(", "placement-choice": "func chosenOrder("} {
+		for patch, mark := range map[string]string{"indexed-shares": "func sharedDeviceIndex(", "node-cache": "func wholePoolsOnNode(", "placement-choice": "func devicesToTry("} {
 			if !strings.Contains(string(src), mark) {
 				t.Errorf("%s replaces the allocator with %s, which lacks the %s patch", bin, d.Replace.Path, patch)
 			}
