@@ -34,10 +34,12 @@ type Choice struct {
 func BestFit(devices []Choice, left map[string]map[string]int64, candidates []int) []int {
 	free := make([]bool, len(devices))
 	perClass := map[string]int{}
+	bySet := map[string][]int{}
 	for i, d := range devices {
 		if Fits(left[d.CounterSet], d.Consumes) {
 			free[i] = true
 			perClass[d.Class]++
+			bySet[d.CounterSet] = append(bySet[d.CounterSet], i)
 		}
 	}
 	cost := make([]float64, len(candidates))
@@ -52,8 +54,8 @@ func BestFit(devices []Choice, left map[string]map[string]int64, candidates []in
 		for name, n := range left[d.CounterSet] {
 			after[name] = n - d.Consumes[name]
 		}
-		for i, o := range devices {
-			if i != c && free[i] && o.CounterSet == d.CounterSet && !Fits(after, o.Consumes) {
+		for _, i := range bySet[d.CounterSet] {
+			if o := devices[i]; i != c && !Fits(after, o.Consumes) {
 				cost[k] += 1 / float64(perClass[o.Class])
 			}
 		}

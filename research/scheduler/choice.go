@@ -9,24 +9,33 @@ import (
 
 // MIGPlacementOrder is tessera-scheduler's choice among a node's free MIG
 // placements. tessera-scheduler registers it with its patched allocator
-// (research/patches/allocator/placement-choice.patch, draapi.DeviceOrder), which asks it
-// for every request of one device on every pool. For a request whose
-// candidates are all Tessera MIG partitions it orders them with
-// partition.BestFit, the rule the packing benchmark replays; for any other
-// request or driver it declines (nil), and the allocator takes the first
-// device that fits in published order, as kube-scheduler does.
+// (research/patches/allocator/placement-choice.patch, draapi.DeviceOrder),
+// which asks it for every request of one device on every pool. For a request
+// that selects only Tessera MIG partitions it orders them with
+// partition.BestFit, the rule the packing benchmark replays; as soon as the
+// request selects any other device (a whole GPU, a share), or for another
+// driver, it declines (nil), and the allocator takes the first device that
+// fits in published order, as kube-scheduler does.
 //
 // Every free device of the pool is passed to the rule, none is hidden: the
 // order only changes which candidate the allocator tries first, and the
 // allocator still checks each one it tries.
-func MIGPlacementOrder(driver string, devices []*draapi.Device, left map[string]map[string]int64, candidates []int) []int {
+func MIGPlacementOrder(driver string, devices []*draapi.Device, left map[string]map[string]int64, selectable func(int) bool) []int {
 	if driver != gpuapi.DriverName {
 		return nil
 	}
-	for _, c := range candidates {
-		if typ := devices[c].Attributes[gpuapi.AttrType].StringValue; typ == nil || *typ != gpuapi.TypeMIG {
+	var candidates []int
+	for i, d := range devices {
+		if !selectable(i) {
+			continue
+		}
+		if typ := d.Attributes[gpuapi.AttrType].StringValue; typ == nil || *typ != gpuapi.TypeMIG {
 			return nil
 		}
+		candidates = append(candidates, i)
+	}
+	if len(candidates) < 2 {
+		return nil
 	}
 	choices := make([]partition.Choice, len(devices))
 	for i, d := range devices {

@@ -4,6 +4,7 @@ package scheduling
 
 import (
 	"context"
+	"fmt"
 	"math/rand/v2"
 	"testing"
 
@@ -160,5 +161,28 @@ func TestPlacementChoiceNeverTakesWhatDoesNotFit(t *testing.T) {
 	t.Logf("%d claims allocated and created, %d refused", allocated, refused)
 	if allocated == 0 || refused == 0 {
 		t.Errorf("sequences too easy or too hard: %d allocated, %d refused", allocated, refused)
+	}
+}
+
+// BenchmarkPlacementChoiceCost is what the choice costs tessera-scheduler's
+// filter: BenchmarkSchedulerCost's claims on 100 nodes, as published and
+// withdrawn, at 0 and 90 % fill, on the patched allocator without an order
+// registered and with the choice, one right after the other.
+//
+//	make test-allocator-patched's go test, with -run '^$' -bench PlacementChoiceCost -benchtime 2x
+func BenchmarkPlacementChoiceCost(b *testing.B) {
+	inv := benchInventory(b)
+	for _, fill := range []int{0, 90} {
+		for _, l := range []Layout{Tessera, withdrawn(Tessera, inv, Fill(fill))} {
+			for _, kind := range []ClaimKind{KindWhole, KindMIG1g, KindMIG3g} {
+				for _, choice := range []bool{false, true} {
+					if choice {
+						draapi.SetDeviceOrder(scheduler.MIGPlacementOrder)
+					}
+					benchmarkClaim(b, fmt.Sprintf("fill=%d/claim=%s/layout=%s/choice=%t", fill, kind, l.Name, choice), l, inv, fill, 100, kind)
+					draapi.SetDeviceOrder(nil)
+				}
+			}
+		}
 	}
 }
