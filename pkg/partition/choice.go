@@ -43,19 +43,15 @@ func BestFit(devices []Choice, left map[string]map[string]int64, candidates []in
 		}
 	}
 	cost := make([]float64, len(candidates))
-	after := map[string]int64{}
 	for k, c := range candidates {
 		d := devices[c]
 		if !free[c] {
 			cost[k] = math.Inf(1)
 			continue
 		}
-		clear(after)
-		for name, n := range left[d.CounterSet] {
-			after[name] = n - d.Consumes[name]
-		}
+		set := left[d.CounterSet]
 		for _, i := range bySet[d.CounterSet] {
-			if o := devices[i]; i != c && !Fits(after, o.Consumes) {
+			if o := devices[i]; i != c && blocks(set, d.Consumes, o.Consumes) {
 				cost[k] += 1 / float64(perClass[o.Class])
 			}
 		}
@@ -75,6 +71,17 @@ func BestFit(devices []Choice, left map[string]map[string]int64, candidates []in
 		out[k] = candidates[o]
 	}
 	return out
+}
+
+// blocks reports whether a device that fits in left no longer fits once
+// taken is taken from it.
+func blocks(left, taken, consumes map[string]int64) bool {
+	for c, n := range consumes {
+		if left[c]-taken[c] < n {
+			return true
+		}
+	}
+	return false
 }
 
 // Fits reports whether what is left of a counter set covers what a device

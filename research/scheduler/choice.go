@@ -1,6 +1,8 @@
 package scheduler
 
 import (
+	"sync"
+
 	draapi "k8s.io/dynamic-resource-allocation/api"
 
 	gpuapi "github.com/tessera-gpu/tessera/api/gpu"
@@ -38,11 +40,32 @@ func MIGPlacementOrder(driver string, devices []*draapi.Device, left map[string]
 		return nil
 	}
 	choices := make([]partition.Choice, len(devices))
-	for i, d := range devices {
-		choices[i] = choiceOf(d)
+	conversions.Lock()
+	if len(conversions.of) > maxConversions {
+		clear(conversions.of)
 	}
+	for i, d := range devices {
+		c, ok := conversions.of[d]
+		if !ok {
+			c = choiceOf(d)
+			conversions.of[d] = c
+		}
+		choices[i] = c
+	}
+	conversions.Unlock()
 	return partition.BestFit(choices, left, candidates)
 }
+
+// conversions keeps each device's conversion for as long as the allocator
+// hands over the same device: tessera-scheduler's node cache keeps a node's
+// converted slices from one pod to the next, and a device is never changed in
+// place (an update is a new object). Starting again when full bounds it.
+var conversions = struct {
+	sync.Mutex
+	of map[*draapi.Device]partition.Choice
+}{of: map[*draapi.Device]partition.Choice{}}
+
+const maxConversions = 1 << 16
 
 // choiceOf reads a device's class (its MIG profile, else its type) and what it
 // consumes of its counter set. Tessera's devices draw on one counter set each;
