@@ -371,7 +371,7 @@ func lastPanic(path string) string {
 	if err != nil {
 		return ""
 	}
-	defer f.Close()
+	defer func() { _ = f.Close() }() // read only
 	const tail = 64 << 10
 	if st, err := f.Stat(); err == nil && st.Size() > tail {
 		if _, err := f.Seek(st.Size()-tail, io.SeekStart); err != nil {
@@ -402,10 +402,10 @@ func lastPanic(path string) string {
 func JudgeRestarts(w io.Writer, restarts []Restart) (fail bool) {
 	for _, r := range restarts {
 		if r.KnownUpstream() {
-			fmt.Fprintf(w, "warning: kube-scheduler hit the upstream ResourceSlice tracker bug (research/patches/allocator/README.md) and was restarted: %v\n", r.Err)
+			_, _ = fmt.Fprintf(w, "warning: kube-scheduler hit the upstream ResourceSlice tracker bug (research/patches/allocator/README.md) and was restarted: %v\n", r.Err)
 			continue
 		}
-		fmt.Fprintf(w, "FAIL: %s\n", r)
+		_, _ = fmt.Fprintf(w, "FAIL: %s\n", r)
 		fail = true
 	}
 	return fail
