@@ -128,7 +128,9 @@ func TestTenancyClaimKinds(t *testing.T) {
 	needCluster(t)
 	ctx := testContext(t)
 	withIdleMarking(t)
-	t.Cleanup(func() { waitNodeFree(t, kindsNode.Name) })
+	// The controller restarted at the end must see kindsNode's GPUs with
+	// nothing prepared, to learn their full device lists for reclaim.
+	t.Cleanup(func() { waitCleanFrom(context.Background(), t) })
 	setMockTelemetry(t, kindsNode.Name, map[int]uint32{0: 80, 2: 70})
 
 	a := newTenant(t, "kinds-a", tenancyv1.GPUTenantSpec{AllowedDeviceClasses: []string{gpuapi.ClassGPU, gpuapi.ClassMIG}})
@@ -305,17 +307,4 @@ func sliceSet(s []string) map[string]bool {
 		out[v] = true
 	}
 	return out
-}
-
-// waitNodeFree waits until no pod is bound to the node, so that the
-// controller that the test restarts sees its GPUs with nothing prepared.
-func waitNodeFree(t *testing.T, nodeName string) {
-	t.Helper()
-	err := wait.PollUntilContextTimeout(context.Background(), pollEvery, waitTimeout, true, func(ctx context.Context) (bool, error) {
-		pods, err := local.Client.CoreV1().Pods("").List(ctx, metav1.ListOptions{FieldSelector: "spec.nodeName=" + nodeName})
-		return err == nil && len(pods.Items) == 0, nil
-	})
-	if err != nil {
-		t.Errorf("pods still on node %s after %s", nodeName, waitTimeout)
-	}
 }
