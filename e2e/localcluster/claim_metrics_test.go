@@ -73,12 +73,20 @@ func TestClaimSeriesFollowMockUtilization(t *testing.T) {
 // test.
 func setMockTelemetry(t *testing.T, nodeName string, busy map[int]uint32) {
 	t.Helper()
+	tel := nvmlmock.Telemetry{GPUs: map[int]nvmlmock.GPUTelemetry{}}
+	for i, p := range busy {
+		tel.GPUs[i] = nvmlmock.GPUTelemetry{UtilizationPercent: p}
+	}
+	writeMockTelemetry(t, nodeName, tel)
+}
+
+// writeMockTelemetry writes the node plugin's telemetry file, and sets every
+// GPU and MIG instance it names idle again after the test. GPUs the file
+// leaves out keep what they were doing.
+func writeMockTelemetry(t *testing.T, nodeName string, tel nvmlmock.Telemetry) {
+	t.Helper()
 	file := filepath.Join(node(t, nodeName).StateDir, nvmlmock.TelemetryFileName)
-	write := func(busy map[int]uint32) error {
-		tel := nvmlmock.Telemetry{GPUs: map[int]nvmlmock.GPUTelemetry{}}
-		for i, p := range busy {
-			tel.GPUs[i] = nvmlmock.GPUTelemetry{UtilizationPercent: p}
-		}
+	write := func(tel nvmlmock.Telemetry) error {
 		raw, err := json.Marshal(tel)
 		if err != nil {
 			return err
@@ -89,13 +97,20 @@ func setMockTelemetry(t *testing.T, nodeName string, busy map[int]uint32) {
 		}
 		return os.Rename(tmp, file)
 	}
-	if err := write(busy); err != nil {
+	if err := write(tel); err != nil {
 		t.Fatalf("set mock telemetry of %s: %v", nodeName, err)
 	}
 	t.Cleanup(func() {
-		idle := map[int]uint32{}
-		for i := range busy {
-			idle[i] = 0
+		idle := nvmlmock.Telemetry{GPUs: map[int]nvmlmock.GPUTelemetry{}}
+		for i, g := range tel.GPUs {
+			var mig map[int]nvmlmock.MIGTelemetry
+			for gi := range g.MIG {
+				if mig == nil {
+					mig = map[int]nvmlmock.MIGTelemetry{}
+				}
+				mig[gi] = nvmlmock.MIGTelemetry{}
+			}
+			idle.GPUs[i] = nvmlmock.GPUTelemetry{MIG: mig}
 		}
 		if err := write(idle); err != nil {
 			t.Errorf("reset mock telemetry of %s: %v", nodeName, err)

@@ -41,9 +41,16 @@ func startClean(t *testing.T) {
 // test may start before the slices show it.
 func waitClean(t *testing.T) {
 	t.Helper()
+	waitCleanFrom(t.Context(), t)
+}
+
+// waitCleanFrom is waitClean for a test's cleanup, where t.Context() has
+// ended: ctx bounds the wait instead.
+func waitCleanFrom(ctx context.Context, t *testing.T) {
+	t.Helper()
 	var why string
 	// Each look costs three lists; the suite's client allows a few per second.
-	err := wait.PollUntilContextTimeout(t.Context(), 500*time.Millisecond, waitTimeout, true, func(ctx context.Context) (bool, error) {
+	err := wait.PollUntilContextTimeout(ctx, 500*time.Millisecond, waitTimeout, true, func(ctx context.Context) (bool, error) {
 		r := notClean(ctx)
 		if ctx.Err() == nil { // a look cut short by the deadline says nothing new
 			why = r

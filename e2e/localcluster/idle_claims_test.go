@@ -39,14 +39,7 @@ const (
 func TestIdleClaimsMarkedAndReclaimedOnlyByOptIn(t *testing.T) {
 	needCluster(t)
 	ctx := testContext(t)
-	if err := tenancyController.Restart(ctx, "--idle-after="+idleAfter.String(), "--idle-sync-interval="+idleSyncInterval.String()); err != nil {
-		t.Fatalf("restart the controller with idle marking: %v", err)
-	}
-	t.Cleanup(func() {
-		if err := tenancyController.Restart(context.Background()); err != nil {
-			t.Errorf("restart the controller without idle marking: %v", err)
-		}
-	})
+	withIdleMarking(t)
 	setMockTelemetry(t, tenancyNode.Name, map[int]uint32{0: 10, 1: 10})
 
 	podOf := func(prefix string, spec tenancyv1.GPUTenantSpec) *corev1.Pod {
@@ -117,4 +110,18 @@ func TestIdleClaimsMarkedAndReclaimedOnlyByOptIn(t *testing.T) {
 	if ev := events(ctx, kept, tenancyv1.ReasonIdleReclaimed); len(ev) > 0 {
 		t.Errorf("the tenant that did not opt in had its pod evicted: %s", ev[0].Message)
 	}
+}
+
+// withIdleMarking restarts the controller marking idle claims after
+// idleAfter, and again without when the test ends.
+func withIdleMarking(t *testing.T) {
+	t.Helper()
+	if err := tenancyController.Restart(t.Context(), "--idle-after="+idleAfter.String(), "--idle-sync-interval="+idleSyncInterval.String()); err != nil {
+		t.Fatalf("restart the controller with idle marking: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := tenancyController.Restart(context.Background()); err != nil {
+			t.Errorf("restart the controller without idle marking: %v", err)
+		}
+	})
 }

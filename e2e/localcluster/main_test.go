@@ -71,7 +71,7 @@ func run(m *testing.M) (code int) {
 			{Name: nodeB, NVML: "mock:dgxh200:8"},
 			{Name: nodeSmall, NVML: "mock:dgxh200:1", Labels: map[string]string{smallTaintKey: "true"}, PluginArgs: []string{"--withdraw-blocked=false"}},
 			{Name: nodeWithdraw, NVML: "mock:dgxh200:1", Labels: map[string]string{smallTaintKey: "true"}},
-			tenancyNode, poolNode,
+			tenancyNode, poolNode, kindsNode,
 		},
 	})
 	if err != nil {

@@ -30,9 +30,13 @@ import (
 // there (the other tests keep binding without waiting for the controller).
 // poolNode's GPU is in the dedicated pool poolA: its plugin publishes the
 // pool attribute, and its Node carries the admin's label that tenancy checks
-// that attribute against (tenancyv1.LabelNodePool).
+// that attribute against (tenancyv1.LabelNodePool). kindsNode, tainted
+// like them, carries its own label instead of theirs, so that only pods
+// pinned to it go there and the tests that count on the tenancy node's two
+// GPUs keep them.
 const (
 	tenancyTaintKey = "e2e.tessera.dev/tenancy"
+	kindsLabelKey   = "e2e.tessera.dev/tenancy-kinds"
 	poolA           = "pool-a"
 )
 
@@ -43,6 +47,13 @@ var (
 		// Claims below half busy count as idle in the node's report; the
 		// controller marks them only where a test turns idle marking on.
 		PluginArgs: []string{"--tenancy", "--idle-threshold=0.5", "--claim-metrics-interval=2s"},
+	}
+	// kindsNode holds, for the tests that need them, whole GPUs, MIG
+	// partitions and shares at once, with the tenancy node's plugin flags.
+	kindsNode = cluster.NodeOptions{
+		Name: "gpu-node-tenancy-kinds", NVML: "mock:dgxh200:3",
+		Labels:     map[string]string{kindsLabelKey: "true"},
+		PluginArgs: tenancyNode.PluginArgs,
 	}
 	poolNode = cluster.NodeOptions{
 		Name: "gpu-node-pool-a", NVML: "mock:dgxh200:1",
@@ -58,7 +69,7 @@ var (
 
 // setUpTenancy taints the tenancy nodes and installs and starts the controller.
 func setUpTenancy(ctx context.Context) error {
-	for _, n := range []string{tenancyNode.Name, poolNode.Name} {
+	for _, n := range []string{tenancyNode.Name, poolNode.Name, kindsNode.Name} {
 		if err := taintNodeWith(ctx, n, tenancyTaintKey); err != nil {
 			return err
 		}
@@ -92,6 +103,16 @@ func taintNodeWith(ctx context.Context, name, key string) error {
 func onTenancyNodes(p *corev1.Pod) {
 	p.Spec.NodeSelector = map[string]string{tenancyTaintKey: "true"}
 	p.Spec.Tolerations = append(p.Spec.Tolerations, corev1.Toleration{Key: tenancyTaintKey, Operator: corev1.TolerationOpExists})
+}
+
+// onKindsNode pins a pod to kindsNode, with the given PriorityClass ("" for
+// none).
+func onKindsNode(priorityClass string) podOption {
+	return func(p *corev1.Pod) {
+		p.Spec.NodeSelector = map[string]string{"kubernetes.io/hostname": kindsNode.Name}
+		p.Spec.Tolerations = append(p.Spec.Tolerations, corev1.Toleration{Key: tenancyTaintKey, Operator: corev1.TolerationOpExists})
+		p.Spec.PriorityClassName = priorityClass
+	}
 }
 
 // newTenant creates a GPUTenant with a unique name (the prefix plus a random

@@ -12,9 +12,9 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	resourceapi "k8s.io/api/resource/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/types"
+	corev1helpers "k8s.io/component-helpers/scheduling/corev1"
+	"k8s.io/component-helpers/scheduling/corev1/nodeaffinity"
 	"k8s.io/dynamic-resource-allocation/cel"
 	"k8s.io/dynamic-resource-allocation/structured"
 	"k8s.io/klog/v2"
@@ -670,23 +670,32 @@ func (r *Reclaimer) planOn(ctx context.Context, pass *reclaimPass, w waitingPod,
 	return &plan{pool: pool, victims: victims, results: last}, nil
 }
 
-// selects reports whether the pod's nodeSelector lets it onto the node
-// (read from the cache of nodes' metadata). Node affinity and taints are
-// not modelled: a pod that uses them may get room reclaimed on a node it
-// cannot go to.
+// selects reports whether the pod may go to the node as kube-scheduler's
+// NodeAffinity and TaintToleration filters see it: its nodeSelector and
+// required node affinity match the node's labels, and it tolerates every
+// NoSchedule and NoExecute taint of the node (read from the cache of
+// nodes). A node that is gone takes nothing. Preferred affinity and
+// PreferNoSchedule taints only score nodes; they never keep a pod off one.
 func (r *Reclaimer) selects(ctx context.Context, pod *corev1.Pod, node string) (bool, error) {
-	if len(pod.Spec.NodeSelector) == 0 {
-		return true, nil
-	}
-	meta := &metav1.PartialObjectMetadata{}
-	meta.SetGroupVersionKind(corev1.SchemeGroupVersion.WithKind("Node"))
-	switch err := r.client.Get(ctx, types.NamespacedName{Name: node}, meta); {
+	n := &corev1.Node{}
+	switch err := r.client.Get(ctx, types.NamespacedName{Name: node}, n); {
 	case apierrors.IsNotFound(err):
 		return false, nil
 	case err != nil:
 		return false, fmt.Errorf("get node %s: %w", node, err)
 	}
-	return labels.SelectorFromSet(pod.Spec.NodeSelector).Matches(labels.Set(meta.Labels)), nil
+	if ok, err := nodeaffinity.GetRequiredNodeAffinity(pod).Match(n); err != nil || !ok {
+		if err != nil {
+			return false, fmt.Errorf("match node affinity of pod %s with node %s: %w", klog.KObj(pod), node, err)
+		}
+		return false, nil
+	}
+	// Comparison operators in tolerations (TaintTolerationComparisonOperators)
+	// are alpha and off in Kubernetes 1.37: the scheduler matches none.
+	_, untolerated := corev1helpers.FindMatchingUntoleratedTaint(klog.FromContext(ctx), n.Spec.Taints, pod.Spec.Tolerations, func(t *corev1.Taint) bool {
+		return t.Effect == corev1.TaintEffectNoSchedule || t.Effect == corev1.TaintEffectNoExecute
+	}, false)
+	return !untolerated, nil
 }
 
 // take enters a plan into the pass: the victims leave, the pod's claims

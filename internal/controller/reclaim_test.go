@@ -90,6 +90,15 @@ func (h held) objects() (*resourceapi.ResourceClaim, *corev1.Pod) {
 	return claim, p
 }
 
+// zoneAffinity requires a node labelled zone=zone.
+func zoneAffinity(zone string) *corev1.Affinity {
+	return &corev1.Affinity{NodeAffinity: &corev1.NodeAffinity{
+		RequiredDuringSchedulingIgnoredDuringExecution: &corev1.NodeSelector{NodeSelectorTerms: []corev1.NodeSelectorTerm{{
+			MatchExpressions: []corev1.NodeSelectorRequirement{{Key: "zone", Operator: corev1.NodeSelectorOpIn, Values: []string{zone}}},
+		}}},
+	}}
+}
+
 // waitingFor is a pod of namespace a that kube-scheduler found no room for,
 // with its unallocated claim of one request.
 func waitingFor(request resourceapi.DeviceRequest) (*resourceapi.ResourceClaim, *corev1.Pod) {
@@ -112,13 +121,22 @@ func waitingFor(request resourceapi.DeviceRequest) (*resourceapi.ResourceClaim, 
 func TestReclaim(t *testing.T) {
 	mig3g := builder.MakeRequest("gpu", gpuapi.ClassMIG).Profile("3g.40gb").Obj()
 	whole := builder.MakeRequest("gpu", gpuapi.ClassGPU).Obj()
+	// b's two GPUs, the low-priority one the victim wherever the pod may go.
+	lowAndHigh := []held{
+		{ns: "b", claim: "low", class: gpuapi.ClassGPU, device: "gpu-1", priority: 0, minute: 1},
+		{ns: "b", claim: "high", class: gpuapi.ClassGPU, device: "gpu-0", priority: 100, minute: 5},
+	}
 	tests := map[string]struct {
 		guaranteeA, guaranteeC string
 		held                   []held
 		want                   resourceapi.DeviceRequest
 		nodeSelector           map[string]string
-		evicted                []string
-		events                 []string
+		affinity               *corev1.Affinity
+		tolerations            []corev1.Toleration
+		// taints are n1's; its labels are zone=here.
+		taints  []corev1.Taint
+		evicted []string
+		events  []string
 	}{
 		// gpu-0's memory slices 0 and 4 hold b's newest and b's older 1g
 		// partitions; slice 5 holds c's, which c's guarantee protects. A
@@ -184,6 +202,45 @@ func TestReclaim(t *testing.T) {
 			want:         whole,
 			nodeSelector: map[string]string{"zone": "elsewhere"},
 		},
+		// Nor where its required node affinity excludes n1, as
+		// kube-scheduler's NodeAffinity filter would.
+		"not for a pod whose required node affinity excludes the node": {
+			guaranteeA: "80Gi",
+			held:       lowAndHigh,
+			want:       whole,
+			affinity:   zoneAffinity("elsewhere"),
+		},
+		"for a pod whose required node affinity takes the node": {
+			guaranteeA: "80Gi",
+			held:       lowAndHigh,
+			want:       whole,
+			affinity:   zoneAffinity("here"),
+			evicted:    []string{"b/pod-low"},
+			events:     []string{"*v1.Pod b/pod-low Reclaimed", "*v1.ResourceClaim b/low Reclaimed", "*v1.Pod a/waiting ReclaimingGuarantee"},
+		},
+		// Nor on a node whose NoSchedule taint the pod does not tolerate,
+		// as kube-scheduler's TaintToleration filter would.
+		"not for a pod that does not tolerate the node's taint": {
+			guaranteeA: "80Gi",
+			held:       lowAndHigh,
+			want:       whole,
+			taints:     []corev1.Taint{{Key: "dedicated", Value: "x", Effect: corev1.TaintEffectNoSchedule}},
+			// A toleration of another value does not do.
+			tolerations: []corev1.Toleration{{Key: "dedicated", Operator: corev1.TolerationOpEqual, Value: "y", Effect: corev1.TaintEffectNoSchedule}},
+		},
+		"for a pod that tolerates the node's taints": {
+			guaranteeA: "80Gi",
+			held:       lowAndHigh,
+			want:       whole,
+			taints: []corev1.Taint{
+				{Key: "dedicated", Value: "x", Effect: corev1.TaintEffectNoSchedule},
+				// Scoring only: it keeps no pod off the node.
+				{Key: "soft", Value: "x", Effect: corev1.TaintEffectPreferNoSchedule},
+			},
+			tolerations: []corev1.Toleration{{Key: "dedicated", Operator: corev1.TolerationOpExists}},
+			evicted:     []string{"b/pod-low"},
+			events:      []string{"*v1.Pod b/pod-low Reclaimed", "*v1.ResourceClaim b/low Reclaimed", "*v1.Pod a/waiting ReclaimingGuarantee"},
+		},
 		// Among equal priorities, the most recently started goes.
 		"most recently started first": {
 			guaranteeA: "80Gi",
@@ -238,6 +295,10 @@ func TestReclaim(t *testing.T) {
 			for _, dc := range classes {
 				objs = append(objs, dc)
 			}
+			objs = append(objs, &corev1.Node{
+				ObjectMeta: metav1.ObjectMeta{Name: "n1", Labels: map[string]string{"kubernetes.io/hostname": "n1", "zone": "here"}},
+				Spec:       corev1.NodeSpec{Taints: tc.taints},
+			})
 			var evicted []string
 			c := fake.NewClientBuilder().WithScheme(scheme).WithObjects(append(objs, publish(node, nil)...)...).
 				WithInterceptorFuncs(interceptor.Funcs{
@@ -268,6 +329,8 @@ func TestReclaim(t *testing.T) {
 			}
 			claim, pod := waitingFor(tc.want)
 			pod.Spec.NodeSelector = tc.nodeSelector
+			pod.Spec.Affinity = tc.affinity
+			pod.Spec.Tolerations = tc.tolerations
 			before := testutil.ToFloat64(reclaimedClaims.WithLabelValues("b", "a"))
 			for _, o := range []client.Object{claim, pod} {
 				if err := c.Create(ctx, o); err != nil {
