@@ -10,6 +10,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	resourceapi "k8s.io/api/resource/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/wait"
@@ -232,7 +233,7 @@ func attackTinyShares(ctx context.Context, t *testing.T, tenant *tenancyv1.GPUTe
 // extendedResourcePod is a pod on the tenancy node whose container asks for
 // one device of class through DRA's extended resource
 // (deviceclass.resource.kubernetes.io/<class>, which every DeviceClass
-// serves): kube-scheduler makes its claim itself.
+// serves): kube-scheduler makes its claim itself. The caller deletes it.
 func extendedResourcePod(ctx context.Context, t *testing.T, ns, name, class string) *corev1.Pod {
 	t.Helper()
 	pod := &corev1.Pod{
@@ -252,7 +253,6 @@ func extendedResourcePod(ctx context.Context, t *testing.T, ns, name, class stri
 	if err != nil {
 		t.Fatalf("create pod %s: %v", name, err)
 	}
-	t.Cleanup(func() { deletePodsAndClaims(context.WithoutCancel(ctx), t, ns, pod) })
 	return pod
 }
 
@@ -283,16 +283,67 @@ func waitPodRefused(ctx context.Context, t *testing.T, pod *corev1.Pod, reason, 
 }
 
 // attackExtendedResource: a tenant's pods ask for a share
-// (shared.gpu.tessera.dev) and a whole GPU (gpu.tessera.dev) through DRA's
+// (shared.gpu.tessera.dev) and whole GPUs (gpu.tessera.dev) through DRA's
 // extended resources instead of claims, to get devices that no budget
-// counts. On the pinned Kubernetes neither is allocated on the tenancy node
-// (the scheduler reports it cannot allocate the claims): neither pod is
-// bound, and nothing of the namespace is admitted.
+// counts. The budget (ns's tenant: room for one GPU) holds: the first whole
+// GPU is allocated, admitted and runs, the second is refused OverBudget and
+// never bound. The share is never allocated on the tenancy node: every
+// time-shared GPU there carries the sharing taint (sharing.free when no group
+// holds it), and the claim kube-scheduler makes for an extended resource has
+// no tolerations and is allocated before it exists in the API, where the
+// sharing policies would add them.
 func attackExtendedResource(ctx context.Context, t *testing.T, ns string) {
 	t.Helper()
 	waitTenancyGPUsFree(ctx, t)
-	for _, class := range []string{gpuapi.ClassShared, gpuapi.ClassGPU} {
-		pod := extendedResourcePod(ctx, t, ns, strings.ReplaceAll(class, ".", "-"), class)
-		waitPodRefused(ctx, t, pod, "FailedScheduling", "cannot allocate all claims")
+	// Deleted together: deletePodsAndClaims waits until ns holds no claim.
+	var pods []*corev1.Pod
+	t.Cleanup(func() { deletePodsAndClaims(context.WithoutCancel(ctx), t, ns, pods...) })
+	pod := func(name, class string) *corev1.Pod {
+		p := extendedResourcePod(ctx, t, ns, name, class)
+		pods = append(pods, p)
+		return p
+	}
+	share := pod("share", gpuapi.ClassShared)
+	waitPodRefused(ctx, t, share, "FailedScheduling", "cannot allocate all claims")
+
+	first := pod("gpu-first", gpuapi.ClassGPU)
+	waitRunning(t, first)
+	if len(events(ctx, first, tenancyv1.ReasonAdmitted)) == 0 {
+		t.Fatalf("pod %s runs without an Admitted event: %s", first.Name, eventSummary(first))
+	}
+	second := pod("gpu-second", gpuapi.ClassGPU)
+	var admitted []string
+	err := wait.PollUntilContextTimeout(ctx, pollEvery, waitTimeout, true, func(ctx context.Context) (bool, error) {
+		p, err := local.Client.CoreV1().Pods(ns).Get(ctx, second.Name, metav1.GetOptions{})
+		if err != nil {
+			return false, nil
+		}
+		if p.Spec.NodeName != "" {
+			return false, fmt.Errorf("pod %s over budget was bound to %s", second.Name, p.Spec.NodeName)
+		}
+		for _, ev := range events(ctx, second, tenancyv1.ReasonOverBudget) {
+			if strings.Contains(ev.Message, "gpuMemory") {
+				return true, nil
+			}
+		}
+		return false, nil
+	})
+	if err != nil {
+		t.Fatalf("second GPU: no OverBudget event naming gpuMemory: %v; events: %s", err, eventSummary(second))
+	}
+	// The budget holds: one device of the namespace admitted, the first's.
+	claims, err := local.Client.ResourceV1().ResourceClaims(ns).List(ctx, metav1.ListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range claims.Items {
+		for _, d := range c.Status.Devices {
+			if meta.IsStatusConditionTrue(d.Conditions, tenancyv1.ConditionAdmitted) {
+				admitted = append(admitted, c.Name+" "+d.Device)
+			}
+		}
+	}
+	if len(admitted) != 1 || !strings.HasPrefix(admitted[0], first.Name+"-extended-resources-") {
+		t.Errorf("admitted %v, want the first pod's GPU only", admitted)
 	}
 }

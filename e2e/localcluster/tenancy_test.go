@@ -43,7 +43,9 @@ func TestTenancyAttackMatrix(t *testing.T) {
 	sharesOnly := tenancyv1.GPUTenantSpec{AllowedDeviceClasses: []string{gpuapi.ClassShared}}
 	mixedTenant, tinyTenant := newTenant(t, "mixed", sharesOnly), newTenant(t, "tiny", sharesOnly)
 	mixedNS, tinyNS := tenantNamespace(t, mixedTenant.Name), tenantNamespace(t, tinyTenant.Name)
-	extendedTenant := newTenant(t, "extended", tenancyv1.GPUTenantSpec{AllowedDeviceClasses: []string{gpuapi.ClassShared, gpuapi.ClassGPU}})
+	// Room for one whole H200 (about 140Gi) and not two.
+	extendedTenant := newTenant(t, "extended", tenancyv1.GPUTenantSpec{AllowedDeviceClasses: []string{gpuapi.ClassShared, gpuapi.ClassGPU},
+		Budget: &tenancyv1.Budget{GPUMemory: new(resource.MustParse("200Gi"))}})
 	extendedNS := tenantNamespace(t, extendedTenant.Name)
 	// Less than one 1g.18gb partition: every claim of floodTenant is over budget.
 	floodTenant := newTenant(t, "flood", tenancyv1.GPUTenantSpec{AllowedDeviceClasses: []string{gpuapi.ClassMIG},
