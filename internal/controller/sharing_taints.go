@@ -15,7 +15,6 @@ import (
 	"k8s.io/klog/v2"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
@@ -160,42 +159,33 @@ func (r *SharingReconciler) clock() time.Time {
 	return r.now()
 }
 
-// applyTaints makes the sharing rules that exist (have) what want says.
+// applyTaints makes the sharing rules that exist (have) what want says:
+// those missing or changed are applied, those not wanted pruned.
 func (r *SharingReconciler) applyTaints(ctx context.Context, have []resourceapi.DeviceTaintRule, want []*resourceapi.DeviceTaintRule) error {
 	logger := klog.FromContext(ctx)
 	existing := map[string]*resourceapi.DeviceTaintRule{}
 	for i := range have {
 		existing[have[i].Name] = &have[i]
 	}
+	wanted := map[string]bool{}
 	var errs []error
 	for _, rule := range want {
+		wanted[rule.Name] = true
 		old, ok := existing[rule.Name]
-		delete(existing, rule.Name)
-		switch {
-		case !ok:
-			if err := r.client.Create(ctx, rule, client.FieldOwner(fieldManager)); err != nil {
-				errs = append(errs, fmt.Errorf("create DeviceTaintRule %s: %w", rule.Name, err))
-				continue
-			}
-			logger.Info("Tainted shared GPU", "rule", rule.Name, "group", rule.Spec.Taint.Value)
-		case !sameTaintRule(old, rule):
-			updated := old.DeepCopy()
-			updated.Spec.DeviceSelector = rule.Spec.DeviceSelector
-			updated.Spec.Taint.Key, updated.Spec.Taint.Value, updated.Spec.Taint.Effect = rule.Spec.Taint.Key, rule.Spec.Taint.Value, rule.Spec.Taint.Effect
-			if err := r.client.Update(ctx, updated, client.FieldOwner(fieldManager)); err != nil {
-				errs = append(errs, fmt.Errorf("update DeviceTaintRule %s: %w", rule.Name, err))
-				continue
-			}
-			logger.Info("Retainted shared GPU", "rule", rule.Name, "group", rule.Spec.Taint.Value)
-		}
-	}
-	for name, rule := range existing {
-		if err := client.IgnoreNotFound(r.client.Delete(ctx, rule)); err != nil {
-			errs = append(errs, fmt.Errorf("delete DeviceTaintRule %s: %w", name, err))
+		if ok && sameTaintRule(old, rule) {
 			continue
 		}
-		logger.Info("Untainted shared GPU", "rule", name)
+		if err := applyOwned(ctx, r.client, rule, nil); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		logger.Info("Tainted shared GPU", "rule", rule.Name, "group", rule.Spec.Taint.Value, "retainted", ok)
 	}
+	// Only the rules of sharing (sharingRules) are the reconciler's.
+	errs = append(errs, prune(ctx, r.client, &resourceapi.DeviceTaintRuleList{}, client.MatchingLabels{tenancyv1.LabelManagedBy: tenancyv1.ManagedByValue},
+		func(o client.Object) bool {
+			return !strings.HasSuffix(o.GetName(), taintRuleSuffix) || wanted[o.GetName()]
+		}))
 	return errors.Join(errs...)
 }
 
@@ -214,16 +204,7 @@ func (r *SharingReconciler) applyUntenantedBinding(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	desired := tenancy.UntenantedSharingBinding(tenanted)
-	obj := &admissionv1.MutatingAdmissionPolicyBinding{ObjectMeta: *desired.ObjectMeta.DeepCopy()}
-	if _, err := controllerutil.CreateOrUpdate(ctx, r.client, obj, func() error {
-		obj.Labels = desired.Labels
-		obj.Spec = desired.Spec
-		return nil
-	}); err != nil {
-		return fmt.Errorf("apply MutatingAdmissionPolicyBinding %s: %w", desired.Name, err)
-	}
-	return nil
+	return applyOwned(ctx, r.client, tenancy.UntenantedSharingBinding(tenanted), nil)
 }
 
 // SetupWithManager registers the reconciler on every change of claims,

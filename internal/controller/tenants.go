@@ -19,7 +19,6 @@ import (
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 	"sigs.k8s.io/controller-runtime/pkg/event"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
@@ -159,65 +158,25 @@ func (r *TenantReconciler) applyQuotas(ctx context.Context, t *tenancyv1.GPUTena
 			errs = append(errs, r.apply(ctx, q, t))
 		}
 	}
-	var have corev1.ResourceQuotaList
-	if err := r.client.List(ctx, &have, client.MatchingLabels{tenancyv1.LabelOwnerTenant: t.Name}); err != nil {
-		return fmt.Errorf("list quotas of GPUTenant %s: %w", t.Name, err)
-	}
-	for i := range have.Items {
-		if q := &have.Items[i]; !want[client.ObjectKeyFromObject(q)] {
-			errs = append(errs, client.IgnoreNotFound(r.client.Delete(ctx, q)))
-		}
-	}
+	errs = append(errs, prune(ctx, r.client, &corev1.ResourceQuotaList{}, client.MatchingLabels{tenancyv1.LabelOwnerTenant: t.Name}, keepKeys(want)))
 	return errors.Join(errs...)
 }
 
 func (r *TenantReconciler) applyClasses(ctx context.Context, t *tenancyv1.GPUTenant) error {
-	want := map[string]bool{}
+	want := map[types.NamespacedName]bool{}
 	var errs []error
 	for _, c := range tenancy.DedicatedClasses(t) {
-		want[c.Name] = true
+		want[client.ObjectKeyFromObject(c)] = true
 		errs = append(errs, r.apply(ctx, c, t))
 	}
-	var have resourceapi.DeviceClassList
-	if err := r.client.List(ctx, &have, client.MatchingLabels{tenancyv1.LabelOwnerTenant: t.Name}); err != nil {
-		return fmt.Errorf("list DeviceClasses of GPUTenant %s: %w", t.Name, err)
-	}
-	for i := range have.Items {
-		if c := &have.Items[i]; !want[c.Name] {
-			errs = append(errs, client.IgnoreNotFound(r.client.Delete(ctx, c)))
-		}
-	}
+	errs = append(errs, prune(ctx, r.client, &resourceapi.DeviceClassList{}, client.MatchingLabels{tenancyv1.LabelOwnerTenant: t.Name}, keepKeys(want)))
 	return errors.Join(errs...)
 }
 
-// apply creates or updates obj to the desired spec and labels, owned by owner
-// (when not nil) so that it is deleted with the tenant.
+// apply server-side applies desired, owned by owner (when not nil) so that
+// it is deleted with the tenant (applyOwned).
 func (r *TenantReconciler) apply(ctx context.Context, desired client.Object, owner *tenancyv1.GPUTenant) error {
-	obj := desired.DeepCopyObject().(client.Object)
-	_, err := controllerutil.CreateOrUpdate(ctx, r.client, obj, func() error {
-		obj.SetLabels(desired.GetLabels())
-		copySpec(obj, desired)
-		if owner != nil {
-			return controllerutil.SetControllerReference(owner, obj, r.client.Scheme())
-		}
-		return nil
-	})
-	if err != nil {
-		return fmt.Errorf("apply %T %s: %w", desired, klog.KObj(desired), err)
-	}
-	return nil
-}
-
-// copySpec sets obj's spec to desired's.
-func copySpec(obj, desired client.Object) {
-	switch o := obj.(type) {
-	case *admissionv1.ValidatingAdmissionPolicyBinding:
-		o.Spec = desired.(*admissionv1.ValidatingAdmissionPolicyBinding).Spec
-	case *corev1.ResourceQuota:
-		o.Spec = desired.(*corev1.ResourceQuota).Spec
-	case *resourceapi.DeviceClass:
-		o.Spec = desired.(*resourceapi.DeviceClass).Spec
-	}
+	return applyOwned(ctx, r.client, desired, owner)
 }
 
 // usage is what t's admitted claims cost, with those claims and the device
