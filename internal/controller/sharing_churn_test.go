@@ -7,6 +7,8 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	resourceapi "k8s.io/api/resource/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	resourcev1ac "k8s.io/client-go/applyconfigurations/resource/v1"
 	"k8s.io/klog/v2/ktesting"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/client/fake"
@@ -19,7 +21,7 @@ import (
 )
 
 // ruleWrites is a fake client over objs that counts the writes of
-// DeviceTaintRules (create, update, delete) in *n.
+// DeviceTaintRules (create, update, apply, delete) in *n.
 func ruleWrites(t *testing.T, objs []client.Object, n *int) client.Client {
 	t.Helper()
 	scheme, err := Scheme()
@@ -41,6 +43,12 @@ func ruleWrites(t *testing.T, objs []client.Object, n *int) client.Client {
 			Update: func(ctx context.Context, c client.WithWatch, obj client.Object, opts ...client.UpdateOption) error {
 				count(obj)
 				return c.Update(ctx, obj, opts...)
+			},
+			Apply: func(ctx context.Context, c client.WithWatch, obj runtime.ApplyConfiguration, opts ...client.ApplyOption) error {
+				if _, ok := obj.(*resourcev1ac.DeviceTaintRuleApplyConfiguration); ok {
+					*n++
+				}
+				return c.Apply(ctx, obj, opts...)
 			},
 			Delete: func(ctx context.Context, c client.WithWatch, obj client.Object, opts ...client.DeleteOption) error {
 				count(obj)
