@@ -99,21 +99,22 @@ func (r *AdmissionReconciler) Reconcile(ctx context.Context, req reconcile.Reque
 	}
 	// No time-shared GPU serves two tenants (sharing.go).
 	if r.sharing != nil {
-		if d, err = r.sharing.check(ctx, r.client, claim, tenant, d); err != nil {
+		if d, err = r.sharing.check(ctx, r.client, r.ledger, claim, tenant, d); err != nil {
 			return reconcile.Result{}, err
 		}
 	}
 	if err := r.writeConditions(ctx, claim, d, memory); err != nil {
 		return reconcile.Result{}, err
 	}
+	var shares *tenancy.ShareHolder
 	if r.sharing != nil && d.Admit {
-		r.sharing.admit(claim, tenant)
+		shares = r.sharing.shares(claim, tenant)
 	}
 	tenantName := ""
 	if tenant != nil {
 		tenantName = tenant.Name
 	}
-	r.ledger.record(req.NamespacedName, claim.UID, tenantName, d)
+	r.ledger.record(req.NamespacedName, claim.UID, tenantName, d, shares)
 	decision := "rejected"
 	if d.Admit {
 		decision = "admitted"

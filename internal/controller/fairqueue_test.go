@@ -127,7 +127,7 @@ func TestFairQueueContract(t *testing.T) {
 func TestDecidedClaimsQueueNothing(t *testing.T) {
 	l := newLedger()
 	admittedKey := types.NamespacedName{Namespace: "a1", Name: "admitted"}
-	l.record(admittedKey, "u", "a", tenancy.Decision{Admit: true})
+	l.record(admittedKey, "u", "a", tenancy.Decision{Admit: true}, nil)
 	pending := pendingShare("a1", "pending", "gpu-0-shared")
 	rejected := pendingShare("a1", "rejected", "gpu-0-shared")
 	r := rejected.Status.Allocation.Devices.Results[0]

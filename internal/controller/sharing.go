@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"slices"
-	"sync"
 
 	corev1 "k8s.io/api/core/v1"
 	resourceapi "k8s.io/api/resource/v1"
@@ -23,30 +22,23 @@ import (
 // and deciding one claim at a time, admits the first and rejects the other
 // (the scheduler then retries it elsewhere, by then kept off by the taint).
 //
-// Like the budget ledger, it remembers the shares it admitted until the cache
-// shows them admitted, so that a decision right after another never misses
-// the first one's holder.
-type sharingGuard struct {
-	mu       sync.Mutex
-	admitted map[types.NamespacedName]sharingEntry
-}
-
-type sharingEntry struct {
-	uid    types.UID
-	holder tenancy.ShareHolder
-}
+// The shares it admitted are remembered with the admission in the ledger
+// (shares, ledger.pendingShares) until the cache shows them admitted, so that
+// a decision right after another never misses the first one's holder.
+type sharingGuard struct{}
 
 func newSharingGuard() *sharingGuard {
-	return &sharingGuard{admitted: map[types.NamespacedName]sharingEntry{}}
+	return &sharingGuard{}
 }
 
 // check refuses d (turning it into a rejection) when the claim, of tenant t
-// (nil: of no tenant), holds a share of a GPU that another group holds.
-func (g *sharingGuard) check(ctx context.Context, c client.Reader, claim *resourceapi.ResourceClaim, t *tenancyv1.GPUTenant, d tenancy.Decision) (tenancy.Decision, error) {
+// (nil: of no tenant), holds a share of a GPU that another group holds,
+// as the cache or the ledger l shows it.
+func (g *sharingGuard) check(ctx context.Context, c client.Reader, l *ledger, claim *resourceapi.ResourceClaim, t *tenancyv1.GPUTenant, d tenancy.Decision) (tenancy.Decision, error) {
 	if !d.Admit || len(tenancy.SharedDevices(claim)) == 0 {
 		return d, nil
 	}
-	holders, err := g.holders(ctx, c, claim)
+	holders, err := g.holders(ctx, c, l, claim)
 	if err != nil {
 		return d, err
 	}
@@ -56,24 +48,21 @@ func (g *sharingGuard) check(ctx context.Context, c client.Reader, claim *resour
 	return d, nil
 }
 
-// admit remembers an admitted claim's shares until the cache shows them.
-func (g *sharingGuard) admit(claim *resourceapi.ResourceClaim, t *tenancyv1.GPUTenant) {
+// shares are an admitted claim's shares of time-shared GPUs, for the ledger
+// to remember until the cache shows them, or nil if it holds none.
+func (g *sharingGuard) shares(claim *resourceapi.ResourceClaim, t *tenancyv1.GPUTenant) *tenancy.ShareHolder {
 	devices := tenancy.SharedDevices(claim)
 	if len(devices) == 0 {
-		return
+		return nil
 	}
-	key := client.ObjectKeyFromObject(claim)
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	g.admitted[key] = sharingEntry{uid: claim.UID, holder: tenancy.ShareHolder{Claim: key, Group: tenancy.SharingGroup(t), Devices: devices}}
+	return &tenancy.ShareHolder{Claim: client.ObjectKeyFromObject(claim), Group: tenancy.SharingGroup(t), Devices: devices}
 }
 
 // holders are the claims other than claim that hold shares of the GPUs it
 // holds shares of: those the cache shows admitted or allocated without a
 // gate (indexClaimDevice: only the claims allocated those GPUs are read),
-// and those this guard admitted that the cache still shows pending. Entries
-// the cache has caught up with (admitted, released, gone) are dropped.
-func (g *sharingGuard) holders(ctx context.Context, c client.Reader, claim *resourceapi.ResourceClaim) ([]tenancy.ShareHolder, error) {
+// and those admitted that the cache still shows pending (ledger.pendingShares).
+func (g *sharingGuard) holders(ctx context.Context, c client.Reader, l *ledger, claim *resourceapi.ResourceClaim) ([]tenancy.ShareHolder, error) {
 	skip := client.ObjectKeyFromObject(claim)
 	groups := namespaceGroups{reader: c, groups: map[string]string{}}
 	seen := map[types.NamespacedName]bool{skip: true}
@@ -98,23 +87,11 @@ func (g *sharingGuard) holders(ctx context.Context, c client.Reader, claim *reso
 			out = append(out, tenancy.ShareHolder{Claim: key, Group: group, Devices: devices})
 		}
 	}
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	for key, e := range g.admitted {
-		cl := &resourceapi.ResourceClaim{}
-		err := c.Get(ctx, key, cl)
-		if err != nil && !apierrors.IsNotFound(err) {
-			return nil, fmt.Errorf("get claim %s: %w", key, err)
-		}
-		if err != nil || cl.UID != e.uid || tenancy.ClaimState(cl) != tenancy.Pending {
-			delete(g.admitted, key)
-			continue
-		}
-		if key != skip {
-			out = append(out, e.holder)
-		}
+	pending, err := l.pendingShares(ctx, c, skip)
+	if err != nil {
+		return nil, err
 	}
-	return out, nil
+	return append(out, pending...), nil
 }
 
 // namespaceGroups finds the sharing group of a namespace's claims, reading
