@@ -136,11 +136,8 @@ func (r *TenantReconciler) reconcileUntenanted(ctx context.Context) error {
 		return err
 	}
 	if r.untenanted != UntenantedDeny {
-		err := r.client.Delete(ctx, &admissionv1.ValidatingAdmissionPolicyBinding{ObjectMeta: metav1.ObjectMeta{Name: tenancyv1.PolicyUntenanted}})
-		if err != nil && !apierrors.IsNotFound(err) {
-			return fmt.Errorf("delete untenanted binding: %w", err)
-		}
-		return nil
+		return prune(ctx, r.client, &admissionv1.ValidatingAdmissionPolicyBindingList{}, client.MatchingLabels{tenancyv1.LabelManagedBy: tenancyv1.ManagedByValue},
+			func(o client.Object) bool { return o.GetName() != tenancyv1.PolicyUntenanted })
 	}
 	return r.apply(ctx, tenancy.UntenantedBinding(tenanted), nil)
 }

@@ -3,7 +3,9 @@ package controller
 import (
 	"testing"
 
+	admissionv1 "k8s.io/api/admissionregistration/v1"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
@@ -108,5 +110,28 @@ func TestPruneDeletesOnlyWhatItOwnsAndNoLongerWants(t *testing.T) {
 	}
 	if len(names) != 2 || names[0] != "a1/kept" || names[1] != "a2/someone-elses" {
 		t.Errorf("left %v, want [a1/kept a2/someone-elses]", names)
+	}
+}
+
+// TestUntenantedAllowPrunesOnlyTheUntenantedBinding: a controller that
+// denied untenanted namespaces and now allows them deletes the untenanted
+// binding, and keeps the outsiders binding and the tenants' own.
+func TestUntenantedAllowPrunesOnlyTheUntenantedBinding(t *testing.T) {
+	_, ctx := ktesting.NewTestContext(t)
+	c := newFake(t)
+	r := &TenantReconciler{client: c, recorder: &fakeRecorder{reasons: map[string]int{}}, ledger: newLedger(), catalog: newDeviceCatalog(), untenanted: UntenantedDeny, decided: make(chan event.GenericEvent)}
+	reconcileTenant(t, r, "team-a")
+	if err := c.Get(ctx, types.NamespacedName{Name: tenancyv1.PolicyUntenanted}, &admissionv1.ValidatingAdmissionPolicyBinding{}); err != nil {
+		t.Fatalf("untenanted binding with --untenanted=deny: %v", err)
+	}
+	r.untenanted = UntenantedAllow
+	reconcileTenant(t, r, "team-a")
+	if err := c.Get(ctx, types.NamespacedName{Name: tenancyv1.PolicyUntenanted}, &admissionv1.ValidatingAdmissionPolicyBinding{}); !apierrors.IsNotFound(err) {
+		t.Errorf("untenanted binding with --untenanted=allow: %v", err)
+	}
+	for _, name := range []string{tenancyv1.PolicyOutsiders, tenancyv1.BindingName("team-a")} {
+		if err := c.Get(ctx, types.NamespacedName{Name: name}, &admissionv1.ValidatingAdmissionPolicyBinding{}); err != nil {
+			t.Errorf("binding %s: %v", name, err)
+		}
 	}
 }
