@@ -60,11 +60,11 @@ var _ reconcile.Reconciler = &SharingReconciler{}
 
 // Tenant-exclusive time-sharing: one DeviceTaintRule per time-shared GPU a
 // tenant holds, and the binding of the untenanted sharing policy, kept bound
-// to the namespaces of no tenant: the one binding of that kind it updates.
+// to the namespaces of no tenant: the one binding of that kind it patches.
 //
 // +kubebuilder:rbac:groups=resource.k8s.io,resources=devicetaintrules,verbs=get;list;watch;create;update;patch;delete
 // +kubebuilder:rbac:groups=admissionregistration.k8s.io,resources=mutatingadmissionpolicybindings,verbs=get;list;watch;create
-// +kubebuilder:rbac:groups=admissionregistration.k8s.io,resources=mutatingadmissionpolicybindings,resourceNames=untenanted.sharing.tenancy.tessera.dev,verbs=update;patch
+// +kubebuilder:rbac:groups=admissionregistration.k8s.io,resources=mutatingadmissionpolicybindings,resourceNames=untenanted.sharing.tenancy.tessera.dev,verbs=patch
 
 // Reconcile brings every sharing taint and the untenanted binding in line.
 func (r *SharingReconciler) Reconcile(ctx context.Context, _ reconcile.Request) (reconcile.Result, error) {

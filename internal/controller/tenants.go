@@ -53,13 +53,16 @@ var _ reconcile.Reconciler = &TenantReconciler{}
 
 // The chart's controller ClusterRole is generated from the rbac markers of
 // this package (make generate-rbac). What the controller writes is narrowed
-// as far as RBAC can say it: where the name is fixed, by resourceNames (RBAC
-// cannot narrow create); where it is not (tenants' bindings, dedicated
-// classes, one taint rule per shared GPU), the chart's controller-scope
-// ValidatingAdmissionPolicy lets the controller's account write only objects
-// labelled as its own. Each tenant has one binding, named after it, so update
-// cannot be narrowed by name; the API server applies no admission policy to
-// bindings, so no policy narrows it either. The controller deletes only the
+// as far as RBAC can say it. The controller writes them by server-side apply:
+// a patch, and a create where the object does not exist yet (the API server
+// asks RBAC for both), never an update. Where the name is fixed, patch is
+// narrowed by resourceNames (RBAC cannot narrow create); where it is not
+// (tenants' bindings, dedicated classes, one taint rule per shared GPU), the
+// chart's controller-scope ValidatingAdmissionPolicy lets the controller's
+// account write only objects labelled as its own. Each tenant has one
+// binding, named after it, so patch cannot be narrowed by name; the API
+// server applies no admission policy to bindings, so no policy narrows it
+// either. The controller deletes only the
 // untenanted binding; tenants' bindings go with their tenant (owner
 // references, the garbage collector).
 //
@@ -67,9 +70,9 @@ var _ reconcile.Reconciler = &TenantReconciler{}
 // +kubebuilder:rbac:groups=tenancy.tessera.dev,resources=gputenants/status,verbs=get;update;patch
 // +kubebuilder:rbac:groups="",resources=namespaces,verbs=get;list;watch
 // +kubebuilder:rbac:groups="",resources=resourcequotas,verbs=get;list;watch;create
-// +kubebuilder:rbac:groups="",resources=resourcequotas,resourceNames=tessera-gpu-tenant,verbs=update;patch;delete
-// +kubebuilder:rbac:groups=resource.k8s.io,resources=deviceclasses,verbs=get;list;watch;create;update;patch;delete
-// +kubebuilder:rbac:groups=admissionregistration.k8s.io,resources=validatingadmissionpolicybindings,verbs=get;list;watch;create;update;patch
+// +kubebuilder:rbac:groups="",resources=resourcequotas,resourceNames=tessera-gpu-tenant,verbs=patch;delete
+// +kubebuilder:rbac:groups=resource.k8s.io,resources=deviceclasses,verbs=get;list;watch;create;patch;delete
+// +kubebuilder:rbac:groups=admissionregistration.k8s.io,resources=validatingadmissionpolicybindings,verbs=get;list;watch;create;patch
 // +kubebuilder:rbac:groups=admissionregistration.k8s.io,resources=validatingadmissionpolicybindings,resourceNames=untenanted.tenancy.tessera.dev,verbs=delete
 
 // Reconcile brings one tenant (or, for clusterKey, the untenanted binding) in line.

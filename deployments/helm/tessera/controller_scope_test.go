@@ -271,11 +271,15 @@ func TestControllerRBACIsNarrow(t *testing.T) {
 		}
 	}
 	want := map[string][]string{
-		"resourcequotas update":                    {tenancyv1.QuotaName},
+		// The controller writes what it owns by server-side apply (create
+		// and patch), never by update.
+		"resourcequotas update":                    nil,
 		"resourcequotas patch":                     {tenancyv1.QuotaName},
 		"resourcequotas delete":                    {tenancyv1.QuotaName},
+		"deviceclasses update":                     nil,
+		"validatingadmissionpolicybindings update": nil,
 		"validatingadmissionpolicybindings delete": {tenancyv1.PolicyUntenanted},
-		"mutatingadmissionpolicybindings update":   {tenancyv1.PolicySharingUntenanted},
+		"mutatingadmissionpolicybindings update":   nil,
 		"mutatingadmissionpolicybindings patch":    {tenancyv1.PolicySharingUntenanted},
 		"mutatingadmissionpolicybindings delete":   nil,
 		"leases get":                               {"tessera-dra-controller"},
