@@ -12,10 +12,12 @@ import (
 	"k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/sets"
 	admissionv1ac "k8s.io/client-go/applyconfigurations/admissionregistration/v1"
 	corev1ac "k8s.io/client-go/applyconfigurations/core/v1"
 	metav1ac "k8s.io/client-go/applyconfigurations/meta/v1"
 	resourcev1ac "k8s.io/client-go/applyconfigurations/resource/v1"
+	"k8s.io/client-go/util/csaupgrade"
 	"k8s.io/klog/v2"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
@@ -39,10 +41,33 @@ func applyOwned(ctx context.Context, c client.Client, desired client.Object, own
 	if err != nil {
 		return fmt.Errorf("apply %T %s: %w", desired, klog.KObj(desired), err)
 	}
+	if err := takeOverUpdates(ctx, c, desired); err != nil {
+		return fmt.Errorf("apply %T %s: %w", desired, klog.KObj(desired), err)
+	}
 	if err := c.Apply(ctx, cfg, client.FieldOwner(fieldManager), client.ForceOwnership); err != nil {
 		return fmt.Errorf("apply %T %s: %w", desired, klog.KObj(desired), err)
 	}
 	return nil
+}
+
+// takeOverUpdates hands the fields of desired's object that fieldManager
+// wrote by create or update (a controller from before it applied) to its
+// apply entry, once: apply removes only the fields its own entry owned, so a
+// field the desired object no longer has would otherwise stay for good. The
+// object is read from the cache; one that does not exist yet needs nothing.
+func takeOverUpdates(ctx context.Context, c client.Client, desired client.Object) error {
+	obj, ok := desired.DeepCopyObject().(client.Object)
+	if !ok {
+		return fmt.Errorf("%T is not an object", desired)
+	}
+	if err := c.Get(ctx, client.ObjectKeyFromObject(desired), obj); err != nil {
+		return client.IgnoreNotFound(err)
+	}
+	patch, err := csaupgrade.UpgradeManagedFieldsPatch(obj, sets.New(fieldManager), fieldManager)
+	if err != nil || patch == nil {
+		return err
+	}
+	return c.Patch(ctx, obj, client.RawPatch(types.JSONPatchType, patch))
 }
 
 // applyConfiguration is desired as the typed apply configuration of its kind:

@@ -5,12 +5,14 @@ import (
 
 	admissionv1 "k8s.io/api/admissionregistration/v1"
 	corev1 "k8s.io/api/core/v1"
+	resourceapi "k8s.io/api/resource/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/klog/v2/ktesting"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/client/fake"
 	"sigs.k8s.io/controller-runtime/pkg/event"
 
 	gpuapi "github.com/tessera-gpu/tessera/api/gpu"
@@ -133,5 +135,44 @@ func TestUntenantedAllowPrunesOnlyTheUntenantedBinding(t *testing.T) {
 		if err := c.Get(ctx, types.NamespacedName{Name: name}, &admissionv1.ValidatingAdmissionPolicyBinding{}); err != nil {
 			t.Errorf("binding %s: %v", name, err)
 		}
+	}
+}
+
+// TestApplyTakesOverWhatUpdateWrote: a quota an older controller wrote by
+// create and update (its fields owned by an Update entry of the same field
+// manager) loses a limit the tenant no longer sets once the controller
+// applies it: apply alone would leave fields owned by the Update entry.
+func TestApplyTakesOverWhatUpdateWrote(t *testing.T) {
+	_, ctx := ktesting.NewTestContext(t)
+	scheme, err := Scheme()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The API server returns managedFields; the fake only when asked.
+	c := withIndexes(fake.NewClientBuilder()).WithScheme(scheme).WithObjects(fixture()...).
+		WithStatusSubresource(&resourceapi.ResourceClaim{}, &tenancyv1.GPUTenant{}).WithReturnManagedFields().Build()
+	tenant := &tenancyv1.GPUTenant{}
+	if err := c.Get(ctx, types.NamespacedName{Name: "team-a"}, tenant); err != nil {
+		t.Fatal(err)
+	}
+	tenant.Spec.NamespaceQuota = &tenancyv1.NamespaceQuota{Devices: map[string]int64{gpuapi.ClassMIG: 7}}
+	if err := c.Update(ctx, tenant); err != nil {
+		t.Fatal(err)
+	}
+	old := tenancy.Quota(tenant, "a1")
+	old.Spec.Hard[tenancy.QuotaResource(gpuapi.ClassShared)] = resource.MustParse("3")
+	if err := c.Create(ctx, old, client.FieldOwner(fieldManager)); err != nil {
+		t.Fatal(err)
+	}
+	r := &TenantReconciler{client: c, recorder: &fakeRecorder{reasons: map[string]int{}}, ledger: newLedger(), catalog: newDeviceCatalog(), untenanted: UntenantedDeny, decided: make(chan event.GenericEvent)}
+	reconcileTenant(t, r, "team-a")
+
+	q := &corev1.ResourceQuota{}
+	if err := c.Get(ctx, client.ObjectKeyFromObject(old), q); err != nil {
+		t.Fatal(err)
+	}
+	want := corev1.ResourceList{tenancy.QuotaResource(gpuapi.ClassMIG): resource.MustParse("7")}
+	if len(q.Spec.Hard) != 1 || q.Spec.Hard.Name(tenancy.QuotaResource(gpuapi.ClassMIG), resource.DecimalSI).Value() != 7 {
+		t.Errorf("quota limits %v, want %v", q.Spec.Hard, want)
 	}
 }
