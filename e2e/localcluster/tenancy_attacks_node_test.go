@@ -278,9 +278,14 @@ func attackForeignPoolSlice(ctx context.Context, t *testing.T) {
 		}
 		return tenancy.DeviceMemory(ptrsOf(list.Items))[tenancy.DeviceID{Driver: gpuapi.DriverName, Pool: poolNode.Name, Device: gpuapi.WholeDeviceName(0)}]
 	}
-	before := costed()
-	if before == 0 {
-		t.Fatalf("the dedicated node %s publishes no %s", poolNode.Name, gpuapi.WholeDeviceName(0))
+	// The whole GPU is withdrawn from the slices while a partition or share
+	// of it is allocated; an earlier case's claims may still be going.
+	var before int64
+	if err := wait.PollUntilContextTimeout(ctx, pollEvery, waitTimeout, true, func(context.Context) (bool, error) {
+		before = costed()
+		return before != 0, nil
+	}); err != nil {
+		t.Fatalf("the dedicated node %s publishes no %s within %s", poolNode.Name, gpuapi.WholeDeviceName(0), waitTimeout)
 	}
 	asNode := clientFor(t, local.Node(tenancyNode.Name).Options().Kubeconfig)
 	forged := builder.MakeSlice("forged-foreign-pool", tenancyNode.Name).Pool(poolNode.Name, 1<<40, 1).
