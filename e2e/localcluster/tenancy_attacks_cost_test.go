@@ -102,6 +102,16 @@ func waitTenancyGPUsFree(ctx context.Context, t *testing.T) {
 	for _, gpu := range tenancyGPUs() {
 		waitTaintValue(ctx, t, gpu, tenancyv1.GroupFree)
 	}
+	// The case before may have left a binding cycle in a scheduler, its
+	// devices in flight there although its pods and claims are gone (see
+	// bindingCycles): a pod tried meanwhile waits for the queue's flush.
+	var why string
+	if err := wait.PollUntilContextTimeout(ctx, pollEvery, waitTimeout, true, func(ctx context.Context) (bool, error) {
+		why = bindingCycles(ctx)
+		return why == "", nil
+	}); err != nil {
+		t.Fatalf("the schedulers still bind after %s: %s", waitTimeout, why)
+	}
 }
 
 // deletePodsAndClaims deletes pods and waits until ns holds no claim, so
