@@ -106,7 +106,7 @@ func TestTesseraSchedulerCarriesIndexedAllocator(t *testing.T) {
 			}
 		}
 		// The MIG placement choice is registered only in a build with the tag
-		// (cmd/tessera-scheduler/placement_choice.go).
+		// (research/cmd/tessera-scheduler/placement_choice.go).
 		tagged := false
 		for _, s := range info.Settings {
 			tagged = tagged || s.Key == "-tags" && slices.Contains(strings.Split(s.Value, ","), "patched_allocator")
