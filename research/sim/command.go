@@ -26,7 +26,7 @@ func NewCommand() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(traceCommand(), whatIfCommand(), plotCommand(), timelineCommand())
+	root.AddCommand(traceCommand(), whatIfCommand(), plotCommand(), timelineCommand(), burstCommand())
 	return root
 }
 
