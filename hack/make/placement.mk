@@ -4,6 +4,7 @@
 #   make sim-openb          the openb figures and plot of docs/benchmarks.md (10 seeds, ~3 min on 2 cores)
 #   make sim-openb-variants the FGD paper's openb variants table of docs/benchmarks.md (10 seeds each)
 #   make sim-elastic        hard against elastic budgets on the openb timeline (docs/benchmarks.md, 10 seeds, a few min on 2 cores)
+#   make sim-burst          bursts of shares against the same shares one by one, per scheduler (docs/benchmarks.md, seconds)
 #   make tessera-scheduler  kube-scheduler with the TesseraPlacement plugin into bin/
 #   make test-scheduler-patched
 #                           the tests of tessera-scheduler's patched DynamicResources plugin
@@ -45,6 +46,15 @@ sim-elastic: ## Hard against elastic tenant budgets on the openb timeline, figur
 	$(BIN)/tessera-sim timeline --pods $(OPENB_DIR)/openb_pod_list_default.csv \
 		--nodes $(OPENB_DIR)/openb_node_list_gpu_node.csv $(SIM_ELASTIC_FLAGS) --split 4,3,2,1 \
 		--plot docs/elastic-openb.png | tee $(BIN)/sim-elastic-split.json
+
+# Bursts of shares in the simulator: the e2e's setup (four shares of 25-34Gi on two H200s,
+# TestShareBurstPacksLikeOneByOne), then eight 30Gi shares on an eight-GPU node with four free.
+.PHONY: sim-burst
+sim-burst: ## Bursts of shares against the same shares one by one, GPUs touched and left free per scheduler (docs/benchmarks.md, seconds)
+	$(GO) build -o $(BIN)/ ./research/cmd/tessera-sim
+	$(BIN)/tessera-sim burst --seeds $(SIM_SEEDS) | tee $(BIN)/sim-burst-e2e.json
+	$(BIN)/tessera-sim burst --seeds $(SIM_SEEDS) --gpus 8 --busy-gpus 4 --shares 8 \
+		--memory-min-gib 30 --memory-max-gib 30 | tee $(BIN)/sim-burst-eight.json
 
 # tessera-scheduler is kube-scheduler with Tessera's plugin, built from its own module
 # (research/cmd/tessera-scheduler/go.mod) so that k8s.io/kubernetes stays out of Tessera's module,

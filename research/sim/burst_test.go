@@ -143,6 +143,23 @@ func TestBurstWithNothingWrittenPacksLikeOneByOne(t *testing.T) {
 	}
 }
 
+// TestTesseraSchedulerBurstPacksWhateverIsWritten: under count-once, how many
+// of the burst's writes have landed changes nothing.
+func TestTesseraSchedulerBurstPacksWhateverIsWritten(t *testing.T) {
+	for unwritten := range 5 {
+		opts := DefaultBurstOptions()
+		opts.Unwritten = unwritten
+		results, err := RunBurst(context.Background(), opts, BurstSchedulers[1:])
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := burstFigures{OneByOne: 10, Burst: 10, OneByOneFree: 10, BurstFree: 10}
+		if diff := cmp.Diff(want, figures(results[0])); diff != "" {
+			t.Errorf("tessera-scheduler, %d unwritten (-want +got):\n%s", unwritten, diff)
+		}
+	}
+}
+
 // TestBurstSizesAreTheE2Es: seed i draws the sizes that
 // e2e/localcluster/burst_test.go draws for seed i (its expression, copied).
 func TestBurstSizesAreTheE2Es(t *testing.T) {
