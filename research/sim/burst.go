@@ -381,8 +381,9 @@ func burstSizes(opts BurstOptions, seed int) []int64 {
 // every share is filtered while the earlier shares of its burst wait in
 // PreBind: each is in flight, and all but the opts.Unwritten placed last have
 // also written their allocation to the claim cache. A share that fits
-// nowhere then is placed after every pod of the burst is bound (the
-// scheduler retries it once the binding conditions are set), one by one.
+// nowhere then is placed, one by one, after every pod of the burst is bound:
+// a simplification of kube-scheduler's retry of an unschedulable pod, which
+// comes on a later event and may come while some of the burst still waits.
 func RunBurst(ctx context.Context, opts BurstOptions, schedulers []BurstScheduler) ([]BurstResult, error) {
 	if err := opts.Validate(); err != nil {
 		return nil, err
