@@ -8,6 +8,7 @@ import (
 	resourceapi "k8s.io/api/resource/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/selection"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/sets"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -32,6 +33,12 @@ import (
 // So it costs O(tenants + the tenant's namespaces + the tenant's admitted
 // claims + the slices of the pools they use + the claims sharing its GPUs),
 // whatever the number of nodes, slices, namespaces and claims elsewhere.
+//
+// The cache holds every pod that has not terminated (cacheOptions), for
+// reclaim, which must see the pods that hold devices; the pod indexes keep
+// the readers of pods from copying all of them on every pass: the pods that
+// wait for a node (indexPodUnbound) and a claim's reserved pods by UID
+// (indexPodUID).
 const (
 	// indexSlicePool keys Tessera's slices by pool ("pool").
 	indexSlicePool = "tessera.pool"
@@ -44,6 +51,11 @@ const (
 	// indexNamespaceLabel keys namespaces by each label, as "key=value" and
 	// as "key" (for selectors that ask only that a key exists).
 	indexNamespaceLabel = "tessera.label"
+	// indexPodUnbound keys the pending pods that no node has yet ("true").
+	indexPodUnbound = "tessera.unbound"
+	// indexPodUID keys pods by UID, as a claim's status.reservedFor names
+	// them.
+	indexPodUID = "tessera.uid"
 )
 
 func slicePoolKeys(o client.Object) []string {
@@ -83,24 +95,38 @@ func namespaceLabelKeys(o client.Object) []string {
 	return out
 }
 
+func podUnboundKeys(o client.Object) []string {
+	if p, ok := o.(*corev1.Pod); ok && p.Spec.NodeName == "" && p.Status.Phase == corev1.PodPending {
+		return []string{"true"}
+	}
+	return nil
+}
+
+func podUIDKeys(o client.Object) []string { return []string{string(o.GetUID())} }
+
 // fieldIndexer is the part of a manager's or a fake client's index registry
 // that the controller needs.
 type fieldIndexer interface {
 	IndexField(ctx context.Context, obj client.Object, field string, extract client.IndexerFunc) error
 }
 
+// cacheIndexes are the cache's indexes.
+var cacheIndexes = []struct {
+	obj     client.Object
+	field   string
+	extract client.IndexerFunc
+}{
+	{&resourceapi.ResourceSlice{}, indexSlicePool, slicePoolKeys},
+	{&resourceapi.ResourceClaim{}, indexClaimDevice, claimDeviceKeys},
+	{&resourceapi.ResourceClaim{}, indexClaimAdmitted, claimAdmittedKeys},
+	{&corev1.Namespace{}, indexNamespaceLabel, namespaceLabelKeys},
+	{&corev1.Pod{}, indexPodUnbound, podUnboundKeys},
+	{&corev1.Pod{}, indexPodUID, podUIDKeys},
+}
+
 // addIndexes registers the indexes in the cache.
 func addIndexes(ctx context.Context, idx fieldIndexer) error {
-	for _, i := range []struct {
-		obj     client.Object
-		field   string
-		extract client.IndexerFunc
-	}{
-		{&resourceapi.ResourceSlice{}, indexSlicePool, slicePoolKeys},
-		{&resourceapi.ResourceClaim{}, indexClaimDevice, claimDeviceKeys},
-		{&resourceapi.ResourceClaim{}, indexClaimAdmitted, claimAdmittedKeys},
-		{&corev1.Namespace{}, indexNamespaceLabel, namespaceLabelKeys},
-	} {
+	for _, i := range cacheIndexes {
 		if err := idx.IndexField(ctx, i.obj, i.field, i.extract); err != nil {
 			return fmt.Errorf("index %s: %w", i.field, err)
 		}
@@ -151,6 +177,39 @@ func candidateNamespaces(ctx context.Context, c client.Reader, t *tenancyv1.GPUT
 			if ns := &list.Items[i]; !seen.Has(ns.Name) && sel.Matches(labels.Set(ns.Labels)) {
 				seen.Insert(ns.Name)
 				out = append(out, ns)
+			}
+		}
+	}
+	return out, nil
+}
+
+// unboundPods are the pending pods that no node has yet.
+func unboundPods(ctx context.Context, c client.Reader) ([]corev1.Pod, error) {
+	var list corev1.PodList
+	if err := c.List(ctx, &list, client.MatchingFields{indexPodUnbound: "true"}); err != nil {
+		return nil, fmt.Errorf("list unbound pods: %w", err)
+	}
+	return list.Items, nil
+}
+
+// reservedPods are, by UID, the pods the claims are reserved for that the
+// cache holds (those that have not terminated).
+func reservedPods(ctx context.Context, c client.Reader, claims map[types.NamespacedName]*resourceapi.ResourceClaim) (map[types.UID]*corev1.Pod, error) {
+	out := map[types.UID]*corev1.Pod{}
+	for _, claim := range claims {
+		if claim.Status.Allocation == nil {
+			continue
+		}
+		for _, ref := range claim.Status.ReservedFor {
+			if ref.Resource != "pods" || ref.APIGroup != "" || out[ref.UID] != nil {
+				continue
+			}
+			var list corev1.PodList
+			if err := c.List(ctx, &list, client.InNamespace(claim.Namespace), client.MatchingFields{indexPodUID: string(ref.UID)}); err != nil {
+				return nil, fmt.Errorf("look up pod %s/%s: %w", claim.Namespace, ref.Name, err)
+			}
+			for i := range list.Items {
+				out[ref.UID] = &list.Items[i]
 			}
 		}
 	}

@@ -6,7 +6,6 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	corev1 "k8s.io/api/core/v1"
-	resourceapi "k8s.io/api/resource/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/client/fake"
@@ -16,11 +15,10 @@ import (
 
 // withIndexes gives a fake client the cache's indexes (addIndexes).
 func withIndexes(b *fake.ClientBuilder) *fake.ClientBuilder {
-	return b.
-		WithIndex(&resourceapi.ResourceSlice{}, indexSlicePool, slicePoolKeys).
-		WithIndex(&resourceapi.ResourceClaim{}, indexClaimDevice, claimDeviceKeys).
-		WithIndex(&resourceapi.ResourceClaim{}, indexClaimAdmitted, claimAdmittedKeys).
-		WithIndex(&corev1.Namespace{}, indexNamespaceLabel, namespaceLabelKeys)
+	for _, i := range cacheIndexes {
+		b = b.WithIndex(i.obj, i.field, i.extract)
+	}
+	return b
 }
 
 // TestTenantNamespacesThroughTheLabelIndex: whatever a tenant's selector, the

@@ -66,11 +66,9 @@ func init() { ctrlmetrics.Registry.MustRegister(reclaimedClaims, reclaimedMemory
 // between passes: pods already evicted (terminating) count as gone, so a
 // pod whose victims are on their way out is not given more.
 type Reclaimer struct {
-	// client reads from the cache: tenants, namespaces, pending pods,
-	// claims, slices and classes; and evicts.
-	client client.Client
-	// pods reads running pods (the cache holds pending pods only).
-	pods     client.Reader
+	// client reads from the cache (tenants, namespaces, pods, claims,
+	// slices and classes: a pass makes no API request) and evicts.
+	client   client.Client
 	recorder recorder.EventRecorder
 	now      func() time.Time
 	models   *deviceModels
@@ -80,10 +78,10 @@ type Reclaimer struct {
 	told map[types.UID]bool
 }
 
-// NewReclaimer returns a reclaimer that reads through c (cached) and pods
-// (running pods, uncached), and records Events with rec.
-func NewReclaimer(c client.Client, pods client.Reader, rec recorder.EventRecorder) *Reclaimer {
-	return &Reclaimer{client: c, pods: pods, recorder: rec, now: time.Now, models: newDeviceModels(),
+// NewReclaimer returns a reclaimer that reads through c, the manager's
+// cached client, and records Events with rec.
+func NewReclaimer(c client.Client, rec recorder.EventRecorder) *Reclaimer {
+	return &Reclaimer{client: c, recorder: rec, now: time.Now, models: newDeviceModels(),
 		cel: cel.NewCache(100, cel.Features{EnableConsumableCapacity: true})}
 }
 
@@ -118,8 +116,8 @@ type reclaimPass struct {
 	classes allocation.Classes
 }
 
-// Reclaim lists pods: the pending ones of tenants below their guarantee, and
-// the running ones that may be its victims.
+// Reclaim reads pods from the cache: the pending ones of tenants below their
+// guarantee, and the running ones that may be its victims.
 //
 // +kubebuilder:rbac:groups="",resources=pods,verbs=get;list;watch
 
@@ -205,13 +203,13 @@ func (r *Reclaimer) learnModels(ctx context.Context) error {
 // namespaces of one tenant that has a guarantee, whose claims all exist and
 // none is allocated; oldest first.
 func (r *Reclaimer) waiting(ctx context.Context, tenants []*tenancyv1.GPUTenant, owners map[string][]string, claims map[types.NamespacedName]*resourceapi.ResourceClaim) ([]waitingPod, error) {
-	var pods corev1.PodList
-	if err := r.client.List(ctx, &pods); err != nil {
-		return nil, fmt.Errorf("list pending pods: %w", err)
+	pods, err := unboundPods(ctx, r.client)
+	if err != nil {
+		return nil, err
 	}
 	var out []waitingPod
-	for i := range pods.Items {
-		pod := &pods.Items[i]
+	for i := range pods {
+		pod := &pods[i]
 		if pod.DeletionTimestamp != nil || pod.Spec.NodeName != "" || pod.Status.Phase != corev1.PodPending {
 			continue
 		}
@@ -278,17 +276,13 @@ func podClaims(pod *corev1.Pod, claims map[types.NamespacedName]*resourceapi.Res
 	return out, true
 }
 
-// observe reads what one pass needs beyond the waiting pods: the running
-// pods, the allocated claims with their tenants and costs, the slices and
+// observe reads what one pass needs beyond the waiting pods: the pods the
+// claims are reserved for, the allocated claims with their tenants and costs, the slices and
 // the classes.
 func (r *Reclaimer) observe(ctx context.Context, tenants []*tenancyv1.GPUTenant, owners map[string][]string, claims map[types.NamespacedName]*resourceapi.ResourceClaim) (*reclaimPass, error) {
-	var running corev1.PodList
-	if err := r.pods.List(ctx, &running); err != nil {
-		return nil, fmt.Errorf("list pods: %w", err)
-	}
-	pods := map[types.UID]*corev1.Pod{}
-	for i := range running.Items {
-		pods[running.Items[i].UID] = &running.Items[i]
+	pods, err := reservedPods(ctx, r.client, claims)
+	if err != nil {
+		return nil, err
 	}
 	var sliceList resourceapi.ResourceSliceList
 	if err := r.client.List(ctx, &sliceList); err != nil {

@@ -2,6 +2,7 @@ package controller
 
 import (
 	"context"
+	"fmt"
 	"slices"
 	"testing"
 	"time"
@@ -12,9 +13,11 @@ import (
 	policyv1 "k8s.io/api/policy/v1"
 	resourceapi "k8s.io/api/resource/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/klog/v2/ktesting"
 	"k8s.io/utils/ptr"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/client/fake"
 	"sigs.k8s.io/controller-runtime/pkg/client/interceptor"
@@ -300,7 +303,7 @@ func TestReclaim(t *testing.T) {
 				Spec:       corev1.NodeSpec{Taints: tc.taints},
 			})
 			var evicted []string
-			c := fake.NewClientBuilder().WithScheme(scheme).WithObjects(append(objs, publish(node, nil)...)...).
+			c := withIndexes(fake.NewClientBuilder()).WithScheme(scheme).WithObjects(append(objs, publish(node, nil)...)...).
 				WithInterceptorFuncs(interceptor.Funcs{
 					SubResourceCreate: func(ctx context.Context, c client.Client, sub string, obj client.Object, subObj client.Object, opts ...client.SubResourceCreateOption) error {
 						if _, ok := subObj.(*policyv1.Eviction); ok && sub == "eviction" {
@@ -310,7 +313,10 @@ func TestReclaim(t *testing.T) {
 					},
 				}).Build()
 			rec := &eventLog{}
-			r := NewReclaimer(c, c, rec)
+			// The manager's cached client is c; its API reader counts
+			// the requests a pass would make to the API server.
+			api := &countingAPIReader{Reader: c}
+			r := newManagedReclaimer(managerClientsOf{cached: c, api: api}, rec)
 			r.now = func() time.Time { return reclaimT0.Add(time.Hour + time.Second) }
 			// The first pass sees n1 with nothing prepared.
 			if err := r.sync(ctx); err != nil {
@@ -353,6 +359,11 @@ func TestReclaim(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
+			// Each pass read the waiting pod and the victims' pods; none
+			// of the three passes asked the API server for anything.
+			if len(api.requests) != 0 {
+				t.Errorf("3 reclaim passes made %d API requests, want none: %v", len(api.requests), api.requests)
+			}
 			slices.Sort(evicted)
 			if diff := cmp.Diff(tc.evicted, evicted); diff != "" {
 				t.Errorf("evicted (-want +got):\n%s", diff)
@@ -364,5 +375,56 @@ func TestReclaim(t *testing.T) {
 				t.Errorf("tessera_reclaim_evicted_claims_total{tenant=b,for=a} grew by %v, want %d", got, len(tc.evicted))
 			}
 		})
+	}
+}
+
+// managerClientsOf is a manager's clients: its cached client and its
+// reader of the API server.
+type managerClientsOf struct {
+	cached client.Client
+	api    client.Reader
+}
+
+func (m managerClientsOf) GetClient() client.Client    { return m.cached }
+func (m managerClientsOf) GetAPIReader() client.Reader { return m.api }
+
+// countingAPIReader records every read that goes to the API server rather
+// than to the cache.
+type countingAPIReader struct {
+	client.Reader
+	requests []string
+}
+
+func (c *countingAPIReader) Get(ctx context.Context, key client.ObjectKey, obj client.Object, opts ...client.GetOption) error {
+	c.requests = append(c.requests, fmt.Sprintf("get %T %s", obj, key))
+	return c.Reader.Get(ctx, key, obj, opts...)
+}
+
+func (c *countingAPIReader) List(ctx context.Context, list client.ObjectList, opts ...client.ListOption) error {
+	c.requests = append(c.requests, fmt.Sprintf("list %T", list))
+	return c.Reader.List(ctx, list, opts...)
+}
+
+// TestCacheHoldsPodsThatHoldDevices: reclaim reads pods from the cache, so
+// the cache must hold every pod that may hold devices, the running ones
+// included, and may leave out only terminated pods.
+func TestCacheHoldsPodsThatHoldDevices(t *testing.T) {
+	var sel cache.ByObject
+	for k, v := range cacheOptions().ByObject {
+		// The map is keyed by object pointers: find the pods' entry by type.
+		if _, ok := k.(*corev1.Pod); ok {
+			sel = v
+		}
+	}
+	if sel.Field == nil {
+		t.Fatal("the cache has no field selector for pods")
+	}
+	for phase, want := range map[corev1.PodPhase]bool{
+		corev1.PodPending: true, corev1.PodRunning: true, corev1.PodUnknown: true,
+		corev1.PodSucceeded: false, corev1.PodFailed: false,
+	} {
+		if got := sel.Field.Matches(fields.Set{"status.phase": string(phase)}); got != want {
+			t.Errorf("cache holds %s pods: %t, want %t", phase, got, want)
+		}
 	}
 }

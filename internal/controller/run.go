@@ -30,6 +30,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	"sigs.k8s.io/controller-runtime/pkg/manager"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+	"sigs.k8s.io/controller-runtime/pkg/recorder"
 
 	tenancyv1 "github.com/tessera-gpu/tessera/api/tenancy/v1alpha1"
 	"github.com/tessera-gpu/tessera/internal/metrics"
@@ -134,12 +135,8 @@ func Run(ctx context.Context, cfg *rest.Config, opts Options) error {
 		}
 	}
 	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
-		Scheme: scheme,
-		// Of pods, only pending ones matter (RequeueReconciler): the cache
-		// holds those, not every pod of the cluster.
-		Cache: cache.Options{ByObject: map[client.Object]cache.ByObject{
-			&corev1.Pod{}: {Field: fields.OneTermEqualSelector("status.phase", string(corev1.PodPending))},
-		}},
+		Scheme:                  scheme,
+		Cache:                   cacheOptions(),
 		Metrics:                 metricsOpts,
 		HealthProbeBindAddress:  opts.ProbeAddr,
 		LeaderElection:          opts.LeaderElection,
@@ -181,10 +178,9 @@ func Run(ctx context.Context, cfg *rest.Config, opts Options) error {
 	if err := mgr.Add(manager.RunnableFunc(func(ctx context.Context) error { return tenantShowback.run(ctx, time.Minute) })); err != nil {
 		return fmt.Errorf("add showback: %w", err)
 	}
-	// Reclaim acts only for tenants with a guarantee, and reads the
-	// running pods directly (the cache holds pending pods only), once per
-	// pass, and only while a pod of such a tenant waits.
-	reclaimer := NewReclaimer(mgr.GetClient(), mgr.GetAPIReader(), rec)
+	// Reclaim acts only for tenants with a guarantee, and only while a pod
+	// of such a tenant waits; it reads from the cache.
+	reclaimer := newManagedReclaimer(mgr, rec)
 	if err := mgr.Add(manager.RunnableFunc(func(ctx context.Context) error { return reclaimer.run(ctx, ReclaimInterval) })); err != nil {
 		return fmt.Errorf("add reclaimer: %w", err)
 	}
@@ -200,6 +196,37 @@ func Run(ctx context.Context, cfg *rest.Config, opts Options) error {
 		}
 	}
 	return mgr.Start(ctx)
+}
+
+// cacheOptions are the manager's cache's. Of pods it holds those that have
+// not terminated: the pending ones (RequeueReconciler, reclaim's waiting
+// pods) and those that hold devices (reclaim's victims, whose claims count
+// as held until their pods terminate), without their managed fields, which
+// nothing here reads. A terminated pod holds nothing and is left out.
+func cacheOptions() cache.Options {
+	return cache.Options{ByObject: map[client.Object]cache.ByObject{
+		&corev1.Pod{}: {
+			Field: fields.AndSelectors(
+				fields.OneTermNotEqualSelector("status.phase", string(corev1.PodSucceeded)),
+				fields.OneTermNotEqualSelector("status.phase", string(corev1.PodFailed)),
+			),
+			Transform: cache.TransformStripManagedFields(),
+		},
+	}}
+}
+
+// managerClients are the clients a manager gives out: its cached client
+// and its reader of the API server.
+type managerClients interface {
+	GetClient() client.Client
+	GetAPIReader() client.Reader
+}
+
+// newManagedReclaimer is the controller's reclaimer: it reads through the
+// manager's cache only, so that a pass, every ReclaimInterval while a pod
+// waits, costs the API server nothing.
+func newManagedReclaimer(mgr managerClients, rec recorder.EventRecorder) *Reclaimer {
+	return NewReclaimer(mgr.GetClient(), rec)
 }
 
 // metricsOptions are the metrics server's: unless opts.InsecureMetrics, TLS

@@ -121,12 +121,12 @@ func (r *RequeueReconciler) Reconcile(ctx context.Context, req reconcile.Request
 
 // unboundPod is a pending pod with claims that no node has yet, or nil.
 func (r *RequeueReconciler) unboundPod(ctx context.Context) (*corev1.Pod, error) {
-	var pods corev1.PodList
-	if err := r.client.List(ctx, &pods); err != nil {
-		return nil, fmt.Errorf("list pods: %w", err)
+	pods, err := unboundPods(ctx, r.client)
+	if err != nil {
+		return nil, err
 	}
-	for i := range pods.Items {
-		p := &pods.Items[i]
+	for i := range pods {
+		p := &pods[i]
 		if p.Spec.NodeName == "" && len(p.Spec.ResourceClaims) > 0 && p.DeletionTimestamp == nil && p.Status.Phase == corev1.PodPending {
 			return p, nil
 		}
