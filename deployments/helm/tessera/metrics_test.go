@@ -53,6 +53,29 @@ func endpoint(t *testing.T, sm *unstructured.Unstructured) map[string]any {
 	return eps[0].(map[string]any)
 }
 
+// TestServiceMonitorsHonorLabels: both ServiceMonitors keep the namespace
+// and pod labels of the series (the claim's, not the target's), which the
+// recording rules and docs/observability.md's queries group by.
+func TestServiceMonitorsHonorLabels(t *testing.T) {
+	manifest, err := render(t, "--set", "serviceMonitor.enabled=true", "--api-versions", "monitoring.coreos.com/v1/ServiceMonitor")
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := 0
+	for _, sm := range find[*unstructured.Unstructured](objects(t, manifest)) {
+		if sm.GetKind() != "ServiceMonitor" {
+			continue
+		}
+		seen++
+		if got := endpoint(t, sm)["honorLabels"]; got != true {
+			t.Errorf("ServiceMonitor %s honorLabels = %v, want true: without it Prometheus renames the series' namespace and pod to exported_namespace and exported_pod", sm.GetName(), got)
+		}
+	}
+	if seen != 2 {
+		t.Errorf("%d ServiceMonitors, want 2", seen)
+	}
+}
+
 // TestSecureMetrics: by default both components serve /metrics only to
 // authorised tokens over TLS, may review tokens, ship the role scrapers
 // need, and the ServiceMonitors scrape over HTTPS with a bearer token.
