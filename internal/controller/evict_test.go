@@ -56,7 +56,7 @@ func TestIdleReclaim(t *testing.T) {
 		}).Build()
 	clock := &fakeClock{}
 	rec := &eventLog{}
-	m := &IdleMarker{client: c, leases: c, namespace: idleNamespace, recorder: rec, now: clock.now, after: time.Hour}
+	m := &IdleMarker{client: c, namespace: idleNamespace, recorder: rec, now: clock.now, after: time.Hour}
 
 	for _, step := range []struct {
 		at      time.Duration

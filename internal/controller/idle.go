@@ -45,12 +45,10 @@ const DefaultIdleSyncInterval = time.Minute
 // believes a report only about claims whose devices are in that node's
 // pool (tenancy.IdleSince): a node cannot get another node's claims marked.
 type IdleMarker struct {
-	// client reads claims, namespaces and tenants (the cache) and writes
-	// claim status.
-	client client.Client
-	// leases reads the idle reports: one namespace's Leases, read
-	// directly so that the cache does not hold every Lease of the cluster.
-	leases    client.Reader
+	// client reads claims, namespaces, tenants and the idle reports from
+	// the cache (which holds the Leases of namespace only: cacheOptions),
+	// and writes claim status.
+	client    client.Client
 	namespace string
 	recorder  recorder.EventRecorder
 	now       func() time.Time
@@ -162,7 +160,7 @@ func countDevices(into map[string]map[string]int64, tenant string, claim *resour
 // left out (its node's claims count as busy) and logged.
 func (m *IdleMarker) reports(ctx context.Context) (map[string]tenancy.IdleReport, error) {
 	var leases coordinationv1.LeaseList
-	if err := m.leases.List(ctx, &leases, client.InNamespace(m.namespace)); err != nil {
+	if err := m.client.List(ctx, &leases, client.InNamespace(m.namespace)); err != nil {
 		return nil, fmt.Errorf("list idle reports in %s: %w", m.namespace, err)
 	}
 	out := map[string]tenancy.IdleReport{}

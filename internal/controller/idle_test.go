@@ -117,7 +117,11 @@ func TestIdleMarker(t *testing.T) {
 		WithStatusSubresource(&resourceapi.ResourceClaim{}).Build()
 	clock := &fakeClock{t: t0.Add(59 * time.Minute)}
 	rec := &eventLog{}
-	m := &IdleMarker{client: c, leases: c, namespace: idleNamespace, recorder: rec, now: clock.now, after: time.Hour}
+	// The manager's cached client is c; its API reader counts the requests
+	// a sync would make to the API server.
+	api := &countingAPIReader{Reader: c}
+	m := newManagedIdleMarker(managerClientsOf{cached: c, api: api}, rec, Options{IdleReportNamespace: idleNamespace, IdleAfter: time.Hour})
+	m.now, m.showback = clock.now, nil
 
 	steps := []struct {
 		name   string
@@ -181,6 +185,10 @@ func TestIdleMarker(t *testing.T) {
 			}
 		}
 	}
+	// The reports, claims, tenants and namespaces all came from the cache.
+	if len(api.requests) != 0 {
+		t.Errorf("%d syncs made %d API requests, want none: %v", len(steps), len(api.requests), api.requests)
+	}
 }
 
 // TestIdleMarkerFeedsShowback: the devices of claims their node reports idle
@@ -206,7 +214,7 @@ func TestIdleMarkerFeedsShowback(t *testing.T) {
 	clock := &fakeClock{t: t0}
 	s := newShowback(clock.now)
 	t.Cleanup(func() { s.forget(team.Name) })
-	m := &IdleMarker{client: c, leases: c, namespace: idleNamespace, recorder: &eventLog{}, now: clock.now, after: time.Hour, showback: s}
+	m := &IdleMarker{client: c, namespace: idleNamespace, recorder: &eventLog{}, now: clock.now, after: time.Hour, showback: s}
 
 	s.observe(team.Name, tenancy.Usage{Devices: map[string]int64{class: 3}})
 	if err := m.sync(ctx); err != nil {

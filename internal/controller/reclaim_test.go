@@ -9,6 +9,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
 	policyv1 "k8s.io/api/policy/v1"
 	resourceapi "k8s.io/api/resource/v1"
@@ -407,14 +408,22 @@ func (c *countingAPIReader) List(ctx context.Context, list client.ObjectList, op
 
 // TestCacheHoldsPodsThatHoldDevices: reclaim reads pods from the cache, so
 // the cache must hold every pod that may hold devices, the running ones
-// included, and may leave out only terminated pods.
+// included, and may leave out only terminated pods. The idle marker reads
+// the idle reports from it too: the Leases of the idle-report namespace,
+// and no other namespace's.
 func TestCacheHoldsPodsThatHoldDevices(t *testing.T) {
-	var sel cache.ByObject
-	for k, v := range cacheOptions().ByObject {
-		// The map is keyed by object pointers: find the pods' entry by type.
-		if _, ok := k.(*corev1.Pod); ok {
+	var sel, leases cache.ByObject
+	for k, v := range cacheOptions(Options{IdleReportNamespace: "tessera-system"}).ByObject {
+		// The map is keyed by object pointers: find the entries by type.
+		switch k.(type) {
+		case *corev1.Pod:
 			sel = v
+		case *coordinationv1.Lease:
+			leases = v
 		}
+	}
+	if diff := cmp.Diff(map[string]cache.Config{"tessera-system": {}}, leases.Namespaces); diff != "" {
+		t.Errorf("the cache's Lease namespaces (-want +got):\n%s", diff)
 	}
 	if sel.Field == nil {
 		t.Fatal("the cache has no field selector for pods")

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/go-logr/logr"
+	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -136,7 +137,7 @@ func Run(ctx context.Context, cfg *rest.Config, opts Options) error {
 	}
 	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
 		Scheme:                  scheme,
-		Cache:                   cacheOptions(),
+		Cache:                   cacheOptions(opts),
 		Metrics:                 metricsOpts,
 		HealthProbeBindAddress:  opts.ProbeAddr,
 		LeaderElection:          opts.LeaderElection,
@@ -185,8 +186,7 @@ func Run(ctx context.Context, cfg *rest.Config, opts Options) error {
 		return fmt.Errorf("add reclaimer: %w", err)
 	}
 	if opts.IdleAfter > 0 {
-		m := &IdleMarker{client: mgr.GetClient(), leases: mgr.GetAPIReader(), namespace: opts.IdleReportNamespace,
-			recorder: rec, now: time.Now, after: opts.IdleAfter, showback: tenantShowback}
+		m := newManagedIdleMarker(mgr, rec, opts)
 		interval := opts.IdleSyncInterval
 		if interval <= 0 {
 			interval = DefaultIdleSyncInterval
@@ -202,9 +202,11 @@ func Run(ctx context.Context, cfg *rest.Config, opts Options) error {
 // not terminated: the pending ones (RequeueReconciler, reclaim's waiting
 // pods) and those that hold devices (reclaim's victims, whose claims count
 // as held until their pods terminate), without their managed fields, which
-// nothing here reads. A terminated pod holds nothing and is left out.
-func cacheOptions() cache.Options {
-	return cache.Options{ByObject: map[client.Object]cache.ByObject{
+// nothing here reads. A terminated pod holds nothing and is left out. Of
+// Leases it holds the idle-report namespace's only (the plugins' reports,
+// which IdleMarker reads; the controller may read no other namespace's).
+func cacheOptions(opts Options) cache.Options {
+	byObject := map[client.Object]cache.ByObject{
 		&corev1.Pod{}: {
 			Field: fields.AndSelectors(
 				fields.OneTermNotEqualSelector("status.phase", string(corev1.PodSucceeded)),
@@ -212,7 +214,19 @@ func cacheOptions() cache.Options {
 			),
 			Transform: cache.TransformStripManagedFields(),
 		},
-	}}
+	}
+	if opts.IdleReportNamespace != "" {
+		byObject[&coordinationv1.Lease{}] = cache.ByObject{Namespaces: map[string]cache.Config{opts.IdleReportNamespace: {}}}
+	}
+	return cache.Options{ByObject: byObject}
+}
+
+// newManagedIdleMarker is the controller's idle marker: it reads through
+// the manager's cache only, so that a sync, every --idle-sync-interval,
+// costs the API server nothing but the marks it writes.
+func newManagedIdleMarker(mgr managerClients, rec recorder.EventRecorder, opts Options) *IdleMarker {
+	return &IdleMarker{client: mgr.GetClient(), namespace: opts.IdleReportNamespace,
+		recorder: rec, now: time.Now, after: opts.IdleAfter, showback: tenantShowback}
 }
 
 // managerClients are the clients a manager gives out: its cached client

@@ -288,7 +288,8 @@ func TestControllerRBACIsNarrow(t *testing.T) {
 		// The idle reports (gpu-idle.<node>): read only, and only in the
 		// release's namespace, where the Leases are the controller's and
 		// the plugins' own.
-		"leases list": {"*"},
+		"leases list":  {"*"},
+		"leases watch": {"*"},
 	}
 	for key, names := range want {
 		if diff := cmp.Diff(names, granted[key]); diff != "" {
