@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"maps"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -115,14 +116,16 @@ type kindsPod struct {
 
 // TestTenancyClaimKinds: two tenants hold every kind of device on kindsNode:
 // a holds GPU 0 whole and a 1g.18gb partition of GPU 1; b another 1g.18gb
-// partition of GPU 1 and a share of GPU 2. Through the mock's telemetry
-// file GPU 0 is 80 % busy, a's partition 20 %, b's 60 %, and GPU 2 70 %.
-// Each pod's tessera_claim_gpu_utilization_ratio carries its own device's
-// value; the share's is 0: its usage is its own MPS daemon's processes', and
-// the local cluster's plugins run MPS daemons in memory, with no process on
-// the GPU (its memory used is 0 and its limit the share's memory). Below
-// the plugin's 0.5, a's partition and b's share are marked idle (condition,
-// Event, tessera_idle_claims); then b opts in to idle reclaim and only b's
+// partition of GPU 1 and two MPS shares of GPU 2 (8Gi and 4Gi). Through the
+// mock's telemetry file GPU 0 is 80 % busy, a's partition 20 %, b's 60 %,
+// and GPU 2 70 %, where the mock runs two clients of the 8Gi share's MPS
+// daemon (45 % and 20 % of the SMs, 1Gi and 2Gi), one of the 4Gi share's
+// (10 %, 1Gi) and a process that is no share's client (30 %, 4Gi). Each
+// pod's tessera_claim_gpu_utilization_ratio carries its own device's value;
+// a share's is the sum of its own daemon's clients' (0.65 and 0.1), and so
+// is its memory in use, beside its limit. Below the plugin's 0.5, a's
+// partition and b's 4Gi share are marked idle (condition, Event,
+// tessera_idle_claims); then b opts in to idle reclaim and only b's 4Gi
 // share pod is evicted.
 func TestTenancyClaimKinds(t *testing.T) {
 	needCluster(t)
@@ -136,19 +139,21 @@ func TestTenancyClaimKinds(t *testing.T) {
 	a := newTenant(t, "kinds-a", tenancyv1.GPUTenantSpec{AllowedDeviceClasses: []string{gpuapi.ClassGPU, gpuapi.ClassMIG}})
 	b := newTenant(t, "kinds-b", tenancyv1.GPUTenantSpec{AllowedDeviceClasses: []string{gpuapi.ClassMIG, gpuapi.ClassShared}})
 	nsA, nsB := tenantNamespace(t, a.Name), tenantNamespace(t, b.Name)
-	const shareMemory = "8Gi"
+	const shareMemory, idleShareMemory = "8Gi", "4Gi"
 	createTemplate(t, nsA, "whole", builder.MakeRequest("gpu", gpuapi.ClassGPU).Selector(onGPU(0)).Obj())
 	for _, ns := range []string{nsA, nsB} {
 		createTemplate(t, ns, "mig", builder.MakeRequest("gpu", gpuapi.ClassMIG).Profile("1g.18gb").Selector(onGPU(1)).Obj())
 	}
 	waitShapedAs(ctx, t, nsB, b)
 	createTemplate(t, nsB, "share", builder.MakeRequest("gpu", gpuapi.ClassShared).Memory(shareMemory).Selector(onGPU(2)).Obj())
+	createTemplate(t, nsB, "idle-share", builder.MakeRequest("gpu", gpuapi.ClassShared).Memory(idleShareMemory).Selector(onGPU(2)).Obj())
 
 	want := []kindsPod{
 		{ns: nsA, name: "whole", template: "whole", kind: "gpu", utilization: 0.8},
 		{ns: nsA, name: "mig", template: "mig", kind: "mig", utilization: 0.2, idle: true},
 		{ns: nsB, name: "mig", template: "mig", kind: "mig", utilization: 0.6},
-		{ns: nsB, name: "share", template: "share", kind: "share", utilization: 0, idle: true},
+		{ns: nsB, name: "share", template: "share", kind: "share", utilization: 0.45 + 0.2},
+		{ns: nsB, name: "idle-share", template: "idle-share", kind: "share", utilization: 0.1, idle: true},
 	}
 	pods := map[string]*corev1.Pod{}
 	for _, p := range want {
@@ -174,9 +179,22 @@ func TestTenancyClaimKinds(t *testing.T) {
 	if err != nil {
 		t.Fatalf("the MIG claims' GPU instances: got %v, want one in each of %s and %s", instances, nsA, nsB)
 	}
-	writeMockTelemetry(t, kindsNode.Name, nvmlmock.Telemetry{GPUs: map[int]nvmlmock.GPUTelemetry{1: {MIG: map[int]nvmlmock.MIGTelemetry{
-		instances[nsA]: {UtilizationPercent: 20}, instances[nsB]: {UtilizationPercent: 60},
-	}}}})
+	// A share's MPS daemon is named by its claim's UID.
+	daemon := func(pod string) string { return string(waitAllocated(t, pods[nsB+"/"+pod]).Claim.UID) }
+	const gib = 1 << 30
+	shareClients := []nvmlmock.ProcessTelemetry{
+		{PID: 4100, MemoryUsedBytes: 1 * gib, SMUtilizationPercent: 45, MPSDaemon: daemon("share")},
+		{PID: 4101, MemoryUsedBytes: 2 * gib, SMUtilizationPercent: 20, MPSDaemon: daemon("share")},
+		{PID: 4300, MemoryUsedBytes: 4 * gib, SMUtilizationPercent: 30},
+	}
+	idleClient := nvmlmock.ProcessTelemetry{PID: 4200, MemoryUsedBytes: 1 * gib, SMUtilizationPercent: 10, MPSDaemon: daemon("idle-share")}
+	telemetry := func(gpu2 ...nvmlmock.ProcessTelemetry) nvmlmock.Telemetry {
+		return nvmlmock.Telemetry{GPUs: map[int]nvmlmock.GPUTelemetry{
+			1: {MIG: map[int]nvmlmock.MIGTelemetry{instances[nsA]: {UtilizationPercent: 20}, instances[nsB]: {UtilizationPercent: 60}}},
+			2: {UtilizationPercent: 70, Processes: gpu2},
+		}}
+	}
+	writeMockTelemetry(t, kindsNode.Name, telemetry(append(slices.Clone(shareClients), idleClient)...))
 
 	// The series: each pod's own value, of its own kind.
 	wantSeries := map[string]string{}
@@ -184,7 +202,7 @@ func TestTenancyClaimKinds(t *testing.T) {
 		wantSeries[p.ns+"/"+p.name] = p.kind + "=" + strconv.FormatFloat(p.utilization, 'g', -1, 64)
 	}
 	var got map[string]string
-	var share []string
+	var share map[string][]string
 	err = wait.PollUntilContextTimeout(ctx, 2*time.Second, waitTimeout, true, func(context.Context) (bool, error) {
 		body := scrapeAuthorised(t, ctx, addr, reader)
 		got = map[string]string{}
@@ -193,11 +211,11 @@ func TestTenancyClaimKinds(t *testing.T) {
 				got[s.labels["namespace"]+"/"+s.labels["pod"]] = s.labels["type"] + "=" + s.value
 			}
 		}
-		share = nil
+		share = map[string][]string{}
 		for _, name := range []string{"tessera_claim_gpu_memory_used_bytes", "tessera_claim_gpu_memory_limit_bytes"} {
 			for _, s := range seriesOf(body, name) {
-				if s.labels["namespace"] == nsB && s.labels["pod"] == "share" {
-					share = append(share, name+"="+s.value)
+				if s.labels["namespace"] == nsB && strings.HasSuffix(s.labels["pod"], "share") {
+					share[s.labels["pod"]] = append(share[s.labels["pod"]], name+"="+s.value)
 				}
 			}
 		}
@@ -206,12 +224,19 @@ func TestTenancyClaimKinds(t *testing.T) {
 	if err != nil {
 		t.Errorf("utilization series by pod: got %v, want %v (type=utilization)", got, wantSeries)
 	}
-	limit := resource.MustParse(shareMemory)
-	wantShare := []string{"tessera_claim_gpu_memory_used_bytes=0", "tessera_claim_gpu_memory_limit_bytes=" + strconv.FormatFloat(float64(limit.Value()), 'g', -1, 64)}
-	if !maps.Equal(sliceSet(wantShare), sliceSet(share)) {
-		t.Errorf("the share's memory series: got %v, want %v", share, wantShare)
+	bytesOf := func(q string) string {
+		v := resource.MustParse(q)
+		return strconv.FormatFloat(float64(v.Value()), 'g', -1, 64)
 	}
-	t.Logf("share series with the in-memory MPS daemons: utilization %s, %v", got[nsB+"/share"], share)
+	for pod, want := range map[string][]string{
+		"share":      {"tessera_claim_gpu_memory_used_bytes=" + bytesOf("3Gi"), "tessera_claim_gpu_memory_limit_bytes=" + bytesOf(shareMemory)},
+		"idle-share": {"tessera_claim_gpu_memory_used_bytes=" + bytesOf("1Gi"), "tessera_claim_gpu_memory_limit_bytes=" + bytesOf(idleShareMemory)},
+	} {
+		if !maps.Equal(sliceSet(want), sliceSet(share[pod])) {
+			t.Errorf("the %s pod's memory series: got %v, want %v", pod, share[pod], want)
+		}
+	}
+	t.Logf("share series with the mock's MPS clients: utilization %s and %s, memory %v", got[nsB+"/share"], got[nsB+"/idle-share"], share)
 
 	// The marks: on exactly the claims below the threshold.
 	wantMarked := map[string]bool{}
@@ -262,12 +287,12 @@ func TestTenancyClaimKinds(t *testing.T) {
 		t.Errorf("tessera_idle_claims by tenant: got %v, want 1 for each of %s and %s", counted, a.Name, b.Name)
 	}
 
-	// b opts in: its idle share goes, its busy partition stays, and a's
-	// idle partition stays (a did not opt in).
+	// b opts in: its idle share goes, its busy partition and share stay,
+	// and a's idle partition stays (a did not opt in).
 	updateTenant(t, b.Name, func(g *tenancyv1.GPUTenant) {
 		g.Spec.IdleReclaim = &tenancyv1.IdleReclaim{After: metav1.Duration{Duration: idleReclaimAfter}}
 	})
-	shared := pods[nsB+"/share"]
+	shared := pods[nsB+"/idle-share"]
 	e := waitEvent(t, shared, tenancyv1.ReasonIdleReclaimed)
 	if !strings.Contains(e.Message, "spec.idleReclaim.after "+idleReclaimAfter.String()) {
 		t.Errorf("eviction event %q does not say why", e.Message)
@@ -279,7 +304,9 @@ func TestTenancyClaimKinds(t *testing.T) {
 	if err != nil {
 		t.Errorf("b's idle share pod was not evicted")
 	}
-	for _, k := range []string{nsA + "/whole", nsA + "/mig", nsB + "/mig"} {
+	// Its client ends with it, as a container's processes do.
+	writeMockTelemetry(t, kindsNode.Name, telemetry(shareClients...))
+	for _, k := range []string{nsA + "/whole", nsA + "/mig", nsB + "/mig", nsB + "/share"} {
 		p := pods[k]
 		got, err := local.Client.CoreV1().Pods(p.Namespace).Get(ctx, p.Name, metav1.GetOptions{})
 		if err != nil || got.UID != p.UID || got.DeletionTimestamp != nil || got.Status.Phase != corev1.PodRunning {

@@ -14,7 +14,8 @@ import (
 
 // Simulated is a mock node's hardware, on machines with no NVIDIA driver
 // (the local cluster, e2e): MPS daemons (unless cfg.DriverMPS) and time
-// slices are kept in memory, and MIG capability minors are made up from the
+// slices are kept in memory (the daemons' clients are the processes the
+// mock runs for them), and MIG capability minors are made up from the
 // instance IDs instead of read from /proc. Device majors are still read from
 // the proc root's devices file where a fake driver root has one; without
 // it, device nodes are given by path alone and must exist on the host.
@@ -27,7 +28,11 @@ func Simulated(ctx context.Context, lib tnvml.Library, cfg Config) Node {
 		if cfg.StateDir != "" {
 			root = sharing.MPSRoot(cfg.StateDir)
 		}
-		n.MPS = NewSimulatedMPS(root)
+		mps := NewSimulatedMPS(root)
+		if s := tnvml.MockServer(lib); s != nil {
+			mps.Clients = s.MPSClients
+		}
+		n.MPS = mps
 	}
 	return n
 }

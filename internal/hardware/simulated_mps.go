@@ -2,12 +2,14 @@ package hardware
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
 	"sync"
 
+	"github.com/tessera-gpu/tessera/internal/nvml/nvmlmock"
 	"github.com/tessera-gpu/tessera/internal/sharing"
 )
 
@@ -24,6 +26,10 @@ type SimulatedMPS struct {
 	// a claim's CDI spec mounts its pipe and /dev/shm directories, and a
 	// container runtime refuses a mount whose source does not exist.
 	Root string
+	// Clients, when set, returns the processes the GPUs run as MPS
+	// daemons' clients (nvmlmock.Server.MPSClients): Processes reports each
+	// as its daemon's, as a real daemon's processes are found in /proc.
+	Clients func() ([]nvmlmock.MPSClient, error)
 }
 
 type simulatedDaemon struct {
@@ -117,8 +123,18 @@ func (f *SimulatedMPS) SetProcesses(id string, pids ...int) {
 	}
 }
 
-// Processes returns the processes set for each daemon.
+// Processes returns the processes set for each daemon, and its clients
+// (see Clients). A client of a daemon that does not run, or that runs on
+// another GPU than its daemon serves, is an error: the mock's telemetry
+// is wrong, and the claims' series must not hide it.
 func (f *SimulatedMPS) Processes(context.Context) (map[string][]int, error) {
+	var clients []nvmlmock.MPSClient
+	if f.Clients != nil {
+		var err error
+		if clients, err = f.Clients(); err != nil {
+			return nil, fmt.Errorf("list the MPS daemons' clients: %w", err)
+		}
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	out := map[string][]int{}
@@ -126,6 +142,21 @@ func (f *SimulatedMPS) Processes(context.Context) (map[string][]int, error) {
 		if len(d.pids) > 0 {
 			out[id] = slices.Clone(d.pids)
 		}
+	}
+	var errs []error
+	for _, c := range clients {
+		d, ok := f.daemons[c.Daemon]
+		switch {
+		case !ok || !d.alive:
+			errs = append(errs, fmt.Errorf("PID %d on GPU %s is a client of MPS daemon %q, which does not run", c.PID, c.GPUUUID, c.Daemon))
+		case d.GPUUUID != c.GPUUUID:
+			errs = append(errs, fmt.Errorf("PID %d on GPU %s is a client of MPS daemon %q, which serves GPU %s", c.PID, c.GPUUUID, c.Daemon, d.GPUUUID))
+		default:
+			out[c.Daemon] = append(out[c.Daemon], int(c.PID))
+		}
+	}
+	if len(errs) > 0 {
+		return nil, errors.Join(errs...)
 	}
 	return out, nil
 }

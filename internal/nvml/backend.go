@@ -90,6 +90,17 @@ func OpenMock(s *nvmlmock.Server) (Library, error) {
 	return newLibrary(s, s.GpuInstanceProfileInfoV3, nil)
 }
 
+// MockServer returns the mock server under lib; nil when lib is real NVML.
+// The simulated hardware asks it which processes run for which MPS daemon.
+func MockServer(lib Library) *nvmlmock.Server {
+	if l, ok := lib.(*library); ok {
+		if s, ok := l.nvml.(*nvmlmock.Server); ok {
+			return s
+		}
+	}
+	return nil
+}
+
 // pcieRoot resolves the PCIe root complex of a GPU through sysfs; empty when
 // sysfs does not know the device.
 func pcieRoot(busID string) string {

@@ -4,6 +4,7 @@ import (
 	"testing"
 
 	gonvml "github.com/NVIDIA/go-nvml/pkg/nvml"
+	"github.com/NVIDIA/go-nvml/pkg/nvml/mock/server"
 	"github.com/google/go-cmp/cmp"
 	"k8s.io/klog/v2/ktesting"
 
@@ -159,6 +160,34 @@ func TestProcessesInMIGMode(t *testing.T) {
 		t.Fatal(err)
 	}
 	s.SetProcesses(0, nvmlmock.Process{PID: 7, MemoryUsedBytes: 1 << 30, SMUtilPercent: 90})
+	got, _, err := lib.(tnvml.Telemetry).Processes(ctx, node.GPUs[0].UUID, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff([]tnvml.ProcessUsage{{PID: 7, MemoryUsedBytes: 1 << 30}}, got); diff != "" {
+		t.Errorf("(-want +got):\n%s", diff)
+	}
+}
+
+// TestProcessesBeforeVolta: a GPU older than Volta has no MPS process list
+// (nvmlDeviceGetMPSComputeRunningProcesses is "For Volta or newer fully
+// supported devices"): its compute processes are still listed, and an MPS
+// client, which only that list names, is not.
+func TestProcessesBeforeVolta(t *testing.T) {
+	_, ctx := ktesting.NewTestContext(t)
+	s, lib := openMock(t, "dgxa100", 1)
+	node, err := lib.Discover(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dev := s.Devices[0].(*server.Device)
+	dev.Lock()
+	dev.Config.Architecture = gonvml.DEVICE_ARCH_PASCAL
+	dev.Unlock()
+	s.SetProcesses(0, nvmlmock.Process{PID: 7, MemoryUsedBytes: 1 << 30}, nvmlmock.Process{PID: 8, MemoryUsedBytes: 2 << 30, MPSDaemon: "d"})
+	if _, ret := dev.GetMPSComputeRunningProcesses(); ret != gonvml.ERROR_NOT_SUPPORTED {
+		t.Errorf("MPS process list on a Pascal GPU: %v, want NOT_SUPPORTED", ret)
+	}
 	got, _, err := lib.(tnvml.Telemetry).Processes(ctx, node.GPUs[0].UUID, 0)
 	if err != nil {
 		t.Fatal(err)

@@ -29,6 +29,9 @@ type Server struct {
 	// statePath, when set, is where the MIG state is saved (see Persist).
 	statePath string
 	saveMu    sync.Mutex
+	// telemetry, when set, is the telemetry file the mock follows (see
+	// FollowTelemetry).
+	telemetry *telemetryFile
 }
 
 // New builds a mock server of the model with count GPUs. seed makes UUIDs

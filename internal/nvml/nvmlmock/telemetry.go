@@ -23,6 +23,22 @@ type Process struct {
 	// SMUtilPercent is the process's SM utilization in its samples; 0
 	// means no sample, as NVML returns none for an idle process.
 	SMUtilPercent uint32
+	// MPSDaemon, when set, makes the process a client of that MPS control
+	// daemon (its ID, as the simulated hardware names a claim's daemon):
+	// NVML lists it among the GPU's MPS processes, and MPSClients reports
+	// it for the simulated daemon to claim. Empty is a process that runs
+	// without MPS.
+	MPSDaemon string
+}
+
+// MPSClient is a process that a mock GPU runs for an MPS control daemon.
+type MPSClient struct {
+	// Daemon is the MPS control daemon's ID (Process.MPSDaemon).
+	Daemon string
+	// GPUUUID is the GPU it runs on.
+	GPUUUID string
+	// PID is the process's PID, as NVML lists it.
+	PID uint32
 }
 
 // MIGActivity is what a mock MIG instance is doing.
@@ -44,7 +60,10 @@ type deviceUsage struct {
 	// sampledAt is when the processes' utilization samples were taken,
 	// in microseconds, as nvmlProcessUtilizationSample_t.timeStamp is.
 	sampledAt uint64
-	mig       map[int]MIGActivity
+	// steady, when set, keeps the processes doing what they do: NVML
+	// samples them anew before each read (see processUtilization).
+	steady bool
+	mig    map[int]MIGActivity
 }
 
 // gpmSample is a mock GPM sample: what the instance did when it was taken.
@@ -124,22 +143,41 @@ func (d *strictDevice) totalEnergy() (uint64, nvml.Return) {
 	return d.usage.energyMJ, nvml.SUCCESS
 }
 
+// computeProcesses lists the processes that run without MPS.
+// nvmlDeviceGetComputeRunningProcesses: "information only about compute
+// running processes (e.g. CUDA application which have active context)".
+// Whether it also lists a process that reaches the GPU through MPS, nvml.h
+// does not say; the mock lists each process in one list only, so a reader
+// that consults one list misses the other's processes.
 func (d *strictDevice) computeProcesses() ([]nvml.ProcessInfo, nvml.Return) {
+	return d.processes(func(p Process) bool { return p.MPSDaemon == "" }), nvml.SUCCESS
+}
+
+// mpsProcesses lists the MPS daemons' clients.
+// nvmlDeviceGetMPSComputeRunningProcesses: "information only about compute
+// running processes (e.g. CUDA application which have active context)
+// utilizing MPS", "For Volta or newer fully supported devices".
+func (d *strictDevice) mpsProcesses() ([]nvml.ProcessInfo, nvml.Return) {
+	if d.dev.Config.Architecture < nvml.DEVICE_ARCH_VOLTA {
+		// "NVML_ERROR_NOT_SUPPORTED if this query is not supported by
+		// \a device"
+		return nil, nvml.ERROR_NOT_SUPPORTED
+	}
+	return d.processes(func(p Process) bool { return p.MPSDaemon != "" }), nvml.SUCCESS
+}
+
+func (d *strictDevice) processes(keep func(Process) bool) []nvml.ProcessInfo {
 	d.usage.mu.Lock()
 	defer d.usage.mu.Unlock()
 	// "The usedGpuMemory field returned is all of the memory used by the
 	// application." MIG instance IDs are 0xFFFFFFFF for a whole GPU.
 	out := make([]nvml.ProcessInfo, 0, len(d.usage.procs))
 	for _, p := range d.usage.procs {
-		out = append(out, nvml.ProcessInfo{Pid: p.PID, UsedGpuMemory: p.MemoryUsedBytes, GpuInstanceId: 0xFFFFFFFF, ComputeInstanceId: 0xFFFFFFFF})
+		if keep(p) {
+			out = append(out, nvml.ProcessInfo{Pid: p.PID, UsedGpuMemory: p.MemoryUsedBytes, GpuInstanceId: 0xFFFFFFFF, ComputeInstanceId: 0xFFFFFFFF})
+		}
 	}
-	return out, nvml.SUCCESS
-}
-
-// mpsProcesses lists the same processes: every process of the mock counts
-// as running through MPS, and Processes must not count one twice.
-func (d *strictDevice) mpsProcesses() ([]nvml.ProcessInfo, nvml.Return) {
-	return d.computeProcesses()
+	return out
 }
 
 func (d *strictDevice) processUtilization(lastSeen uint64) ([]nvml.ProcessUtilizationSample, nvml.Return) {
@@ -153,6 +191,12 @@ func (d *strictDevice) processUtilization(lastSeen uint64) ([]nvml.ProcessUtiliz
 	}
 	d.usage.mu.Lock()
 	defer d.usage.mu.Unlock()
+	if d.usage.steady {
+		// The driver samples its processes every few hundred
+		// milliseconds: a steady workload has a sample newer than any
+		// earlier read.
+		d.usage.sample()
+	}
 	// "One utilization sample structure is returned per process running,
 	// that had some non-zero utilization during the last sample period."
 	// "Return only samples with timestamp greater than lastSeenTimeStamp."
@@ -292,14 +336,51 @@ func (s *Server) SetEnergySupported(index int, supported bool) {
 	u.noEnergy = !supported
 }
 
-// SetProcesses replaces the compute processes on a GPU, and takes a new
-// utilization sample of them.
+// SetProcesses replaces the compute processes on a GPU, and takes one new
+// utilization sample of them: a read after the next finds no newer sample.
 func (s *Server) SetProcesses(index int, procs ...Process) {
+	s.setProcesses(index, procs, false)
+}
+
+// setProcesses replaces a GPU's processes; steady ones are sampled anew
+// before each read.
+func (s *Server) setProcesses(index int, procs []Process, steady bool) {
 	u := s.usage(index)
 	u.mu.Lock()
 	defer u.mu.Unlock()
-	u.procs = slices.Clone(procs)
+	u.procs, u.steady = slices.Clone(procs), steady
+	u.sample()
+}
+
+// sample takes a new utilization sample of the processes, its timestamp
+// later than every earlier one. Call with u.mu held.
+func (u *deviceUsage) sample() {
 	u.sampledAt = max(u.sampledAt+1, uint64(time.Now().UnixMicro()))
+}
+
+// MPSClients returns every process that the mock's GPUs run for an MPS
+// control daemon, GPU by GPU in the order they were set. A mock that follows a telemetry file
+// reads it first, and fails as its NVML readings do when the file is bad.
+func (s *Server) MPSClients() ([]MPSClient, error) {
+	if f := s.telemetry; f != nil {
+		if err := s.applyTelemetry(f); err != nil {
+			return nil, err
+		}
+	}
+	var out []MPSClient
+	for _, d := range s.strict {
+		d.dev.RLock()
+		uuid := d.dev.UUID
+		d.dev.RUnlock()
+		d.usage.mu.Lock()
+		for _, p := range d.usage.procs {
+			if p.MPSDaemon != "" {
+				out = append(out, MPSClient{Daemon: p.MPSDaemon, GPUUUID: uuid, PID: p.PID})
+			}
+		}
+		d.usage.mu.Unlock()
+	}
+	return out, nil
 }
 
 // SetMIGActivity sets what a MIG instance (GPU instance gpuInstanceID of
