@@ -4,6 +4,7 @@ import (
 	"context"
 	"strings"
 	"testing"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
@@ -52,6 +53,16 @@ func TestTenancyAttackMatrix(t *testing.T) {
 		Budget: &tenancyv1.Budget{GPUMemory: new(resource.MustParse("1Gi"))}})
 	steadyTenant := newTenant(t, "steady", tenancyv1.GPUTenantSpec{AllowedDeviceClasses: []string{gpuapi.ClassMIG}})
 	floodNS, steadyNS := tenantNamespace(t, floodTenant.Name), tenantNamespace(t, steadyTenant.Name)
+	// A tenant allowed admin access, in a namespace with DRA's admin label,
+	// and another tenant beside it.
+	adminTenant := newTenant(t, "admin", tenancyv1.GPUTenantSpec{AllowedDeviceClasses: []string{gpuapi.ClassMIG, gpuapi.ClassShared}, AllowAdminAccess: true})
+	adminAccessNS := tenantNamespace(t, adminTenant.Name)
+	labelNamespace(t, adminAccessNS, map[string]string{tenancyv1.LabelAdminAccess: "true"})
+	bystanderNS := tenantNamespace(t, newTenant(t, "bystander", tenancyv1.GPUTenantSpec{AllowedDeviceClasses: []string{gpuapi.ClassGPU}}).Name)
+	// Room for one whole H200 and not two, in shares.
+	extSharesTenant := newTenant(t, "extshares", tenancyv1.GPUTenantSpec{AllowedDeviceClasses: []string{gpuapi.ClassShared},
+		Budget: &tenancyv1.Budget{GPUMemory: new(resource.MustParse("200Gi"))}})
+	extSharesNS, beforePolicies := tenantNamespace(t, extSharesTenant.Name), newNamespace(t)
 	ctx := testContext(t)
 
 	tolerating := func(key string, op resourceapi.DeviceTolerationOperator) resourceapi.DeviceRequest {
@@ -168,6 +179,16 @@ func TestTenancyAttackMatrix(t *testing.T) {
 	})
 	t.Run("devices through an extended resource", func(t *testing.T) {
 		attackExtendedResource(ctx, t, extendedNS)
+	})
+	t.Run("shares through an extended resource on GPUs without the free taint", func(t *testing.T) {
+		// The controller may take the free taints off only a minute after
+		// it last did.
+		ctx, cancel := context.WithTimeout(t.Context(), 5*time.Minute)
+		defer cancel()
+		attackExtendedSharesUntainted(ctx, t, extSharesTenant, extSharesNS, beforePolicies)
+	})
+	t.Run("admin access to a MIG partition and a share", func(t *testing.T) {
+		attackAdminAccessDevices(testContext(t), t, adminAccessNS, bystanderNS)
 	})
 	t.Run("a flood of over-budget claims delaying another tenant", func(t *testing.T) {
 		attackFlood(ctx, t, floodNS, steadyNS)
