@@ -113,26 +113,26 @@ func waitPrepareRefusedOrRunning(ctx context.Context, t *testing.T, pod *corev1.
 // attackAdminAccessDevices: in adminNS (a namespace of a tenant allowed
 // admin access, with DRA's admin-access label), one pod asks with admin
 // access for a 1g.18gb MIG partition of the tenancy node's GPU 0 and
-// another for a share of it. The attacker's goal is a MIG instance or an
+// another for a share of its GPU 1 (each on its own GPU, so that neither
+// refusal hides the other). The attacker's goal is a MIG instance or an
 // MPS daemon that the scheduler does not count. The plugin refuses both
 // prepares; afterwards the node's GPUs hold no MIG instance, with their MIG
 // modes as they were, and its plugin runs no MPS daemon; and while both
 // admin-access claims stay allocated, a pod of another tenant (of
-// bystanderNS) asking for the whole GPU 0, which overlaps both devices,
-// is allocated, admitted and runs.
+// bystanderNS) asking for both GPUs whole, which overlap both devices, is
+// allocated, admitted and runs.
 func attackAdminAccessDevices(ctx context.Context, t *testing.T, adminNS, bystanderNS string) {
 	t.Helper()
 	waitTenancyGPUsFree(ctx, t)
 	before := waitNodeHardwareIdle(ctx, t, tenancyNode.Name)
 
-	gpu0 := fmt.Sprintf("device.attributes[%q].%s == 0", gpuapi.DriverName, gpuapi.AttrIndex)
-	admin := func(r *builder.RequestBuilder) resourceapi.DeviceRequest {
-		req := r.Selector(gpu0).Obj()
+	admin := func(r *builder.RequestBuilder, gpu int) resourceapi.DeviceRequest {
+		req := r.Selector(fmt.Sprintf("device.attributes[%q].%s == %d", gpuapi.DriverName, gpuapi.AttrIndex, gpu)).Obj()
 		req.Exactly.AdminAccess = new(true)
 		return req
 	}
-	createTemplate(t, adminNS, "admin-mig", admin(builder.MakeRequest("gpu", gpuapi.ClassMIG).Profile("1g.18gb")))
-	createTemplate(t, adminNS, "admin-share", admin(builder.MakeRequest("gpu", gpuapi.ClassShared)))
+	createTemplate(t, adminNS, "admin-mig", admin(builder.MakeRequest("gpu", gpuapi.ClassMIG).Profile("1g.18gb"), 0))
+	createTemplate(t, adminNS, "admin-share", admin(builder.MakeRequest("gpu", gpuapi.ClassShared), 1))
 	pods := []*corev1.Pod{
 		createPod(t, adminNS, "admin-mig", "admin-mig", onTenancyNodeOnly),
 		createPod(t, adminNS, "admin-share", "admin-share", onTenancyNodeOnly),
@@ -189,7 +189,7 @@ func attackAdminAccessDevices(ctx context.Context, t *testing.T, adminNS, bystan
 		}
 	}
 
-	createTemplate(t, bystanderNS, "whole", builder.MakeRequest("gpu", gpuapi.ClassGPU).Selector(gpu0).Obj())
+	createTemplate(t, bystanderNS, "whole", builder.MakeRequest("gpu", gpuapi.ClassGPU).Count(2).Obj())
 	bystander = createPod(t, bystanderNS, "whole", "whole", onTenancyNodeOnly)
 	waitRunning(t, bystander)
 }

@@ -87,6 +87,14 @@ func withdrawFreeTaints(ctx context.Context, t *testing.T, outside string) {
 		if err := claims.Delete(ctx, blocked.Name, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
 			t.Errorf("delete claim %s: %v", blocked.Name, err)
 		}
+		// The cases after this one find the policy in force again.
+		err := wait.PollUntilContextTimeout(ctx, pollEvery, waitTimeout, true, func(ctx context.Context) (bool, error) {
+			c, err := claims.Create(ctx, &resourceapi.ResourceClaim{ObjectMeta: metav1.ObjectMeta{GenerateName: "after-policies-", Namespace: outside}, Spec: share}, metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}})
+			return err == nil && !tenancy.BlockedByFreeTaint(c), nil
+		})
+		if err != nil {
+			t.Errorf("policy %s restored, but claims in %s are not shaped again within %s", saved.Name, outside, waitTimeout)
+		}
 		for _, gpu := range tenancyGPUs() {
 			waitTaintValue(ctx, t, gpu, tenancyv1.GroupFree)
 		}
