@@ -168,17 +168,15 @@ func attackAdminAccessDevices(ctx context.Context, t *testing.T, adminNS, bystan
 	if got := after.migInstances(); len(got) != 0 {
 		t.Errorf("admin access made MIG instances on node %s: %v", tenancyNode.Name, got)
 	}
-	if len(after.GPUs) != 0 || len(before.GPUs) != 0 {
-		mode := func(hw nodeHardware) []int {
-			var out []int
-			for _, g := range hw.GPUs {
-				out = append(out, g.MIGMode)
-			}
-			return out
+	mode := func(hw nodeHardware) []int {
+		var out []int
+		for _, g := range hw.GPUs {
+			out = append(out, g.MIGMode)
 		}
-		if diff := cmp.Diff(mode(before), mode(after)); diff != "" {
-			t.Errorf("admin access changed the MIG modes of node %s's GPUs (-before +after):\n%s", tenancyNode.Name, diff)
-		}
+		return out
+	}
+	if diff := cmp.Diff(mode(before), mode(after)); diff != "" {
+		t.Errorf("admin access changed the MIG modes of node %s's GPUs (-before +after):\n%s", tenancyNode.Name, diff)
 	}
 	if len(after.Daemons) != 0 {
 		t.Errorf("admin access started MPS daemons on node %s: %v", tenancyNode.Name, after.Daemons)
