@@ -24,66 +24,78 @@ import (
 // partitions at random and binds pods (CPU and memory) on a mixed cluster,
 // scoring a random pod after every change, and checks that the cached
 // plugin's scores and each node's cached fragmentation equal a fresh
-// computation's.
+// computation's; with MIG claims modelled by first fit and by the
+// placement choice (WithPlacementChoice).
 func TestCacheFollowsChurn(t *testing.T) {
 	const nodes, steps = 12, 400
 	claims := map[string]*resourceapi.ResourceClaim{
 		"ns/share30": shareClaim("share30", 30), "ns/share70": shareClaim("share70", 70),
 		"ns/whole": classClaim("whole", gpuapi.ClassGPU, 1), "ns/whole2": classClaim("whole2", gpuapi.ClassGPU, 2),
 		"ns/mig1g": migClaim("mig1g", 1, profileIs("1g.5gb")), "ns/mig3g": migClaim("mig3g", 1, profileIs("3g.20gb")),
-		"ns/mig2": migClaim("mig2", 2),
+		"ns/mig2": migClaim("mig2", 2), "ns/mig1": migClaim("mig1", 1),
 	}
-	pods := []string{"", "share30", "share70", "whole", "whole2", "mig1g", "mig3g", "mig2"}
-	for seed := range uint64(3) {
-		t.Run(fmt.Sprintf("seed=%d", seed), func(t *testing.T) {
-			rng := rand.New(rand.NewPCG(seed, 29))
-			dra := &fakeDRA{claims: claims, allocated: emptyAllocated()}
-			infos := make([]fakeNodeInfo, nodes)
-			for n := range nodes {
-				name := fmt.Sprintf("node-%02d", n)
-				if n%2 == 0 {
-					dra.slices = append(dra.slices, gpuNode(name, 4)...)
-				} else {
-					dra.slices = append(dra.slices, migNode(name, 4)...)
-				}
-				infos[n] = fakeNodeInfo{
-					node:        &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name}},
-					allocatable: fakeResource{cpu: 16000, memory: 64 << 30},
-					request:     fakeResource{cpu: 1000, memory: 1 << 30},
-				}
-			}
-			cached, err := NewWithState(Args{}, dra)
-			if err != nil {
-				t.Fatal(err)
-			}
-			fresh, err := NewWithState(Args{}, dra, WithoutFragmentationCache())
-			if err != nil {
-				t.Fatal(err)
-			}
-			var devices []structured.DeviceID
-			for _, s := range dra.slices {
-				for _, d := range s.Spec.Devices {
-					devices = append(devices, structured.MakeDeviceID(s.Spec.Driver, s.Spec.Pool.Name, d.Name))
-				}
-			}
-			for step := range steps {
-				churn(rng, dra.allocated, devices, infos)
-				var list []fwk.NodeInfo
-				for _, n := range infos {
-					list = append(list, n)
-				}
-				pod := pods[rng.IntN(len(pods))]
-				want, st := scoreAll(t, fresh, pod, list)
-				got, gotSt := scoreAll(t, cached, pod, list)
-				if st.Code() != gotSt.Code() {
-					t.Fatalf("step %d, pod %q: status %v, fresh %v", step, pod, gotSt, st)
-				}
-				if diff := cmp.Diff(want, got); diff != "" {
-					t.Fatalf("step %d, pod %q: scores (-fresh +cached):\n%s", step, pod, diff)
-				}
-				checkCachedBase(t, cached, dra, infos)
-			}
-		})
+	pods := []string{"", "share30", "share70", "whole", "whole2", "mig1g", "mig3g", "mig2", "mig1"}
+	for _, model := range []string{"first fit", "choice"} {
+		var opts []Option
+		if model == "choice" {
+			opts = append(opts, WithPlacementChoice())
+		}
+		for seed := range uint64(3) {
+			t.Run(fmt.Sprintf("model=%s/seed=%d", model, seed), func(t *testing.T) {
+				churnScores(t, seed, nodes, steps, claims, pods, opts)
+			})
+		}
+	}
+}
+
+// churnScores is one seed of TestCacheFollowsChurn.
+func churnScores(t *testing.T, seed uint64, nodes, steps int, claims map[string]*resourceapi.ResourceClaim, pods []string, opts []Option) {
+	rng := rand.New(rand.NewPCG(seed, 29))
+	dra := &fakeDRA{claims: claims, allocated: emptyAllocated()}
+	infos := make([]fakeNodeInfo, nodes)
+	for n := range nodes {
+		name := fmt.Sprintf("node-%02d", n)
+		if n%2 == 0 {
+			dra.slices = append(dra.slices, gpuNode(name, 4)...)
+		} else {
+			dra.slices = append(dra.slices, migNode(name, 4)...)
+		}
+		infos[n] = fakeNodeInfo{
+			node:        &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name}},
+			allocatable: fakeResource{cpu: 16000, memory: 64 << 30},
+			request:     fakeResource{cpu: 1000, memory: 1 << 30},
+		}
+	}
+	cached, err := NewWithState(Args{}, dra, opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fresh, err := NewWithState(Args{}, dra, append(opts, WithoutFragmentationCache())...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var devices []structured.DeviceID
+	for _, s := range dra.slices {
+		for _, d := range s.Spec.Devices {
+			devices = append(devices, structured.MakeDeviceID(s.Spec.Driver, s.Spec.Pool.Name, d.Name))
+		}
+	}
+	for step := range steps {
+		churn(rng, dra.allocated, devices, infos)
+		var list []fwk.NodeInfo
+		for _, n := range infos {
+			list = append(list, n)
+		}
+		pod := pods[rng.IntN(len(pods))]
+		want, st := scoreAll(t, fresh, pod, list)
+		got, gotSt := scoreAll(t, cached, pod, list)
+		if st.Code() != gotSt.Code() {
+			t.Fatalf("step %d, pod %q: status %v, fresh %v", step, pod, gotSt, st)
+		}
+		if diff := cmp.Diff(want, got); diff != "" {
+			t.Fatalf("step %d, pod %q: scores (-fresh +cached):\n%s", step, pod, diff)
+		}
+		checkCachedBase(t, cached, dra, infos)
 	}
 }
 

@@ -3,6 +3,7 @@ package scheduler
 import (
 	"sync"
 
+	resourceapi "k8s.io/api/resource/v1"
 	draapi "k8s.io/dynamic-resource-allocation/api"
 
 	gpuapi "github.com/tessera-gpu/tessera/api/gpu"
@@ -87,6 +88,32 @@ func choiceOf(d *draapi.Device) partition.Choice {
 	}
 	consumption := d.ConsumesCounters[0]
 	c.CounterSet = consumption.CounterSet.String()
+	c.Consumes = make(map[string]int64, len(consumption.Counters))
+	for name, n := range consumption.Counters {
+		c.Consumes[name] = n.Value.Value()
+	}
+	return c
+}
+
+// choiceOfDevice is choiceOf for a device as the API publishes it, which the
+// Score plugin's model of the choice reads (mig.go): the same class, counter
+// set and consumption.
+func choiceOfDevice(d resourceapi.Device) partition.Choice {
+	var c partition.Choice
+	typ := d.Attributes[gpuapi.AttrType].StringValue
+	if typ == nil || len(d.ConsumesCounters) != 1 {
+		return c
+	}
+	c.Class = *typ
+	if *typ == gpuapi.TypeMIG {
+		profile := d.Attributes[gpuapi.AttrProfile].StringValue
+		if profile == nil {
+			return partition.Choice{}
+		}
+		c.Class = *profile
+	}
+	consumption := d.ConsumesCounters[0]
+	c.CounterSet = consumption.CounterSet
 	c.Consumes = make(map[string]int64, len(consumption.Counters))
 	for name, n := range consumption.Counters {
 		c.Consumes[name] = n.Value.Value()

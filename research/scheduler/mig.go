@@ -1,6 +1,7 @@
 package scheduler
 
 import (
+	"maps"
 	"math/bits"
 	"regexp"
 
@@ -8,6 +9,7 @@ import (
 	"k8s.io/dynamic-resource-allocation/structured"
 
 	gpuapi "github.com/tessera-gpu/tessera/api/gpu"
+	"github.com/tessera-gpu/tessera/pkg/partition"
 	"github.com/tessera-gpu/tessera/pkg/placement"
 )
 
@@ -49,37 +51,93 @@ func migOf(d resourceapi.Device, gpu int, id structured.DeviceID) (migDevice, bo
 	return migDevice{id: id, gpu: gpu, profile: *profile.StringValue, start: int(*start.IntValue), size: int(*size.IntValue)}, true
 }
 
-// migFirstFit returns the GPUs the allocator's first fit puts the MIG
-// request on, given a snapshot of the node (see snapshot): it takes, in the
-// published order, the first partitions of the profile whose GPU holds no
-// whole-GPU or share allocation and whose memory slices no allocated or
-// already taken partition of that GPU overlaps. It models the memory
-// slices only; where another counter (e.g. the one media-engine set) makes
-// the allocator refuse a partition it would take, the scored GPU can
-// differ. ok is false when the request does not fit.
-func (n *nodeGPUs) migFirstFit(snap []int, r migRequest) (gpus []int, taken []int, ok bool) {
-	blocked, busy := snap[len(n.whole):2*len(n.whole)], snap[2*len(n.whole):]
+// migPlace returns the GPUs the allocator puts the MIG request on, given a
+// snapshot of the node (see snapshot), and the partitions then allocated
+// (taken, indexed as n.mig, the snapshot's allocated ones included); ok is
+// false when the request does not fit. It reads the node's counters as the
+// allocator does: what each counter set has left once the allocated
+// partitions took theirs, nothing on a GPU that holds a whole-GPU or share
+// allocation (those devices consume every counter), and a partition fits
+// while what it consumes is left.
+//
+// With choice, a request of one partition goes where tessera-scheduler's
+// placement choice puts it (MIGPlacementOrder: the free selectable
+// partitions ranked by partition.BestFit over the node's devices, the first
+// that fits taken); otherwise, and for requests of several partitions
+// (which the choice leaves to the allocator), the allocator's first fit: in
+// published order, each partition that fits with those taken before it.
+// Free partitions that do not fit come last in BestFit's ranking, so
+// ranking only those that fit takes the same one.
+func (n *nodeGPUs) migPlace(snap []int, r migRequest, choice bool) (gpus []int, taken []int, ok bool) {
+	busy := snap[2*len(n.whole):]
 	taken = append([]int(nil), busy...)
+	left := n.countersLeft(snap)
+	fits := func(m migDevice) bool {
+		d := n.choices[m.choice]
+		return partition.Fits(left[d.CounterSet], d.Consumes)
+	}
+	if choice && r.count == 1 {
+		var candidates []int
+		for i, m := range n.mig {
+			if (r.profile == "" || m.profile == r.profile) && busy[i] == 0 && fits(m) {
+				candidates = append(candidates, m.choice)
+			}
+		}
+		if len(candidates) == 0 {
+			return nil, taken, false
+		}
+		best := partition.BestFit(n.choices, left, candidates)[0]
+		for i, m := range n.mig {
+			if m.choice == best {
+				taken[i] = 1
+				return []int{m.gpu}, taken, true
+			}
+		}
+	}
 	for i, m := range n.mig {
 		if len(gpus) == r.count {
 			break
 		}
-		if r.profile != "" && m.profile != r.profile || blocked[m.gpu] == 1 || taken[i] == 1 {
+		if r.profile != "" && m.profile != r.profile || taken[i] == 1 || !fits(m) {
 			continue
 		}
-		free := true
-		for j, o := range n.mig {
-			if taken[j] == 1 && o.gpu == m.gpu && m.start < o.start+o.size && o.start < m.start+m.size {
-				free = false
-				break
-			}
-		}
-		if free {
-			taken[i] = 1
-			gpus = append(gpus, m.gpu)
+		taken[i] = 1
+		gpus = append(gpus, m.gpu)
+		d := n.choices[m.choice]
+		for c, v := range d.Consumes {
+			left[d.CounterSet][c] -= v
 		}
 	}
 	return gpus, taken, len(gpus) == r.count
+}
+
+// countersLeft is what is left of each of the node's counter sets in the
+// snapshot's state: a fresh copy the caller may change.
+func (n *nodeGPUs) countersLeft(snap []int) map[string]map[string]int64 {
+	blocked, busy := snap[len(n.whole):2*len(n.whole)], snap[2*len(n.whole):]
+	left := make(map[string]map[string]int64, len(n.counters))
+	for name, c := range n.counters {
+		left[name] = maps.Clone(c)
+	}
+	for g, set := range n.sets {
+		if blocked[g] == 1 {
+			for c := range left[set] {
+				left[set][c] = 0
+			}
+		}
+	}
+	for i, m := range n.mig {
+		if busy[i] == 0 {
+			continue
+		}
+		d := n.choices[m.choice]
+		if set := left[d.CounterSet]; set != nil {
+			for c, v := range d.Consumes {
+				set[c] -= v
+			}
+		}
+	}
+	return left
 }
 
 // partitioned is the free capacity of the GPUs cut into MIG partitions, in

@@ -3,6 +3,11 @@ package scheduler
 import (
 	"context"
 	"fmt"
+	"maps"
+	"math"
+	"math/rand/v2"
+	slices2 "slices"
+	"strings"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
@@ -11,12 +16,15 @@ import (
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/sets"
+	draapi "k8s.io/dynamic-resource-allocation/api"
 	"k8s.io/dynamic-resource-allocation/structured"
 	fwk "k8s.io/kube-scheduler/framework"
 	"k8s.io/utils/ptr"
 
 	gpuapi "github.com/tessera-gpu/tessera/api/gpu"
 	"github.com/tessera-gpu/tessera/pkg/inventory"
+	"github.com/tessera-gpu/tessera/pkg/partition"
+	"github.com/tessera-gpu/tessera/pkg/placement"
 	"github.com/tessera-gpu/tessera/pkg/resourceslice"
 )
 
@@ -221,9 +229,211 @@ func TestMIGFirstFit(t *testing.T) {
 		{migRequest{"1g.5gb", 5}, []int{0, 0, 0, 0}, false},
 		{migRequest{"7g.40gb", 1}, nil, false},
 	} {
-		gpus, _, ok := g.migFirstFit(snap, tc.r)
+		gpus, _, ok := g.migPlace(snap, tc.r, false)
 		if diff := cmp.Diff(tc.want, gpus); diff != "" || ok != tc.ok {
 			t.Errorf("%+v: ok %v, want %v; GPUs (-want +got):\n%s", tc.r, ok, tc.ok, diff)
 		}
 	}
+}
+
+// allocatorView is the node as the patched allocator sees it for a MIG
+// request of one partition (placement-choice.patch's chosenOrder), worked out
+// apart from the plugin's model: the node's devices converted to the
+// allocator's types, what the allocated devices and the devices with shares
+// leave of each counter set, and which devices are free and of the profile
+// (any MIG profile for "").
+type allocatorView struct {
+	devices []*draapi.Device
+	ids     []structured.DeviceID
+	left    map[string]map[string]int64
+	alloc   *structured.AllocatedState
+	profile string
+}
+
+func viewOf(t *testing.T, slices []*resourceapi.ResourceSlice, node string, alloc *structured.AllocatedState, profile string) *allocatorView {
+	t.Helper()
+	v := &allocatorView{left: map[string]map[string]int64{}, alloc: alloc, profile: profile}
+	for _, s := range slices {
+		if s.Spec.NodeName == nil || *s.Spec.NodeName != node {
+			continue
+		}
+		for _, set := range s.Spec.SharedCounters {
+			v.left[set.Name] = map[string]int64{}
+			for c, n := range set.Counters {
+				v.left[set.Name][c] = n.Value.Value()
+			}
+		}
+		for i := range s.Spec.Devices {
+			var d draapi.Device
+			if err := draapi.Convert_v1_Device_To_api_Device(&s.Spec.Devices[i], &d, nil); err != nil {
+				t.Fatal(err)
+			}
+			v.devices = append(v.devices, &d)
+			v.ids = append(v.ids, structured.MakeDeviceID(s.Spec.Driver, s.Spec.Pool.Name, s.Spec.Devices[i].Name))
+		}
+	}
+	for i, d := range v.devices {
+		if _, shared := alloc.AggregatedCapacity[v.ids[i]]; !alloc.AllocatedDevices.Has(v.ids[i]) && !shared {
+			continue
+		}
+		for _, c := range d.ConsumesCounters {
+			for name, n := range c.Counters {
+				v.left[c.CounterSet.String()][name] -= n.Value.Value()
+			}
+		}
+	}
+	return v
+}
+
+// fits reports whether device i is free and what it consumes is left.
+func (v *allocatorView) fits(i int) bool {
+	d := v.devices[i]
+	return !v.alloc.AllocatedDevices.Has(v.ids[i]) && len(d.ConsumesCounters) == 1 &&
+		partition.Fits(v.left[d.ConsumesCounters[0].CounterSet.String()], choiceOf(d).Consumes)
+}
+
+func (v *allocatorView) selectable(i int) bool {
+	if i < 0 || i >= len(v.devices) || v.alloc.AllocatedDevices.Has(v.ids[i]) {
+		return false
+	}
+	typ, p := v.devices[i].Attributes[gpuapi.AttrType].StringValue, v.devices[i].Attributes[gpuapi.AttrProfile].StringValue
+	return typ != nil && *typ == gpuapi.TypeMIG && p != nil && (v.profile == "" || *p == v.profile)
+}
+
+// takes is the first selectable device that fits in the order given, then
+// in published order; "" for none.
+func (v *allocatorView) takes(order []int) string {
+	for i := range v.devices {
+		order = append(order, i)
+	}
+	for _, i := range order {
+		if v.selectable(i) && v.fits(i) {
+			return v.devices[i].Name.String()
+		}
+	}
+	return ""
+}
+
+// choiceTakes is the partition tessera-scheduler's allocator takes on the
+// node for a request of one partition: MIGPlacementOrder's ranking first.
+func choiceTakes(t *testing.T, slices []*resourceapi.ResourceSlice, node string, alloc *structured.AllocatedState, profile string) string {
+	v := viewOf(t, slices, node, alloc, profile)
+	return v.takes(MIGPlacementOrder(gpuapi.DriverName, v.devices, v.left, v.selectable))
+}
+
+// firstFitTakes is the partition kube-scheduler's allocator takes.
+func firstFitTakes(t *testing.T, slices []*resourceapi.ResourceSlice, node string, alloc *structured.AllocatedState, profile string) string {
+	return viewOf(t, slices, node, alloc, profile).takes(nil)
+}
+
+// fragmentationAfter is the node's fragmentation, as the plugin measures it,
+// with the pod's CPU and memory and the given devices allocated in addition
+// to alloc's, taken afresh from the index (no cache, no placement model).
+func fragmentationAfter(p *Plugin, slices []*resourceapi.ResourceSlice, info fakeNodeInfo, alloc *structured.AllocatedState, pod placement.Request, devices ...string) float64 {
+	after := emptyAllocated()
+	after.AllocatedDevices.Insert(alloc.AllocatedDevices.UnsortedList()...)
+	maps.Copy(after.AggregatedCapacity, alloc.AggregatedCapacity)
+	for _, d := range devices {
+		after.AllocatedDevices.Insert(structured.MakeDeviceID(gpuapi.DriverName, info.node.Name, d))
+	}
+	g := p.index.get(slices)[info.node.Name]
+	snap := g.snapshot(after)
+	n := placement.Node{CPU: info.allocatable.cpu - info.request.cpu - pod.CPU, Memory: (info.allocatable.memory-info.request.memory)>>20 - pod.Memory, Free: snap[:len(g.whole)]}
+	return g.base(p.workload, n, snap)
+}
+
+// TestScoreModelsPlacementChoice: with WithPlacementChoice, a MIG claim of
+// one partition is scored by the node's fragmentation after the partition
+// tessera-scheduler's choice takes (choiceTakes), not after the one first
+// fit would take. The first case is the e2e test's state on a small GPU
+// (TestTesseraSchedulerChoosesMIGPlacement): GPU 1 holds a 3g partition on
+// memory slices 4-7, GPU 0 is idle; first fit cuts GPU 0, the choice fills
+// GPU 1. Then random states of a 4-GPU node (partitions, whole GPUs and
+// shares allocated where they fit), every profile and any profile, where
+// the two choices differ in some.
+func TestScoreModelsPlacementChoice(t *testing.T) {
+	const node = "n"
+	info := nodeInfos(node)[0].(fakeNodeInfo)
+	pod := placement.Request{CPU: 1000, Memory: 1024}
+	profiles := []string{"", "1g.5gb", "2g.10gb", "3g.20gb", "7g.40gb"}
+	check := func(t *testing.T, slices []*resourceapi.ResourceSlice, alloc *structured.AllocatedState, profile string) (differs bool) {
+		t.Helper()
+		var selectors []string
+		if profile != "" {
+			selectors = append(selectors, profileIs(profile))
+		}
+		dra := &fakeDRA{slices: slices, claims: map[string]*resourceapi.ResourceClaim{"ns/c": migClaim("c", 1, selectors...)}, allocated: alloc}
+		p, err := NewWithState(Args{}, dra, WithPlacementChoice())
+		if err != nil {
+			t.Fatal(err)
+		}
+		scores, st := scoreAll(t, p, "c", []fwk.NodeInfo{info})
+		if st != nil {
+			t.Fatalf("PreScore: %v", st)
+		}
+		took := choiceTakes(t, slices, node, alloc, profile)
+		if took == "" {
+			if scores[0].Score != int64(worstDelta/placement.Resolution) {
+				t.Errorf("profile %q fits nowhere, raw score %d, want the worst", profile, scores[0].Score)
+			}
+			return false
+		}
+		before := fragmentationAfter(p, slices, info, alloc, placement.Request{})
+		want := int64(math.Round((fragmentationAfter(p, slices, info, alloc, pod, took) - before) / placement.Resolution))
+		if scores[0].Score != want {
+			t.Errorf("profile %q: raw score %d, want %d, the fragmentation delta of %s, which the choice takes (allocated %v, shares %v)",
+				profile, scores[0].Score, want, took, alloc.AllocatedDevices.UnsortedList(), slices2.Collect(maps.Keys(alloc.AggregatedCapacity)))
+		}
+		firstFit := firstFitTakes(t, slices, node, alloc, profile)
+		return firstFit != took && want != int64(math.Round((fragmentationAfter(p, slices, info, alloc, pod, firstFit)-before)/placement.Resolution))
+	}
+
+	t.Run("e2e state", func(t *testing.T) {
+		alloc := emptyAllocated()
+		alloc.AllocatedDevices.Insert(structured.MakeDeviceID(gpuapi.DriverName, node, gpuapi.MIGDeviceName(1, "3g.20gb", 4)))
+		slices := migNode(node, 2)
+		if got := choiceTakes(t, slices, node, alloc, "1g.5gb"); got[:len("gpu-1-")] != "gpu-1-" {
+			t.Fatalf("the choice takes %s, want a partition of GPU 1", got)
+		}
+		if !check(t, slices, alloc, "1g.5gb") {
+			t.Errorf("first fit takes the same partition, or one as good: the case tells nothing")
+		}
+	})
+
+	t.Run("random", func(t *testing.T) {
+		slices := migNode(node, 4)
+		var all []string
+		for _, s := range slices {
+			for _, d := range s.Spec.Devices {
+				all = append(all, d.Name)
+			}
+		}
+		differ := 0
+		for seed := range uint64(40) {
+			rng := rand.New(rand.NewPCG(seed, 4))
+			alloc := emptyAllocated()
+			for range rng.IntN(12) {
+				name := all[rng.IntN(len(all))]
+				id := structured.MakeDeviceID(gpuapi.DriverName, node, name)
+				v := viewOf(t, slices, node, alloc, "")
+				if !v.fits(slices2.Index(all, name)) {
+					continue
+				}
+				if strings.HasSuffix(name, "-shared") {
+					alloc.AggregatedCapacity[id] = structured.ConsumedCapacity{gpuapi.CapCompute: ptr.To(resource.MustParse("30"))}
+					continue
+				}
+				alloc.AllocatedDevices.Insert(id)
+			}
+			for _, profile := range profiles {
+				if check(t, slices, alloc, profile) {
+					differ++
+				}
+			}
+		}
+		t.Logf("%d of %d requests scored differently from first fit", differ, 40*len(profiles))
+		if differ == 0 {
+			t.Errorf("first fit and the choice never differ: the states tell nothing")
+		}
+	})
 }

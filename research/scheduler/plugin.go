@@ -52,13 +52,16 @@ type WorkloadClass struct {
 }
 
 // Plugin scores nodes by the change of GPU fragmentation a pod's claim
-// causes, assuming the allocator's first-fit choice of GPU inside the node.
+// causes, assuming the GPU the allocator chooses inside the node: its first
+// fit, or tessera-scheduler's placement choice for MIG (WithPlacementChoice).
 type Plugin struct {
 	dra      DRAState
 	workload placement.Workload
 	index    sliceIndex
 	// cached keeps each node's fragmentation between pods (cache.go).
 	cached bool
+	// choice models MIGPlacementOrder's choice of partition (mig.go).
+	choice bool
 }
 
 // Option changes how NewWithState builds the plugin.
@@ -67,6 +70,12 @@ type Option func(*Plugin)
 // WithoutFragmentationCache recomputes every node's fragmentation for every
 // pod, as the plugin did before it cached it: the benchmark's baseline.
 func WithoutFragmentationCache() Option { return func(p *Plugin) { p.cached = false } }
+
+// WithPlacementChoice models the placement the allocator takes for a MIG
+// request of one partition when MIGPlacementOrder is registered with it
+// (tessera-scheduler built with the patched allocator) instead of its first
+// fit, so that a node's score describes the partition the choice takes.
+func WithPlacementChoice() Option { return func(p *Plugin) { p.choice = true } }
 
 // sliceIndex keeps the device index of the last list of slices: slices
 // change rarely, and indexing every device of the cluster again for every
@@ -106,11 +115,19 @@ var (
 
 // New is the plugin factory for app.WithPlugin.
 func New(ctx context.Context, obj runtime.Object, h fwk.Handle) (fwk.Plugin, error) {
-	args, err := decodeArgs(obj)
-	if err != nil {
-		return nil, err
+	return NewFactory()(ctx, obj, h)
+}
+
+// NewFactory is a plugin factory for app.WithPlugin whose plugins take the
+// options.
+func NewFactory(opts ...Option) func(context.Context, runtime.Object, fwk.Handle) (fwk.Plugin, error) {
+	return func(_ context.Context, obj runtime.Object, h fwk.Handle) (fwk.Plugin, error) {
+		args, err := decodeArgs(obj)
+		if err != nil {
+			return nil, err
+		}
+		return NewWithState(args, handleState{h.SharedDRAManager()}, opts...)
 	}
-	return NewWithState(args, handleState{h.SharedDRAManager()})
 }
 
 // NewWithState returns the plugin over the given DRA state.

@@ -18,6 +18,7 @@ import (
 	"k8s.io/dynamic-resource-allocation/structured"
 
 	gpuapi "github.com/tessera-gpu/tessera/api/gpu"
+	"github.com/tessera-gpu/tessera/pkg/partition"
 	"github.com/tessera-gpu/tessera/pkg/placement"
 )
 
@@ -40,11 +41,19 @@ type nodeGPUs struct {
 	// makes the GPU unusable for shares and whole-GPU claims.
 	others [][]structured.DeviceID
 	// mig are the MIG partitions whose placement is published, in the
-	// order the allocator walks them (slice order), for its first fit.
+	// order the allocator walks them (slice order), for its first fit
+	// (migPlace).
 	mig []migDevice
 	// memorySlices is each GPU's number of MIG memory slices: the end of
 	// its furthest partition, 0 without partitions.
 	memorySlices []int
+	// choices are the node's devices as the placement choice sees them
+	// (choiceOf), in published order; sets names each GPU's counter set
+	// and counters holds each counter set's capacity, from the slices'
+	// shared counters. The MIG model reads what is left of them (mig.go).
+	choices  []partition.Choice
+	sets     []string
+	counters map[string]map[string]int64
 	// cache is this node's fragmentation, kept between pods (cache.go).
 	cache fragCache
 }
@@ -56,6 +65,8 @@ type migDevice struct {
 	gpu         int
 	profile     string
 	start, size int
+	// choice is the partition's index in nodeGPUs.choices.
+	choice int
 }
 
 // gpusByNode indexes Tessera's devices of node-local pools by node and GPU.
@@ -67,8 +78,15 @@ func gpusByNode(slices []*resourceapi.ResourceSlice) map[string]*nodeGPUs {
 		}
 		n := out[*s.Spec.NodeName]
 		if n == nil {
-			n = &nodeGPUs{}
+			n = &nodeGPUs{counters: map[string]map[string]int64{}}
 			out[*s.Spec.NodeName] = n
+		}
+		for _, set := range s.Spec.SharedCounters {
+			c := make(map[string]int64, len(set.Counters))
+			for name, v := range set.Counters {
+				c[name] = v.Value.Value()
+			}
+			n.counters[set.Name] = c
 		}
 		for _, d := range s.Spec.Devices {
 			index, ok := d.Attributes[gpuapi.AttrIndex]
@@ -81,8 +99,14 @@ func gpusByNode(slices []*resourceapi.ResourceSlice) map[string]*nodeGPUs {
 				n.whole = append(n.whole, structured.DeviceID{})
 				n.shared = append(n.shared, structured.DeviceID{})
 				n.others = append(n.others, nil)
+				n.sets = append(n.sets, "")
 			}
 			id := structured.MakeDeviceID(s.Spec.Driver, s.Spec.Pool.Name, d.Name)
+			choice := choiceOfDevice(d)
+			if choice.CounterSet != "" {
+				n.sets[i] = choice.CounterSet
+			}
+			n.choices = append(n.choices, choice)
 			switch *typ.StringValue {
 			case gpuapi.TypeGPU:
 				n.whole[i] = id
@@ -91,6 +115,7 @@ func gpusByNode(slices []*resourceapi.ResourceSlice) map[string]*nodeGPUs {
 			default:
 				n.others[i] = append(n.others[i], id)
 				if m, ok := migOf(d, i, id); ok && m.start >= 0 && m.size > 0 && m.start+m.size <= 64 {
+					m.choice = len(n.choices) - 1
 					n.mig = append(n.mig, m)
 					for len(n.memorySlices) <= i {
 						n.memorySlices = append(n.memorySlices, 0)

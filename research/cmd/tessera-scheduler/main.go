@@ -20,6 +20,10 @@ import (
 	"github.com/tessera-gpu/tessera/research/scheduler"
 )
 
+// pluginOptions are TesseraPlacement's options in this build: with the
+// patched allocator it models the placement choice (placement_choice.go).
+var pluginOptions []scheduler.Option
+
 func main() {
-	os.Exit(cli.Run(app.NewSchedulerCommand(app.WithPlugin(scheduler.Name, scheduler.New))))
+	os.Exit(cli.Run(app.NewSchedulerCommand(app.WithPlugin(scheduler.Name, scheduler.NewFactory(pluginOptions...)))))
 }

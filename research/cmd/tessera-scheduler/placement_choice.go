@@ -12,7 +12,9 @@ import (
 // asks a registered device order which of a node's free devices a request of
 // one device takes first; tessera-scheduler's is the MIG placement choice.
 // Only that patched allocator has draapi.SetDeviceOrder, hence the build tag,
-// which the tessera-scheduler target sets.
+// which the tessera-scheduler target sets. TesseraPlacement then scores a
+// node by the partition the choice takes there.
 func init() {
 	draapi.SetDeviceOrder(scheduler.MIGPlacementOrder)
+	pluginOptions = append(pluginOptions, scheduler.WithPlacementChoice())
 }
