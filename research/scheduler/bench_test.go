@@ -10,11 +10,16 @@ import (
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/sets"
+	draslices "k8s.io/dynamic-resource-allocation/resourceslice"
 	"k8s.io/dynamic-resource-allocation/structured"
 	fwk "k8s.io/kube-scheduler/framework"
 	"k8s.io/utils/ptr"
 
 	gpuapi "github.com/tessera-gpu/tessera/api/gpu"
+	tnvml "github.com/tessera-gpu/tessera/internal/nvml"
+	"github.com/tessera-gpu/tessera/internal/nvml/nvmlmock"
+	"github.com/tessera-gpu/tessera/pkg/inventory"
+	"github.com/tessera-gpu/tessera/pkg/resourceslice"
 )
 
 // BenchmarkScoreCycle measures one pod's scoring cycle: PreScore (list the
@@ -97,5 +102,137 @@ func benchmarkScoreCycle(b *testing.B, nodes, changed int, opts ...Option) {
 			scores[i] = fwk.NodeScore{Name: n.Node().Name, Score: s}
 		}
 		p.NormalizeScore(ctx, state, pod, scores)
+	}
+}
+
+// BenchmarkScoreCycleMIG is BenchmarkScoreCycle for a MIG claim of one
+// 1g.18gb partition on nodes of 8 H200 GPUs as Tessera publishes them (216
+// devices), each node with a 3g partition on memory slices 4-7 of GPU 0 and
+// a 1g partition at slice 6 of GPU 1, so that first fit (GPU 0's free 1g at
+// slice 6... or wherever the published order puts it) and the placement
+// choice take different partitions. It runs both models of the allocator's
+// choice (model=first-fit, the plugin before; model=choice,
+// WithPlacementChoice) side by side, with the cache off and on, and with a
+// 1g partition on GPU 2 coming or going on none or a tenth of the nodes
+// before each pod.
+//
+//	go test -run '^$' -bench ScoreCycleMIG -benchtime 100x ./research/scheduler/
+func BenchmarkScoreCycleMIG(b *testing.B) {
+	// Built once (partition.Build is costly), published under each node's name.
+	pool := resourceslice.Build("template", h200Inventory(b), resourceslice.Options{Pool: "default"}).Pools["template"]
+	for _, nodes := range []int{100, 1000} {
+		dra := &fakeDRA{claims: map[string]*resourceapi.ResourceClaim{"ns/one": migClaim("one", 1, profileIs("1g.18gb"))}, allocated: emptyAllocated()}
+		var infos []fwk.NodeInfo
+		for n := range nodes {
+			name := fmt.Sprintf("node-%04d", n)
+			dra.slices = append(dra.slices, resourceslice.Objects(name, draslices.DriverResources{Pools: map[string]draslices.Pool{name: pool}})...)
+			dra.allocated.AllocatedDevices.Insert(
+				structured.MakeDeviceID(gpuapi.DriverName, name, gpuapi.MIGDeviceName(0, "3g.71gb", 4)),
+				structured.MakeDeviceID(gpuapi.DriverName, name, gpuapi.MIGDeviceName(1, "1g.18gb", 6)))
+			infos = append(infos, fakeNodeInfo{
+				node:        &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name}},
+				allocatable: fakeResource{cpu: 64000, memory: 256 << 30},
+				request:     fakeResource{cpu: int64(n % 64000), memory: 1 << 30},
+			})
+		}
+		for _, changed := range []int{0, 10} {
+			for _, cache := range []string{"off", "on"} {
+				for _, model := range []string{"first-fit", "choice"} {
+					b.Run(fmt.Sprintf("nodes=%d/changed=%d%%/cache=%s/model=%s", nodes, changed, cache, model), func(b *testing.B) {
+						var opts []Option
+						if cache == "off" {
+							opts = append(opts, WithoutFragmentationCache())
+						}
+						if model == "choice" {
+							opts = append(opts, WithPlacementChoice())
+						}
+						p, err := NewWithState(Args{}, dra, opts...)
+						if err != nil {
+							b.Fatal(err)
+						}
+						next := 0
+						runScoreCycles(b, p, podWithClaim("one"), infos, func() {
+							for range nodes * changed / 100 {
+								id := structured.MakeDeviceID(gpuapi.DriverName, infos[next%nodes].Node().Name, gpuapi.MIGDeviceName(2, "1g.18gb", 6))
+								if dra.allocated.AllocatedDevices.Has(id) {
+									dra.allocated.AllocatedDevices.Delete(id)
+								} else {
+									dra.allocated.AllocatedDevices.Insert(id)
+								}
+								next++
+							}
+						})
+					})
+				}
+			}
+		}
+	}
+}
+
+// h200Inventory is a node of 8 H200 GPUs as the mock NVML discovers it.
+func h200Inventory(b *testing.B) inventory.Node {
+	s, err := nvmlmock.New("dgxh200", 8, "bench")
+	if err != nil {
+		b.Fatal(err)
+	}
+	lib, err := tnvml.OpenMock(s)
+	if err != nil {
+		b.Fatal(err)
+	}
+	inv, err := lib.Discover(context.Background())
+	if err != nil {
+		b.Fatal(err)
+	}
+	inv.DriverVersion, inv.CUDADriverVersion = "550.54.15", "12.4"
+	for i := range inv.GPUs {
+		// Published MIG placements need MIG mode on or switchable.
+		inv.GPUs[i].MIG.Enabled = true
+	}
+	return inv
+}
+
+// runScoreCycles runs one pod's scoring cycle per iteration, change() first.
+// The first cycle, untimed, builds the slice index (and fills the cache):
+// the steady state between slice changes.
+func runScoreCycles(b *testing.B, p *Plugin, pod *corev1.Pod, infos []fwk.NodeInfo, change func()) {
+	ctx := context.Background()
+	scores := make(fwk.NodeScoreList, len(infos))
+	for i := 0; i == 0 || b.Loop(); i++ {
+		change()
+		state := &fakeCycleState{data: map[fwk.StateKey]fwk.StateData{}}
+		if st := p.PreScore(ctx, state, pod, infos); !st.IsSuccess() {
+			b.Fatal(st)
+		}
+		for i, n := range infos {
+			s, st := p.Score(ctx, state, pod, n)
+			if !st.IsSuccess() {
+				b.Fatal(st)
+			}
+			scores[i] = fwk.NodeScore{Name: n.Node().Name, Score: s}
+		}
+		p.NormalizeScore(ctx, state, pod, scores)
+	}
+}
+
+// BenchmarkSliceIndexRebuild is PreScore's index of the slices on 1,000 nodes
+// of 8 H200 GPUs when one slice object was replaced since the last pod (a
+// publication, e.g. a prepare with blocked devices withdrawn): the nodes are
+// indexed again, the unchanged slices' conversions kept.
+//
+//	go test -run '^$' -bench SliceIndexRebuild -benchtime 5x ./research/scheduler/
+func BenchmarkSliceIndexRebuild(b *testing.B) {
+	pool := resourceslice.Build("template", h200Inventory(b), resourceslice.Options{Pool: "default"}).Pools["template"]
+	var all []*resourceapi.ResourceSlice
+	for n := range 1000 {
+		name := fmt.Sprintf("node-%04d", n)
+		all = append(all, resourceslice.Objects(name, draslices.DriverResources{Pools: map[string]draslices.Pool{name: pool}})...)
+	}
+	var index sliceIndex
+	index.get(all)
+	b.ReportAllocs()
+	for b.Loop() {
+		replaced := *all[0]
+		all[0] = &replaced
+		index.get(all)
 	}
 }

@@ -77,11 +77,36 @@ func (n *nodeGPUs) migPlace(snap []int, r migRequest, choice bool) (gpus []int, 
 		return partition.Fits(left[d.CounterSet], d.Consumes)
 	}
 	if choice && r.count == 1 {
+		// A partition of a GPU of the same shape and state as one of a
+		// GPU before it costs the same, and BestFit keeps the earlier of
+		// equals: it is left out, which keeps the ranking short on a
+		// node of many idle GPUs.
+		blocked := snap[len(n.whole) : 2*len(n.whole)]
+		state := make([]uint64, len(n.whole))
+		for i, m := range n.mig {
+			if busy[i] == 1 {
+				state[m.gpu] |= 1 << m.pos
+			}
+		}
+		type twin struct {
+			shape, blocked, pos int
+			busy                uint64
+		}
+		seen := map[twin]bool{}
+		shapes := n.gpuShapes()
 		var candidates []int
 		for i, m := range n.mig {
-			if (r.profile == "" || m.profile == r.profile) && busy[i] == 0 && fits(m) {
-				candidates = append(candidates, m.choice)
+			if r.profile != "" && m.profile != r.profile || busy[i] == 1 || !fits(m) {
+				continue
 			}
+			if shape := shapes[m.gpu]; shape >= 0 {
+				k := twin{shape, blocked[m.gpu], m.pos, state[m.gpu]}
+				if seen[k] {
+					continue
+				}
+				seen[k] = true
+			}
+			candidates = append(candidates, m.choice)
 		}
 		if len(candidates) == 0 {
 			return nil, taken, false

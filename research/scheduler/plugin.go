@@ -82,7 +82,7 @@ func WithPlacementChoice() Option { return func(p *Plugin) { p.choice = true } }
 // pod was most of the plugin's cost.
 type sliceIndex struct {
 	mu     sync.Mutex
-	slices map[*resourceapi.ResourceSlice]bool
+	slices map[*resourceapi.ResourceSlice]converted
 	byNode map[string]*nodeGPUs
 }
 
@@ -94,16 +94,28 @@ func (c *sliceIndex) get(slices []*resourceapi.ResourceSlice) map[string]*nodeGP
 	defer c.mu.Unlock()
 	same := c.byNode != nil && len(slices) == len(c.slices)
 	for i := 0; same && i < len(slices); i++ {
-		same = c.slices[slices[i]]
+		_, same = c.slices[slices[i]]
 	}
 	if same {
 		return c.byNode
 	}
-	c.slices = make(map[*resourceapi.ResourceSlice]bool, len(slices))
+	// A slice listed before keeps its conversion: only the new ones are
+	// converted, and those no longer listed are dropped.
+	kept := make(map[*resourceapi.ResourceSlice]converted, len(slices))
+	c.byNode = gpusByNode(slices, func(s *resourceapi.ResourceSlice) converted {
+		v, ok := c.slices[s]
+		if !ok {
+			v = convert(s)
+		}
+		kept[s] = v
+		return v
+	})
 	for _, s := range slices {
-		c.slices[s] = true
+		if _, ok := kept[s]; !ok {
+			kept[s] = converted{} // another driver's, or not node-local
+		}
 	}
-	c.byNode = gpusByNode(slices)
+	c.slices = kept
 	return c.byNode
 }
 

@@ -221,9 +221,29 @@ func TestSliceIndexFollowsSlices(t *testing.T) {
 	if again := gpus(); fmt.Sprintf("%p", again) != fmt.Sprintf("%p", first) {
 		t.Error("unchanged slices indexed again")
 	}
-	dra.slices = append(gpuNode("node-a", 2), gpuNode("node-b", 1)...)
+	nodeB := gpuNode("node-b", 1)
+	dra.slices = append(gpuNode("node-a", 2), nodeB...)
 	after := gpus()
 	if after["node-b"] == nil || len(after["node-a"].whole) != 2 {
 		t.Errorf("index after the slices changed: %v", after)
+	}
+	// Another driver's slice does not make every pod index again, and a
+	// slice listed before keeps its conversion while a new one is converted.
+	other := &resourceapi.ResourceSlice{Spec: resourceapi.ResourceSliceSpec{Driver: "other.example.com", NodeName: ptr.To("node-a")}}
+	dra.slices = append(dra.slices, other)
+	withOther := gpus()
+	if again := gpus(); fmt.Sprintf("%p", again) != fmt.Sprintf("%p", withOther) {
+		t.Error("unchanged slices with another driver's indexed again")
+	}
+	consumes := func(index map[string]*nodeGPUs, node string) string {
+		return fmt.Sprintf("%p", index[node].choices[0].Consumes)
+	}
+	dra.slices = append(append(gpuNode("node-a", 2), nodeB...), other)
+	replaced := gpus()
+	if consumes(replaced, "node-b") != consumes(withOther, "node-b") {
+		t.Error("node-b's unchanged slice converted again")
+	}
+	if consumes(replaced, "node-a") == consumes(withOther, "node-a") {
+		t.Error("node-a's new slice not converted")
 	}
 }

@@ -10,6 +10,8 @@ package scheduler
 
 import (
 	"fmt"
+	"maps"
+	"sync"
 
 	corev1 "k8s.io/api/core/v1"
 	resourceapi "k8s.io/api/resource/v1"
@@ -54,6 +56,11 @@ type nodeGPUs struct {
 	choices  []partition.Choice
 	sets     []string
 	counters map[string]map[string]int64
+	// migCount is each GPU's number of partitions in mig; shapes numbers
+	// each GPU's kind (gpuShapes).
+	migCount  []int
+	shapeOnce sync.Once
+	shapes    []int
 	// cache is this node's fragmentation, kept between pods (cache.go).
 	cache fragCache
 }
@@ -65,12 +72,40 @@ type migDevice struct {
 	gpu         int
 	profile     string
 	start, size int
-	// choice is the partition's index in nodeGPUs.choices.
-	choice int
+	// choice is the partition's index in nodeGPUs.choices, pos its index
+	// among its GPU's partitions in nodeGPUs.mig.
+	choice, pos int
 }
 
-// gpusByNode indexes Tessera's devices of node-local pools by node and GPU.
-func gpusByNode(slices []*resourceapi.ResourceSlice) map[string]*nodeGPUs {
+// converted is what the MIG model reads of one slice (choiceOfDevice): the
+// choice of each device, by its index in the slice, and the capacity of
+// each counter set. Read-only once made.
+type converted struct {
+	choices  []partition.Choice
+	counters map[string]map[string]int64
+}
+
+func convert(s *resourceapi.ResourceSlice) converted {
+	out := converted{choices: make([]partition.Choice, len(s.Spec.Devices)), counters: make(map[string]map[string]int64, len(s.Spec.SharedCounters))}
+	for i, d := range s.Spec.Devices {
+		out.choices[i] = choiceOfDevice(d)
+	}
+	for _, set := range s.Spec.SharedCounters {
+		c := make(map[string]int64, len(set.Counters))
+		for name, v := range set.Counters {
+			c[name] = v.Value.Value()
+		}
+		out.counters[set.Name] = c
+	}
+	return out
+}
+
+// gpusByNode indexes Tessera's devices of node-local pools by node and GPU,
+// with each slice's conversion from conv (convert when nil).
+func gpusByNode(slices []*resourceapi.ResourceSlice, conv func(*resourceapi.ResourceSlice) converted) map[string]*nodeGPUs {
+	if conv == nil {
+		conv = convert
+	}
 	out := map[string]*nodeGPUs{}
 	for _, s := range slices {
 		if s.Spec.Driver != gpuapi.DriverName || s.Spec.NodeName == nil {
@@ -81,14 +116,9 @@ func gpusByNode(slices []*resourceapi.ResourceSlice) map[string]*nodeGPUs {
 			n = &nodeGPUs{counters: map[string]map[string]int64{}}
 			out[*s.Spec.NodeName] = n
 		}
-		for _, set := range s.Spec.SharedCounters {
-			c := make(map[string]int64, len(set.Counters))
-			for name, v := range set.Counters {
-				c[name] = v.Value.Value()
-			}
-			n.counters[set.Name] = c
-		}
-		for _, d := range s.Spec.Devices {
+		c := conv(s)
+		maps.Copy(n.counters, c.counters)
+		for j, d := range s.Spec.Devices {
 			index, ok := d.Attributes[gpuapi.AttrIndex]
 			typ, typed := d.Attributes[gpuapi.AttrType]
 			if !ok || index.IntValue == nil || !typed || typ.StringValue == nil || *index.IntValue < 0 || *index.IntValue > 1024 {
@@ -100,9 +130,10 @@ func gpusByNode(slices []*resourceapi.ResourceSlice) map[string]*nodeGPUs {
 				n.shared = append(n.shared, structured.DeviceID{})
 				n.others = append(n.others, nil)
 				n.sets = append(n.sets, "")
+				n.migCount = append(n.migCount, 0)
 			}
 			id := structured.MakeDeviceID(s.Spec.Driver, s.Spec.Pool.Name, d.Name)
-			choice := choiceOfDevice(d)
+			choice := c.choices[j]
 			if choice.CounterSet != "" {
 				n.sets[i] = choice.CounterSet
 			}
@@ -116,6 +147,8 @@ func gpusByNode(slices []*resourceapi.ResourceSlice) map[string]*nodeGPUs {
 				n.others[i] = append(n.others[i], id)
 				if m, ok := migOf(d, i, id); ok && m.start >= 0 && m.size > 0 && m.start+m.size <= 64 {
 					m.choice = len(n.choices) - 1
+					m.pos = n.migCount[i]
+					n.migCount[i]++
 					n.mig = append(n.mig, m)
 					for len(n.memorySlices) <= i {
 						n.memorySlices = append(n.memorySlices, 0)
@@ -126,6 +159,62 @@ func gpusByNode(slices []*resourceapi.ResourceSlice) map[string]*nodeGPUs {
 		}
 	}
 	return out
+}
+
+// gpuShapes numbers the node's GPUs by kind, once: two GPUs of one shape
+// have the same counters and the same devices in the same order (class and
+// consumption), so the same partition of either, in the same state, costs
+// the other devices of its GPU the same (partition.BestFit). A GPU with more
+// than 64 partitions, or whose devices draw on no counter set of its own,
+// gets -1. It is worked out on the first use, as only the placement choice's
+// model needs it.
+func (n *nodeGPUs) gpuShapes() []int {
+	n.shapeOnce.Do(func() {
+		gpuOf := make(map[string]int, len(n.sets))
+		for g, set := range n.sets {
+			if set != "" {
+				gpuOf[set] = g
+			}
+		}
+		perGPU := make([][]int, len(n.sets))
+		for i, c := range n.choices {
+			if g, ok := gpuOf[c.CounterSet]; ok {
+				perGPU[g] = append(perGPU[g], i)
+			}
+		}
+		same := func(a, b int) bool {
+			if len(perGPU[a]) != len(perGPU[b]) || !maps.Equal(n.counters[n.sets[a]], n.counters[n.sets[b]]) {
+				return false
+			}
+			for k := range perGPU[a] {
+				ca, cb := n.choices[perGPU[a][k]], n.choices[perGPU[b][k]]
+				if ca.Class != cb.Class || !maps.Equal(ca.Consumes, cb.Consumes) {
+					return false
+				}
+			}
+			return true
+		}
+		shapes := make([]int, len(n.sets))
+		var first []int // the first GPU of each shape
+		for g, set := range n.sets {
+			shapes[g] = -1
+			if set == "" || n.migCount[g] > 64 {
+				continue
+			}
+			for id, r := range first {
+				if same(g, r) {
+					shapes[g] = id
+					break
+				}
+			}
+			if shapes[g] < 0 {
+				shapes[g] = len(first)
+				first = append(first, g)
+			}
+		}
+		n.shapes = shapes
+	})
+	return n.shapes
 }
 
 // snapshot is what the node's scores read of the allocated state, as one
