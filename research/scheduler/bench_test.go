@@ -170,7 +170,7 @@ func BenchmarkScoreCycleMIG(b *testing.B) {
 }
 
 // h200Inventory is a node of 8 H200 GPUs as the mock NVML discovers it.
-func h200Inventory(b *testing.B) inventory.Node {
+func h200Inventory(b testing.TB) inventory.Node {
 	s, err := nvmlmock.New("dgxh200", 8, "bench")
 	if err != nil {
 		b.Fatal(err)

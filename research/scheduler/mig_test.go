@@ -355,7 +355,6 @@ func TestScoreModelsPlacementChoice(t *testing.T) {
 	const node = "n"
 	info := nodeInfos(node)[0].(fakeNodeInfo)
 	pod := placement.Request{CPU: 1000, Memory: 1024}
-	profiles := []string{"", "1g.5gb", "2g.10gb", "3g.20gb", "7g.40gb"}
 	check := func(t *testing.T, slices []*resourceapi.ResourceSlice, alloc *structured.AllocatedState, profile string) (differs bool) {
 		t.Helper()
 		var selectors []string
@@ -400,40 +399,52 @@ func TestScoreModelsPlacementChoice(t *testing.T) {
 		}
 	})
 
-	t.Run("random", func(t *testing.T) {
-		slices := migNode(node, 4)
-		var all []string
-		for _, s := range slices {
-			for _, d := range s.Spec.Devices {
-				all = append(all, d.Name)
+	for _, kind := range []string{"a100-like", "h200"} {
+		t.Run("random/"+kind, func(t *testing.T) {
+			slices := migNode(node, 4)
+			if kind == "h200" {
+				inv := h200Inventory(t)
+				inv.GPUs = inv.GPUs[:4]
+				slices = resourceslice.Objects(node, resourceslice.Build(node, inv, resourceslice.Options{Pool: "default"}))
 			}
-		}
-		differ := 0
-		for seed := range uint64(40) {
-			rng := rand.New(rand.NewPCG(seed, 4))
-			alloc := emptyAllocated()
-			for range rng.IntN(12) {
-				name := all[rng.IntN(len(all))]
-				id := structured.MakeDeviceID(gpuapi.DriverName, node, name)
-				v := viewOf(t, slices, node, alloc, "")
-				if !v.fits(slices2.Index(all, name)) {
-					continue
-				}
-				if strings.HasSuffix(name, "-shared") {
-					alloc.AggregatedCapacity[id] = structured.ConsumedCapacity{gpuapi.CapCompute: ptr.To(resource.MustParse("30"))}
-					continue
-				}
-				alloc.AllocatedDevices.Insert(id)
-			}
-			for _, profile := range profiles {
-				if check(t, slices, alloc, profile) {
-					differ++
+			var all []string
+			profiles := []string{""}
+			for _, s := range slices {
+				for _, d := range s.Spec.Devices {
+					all = append(all, d.Name)
+					if p := d.Attributes[gpuapi.AttrProfile].StringValue; p != nil && !slices2.Contains(profiles, *p) {
+						profiles = append(profiles, *p)
+					}
 				}
 			}
-		}
-		t.Logf("%d of %d requests scored differently from first fit", differ, 40*len(profiles))
-		if differ == 0 {
-			t.Errorf("first fit and the choice never differ: the states tell nothing")
-		}
-	})
+			differ, requests := 0, 0
+			for seed := range uint64(40) {
+				rng := rand.New(rand.NewPCG(seed, 4))
+				alloc := emptyAllocated()
+				for range rng.IntN(16) {
+					name := all[rng.IntN(len(all))]
+					id := structured.MakeDeviceID(gpuapi.DriverName, node, name)
+					v := viewOf(t, slices, node, alloc, "")
+					if !v.fits(slices2.Index(all, name)) {
+						continue
+					}
+					if strings.HasSuffix(name, "-shared") {
+						alloc.AggregatedCapacity[id] = structured.ConsumedCapacity{gpuapi.CapCompute: ptr.To(resource.MustParse("30"))}
+						continue
+					}
+					alloc.AllocatedDevices.Insert(id)
+				}
+				for _, profile := range profiles {
+					requests++
+					if check(t, slices, alloc, profile) {
+						differ++
+					}
+				}
+			}
+			t.Logf("%d of %d requests scored differently from first fit (profiles %q)", differ, requests, profiles)
+			if differ == 0 {
+				t.Errorf("first fit and the choice never differ: the states tell nothing")
+			}
+		})
+	}
 }
