@@ -25,6 +25,7 @@ type fragCache struct {
 	valid       bool
 	cpu, memory int64
 	snap        []int
+	spare       []int
 	base        float64
 	deltas      map[cacheKey]scored
 }
@@ -42,8 +43,8 @@ type scored struct {
 // delta is how much the pod's request changes the node's fragmentation
 // (ok false: it does not fit), from the cache when the node is as it was.
 func (p *Plugin) delta(g *nodeGPUs, s *cycleState, cpu, memory int64) (float64, bool) {
-	snap := g.snapshot(s.allocated)
 	if !p.cached {
+		snap := g.snapshotOf(s.allocated[g], nil)
 		n := placement.Node{CPU: cpu, Memory: memory, Free: snap[:len(g.whole)]}
 		d := g.assess(s.workload, n, g.base(s.workload, n, snap), s.request, s.mig, snap, p.choice)
 		return d.delta, d.ok
@@ -51,8 +52,12 @@ func (p *Plugin) delta(g *nodeGPUs, s *cycleState, cpu, memory int64) (float64, 
 	c := &g.cache
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	// The snapshot is taken into the spare buffer, which becomes the
+	// cached one when the state changed: a hit allocates nothing.
+	snap := g.snapshotOf(s.allocated[g], c.spare)
 	n := placement.Node{CPU: cpu, Memory: memory, Free: snap[:len(g.whole)]}
 	if !c.valid || c.cpu != cpu || c.memory != memory || !slices.Equal(c.snap, snap) {
+		c.spare = c.snap
 		c.valid, c.cpu, c.memory, c.snap = true, cpu, memory, snap
 		c.base = g.base(s.workload, n, snap)
 		clear(c.deltas)

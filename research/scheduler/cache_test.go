@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"sync"
 	"testing"
 
@@ -126,11 +127,12 @@ func churn(rng *rand.Rand, alloc *structured.AllocatedState, devices []structure
 	}
 }
 
-// checkCachedBase compares every node's cached fragmentation, where the
-// cache holds the node's current state, with one computed afresh.
+// checkCachedBase compares every node's cached fragmentation, and the
+// snapshot it is keyed by, where the cache holds the node's current state,
+// with ones computed afresh (snapshot: a look-up per device).
 func checkCachedBase(t *testing.T, p *Plugin, dra *fakeDRA, infos []fakeNodeInfo) {
 	t.Helper()
-	index := p.index.get(dra.slices)
+	index, _ := p.index.get(dra.slices)
 	w := p.workload
 	for _, info := range infos {
 		g := index[info.node.Name]
@@ -138,8 +140,11 @@ func checkCachedBase(t *testing.T, p *Plugin, dra *fakeDRA, infos []fakeNodeInfo
 		snap := g.snapshot(dra.allocated)
 		want := g.base(w, placement.Node{CPU: cpu, Memory: memory, Free: snap[:len(g.whole)]}, snap)
 		g.cache.mu.Lock()
-		valid, got := g.cache.valid, g.cache.base
+		valid, got, gotSnap := g.cache.valid, g.cache.base, g.cache.snap
 		g.cache.mu.Unlock()
+		if valid && !slices.Equal(gotSnap, snap) {
+			t.Fatalf("node %s: cached snapshot %v, fresh %v", info.node.Name, gotSnap, snap)
+		}
 		if valid && got != want {
 			t.Fatalf("node %s: cached fragmentation %v, fresh %v", info.node.Name, got, want)
 		}

@@ -336,7 +336,8 @@ func fragmentationAfter(p *Plugin, slices []*resourceapi.ResourceSlice, info fak
 	for _, d := range devices {
 		after.AllocatedDevices.Insert(structured.MakeDeviceID(gpuapi.DriverName, info.node.Name, d))
 	}
-	g := p.index.get(slices)[info.node.Name]
+	index, _ := p.index.get(slices)
+	g := index[info.node.Name]
 	snap := g.snapshot(after)
 	n := placement.Node{CPU: info.allocatable.cpu - info.request.cpu - pod.CPU, Memory: (info.allocatable.memory-info.request.memory)>>20 - pod.Memory, Free: snap[:len(g.whole)]}
 	return g.base(p.workload, n, snap)

@@ -84,12 +84,14 @@ type sliceIndex struct {
 	mu     sync.Mutex
 	slices map[*resourceapi.ResourceSlice]converted
 	byNode map[string]*nodeGPUs
+	locs   map[structured.DeviceID]deviceAt
 }
 
-// get returns the index of the slices, rebuilt only when the listed slice
-// objects differ from last time (the informer replaces an object when it
-// changes, so identity is enough). The index is read-only once built.
-func (c *sliceIndex) get(slices []*resourceapi.ResourceSlice) map[string]*nodeGPUs {
+// get returns the index of the slices, by node and by device, rebuilt only
+// when the listed slice objects differ from last time (the informer
+// replaces an object when it changes, so identity is enough). The index is
+// read-only once built.
+func (c *sliceIndex) get(slices []*resourceapi.ResourceSlice) (map[string]*nodeGPUs, map[structured.DeviceID]deviceAt) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	same := c.byNode != nil && len(slices) == len(c.slices)
@@ -97,7 +99,7 @@ func (c *sliceIndex) get(slices []*resourceapi.ResourceSlice) map[string]*nodeGP
 		_, same = c.slices[slices[i]]
 	}
 	if same {
-		return c.byNode
+		return c.byNode, c.locs
 	}
 	// A slice listed before keeps its conversion: only the new ones are
 	// converted, and those no longer listed are dropped.
@@ -116,7 +118,8 @@ func (c *sliceIndex) get(slices []*resourceapi.ResourceSlice) map[string]*nodeGP
 		}
 	}
 	c.slices = kept
-	return c.byNode
+	c.locs = locate(c.byNode)
+	return c.byNode, c.locs
 }
 
 var (
@@ -190,11 +193,12 @@ func (p *Plugin) Name() string { return Name }
 const stateKey fwk.StateKey = Name
 
 type cycleState struct {
-	request   placement.Request
-	mig       migRequest
-	workload  placement.Workload
-	gpus      map[string]*nodeGPUs
-	allocated *structured.AllocatedState
+	request  placement.Request
+	mig      migRequest
+	workload placement.Workload
+	gpus     map[string]*nodeGPUs
+	// allocated is the allocated state sorted by node (allocatedByNode).
+	allocated map[*nodeGPUs]*nodeAllocated
 }
 
 func (s *cycleState) Clone() fwk.StateData { return s }
@@ -217,7 +221,8 @@ func (p *Plugin) PreScore(ctx context.Context, state fwk.CycleState, pod *corev1
 	if err != nil {
 		return fwk.AsStatus(fmt.Errorf("gather allocated devices: %w", err))
 	}
-	state.Write(stateKey, &cycleState{request: r, mig: mig, workload: p.workload, gpus: p.index.get(slices), allocated: allocated})
+	gpus, locs := p.index.get(slices)
+	state.Write(stateKey, &cycleState{request: r, mig: mig, workload: p.workload, gpus: gpus, allocated: allocatedByNode(locs, allocated)})
 	klog.FromContext(ctx).V(5).Info("Scoring GPU fragmentation", "pod", klog.KObj(pod), "request", r, "migProfile", mig.profile, "migCount", mig.count)
 	return nil
 }

@@ -254,6 +254,151 @@ func (n *nodeGPUs) snapshot(alloc *structured.AllocatedState) []int {
 	return out
 }
 
+// deviceKind is what a device is to snapshot.
+type deviceKind uint8
+
+const (
+	kindWhole deviceKind = iota
+	kindShared
+	kindOther
+)
+
+// deviceAt is where the index put a device: its node and GPU, its kind, and
+// for a MIG partition with a placement its index in the node's mig (else -1).
+type deviceAt struct {
+	node *nodeGPUs
+	gpu  int
+	kind deviceKind
+	mig  int
+}
+
+// locate maps every indexed device to where it is, so that a pod's cycle
+// can sort the allocated state by node in one walk (allocatedByNode).
+func locate(byNode map[string]*nodeGPUs) map[structured.DeviceID]deviceAt {
+	size := 0
+	for _, n := range byNode {
+		size += 2 * len(n.whole)
+		for _, o := range n.others {
+			size += len(o)
+		}
+	}
+	out := make(map[structured.DeviceID]deviceAt, size)
+	var zero structured.DeviceID
+	for _, n := range byNode {
+		for g := range n.whole {
+			if n.whole[g] != zero {
+				out[n.whole[g]] = deviceAt{node: n, gpu: g, kind: kindWhole, mig: -1}
+			}
+			if n.shared[g] != zero {
+				out[n.shared[g]] = deviceAt{node: n, gpu: g, kind: kindShared, mig: -1}
+			}
+			for _, id := range n.others[g] {
+				out[id] = deviceAt{node: n, gpu: g, kind: kindOther, mig: -1}
+			}
+		}
+		for i, m := range n.mig {
+			out[m.id] = deviceAt{node: n, gpu: m.gpu, kind: kindOther, mig: i}
+		}
+	}
+	return out
+}
+
+// nodeAllocated is what is allocated of one node's devices: whole GPUs and
+// other devices (MIG partitions) by GPU and index in mig, and the compute
+// of each GPU's shares.
+type nodeAllocated struct {
+	whole, others []int
+	mig           []int
+	shares        []shareUse
+}
+
+type shareUse struct {
+	gpu     int
+	compute int64
+	known   bool
+}
+
+// allocatedByNode sorts the allocated state by the index's nodes, in one
+// walk of what is allocated instead of a look-up per published device.
+func allocatedByNode(locs map[structured.DeviceID]deviceAt, alloc *structured.AllocatedState) map[*nodeGPUs]*nodeAllocated {
+	out := map[*nodeGPUs]*nodeAllocated{}
+	of := func(n *nodeGPUs) *nodeAllocated {
+		a := out[n]
+		if a == nil {
+			a = &nodeAllocated{}
+			out[n] = a
+		}
+		return a
+	}
+	for id := range alloc.AllocatedDevices {
+		at, ok := locs[id]
+		if !ok || at.kind == kindShared {
+			continue
+		}
+		a := of(at.node)
+		if at.kind == kindWhole {
+			a.whole = append(a.whole, at.gpu)
+			continue
+		}
+		a.others = append(a.others, at.gpu)
+		if at.mig >= 0 {
+			a.mig = append(a.mig, at.mig)
+		}
+	}
+	for id, used := range alloc.AggregatedCapacity {
+		at, ok := locs[id]
+		if !ok || at.kind != kindShared {
+			continue
+		}
+		u := shareUse{gpu: at.gpu}
+		if q := used[gpuapi.CapCompute]; q != nil {
+			u.compute, u.known = q.Value(), true
+		}
+		a := of(at.node)
+		a.shares = append(a.shares, u)
+	}
+	return out
+}
+
+// snapshotOf is snapshot (the reference) from the node's sorted allocations,
+// without a look-up per device, written into buf's storage when it has the
+// room.
+func (n *nodeGPUs) snapshotOf(a *nodeAllocated, buf []int) []int {
+	gpus := len(n.whole)
+	size := 2*gpus + len(n.mig)
+	if cap(buf) < size {
+		buf = make([]int, size)
+	}
+	out := buf[:size]
+	clear(out)
+	free, blocked, busy := out[:gpus], out[gpus:2*gpus], out[2*gpus:]
+	for i := range free {
+		free[i] = placement.WholeGPU
+	}
+	if a == nil {
+		return out
+	}
+	// As snapshot decides: a whole GPU or a partition allocated leaves
+	// nothing of the GPU free, a share what it does not use of it; a
+	// whole GPU or a share blocks partitions.
+	for _, g := range a.others {
+		free[g] = 0
+	}
+	for _, s := range a.shares {
+		blocked[s.gpu] = 1
+		if s.known && free[s.gpu] > 0 {
+			free[s.gpu] = max(placement.WholeGPU-int(s.compute)*10, 0)
+		}
+	}
+	for _, g := range a.whole {
+		free[g], blocked[g] = 0, 1
+	}
+	for _, i := range a.mig {
+		busy[i] = 1
+	}
+	return out
+}
+
 // shareComputeDefault is the compute share a claim gets when it names none
 // (the shared GPU's request policy default, 10 %).
 const shareComputeDefault = 10
