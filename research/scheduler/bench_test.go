@@ -216,8 +216,8 @@ func runScoreCycles(b *testing.B, p *Plugin, pod *corev1.Pod, infos []fwk.NodeIn
 
 // BenchmarkSliceIndexRebuild is PreScore's index of the slices on 1,000 nodes
 // of 8 H200 GPUs when one slice object was replaced since the last pod (a
-// publication, e.g. a prepare with blocked devices withdrawn): the nodes are
-// indexed again, the unchanged slices' conversions kept.
+// publication, e.g. a prepare with blocked devices withdrawn): only that
+// slice's node is indexed again.
 //
 //	go test -run '^$' -bench SliceIndexRebuild -benchtime 5x ./research/scheduler/
 func BenchmarkSliceIndexRebuild(b *testing.B) {

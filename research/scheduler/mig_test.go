@@ -207,7 +207,7 @@ func TestScoreMIG(t *testing.T) {
 
 // TestMIGFirstFit checks the modelled allocator choice on one node.
 func TestMIGFirstFit(t *testing.T) {
-	g := gpusByNode(migNode("n", 2), nil)["n"]
+	g := gpusByNode(migNode("n", 2))["n"]
 	alloc := emptyAllocated()
 	alloc.AllocatedDevices.Insert(structured.MakeDeviceID(gpuapi.DriverName, "n", gpuapi.MIGDeviceName(0, "3g.20gb", 4)))
 	alloc.AggregatedCapacity[structured.MakeDeviceID(gpuapi.DriverName, "n", gpuapi.SharedDeviceName(1))] = structured.ConsumedCapacity{

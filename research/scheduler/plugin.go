@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"math"
+	"slices"
 	"sync"
 
 	corev1 "k8s.io/api/core/v1"
@@ -14,6 +15,7 @@ import (
 	"k8s.io/klog/v2"
 	fwk "k8s.io/kube-scheduler/framework"
 
+	gpuapi "github.com/tessera-gpu/tessera/api/gpu"
 	"github.com/tessera-gpu/tessera/pkg/placement"
 )
 
@@ -82,44 +84,53 @@ func WithPlacementChoice() Option { return func(p *Plugin) { p.choice = true } }
 // pod was most of the plugin's cost.
 type sliceIndex struct {
 	mu     sync.Mutex
-	slices map[*resourceapi.ResourceSlice]converted
+	slices map[*resourceapi.ResourceSlice]bool
 	byNode map[string]*nodeGPUs
-	locs   map[structured.DeviceID]deviceAt
+	// byPool finds a device's node by its pool (Tessera's pools are
+	// node-local), for allocatedByNode.
+	byPool map[string]*nodeGPUs
 }
 
-// get returns the index of the slices, by node and by device, rebuilt only
+// get returns the index of the slices by node and by pool, rebuilt only
 // when the listed slice objects differ from last time (the informer
-// replaces an object when it changes, so identity is enough). The index is
-// read-only once built.
-func (c *sliceIndex) get(slices []*resourceapi.ResourceSlice) (map[string]*nodeGPUs, map[structured.DeviceID]deviceAt) {
+// replaces an object when it changes, so identity is enough), and then
+// only for the nodes whose slices changed: a node listed with the same
+// slices in the same order keeps its index, and with it its cached
+// fragmentation (cache.go). A node's index is read-only once built.
+func (c *sliceIndex) get(list []*resourceapi.ResourceSlice) (byNode, byPool map[string]*nodeGPUs) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	same := c.byNode != nil && len(slices) == len(c.slices)
-	for i := 0; same && i < len(slices); i++ {
-		_, same = c.slices[slices[i]]
+	same := c.byNode != nil && len(list) == len(c.slices)
+	for i := 0; same && i < len(list); i++ {
+		same = c.slices[list[i]]
 	}
 	if same {
-		return c.byNode, c.locs
+		return c.byNode, c.byPool
 	}
-	// A slice listed before keeps its conversion: only the new ones are
-	// converted, and those no longer listed are dropped.
-	kept := make(map[*resourceapi.ResourceSlice]converted, len(slices))
-	c.byNode = gpusByNode(slices, func(s *resourceapi.ResourceSlice) converted {
-		v, ok := c.slices[s]
-		if !ok {
-			v = convert(s)
-		}
-		kept[s] = v
-		return v
-	})
-	for _, s := range slices {
-		if _, ok := kept[s]; !ok {
-			kept[s] = converted{} // another driver's, or not node-local
+	perNode := map[string][]*resourceapi.ResourceSlice{}
+	c.slices = make(map[*resourceapi.ResourceSlice]bool, len(list))
+	for _, s := range list {
+		c.slices[s] = true
+		if s.Spec.Driver == gpuapi.DriverName && s.Spec.NodeName != nil {
+			perNode[*s.Spec.NodeName] = append(perNode[*s.Spec.NodeName], s)
 		}
 	}
-	c.slices = kept
-	c.locs = locate(c.byNode)
-	return c.byNode, c.locs
+	byNode = make(map[string]*nodeGPUs, len(perNode))
+	byPool = make(map[string]*nodeGPUs, len(perNode))
+	for name, own := range perNode {
+		n := c.byNode[name]
+		if n == nil || !slices.Equal(n.from, own) {
+			n = gpusByNode(own)[name]
+			n.from = own
+			n.locate()
+		}
+		byNode[name] = n
+		for _, s := range own {
+			byPool[s.Spec.Pool.Name] = n
+		}
+	}
+	c.byNode, c.byPool = byNode, byPool
+	return byNode, byPool
 }
 
 var (
@@ -221,8 +232,8 @@ func (p *Plugin) PreScore(ctx context.Context, state fwk.CycleState, pod *corev1
 	if err != nil {
 		return fwk.AsStatus(fmt.Errorf("gather allocated devices: %w", err))
 	}
-	gpus, locs := p.index.get(slices)
-	state.Write(stateKey, &cycleState{request: r, mig: mig, workload: p.workload, gpus: gpus, allocated: allocatedByNode(locs, allocated)})
+	gpus, pools := p.index.get(slices)
+	state.Write(stateKey, &cycleState{request: r, mig: mig, workload: p.workload, gpus: gpus, allocated: allocatedByNode(pools, allocated)})
 	klog.FromContext(ctx).V(5).Info("Scoring GPU fragmentation", "pod", klog.KObj(pod), "request", r, "migProfile", mig.profile, "migCount", mig.count)
 	return nil
 }

@@ -228,22 +228,24 @@ func TestSliceIndexFollowsSlices(t *testing.T) {
 		t.Errorf("index after the slices changed: %v", after)
 	}
 	// Another driver's slice does not make every pod index again, and a
-	// slice listed before keeps its conversion while a new one is converted.
+	// node listed with the same slices keeps its index (and its cache)
+	// while a node with a new slice is indexed again.
 	other := &resourceapi.ResourceSlice{Spec: resourceapi.ResourceSliceSpec{Driver: "other.example.com", NodeName: ptr.To("node-a")}}
 	dra.slices = append(dra.slices, other)
 	withOther := gpus()
 	if again := gpus(); fmt.Sprintf("%p", again) != fmt.Sprintf("%p", withOther) {
 		t.Error("unchanged slices with another driver's indexed again")
 	}
-	consumes := func(index map[string]*nodeGPUs, node string) string {
-		return fmt.Sprintf("%p", index[node].choices[0].Consumes)
-	}
 	dra.slices = append(append(gpuNode("node-a", 2), nodeB...), other)
 	replaced := gpus()
-	if consumes(replaced, "node-b") != consumes(withOther, "node-b") {
-		t.Error("node-b's unchanged slice converted again")
+	if replaced["node-b"] != withOther["node-b"] {
+		t.Error("node-b, whose slices did not change, indexed again")
 	}
-	if consumes(replaced, "node-a") == consumes(withOther, "node-a") {
-		t.Error("node-a's new slice not converted")
+	if replaced["node-a"] == withOther["node-a"] || len(replaced["node-a"].whole) != 2 {
+		t.Error("node-a's new slices not indexed")
+	}
+	dra.slices = append(gpuNode("node-a", 2), other)
+	if gone := gpus(); gone["node-b"] != nil {
+		t.Error("node-b, no longer listed, still indexed")
 	}
 }

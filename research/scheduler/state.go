@@ -63,6 +63,10 @@ type nodeGPUs struct {
 	shapes    []int
 	// cache is this node's fragmentation, kept between pods (cache.go).
 	cache fragCache
+	// from are the slices the node was indexed from; at locates its
+	// devices (locate).
+	from []*resourceapi.ResourceSlice
+	at   map[structured.DeviceID]deviceAt
 }
 
 // migDevice is one MIG partition: the memory slices [start, start+size) of
@@ -100,12 +104,8 @@ func convert(s *resourceapi.ResourceSlice) converted {
 	return out
 }
 
-// gpusByNode indexes Tessera's devices of node-local pools by node and GPU,
-// with each slice's conversion from conv (convert when nil).
-func gpusByNode(slices []*resourceapi.ResourceSlice, conv func(*resourceapi.ResourceSlice) converted) map[string]*nodeGPUs {
-	if conv == nil {
-		conv = convert
-	}
+// gpusByNode indexes Tessera's devices of node-local pools by node and GPU.
+func gpusByNode(slices []*resourceapi.ResourceSlice) map[string]*nodeGPUs {
 	out := map[string]*nodeGPUs{}
 	for _, s := range slices {
 		if s.Spec.Driver != gpuapi.DriverName || s.Spec.NodeName == nil {
@@ -116,7 +116,7 @@ func gpusByNode(slices []*resourceapi.ResourceSlice, conv func(*resourceapi.Reso
 			n = &nodeGPUs{counters: map[string]map[string]int64{}}
 			out[*s.Spec.NodeName] = n
 		}
-		c := conv(s)
+		c := convert(s)
 		maps.Copy(n.counters, c.counters)
 		for j, d := range s.Spec.Devices {
 			index, ok := d.Attributes[gpuapi.AttrIndex]
@@ -263,44 +263,35 @@ const (
 	kindOther
 )
 
-// deviceAt is where the index put a device: its node and GPU, its kind, and
-// for a MIG partition with a placement its index in the node's mig (else -1).
+// deviceAt is where the index put a device of a node: its GPU, its kind,
+// and for a MIG partition with a placement its index in the node's mig
+// (else -1).
 type deviceAt struct {
-	node *nodeGPUs
 	gpu  int
 	kind deviceKind
 	mig  int
 }
 
-// locate maps every indexed device to where it is, so that a pod's cycle
-// can sort the allocated state by node in one walk (allocatedByNode).
-func locate(byNode map[string]*nodeGPUs) map[structured.DeviceID]deviceAt {
-	size := 0
-	for _, n := range byNode {
-		size += 2 * len(n.whole)
-		for _, o := range n.others {
-			size += len(o)
-		}
-	}
-	out := make(map[structured.DeviceID]deviceAt, size)
+// locate maps each of the node's indexed devices to where it is, so that a
+// pod's cycle can sort the allocated state by node in one walk
+// (allocatedByNode).
+func (n *nodeGPUs) locate() {
+	n.at = make(map[structured.DeviceID]deviceAt, len(n.whole)+len(n.shared)+len(n.mig))
 	var zero structured.DeviceID
-	for _, n := range byNode {
-		for g := range n.whole {
-			if n.whole[g] != zero {
-				out[n.whole[g]] = deviceAt{node: n, gpu: g, kind: kindWhole, mig: -1}
-			}
-			if n.shared[g] != zero {
-				out[n.shared[g]] = deviceAt{node: n, gpu: g, kind: kindShared, mig: -1}
-			}
-			for _, id := range n.others[g] {
-				out[id] = deviceAt{node: n, gpu: g, kind: kindOther, mig: -1}
-			}
+	for g := range n.whole {
+		if n.whole[g] != zero {
+			n.at[n.whole[g]] = deviceAt{gpu: g, kind: kindWhole, mig: -1}
 		}
-		for i, m := range n.mig {
-			out[m.id] = deviceAt{node: n, gpu: m.gpu, kind: kindOther, mig: i}
+		if n.shared[g] != zero {
+			n.at[n.shared[g]] = deviceAt{gpu: g, kind: kindShared, mig: -1}
+		}
+		for _, id := range n.others[g] {
+			n.at[id] = deviceAt{gpu: g, kind: kindOther, mig: -1}
 		}
 	}
-	return out
+	for i, m := range n.mig {
+		n.at[m.id] = deviceAt{gpu: m.gpu, kind: kindOther, mig: i}
+	}
 }
 
 // nodeAllocated is what is allocated of one node's devices: whole GPUs and
@@ -320,7 +311,7 @@ type shareUse struct {
 
 // allocatedByNode sorts the allocated state by the index's nodes, in one
 // walk of what is allocated instead of a look-up per published device.
-func allocatedByNode(locs map[structured.DeviceID]deviceAt, alloc *structured.AllocatedState) map[*nodeGPUs]*nodeAllocated {
+func allocatedByNode(byPool map[string]*nodeGPUs, alloc *structured.AllocatedState) map[*nodeGPUs]*nodeAllocated {
 	out := map[*nodeGPUs]*nodeAllocated{}
 	of := func(n *nodeGPUs) *nodeAllocated {
 		a := out[n]
@@ -330,12 +321,20 @@ func allocatedByNode(locs map[structured.DeviceID]deviceAt, alloc *structured.Al
 		}
 		return a
 	}
+	locate := func(id structured.DeviceID) (*nodeGPUs, deviceAt, bool) {
+		n := byPool[id.Pool.String()]
+		if n == nil {
+			return nil, deviceAt{}, false
+		}
+		at, ok := n.at[id]
+		return n, at, ok
+	}
 	for id := range alloc.AllocatedDevices {
-		at, ok := locs[id]
+		n, at, ok := locate(id)
 		if !ok || at.kind == kindShared {
 			continue
 		}
-		a := of(at.node)
+		a := of(n)
 		if at.kind == kindWhole {
 			a.whole = append(a.whole, at.gpu)
 			continue
@@ -346,7 +345,7 @@ func allocatedByNode(locs map[structured.DeviceID]deviceAt, alloc *structured.Al
 		}
 	}
 	for id, used := range alloc.AggregatedCapacity {
-		at, ok := locs[id]
+		n, at, ok := locate(id)
 		if !ok || at.kind != kindShared {
 			continue
 		}
@@ -354,7 +353,7 @@ func allocatedByNode(locs map[structured.DeviceID]deviceAt, alloc *structured.Al
 		if q := used[gpuapi.CapCompute]; q != nil {
 			u.compute, u.known = q.Value(), true
 		}
-		a := of(at.node)
+		a := of(n)
 		a.shares = append(a.shares, u)
 	}
 	return out
