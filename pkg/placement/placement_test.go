@@ -122,18 +122,51 @@ func TestDeltaPrefersPacking(t *testing.T) {
 	}
 }
 
-func TestChoiceLeastFragmenting(t *testing.T) {
+func TestChoiceFGD(t *testing.T) {
 	w := mustWorkload(t, share(500), share(700))
 	n := node(1000, 700, 500)
 	// First fit takes GPU 0; FGD fills GPU 2 exactly.
 	if diff := cmp.Diff([]int{0}, ChoiceFirstFit(w, Workload.FGD, n, share(500))); diff != "" {
 		t.Errorf("first fit (-want +got):\n%s", diff)
 	}
-	if diff := cmp.Diff([]int{2}, ChoiceLeastFragmenting(w, Workload.FGD, n, share(500))); diff != "" {
-		t.Errorf("least fragmenting (-want +got):\n%s", diff)
+	if diff := cmp.Diff([]int{2}, ChoiceFGD(w, Workload.FGD, n, share(500))); diff != "" {
+		t.Errorf("FGD (-want +got):\n%s", diff)
 	}
-	if diff := cmp.Diff([]int{1, 2}, ChoiceLeastFragmenting(w, Workload.FGD, node(0, 1000, 1000), whole(2))); diff != "" {
+	if diff := cmp.Diff([]int{1, 2}, ChoiceFGD(w, Workload.FGD, node(0, 1000, 1000), whole(2))); diff != "" {
 		t.Errorf("whole GPUs (-want +got):\n%s", diff)
+	}
+}
+
+// FGD's scheduler compares GPUs by its integer score, not by the delta: a
+// share goes to the first GPU whose score is highest, even where a later
+// GPU's delta is smaller by less than a score point.
+func TestChoiceFGDTiesGoToTheFirstGPU(t *testing.T) {
+	w := mustWorkload(t, share(100))
+	// Placing on GPU 0 lowers this measure by 10, on GPU 1 by 30: both
+	// score 50.
+	m := func(_ Workload, n Node) float64 {
+		return 0.1*float64(n.Free[0]) + 0.3*float64(n.Free[1])
+	}
+	n := node(1000, 900)
+	if d0, d1 := w.Delta(m, n, share(100), []int{0}), w.Delta(m, n, share(100), []int{1}); d0 != -10 || d1 != -30 {
+		t.Fatalf("deltas %v, %v; want -10, -30", d0, d1)
+	}
+	if diff := cmp.Diff([]int{0}, ChoiceFGD(w, m, n, share(100))); diff != "" {
+		t.Errorf("FGD (-want +got):\n%s", diff)
+	}
+}
+
+func TestFGDScore(t *testing.T) {
+	for _, c := range []struct {
+		delta float64
+		want  int64
+	}{
+		{0, 50}, {-10, 50}, {-39, 50}, {-41, 51}, {1, 49}, {40, 49}, {41, 48},
+		{-1000, 73}, {1000, 26}, {-8000, 99}, {8000, 0},
+	} {
+		if got := FGDScore(c.delta); got != c.want {
+			t.Errorf("FGDScore(%v) = %d, want %d", c.delta, got, c.want)
+		}
 	}
 }
 

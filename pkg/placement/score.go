@@ -13,25 +13,37 @@ type Choice func(w Workload, m Measure, n Node, r Request) []int
 // because the plugin chooses nodes, not devices.
 func ChoiceFirstFit(_ Workload, _ Measure, n Node, r Request) []int { return n.FirstFit(r) }
 
-// ChoiceLeastFragmenting puts a share on the GPU where it adds least to the
-// node's fragmentation (FGD's choice inside a node), ties going to the lower
-// index; whole GPUs are interchangeable, so they are taken first-fit.
-func ChoiceLeastFragmenting(w Workload, m Measure, n Node, r Request) []int {
+// ChoiceFGD puts a share on the GPU FGD's scheduler picks: the one with the
+// highest FGDScore, ties going to the lower index (so a share goes to the
+// first GPU among those whose deltas differ by less than a score point, not
+// to the least delta); whole GPUs are interchangeable, so they are taken
+// first-fit, as FGD takes them.
+func ChoiceFGD(w Workload, m Measure, n Node, r Request) []int {
 	if !r.Shared() || !n.Fits(r) {
 		return n.FirstFit(r)
 	}
-	best, bestDelta := -1, math.Inf(1)
+	best, bestScore := -1, int64(math.MinInt64)
 	tried := map[int]bool{}
 	for i, f := range n.Free {
 		if f < r.Milli || tried[f] {
 			continue
 		}
 		tried[f] = true
-		if d := w.Delta(m, n, r, []int{i}); d < bestDelta {
-			best, bestDelta = i, d
+		if s := FGDScore(w.Delta(m, n, r, []int{i})); s > bestScore {
+			best, bestScore = i, s
 		}
 	}
 	return []int{best}
+}
+
+// FGDScore is the node score FGD's scheduler gives a placement that changes
+// the node's fragmentation by delta milli-GPUs: MaxScore times the sigmoid of
+// minus delta in GPUs, truncated to an integer. It is coarse: deltas within
+// about 40 milli-GPUs of each other near 0 (more further out) score the same,
+// and FGD's scheduler then takes the first of the tied nodes in its node
+// order, which packs.
+func FGDScore(delta float64) int64 {
+	return int64(MaxScore / (1 + math.Exp(delta/WholeGPU)))
 }
 
 // Assess returns where the request would go on the node under the choice and

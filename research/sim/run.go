@@ -173,12 +173,14 @@ func newScheduler(fleet *Fleet, workload placement.Workload, opts Options, seed 
 		rng:      rand.New(rand.NewPCG(uint64(seed), 0x5c4ed)),
 		workload: workload, weight: opts.Weight,
 		// tessera-scheduler chooses nodes; the allocator takes the first
-		// GPU that fits. FGD chooses the GPU too.
+		// GPU that fits. FGD chooses the GPU too, and breaks ties between
+		// nodes by a fixed node order.
 		measure: placement.Workload.Fragmentation, choice: placement.ChoiceFirstFit,
 		cache: make([]map[placement.Request]cached, len(fleet.Specs)),
 	}
 	if opts.Policy == PolicyFGD {
-		s.measure, s.choice = placement.Workload.FGD, placement.ChoiceLeastFragmenting
+		s.measure, s.choice = placement.Workload.FGD, placement.ChoiceFGD
+		s.rank = s.rng.Perm(len(fleet.Specs))
 	}
 	for i := range s.cache {
 		s.cache[i] = map[placement.Request]cached{}

@@ -20,9 +20,13 @@ const (
 	// PolicyTessera is Tessera's shares with tessera-scheduler: the stock
 	// plugins plus Tessera's fragmentation score, scoring every node.
 	PolicyTessera Policy = "tessera"
-	// PolicyFGD is the reference: FGD as its paper describes it, the node
-	// and the GPU inside it where FGD's fragmentation measure grows least,
-	// ties at random. The GPU is pinned in the claim (a CEL selector on the
+	// PolicyFGD is the reference: FGD as its artifact's simulator runs it
+	// (github.com/hkust-adsl/kubernetes-scheduler-simulator): the node and
+	// the GPU inside it with the highest FGD score (placement.FGDScore, an
+	// integer sigmoid of FGD's fragmentation delta), ties going to the node
+	// that comes first in a node order drawn at random once per seed (its
+	// patched kube-scheduler takes the least node name among the best, and
+	// it names nodes after a seeded random permutation). The GPU is pinned in the claim (a CEL selector on the
 	// GPU index) so the allocator still checks the placement; the stock
 	// scheduler cannot choose a GPU that way, so this is a yardstick, not an
 	// option.
@@ -69,7 +73,10 @@ type Scheduler struct {
 	measure  placement.Measure
 	weight   int64
 	choice   placement.Choice
-	cache    []map[placement.Request]cached
+	// rank is PolicyFGD's node order: among nodes of equal score, the one of
+	// least rank wins.
+	rank  []int
+	cache []map[placement.Request]cached
 	// scratch
 	feasible []int
 	deltas   []float64
@@ -141,8 +148,7 @@ func (s *Scheduler) Pick(p Pod, exclude map[int]bool) (int, []int) {
 		var score int64
 		switch s.policy {
 		case PolicyFGD:
-			// FGD's own scheduler: the least delta, exactly.
-			score = -int64(math.Round(s.deltas[i] / placement.Resolution))
+			score = placement.FGDScore(s.deltas[i])
 		case PolicyTessera:
 			score = s.stockScore(idx, r) + s.weight*frag[i]
 		default:
@@ -152,6 +158,10 @@ func (s *Scheduler) Pick(p Pod, exclude map[int]bool) (int, []int) {
 		switch {
 		case score > bestScore:
 			best, bestScore, ties = idx, score, 1
+		case score == bestScore && s.rank != nil:
+			if s.rank[idx] < s.rank[best] {
+				best = idx
+			}
 		case score == bestScore:
 			// Reservoir sampling, as kube-scheduler's selectHost does.
 			ties++

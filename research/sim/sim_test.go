@@ -252,3 +252,54 @@ func TestMirror(t *testing.T) {
 		t.Error("unknown node accepted")
 	}
 }
+
+// FGD's scheduler breaks ties by a fixed node order, so pods that score the
+// same everywhere (here CPU-only pods: they change no node's FGD measure)
+// all go to one node instead of spreading.
+func TestFGDTiesGoToOneNode(t *testing.T) {
+	var pods []Pod
+	for range 6 {
+		pods = append(pods, Pod{Name: "cpu", Request: placement.Request{CPU: 1000, Memory: 1024}})
+	}
+	sched, failed, err := placeInOrder(context.Background(), NewFleet(nodes(8, 2, "T4")), pods, PolicyFGD, DefaultWeight)
+	if err != nil || failed != 0 {
+		t.Fatalf("%d failed, err %v", failed, err)
+	}
+	used := 0
+	for _, st := range sched.states {
+		if st.node.CPU < 32000 {
+			used++
+		}
+	}
+	if used != 1 {
+		t.Errorf("tied pods went to %d nodes, want 1", used)
+	}
+}
+
+// FGD's scheduler compares nodes by its integer score (placement.FGDScore),
+// not by the delta: of two nodes whose deltas differ by less than a score
+// point, the one first in its node order wins.
+func TestFGDScoresNodesByItsIntegerScore(t *testing.T) {
+	fleet := NewFleet([]NodeSpec{
+		{Name: "a", CPU: 32000, Memory: 128 << 10, GPUs: 1, Model: "T4"},
+		{Name: "b", CPU: 32000, Memory: 128 << 10, GPUs: 1, Model: "P100"},
+	})
+	p := pod("share", 1, 100)
+	w, err := placement.NewWorkload([]placement.Request{p.Request})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := newScheduler(fleet, w, Options{Policy: PolicyFGD, Weight: DefaultWeight}, 1)
+	// Placing the share lowers this measure by 10 on node a and by 30 on
+	// node b: both score 50.
+	s.measure = func(_ placement.Workload, n placement.Node) float64 {
+		if n.Model == "T4" {
+			return 0.1 * float64(n.FreeGPU())
+		}
+		return 0.3 * float64(n.FreeGPU())
+	}
+	s.rank = []int{0, 1}
+	if node, _ := s.Pick(p, nil); node != 0 {
+		t.Errorf("picked node %d, want 0 (tied with node 1, first in the node order)", node)
+	}
+}
