@@ -179,6 +179,7 @@ func newScheduler(fleet *Fleet, workload placement.Workload, opts Options, seed 
 		cache: make([]map[placement.Request]cached, len(fleet.Specs)),
 	}
 	if opts.Policy == PolicyFGD {
+		s.workload = fgdTypical(workload)
 		s.measure, s.choice = placement.Workload.FGD, placement.ChoiceFGD
 		s.rank = s.rng.Perm(len(fleet.Specs))
 	}

@@ -1,9 +1,11 @@
 package sim
 
 import (
+	"cmp"
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"slices"
 
 	"github.com/tessera-gpu/tessera/pkg/placement"
 )
@@ -217,4 +219,53 @@ func (s *Scheduler) stockScore(idx int, r placement.Request) int64 {
 	fracMem := math.Min(float64(reqMem)/float64(spec.Memory), 1)
 	balanced := int64((1 - math.Abs(fracCPU-fracMem)/2) * placement.MaxScore)
 	return leastAllocated + balanced
+}
+
+// fgdTypicalShare is the share of the workload's requests FGD's typical
+// requests cover.
+const fgdTypicalShare = 0.95
+
+// fgdTypical is the workload FGD's own simulator measures fragmentation
+// against (its "typical pods", GetTypicalPods with the artifact's settings):
+// requests are told apart by CPU, GPU amount, GPU count and GPU models, not
+// memory, a request without CPU counting as 100 milli-cores as the
+// scheduler counts it; only the commonest of them, taken from the commonest
+// down until they make 95 % of requests, with their weights scaled back to
+// sum to 1.
+func fgdTypical(w placement.Workload) placement.Workload {
+	merged := map[placement.Request]float64{}
+	for _, c := range w.Classes {
+		r := c.Request
+		r.Memory = 0
+		if r.CPU == 0 {
+			r.CPU = 100
+		}
+		merged[r] += c.Weight
+	}
+	classes := make([]placement.Class, 0, len(merged))
+	for r, weight := range merged {
+		classes = append(classes, placement.Class{Request: r, Weight: weight})
+	}
+	// The commonest first; among equals, as FGD's simulator orders them, the
+	// larger CPU, GPU amount, count and models first.
+	slices.SortFunc(classes, func(a, b placement.Class) int {
+		if math.Abs(a.Weight-b.Weight) > 1e-12 {
+			return cmp.Compare(b.Weight, a.Weight)
+		}
+		x, y := a.Request, b.Request
+		return cmp.Or(cmp.Compare(y.CPU, x.CPU), cmp.Compare(y.Milli, x.Milli), cmp.Compare(y.GPUs, x.GPUs), cmp.Compare(y.Models, x.Models))
+	})
+	var out placement.Workload
+	var sum float64
+	for _, c := range classes {
+		if sum >= fgdTypicalShare-1e-12 {
+			break
+		}
+		sum += c.Weight
+		out.Classes = append(out.Classes, c)
+	}
+	for i := range out.Classes {
+		out.Classes[i].Weight /= sum
+	}
+	return out
 }

@@ -303,3 +303,25 @@ func TestFGDScoresNodesByItsIntegerScore(t *testing.T) {
 		t.Errorf("picked node %d, want 0 (tied with node 1, first in the node order)", node)
 	}
 }
+
+// FGD's simulator measures fragmentation against its typical pods: requests
+// told apart without memory, only the commonest making 95 % of them.
+func TestFGDMeasuresAgainstTypicalRequests(t *testing.T) {
+	var pods []Pod
+	for i := range 20 {
+		p := pod("share", 1, 500)
+		p.Request.Memory = int64(1024 * (1 + i%2)) // two memory sizes, one request for FGD
+		pods = append(pods, p)
+	}
+	pods = append(pods, pod("rare", 1, 1000)) // 1 of 21: beyond 95 %
+	fleet := NewFleet(nodes(2, 1, "T4"))
+	w, err := workloadOf(pods, fleet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := newScheduler(fleet, w, Options{Policy: PolicyFGD, Weight: DefaultWeight}, 1)
+	want := []placement.Class{{Request: placement.Request{CPU: 1000, GPUs: 1, Milli: 500}, Weight: 1}}
+	if diff := cmp.Diff(want, s.workload.Classes); diff != "" {
+		t.Errorf("FGD's workload (-want +got):\n%s", diff)
+	}
+}
