@@ -90,6 +90,7 @@ func traceCommand() *cobra.Command {
 	var seeds, workers int
 	var arrivals float64
 	var plot string
+	var shuffle bool
 	cmd := &cobra.Command{
 		Use:   "trace",
 		Short: "Monte-Carlo replay (FGD paper's method): unallocated GPU share at the given arrivals, mean over seeds",
@@ -97,7 +98,9 @@ func traceCommand() *cobra.Command {
 places them one by one until the arriving GPU demand reaches --arrivals per cent
 of the fleet's GPU capacity. Prints one JSON object per policy on stdout
 (policy, seeds, unallocatedPercent, the allocation curve, ...); progress goes
-to stderr. --plot writes a PNG of allocation against arrivals per policy.`,
+to stderr. --plot writes a PNG of allocation against arrivals per policy.
+--shuffle replays as FGD's own simulator does: every pod of the trace once, in
+an order drawn from the seed, before drawing with replacement.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			pods, nodes, policies, err := in.load()
 			if err != nil {
@@ -114,7 +117,7 @@ to stderr. --plot writes a PNG of allocation against arrivals per policy.`,
 					p, seeds, len(pods), len(nodes), fleet.Capacity/1000)
 				r, err := Run(cmd.Context(), fleet, pods, Options{
 					Policy: p, Seeds: seeds, Arrivals: arrivals / 100, Weight: in.weight,
-					Workers: workers, Progress: cmd.ErrOrStderr(),
+					Workers: workers, Progress: cmd.ErrOrStderr(), Shuffle: shuffle,
 				})
 				if err != nil {
 					return err
@@ -135,6 +138,7 @@ to stderr. --plot writes a PNG of allocation against arrivals per policy.`,
 	cmd.Flags().Float64Var(&arrivals, "arrivals", 100, "stop when arriving GPU demand reaches this per cent of capacity")
 	cmd.Flags().IntVar(&workers, "workers", runtime.GOMAXPROCS(0), "seeds run in parallel")
 	cmd.Flags().StringVar(&plot, "plot", "", "write a PNG plot of allocation against arrivals to this file")
+	cmd.Flags().BoolVar(&shuffle, "shuffle", false, "replay every pod of the trace once, in a seeded order, before drawing with replacement (FGD's own simulator)")
 	return cmd
 }
 

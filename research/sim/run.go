@@ -27,6 +27,11 @@ type Options struct {
 	Weight int64
 	// Workers run seeds in parallel.
 	Workers int
+	// Shuffle replays the trace as FGD's own simulator does: every pod of
+	// the trace once, in an order drawn from the seed, then pods drawn at
+	// random with replacement; otherwise every pod is drawn with
+	// replacement.
+	Shuffle bool
 	// Progress receives a line per finished seed; nil for none.
 	Progress io.Writer
 }
@@ -73,8 +78,9 @@ type seedResult struct {
 }
 
 // Run replays the pods against the fleet with the paper's Monte-Carlo
-// method: pods are drawn at random with replacement (the same sequence for
-// every policy of a seed) and placed one by one until the arriving GPU demand
+// method: pods are drawn at random with replacement (with opts.Shuffle, after
+// every pod of the trace once in a seeded order; the same sequence for every
+// policy of a seed) and placed one by one until the arriving GPU demand
 // reaches opts.Arrivals of the capacity; pods that fit nowhere are skipped.
 func Run(ctx context.Context, fleet *Fleet, pods []Pod, opts Options) (Result, error) {
 	if opts.Seeds <= 0 || opts.Arrivals <= 0 || fleet.Capacity == 0 {
@@ -191,7 +197,7 @@ func newScheduler(fleet *Fleet, workload placement.Workload, opts Options, seed 
 
 func runSeed(ctx context.Context, fleet *Fleet, pods []Pod, workload placement.Workload, opts Options, seed int) (seedResult, error) {
 	sched := newScheduler(fleet, workload, opts, seed)
-	draw := newDraw(seed)
+	next := arrivals(seed, len(pods), opts.Shuffle)
 	var res seedResult
 	var arrived, used int64
 	limit := int64(opts.Arrivals * float64(fleet.Capacity))
@@ -209,7 +215,7 @@ func runSeed(ctx context.Context, fleet *Fleet, pods []Pod, workload placement.W
 		if err := ctx.Err(); err != nil {
 			return res, fmt.Errorf("replay seed %d: %w", seed, err)
 		}
-		pod := pods[draw.IntN(len(pods))]
+		pod := pods[next()]
 		res.arrived++
 		arrived += pod.Request.Demand()
 		placed, err := place(ctx, fleet, sched, pod, uid, &res)
@@ -225,6 +231,24 @@ func runSeed(ctx context.Context, fleet *Fleet, pods []Pod, workload placement.W
 	}
 	res.unallocated = 100 * float64(fleet.Capacity-used) / float64(fleet.Capacity)
 	return res, nil
+}
+
+// arrivals returns the indexes of a seed's pods in arrival order, one per
+// call: drawn with replacement, or with shuffle first a permutation of all n.
+func arrivals(seed, n int, shuffle bool) func() int {
+	draw := newDraw(seed)
+	var perm []int
+	if shuffle {
+		perm = draw.Perm(n)
+	}
+	return func() int {
+		if len(perm) > 0 {
+			i := perm[0]
+			perm = perm[1:]
+			return i
+		}
+		return draw.IntN(n)
+	}
 }
 
 // newDraw is the random source of a seed's pod sequence, apart from the

@@ -325,3 +325,33 @@ func TestFGDMeasuresAgainstTypicalRequests(t *testing.T) {
 		t.Errorf("FGD's workload (-want +got):\n%s", diff)
 	}
 }
+
+// With Shuffle the replay starts with every pod of the trace once, as FGD's
+// own simulator replays it; without, every pod is drawn with replacement,
+// the sequence the figures of docs/benchmarks.md were measured with.
+func TestArrivals(t *testing.T) {
+	const n = 50
+	next := arrivals(3, n, true)
+	seen := map[int]bool{}
+	for range n {
+		seen[next()] = true
+	}
+	if len(seen) != n {
+		t.Errorf("shuffled: %d distinct pods among the first %d, want all", len(seen), n)
+	}
+	if i := next(); i < 0 || i >= n {
+		t.Errorf("after the trace: index %d", i)
+	}
+	next, draw := arrivals(3, n, false), newDraw(3)
+	seen = map[int]bool{}
+	for range n {
+		i := next()
+		seen[i] = true
+		if want := draw.IntN(n); i != want {
+			t.Fatalf("drawn: %d, want %d", i, want)
+		}
+	}
+	if len(seen) == n {
+		t.Error("drawn with replacement, yet every pod once")
+	}
+}
