@@ -63,6 +63,18 @@ type Sampler struct {
 	idle *idleReporting
 	// now is the sampler's clock (WithClock).
 	now func() time.Time
+	// hostPIDs translates NVML's PIDs (WithHostPIDs); nil takes them as
+	// they are.
+	hostPIDs HostPIDs
+}
+
+// HostPIDs translates the PIDs NVML reports, which are the host's, into the
+// plugin's PID namespace (pidns.HostProc implements it).
+type HostPIDs interface {
+	// Local returns the PID in the plugin's namespace of the process whose
+	// host PID is hostPID; ok is false for a process in another namespace
+	// or one that is gone.
+	Local(hostPID uint32) (pid int, ok bool)
 }
 
 // deviceState carries counters between samples of one claim's device.
@@ -95,6 +107,16 @@ func WithIdleReport(threshold float64, report IdleReportFunc) Option {
 	return func(s *Sampler) {
 		s.idle = &idleReporting{threshold: threshold, report: report, since: map[string]time.Time{}}
 	}
+}
+
+// WithHostPIDs makes the sampler translate the PIDs NVML lists on a GPU
+// into the plugin's PID namespace before it matches them against the MPS
+// daemons' processes, leaving out those of other namespaces: for a plugin
+// in a PID namespace of its own, as NVML always reports host PIDs.
+// Without it NVML's PIDs are taken as they are, right for a plugin in the
+// host's namespace.
+func WithHostPIDs(h HostPIDs) Option {
+	return func(s *Sampler) { s.hostPIDs = h }
 }
 
 // WithClock sets the clock that dates the idle report (tests).
@@ -324,7 +346,7 @@ func (s *Sampler) sampleShare(ctx context.Context, c *checkpoint.Claim, d checkp
 	if mps == nil || d.Sharing == nil || d.Sharing.Strategy != string(configapi.MPSStrategy) {
 		return v, nil
 	}
-	procs, err := reads.processes(ctx, s.nvml, d.GPUUUID, s.since)
+	procs, err := reads.processes(ctx, s.nvml, d.GPUUUID, s.since, s.hostPIDs)
 	if err != nil {
 		return values{}, err
 	}
@@ -364,7 +386,9 @@ func (r *gpuReads) gpu(ctx context.Context, t tnvml.Telemetry, uuid string) (tnv
 	return u, nil
 }
 
-func (r *gpuReads) processes(ctx context.Context, t tnvml.Telemetry, uuid string, since map[string]uint64) ([]tnvml.ProcessUsage, error) {
+// processes reads a GPU's processes once a sample, under their PIDs in the
+// plugin's namespace when hostPIDs is set.
+func (r *gpuReads) processes(ctx context.Context, t tnvml.Telemetry, uuid string, since map[string]uint64, hostPIDs HostPIDs) ([]tnvml.ProcessUsage, error) {
 	if err, failed := r.errs["procs/"+uuid]; failed {
 		return nil, err
 	}
@@ -377,6 +401,16 @@ func (r *gpuReads) processes(ctx context.Context, t tnvml.Telemetry, uuid string
 		return nil, err
 	}
 	since[uuid] = newest
+	if hostPIDs != nil {
+		local := p[:0:0]
+		for _, proc := range p {
+			if pid, ok := hostPIDs.Local(proc.PID); ok {
+				proc.PID = uint32(pid)
+				local = append(local, proc)
+			}
+		}
+		p = local
+	}
 	r.procs[uuid] = p
 	return p, nil
 }

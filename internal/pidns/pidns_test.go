@@ -1,0 +1,88 @@
+package pidns_test
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/tessera-gpu/tessera/internal/pidns"
+	"github.com/tessera-gpu/tessera/internal/pidns/pidnstest"
+)
+
+// TestLocalPIDs: a process in the plugin's namespace is found under its
+// innermost PID; one in a container's namespace, one in the host's, one
+// that is gone and one whose status has no NSpid line are nobody's.
+func TestLocalPIDs(t *testing.T) {
+	f := pidnstest.NewFakeHostProc(t)
+	f.Add(t, 5007, pidnstest.PluginNS, 5007, 7)
+	f.Add(t, 6000, pidnstest.ContainerNS, 6000, 7)
+	f.Add(t, 7, pidnstest.HostNS, 7)
+	f.Add(t, 42, pidnstest.PluginNS, 42)
+	if err := os.WriteFile(filepath.Join(f.Root, "42", "status"), []byte("Name:\told\nPid:\t42\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	h, err := pidns.New(f.Root, pidns.WithSelfNamespace(f.Self))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := map[string]struct {
+		hostPID uint32
+		pid     int
+		ok      bool
+	}{
+		"the plugin's":            {5007, 7, true},
+		"a container's":           {6000, 0, false},
+		"the host's":              {7, 0, false},
+		"gone":                    {8000, 0, false},
+		"a status without NSpid":  {42, 0, false},
+		"PID 0 (no such process)": {0, 0, false},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			pid, ok := h.Local(tc.hostPID)
+			if pid != tc.pid || ok != tc.ok {
+				t.Errorf("Local(%d) = %d, %v; want %d, %v", tc.hostPID, pid, ok, tc.pid, tc.ok)
+			}
+		})
+	}
+}
+
+// TestCheck: this process's own /proc passes (it is the procfs of its own
+// namespace); a directory that is no procfs, or a procfs where this process
+// is not in its namespace, fails naming the root.
+func TestCheck(t *testing.T) {
+	if _, err := os.Readlink("/proc/self/ns/pid"); err != nil {
+		t.Skipf("no PID namespace link: %v", err)
+	}
+	h, err := pidns.New("/proc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := h.Check(); err != nil {
+		t.Errorf("Check of /proc: %v", err)
+	}
+
+	empty := t.TempDir()
+	h, err = pidns.New(empty)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := h.Check(); err == nil || !strings.Contains(err.Error(), empty) {
+		t.Errorf("Check of an empty directory: %v, want an error naming it", err)
+	}
+
+	// A procfs-like tree in which this process runs in another namespace.
+	f := pidnstest.NewFakeHostProc(t)
+	f.Add(t, 9000, pidnstest.ContainerNS, 9000, os.Getpid())
+	if err := os.Symlink("9000", filepath.Join(f.Root, "self")); err != nil {
+		t.Fatal(err)
+	}
+	h, err = pidns.New(f.Root, pidns.WithSelfNamespace(f.Self))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := h.Check(); err == nil || !strings.Contains(err.Error(), f.Root) {
+		t.Errorf("Check of another namespace's procfs: %v, want an error naming it", err)
+	}
+}
