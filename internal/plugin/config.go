@@ -84,6 +84,12 @@ type Config struct {
 	MPSLauncher []string
 	// MPSShmSize is the size of each claim's MPS /dev/shm (a tmpfs).
 	MPSShmSize resource.QuantityValue
+	// HostProc is the host's /proc as this process sees it (the chart
+	// mounts it read-only at /host/proc): NVML reports host PIDs, which the
+	// claim metrics translate through it into this process's PID
+	// namespace. Empty takes NVML's PIDs as they are, right for a plugin in
+	// the host's PID namespace.
+	HostProc string
 	// ClaimMetricsInterval is how often the prepared claims' devices are
 	// sampled for the tessera_claim_gpu_* metrics; 0 disables them.
 	ClaimMetricsInterval time.Duration
@@ -133,6 +139,7 @@ func (c *Config) AddRunFlags(fs *pflag.FlagSet) {
 	fs.IntVar(&c.HealthPort, "healthcheck-port", -1, "port of the gRPC health endpoint for probes, e.g. 51515; negative disables it")
 	fs.StringVar(&c.HealthAddress, "healthcheck-address", "", "address the gRPC health endpoint listens on, e.g. 127.0.0.1; empty listens on every address (where the kubelet probes the pod)")
 	fs.DurationVar(&c.ClaimMetricsInterval, "claim-metrics-interval", 10*time.Second, "how often each prepared claim's devices are sampled through NVML for the tessera_claim_gpu_* metrics (utilization, memory, energy per claim and pod); 0 disables them")
+	fs.StringVar(&c.HostProc, "host-proc", "", "the host's /proc as this process sees it (e.g. /host/proc, mounted read-only): NVML lists processes under their host PIDs, which the per-claim metrics of MPS shares translate through it into this process's PID namespace; empty takes NVML's PIDs as they are (a plugin in the host's PID namespace)")
 	fs.Float64Var(&c.IdleThreshold, "idle-threshold", 0, "utilization ratio (0-1) below which every device of a claim must stay, sample after sample, for the claim to count as idle in the node's idle report (the Lease gpu-idle.<node> in --idle-report-namespace, which the controller reads for --idle-after); 0 publishes no report")
 	fs.StringVar(&c.IdleReportNamespace, "idle-report-namespace", "tessera-system", "namespace of the node's idle-report Lease")
 	fs.DurationVar(&c.RediscoverInterval, "rediscover-interval", 30*time.Second, "how often GPUs are rediscovered to republish changed slices")

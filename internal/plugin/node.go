@@ -2,6 +2,7 @@ package plugin
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"strconv"
 	"time"
@@ -14,6 +15,7 @@ import (
 	"github.com/tessera-gpu/tessera/internal/health"
 	"github.com/tessera-gpu/tessera/internal/metrics"
 	tnvml "github.com/tessera-gpu/tessera/internal/nvml"
+	"github.com/tessera-gpu/tessera/internal/pidns"
 	"github.com/tessera-gpu/tessera/internal/prepare"
 	"github.com/tessera-gpu/tessera/pkg/inventory"
 )
@@ -28,6 +30,10 @@ func RunNode(ctx context.Context, cfg Config, client kubernetes.Interface, hw ha
 	}
 	if cfg.StaleClaimInterval <= 0 {
 		cfg.StaleClaimInterval = time.Minute
+	}
+	hostPIDs, err := openHostProc(cfg.HostProc)
+	if err != nil {
+		return err
 	}
 	m := metrics.New()
 	parts := Components{KubeClient: client, NVML: hw.NVML}
@@ -95,6 +101,9 @@ func RunNode(ctx context.Context, cfg Config, client kubernetes.Interface, hw ha
 					claimusage.LeaseIdleReport(client, cfg.IdleReportNamespace, cfg.NodeName)))
 			}
 		}
+		if hostPIDs != nil {
+			sampleOpts = append(sampleOpts, claimusage.WithHostPIDs(hostPIDs))
+		}
 		sampler := claimusage.New(preparer, tele, sampleOpts...)
 		m.Registry.MustRegister(sampler)
 		parts.Preparer = sampledPreparer{Preparer: preparer, sampler: sampler}
@@ -119,4 +128,21 @@ func RunNode(ctx context.Context, cfg Config, client kubernetes.Interface, hw ha
 	}
 	g.Go(func() error { return Run(ctx, cfg, parts) })
 	return g.Wait()
+}
+
+// openHostProc opens the host's /proc that NVML's PIDs are translated
+// through, checking that it is one this process finds itself in; nil
+// without one.
+func openHostProc(path string) (*pidns.HostProc, error) {
+	if path == "" {
+		return nil, nil
+	}
+	h, err := pidns.New(path)
+	if err == nil {
+		err = h.Check()
+	}
+	if err != nil {
+		return nil, fmt.Errorf("--host-proc=%s: %w", path, err)
+	}
+	return h, nil
 }

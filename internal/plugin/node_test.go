@@ -127,6 +127,21 @@ func TestRunNodeRefusesUnreadableCheckpoint(t *testing.T) {
 	}
 }
 
+// TestRunNodeRefusesAHostProcThatIsNone: a --host-proc in which the plugin
+// cannot find itself (not the host's procfs) stops the node with an error
+// naming the flag, rather than leaving every share's usage at 0.
+func TestRunNodeRefusesAHostProcThatIsNone(t *testing.T) {
+	_, ctx := ktesting.NewTestContext(t)
+	dirs := newNodeDirs(t)
+	cfg := nodeConfig(dirs)
+	cfg.ClaimMetricsInterval = time.Hour
+	cfg.HostProc = t.TempDir()
+	err := plugin.RunNode(ctx, cfg, fakeClient(), simulated(t, ctx, mockH200s(t, 1), dirs))
+	if err == nil || !strings.Contains(err.Error(), "--host-proc="+cfg.HostProc) {
+		t.Errorf("RunNode with an empty --host-proc: %v; want an error naming the flag", err)
+	}
+}
+
 func ptr[T any](v T) *T { return &v }
 
 // TestRunNodeDiscoversOnce: the preparer, the health monitor and the
