@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"os/exec"
@@ -392,6 +393,67 @@ func TestDriverRootReachesCDISpecs(t *testing.T) {
 	}
 	if hostPath != "/run/nvidia/driver" {
 		t.Errorf("/driver-root is mounted from host path %q, want /run/nvidia/driver", hostPath)
+	}
+}
+
+// TestHostProcWithRealNVML: with real NVML, which reports host PIDs, the
+// plugin gets the host's /proc read-only at /host/proc and the flag that
+// makes it translate NVML's PIDs there; a mock backend, or an empty
+// hostProc, mounts nothing of the host's processes.
+func TestHostProcWithRealNVML(t *testing.T) {
+	for name, tc := range map[string]struct {
+		args     []string
+		hostPath string // "" for no mount
+	}{
+		"real NVML":         {hostPath: "/proc"},
+		"another host path": {args: []string{"--set", "kubeletPlugin.hostProc=/host-root/proc"}, hostPath: "/host-root/proc"},
+		"mock NVML":         {args: []string{"--set", "kubeletPlugin.nvml=mock:dgxh200"}},
+		"turned off":        {args: []string{"--set", "kubeletPlugin.hostProc="}},
+	} {
+		t.Run(name, func(t *testing.T) {
+			manifest, err := render(t, tc.args...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ds := find[*appsv1.DaemonSet](objects(t, manifest))
+			if len(ds) != 1 {
+				t.Fatalf("want one kubelet plugin DaemonSet, got %d", len(ds))
+			}
+			spec := ds[0].Spec.Template.Spec
+			c := spec.Containers[0]
+			if got, want := slices.Contains(c.Args, "--host-proc=/host/proc"), tc.hostPath != ""; got != want {
+				t.Errorf("plugin args %v: --host-proc=/host/proc present %v, want %v", c.Args, got, want)
+			}
+			mounts := map[string]string{} // host path by volume name
+			for _, v := range spec.Volumes {
+				if v.HostPath != nil {
+					mounts[v.Name] = v.HostPath.Path
+				}
+			}
+			var got []string
+			for _, m := range c.VolumeMounts {
+				if m.MountPath == "/host/proc" {
+					got = append(got, fmt.Sprintf("%s read-only=%v", mounts[m.Name], m.ReadOnly))
+				}
+				if tc.hostPath != "" && mounts[m.Name] == tc.hostPath && m.MountPath != "/host/proc" {
+					t.Errorf("host path %s is also mounted at %s", tc.hostPath, m.MountPath)
+				}
+			}
+			var want []string
+			if tc.hostPath != "" {
+				want = []string{tc.hostPath + " read-only=true"}
+			}
+			if diff := cmp.Diff(want, got); diff != "" {
+				t.Errorf("mounts at /host/proc (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+// TestHostProcMustBeAbsolute: a relative hostProc is refused by the schema.
+func TestHostProcMustBeAbsolute(t *testing.T) {
+	if _, err := render(t, "--set", "kubeletPlugin.hostProc=proc"); err == nil || !strings.Contains(err.Error(), "hostProc") {
+		t.Errorf("render with a relative hostProc: %v, want an error naming it", err)
 	}
 }
 
