@@ -10,7 +10,7 @@ import (
 	"github.com/tessera-gpu/tessera/internal/claimusage"
 	"github.com/tessera-gpu/tessera/internal/nvml/nvmlmock"
 	"github.com/tessera-gpu/tessera/internal/pidns"
-	"github.com/tessera-gpu/tessera/internal/pidns/pidnstest"
+	"github.com/tessera-gpu/tessera/internal/testing/hostproc"
 )
 
 // TestSharesOfAPluginInItsOwnPIDNamespace: NVML lists host PIDs; a plugin
@@ -21,9 +21,9 @@ import (
 // process that is gone by the time its PID is translated.
 func TestSharesOfAPluginInItsOwnPIDNamespace(t *testing.T) {
 	_, ctx := ktesting.NewTestContext(t)
-	host := pidnstest.NewFakeHostProc(t)
-	host.Add(t, 5007, pidnstest.PluginNS, 5007, 7)
-	host.Add(t, 7, pidnstest.ContainerNS, 7, 1)
+	host := hostproc.NewFakeHostProc(t)
+	host.Add(t, 5007, hostproc.PluginNS, 5007, 7)
+	host.Add(t, 7, hostproc.ContainerNS, 7, 1)
 	pids, err := pidns.New(host.Root, pidns.WithSelfNamespace(host.Self))
 	if err != nil {
 		t.Fatal(err)

@@ -7,18 +7,18 @@ import (
 	"testing"
 
 	"github.com/tessera-gpu/tessera/internal/pidns"
-	"github.com/tessera-gpu/tessera/internal/pidns/pidnstest"
+	"github.com/tessera-gpu/tessera/internal/testing/hostproc"
 )
 
 // TestLocalPIDs: a process in the plugin's namespace is found under its
 // innermost PID; one in a container's namespace, one in the host's, one
 // that is gone and one whose status has no NSpid line are nobody's.
 func TestLocalPIDs(t *testing.T) {
-	f := pidnstest.NewFakeHostProc(t)
-	f.Add(t, 5007, pidnstest.PluginNS, 5007, 7)
-	f.Add(t, 6000, pidnstest.ContainerNS, 6000, 7)
-	f.Add(t, 7, pidnstest.HostNS, 7)
-	f.Add(t, 42, pidnstest.PluginNS, 42)
+	f := hostproc.NewFakeHostProc(t)
+	f.Add(t, 5007, hostproc.PluginNS, 5007, 7)
+	f.Add(t, 6000, hostproc.ContainerNS, 6000, 7)
+	f.Add(t, 7, hostproc.HostNS, 7)
+	f.Add(t, 42, hostproc.PluginNS, 42)
 	if err := os.WriteFile(filepath.Join(f.Root, "42", "status"), []byte("Name:\told\nPid:\t42\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -73,8 +73,8 @@ func TestCheck(t *testing.T) {
 	}
 
 	// A procfs-like tree in which this process runs in another namespace.
-	f := pidnstest.NewFakeHostProc(t)
-	f.Add(t, 9000, pidnstest.ContainerNS, 9000, os.Getpid())
+	f := hostproc.NewFakeHostProc(t)
+	f.Add(t, 9000, hostproc.ContainerNS, 9000, os.Getpid())
 	if err := os.Symlink("9000", filepath.Join(f.Root, "self")); err != nil {
 		t.Fatal(err)
 	}

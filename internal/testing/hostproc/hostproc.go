@@ -1,6 +1,6 @@
-// Package pidnstest makes fake host /proc trees: processes with the PID
+// Package hostproc makes fake host /proc trees: processes with the PID
 // namespace link and the NSpid line that pidns reads (proc(5)).
-package pidnstest
+package hostproc
 
 import (
 	"os"
