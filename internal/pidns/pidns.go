@@ -3,7 +3,8 @@
 // processes on a GPU under their host PIDs, whatever namespace asks ("The
 // nvidia-driver itself does not support pid-namespaces, so anytime you query
 // it for the set of processes that are using GPUs, you will always get the
-// host pids, not the container pids", NVIDIA, nvidia-docker issue 1483). A
+// host pids, not the container pids": NVIDIA's Kevin Klues in
+// https://github.com/NVIDIA/nvidia-docker/issues/1483). A
 // plugin in a PID namespace of its own reads the host's /proc, mounted
 // read-only, to tell which of those processes are its own, and under which
 // PID it sees them.

@@ -398,8 +398,9 @@ func TestDriverRootReachesCDISpecs(t *testing.T) {
 
 // TestHostProcWithRealNVML: with real NVML, which reports host PIDs, the
 // plugin gets the host's /proc read-only at /host/proc and the flag that
-// makes it translate NVML's PIDs there; a mock backend, or an empty
-// hostProc, mounts nothing of the host's processes.
+// makes it translate NVML's PIDs there for the claim metrics; a mock
+// backend, claim metrics turned off, or an empty hostProc mount nothing of
+// the host's processes.
 func TestHostProcWithRealNVML(t *testing.T) {
 	for name, tc := range map[string]struct {
 		args     []string
@@ -408,6 +409,7 @@ func TestHostProcWithRealNVML(t *testing.T) {
 		"real NVML":         {hostPath: "/proc"},
 		"another host path": {args: []string{"--set", "kubeletPlugin.hostProc=/host-root/proc"}, hostPath: "/host-root/proc"},
 		"mock NVML":         {args: []string{"--set", "kubeletPlugin.nvml=mock:dgxh200"}},
+		"no claim metrics":  {args: []string{"--set", "kubeletPlugin.claimMetricsInterval=0s"}},
 		"turned off":        {args: []string{"--set", "kubeletPlugin.hostProc="}},
 	} {
 		t.Run(name, func(t *testing.T) {
