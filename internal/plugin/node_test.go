@@ -136,6 +136,9 @@ func TestRunNodeRefusesAHostProcThatIsNone(t *testing.T) {
 	cfg := nodeConfig(dirs)
 	cfg.ClaimMetricsInterval = time.Hour
 	cfg.HostProc = t.TempDir()
+	// Bounded: a node that accepted the path would serve until ctx ends.
+	ctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
 	err := plugin.RunNode(ctx, cfg, fakeClient(), simulated(t, ctx, mockH200s(t, 1), dirs))
 	if err == nil || !strings.Contains(err.Error(), "--host-proc="+cfg.HostProc) {
 		t.Errorf("RunNode with an empty --host-proc: %v; want an error naming the flag", err)
