@@ -18,13 +18,16 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+
+	"github.com/tessera-gpu/tessera/internal/podcgroup"
 )
 
 // selfNamespace is the link that names this process's PID namespace.
 const selfNamespace = "/proc/self/ns/pid"
 
-// statusBuffer bounds how much of a status file is read: the kernel writes
-// a few KiB, NSpid among the first lines.
+// statusBuffer bounds how much of a status or cgroup file is read: the
+// kernel writes a few KiB of status, NSpid among the first lines, and a line
+// of a few hundred bytes per cgroup hierarchy.
 const statusBuffer = 16 << 10
 
 // HostProc translates host PIDs through the host's /proc.
@@ -91,6 +94,28 @@ func (h *HostProc) Check() error {
 func (h *HostProc) Local(hostPID uint32) (pid int, ok bool) {
 	pid, ok, err := h.translate(hostPID)
 	return pid, ok && err == nil
+}
+
+// PodUID returns the UID of the pod whose cgroup holds the process whose
+// PID on the host is hostPID, for a process in another PID namespace than
+// this process's (a container's), from its cgroup file (podcgroup.PodUID).
+// ok is false for a process of this process's namespace, one that is gone,
+// or one whose cgroup names no pod.
+func (h *HostProc) PodUID(hostPID uint32) (uid string, ok bool) {
+	dir, err := os.OpenRoot(filepath.Join(h.root, strconv.FormatUint(uint64(hostPID), 10)))
+	if err != nil {
+		return "", false
+	}
+	defer func() { _ = dir.Close() }()
+	if ns, err := dir.Readlink("ns/pid"); err != nil || ns == h.self {
+		return "", false
+	}
+	cgroup, err := readBounded(dir, "cgroup")
+	if err != nil || len(cgroup) >= statusBuffer {
+		// A file that fills the buffer may have been cut inside a line.
+		return "", false
+	}
+	return podcgroup.PodUID(cgroup)
 }
 
 // translate reads <root>/<hostPID> through one directory handle, which

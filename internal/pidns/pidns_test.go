@@ -86,3 +86,43 @@ func TestCheck(t *testing.T) {
 		t.Errorf("Check of another namespace's procfs: %v, want an error naming it", err)
 	}
 }
+
+// TestPodUIDs: a process of a container's namespace (or the host's) is
+// its pod's, as its cgroup file names it; one of the plugin's own
+// namespace is left to Local even with a pod's cgroup; one whose cgroup
+// file is gone, names no pod, or is too long to be read whole is nobody's.
+func TestPodUIDs(t *testing.T) {
+	const pod = "5f3c9a6e-1b2d-4c8e-9f01-23456789abcd"
+	f := hostproc.NewFakeHostProc(t)
+	for pid, ns := range map[int]string{6000: hostproc.ContainerNS, 6001: hostproc.ContainerNS, 6002: hostproc.ContainerNS, 6003: hostproc.ContainerNS, 7: hostproc.HostNS, 5007: hostproc.PluginNS} {
+		f.Add(t, pid, ns, pid, 7)
+	}
+	f.SetCgroup(t, 6000, hostproc.CgroupV2(hostproc.SystemdPod(pod, "c1")))
+	f.SetCgroup(t, 6001, hostproc.CgroupV2("/system.slice/containerd.service"))
+	f.SetCgroup(t, 6003, strings.Repeat("12:memory:/"+strings.Repeat("x", 200)+"\n", 100)+hostproc.CgroupV2(hostproc.CgroupfsPod(pod, "c1")))
+	f.SetCgroup(t, 7, hostproc.CgroupV1(hostproc.CgroupfsPod(pod, "c2")))
+	f.SetCgroup(t, 5007, hostproc.CgroupV2(hostproc.CgroupfsPod(pod, "c3")))
+	h, err := pidns.New(f.Root, pidns.WithSelfNamespace(f.Self))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, tc := range map[string]struct {
+		hostPID uint32
+		uid     string
+	}{
+		"a container's":                {6000, pod},
+		"a host process of a pod":      {7, pod},
+		"a container's outside pods":   {6001, ""},
+		"a container's without cgroup": {6002, ""},
+		"a cgroup file too long":       {6003, ""},
+		"the plugin's":                 {5007, ""},
+		"gone":                         {8000, ""},
+	} {
+		t.Run(name, func(t *testing.T) {
+			uid, ok := h.PodUID(tc.hostPID)
+			if uid != tc.uid || ok != (tc.uid != "") {
+				t.Errorf("PodUID(%d) = %q, %v; want %q, %v", tc.hostPID, uid, ok, tc.uid, tc.uid != "")
+			}
+		})
+	}
+}

@@ -1,5 +1,6 @@
 // Package hostproc makes fake host /proc trees: processes with the PID
-// namespace link and the NSpid line that pidns reads (proc(5)).
+// namespace link and the NSpid line that pidns reads, and the cgroup file
+// that names a container's pod (proc(5)).
 package hostproc
 
 import (
@@ -59,4 +60,42 @@ func (f FakeHostProc) Add(t testing.TB, hostPID int, ns string, nspid ...int) {
 	if err := os.WriteFile(filepath.Join(dir, "status"), []byte(status), 0o644); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// SetCgroup writes process hostPID's cgroup file (Add it first).
+func (f FakeHostProc) SetCgroup(t testing.TB, hostPID int, content string) {
+	t.Helper()
+	if err := os.WriteFile(filepath.Join(f.Root, strconv.Itoa(hostPID), "cgroup"), []byte(content), 0o444); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// CgroupfsPod is the cgroup path of a container of a Burstable pod under
+// the kubelet's cgroupfs driver: /kubepods/burstable/pod<uid>/<container>.
+func CgroupfsPod(podUID, containerID string) string {
+	return "/kubepods/burstable/pod" + podUID + "/" + containerID
+}
+
+// SystemdPod is the cgroup path of a container of a Burstable pod under
+// the kubelet's systemd driver with containerd, the UID's dashes escaped
+// to underscores.
+func SystemdPod(podUID, containerID string) string {
+	slice := "kubepods-burstable-pod" + strings.ReplaceAll(podUID, "-", "_") + ".slice"
+	return "/kubepods.slice/kubepods-burstable.slice/" + slice + "/cri-containerd-" + containerID + ".scope"
+}
+
+// CgroupV2 is a cgroup file on the unified hierarchy (cgroup v2): one
+// line, "0::<path>".
+func CgroupV2(path string) string { return "0::" + path + "\n" }
+
+// CgroupV1 is a cgroup file on cgroup v1 hierarchies, as a 5.x kernel on a
+// hybrid node writes it: the process in path in every controller's
+// hierarchy, and the empty unified one at its root.
+func CgroupV1(path string) string {
+	var b strings.Builder
+	for i, controllers := range []string{"memory", "devices", "pids", "cpu,cpuacct", "name=systemd"} {
+		b.WriteString(strconv.Itoa(12-i) + ":" + controllers + ":" + path + "\n")
+	}
+	b.WriteString("0::/\n")
+	return b.String()
 }
