@@ -43,6 +43,9 @@ type values struct {
 	memoryUsed   *uint64
 	memoryLimit  *uint64
 	energyJoules *float64
+	// idleUnknown is set where the utilization is shown but cannot tell
+	// an idle device from a busy one for the idle report.
+	idleUnknown bool
 }
 
 var _ prometheus.Collector = (*Sampler)(nil)

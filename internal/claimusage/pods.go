@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -16,14 +17,22 @@ import (
 	"github.com/tessera-gpu/tessera/internal/checkpoint"
 )
 
-// PodLookup returns the names of the pods a claim is reserved for, from
-// the claim as the API server has it.
-type PodLookup func(ctx context.Context, namespace, name, uid string) ([]string, error)
+// PodLookup returns the pods a claim is reserved for, from the claim as the
+// API server has it.
+type PodLookup func(ctx context.Context, namespace, name, uid string) ([]Pod, error)
+
+// Pod is a pod a claim is reserved for.
+type Pod struct {
+	Name string
+	// UID is what the pod's cgroup is named after, which attributes its
+	// processes on a share's GPU to the claim (WithHostPIDs).
+	UID string
+}
 
 // ClaimPods is a PodLookup that gets the claim from the API server (the
 // plugin may get claims) and checks it is still the claim of that UID.
 func ClaimPods(client kubernetes.Interface) PodLookup {
-	return func(ctx context.Context, namespace, name, uid string) ([]string, error) {
+	return func(ctx context.Context, namespace, name, uid string) ([]Pod, error) {
 		claim, err := client.ResourceV1().ResourceClaims(namespace).Get(ctx, name, metav1.GetOptions{})
 		if apierrors.IsNotFound(err) {
 			return nil, nil
@@ -38,15 +47,16 @@ func ClaimPods(client kubernetes.Interface) PodLookup {
 	}
 }
 
-// reservedPods names the pods in a claim's status.reservedFor, sorted.
-func reservedPods(claim *resourceapi.ResourceClaim) []string {
-	var pods []string
+// reservedPods returns the pods in a claim's status.reservedFor, sorted by
+// name.
+func reservedPods(claim *resourceapi.ResourceClaim) []Pod {
+	var pods []Pod
 	for _, ref := range claim.Status.ReservedFor {
 		if ref.APIGroup == "" && ref.Resource == "pods" {
-			pods = append(pods, ref.Name)
+			pods = append(pods, Pod{Name: ref.Name, UID: string(ref.UID)})
 		}
 	}
-	slices.Sort(pods)
+	slices.SortFunc(pods, func(a, b Pod) int { return strings.Compare(a.Name, b.Name) })
 	return pods
 }
 
@@ -64,7 +74,7 @@ type podCache struct {
 }
 
 type podEntry struct {
-	pods []string
+	pods []Pod
 	// at is when pods were learnt; zero forces a lookup.
 	at time.Time
 }
@@ -100,10 +110,10 @@ func (p *podCache) keep(claims []*checkpoint.Claim) {
 	}
 }
 
-// get returns the claim's pods, at least one name ("" when none is known),
+// get returns the claim's pods, at least one (named "" when none is known),
 // looking them up when they are unknown or due a refresh. A failed lookup
 // keeps what was known, and is tried again at the next sample.
-func (p *podCache) get(ctx context.Context, c *checkpoint.Claim) []string {
+func (p *podCache) get(ctx context.Context, c *checkpoint.Claim) []Pod {
 	p.mu.Lock()
 	e, known := p.byClaim[c.UID]
 	due := !known || (p.refresh > 0 && p.now().Sub(e.at) >= p.refresh)
@@ -120,7 +130,7 @@ func (p *podCache) get(ctx context.Context, c *checkpoint.Claim) []string {
 		}
 	}
 	if len(e.pods) == 0 {
-		return []string{""}
+		return []Pod{{}}
 	}
 	return e.pods
 }

@@ -69,12 +69,18 @@ type Sampler struct {
 }
 
 // HostPIDs translates the PIDs NVML reports, which are the host's, into the
-// plugin's PID namespace (pidns.HostProc implements it).
+// plugin's PID namespace, and tells the pod of a process in another
+// namespace (pidns.HostProc implements it).
 type HostPIDs interface {
 	// Local returns the PID in the plugin's namespace of the process whose
 	// host PID is hostPID; ok is false for a process in another namespace
 	// or one that is gone.
 	Local(hostPID uint32) (pid int, ok bool)
+	// PodUID returns the UID of the pod whose cgroup holds the process
+	// whose host PID is hostPID, for a process in another namespace than
+	// the plugin's; ok is false for the plugin's own, one that is gone, or
+	// one of no pod.
+	PodUID(hostPID uint32) (uid string, ok bool)
 }
 
 // deviceState carries counters between samples of one claim's device.
@@ -101,8 +107,10 @@ func WithPodLookup(lookup PodLookup, refresh time.Duration) Option {
 // of the claim has been sampled below threshold (a utilization ratio, 0–1),
 // and hand the whole set to report after each sample that changed it. A
 // claim with a device whose utilization is unknown (a MIG instance without
-// GPM, a time-sliced share, a device NVML cannot read) is never idle: it
-// cannot be told idle from busy.
+// GPM, a device NVML cannot read) is never idle: it cannot be told idle from
+// busy. Neither is a claim with a time-sliced share: its usage is found only
+// through its pods' cgroups (WithHostPIDs), and a process missed there would
+// make a busy share look idle.
 func WithIdleReport(threshold float64, report IdleReportFunc) Option {
 	return func(s *Sampler) {
 		s.idle = &idleReporting{threshold: threshold, report: report, since: map[string]time.Time{}}
@@ -111,10 +119,12 @@ func WithIdleReport(threshold float64, report IdleReportFunc) Option {
 
 // WithHostPIDs makes the sampler translate the PIDs NVML lists on a GPU
 // into the plugin's PID namespace before it matches them against the MPS
-// daemons' processes, leaving out those of other namespaces: for a plugin
-// in a PID namespace of its own, as NVML always reports host PIDs.
+// daemons' processes: for a plugin in a PID namespace of its own, as NVML
+// always reports host PIDs. A process of another namespace (a tenant
+// container's) counts for the share its pod holds of that GPU, as its
+// cgroup names the pod, if the pod holds exactly one; for nobody otherwise.
 // Without it NVML's PIDs are taken as they are, right for a plugin in the
-// host's namespace.
+// host's namespace, and only MPS daemons' processes count.
 func WithHostPIDs(h HostPIDs) Option {
 	return func(s *Sampler) { s.hostPIDs = h }
 }
@@ -189,7 +199,7 @@ func (s *Sampler) logError(ctx context.Context, err error) {
 // however many claims share the GPU.
 type gpuReads struct {
 	usage map[string]tnvml.GPUUsage
-	procs map[string][]tnvml.ProcessUsage
+	procs map[string][]gpuProcess
 	errs  map[string]error
 }
 
@@ -218,12 +228,16 @@ func (s *Sampler) sample(ctx context.Context) error {
 		errs = append(errs, fmt.Errorf("list MPS daemons' processes: %w", err))
 		mps = nil
 	}
-	reads := gpuReads{usage: map[string]tnvml.GPUUsage{}, procs: map[string][]tnvml.ProcessUsage{}, errs: map[string]error{}}
+	reads := gpuReads{usage: map[string]tnvml.GPUUsage{}, procs: map[string][]gpuProcess{}, errs: map[string]error{}}
+	pods := make(map[string][]Pod, len(claims))
+	for _, c := range claims {
+		pods[c.UID] = s.pods.get(ctx, c)
+	}
+	shares := sharesByPod(claims, pods)
 	var out []series
 	seen := map[string]bool{}
 	var idle []string
 	for _, c := range claims {
-		pods := s.pods.get(ctx, c)
 		claimIdle := len(c.Devices) > 0
 		for _, d := range c.Devices {
 			key := seriesKey(c.UID, d)
@@ -233,17 +247,17 @@ func (s *Sampler) sample(ctx context.Context) error {
 				st = &deviceState{}
 				s.state[key] = st
 			}
-			v, err := s.sampleDevice(ctx, c, d, st, mps, &reads)
+			v, err := s.sampleDevice(ctx, c, d, st, shareOwners{mps: mps, pods: pods[c.UID], shares: shares}, &reads)
 			if err != nil {
 				claimIdle = false
 				errs = append(errs, fmt.Errorf("claim %s/%s device %s: %w", c.Namespace, c.Name, d.Device, err))
 				continue
 			}
-			if s.idle != nil && (v.utilization == nil || *v.utilization >= s.idle.threshold) {
+			if s.idle != nil && (v.utilization == nil || v.idleUnknown || *v.utilization >= s.idle.threshold) {
 				claimIdle = false
 			}
-			for _, pod := range pods {
-				out = append(out, series{claimUID: c.UID, labels: labelsOf(c, d, pod), values: v})
+			for _, pod := range pods[c.UID] {
+				out = append(out, series{claimUID: c.UID, labels: labelsOf(c, d, pod.Name), values: v})
 			}
 		}
 		if claimIdle {
@@ -285,7 +299,7 @@ func (s *Sampler) sample(ctx context.Context) error {
 
 // sampleDevice reads one device of a claim. Must be called with s.sampleMu
 // held.
-func (s *Sampler) sampleDevice(ctx context.Context, c *checkpoint.Claim, d checkpoint.Device, st *deviceState, mps map[string][]int, reads *gpuReads) (values, error) {
+func (s *Sampler) sampleDevice(ctx context.Context, c *checkpoint.Claim, d checkpoint.Device, st *deviceState, owners shareOwners, reads *gpuReads) (values, error) {
 	switch d.Kind {
 	case "mig":
 		if d.MIG == nil {
@@ -299,7 +313,7 @@ func (s *Sampler) sampleDevice(ctx context.Context, c *checkpoint.Claim, d check
 		}
 		return values{utilization: u.Utilization, memoryUsed: u.MemoryUsedBytes, memoryLimit: u.MemoryTotalBytes}, nil
 	case "shared":
-		return s.sampleShare(ctx, c, d, mps, reads)
+		return s.sampleShare(ctx, c, d, owners, reads)
 	}
 	u, err := reads.gpu(ctx, s.nvml, d.GPUUUID)
 	if err != nil {
@@ -328,12 +342,49 @@ func (s *Sampler) sampleDevice(ctx context.Context, c *checkpoint.Claim, d check
 	return v, nil
 }
 
-// sampleShare reads a claim's share of a time-shared GPU: its limit, and,
-// where the claim has its own MPS daemon, what that daemon's processes use
-// and how busy they keep the GPU. Processes of time-sliced shares run in
-// the containers' PID namespaces, which the plugin cannot see: only their
-// limit is shown.
-func (s *Sampler) sampleShare(ctx context.Context, c *checkpoint.Claim, d checkpoint.Device, mps map[string][]int, reads *gpuReads) (values, error) {
+// shareOwners is what tells whose a process on a share's GPU is.
+type shareOwners struct {
+	// mps is, by claim UID, the PIDs of the claim's MPS daemon's
+	// processes; nil when they could not be listed.
+	mps map[string][]int
+	// pods are the claim's pods.
+	pods []Pod
+	// shares counts the shares each pod holds of each GPU.
+	shares map[gpuPod]int
+}
+
+// gpuPod is a pod on a GPU.
+type gpuPod struct{ gpu, pod string }
+
+// sharesByPod counts, by GPU and pod UID, the shares of the GPU the pod's
+// claims hold: a process of a pod with two shares of its GPU cannot be
+// told to be either's.
+func sharesByPod(claims []*checkpoint.Claim, pods map[string][]Pod) map[gpuPod]int {
+	n := map[gpuPod]int{}
+	for _, c := range claims {
+		for _, d := range c.Devices {
+			if d.Kind != "shared" {
+				continue
+			}
+			for _, p := range pods[c.UID] {
+				if p.UID != "" {
+					n[gpuPod{gpu: d.GPUUUID, pod: p.UID}]++
+				}
+			}
+		}
+	}
+	return n
+}
+
+// sampleShare reads a claim's share of a time-shared GPU: its limit, and
+// what its processes use and how busy they keep the GPU. Its processes
+// are, for an MPS share, its own MPS daemon's; and, with WithHostPIDs, for
+// an MPS or a time-sliced share, those of other PID namespaces whose
+// cgroup names one of the claim's pods, where that pod holds no other
+// share of the GPU. Without WithHostPIDs a time-sliced share, whose
+// processes run only in the containers' PID namespaces, shows its limit
+// only.
+func (s *Sampler) sampleShare(ctx context.Context, c *checkpoint.Claim, d checkpoint.Device, owners shareOwners, reads *gpuReads) (values, error) {
 	var v values
 	switch {
 	case d.Sharing != nil && d.Sharing.PinnedMemoryLimitBytes > 0:
@@ -343,7 +394,12 @@ func (s *Sampler) sampleShare(ctx context.Context, c *checkpoint.Claim, d checkp
 		limit := uint64(d.Share.MemoryBytes)
 		v.memoryLimit = &limit
 	}
-	if mps == nil || d.Sharing == nil || d.Sharing.Strategy != string(configapi.MPSStrategy) {
+	isMPS := d.Sharing != nil && d.Sharing.Strategy == string(configapi.MPSStrategy)
+	switch {
+	case isMPS && owners.mps == nil:
+		// Without the daemon's processes the share's usage would be short.
+		return v, nil
+	case !isMPS && s.hostPIDs == nil:
 		return v, nil
 	}
 	procs, err := reads.processes(ctx, s.nvml, d.GPUUUID, s.since, s.hostPIDs)
@@ -351,13 +407,24 @@ func (s *Sampler) sampleShare(ctx context.Context, c *checkpoint.Claim, d checkp
 		return values{}, err
 	}
 	own := map[uint32]bool{}
-	for _, pid := range mps[c.UID] {
-		own[uint32(pid)] = true
+	if isMPS {
+		for _, pid := range owners.mps[c.UID] {
+			own[uint32(pid)] = true
+		}
+	}
+	pods := map[string]bool{}
+	for _, p := range owners.pods {
+		if p.UID != "" && owners.shares[gpuPod{gpu: d.GPUUUID, pod: p.UID}] == 1 {
+			pods[p.UID] = true
+		}
 	}
 	var used uint64
 	var util float64
 	for _, p := range procs {
-		if !own[p.PID] {
+		// A process of the plugin's namespace has no pod here: the
+		// daemons' processes and the pods' are told apart by namespace,
+		// so none counts twice.
+		if (p.podUID == "" && !own[p.PID]) || (p.podUID != "" && !pods[p.podUID]) {
 			continue
 		}
 		used += p.MemoryUsedBytes
@@ -367,6 +434,7 @@ func (s *Sampler) sampleShare(ctx context.Context, c *checkpoint.Claim, d checkp
 	}
 	util = min(util, 1)
 	v.memoryUsed, v.utilization = &used, &util
+	v.idleUnknown = !isMPS
 	return v, nil
 }
 
@@ -386,9 +454,18 @@ func (r *gpuReads) gpu(ctx context.Context, t tnvml.Telemetry, uuid string) (tnv
 	return u, nil
 }
 
-// processes reads a GPU's processes once a sample, under their PIDs in the
-// plugin's namespace when hostPIDs is set.
-func (r *gpuReads) processes(ctx context.Context, t tnvml.Telemetry, uuid string, since map[string]uint64, hostPIDs HostPIDs) ([]tnvml.ProcessUsage, error) {
+// gpuProcess is a process NVML lists on a GPU.
+type gpuProcess struct {
+	tnvml.ProcessUsage
+	// podUID is, for a process of another PID namespace than the
+	// plugin's, the pod whose cgroup holds it; "" for the plugin's own.
+	podUID string
+}
+
+// processes reads a GPU's processes once a sample. When hostPIDs is set,
+// the plugin's own are under their PIDs in its namespace, the others
+// carry their pod, and those of no pod are left out.
+func (r *gpuReads) processes(ctx context.Context, t tnvml.Telemetry, uuid string, since map[string]uint64, hostPIDs HostPIDs) ([]gpuProcess, error) {
 	if err, failed := r.errs["procs/"+uuid]; failed {
 		return nil, err
 	}
@@ -401,16 +478,19 @@ func (r *gpuReads) processes(ctx context.Context, t tnvml.Telemetry, uuid string
 		return nil, err
 	}
 	since[uuid] = newest
-	if hostPIDs != nil {
-		local := p[:0:0]
-		for _, proc := range p {
-			if pid, ok := hostPIDs.Local(proc.PID); ok {
-				proc.PID = uint32(pid)
-				local = append(local, proc)
-			}
+	procs := make([]gpuProcess, 0, len(p))
+	for _, proc := range p {
+		if hostPIDs == nil {
+			procs = append(procs, gpuProcess{ProcessUsage: proc})
+			continue
 		}
-		p = local
+		if pid, ok := hostPIDs.Local(proc.PID); ok {
+			proc.PID = uint32(pid)
+			procs = append(procs, gpuProcess{ProcessUsage: proc})
+		} else if pod, ok := hostPIDs.PodUID(proc.PID); ok {
+			procs = append(procs, gpuProcess{ProcessUsage: proc, podUID: pod})
+		}
 	}
-	r.procs[uuid] = p
-	return p, nil
+	r.procs[uuid] = procs
+	return procs, nil
 }
