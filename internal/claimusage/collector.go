@@ -17,10 +17,10 @@ var labelNames = []string{"namespace", "pod", "claim", "request", "device", "uui
 
 var (
 	utilizationDesc = prometheus.NewDesc("tessera_claim_gpu_utilization_ratio",
-		"Busy fraction of what the claim's device holds over the last sample: for a whole GPU the time a kernel ran; for a MIG instance its GPM graphics activity (GPUs with GPU performance monitoring only); for an MPS share its own MPS daemon's processes' SM utilization, as a fraction of the GPU's time.",
+		"Busy fraction of what the claim's device holds over the last sample: for a whole GPU the time a kernel ran; for a MIG instance its GPM graphics activity (GPUs with GPU performance monitoring only); for a share its own processes' SM utilization (its MPS daemon's, and its pods' where the host's /proc is read), as a fraction of the GPU's time.",
 		labelNames, nil)
 	memoryUsedDesc = prometheus.NewDesc("tessera_claim_gpu_memory_used_bytes",
-		"Device memory in use by the claim's device: the whole GPU's, the MIG instance's, or an MPS share's own processes'.",
+		"Device memory in use by the claim's device: the whole GPU's, the MIG instance's, or a share's own processes'.",
 		labelNames, nil)
 	memoryLimitDesc = prometheus.NewDesc("tessera_claim_gpu_memory_limit_bytes",
 		"Device memory the claim's device may use: a whole GPU's memory, a MIG instance's, or a share's limit.",
