@@ -31,7 +31,7 @@ import (
 // _>.slice, under which the runtime puts the container's scope
 // (cri-containerd-<id>.scope).
 //
-// The path is relative to the reader's cgroup namespace root (cgroups(7)),
+// The path is relative to the reader's cgroup namespace root (cgroup_namespaces(7)),
 // so a reader in a container of its own sees another pod's process as,
 // e.g., /../../../besteffort/pod<uid>/<container>: the first part of the
 // path shaped like a pod's cgroup is taken, wherever it is, since the pod's
