@@ -29,8 +29,11 @@ import (
 //     models in their files; the factors and distributions are those of
 //     their five gpuspec files (5, 10, 20, 25, 33 %) pooled: shares 0.871 of
 //     X and only T4 or P100 (a few to any of five models), single GPUs 1.134,
-//     multi-GPU pods 1.047. Which pods got pinned is independent of their
-//     CPU, memory and GPU amount within a kind, and differs from file to file.
+//     multi-GPU pods 1.047. A multi-GPU pod's set depends on its GPU count
+//     (kindMulti8 and so on): the files pin 8-GPU pods only to G2 or G3,
+//     4-GPU pods to G2 or V100s, 2-GPU pods to sets of V100s (with P100 or
+//     T4). Which pods got pinned is independent of their CPU, memory and GPU
+//     amount within a kind, and differs from file to file.
 
 // specSet is a GPU model set and how many pinned pods of a kind got it in the
 // FGD artifact's gpuspec files.
@@ -44,11 +47,17 @@ type podKind int
 const (
 	kindShare podKind = iota
 	kindOne
-	kindMulti
+	// Multi-GPU pods by GPU count: 2 or 3, 4 to 7, 8 or more.
+	kindMulti2
+	kindMulti4
+	kindMulti8
 )
 
-// specFactor is each kind's pinning rate per unit of the variant's X.
-var specFactor = [...]float64{kindShare: 0.871, kindOne: 1.134, kindMulti: 1.047}
+// specFactor is each kind's pinning rate per unit of the variant's X. The
+// multi-GPU pods share one rate: the files' 8-, 4- and 2-GPU pods (44, 15 and
+// 16 of them) are pinned at 0.90, 1.51 and 1.01 of X, within two binomial
+// standard deviations of their pooled 1.047.
+var specFactor = [...]float64{kindShare: 0.871, kindOne: 1.134, kindMulti2: 1.047, kindMulti4: 1.047, kindMulti8: 1.047}
 
 // specSets are the model sets of each kind, as counted over the FGD
 // artifact's five gpuspec files.
@@ -60,10 +69,12 @@ var specSets = [...][]specSet{
 		{"V100M32", 48}, {"P100|V100M16", 31}, {"A10|T4", 21}, {"V100M16", 17}, {"P100", 10},
 		{"A10|G2|P100|T4|V100M16|V100M32", 10}, {"P100|T4", 1}, {"T4|V100M16|V100M32", 1},
 	},
-	kindMulti: {
-		{"G2", 33}, {"G3", 16}, {"V100M16|V100M32", 12}, {"P100|V100M16|V100M32", 6},
-		{"T4|V100M16|V100M32", 3}, {"V100M32", 3},
-	},
+	// The files never pin a multi-GPU pod to a set whose models have few
+	// nodes of its GPU count: no 8-GPU pod to a V100 set, no 2-GPU pod to
+	// G2 or G3.
+	kindMulti2: {{"P100|V100M16|V100M32", 6}, {"T4|V100M16|V100M32", 3}, {"V100M16|V100M32", 3}, {"V100M32", 3}},
+	kindMulti4: {{"G2", 12}, {"V100M16|V100M32", 9}},
+	kindMulti8: {{"G2", 21}, {"G3", 16}},
 }
 
 func kindOf(r placement.Request) podKind {
@@ -72,8 +83,12 @@ func kindOf(r placement.Request) podKind {
 		return kindShare
 	case r.GPUs == 1:
 		return kindOne
+	case r.GPUs < 4:
+		return kindMulti2
+	case r.GPUs < 8:
+		return kindMulti4
 	default:
-		return kindMulti
+		return kindMulti8
 	}
 }
 

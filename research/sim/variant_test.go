@@ -2,6 +2,7 @@ package sim
 
 import (
 	"math"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -67,6 +68,9 @@ func TestGPUSpecVariant(t *testing.T) {
 		}
 	}
 	for k, f := range specFactor {
+		if total[podKind(k)] == 0 {
+			continue
+		}
 		want := 0.33 * f
 		// Four standard deviations of a binomial share.
 		if rate := pinned[podKind(k)] / total[podKind(k)]; math.Abs(rate-want) > 4*math.Sqrt(want*(1-want)/total[podKind(k)]) {
@@ -112,5 +116,51 @@ func TestGPUShareVariant(t *testing.T) {
 	}
 	if _, err := Variant(pods, "multigpu20", 0); err == nil {
 		t.Error("unknown variant accepted")
+	}
+}
+
+// TestGPUSpecVariantMultiGPUSets: a multi-GPU pod is pinned only to the model
+// sets the FGD artifact's gpuspec files give pods of its GPU count (8-GPU pods
+// to G2 or G3, never to the V100s with their few 8-GPU nodes), and each count
+// is pinned at the multi-GPU rate.
+func TestGPUSpecVariantMultiGPUSets(t *testing.T) {
+	allowed := map[int][]string{
+		2: {"P100|V100M16|V100M32", "T4|V100M16|V100M32", "V100M16|V100M32", "V100M32"},
+		3: {"P100|V100M16|V100M32", "T4|V100M16|V100M32", "V100M16|V100M32", "V100M32"},
+		4: {"G2", "V100M16|V100M32"},
+		8: {"G2", "G3"},
+	}
+	var pods []Pod
+	for _, gpus := range []int{2, 3, 4, 8} {
+		for range 2000 {
+			pods = append(pods, Pod{Name: "p", Request: placement.Request{CPU: 1000, Memory: 1024, GPUs: gpus, Milli: placement.WholeGPU}})
+		}
+	}
+	got, err := Variant(pods, "gpuspec33", 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pinned := map[int]float64{}
+	seen := map[string]bool{}
+	for _, p := range got {
+		if p.Models == nil {
+			continue
+		}
+		pinned[p.Request.GPUs]++
+		seen[strconv.Itoa(p.Request.GPUs)+" "+p.Request.Models] = true
+		if !slices.Contains(allowed[p.Request.GPUs], p.Request.Models) {
+			t.Fatalf("%d-GPU pod pinned to %q", p.Request.GPUs, p.Request.Models)
+		}
+	}
+	for gpus, sets := range allowed {
+		want := 0.33 * specFactor[kindOf(placement.Request{GPUs: gpus, Milli: placement.WholeGPU})]
+		if rate := pinned[gpus] / 2000; math.Abs(rate-want) > 4*math.Sqrt(want*(1-want)/2000) {
+			t.Errorf("%d-GPU pods: %.3f pinned, want %.3f", gpus, rate, want)
+		}
+		for _, s := range sets {
+			if !seen[strconv.Itoa(gpus)+" "+s] {
+				t.Errorf("no %d-GPU pod pinned to %q", gpus, s)
+			}
+		}
 	}
 }
