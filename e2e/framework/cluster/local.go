@@ -79,9 +79,11 @@ func StartLocal(ctx context.Context, cfg Config) (_ *Local, err error) {
 		return nil, err
 	}
 	// Each plugin runs with the chart's arguments, less the host paths and
-	// ports that the node replaces with its own.
+	// ports that the node replaces with its own. host-proc goes too: the
+	// chart mounts the host's /proc into the plugin's PID namespace, and a
+	// local plugin runs in the host's, where NVML's PIDs are its own.
 	pluginArgs := ContainerArgs(l.Install.Plugin.Spec.Template.Spec,
-		"nvml", "plugin-data-dir", "registrar-dir", "cdi-root", "state-dir", "driver-root", "container-driver-root", "metrics-address", "healthcheck-port", "healthcheck-address", "v")
+		"nvml", "plugin-data-dir", "registrar-dir", "cdi-root", "state-dir", "driver-root", "container-driver-root", "host-proc", "metrics-address", "healthcheck-port", "healthcheck-address", "v")
 	nodes := make([]*Node, len(cfg.Nodes))
 	errs := make([]error, len(cfg.Nodes))
 	done := make(chan int)
