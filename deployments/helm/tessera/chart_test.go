@@ -95,6 +95,21 @@ func find[T runtime.Object](objs []runtime.Object) []T {
 	return out
 }
 
+// pluginPodSpec renders the chart with args and returns the pod spec of
+// its one kubelet plugin DaemonSet.
+func pluginPodSpec(t *testing.T, args ...string) corev1.PodSpec {
+	t.Helper()
+	manifest, err := render(t, args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ds := find[*appsv1.DaemonSet](objects(t, manifest))
+	if len(ds) != 1 {
+		t.Fatalf("want one kubelet plugin DaemonSet, got %d", len(ds))
+	}
+	return ds[0].Spec.Template.Spec
+}
+
 func TestDefaultInstall(t *testing.T) {
 	manifest, err := render(t)
 	if err != nil {
@@ -195,15 +210,7 @@ func TestDefaultInstall(t *testing.T) {
 // told not to, so the chart passes the value either way rather than only
 // when it is set.
 func TestWithdrawalCanBeTurnedOff(t *testing.T) {
-	manifest, err := render(t, "--set", "kubeletPlugin.withdrawBlocked=false")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ds := find[*appsv1.DaemonSet](objects(t, manifest))
-	if len(ds) != 1 {
-		t.Fatalf("want one kubelet plugin DaemonSet, got %d", len(ds))
-	}
-	if args := ds[0].Spec.Template.Spec.Containers[0].Args; !slices.Contains(args, "--withdraw-blocked=false") {
+	if args := pluginPodSpec(t, "--set", "kubeletPlugin.withdrawBlocked=false").Containers[0].Args; !slices.Contains(args, "--withdraw-blocked=false") {
 		t.Errorf("plugin args %v lack --withdraw-blocked=false", args)
 	}
 }
@@ -364,15 +371,7 @@ func bufioReader(s string) *bufio.Reader { return bufio.NewReader(strings.NewRea
 // writes into CDI specs (the runtime reads them on the host); the pod
 // mounts it at /driver-root and reads the driver there.
 func TestDriverRootReachesCDISpecs(t *testing.T) {
-	manifest, err := render(t, "--set", "kubeletPlugin.driverRoot=/run/nvidia/driver")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ds := find[*appsv1.DaemonSet](objects(t, manifest))
-	if len(ds) != 1 {
-		t.Fatalf("want one kubelet plugin DaemonSet, got %d", len(ds))
-	}
-	spec := ds[0].Spec.Template.Spec
+	spec := pluginPodSpec(t, "--set", "kubeletPlugin.driverRoot=/run/nvidia/driver")
 	c := spec.Containers[0]
 	for _, want := range []string{"--driver-root=/run/nvidia/driver", "--container-driver-root=/driver-root"} {
 		if !slices.Contains(c.Args, want) {
@@ -413,15 +412,7 @@ func TestHostProcWithRealNVML(t *testing.T) {
 		"turned off":        {args: []string{"--set", "kubeletPlugin.hostProc="}},
 	} {
 		t.Run(name, func(t *testing.T) {
-			manifest, err := render(t, tc.args...)
-			if err != nil {
-				t.Fatal(err)
-			}
-			ds := find[*appsv1.DaemonSet](objects(t, manifest))
-			if len(ds) != 1 {
-				t.Fatalf("want one kubelet plugin DaemonSet, got %d", len(ds))
-			}
-			spec := ds[0].Spec.Template.Spec
+			spec := pluginPodSpec(t, tc.args...)
 			c := spec.Containers[0]
 			if got, want := slices.Contains(c.Args, "--host-proc=/host/proc"), tc.hostPath != ""; got != want {
 				t.Errorf("plugin args %v: --host-proc=/host/proc present %v, want %v", c.Args, got, want)

@@ -7,7 +7,6 @@ import (
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
-	appsv1 "k8s.io/api/apps/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
 	"sigs.k8s.io/yaml"
@@ -93,15 +92,7 @@ func TestClaimMetricsInterval(t *testing.T) {
 		"off":     {args: []string{"--set", "kubeletPlugin.claimMetricsInterval=0s"}, want: "--claim-metrics-interval=0s"},
 	} {
 		t.Run(name, func(t *testing.T) {
-			manifest, err := render(t, tc.args...)
-			if err != nil {
-				t.Fatal(err)
-			}
-			ds := find[*appsv1.DaemonSet](objects(t, manifest))
-			if len(ds) != 1 {
-				t.Fatalf("%d DaemonSets, want 1", len(ds))
-			}
-			if args := ds[0].Spec.Template.Spec.Containers[0].Args; !slices.Contains(args, tc.want) {
+			if args := pluginPodSpec(t, tc.args...).Containers[0].Args; !slices.Contains(args, tc.want) {
 				t.Errorf("plugin args %v lack %s", args, tc.want)
 			}
 		})
