@@ -9,7 +9,6 @@ import (
 	resourceapi "k8s.io/api/resource/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/util/sets"
 	draslices "k8s.io/dynamic-resource-allocation/resourceslice"
 	"k8s.io/dynamic-resource-allocation/structured"
 	fwk "k8s.io/kube-scheduler/framework"
@@ -47,14 +46,7 @@ func BenchmarkScoreCycle(b *testing.B) {
 }
 
 func benchmarkScoreCycle(b *testing.B, nodes, changed int, opts ...Option) {
-	dra := &fakeDRA{
-		claims: map[string]*resourceapi.ResourceClaim{"ns/half": shareClaim("half", 50)},
-		allocated: &structured.AllocatedState{
-			AllocatedDevices:         sets.New[structured.DeviceID](),
-			AllocatedSharedDeviceIDs: sets.New[structured.SharedDeviceID](),
-			AggregatedCapacity:       structured.ConsumedCapacityCollection{},
-		},
-	}
+	dra := &fakeDRA{claims: map[string]*resourceapi.ResourceClaim{"ns/half": shareClaim("half", 50)}, allocated: emptyAllocated()}
 	var infos []fwk.NodeInfo
 	for n := range nodes {
 		name := fmt.Sprintf("node-%04d", n)
@@ -73,14 +65,9 @@ func benchmarkScoreCycle(b *testing.B, nodes, changed int, opts ...Option) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	pod := podWithClaim("half")
-	ctx := context.Background()
-	scores := make(fwk.NodeScoreList, len(infos))
-	// Each pod, a share on GPU 1 of the next nodes comes or goes. The first
-	// cycle, untimed, builds the slice index (and fills the cache): the
-	// steady state between slice changes.
+	// Each pod, a share on GPU 1 of the next nodes comes or goes.
 	next := 0
-	for i := 0; i == 0 || b.Loop(); i++ {
+	runScoreCycles(b, p, podWithClaim("half"), infos, func() {
 		for range changed {
 			id := structured.MakeDeviceID(gpuapi.DriverName, infos[next%nodes].Node().Name, gpuapi.SharedDeviceName(1))
 			if _, ok := dra.allocated.AggregatedCapacity[id]; ok {
@@ -90,19 +77,7 @@ func benchmarkScoreCycle(b *testing.B, nodes, changed int, opts ...Option) {
 			}
 			next++
 		}
-		state := &fakeCycleState{data: map[fwk.StateKey]fwk.StateData{}}
-		if st := p.PreScore(ctx, state, pod, infos); !st.IsSuccess() {
-			b.Fatal(st)
-		}
-		for i, n := range infos {
-			s, st := p.Score(ctx, state, pod, n)
-			if !st.IsSuccess() {
-				b.Fatal(st)
-			}
-			scores[i] = fwk.NodeScore{Name: n.Node().Name, Score: s}
-		}
-		p.NormalizeScore(ctx, state, pod, scores)
-	}
+	})
 }
 
 // BenchmarkScoreCycleMIG is BenchmarkScoreCycle for a MIG claim of one

@@ -73,48 +73,49 @@ const maxConversions = 1 << 16
 // a device without counters, or with a type the rule does not know, gets no
 // class and so never counts as blocked.
 func choiceOf(d *draapi.Device) partition.Choice {
-	var c partition.Choice
-	typ := d.Attributes[gpuapi.AttrType].StringValue
-	if typ == nil || len(d.ConsumesCounters) != 1 {
-		return c
+	if len(d.ConsumesCounters) != 1 {
+		return partition.Choice{}
 	}
-	c.Class = *typ
-	if *typ == gpuapi.TypeMIG {
-		profile := d.Attributes[gpuapi.AttrProfile].StringValue
-		if profile == nil {
-			return partition.Choice{}
-		}
-		c.Class = *profile
+	class, ok := choiceClass(d.Attributes[gpuapi.AttrType].StringValue, d.Attributes[gpuapi.AttrProfile].StringValue)
+	if !ok {
+		return partition.Choice{}
 	}
 	consumption := d.ConsumesCounters[0]
-	c.CounterSet = consumption.CounterSet.String()
-	c.Consumes = make(map[string]int64, len(consumption.Counters))
+	c := partition.Choice{Class: class, CounterSet: consumption.CounterSet.String(), Consumes: make(map[string]int64, len(consumption.Counters))}
 	for name, n := range consumption.Counters {
 		c.Consumes[name] = n.Value.Value()
 	}
 	return c
 }
 
+// choiceClass is a device's class for partition.BestFit: its MIG profile,
+// else its type; ok is false for a device without a type, or a MIG device
+// without a profile.
+func choiceClass(typ, profile *string) (string, bool) {
+	switch {
+	case typ == nil:
+		return "", false
+	case *typ != gpuapi.TypeMIG:
+		return *typ, true
+	case profile == nil:
+		return "", false
+	}
+	return *profile, true
+}
+
 // choiceOfDevice is choiceOf for a device as the API publishes it, which the
 // Score plugin's model of the choice reads (mig.go): the same class, counter
 // set and consumption.
 func choiceOfDevice(d resourceapi.Device) partition.Choice {
-	var c partition.Choice
-	typ := d.Attributes[gpuapi.AttrType].StringValue
-	if typ == nil || len(d.ConsumesCounters) != 1 {
-		return c
+	if len(d.ConsumesCounters) != 1 {
+		return partition.Choice{}
 	}
-	c.Class = *typ
-	if *typ == gpuapi.TypeMIG {
-		profile := d.Attributes[gpuapi.AttrProfile].StringValue
-		if profile == nil {
-			return partition.Choice{}
-		}
-		c.Class = *profile
+	class, ok := choiceClass(d.Attributes[gpuapi.AttrType].StringValue, d.Attributes[gpuapi.AttrProfile].StringValue)
+	if !ok {
+		return partition.Choice{}
 	}
 	consumption := d.ConsumesCounters[0]
-	c.CounterSet = consumption.CounterSet
-	c.Consumes = make(map[string]int64, len(consumption.Counters))
+	c := partition.Choice{Class: class, CounterSet: consumption.CounterSet, Consumes: make(map[string]int64, len(consumption.Counters))}
 	for name, n := range consumption.Counters {
 		c.Consumes[name] = n.Value.Value()
 	}
