@@ -324,19 +324,7 @@ func attackExtendedResource(ctx context.Context, t *testing.T, ns string) {
 	second := pod("gpu-second", gpuapi.ClassGPU)
 	var admitted []string
 	err := wait.PollUntilContextTimeout(ctx, pollEvery, waitTimeout, true, func(ctx context.Context) (bool, error) {
-		p, err := local.Client.CoreV1().Pods(ns).Get(ctx, second.Name, metav1.GetOptions{})
-		if err != nil {
-			return false, nil
-		}
-		if p.Spec.NodeName != "" {
-			return false, fmt.Errorf("pod %s over budget was bound to %s", second.Name, p.Spec.NodeName)
-		}
-		for _, ev := range events(ctx, second, tenancyv1.ReasonOverBudget) {
-			if strings.Contains(ev.Message, "gpuMemory") {
-				return true, nil
-			}
-		}
-		return false, nil
+		return refusedOverBudget(ctx, second, "gpuMemory")
 	})
 	if err != nil {
 		t.Fatalf("second GPU: no OverBudget event naming gpuMemory: %v; events: %s", err, eventSummary(second))
@@ -356,4 +344,22 @@ func attackExtendedResource(ctx context.Context, t *testing.T, ns string) {
 	if len(admitted) != 1 || !strings.HasPrefix(admitted[0], first.Name+"-extended-resources-") {
 		t.Errorf("admitted %v, want the first pod's GPU only", admitted)
 	}
+}
+
+// refusedOverBudget is a poll step: done once an OverBudget event on pod
+// names resource, an error if the pod was bound meanwhile.
+func refusedOverBudget(ctx context.Context, pod *corev1.Pod, resource string) (bool, error) {
+	p, err := local.Client.CoreV1().Pods(pod.Namespace).Get(ctx, pod.Name, metav1.GetOptions{})
+	if err != nil {
+		return false, nil
+	}
+	if p.Spec.NodeName != "" {
+		return false, fmt.Errorf("pod %s over budget was bound to %s", pod.Name, p.Spec.NodeName)
+	}
+	for _, ev := range events(ctx, pod, tenancyv1.ReasonOverBudget) {
+		if strings.Contains(ev.Message, resource) {
+			return true, nil
+		}
+	}
+	return false, nil
 }

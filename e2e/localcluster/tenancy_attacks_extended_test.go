@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"slices"
-	"strings"
 	"testing"
 	"time"
 
@@ -158,19 +157,7 @@ func attackExtendedSharesUntainted(ctx context.Context, t *testing.T, tenant *te
 		if len(gpus) > 1 {
 			return false, fmt.Errorf("the tenant's admitted shares hold %d GPUs (%v) on a budget of one GPU's memory", len(gpus), gpus)
 		}
-		p, err := local.Client.CoreV1().Pods(ns).Get(ctx, second.Name, metav1.GetOptions{})
-		if err != nil {
-			return false, nil
-		}
-		if p.Spec.NodeName != "" {
-			return false, fmt.Errorf("pod %s over budget was bound to %s", second.Name, p.Spec.NodeName)
-		}
-		for _, ev := range events(ctx, second, tenancyv1.ReasonOverBudget) {
-			if strings.Contains(ev.Message, "gpuMemory") {
-				return true, nil
-			}
-		}
-		return false, nil
+		return refusedOverBudget(ctx, second, "gpuMemory")
 	})
 	if err != nil {
 		t.Fatalf("the second share: %v (admitted %d holding %v); events: %s", err, admitted, gpus, eventSummary(second))
