@@ -83,8 +83,64 @@ func setUpTenancy(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	tenants, err = crclient.New(local.Config, crclient.Options{Scheme: scheme})
-	return err
+	if tenants, err = crclient.New(local.Config, crclient.Options{Scheme: scheme}); err != nil {
+		return err
+	}
+	return waitSharingInForce(ctx)
+}
+
+// waitSharingInForce waits until the chart's sharing policies are in force:
+// a share claimed in a namespace of no tenant comes back shaped (the API
+// server's policy plugin takes a second or so to load a policy and its
+// binding), and every published shared GPU carries the free taint. A claim
+// made before then tolerates no sharing taint, and the controller takes the
+// free taints off every GPU while it waits (SharingReconciler.freeGPUs):
+// the first test would run while the GPUs' taints change under it.
+func waitSharingInForce(ctx context.Context) error {
+	share := claimSpec(builder.MakeRequest("gpu", gpuapi.ClassShared).Obj())
+	var why string
+	err := wait.PollUntilContextTimeout(ctx, pollEvery, waitTimeout, true, func(ctx context.Context) (bool, error) {
+		c, err := local.Client.ResourceV1().ResourceClaims(metav1.NamespaceDefault).Create(ctx, &resourceapi.ResourceClaim{
+			ObjectMeta: metav1.ObjectMeta{GenerateName: "probe-", Namespace: metav1.NamespaceDefault},
+			Spec:       share,
+		}, metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}})
+		if err != nil {
+			why = err.Error()
+			return false, nil
+		}
+		if tenancy.BlockedByFreeTaint(c) {
+			why = "a share claimed in namespace default tolerates no sharing taint"
+			return false, nil
+		}
+		why = untaintedSharedGPU(ctx)
+		return why == "", nil
+	})
+	if err != nil {
+		return fmt.Errorf("sharing policies not in force within %s: %s", waitTimeout, why)
+	}
+	return nil
+}
+
+// untaintedSharedGPU names a published shared GPU without the free taint, or
+// is "" when every one has it.
+func untaintedSharedGPU(ctx context.Context) string {
+	taints, err := sharingTaints(ctx)
+	if err != nil {
+		return err.Error()
+	}
+	list, err := local.Client.ResourceV1().ResourceSlices().List(ctx, metav1.ListOptions{FieldSelector: "spec.driver=" + gpuapi.DriverName})
+	if err != nil {
+		return err.Error()
+	}
+	for _, s := range list.Items {
+		for _, d := range s.Spec.Devices {
+			gpu := s.Spec.Pool.Name + "/" + d.Name
+			if strings.HasSuffix(d.Name, "-shared") && taints[gpu] != tenancyv1.GroupFree {
+				return fmt.Sprintf("shared GPU %s has sharing taint %q, not %q", gpu, taints[gpu], tenancyv1.GroupFree)
+			}
+		}
+	}
+	return ""
 }
 
 func taintNodeWith(ctx context.Context, name, key string) error {
