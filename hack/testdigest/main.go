@@ -8,6 +8,7 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"fmt"
 	"io"
 	"os"
@@ -30,13 +31,12 @@ func main() {
 		fmt.Fprintln(os.Stderr, "usage: testdigest FILE (the output of go test -v)")
 		os.Exit(2)
 	}
-	f, err := os.Open(os.Args[1])
+	out, err := os.ReadFile(os.Args[1])
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
-	defer f.Close()
-	if err := digest(f, os.Stdout); err != nil {
+	if err := digest(bytes.NewReader(out), os.Stdout); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
@@ -81,30 +81,31 @@ func digest(r io.Reader, w io.Writer) error {
 	if len(failed) == 0 && panicked == nil {
 		return nil
 	}
-	bw := bufio.NewWriter(w)
-	fmt.Fprintf(bw, "\nWhy each failed test failed (its last %d lines; the whole output is above):\n", keep)
+	var b strings.Builder
+	fmt.Fprintf(&b, "\nWhy each failed test failed (its last %d lines; the whole output is above):\n", keep)
 	for _, name := range failed {
 		own := lines[name]
 		if len(own) == 0 {
 			continue
 		}
-		fmt.Fprintf(bw, "--- %s\n", name)
+		fmt.Fprintf(&b, "--- %s\n", name)
 		if len(own) > keep {
-			fmt.Fprintf(bw, "    [… %d lines before]\n", len(own)-keep)
+			fmt.Fprintf(&b, "    [… %d lines before]\n", len(own)-keep)
 			own = own[len(own)-keep:]
 		}
 		for _, l := range own {
-			fmt.Fprintln(bw, l)
+			fmt.Fprintln(&b, l)
 		}
 	}
 	if panicked != nil {
-		fmt.Fprintln(bw, "--- the run panicked:")
+		fmt.Fprintln(&b, "--- the run panicked:")
 		if len(panicked) > keep {
 			panicked = panicked[:keep]
 		}
 		for _, l := range panicked {
-			fmt.Fprintln(bw, l)
+			fmt.Fprintln(&b, l)
 		}
 	}
-	return bw.Flush()
+	_, err := io.WriteString(w, b.String())
+	return err
 }
