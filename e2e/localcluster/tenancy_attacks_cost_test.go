@@ -266,6 +266,20 @@ func extendedResourcePod(ctx context.Context, t *testing.T, ns, name, class stri
 	return pod
 }
 
+// waitExtendedResourceRunning waits until pod, an extendedResourcePod, runs
+// with the device of the claim kube-scheduler made for it: the kubelet
+// prepared that claim and its container got the device.
+func waitExtendedResourceRunning(t *testing.T, pod *corev1.Pod) {
+	t.Helper()
+	running := waitRunning(t, pod)
+	if running.Status.ExtendedResourceClaimStatus == nil {
+		t.Fatalf("pod %s runs without the claim for its extended resource in its status", pod.Name)
+	}
+	if edits := containerEdits(t, running, "ctr"); len(edits.CDIDevices) != 1 {
+		t.Fatalf("pod %s runs with CDI devices %v, want the one of claim %s", pod.Name, edits.CDIDevices, running.Status.ExtendedResourceClaimStatus.ResourceClaimName)
+	}
+}
+
 // waitPodRefused waits until pod has an event of reason whose message
 // contains want; the pod is never bound meanwhile, and no claim of its
 // namespace is admitted.
@@ -317,7 +331,7 @@ func attackExtendedResource(ctx context.Context, t *testing.T, ns string) {
 	waitPodRefused(ctx, t, share, "FailedScheduling", "cannot allocate all claims")
 
 	first := pod("gpu-first", gpuapi.ClassGPU)
-	waitRunning(t, first)
+	waitExtendedResourceRunning(t, first)
 	if len(events(ctx, first, tenancyv1.ReasonAdmitted)) == 0 {
 		t.Fatalf("pod %s runs without an Admitted event: %s", first.Name, eventSummary(first))
 	}

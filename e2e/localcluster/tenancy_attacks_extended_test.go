@@ -134,7 +134,7 @@ func attackExtendedSharesUntainted(ctx context.Context, t *testing.T, tenant *te
 	t.Cleanup(func() { deletePodsAndClaims(context.WithoutCancel(ctx), t, ns, pods...) })
 	first := extendedResourcePod(ctx, t, ns, "share-first", gpuapi.ClassShared)
 	pods = append(pods, first)
-	waitRunning(t, first)
+	waitExtendedResourceRunning(t, first)
 	gpus, admitted, err := admittedGPUs(ctx, ns)
 	if err != nil {
 		t.Fatal(err)

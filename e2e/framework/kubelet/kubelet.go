@@ -265,15 +265,26 @@ func (k *Kubelet) start(ctx context.Context, key string, pod *corev1.Pod) (retry
 	edits := map[string]ContainerEdits{}
 	for _, c := range append(slices.Clone(pod.Spec.InitContainers), pod.Spec.Containers...) {
 		var ids []string
-		for _, ref := range c.Resources.Claims {
-			prepared := byClaimName[ref.Name]
+		add := func(prepared *PreparedClaim, request string) {
 			if prepared == nil {
-				continue
+				return
 			}
 			for _, d := range prepared.Devices {
 				// A device without request names belongs to every request of the claim.
-				if ref.Request == "" || len(d.RequestNames) == 0 || slices.ContainsFunc(d.RequestNames, func(r string) bool { return baseRequest(r) == ref.Request }) {
+				if request == "" || len(d.RequestNames) == 0 || slices.ContainsFunc(d.RequestNames, func(r string) bool { return baseRequest(r) == request }) {
 					ids = append(ids, d.CdiDeviceIds...)
+				}
+			}
+		}
+		for _, ref := range c.Resources.Claims {
+			add(byClaimName[ref.Name], ref.Request)
+		}
+		if s := pod.Status.ExtendedResourceClaimStatus; s != nil {
+			// Each container gets the requests the scheduler made for its
+			// extended resources.
+			for _, m := range s.RequestMappings {
+				if m.ContainerName == c.Name {
+					add(byClaimName[extendedResourcesClaim], m.RequestName)
 				}
 			}
 		}
@@ -341,19 +352,45 @@ func (k *Kubelet) podClaims(pod *corev1.Pod) (claims map[string]*resourceapi.Res
 				return nil, fmt.Sprintf("claim for %s not generated yet", pc.Name)
 			}
 		}
-		claim, err := k.claims.ResourceClaims(pod.Namespace).Get(*claimName)
-		if err != nil {
-			return nil, fmt.Sprintf("claim %s: %v", *claimName, err)
-		}
-		if claim.Status.Allocation == nil {
-			return nil, fmt.Sprintf("claim %s not allocated", claim.Name)
-		}
-		if !slices.ContainsFunc(claim.Status.ReservedFor, func(r resourceapi.ResourceClaimConsumerReference) bool { return r.UID == pod.UID }) {
-			return nil, fmt.Sprintf("claim %s not reserved for the pod", claim.Name)
+		claim, why := k.podClaim(pod, *claimName)
+		if why != "" {
+			return nil, why
 		}
 		claims[pc.Name] = claim
 	}
+	// The claim kube-scheduler made for the pod's DRA extended resources
+	// (deviceclass.resource.kubernetes.io/<class>): it names it in the pod's
+	// status in PreBind, before it binds the pod, and the kubelet prepares it
+	// with the pod's own claims.
+	if s := pod.Status.ExtendedResourceClaimStatus; s != nil {
+		claim, why := k.podClaim(pod, s.ResourceClaimName)
+		if why != "" {
+			return nil, why
+		}
+		claims[extendedResourcesClaim] = claim
+	}
 	return claims, ""
+}
+
+// extendedResourcesClaim is the key of the claim for a pod's extended
+// resources among its claims: no name of a pod's claim (a DNS label) has a
+// space.
+const extendedResourcesClaim = "extended resources"
+
+// podClaim is the claim name, allocated and reserved for pod, or why the pod
+// cannot start yet.
+func (k *Kubelet) podClaim(pod *corev1.Pod, name string) (*resourceapi.ResourceClaim, string) {
+	claim, err := k.claims.ResourceClaims(pod.Namespace).Get(name)
+	if err != nil {
+		return nil, fmt.Sprintf("claim %s: %v", name, err)
+	}
+	if claim.Status.Allocation == nil {
+		return nil, fmt.Sprintf("claim %s not allocated", claim.Name)
+	}
+	if !slices.ContainsFunc(claim.Status.ReservedFor, func(r resourceapi.ResourceClaimConsumerReference) bool { return r.UID == pod.UID }) {
+		return nil, fmt.Sprintf("claim %s not reserved for the pod", claim.Name)
+	}
+	return claim, ""
 }
 
 // terminate unprepares what only this pod used and then finishes the deletion, as

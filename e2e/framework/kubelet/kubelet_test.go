@@ -16,6 +16,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	resourceapi "k8s.io/api/resource/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	apiresource "k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
@@ -356,5 +357,74 @@ func (n fakeNode) poll(t *testing.T) func(what string, cond func(context.Context
 		if err := wait.PollUntilContextCancel(ctx, 20*time.Millisecond, true, func(ctx context.Context) (bool, error) { return cond(ctx), nil }); err != nil {
 			t.Fatalf("%s: %v", what, err)
 		}
+	}
+}
+
+// TestKubeletPreparesExtendedResourceClaim: a pod that asks for a DRA
+// extended resource has no claim of its own; kube-scheduler makes one and
+// names it, with which container each of its requests is for, in the pod's
+// status. The stand-in prepares that claim, gives each container the devices
+// of its requests only, and unprepares the claim with the pod.
+func TestKubeletPreparesExtendedResourceClaim(t *testing.T) {
+	spec := "cdiVersion: \"0.6.0\"\nkind: gpu.tessera.dev/gpu\ndevices:\n" +
+		"- name: gpu-0\n  containerEdits:\n    env: [\"NVIDIA_VISIBLE_DEVICES=GPU-0\"]\n" +
+		"- name: gpu-1\n  containerEdits:\n    env: [\"NVIDIA_VISIBLE_DEVICES=GPU-1\"]\n"
+	const first, second = "container-0-request-0", "container-1-request-0"
+	claim := builder.MakeClaim("ext").UID("claim-ext").Driver(testDriver).Pool(testNode).
+		Device(first, "gpu-0").Device(second, "gpu-1").
+		ReservedFor("ext", types.UID("pod-ext")).
+		Obj()
+	resource := corev1.ResourceName("deviceclass.resource.kubernetes.io/" + gpuapi.ClassGPU)
+	pod := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: "ext", Namespace: "default", UID: types.UID("pod-ext")},
+		Spec: corev1.PodSpec{
+			NodeName: testNode,
+			Containers: []corev1.Container{
+				{Name: "a", Resources: corev1.ResourceRequirements{Limits: corev1.ResourceList{resource: apiresource.MustParse("1")}}},
+				{Name: "b", Resources: corev1.ResourceRequirements{Limits: corev1.ResourceList{resource: apiresource.MustParse("1")}}},
+				{Name: "none"},
+			},
+		},
+		Status: corev1.PodStatus{Phase: corev1.PodPending, ExtendedResourceClaimStatus: &corev1.PodExtendedResourceClaimStatus{
+			ResourceClaimName: "ext",
+			RequestMappings: []corev1.ContainerExtendedResourceRequest{
+				{ContainerName: "a", ResourceName: string(resource), RequestName: first},
+				{ContainerName: "b", ResourceName: string(resource), RequestName: second},
+			},
+		}},
+	}
+	plugin := &fakePlugin{devices: map[string][]kubeletplugin.Device{"ext": {
+		{Requests: []string{first}, PoolName: testNode, DeviceName: "gpu-0", CDIDeviceIDs: []string{"gpu.tessera.dev/gpu=gpu-0"}},
+		{Requests: []string{second}, PoolName: testNode, DeviceName: "gpu-1", CDIDeviceIDs: []string{"gpu.tessera.dev/gpu=gpu-1"}},
+	}}}
+	n := startNode(t, plugin, spec, claim, pod)
+	poll := n.poll(t)
+	var running *corev1.Pod
+	poll("pod ext running", func(ctx context.Context) bool {
+		p, err := n.client.CoreV1().Pods("default").Get(ctx, "ext", metav1.GetOptions{})
+		running = p
+		return err == nil && p.Status.Phase == corev1.PodRunning
+	})
+	raw := running.Annotations[EditsAnnotation]
+	for _, want := range []string{
+		`"a":{"cdiDevices":["gpu.tessera.dev/gpu=gpu-0"],"env":["NVIDIA_VISIBLE_DEVICES=GPU-0"]`,
+		`"b":{"cdiDevices":["gpu.tessera.dev/gpu=gpu-1"],"env":["NVIDIA_VISIBLE_DEVICES=GPU-1"]`,
+		`"none":{"cdiDevices":null,"env":[]`,
+	} {
+		if !strings.Contains(raw, want) {
+			t.Errorf("container edits %s lack %s", raw, want)
+		}
+	}
+	now := metav1.Now()
+	running.DeletionTimestamp = &now
+	if _, err := n.client.CoreV1().Pods("default").Update(n.ctx, running, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	poll("pod ext deleted", func(ctx context.Context) bool {
+		_, err := n.client.CoreV1().Pods("default").Get(ctx, "ext", metav1.GetOptions{})
+		return apierrors.IsNotFound(err)
+	})
+	if got := plugin.unpreparedClaims(); !slices.Equal(got, []string{"ext"}) {
+		t.Errorf("unprepared claims %v, want [ext]", got)
 	}
 }
