@@ -87,9 +87,10 @@ func benchmarkScoreCycle(b *testing.B, nodes, changed int, opts ...Option) {
 // slice 6... or wherever the published order puts it) and the placement
 // choice take different partitions. It runs both models of the allocator's
 // choice (model=first-fit, the plugin before; model=choice,
-// WithPlacementChoice) side by side, with the cache off and on, and with a
-// 1g partition on GPU 2 coming or going on none or a tenth of the nodes
-// before each pod.
+// WithPlacementChoice) side by side, with the cache off and on, the
+// placement memo off (WithoutPlacementMemo) and on, and with a 1g
+// partition on GPU 2 coming or going on none or a tenth of the nodes before
+// each pod.
 //
 //	go test -run '^$' -bench ScoreCycleMIG -benchtime 100x ./research/scheduler/
 func BenchmarkScoreCycleMIG(b *testing.B) {
@@ -113,31 +114,36 @@ func BenchmarkScoreCycleMIG(b *testing.B) {
 		for _, changed := range []int{0, 10} {
 			for _, cache := range []string{"off", "on"} {
 				for _, model := range []string{"first-fit", "choice"} {
-					b.Run(fmt.Sprintf("nodes=%d/changed=%d%%/cache=%s/model=%s", nodes, changed, cache, model), func(b *testing.B) {
-						var opts []Option
-						if cache == "off" {
-							opts = append(opts, WithoutFragmentationCache())
-						}
-						if model == "choice" {
-							opts = append(opts, WithPlacementChoice())
-						}
-						p, err := NewWithState(Args{}, dra, opts...)
-						if err != nil {
-							b.Fatal(err)
-						}
-						next := 0
-						runScoreCycles(b, p, podWithClaim("one"), infos, func() {
-							for range nodes * changed / 100 {
-								id := structured.MakeDeviceID(gpuapi.DriverName, infos[next%nodes].Node().Name, gpuapi.MIGDeviceName(2, "1g.18gb", 6))
-								if dra.allocated.AllocatedDevices.Has(id) {
-									dra.allocated.AllocatedDevices.Delete(id)
-								} else {
-									dra.allocated.AllocatedDevices.Insert(id)
-								}
-								next++
+					for _, memo := range []string{"off", "on"} {
+						b.Run(fmt.Sprintf("nodes=%d/changed=%d%%/cache=%s/model=%s/memo=%s", nodes, changed, cache, model, memo), func(b *testing.B) {
+							var opts []Option
+							if cache == "off" {
+								opts = append(opts, WithoutFragmentationCache())
 							}
+							if model == "choice" {
+								opts = append(opts, WithPlacementChoice())
+							}
+							if memo == "off" {
+								opts = append(opts, WithoutPlacementMemo())
+							}
+							p, err := NewWithState(Args{}, dra, opts...)
+							if err != nil {
+								b.Fatal(err)
+							}
+							next := 0
+							runScoreCycles(b, p, podWithClaim("one"), infos, func() {
+								for range nodes * changed / 100 {
+									id := structured.MakeDeviceID(gpuapi.DriverName, infos[next%nodes].Node().Name, gpuapi.MIGDeviceName(2, "1g.18gb", 6))
+									if dra.allocated.AllocatedDevices.Has(id) {
+										dra.allocated.AllocatedDevices.Delete(id)
+									} else {
+										dra.allocated.AllocatedDevices.Insert(id)
+									}
+									next++
+								}
+							})
 						})
-					})
+					}
 				}
 			}
 		}

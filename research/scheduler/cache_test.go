@@ -71,7 +71,7 @@ func churnScores(t *testing.T, seed uint64, nodes, steps int, claims map[string]
 	if err != nil {
 		t.Fatal(err)
 	}
-	fresh, err := NewWithState(Args{}, dra, append(opts, WithoutFragmentationCache())...)
+	fresh, err := NewWithState(Args{}, dra, append(opts, WithoutFragmentationCache(), WithoutPlacementMemo())...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -153,8 +153,22 @@ func checkCachedBase(t *testing.T, p *Plugin, dra *fakeDRA, infos []fakeNodeInfo
 
 // TestCacheParallelScore scores the nodes in parallel, as the framework
 // does, twice for the same pod (the second time from the cache), and
-// checks the scores against a fresh computation; run with -race.
+// checks the scores against a fresh computation; with both models of the
+// MIG placement, so that nodes in one state share the placement memo while
+// they are scored at once; run with -race.
 func TestCacheParallelScore(t *testing.T) {
+	for _, model := range []string{"first fit", "choice"} {
+		t.Run("model="+model, func(t *testing.T) {
+			var opts []Option
+			if model == "choice" {
+				opts = append(opts, WithPlacementChoice())
+			}
+			parallelScores(t, opts)
+		})
+	}
+}
+
+func parallelScores(t *testing.T, opts []Option) {
 	dra := &fakeDRA{claims: map[string]*resourceapi.ResourceClaim{"ns/mig1g": migClaim("mig1g", 1, profileIs("1g.5gb"))}, allocated: emptyAllocated()}
 	var list []fwk.NodeInfo
 	for n := range 16 {
@@ -165,11 +179,11 @@ func TestCacheParallelScore(t *testing.T) {
 		}
 		list = append(list, nodeInfos(name)...)
 	}
-	cached, err := NewWithState(Args{}, dra)
+	cached, err := NewWithState(Args{}, dra, opts...)
 	if err != nil {
 		t.Fatal(err)
 	}
-	fresh, err := NewWithState(Args{}, dra, WithoutFragmentationCache())
+	fresh, err := NewWithState(Args{}, dra, append(opts, WithoutFragmentationCache(), WithoutPlacementMemo())...)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -11,6 +11,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	resourceapi "k8s.io/api/resource/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	draapi "k8s.io/dynamic-resource-allocation/api"
 	"k8s.io/dynamic-resource-allocation/structured"
 	"k8s.io/klog/v2"
 	fwk "k8s.io/kube-scheduler/framework"
@@ -64,6 +65,9 @@ type Plugin struct {
 	cached bool
 	// choice models MIGPlacementOrder's choice of partition (mig.go).
 	choice bool
+	// memo keeps MIG placements across nodes of one layout (memo.go); nil
+	// without it.
+	memo *placeMemo
 }
 
 // Option changes how NewWithState builds the plugin.
@@ -72,6 +76,11 @@ type Option func(*Plugin)
 // WithoutFragmentationCache recomputes every node's fragmentation for every
 // pod, as the plugin did before it cached it: the benchmark's baseline.
 func WithoutFragmentationCache() Option { return func(p *Plugin) { p.cached = false } }
+
+// WithoutPlacementMemo works out every MIG placement the score models on
+// every node that misses its fragmentation cache, as the plugin did before
+// it kept them across nodes of one layout: the benchmark's baseline.
+func WithoutPlacementMemo() Option { return func(p *Plugin) { p.memo = nil } }
 
 // WithPlacementChoice models the placement the allocator takes for a MIG
 // request of one partition when MIGPlacementOrder is registered with it
@@ -88,7 +97,7 @@ type sliceIndex struct {
 	byNode map[string]*nodeGPUs
 	// byPool finds a device's node by its pool (Tessera's pools are
 	// node-local), for allocatedByNode.
-	byPool map[string]*nodeGPUs
+	byPool map[draapi.UniqueString]*nodeGPUs
 }
 
 // get returns the index of the slices by node and by pool, rebuilt only
@@ -97,7 +106,7 @@ type sliceIndex struct {
 // only for the nodes whose slices changed: a node listed with the same
 // slices in the same order keeps its index, and with it its cached
 // fragmentation (cache.go). A node's index is read-only once built.
-func (c *sliceIndex) get(list []*resourceapi.ResourceSlice) (byNode, byPool map[string]*nodeGPUs) {
+func (c *sliceIndex) get(list []*resourceapi.ResourceSlice) (byNode map[string]*nodeGPUs, byPool map[draapi.UniqueString]*nodeGPUs) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	same := c.byNode != nil && len(list) == len(c.slices)
@@ -116,17 +125,22 @@ func (c *sliceIndex) get(list []*resourceapi.ResourceSlice) (byNode, byPool map[
 		}
 	}
 	byNode = make(map[string]*nodeGPUs, len(perNode))
-	byPool = make(map[string]*nodeGPUs, len(perNode))
+	byPool = make(map[draapi.UniqueString]*nodeGPUs, len(perNode))
 	for name, own := range perNode {
 		n := c.byNode[name]
 		if n == nil || !slices.Equal(n.from, own) {
 			n = gpusByNode(own)[name]
 			n.from = own
 			n.locate()
+			if len(n.mig) > 0 {
+				// With the index, not on the first MIG pod: it costs
+				// about as much as ranking the node's partitions once.
+				n.layout()
+			}
 		}
 		byNode[name] = n
 		for _, s := range own {
-			byPool[s.Spec.Pool.Name] = n
+			byPool[draapi.MakeUniqueString(s.Spec.Pool.Name)] = n
 		}
 	}
 	c.byNode, c.byPool = byNode, byPool
@@ -158,7 +172,7 @@ func NewFactory(opts ...Option) func(context.Context, runtime.Object, fwk.Handle
 
 // NewWithState returns the plugin over the given DRA state.
 func NewWithState(args Args, dra DRAState, opts ...Option) (*Plugin, error) {
-	p := &Plugin{dra: dra, cached: true}
+	p := &Plugin{dra: dra, cached: true, memo: newPlaceMemo()}
 	for _, o := range opts {
 		o(p)
 	}

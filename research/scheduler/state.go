@@ -12,10 +12,12 @@ import (
 	"fmt"
 	"maps"
 	"sync"
+	"unique"
 
 	corev1 "k8s.io/api/core/v1"
 	resourceapi "k8s.io/api/resource/v1"
 	resourcehelper "k8s.io/component-helpers/resource"
+	draapi "k8s.io/dynamic-resource-allocation/api"
 	"k8s.io/dynamic-resource-allocation/resourceclaim"
 	"k8s.io/dynamic-resource-allocation/structured"
 
@@ -61,6 +63,9 @@ type nodeGPUs struct {
 	migCount  []int
 	shapeOnce sync.Once
 	shapes    []int
+	// layoutKey is the node's layout for the placement memo (memo.go).
+	layoutOnce sync.Once
+	layoutKey  unique.Handle[string]
 	// cache is this node's fragmentation, kept between pods (cache.go).
 	cache fragCache
 	// from are the slices the node was indexed from; at locates its
@@ -311,7 +316,7 @@ type shareUse struct {
 
 // allocatedByNode sorts the allocated state by the index's nodes, in one
 // walk of what is allocated instead of a look-up per published device.
-func allocatedByNode(byPool map[string]*nodeGPUs, alloc *structured.AllocatedState) map[*nodeGPUs]*nodeAllocated {
+func allocatedByNode(byPool map[draapi.UniqueString]*nodeGPUs, alloc *structured.AllocatedState) map[*nodeGPUs]*nodeAllocated {
 	out := map[*nodeGPUs]*nodeAllocated{}
 	of := func(n *nodeGPUs) *nodeAllocated {
 		a := out[n]
@@ -322,7 +327,7 @@ func allocatedByNode(byPool map[string]*nodeGPUs, alloc *structured.AllocatedSta
 		return a
 	}
 	locate := func(id structured.DeviceID) (*nodeGPUs, deviceAt, bool) {
-		n := byPool[id.Pool.String()]
+		n := byPool[id.Pool]
 		if n == nil {
 			return nil, deviceAt{}, false
 		}
