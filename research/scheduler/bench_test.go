@@ -99,8 +99,12 @@ func BenchmarkScoreCycleMIG(b *testing.B) {
 	for _, nodes := range []int{100, 1000} {
 		dra := &fakeDRA{claims: map[string]*resourceapi.ResourceClaim{"ns/one": migClaim("one", 1, profileIs("1g.18gb"))}, allocated: emptyAllocated()}
 		var infos []fwk.NodeInfo
+		// The partition that comes and goes, named once per node: the
+		// scheduler does not pay for formatting device names.
+		var toggled []structured.DeviceID
 		for n := range nodes {
 			name := fmt.Sprintf("node-%04d", n)
+			toggled = append(toggled, structured.MakeDeviceID(gpuapi.DriverName, name, gpuapi.MIGDeviceName(2, "1g.18gb", 6)))
 			dra.slices = append(dra.slices, resourceslice.Objects(name, draslices.DriverResources{Pools: map[string]draslices.Pool{name: pool}})...)
 			dra.allocated.AllocatedDevices.Insert(
 				structured.MakeDeviceID(gpuapi.DriverName, name, gpuapi.MIGDeviceName(0, "3g.71gb", 4)),
@@ -133,7 +137,7 @@ func BenchmarkScoreCycleMIG(b *testing.B) {
 							next := 0
 							runScoreCycles(b, p, podWithClaim("one"), infos, func() {
 								for range nodes * changed / 100 {
-									id := structured.MakeDeviceID(gpuapi.DriverName, infos[next%nodes].Node().Name, gpuapi.MIGDeviceName(2, "1g.18gb", 6))
+									id := toggled[next%nodes]
 									if dra.allocated.AllocatedDevices.Has(id) {
 										dra.allocated.AllocatedDevices.Delete(id)
 									} else {

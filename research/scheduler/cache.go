@@ -53,7 +53,8 @@ func (p *Plugin) delta(g *nodeGPUs, s *cycleState, cpu, memory int64) (float64, 
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	// The snapshot is taken into the spare buffer, which becomes the
-	// cached one when the state changed: a hit allocates nothing.
+	// cached one when the state changed and stays the spare when it did
+	// not: a hit allocates nothing.
 	snap := g.snapshotOf(s.allocated[g], c.spare)
 	n := placement.Node{CPU: cpu, Memory: memory, Free: snap[:len(g.whole)]}
 	if !c.valid || c.cpu != cpu || c.memory != memory || !slices.Equal(c.snap, snap) {
@@ -61,6 +62,8 @@ func (p *Plugin) delta(g *nodeGPUs, s *cycleState, cpu, memory int64) (float64, 
 		c.valid, c.cpu, c.memory, c.snap = true, cpu, memory, snap
 		c.base = g.base(s.workload, n, snap)
 		clear(c.deltas)
+	} else {
+		c.spare = snap
 	}
 	key := cacheKey{s.request, s.mig}
 	if d, ok := c.deltas[key]; ok {
