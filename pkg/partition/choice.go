@@ -31,28 +31,113 @@ type Choice struct {
 // instead of an empty GPU's, so it keeps what is scarce on the node now
 // placeable, and it prefers a GPU already cut to an empty one (an empty GPU's
 // whole and shared devices and its full-size partition are blocked too).
+//
+// It is Prepare(devices).BestFit(left, candidates): a caller that ranks the
+// same devices again (another state, another request) prepares them once.
 func BestFit(devices []Choice, left map[string]map[string]int64, candidates []int) []int {
-	free := make([]bool, len(devices))
-	perClass := map[string]int{}
-	bySet := map[string][]int{}
+	return Prepare(devices).BestFit(left, candidates)
+}
+
+// Prepared is a node's devices numbered for BestFit, so that ranking them
+// works on dense vectors instead of looking each counter up in maps for
+// every pair of devices: each device's counter set and class by number, and
+// what it consumes by the number of the counter in its set. It is read-only
+// once made, and safe to rank with at once from several goroutines.
+type Prepared struct {
+	sets     []string
+	counters [][]string // of each set, by number
+	set      []int
+	class    []int
+	classes  int
+	// use[at[i]:at[i+1]] is what device i consumes.
+	at  []int
+	use []counterUse
+}
+
+type counterUse struct {
+	counter int
+	n       int64
+}
+
+// Prepare numbers the devices for BestFit.
+func Prepare(devices []Choice) *Prepared {
+	p := &Prepared{set: make([]int, len(devices)), class: make([]int, len(devices)), at: make([]int, len(devices)+1)}
+	setOf := make(map[string]int, 8)
+	classOf := make(map[string]int, 16)
+	var numbers []map[string]int
 	for i, d := range devices {
-		if Fits(left[d.CounterSet], d.Consumes) {
+		s, ok := setOf[d.CounterSet]
+		if !ok {
+			s = len(p.sets)
+			setOf[d.CounterSet] = s
+			p.sets = append(p.sets, d.CounterSet)
+			p.counters = append(p.counters, nil)
+			numbers = append(numbers, map[string]int{})
+		}
+		p.set[i] = s
+		k, ok := classOf[d.Class]
+		if !ok {
+			k = len(classOf)
+			classOf[d.Class] = k
+		}
+		p.class[i] = k
+		for c, n := range d.Consumes {
+			k, ok := numbers[s][c]
+			if !ok {
+				k = len(p.counters[s])
+				numbers[s][c] = k
+				p.counters[s] = append(p.counters[s], c)
+			}
+			p.use = append(p.use, counterUse{k, n})
+		}
+		p.at[i+1] = len(p.use)
+	}
+	p.classes = len(classOf)
+	return p
+}
+
+// BestFit is BestFit over the prepared devices: the same costs, summed in
+// the same order, so the same order.
+func (p *Prepared) BestFit(left map[string]map[string]int64, candidates []int) []int {
+	// What is left of each set by counter number; a counter missing from
+	// left has nothing left, as in Fits.
+	sets := make([][]int64, len(p.sets))
+	widest := 0
+	for s, name := range p.sets {
+		l := left[name]
+		sets[s] = make([]int64, len(p.counters[s]))
+		for k, c := range p.counters[s] {
+			sets[s][k] = l[c]
+		}
+		widest = max(widest, len(p.counters[s]))
+	}
+	free := make([]bool, len(p.set))
+	perClass := make([]int, p.classes)
+	bySet := make([][]int, len(p.sets))
+	for i, s := range p.set {
+		if !p.blockedBy(i, sets[s]) {
 			free[i] = true
-			perClass[d.Class]++
-			bySet[d.CounterSet] = append(bySet[d.CounterSet], i)
+			perClass[p.class[i]]++
+			bySet[s] = append(bySet[s], i)
 		}
 	}
+	after := make([]int64, widest)
 	cost := make([]float64, len(candidates))
 	for k, c := range candidates {
-		d := devices[c]
 		if !free[c] {
 			cost[k] = math.Inf(1)
 			continue
 		}
-		set := left[d.CounterSet]
-		for _, i := range bySet[d.CounterSet] {
-			if o := devices[i]; i != c && blocks(set, d.Consumes, o.Consumes) {
-				cost[k] += 1 / float64(perClass[o.Class])
+		// What c's set has left once c is taken.
+		s := p.set[c]
+		after := after[:len(sets[s])]
+		copy(after, sets[s])
+		for _, u := range p.use[p.at[c]:p.at[c+1]] {
+			after[u.counter] -= u.n
+		}
+		for _, i := range bySet[s] {
+			if i != c && p.blockedBy(i, after) {
+				cost[k] += 1 / float64(perClass[p.class[i]])
 			}
 		}
 	}
@@ -73,11 +158,11 @@ func BestFit(devices []Choice, left map[string]map[string]int64, candidates []in
 	return out
 }
 
-// blocks reports whether a device that fits in left no longer fits once
-// taken is taken from it.
-func blocks(left, taken, consumes map[string]int64) bool {
-	for c, n := range consumes {
-		if left[c]-taken[c] < n {
+// blockedBy reports whether device i does not fit in what is left of its
+// set, by counter number.
+func (p *Prepared) blockedBy(i int, left []int64) bool {
+	for _, u := range p.use[p.at[i]:p.at[i+1]] {
+		if left[u.counter] < u.n {
 			return true
 		}
 	}

@@ -3,6 +3,8 @@ package scheduler
 import (
 	"context"
 	"fmt"
+	"math"
+	"sort"
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
@@ -18,6 +20,7 @@ import (
 	tnvml "github.com/tessera-gpu/tessera/internal/nvml"
 	"github.com/tessera-gpu/tessera/internal/nvml/nvmlmock"
 	"github.com/tessera-gpu/tessera/pkg/inventory"
+	"github.com/tessera-gpu/tessera/pkg/partition"
 	"github.com/tessera-gpu/tessera/pkg/resourceslice"
 )
 
@@ -88,9 +91,11 @@ func benchmarkScoreCycle(b *testing.B, nodes, changed int, opts ...Option) {
 // choice take different partitions. It runs both models of the allocator's
 // choice (model=first-fit, the plugin before; model=choice,
 // WithPlacementChoice) side by side, with the cache off and on, the
-// placement memo off (WithoutPlacementMemo) and on, and with a 1g
-// partition on GPU 2 coming or going on none or a tenth of the nodes before
-// each pod.
+// placement memo off (WithoutPlacementMemo) and on, for the choice with
+// partition.BestFit over the devices prepared once per layout
+// (rule=prepared) and as it was first written, over maps (rule=maps,
+// mapBestFit), and with a 1g partition on GPU 2 coming or going on none or
+// a tenth of the nodes before each pod.
 //
 //	go test -run '^$' -bench ScoreCycleMIG -benchtime 100x ./research/scheduler/
 func BenchmarkScoreCycleMIG(b *testing.B) {
@@ -117,14 +122,17 @@ func BenchmarkScoreCycleMIG(b *testing.B) {
 		}
 		for _, changed := range []int{0, 10} {
 			for _, cache := range []string{"off", "on"} {
-				for _, model := range []string{"first-fit", "choice"} {
+				for _, model := range []string{"first-fit", "choice/rule=maps", "choice/rule=prepared"} {
 					for _, memo := range []string{"off", "on"} {
 						b.Run(fmt.Sprintf("nodes=%d/changed=%d%%/cache=%s/model=%s/memo=%s", nodes, changed, cache, model, memo), func(b *testing.B) {
 							var opts []Option
 							if cache == "off" {
 								opts = append(opts, WithoutFragmentationCache())
 							}
-							if model == "choice" {
+							switch model {
+							case "choice/rule=maps":
+								opts = append(opts, func(p *Plugin) { p.choice = mapBestFit })
+							case "choice/rule=prepared":
 								opts = append(opts, WithPlacementChoice())
 							}
 							if memo == "off" {
@@ -220,4 +228,53 @@ func BenchmarkSliceIndexRebuild(b *testing.B) {
 		all[0] = &replaced
 		index.get(all)
 	}
+}
+
+// mapBestFit is the choice's rule with partition.BestFit as it was first
+// written, looking every counter up in maps for every pair of devices (the
+// same ranking: TestBestFitMatchesMapRule in pkg/partition): the baseline
+// of BenchmarkScoreCycleMIG's rule=prepared.
+func mapBestFit(n *nodeGPUs, left map[string]map[string]int64, candidates []int) int {
+	devices := n.choices
+	free := make([]bool, len(devices))
+	perClass := map[string]int{}
+	bySet := map[string][]int{}
+	for i, d := range devices {
+		if partition.Fits(left[d.CounterSet], d.Consumes) {
+			free[i] = true
+			perClass[d.Class]++
+			bySet[d.CounterSet] = append(bySet[d.CounterSet], i)
+		}
+	}
+	blocks := func(left, taken, consumes map[string]int64) bool {
+		for c, n := range consumes {
+			if left[c]-taken[c] < n {
+				return true
+			}
+		}
+		return false
+	}
+	cost := make([]float64, len(candidates))
+	for k, c := range candidates {
+		d := devices[c]
+		if !free[c] {
+			cost[k] = math.Inf(1)
+			continue
+		}
+		set := left[d.CounterSet]
+		for _, i := range bySet[d.CounterSet] {
+			if o := devices[i]; i != c && blocks(set, d.Consumes, o.Consumes) {
+				cost[k] += 1 / float64(perClass[o.Class])
+			}
+		}
+	}
+	order := make([]int, len(candidates))
+	for k := range order {
+		order[k] = k
+	}
+	sort.SliceStable(order, func(x, y int) bool {
+		d := cost[order[x]] - cost[order[y]]
+		return !math.IsNaN(d) && d < -1e-9
+	})
+	return candidates[order[0]]
 }

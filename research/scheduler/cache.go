@@ -81,7 +81,7 @@ func (p *Plugin) delta(g *nodeGPUs, s *cycleState, cpu, memory int64) (float64, 
 // fragmentation is base, with the GPUs the allocator takes: its first fit,
 // or for a MIG request with choice tessera-scheduler's placement choice
 // (migPlace), from memo where it holds it.
-func (g *nodeGPUs) assess(w placement.Workload, n placement.Node, base float64, r placement.Request, mig migRequest, snap []int, choice bool, memo *placeMemo) scored {
+func (g *nodeGPUs) assess(w placement.Workload, n placement.Node, base float64, r placement.Request, mig migRequest, snap []int, choice placeRule, memo *placeMemo) scored {
 	if mig.count == 0 {
 		if !n.Fits(r) {
 			return scored{}

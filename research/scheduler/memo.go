@@ -40,8 +40,9 @@ type memoKey struct {
 	layout unique.Handle[string]
 	// state is snap[gpus:] (blocked GPUs, then allocated partitions), a
 	// bit each.
-	state  string
-	r      migRequest
+	state string
+	r     migRequest
+	// choice is whether the placement is the choice's or first fit's.
 	choice bool
 }
 
@@ -61,11 +62,11 @@ func newPlaceMemo() *placeMemo {
 // the same state had the same request; nil m works it out every time. The
 // partitions taken are mapped back onto this node's own GPUs and
 // partitions by their index in its mig.
-func (m *placeMemo) migPlace(n *nodeGPUs, snap []int, r migRequest, choice bool) (gpus []int, taken []int, ok bool) {
+func (m *placeMemo) migPlace(n *nodeGPUs, snap []int, r migRequest, choice placeRule) (gpus []int, taken []int, ok bool) {
 	if m == nil {
 		return n.migPlace(snap, r, choice)
 	}
-	key := memoKey{layout: n.layout(), state: packBits(snap[len(n.whole):]), r: r, choice: choice}
+	key := memoKey{layout: n.layout(), state: packBits(snap[len(n.whole):]), r: r, choice: choice != nil}
 	v, hit := m.get(key)
 	if !hit {
 		var picked []int

@@ -60,15 +60,16 @@ func migOf(d resourceapi.Device, gpu int, id structured.DeviceID) (migDevice, bo
 // allocation (those devices consume every counter), and a partition fits
 // while what it consumes is left.
 //
-// With choice, a request of one partition goes where tessera-scheduler's
-// placement choice puts it (MIGPlacementOrder: the free selectable
-// partitions ranked by partition.BestFit over the node's devices, the first
-// that fits taken); otherwise, and for requests of several partitions
+// With a choice rule (bestFit), a request of one partition goes where
+// tessera-scheduler's placement choice puts it (MIGPlacementOrder: the free
+// selectable partitions ranked by partition.BestFit over the node's
+// devices, the first that fits taken); otherwise (nil), and for requests of
+// several partitions
 // (which the choice leaves to the allocator), the allocator's first fit: in
 // published order, each partition that fits with those taken before it.
 // Free partitions that do not fit come last in BestFit's ranking, so
 // ranking only those that fit takes the same one.
-func (n *nodeGPUs) migPlace(snap []int, r migRequest, choice bool) (gpus []int, taken []int, ok bool) {
+func (n *nodeGPUs) migPlace(snap []int, r migRequest, choice placeRule) (gpus []int, taken []int, ok bool) {
 	busy := snap[2*len(n.whole):]
 	taken = append([]int(nil), busy...)
 	left := n.countersLeft(snap)
@@ -76,7 +77,7 @@ func (n *nodeGPUs) migPlace(snap []int, r migRequest, choice bool) (gpus []int, 
 		d := n.choices[m.choice]
 		return partition.Fits(left[d.CounterSet], d.Consumes)
 	}
-	if choice && r.count == 1 {
+	if choice != nil && r.count == 1 {
 		// A partition of a GPU of the same shape and state as one of a
 		// GPU before it costs the same, and BestFit keeps the earlier of
 		// equals: it is left out, which keeps the ranking short on a
@@ -111,7 +112,7 @@ func (n *nodeGPUs) migPlace(snap []int, r migRequest, choice bool) (gpus []int, 
 		if len(candidates) == 0 {
 			return nil, taken, false
 		}
-		best := partition.BestFit(n.choices, left, candidates)[0]
+		best := choice(n, left, candidates)
 		for i, m := range n.mig {
 			if m.choice == best {
 				taken[i] = 1
@@ -134,6 +135,16 @@ func (n *nodeGPUs) migPlace(snap []int, r migRequest, choice bool) (gpus []int, 
 		}
 	}
 	return gpus, taken, len(gpus) == r.count
+}
+
+// placeRule is the choice's pick among a node's candidate partitions
+// (indexes into its choices) given what is left of its counter sets.
+type placeRule func(n *nodeGPUs, left map[string]map[string]int64, candidates []int) int
+
+// bestFit is MIGPlacementOrder's rule: the first of partition.BestFit's
+// ranking, over the node's devices as prepared once for their layout.
+func bestFit(n *nodeGPUs, left map[string]map[string]int64, candidates []int) int {
+	return n.preparedChoices().BestFit(left, candidates)[0]
 }
 
 // countersLeft is what is left of each of the node's counter sets in the

@@ -7,6 +7,7 @@ import (
 	"math"
 	"slices"
 	"sync"
+	"unique"
 
 	corev1 "k8s.io/api/core/v1"
 	resourceapi "k8s.io/api/resource/v1"
@@ -17,6 +18,7 @@ import (
 	fwk "k8s.io/kube-scheduler/framework"
 
 	gpuapi "github.com/tessera-gpu/tessera/api/gpu"
+	"github.com/tessera-gpu/tessera/pkg/partition"
 	"github.com/tessera-gpu/tessera/pkg/placement"
 )
 
@@ -63,8 +65,9 @@ type Plugin struct {
 	index    sliceIndex
 	// cached keeps each node's fragmentation between pods (cache.go).
 	cached bool
-	// choice models MIGPlacementOrder's choice of partition (mig.go).
-	choice bool
+	// choice models MIGPlacementOrder's choice of partition (mig.go);
+	// nil models first fit.
+	choice placeRule
 	// memo keeps MIG placements across nodes of one layout (memo.go); nil
 	// without it.
 	memo *placeMemo
@@ -86,7 +89,7 @@ func WithoutPlacementMemo() Option { return func(p *Plugin) { p.memo = nil } }
 // request of one partition when MIGPlacementOrder is registered with it
 // (tessera-scheduler built with the patched allocator) instead of its first
 // fit, so that a node's score describes the partition the choice takes.
-func WithPlacementChoice() Option { return func(p *Plugin) { p.choice = true } }
+func WithPlacementChoice() Option { return func(p *Plugin) { p.choice = bestFit } }
 
 // sliceIndex keeps the device index of the last list of slices: slices
 // change rarely, and indexing every device of the cluster again for every
@@ -98,6 +101,10 @@ type sliceIndex struct {
 	// byPool finds a device's node by its pool (Tessera's pools are
 	// node-local), for allocatedByNode.
 	byPool map[draapi.UniqueString]*nodeGPUs
+	// prepared are the devices of each layout of the indexed nodes with
+	// MIG partitions, numbered for partition.BestFit once for all nodes
+	// of the layout (they have the same choices).
+	prepared map[unique.Handle[string]]*partition.Prepared
 }
 
 // get returns the index of the slices by node and by pool, rebuilt only
@@ -126,6 +133,7 @@ func (c *sliceIndex) get(list []*resourceapi.ResourceSlice) (byNode map[string]*
 	}
 	byNode = make(map[string]*nodeGPUs, len(perNode))
 	byPool = make(map[draapi.UniqueString]*nodeGPUs, len(perNode))
+	prepared := make(map[unique.Handle[string]]*partition.Prepared, len(c.prepared))
 	for name, own := range perNode {
 		n := c.byNode[name]
 		if n == nil || !slices.Equal(n.from, own) {
@@ -133,17 +141,27 @@ func (c *sliceIndex) get(list []*resourceapi.ResourceSlice) (byNode map[string]*
 			n.from = own
 			n.locate()
 			if len(n.mig) > 0 {
-				// With the index, not on the first MIG pod: it costs
+				// With the index, not on the first MIG pod: each costs
 				// about as much as ranking the node's partitions once.
-				n.layout()
+				layout := n.layout()
+				n.prepared = prepared[layout]
+				if n.prepared == nil {
+					n.prepared = c.prepared[layout]
+				}
+				if n.prepared == nil {
+					n.prepared = partition.Prepare(n.choices)
+				}
 			}
+		}
+		if n.prepared != nil {
+			prepared[n.layout()] = n.prepared
 		}
 		byNode[name] = n
 		for _, s := range own {
 			byPool[draapi.MakeUniqueString(s.Spec.Pool.Name)] = n
 		}
 	}
-	c.byNode, c.byPool = byNode, byPool
+	c.byNode, c.byPool, c.prepared = byNode, byPool, prepared
 	return byNode, byPool
 }
 

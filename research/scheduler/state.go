@@ -66,6 +66,10 @@ type nodeGPUs struct {
 	// layoutKey is the node's layout for the placement memo (memo.go).
 	layoutOnce sync.Once
 	layoutKey  unique.Handle[string]
+	// prepared are choices numbered for partition.BestFit: the index's,
+	// shared by the nodes of one layout, else made on the first use.
+	prepareOnce sync.Once
+	prepared    *partition.Prepared
 	// cache is this node's fragmentation, kept between pods (cache.go).
 	cache fragCache
 	// from are the slices the node was indexed from; at locates its
@@ -220,6 +224,17 @@ func (n *nodeGPUs) gpuShapes() []int {
 		n.shapes = shapes
 	})
 	return n.shapes
+}
+
+// preparedChoices are the node's choices prepared for partition.BestFit:
+// those sliceIndex.get gave it, else prepared on the first use.
+func (n *nodeGPUs) preparedChoices() *partition.Prepared {
+	n.prepareOnce.Do(func() {
+		if n.prepared == nil {
+			n.prepared = partition.Prepare(n.choices)
+		}
+	})
+	return n.prepared
 }
 
 // snapshot is what the node's scores read of the allocated state, as one
