@@ -101,10 +101,17 @@ type sliceIndex struct {
 	// byPool finds a device's node by its pool (Tessera's pools are
 	// node-local), for allocatedByNode.
 	byPool map[draapi.UniqueString]*nodeGPUs
-	// prepared are the devices of each layout of the indexed nodes with
-	// MIG partitions, numbered for partition.BestFit once for all nodes
-	// of the layout (they have the same choices).
-	prepared map[unique.Handle[string]]*partition.Prepared
+	// layouts are what the MIG model works out of each layout of the
+	// indexed nodes with MIG partitions, once for all nodes of the layout.
+	layouts map[unique.Handle[string]]layoutModel
+}
+
+// layoutModel is what the MIG model works out of a node's layout alone:
+// its devices numbered for partition.BestFit and its GPUs' shapes
+// (gpuShapes). Read-only.
+type layoutModel struct {
+	prepared *partition.Prepared
+	shapes   []int
 }
 
 // get returns the index of the slices by node and by pool, rebuilt only
@@ -133,7 +140,7 @@ func (c *sliceIndex) get(list []*resourceapi.ResourceSlice) (byNode map[string]*
 	}
 	byNode = make(map[string]*nodeGPUs, len(perNode))
 	byPool = make(map[draapi.UniqueString]*nodeGPUs, len(perNode))
-	prepared := make(map[unique.Handle[string]]*partition.Prepared, len(c.prepared))
+	layouts := make(map[unique.Handle[string]]layoutModel, len(c.layouts))
 	for name, own := range perNode {
 		n := c.byNode[name]
 		if n == nil || !slices.Equal(n.from, own) {
@@ -144,24 +151,25 @@ func (c *sliceIndex) get(list []*resourceapi.ResourceSlice) (byNode map[string]*
 				// With the index, not on the first MIG pod: each costs
 				// about as much as ranking the node's partitions once.
 				layout := n.layout()
-				n.prepared = prepared[layout]
-				if n.prepared == nil {
-					n.prepared = c.prepared[layout]
+				m, ok := layouts[layout]
+				if !ok {
+					m, ok = c.layouts[layout]
 				}
-				if n.prepared == nil {
-					n.prepared = partition.Prepare(n.choices)
+				if !ok {
+					m = layoutModel{prepared: partition.Prepare(n.choices), shapes: n.gpuShapes()}
 				}
+				n.prepared, n.shapes = m.prepared, m.shapes
 			}
 		}
 		if n.prepared != nil {
-			prepared[n.layout()] = n.prepared
+			layouts[n.layout()] = layoutModel{prepared: n.prepared, shapes: n.shapes}
 		}
 		byNode[name] = n
 		for _, s := range own {
 			byPool[draapi.MakeUniqueString(s.Spec.Pool.Name)] = n
 		}
 	}
-	c.byNode, c.byPool, c.prepared = byNode, byPool, prepared
+	c.byNode, c.byPool, c.layouts = byNode, byPool, layouts
 	return byNode, byPool
 }
 

@@ -175,10 +175,14 @@ func gpusByNode(slices []*resourceapi.ResourceSlice) map[string]*nodeGPUs {
 // consumption), so the same partition of either, in the same state, costs
 // the other devices of its GPU the same (partition.BestFit). A GPU with more
 // than 64 partitions, or whose devices draw on no counter set of its own,
-// gets -1. It is worked out on the first use, as only the placement choice's
-// model needs it.
+// gets -1. It depends on the node's layout alone: sliceIndex.get gives it
+// to the nodes of a layout it has worked out already, else it is worked out
+// on the first use.
 func (n *nodeGPUs) gpuShapes() []int {
 	n.shapeOnce.Do(func() {
+		if n.shapes != nil {
+			return
+		}
 		gpuOf := make(map[string]int, len(n.sets))
 		for g, set := range n.sets {
 			if set != "" {
