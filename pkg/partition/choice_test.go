@@ -153,17 +153,33 @@ func TestBestFitMatchesMapRule(t *testing.T) {
 		if got := partition.BestFit(nd.devices, nd.left, candidates); !slices.Equal(got, want) {
 			t.Fatalf("state %d: BestFit %v, the map rule %v", state, got, want)
 		}
-		// Prepared once, ranked in the next states too.
+		// Prepared once, ranked in the next states too, from maps and
+		// from a Left that follows the same changes.
 		prepared := partition.Prepare(nd.devices)
+		left := prepared.Left(nd.left)
 		for step := range 3 {
 			for i := range nd.devices[:len(nd.devices)-2] {
 				if rng.IntN(40) == 0 && partition.Fits(nd.left[nd.devices[i].CounterSet], nd.devices[i].Consumes) {
 					nd.take(t, nd.names[i])
+					left.Take(i)
+				}
+			}
+			if rng.IntN(3) == 0 {
+				set := nd.devices[rng.IntN(len(nd.devices)-2)].CounterSet
+				clear(nd.left[set])
+				left.Empty(set)
+			}
+			for i, d := range nd.devices {
+				if got, want := left.Fits(i), partition.Fits(nd.left[d.CounterSet], d.Consumes); got != want {
+					t.Fatalf("state %d, step %d: Left.Fits(%d) %v, Fits %v", state, step, i, got, want)
 				}
 			}
 			want := bestFitMaps(nd.devices, nd.left, candidates)
 			if got := prepared.BestFit(nd.left, candidates); !slices.Equal(got, want) {
 				t.Fatalf("state %d, step %d: Prepared.BestFit %v, the map rule %v", state, step, got, want)
+			}
+			if got := left.Clone().BestFit(candidates); !slices.Equal(got, want) {
+				t.Fatalf("state %d, step %d: Left.BestFit %v, the map rule %v", state, step, got, want)
 			}
 		}
 	}

@@ -3,6 +3,7 @@ package scheduler
 import (
 	"context"
 	"fmt"
+	"maps"
 	"math"
 	"sort"
 	"testing"
@@ -232,9 +233,12 @@ func BenchmarkSliceIndexRebuild(b *testing.B) {
 
 // mapBestFit is the choice's rule with partition.BestFit as it was first
 // written, looking every counter up in maps for every pair of devices (the
-// same ranking: TestBestFitMatchesMapRule in pkg/partition): the baseline
-// of BenchmarkScoreCycleMIG's rule=prepared.
-func mapBestFit(n *nodeGPUs, left map[string]map[string]int64, candidates []int) int {
+// same ranking: TestBestFitMatchesMapRule in pkg/partition), on what is
+// left of the node's counters as it was worked out, in maps
+// (countersLeftMaps): the baseline of BenchmarkScoreCycleMIG's
+// rule=prepared.
+func mapBestFit(n *nodeGPUs, snap []int, _ partition.Left, candidates []int) int {
+	left := countersLeftMaps(n, snap)
 	devices := n.choices
 	free := make([]bool, len(devices))
 	perClass := map[string]int{}
@@ -277,4 +281,34 @@ func mapBestFit(n *nodeGPUs, left map[string]map[string]int64, candidates []int)
 		return !math.IsNaN(d) && d < -1e-9
 	})
 	return candidates[order[0]]
+}
+
+// countersLeftMaps is what is left of each of the node's counter sets in
+// the snapshot's state, in maps, as the MIG model worked it out before the
+// devices were prepared (partition.Prepare).
+func countersLeftMaps(n *nodeGPUs, snap []int) map[string]map[string]int64 {
+	blocked, busy := snap[len(n.whole):2*len(n.whole)], snap[2*len(n.whole):]
+	left := make(map[string]map[string]int64, len(n.counters))
+	for name, c := range n.counters {
+		left[name] = maps.Clone(c)
+	}
+	for g, set := range n.sets {
+		if blocked[g] == 1 {
+			for c := range left[set] {
+				left[set][c] = 0
+			}
+		}
+	}
+	for i, m := range n.mig {
+		if busy[i] == 0 {
+			continue
+		}
+		d := n.choices[m.choice]
+		if set := left[d.CounterSet]; set != nil {
+			for c, v := range d.Consumes {
+				set[c] -= v
+			}
+		}
+	}
+	return left
 }

@@ -107,10 +107,11 @@ type sliceIndex struct {
 }
 
 // layoutModel is what the MIG model works out of a node's layout alone:
-// its devices numbered for partition.BestFit and its GPUs' shapes
-// (gpuShapes). Read-only.
+// its devices numbered for partition.BestFit, its counter sets' capacity so
+// numbered, and its GPUs' shapes (gpuShapes). Read-only.
 type layoutModel struct {
 	prepared *partition.Prepared
+	capacity partition.Left
 	shapes   []int
 }
 
@@ -156,13 +157,14 @@ func (c *sliceIndex) get(list []*resourceapi.ResourceSlice) (byNode map[string]*
 					m, ok = c.layouts[layout]
 				}
 				if !ok {
-					m = layoutModel{prepared: partition.Prepare(n.choices), shapes: n.gpuShapes()}
+					p := partition.Prepare(n.choices)
+					m = layoutModel{prepared: p, capacity: p.Left(n.counters), shapes: n.gpuShapes()}
 				}
-				n.prepared, n.shapes = m.prepared, m.shapes
+				n.prepared, n.capacity, n.shapes = m.prepared, m.capacity, m.shapes
 			}
 		}
 		if n.prepared != nil {
-			layouts[n.layout()] = layoutModel{prepared: n.prepared, shapes: n.shapes}
+			layouts[n.layout()] = layoutModel{prepared: n.prepared, capacity: n.capacity, shapes: n.shapes}
 		}
 		byNode[name] = n
 		for _, s := range own {

@@ -66,10 +66,12 @@ type nodeGPUs struct {
 	// layoutKey is the node's layout for the placement memo (memo.go).
 	layoutOnce sync.Once
 	layoutKey  unique.Handle[string]
-	// prepared are choices numbered for partition.BestFit: the index's,
-	// shared by the nodes of one layout, else made on the first use.
+	// prepared are choices numbered for partition.BestFit, and capacity
+	// what each counter set holds, so numbered: the index's, shared by
+	// the nodes of one layout, else made on the first use.
 	prepareOnce sync.Once
 	prepared    *partition.Prepared
+	capacity    partition.Left
 	// cache is this node's fragmentation, kept between pods (cache.go).
 	cache fragCache
 	// from are the slices the node was indexed from; at locates its
@@ -230,15 +232,17 @@ func (n *nodeGPUs) gpuShapes() []int {
 	return n.shapes
 }
 
-// preparedChoices are the node's choices prepared for partition.BestFit:
-// those sliceIndex.get gave it, else prepared on the first use.
-func (n *nodeGPUs) preparedChoices() *partition.Prepared {
+// capacityLeft is what the node's counter sets hold, numbered as its
+// choices prepared for partition.BestFit: what sliceIndex.get gave it, else
+// prepared on the first use. Read-only: clone it to change it.
+func (n *nodeGPUs) capacityLeft() partition.Left {
 	n.prepareOnce.Do(func() {
 		if n.prepared == nil {
 			n.prepared = partition.Prepare(n.choices)
+			n.capacity = n.prepared.Left(n.counters)
 		}
 	})
-	return n.prepared
+	return n.capacity
 }
 
 // snapshot is what the node's scores read of the allocated state, as one
