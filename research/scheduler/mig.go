@@ -64,9 +64,9 @@ func migOf(d resourceapi.Device, gpu int, id structured.DeviceID) (migDevice, bo
 // tessera-scheduler's placement choice puts it (MIGPlacementOrder: the free
 // selectable partitions ranked by partition.BestFit over the node's
 // devices, the first that fits taken); otherwise (nil), and for requests of
-// several partitions
-// (which the choice leaves to the allocator), the allocator's first fit: in
-// published order, each partition that fits with those taken before it.
+// several partitions (which the choice leaves to the allocator), the
+// allocator's first fit: in published order, each partition that fits with
+// those taken before it.
 // Free partitions that do not fit come last in BestFit's ranking, so
 // ranking only those that fit takes the same one.
 func (n *nodeGPUs) migPlace(snap []int, r migRequest, choice placeRule) (gpus []int, taken []int, ok bool) {
