@@ -2,6 +2,7 @@ package partition
 
 import (
 	"math"
+	"slices"
 	"sort"
 )
 
@@ -31,28 +32,182 @@ type Choice struct {
 // instead of an empty GPU's, so it keeps what is scarce on the node now
 // placeable, and it prefers a GPU already cut to an empty one (an empty GPU's
 // whole and shared devices and its full-size partition are blocked too).
+//
+// It is Prepare(devices).BestFit(left, candidates): a caller that ranks the
+// same devices again (another state, another request) prepares them once.
 func BestFit(devices []Choice, left map[string]map[string]int64, candidates []int) []int {
-	free := make([]bool, len(devices))
-	perClass := map[string]int{}
-	bySet := map[string][]int{}
+	return Prepare(devices).BestFit(left, candidates)
+}
+
+// Prepared is a node's devices numbered for BestFit, so that ranking them
+// works on dense vectors instead of looking each counter up in maps for
+// every pair of devices: each device's counter set and class by number, and
+// what it consumes by the number of the counter (numbered across the sets,
+// each set's counters together). It is read-only once made, and safe to
+// use from several goroutines at once.
+type Prepared struct {
+	sets     []string
+	setOf    map[string]int
+	counters [][]string // of each set, in number order
+	// off[s] is the number of set s's first counter; off[len(sets)] is
+	// the number of counters.
+	off     []int
+	set     []int
+	class   []int
+	classes int
+	// use[at[i]:at[i+1]] is what device i consumes.
+	at  []int
+	use []counterUse
+}
+
+type counterUse struct {
+	counter int
+	n       int64
+}
+
+// Prepare numbers the devices for BestFit.
+func Prepare(devices []Choice) *Prepared {
+	p := &Prepared{setOf: make(map[string]int, 8), set: make([]int, len(devices)), class: make([]int, len(devices)), at: make([]int, len(devices)+1)}
+	classOf := make(map[string]int, 16)
+	var numbers []map[string]int
 	for i, d := range devices {
-		if Fits(left[d.CounterSet], d.Consumes) {
-			free[i] = true
-			perClass[d.Class]++
-			bySet[d.CounterSet] = append(bySet[d.CounterSet], i)
+		s, ok := p.setOf[d.CounterSet]
+		if !ok {
+			s = len(p.sets)
+			p.setOf[d.CounterSet] = s
+			p.sets = append(p.sets, d.CounterSet)
+			p.counters = append(p.counters, nil)
+			numbers = append(numbers, map[string]int{})
+		}
+		p.set[i] = s
+		k, ok := classOf[d.Class]
+		if !ok {
+			k = len(classOf)
+			classOf[d.Class] = k
+		}
+		p.class[i] = k
+		for c, n := range d.Consumes {
+			k, ok := numbers[s][c]
+			if !ok {
+				k = len(p.counters[s])
+				numbers[s][c] = k
+				p.counters[s] = append(p.counters[s], c)
+			}
+			// Numbered within the set for now, across the sets below.
+			p.use = append(p.use, counterUse{k, n})
+		}
+		p.at[i+1] = len(p.use)
+	}
+	p.classes = len(classOf)
+	p.off = make([]int, len(p.sets)+1)
+	for s := range p.sets {
+		p.off[s+1] = p.off[s] + len(p.counters[s])
+	}
+	for i, s := range p.set {
+		for k := p.at[i]; k < p.at[i+1]; k++ {
+			p.use[k].counter += p.off[s]
 		}
 	}
+	return p
+}
+
+// Left is what is left of the counter sets of prepared devices, by counter
+// number; a Left and its clones are changed only by their holder.
+type Left struct {
+	p    *Prepared
+	vals []int64
+	// listed is whether each set was in the map the Left was made from.
+	listed []bool
+}
+
+// Left numbers what is left of each counter set; a counter left does not
+// list has nothing left, as in Fits.
+func (p *Prepared) Left(left map[string]map[string]int64) Left {
+	l := Left{p: p, vals: make([]int64, p.off[len(p.sets)]), listed: make([]bool, len(p.sets))}
+	for s, name := range p.sets {
+		m, ok := left[name]
+		l.listed[s] = ok
+		for k, c := range p.counters[s] {
+			l.vals[p.off[s]+k] = m[c]
+		}
+	}
+	return l
+}
+
+// Clone returns a copy that changes apart from l.
+func (l Left) Clone() Left {
+	return Left{p: l.p, vals: slices.Clone(l.vals), listed: l.listed}
+}
+
+// Fits reports whether device i fits in what is left: Fits for the device.
+func (l Left) Fits(i int) bool { return !l.p.blockedBy(i, l.vals) }
+
+// Take takes what device i consumes from its counter set, when the set was
+// listed.
+func (l Left) Take(i int) {
+	if !l.listed[l.p.set[i]] {
+		return
+	}
+	for _, u := range l.p.uses(i) {
+		l.vals[u.counter] -= u.n
+	}
+}
+
+// Empty leaves nothing of the named counter set.
+func (l Left) Empty(set string) {
+	if s, ok := l.p.setOf[set]; ok {
+		clear(l.vals[l.p.off[s]:l.p.off[s+1]])
+	}
+}
+
+// BestFit is BestFit over the prepared devices: the same costs, summed in
+// the same order, so the same order.
+func (p *Prepared) BestFit(left map[string]map[string]int64, candidates []int) []int {
+	return p.Left(left).BestFit(candidates)
+}
+
+// BestFit is BestFit over the prepared devices with what is left.
+func (l Left) BestFit(candidates []int) []int {
+	p := l.p
+	free := make([]bool, len(p.set))
+	perClass := make([]int, p.classes)
+	// The free devices of each set s, in order, are
+	// bySet[start[s]:start[s+1]]: one allocation, not one per set.
+	start := make([]int, len(p.sets)+1)
+	for i, s := range p.set {
+		if !p.blockedBy(i, l.vals) {
+			free[i] = true
+			perClass[p.class[i]]++
+			start[s+1]++
+		}
+	}
+	for s := range p.sets {
+		start[s+1] += start[s]
+	}
+	bySet := make([]int, start[len(p.sets)])
+	next := slices.Clone(start[:len(p.sets)])
+	for i, s := range p.set {
+		if free[i] {
+			bySet[next[s]] = i
+			next[s]++
+		}
+	}
+	after := make([]int64, len(l.vals))
 	cost := make([]float64, len(candidates))
 	for k, c := range candidates {
-		d := devices[c]
 		if !free[c] {
 			cost[k] = math.Inf(1)
 			continue
 		}
-		set := left[d.CounterSet]
-		for _, i := range bySet[d.CounterSet] {
-			if o := devices[i]; i != c && blocks(set, d.Consumes, o.Consumes) {
-				cost[k] += 1 / float64(perClass[o.Class])
+		// What c's set has left once c is taken.
+		s := p.set[c]
+		copy(after[p.off[s]:p.off[s+1]], l.vals[p.off[s]:p.off[s+1]])
+		for _, u := range p.uses(c) {
+			after[u.counter] -= u.n
+		}
+		for _, i := range bySet[start[s]:start[s+1]] {
+			if i != c && p.blockedBy(i, after) {
+				cost[k] += 1 / float64(perClass[p.class[i]])
 			}
 		}
 	}
@@ -73,11 +228,13 @@ func BestFit(devices []Choice, left map[string]map[string]int64, candidates []in
 	return out
 }
 
-// blocks reports whether a device that fits in left no longer fits once
-// taken is taken from it.
-func blocks(left, taken, consumes map[string]int64) bool {
-	for c, n := range consumes {
-		if left[c]-taken[c] < n {
+func (p *Prepared) uses(i int) []counterUse { return p.use[p.at[i]:p.at[i+1]] }
+
+// blockedBy reports whether device i does not fit in what is left, by
+// counter number.
+func (p *Prepared) blockedBy(i int, left []int64) bool {
+	for _, u := range p.uses(i) {
+		if left[u.counter] < u.n {
 			return true
 		}
 	}

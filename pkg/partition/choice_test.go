@@ -2,8 +2,10 @@ package partition_test
 
 import (
 	"maps"
+	"math"
 	"math/rand/v2"
 	"slices"
+	"sort"
 	"testing"
 
 	"github.com/tessera-gpu/tessera/pkg/partition"
@@ -33,7 +35,7 @@ func newNode(n int) *node {
 	return nd
 }
 
-func (nd *node) take(t *testing.T, name string) {
+func (nd *node) take(t testing.TB, name string) {
 	t.Helper()
 	i := slices.Index(nd.names, name)
 	if i < 0 || !partition.Fits(nd.left[nd.devices[i].CounterSet], nd.devices[i].Consumes) {
@@ -122,5 +124,140 @@ func TestBestFitOnlyOrders(t *testing.T) {
 		if anyFits && !partition.Fits(nd.left[nd.devices[got[0]].CounterSet], nd.devices[got[0]].Consumes) {
 			t.Fatalf("state %d: BestFit ranks %s first, which does not fit, before a candidate that does", state, nd.names[got[0]])
 		}
+	}
+}
+
+// TestBestFitMatchesMapRule: over random states of nodes of 2 and 8 H200s,
+// with random candidates that fit or not, devices of no counter set and a
+// device that consumes a counter its set does not list, BestFit returns
+// exactly the order of the rule as first written over maps (bestFitMaps):
+// the dense vectors change its cost, not its result.
+func TestBestFitMatchesMapRule(t *testing.T) {
+	rng := rand.New(rand.NewPCG(3, 4))
+	for state := range 300 {
+		nd := newNode(2 + 6*(state%2))
+		for range rng.IntN(24) {
+			i := rng.IntN(len(nd.devices))
+			if partition.Fits(nd.left[nd.devices[i].CounterSet], nd.devices[i].Consumes) {
+				nd.take(t, nd.names[i])
+			}
+		}
+		nd.devices = append(nd.devices, partition.Choice{}, partition.Choice{CounterSet: "gpu-0", Class: "odd", Consumes: map[string]int64{"unlisted": 1 - int64(rng.IntN(2))}})
+		var candidates []int
+		for i := range nd.devices {
+			if rng.IntN(3) == 0 {
+				candidates = append(candidates, i)
+			}
+		}
+		want := bestFitMaps(nd.devices, nd.left, candidates)
+		if got := partition.BestFit(nd.devices, nd.left, candidates); !slices.Equal(got, want) {
+			t.Fatalf("state %d: BestFit %v, the map rule %v", state, got, want)
+		}
+		// Prepared once, ranked in the next states too, from maps and
+		// from a Left that follows the same changes.
+		prepared := partition.Prepare(nd.devices)
+		left := prepared.Left(nd.left)
+		for step := range 3 {
+			for i := range nd.devices[:len(nd.devices)-2] {
+				if rng.IntN(40) == 0 && partition.Fits(nd.left[nd.devices[i].CounterSet], nd.devices[i].Consumes) {
+					nd.take(t, nd.names[i])
+					left.Take(i)
+				}
+			}
+			if rng.IntN(3) == 0 {
+				set := nd.devices[rng.IntN(len(nd.devices)-2)].CounterSet
+				clear(nd.left[set])
+				left.Empty(set)
+			}
+			for i, d := range nd.devices {
+				if got, want := left.Fits(i), partition.Fits(nd.left[d.CounterSet], d.Consumes); got != want {
+					t.Fatalf("state %d, step %d: Left.Fits(%d) %v, Fits %v", state, step, i, got, want)
+				}
+			}
+			want := bestFitMaps(nd.devices, nd.left, candidates)
+			if got := prepared.BestFit(nd.left, candidates); !slices.Equal(got, want) {
+				t.Fatalf("state %d, step %d: Prepared.BestFit %v, the map rule %v", state, step, got, want)
+			}
+			if got := left.Clone().BestFit(candidates); !slices.Equal(got, want) {
+				t.Fatalf("state %d, step %d: Left.BestFit %v, the map rule %v", state, step, got, want)
+			}
+		}
+	}
+}
+
+// bestFitMaps is BestFit as first written, looking counters up in maps:
+// the reference TestBestFitMatchesMapRule compares with.
+func bestFitMaps(devices []partition.Choice, left map[string]map[string]int64, candidates []int) []int {
+	free := make([]bool, len(devices))
+	perClass := map[string]int{}
+	bySet := map[string][]int{}
+	for i, d := range devices {
+		if partition.Fits(left[d.CounterSet], d.Consumes) {
+			free[i] = true
+			perClass[d.Class]++
+			bySet[d.CounterSet] = append(bySet[d.CounterSet], i)
+		}
+	}
+	blocks := func(left, taken, consumes map[string]int64) bool {
+		for c, n := range consumes {
+			if left[c]-taken[c] < n {
+				return true
+			}
+		}
+		return false
+	}
+	cost := make([]float64, len(candidates))
+	for k, c := range candidates {
+		d := devices[c]
+		if !free[c] {
+			cost[k] = math.Inf(1)
+			continue
+		}
+		set := left[d.CounterSet]
+		for _, i := range bySet[d.CounterSet] {
+			if o := devices[i]; i != c && blocks(set, d.Consumes, o.Consumes) {
+				cost[k] += 1 / float64(perClass[o.Class])
+			}
+		}
+	}
+	order := make([]int, len(candidates))
+	for k := range order {
+		order[k] = k
+	}
+	sort.SliceStable(order, func(x, y int) bool {
+		d := cost[order[x]] - cost[order[y]]
+		return !math.IsNaN(d) && d < -1e-9
+	})
+	out := make([]int, len(order))
+	for k, o := range order {
+		out[k] = candidates[o]
+	}
+	return out
+}
+
+// BenchmarkBestFit ranks the free 1g.18gb partitions of a node of 8 H200s
+// with a 3g partition on GPU 0 and a 1g on GPU 1 (the Score benchmark's
+// state, research/scheduler): the rule over dense vectors (BestFit), with
+// the devices prepared once (Prepared.BestFit), and as first written over
+// maps, side by side.
+//
+//	go test -run '^$' -bench BestFit ./pkg/partition/
+func BenchmarkBestFit(b *testing.B) {
+	nd := newNode(8)
+	nd.take(b, "gpu-0-mig-3g71gb-4")
+	nd.take(b, "gpu-1-mig-1g18gb-6")
+	candidates := nd.free("1g.18gb")
+	prepared := partition.Prepare(nd.devices)
+	for name, rule := range map[string]func([]partition.Choice, map[string]map[string]int64, []int) []int{
+		"rule=dense": partition.BestFit, "rule=maps": bestFitMaps,
+		"rule=prepared": func(_ []partition.Choice, left map[string]map[string]int64, candidates []int) []int {
+			return prepared.BestFit(left, candidates)
+		},
+	} {
+		b.Run(name, func(b *testing.B) {
+			for b.Loop() {
+				rule(nd.devices, nd.left, candidates)
+			}
+		})
 	}
 }

@@ -3,6 +3,9 @@ package scheduler
 import (
 	"context"
 	"fmt"
+	"maps"
+	"math"
+	"sort"
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
@@ -18,6 +21,7 @@ import (
 	tnvml "github.com/tessera-gpu/tessera/internal/nvml"
 	"github.com/tessera-gpu/tessera/internal/nvml/nvmlmock"
 	"github.com/tessera-gpu/tessera/pkg/inventory"
+	"github.com/tessera-gpu/tessera/pkg/partition"
 	"github.com/tessera-gpu/tessera/pkg/resourceslice"
 )
 
@@ -87,9 +91,12 @@ func benchmarkScoreCycle(b *testing.B, nodes, changed int, opts ...Option) {
 // slice 6... or wherever the published order puts it) and the placement
 // choice take different partitions. It runs both models of the allocator's
 // choice (model=first-fit, the plugin before; model=choice,
-// WithPlacementChoice) side by side, with the cache off and on, and with a
-// 1g partition on GPU 2 coming or going on none or a tenth of the nodes
-// before each pod.
+// WithPlacementChoice) side by side, with the cache off and on, the
+// placement memo off (WithoutPlacementMemo) and on, for the choice with
+// partition.BestFit over the devices prepared once per layout
+// (rule=prepared) and as it was first written, over maps (rule=maps,
+// mapBestFit), and with a 1g partition on GPU 2 coming or going on none or
+// a tenth of the nodes before each pod.
 //
 //	go test -run '^$' -bench ScoreCycleMIG -benchtime 100x ./research/scheduler/
 func BenchmarkScoreCycleMIG(b *testing.B) {
@@ -98,8 +105,12 @@ func BenchmarkScoreCycleMIG(b *testing.B) {
 	for _, nodes := range []int{100, 1000} {
 		dra := &fakeDRA{claims: map[string]*resourceapi.ResourceClaim{"ns/one": migClaim("one", 1, profileIs("1g.18gb"))}, allocated: emptyAllocated()}
 		var infos []fwk.NodeInfo
+		// The partition that comes and goes, named once per node: the
+		// scheduler does not pay for formatting device names.
+		var toggled []structured.DeviceID
 		for n := range nodes {
 			name := fmt.Sprintf("node-%04d", n)
+			toggled = append(toggled, structured.MakeDeviceID(gpuapi.DriverName, name, gpuapi.MIGDeviceName(2, "1g.18gb", 6)))
 			dra.slices = append(dra.slices, resourceslice.Objects(name, draslices.DriverResources{Pools: map[string]draslices.Pool{name: pool}})...)
 			dra.allocated.AllocatedDevices.Insert(
 				structured.MakeDeviceID(gpuapi.DriverName, name, gpuapi.MIGDeviceName(0, "3g.71gb", 4)),
@@ -112,32 +123,40 @@ func BenchmarkScoreCycleMIG(b *testing.B) {
 		}
 		for _, changed := range []int{0, 10} {
 			for _, cache := range []string{"off", "on"} {
-				for _, model := range []string{"first-fit", "choice"} {
-					b.Run(fmt.Sprintf("nodes=%d/changed=%d%%/cache=%s/model=%s", nodes, changed, cache, model), func(b *testing.B) {
-						var opts []Option
-						if cache == "off" {
-							opts = append(opts, WithoutFragmentationCache())
-						}
-						if model == "choice" {
-							opts = append(opts, WithPlacementChoice())
-						}
-						p, err := NewWithState(Args{}, dra, opts...)
-						if err != nil {
-							b.Fatal(err)
-						}
-						next := 0
-						runScoreCycles(b, p, podWithClaim("one"), infos, func() {
-							for range nodes * changed / 100 {
-								id := structured.MakeDeviceID(gpuapi.DriverName, infos[next%nodes].Node().Name, gpuapi.MIGDeviceName(2, "1g.18gb", 6))
-								if dra.allocated.AllocatedDevices.Has(id) {
-									dra.allocated.AllocatedDevices.Delete(id)
-								} else {
-									dra.allocated.AllocatedDevices.Insert(id)
-								}
-								next++
+				for _, model := range []string{"first-fit", "choice/rule=maps", "choice/rule=prepared"} {
+					for _, memo := range []string{"off", "on"} {
+						b.Run(fmt.Sprintf("nodes=%d/changed=%d%%/cache=%s/model=%s/memo=%s", nodes, changed, cache, model, memo), func(b *testing.B) {
+							var opts []Option
+							if cache == "off" {
+								opts = append(opts, WithoutFragmentationCache())
 							}
+							switch model {
+							case "choice/rule=maps":
+								opts = append(opts, func(p *Plugin) { p.choice = mapBestFit })
+							case "choice/rule=prepared":
+								opts = append(opts, WithPlacementChoice())
+							}
+							if memo == "off" {
+								opts = append(opts, WithoutPlacementMemo())
+							}
+							p, err := NewWithState(Args{}, dra, opts...)
+							if err != nil {
+								b.Fatal(err)
+							}
+							next := 0
+							runScoreCycles(b, p, podWithClaim("one"), infos, func() {
+								for range nodes * changed / 100 {
+									id := toggled[next%nodes]
+									if dra.allocated.AllocatedDevices.Has(id) {
+										dra.allocated.AllocatedDevices.Delete(id)
+									} else {
+										dra.allocated.AllocatedDevices.Insert(id)
+									}
+									next++
+								}
+							})
 						})
-					})
+					}
 				}
 			}
 		}
@@ -210,4 +229,86 @@ func BenchmarkSliceIndexRebuild(b *testing.B) {
 		all[0] = &replaced
 		index.get(all)
 	}
+}
+
+// mapBestFit is the choice's rule with partition.BestFit as it was first
+// written, looking every counter up in maps for every pair of devices (the
+// same ranking: TestBestFitMatchesMapRule in pkg/partition), on what is
+// left of the node's counters as it was worked out, in maps
+// (countersLeftMaps): the baseline of BenchmarkScoreCycleMIG's
+// rule=prepared.
+func mapBestFit(n *nodeGPUs, snap []int, _ partition.Left, candidates []int) int {
+	left := countersLeftMaps(n, snap)
+	devices := n.choices
+	free := make([]bool, len(devices))
+	perClass := map[string]int{}
+	bySet := map[string][]int{}
+	for i, d := range devices {
+		if partition.Fits(left[d.CounterSet], d.Consumes) {
+			free[i] = true
+			perClass[d.Class]++
+			bySet[d.CounterSet] = append(bySet[d.CounterSet], i)
+		}
+	}
+	blocks := func(left, taken, consumes map[string]int64) bool {
+		for c, n := range consumes {
+			if left[c]-taken[c] < n {
+				return true
+			}
+		}
+		return false
+	}
+	cost := make([]float64, len(candidates))
+	for k, c := range candidates {
+		d := devices[c]
+		if !free[c] {
+			cost[k] = math.Inf(1)
+			continue
+		}
+		set := left[d.CounterSet]
+		for _, i := range bySet[d.CounterSet] {
+			if o := devices[i]; i != c && blocks(set, d.Consumes, o.Consumes) {
+				cost[k] += 1 / float64(perClass[o.Class])
+			}
+		}
+	}
+	order := make([]int, len(candidates))
+	for k := range order {
+		order[k] = k
+	}
+	sort.SliceStable(order, func(x, y int) bool {
+		d := cost[order[x]] - cost[order[y]]
+		return !math.IsNaN(d) && d < -1e-9
+	})
+	return candidates[order[0]]
+}
+
+// countersLeftMaps is what is left of each of the node's counter sets in
+// the snapshot's state, in maps, as the MIG model worked it out before the
+// devices were prepared (partition.Prepare).
+func countersLeftMaps(n *nodeGPUs, snap []int) map[string]map[string]int64 {
+	blocked, busy := snap[len(n.whole):2*len(n.whole)], snap[2*len(n.whole):]
+	left := make(map[string]map[string]int64, len(n.counters))
+	for name, c := range n.counters {
+		left[name] = maps.Clone(c)
+	}
+	for g, set := range n.sets {
+		if blocked[g] == 1 {
+			for c := range left[set] {
+				left[set][c] = 0
+			}
+		}
+	}
+	for i, m := range n.mig {
+		if busy[i] == 0 {
+			continue
+		}
+		d := n.choices[m.choice]
+		if set := left[d.CounterSet]; set != nil {
+			for c, v := range d.Consumes {
+				set[c] -= v
+			}
+		}
+	}
+	return left
 }

@@ -46,14 +46,15 @@ func (p *Plugin) delta(g *nodeGPUs, s *cycleState, cpu, memory int64) (float64, 
 	if !p.cached {
 		snap := g.snapshotOf(s.allocated[g], nil)
 		n := placement.Node{CPU: cpu, Memory: memory, Free: snap[:len(g.whole)]}
-		d := g.assess(s.workload, n, g.base(s.workload, n, snap), s.request, s.mig, snap, p.choice)
+		d := g.assess(s.workload, n, g.base(s.workload, n, snap), s.request, s.mig, snap, p.choice, p.memo)
 		return d.delta, d.ok
 	}
 	c := &g.cache
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	// The snapshot is taken into the spare buffer, which becomes the
-	// cached one when the state changed: a hit allocates nothing.
+	// cached one when the state changed and stays the spare when it did
+	// not: a hit allocates nothing.
 	snap := g.snapshotOf(s.allocated[g], c.spare)
 	n := placement.Node{CPU: cpu, Memory: memory, Free: snap[:len(g.whole)]}
 	if !c.valid || c.cpu != cpu || c.memory != memory || !slices.Equal(c.snap, snap) {
@@ -61,12 +62,14 @@ func (p *Plugin) delta(g *nodeGPUs, s *cycleState, cpu, memory int64) (float64, 
 		c.valid, c.cpu, c.memory, c.snap = true, cpu, memory, snap
 		c.base = g.base(s.workload, n, snap)
 		clear(c.deltas)
+	} else {
+		c.spare = snap
 	}
 	key := cacheKey{s.request, s.mig}
 	if d, ok := c.deltas[key]; ok {
 		return d.delta, d.ok
 	}
-	d := g.assess(s.workload, n, c.base, s.request, s.mig, snap, p.choice)
+	d := g.assess(s.workload, n, c.base, s.request, s.mig, snap, p.choice, p.memo)
 	if c.deltas == nil || len(c.deltas) >= maxCachedDeltas {
 		c.deltas = make(map[cacheKey]scored, maxCachedDeltas)
 	}
@@ -77,8 +80,8 @@ func (p *Plugin) delta(g *nodeGPUs, s *cycleState, cpu, memory int64) (float64, 
 // assess is the fragmentation delta of the request on the node whose
 // fragmentation is base, with the GPUs the allocator takes: its first fit,
 // or for a MIG request with choice tessera-scheduler's placement choice
-// (migPlace).
-func (g *nodeGPUs) assess(w placement.Workload, n placement.Node, base float64, r placement.Request, mig migRequest, snap []int, choice bool) scored {
+// (migPlace), from memo where it holds it.
+func (g *nodeGPUs) assess(w placement.Workload, n placement.Node, base float64, r placement.Request, mig migRequest, snap []int, choice placeRule, memo *placeMemo) scored {
 	if mig.count == 0 {
 		if !n.Fits(r) {
 			return scored{}
@@ -92,7 +95,7 @@ func (g *nodeGPUs) assess(w placement.Workload, n placement.Node, base float64, 
 	if r.CPU > n.CPU || r.Memory > n.Memory {
 		return scored{}
 	}
-	gpus, taken, ok := g.migPlace(snap, mig, choice)
+	gpus, taken, ok := memo.migPlace(g, snap, mig, choice)
 	if !ok {
 		return scored{}
 	}

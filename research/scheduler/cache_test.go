@@ -71,7 +71,7 @@ func churnScores(t *testing.T, seed uint64, nodes, steps int, claims map[string]
 	if err != nil {
 		t.Fatal(err)
 	}
-	fresh, err := NewWithState(Args{}, dra, append(opts, WithoutFragmentationCache())...)
+	fresh, err := NewWithState(Args{}, dra, append(opts, WithoutFragmentationCache(), WithoutPlacementMemo())...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -153,8 +153,22 @@ func checkCachedBase(t *testing.T, p *Plugin, dra *fakeDRA, infos []fakeNodeInfo
 
 // TestCacheParallelScore scores the nodes in parallel, as the framework
 // does, twice for the same pod (the second time from the cache), and
-// checks the scores against a fresh computation; run with -race.
+// checks the scores against a fresh computation; with both models of the
+// MIG placement, so that nodes in one state share the placement memo while
+// they are scored at once; run with -race.
 func TestCacheParallelScore(t *testing.T) {
+	for _, model := range []string{"first fit", "choice"} {
+		t.Run("model="+model, func(t *testing.T) {
+			var opts []Option
+			if model == "choice" {
+				opts = append(opts, WithPlacementChoice())
+			}
+			parallelScores(t, opts)
+		})
+	}
+}
+
+func parallelScores(t *testing.T, opts []Option) {
 	dra := &fakeDRA{claims: map[string]*resourceapi.ResourceClaim{"ns/mig1g": migClaim("mig1g", 1, profileIs("1g.5gb"))}, allocated: emptyAllocated()}
 	var list []fwk.NodeInfo
 	for n := range 16 {
@@ -165,11 +179,11 @@ func TestCacheParallelScore(t *testing.T) {
 		}
 		list = append(list, nodeInfos(name)...)
 	}
-	cached, err := NewWithState(Args{}, dra)
+	cached, err := NewWithState(Args{}, dra, opts...)
 	if err != nil {
 		t.Fatal(err)
 	}
-	fresh, err := NewWithState(Args{}, dra, WithoutFragmentationCache())
+	fresh, err := NewWithState(Args{}, dra, append(opts, WithoutFragmentationCache(), WithoutPlacementMemo())...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -194,3 +208,44 @@ func TestCacheParallelScore(t *testing.T) {
 		}
 	}
 }
+
+// TestCacheHitAllocatesNothing: scoring a node again in the state it was
+// scored in reads the cache and allocates nothing (a snapshot buffer per
+// node per pod was most of a MIG pod's allocations at 1,000 nodes, and the
+// collector's work with them).
+func TestCacheHitAllocatesNothing(t *testing.T) {
+	dra := &fakeDRA{claims: map[string]*resourceapi.ResourceClaim{"ns/mig1g": migClaim("mig1g", 1, profileIs("1g.5gb"))}, allocated: emptyAllocated()}
+	dra.slices = migNode("n", 2)
+	dra.allocated.AllocatedDevices.Insert(structured.MakeDeviceID(gpuapi.DriverName, "n", gpuapi.MIGDeviceName(0, "1g.5gb", 3)))
+	p, err := NewWithState(Args{}, dra, WithPlacementChoice())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var info fwk.NodeInfo = boxedNodeInfo{node: &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n"}},
+		allocatable: fakeResource{cpu: 32000, memory: 64 << 30}, requested: fakeResource{cpu: 1000, memory: 1 << 30}}
+	ctx, pod := context.Background(), podWithClaim("mig1g")
+	state := &fakeCycleState{data: map[fwk.StateKey]fwk.StateData{}}
+	if st := p.PreScore(ctx, state, pod, []fwk.NodeInfo{info}); !st.IsSuccess() {
+		t.Fatal(st)
+	}
+	want, _ := p.Score(ctx, state, pod, info)
+	var got int64
+	if allocs := testing.AllocsPerRun(10, func() { got, _ = p.Score(ctx, state, pod, info) }); allocs != 0 {
+		t.Errorf("a cached score allocates %v times, want none", allocs)
+	}
+	if got != want {
+		t.Errorf("cached score %d, first %d", got, want)
+	}
+}
+
+// boxedNodeInfo is fakeNodeInfo with its resources already in interfaces,
+// so that reading them allocates nothing.
+type boxedNodeInfo struct {
+	fwk.NodeInfo
+	node                   *corev1.Node
+	allocatable, requested fwk.Resource
+}
+
+func (n boxedNodeInfo) Node() *corev1.Node           { return n.node }
+func (n boxedNodeInfo) GetAllocatable() fwk.Resource { return n.allocatable }
+func (n boxedNodeInfo) GetRequested() fwk.Resource   { return n.requested }

@@ -1,9 +1,9 @@
 package scheduler
 
 import (
-	"maps"
 	"math/bits"
 	"regexp"
+	"slices"
 
 	resourceapi "k8s.io/api/resource/v1"
 	"k8s.io/dynamic-resource-allocation/structured"
@@ -60,23 +60,21 @@ func migOf(d resourceapi.Device, gpu int, id structured.DeviceID) (migDevice, bo
 // allocation (those devices consume every counter), and a partition fits
 // while what it consumes is left.
 //
-// With choice, a request of one partition goes where tessera-scheduler's
-// placement choice puts it (MIGPlacementOrder: the free selectable
-// partitions ranked by partition.BestFit over the node's devices, the first
-// that fits taken); otherwise, and for requests of several partitions
-// (which the choice leaves to the allocator), the allocator's first fit: in
-// published order, each partition that fits with those taken before it.
+// With a choice rule (bestFit), a request of one partition goes where
+// tessera-scheduler's placement choice puts it (MIGPlacementOrder: the free
+// selectable partitions ranked by partition.BestFit over the node's
+// devices, the first that fits taken); otherwise (nil), and for requests of
+// several partitions (which the choice leaves to the allocator), the
+// allocator's first fit: in published order, each partition that fits with
+// those taken before it.
 // Free partitions that do not fit come last in BestFit's ranking, so
 // ranking only those that fit takes the same one.
-func (n *nodeGPUs) migPlace(snap []int, r migRequest, choice bool) (gpus []int, taken []int, ok bool) {
+func (n *nodeGPUs) migPlace(snap []int, r migRequest, choice placeRule) (gpus []int, taken []int, ok bool) {
 	busy := snap[2*len(n.whole):]
 	taken = append([]int(nil), busy...)
 	left := n.countersLeft(snap)
-	fits := func(m migDevice) bool {
-		d := n.choices[m.choice]
-		return partition.Fits(left[d.CounterSet], d.Consumes)
-	}
-	if choice && r.count == 1 {
+	fits := func(m migDevice) bool { return left.Fits(m.choice) }
+	if choice != nil && r.count == 1 {
 		// A partition of a GPU of the same shape and state as one of a
 		// GPU before it costs the same, and BestFit keeps the earlier of
 		// equals: it is left out, which keeps the ranking short on a
@@ -92,7 +90,8 @@ func (n *nodeGPUs) migPlace(snap []int, r migRequest, choice bool) (gpus []int, 
 			shape, blocked, pos int
 			busy                uint64
 		}
-		seen := map[twin]bool{}
+		// Few: at most a GPU shape's partitions of the profile.
+		var seen []twin
 		shapes := n.gpuShapes()
 		var candidates []int
 		for i, m := range n.mig {
@@ -101,17 +100,17 @@ func (n *nodeGPUs) migPlace(snap []int, r migRequest, choice bool) (gpus []int, 
 			}
 			if shape := shapes[m.gpu]; shape >= 0 {
 				k := twin{shape, blocked[m.gpu], m.pos, state[m.gpu]}
-				if seen[k] {
+				if slices.Contains(seen, k) {
 					continue
 				}
-				seen[k] = true
+				seen = append(seen, k)
 			}
 			candidates = append(candidates, m.choice)
 		}
 		if len(candidates) == 0 {
 			return nil, taken, false
 		}
-		best := partition.BestFit(n.choices, left, candidates)[0]
+		best := choice(n, snap, left, candidates)
 		for i, m := range n.mig {
 			if m.choice == best {
 				taken[i] = 1
@@ -128,38 +127,36 @@ func (n *nodeGPUs) migPlace(snap []int, r migRequest, choice bool) (gpus []int, 
 		}
 		taken[i] = 1
 		gpus = append(gpus, m.gpu)
-		d := n.choices[m.choice]
-		for c, v := range d.Consumes {
-			left[d.CounterSet][c] -= v
-		}
+		left.Take(m.choice)
 	}
 	return gpus, taken, len(gpus) == r.count
 }
 
+// placeRule is the choice's pick among a node's candidate partitions
+// (indexes into its choices) in the snapshot's state, given what is left of
+// its counter sets (countersLeft).
+type placeRule func(n *nodeGPUs, snap []int, left partition.Left, candidates []int) int
+
+// bestFit is MIGPlacementOrder's rule: the first of partition.BestFit's
+// ranking, over the node's devices as prepared once for their layout.
+func bestFit(_ *nodeGPUs, _ []int, left partition.Left, candidates []int) int {
+	return left.BestFit(candidates)[0]
+}
+
 // countersLeft is what is left of each of the node's counter sets in the
-// snapshot's state: a fresh copy the caller may change.
-func (n *nodeGPUs) countersLeft(snap []int) map[string]map[string]int64 {
+// snapshot's state, numbered as its prepared devices: a fresh copy the
+// caller may change.
+func (n *nodeGPUs) countersLeft(snap []int) partition.Left {
 	blocked, busy := snap[len(n.whole):2*len(n.whole)], snap[2*len(n.whole):]
-	left := make(map[string]map[string]int64, len(n.counters))
-	for name, c := range n.counters {
-		left[name] = maps.Clone(c)
-	}
+	left := n.capacityLeft().Clone()
 	for g, set := range n.sets {
 		if blocked[g] == 1 {
-			for c := range left[set] {
-				left[set][c] = 0
-			}
+			left.Empty(set)
 		}
 	}
 	for i, m := range n.mig {
-		if busy[i] == 0 {
-			continue
-		}
-		d := n.choices[m.choice]
-		if set := left[d.CounterSet]; set != nil {
-			for c, v := range d.Consumes {
-				set[c] -= v
-			}
+		if busy[i] == 1 {
+			left.Take(m.choice)
 		}
 	}
 	return left

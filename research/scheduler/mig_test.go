@@ -229,7 +229,7 @@ func TestMIGFirstFit(t *testing.T) {
 		{migRequest{"1g.5gb", 5}, []int{0, 0, 0, 0}, false},
 		{migRequest{"7g.40gb", 1}, nil, false},
 	} {
-		gpus, _, ok := g.migPlace(snap, tc.r, false)
+		gpus, _, ok := g.migPlace(snap, tc.r, nil)
 		if diff := cmp.Diff(tc.want, gpus); diff != "" || ok != tc.ok {
 			t.Errorf("%+v: ok %v, want %v; GPUs (-want +got):\n%s", tc.r, ok, tc.ok, diff)
 		}

@@ -7,15 +7,18 @@ import (
 	"math"
 	"slices"
 	"sync"
+	"unique"
 
 	corev1 "k8s.io/api/core/v1"
 	resourceapi "k8s.io/api/resource/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	draapi "k8s.io/dynamic-resource-allocation/api"
 	"k8s.io/dynamic-resource-allocation/structured"
 	"k8s.io/klog/v2"
 	fwk "k8s.io/kube-scheduler/framework"
 
 	gpuapi "github.com/tessera-gpu/tessera/api/gpu"
+	"github.com/tessera-gpu/tessera/pkg/partition"
 	"github.com/tessera-gpu/tessera/pkg/placement"
 )
 
@@ -62,8 +65,12 @@ type Plugin struct {
 	index    sliceIndex
 	// cached keeps each node's fragmentation between pods (cache.go).
 	cached bool
-	// choice models MIGPlacementOrder's choice of partition (mig.go).
-	choice bool
+	// choice models MIGPlacementOrder's choice of partition (mig.go);
+	// nil models first fit.
+	choice placeRule
+	// memo keeps MIG placements across nodes of one layout (memo.go); nil
+	// without it.
+	memo *placeMemo
 }
 
 // Option changes how NewWithState builds the plugin.
@@ -73,11 +80,16 @@ type Option func(*Plugin)
 // pod, as the plugin did before it cached it: the benchmark's baseline.
 func WithoutFragmentationCache() Option { return func(p *Plugin) { p.cached = false } }
 
+// WithoutPlacementMemo works out every MIG placement the score models on
+// every node that misses its fragmentation cache, as the plugin did before
+// it kept them across nodes of one layout: the benchmark's baseline.
+func WithoutPlacementMemo() Option { return func(p *Plugin) { p.memo = nil } }
+
 // WithPlacementChoice models the placement the allocator takes for a MIG
 // request of one partition when MIGPlacementOrder is registered with it
 // (tessera-scheduler built with the patched allocator) instead of its first
 // fit, so that a node's score describes the partition the choice takes.
-func WithPlacementChoice() Option { return func(p *Plugin) { p.choice = true } }
+func WithPlacementChoice() Option { return func(p *Plugin) { p.choice = bestFit } }
 
 // sliceIndex keeps the device index of the last list of slices: slices
 // change rarely, and indexing every device of the cluster again for every
@@ -88,7 +100,19 @@ type sliceIndex struct {
 	byNode map[string]*nodeGPUs
 	// byPool finds a device's node by its pool (Tessera's pools are
 	// node-local), for allocatedByNode.
-	byPool map[string]*nodeGPUs
+	byPool map[draapi.UniqueString]*nodeGPUs
+	// layouts are what the MIG model works out of each layout of the
+	// indexed nodes with MIG partitions, once for all nodes of the layout.
+	layouts map[unique.Handle[string]]layoutModel
+}
+
+// layoutModel is what the MIG model works out of a node's layout alone:
+// its devices numbered for partition.BestFit, its counter sets' capacity so
+// numbered, and its GPUs' shapes (gpuShapes). Read-only.
+type layoutModel struct {
+	prepared *partition.Prepared
+	capacity partition.Left
+	shapes   []int
 }
 
 // get returns the index of the slices by node and by pool, rebuilt only
@@ -97,7 +121,7 @@ type sliceIndex struct {
 // only for the nodes whose slices changed: a node listed with the same
 // slices in the same order keeps its index, and with it its cached
 // fragmentation (cache.go). A node's index is read-only once built.
-func (c *sliceIndex) get(list []*resourceapi.ResourceSlice) (byNode, byPool map[string]*nodeGPUs) {
+func (c *sliceIndex) get(list []*resourceapi.ResourceSlice) (byNode map[string]*nodeGPUs, byPool map[draapi.UniqueString]*nodeGPUs) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	same := c.byNode != nil && len(list) == len(c.slices)
@@ -116,20 +140,38 @@ func (c *sliceIndex) get(list []*resourceapi.ResourceSlice) (byNode, byPool map[
 		}
 	}
 	byNode = make(map[string]*nodeGPUs, len(perNode))
-	byPool = make(map[string]*nodeGPUs, len(perNode))
+	byPool = make(map[draapi.UniqueString]*nodeGPUs, len(perNode))
+	layouts := make(map[unique.Handle[string]]layoutModel, len(c.layouts))
 	for name, own := range perNode {
 		n := c.byNode[name]
 		if n == nil || !slices.Equal(n.from, own) {
 			n = gpusByNode(own)[name]
 			n.from = own
 			n.locate()
+			if len(n.mig) > 0 {
+				// With the index, not on the first MIG pod: each costs
+				// about as much as ranking the node's partitions once.
+				layout := n.layout()
+				m, ok := layouts[layout]
+				if !ok {
+					m, ok = c.layouts[layout]
+				}
+				if !ok {
+					p := partition.Prepare(n.choices)
+					m = layoutModel{prepared: p, capacity: p.Left(n.counters), shapes: n.gpuShapes()}
+				}
+				n.prepared, n.capacity, n.shapes = m.prepared, m.capacity, m.shapes
+			}
+		}
+		if n.prepared != nil {
+			layouts[n.layout()] = layoutModel{prepared: n.prepared, capacity: n.capacity, shapes: n.shapes}
 		}
 		byNode[name] = n
 		for _, s := range own {
-			byPool[s.Spec.Pool.Name] = n
+			byPool[draapi.MakeUniqueString(s.Spec.Pool.Name)] = n
 		}
 	}
-	c.byNode, c.byPool = byNode, byPool
+	c.byNode, c.byPool, c.layouts = byNode, byPool, layouts
 	return byNode, byPool
 }
 
@@ -158,7 +200,7 @@ func NewFactory(opts ...Option) func(context.Context, runtime.Object, fwk.Handle
 
 // NewWithState returns the plugin over the given DRA state.
 func NewWithState(args Args, dra DRAState, opts ...Option) (*Plugin, error) {
-	p := &Plugin{dra: dra, cached: true}
+	p := &Plugin{dra: dra, cached: true, memo: newPlaceMemo()}
 	for _, o := range opts {
 		o(p)
 	}

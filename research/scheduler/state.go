@@ -12,10 +12,12 @@ import (
 	"fmt"
 	"maps"
 	"sync"
+	"unique"
 
 	corev1 "k8s.io/api/core/v1"
 	resourceapi "k8s.io/api/resource/v1"
 	resourcehelper "k8s.io/component-helpers/resource"
+	draapi "k8s.io/dynamic-resource-allocation/api"
 	"k8s.io/dynamic-resource-allocation/resourceclaim"
 	"k8s.io/dynamic-resource-allocation/structured"
 
@@ -61,6 +63,15 @@ type nodeGPUs struct {
 	migCount  []int
 	shapeOnce sync.Once
 	shapes    []int
+	// layoutKey is the node's layout for the placement memo (memo.go).
+	layoutOnce sync.Once
+	layoutKey  unique.Handle[string]
+	// prepared are choices numbered for partition.BestFit, and capacity
+	// what each counter set holds, so numbered: the index's, shared by
+	// the nodes of one layout, else made on the first use.
+	prepareOnce sync.Once
+	prepared    *partition.Prepared
+	capacity    partition.Left
 	// cache is this node's fragmentation, kept between pods (cache.go).
 	cache fragCache
 	// from are the slices the node was indexed from; at locates its
@@ -166,10 +177,14 @@ func gpusByNode(slices []*resourceapi.ResourceSlice) map[string]*nodeGPUs {
 // consumption), so the same partition of either, in the same state, costs
 // the other devices of its GPU the same (partition.BestFit). A GPU with more
 // than 64 partitions, or whose devices draw on no counter set of its own,
-// gets -1. It is worked out on the first use, as only the placement choice's
-// model needs it.
+// gets -1. It depends on the node's layout alone: sliceIndex.get gives it
+// to the nodes of a layout it has worked out already, else it is worked out
+// on the first use.
 func (n *nodeGPUs) gpuShapes() []int {
 	n.shapeOnce.Do(func() {
+		if n.shapes != nil {
+			return
+		}
 		gpuOf := make(map[string]int, len(n.sets))
 		for g, set := range n.sets {
 			if set != "" {
@@ -215,6 +230,19 @@ func (n *nodeGPUs) gpuShapes() []int {
 		n.shapes = shapes
 	})
 	return n.shapes
+}
+
+// capacityLeft is what the node's counter sets hold, numbered as its
+// choices prepared for partition.BestFit: what sliceIndex.get gave it, else
+// prepared on the first use. Read-only: clone it to change it.
+func (n *nodeGPUs) capacityLeft() partition.Left {
+	n.prepareOnce.Do(func() {
+		if n.prepared == nil {
+			n.prepared = partition.Prepare(n.choices)
+			n.capacity = n.prepared.Left(n.counters)
+		}
+	})
+	return n.capacity
 }
 
 // snapshot is what the node's scores read of the allocated state, as one
@@ -311,7 +339,7 @@ type shareUse struct {
 
 // allocatedByNode sorts the allocated state by the index's nodes, in one
 // walk of what is allocated instead of a look-up per published device.
-func allocatedByNode(byPool map[string]*nodeGPUs, alloc *structured.AllocatedState) map[*nodeGPUs]*nodeAllocated {
+func allocatedByNode(byPool map[draapi.UniqueString]*nodeGPUs, alloc *structured.AllocatedState) map[*nodeGPUs]*nodeAllocated {
 	out := map[*nodeGPUs]*nodeAllocated{}
 	of := func(n *nodeGPUs) *nodeAllocated {
 		a := out[n]
@@ -322,7 +350,7 @@ func allocatedByNode(byPool map[string]*nodeGPUs, alloc *structured.AllocatedSta
 		return a
 	}
 	locate := func(id structured.DeviceID) (*nodeGPUs, deviceAt, bool) {
-		n := byPool[id.Pool.String()]
+		n := byPool[id.Pool]
 		if n == nil {
 			return nil, deviceAt{}, false
 		}
