@@ -2,13 +2,12 @@ package partition_test
 
 import (
 	"maps"
-	"math"
 	"math/rand/v2"
 	"slices"
-	"sort"
 	"testing"
 
 	"github.com/tessera-gpu/tessera/pkg/partition"
+	"github.com/tessera-gpu/tessera/pkg/partition/partitiontest"
 )
 
 // node is n H200s as the placement choice sees them.
@@ -130,7 +129,7 @@ func TestBestFitOnlyOrders(t *testing.T) {
 // TestBestFitMatchesMapRule: over random states of nodes of 2 and 8 H200s,
 // with random candidates that fit or not, devices of no counter set and a
 // device that consumes a counter its set does not list, BestFit returns
-// exactly the order of the rule as first written over maps (bestFitMaps):
+// exactly the order of the rule as first written over maps (partitiontest.BestFitMaps):
 // the dense vectors change its cost, not its result.
 func TestBestFitMatchesMapRule(t *testing.T) {
 	rng := rand.New(rand.NewPCG(3, 4))
@@ -149,7 +148,7 @@ func TestBestFitMatchesMapRule(t *testing.T) {
 				candidates = append(candidates, i)
 			}
 		}
-		want := bestFitMaps(nd.devices, nd.left, candidates)
+		want := partitiontest.BestFitMaps(nd.devices, nd.left, candidates)
 		if got := partition.BestFit(nd.devices, nd.left, candidates); !slices.Equal(got, want) {
 			t.Fatalf("state %d: BestFit %v, the map rule %v", state, got, want)
 		}
@@ -174,7 +173,7 @@ func TestBestFitMatchesMapRule(t *testing.T) {
 					t.Fatalf("state %d, step %d: Left.Fits(%d) %v, Fits %v", state, step, i, got, want)
 				}
 			}
-			want := bestFitMaps(nd.devices, nd.left, candidates)
+			want := partitiontest.BestFitMaps(nd.devices, nd.left, candidates)
 			if got := prepared.BestFit(nd.left, candidates); !slices.Equal(got, want) {
 				t.Fatalf("state %d, step %d: Prepared.BestFit %v, the map rule %v", state, step, got, want)
 			}
@@ -183,56 +182,6 @@ func TestBestFitMatchesMapRule(t *testing.T) {
 			}
 		}
 	}
-}
-
-// bestFitMaps is BestFit as first written, looking counters up in maps:
-// the reference TestBestFitMatchesMapRule compares with.
-func bestFitMaps(devices []partition.Choice, left map[string]map[string]int64, candidates []int) []int {
-	free := make([]bool, len(devices))
-	perClass := map[string]int{}
-	bySet := map[string][]int{}
-	for i, d := range devices {
-		if partition.Fits(left[d.CounterSet], d.Consumes) {
-			free[i] = true
-			perClass[d.Class]++
-			bySet[d.CounterSet] = append(bySet[d.CounterSet], i)
-		}
-	}
-	blocks := func(left, taken, consumes map[string]int64) bool {
-		for c, n := range consumes {
-			if left[c]-taken[c] < n {
-				return true
-			}
-		}
-		return false
-	}
-	cost := make([]float64, len(candidates))
-	for k, c := range candidates {
-		d := devices[c]
-		if !free[c] {
-			cost[k] = math.Inf(1)
-			continue
-		}
-		set := left[d.CounterSet]
-		for _, i := range bySet[d.CounterSet] {
-			if o := devices[i]; i != c && blocks(set, d.Consumes, o.Consumes) {
-				cost[k] += 1 / float64(perClass[o.Class])
-			}
-		}
-	}
-	order := make([]int, len(candidates))
-	for k := range order {
-		order[k] = k
-	}
-	sort.SliceStable(order, func(x, y int) bool {
-		d := cost[order[x]] - cost[order[y]]
-		return !math.IsNaN(d) && d < -1e-9
-	})
-	out := make([]int, len(order))
-	for k, o := range order {
-		out[k] = candidates[o]
-	}
-	return out
 }
 
 // BenchmarkBestFit ranks the free 1g.18gb partitions of a node of 8 H200s
@@ -249,7 +198,7 @@ func BenchmarkBestFit(b *testing.B) {
 	candidates := nd.free("1g.18gb")
 	prepared := partition.Prepare(nd.devices)
 	for name, rule := range map[string]func([]partition.Choice, map[string]map[string]int64, []int) []int{
-		"rule=dense": partition.BestFit, "rule=maps": bestFitMaps,
+		"rule=dense": partition.BestFit, "rule=maps": partitiontest.BestFitMaps,
 		"rule=prepared": func(_ []partition.Choice, left map[string]map[string]int64, candidates []int) []int {
 			return prepared.BestFit(left, candidates)
 		},

@@ -4,8 +4,6 @@ import (
 	"context"
 	"fmt"
 	"maps"
-	"math"
-	"sort"
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
@@ -22,6 +20,7 @@ import (
 	"github.com/tessera-gpu/tessera/internal/nvml/nvmlmock"
 	"github.com/tessera-gpu/tessera/pkg/inventory"
 	"github.com/tessera-gpu/tessera/pkg/partition"
+	"github.com/tessera-gpu/tessera/pkg/partition/partitiontest"
 	"github.com/tessera-gpu/tessera/pkg/resourceslice"
 )
 
@@ -238,49 +237,7 @@ func BenchmarkSliceIndexRebuild(b *testing.B) {
 // (countersLeftMaps): the baseline of BenchmarkScoreCycleMIG's
 // rule=prepared.
 func mapBestFit(n *nodeGPUs, snap []int, _ partition.Left, candidates []int) int {
-	left := countersLeftMaps(n, snap)
-	devices := n.choices
-	free := make([]bool, len(devices))
-	perClass := map[string]int{}
-	bySet := map[string][]int{}
-	for i, d := range devices {
-		if partition.Fits(left[d.CounterSet], d.Consumes) {
-			free[i] = true
-			perClass[d.Class]++
-			bySet[d.CounterSet] = append(bySet[d.CounterSet], i)
-		}
-	}
-	blocks := func(left, taken, consumes map[string]int64) bool {
-		for c, n := range consumes {
-			if left[c]-taken[c] < n {
-				return true
-			}
-		}
-		return false
-	}
-	cost := make([]float64, len(candidates))
-	for k, c := range candidates {
-		d := devices[c]
-		if !free[c] {
-			cost[k] = math.Inf(1)
-			continue
-		}
-		set := left[d.CounterSet]
-		for _, i := range bySet[d.CounterSet] {
-			if o := devices[i]; i != c && blocks(set, d.Consumes, o.Consumes) {
-				cost[k] += 1 / float64(perClass[o.Class])
-			}
-		}
-	}
-	order := make([]int, len(candidates))
-	for k := range order {
-		order[k] = k
-	}
-	sort.SliceStable(order, func(x, y int) bool {
-		d := cost[order[x]] - cost[order[y]]
-		return !math.IsNaN(d) && d < -1e-9
-	})
-	return candidates[order[0]]
+	return partitiontest.BestFitMaps(n.choices, countersLeftMaps(n, snap), candidates)[0]
 }
 
 // countersLeftMaps is what is left of each of the node's counter sets in

@@ -1,0 +1,62 @@
+// Package partitiontest keeps partition.BestFit's rule as it was first
+// written, looking counters up in maps: the reference the dense rule is
+// tested against (pkg/partition) and the baseline its benchmarks run beside
+// it (pkg/partition, research/scheduler).
+package partitiontest
+
+import (
+	"math"
+	"sort"
+
+	"github.com/tessera-gpu/tessera/pkg/partition"
+)
+
+// BestFitMaps is partition.BestFit as first written, over maps: the same
+// order of candidates, the same costs summed in the same order.
+func BestFitMaps(devices []partition.Choice, left map[string]map[string]int64, candidates []int) []int {
+	free := make([]bool, len(devices))
+	perClass := map[string]int{}
+	bySet := map[string][]int{}
+	for i, d := range devices {
+		if partition.Fits(left[d.CounterSet], d.Consumes) {
+			free[i] = true
+			perClass[d.Class]++
+			bySet[d.CounterSet] = append(bySet[d.CounterSet], i)
+		}
+	}
+	blocks := func(left, taken, consumes map[string]int64) bool {
+		for c, n := range consumes {
+			if left[c]-taken[c] < n {
+				return true
+			}
+		}
+		return false
+	}
+	cost := make([]float64, len(candidates))
+	for k, c := range candidates {
+		d := devices[c]
+		if !free[c] {
+			cost[k] = math.Inf(1)
+			continue
+		}
+		set := left[d.CounterSet]
+		for _, i := range bySet[d.CounterSet] {
+			if o := devices[i]; i != c && blocks(set, d.Consumes, o.Consumes) {
+				cost[k] += 1 / float64(perClass[o.Class])
+			}
+		}
+	}
+	order := make([]int, len(candidates))
+	for k := range order {
+		order[k] = k
+	}
+	sort.SliceStable(order, func(x, y int) bool {
+		d := cost[order[x]] - cost[order[y]]
+		return !math.IsNaN(d) && d < -1e-9
+	})
+	out := make([]int, len(order))
+	for k, o := range order {
+		out[k] = candidates[o]
+	}
+	return out
+}
