@@ -85,6 +85,21 @@ func TestCheck(t *testing.T) {
 	if err := h.Check(); err == nil || !strings.Contains(err.Error(), f.Root) {
 		t.Errorf("Check of another namespace's procfs: %v, want an error naming it", err)
 	}
+
+	// A tree whose self is in this process's namespace but is another
+	// process there: not what this process reads as its host's /proc.
+	f = hostproc.NewFakeHostProc(t)
+	f.Add(t, 9100, hostproc.PluginNS, 9100, os.Getpid()+1)
+	if err := os.Symlink("9100", filepath.Join(f.Root, "self")); err != nil {
+		t.Fatal(err)
+	}
+	h, err = pidns.New(f.Root, pidns.WithSelfNamespace(f.Self))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := h.Check(); err == nil || !strings.Contains(err.Error(), f.Root) {
+		t.Errorf("Check of a procfs whose self is another process: %v, want an error naming it", err)
+	}
 }
 
 // TestPodUIDs: a process of a container's namespace (or the host's) is
