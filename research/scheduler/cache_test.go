@@ -87,15 +87,7 @@ func churnScores(t *testing.T, seed uint64, nodes, steps int, claims map[string]
 		for _, n := range infos {
 			list = append(list, n)
 		}
-		pod := pods[rng.IntN(len(pods))]
-		want, st := scoreAll(t, fresh, pod, list)
-		got, gotSt := scoreAll(t, cached, pod, list)
-		if st.Code() != gotSt.Code() {
-			t.Fatalf("step %d, pod %q: status %v, fresh %v", step, pod, gotSt, st)
-		}
-		if diff := cmp.Diff(want, got); diff != "" {
-			t.Fatalf("step %d, pod %q: scores (-fresh +cached):\n%s", step, pod, diff)
-		}
+		sameScores(t, step, pods[rng.IntN(len(pods))], fresh, "cached", cached, list)
 		checkCachedBase(t, cached, dra, infos)
 	}
 }
@@ -249,3 +241,17 @@ type boxedNodeInfo struct {
 func (n boxedNodeInfo) Node() *corev1.Node           { return n.node }
 func (n boxedNodeInfo) GetAllocatable() fwk.Resource { return n.allocatable }
 func (n boxedNodeInfo) GetRequested() fwk.Resource   { return n.requested }
+
+// sameScores fails the test unless plugin (the one named name) scores claim on
+// nodes as fresh does, status and scores.
+func sameScores(t *testing.T, step int, claim string, fresh *Plugin, name string, plugin *Plugin, nodes []fwk.NodeInfo) {
+	t.Helper()
+	want, st := scoreAll(t, fresh, claim, nodes)
+	got, gotSt := scoreAll(t, plugin, claim, nodes)
+	if st.Code() != gotSt.Code() {
+		t.Fatalf("step %d, pod %q: status %v, fresh %v", step, claim, gotSt, st)
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Fatalf("step %d, pod %q: scores (-fresh +%s):\n%s", step, claim, name, diff)
+	}
+}

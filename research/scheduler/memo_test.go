@@ -6,7 +6,6 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/google/go-cmp/cmp"
 	corev1 "k8s.io/api/core/v1"
 	resourceapi "k8s.io/api/resource/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
@@ -120,15 +119,7 @@ func TestPlacementMemoFollowsLayoutsAndStates(t *testing.T) {
 						default:
 							dra.allocated.AllocatedDevices.Insert(id)
 						}
-						pod := pods[rng.IntN(len(pods))]
-						want, st := scoreAll(t, fresh, pod, infos)
-						got, gotSt := scoreAll(t, memo, pod, infos)
-						if st.Code() != gotSt.Code() {
-							t.Fatalf("step %d, pod %q: status %v, fresh %v", step, pod, gotSt, st)
-						}
-						if diff := cmp.Diff(want, got); diff != "" {
-							t.Fatalf("step %d, pod %q: scores (-fresh +memo):\n%s", step, pod, diff)
-						}
+						sameScores(t, step, pods[rng.IntN(len(pods))], fresh, "memo", memo, infos)
 					}
 				})
 			}
