@@ -50,9 +50,13 @@ func ruleWrites(t *testing.T, objs []client.Object, n *int) client.Client {
 				}
 				return c.Apply(ctx, obj, opts...)
 			},
+			// A delete of what is gone already (a stale cache's) writes nothing.
 			Delete: func(ctx context.Context, c client.WithWatch, obj client.Object, opts ...client.DeleteOption) error {
-				count(obj)
-				return c.Delete(ctx, obj, opts...)
+				err := c.Delete(ctx, obj, opts...)
+				if err == nil {
+					count(obj)
+				}
+				return err
 			},
 		}).Build()
 }
@@ -176,5 +180,88 @@ func TestFreeTaintWithdrawalIsRateBounded(t *testing.T) {
 	reconcileOnce()
 	if got := taints(ctx, t, c); len(got) != 0 {
 		t.Errorf("a claim waiting after the interval left free taints %v", got)
+	}
+}
+
+// staleRules is a client whose DeviceTaintRule lists return rules, while
+// rules is not nil, as an informer cache does until the watch events of
+// the latest writes arrive.
+type staleRules struct {
+	client.Client
+	rules *resourceapi.DeviceTaintRuleList
+}
+
+func (s *staleRules) List(ctx context.Context, list client.ObjectList, opts ...client.ListOption) error {
+	if l, ok := list.(*resourceapi.DeviceTaintRuleList); ok && s.rules != nil {
+		s.rules.DeepCopyInto(l)
+		return nil
+	}
+	return s.Client.List(ctx, list, opts...)
+}
+
+// TestFreeTaintWithdrawalOutlastsAStaleCache: the reconciles right after a
+// withdrawal of the free taints (each deleted rule's event triggers one)
+// still list some of the deleted rules. While the claim waits, they write
+// nothing: the withdrawal stands. (It was undone within 50 ms in the e2e
+// matrix, every minute, so the claim never saw a free GPU untainted.) Once
+// the claim goes, the free taints come back.
+func TestFreeTaintWithdrawalOutlastsAStaleCache(t *testing.T) {
+	for name, seen := range map[string]int{"no deletion seen yet": 0, "one of two deletions seen": 1} {
+		t.Run(name, func(t *testing.T) {
+			_, ctx := ktesting.NewTestContext(t)
+			var writes int
+			c := &staleRules{Client: ruleWrites(t, sharingFixture(), &writes)}
+			now := time.Date(2026, 12, 6, 15, 39, 13, 0, time.UTC)
+			r := &SharingReconciler{client: c, now: func() time.Time { return now }}
+			reconcileOnce := func() {
+				t.Helper()
+				if _, err := r.Reconcile(ctx, reconcile.Request{}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			reconcileOnce()
+			var before resourceapi.DeviceTaintRuleList
+			if err := c.List(ctx, &before); err != nil {
+				t.Fatal(err)
+			}
+			if len(before.Items) != 2 {
+				t.Fatalf("before the claim: %d free rules, want 2", len(before.Items))
+			}
+			legacy := waitingShare("free", "legacy")
+			if err := c.Create(ctx, legacy); err != nil {
+				t.Fatal(err)
+			}
+			reconcileOnce()
+			if got := taints(ctx, t, c); len(got) != 0 {
+				t.Fatalf("the waiting claim left free taints %v", got)
+			}
+
+			writes = 0
+			before.Items = before.Items[seen:]
+			c.rules = &before
+			for range 5 {
+				now = now.Add(10 * time.Millisecond)
+				reconcileOnce()
+			}
+			c.rules = nil
+			if got := taints(ctx, t, c); len(got) != 0 || writes != 0 {
+				t.Fatalf("reconciles on a cache that lists %d deleted free rules put back taints %v (%d rule writes), want none", len(before.Items), got, writes)
+			}
+			// Caught up, the withdrawal stands while the claim waits.
+			now = now.Add(time.Second)
+			reconcileOnce()
+			if got := taints(ctx, t, c); len(got) != 0 || writes != 0 {
+				t.Fatalf("the waiting claim's free GPUs got taints %v (%d rule writes), want none", got, writes)
+			}
+
+			if err := c.Delete(ctx, legacy); err != nil {
+				t.Fatal(err)
+			}
+			reconcileOnce()
+			free := map[string]string{"gpu-0-shared": tenancyv1.GroupFree, "gpu-1-shared": tenancyv1.GroupFree}
+			if diff := cmp.Diff(free, taints(ctx, t, c)); diff != "" {
+				t.Errorf("after the claim (-want +got):\n%s", diff)
+			}
+		})
 	}
 }

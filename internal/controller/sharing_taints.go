@@ -46,6 +46,14 @@ type SharingReconciler struct {
 	// waiting claim that cannot tolerate them (freeGPUs). Reconcile runs
 	// one at a time (there is one key), so it needs no lock.
 	lastWithdrawal time.Time
+	// withdrawn says the free taints were withdrawn for a waiting claim and
+	// not given back since. The reconciler remembers it rather than reading
+	// it off the rules it lists: its cache goes on listing some of the free
+	// rules it just deleted until their deletions arrive, one watch event
+	// each, and a withdrawal judged from those would look undone and be
+	// undone at once (every free rule created again, the waiting claim kept
+	// off free GPUs for another interval).
+	withdrawn bool
 }
 
 // freeWithdrawalInterval bounds how often freeGPUs withdraws the free taints
@@ -116,34 +124,32 @@ func sharingRules(ctx context.Context, c client.Reader) ([]resourceapi.DeviceTai
 // waiting claim could not tolerate the free taint (tenancy.BlockedByFreeTaint),
 // so that such a claim is not kept off free GPUs for good; then groups only
 // lose the preference for their own GPUs, and the GPUs held by a group are
-// tainted as ever. Withdrawing free taints that exist happens at most once
-// per freeWithdrawalInterval; until the next may, the free taints stay and
-// later says when to look again.
+// tainted as ever. Once withdrawn, the free taints stay withdrawn until no
+// such claim waits. Withdrawing happens at most once per
+// freeWithdrawalInterval; until the next may, the free taints stay and later
+// says when to look again.
 func (r *SharingReconciler) freeGPUs(ctx context.Context, rules []resourceapi.DeviceTaintRule) (free []tenancy.DeviceID, later time.Duration, err error) {
 	var claims resourceapi.ResourceClaimList
 	if err := r.client.List(ctx, &claims); err != nil {
 		return nil, 0, fmt.Errorf("list claims: %w", err)
 	}
-	for i := range claims.Items {
+	if i := slices.IndexFunc(claims.Items, func(c resourceapi.ResourceClaim) bool { return tenancy.BlockedByFreeTaint(&c) }); i >= 0 {
 		c := &claims.Items[i]
-		if !tenancy.BlockedByFreeTaint(c) {
-			continue
-		}
 		logger := klog.FromContext(ctx)
-		if !slices.ContainsFunc(rules, func(rule resourceapi.DeviceTaintRule) bool { return rule.Spec.Taint.Value == tenancyv1.GroupFree }) {
-			// Withdrawn already: staying so writes nothing.
+		if r.withdrawn {
 			return nil, 0, nil
 		}
 		now := r.clock()
 		since := now.Sub(r.lastWithdrawal)
 		if r.lastWithdrawal.IsZero() || since >= freeWithdrawalInterval {
-			r.lastWithdrawal = now
+			r.lastWithdrawal, r.withdrawn = now, true
 			logger.V(2).Info("Free shared GPUs go untainted while a claim that does not tolerate it waits", "claim", klog.KObj(c))
 			return nil, 0, nil
 		}
 		later = freeWithdrawalInterval - since
 		logger.V(2).Info("Free shared GPUs stay tainted for now: their taints were withdrawn a moment ago", "claim", klog.KObj(c), "retryAfter", later)
-		break
+	} else {
+		r.withdrawn = false
 	}
 	var published resourceapi.ResourceSliceList
 	if err := r.client.List(ctx, &published); err != nil {
