@@ -63,8 +63,6 @@ func TestTenancyAttackMatrix(t *testing.T) {
 	extSharesTenant := newTenant(t, "extshares", tenancyv1.GPUTenantSpec{AllowedDeviceClasses: []string{gpuapi.ClassShared},
 		Budget: &tenancyv1.Budget{GPUMemory: new(resource.MustParse("200Gi"))}})
 	extSharesNS, beforePolicies := tenantNamespace(t, extSharesTenant.Name), newNamespace(t)
-	ctx := testContext(t)
-
 	tolerating := func(key string, op resourceapi.DeviceTolerationOperator) resourceapi.DeviceRequest {
 		r := builder.MakeRequest("gpu", gpuapi.ClassShared).Obj()
 		r.Exactly.Tolerations = []resourceapi.DeviceToleration{{Key: key, Operator: op}}
@@ -112,7 +110,7 @@ func TestTenancyAttackMatrix(t *testing.T) {
 		"a claim of no devices is fine":                    {spec: claimSpec()},
 	} {
 		t.Run(name, func(t *testing.T) {
-			err := createClaim(ctx, ns, tc.spec)
+			err := createClaim(testContext(t), ns, tc.spec)
 			if tc.want == nil {
 				if err != nil {
 					t.Fatalf("allowed claim refused: %v", err)
@@ -126,11 +124,11 @@ func TestTenancyAttackMatrix(t *testing.T) {
 	t.Run("admin access", func(t *testing.T) {
 		// The namespace has DRA's admin-access label (set by an admin), so
 		// only the tenant policy stands in the way.
-		wantRefused(t, createClaim(ctx, adminNS, claimSpec(adminAccess)), "GPUTenant "+tenant.Name, "request gpu", "admin access")
+		wantRefused(t, createClaim(testContext(t), adminNS, claimSpec(adminAccess)), "GPUTenant "+tenant.Name, "request gpu", "admin access")
 	})
 
 	t.Run("a template with a forbidden class", func(t *testing.T) {
-		_, err := local.Client.ResourceV1().ResourceClaimTemplates(ns).Create(ctx, &resourceapi.ResourceClaimTemplate{
+		_, err := local.Client.ResourceV1().ResourceClaimTemplates(ns).Create(testContext(t), &resourceapi.ResourceClaimTemplate{
 			ObjectMeta: metav1.ObjectMeta{Name: "attack", Namespace: ns},
 			Spec:       resourceapi.ResourceClaimTemplateSpec{Spec: claimSpec(builder.MakeRequest("gpu", gpuapi.ClassGPU).Obj())},
 		}, metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}})
@@ -141,10 +139,10 @@ func TestTenancyAttackMatrix(t *testing.T) {
 	// dedicated class; refused by the API server, and by the controller
 	// where the policy is not in place.
 	t.Run("a dedicated class from a namespace of no tenant", func(t *testing.T) {
-		attackDedicatedFromOutside(ctx, t, other, outside)
+		attackDedicatedFromOutside(testContext(t), t, other, outside)
 	})
 	t.Run("a node publishing a dedicated pool it is not labelled for", func(t *testing.T) {
-		attackForgedPool(ctx, t, other, victim)
+		attackForgedPool(testContext(t), t, other, victim)
 	})
 	t.Run("a node publishing a pool named after another node", func(t *testing.T) {
 		attackForeignPoolSlice(testContext(t), t)
@@ -159,26 +157,26 @@ func TestTenancyAttackMatrix(t *testing.T) {
 		attackBetaAPI(testContext(t), t, tenant, ns)
 	})
 	t.Run("a dedicated class from a namespace of no tenant, policy deleted", func(t *testing.T) {
-		attackDedicatedUnbound(ctx, t, other, unbound)
+		attackDedicatedUnbound(testContext(t), t, other, unbound)
 	})
 	// Items 4 and 5: tolerating a tenant's sharing taint from outside, and
 	// churning the free taints with claims that do not tolerate them.
 	t.Run("a tenant's taint from a namespace of no tenant", func(t *testing.T) {
-		attackTaintFromOutside(ctx, t, tenant, other, outside)
+		attackTaintFromOutside(testContext(t), t, tenant, other, outside)
 	})
 	t.Run("free taints under a claim loop", func(t *testing.T) {
-		attackFreeRules(ctx, t, churn)
+		attackFreeRules(testContext(t), t, churn)
 	})
 	// The cost rule: what a tenant's shares keep from others is what its
 	// budget counts, and what kubectl get gput shows.
 	t.Run("shares of mixed shape priced by what they deny", func(t *testing.T) {
-		attackMixedShares(ctx, t, mixedTenant, mixedNS)
+		attackMixedShares(testContext(t), t, mixedTenant, mixedNS)
 	})
 	t.Run("tiny shares holding whole GPUs", func(t *testing.T) {
-		attackTinyShares(ctx, t, tinyTenant, tinyNS)
+		attackTinyShares(testContext(t), t, tinyTenant, tinyNS)
 	})
 	t.Run("devices through an extended resource", func(t *testing.T) {
-		attackExtendedResource(ctx, t, extendedNS)
+		attackExtendedResource(testContext(t), t, extendedNS)
 	})
 	t.Run("shares through an extended resource on GPUs without the free taint", func(t *testing.T) {
 		// The controller may take the free taints off only a minute after
@@ -191,10 +189,11 @@ func TestTenancyAttackMatrix(t *testing.T) {
 		attackAdminAccessDevices(testContext(t), t, adminAccessNS, bystanderNS)
 	})
 	t.Run("a flood of over-budget claims delaying another tenant", func(t *testing.T) {
-		attackFlood(ctx, t, floodNS, steadyNS)
+		attackFlood(testContext(t), t, floodNS, steadyNS)
 	})
 
 	t.Run("a namespace selected by two tenants", func(t *testing.T) {
+		ctx := testContext(t)
 		second := newTenant(t, "second", tenancyv1.GPUTenantSpec{AllowedDeviceClasses: []string{gpuapi.ClassMIG}})
 		labelNamespace(t, shared, map[string]string{"e2e.tessera.dev/second": "yes"})
 		updateTenant(t, second.Name, func(s *tenancyv1.GPUTenant) {
@@ -214,6 +213,7 @@ func TestTenancyAttackMatrix(t *testing.T) {
 	})
 
 	t.Run("tenancy labels", func(t *testing.T) {
+		ctx := testContext(t)
 		mallory := namespaceEditor(t)
 		for name, tc := range map[string]struct {
 			ns     string
