@@ -9,15 +9,23 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"cmp"
 	"fmt"
 	"io"
 	"os"
 	"regexp"
+	"slices"
 	"strings"
 )
 
-// keep is how many of a failed test's last lines the digest prints.
-const keep = 40
+// keep is how many of its last lines the digest prints of the test that
+// failed first, and keepOthers of each other: in a log cut to its tail, the
+// first failure is the likeliest cause, and the later ones are often its
+// echo (a shared deadline run out).
+const (
+	keep       = 40
+	keepOthers = 6
+)
 
 var (
 	// A test's own lines follow "=== RUN", "=== CONT" or "=== NAME" with its
@@ -42,18 +50,23 @@ func main() {
 	}
 }
 
-// digest writes to w, for each test that failed in r, its last keep lines;
-// a test that failed only through its subtests (it printed nothing of its
-// own) is left to them. A run that panicked, as go test does when its
-// -timeout passes, gets the panic's lines too.
+// digest writes to w why each test that failed in r failed: its own last
+// lines. A test that failed only through its subtests (it printed nothing of
+// its own) is left to them, and tests that printed the same lines are named
+// together. The test that failed first (whose last line came first) ends the
+// digest with its last keep lines, nearest the end of a cut log; the others
+// come before it, latest first, with their last keepOthers. A run that
+// panicked, as go test does when its -timeout passes, gets the panic's lines
+// last.
 func digest(r io.Reader, w io.Writer) error {
 	lines := map[string][]string{}
+	last := map[string]int{} // a test's last own line's number
 	var current string
 	var failed []string
 	var panicked []string
 	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 0, 64*1024), 4*1024*1024)
-	for sc.Scan() {
+	for n := 0; sc.Scan(); n++ {
 		line := sc.Text()
 		switch {
 		case panicked != nil:
@@ -73,6 +86,7 @@ func digest(r io.Reader, w io.Writer) error {
 			// PAUSE: the test's lines come after its CONT.
 		case current != "":
 			lines[current] = append(lines[current], line)
+			last[current] = n
 		}
 	}
 	if err := sc.Err(); err != nil {
@@ -81,17 +95,45 @@ func digest(r io.Reader, w io.Writer) error {
 	if len(failed) == 0 && panicked == nil {
 		return nil
 	}
-	var b strings.Builder
-	fmt.Fprintf(&b, "\nWhy each failed test failed (its last %d lines; the whole output is above):\n", keep)
+
+	type group struct {
+		names []string
+		own   []string
+		last  int
+	}
+	var groups []*group
+	byLines := map[string]*group{}
 	for _, name := range failed {
 		own := lines[name]
 		if len(own) == 0 {
 			continue
 		}
-		fmt.Fprintf(&b, "--- %s\n", name)
-		if len(own) > keep {
-			fmt.Fprintf(&b, "    [… %d lines before]\n", len(own)-keep)
-			own = own[len(own)-keep:]
+		key := strings.Join(own, "\n")
+		g := byLines[key]
+		if g == nil {
+			g = &group{own: own, last: last[name]}
+			byLines[key] = g
+			groups = append(groups, g)
+		}
+		g.names = append(g.names, name)
+		g.last = min(g.last, last[name])
+	}
+	slices.SortStableFunc(groups, func(a, b *group) int { return cmp.Compare(b.last, a.last) })
+
+	var b strings.Builder
+	if len(groups) > 0 {
+		fmt.Fprintf(&b, "\nWhy each failed test failed, the first to fail last (its last %d lines, the others' last %d; the whole output is above):\n", keep, keepOthers)
+	}
+	for i, g := range groups {
+		n := keepOthers
+		if i == len(groups)-1 {
+			n = keep
+		}
+		fmt.Fprintf(&b, "--- %s\n", strings.Join(g.names, ", "))
+		own := g.own
+		if len(own) > n {
+			fmt.Fprintf(&b, "    [… %d lines before]\n", len(own)-n)
+			own = own[len(own)-n:]
 		}
 		for _, l := range own {
 			fmt.Fprintln(&b, l)

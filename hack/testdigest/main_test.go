@@ -41,19 +41,64 @@ FAIL
 	if err := digest(strings.NewReader(in), &out); err != nil {
 		t.Fatal(err)
 	}
+	// TestMatrix/two printed its last line first, TestSub/x last.
 	want := `
-Why each failed test failed (its last 40 lines; the whole output is above):
+Why each failed test failed, the first to fail last (its last 40 lines, the others' last 6; the whole output is above):
+--- TestSub/x
+    s_test.go:1: x failed
+--- TestP
+    p_test.go:5: p failed
 --- TestMatrix
     m_test.go:40: matrix cleanup
 --- TestMatrix/two
     m_test.go:20: two went wrong
         with a second line
---- TestSub/x
-    s_test.go:1: x failed
---- TestP
-    p_test.go:5: p failed
 `
 	if diff := cmp.Diff(want, out.String()); diff != "" {
+		t.Errorf("digest (-want +got):\n%s", diff)
+	}
+}
+
+// TestDigestOfACascade: the e2e matrix's failure in CI. One subtest failed
+// slowly and ran out the deadline its later siblings shared; they failed at
+// once, all with the same line. The first failure ends the digest with its
+// last keep lines; the echoes come before it, named together, with their
+// last keepOthers.
+func TestDigestOfACascade(t *testing.T) {
+	var in strings.Builder
+	in.WriteString("=== RUN   TestM\n=== RUN   TestM/slow\n")
+	for i := range keep + 10 {
+		fmt.Fprintf(&in, "    slow_test.go:1: waited %d\n", i)
+	}
+	in.WriteString("    slow_test.go:2: the taints never went\n")
+	for _, name := range []string{"a", "b", "c"} {
+		fmt.Fprintf(&in, "=== RUN   TestM/%s\n    m_test.go:9: context deadline exceeded\n", name)
+	}
+	in.WriteString("=== RUN   TestM/d\n")
+	for i := range keepOthers + 2 {
+		fmt.Fprintf(&in, "    d_test.go:1: d %d\n", i)
+	}
+	in.WriteString("--- FAIL: TestM (1.00s)\n")
+	for _, name := range []string{"slow", "a", "b", "c", "d"} {
+		fmt.Fprintf(&in, "    --- FAIL: TestM/%s (0.00s)\n", name)
+	}
+	var out strings.Builder
+	if err := digest(strings.NewReader(in.String()), &out); err != nil {
+		t.Fatal(err)
+	}
+	var want strings.Builder
+	fmt.Fprintf(&want, "\nWhy each failed test failed, the first to fail last (its last %d lines, the others' last %d; the whole output is above):\n", keep, keepOthers)
+	fmt.Fprintf(&want, "--- TestM/d\n    [… 2 lines before]\n")
+	for i := 2; i < keepOthers+2; i++ {
+		fmt.Fprintf(&want, "    d_test.go:1: d %d\n", i)
+	}
+	want.WriteString("--- TestM/a, TestM/b, TestM/c\n    m_test.go:9: context deadline exceeded\n")
+	fmt.Fprintf(&want, "--- TestM/slow\n    [… 11 lines before]\n")
+	for i := 11; i < keep+10; i++ {
+		fmt.Fprintf(&want, "    slow_test.go:1: waited %d\n", i)
+	}
+	want.WriteString("    slow_test.go:2: the taints never went\n")
+	if diff := cmp.Diff(want.String(), out.String()); diff != "" {
 		t.Errorf("digest (-want +got):\n%s", diff)
 	}
 }
