@@ -17,14 +17,20 @@ import (
 // memoised recursion over the states reachable from an empty node; GPUs are
 // interchangeable, so a state is the sorted list of masks.
 type onlineOptimum struct {
-	// placements of each profile, as masks.
-	placements [][]int
-	size       []int
-	memo       map[uint64]float64
+	masks
+	memo map[uint64]float64
 }
 
-func newOnlineOptimum(t testing.TB, g partition.GPU, profiles []string) *onlineOptimum {
-	o := &onlineOptimum{placements: make([][]int, len(profiles)), size: make([]int, len(profiles)), memo: map[uint64]float64{}}
+// masks is an H200's MIG placements as 9-bit masks (the eight memory
+// slices and the media-engine set) per profile, in Tessera's published
+// order, with each profile's size in memory slices.
+type masks struct {
+	placements [][]int
+	size       []int
+}
+
+func newMasks(t testing.TB, g partition.GPU, profiles []string) masks {
+	m := masks{placements: make([][]int, len(profiles)), size: make([]int, len(profiles))}
 	for _, d := range g.Devices {
 		if d.Kind != partition.KindMIG {
 			continue
@@ -41,10 +47,14 @@ func newOnlineOptimum(t testing.TB, g partition.GPU, profiles []string) *onlineO
 			}
 		}
 		p := slices.Index(profiles, d.Profile.Name)
-		o.placements[p] = append(o.placements[p], mask)
-		o.size[p] = d.Placement.Size
+		m.placements[p] = append(m.placements[p], mask)
+		m.size[p] = d.Placement.Size
 	}
-	return o
+	return m
+}
+
+func newOnlineOptimum(t testing.TB, g partition.GPU, profiles []string) *onlineOptimum {
+	return &onlineOptimum{masks: newMasks(t, g, profiles), memo: map[uint64]float64{}}
 }
 
 // value is the expected number of memory slices the best online rule puts
