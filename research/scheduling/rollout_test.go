@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tessera-gpu/tessera/pkg/inventory"
 	"github.com/tessera-gpu/tessera/pkg/partition"
 )
 
@@ -111,7 +112,9 @@ func (r rollout) pack(rng *rand.Rand, n int) (used float64, placed int) {
 	return float64(inUse) / float64(total), placed
 }
 
-func h200Masks(t testing.TB, gpus int) (rollout, *Optimum, []string) {
+// h200Masks is the rollout rule (k unset) on a node of gpus H200s, the node's
+// GPUs and the offline optimum, for Packing beside it.
+func h200Masks(t testing.TB, gpus int) (rollout, []inventory.GPU, *Optimum) {
 	t.Helper()
 	node := h200Node(t, gpus)
 	var profiles []string
@@ -121,16 +124,15 @@ func h200Masks(t testing.TB, gpus int) (rollout, *Optimum, []string) {
 	if node[0].MIG.MemorySlices() != 8 {
 		t.Fatalf("an H200 has %d memory slices; the masks know 8", node[0].MIG.MemorySlices())
 	}
-	return rollout{masks: newMasks(t, partition.Build(node[0], partition.Options{}), profiles)}, NewOptimum(node[0]), profiles
+	return rollout{masks: newMasks(t, partition.Build(node[0], partition.Options{}), profiles)}, node, NewOptimum(node[0])
 }
 
 // TestRolloutPlacesWhatFits: the rule places a request on a free placement
 // of its profile, refuses only one that has none, and never beats the
 // offline optimum on the benchmark's sequences.
 func TestRolloutPlacesWhatFits(t *testing.T) {
-	r, opt, _ := h200Masks(t, 8)
+	r, node, opt := h200Masks(t, 8)
 	r.k = 4
-	node := h200Node(t, 8)
 	for seq := range 20 {
 		s := make([]int, 8)
 		rng := rand.New(rand.NewPCG(uint64(seq), 2026))
@@ -166,9 +168,8 @@ func TestRolloutPlacesWhatFits(t *testing.T) {
 func BenchmarkRolloutRule(b *testing.B) {
 	for _, k := range []int{16, 64, 256, 1024} {
 		b.Run(fmt.Sprintf("futures=%d", k), func(b *testing.B) {
-			r, opt, _ := h200Masks(b, 8)
+			r, node, opt := h200Masks(b, 8)
 			r.k = k
-			node := h200Node(b, 8)
 			for b.Loop() {
 				const sequences = 1000
 				var sum PackingResult
