@@ -72,6 +72,14 @@ func TestBestFit(t *testing.T) {
 			taken: []string{"gpu-1-mig-3g71gb-4"}, class: "1g.18gb",
 			firstFit: "gpu-0-mig-1g18gb-6", wantFirst: "gpu-1-mig-1g18gb-3",
 		},
+		// A 1g at GPU 0's slice 6 would strand its slice 7 (only the
+		// 1g.35gb at 6 and the full partition use it); GPU 1's slice 7 is
+		// stranded already, by the +me partition at 6, so the rule takes
+		// GPU 1's slice 5, which strands nothing.
+		"a slice not stranded": {
+			taken: []string{"gpu-0-mig-2g35gb-4", "gpu-1-mig-1g18gb-me-6"}, class: "1g.18gb",
+			firstFit: "gpu-0-mig-1g18gb-6", wantFirst: "gpu-1-mig-1g18gb-5",
+		},
 		// The last free 4g placement of the node is kept free.
 		"the last 4g placement kept": {
 			taken: []string{"gpu-0-mig-3g71gb-4", "gpu-1-mig-3g71gb-4", "gpu-1-mig-1g18gb-0"}, class: "1g.35gb",

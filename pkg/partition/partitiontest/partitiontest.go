@@ -8,6 +8,7 @@ import (
 	"math"
 	"sort"
 
+	gpuapi "github.com/tessera-gpu/tessera/api/gpu"
 	"github.com/tessera-gpu/tessera/pkg/partition"
 )
 
@@ -40,11 +41,38 @@ func BestFitMaps(devices []partition.Choice, left map[string]map[string]int64, c
 			continue
 		}
 		set := left[d.CounterSet]
+		reachedNow, reachedAfter := map[string]bool{}, map[string]bool{}
 		for _, i := range bySet[d.CounterSet] {
-			if o := devices[i]; i != c && blocks(set, d.Consumes, o.Consumes) {
+			o := devices[i]
+			for name := range o.Consumes {
+				reachedNow[name] = true
+			}
+			if i == c {
+				continue
+			}
+			if blocks(set, d.Consumes, o.Consumes) {
 				cost[k] += 1 / float64(perClass[o.Class])
+				continue
+			}
+			for name := range o.Consumes {
+				reachedAfter[name] = true
 			}
 		}
+		// Memory slices left that no device could take before c and that
+		// none can take after it.
+		stranded := 0
+		for name, n := range set {
+			if !gpuapi.IsMemorySliceCounter(name) {
+				continue
+			}
+			if n > 0 && !reachedNow[name] {
+				stranded--
+			}
+			if n-d.Consumes[name] > 0 && !reachedAfter[name] {
+				stranded++
+			}
+		}
+		cost[k] += partition.StrandedSliceCost * float64(stranded)
 	}
 	order := make([]int, len(candidates))
 	for k := range order {
