@@ -3,6 +3,8 @@
 #
 #   make sim-openb          the openb figures and plot of docs/benchmarks.md (10 seeds, ~3 min on 2 cores)
 #   make sim-openb-variants the FGD paper's openb variants table of docs/benchmarks.md (10 seeds each)
+#   make sim-openb-artifact FGD_CSV=<dir>
+#                           the same variants from the FGD artifact's own files, replayed as its simulator does
 #   make sim-elastic        hard against elastic budgets on the openb timeline (docs/benchmarks.md, 10 seeds, a few min on 2 cores)
 #   make sim-burst          bursts of shares against the same shares one by one, per scheduler (docs/benchmarks.md, seconds)
 #   make tessera-scheduler  kube-scheduler with the TesseraPlacement plugin into bin/
@@ -14,7 +16,7 @@ OPENB_DIR ?= ../shared/data
 SIM_POLICIES ?= tessera,fgd,stock,whole
 SIM_SEEDS ?= 10
 
-.PHONY: sim-openb sim-openb-variants
+.PHONY: sim-openb sim-openb-variants sim-openb-artifact
 
 sim-openb: ## The openb placement figures and plot of docs/benchmarks.md (10 seeds, ~3 min on 2 cores)
 	$(GO) build -o $(BIN)/ ./research/cmd/tessera-sim
@@ -31,6 +33,20 @@ sim-openb-variants: ## The FGD paper's openb variants (gpuspec10, 20, 33, gpusha
 		$(BIN)/tessera-sim trace --pods $(OPENB_DIR)/openb_pod_list_default.csv \
 			--nodes $(OPENB_DIR)/openb_node_list_gpu_node.csv --variant $$v \
 			--policy tessera,stock,fgd --seeds $(SIM_SEEDS) | tee $(BIN)/sim-openb-$$v.json || exit 1; \
+	done
+
+# The FGD artifact's own variant files are not in this repository: FGD_CSV names the data/csv
+# folder of a clone of github.com/hkust-adsl/kubernetes-scheduler-simulator.
+FGD_CSV ?=
+
+sim-openb-artifact: ## The FGD artifact's own openb variant files, replayed as its simulator does (FGD_CSV=<clone>/data/csv; docs/benchmarks.md)
+	@test -n "$(FGD_CSV)" && test -f "$(FGD_CSV)/openb_pod_list_gpuspec10.csv" || { \
+		echo "FGD_CSV must name the data/csv folder of a clone of github.com/hkust-adsl/kubernetes-scheduler-simulator" >&2; exit 2; }
+	$(GO) build -o $(BIN)/ ./research/cmd/tessera-sim
+	for v in $(SIM_VARIANTS); do \
+		$(BIN)/tessera-sim trace --pods $(FGD_CSV)/openb_pod_list_$$v.csv --shuffle \
+			--nodes $(OPENB_DIR)/openb_node_list_gpu_node.csv \
+			--policy tessera,stock,fgd --seeds $(SIM_SEEDS) | tee $(BIN)/sim-openb-artifact-$$v.json || exit 1; \
 	done
 
 # The openb timeline, arrivals 100x faster, on every 16th node (414 GPUs): demand exceeds
