@@ -12,8 +12,9 @@ import (
 	"github.com/tessera-gpu/tessera/pkg/partition"
 )
 
-// BestFitMaps is partition.BestFit as first written, over maps: the same
-// order of candidates, the same costs summed in the same order.
+// BestFitMaps is partition.BestFit as first written, over maps, with the
+// stranded-slice term written over maps too: the same order of candidates,
+// the same costs summed in the same order.
 func BestFitMaps(devices []partition.Choice, left map[string]map[string]int64, candidates []int) []int {
 	free := make([]bool, len(devices))
 	perClass := map[string]int{}
@@ -58,8 +59,8 @@ func BestFitMaps(devices []partition.Choice, left map[string]map[string]int64, c
 				reachedAfter[name] = true
 			}
 		}
-		// Memory slices left that no device could take before c and that
-		// none can take after it.
+		// The memory slices c strands: left after it and takeable by no
+		// other device then, less those no device could take before it.
 		stranded := 0
 		for name, n := range set {
 			if !gpuapi.IsMemorySliceCounter(name) {
