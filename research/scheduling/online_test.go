@@ -75,8 +75,11 @@ type classes struct {
 }
 
 func newClasses(t testing.TB, m masks) classes {
-	var all []int // every profile's placements, as masks
+	// all is every profile's placements, as masks, profile by profile;
+	// profile p's start at offset[p].
+	var all, offset []int
 	for _, pl := range m.placements {
+		offset = append(offset, len(all))
 		all = append(all, pl...)
 	}
 	// The symmetries: permutations of the eight memory slices (the
@@ -109,7 +112,7 @@ func newClasses(t testing.TB, m masks) classes {
 				if j < 0 {
 					return
 				}
-				of = append(of, slices.Index(all, m.placements[p][j]))
+				of = append(of, offset[p]+j)
 			}
 		}
 		symmetries = append(symmetries, of)
@@ -204,7 +207,11 @@ func (o *onlineOptimum) value(state []int) float64 {
 func (m masks) rawValue(state []int, memo map[string]float64) float64 {
 	s := slices.Clone(state)
 	slices.Sort(s)
-	key := fmt.Sprint(s)
+	k := make([]byte, 0, 2*len(s))
+	for _, mk := range s {
+		k = append(k, byte(mk>>8), byte(mk))
+	}
+	key := string(k)
 	if v, ok := memo[key]; ok {
 		return v
 	}
