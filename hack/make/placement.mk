@@ -5,6 +5,8 @@
 #   make sim-openb-variants the FGD paper's openb variants table of docs/benchmarks.md (10 seeds each)
 #   make sim-openb-artifact FGD_CSV=<dir>
 #                           the same variants from the FGD artifact's own files, replayed as its simulator does
+#   make sim-openb-artifact-all FGD_CSV=<dir>
+#                           every artifact file with a published FGD figure (17 files, ~40 min on 2 cores)
 #   make sim-elastic        hard against elastic budgets on the openb timeline (docs/benchmarks.md, 10 seeds, a few min on 2 cores)
 #   make sim-burst          bursts of shares against the same shares one by one, per scheduler (docs/benchmarks.md, seconds)
 #   make tessera-scheduler  kube-scheduler with the TesseraPlacement plugin into bin/
@@ -16,7 +18,7 @@ OPENB_DIR ?= ../shared/data
 SIM_POLICIES ?= tessera,fgd,stock,whole
 SIM_SEEDS ?= 10
 
-.PHONY: sim-openb sim-openb-variants sim-openb-artifact
+.PHONY: sim-openb sim-openb-variants sim-openb-artifact sim-openb-artifact-all
 
 sim-openb: ## The openb placement figures and plot of docs/benchmarks.md (10 seeds, ~3 min on 2 cores)
 	$(GO) build -o $(BIN)/ ./research/cmd/tessera-sim
@@ -26,6 +28,10 @@ sim-openb: ## The openb placement figures and plot of docs/benchmarks.md (10 see
 		| tee $(BIN)/sim-openb.json
 
 SIM_VARIANTS ?= gpuspec10 gpuspec20 gpuspec33 gpushare100
+# Every openb file of the FGD artifact with a published FGD figure
+# ($(OPENB_DIR)/fgd_published_unallocated.csv): sim-openb-artifact-all runs them all.
+FGD_PUBLISHED := default cpu050 cpu100 cpu200 cpu250 gpushare40 gpushare60 gpushare80 gpushare100 \
+	gpuspec10 gpuspec20 gpuspec25 gpuspec33 multigpu20 multigpu30 multigpu40 multigpu50
 
 sim-openb-variants: ## The FGD paper's openb variants (gpuspec10, 20, 33, gpushare100) table of docs/benchmarks.md (10 seeds each)
 	$(GO) build -o $(BIN)/ ./research/cmd/tessera-sim
@@ -48,6 +54,9 @@ sim-openb-artifact: ## The FGD artifact's own openb variant files, replayed as i
 			--nodes $(OPENB_DIR)/openb_node_list_gpu_node.csv \
 			--policy tessera,stock,fgd --seeds $(SIM_SEEDS) | tee $(BIN)/sim-openb-artifact-$$v.json || exit 1; \
 	done
+
+sim-openb-artifact-all: SIM_VARIANTS = $(FGD_PUBLISHED)
+sim-openb-artifact-all: sim-openb-artifact ## Every FGD artifact file with a published FGD figure (FGD_CSV=<clone>/data/csv; 17 files, ~40 min on 2 cores)
 
 # The openb timeline, arrivals 100x faster, on every 16th node (414 GPUs): demand exceeds
 # the fleet for hours. Equal split of the pods among 4 tenants, then a 4:3:2:1 split (plotted).
