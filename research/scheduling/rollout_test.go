@@ -370,11 +370,7 @@ func BenchmarkExactTailRollout(b *testing.B) {
 		b.Run(fmt.Sprintf("tail=%d/futures=%d", c.tail, c.k), func(b *testing.B) {
 			r.tail, r.k = c.tail, c.k
 			start := time.Now()
-			empty := make([]int, c.tail)
-			for i := range empty {
-				empty[i] = r.of[0]
-			}
-			r.value(empty) // the table of every state of tail GPUs
+			r.value(r.start(c.tail)) // the table of every state of tail GPUs
 			table := time.Since(start)
 			for b.Loop() {
 				var packed float64
