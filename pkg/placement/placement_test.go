@@ -1,6 +1,7 @@
 package placement
 
 import (
+	"fmt"
 	"math"
 	"testing"
 
@@ -171,13 +172,51 @@ func TestFGDScore(t *testing.T) {
 }
 
 func TestNormalize(t *testing.T) {
-	got := Normalize([]float64{5, 5 + Resolution/2, 5 + 3.5*Resolution, 5 + 1000, 4 + 1e-12 + 1})
-	want := []int64{MaxScore, MaxScore, MaxScore - 3, 0, MaxScore}
+	// Deltas within Tolerance of the least are the best: they score 50 plus
+	// their place in the order, whatever their delta; every further
+	// Tolerance costs a point below 50.
+	deltas := []float64{5, 5 + Tolerance/2, 5 + Tolerance - 1e-9, 5 + Tolerance, 5 + 3.5*Tolerance, 5 + 1e6, 4 + 1e-12 + 1}
+	order := []int64{0, 50, 7, 50, 50, 50, 3}
+	got := Normalize(deltas, order, Tolerance)
+	want := []int64{50, MaxScore, 57, 49, 47, 0, 53}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("Normalize (-want +got):\n%s", diff)
 	}
-	if len(Normalize(nil)) != 0 {
+	// The lowest of the best outscores the highest of the rest by one
+	// point, which the weight 300 makes larger than the stock scores' 200.
+	// Without tolerance only the least delta is among the best.
+	if diff := cmp.Diff([]int64{50, 0, 0, 0, 0, 0, 0}, Normalize(deltas, order, 0)); diff != "" {
+		t.Errorf("Normalize, tolerance 0 (-want +got):\n%s", diff)
+	}
+	if len(Normalize(nil, nil, Tolerance)) != 0 {
 		t.Error("Normalize(nil) not empty")
+	}
+}
+
+// TestNodeOrder: the order is a pure function of the name and the salt, uses
+// every place, and another salt is another order.
+func TestNodeOrder(t *testing.T) {
+	seen := map[int64]bool{}
+	moved := 0
+	for i := range 2000 {
+		name := fmt.Sprintf("gpu-node-%04d", i)
+		o := NodeOrder(name, 0)
+		if o < 0 || o >= OrderLevels {
+			t.Fatalf("NodeOrder(%s) = %d, want 0..%d", name, o, OrderLevels-1)
+		}
+		if NodeOrder(name, 0) != o {
+			t.Fatalf("NodeOrder(%s) changed between calls", name)
+		}
+		seen[o] = true
+		if NodeOrder(name, 1) != o {
+			moved++
+		}
+	}
+	if len(seen) != OrderLevels {
+		t.Errorf("2000 names took %d places of %d", len(seen), OrderLevels)
+	}
+	if moved < 1800 {
+		t.Errorf("salt 1 moved %d of 2000 names, want most", moved)
 	}
 }
 

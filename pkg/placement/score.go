@@ -1,6 +1,10 @@
 package placement
 
-import "math"
+import (
+	"hash/fnv"
+	"math"
+	"slices"
+)
 
 // MaxScore is the highest node score, as in kube-scheduler's framework.
 const MaxScore = 100
@@ -57,29 +61,68 @@ func (w Workload) Assess(m Measure, n Node, r Request, choose Choice) (delta flo
 	return w.Delta(m, n, r, gpus), gpus, true
 }
 
-// Resolution is the change of fragmentation, in milli-GPUs, that one point
-// of the normalized score stands for.
-const Resolution = 0.01
+// Tolerance is how much more fragmentation than the least, in milli-GPUs,
+// a node's placement may cause and still count among the best nodes for a
+// request. The measure is an expectation over a workload that is itself an
+// estimate, so it ranks nodes that differ by a fraction of a GPU more
+// finely than it knows; among the nodes it cannot tell apart, Normalize
+// lets a fixed node order choose, which packs. 0.4 GPU was chosen on the
+// openb trace and its multi-GPU variants (docs/benchmarks.md, "Ties in a
+// fixed node order").
+const Tolerance = 400
 
-// Normalize maps fragmentation deltas of the feasible nodes to scores in
-// [0, MaxScore], as a scheduler plugin's NormalizeScore does: the least delta
-// scores MaxScore and every Resolution more costs a point. Only the best
-// nodes matter for the choice, so the scale is fixed and fine rather than
-// stretched over the range (a min-max scale lets one outlier merge the best
-// nodes into one score, leaving the choice to the other plugins). With a
-// plugin weight above the sum of the other scores, the node chosen is one
-// whose delta is within Resolution of the least.
-func Normalize(deltas []float64) []int64 {
+// OrderLevels is the number of places of NodeOrder.
+const OrderLevels = 51
+
+// NodeOrder is a node's place in a fixed node order, 0 to OrderLevels-1
+// (higher first): a hash of its name, so that every scheduler replica and
+// every scheduling cycle agrees on it without state, and nodes of one kind
+// are spread over the order. salt selects one of many such orders (the
+// simulator draws one per seed, as FGD's simulator draws its node names);
+// tessera-scheduler uses 0.
+func NodeOrder(name string, salt uint64) int64 {
+	h := fnv.New64a()
+	_, _ = h.Write([]byte(name))
+	// splitmix64's finalizer, so that every bit of the name and the salt
+	// moves the place.
+	x := h.Sum64() ^ salt*0x9e3779b97f4a7c15
+	x = (x ^ x>>30) * 0xbf58476d1ce4e5b9
+	x = (x ^ x>>27) * 0x94d049bb133111eb
+	x ^= x >> 31
+	return int64(x % OrderLevels)
+}
+
+// Normalize maps the fragmentation deltas of the feasible nodes to scores in
+// [0, MaxScore], as a scheduler plugin's NormalizeScore does, with order[i]
+// the NodeOrder of node i and tolerance in milli-GPUs (Tolerance; the
+// simulator tries others). A node whose delta is within tolerance of the
+// least is one of the best: it scores MaxScore-OrderLevels+1 (50) plus its
+// place in the node order. Every further tolerance costs a point below
+// that, down to 0; a tolerance of 0 makes only the least delta the best.
+// With a plugin weight above the spread of the other scores (the stock ones
+// differ by at most 200 between nodes of a fleet without taints, affinities
+// or images: weight 300), the node chosen is one of the best, the first of
+// them in the node order, and the other scores choose only among nodes of
+// one place.
+func Normalize(deltas []float64, order []int64, tolerance float64) []int64 {
 	out := make([]int64, len(deltas))
 	if len(deltas) == 0 {
 		return out
 	}
-	lo := deltas[0]
-	for _, d := range deltas {
-		lo = math.Min(lo, d)
-	}
+	lo := slices.Min(deltas)
+	const best = MaxScore - OrderLevels + 1
 	for i, d := range deltas {
-		out[i] = MaxScore - int64(math.Min(math.Floor((d-lo)/Resolution), MaxScore))
+		step := math.Inf(1)
+		if d == lo {
+			step = 0
+		} else if tolerance > 0 {
+			step = math.Floor((d - lo) / tolerance)
+		}
+		if step < 1 {
+			out[i] = best + order[i]
+			continue
+		}
+		out[i] = best - int64(math.Min(step, best))
 	}
 	return out
 }

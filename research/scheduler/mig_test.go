@@ -373,19 +373,19 @@ func TestScoreModelsPlacementChoice(t *testing.T) {
 		}
 		took := choiceTakes(t, slices, node, alloc, profile)
 		if took == "" {
-			if scores[0].Score != int64(worstDelta/placement.Resolution) {
+			if scores[0].Score != int64(worstDelta/scoreUnit) {
 				t.Errorf("profile %q fits nowhere, raw score %d, want the worst", profile, scores[0].Score)
 			}
 			return false
 		}
 		before := fragmentationAfter(p, slices, info, alloc, placement.Request{})
-		want := int64(math.Round((fragmentationAfter(p, slices, info, alloc, pod, took) - before) / placement.Resolution))
+		want := int64(math.Round((fragmentationAfter(p, slices, info, alloc, pod, took) - before) / scoreUnit))
 		if scores[0].Score != want {
 			t.Errorf("profile %q: raw score %d, want %d, the fragmentation delta of %s, which the choice takes (allocated %v, shares %v)",
 				profile, scores[0].Score, want, took, alloc.AllocatedDevices.UnsortedList(), slices2.Collect(maps.Keys(alloc.AggregatedCapacity)))
 		}
 		firstFit := firstFitTakes(t, slices, node, alloc, profile)
-		return firstFit != took && want != int64(math.Round((fragmentationAfter(p, slices, info, alloc, pod, firstFit)-before)/placement.Resolution))
+		return firstFit != took && want != int64(math.Round((fragmentationAfter(p, slices, info, alloc, pod, firstFit)-before)/scoreUnit))
 	}
 
 	t.Run("e2e state", func(t *testing.T) {

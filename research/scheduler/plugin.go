@@ -284,9 +284,13 @@ func (p *Plugin) PreScore(ctx context.Context, state fwk.CycleState, pod *corev1
 // filter passed it (a claim the model cannot read exactly).
 const worstDelta = 1e6
 
+// scoreUnit is the change of fragmentation, in milli-GPUs, that one unit of
+// the raw score stands for: fine, so that rounding it changes no choice.
+const scoreUnit = 0.01
+
 // Score implements fwk.ScorePlugin: the raw score is the fragmentation
-// delta in units of placement.Resolution, lower being better;
-// NormalizeScore turns it around.
+// delta in units of scoreUnit, lower being better; NormalizeScore turns it
+// around.
 func (p *Plugin) Score(_ context.Context, state fwk.CycleState, _ *corev1.Pod, nodeInfo fwk.NodeInfo) (int64, *fwk.Status) {
 	data, err := state.Read(stateKey)
 	if err != nil {
@@ -305,19 +309,23 @@ func (p *Plugin) Score(_ context.Context, state fwk.CycleState, _ *corev1.Pod, n
 	if !ok {
 		delta = worstDelta
 	}
-	return int64(math.Round(delta / placement.Resolution)), nil
+	return int64(math.Round(delta / scoreUnit)), nil
 }
 
 // ScoreExtensions implements fwk.ScorePlugin.
 func (p *Plugin) ScoreExtensions() fwk.ScoreExtensions { return p }
 
-// NormalizeScore implements fwk.ScoreExtensions with placement.Normalize.
+// NormalizeScore implements fwk.ScoreExtensions with placement.Normalize:
+// among the nodes whose delta is within placement.Tolerance of the least,
+// the node order (placement.NodeOrder of the node's name) decides.
 func (p *Plugin) NormalizeScore(_ context.Context, _ fwk.CycleState, _ *corev1.Pod, scores fwk.NodeScoreList) *fwk.Status {
 	deltas := make([]float64, len(scores))
+	order := make([]int64, len(scores))
 	for i, s := range scores {
-		deltas[i] = float64(s.Score) * placement.Resolution
+		deltas[i] = float64(s.Score) * scoreUnit
+		order[i] = placement.NodeOrder(s.Name, 0)
 	}
-	for i, s := range placement.Normalize(deltas) {
+	for i, s := range placement.Normalize(deltas, order, placement.Tolerance) {
 		scores[i].Score = s
 	}
 	return nil

@@ -17,6 +17,7 @@ import (
 
 	gpuapi "github.com/tessera-gpu/tessera/api/gpu"
 	"github.com/tessera-gpu/tessera/pkg/inventory"
+	"github.com/tessera-gpu/tessera/pkg/placement"
 	"github.com/tessera-gpu/tessera/pkg/resourceslice"
 )
 
@@ -159,13 +160,18 @@ func TestScorePacksShares(t *testing.T) {
 		}
 		return out, nil
 	}
+	// The best node scores 50 plus its place in the node order, the other
+	// below 50 (its delta is more than placement.Tolerance worse).
+	best := func(name string) int64 {
+		return placement.MaxScore - placement.OrderLevels + 1 + placement.NodeOrder(name, 0)
+	}
 	half, _ := score("half")
-	if half[0].Score != 100 || half[1].Score >= 100 {
-		t.Errorf("half share: scores %v, want node-a 100 and node-b less", half)
+	if half[0].Score != best("node-a") || half[1].Score >= best("node-a")-placement.NodeOrder("node-a", 0) {
+		t.Errorf("half share: scores %v, want node-a %d and node-b below 50", half, best("node-a"))
 	}
 	whole, _ := score("whole")
-	if whole[1].Score != 100 || whole[0].Score >= 100 {
-		t.Errorf("whole GPU: scores %v, want node-b 100 and node-a less", whole)
+	if whole[1].Score != best("node-b") || whole[0].Score >= best("node-b")-placement.NodeOrder("node-b", 0) {
+		t.Errorf("whole GPU: scores %v, want node-b %d and node-a below 50", whole, best("node-b"))
 	}
 	if _, st := score("missing"); st.IsSuccess() {
 		t.Error("missing claim: PreScore succeeded")

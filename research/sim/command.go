@@ -9,13 +9,16 @@ import (
 	"strings"
 
 	"github.com/spf13/cobra"
+
+	"github.com/tessera-gpu/tessera/pkg/placement"
 )
 
 // DefaultWeight is the weight of tessera-scheduler's fragmentation score in
-// its profile: one point of it (placement.Resolution of fragmentation)
-// outweighs the stock scores that differ between nodes (two plugins of
-// weight 1, each at most 100), so fragmentation decides and the stock scores
-// only break its ties.
+// its profile: one point of it (a place in the node order among the best
+// nodes, or placement.Tolerance of fragmentation below them) outweighs the
+// stock scores that differ between nodes (two plugins of weight 1, each at
+// most 100), so fragmentation and then the node order decide and the stock
+// scores only break their ties.
 const DefaultWeight = 300
 
 // NewCommand returns tessera-sim's command line.
@@ -91,6 +94,7 @@ func traceCommand() *cobra.Command {
 	var arrivals float64
 	var plot string
 	var shuffle bool
+	var tolerance float64
 	cmd := &cobra.Command{
 		Use:   "trace",
 		Short: "Monte-Carlo replay (FGD paper's method): unallocated GPU share at the given arrivals, mean over seeds",
@@ -106,8 +110,8 @@ an order drawn from the seed, before drawing with replacement.`,
 			if err != nil {
 				return err
 			}
-			if seeds < 1 || arrivals <= 0 {
-				return fmt.Errorf("--seeds must be at least 1 and --arrivals positive")
+			if seeds < 1 || arrivals <= 0 || tolerance <= 0 {
+				return fmt.Errorf("--seeds must be at least 1, --arrivals and --tolerance positive")
 			}
 			fleet := NewFleet(nodes)
 			var results []Result
@@ -117,7 +121,7 @@ an order drawn from the seed, before drawing with replacement.`,
 					p, seeds, len(pods), len(nodes), fleet.Capacity/1000)
 				r, err := Run(cmd.Context(), fleet, pods, Options{
 					Policy: p, Seeds: seeds, Arrivals: arrivals / 100, Weight: in.weight,
-					Workers: workers, Progress: cmd.ErrOrStderr(), Shuffle: shuffle,
+					Workers: workers, Progress: cmd.ErrOrStderr(), Shuffle: shuffle, Tolerance: tolerance,
 				})
 				if err != nil {
 					return err
@@ -138,6 +142,7 @@ an order drawn from the seed, before drawing with replacement.`,
 	cmd.Flags().Float64Var(&arrivals, "arrivals", 100, "stop when arriving GPU demand reaches this per cent of capacity")
 	cmd.Flags().IntVar(&workers, "workers", runtime.GOMAXPROCS(0), "seeds run in parallel")
 	cmd.Flags().StringVar(&plot, "plot", "", "write a PNG plot of allocation against arrivals to this file")
+	cmd.Flags().Float64Var(&tolerance, "tolerance", placement.Tolerance, "tessera policy: milli-GPUs of fragmentation within which nodes count as equally good and the node order chooses (tessera-scheduler's is fixed; this tries others)")
 	cmd.Flags().BoolVar(&shuffle, "shuffle", false, "replay every pod of the trace once, in a seeded order, before drawing with replacement (FGD's own simulator)")
 	return cmd
 }

@@ -25,6 +25,9 @@ type Options struct {
 	// Weight of tessera-scheduler's fragmentation score against the stock
 	// scores (each 0..100).
 	Weight int64
+	// Tolerance, when positive, replaces placement.Tolerance in
+	// tessera-scheduler's score (to try others).
+	Tolerance float64
 	// Workers run seeds in parallel.
 	Workers int
 	// Shuffle replays the trace as FGD's own simulator does: every pod of
@@ -183,6 +186,16 @@ func newScheduler(fleet *Fleet, workload placement.Workload, opts Options, seed 
 		// nodes by a fixed node order.
 		measure: placement.Workload.Fragmentation, choice: placement.ChoiceFirstFit,
 		cache: make([]map[placement.Request]cached, len(fleet.Specs)),
+	}
+	if opts.Policy == PolicyTessera {
+		s.tolerance = placement.Tolerance
+		if opts.Tolerance > 0 {
+			s.tolerance = opts.Tolerance
+		}
+		s.order = make([]int64, len(fleet.Specs))
+		for i, spec := range fleet.Specs {
+			s.order[i] = placement.NodeOrder(spec.Name, uint64(seed))
+		}
 	}
 	if opts.Policy == PolicyFGD {
 		s.workload = fgdTypical(workload)

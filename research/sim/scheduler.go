@@ -20,7 +20,9 @@ const (
 	// PolicyStock is Tessera's shares with the stock kube-scheduler.
 	PolicyStock Policy = "stock"
 	// PolicyTessera is Tessera's shares with tessera-scheduler: the stock
-	// plugins plus Tessera's fragmentation score, scoring every node.
+	// plugins plus Tessera's fragmentation score, scoring every node; the
+	// score (placement.Normalize) takes the nodes whose fragmentation delta
+	// is within placement.Tolerance of the least in a fixed node order.
 	PolicyTessera Policy = "tessera"
 	// PolicyFGD is the reference: FGD as its artifact's simulator runs it
 	// (github.com/hkust-adsl/kubernetes-scheduler-simulator): the node and
@@ -77,11 +79,17 @@ type Scheduler struct {
 	choice   placement.Choice
 	// rank is PolicyFGD's node order: among nodes of equal score, the one of
 	// least rank wins.
-	rank  []int
-	cache []map[placement.Request]cached
+	rank []int
+	// order is PolicyTessera's node order: each node's placement.NodeOrder,
+	// salted with the seed (a cluster whose nodes have other names).
+	order []int64
+	// tolerance is PolicyTessera's placement.Tolerance, or the one tried.
+	tolerance float64
+	cache     []map[placement.Request]cached
 	// scratch
 	feasible []int
 	deltas   []float64
+	orders   []int64
 }
 
 type cached struct {
@@ -139,11 +147,16 @@ func (s *Scheduler) Pick(p Pod, exclude map[int]bool) (int, []int) {
 	}
 	var frag []int64
 	if s.policy == PolicyTessera || s.policy == PolicyFGD {
-		s.deltas = s.deltas[:0]
+		s.deltas, s.orders = s.deltas[:0], s.orders[:0]
 		for _, idx := range s.feasible {
 			s.deltas = append(s.deltas, s.delta(idx, r).delta)
+			if s.order != nil {
+				s.orders = append(s.orders, s.order[idx])
+			}
 		}
-		frag = placement.Normalize(s.deltas)
+		if s.policy == PolicyTessera {
+			frag = placement.Normalize(s.deltas, s.orders, s.tolerance)
+		}
 	}
 	best, bestScore, ties := -1, int64(math.MinInt64), 0
 	for i, idx := range s.feasible {

@@ -92,6 +92,50 @@ func TestStockFragmentsTesseraPacks(t *testing.T) {
 	}
 }
 
+// TestTesseraTiesGoToTheNodeOrder: CPU-only pods change no node's GPU
+// fragmentation, so every node is among the best for them. The stock
+// scheduler spreads them (LeastAllocated); tessera's score takes the first
+// node of its node order every time, so they pack onto it and the other
+// nodes stay empty.
+func TestTesseraTiesGoToTheNodeOrder(t *testing.T) {
+	var pods []Pod
+	for range 8 {
+		pods = append(pods, Pod{Name: "cpu", Request: placement.Request{CPU: 2000, Memory: 1024}})
+	}
+	specs := nodes(4, 8, "V100M32")
+	first, orders := 0, map[int64]bool{}
+	for i, s := range specs {
+		// placeInOrder runs seed 1.
+		orders[placement.NodeOrder(s.Name, 1)] = true
+		if placement.NodeOrder(s.Name, 1) > placement.NodeOrder(specs[first].Name, 1) {
+			first = i
+		}
+	}
+	if len(orders) != len(specs) {
+		t.Fatalf("nodes share a place in the order: %v", orders)
+	}
+	for policy, want := range map[Policy]int{PolicyStock: 4, PolicyTessera: 1} {
+		t.Run(string(policy), func(t *testing.T) {
+			sched, failed, err := placeInOrder(context.Background(), NewFleet(specs), pods, policy, DefaultWeight)
+			if err != nil || failed != 0 {
+				t.Fatalf("failed %d, err %v", failed, err)
+			}
+			used := 0
+			for i, st := range sched.states {
+				if st.node.CPU < specs[i].CPU {
+					used++
+					if policy == PolicyTessera && i != first {
+						t.Errorf("a pod went to %s, not to %s, the first in the node order", specs[i].Name, specs[first].Name)
+					}
+				}
+			}
+			if used != want {
+				t.Errorf("pods on %d nodes, want %d", used, want)
+			}
+		})
+	}
+}
+
 // TestModelAgreesWithAllocator replays a mixed workload with every policy
 // and checks that the allocator never refused a node the model chose nor
 // took other GPUs than the model expected, and that the run is
