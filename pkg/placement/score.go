@@ -1,7 +1,6 @@
 package placement
 
 import (
-	"hash/fnv"
 	"math"
 	"slices"
 )
@@ -81,11 +80,16 @@ const OrderLevels = 51
 // simulator draws one per seed, as FGD's simulator draws its node names);
 // tessera-scheduler uses 0.
 func NodeOrder(name string, salt uint64) int64 {
-	h := fnv.New64a()
-	_, _ = h.Write([]byte(name))
-	// splitmix64's finalizer, so that every bit of the name and the salt
-	// moves the place.
-	x := h.Sum64() ^ salt*0x9e3779b97f4a7c15
+	// FNV-1a over the name, without allocating (NormalizeScore calls it for
+	// every node of every pod), then splitmix64's finalizer, so that every
+	// bit of the name and the salt moves the place.
+	const offset64, prime64 = 14695981039346656037, 1099511628211
+	x := uint64(offset64)
+	for i := 0; i < len(name); i++ {
+		x ^= uint64(name[i])
+		x *= prime64
+	}
+	x ^= salt * 0x9e3779b97f4a7c15
 	x = (x ^ x>>30) * 0xbf58476d1ce4e5b9
 	x = (x ^ x>>27) * 0x94d049bb133111eb
 	x ^= x >> 31
