@@ -182,8 +182,6 @@ func TestNormalize(t *testing.T) {
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("Normalize (-want +got):\n%s", diff)
 	}
-	// The lowest of the best outscores the highest of the rest by one
-	// point, which the weight 300 makes larger than the stock scores' 200.
 	// Without tolerance only the least delta is among the best.
 	if diff := cmp.Diff([]int64{50, 0, 0, 0, 0, 0, 0}, Normalize(deltas, order, 0)); diff != "" {
 		t.Errorf("Normalize, tolerance 0 (-want +got):\n%s", diff)

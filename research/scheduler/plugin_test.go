@@ -162,16 +162,15 @@ func TestScorePacksShares(t *testing.T) {
 	}
 	// The best node scores 50 plus its place in the node order, the other
 	// below 50 (its delta is more than placement.Tolerance worse).
-	best := func(name string) int64 {
-		return placement.MaxScore - placement.OrderLevels + 1 + placement.NodeOrder(name, 0)
-	}
+	const floor = placement.MaxScore - placement.OrderLevels + 1
+	best := func(name string) int64 { return floor + placement.NodeOrder(name, 0) }
 	half, _ := score("half")
-	if half[0].Score != best("node-a") || half[1].Score >= best("node-a")-placement.NodeOrder("node-a", 0) {
-		t.Errorf("half share: scores %v, want node-a %d and node-b below 50", half, best("node-a"))
+	if half[0].Score != best("node-a") || half[1].Score >= floor {
+		t.Errorf("half share: scores %v, want node-a %d and node-b below %d", half, best("node-a"), floor)
 	}
 	whole, _ := score("whole")
-	if whole[1].Score != best("node-b") || whole[0].Score >= best("node-b")-placement.NodeOrder("node-b", 0) {
-		t.Errorf("whole GPU: scores %v, want node-b %d and node-a below 50", whole, best("node-b"))
+	if whole[1].Score != best("node-b") || whole[0].Score >= floor {
+		t.Errorf("whole GPU: scores %v, want node-b %d and node-a below %d", whole, best("node-b"), floor)
 	}
 	if _, st := score("missing"); st.IsSuccess() {
 		t.Error("missing claim: PreScore succeeded")

@@ -110,7 +110,7 @@ an order drawn from the seed, before drawing with replacement.`,
 			if err != nil {
 				return err
 			}
-			if seeds < 1 || arrivals <= 0 || tolerance <= 0 {
+			if seeds < 1 || arrivals <= 0 || !(tolerance > 0) {
 				return fmt.Errorf("--seeds must be at least 1, --arrivals and --tolerance positive")
 			}
 			fleet := NewFleet(nodes)

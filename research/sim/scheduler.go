@@ -147,16 +147,17 @@ func (s *Scheduler) Pick(p Pod, exclude map[int]bool) (int, []int) {
 	}
 	var frag []int64
 	if s.policy == PolicyTessera || s.policy == PolicyFGD {
-		s.deltas, s.orders = s.deltas[:0], s.orders[:0]
+		s.deltas = s.deltas[:0]
 		for _, idx := range s.feasible {
 			s.deltas = append(s.deltas, s.delta(idx, r).delta)
-			if s.order != nil {
-				s.orders = append(s.orders, s.order[idx])
-			}
 		}
-		if s.policy == PolicyTessera {
-			frag = placement.Normalize(s.deltas, s.orders, s.tolerance)
+	}
+	if s.policy == PolicyTessera {
+		s.orders = s.orders[:0]
+		for _, idx := range s.feasible {
+			s.orders = append(s.orders, s.order[idx])
 		}
+		frag = placement.Normalize(s.deltas, s.orders, s.tolerance)
 	}
 	best, bestScore, ties := -1, int64(math.MinInt64), 0
 	for i, idx := range s.feasible {
