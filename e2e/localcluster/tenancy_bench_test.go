@@ -2,6 +2,7 @@ package localcluster
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"maps"
 	"slices"
@@ -15,6 +16,8 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/client-go/informers"
+	toolscache "k8s.io/client-go/tools/cache"
 
 	gpuapi "github.com/tessera-gpu/tessera/api/gpu"
 	tenancyv1 "github.com/tessera-gpu/tessera/api/tenancy/v1alpha1"
@@ -22,18 +25,28 @@ import (
 	"github.com/tessera-gpu/tessera/internal/testing/builder"
 )
 
-// bindingLatencyPods is how many pods each scheduler binds, one after the
-// other, tenanted and untenanted alternately.
+// bindingLatencyPods is how many pods each scheduler binds in each arrival
+// pattern, tenanted and untenanted alternately.
 const bindingLatencyPods = 50
+
+// bindingLatencyWaves are the arrival patterns: pods created one at a time
+// (each bound, deleted and gone before the next), and in waves of ten created
+// at once (five tenanted, five not; the wave bound, deleted and gone before
+// the next), where the schedulers, the tenancy controller and the API server
+// handle the pods of a wave side by side. Five tenanted 1g partitions fit on
+// the tenancy node's two GPUs, so no pod of a wave waits for capacity.
+var bindingLatencyWaves = []int{1, 10, 20}
 
 // BenchmarkTenancyBindingLatency measures, pod by pod, the time from creating
 // a pod with a MIG claim to its binding, under kube-scheduler and, when the
 // suite runs it, tessera-scheduler, side by side in one run. Each scheduler
-// binds bindingLatencyPods pods one by one, alternately in a tenanted namespace
-// (on the tenancy node, where the controller must admit the allocation
-// through the devices' binding condition before the scheduler binds) and in a
-// namespace of no tenant (on a node without tenancy). It reports p50 and p99
-// of both kinds per scheduler (kube-*, tessera-*). make bench-binding runs it.
+// binds bindingLatencyPods pods per arrival pattern (bindingLatencyWaves),
+// alternately in a tenanted namespace (on the tenancy node, where the
+// controller must admit the allocation through the devices' binding condition
+// before the scheduler binds) and in a namespace of no tenant (on a node
+// without tenancy). It reports p50 and p99 of both kinds per scheduler and
+// pattern (kube-*, tessera-*; one-by-one patterns unmarked, waves as
+// wave10-*). make bench-binding runs it.
 func BenchmarkTenancyBindingLatency(b *testing.B) {
 	if local == nil {
 		b.Skip("no local cluster: set TESSERA_E2E=1 or run make e2e")
@@ -45,22 +58,29 @@ func BenchmarkTenancyBindingLatency(b *testing.B) {
 		b.Logf("tessera-scheduler not running (set %s; make bench-binding does): kube-scheduler only", cluster.TesseraSchedulerEnv)
 	}
 	for b.Loop() {
-		for _, short := range slices.Sorted(maps.Keys(schedulers)) {
-			tenanted, plain := bindLatencies(b, schedulers[short])
-			b.ReportMetric(percentile(tenanted, 50).Seconds(), short+"-tenancy-p50-s")
-			b.ReportMetric(percentile(tenanted, 99).Seconds(), short+"-tenancy-p99-s")
-			b.ReportMetric(percentile(plain, 50).Seconds(), short+"-plain-p50-s")
-			b.ReportMetric(percentile(plain, 99).Seconds(), short+"-plain-p99-s")
+		for _, wave := range bindingLatencyWaves {
+			for _, short := range slices.Sorted(maps.Keys(schedulers)) {
+				tenanted, plain := bindLatencies(b, schedulers[short], wave)
+				name := short
+				if wave > 1 {
+					name = fmt.Sprintf("%s-wave%d", short, wave)
+				}
+				b.ReportMetric(percentile(tenanted, 50).Seconds(), name+"-tenancy-p50-s")
+				b.ReportMetric(percentile(tenanted, 99).Seconds(), name+"-tenancy-p99-s")
+				b.ReportMetric(percentile(plain, 50).Seconds(), name+"-plain-p50-s")
+				b.ReportMetric(percentile(plain, 99).Seconds(), name+"-plain-p99-s")
+			}
 		}
 	}
 }
 
-// bindLatencies binds bindingLatencyPods pods with the scheduler, one by one,
-// alternately in a namespace of a tenant with ample budget and in one of no
-// tenant, and returns each pod's time from creation to binding, by kind. Each
-// pod is deleted, and gone, before the next is created, so every pod finds
-// the same free devices.
-func bindLatencies(b *testing.B, scheduler string) (tenanted, plain []time.Duration) {
+// bindLatencies binds bindingLatencyPods pods with the scheduler, wave pods
+// at a time, alternately in a namespace of a tenant with ample budget and in
+// one of no tenant, and returns each pod's time from creation to binding, by
+// kind. Every pod of a wave is created at once and the wave is deleted, and
+// gone, before the next is created, so every wave finds the same free
+// devices.
+func bindLatencies(b *testing.B, scheduler string, wave int) (tenanted, plain []time.Duration) {
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
 	defer cancel()
 	suffix := fmt.Sprintf("%s-%d", strings.TrimSuffix(scheduler, "-scheduler"), time.Now().UnixNano())
@@ -98,53 +118,127 @@ func bindLatencies(b *testing.B, scheduler string) (tenanted, plain []time.Durat
 			b.Fatal(err)
 		}
 	}
-	for i := range bindingLatencyPods {
-		ns, node := plainNS, nodeA
-		if i%2 == 0 {
-			ns, node = tenantNS, tenancyNode.Name
+	bound := watchBindings(ctx, b, tenantNS, plainNS)
+	for first := 0; first < bindingLatencyPods; first += wave {
+		n := min(wave, bindingLatencyPods-first)
+		started := make([]time.Time, n)
+		names := make([]string, n)
+		namespaces := make([]string, n)
+		var wg sync.WaitGroup
+		errs := make([]error, n)
+		for j := range n {
+			i := first + j
+			ns, node := plainNS, nodeA
+			if i%2 == 0 {
+				ns, node = tenantNS, tenancyNode.Name
+			}
+			names[j], namespaces[j] = fmt.Sprintf("p%d", i), ns
+			pod := &corev1.Pod{
+				ObjectMeta: metav1.ObjectMeta{Name: names[j], Namespace: ns},
+				Spec: corev1.PodSpec{
+					SchedulerName:  scheduler,
+					NodeSelector:   map[string]string{"kubernetes.io/hostname": node},
+					Tolerations:    []corev1.Toleration{{Key: tenancyTaintKey, Operator: corev1.TolerationOpExists}},
+					ResourceClaims: []corev1.PodResourceClaim{{Name: "gpu", ResourceClaimTemplateName: &tmpl}},
+					Containers: []corev1.Container{{
+						Name: "ctr", Image: "registry.k8s.io/pause:3.10",
+						Resources: corev1.ResourceRequirements{Claims: []corev1.ResourceClaim{{Name: "gpu"}}},
+					}},
+					TerminationGracePeriodSeconds: new(int64(1)),
+				},
+			}
+			wg.Go(func() {
+				started[j] = time.Now()
+				_, errs[j] = local.Client.CoreV1().Pods(ns).Create(ctx, pod, metav1.CreateOptions{})
+			})
 		}
-		pod := &corev1.Pod{
-			ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("p%d", i), Namespace: ns},
-			Spec: corev1.PodSpec{
-				SchedulerName:  scheduler,
-				NodeSelector:   map[string]string{"kubernetes.io/hostname": node},
-				Tolerations:    []corev1.Toleration{{Key: tenancyTaintKey, Operator: corev1.TolerationOpExists}},
-				ResourceClaims: []corev1.PodResourceClaim{{Name: "gpu", ResourceClaimTemplateName: &tmpl}},
-				Containers: []corev1.Container{{
-					Name: "ctr", Image: "registry.k8s.io/pause:3.10",
-					Resources: corev1.ResourceRequirements{Claims: []corev1.ResourceClaim{{Name: "gpu"}}},
-				}},
-				TerminationGracePeriodSeconds: new(int64(1)),
-			},
-		}
-		start := time.Now()
-		created, err := local.Client.CoreV1().Pods(ns).Create(ctx, pod, metav1.CreateOptions{})
-		if err != nil {
+		wg.Wait()
+		if err := errors.Join(errs...); err != nil {
 			b.Fatal(err)
 		}
-		err = wait.PollUntilContextTimeout(ctx, 20*time.Millisecond, waitTimeout, true, func(ctx context.Context) (bool, error) {
-			p, err := local.Client.CoreV1().Pods(ns).Get(ctx, created.Name, metav1.GetOptions{})
-			return err == nil && p.Spec.NodeName != "", nil
-		})
-		if err != nil {
-			b.Fatalf("pod %s/%s not bound by %s within %s", ns, created.Name, scheduler, waitTimeout)
+		for j := range n {
+			at, err := bound.wait(ctx, namespaces[j]+"/"+names[j], waitTimeout)
+			if err != nil {
+				b.Fatalf("pod %s/%s not bound by %s within %s", namespaces[j], names[j], scheduler, waitTimeout)
+			}
+			if namespaces[j] == tenantNS {
+				tenanted = append(tenanted, at.Sub(started[j]))
+			} else {
+				plain = append(plain, at.Sub(started[j]))
+			}
 		}
-		if ns == tenantNS {
-			tenanted = append(tenanted, time.Since(start))
-		} else {
-			plain = append(plain, time.Since(start))
+		for j := range n {
+			if err := local.Client.CoreV1().Pods(namespaces[j]).Delete(ctx, names[j], metav1.DeleteOptions{}); err != nil {
+				b.Fatal(err)
+			}
 		}
-		if err := local.Client.CoreV1().Pods(ns).Delete(ctx, created.Name, metav1.DeleteOptions{}); err != nil {
-			b.Fatal(err)
-		}
-		if err := wait.PollUntilContextTimeout(ctx, pollEvery, waitTimeout, true, func(ctx context.Context) (bool, error) {
-			_, err := local.Client.CoreV1().Pods(ns).Get(ctx, created.Name, metav1.GetOptions{})
-			return apierrors.IsNotFound(err), nil
-		}); err != nil {
-			b.Fatalf("pod %s/%s not gone within %s", ns, created.Name, waitTimeout)
+		for j := range n {
+			if err := wait.PollUntilContextTimeout(ctx, pollEvery, waitTimeout, true, func(ctx context.Context) (bool, error) {
+				_, err := local.Client.CoreV1().Pods(namespaces[j]).Get(ctx, names[j], metav1.GetOptions{})
+				return apierrors.IsNotFound(err), nil
+			}); err != nil {
+				b.Fatalf("pod %s/%s not gone within %s", namespaces[j], names[j], waitTimeout)
+			}
 		}
 	}
 	return tenanted, plain
+}
+
+// bindings is when an informer first saw each pod (namespace/name) bound to
+// a node. Watching, rather than reading each pod in a loop, keeps the
+// benchmark's own requests from loading the API server while the schedulers
+// work, which a wave of pods read every 20 ms did.
+type bindings struct {
+	mu sync.Mutex
+	at map[string]time.Time
+}
+
+// watchBindings starts an informer on the pods of each namespace; it stops
+// with ctx.
+func watchBindings(ctx context.Context, b *testing.B, namespaces ...string) *bindings {
+	b.Helper()
+	seen := &bindings{at: map[string]time.Time{}}
+	note := func(obj any) {
+		pod, ok := obj.(*corev1.Pod)
+		if !ok || pod.Spec.NodeName == "" {
+			return
+		}
+		now := time.Now()
+		seen.mu.Lock()
+		defer seen.mu.Unlock()
+		key := pod.Namespace + "/" + pod.Name
+		if _, ok := seen.at[key]; !ok {
+			seen.at[key] = now
+		}
+	}
+	for _, ns := range namespaces {
+		factory := informers.NewSharedInformerFactoryWithOptions(local.Client, 0, informers.WithNamespace(ns))
+		informer := factory.Core().V1().Pods().Informer()
+		if _, err := informer.AddEventHandler(toolscache.ResourceEventHandlerFuncs{
+			AddFunc:    note,
+			UpdateFunc: func(_, obj any) { note(obj) },
+		}); err != nil {
+			b.Fatal(err)
+		}
+		factory.Start(ctx.Done())
+		if !toolscache.WaitForCacheSync(ctx.Done(), informer.HasSynced) {
+			b.Fatalf("pod informer of %s did not sync", ns)
+		}
+	}
+	return seen
+}
+
+// wait returns when the pod was first seen bound, waiting up to timeout.
+func (s *bindings) wait(ctx context.Context, key string, timeout time.Duration) (time.Time, error) {
+	var at time.Time
+	err := wait.PollUntilContextTimeout(ctx, 10*time.Millisecond, timeout, true, func(context.Context) (bool, error) {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		t, ok := s.at[key]
+		at = t
+		return ok, nil
+	})
+	return at, err
 }
 
 func percentile(d []time.Duration, p int) time.Duration {
