@@ -16,13 +16,12 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/wait"
-	"k8s.io/client-go/informers"
-	toolscache "k8s.io/client-go/tools/cache"
 
 	gpuapi "github.com/tessera-gpu/tessera/api/gpu"
 	tenancyv1 "github.com/tessera-gpu/tessera/api/tenancy/v1alpha1"
 	"github.com/tessera-gpu/tessera/e2e/framework/cluster"
 	"github.com/tessera-gpu/tessera/internal/testing/builder"
+	"github.com/tessera-gpu/tessera/internal/testing/podwatch"
 )
 
 // bindingLatencyPods is how many pods each scheduler binds in each arrival
@@ -118,7 +117,11 @@ func bindLatencies(b *testing.B, scheduler string, wave int) (tenanted, plain []
 			b.Fatal(err)
 		}
 	}
-	bound := watchBindings(ctx, b, tenantNS, plainNS)
+	bound, err := podwatch.Start(ctx, local.Client, tenantNS, plainNS)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer bound.Stop()
 	for first := 0; first < bindingLatencyPods; first += wave {
 		n := min(wave, bindingLatencyPods-first)
 		started := make([]time.Time, n)
@@ -157,9 +160,9 @@ func bindLatencies(b *testing.B, scheduler string, wave int) (tenanted, plain []
 			b.Fatal(err)
 		}
 		for j := range n {
-			at, err := bound.wait(ctx, namespaces[j]+"/"+names[j], waitTimeout)
+			at, err := bound.Wait(ctx, namespaces[j]+"/"+names[j], waitTimeout)
 			if err != nil {
-				b.Fatalf("pod %s/%s not bound by %s within %s", namespaces[j], names[j], scheduler, waitTimeout)
+				b.Fatalf("%s: %v", scheduler, err)
 			}
 			if namespaces[j] == tenantNS {
 				tenanted = append(tenanted, at.Sub(started[j]))
@@ -182,63 +185,6 @@ func bindLatencies(b *testing.B, scheduler string, wave int) (tenanted, plain []
 		}
 	}
 	return tenanted, plain
-}
-
-// bindings is when an informer first saw each pod (namespace/name) bound to
-// a node. Watching, rather than reading each pod in a loop, keeps the
-// benchmark's own requests from loading the API server while the schedulers
-// work, which a wave of pods read every 20 ms did.
-type bindings struct {
-	mu sync.Mutex
-	at map[string]time.Time
-}
-
-// watchBindings starts an informer on the pods of each namespace; it stops
-// with ctx.
-func watchBindings(ctx context.Context, b *testing.B, namespaces ...string) *bindings {
-	b.Helper()
-	seen := &bindings{at: map[string]time.Time{}}
-	note := func(obj any) {
-		pod, ok := obj.(*corev1.Pod)
-		if !ok || pod.Spec.NodeName == "" {
-			return
-		}
-		now := time.Now()
-		seen.mu.Lock()
-		defer seen.mu.Unlock()
-		key := pod.Namespace + "/" + pod.Name
-		if _, ok := seen.at[key]; !ok {
-			seen.at[key] = now
-		}
-	}
-	for _, ns := range namespaces {
-		factory := informers.NewSharedInformerFactoryWithOptions(local.Client, 0, informers.WithNamespace(ns))
-		informer := factory.Core().V1().Pods().Informer()
-		if _, err := informer.AddEventHandler(toolscache.ResourceEventHandlerFuncs{
-			AddFunc:    note,
-			UpdateFunc: func(_, obj any) { note(obj) },
-		}); err != nil {
-			b.Fatal(err)
-		}
-		factory.Start(ctx.Done())
-		if !toolscache.WaitForCacheSync(ctx.Done(), informer.HasSynced) {
-			b.Fatalf("pod informer of %s did not sync", ns)
-		}
-	}
-	return seen
-}
-
-// wait returns when the pod was first seen bound, waiting up to timeout.
-func (s *bindings) wait(ctx context.Context, key string, timeout time.Duration) (time.Time, error) {
-	var at time.Time
-	err := wait.PollUntilContextTimeout(ctx, 10*time.Millisecond, timeout, true, func(context.Context) (bool, error) {
-		s.mu.Lock()
-		defer s.mu.Unlock()
-		t, ok := s.at[key]
-		at = t
-		return ok, nil
-	})
-	return at, err
 }
 
 func percentile(d []time.Duration, p int) time.Duration {

@@ -14,6 +14,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -30,6 +31,7 @@ import (
 	"github.com/tessera-gpu/tessera/e2e/framework/cluster"
 	tnvml "github.com/tessera-gpu/tessera/internal/nvml"
 	"github.com/tessera-gpu/tessera/internal/nvml/nvmlmock"
+	"github.com/tessera-gpu/tessera/internal/testing/podwatch"
 	"github.com/tessera-gpu/tessera/pkg/inventory"
 	"github.com/tessera-gpu/tessera/research/scheduling"
 )
@@ -263,8 +265,11 @@ func phase(ctx context.Context, cp *cluster.ControlPlane, sched scheduler, inv i
 	if err != nil {
 		return res, err
 	}
-	watch := newBindingWatch(ctx, client, ns)
-	defer watch.stop()
+	watch, err := podwatch.Start(ctx, client, ns)
+	if err != nil {
+		return res, err
+	}
+	defer watch.Stop()
 	_, _ = fmt.Fprintf(opts.Out, "[%s] creating %d pods\n", label, opts.Pods)
 	start := time.Now()
 	created := make([]time.Time, opts.Pods)
@@ -289,7 +294,7 @@ func phase(ctx context.Context, cp *cluster.ControlPlane, sched scheduler, inv i
 	deadline := time.Now().Add(opts.PhaseTimeout)
 	ticker := time.NewTicker(5 * time.Second)
 	defer ticker.Stop()
-	for watch.count() < opts.Pods && time.Now().Before(deadline) {
+	for watch.Count() < opts.Pods && time.Now().Before(deadline) {
 		select {
 		case <-ctx.Done():
 			return res, ctx.Err()
@@ -299,14 +304,14 @@ func phase(ctx context.Context, cp *cluster.ControlPlane, sched scheduler, inv i
 			}
 			createErr = nil
 		case <-ticker.C:
-			n := watch.count()
+			n := watch.Count()
 			_, _ = fmt.Fprintf(opts.Out, "[%s] %d/%d pods bound after %s (%.1f pods/s)\n", label, n, opts.Pods,
 				time.Since(start).Round(time.Second), float64(n)/time.Since(start).Seconds())
-		case <-watch.changed:
+		case <-watch.Changed():
 		}
 	}
 	cancelCreate()
-	bound := watch.snapshot()
+	bound := watch.Snapshot()
 	after, err := metrics.attempts(ctx)
 	if err != nil {
 		return res, err
@@ -314,9 +319,9 @@ func phase(ctx context.Context, cp *cluster.ControlPlane, sched scheduler, inv i
 	res.Placed = len(bound)
 	var last time.Time
 	var latencies []time.Duration
-	for name, at := range bound {
+	for key, at := range bound {
 		var i int
-		if _, err := fmt.Sscanf(name, "pod-%d", &i); err != nil || i >= len(created) {
+		if _, err := fmt.Sscanf(strings.TrimPrefix(key, ns+"/"), "pod-%d", &i); err != nil || i >= len(created) {
 			continue
 		}
 		last = maxTime(last, at)
