@@ -29,11 +29,12 @@ import (
 const bindingLatencyPods = 50
 
 // bindingLatencyWaves are the arrival patterns: pods created one at a time
-// (each bound, deleted and gone before the next), and in waves of ten created
-// at once (five tenanted, five not; the wave bound, deleted and gone before
-// the next), where the schedulers, the tenancy controller and the API server
-// handle the pods of a wave side by side. Five tenanted 1g partitions fit on
-// the tenancy node's two GPUs, so no pod of a wave waits for capacity.
+// (each bound, deleted and gone before the next), and in waves of 10 and 20
+// created at once (half tenanted; the wave bound, deleted and gone before the
+// next), where the schedulers, the tenancy controller and the API server
+// handle the pods of a wave side by side. The ten tenanted 1g partitions of
+// the largest wave fit on the tenancy node's two GPUs (fourteen), so no pod of
+// a wave waits for capacity.
 var bindingLatencyWaves = []int{1, 10, 20}
 
 // BenchmarkTenancyBindingLatency measures, pod by pod, the time from creating
