@@ -298,7 +298,11 @@ func attackForeignPoolSlice(ctx context.Context, t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "kubelet plugin of node "+tenancyNode.Name) {
 		t.Errorf("a slice of %s in the pool named after %s: %v, want the node-isolation policy's refusal", tenancyNode.Name, poolNode.Name, err)
 	}
-	if after := costed(); after != before {
+	// The real slices give the device its memory, or nothing while it is
+	// withdrawn (a claim of an earlier case can still be allocated on it
+	// after the wait above: CI saw it withdrawn here once); the forged
+	// device's 1Gi would be neither.
+	if after := costed(); after != before && after != 0 {
 		t.Errorf("the dedicated node's %s is costed at %d bytes, was %d", gpuapi.WholeDeviceName(0), after, before)
 	}
 }
