@@ -248,8 +248,12 @@ func attackForgedPool(ctx context.Context, t *testing.T, victim *tenancyv1.GPUTe
 	// scheduler's retry binds the same pod there.
 	setPoolLabel(poolA)
 	restored = true
-	if a := waitAllocated(t, pod); a.Devices()[0].Pool != poolNode.Name {
+	a := waitAllocated(t, pod)
+	if a.Devices()[0].Pool != poolNode.Name {
 		t.Errorf("allocated from pool %s, want %s", a.Devices()[0].Pool, poolNode.Name)
 	}
+	// Gone before the next case, which reads the node's whole GPU: while the
+	// partition is allocated the GPU is withdrawn from the slices.
 	deletePod(t, pod)
+	waitGone(t, a)
 }
