@@ -69,7 +69,7 @@ type Prepared struct {
 	off     []int
 	set     []int
 	class   []int
-	classes int
+	classes []string // by class number
 	// use[at[i]:at[i+1]] is what device i consumes.
 	at  []int
 	use []counterUse
@@ -115,7 +115,10 @@ func Prepare(devices []Choice) *Prepared {
 		}
 		p.at[i+1] = len(p.use)
 	}
-	p.classes = len(classOf)
+	p.classes = make([]string, len(classOf))
+	for name, k := range classOf {
+		p.classes[k] = name
+	}
 	p.off = make([]int, len(p.sets)+1)
 	for s := range p.sets {
 		p.off[s+1] = p.off[s] + len(p.counters[s])
@@ -189,11 +192,37 @@ func (p *Prepared) BestFit(left map[string]map[string]int64, candidates []int) [
 	return p.Left(left).BestFit(candidates)
 }
 
+// Weigh numbers the classes' weights for BestFitWeighted: weight(class) for
+// each class of the prepared devices, by its number.
+func (p *Prepared) Weigh(weight func(class string) float64) []float64 {
+	out := make([]float64, len(p.classes))
+	for k, name := range p.classes {
+		out[k] = weight(name)
+	}
+	return out
+}
+
 // BestFit is BestFit over the prepared devices with what is left.
-func (l Left) BestFit(candidates []int) []int {
+func (l Left) BestFit(candidates []int) []int { return l.BestFitWeighted(candidates, nil) }
+
+// BestFitWeighted is BestFit with each class's blocked devices charged its
+// weight (weights by class number, from Prepared.Weigh) instead of 1:
+// blocking the last free placement of a class of weight w costs w. A
+// scheduler that weighs each class by how much of the demand asks for it
+// (Demand) stops keeping empty GPUs whole for whole-GPU or shared claims
+// nobody makes, which is most of what BestFit's measure charges for cutting
+// an empty GPU (docs/benchmarks.md, Packing). nil weighs every class 1,
+// which is BestFit.
+func (l Left) BestFitWeighted(candidates []int, weights []float64) []int {
 	p := l.p
+	weight := func(k int) float64 {
+		if weights == nil {
+			return 1
+		}
+		return weights[k]
+	}
 	free := make([]bool, len(p.set))
-	perClass := make([]int, p.classes)
+	perClass := make([]int, len(p.classes))
 	// The free devices of each set s, in order, are
 	// bySet[start[s]:start[s+1]]: one allocation, not one per set.
 	start := make([]int, len(p.sets)+1)
@@ -249,7 +278,7 @@ func (l Left) BestFit(candidates []int) []int {
 			switch {
 			case i == c:
 			case p.blockedBy(i, after):
-				cost[k] += 1 / float64(perClass[p.class[i]])
+				cost[k] += weight(p.class[i]) / float64(perClass[p.class[i]])
 			default:
 				p.reach(i, reached)
 			}

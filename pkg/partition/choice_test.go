@@ -134,6 +134,71 @@ func TestBestFitOnlyOrders(t *testing.T) {
 	}
 }
 
+// TestBestFitWeighted: weights of 1 rank as BestFit does, over random
+// states and candidates; a class weighed 0 is no longer kept free (the
+// last 4g placement, which BestFit keeps, is taken when nobody asks for
+// 4g partitions); and with random weights the result is still exactly the
+// candidates, a fitting one first.
+func TestBestFitWeighted(t *testing.T) {
+	nd := newNode(2)
+	for _, d := range []string{"gpu-0-mig-3g71gb-4", "gpu-1-mig-3g71gb-4", "gpu-1-mig-1g18gb-0"} {
+		nd.take(t, d)
+	}
+	p := partition.Prepare(nd.devices)
+	candidates := nd.free("1g.35gb")
+	if got := nd.names[p.Left(nd.left).BestFit(candidates)[0]]; got != "gpu-1-mig-1g35gb-2" {
+		t.Fatalf("BestFit first = %s, want gpu-1-mig-1g35gb-2, which keeps the last 4g placement", got)
+	}
+	noLarge := p.Weigh(func(class string) float64 {
+		if class == "3g.71gb" || class == "4g.71gb" {
+			return 0
+		}
+		return 1
+	})
+	if got := nd.names[p.Left(nd.left).BestFitWeighted(candidates, noLarge)[0]]; got != "gpu-0-mig-1g35gb-2" {
+		t.Errorf("weighted first = %s, want gpu-0-mig-1g35gb-2: the 3g and 4g placements it blocks weigh nothing", got)
+	}
+
+	rng := rand.New(rand.NewPCG(3, 4))
+	ones := func(string) float64 { return 1 }
+	for state := range 300 {
+		nd := newNode(3)
+		for range rng.IntN(12) {
+			i := rng.IntN(len(nd.devices))
+			if partition.Fits(nd.left[nd.devices[i].CounterSet], nd.devices[i].Consumes) {
+				nd.take(t, nd.names[i])
+			}
+		}
+		var candidates []int
+		anyFits := false
+		for i, d := range nd.devices {
+			if rng.IntN(4) == 0 {
+				candidates = append(candidates, i)
+				anyFits = anyFits || partition.Fits(nd.left[d.CounterSet], d.Consumes)
+			}
+		}
+		p := partition.Prepare(nd.devices)
+		left := p.Left(nd.left)
+		want := left.BestFit(candidates)
+		if got := left.BestFitWeighted(candidates, p.Weigh(ones)); !slices.Equal(got, want) {
+			t.Fatalf("state %d: weights of 1 rank %v, BestFit %v", state, got, want)
+		}
+		random := map[string]float64{}
+		got := left.BestFitWeighted(candidates, p.Weigh(func(class string) float64 {
+			if _, ok := random[class]; !ok {
+				random[class] = rng.Float64()
+			}
+			return random[class]
+		}))
+		if !slices.Equal(slices.Sorted(slices.Values(got)), slices.Sorted(slices.Values(candidates))) {
+			t.Fatalf("state %d: weighted returned %v for candidates %v", state, got, candidates)
+		}
+		if anyFits && !partition.Fits(nd.left[nd.devices[got[0]].CounterSet], nd.devices[got[0]].Consumes) {
+			t.Fatalf("state %d: weighted ranks %s first, which does not fit, before a candidate that does", state, nd.names[got[0]])
+		}
+	}
+}
+
 // TestBestFitMatchesMapRule: over random states of nodes of 2 and 8 H200s,
 // with random candidates that fit or not, devices of no counter set and a
 // device that consumes a counter its set does not list, BestFit returns
