@@ -93,8 +93,9 @@ func benchmarkScoreCycle(b *testing.B, nodes, changed int, opts ...Option) {
 // WithPlacementChoice) side by side, with the cache off and on, the
 // placement memo off (WithoutPlacementMemo) and on, for the choice with
 // partition.BestFit over the devices prepared once per layout
-// (rule=prepared) and as it was first written, over maps (rule=maps,
-// mapBestFit), and with a 1g partition on GPU 2 coming or going on none or
+// (rule=prepared), weighed by a demand that has seen the H200's seven
+// profiles alike (rule=weighted, WithDemand, as tessera-scheduler runs it),
+// and as it was first written, over maps (rule=maps, mapBestFit), and with a 1g partition on GPU 2 coming or going on none or
 // a tenth of the nodes before each pod.
 //
 //	go test -run '^$' -bench ScoreCycleMIG -benchtime 100x ./research/scheduler/
@@ -122,7 +123,7 @@ func BenchmarkScoreCycleMIG(b *testing.B) {
 		}
 		for _, changed := range []int{0, 10} {
 			for _, cache := range []string{"off", "on"} {
-				for _, model := range []string{"first-fit", "choice/rule=maps", "choice/rule=prepared"} {
+				for _, model := range []string{"first-fit", "choice/rule=maps", "choice/rule=prepared", "choice/rule=weighted"} {
 					for _, memo := range []string{"off", "on"} {
 						b.Run(fmt.Sprintf("nodes=%d/changed=%d%%/cache=%s/model=%s/memo=%s", nodes, changed, cache, model, memo), func(b *testing.B) {
 							var opts []Option
@@ -134,6 +135,8 @@ func BenchmarkScoreCycleMIG(b *testing.B) {
 								opts = append(opts, func(p *Plugin) { p.choice = mapBestFit })
 							case "choice/rule=prepared":
 								opts = append(opts, WithPlacementChoice())
+							case "choice/rule=weighted":
+								opts = append(opts, WithPlacementChoice(), WithDemand(uniformDemand()))
 							}
 							if memo == "off" {
 								opts = append(opts, WithoutPlacementMemo())
@@ -268,4 +271,15 @@ func countersLeftMaps(n *nodeGPUs, snap []int) map[string]map[string]int64 {
 		}
 	}
 	return left
+}
+
+// uniformDemand is a demand that has seen 3,000 requests of the H200's
+// seven MIG profiles alike, in turn.
+func uniformDemand() *Demand {
+	d := NewDemand()
+	profiles := []string{"1g.18gb", "2g.35gb", "3g.71gb", "4g.71gb", "7g.141gb", "1g.18gb+me", "1g.35gb"}
+	for i := range 3000 {
+		d.Observe(profiles[i%len(profiles)], 1)
+	}
+	return d
 }

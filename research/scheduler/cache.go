@@ -33,6 +33,9 @@ type fragCache struct {
 type cacheKey struct {
 	r   placement.Request
 	mig migRequest
+	// weights is the version of the demand's weights the choice was
+	// modelled with: a new version may move a MIG request's partition.
+	weights uint64
 }
 
 type scored struct {
@@ -46,7 +49,7 @@ func (p *Plugin) delta(g *nodeGPUs, s *cycleState, cpu, memory int64) (float64, 
 	if !p.cached {
 		snap := g.snapshotOf(s.allocated[g], nil)
 		n := placement.Node{CPU: cpu, Memory: memory, Free: snap[:len(g.whole)]}
-		d := g.assess(s.workload, n, g.base(s.workload, n, snap), s.request, s.mig, snap, p.choice, p.memo)
+		d := g.assess(s.workload, n, g.base(s.workload, n, snap), s.request, s.mig, snap, s.choice, s.weights, p.memo)
 		return d.delta, d.ok
 	}
 	c := &g.cache
@@ -65,11 +68,11 @@ func (p *Plugin) delta(g *nodeGPUs, s *cycleState, cpu, memory int64) (float64, 
 	} else {
 		c.spare = snap
 	}
-	key := cacheKey{s.request, s.mig}
+	key := cacheKey{s.request, s.mig, s.weights}
 	if d, ok := c.deltas[key]; ok {
 		return d.delta, d.ok
 	}
-	d := g.assess(s.workload, n, c.base, s.request, s.mig, snap, p.choice, p.memo)
+	d := g.assess(s.workload, n, c.base, s.request, s.mig, snap, s.choice, s.weights, p.memo)
 	if c.deltas == nil || len(c.deltas) >= maxCachedDeltas {
 		c.deltas = make(map[cacheKey]scored, maxCachedDeltas)
 	}
@@ -81,7 +84,7 @@ func (p *Plugin) delta(g *nodeGPUs, s *cycleState, cpu, memory int64) (float64, 
 // fragmentation is base, with the GPUs the allocator takes: its first fit,
 // or for a MIG request with choice tessera-scheduler's placement choice
 // (migPlace), from memo where it holds it.
-func (g *nodeGPUs) assess(w placement.Workload, n placement.Node, base float64, r placement.Request, mig migRequest, snap []int, choice placeRule, memo *placeMemo) scored {
+func (g *nodeGPUs) assess(w placement.Workload, n placement.Node, base float64, r placement.Request, mig migRequest, snap []int, choice placeRule, weights uint64, memo *placeMemo) scored {
 	if mig.count == 0 {
 		if !n.Fits(r) {
 			return scored{}
@@ -95,7 +98,7 @@ func (g *nodeGPUs) assess(w placement.Workload, n placement.Node, base float64, 
 	if r.CPU > n.CPU || r.Memory > n.Memory {
 		return scored{}
 	}
-	gpus, taken, ok := memo.migPlace(g, snap, mig, choice)
+	gpus, taken, ok := memo.migPlace(g, snap, mig, choice, weights)
 	if !ok {
 		return scored{}
 	}

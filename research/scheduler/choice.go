@@ -24,6 +24,20 @@ import (
 // order only changes which candidate the allocator tries first, and the
 // allocator still checks each one it tries.
 func MIGPlacementOrder(driver string, devices []*draapi.Device, left map[string]map[string]int64, selectable func(int) bool) []int {
+	return migPlacementOrder(nil, driver, devices, left, selectable)
+}
+
+// MIGPlacementOrderFor is MIGPlacementOrder with the classes weighed by the
+// demand d has learned (partition.Left.BestFitWeighted), as the weights stand
+// when the allocator asks: tessera-scheduler registers it, and gives the
+// Score plugin the same d (WithDemand).
+func MIGPlacementOrderFor(d *Demand) func(driver string, devices []*draapi.Device, left map[string]map[string]int64, selectable func(int) bool) []int {
+	return func(driver string, devices []*draapi.Device, left map[string]map[string]int64, selectable func(int) bool) []int {
+		return migPlacementOrder(d, driver, devices, left, selectable)
+	}
+}
+
+func migPlacementOrder(d *Demand, driver string, devices []*draapi.Device, left map[string]map[string]int64, selectable func(int) bool) []int {
 	if driver != gpuapi.DriverName {
 		return nil
 	}
@@ -54,7 +68,12 @@ func MIGPlacementOrder(driver string, devices []*draapi.Device, left map[string]
 		choices[i] = c
 	}
 	conversions.Unlock()
-	return partition.BestFit(choices, left, candidates)
+	prepared := partition.Prepare(choices)
+	var weights []float64
+	if w := d.Weights(); w.Version != 0 {
+		weights = prepared.Weigh(w.Weight)
+	}
+	return prepared.Left(left).BestFitWeighted(candidates, weights)
 }
 
 // conversions keeps each device's conversion for as long as the allocator

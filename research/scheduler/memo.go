@@ -42,8 +42,10 @@ type memoKey struct {
 	// bit each.
 	state string
 	r     migRequest
-	// choice is whether the placement is the choice's or first fit's.
-	choice bool
+	// choice is whether the placement is the choice's or first fit's,
+	// and weights the version of the demand's weights it weighed with.
+	choice  bool
+	weights uint64
 }
 
 // memoized is a placement: the partitions taken, as indexes into the
@@ -62,11 +64,11 @@ func newPlaceMemo() *placeMemo {
 // the same state had the same request; nil m works it out every time. The
 // partitions taken are mapped back onto this node's own GPUs and
 // partitions by their index in its mig.
-func (m *placeMemo) migPlace(n *nodeGPUs, snap []int, r migRequest, choice placeRule) (gpus []int, taken []int, ok bool) {
+func (m *placeMemo) migPlace(n *nodeGPUs, snap []int, r migRequest, choice placeRule, weights uint64) (gpus []int, taken []int, ok bool) {
 	if m == nil {
 		return n.migPlace(snap, r, choice)
 	}
-	key := memoKey{layout: n.layout(), state: packBits(snap[len(n.whole):]), r: r, choice: choice != nil}
+	key := memoKey{layout: n.layout(), state: packBits(snap[len(n.whole):]), r: r, choice: choice != nil, weights: weights}
 	v, hit := m.get(key)
 	if !hit {
 		var picked []int

@@ -143,6 +143,13 @@ func bestFit(_ *nodeGPUs, _ []int, left partition.Left, candidates []int) int {
 	return left.BestFit(candidates)[0]
 }
 
+// weightedBestFit is MIGPlacementOrderFor's rule with the demand's weights.
+func weightedBestFit(w *DemandWeights) placeRule {
+	return func(n *nodeGPUs, _ []int, left partition.Left, candidates []int) int {
+		return left.BestFitWeighted(candidates, n.prepared.Weigh(w.Weight))[0]
+	}
+}
+
 // countersLeft is what is left of each of the node's counter sets in the
 // snapshot's state, numbered as its prepared devices: a fresh copy the
 // caller may change.

@@ -317,8 +317,14 @@ func (v *allocatorView) takes(order []int) string {
 // choiceTakes is the partition tessera-scheduler's allocator takes on the
 // node for a request of one partition: MIGPlacementOrder's ranking first.
 func choiceTakes(t *testing.T, slices []*resourceapi.ResourceSlice, node string, alloc *structured.AllocatedState, profile string) string {
+	return weightedChoiceTakes(t, nil, slices, node, alloc, profile)
+}
+
+// weightedChoiceTakes is choiceTakes with the demand's weights
+// (MIGPlacementOrderFor(d), as tessera-scheduler registers it).
+func weightedChoiceTakes(t *testing.T, d *Demand, slices []*resourceapi.ResourceSlice, node string, alloc *structured.AllocatedState, profile string) string {
 	v := viewOf(t, slices, node, alloc, profile)
-	return v.takes(MIGPlacementOrder(gpuapi.DriverName, v.devices, v.left, v.selectable))
+	return v.takes(MIGPlacementOrderFor(d)(gpuapi.DriverName, v.devices, v.left, v.selectable))
 }
 
 // firstFitTakes is the partition kube-scheduler's allocator takes.
@@ -354,40 +360,6 @@ func fragmentationAfter(p *Plugin, slices []*resourceapi.ResourceSlice, info fak
 // the two choices differ in some.
 func TestScoreModelsPlacementChoice(t *testing.T) {
 	const node = "n"
-	info := nodeInfos(node)[0].(fakeNodeInfo)
-	pod := placement.Request{CPU: 1000, Memory: 1024}
-	check := func(t *testing.T, slices []*resourceapi.ResourceSlice, alloc *structured.AllocatedState, profile string) (differs bool) {
-		t.Helper()
-		var selectors []string
-		if profile != "" {
-			selectors = append(selectors, profileIs(profile))
-		}
-		dra := &fakeDRA{slices: slices, claims: map[string]*resourceapi.ResourceClaim{"ns/c": migClaim("c", 1, selectors...)}, allocated: alloc}
-		p, err := NewWithState(Args{}, dra, WithPlacementChoice())
-		if err != nil {
-			t.Fatal(err)
-		}
-		scores, st := scoreAll(t, p, "c", []fwk.NodeInfo{info})
-		if st != nil {
-			t.Fatalf("PreScore: %v", st)
-		}
-		took := choiceTakes(t, slices, node, alloc, profile)
-		if took == "" {
-			if scores[0].Score != int64(worstDelta/scoreUnit) {
-				t.Errorf("profile %q fits nowhere, raw score %d, want the worst", profile, scores[0].Score)
-			}
-			return false
-		}
-		before := fragmentationAfter(p, slices, info, alloc, placement.Request{})
-		want := int64(math.Round((fragmentationAfter(p, slices, info, alloc, pod, took) - before) / scoreUnit))
-		if scores[0].Score != want {
-			t.Errorf("profile %q: raw score %d, want %d, the fragmentation delta of %s, which the choice takes (allocated %v, shares %v)",
-				profile, scores[0].Score, want, took, alloc.AllocatedDevices.UnsortedList(), slices2.Collect(maps.Keys(alloc.AggregatedCapacity)))
-		}
-		firstFit := firstFitTakes(t, slices, node, alloc, profile)
-		return firstFit != took && want != int64(math.Round((fragmentationAfter(p, slices, info, alloc, pod, firstFit)-before)/scoreUnit))
-	}
-
 	t.Run("e2e state", func(t *testing.T) {
 		alloc := emptyAllocated()
 		alloc.AllocatedDevices.Insert(structured.MakeDeviceID(gpuapi.DriverName, node, gpuapi.MIGDeviceName(1, "3g.20gb", 4)))
@@ -395,57 +367,142 @@ func TestScoreModelsPlacementChoice(t *testing.T) {
 		if got := choiceTakes(t, slices, node, alloc, "1g.5gb"); got[:len("gpu-1-")] != "gpu-1-" {
 			t.Fatalf("the choice takes %s, want a partition of GPU 1", got)
 		}
-		if !check(t, slices, alloc, "1g.5gb") {
+		if !checkScoreModelsChoice(t, nil, slices, alloc, "1g.5gb") {
 			t.Errorf("first fit takes the same partition, or one as good: the case tells nothing")
 		}
 	})
 
 	for _, kind := range []string{"a100-like", "h200"} {
 		t.Run("random/"+kind, func(t *testing.T) {
-			slices := migNode(node, 4)
-			if kind == "h200" {
-				inv := h200Inventory(t)
-				inv.GPUs = inv.GPUs[:4]
-				slices = resourceslice.Objects(node, resourceslice.Build(node, inv, resourceslice.Options{Pool: "default"}))
-			}
-			var all []string
-			profiles := []string{""}
-			for _, s := range slices {
-				for _, d := range s.Spec.Devices {
-					all = append(all, d.Name)
-					if p := d.Attributes[gpuapi.AttrProfile].StringValue; p != nil && !slices2.Contains(profiles, *p) {
-						profiles = append(profiles, *p)
-					}
-				}
-			}
 			differ, requests := 0, 0
-			for seed := range uint64(40) {
-				rng := rand.New(rand.NewPCG(seed, 4))
-				alloc := emptyAllocated()
-				for range rng.IntN(16) {
-					name := all[rng.IntN(len(all))]
-					id := structured.MakeDeviceID(gpuapi.DriverName, node, name)
-					v := viewOf(t, slices, node, alloc, "")
-					if !v.fits(slices2.Index(all, name)) {
-						continue
-					}
-					if strings.HasSuffix(name, "-shared") {
-						alloc.AggregatedCapacity[id] = structured.ConsumedCapacity{gpuapi.CapCompute: ptr.To(resource.MustParse("30"))}
-						continue
-					}
-					alloc.AllocatedDevices.Insert(id)
+			randomMIGStates(t, kind, func(slices []*resourceapi.ResourceSlice, alloc *structured.AllocatedState, profile string) {
+				requests++
+				if checkScoreModelsChoice(t, nil, slices, alloc, profile) {
+					differ++
 				}
-				for _, profile := range profiles {
-					requests++
-					if check(t, slices, alloc, profile) {
-						differ++
-					}
-				}
-			}
-			t.Logf("%d of %d requests scored differently from first fit (profiles %q)", differ, requests, profiles)
+			})
+			t.Logf("%d of %d requests scored differently from first fit", differ, requests)
 			if differ == 0 {
 				t.Errorf("first fit and the choice never differ: the states tell nothing")
 			}
 		})
+	}
+}
+
+// TestScoreModelsWeightedPlacementChoice: with WithDemand too, the score
+// models the choice with the demand's weights, as the allocator ranks with
+// them (MIGPlacementOrderFor with the same demand), on the random states of
+// TestScoreModelsPlacementChoice, with a demand that has seen mostly 1g
+// partitions and never a whole GPU or a share; in some of them the weighted
+// choice takes another partition than the unweighted one, or the case would
+// tell nothing.
+func TestScoreModelsWeightedPlacementChoice(t *testing.T) {
+	d := NewDemand()
+	for i := range 3000 {
+		d.Observe([]string{"1g.18gb", "1g.18gb", "1g.18gb", "3g.71gb", "7g.141gb"}[i%5], 1)
+	}
+	if d.Weights().Version == 0 {
+		t.Fatal("the demand published no weights")
+	}
+	moved, requests := 0, 0
+	randomMIGStates(t, "h200", func(slices []*resourceapi.ResourceSlice, alloc *structured.AllocatedState, profile string) {
+		requests++
+		checkScoreModelsChoice(t, d, slices, alloc, profile)
+		if weightedChoiceTakes(t, d, slices, "n", alloc, profile) != choiceTakes(t, slices, "n", alloc, profile) {
+			moved++
+		}
+	})
+	t.Logf("the weights moved %d of %d requests' partitions", moved, requests)
+	if moved == 0 {
+		t.Error("the weights never moved a partition: the states tell nothing")
+	}
+}
+
+// checkScoreModelsChoice scores a pod with a claim of one partition of the
+// profile (any profile for "") on node "n" in the allocated state, with
+// WithPlacementChoice and, when d is set, WithDemand(d), and fails when the
+// raw score is not the fragmentation delta of the partition the allocator's
+// choice takes with the same weights. differs is whether first fit would
+// have taken another partition with another delta.
+func checkScoreModelsChoice(t *testing.T, d *Demand, slices []*resourceapi.ResourceSlice, alloc *structured.AllocatedState, profile string) (differs bool) {
+	t.Helper()
+	const node = "n"
+	info := nodeInfos(node)[0].(fakeNodeInfo)
+	pod := placement.Request{CPU: 1000, Memory: 1024}
+	var selectors []string
+	if profile != "" {
+		selectors = append(selectors, profileIs(profile))
+	}
+	dra := &fakeDRA{slices: slices, claims: map[string]*resourceapi.ResourceClaim{"ns/c": migClaim("c", 1, selectors...)}, allocated: alloc}
+	opts := []Option{WithPlacementChoice()}
+	if d != nil {
+		opts = append(opts, WithDemand(d))
+	}
+	p, err := NewWithState(Args{}, dra, opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	scores, st := scoreAll(t, p, "c", []fwk.NodeInfo{info})
+	if st != nil {
+		t.Fatalf("PreScore: %v", st)
+	}
+	took := weightedChoiceTakes(t, d, slices, node, alloc, profile)
+	if took == "" {
+		if scores[0].Score != int64(worstDelta/scoreUnit) {
+			t.Errorf("profile %q fits nowhere, raw score %d, want the worst", profile, scores[0].Score)
+		}
+		return false
+	}
+	before := fragmentationAfter(p, slices, info, alloc, placement.Request{})
+	want := int64(math.Round((fragmentationAfter(p, slices, info, alloc, pod, took) - before) / scoreUnit))
+	if scores[0].Score != want {
+		t.Errorf("profile %q: raw score %d, want %d, the fragmentation delta of %s, which the choice takes (allocated %v, shares %v)",
+			profile, scores[0].Score, want, took, alloc.AllocatedDevices.UnsortedList(), slices2.Collect(maps.Keys(alloc.AggregatedCapacity)))
+	}
+	firstFit := firstFitTakes(t, slices, node, alloc, profile)
+	return firstFit != took && want != int64(math.Round((fragmentationAfter(p, slices, info, alloc, pod, firstFit)-before)/scoreUnit))
+}
+
+// randomMIGStates calls f for 40 random allocated states of a 4-GPU node n
+// ("a100-like" or "h200": partitions, whole GPUs and shares allocated where
+// they fit) and every profile of the node and any profile ("").
+func randomMIGStates(t *testing.T, kind string, f func(slices []*resourceapi.ResourceSlice, alloc *structured.AllocatedState, profile string)) {
+	t.Helper()
+	const node = "n"
+	slices := migNode(node, 4)
+	if kind == "h200" {
+		inv := h200Inventory(t)
+		inv.GPUs = inv.GPUs[:4]
+		slices = resourceslice.Objects(node, resourceslice.Build(node, inv, resourceslice.Options{Pool: "default"}))
+	}
+	var all []string
+	profiles := []string{""}
+	for _, s := range slices {
+		for _, d := range s.Spec.Devices {
+			all = append(all, d.Name)
+			if p := d.Attributes[gpuapi.AttrProfile].StringValue; p != nil && !slices2.Contains(profiles, *p) {
+				profiles = append(profiles, *p)
+			}
+		}
+	}
+	for seed := range uint64(40) {
+		rng := rand.New(rand.NewPCG(seed, 4))
+		alloc := emptyAllocated()
+		for range rng.IntN(16) {
+			name := all[rng.IntN(len(all))]
+			id := structured.MakeDeviceID(gpuapi.DriverName, node, name)
+			v := viewOf(t, slices, node, alloc, "")
+			if !v.fits(slices2.Index(all, name)) {
+				continue
+			}
+			if strings.HasSuffix(name, "-shared") {
+				alloc.AggregatedCapacity[id] = structured.ConsumedCapacity{gpuapi.CapCompute: ptr.To(resource.MustParse("30"))}
+				continue
+			}
+			alloc.AllocatedDevices.Insert(id)
+		}
+		for _, profile := range profiles {
+			f(slices, alloc, profile)
+		}
 	}
 }

@@ -71,6 +71,10 @@ type Plugin struct {
 	// memo keeps MIG placements across nodes of one layout (memo.go); nil
 	// without it.
 	memo *placeMemo
+	// demand, when set, learns what the pods ask for (PreFilter), and the
+	// choice is modelled with its weights (WithDemand).
+	demand *Demand
+	seen   seenPods
 }
 
 // Option changes how NewWithState builds the plugin.
@@ -90,6 +94,13 @@ func WithoutPlacementMemo() Option { return func(p *Plugin) { p.memo = nil } }
 // (tessera-scheduler built with the patched allocator) instead of its first
 // fit, so that a node's score describes the partition the choice takes.
 func WithPlacementChoice() Option { return func(p *Plugin) { p.choice = bestFit } }
+
+// WithDemand has the plugin tell d what each pod asks for, once per pod, at
+// PreFilter, before the allocator runs for it, and model the placement
+// choice with d's weights: tessera-scheduler registers
+// MIGPlacementOrderFor(d) with its allocator and the plugin with the same d,
+// so that the two weigh alike.
+func WithDemand(d *Demand) Option { return func(p *Plugin) { p.demand = d } }
 
 // sliceIndex keeps the device index of the last list of slices: slices
 // change rarely, and indexing every device of the cluster again for every
@@ -246,8 +257,13 @@ func (p *Plugin) Name() string { return Name }
 const stateKey fwk.StateKey = Name
 
 type cycleState struct {
-	request  placement.Request
-	mig      migRequest
+	request placement.Request
+	mig     migRequest
+	// choice is the plugin's model of the placement choice with the
+	// demand's weights as the allocator read them for this pod, and
+	// weights their version (0 for first fit or no demand).
+	choice   placeRule
+	weights  uint64
 	workload placement.Workload
 	gpus     map[string]*nodeGPUs
 	// allocated is the allocated state sorted by node (allocatedByNode).
@@ -275,10 +291,47 @@ func (p *Plugin) PreScore(ctx context.Context, state fwk.CycleState, pod *corev1
 		return fwk.AsStatus(fmt.Errorf("gather allocated devices: %w", err))
 	}
 	gpus, pools := p.index.get(slices)
-	state.Write(stateKey, &cycleState{request: r, mig: mig, workload: p.workload, gpus: gpus, allocated: allocatedByNode(pools, allocated)})
+	s := &cycleState{request: r, mig: mig, workload: p.workload, gpus: gpus, allocated: allocatedByNode(pools, allocated), choice: p.choice}
+	if w := p.demand.Weights(); p.choice != nil && w.Version != 0 {
+		s.choice, s.weights = weightedBestFit(w), w.Version
+	}
+	state.Write(stateKey, s)
 	klog.FromContext(ctx).V(5).Info("Scoring GPU fragmentation", "pod", klog.KObj(pod), "request", r, "migProfile", mig.profile, "migCount", mig.count)
 	return nil
 }
+
+// PreFilter implements fwk.PreFilterPlugin: with WithDemand it tells the
+// demand what the pod asks for, the first time the pod is seen, so that the
+// allocator, which runs after it, and Score weigh the classes by the
+// requests so far, this one included. It never rejects a pod: a pod whose
+// claims cannot be read yet is counted when they can.
+func (p *Plugin) PreFilter(ctx context.Context, _ fwk.CycleState, pod *corev1.Pod, _ []fwk.NodeInfo) (*fwk.PreFilterResult, *fwk.Status) {
+	if p.demand == nil || !p.seen.first(pod.UID) {
+		return nil, fwk.NewStatus(fwk.Skip)
+	}
+	version := p.demand.Weights().Version
+	defer func() {
+		if w := p.demand.Weights(); w.Version != version {
+			klog.FromContext(ctx).V(2).Info("Placement choice weighs the device classes by their demand", "version", w.Version, "weights", w.Classes(), "pod", klog.KObj(pod))
+		}
+	}()
+	r, mig, ok, err := podRequest(pod, p.dra)
+	switch {
+	case err != nil:
+		p.seen.forget(pod.UID)
+	case !ok:
+	case mig.count > 0:
+		p.demand.Observe(mig.profile, mig.count)
+	case r.GPUs > 0 && r.Milli >= placement.WholeGPU:
+		p.demand.Observe(gpuapi.TypeGPU, r.GPUs)
+	case r.GPUs > 0:
+		p.demand.Observe(gpuapi.TypeShared, 1)
+	}
+	return nil, fwk.NewStatus(fwk.Skip)
+}
+
+// PreFilterExtensions implements fwk.PreFilterPlugin: none.
+func (p *Plugin) PreFilterExtensions() fwk.PreFilterExtensions { return nil }
 
 // worstDelta stands for a node where the model sees no room although the
 // filter passed it (a claim the model cannot read exactly).

@@ -10,11 +10,14 @@ import (
 
 // The allocator that tessera-scheduler is built on (hack/allocator/overlay.sh)
 // asks a registered device order which of a node's free devices a request of
-// one device takes first; tessera-scheduler's is the MIG placement choice.
+// one device takes first; tessera-scheduler's is the MIG placement choice,
+// which weighs what a placement blocks by the demand the scheduler has seen.
 // Only that patched allocator has draapi.SetDeviceOrder, hence the build tag,
-// which the tessera-scheduler target sets. TesseraPlacement then scores a
-// node by the partition the choice takes there.
+// which the tessera-scheduler target sets. TesseraPlacement tells the demand
+// what each pod asks for and scores a node by the partition the choice takes
+// there, with the same weights.
 func init() {
-	draapi.SetDeviceOrder(scheduler.MIGPlacementOrder)
-	pluginOptions = append(pluginOptions, scheduler.WithPlacementChoice())
+	demand := scheduler.NewDemand()
+	draapi.SetDeviceOrder(scheduler.MIGPlacementOrderFor(demand))
+	pluginOptions = append(pluginOptions, scheduler.WithPlacementChoice(), scheduler.WithDemand(demand))
 }
