@@ -27,48 +27,72 @@ func withPlacementChoice(t *testing.T) {
 
 // TestPlacementChoiceMatchesBestFit checks the packing benchmark's replay of
 // tessera-scheduler's choice (BestFit) against the patched allocator with the
-// choice registered, request by request.
+// choice registered, request by request: unweighted (MIGPlacementOrder), and
+// weighed by a demand (MIGPlacementOrderFor and NewWeightedBestFit with one
+// demand, which has seen 4g and 1g+me partitions only and is told of each
+// request before the allocator runs, as tessera-scheduler's PreFilter does).
 func TestPlacementChoiceMatchesBestFit(t *testing.T) {
-	withPlacementChoice(t)
-	ctx := context.Background()
-	differ := 0
-	for seq := range 20 {
-		rng := rand.New(rand.NewPCG(uint64(seq), 7))
-		h, cluster := newHardware(t, "dgxh200", 8)
-		var gpus []partition.GPU
-		for _, gpu := range h.node.GPUs {
-			gpus = append(gpus, partition.Build(gpu, partition.Options{}))
-		}
-		bf, ff := NewBestFit(gpus), NewFirstFit(gpus)
-		profiles := profileNames(h)
-		for step := range 64 {
-			name := profiles[rng.IntN(len(profiles))]
-			want := bf.Place(name)
-			if ff.Place(name) != want {
-				differ++
+	for _, weighted := range []bool{false, true} {
+		t.Run(fmt.Sprintf("weighted=%t", weighted), func(t *testing.T) {
+			var demand *scheduler.Demand
+			if weighted {
+				demand = scheduler.NewDemand()
+				for i := range 3000 {
+					demand.Observe([]string{"4g.71gb", "1g.18gb+me"}[i%2], 1)
+				}
+				draapi.SetDeviceOrder(scheduler.MIGPlacementOrderFor(demand))
+				t.Cleanup(func() { draapi.SetDeviceOrder(nil) })
+			} else {
+				withPlacementChoice(t)
 			}
-			result, err := cluster.Allocate(ctx, MIG(name, 1))
-			if err != nil {
-				t.Fatal(err)
+			ctx := context.Background()
+			differ, moved := 0, 0
+			for seq := range 20 {
+				rng := rand.New(rand.NewPCG(uint64(seq), 7))
+				h, cluster := newHardware(t, "dgxh200", 8)
+				var gpus []partition.GPU
+				for _, gpu := range h.node.GPUs {
+					gpus = append(gpus, partition.Build(gpu, partition.Options{}))
+				}
+				bf, ff, unweighted := NewWeightedBestFit(gpus, demand), NewFirstFit(gpus), NewBestFit(gpus)
+				profiles := profileNames(h)
+				for step := range 64 {
+					name := profiles[rng.IntN(len(profiles))]
+					want := bf.Place(name)
+					if ff.Place(name) != want {
+						differ++
+					}
+					if unweighted.Place(name) != want {
+						moved++
+					}
+					result, err := cluster.Allocate(ctx, MIG(name, 1))
+					if err != nil {
+						t.Fatal(err)
+					}
+					got := ""
+					if result != nil {
+						got = result.Devices.Results[0].Device
+					}
+					if got != want {
+						t.Fatalf("sequence %d step %d, %s: allocator chose %q, BestFit %q", seq, step, name, got, want)
+					}
+					if got == "" {
+						break
+					}
+				}
 			}
-			got := ""
-			if result != nil {
-				got = result.Devices.Results[0].Device
+			// First fit in the same states would have chosen otherwise this
+			// often: the choice is in effect, not a replay of the published
+			// order; and with weights, the unweighted choice.
+			if differ == 0 {
+				t.Errorf("the choice never differed from first fit")
 			}
-			if got != want {
-				t.Fatalf("sequence %d step %d, %s: allocator chose %q, BestFit %q", seq, step, name, got, want)
+			if weighted && moved == 0 {
+				t.Errorf("the weighted choice never differed from the unweighted one")
 			}
-			if got == "" {
-				break
-			}
-		}
+			t.Logf("%d choices differ from first fit, %d from the unweighted choice (its node followed its own choices)", differ, moved)
+		})
 	}
-	// First fit in the same states would have chosen otherwise this often:
-	// the choice is in effect, not a replay of the published order.
-	if differ == 0 {
-		t.Errorf("the choice never differed from first fit")
-	}
-	t.Logf("%d choices differ from first fit", differ)
 }
 
 // TestPlacementChoiceDiffersFromFirstFit: GPU 0 is empty and GPU 1 half cut;

@@ -1,6 +1,7 @@
 package scheduling
 
 import (
+	"fmt"
 	"maps"
 	"math/rand/v2"
 	"testing"
@@ -53,7 +54,7 @@ func packMix(rng *rand.Rand, gpus []inventory.GPU, mix []float64, p placer) floa
 		opt = NewOptimum(gpus[0])
 	}
 	for range total {
-		i := draw(rng, len(profiles), mix)
+		i := drawProfile(rng, len(profiles), mix)
 		need[i]++
 		if opt != nil && !opt.Feasible(need, len(gpus)) || opt == nil && p.Place(profiles[i].Name) == "" {
 			break
@@ -61,26 +62,6 @@ func packMix(rng *rand.Rand, gpus []inventory.GPU, mix []float64, p placer) floa
 		used += profiles[i].Placements[0].Size
 	}
 	return float64(used) / float64(total)
-}
-
-// draw is a profile index in proportion to mix, or uniform over n when mix
-// is nil (one draw from rng either way).
-func draw(rng *rand.Rand, n int, mix []float64) int {
-	if mix == nil {
-		return rng.IntN(n)
-	}
-	total := 0.0
-	for _, w := range mix {
-		total += w
-	}
-	x := rng.Float64() * total
-	for i, w := range mix {
-		if x < w {
-			return i
-		}
-		x -= w
-	}
-	return len(mix) - 1
 }
 
 func builtNode(gpus []inventory.GPU) []partition.GPU {
@@ -125,17 +106,27 @@ func TestBestFitRequestedReplay(t *testing.T) {
 	}
 }
 
-// BenchmarkPackingRequestedClasses puts partition.BestFit beside its replay
-// without the whole and shared devices in its measure
-// (newBestFitRequested), on the packing benchmark's 1,000 sequences, on
-// 1,000 others (the seeds StrandedSliceCost was chosen on), and on 500
-// sequences of each of five other request mixes, one 8 x H200 node: how much
-// of the gap to 98 % weighing blocked classes by their demand would close.
+// BenchmarkPackingDemand puts tessera-scheduler's choice (partition.BestFit
+// weighed by the demand it has learned, NewWeightedBestFit) beside BestFit
+// unweighted, as it was before it learned the demand, and beside BestFit
+// with only the whole and shared devices left out of its measure
+// (newBestFitRequested), one 8 x H200 node: on the packing benchmark's 1,000
+// sequences, on 1,000 others (the seeds StrandedSliceCost was chosen on), on
+// 500 sequences of each of five request mixes written by hand (those
+// demandExponent was chosen on) and of five drawn at random (each profile's
+// weight exponential, seeded), which were not looked at before it was
+// chosen. Each demand has seen warmDemand requests of its mix first.
 //
-//	go test -run '^$' -bench PackingRequestedClasses -benchtime 1x ./research/scheduling/
-func BenchmarkPackingRequestedClasses(b *testing.B) {
+//	go test -run '^$' -bench PackingDemand -benchtime 1x -timeout 30m ./research/scheduling/
+func BenchmarkPackingDemand(b *testing.B) {
 	gpus := h200Node(b, 8)
+	profiles := gpus[0].MIG.Profiles
 	opt := NewOptimum(gpus[0])
+	report := func(b *testing.B, best, shipped, requested, weighted float64) {
+		b.ReportMetric(100*shipped/best, "%of-best-bestfit")
+		b.ReportMetric(100*requested/best, "%of-best-bestfit-requested")
+		b.ReportMetric(100*weighted/best, "%of-best-weighted")
+	}
 	sets := []struct {
 		name string
 		rng  func(seq int) *rand.Rand
@@ -148,14 +139,15 @@ func BenchmarkPackingRequestedClasses(b *testing.B) {
 			for b.Loop() {
 				var sum PackingResult
 				var requested float64
+				demand := WarmDemand(rand.New(rand.NewPCG(2027, 1)), profiles, nil, warmDemand)
 				for seq := range 1000 {
-					r := Packing(set.rng(seq), gpus, opt)
+					r := PackingWeighted(set.rng(seq), gpus, opt, demand)
 					sum.BestFit += r.BestFit
+					sum.Weighted += r.Weighted
 					sum.Best += r.Best
 					requested += packWith(set.rng(seq), gpus, newBestFitRequested(builtNode(gpus)))
 				}
-				b.ReportMetric(100*sum.BestFit/sum.Best, "%of-best-bestfit")
-				b.ReportMetric(100*requested/sum.Best, "%of-best-bestfit-requested")
+				report(b, sum.Best, sum.BestFit, requested, sum.Weighted)
 			}
 		})
 	}
@@ -171,21 +163,34 @@ func BenchmarkPackingRequestedClasses(b *testing.B) {
 		{"1g-heavy", []float64{5, 1, 1, 1, 1, 1, 1}},
 		{"4g-and-+me-heavy", []float64{1, 1, 1, 4, 1, 4, 1}},
 	}
-	if got := gpus[0].MIG.Profiles; len(got) != 7 || got[0].Name != "1g.18gb" || got[6].Name != "1g.35gb" {
-		b.Fatalf("the mixes are written for the H200's seven profiles in its order, got %v", got)
+	if len(profiles) != 7 || profiles[0].Name != "1g.18gb" || profiles[6].Name != "1g.35gb" {
+		b.Fatalf("the mixes are written for the H200's seven profiles in its order, got %v", profiles)
+	}
+	drawn := rand.New(rand.NewPCG(31337, 7))
+	for k := range 5 {
+		mix := make([]float64, len(profiles))
+		for i := range mix {
+			mix[i] = drawn.ExpFloat64()
+		}
+		mixes = append(mixes, struct {
+			name string
+			mix  []float64
+		}{fmt.Sprintf("drawn-%d", k+1), mix})
 	}
 	for _, m := range mixes {
 		b.Run("mix="+m.name, func(b *testing.B) {
+			b.Logf("mix %s: %.2f", m.name, m.mix)
 			for b.Loop() {
-				var best, shipped, requested float64
+				var best, shipped, requested, weighted float64
+				demand := WarmDemand(rand.New(rand.NewPCG(2027, 1)), profiles, m.mix, warmDemand)
 				for seq := range 500 {
 					rng := func() *rand.Rand { return rand.New(rand.NewPCG(uint64(seq), 4242)) }
 					best += packMix(rng(), gpus, m.mix, nil)
 					shipped += packMix(rng(), gpus, m.mix, NewBestFit(builtNode(gpus)))
 					requested += packMix(rng(), gpus, m.mix, newBestFitRequested(builtNode(gpus)))
+					weighted += packMix(rng(), gpus, m.mix, NewWeightedBestFit(builtNode(gpus), demand))
 				}
-				b.ReportMetric(100*shipped/best, "%of-best-bestfit")
-				b.ReportMetric(100*requested/best, "%of-best-bestfit-requested")
+				report(b, best, shipped, requested, weighted)
 			}
 		})
 	}

@@ -8,6 +8,7 @@ import (
 
 	"github.com/tessera-gpu/tessera/pkg/inventory"
 	"github.com/tessera-gpu/tessera/pkg/partition"
+	"github.com/tessera-gpu/tessera/research/scheduler"
 )
 
 // FirstFit replays what the scheduler's allocator does for a claim of one MIG
@@ -28,6 +29,47 @@ func NewFirstFit(gpus []partition.GPU) *FirstFit {
 		f.remaining[i] = maps.Clone(g.Counters)
 	}
 	return f
+}
+
+// NewWeightedBestFit returns an empty node of the GPUs whose requests are
+// placed as tessera-scheduler places them, with the demand d has learned,
+// which each request is added to before it is placed.
+func NewWeightedBestFit(gpus []partition.GPU, d *scheduler.Demand) *BestFit {
+	b := NewBestFit(gpus)
+	b.demand = d
+	return b
+}
+
+// WarmDemand returns a demand told of n requests of the GPU's MIG profiles
+// drawn from rng, each profile in proportion to mix (alike when mix is nil):
+// what tessera-scheduler has learned after n requests of a cluster whose
+// claims follow the mix.
+func WarmDemand(rng *rand.Rand, profiles []inventory.MIGProfile, mix []float64, n int) *scheduler.Demand {
+	d := scheduler.NewDemand()
+	for range n {
+		d.Observe(profiles[drawProfile(rng, len(profiles), mix)].Name, 1)
+	}
+	return d
+}
+
+// drawProfile is a profile index in proportion to mix, or uniform over n
+// when mix is nil (one draw from rng either way).
+func drawProfile(rng *rand.Rand, n int, mix []float64) int {
+	if mix == nil {
+		return rng.IntN(n)
+	}
+	total := 0.0
+	for _, w := range mix {
+		total += w
+	}
+	x := rng.Float64() * total
+	for i, w := range mix {
+		if x < w {
+			return i
+		}
+		x -= w
+	}
+	return len(mix) - 1
 }
 
 // Place allocates one partition of the profile and returns its device name,
@@ -53,11 +95,17 @@ func fits(remaining, consumes map[string]int64) bool {
 
 // BestFit replays tessera-scheduler's choice for a claim of one MIG
 // partition: among the node's free placements of the requested profile it
-// takes the one partition.BestFit ranks first.
+// takes the one partition.BestFit ranks first; with a demand
+// (NewWeightedBestFit), as tessera-scheduler does, the one BestFitWeighted
+// ranks first with the demand's weights, the demand told of each request
+// first (scheduler.MIGPlacementOrderFor and the plugin's PreFilter).
 type BestFit struct {
 	devices []partition.Choice
 	names   []string
 	left    map[string]map[string]int64
+	// demand, when set, is told of each request before it is placed, and
+	// its weights weigh the classes BestFit charges for blocking.
+	demand *scheduler.Demand
 }
 
 // NewBestFit returns an empty node of the GPUs.
@@ -89,7 +137,13 @@ func (b *BestFit) Place(profile string) string {
 	if len(candidates) == 0 {
 		return ""
 	}
-	c := partition.BestFit(b.devices, b.left, candidates)[0]
+	b.demand.Observe(profile, 1)
+	prepared := partition.Prepare(b.devices)
+	var weights []float64
+	if b.demand != nil {
+		weights = prepared.Weigh(b.demand.Weights().Weight)
+	}
+	c := prepared.Left(b.left).BestFitWeighted(candidates, weights)[0]
 	d := b.devices[c]
 	for name, n := range d.Consumes {
 		b.left[d.CounterSet][name] -= n
@@ -233,12 +287,23 @@ type placer interface{ Place(profile string) string }
 // request of a sequence cannot be placed.
 type PackingResult struct {
 	Tessera, Ascending, BestFit, Best float64
+	// Weighted is BestFit weighed by a demand (PackingWeighted), 0
+	// without one.
+	Weighted float64
 }
 
 // Packing draws a random sequence of MIG requests on an empty node of the
 // GPUs and returns, for each policy, the share of memory slices in use when
 // the first request cannot be placed.
 func Packing(rng *rand.Rand, gpus []inventory.GPU, opt *Optimum) PackingResult {
+	return PackingWeighted(rng, gpus, opt, nil)
+}
+
+// PackingWeighted is Packing with the Weighted column too when demand is
+// set: tessera-scheduler's choice with what demand has learned, told of the
+// sequence's requests as they come. The sequence is the same; the other
+// columns do not read demand.
+func PackingWeighted(rng *rand.Rand, gpus []inventory.GPU, opt *Optimum, demand *scheduler.Demand) PackingResult {
 	var tessera, ascending []partition.GPU
 	total := 0
 	for _, gpu := range gpus {
@@ -256,9 +321,13 @@ func Packing(rng *rand.Rand, gpus []inventory.GPU, opt *Optimum) PackingResult {
 	ff := map[*float64]placer{&res.Tessera: NewFirstFit(tessera), &res.Ascending: NewFirstFit(ascending), &res.BestFit: NewBestFit(tessera)}
 	used := map[*float64]int{}
 	open := map[*float64]bool{&res.Tessera: true, &res.Ascending: true, &res.BestFit: true, &res.Best: true}
+	if demand != nil {
+		ff[&res.Weighted] = NewWeightedBestFit(tessera, demand)
+		open[&res.Weighted] = true
+	}
 	need := make([]int, len(profiles))
 	// A node cannot hold more partitions than it has memory slices.
-	for step := 0; step < total && (open[&res.Tessera] || open[&res.Ascending] || open[&res.BestFit] || open[&res.Best]); step++ {
+	for step := 0; step < total && (open[&res.Tessera] || open[&res.Ascending] || open[&res.BestFit] || open[&res.Best] || open[&res.Weighted]); step++ {
 		i := rng.IntN(len(profiles))
 		name := profiles[i].Name
 		for metric, f := range ff {
@@ -283,5 +352,6 @@ func Packing(rng *rand.Rand, gpus []inventory.GPU, opt *Optimum) PackingResult {
 	res.Ascending = float64(used[&res.Ascending]) / float64(total)
 	res.BestFit = float64(used[&res.BestFit]) / float64(total)
 	res.Best = float64(used[&res.Best]) / float64(total)
+	res.Weighted = float64(used[&res.Weighted]) / float64(total)
 	return res
 }

@@ -49,13 +49,15 @@ func TestFirstFitMatchesAllocator(t *testing.T) {
 	}
 }
 
-// TestOptimumBoundsFirstFit: no device order can beat the exhaustive search.
+// TestOptimumBoundsFirstFit: no device order or choice can beat the
+// exhaustive search, weighed by a demand or not.
 func TestOptimumBoundsFirstFit(t *testing.T) {
 	gpus := h200Node(t, 8)
 	opt := NewOptimum(gpus[0])
+	demand := WarmDemand(rand.New(rand.NewPCG(5, 5)), gpus[0].MIG.Profiles, nil, 300)
 	for seq := range 200 {
-		r := Packing(rand.New(rand.NewPCG(uint64(seq), 1)), gpus, opt)
-		if r.Tessera > r.Best+1e-9 || r.Ascending > r.Best+1e-9 {
+		r := PackingWeighted(rand.New(rand.NewPCG(uint64(seq), 1)), gpus, opt, demand)
+		if r.Tessera > r.Best+1e-9 || r.Ascending > r.Best+1e-9 || r.BestFit > r.Best+1e-9 || r.Weighted > r.Best+1e-9 || r.Weighted == 0 {
 			t.Fatalf("sequence %d: first fit beat the optimum: %+v", seq, r)
 		}
 	}
