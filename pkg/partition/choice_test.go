@@ -109,21 +109,7 @@ func TestBestFit(t *testing.T) {
 func TestBestFitOnlyOrders(t *testing.T) {
 	rng := rand.New(rand.NewPCG(1, 2))
 	for state := range 400 {
-		nd := newNode(3)
-		for range rng.IntN(12) {
-			i := rng.IntN(len(nd.devices))
-			if partition.Fits(nd.left[nd.devices[i].CounterSet], nd.devices[i].Consumes) {
-				nd.take(t, nd.names[i])
-			}
-		}
-		var candidates []int
-		anyFits := false
-		for i, d := range nd.devices {
-			if rng.IntN(4) == 0 {
-				candidates = append(candidates, i)
-				anyFits = anyFits || partition.Fits(nd.left[d.CounterSet], d.Consumes)
-			}
-		}
+		nd, candidates, anyFits := randomState(t, rng)
 		got := partition.BestFit(nd.devices, nd.left, candidates)
 		if !slices.Equal(slices.Sorted(slices.Values(got)), slices.Sorted(slices.Values(candidates))) {
 			t.Fatalf("state %d: BestFit returned %v for candidates %v", state, got, candidates)
@@ -132,6 +118,27 @@ func TestBestFitOnlyOrders(t *testing.T) {
 			t.Fatalf("state %d: BestFit ranks %s first, which does not fit, before a candidate that does", state, nd.names[got[0]])
 		}
 	}
+}
+
+// randomState is a node of three H200s with up to 11 random devices taken
+// where they fit, and random candidates, a quarter of its devices, fitting
+// or not; anyFits is whether one of them fits.
+func randomState(t *testing.T, rng *rand.Rand) (nd *node, candidates []int, anyFits bool) {
+	t.Helper()
+	nd = newNode(3)
+	for range rng.IntN(12) {
+		i := rng.IntN(len(nd.devices))
+		if partition.Fits(nd.left[nd.devices[i].CounterSet], nd.devices[i].Consumes) {
+			nd.take(t, nd.names[i])
+		}
+	}
+	for i, d := range nd.devices {
+		if rng.IntN(4) == 0 {
+			candidates = append(candidates, i)
+			anyFits = anyFits || partition.Fits(nd.left[d.CounterSet], d.Consumes)
+		}
+	}
+	return nd, candidates, anyFits
 }
 
 // TestBestFitWeighted: weights of 1 rank as BestFit does, over random
@@ -162,21 +169,7 @@ func TestBestFitWeighted(t *testing.T) {
 	rng := rand.New(rand.NewPCG(3, 4))
 	ones := func(string) float64 { return 1 }
 	for state := range 300 {
-		nd := newNode(3)
-		for range rng.IntN(12) {
-			i := rng.IntN(len(nd.devices))
-			if partition.Fits(nd.left[nd.devices[i].CounterSet], nd.devices[i].Consumes) {
-				nd.take(t, nd.names[i])
-			}
-		}
-		var candidates []int
-		anyFits := false
-		for i, d := range nd.devices {
-			if rng.IntN(4) == 0 {
-				candidates = append(candidates, i)
-				anyFits = anyFits || partition.Fits(nd.left[d.CounterSet], d.Consumes)
-			}
-		}
+		nd, candidates, anyFits := randomState(t, rng)
 		p := partition.Prepare(nd.devices)
 		left := p.Left(nd.left)
 		want := left.BestFit(candidates)

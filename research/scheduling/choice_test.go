@@ -65,14 +65,7 @@ func TestPlacementChoiceMatchesBestFit(t *testing.T) {
 					if unweighted.Place(name) != want {
 						moved++
 					}
-					result, err := cluster.Allocate(ctx, MIG(name, 1))
-					if err != nil {
-						t.Fatal(err)
-					}
-					got := ""
-					if result != nil {
-						got = result.Devices.Results[0].Device
-					}
+					got := allocateOne(ctx, t, cluster, name)
 					if got != want {
 						t.Fatalf("sequence %d step %d, %s: allocator chose %q, BestFit %q", seq, step, name, got, want)
 					}

@@ -31,14 +31,7 @@ func TestFirstFitMatchesAllocator(t *testing.T) {
 		for step := range 64 {
 			name := profiles[rng.IntN(len(profiles))]
 			want := ff.Place(name)
-			result, err := cluster.Allocate(ctx, MIG(name, 1))
-			if err != nil {
-				t.Fatal(err)
-			}
-			got := ""
-			if result != nil {
-				got = result.Devices.Results[0].Device
-			}
+			got := allocateOne(ctx, t, cluster, name)
 			if got != want {
 				t.Fatalf("sequence %d step %d, %s: allocator chose %q, first-fit model %q", seq, step, name, got, want)
 			}
@@ -93,4 +86,18 @@ func TestOptimumSmallCases(t *testing.T) {
 			}
 		})
 	}
+}
+
+// allocateOne has the allocator place a claim of one partition of the
+// profile and returns the device it took, "" when none fits.
+func allocateOne(ctx context.Context, t *testing.T, cluster *Cluster, profile string) string {
+	t.Helper()
+	result, err := cluster.Allocate(ctx, MIG(profile, 1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if result == nil {
+		return ""
+	}
+	return result.Devices.Results[0].Device
 }
