@@ -2,7 +2,10 @@
 // Score plugin that ranks the nodes that passed filtering by how much the
 // pod's GPU claim would add to their GPU fragmentation (package placement),
 // reading the DRA state the scheduler itself keeps (ResourceSlices and
-// allocated claims, through the framework's SharedDRAManager). It is built
+// allocated claims, through the framework's SharedDRAManager). With the
+// placement choice (tessera-scheduler's patched allocator), a PreFilter
+// learns which device classes the pods ask for (Demand), and the allocator's
+// order and the score weigh what a MIG placement blocks by it. It is built
 // into research/cmd/tessera-scheduler with the scheduler framework's out-of-tree
 // plugin mechanism; this package depends only on the framework's interfaces
 // (k8s.io/kube-scheduler), never on k8s.io/kubernetes.
