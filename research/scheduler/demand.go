@@ -31,6 +31,14 @@ const demandExponent = 0.75
 // in the mix, not the noise of the last few requests.
 const demandStep = 1.0 / 16
 
+// maxDemandClasses bounds the classes Demand counts: a cluster's GPU models
+// have a few dozen MIG profiles between them at most.
+const maxDemandClasses = 64
+
+// demandForgotten is the count below which a class is forgotten (a request
+// some ten half-lives ago).
+const demandForgotten = 1e-3
+
 // Demand estimates which classes of Tessera's devices (a MIG profile, the
 // whole GPU, the time-shared GPU: partition.Choice's classes) the cluster's
 // claims ask for, from the requests the scheduler sees, so that the
@@ -73,12 +81,28 @@ func (d *Demand) Observe(class string, n int) {
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	for range n {
-		for c := range d.counts {
-			d.counts[c] *= d.decay
+	// n requests one after the other, in closed form: a claim's count is
+	// the user's to write, and a loop over it would be theirs to make long.
+	fade := math.Pow(d.decay, float64(n))
+	for c, v := range d.counts {
+		if v *= fade; v < demandForgotten {
+			delete(d.counts, c)
+			continue
 		}
-		d.counts[class]++
+		d.counts[c] = v
 	}
+	if _, ok := d.counts[class]; !ok && len(d.counts) >= maxDemandClasses {
+		// A class is a profile name from the claim's selector, which the
+		// user writes: make room by forgetting the class least asked for.
+		least := ""
+		for c, v := range d.counts {
+			if least == "" || v < d.counts[least] {
+				least = c
+			}
+		}
+		delete(d.counts, least)
+	}
+	d.counts[class] += (1 - fade) / (1 - d.decay)
 	most := 0.0
 	for _, v := range d.counts {
 		most = max(most, v)
@@ -88,6 +112,11 @@ func (d *Demand) Observe(class string, n int) {
 	moved := math.Abs(weight(0)-old.other) > demandStep
 	for c, v := range d.counts {
 		if math.Abs(weight(v)-old.Weight(c)) > demandStep {
+			moved = true
+		}
+	}
+	for c, v := range old.byClass {
+		if _, ok := d.counts[c]; !ok && math.Abs(weight(0)-v) > demandStep {
 			moved = true
 		}
 	}

@@ -2,6 +2,7 @@ package scheduler
 
 import (
 	"context"
+	"fmt"
 	"math"
 	"math/rand/v2"
 	"sync"
@@ -268,5 +269,51 @@ func TestScoreFollowsNewWeights(t *testing.T) {
 func warm(d *Demand) {
 	for i := range 3000 {
 		d.Observe([]string{"4g.71gb", "1g.18gb+me"}[i%2], 1)
+	}
+}
+
+// TestDemandIsBounded: what a user writes in a claim cannot make the
+// estimate slow or large: a count of 2^40 devices is one update (and that
+// class then weighs 1, every other 0), and requests for thousands of
+// made-up profiles keep at most 64 classes, the ones asked
+// for most recently among them.
+func TestDemandIsBounded(t *testing.T) {
+	d := NewDemand()
+	d.Observe("1g.18gb", 500)
+	d.Observe(gpuapi.TypeGPU, 1<<40)
+	if w := d.Weights(); w.Weight(gpuapi.TypeGPU) != 1 || w.Weight("1g.18gb") != 0 {
+		t.Errorf("after 2^40 whole GPUs: gpu %v, 1g %v; want 1 and 0", w.Weight(gpuapi.TypeGPU), w.Weight("1g.18gb"))
+	}
+	for i := range 10000 {
+		d.Observe(fmt.Sprintf("made-up-%d", i), 1)
+	}
+	if len(d.counts) > 64 {
+		t.Errorf("%d classes counted, at most 64", len(d.counts))
+	}
+	if _, ok := d.counts["made-up-9999"]; !ok {
+		t.Error("the class asked for last was forgotten")
+	}
+	if len(d.Weights().Classes()) > 64 {
+		t.Errorf("%d classes published, at most 64", len(d.Weights().Classes()))
+	}
+}
+
+// TestDemandClosedFormIsOneByOne: n requests at once count as n requests
+// one after the other.
+func TestDemandClosedFormIsOneByOne(t *testing.T) {
+	once, each := NewDemand(), NewDemand()
+	for _, step := range []struct {
+		class string
+		n     int
+	}{{"1g.18gb", 7}, {"3g.71gb", 300}, {gpuapi.TypeGPU, 2}, {"1g.18gb", 1500}} {
+		once.Observe(step.class, step.n)
+		for range step.n {
+			each.Observe(step.class, 1)
+		}
+	}
+	for c, v := range each.counts {
+		if math.Abs(once.counts[c]-v) > 1e-6*v {
+			t.Errorf("%s: counted %v at once, %v one by one", c, once.counts[c], v)
+		}
 	}
 }
