@@ -128,6 +128,9 @@ func NewBestFit(gpus []partition.GPU) *BestFit {
 // Place allocates one partition of the profile and returns its device name,
 // or "" when none fits.
 func (b *BestFit) Place(profile string) string {
+	// tessera-scheduler's PreFilter counts every pod, whether it fits or
+	// not, before the allocator runs.
+	b.demand.Observe(profile, 1)
 	var candidates []int
 	for i, d := range b.devices {
 		if d.Class == profile && fits(b.left[d.CounterSet], d.Consumes) {
@@ -137,7 +140,6 @@ func (b *BestFit) Place(profile string) string {
 	if len(candidates) == 0 {
 		return ""
 	}
-	b.demand.Observe(profile, 1)
 	prepared := partition.Prepare(b.devices)
 	var weights []float64
 	if b.demand != nil {
