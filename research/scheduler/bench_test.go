@@ -95,8 +95,9 @@ func benchmarkScoreCycle(b *testing.B, nodes, changed int, opts ...Option) {
 // partition.BestFit over the devices prepared once per layout
 // (rule=prepared), weighed by a demand that has seen the H200's seven
 // profiles alike (rule=weighted, WithDemand, as tessera-scheduler runs it),
-// and as it was first written, over maps (rule=maps, mapBestFit), and with a 1g partition on GPU 2 coming or going on none or
-// a tenth of the nodes before each pod.
+// and as it was first written, over maps (rule=maps, mapBestFit), and with
+// a 1g partition on GPU 2 coming or going on none or a tenth of the nodes
+// before each pod.
 //
 //	go test -run '^$' -bench ScoreCycleMIG -benchtime 100x ./research/scheduler/
 func BenchmarkScoreCycleMIG(b *testing.B) {
@@ -277,9 +278,11 @@ func countersLeftMaps(n *nodeGPUs, snap []int) map[string]map[string]int64 {
 // seven MIG profiles alike, in turn.
 func uniformDemand() *Demand {
 	d := NewDemand()
-	profiles := []string{"1g.18gb", "2g.35gb", "3g.71gb", "4g.71gb", "7g.141gb", "1g.18gb+me", "1g.35gb"}
 	for i := range 3000 {
-		d.Observe(profiles[i%len(profiles)], 1)
+		d.Observe(h200Profiles[i%len(h200Profiles)], 1)
 	}
 	return d
 }
+
+// h200Profiles are the H200's MIG profiles, in the mock NVML's order.
+var h200Profiles = []string{"1g.18gb", "2g.35gb", "3g.71gb", "4g.71gb", "7g.141gb", "1g.18gb+me", "1g.35gb"}

@@ -91,7 +91,7 @@ func TestDemandFollowsTheMix(t *testing.T) {
 // keep what they worked out with one version), never more than once in 50
 // requests, and each version stays within two steps of the mix's weights.
 func TestDemandPublishesRealChangesOnly(t *testing.T) {
-	profiles := []string{"1g.18gb", "2g.35gb", "3g.71gb", "4g.71gb", "7g.141gb", "1g.18gb+me", "1g.35gb"}
+	profiles := h200Profiles
 	d := NewDemand()
 	rng := rand.New(rand.NewPCG(1, 2))
 	for range 3 * demandHalfLife {
