@@ -11,7 +11,6 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	draapi "k8s.io/dynamic-resource-allocation/api"
 
-	"github.com/tessera-gpu/tessera/pkg/partition"
 	"github.com/tessera-gpu/tessera/research/scheduler"
 )
 
@@ -50,10 +49,7 @@ func TestPlacementChoiceMatchesBestFit(t *testing.T) {
 			for seq := range 20 {
 				rng := rand.New(rand.NewPCG(uint64(seq), 7))
 				h, cluster := newHardware(t, "dgxh200", 8)
-				var gpus []partition.GPU
-				for _, gpu := range h.node.GPUs {
-					gpus = append(gpus, partition.Build(gpu, partition.Options{}))
-				}
+				gpus := builtNode(h.node.GPUs)
 				bf, ff, unweighted := NewWeightedBestFit(gpus, demand), NewFirstFit(gpus), NewBestFit(gpus)
 				profiles := profileNames(h)
 				for step := range 64 {

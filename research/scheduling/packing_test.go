@@ -6,7 +6,6 @@ import (
 	"testing"
 
 	"github.com/tessera-gpu/tessera/pkg/inventory"
-	"github.com/tessera-gpu/tessera/pkg/partition"
 )
 
 func h200Node(t testing.TB, gpus int) []inventory.GPU {
@@ -22,10 +21,7 @@ func TestFirstFitMatchesAllocator(t *testing.T) {
 	for seq := range 5 {
 		rng := rand.New(rand.NewPCG(uint64(seq), 7))
 		h, cluster := newHardware(t, "dgxh200", 8)
-		var gpus []partition.GPU
-		for _, gpu := range h.node.GPUs {
-			gpus = append(gpus, partition.Build(gpu, partition.Options{}))
-		}
+		gpus := builtNode(h.node.GPUs)
 		ff := NewFirstFit(gpus)
 		profiles := profileNames(h)
 		for step := range 64 {
