@@ -4,10 +4,12 @@ import (
 	"context"
 	"debug/buildinfo"
 	"fmt"
+	"math"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -352,6 +354,59 @@ func TestTesseraSchedulerChoosesMIGPlacement(t *testing.T) {
 				deletePod(t, a.Pod)
 				waitGone(t, a)
 			}
+			if tc.scheduler == cluster.TesseraSchedulerName {
+				checkDemandMetrics(t)
+			}
 		})
+	}
+}
+
+// checkDemandMetrics reads tessera-scheduler's demand weights from its
+// /metrics, after it has scheduled at least these MIG pods: the weights have
+// moved from version 0 (every class 1), the class most asked for weighs 1,
+// and every weight is a multiple of 1/16 between 0 and 1. Which classes the
+// run has asked for most depends on the tests before, so no class's weight
+// is asserted.
+func checkDemandMetrics(t *testing.T) {
+	t.Helper()
+	version, unasked := -1.0, -1.0
+	weights := map[string]float64{}
+	err := componentMetrics(t.Context(), local.TesseraSchedulerURL, func(line string) {
+		name, value, ok := strings.Cut(line, " ")
+		if !ok || strings.HasPrefix(line, "#") {
+			return
+		}
+		v, err := strconv.ParseFloat(value, 64)
+		if err != nil {
+			return
+		}
+		switch {
+		case name == "tessera_scheduler_demand_weights_version":
+			version = v
+		case name == "tessera_scheduler_demand_unasked_weight":
+			unasked = v
+		case strings.HasPrefix(name, `tessera_scheduler_demand_weight{class="`):
+			weights[strings.TrimSuffix(strings.TrimPrefix(name, `tessera_scheduler_demand_weight{class="`), `"}`)] = v
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("demand weights: version %v, %v, classes not asked for %v", version, weights, unasked)
+	if version < 1 {
+		t.Errorf("tessera_scheduler_demand_weights_version is %v after MIG pods were scheduled, want 1 or more", version)
+	}
+	if unasked < 0 || unasked > 1 {
+		t.Errorf("tessera_scheduler_demand_unasked_weight is %v, want a weight in [0, 1]", unasked)
+	}
+	most := 0.0
+	for class, w := range weights {
+		if w < 0 || w > 1 || w*16 != math.Round(w*16) {
+			t.Errorf("class %s weighs %v, want a multiple of 1/16 in [0, 1]", class, w)
+		}
+		most = max(most, w)
+	}
+	if most != 1 {
+		t.Errorf("no class weighs 1 (%v): the class most asked for must", weights)
 	}
 }

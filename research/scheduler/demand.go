@@ -6,7 +6,11 @@ import (
 	"sync"
 	"sync/atomic"
 
+	corev1 "k8s.io/api/core/v1"
+	resourceapi "k8s.io/api/resource/v1"
 	"k8s.io/apimachinery/pkg/types"
+
+	gpuapi "github.com/tessera-gpu/tessera/api/gpu"
 )
 
 // demandHalfLife is how many devices asked for halve the weight of those
@@ -74,9 +78,12 @@ func NewDemand() *Demand {
 	return d
 }
 
-// Observe counts n devices of the class asked for.
+// Observe counts n devices of the class asked for. A class longer than a
+// device attribute's value can be names no device (a MIG profile is one), so
+// it is not counted: what a selector says is the user's to write, and the
+// classes are the labels of the scheduler's demand metrics.
 func (d *Demand) Observe(class string, n int) {
-	if d == nil || n <= 0 || class == "" {
+	if d == nil || n <= 0 || class == "" || len(class) > resourceapi.DeviceAttributeMaxValueLength {
 		return
 	}
 	d.mu.Lock()
@@ -184,4 +191,70 @@ func (s *seenPods) forget(uid types.UID) {
 	defer s.mu.Unlock()
 	delete(s.current, uid)
 	delete(s.prev, uid)
+}
+
+// demandItem is a class of Tessera's devices and how many of it one request
+// asks for.
+type demandItem struct {
+	class string
+	n     int
+}
+
+// podDemand is what the pod's claims ask of Tessera's devices, request by
+// request, for Demand: whole GPUs and shares by their count, MIG partitions
+// by the profile a selector names (device.attributes["gpu.tessera.dev"].profile
+// == "…") whatever other selectors narrow them to (a GPU, a placement, a
+// model), since what such a request takes is a partition of that profile all
+// the same. A request of another driver's class, of every matching device
+// (allocation mode All), or of a partition whose profile no selector names,
+// or two name differently, tells nothing of the demand. A firstAvailable
+// request counts as its first choice. It is podRequest's reading, less
+// strict: Score models only the requests it can place exactly, while the
+// demand counts every device asked for that it can name.
+func podDemand(pod *corev1.Pod, dra DRAState) ([]demandItem, error) {
+	claims, err := podClaims(pod, dra)
+	if err != nil {
+		return nil, err
+	}
+	var out []demandItem
+	for _, claim := range claims {
+		for _, req := range claim.Spec.Devices.Requests {
+			ask := firstChoice(req)
+			if ask.mode == resourceapi.DeviceAllocationModeAll {
+				continue
+			}
+			n := int(max(ask.count, 1))
+			switch ask.class {
+			case gpuapi.ClassGPU:
+				out = append(out, demandItem{gpuapi.TypeGPU, n})
+			case gpuapi.ClassShared:
+				out = append(out, demandItem{gpuapi.TypeShared, n})
+			case gpuapi.ClassMIG:
+				if profile := namedProfile(ask.selectors); profile != "" {
+					out = append(out, demandItem{profile, n})
+				}
+			}
+		}
+	}
+	return out, nil
+}
+
+// namedProfile is the one MIG profile the selectors name in the form
+// selectedProfile reads, "" when none does or two name different ones.
+func namedProfile(selectors []resourceapi.DeviceSelector) string {
+	profile := ""
+	for _, s := range selectors {
+		if s.CEL == nil {
+			continue
+		}
+		m := profileSelector.FindStringSubmatch(s.CEL.Expression)
+		switch {
+		case m == nil:
+		case profile != "" && profile != m[1]:
+			return ""
+		default:
+			profile = m[1]
+		}
+	}
+	return profile
 }

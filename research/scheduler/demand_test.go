@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"strings"
 	"sync"
 	"testing"
 
@@ -134,10 +135,13 @@ func TestDemandConcurrent(t *testing.T) {
 }
 
 // TestPreFilterTellsTheDemand: with WithDemand, PreFilter counts what each
-// pod asks for once, however often the pod is tried: a MIG claim's profile
-// and count, a whole-GPU claim's count, a share as one; a pod whose claim is
-// not there yet is counted when it is; a claim the plugin cannot read is not
-// counted. It never rejects a pod. Without WithDemand it counts nothing.
+// pod asks for once, however often the pod is tried, request by request: a
+// MIG request's profile and count, also when other selectors narrow it to a
+// GPU; a whole-GPU or share request's count; a firstAvailable request's first
+// choice. A pod whose claim is not there yet is counted when it is; a request
+// whose profile the plugin cannot read (none, or two), of every device, or
+// of another driver is not counted. It never rejects a pod. Without
+// WithDemand it counts nothing.
 func TestPreFilterTellsTheDemand(t *testing.T) {
 	dra := &fakeDRA{claims: map[string]*resourceapi.ResourceClaim{
 		"ns/mig":    migClaim("mig", 2, profileIs("1g.18gb")),
@@ -146,6 +150,11 @@ func TestPreFilterTellsTheDemand(t *testing.T) {
 		"ns/share":  shareClaim("share", 30),
 		"ns/other":  classClaim("other", "other.example.com", 1),
 		"ns/unread": migClaim("unread", 1, `device.attributes["gpu.tessera.dev"].profile != "1g.18gb"`),
+		// Narrowed to one GPU, still a 2g.35gb partition.
+		"ns/pinned":   migClaim("pinned", 1, profileIs("2g.35gb"), `device.attributes["gpu.tessera.dev"].index == 1`),
+		"ns/conflict": migClaim("conflict", 1, profileIs("1g.18gb"), profileIs("3g.71gb")),
+		"ns/all":      allClaim("all", gpuapi.ClassGPU),
+		"ns/two":      twoRequests("two"),
 	}}
 	d := NewDemand()
 	p, err := NewWithState(Args{}, dra, WithPlacementChoice(), WithDemand(d))
@@ -161,7 +170,7 @@ func TestPreFilterTellsTheDemand(t *testing.T) {
 		}
 	}
 	for range 3 {
-		for _, c := range []string{"mig", "any", "whole", "share", "other", "unread", "late", ""} {
+		for _, c := range []string{"mig", "any", "whole", "share", "other", "unread", "pinned", "conflict", "all", "two", "late", ""} {
 			preFilter(c)
 		}
 	}
@@ -172,7 +181,8 @@ func TestPreFilterTellsTheDemand(t *testing.T) {
 	for class, v := range d.counts {
 		got[class] = math.Round(v)
 	}
-	want := map[string]float64{"1g.18gb": 2, gpuapi.TypeGPU: 3, gpuapi.TypeShared: 1, "3g.71gb": 1}
+	// two: a 4g.71gb partition and, first available, a share.
+	want := map[string]float64{"1g.18gb": 2, gpuapi.TypeGPU: 3, gpuapi.TypeShared: 2, "3g.71gb": 1, "2g.35gb": 1, "4g.71gb": 1}
 	if len(got) != len(want) {
 		t.Errorf("counted %v, want %v", got, want)
 	}
@@ -189,6 +199,27 @@ func TestPreFilterTellsTheDemand(t *testing.T) {
 	if _, st := plain.PreFilter(context.Background(), nil, &corev1.Pod{}, nil); st.Code() != fwk.Skip {
 		t.Errorf("PreFilter without a demand: %v, want Skip", st)
 	}
+}
+
+// allClaim asks for every device of the class.
+func allClaim(name, class string) *resourceapi.ResourceClaim {
+	c := classClaim(name, class, 0)
+	c.Spec.Devices.Requests[0].Exactly.AllocationMode = resourceapi.DeviceAllocationModeAll
+	return c
+}
+
+// twoRequests asks for a 4g.71gb partition and, first available, a share or
+// a whole GPU.
+func twoRequests(name string) *resourceapi.ResourceClaim {
+	c := migClaim(name, 1, profileIs("4g.71gb"))
+	c.Spec.Devices.Requests = append(c.Spec.Devices.Requests, resourceapi.DeviceRequest{
+		Name: "then",
+		FirstAvailable: []resourceapi.DeviceSubRequest{
+			{Name: "share", DeviceClassName: gpuapi.ClassShared, Count: 1},
+			{Name: "whole", DeviceClassName: gpuapi.ClassGPU, Count: 1},
+		},
+	})
+	return c
 }
 
 // TestSeenPodsIsBounded: seenPods forgets the oldest generation once two are
@@ -295,6 +326,11 @@ func TestDemandIsBounded(t *testing.T) {
 	}
 	if len(d.Weights().Classes()) > 64 {
 		t.Errorf("%d classes published, at most 64", len(d.Weights().Classes()))
+	}
+	long := strings.Repeat("x", 65)
+	d.Observe(long, 1<<20)
+	if _, ok := d.counts[long]; ok {
+		t.Error("a class of 65 bytes, longer than any device attribute's value, was counted")
 	}
 }
 

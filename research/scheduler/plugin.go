@@ -315,17 +315,12 @@ func (p *Plugin) PreFilter(ctx context.Context, _ fwk.CycleState, pod *corev1.Po
 			klog.FromContext(ctx).V(2).Info("Placement choice weighs the device classes by their demand", "version", w.Version, "weights", w.Classes(), "pod", klog.KObj(pod))
 		}
 	}()
-	r, mig, ok, err := podRequest(pod, p.dra)
-	switch {
-	case err != nil:
+	asked, err := podDemand(pod, p.dra)
+	if err != nil {
 		p.seen.forget(pod.UID)
-	case !ok:
-	case mig.count > 0:
-		p.demand.Observe(mig.profile, mig.count)
-	case r.GPUs > 0 && r.Milli >= placement.WholeGPU:
-		p.demand.Observe(gpuapi.TypeGPU, r.GPUs)
-	case r.GPUs > 0:
-		p.demand.Observe(gpuapi.TypeShared, 1)
+	}
+	for _, a := range asked {
+		p.demand.Observe(a.class, a.n)
 	}
 	return nil, fwk.NewStatus(fwk.Skip)
 }

@@ -433,6 +433,51 @@ func (n *nodeGPUs) snapshotOf(a *nodeAllocated, buf []int) []int {
 // (the shared GPU's request policy default, 10 %).
 const shareComputeDefault = 10
 
+// deviceAsk is what one request of a claim asks for: an exact request, or a
+// firstAvailable request's first choice.
+type deviceAsk struct {
+	class     string
+	count     int64
+	capacity  *resourceapi.CapacityRequirements
+	selectors []resourceapi.DeviceSelector
+	mode      resourceapi.DeviceAllocationMode
+}
+
+// firstChoice is the request's exact request or first subrequest; class ""
+// when it has neither.
+func firstChoice(req resourceapi.DeviceRequest) deviceAsk {
+	switch {
+	case req.Exactly != nil:
+		e := req.Exactly
+		return deviceAsk{class: e.DeviceClassName, count: e.Count, capacity: e.Capacity, selectors: e.Selectors, mode: e.AllocationMode}
+	case len(req.FirstAvailable) > 0:
+		sub := req.FirstAvailable[0]
+		return deviceAsk{class: sub.DeviceClassName, count: sub.Count, capacity: sub.Capacity, selectors: sub.Selectors, mode: sub.AllocationMode}
+	}
+	return deviceAsk{count: 1, mode: resourceapi.DeviceAllocationModeExactCount}
+}
+
+// podClaims returns the pod's claims; an error when one cannot be named or
+// read yet (a claim from a template not yet created).
+func podClaims(pod *corev1.Pod, dra DRAState) ([]*resourceapi.ResourceClaim, error) {
+	var out []*resourceapi.ResourceClaim
+	for i := range pod.Spec.ResourceClaims {
+		name, _, err := resourceclaim.Name(pod, &pod.Spec.ResourceClaims[i])
+		if err != nil {
+			return nil, fmt.Errorf("claim %s of pod %s/%s: %w", pod.Spec.ResourceClaims[i].Name, pod.Namespace, pod.Name, err)
+		}
+		if name == nil {
+			continue
+		}
+		claim, err := dra.Claim(pod.Namespace, *name)
+		if err != nil {
+			return nil, fmt.Errorf("get claim %s/%s: %w", pod.Namespace, *name, err)
+		}
+		out = append(out, claim)
+	}
+	return out, nil
+}
+
 // podRequest is what the pod asks of Tessera's GPUs and of the node: r, and
 // for a MIG claim also mig (r then asks for no GPU). ok is false when its
 // claims are not ones the plugin can reason about (several GPU requests,
@@ -442,31 +487,14 @@ func podRequest(pod *corev1.Pod, dra DRAState) (r placement.Request, mig migRequ
 	reqs := resourcehelper.PodRequests(pod, resourcehelper.PodResourcesOptions{})
 	r.CPU = reqs.Cpu().MilliValue()
 	r.Memory = reqs.Memory().Value() >> 20
-	for i := range pod.Spec.ResourceClaims {
-		name, _, err := resourceclaim.Name(pod, &pod.Spec.ResourceClaims[i])
-		if err != nil {
-			return r, mig, false, fmt.Errorf("claim %s of pod %s/%s: %w", pod.Spec.ResourceClaims[i].Name, pod.Namespace, pod.Name, err)
-		}
-		if name == nil {
-			continue
-		}
-		claim, err := dra.Claim(pod.Namespace, *name)
-		if err != nil {
-			return r, mig, false, fmt.Errorf("get claim %s/%s: %w", pod.Namespace, *name, err)
-		}
+	claims, err := podClaims(pod, dra)
+	if err != nil {
+		return r, mig, false, err
+	}
+	for _, claim := range claims {
 		for _, req := range claim.Spec.Devices.Requests {
-			class, count, capacity := "", int64(1), (*resourceapi.CapacityRequirements)(nil)
-			var selectors []resourceapi.DeviceSelector
-			mode := resourceapi.DeviceAllocationModeExactCount
-			switch {
-			case req.Exactly != nil:
-				class, count, capacity = req.Exactly.DeviceClassName, req.Exactly.Count, req.Exactly.Capacity
-				selectors, mode = req.Exactly.Selectors, req.Exactly.AllocationMode
-			case len(req.FirstAvailable) > 0:
-				sub := req.FirstAvailable[0]
-				class, count, capacity = sub.DeviceClassName, sub.Count, sub.Capacity
-				selectors, mode = sub.Selectors, sub.AllocationMode
-			}
+			ask := firstChoice(req)
+			class, count, capacity, selectors, mode := ask.class, ask.count, ask.capacity, ask.selectors, ask.mode
 			if r.GPUs > 0 || mig.count > 0 {
 				return r, mig, false, nil
 			}

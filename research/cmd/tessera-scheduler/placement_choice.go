@@ -3,6 +3,7 @@
 package main
 
 import (
+	"k8s.io/component-base/metrics/legacyregistry"
 	draapi "k8s.io/dynamic-resource-allocation/api"
 
 	"github.com/tessera-gpu/tessera/research/scheduler"
@@ -15,9 +16,11 @@ import (
 // Only that patched allocator has draapi.SetDeviceOrder, hence the build tag,
 // which the tessera-scheduler target sets. TesseraPlacement tells the demand
 // what each pod asks for and scores a node by the partition the choice takes
-// there, with the same weights.
+// there, with the same weights. The weights are on the scheduler's /metrics
+// (tessera_scheduler_demand_*, docs/observability.md).
 func init() {
 	demand := scheduler.NewDemand()
 	draapi.SetDeviceOrder(scheduler.MIGPlacementOrderFor(demand))
+	legacyregistry.CustomMustRegister(scheduler.NewDemandCollector(demand))
 	pluginOptions = append(pluginOptions, scheduler.WithPlacementChoice(), scheduler.WithDemand(demand))
 }
