@@ -79,9 +79,9 @@ func NewDemand() *Demand {
 }
 
 // Observe counts n devices of the class asked for. A class longer than a
-// device attribute's value can be names no device (a MIG profile is one), so
-// it is not counted: what a selector says is the user's to write, and the
-// classes are the labels of the scheduler's demand metrics.
+// device attribute's value may be (64 bytes) matches no device, since a MIG
+// profile is such a value, so it is not counted: what a selector says is the
+// user's to write, and the classes are the labels of the demand's metrics.
 func (d *Demand) Observe(class string, n int) {
 	if d == nil || n <= 0 || class == "" || len(class) > resourceapi.DeviceAttributeMaxValueLength {
 		return

@@ -494,30 +494,29 @@ func podRequest(pod *corev1.Pod, dra DRAState) (r placement.Request, mig migRequ
 	for _, claim := range claims {
 		for _, req := range claim.Spec.Devices.Requests {
 			ask := firstChoice(req)
-			class, count, capacity, selectors, mode := ask.class, ask.count, ask.capacity, ask.selectors, ask.mode
 			if r.GPUs > 0 || mig.count > 0 {
 				return r, mig, false, nil
 			}
-			switch class {
+			switch ask.class {
 			case gpuapi.ClassGPU:
-				r.GPUs, r.Milli = int(max(count, 1)), placement.WholeGPU
+				r.GPUs, r.Milli = int(max(ask.count, 1)), placement.WholeGPU
 			case gpuapi.ClassShared:
 				compute := int64(shareComputeDefault)
-				if capacity != nil {
-					if q, ok := capacity.Requests[gpuapi.CapCompute]; ok {
+				if ask.capacity != nil {
+					if q, ok := ask.capacity.Requests[gpuapi.CapCompute]; ok {
 						compute = q.Value()
 					}
 				}
-				if count > 1 || compute < 1 || compute > 100 {
+				if ask.count > 1 || compute < 1 || compute > 100 {
 					return r, mig, false, nil
 				}
 				r.GPUs, r.Milli = 1, int(compute*10)
 			case gpuapi.ClassMIG:
-				profile, known := selectedProfile(selectors)
-				if !known || mode == resourceapi.DeviceAllocationModeAll {
+				profile, known := selectedProfile(ask.selectors)
+				if !known || ask.mode == resourceapi.DeviceAllocationModeAll {
 					return r, mig, false, nil
 				}
-				mig = migRequest{profile: profile, count: int(max(count, 1))}
+				mig = migRequest{profile: profile, count: int(max(ask.count, 1))}
 			default:
 				return r, mig, false, nil
 			}
