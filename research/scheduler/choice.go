@@ -37,7 +37,8 @@ func MIGPlacementOrderFor(d *Demand) func(driver string, devices []*draapi.Devic
 	}
 }
 
-func migPlacementOrder(d *Demand, driver string, devices []*draapi.Device, left map[string]map[string]int64, selectable func(int) bool) []int {
+// migPlacementOrder is MIGPlacementOrder weighed by demand (nil: unweighted).
+func migPlacementOrder(demand *Demand, driver string, devices []*draapi.Device, left map[string]map[string]int64, selectable func(int) bool) []int {
 	if driver != gpuapi.DriverName {
 		return nil
 	}
@@ -70,7 +71,7 @@ func migPlacementOrder(d *Demand, driver string, devices []*draapi.Device, left 
 	conversions.Unlock()
 	prepared := partition.Prepare(choices)
 	var weights []float64
-	if w := d.Weights(); w.Version != 0 {
+	if w := demand.Weights(); w.Version != 0 {
 		weights = prepared.Weigh(w.Weight)
 	}
 	return prepared.Left(left).BestFitWeighted(candidates, weights)
