@@ -21,7 +21,8 @@ PreBind, in flight and, but for the --unwritten placed last, written to the
 claim cache), with kube-scheduler's accounting (an in-flight share the cache
 shows allocated consumes its capacity twice) and tessera-scheduler's
 (count-once.patch: once). Seed i draws the share sizes as the e2e's
-TestShareBurstPacksLikeOneByOne does. The defaults are the e2e's setup. Prints
+TestShareBurstPacksLikeOneByOne does. The defaults are the e2e's first setup
+(the tenancy node of two GPUs); make sim-burst runs its others too. Prints
 one JSON object per scheduler on stdout (GPUs touched and left free, summed
 over seeds, and per seed), and a summary line per scheduler on stderr.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
