@@ -56,7 +56,7 @@ var burstSetups = []burstSetup{
 //
 // kube-scheduler's half (asserting nothing) and the full count of seeds run
 // only when burstStockEnv is set, as make bench-burst does; make e2e runs
-// tessera-scheduler's, with fewer seeds of the eight-GPU setup.
+// tessera-scheduler's, with fewer seeds of the second and third setups.
 func TestShareBurstPacksLikeOneByOne(t *testing.T) {
 	needCluster(t)
 	bench := os.Getenv(burstStockEnv) != ""
