@@ -83,7 +83,7 @@ sim-burst: ## Bursts of shares against the same shares one by one, GPUs touched 
 	$(BIN)/tessera-sim burst --seeds $(SIM_SEEDS) --gpus 3 --shares 6 \
 		--memory-min-gib 28 --memory-max-gib 34 | tee $(BIN)/sim-burst-e2e-three.json
 	$(BIN)/tessera-sim burst --seeds $(SIM_SEEDS) --gpus 8 --busy-gpus 4 --shares 8 \
-		--memory-min-gib 28 --memory-max-gib 34 | tee $(BIN)/sim-burst-e2e-eight.json
+		--memory-min-gib 28 --memory-max-gib 34 --binding-conditions=false | tee $(BIN)/sim-burst-e2e-eight.json
 
 # tessera-scheduler is kube-scheduler with Tessera's plugin, built from its own module
 # (research/cmd/tessera-scheduler/go.mod) so that k8s.io/kubernetes stays out of Tessera's module,

@@ -155,8 +155,14 @@ func (c *claimTracker) gather(acct Accounting) structured.AllocatedState {
 type BurstOptions struct {
 	// GPUs is the node's H200 GPUs (go-nvml's dgxh200 mock, as the local
 	// cluster's tenancy node), every device with the tenancy controller's
-	// binding condition.
+	// binding condition unless WithoutBindingConditions.
 	GPUs int
+	// WithoutBindingConditions publishes the devices as a node without
+	// tenancy does: PreBind then returns as soon as a pod's allocation is
+	// written, and its deferred cleanup takes the claim out of flight at
+	// once (dynamicresources.go:1689-1692 and 1714-1719), so no share is in
+	// flight and written at the same time.
+	WithoutBindingConditions bool
 	// BusyGPUs are taken by whole-GPU claims before the shares come.
 	BusyGPUs int
 	// Shares per seed, each of a memory drawn from MemoryMinGiB to
@@ -238,6 +244,8 @@ type BurstResult struct {
 	BusyGPUs  int `json:"busyGPUs"`
 	Shares    int `json:"shares"`
 	Unwritten int `json:"unwritten"`
+	// BindingConditions is whether the node's devices carry them.
+	BindingConditions bool `json:"bindingConditions"`
 	// GPUs touched by the shares and GPUs left free (neither busy nor
 	// touched), summed over seeds.
 	OneByOneGPUsTouched  int `json:"oneByOneGPUsTouched"`
@@ -280,15 +288,16 @@ func newBurstNode(ctx context.Context, opts BurstOptions) (*burstNode, error) {
 		return nil, fmt.Errorf("discover mock GPUs: %w", err)
 	}
 	const name = "tenancy-node"
+	sliceOpts := resourceslice.Options{Pool: "default"}
+	if !opts.WithoutBindingConditions {
+		sliceOpts.BindingConditions = []string{tenancyv1.ConditionAdmitted}
+		sliceOpts.BindingFailureConditions = []string{tenancyv1.ConditionRejected}
+	}
 	n := &burstNode{
-		node: &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name}},
-		slices: resourceslice.Objects(name, resourceslice.Build(name, inv, resourceslice.Options{
-			Pool:                     "default",
-			BindingConditions:        []string{tenancyv1.ConditionAdmitted},
-			BindingFailureConditions: []string{tenancyv1.ConditionRejected},
-		})),
-		cel: cel.NewCache(100, cel.Features{EnableConsumableCapacity: true}),
-		gpu: map[string]int{},
+		node:   &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name}},
+		slices: resourceslice.Objects(name, resourceslice.Build(name, inv, sliceOpts)),
+		cel:    cel.NewCache(100, cel.Features{EnableConsumableCapacity: true}),
+		gpu:    map[string]int{},
 	}
 	for i, g := range inv.GPUs {
 		n.gpu[gpuapi.WholeDeviceName(g.Minor)] = i
@@ -395,7 +404,7 @@ func RunBurst(ctx context.Context, opts BurstOptions, schedulers []BurstSchedule
 	var out []BurstResult
 	for _, sched := range schedulers {
 		r := BurstResult{BurstScheduler: sched, Seeds: opts.Seeds, GPUs: opts.GPUs, BusyGPUs: opts.BusyGPUs,
-			Shares: opts.Shares, Unwritten: opts.Unwritten}
+			Shares: opts.Shares, Unwritten: opts.Unwritten, BindingConditions: !opts.WithoutBindingConditions}
 		for seed := range opts.Seeds {
 			if err := ctx.Err(); err != nil {
 				return nil, fmt.Errorf("burst seed %d: %w", seed, err)
@@ -468,6 +477,10 @@ func (n *burstNode) runSeed(ctx context.Context, opts BurstOptions, acct Account
 		for ; written < len(placed)-opts.Unwritten; written++ {
 			uid := placed[written].UID
 			burst.cache[uid] = burst.inFlight[uid]
+			if opts.WithoutBindingConditions {
+				// PreBind has nothing to wait for: bound.
+				delete(burst.inFlight, uid)
+			}
 		}
 		results, err := n.allocate(ctx, burst.gather(acct), claim)
 		if err != nil {

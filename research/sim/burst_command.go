@@ -11,6 +11,7 @@ import (
 func burstCommand() *cobra.Command {
 	opts := DefaultBurstOptions()
 	var schedulers string
+	bindingConditions := true
 	cmd := &cobra.Command{
 		Use:   "burst",
 		Short: "Shares created at once against the same shares one by one: GPUs touched and left free per scheduler",
@@ -18,7 +19,9 @@ func burstCommand() *cobra.Command {
 tenancy controller's binding condition, first one by one (each after the one
 before is bound), then in a burst (each filtered while the earlier ones wait in
 PreBind, in flight and, but for the --unwritten placed last, written to the
-claim cache), with kube-scheduler's accounting (an in-flight share the cache
+claim cache; with --binding-conditions=false, a node without tenancy, each
+leaves flight as soon as its allocation is written, for its PreBind waits for
+nothing), with kube-scheduler's accounting (an in-flight share the cache
 shows allocated consumes its capacity twice) and tessera-scheduler's
 (count-once.patch: once). Seed i draws the share sizes as the e2e's
 TestShareBurstPacksLikeOneByOne does. The defaults are the e2e's first setup
@@ -26,6 +29,7 @@ TestShareBurstPacksLikeOneByOne does. The defaults are the e2e's first setup
 one JSON object per scheduler on stdout (GPUs touched and left free, summed
 over seeds, and per seed), and a summary line per scheduler on stderr.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			opts.WithoutBindingConditions = !bindingConditions
 			var list []BurstScheduler
 			for _, name := range strings.Split(schedulers, ",") {
 				s, err := ParseBurstScheduler(strings.TrimSpace(name))
@@ -41,8 +45,8 @@ over seeds, and per seed), and a summary line per scheduler on stderr.`,
 			out := json.NewEncoder(cmd.OutOrStdout())
 			for _, r := range results {
 				_, _ = fmt.Fprintf(cmd.ErrOrStderr(),
-					"%s: %d seeds of %d shares (%d-%dGi, compute %d %%) on %d free of %d GPUs: GPUs touched one by one %d, in bursts %d (bursts on more GPUs: %d); GPUs left free %d / %d\n",
-					r.Name, r.Seeds, r.Shares, opts.MemoryMinGiB, opts.MemoryMaxGiB, opts.ComputePercent, r.GPUs-r.BusyGPUs, r.GPUs,
+					"%s: %d seeds of %d shares (%d-%dGi, compute %d %%) on %d free of %d GPUs%s: GPUs touched one by one %d, in bursts %d (bursts on more GPUs: %d); GPUs left free %d / %d\n",
+					r.Name, r.Seeds, r.Shares, opts.MemoryMinGiB, opts.MemoryMaxGiB, opts.ComputePercent, r.GPUs-r.BusyGPUs, r.GPUs, noConditions(r),
 					r.OneByOneGPUsTouched, r.BurstGPUsTouched, r.BurstsOnMoreGPUs, r.OneByOneGPUsLeftFree, r.BurstGPUsLeftFree)
 				if err := out.Encode(r); err != nil {
 					return fmt.Errorf("write result: %w", err)
@@ -60,6 +64,14 @@ over seeds, and per seed), and a summary line per scheduler on stderr.`,
 	f.Int64Var(&opts.MemoryMaxGiB, "memory-max-gib", opts.MemoryMaxGiB, "most memory of a share, GiB")
 	f.Int64Var(&opts.ComputePercent, "compute", opts.ComputePercent, "compute of a share, per cent")
 	f.IntVar(&opts.Unwritten, "unwritten", opts.Unwritten, "pods placed just before a pod of the burst whose allocation is not yet written when it is filtered")
+	f.BoolVar(&bindingConditions, "binding-conditions", bindingConditions, "the node's devices carry the tenancy controller's binding condition (a node with tenancy on); false: a node without, where a pod's PreBind waits for nothing")
 	f.StringVar(&schedulers, "schedulers", "kube-scheduler,tessera-scheduler", "schedulers, comma-separated: kube-scheduler, tessera-scheduler")
 	return cmd
+}
+
+func noConditions(r BurstResult) string {
+	if r.BindingConditions {
+		return ""
+	}
+	return " without binding conditions"
 }

@@ -161,16 +161,49 @@ func TestTesseraSchedulerBurstPacksWhateverIsWritten(t *testing.T) {
 }
 
 // TestBurstSizesAreTheE2Es: seed i draws the sizes that
-// e2e/localcluster/burst_test.go draws for seed i (its expression, copied).
+// e2e/localcluster/burst_test.go draws for seed i (its expression, copied),
+// in each of its setups (shares, least and most GiB, copied).
 func TestBurstSizesAreTheE2Es(t *testing.T) {
-	for seed := range 10 {
-		rng := rand.New(rand.NewPCG(uint64(seed), 29))
-		var want []int64
-		for range 4 {
-			want = append(want, int64(25+rng.IntN(10)))
+	for _, setup := range []struct{ shares, minGiB, maxGiB int }{{4, 25, 34}, {6, 28, 34}, {8, 28, 34}} {
+		opts := DefaultBurstOptions()
+		opts.Shares, opts.MemoryMinGiB, opts.MemoryMaxGiB = setup.shares, int64(setup.minGiB), int64(setup.maxGiB)
+		for seed := range 10 {
+			rng := rand.New(rand.NewPCG(uint64(seed), 29))
+			var want []int64
+			for range setup.shares {
+				want = append(want, int64(setup.minGiB+rng.IntN(setup.maxGiB-setup.minGiB+1)))
+			}
+			if diff := cmp.Diff(want, burstSizes(opts, seed)); diff != "" {
+				t.Errorf("%d shares of %d-%dGi, seed %d (-want +got):\n%s", setup.shares, setup.minGiB, setup.maxGiB, seed, diff)
+			}
 		}
-		if diff := cmp.Diff(want, burstSizes(DefaultBurstOptions(), seed)); diff != "" {
-			t.Errorf("seed %d (-want +got):\n%s", seed, diff)
+	}
+}
+
+// TestBurstWithoutBindingConditionsPacksLikeOneByOne: on a node without
+// tenancy PreBind takes each share out of flight as it writes it, so no
+// share counts twice and kube-scheduler's bursts pack as one by one, where
+// the same node with binding conditions spreads them (the e2e's eight-GPU
+// setup, two seeds).
+func TestBurstWithoutBindingConditionsPacksLikeOneByOne(t *testing.T) {
+	opts := BurstOptions{GPUs: 8, BusyGPUs: 4, Shares: 8, MemoryMinGiB: 28, MemoryMaxGiB: 34, ComputePercent: 10, Seeds: 2}
+	for _, tc := range []struct {
+		without bool
+		want    burstFigures
+	}{
+		{without: false, want: burstFigures{OneByOne: 4, Burst: 8, OneByOneFree: 4, BurstFree: 0, Worse: 2}},
+		{without: true, want: burstFigures{OneByOne: 4, Burst: 4, OneByOneFree: 4, BurstFree: 4}},
+	} {
+		opts.WithoutBindingConditions = tc.without
+		results, err := RunBurst(context.Background(), opts, BurstSchedulers[:1])
+		if err != nil {
+			t.Fatal(err)
+		}
+		if results[0].BindingConditions == tc.without {
+			t.Errorf("without binding conditions %v: result says bindingConditions %v", tc.without, results[0].BindingConditions)
+		}
+		if diff := cmp.Diff(tc.want, figures(results[0])); diff != "" {
+			t.Errorf("kube-scheduler, without binding conditions %v (-want +got):\n%s", tc.without, diff)
 		}
 	}
 }
