@@ -10,6 +10,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 
@@ -110,6 +111,73 @@ func TestDemoDoesWhatTheReadmeSays(t *testing.T) {
 	}
 	if !strings.HasSuffix(strings.TrimSpace(out.String()), "Stopping the local cluster") {
 		t.Errorf("the demo did not say it stopped the cluster:\n%s", out)
+	}
+}
+
+// TestDevClusterAnnouncesItsKubeconfig runs what make dev-cluster runs: it
+// prints "ready kubeconfig=<path>" once Tessera is installed, that kubeconfig
+// sees the chart's DeviceClasses and both nodes' slices, and the context's end
+// stops the cluster.
+func TestDevClusterAnnouncesItsKubeconfig(t *testing.T) {
+	needCluster(t)
+	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
+	defer cancel()
+	out := newWatchedOutput("ready kubeconfig=")
+	stopped := make(chan struct{})
+	var devErr error
+	t.Cleanup(func() { cancel(); <-stopped })
+	go func() {
+		defer close(stopped)
+		devErr = demo.DevCluster(ctx, demo.Options{
+			BinDir:       clustertest.EnvOr("TESSERA_BIN_DIR", cluster.DefaultBinDir()),
+			PluginBinary: cluster.DefaultPluginBinary(),
+			Helm:         cluster.DefaultHelm(),
+			WorkDir:      t.TempDir(),
+			Nodes:        2,
+			NVML:         "mock:dgxh200:1",
+			Out:          out,
+		})
+	}()
+	select {
+	case <-out.seen:
+	case <-stopped:
+		t.Fatalf("the dev cluster ended before it was ready: %v\n%s", devErr, out)
+	case <-ctx.Done():
+		t.Fatalf("the dev cluster was not ready in time:\n%s", out)
+	}
+	config, err := clientcmd.BuildConfigFromFlags("", after(t, out.String(), "ready kubeconfig="))
+	if err != nil {
+		t.Fatalf("the announced kubeconfig: %v", err)
+	}
+	client, err := kubernetes.NewForConfig(config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	classes, err := client.ResourceV1().DeviceClasses().List(ctx, metav1.ListOptions{})
+	if err != nil || len(classes.Items) == 0 {
+		t.Errorf("DeviceClasses through the announced kubeconfig: %d, %v", len(classes.Items), err)
+	}
+	// The plugins publish their slices once running; both nodes' pools come.
+	err = wait.PollUntilContextTimeout(ctx, 250*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
+		slices, err := client.ResourceV1().ResourceSlices().List(ctx, metav1.ListOptions{})
+		if err != nil {
+			return false, nil
+		}
+		nodes := map[string]bool{}
+		for _, s := range slices.Items {
+			if s.Spec.NodeName != nil {
+				nodes[*s.Spec.NodeName] = true
+			}
+		}
+		return len(nodes) == 2, nil
+	})
+	if err != nil {
+		t.Errorf("the slices of both nodes did not come: %v", err)
+	}
+	cancel()
+	<-stopped
+	if devErr != nil {
+		t.Errorf("the dev cluster stopped with: %v", devErr)
 	}
 }
 
