@@ -33,30 +33,7 @@ func TestDemoDoesWhatTheReadmeSays(t *testing.T) {
 	needCluster(t)
 	ctx, cancel := context.WithTimeout(t.Context(), 6*time.Minute)
 	defer cancel()
-	out := newWatchedOutput(demoReady)
-	// The demo stops its cluster only when ctx ends; a test that fails early
-	// still waits for that, so no component outlives the suite.
-	stopped := make(chan struct{})
-	var demoErr error
-	t.Cleanup(func() { cancel(); <-stopped })
-	go func() {
-		defer close(stopped)
-		demoErr = demo.Demo(ctx, demo.Options{
-			BinDir:       clustertest.EnvOr("TESSERA_BIN_DIR", cluster.DefaultBinDir()),
-			PluginBinary: cluster.DefaultPluginBinary(),
-			Helm:         cluster.DefaultHelm(),
-			Nodes:        2,
-			NVML:         "mock:dgxh200:8",
-			Out:          out,
-		})
-	}()
-	select {
-	case <-out.seen:
-	case <-stopped:
-		t.Fatalf("the demo ended before it was ready: %v\n%s", demoErr, out)
-	case <-ctx.Done():
-		t.Fatalf("the demo was not ready in time:\n%s", out)
-	}
+	out, stop := runUntil(ctx, t, demo.Demo, demo.Options{Nodes: 2, NVML: "mock:dgxh200:8"}, demoReady)
 	printed := out.String()
 	t.Logf("the demo printed:\n%s", printed)
 
@@ -101,10 +78,8 @@ func TestDemoDoesWhatTheReadmeSays(t *testing.T) {
 		}
 	}
 
-	cancel()
-	<-stopped
-	if demoErr != nil {
-		t.Errorf("the demo stopped with: %v", demoErr)
+	if err := stop(); err != nil {
+		t.Errorf("the demo stopped with: %v", err)
 	}
 	if _, err := os.Stat(stateDir); !os.IsNotExist(err) {
 		t.Errorf("the demo left its state in %s (stat: %v)", stateDir, err)
@@ -122,29 +97,8 @@ func TestDevClusterAnnouncesItsKubeconfig(t *testing.T) {
 	needCluster(t)
 	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
 	defer cancel()
-	out := newWatchedOutput("ready kubeconfig=")
-	stopped := make(chan struct{})
-	var devErr error
-	t.Cleanup(func() { cancel(); <-stopped })
-	go func() {
-		defer close(stopped)
-		devErr = demo.DevCluster(ctx, demo.Options{
-			BinDir:       clustertest.EnvOr("TESSERA_BIN_DIR", cluster.DefaultBinDir()),
-			PluginBinary: cluster.DefaultPluginBinary(),
-			Helm:         cluster.DefaultHelm(),
-			WorkDir:      t.TempDir(),
-			Nodes:        2,
-			NVML:         "mock:dgxh200:1",
-			Out:          out,
-		})
-	}()
-	select {
-	case <-out.seen:
-	case <-stopped:
-		t.Fatalf("the dev cluster ended before it was ready: %v\n%s", devErr, out)
-	case <-ctx.Done():
-		t.Fatalf("the dev cluster was not ready in time:\n%s", out)
-	}
+	opts := demo.Options{WorkDir: t.TempDir(), Nodes: 2, NVML: "mock:dgxh200:1"}
+	out, stop := runUntil(ctx, t, demo.DevCluster, opts, "ready kubeconfig=")
 	config, err := clientcmd.BuildConfigFromFlags("", after(t, out.String(), "ready kubeconfig="))
 	if err != nil {
 		t.Fatalf("the announced kubeconfig: %v", err)
@@ -154,8 +108,10 @@ func TestDevClusterAnnouncesItsKubeconfig(t *testing.T) {
 		t.Fatal(err)
 	}
 	classes, err := client.ResourceV1().DeviceClasses().List(ctx, metav1.ListOptions{})
-	if err != nil || len(classes.Items) == 0 {
-		t.Errorf("DeviceClasses through the announced kubeconfig: %d, %v", len(classes.Items), err)
+	if err != nil {
+		t.Errorf("list DeviceClasses through the announced kubeconfig: %v", err)
+	} else if len(classes.Items) == 0 {
+		t.Errorf("no DeviceClasses through the announced kubeconfig")
 	}
 	// The plugins publish their slices once running; both nodes' pools come.
 	err = wait.PollUntilContextTimeout(ctx, 250*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
@@ -174,11 +130,44 @@ func TestDevClusterAnnouncesItsKubeconfig(t *testing.T) {
 	if err != nil {
 		t.Errorf("the slices of both nodes did not come: %v", err)
 	}
-	cancel()
-	<-stopped
-	if devErr != nil {
-		t.Errorf("the dev cluster stopped with: %v", devErr)
+	if err := stop(); err != nil {
+		t.Errorf("the dev cluster stopped with: %v", err)
 	}
+}
+
+// runUntil runs run (demo.Demo or demo.DevCluster) on the suite's binaries with
+// opts until it has printed marker, and returns what it prints and a stop that
+// ends it (as Ctrl-C does) and returns its error. Both stop their cluster only
+// when their context ends, so a test that fails early still waits for that in
+// a cleanup, and no component outlives the suite.
+func runUntil(ctx context.Context, t *testing.T, run func(context.Context, demo.Options) error, opts demo.Options, marker string) (*watchedOutput, func() error) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(ctx)
+	out := newWatchedOutput(marker)
+	opts.BinDir = clustertest.EnvOr("TESSERA_BIN_DIR", cluster.DefaultBinDir())
+	opts.PluginBinary = cluster.DefaultPluginBinary()
+	opts.Helm = cluster.DefaultHelm()
+	opts.Out = out
+	stopped := make(chan struct{})
+	var runErr error
+	go func() {
+		defer close(stopped)
+		runErr = run(ctx, opts)
+	}()
+	stop := func() error {
+		cancel()
+		<-stopped
+		return runErr
+	}
+	t.Cleanup(func() { _ = stop() })
+	select {
+	case <-out.seen:
+	case <-stopped:
+		t.Fatalf("ended before it printed %q: %v\n%s", marker, runErr, out)
+	case <-ctx.Done():
+		t.Fatalf("did not print %q in time:\n%s", marker, out)
+	}
+	return out, stop
 }
 
 // after returns the rest of the first line of printed that contains prefix,
