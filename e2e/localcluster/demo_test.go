@@ -179,7 +179,7 @@ func after(t *testing.T, printed, prefix string) string {
 			return strings.TrimSpace(rest)
 		}
 	}
-	t.Fatalf("the demo did not print %q", prefix)
+	t.Fatalf("did not print %q", prefix)
 	return ""
 }
 
