@@ -23,6 +23,13 @@ import (
 	"github.com/tessera-gpu/tessera/e2e/framework/cluster"
 )
 
+// The cluster tessera-local starts (make demo, make dev-cluster) unless told
+// otherwise: DefaultNodes nodes, each with DefaultNVML's GPUs.
+const (
+	DefaultNodes = 2
+	DefaultNVML  = "mock:dgxh200:8"
+)
+
 // Options configure a demo or dev cluster.
 type Options struct {
 	BinDir       string

@@ -24,16 +24,16 @@ import (
 const demoReady = "Press Ctrl-C to stop."
 
 // TestDemoDoesWhatTheReadmeSays runs what make demo runs (tessera-local demo:
-// its own cluster of two 8-GPU nodes, as the command's defaults make it) and
-// reads what it prints as a newcomer would: every sample pod runs with a
-// device, the tenancy part shows a refusal and a budget holding a pod back,
-// the kubeconfig the hints export reaches the cluster, and Ctrl-C (the
-// context's end) stops everything and removes the cluster's state.
+// its own cluster, of the command's default size) and reads what it prints as
+// a newcomer would: every sample pod runs with a device, the tenancy part
+// shows a refusal and a budget holding a pod back, the kubeconfig the hints
+// export reaches the cluster, and Ctrl-C (the context's end) stops everything
+// and removes the cluster's state.
 func TestDemoDoesWhatTheReadmeSays(t *testing.T) {
 	needCluster(t)
 	ctx, cancel := context.WithTimeout(t.Context(), 6*time.Minute)
 	defer cancel()
-	out, stop := runUntil(ctx, t, demo.Demo, demo.Options{Nodes: 2, NVML: "mock:dgxh200:8"}, demoReady)
+	out, stop := runUntil(ctx, t, demo.Demo, demo.Options{Nodes: demo.DefaultNodes, NVML: demo.DefaultNVML}, demoReady)
 	printed := out.String()
 	t.Logf("the demo printed:\n%s", printed)
 
