@@ -14,6 +14,8 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/klog/v2"
+	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
 
 	"github.com/tessera-gpu/tessera/e2e/framework/cluster"
 	"github.com/tessera-gpu/tessera/e2e/framework/clustertest"
@@ -39,6 +41,9 @@ var local *cluster.Local
 
 func TestMain(m *testing.M) {
 	flag.Parse()
+	// Tests and the demo use controller-runtime clients; without a logger
+	// controller-runtime prints a stack trace at their first log call.
+	ctrllog.SetLogger(klog.NewKlogr())
 	if os.Getenv("TESSERA_E2E") != "1" {
 		fmt.Println("e2e suite skipped: set TESSERA_E2E=1 or run make e2e")
 		os.Exit(m.Run())

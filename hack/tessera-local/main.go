@@ -16,6 +16,7 @@ import (
 	"syscall"
 
 	"k8s.io/klog/v2"
+	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
 
 	"github.com/tessera-gpu/tessera/demo"
 	"github.com/tessera-gpu/tessera/e2e/framework/cluster"
@@ -41,6 +42,10 @@ func main() {
 	klog.InitFlags(fs)
 	_ = fs.Set("logtostderr", "true")
 	_ = fs.Parse(os.Args[2:])
+	// The demo's tenancy part reads GPUTenants with a controller-runtime
+	// client, which logs through controller-runtime's logger: without one it
+	// prints a stack trace once the process is older than 30 s.
+	ctrllog.SetLogger(klog.NewKlogr())
 
 	// The first signal stops the cluster cleanly; a second one kills us at once.
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
