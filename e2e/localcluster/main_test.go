@@ -43,7 +43,7 @@ func TestMain(m *testing.M) {
 	flag.Parse()
 	// Tests and the demo use controller-runtime clients; without a logger
 	// controller-runtime prints a stack trace at their first log call.
-	ctrllog.SetLogger(klog.NewKlogr())
+	ctrllog.SetLogger(klog.Background())
 	if os.Getenv("TESSERA_E2E") != "1" {
 		fmt.Println("e2e suite skipped: set TESSERA_E2E=1 or run make e2e")
 		os.Exit(m.Run())

@@ -45,7 +45,7 @@ func main() {
 	// The demo's tenancy part reads GPUTenants with a controller-runtime
 	// client, which logs through controller-runtime's logger: without one it
 	// prints a stack trace once the process is older than 30 s.
-	ctrllog.SetLogger(klog.NewKlogr())
+	ctrllog.SetLogger(klog.Background())
 
 	// The first signal stops the cluster cleanly; a second one kills us at once.
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
