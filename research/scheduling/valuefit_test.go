@@ -17,10 +17,11 @@ import (
 // and per profile how many GPUs still have a free placement of it and how
 // many of it the node could still take), and takes the candidate of highest
 // value. Its weights are fitted by least squares to the exact online
-// optimum's values (BenchmarkOnlineOptimum) on states its own play visits,
-// so on nodes small enough to enumerate it shows how close to the optimum
-// a rule of that form can get with the best targets there are. Exploratory:
-// it needs the optimum's table to fit, which an 8-GPU node does not have.
+// optimum's values (BenchmarkOnlineOptimum) on states the optimum's own
+// play visits, so on nodes small enough to enumerate it shows how close to
+// the optimum a rule of that form can get with the best targets there are.
+// Exploratory: it needs the optimum's table to fit, which an 8-GPU node
+// does not have.
 type fittedValue struct {
 	*onlineOptimum
 	free [][]bool // free[class][p]: the class has a free placement of p
