@@ -25,11 +25,7 @@ func BenchmarkPacking(b *testing.B) {
 		demand := WarmDemand(rand.New(rand.NewPCG(2027, 1)), gpus[0].MIG.Profiles, nil, warmDemand)
 		for seq := range sequences {
 			r := PackingWeighted(rand.New(rand.NewPCG(uint64(seq), 2026)), gpus, opt, demand)
-			sum.Weighted += r.Weighted
-			sum.Tessera += r.Tessera
-			sum.Ascending += r.Ascending
-			sum.BestFit += r.BestFit
-			sum.Best += r.Best
+			sum.Add(r)
 		}
 		b.ReportMetric(100*sum.Tessera/float64(sequences), "%used-tessera")
 		b.ReportMetric(100*sum.Ascending/float64(sequences), "%used-ascending")

@@ -142,9 +142,7 @@ func BenchmarkPackingDemand(b *testing.B) {
 				demand := WarmDemand(rand.New(rand.NewPCG(2027, 1)), profiles, nil, warmDemand)
 				for seq := range 1000 {
 					r := PackingWeighted(set.rng(seq), gpus, opt, demand)
-					sum.BestFit += r.BestFit
-					sum.Weighted += r.Weighted
-					sum.Best += r.Best
+					sum.Add(r)
 					requested += packWith(set.rng(seq), gpus, newBestFitRequested(builtNode(gpus)))
 				}
 				report(b, sum.Best, sum.BestFit, requested, sum.Weighted)

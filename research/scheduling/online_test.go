@@ -305,9 +305,7 @@ func BenchmarkOnlineOptimum(b *testing.B) {
 				var sum PackingResult
 				for seq := range sequences {
 					r := Packing(rand.New(rand.NewPCG(uint64(seq), 2026)), gpus, opt)
-					sum.Tessera += r.Tessera
-					sum.BestFit += r.BestFit
-					sum.Best += r.Best
+					sum.Add(r)
 				}
 				best := sum.Best / sequences
 				b.ReportMetric(100*online, "%used-online-optimum")

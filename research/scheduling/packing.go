@@ -294,6 +294,15 @@ type PackingResult struct {
 	Weighted float64
 }
 
+// Add adds o's shares to r's, column by column, for a sum over sequences.
+func (r *PackingResult) Add(o PackingResult) {
+	r.Tessera += o.Tessera
+	r.Ascending += o.Ascending
+	r.BestFit += o.BestFit
+	r.Best += o.Best
+	r.Weighted += o.Weighted
+}
+
 // Packing draws a random sequence of MIG requests on an empty node of the
 // GPUs and returns, for each policy, the share of memory slices in use when
 // the first request cannot be placed.

@@ -327,9 +327,7 @@ func BenchmarkRolloutRule(b *testing.B) {
 				var took time.Duration
 				for seq := range sequences {
 					res := Packing(rand.New(rand.NewPCG(uint64(seq), 2026)), node, opt)
-					sum.Tessera += res.Tessera
-					sum.BestFit += res.BestFit
-					sum.Best += res.Best
+					sum.Add(res)
 					start := time.Now()
 					used, placed := r.pack(rand.New(rand.NewPCG(uint64(seq), 2026)), len(node), r.place)
 					took += time.Since(start)
@@ -362,9 +360,7 @@ func BenchmarkExactTailRollout(b *testing.B) {
 	const sequences = 1000
 	for seq := range sequences {
 		res := Packing(rand.New(rand.NewPCG(uint64(seq), 2026)), node, opt)
-		sum.Tessera += res.Tessera
-		sum.BestFit += res.BestFit
-		sum.Best += res.Best
+		sum.Add(res)
 	}
 	for _, c := range []struct{ tail, k int }{{4, 64}, {4, 1024}, {5, 256}, {5, 1024}} {
 		b.Run(fmt.Sprintf("tail=%d/futures=%d", c.tail, c.k), func(b *testing.B) {

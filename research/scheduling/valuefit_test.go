@@ -310,10 +310,7 @@ func BenchmarkFittedValue(b *testing.B) {
 				var fitted, optimal float64
 				for seq := range sequences {
 					r := PackingWeighted(rand.New(rand.NewPCG(uint64(seq), 2026)), node, opt, demand)
-					sum.Tessera += r.Tessera
-					sum.BestFit += r.BestFit
-					sum.Weighted += r.Weighted
-					sum.Best += r.Best
+					sum.Add(r)
 					u, _ := f.pack(rand.New(rand.NewPCG(uint64(seq), 2026)), n, f.place)
 					fitted += u
 					u, _ = o.pack(rand.New(rand.NewPCG(uint64(seq), 2026)), n, o.optimal)
