@@ -69,6 +69,9 @@ type DemandWeights struct {
 	byClass map[string]float64
 	// other is the weight of a class not asked for yet.
 	other float64
+	// share is each class's share of the counts when the weights were
+	// published; nil before anything was asked for.
+	share map[string]float64
 }
 
 // NewDemand returns an estimate that has seen nothing.
@@ -130,9 +133,14 @@ func (d *Demand) Observe(class string, n int) {
 	if !moved {
 		return
 	}
-	next := &DemandWeights{Version: old.Version + 1, byClass: make(map[string]float64, len(d.counts)), other: quantize(weight(0))}
+	next := &DemandWeights{Version: old.Version + 1, byClass: make(map[string]float64, len(d.counts)), other: quantize(weight(0)), share: make(map[string]float64, len(d.counts))}
+	sum := 0.0
+	for _, v := range d.counts {
+		sum += v
+	}
 	for c, v := range d.counts {
 		next.byClass[c] = quantize(weight(v))
+		next.share[c] = v / sum
 	}
 	d.published.Store(next)
 }
@@ -151,6 +159,17 @@ func (w *DemandWeights) Weight(class string) float64 {
 		return v
 	}
 	return w.other
+}
+
+// Share is the class's share of the demand when the weights were published:
+// the chance that the next device asked for is of the class, which
+// partition.Left.Rollout draws its futures from. Before anything was asked
+// for, every class is alike (1, unnormalised).
+func (w *DemandWeights) Share(class string) float64 {
+	if w.share == nil {
+		return 1
+	}
+	return w.share[class]
 }
 
 // Classes returns a copy of the weights of the classes asked for.
