@@ -109,7 +109,7 @@ e2e dev-cluster bench-binding: export TESSERA_SCHEDULER_BINARY = $(BIN)/tessera-
 test-scheduler-patched: ## The tests of tessera-scheduler's patched DynamicResources plugin, with upstream's plugin cases (TestPlugin)
 	modfile="$$(research/patches/allocator/overlay.sh $(BIN)/allocator-scheduler research/cmd/tessera-scheduler)"; \
 	research/patches/scheduler/overlay.sh $(BIN)/scheduler-patches "$$modfile"; \
-	cd research/cmd/tessera-scheduler && $(GO) test -modfile "$$modfile" -count=1 -run 'TestWaitForBinding|TestGatherAllocatedState|TestPlugin' \
+	cd research/cmd/tessera-scheduler && $(GO) test -modfile "$$modfile" -count=1 -run 'TestWaitForBinding|TestGatherAllocatedState|TestReserveTakesTheFinalChoice|TestPlugin' \
 		k8s.io/kubernetes/pkg/scheduler/framework/plugins/dynamicresources
 
 # The tessera-scheduler module follows Tessera's: after a change to go.mod, its

@@ -8,8 +8,10 @@ import (
 	"math/rand/v2"
 	"testing"
 
+	resourceapi "k8s.io/api/resource/v1"
 	"k8s.io/apimachinery/pkg/types"
 	draapi "k8s.io/dynamic-resource-allocation/api"
+	"k8s.io/dynamic-resource-allocation/structured"
 
 	"github.com/tessera-gpu/tessera/research/scheduler"
 )
@@ -82,6 +84,84 @@ func TestPlacementChoiceMatchesBestFit(t *testing.T) {
 			t.Logf("%d choices differ from first fit, %d from the unweighted choice (its node followed its own choices)", differ, moved)
 		})
 	}
+}
+
+// TestFinalChoiceMatchesRollout checks the packing benchmark's replay of
+// tessera-scheduler's final choice (NewRolloutChoice) against the patched
+// allocator with both orders registered, as tessera-scheduler registers them,
+// request by request: an allocation marked final (draapi.WithFinalChoice, as
+// the patched DynamicResources plugin's Reserve marks it) takes the replay's
+// partition, and one not marked takes the weighted BestFit choice in the same
+// state. The demand has seen the uniform mix of the benchmark, and is told of
+// each request before the allocator runs.
+func TestFinalChoiceMatchesRollout(t *testing.T) {
+	demand := scheduler.NewDemand()
+	profiles := []string{"1g.18gb", "2g.35gb", "3g.71gb", "4g.71gb", "7g.141gb", "1g.18gb+me", "1g.35gb"}
+	for i := range 3000 {
+		demand.Observe(profiles[i%len(profiles)], 1)
+	}
+	draapi.SetDeviceOrder(scheduler.MIGPlacementOrderFor(demand))
+	draapi.SetFinalDeviceOrder(scheduler.MIGFinalPlacementOrderFor(demand))
+	t.Cleanup(func() {
+		draapi.SetDeviceOrder(nil)
+		draapi.SetFinalDeviceOrder(nil)
+	})
+	ctx := context.Background()
+	placed, differ := 0, 0
+	for seq := range 3 {
+		rng := rand.New(rand.NewPCG(uint64(seq), 7))
+		h, cluster := newHardware(t, "dgxh200", 8)
+		replay := NewRolloutChoice(builtNode(h.node.GPUs), demand, scheduler.FinalFutures)
+		for step := range 64 {
+			name := profiles[rng.IntN(len(profiles))]
+			demand.Observe(name, 1)
+			cheap, fits := replay.choose(name, 0)
+			want := ""
+			if fits {
+				c, _ := replay.choose(name, scheduler.FinalFutures)
+				want = replay.take(c)
+				if c != cheap {
+					differ++
+				}
+			}
+			// Not marked final: the weighted BestFit choice, as in Filter.
+			if got := filterOne(ctx, t, cluster, name); fits && got != replay.names[cheap] {
+				t.Fatalf("sequence %d step %d, %s: allocator's choice %q, BestFit %q", seq, step, name, got, replay.names[cheap])
+			}
+			got := allocateOne(draapi.WithFinalChoice(ctx), t, cluster, name)
+			if got != want {
+				t.Fatalf("sequence %d step %d, %s: allocator's final choice %q, replay %q", seq, step, name, got, want)
+			}
+			if got == "" {
+				break
+			}
+			placed++
+		}
+	}
+	// The final choice is in effect: it differs from the cheap one.
+	if differ == 0 {
+		t.Errorf("the final choice never differed from weighted BestFit in %d placements", placed)
+	}
+	t.Logf("%d partitions placed, %d of them where the final choice differs from weighted BestFit", placed, differ)
+}
+
+// filterOne is the partition of the profile an allocation not marked final
+// takes on the cluster's first node, as Filter's allocation, which is not
+// kept; "" when none fits.
+func filterOne(ctx context.Context, t *testing.T, c *Cluster, profile string) string {
+	t.Helper()
+	alloc, err := structured.NewAllocator(ctx, Features, c.state, allocatorClasses, c.Slices, c.cel)
+	if err != nil {
+		t.Fatal(err)
+	}
+	results, err := alloc.Allocate(ctx, c.Nodes[0], []*resourceapi.ResourceClaim{MIG(profile, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(results) != 1 {
+		return ""
+	}
+	return results[0].Devices.Results[0].Device
 }
 
 // TestPlacementChoiceDiffersFromFirstFit: GPU 0 is empty and GPU 1 half cut;

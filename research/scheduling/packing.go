@@ -106,6 +106,22 @@ type BestFit struct {
 	// demand, when set, is told of each request before it is placed, and
 	// its weights weigh the classes BestFit charges for blocking.
 	demand *scheduler.Demand
+	// futures, when above 0, makes the choice partition.Left.Rollout's
+	// with that many futures drawn from the demand's shares
+	// (NewRolloutChoice).
+	futures int
+}
+
+// NewRolloutChoice returns an empty node of the GPUs whose requests are
+// placed as tessera-scheduler's final choice places them
+// (scheduler.MIGFinalPlacementOrderFor): the weighted BestFit order, then
+// partition.Left.Rollout with the given number of futures drawn from the
+// shares of the demand d has learned, which each request is added to before
+// it is placed.
+func NewRolloutChoice(gpus []partition.GPU, d *scheduler.Demand, futures int) *BestFit {
+	b := NewWeightedBestFit(gpus, d)
+	b.futures = futures
+	return b
 }
 
 // NewBestFit returns an empty node of the GPUs.
@@ -131,6 +147,17 @@ func (b *BestFit) Place(profile string) string {
 	// tessera-scheduler's PreFilter counts every pod, whether it fits or
 	// not, before the allocator runs.
 	b.demand.Observe(profile, 1)
+	c, ok := b.choose(profile, b.futures)
+	if !ok {
+		return ""
+	}
+	return b.take(c)
+}
+
+// choose is the device the choice takes for a partition of the profile,
+// with the rollout's futures when futures is above 0; ok is false when none
+// fits.
+func (b *BestFit) choose(profile string, futures int) (c int, ok bool) {
 	var candidates []int
 	for i, d := range b.devices {
 		if d.Class == profile && fits(b.left[d.CounterSet], d.Consumes) {
@@ -138,14 +165,23 @@ func (b *BestFit) Place(profile string) string {
 		}
 	}
 	if len(candidates) == 0 {
-		return ""
+		return 0, false
 	}
 	prepared := partition.Prepare(b.devices)
 	var weights []float64
 	if b.demand != nil {
 		weights = prepared.Weigh(b.demand.Weights().Weight)
 	}
-	c := prepared.Left(b.left).BestFitWeighted(candidates, weights)[0]
+	left := prepared.Left(b.left)
+	ranked := left.BestFitWeighted(candidates, weights)
+	if futures > 0 {
+		ranked = left.Rollout(ranked, prepared.Weigh(b.demand.Weights().Share), futures, 0)
+	}
+	return ranked[0], true
+}
+
+// take allocates device c and returns its name.
+func (b *BestFit) take(c int) string {
 	d := b.devices[c]
 	for name, n := range d.Consumes {
 		b.left[d.CounterSet][name] -= n

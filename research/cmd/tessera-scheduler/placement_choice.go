@@ -16,11 +16,19 @@ import (
 // Only that patched allocator has draapi.SetDeviceOrder, hence the build tag,
 // which the tessera-scheduler target sets. TesseraPlacement tells the demand
 // what each pod asks for and scores a node by the partition the choice takes
-// there, with the same weights. The weights are on the scheduler's /metrics
-// (tessera_scheduler_demand_*, docs/observability.md).
+// there, with the same weights. On the node it chose, its DynamicResources
+// plugin allocates once more in Reserve (research/patches/scheduler/
+// final-choice.patch) with the final order, which plays futures drawn from the
+// demand's shares from what each free placement leaves: too costly for every
+// node, once per pod it costs a few milliseconds. The weights, and how often
+// the final choice moved a partition, are on the scheduler's /metrics
+// (tessera_scheduler_demand_*, tessera_scheduler_final_choices_*,
+// docs/observability.md).
 func init() {
 	demand := scheduler.NewDemand()
 	draapi.SetDeviceOrder(scheduler.MIGPlacementOrderFor(demand))
-	legacyregistry.CustomMustRegister(scheduler.NewDemandCollector(demand))
+	final := scheduler.NewFinalChoice(demand)
+	draapi.SetFinalDeviceOrder(final.Order)
+	legacyregistry.CustomMustRegister(scheduler.NewDemandCollector(demand), final.Collector())
 	pluginOptions = append(pluginOptions, scheduler.WithPlacementChoice(), scheduler.WithDemand(demand))
 }

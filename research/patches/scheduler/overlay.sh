@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Makes tessera-scheduler's copy of k8s.io/kubernetes (as pinned by research/cmd/tessera-scheduler/go.mod)
-# with claim-watch.patch and count-once.patch applied to kube-scheduler's DynamicResources plugin
+# with claim-watch.patch, count-once.patch and final-choice.patch applied to kube-scheduler's DynamicResources plugin
 # (pkg/scheduler/framework/plugins/dynamicresources) and the tests of testdata/ beside
 # it, in OUTDIR/kubernetes, and points MODFILE (a go.mod for -modfile, as
 # research/patches/allocator/overlay.sh writes it) at that copy. The copy's files are hard links into the
@@ -18,7 +18,7 @@ modfile=${2:?usage: overlay.sh OUTDIR MODFILE}
 rel=pkg/scheduler/framework/plugins/dynamicresources
 dir=$(cd "$root/research/cmd/tessera-scheduler" && go list -m -f '{{.Dir}}' k8s.io/kubernetes)
 # Rebuilt only when the pinned module or the patch changed, so that go build's cache stays warm.
-patches=(claim-watch count-once)
+patches=(claim-watch count-once final-choice)
 stamp="$dir $(for p in "${patches[@]}"; do cat "$here/$p.patch"; done | cat - "$here"/testdata/*_test.go | sha256sum | cut -d' ' -f1)"
 if [[ ! -f $out/stamp || $(cat "$out/stamp") != "$stamp" ]]; then
 	# The module cache's directories are read-only, and so are the copy's: make the copy's (never
