@@ -149,32 +149,7 @@ func BenchmarkPackingDemand(b *testing.B) {
 			}
 		})
 	}
-	// Weights by profile, in the H200's order: 1g.18gb, 2g.35gb, 3g.71gb,
-	// 4g.71gb, 7g.141gb, 1g.18gb+me, 1g.35gb.
-	mixes := []struct {
-		name string
-		mix  []float64
-	}{
-		{"small-heavy", []float64{3, 3, 3, 1, 1, 1, 1}},
-		{"large-heavy", []float64{1, 1, 1, 1, 3, 3, 3}},
-		{"no-1g.35gb", []float64{1, 1, 1, 1, 1, 1, 0}},
-		{"1g-heavy", []float64{5, 1, 1, 1, 1, 1, 1}},
-		{"4g-and-+me-heavy", []float64{1, 1, 1, 4, 1, 4, 1}},
-	}
-	if len(profiles) != 7 || profiles[0].Name != "1g.18gb" || profiles[6].Name != "1g.35gb" {
-		b.Fatalf("the mixes are written for the H200's seven profiles in its order, got %v", profiles)
-	}
-	drawn := rand.New(rand.NewPCG(31337, 7))
-	for k := range 5 {
-		mix := make([]float64, len(profiles))
-		for i := range mix {
-			mix[i] = drawn.ExpFloat64()
-		}
-		mixes = append(mixes, struct {
-			name string
-			mix  []float64
-		}{fmt.Sprintf("drawn-%d", k+1), mix})
-	}
+	mixes := demandMixes(b, profiles)
 	for _, m := range mixes {
 		b.Run("mix="+m.name, func(b *testing.B) {
 			b.Logf("mix %s: %.2f", m.name, m.mix)
@@ -192,4 +167,38 @@ func BenchmarkPackingDemand(b *testing.B) {
 			}
 		})
 	}
+}
+
+// demandMix is a request mix of BenchmarkPackingDemand: each profile's weight,
+// in the H200's order.
+type demandMix struct {
+	name string
+	mix  []float64
+}
+
+// demandMixes are BenchmarkPackingDemand's ten mixes: five written by hand
+// (those demandExponent was chosen on) and five drawn at random (each
+// profile's weight exponential, seeded).
+func demandMixes(b *testing.B, profiles []inventory.MIGProfile) []demandMix {
+	// Weights by profile, in the H200's order: 1g.18gb, 2g.35gb, 3g.71gb,
+	// 4g.71gb, 7g.141gb, 1g.18gb+me, 1g.35gb.
+	mixes := []demandMix{
+		{"small-heavy", []float64{3, 3, 3, 1, 1, 1, 1}},
+		{"large-heavy", []float64{1, 1, 1, 1, 3, 3, 3}},
+		{"no-1g.35gb", []float64{1, 1, 1, 1, 1, 1, 0}},
+		{"1g-heavy", []float64{5, 1, 1, 1, 1, 1, 1}},
+		{"4g-and-+me-heavy", []float64{1, 1, 1, 4, 1, 4, 1}},
+	}
+	if len(profiles) != 7 || profiles[0].Name != "1g.18gb" || profiles[6].Name != "1g.35gb" {
+		b.Fatalf("the mixes are written for the H200's seven profiles in its order, got %v", profiles)
+	}
+	drawn := rand.New(rand.NewPCG(31337, 7))
+	for k := range 5 {
+		mix := make([]float64, len(profiles))
+		for i := range mix {
+			mix[i] = drawn.ExpFloat64()
+		}
+		mixes = append(mixes, demandMix{fmt.Sprintf("drawn-%d", k+1), mix})
+	}
+	return mixes
 }
