@@ -16,9 +16,9 @@ import (
 // drawn) and places each on the fullest counter set (fewest memory slices
 // left) where a device of its class fits (the first such set in the order the
 // devices name them), on its first such device in the devices' order, until a
-// request fits nowhere. That is one step of policy
-// improvement over "fullest first": the docs' packing benchmark measures it
-// against BestFit (docs/benchmarks.md, Packing).
+// request fits nowhere. That is one step of policy improvement over "fullest
+// first": the docs' packing benchmark measures it against BestFit
+// (docs/benchmarks.md, Packing).
 //
 // Every candidate's futures are drawn from the same seeds, seed and the
 // future's number (common random numbers), so candidates are compared on the

@@ -78,19 +78,7 @@ func TestDemandShares(t *testing.T) {
 	if got := NewDemand().Weights().Share("1g.18gb"); got != 1 {
 		t.Errorf("before anything: share %v, want 1", got)
 	}
-	d := NewDemand()
-	// Per cycle of 4: three 1g partitions, one 3g, and two whole GPUs.
-	for i := range 4000 {
-		switch i % 4 {
-		case 3:
-			d.Observe("3g.71gb", 1)
-		case 1:
-			d.Observe(gpuapi.TypeGPU, 2)
-			fallthrough
-		default:
-			d.Observe("1g.18gb", 1)
-		}
-	}
+	d := threeOneTwo()
 	w := d.Weights()
 	want := map[string]float64{"1g.18gb": 0.5, "3g.71gb": 1.0 / 6, gpuapi.TypeGPU: 1.0 / 3, gpuapi.TypeShared: 0}
 	for class, v := range want {

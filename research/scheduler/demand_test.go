@@ -40,13 +40,10 @@ func TestDemandStartsAsBestFit(t *testing.T) {
 	NewDemand().Observe("", 3)
 }
 
-// TestDemandFollowsTheMix: the class asked for most weighs 1, the others
-// ((their count + 1) / (its count + 1)) ** demandExponent rounded to
-// demandStep, a class never asked for 0; when the mix changes, the
-// weights follow it within a few half-lives.
-func TestDemandFollowsTheMix(t *testing.T) {
+// threeOneTwo is a demand told 4,000 requests, in cycles of four: three 1g
+// partitions, one 3g partition, and one whole-GPU request of two.
+func threeOneTwo() *Demand {
 	d := NewDemand()
-	// Three 1g partitions to one 3g partition, and a whole GPU of two.
 	for i := range 4000 {
 		switch i % 4 {
 		case 3:
@@ -58,6 +55,15 @@ func TestDemandFollowsTheMix(t *testing.T) {
 			d.Observe("1g.18gb", 1)
 		}
 	}
+	return d
+}
+
+// TestDemandFollowsTheMix: the class asked for most weighs 1, the others
+// ((their count + 1) / (its count + 1)) ** demandExponent rounded to
+// demandStep, a class never asked for 0; when the mix changes, the
+// weights follow it within a few half-lives.
+func TestDemandFollowsTheMix(t *testing.T) {
+	d := threeOneTwo()
 	// Per cycle of 4: 3 1g, 1 3g, 2 whole: 1g most.
 	want := map[string]float64{
 		"1g.18gb":          1,
