@@ -326,11 +326,14 @@ func waitAllocatedClaim(t *testing.T, pod *corev1.Pod, claim string) *resourceap
 // choice, which plays futures drawn from the demand from what each placement
 // leaves (research/patches/scheduler/final-choice.patch). Which of GPU 1's
 // four free slices it takes is the futures' to decide, so the test asks for
-// GPU 1. tessera-scheduler weighs the ranking by the demand it has seen in
-// this run; of the 512 weightings of the nine classes at 0 or 1, those that
-// fill GPU 0 are exactly the 64 that weigh whole GPUs, shares and 7g
-// partitions all 0, which takes about a hundred requests of other classes
+// GPU 1. Both weigh by the demand tessera-scheduler has seen in this run.
+// For Filter's ranking, of the 512 weightings of the nine classes at 0 or 1,
+// those that fill GPU 0 are exactly the 64 that weigh whole GPUs, shares and
+// 7g partitions all 0, which takes about a hundred requests of other classes
 // and none of those: the suite asks for whole GPUs and shares throughout.
+// The final choice's futures draw those whole GPUs and shares, which only
+// an uncut GPU 0 can still take; run alone, the test's own 3g and 1g
+// requests make a 1g partition on GPU 0 strand its slice 7.
 func TestTesseraSchedulerChoosesMIGPlacement(t *testing.T) {
 	needCluster(t)
 	if os.Getenv(cluster.TesseraSchedulerEnv) == "" {

@@ -1,6 +1,7 @@
 package partition
 
 import (
+	"maps"
 	"math"
 	"slices"
 	"sort"
@@ -103,7 +104,10 @@ func Prepare(devices []Choice) *Prepared {
 			classOf[d.Class] = k
 		}
 		p.class[i] = k
-		for c, n := range d.Consumes {
+		// In name order, so that sets of the same devices number their
+		// counters alike whatever the maps' order (Rollout's groups).
+		for _, c := range slices.Sorted(maps.Keys(d.Consumes)) {
+			n := d.Consumes[c]
 			k, ok := numbers[s][c]
 			if !ok {
 				k = len(p.counters[s])

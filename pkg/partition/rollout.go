@@ -31,8 +31,8 @@ import (
 // device it takes.
 //
 // It costs futures × the candidates' groups × a future's requests, each a
-// look at the devices of the class drawn: 7 ms for a 1g partition with 256
-// futures on an empty node of eight H200s, 1.7 ms on one half full
+// look at the devices of the class drawn: about 3 ms for a 1g partition with
+// 256 futures on an empty node of eight H200s, 0.6 ms on one half full
 // (BenchmarkRollout). A scheduler runs it where one node's choice is made,
 // not for every node it filters. The work is bounded (rolloutWork) whatever
 // devices a node publishes.
@@ -177,8 +177,8 @@ func (l Left) group(c int, shapes []string) string {
 
 // rolloutWork bounds Rollout's work: candidate groups × futures × the node's
 // devices squared. An empty node of eight H200s (216 devices, 7 groups of
-// 1g.18gb placements) takes 84 million of it with 256 futures, in 7 ms; a
-// node that publishes many more devices plays fewer futures.
+// 1g.18gb placements) takes 84 million of it with 256 futures, in about 3
+// ms; a node that publishes many more devices plays fewer futures.
 const rolloutWork = 1 << 28
 
 // roller plays Rollout's futures, reusing its buffers from one to the next.

@@ -39,10 +39,9 @@ func MIGPlacementOrderFor(d *Demand) func(driver string, devices []*draapi.Devic
 }
 
 // FinalFutures is how many futures the final choice plays per candidate
-// (FinalChoice): 256 placed 97.79 % of the packing benchmark's offline best on
-// its first 100 sequences where 64 placed 97.48 % and 1,024 97.58 %, and
-// 97.66 % on all 1,000 at about 3 ms per request (docs/benchmarks.md,
-// Packing).
+// (FinalChoice): 256 place 97.65 % of the packing benchmark's offline best at
+// 1.4 ms per request on average; 512 and 1,024 place 97.70 and 97.75 % at
+// twice and four times the cost (docs/benchmarks.md, Packing).
 const FinalFutures = 256
 
 // FinalChoice is tessera-scheduler's final choice among the free MIG
