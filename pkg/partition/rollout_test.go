@@ -168,39 +168,3 @@ func TestRolloutWorkIsBounded(t *testing.T) {
 		t.Errorf("within the bound Rollout put %s first, want a placement on GPU 2", nd.names[got[0]])
 	}
 }
-
-// TestRolloutTiesGPUsInTheSameState: on an empty node of four H200s, the
-// candidates at one place on each GPU leave states that differ only in
-// which GPU is which, so they are one group and tie: each place's four
-// candidates come in GPU order, 0 to 3. That holds however Prepare
-// meets the counters (each device's Consumes is a map), so the order is the
-// same from ten fresh preparations.
-func TestRolloutTiesGPUsInTheSameState(t *testing.T) {
-	nd := newNode(4)
-	candidates := nd.free("1g.18gb")
-	var first []int
-	for run := range 10 {
-		p := partition.Prepare(nd.devices)
-		mix := p.Weigh(func(c string) float64 {
-			if c == "gpu" || c == "shared" {
-				return 0
-			}
-			return 1
-		})
-		got := p.Left(nd.left).Rollout(candidates, mix, 32, 7)
-		// Where each place's candidates come, by GPU: tied, in GPU order.
-		at := map[string][]int{}
-		for k, c := range got {
-			place := nd.names[c][len("gpu-0-"):]
-			at[place] = append(at[place], k)
-			if g := fmt.Sprintf("gpu-%d-", len(at[place])-1); nd.names[c][:len(g)] != g {
-				t.Fatalf("run %d: order %v: %s comes before a GPU of lower index at its place", run, nd.named(got), nd.names[c])
-			}
-		}
-		if run == 0 {
-			first = got
-		} else if !slices.Equal(got, first) {
-			t.Fatalf("run %d: order %v, first run %v", run, nd.named(got), nd.named(first))
-		}
-	}
-}
