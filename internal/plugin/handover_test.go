@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"path/filepath"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -129,4 +130,185 @@ func TestWithdrawalKeepsThePoolComplete(t *testing.T) {
 		t.Errorf("pool incomplete at %s", s)
 	}
 	t.Logf("%d slice events, the pool complete at each", w.events)
+}
+
+// TestPublicationStepsFromWhatTheAPIServerHolds: in a rolling update the
+// other plugin instance publishes the node's pool too. Here it has written GPU
+// 1's slice since this instance last published (as if it had prepared GPU 1
+// and this instance had not yet seen it); this instance then prepares GPU 2
+// and publishes GPU 1 free and GPU 2 withdrawn. Counted from its own last
+// publication that is one slice changed, but two of the stored ones, and the
+// publication controller would bump the pool's generation and rewrite every
+// slice, the pool incomplete meanwhile and a slice replaced (its devices
+// hidden until the new one lands). Counted from what the API server holds it
+// is two steps of one slice each: the pool stays complete at every event.
+func TestPublicationStepsFromWhatTheAPIServerHolds(t *testing.T) {
+	_, ctx := ktesting.NewTestContext(t)
+	client := fakeClient()
+	claim := &resourceapi.ResourceClaim{
+		ObjectMeta: metav1.ObjectMeta{Name: "two", Namespace: "ns", UID: "two-uid"},
+		Status: resourceapi.ResourceClaimStatus{Allocation: &resourceapi.AllocationResult{Devices: resourceapi.DeviceAllocationResult{
+			Results: []resourceapi.DeviceRequestAllocationResult{{Request: "gpu", Driver: gpuapi.DriverName, Pool: "n1", Device: "gpu-2"}},
+		}}},
+	}
+	if _, err := client.ResourceV1().ResourceClaims("ns").Create(ctx, claim, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	nvml := mockH200s(t, 4)
+	inv, err := nvml.Discover(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dirs := newNodeDirs(t)
+	withdraw := resourceslice.Options{Pool: gpuapi.PoolDefault, WithdrawBlocked: true}
+	runUntilEnd(t, ctx, "RunNode", func(ctx context.Context) error { return runNode(t, ctx, dirs, client, nvml, withdraw) })
+	all := 4 * 27
+	waitForDevices(t, ctx, client, all)
+
+	// The other instance's publication of GPU 1 prepared whole, written
+	// as its controller writes it: GPU 1's slice updated in place.
+	opts := withdraw
+	opts.Prepared = map[string]bool{"gpu-1": true}
+	var gpu1 []resourceapi.Device
+	for _, s := range resourceslice.Build("n1", inv, opts).Pools["n1"].Slices {
+		for _, d := range s.Devices {
+			if d.Name == "gpu-1" {
+				gpu1 = s.Devices
+			}
+		}
+	}
+	list, err := client.ResourceV1().ResourceSlices().List(ctx, metav1.ListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var generation int64
+	for _, s := range list.Items {
+		generation = s.Spec.Pool.Generation
+		if !slices.ContainsFunc(s.Spec.Devices, func(d resourceapi.Device) bool { return d.Name == "gpu-1" }) {
+			continue
+		}
+		s.Spec.Devices = gpu1
+		if _, err := client.ResourceV1().ResourceSlices().Update(ctx, &s, metav1.UpdateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitForDevices(t, ctx, client, all-26)
+
+	w := &poolWatch{slices: map[string]*resourceapi.ResourceSlice{}, complete: true}
+	for _, s := range list.Items {
+		w.slices[s.Name] = &s
+	}
+	watcher, err := client.ResourceV1().ResourceSlices().Watch(ctx, metav1.ListOptions{ResourceVersion: list.ResourceVersion})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer watcher.Stop()
+	go func() {
+		for ev := range watcher.ResultChan() {
+			w.apply(ev)
+		}
+	}()
+
+	dra := drapb.NewDRAPluginClient(dial(t, filepath.Join(dirs.data, "dra.sock")))
+	ref := []*drapb.Claim{{Namespace: "ns", Name: "two", Uid: "two-uid"}}
+	if r := prepareOnceServing(t, ctx, dra, ref).Claims["two-uid"]; r.GetError() != "" {
+		t.Fatalf("prepare result: %v", r)
+	}
+	// GPU 1 back (this instance's checkpoint does not hold it), GPU 2 alone.
+	var published map[string]bool
+	err = wait.PollUntilContextTimeout(ctx, 20*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
+		list, err = client.ResourceV1().ResourceSlices().List(ctx, metav1.ListOptions{})
+		if err != nil {
+			return false, err
+		}
+		published = map[string]bool{}
+		for _, s := range list.Items {
+			for _, d := range s.Spec.Devices {
+				published[d.Name] = true
+			}
+		}
+		return published["gpu-1-shared"] && !published["gpu-2-shared"], nil
+	})
+	if err != nil {
+		t.Fatalf("waiting for GPU 1 whole back and GPU 2 alone: %v; published %d devices", err, len(published))
+	}
+	for _, s := range list.Items {
+		if s.Spec.Pool.Generation != generation {
+			t.Errorf("slice %s of generation %d, want the pool's generation kept at %d", s.Name, s.Spec.Pool.Generation, generation)
+		}
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for _, s := range w.incomplete {
+		t.Errorf("pool incomplete at %s", s)
+	}
+	t.Logf("%d slice events", w.events)
+}
+
+// TestFirstPublicationStepsFromWhatTheAPIServerHolds: a plugin starts where
+// the API server holds the node's pool as another process published it (the
+// instance it replaces, or itself before a restart) and two GPUs' slices
+// differ from what it publishes. Its first publication goes one slice at a
+// time too, so the pool keeps its generation and is complete at every event.
+func TestFirstPublicationStepsFromWhatTheAPIServerHolds(t *testing.T) {
+	_, ctx := ktesting.NewTestContext(t)
+	client := fakeClient()
+	nvml := mockH200s(t, 4)
+	inv, err := nvml.Discover(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	withdraw := resourceslice.Options{Pool: gpuapi.PoolDefault, WithdrawBlocked: true}
+	before := withdraw
+	before.Prepared = map[string]bool{"gpu-1": true, "gpu-2-mig-1g18gb-0": true}
+	held := resourceslice.Build("n1", inv, before).Pools["n1"]
+	node := "n1"
+	for i, s := range held.Slices {
+		slice := &resourceapi.ResourceSlice{
+			ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("%05x-%s-n1-old%d", i, gpuapi.DriverName, i)},
+			Spec: resourceapi.ResourceSliceSpec{
+				Driver: gpuapi.DriverName, NodeName: &node, Devices: s.Devices, SharedCounters: s.SharedCounters,
+				Pool: resourceapi.ResourcePool{Name: "n1", Generation: 1, ResourceSliceCount: int64(len(held.Slices))},
+			},
+		}
+		if _, err := client.ResourceV1().ResourceSlices().Create(ctx, slice, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	list, err := client.ResourceV1().ResourceSlices().List(ctx, metav1.ListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := &poolWatch{slices: map[string]*resourceapi.ResourceSlice{}, complete: true}
+	for _, s := range list.Items {
+		w.slices[s.Name] = &s
+	}
+	watcher, err := client.ResourceV1().ResourceSlices().Watch(ctx, metav1.ListOptions{ResourceVersion: list.ResourceVersion})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer watcher.Stop()
+	go func() {
+		for ev := range watcher.ResultChan() {
+			w.apply(ev)
+		}
+	}()
+
+	runUntilEnd(t, ctx, "RunNode", func(ctx context.Context) error { return runNode(t, ctx, newNodeDirs(t), client, nvml, withdraw) })
+	waitForDevices(t, ctx, client, 4*27)
+	list, err = client.ResourceV1().ResourceSlices().List(ctx, metav1.ListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range list.Items {
+		if s.Spec.Pool.Generation != 1 {
+			t.Errorf("slice %s of generation %d, want the pool's generation kept at 1", s.Name, s.Spec.Pool.Generation)
+		}
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for _, s := range w.incomplete {
+		t.Errorf("pool incomplete at %s", s)
+	}
+	t.Logf("%d slice events", w.events)
 }

@@ -3,7 +3,10 @@ package resourceslice
 import (
 	"maps"
 	"slices"
+	"strconv"
+	"strings"
 
+	resourceapi "k8s.io/api/resource/v1"
 	apiequality "k8s.io/apimachinery/pkg/api/equality"
 	draslices "k8s.io/dynamic-resource-allocation/resourceslice"
 )
@@ -73,4 +76,44 @@ func sameLayout(a, b draslices.DriverResources) bool {
 		}
 	}
 	return true
+}
+
+// Held returns prev with each slice of the pool as the API server holds it
+// (stored: the pool's slices as listed), which is what the publication
+// controller compares the next publication with; ok is false unless the API
+// server holds the whole pool at one generation in prev's layout (the
+// controller then bumps the generation whatever it is handed).
+//
+// Steps counted from Held change one stored slice at a time where steps
+// counted from what this process last handed over may not: in a rolling
+// update two plugin instances publish the same pool, and a slice the other
+// instance changed since counts as a second change.
+//
+// The controller names each slice of a pool with its index in hexadecimal
+// before the first '-' (k8s.io/dynamic-resource-allocation/resourceslice,
+// encodeIndex), and matches stored slices to the ones it is handed by it.
+func Held(prev draslices.DriverResources, pool string, stored []resourceapi.ResourceSlice) (held draslices.DriverResources, ok bool) {
+	p, found := prev.Pools[pool]
+	if !found || len(stored) != len(p.Slices) || len(stored) == 0 {
+		return prev, false
+	}
+	held = *prev.DeepCopy()
+	hp := held.Pools[pool]
+	seen := make([]bool, len(hp.Slices))
+	for _, s := range stored {
+		if s.Spec.Pool.Name != pool || s.Spec.Pool.Generation != stored[0].Spec.Pool.Generation ||
+			s.Spec.Pool.ResourceSliceCount != int64(len(stored)) {
+			return prev, false
+		}
+		prefix, _, cut := strings.Cut(s.Name, "-")
+		i, err := strconv.ParseInt(prefix, 16, 0)
+		if !cut || err != nil || i < 0 || int(i) >= len(seen) || seen[i] {
+			return prev, false
+		}
+		seen[i] = true
+		hp.Slices[i].Devices = s.Spec.Devices
+		hp.Slices[i].SharedCounters = s.Spec.SharedCounters
+	}
+	held.Pools[pool] = hp
+	return held, true
 }
