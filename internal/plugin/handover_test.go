@@ -13,6 +13,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/apimachinery/pkg/watch"
+	"k8s.io/client-go/kubernetes/fake"
 	"k8s.io/klog/v2/ktesting"
 	drapb "k8s.io/kubelet/pkg/apis/dra/v1"
 
@@ -64,6 +65,64 @@ func (w *poolWatch) apply(ev watch.Event) {
 	}
 }
 
+// watchPool follows client's slices from now on until the test ends, from
+// what the API server holds now: a pool already complete stays under watch
+// as one (an empty one becomes complete once the plugin has created it).
+func watchPool(t *testing.T, ctx context.Context, client *fake.Clientset) *poolWatch {
+	t.Helper()
+	list, err := client.ResourceV1().ResourceSlices().List(ctx, metav1.ListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := &poolWatch{slices: map[string]*resourceapi.ResourceSlice{}, complete: len(list.Items) > 0}
+	for _, s := range list.Items {
+		w.slices[s.Name] = &s
+	}
+	watcher, err := client.ResourceV1().ResourceSlices().Watch(ctx, metav1.ListOptions{ResourceVersion: list.ResourceVersion})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(watcher.Stop)
+	go func() {
+		for ev := range watcher.ResultChan() {
+			w.apply(ev)
+		}
+	}()
+	return w
+}
+
+// check fails the test for every event at which the pool looked incomplete,
+// once the watch has seen the slices the API server holds now.
+func (w *poolWatch) check(t *testing.T, ctx context.Context, client *fake.Clientset) {
+	t.Helper()
+	list, err := client.ResourceV1().ResourceSlices().List(ctx, metav1.ListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = wait.PollUntilContextTimeout(ctx, 10*time.Millisecond, 10*time.Second, true, func(context.Context) (bool, error) {
+		w.mu.Lock()
+		defer w.mu.Unlock()
+		if len(w.slices) != len(list.Items) {
+			return false, nil
+		}
+		for _, s := range list.Items {
+			if seen, ok := w.slices[s.Name]; !ok || seen.ResourceVersion != s.ResourceVersion {
+				return false, nil
+			}
+		}
+		return true, nil
+	})
+	if err != nil {
+		t.Errorf("the watch did not see the slices the API server holds: %v", err)
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for _, s := range w.incomplete {
+		t.Errorf("pool incomplete at %s", s)
+	}
+	t.Logf("%d slice events, the pool incomplete at %d", w.events, len(w.incomplete))
+}
+
 // TestWithdrawalKeepsThePoolComplete prepares and unprepares a claim of three
 // whole GPUs on a node that withdraws blocked devices: each changes three
 // per-GPU slices, and at no slice event may the pool look incomplete (the
@@ -85,17 +144,7 @@ func TestWithdrawalKeepsThePoolComplete(t *testing.T) {
 	if _, err := client.ResourceV1().ResourceClaims("ns").Create(ctx, claim, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	w := &poolWatch{slices: map[string]*resourceapi.ResourceSlice{}}
-	watcher, err := client.ResourceV1().ResourceSlices().Watch(ctx, metav1.ListOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer watcher.Stop()
-	go func() {
-		for ev := range watcher.ResultChan() {
-			w.apply(ev)
-		}
-	}()
+	w := watchPool(t, ctx, client)
 
 	dirs := newNodeDirs(t)
 	withdraw := resourceslice.Options{Pool: gpuapi.PoolDefault, WithdrawBlocked: true}
@@ -111,7 +160,7 @@ func TestWithdrawalKeepsThePoolComplete(t *testing.T) {
 	}
 	// Each whole GPU publishes itself alone.
 	waitForDevices(t, ctx, client, all-3*26)
-	err = wait.PollUntilContextTimeout(ctx, 20*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
+	err := wait.PollUntilContextTimeout(ctx, 20*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
 		resp, err := dra.NodeUnprepareResources(ctx, &drapb.NodeUnprepareResourcesRequest{Claims: ref})
 		return err == nil && resp.Claims["three-uid"].GetError() == "", nil
 	})
@@ -124,12 +173,7 @@ func TestWithdrawalKeepsThePoolComplete(t *testing.T) {
 		t.Errorf("right after the unprepare returned, %d devices published (%v), want %d", got, err, all)
 	}
 
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	for _, s := range w.incomplete {
-		t.Errorf("pool incomplete at %s", s)
-	}
-	t.Logf("%d slice events, the pool complete at each", w.events)
+	w.check(t, ctx, client)
 }
 
 // TestPublicationStepsFromWhatTheAPIServerHolds: in a rolling update the
@@ -194,20 +238,7 @@ func TestPublicationStepsFromWhatTheAPIServerHolds(t *testing.T) {
 	}
 	waitForDevices(t, ctx, client, all-26)
 
-	w := &poolWatch{slices: map[string]*resourceapi.ResourceSlice{}, complete: true}
-	for _, s := range list.Items {
-		w.slices[s.Name] = &s
-	}
-	watcher, err := client.ResourceV1().ResourceSlices().Watch(ctx, metav1.ListOptions{ResourceVersion: list.ResourceVersion})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer watcher.Stop()
-	go func() {
-		for ev := range watcher.ResultChan() {
-			w.apply(ev)
-		}
-	}()
+	w := watchPool(t, ctx, client)
 
 	dra := drapb.NewDRAPluginClient(dial(t, filepath.Join(dirs.data, "dra.sock")))
 	ref := []*drapb.Claim{{Namespace: "ns", Name: "two", Uid: "two-uid"}}
@@ -237,12 +268,7 @@ func TestPublicationStepsFromWhatTheAPIServerHolds(t *testing.T) {
 			t.Errorf("slice %s of generation %d, want the pool's generation kept at %d", s.Name, s.Spec.Pool.Generation, generation)
 		}
 	}
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	for _, s := range w.incomplete {
-		t.Errorf("pool incomplete at %s", s)
-	}
-	t.Logf("%d slice events", w.events)
+	w.check(t, ctx, client)
 }
 
 // TestFirstPublicationStepsFromWhatTheAPIServerHolds: a plugin starts where
@@ -275,28 +301,11 @@ func TestFirstPublicationStepsFromWhatTheAPIServerHolds(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	list, err := client.ResourceV1().ResourceSlices().List(ctx, metav1.ListOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	w := &poolWatch{slices: map[string]*resourceapi.ResourceSlice{}, complete: true}
-	for _, s := range list.Items {
-		w.slices[s.Name] = &s
-	}
-	watcher, err := client.ResourceV1().ResourceSlices().Watch(ctx, metav1.ListOptions{ResourceVersion: list.ResourceVersion})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer watcher.Stop()
-	go func() {
-		for ev := range watcher.ResultChan() {
-			w.apply(ev)
-		}
-	}()
+	w := watchPool(t, ctx, client)
 
 	runUntilEnd(t, ctx, "RunNode", func(ctx context.Context) error { return runNode(t, ctx, newNodeDirs(t), client, nvml, withdraw) })
 	waitForDevices(t, ctx, client, 4*27)
-	list, err = client.ResourceV1().ResourceSlices().List(ctx, metav1.ListOptions{})
+	list, err := client.ResourceV1().ResourceSlices().List(ctx, metav1.ListOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -305,10 +314,5 @@ func TestFirstPublicationStepsFromWhatTheAPIServerHolds(t *testing.T) {
 			t.Errorf("slice %s of generation %d, want the pool's generation kept at 1", s.Name, s.Spec.Pool.Generation)
 		}
 	}
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	for _, s := range w.incomplete {
-		t.Errorf("pool incomplete at %s", s)
-	}
-	t.Logf("%d slice events", w.events)
+	w.check(t, ctx, client)
 }

@@ -46,13 +46,7 @@ func TestStepsChangeOneSliceAtATime(t *testing.T) {
 			if tc.prev == nil || len(steps) == 1 {
 				return
 			}
-			from := *tc.prev
-			for i, step := range steps {
-				if n := changedSlices(from, step); n != 1 {
-					t.Errorf("step %d changes %d slices, want 1", i, n)
-				}
-				from = step
-			}
+			oneSliceEach(t, *tc.prev, steps)
 		})
 	}
 }
@@ -66,6 +60,19 @@ func TestStepsLeavePrevUntouched(t *testing.T) {
 	resourceslice.Steps(&prev, next)
 	if !apiequality.Semantic.DeepEqual(prev, keep) {
 		t.Error("Steps changed its prev argument")
+	}
+}
+
+// oneSliceEach fails the test for each step that changes other than one slice
+// of the one before, from first.
+func oneSliceEach(t *testing.T, first draslices.DriverResources, steps []draslices.DriverResources) {
+	t.Helper()
+	from := first
+	for i, step := range steps {
+		if n := changedSlices(from, step); n != 1 {
+			t.Errorf("step %d changes %d slices, want 1", i, n)
+		}
+		from = step
 	}
 }
 
@@ -129,13 +136,7 @@ func TestStepsFromWhatTheAPIServerHolds(t *testing.T) {
 	if len(steps) != 2 || !apiequality.Semantic.DeepEqual(steps[1], next) {
 		t.Fatalf("counted from what the API server holds: %d steps, want 2 ending in the publication asked for", len(steps))
 	}
-	from := other
-	for i, step := range steps {
-		if n := changedSlices(from, step); n != 1 {
-			t.Errorf("step %d changes %d stored slices, want 1", i, n)
-		}
-		from = step
-	}
+	oneSliceEach(t, other, steps)
 }
 
 // TestHeldRefusesWhatIsNotOnePool: where the API server does not hold the
