@@ -78,16 +78,7 @@ func watchPool(t *testing.T, ctx context.Context, client *fake.Clientset) *poolW
 	for _, s := range list.Items {
 		w.slices[s.Name] = &s
 	}
-	watcher, err := client.ResourceV1().ResourceSlices().Watch(ctx, metav1.ListOptions{ResourceVersion: list.ResourceVersion})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(watcher.Stop)
-	go func() {
-		for ev := range watcher.ResultChan() {
-			w.apply(ev)
-		}
-	}()
+	followSlices(t, ctx, client, list.ResourceVersion, w.apply)
 	return w
 }
 

@@ -35,17 +35,24 @@ type allocationWatch struct {
 
 func newAllocationWatch(t *testing.T, ctx context.Context, client *fake.Clientset) *allocationWatch {
 	w := &allocationWatch{slices: map[string]*resourceapi.ResourceSlice{}, allocated: map[string]string{}, changed: make(chan struct{})}
-	watcher, err := client.ResourceV1().ResourceSlices().Watch(ctx, metav1.ListOptions{})
+	followSlices(t, ctx, client, "", w.apply)
+	return w
+}
+
+// followSlices hands apply every slice event of client from resourceVersion
+// on ("": from now) until the test ends.
+func followSlices(t *testing.T, ctx context.Context, client *fake.Clientset, resourceVersion string, apply func(watch.Event)) {
+	t.Helper()
+	watcher, err := client.ResourceV1().ResourceSlices().Watch(ctx, metav1.ListOptions{ResourceVersion: resourceVersion})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(watcher.Stop)
 	go func() {
 		for ev := range watcher.ResultChan() {
-			w.apply(ev)
+			apply(ev)
 		}
 	}()
-	return w
 }
 
 func (w *allocationWatch) apply(ev watch.Event) {
