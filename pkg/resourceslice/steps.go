@@ -89,9 +89,12 @@ func sameLayout(a, b draslices.DriverResources) bool {
 // update two plugin instances publish the same pool, and a slice the other
 // instance changed since counts as a second change.
 //
-// The controller names each slice of a pool with its index in hexadecimal
-// before the first '-' (k8s.io/dynamic-resource-allocation/resourceslice,
-// encodeIndex), and matches stored slices to the ones it is handed by it.
+// The controller names each slice of a pool with its index in hexadecimal,
+// zero-padded to the same length in every slice of the pool, before the first
+// '-' (k8s.io/dynamic-resource-allocation/resourceslice, encodeIndex and
+// getIndexLength), and matches stored slices to the ones it is handed by it;
+// a slice whose prefix is not of that length it treats as obsolete
+// (decodeIndex), and so does Held.
 func Held(prev draslices.DriverResources, pool string, stored []resourceapi.ResourceSlice) (held draslices.DriverResources, ok bool) {
 	p, found := prev.Pools[pool]
 	if !found || len(stored) != len(p.Slices) || len(stored) == 0 {
@@ -107,7 +110,7 @@ func Held(prev draslices.DriverResources, pool string, stored []resourceapi.Reso
 		}
 		prefix, _, cut := strings.Cut(s.Name, "-")
 		i, err := strconv.ParseInt(prefix, 16, 0)
-		if !cut || err != nil || i < 0 || int(i) >= len(seen) || seen[i] {
+		if !cut || len(prefix) != indexLength(len(stored)) || err != nil || i < 0 || int(i) >= len(seen) || seen[i] {
 			return prev, false
 		}
 		seen[i] = true
@@ -116,4 +119,11 @@ func Held(prev draslices.DriverResources, pool string, stored []resourceapi.Reso
 	}
 	held.Pools[pool] = hp
 	return held, true
+}
+
+// indexLength is the length of the index prefix the publication controller
+// gives every slice of a pool of n slices: n-1 in hexadecimal, at least 5
+// characters (getIndexLength, resourceSliceIndexMinLength).
+func indexLength(n int) int {
+	return max(5, len(strconv.FormatInt(int64(n-1), 16)))
 }

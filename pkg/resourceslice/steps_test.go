@@ -166,6 +166,10 @@ func TestHeldRefusesWhatIsNotOnePool(t *testing.T) {
 			s[0].Name = fmt.Sprintf("%05x-gpu.tessera.dev-n1-1", len(s))
 			return s
 		},
+		"an index of another length": func(s []resourceapi.ResourceSlice) []resourceapi.ResourceSlice {
+			s[0].Name = "0-gpu.tessera.dev-n1-1"
+			return s
+		},
 		"an index twice": func(s []resourceapi.ResourceSlice) []resourceapi.ResourceSlice { s[1].Name = s[0].Name; return s },
 	}
 	for name, change := range tests {
