@@ -26,9 +26,10 @@ func TestPrepareNumbersSetsAlike(t *testing.T) {
 	}
 	l := Prepare(devices).Left(left)
 	shapes := make([]string, 8)
-	want := l.group(0, shapes)
+	member := l.p.members()
+	want := l.group(0, member, shapes)
 	for s := 1; s < 8; s++ {
-		if got := l.group(3*s, shapes); got != want {
+		if got := l.group(3*s, member, shapes); got != want {
 			t.Fatalf("set %d's first device is in group %q, set 0's in %q", s, got, want)
 		}
 	}

@@ -115,40 +115,96 @@ func TestRolloutEnds(t *testing.T) {
 
 // BenchmarkRollout is the final choice's cost for one request: a 1g.18gb
 // partition on an empty node of eight H200s and on one half full, 256
-// futures drawn from the seven profiles alike.
+// futures drawn from the seven profiles alike, by Rollout ("tables") and,
+// beside it in the same run, by rolloutReference, which orders alike
+// (TestRolloutMatchesReference) scanning the devices for every request.
+//
+//	go test -run '^$' -bench Rollout -benchtime 50x -count 3 ./pkg/partition/
 func BenchmarkRollout(b *testing.B) {
 	for _, fill := range []string{"empty", "half"} {
-		b.Run(fill, func(b *testing.B) {
-			nd := newNode(8)
-			if fill == "half" {
-				for g := range 8 {
-					nd.take(b, fmt.Sprintf("gpu-%d-mig-3g71gb-4", g))
-					if g%2 == 0 {
-						nd.take(b, fmt.Sprintf("gpu-%d-mig-1g18gb-0", g))
-					}
+		nd := newNode(8)
+		if fill == "half" {
+			for g := range 8 {
+				nd.take(b, fmt.Sprintf("gpu-%d-mig-3g71gb-4", g))
+				if g%2 == 0 {
+					nd.take(b, fmt.Sprintf("gpu-%d-mig-1g18gb-0", g))
 				}
 			}
-			p := partition.Prepare(nd.devices)
-			mix := p.Weigh(func(c string) float64 {
-				if c == "gpu" || c == "shared" {
-					return 0
-				}
-				return 1
-			})
-			candidates := nd.free("1g.18gb")
-			left := p.Left(nd.left)
-			for b.Loop() {
-				left.Rollout(candidates, mix, 256, 0)
+		}
+		p := partition.Prepare(nd.devices)
+		mix := p.Weigh(func(c string) float64 {
+			if c == "gpu" || c == "shared" {
+				return 0
 			}
+			return 1
 		})
+		candidates := nd.free("1g.18gb")
+		left := p.Left(nd.left)
+		for _, impl := range []struct {
+			name    string
+			rollout func([]int, []float64, int, uint64) []int
+		}{{"reference", left.RolloutReference}, {"tables", left.Rollout}} {
+			b.Run(fill+"/"+impl.name, func(b *testing.B) {
+				for b.Loop() {
+					impl.rollout(candidates, mix, 256, 0)
+				}
+			})
+		}
 	}
 }
 
-// TestRolloutWorkIsBounded: the node of TestRolloutKeepsWhatTheFutureAsksFor
-// with 8,192 more devices published (a counter set of their own, a class
-// nobody asks for) is past Rollout's bound even for one future per group,
-// so it plays none and keeps the candidates' order, where on the node
-// without them it moves GPU 2's placements first.
+// TestRolloutMatchesReference: Rollout orders as rolloutReference, which
+// scans every device of the class drawn for every request, over random
+// nodes of one to eight H200s, some counter sets left out of what is left,
+// some GPUs with a device more (a set of another shape), random mixes
+// (classes weighed 0 among them), seeds and numbers of futures.
+func TestRolloutMatchesReference(t *testing.T) {
+	rng := rand.New(rand.NewPCG(11, 12))
+	moved := 0
+	for state := range 300 {
+		nd := newNode(1 + rng.IntN(8))
+		for range rng.IntN(30) {
+			i := rng.IntN(len(nd.devices))
+			if partition.Fits(nd.left[nd.devices[i].CounterSet], nd.devices[i].Consumes) {
+				nd.take(t, nd.names[i])
+			}
+		}
+		for set := range nd.left {
+			switch rng.IntN(8) {
+			case 0:
+				delete(nd.left, set)
+			case 1:
+				nd.devices = append(nd.devices, partition.Choice{CounterSet: set, Class: "1g.18gb", Consumes: map[string]int64{"extra": 1}})
+				nd.names = append(nd.names, set+"-extra")
+				nd.left[set]["extra"] = int64(rng.IntN(3))
+			}
+		}
+		class := []string{"1g.18gb", "2g.35gb", "3g.71gb", "4g.71gb", "7g.141gb"}[rng.IntN(5)]
+		candidates := nd.free(class)
+		p := partition.Prepare(nd.devices)
+		mix := p.Weigh(func(string) float64 { return float64(rng.IntN(3)) })
+		futures, seed := 1+rng.IntN(64), rng.Uint64()
+		left := p.Left(nd.left)
+		got := left.Rollout(candidates, mix, futures, seed)
+		want := left.RolloutReference(candidates, mix, futures, seed)
+		if !slices.Equal(got, want) {
+			t.Fatalf("state %d (%d futures of %v): Rollout ordered %v, the reference %v", state, futures, mix, nd.named(got), nd.named(want))
+		}
+		if !slices.Equal(got, candidates) {
+			moved++
+		}
+	}
+	if moved < 60 {
+		t.Fatalf("the futures moved the order in only %d of 300 states", moved)
+	}
+}
+
+// TestRolloutWorkIsBounded: a node of three H200s whose futures mostly draw
+// a class of 8,192 more devices published on a counter set of their own
+// (each takes one of 8,192 units, so every one a future takes leaves a new
+// state of the set, whose table row names 8,192 devices) is past Rollout's
+// bounds before one future ends: it plays none and keeps the candidates'
+// order, where on the node without them it moves GPU 2's placements first.
 func TestRolloutWorkIsBounded(t *testing.T) {
 	nd := newNode(3)
 	nd.take(t, "gpu-2-mig-1g18gb-0")
@@ -159,7 +215,16 @@ func TestRolloutWorkIsBounded(t *testing.T) {
 	nd.left["padding"] = map[string]int64{"n": 8192}
 	p := partition.Prepare(nd.devices)
 	candidates := nd.free("1g.18gb")
-	if got := p.Left(nd.left).Rollout(candidates, only(p, "7g.141gb"), 4, 1); !slices.Equal(got, candidates) {
+	mix := p.Weigh(func(c string) float64 {
+		switch c {
+		case "7g.141gb":
+			return 1
+		case "padding":
+			return 1000
+		}
+		return 0
+	})
+	if got := p.Left(nd.left).Rollout(candidates, mix, 4, 1); !slices.Equal(got, candidates) {
 		t.Errorf("past the bound Rollout still played: %v", nd.named(got)[:3])
 	}
 	nd.devices, nd.names = nd.devices[:len(nd.devices)-8192], nd.names[:len(nd.names)-8192]

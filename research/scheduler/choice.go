@@ -40,8 +40,9 @@ func MIGPlacementOrderFor(d *Demand) func(driver string, devices []*draapi.Devic
 
 // FinalFutures is how many futures the final choice plays per candidate
 // (FinalChoice): 256 place 97.65 % of the packing benchmark's offline best at
-// 1.4 ms per request on average; 512 and 1,024 place 97.70 and 97.75 % at
-// twice and four times the cost (docs/benchmarks.md, Packing).
+// 0.8 ms per request on average; 512 and 1,024 placed 97.77 and 97.65 %
+// there, and 97.49 and 97.58 % of the other uniform set where 256 place
+// 97.60 %, at twice and four times the cost (docs/benchmarks.md, Packing).
 const FinalFutures = 256
 
 // FinalChoice is tessera-scheduler's final choice among the free MIG
@@ -52,8 +53,8 @@ const FinalFutures = 256
 // each leaves, requests drawn from the shares of the demand it was made with
 // (partition.Left.Rollout), and puts the candidates whose futures use the
 // most memory slices first, BestFit's order among equals. It declines what
-// MIGPlacementOrderFor declines. Too costly for every node Filter tries (a
-// few milliseconds per request), it runs once per pod. It counts the choices
+// MIGPlacementOrderFor declines. Too costly for every node Filter tries (up to
+// a millisecond or two per request), it runs once per pod. It counts the choices
 // it makes, and those where it moved the partition from the one the ranking
 // alone puts first, for the scheduler's /metrics (Collector). Safe for
 // concurrent use.

@@ -20,7 +20,7 @@ import (
 // plugin allocates once more in Reserve (research/patches/scheduler/
 // final-choice.patch) with the final order, which plays futures drawn from the
 // demand's shares from what each free placement leaves: too costly for every
-// node, once per pod it costs a few milliseconds. The weights, and how often
+// node, once per pod it costs about a millisecond. The weights, and how often
 // the final choice moved a partition, are on the scheduler's /metrics
 // (tessera_scheduler_demand_*, tessera_scheduler_final_choices_*,
 // docs/observability.md).
