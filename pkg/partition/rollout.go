@@ -39,7 +39,7 @@ import (
 // device leads to, each worked out the first time a future asks. So it costs
 // futures × the candidates' groups × a future's requests × the sets, with
 // the devices looked at once per state: about 1.2 ms for a 1g partition with
-// 256 futures on an empty node of eight H200s and 0.33 ms on one half full,
+// 256 futures on an empty node of eight H200s and 0.34 ms on one half full,
 // where scanning the devices for every request took 2.5 and 0.54 ms
 // (BenchmarkRollout). A scheduler runs it where one node's choice is made,
 // not for every node it filters. The work and the table are bounded
@@ -150,14 +150,18 @@ func (p *Prepared) members() [][]int {
 }
 
 // shape names set s's devices (member): their classes and what they
-// consume, by counter number within the set, in order. Sets of the same
-// shape are the same GPU model cut the same way.
+// consume, by counter number within the set (marked where the counter is a
+// memory slice), in order. Sets of the same shape are the same GPU model
+// cut the same way.
 func (p *Prepared) shape(s int, member []int) string {
 	var b strings.Builder
 	for _, i := range member {
 		b.WriteString(strconv.Itoa(p.class[i]))
 		for _, u := range p.uses(i) {
 			b.WriteByte(',')
+			if p.slice[u.counter] {
+				b.WriteByte('m')
+			}
 			b.WriteString(strconv.Itoa(u.counter - p.off[s]))
 			b.WriteByte(':')
 			b.WriteString(strconv.FormatInt(u.n, 10))
@@ -169,11 +173,11 @@ func (p *Prepared) shape(s int, member []int) string {
 
 // rolloutWork bounds Rollout's work, in looks at a counter set or at one
 // counter of a device: an empty node of eight H200s takes about 1.1 million
-// of it with 1,024 futures (BenchmarkRollout), a node that publishes 8,192
-// counter sets reaches it in about 10 ms. rolloutStates bounds its tables,
-// in numbers kept: the empty node's take 6 thousand.
+// of it with 1,024 futures, and a node of 8,192 counter sets more reaches it
+// in about 5 ms (BenchmarkRollout, "bounded"). rolloutStates bounds its
+// tables, in numbers kept: the empty node's take 6 thousand.
 const (
-	rolloutWork   = 1 << 23
+	rolloutWork   = 1 << 22
 	rolloutStates = 1 << 18
 )
 

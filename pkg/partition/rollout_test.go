@@ -118,23 +118,38 @@ func TestRolloutEnds(t *testing.T) {
 // futures drawn from the seven profiles alike, by Rollout ("tables") and,
 // beside it in the same run, by rolloutReference, which orders alike
 // (TestRolloutMatchesReference) scanning the devices for every request.
+// "bounded" is what a node can make it cost: three H200s and 8,192 counter
+// sets of one device more, of a class the futures draw most, so that each
+// request looks at every set until the work bound stops the futures (the
+// reference's bound, fixed before playing, plays none there).
 //
-//	go test -run '^$' -bench Rollout -benchtime 50x -count 3 ./pkg/partition/
+//	go test -run '^$' -bench Rollout -benchtime 50x -count 5 ./pkg/partition/
 func BenchmarkRollout(b *testing.B) {
-	for _, fill := range []string{"empty", "half"} {
+	for _, fill := range []string{"empty", "half", "bounded"} {
+		weights := map[string]float64{"gpu": 0, "shared": 0}
 		nd := newNode(8)
-		if fill == "half" {
+		switch fill {
+		case "half":
 			for g := range 8 {
 				nd.take(b, fmt.Sprintf("gpu-%d-mig-3g71gb-4", g))
 				if g%2 == 0 {
 					nd.take(b, fmt.Sprintf("gpu-%d-mig-1g18gb-0", g))
 				}
 			}
+		case "bounded":
+			nd = newNode(3)
+			for i := range 8192 {
+				set := fmt.Sprintf("set-%d", i)
+				nd.devices = append(nd.devices, partition.Choice{CounterSet: set, Class: "padding", Consumes: map[string]int64{"n": 1}})
+				nd.names = append(nd.names, set)
+				nd.left[set] = map[string]int64{"n": 1}
+			}
+			weights["padding"] = 1000
 		}
 		p := partition.Prepare(nd.devices)
 		mix := p.Weigh(func(c string) float64 {
-			if c == "gpu" || c == "shared" {
-				return 0
+			if w, ok := weights[c]; ok {
+				return w
 			}
 			return 1
 		})
