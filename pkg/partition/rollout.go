@@ -228,6 +228,8 @@ type rollShape struct {
 	next       []int32
 }
 
+// newRoller numbers the classes mix draws and gives each shape of l's listed
+// sets that has a device of one of them an empty table.
 func newRoller(l Left, mix []float64) *roller {
 	p := l.p
 	r := &roller{l: l, shapeOf: make([]int, len(p.sets)), member: p.members(),
