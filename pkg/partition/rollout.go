@@ -54,14 +54,13 @@ func (l Left) Rollout(candidates []int, mix []float64, futures int, seed uint64)
 	groupOf := make([]int, len(candidates))
 	var starts [][]int32
 	index := map[string]int{}
-	shapes := make([]string, len(p.sets))
 	after := make([]int64, len(l.vals))
 	for k, c := range candidates {
 		if p.blockedBy(c, l.vals) {
 			groupOf[k] = -1
 			continue
 		}
-		key := l.group(c, r.member, shapes)
+		key := l.group(c, r.member, r.names)
 		g, ok := index[key]
 		if !ok {
 			g = len(starts)
@@ -193,6 +192,9 @@ type roller struct {
 	// nor has a set left out of what is left.
 	shapeOf []int
 	shapes  []*rollShape
+	// names are the sets' shapes as Prepared.shape names them, "" until
+	// named (group names the rest).
+	names []string
 	// member are each set's devices, in order.
 	member [][]int
 	// ids and slicesLeft are each set's state and memory slices left in the
@@ -232,7 +234,7 @@ type rollShape struct {
 // sets that has a device of one of them an empty table.
 func newRoller(l Left, mix []float64) *roller {
 	p := l.p
-	r := &roller{l: l, shapeOf: make([]int, len(p.sets)), member: p.members(),
+	r := &roller{l: l, shapeOf: make([]int, len(p.sets)), names: make([]string, len(p.sets)), member: p.members(),
 		ids: make([]int32, len(p.sets)), slicesLeft: make([]int64, len(p.sets))}
 	dense := make([]int, len(p.classes))
 	for k := range dense {
@@ -261,6 +263,7 @@ func newRoller(l Left, mix []float64) *roller {
 			continue
 		}
 		name := p.shape(s, r.member[s])
+		r.names[s] = name
 		n, ok := byShape[name]
 		if !ok {
 			n = len(r.shapes)
