@@ -42,7 +42,7 @@ func MIGPlacementOrderFor(d *Demand) func(driver string, devices []*draapi.Devic
 // (FinalChoice): 256 place 97.65 % of the packing benchmark's offline best at
 // 0.8 ms per request on average; 512 and 1,024 placed 97.77 and 97.65 %
 // there, and 97.49 and 97.58 % of the other uniform set where 256 place
-// 97.60 %, at twice and four times the cost (docs/benchmarks.md, Packing).
+// 97.60 %, at 1.3 and 2.5 ms per request (docs/benchmarks.md, Packing).
 const FinalFutures = 256
 
 // FinalChoice is tessera-scheduler's final choice among the free MIG
